@@ -1,0 +1,185 @@
+//! Build-time kernel checks.
+//! - Every WGSL family shader is assembled exactly as the runtime assembles it
+//!   (`_dtype_<dtype>.wgsl + _common.wgsl + <family>.wgsl`, see `src/runtime/wgpu.rs`) for each
+//!   dtype, then parsed and validated by naga; an error fails the build with `file:line: message`.
+//! - With feature `cuda`: every `kernels/*.cu` is compiled to PTX (`compute_80`) by nvcc, every
+//!   kernel name listed in `src/ops/<family>/cuda.rs` (`KERNELS`) must be a PTX `.entry`, and,
+//!   when ptxas sits beside nvcc, the PTX is assembled for sm_80 and sm_90a and any register
+//!   spill fails the build.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
+
+fn main() {
+    println!("cargo:rerun-if-changed=shaders");
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=src/ops");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    check_shaders();
+    if env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        build_cuda();
+    }
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())))
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    println!("cargo:warning={}", msg.lines().next().unwrap_or(""));
+    std::process::exit(1);
+}
+
+fn sorted_files(dir: &str, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| fail(&format!("cannot list {dir}: {e}")))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Maps a line of the assembled source back to (file, line).
+fn locate(parts: &[(PathBuf, usize)], line: usize) -> (String, usize) {
+    let mut start = 1;
+    for (path, lines) in parts {
+        if line < start + lines {
+            return (path.display().to_string(), line - start + 1);
+        }
+        start += lines;
+    }
+    ("<assembled shader>".into(), line)
+}
+
+fn check_shaders() {
+    for family in sorted_files("shaders", "wgsl") {
+        let name = family.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if name.starts_with('_') {
+            continue;
+        }
+        for dtype in DTYPES {
+            let files = [PathBuf::from(format!("shaders/_dtype_{dtype}.wgsl")), PathBuf::from("shaders/_common.wgsl"), family.clone()];
+            let mut source = String::new();
+            let mut parts = Vec::new();
+            for f in &files {
+                let mut text = read(f);
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                parts.push((f.clone(), text.lines().count()));
+                source.push_str(&text);
+            }
+            let module = match naga::front::wgsl::parse_str(&source) {
+                Ok(m) => m,
+                Err(e) => {
+                    let (file, line) = e.location(&source).map(|l| locate(&parts, l.line_number as usize)).unwrap_or(("?".into(), 0));
+                    fail(&format!("{file}:{line}: (dtype {dtype}) {}", e.message()));
+                }
+            };
+            let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+            if let Err(e) = validator.validate(&module) {
+                let (file, line) = e.location(&source).map(|l| locate(&parts, l.line_number as usize)).unwrap_or(("?".into(), 0));
+                fail(&format!("{file}:{line}: (dtype {dtype}) {}", e.emit_to_string(&source).trim()));
+            }
+        }
+    }
+}
+
+fn find_nvcc() -> Option<PathBuf> {
+    if let Some(p) = env::var_os("NVCC") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(home) = env::var_os("CUDA_HOME").or_else(|| env::var_os("CUDA_PATH")) {
+        let p = Path::new(&home).join("bin/nvcc");
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    if let Some(path) = env::var_os("PATH") {
+        for dir in env::split_paths(&path) {
+            let p = dir.join("nvcc");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    // The pinned PyPI wheels (DESIGN.md) install nvcc inside site-packages.
+    let out = Command::new("python3")
+        .args(["-c", "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'bin', 'nvcc'))"])
+        .output()
+        .ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    p.is_file().then_some(p)
+}
+
+/// Kernel names a family's Rust launcher uses: the strings of its `KERNELS` constant.
+fn rust_kernel_names(family: &str) -> Vec<String> {
+    let path = PathBuf::from(format!("src/ops/{family}/cuda.rs"));
+    if !path.exists() {
+        return Vec::new();
+    }
+    let text = read(&path);
+    let Some(start) = text.find("KERNELS: &[&str] = &[") else {
+        fail(&format!("{}: no `KERNELS: &[&str] = &[...]` list", path.display()));
+    };
+    let rest = &text[start..];
+    let end = rest.find("];").unwrap_or(rest.len());
+    rest[..end].split('"').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+fn build_cuda() {
+    let nvcc = find_nvcc().unwrap_or_else(|| {
+        fail(
+            "feature `cuda` needs nvcc (set NVCC or CUDA_HOME, or put it on PATH). Without a CUDA install: \
+             pip install nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
+             nvidia-cuda-runtime==13.0.88 \"nvidia-cuda-cccl==13.0.*\" (nvcc lands in site-packages/nvidia/cu13/bin)",
+        )
+    });
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")));
+    let ptxas = nvcc.with_file_name("ptxas");
+    for cu in sorted_files("kernels", "cu") {
+        let family = cu.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let ptx = out_dir.join(format!("{family}.ptx"));
+        let out = Command::new(&nvcc)
+            .args(["--ptx", "-O3", "-std=c++17", "-arch=compute_80", "-lineinfo", "-Ikernels", "-o"])
+            .arg(&ptx)
+            .arg(&cu)
+            .output()
+            .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", nvcc.display())));
+        if !out.status.success() {
+            fail(&format!("nvcc failed on {}:\n{}", cu.display(), String::from_utf8_lossy(&out.stderr)));
+        }
+        let text = read(&ptx);
+        for name in rust_kernel_names(&family) {
+            if !text.contains(&format!(".entry {name}(")) {
+                fail(&format!("kernel `{name}` named in src/ops/{family}/cuda.rs is not an entry of {}", cu.display()));
+            }
+        }
+        if ptxas.is_file() {
+            for arch in ["sm_80", "sm_90a"] {
+                let out = Command::new(&ptxas)
+                    .args(["-v", &format!("-arch={arch}"), "-o", "/dev/null"])
+                    .arg(&ptx)
+                    .output()
+                    .unwrap_or_else(|e| fail(&format!("cannot run ptxas: {e}")));
+                let log = String::from_utf8_lossy(&out.stderr).to_string();
+                if !out.status.success() {
+                    fail(&format!("ptxas ({arch}) failed on {family}.ptx:\n{log}"));
+                }
+                for line in log.lines().filter(|l| l.contains("spill")) {
+                    if !line.contains("0 bytes spill stores, 0 bytes spill loads") {
+                        fail(&format!("ptxas ({arch}) reports spills in {family}.ptx: {line}\n{log}"));
+                    }
+                }
+                fs::write(out_dir.join(format!("{family}.{arch}.ptxas.txt")), log).ok();
+            }
+        }
+    }
+}

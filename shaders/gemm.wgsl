@@ -1,0 +1,192 @@
+// GEMM with fused epilogue (SPEC §1) and the two helpers of its backward.
+// Why it is fast: each workgroup owns a 64×64 tile of C and stages A and B through workgroup
+// memory in 16-deep K slices, so every element loaded from storage is reused 64 times; each
+// invocation keeps a 4×4 register tile and reads vec4s from workgroup memory. Bias, activation,
+// residual and the saved pre-activation are applied in the same pass that writes C.
+// All buffers are u32 words; 16-bit dtypes hold two elements a word (see _dtype_*.wgsl).
+
+struct Params {
+    m: u32, n: u32, k: u32, batch: u32,
+    lda: u32, ldb: u32, ldc: u32, ldr: u32,
+    sa: u32, sb: u32, sc: u32, sr: u32,
+    a_km: u32, b_kn: u32, act: u32, act_cols: u32,
+    has_bias: u32, has_r: u32, has_z: u32, alpha: f32,
+    beta: f32, off_a: u32, off_b: u32, off_bias: u32,
+    off_r: u32, off_c: u32, off_z: u32, pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a_buf: array<u32>;
+@group(0) @binding(2) var<storage, read> b_buf: array<u32>;
+@group(0) @binding(3) var<storage, read> bias_buf: array<u32>;
+@group(0) @binding(4) var<storage, read> r_buf: array<u32>;
+@group(0) @binding(5) var<storage, read_write> c_buf: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read_write> z_buf: array<atomic<u32>>;
+
+fn ld_a(i: u32) -> f32 { return unpack_elem(a_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT); }
+fn ld_b(i: u32) -> f32 { return unpack_elem(b_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT); }
+fn ld_bias(i: u32) -> f32 { return unpack_elem(bias_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT); }
+fn ld_r(i: u32) -> f32 { return unpack_elem(r_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT); }
+
+fn put_word(which: u32, w: u32, bits: u32) {
+    if (which == 0u) { atomicStore(&c_buf[w], bits); } else { atomicStore(&z_buf[w], bits); }
+}
+
+// A 16-bit element whose word-mate belongs to another invocation (a row end when the row stride
+// is odd, or a gap element): integer and/or on its half only, so the result is the same whatever
+// the order. No float atomics anywhere.
+fn put_half(which: u32, e: u32, v: f32) {
+    let w = e >> 1u;
+    let sh = (e & 1u) * 16u;
+    let keep = ~(0xffffu << sh);
+    let bits = pack_elem(v) << sh;
+    if (which == 0u) {
+        atomicAnd(&c_buf[w], keep);
+        atomicOr(&c_buf[w], bits);
+    } else {
+        atomicAnd(&z_buf[w], keep);
+        atomicOr(&z_buf[w], bits);
+    }
+}
+
+// Stores `count` (≤ 4) consecutive elements starting at element index `base`; whole words
+// wherever this invocation owns both halves.
+fn store_run(which: u32, base: u32, count: u32, v: array<f32, 4>) {
+    var j = 0u;
+    loop {
+        if (j >= count) { break; }
+        let e = base + j;
+        if (ELEM_SHIFT == 0u) {
+            put_word(which, e, pack_elem(v[j]));
+            j = j + 1u;
+        } else if ((e & 1u) == 0u && j + 1u < count) {
+            put_word(which, e >> 1u, pack_pair(v[j], v[j + 1u]));
+            j = j + 2u;
+        } else {
+            put_half(which, e, v[j]);
+            j = j + 1u;
+        }
+    }
+}
+
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+
+var<workgroup> As: array<vec4<f32>, 256>; // [BK][BM/4]
+var<workgroup> Bs: array<vec4<f32>, 256>; // [BK][BN/4]
+
+fn a_index(bz: u32, mm: u32, kk: u32) -> u32 {
+    let base = p.off_a + bz * p.sa;
+    if (p.a_km == 0u) { return base + mm * p.lda + kk; }
+    return base + kk * p.lda + mm;
+}
+
+fn b_index(bz: u32, nn: u32, kk: u32) -> u32 {
+    let base = p.off_b + bz * p.sb;
+    if (p.b_kn == 0u) { return base + nn * p.ldb + kk; }
+    return base + kk * p.ldb + nn;
+}
+
+@compute @workgroup_size(256)
+fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let bz = wg.z;
+    let m0 = wg.y * BM;
+    let n0 = wg.x * BN;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
+        // Consecutive invocations walk the contiguous dimension of each operand (coalesced).
+        for (var i = 0u; i < 4u; i = i + 1u) {
+            let e = lid + i * 256u;
+            var mm = e / BK;
+            var kk = e % BK;
+            if (p.a_km != 0u) { mm = e % BM; kk = e / BM; }
+            var va = 0.0;
+            if (m0 + mm < p.m && k0 + kk < p.k) { va = ld_a(a_index(bz, m0 + mm, k0 + kk)); }
+            As[kk * 16u + mm / 4u][mm % 4u] = va;
+            var nn = e / BK;
+            var kb = e % BK;
+            if (p.b_kn != 0u) { nn = e % BN; kb = e / BN; }
+            var vb = 0.0;
+            if (n0 + nn < p.n && k0 + kb < p.k) { vb = ld_b(b_index(bz, n0 + nn, k0 + kb)); }
+            Bs[kb * 16u + nn / 4u][nn % 4u] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk = kk + 1u) {
+            let av = As[kk * 16u + ty];
+            let bv = Bs[kk * 16u + tx];
+            acc[0] = acc[0] + av.x * bv;
+            acc[1] = acc[1] + av.y * bv;
+            acc[2] = acc[2] + av.z * bv;
+            acc[3] = acc[3] + av.w * bv;
+        }
+        workgroupBarrier();
+    }
+    let gn0 = n0 + tx * 4u;
+    if (gn0 >= p.n) { return; }
+    let count = min(4u, p.n - gn0);
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let gm = m0 + ty * 4u + i;
+        if (gm >= p.m) { break; }
+        var outv: array<f32, 4>;
+        var pre: array<f32, 4>;
+        for (var j = 0u; j < count; j = j + 1u) {
+            let gn = gn0 + j;
+            var v = p.alpha * acc[i][j];
+            if (p.has_bias != 0u) { v = v + ld_bias(p.off_bias + gn); }
+            pre[j] = v;
+            if (gn < p.act_cols) { v = activate(p.act, v); }
+            if (p.has_r != 0u) { v = v + p.beta * ld_r(p.off_r + bz * p.sr + gm * p.ldr + gn); }
+            outv[j] = v;
+        }
+        store_run(0u, p.off_c + bz * p.sc + gm * p.ldc + gn0, count, outv);
+        if (p.has_z != 0u) { store_run(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0, count, pre); }
+    }
+}
+
+fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+// dC' = dC ⊙ act'(Z) on columns < act_cols over compact [m, n] (a_buf = dC, b_buf = Z, c_buf = out).
+// One invocation per word of the output, so it always writes whole words.
+@compute @workgroup_size(256)
+fn act_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e0 = flat_id(gid, nwg) * 2u;
+    let total = p.m * p.n;
+    if (e0 >= total) { return; }
+    let count = min(2u, total - e0);
+    var outv: array<f32, 4>;
+    for (var j = 0u; j < count; j = j + 1u) {
+        let e = e0 + j;
+        var g = ld_a(e);
+        if (e % p.n < p.act_cols) { g = g * activate_grad(p.act, ld_b(e)); }
+        outv[j] = g;
+    }
+    store_run(0u, e0, count, outv);
+}
+
+// out[j] = Σ_i x[i, j] over compact [m, n], each column summed in row order with Kahan
+// compensation (deterministic). a_buf = x, c_buf = out.
+@compute @workgroup_size(256)
+fn col_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j0 = flat_id(gid, nwg) * 2u;
+    if (j0 >= p.n) { return; }
+    let count = min(2u, p.n - j0);
+    var s = vec2<f32>(0.0, 0.0);
+    var c = vec2<f32>(0.0, 0.0);
+    for (var i = 0u; i < p.m; i = i + 1u) {
+        var x = vec2<f32>(ld_a(i * p.n + j0), 0.0);
+        if (count == 2u) { x.y = ld_a(i * p.n + j0 + 1u); }
+        let y = x - c;
+        let t = s + y;
+        c = (t - s) - y;
+        s = t;
+    }
+    var outv: array<f32, 4>;
+    outv[0] = s.x;
+    outv[1] = s.y;
+    store_run(0u, j0, count, outv);
+}

@@ -1,0 +1,128 @@
+//! The convenience layer: one trait over every backend's owned buffers, and [`Device`], the
+//! backend chosen at run time.
+
+use crate::ops::gemm::{ActGrad, Gemm};
+use crate::{DType, Error, HostTensor, Result};
+
+/// Owned buffers and the primitive launches of one backend. Op compositions (backward passes,
+/// FFN blocks) are written once over this trait.
+pub trait Backend {
+    /// An owned 1-D device buffer of one dtype.
+    type Buf;
+    fn name(&self) -> &'static str;
+    fn upload(&self, t: &HostTensor) -> Result<Self::Buf>;
+    /// A buffer of `len` elements, zero-filled.
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buf>;
+    /// The buffer's values (shape `[len]`). Waits for queued work.
+    fn download(&self, buf: &Self::Buf) -> Result<HostTensor>;
+    fn dtype_of(&self, buf: &Self::Buf) -> DType;
+    fn len_of(&self, buf: &Self::Buf) -> usize;
+    /// Waits until all queued work has finished.
+    fn synchronize(&self) -> Result<()>;
+
+    /// [`Gemm`] forward; `z`, when given, receives the pre-activation (for the backward).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        desc: &Gemm,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        r: Option<&Self::Buf>,
+        c: &mut Self::Buf,
+        z: Option<&mut Self::Buf>,
+    ) -> Result<()>;
+    /// `out = dc ⊙ act'(z)` on columns `< act_cols` (compact `[rows, cols]`).
+    fn act_grad(&self, d: &ActGrad, dc: &Self::Buf, z: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+    /// `out[j] = Σ_i x[i, j]` over compact `[rows, cols]`, summed in row order (deterministic).
+    fn col_sum(&self, rows: usize, cols: usize, x: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+}
+
+/// Checks that every operand has the dtype of the first.
+pub(crate) fn same_dtype(op: &'static str, dtypes: &[(&str, DType)]) -> Result<DType> {
+    let first = dtypes.first().map(|d| d.1).unwrap_or(DType::F32);
+    for (name, d) in dtypes {
+        if *d != first {
+            return Err(Error::dtype(op, format!("{name} is {d}, expected {first} like the other operands")));
+        }
+    }
+    Ok(first)
+}
+
+/// A backend picked at run time.
+pub enum Device {
+    Cpu(crate::Cpu),
+    #[cfg(feature = "wgpu")]
+    Wgpu(std::sync::Arc<crate::WgpuContext>),
+    #[cfg(feature = "cuda")]
+    Cuda(std::sync::Arc<crate::CudaRuntime>),
+}
+
+impl Device {
+    /// Opens a backend by name: `cpu`, `wgpu` or `cuda`.
+    pub fn open(name: &str) -> Result<Device> {
+        match name {
+            "cpu" => Ok(Device::Cpu(crate::Cpu)),
+            #[cfg(feature = "wgpu")]
+            "wgpu" => Ok(Device::Wgpu(std::sync::Arc::new(crate::WgpuContext::new()?))),
+            #[cfg(feature = "cuda")]
+            "cuda" => Ok(Device::Cuda(std::sync::Arc::new(crate::CudaRuntime::new(0)?))),
+            #[cfg(not(feature = "wgpu"))]
+            "wgpu" => Err(Error::BackendUnavailable { backend: "wgpu", reason: "ffkern was built without the `wgpu` feature".into() }),
+            #[cfg(not(feature = "cuda"))]
+            "cuda" => Err(Error::BackendUnavailable { backend: "cuda", reason: "ffkern was built without the `cuda` feature".into() }),
+            other => Err(Error::Invalid(format!("unknown backend '{other}' (cpu, wgpu, cuda)"))),
+        }
+    }
+
+    /// The best backend present: cuda, then wgpu on a real GPU, then wgpu on any adapter, then cpu.
+    pub fn best() -> Device {
+        for name in crate::compiled_backends() {
+            if let Ok(d) = Device::open(name) {
+                return d;
+            }
+        }
+        Device::Cpu(crate::Cpu)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Device::Cpu(_) => "cpu",
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(_) => "wgpu",
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => "cuda",
+        }
+    }
+
+    /// A one-line description of the device (adapter or GPU name).
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu(_) => "cpu reference (f64 accumulation)".into(),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(w) => w.describe(),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(c) => c.describe(),
+        }
+    }
+}
+
+/// Runs `$body` with `$be` bound to the concrete backend inside a [`Device`].
+#[macro_export]
+macro_rules! with_backend {
+    ($dev:expr, $be:ident => $body:expr) => {
+        match $dev {
+            $crate::Device::Cpu($be) => $body,
+            #[cfg(feature = "wgpu")]
+            $crate::Device::Wgpu($be) => {
+                let $be = &**$be;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::Device::Cuda($be) => {
+                let $be = &**$be;
+                $body
+            }
+        }
+    };
+}

@@ -1,0 +1,51 @@
+//! The one error type of ffkern. Every fallible call returns `ffkern::Result`.
+
+use std::fmt;
+
+/// Everything that can go wrong in ffkern. Bad user input is always one of these, never a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Shapes, strides or buffer lengths that do not fit the op's descriptor.
+    #[error("{op}: shape error: {msg}")]
+    Shape { op: &'static str, msg: String },
+    /// A dtype that does not match the descriptor or the other operands.
+    #[error("{op}: dtype error: {msg}")]
+    Dtype { op: &'static str, msg: String },
+    /// The backend or device lacks something this call needs (named in the message).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A device limit (buffer size, grid size, ...) would be exceeded.
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+    /// An index in user data is out of range.
+    #[error("index out of range: {0}")]
+    Index(String),
+    /// The backend is not present on this machine (no adapter, no driver, feature off).
+    #[error("backend {backend} unavailable: {reason}")]
+    BackendUnavailable { backend: &'static str, reason: String },
+    /// An error reported by the driver or the GPU API, with what ffkern was doing.
+    #[error("{context}: {message}")]
+    Driver { context: String, message: String },
+    /// Bad argument values (NaN scalars, unknown names, ...).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// File input/output (safetensors files of `ffkern run`).
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+/// `Result` with ffkern's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape { op, msg: msg.into() }
+    }
+    pub(crate) fn dtype(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Dtype { op, msg: msg.into() }
+    }
+    /// Wraps a driver/API error with what was being done.
+    pub fn driver(context: impl Into<String>, err: impl fmt::Display) -> Self {
+        Error::Driver { context: context.into(), message: err.to_string() }
+    }
+}

@@ -1,0 +1,41 @@
+//! ffkern: handwritten CUDA and WGSL kernels for the hot paths of efficient feed-forward
+//! architectures, a safe Rust API over them, and the CPU reference that every kernel is tested
+//! against.
+//!
+//! Two levels of API:
+//! - low level, for frameworks: each op's launcher in `ops::<family>::{wgpu,cuda}` runs on memory
+//!   the caller owns (`wgpu::Buffer` + element offsets on the caller's device and queue, cudarc
+//!   views on the caller's stream) with no copies and no hidden synchronisation;
+//! - convenience, for people and tests: the [`Backend`] trait with owned buffers
+//!   (`upload`/`download`) implemented by [`Cpu`], `WgpuContext` and `CudaRuntime`, and the
+//!   [`Device`] enum that picks the best backend present.
+
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod ops;
+pub mod registry;
+pub mod runtime;
+
+pub use device::{Backend, Device};
+pub use dtype::{Compare, DType, HostTensor, SplitMix64};
+pub use error::{Error, Result};
+pub use ops::gemm::{ALayout, Activation, BLayout, Gemm, GemmGrads};
+pub use runtime::cpu::Cpu;
+#[cfg(feature = "cuda")]
+pub use runtime::cuda::CudaRuntime;
+#[cfg(feature = "wgpu")]
+pub use runtime::wgpu::{WgpuContext, WgpuOptions};
+
+/// Names of the backends compiled into this build, best first.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
+    }
+    if cfg!(feature = "wgpu") {
+        v.push("wgpu");
+    }
+    v.push("cpu");
+    v
+}

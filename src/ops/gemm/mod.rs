@@ -1,0 +1,610 @@
+//! GEMM with fused epilogue (SPEC §1), the base of every FFN kernel:
+//! `C[m,n] = epi(α·Σ_k A[m,k]·B[n,k] + bias[n]) + β·R[m,n]`, `epi` applied to columns `n < act_cols`.
+//!
+//! The descriptor [`Gemm`] names shapes, layouts, strides and options; [`Gemm::validate`] checks it
+//! and the operand lengths before anything runs. The CPU reference is in [`cpu`], the device
+//! launchers in `wgpu.rs` and `cuda.rs` beside it; the kernels are `kernels/gemm.cu` and
+//! `shaders/gemm.wgsl`.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use crate::{Backend, DType, Error, Result};
+
+const OP: &str = "gemm";
+
+/// Activation of the epilogue (and its derivative in the backward helpers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    Identity = 0,
+    Relu = 1,
+    Silu = 2,
+    GeluErf = 3,
+    GeluTanh = 4,
+}
+
+impl Activation {
+    pub const ALL: [Activation; 5] =
+        [Activation::Identity, Activation::Relu, Activation::Silu, Activation::GeluErf, Activation::GeluTanh];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+            Activation::GeluErf => "gelu_erf",
+            Activation::GeluTanh => "gelu_tanh",
+        }
+    }
+}
+
+impl std::str::FromStr for Activation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Activation::ALL
+            .into_iter()
+            .find(|a| a.name() == s || (s == "gelu" && *a == Activation::GeluErf) || (s == "none" && *a == Activation::Identity))
+            .ok_or_else(|| Error::Invalid(format!("unknown activation '{s}' (identity, relu, silu, gelu_erf, gelu_tanh)")))
+    }
+}
+
+/// How A is stored: `MK` = `[M, K]` row-major (K contiguous), `KM` = `[K, M]` (A transposed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ALayout {
+    MK,
+    KM,
+}
+
+/// How B is stored: `NK` = `[N, K]` (the PyTorch weight layout), `KN` = `[K, N]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BLayout {
+    NK,
+    KN,
+}
+
+impl std::str::FromStr for BLayout {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "nk" | "NK" => Ok(BLayout::NK),
+            "kn" | "KN" => Ok(BLayout::KN),
+            _ => Err(Error::Invalid(format!("unknown B layout '{s}' (nk or kn)"))),
+        }
+    }
+}
+
+/// One strided 2-D operand inside a buffer, possibly batched: element `(row, col)` of batch `b`
+/// is at `b·batch_stride + row·row_stride + col·col_stride` (one of the two strides is 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Operand {
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+    pub batch_stride: usize,
+}
+
+impl Operand {
+    /// The number of elements a buffer must hold for this operand over `batch` batches.
+    pub fn required_len(&self, batch: usize) -> usize {
+        if self.rows == 0 || self.cols == 0 || batch == 0 {
+            return 0;
+        }
+        (batch - 1) * self.batch_stride + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+    }
+    pub fn index(&self, b: usize, row: usize, col: usize) -> usize {
+        b * self.batch_stride + row * self.row_stride + col * self.col_stride
+    }
+}
+
+/// The GEMM descriptor. Build with [`Gemm::new`] and the builder methods, check with
+/// [`Gemm::validate`]. Leading dimensions and batch strides default to the compact layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: usize,
+    pub a_layout: ALayout,
+    pub b_layout: BLayout,
+    /// Row strides (elements) of A, B, C and R as stored; `None` = compact.
+    pub lda: Option<usize>,
+    pub ldb: Option<usize>,
+    pub ldc: Option<usize>,
+    pub ldr: Option<usize>,
+    /// Batch strides (elements); `None` = compact. A stride of 0 broadcasts the operand.
+    pub stride_a: Option<usize>,
+    pub stride_b: Option<usize>,
+    pub stride_c: Option<usize>,
+    pub stride_r: Option<usize>,
+    pub act: Activation,
+    /// The activation applies to columns `n < act_cols` only; `None` = all columns.
+    pub act_cols: Option<usize>,
+    pub alpha: f32,
+    pub beta: f32,
+    pub bias: bool,
+    pub residual: bool,
+}
+
+impl Gemm {
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        Gemm {
+            m,
+            n,
+            k,
+            batch: 1,
+            a_layout: ALayout::MK,
+            b_layout: BLayout::NK,
+            lda: None,
+            ldb: None,
+            ldc: None,
+            ldr: None,
+            stride_a: None,
+            stride_b: None,
+            stride_c: None,
+            stride_r: None,
+            act: Activation::Identity,
+            act_cols: None,
+            alpha: 1.0,
+            beta: 1.0,
+            bias: false,
+            residual: false,
+        }
+    }
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+    pub fn a_layout(mut self, l: ALayout) -> Self {
+        self.a_layout = l;
+        self
+    }
+    pub fn b_layout(mut self, l: BLayout) -> Self {
+        self.b_layout = l;
+        self
+    }
+    pub fn act(mut self, act: Activation) -> Self {
+        self.act = act;
+        self
+    }
+    pub fn act_cols(mut self, cols: usize) -> Self {
+        self.act_cols = Some(cols);
+        self
+    }
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+    pub fn beta(mut self, beta: f32) -> Self {
+        self.beta = beta;
+        self
+    }
+    pub fn bias(mut self, on: bool) -> Self {
+        self.bias = on;
+        self
+    }
+    /// Adds the residual `β·R`; `ldr` is its row stride (so R can be a column slice of a wider matrix).
+    pub fn residual(mut self, ldr: Option<usize>) -> Self {
+        self.residual = true;
+        self.ldr = ldr;
+        self
+    }
+    pub fn lda(mut self, ld: usize) -> Self {
+        self.lda = Some(ld);
+        self
+    }
+    pub fn ldb(mut self, ld: usize) -> Self {
+        self.ldb = Some(ld);
+        self
+    }
+    pub fn ldc(mut self, ld: usize) -> Self {
+        self.ldc = Some(ld);
+        self
+    }
+    pub fn strides(mut self, a: usize, b: usize, c: usize) -> Self {
+        self.stride_a = Some(a);
+        self.stride_b = Some(b);
+        self.stride_c = Some(c);
+        self
+    }
+    pub fn stride_r(mut self, r: usize) -> Self {
+        self.stride_r = Some(r);
+        self
+    }
+
+    pub fn act_cols_or_n(&self) -> usize {
+        self.act_cols.unwrap_or(self.n)
+    }
+
+    /// A as an operand indexed `(m, k)`.
+    pub fn a(&self) -> Operand {
+        let (rows_stored, cols_stored) = match self.a_layout {
+            ALayout::MK => (self.m, self.k),
+            ALayout::KM => (self.k, self.m),
+        };
+        let ld = self.lda.unwrap_or(cols_stored);
+        let batch_stride = self.stride_a.unwrap_or(rows_stored * ld);
+        match self.a_layout {
+            ALayout::MK => Operand { rows: self.m, cols: self.k, row_stride: ld, col_stride: 1, batch_stride },
+            ALayout::KM => Operand { rows: self.m, cols: self.k, row_stride: 1, col_stride: ld, batch_stride },
+        }
+    }
+    /// B as an operand indexed `(n, k)`.
+    pub fn b(&self) -> Operand {
+        let (rows_stored, cols_stored) = match self.b_layout {
+            BLayout::NK => (self.n, self.k),
+            BLayout::KN => (self.k, self.n),
+        };
+        let ld = self.ldb.unwrap_or(cols_stored);
+        let batch_stride = self.stride_b.unwrap_or(rows_stored * ld);
+        match self.b_layout {
+            BLayout::NK => Operand { rows: self.n, cols: self.k, row_stride: ld, col_stride: 1, batch_stride },
+            BLayout::KN => Operand { rows: self.n, cols: self.k, row_stride: 1, col_stride: ld, batch_stride },
+        }
+    }
+    /// C (and the saved pre-activation Z, which shares its layout) indexed `(m, n)`.
+    pub fn c(&self) -> Operand {
+        let ld = self.ldc.unwrap_or(self.n);
+        Operand { rows: self.m, cols: self.n, row_stride: ld, col_stride: 1, batch_stride: self.stride_c.unwrap_or(self.m * ld) }
+    }
+    /// R indexed `(m, n)`.
+    pub fn r(&self) -> Operand {
+        let ld = self.ldr.unwrap_or(self.n);
+        Operand { rows: self.m, cols: self.n, row_stride: ld, col_stride: 1, batch_stride: self.stride_r.unwrap_or(self.m * ld) }
+    }
+
+    pub fn flops(&self) -> f64 {
+        2.0 * self.batch as f64 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+
+    /// Bytes a kernel must move at least: each input read once, C written once.
+    pub fn min_bytes(&self, dtype: DType) -> f64 {
+        let b_count = if self.stride_b == Some(0) { 1 } else { self.batch };
+        let mut elems = self.batch * (self.m * self.k + self.m * self.n) + b_count * self.n * self.k;
+        if self.bias {
+            elems += self.n;
+        }
+        if self.residual {
+            elems += self.batch * self.m * self.n;
+        }
+        (elems * dtype.size()) as f64
+    }
+
+    /// Checks the descriptor itself (not the buffers).
+    pub fn validate(&self) -> Result<()> {
+        if !self.alpha.is_finite() || !self.beta.is_finite() {
+            return Err(Error::Invalid(format!("gemm: alpha ({}) and beta ({}) must be finite", self.alpha, self.beta)));
+        }
+        if self.act_cols_or_n() > self.n {
+            return Err(Error::shape(OP, format!("act_cols {} > N {}", self.act_cols_or_n(), self.n)));
+        }
+        let check_ld = |name: &str, ld: Option<usize>, min: usize| -> Result<()> {
+            match ld {
+                Some(ld) if ld < min.max(1) => Err(Error::shape(OP, format!("{name} = {ld} is less than the row length {min}"))),
+                _ => Ok(()),
+            }
+        };
+        let (a_row, b_row) = (
+            if self.a_layout == ALayout::MK { self.k } else { self.m },
+            if self.b_layout == BLayout::NK { self.k } else { self.n },
+        );
+        check_ld("lda", self.lda, a_row)?;
+        check_ld("ldb", self.ldb, b_row)?;
+        check_ld("ldc", self.ldc, self.n)?;
+        check_ld("ldr", self.ldr, self.n)?;
+        if self.batch > 1 {
+            let c = self.c();
+            if c.batch_stride < c.required_len(1) {
+                return Err(Error::shape(OP, format!("stride_c {} makes batches of C overlap", c.batch_stride)));
+            }
+        }
+        let max = u32::MAX as usize;
+        for (name, op) in [("A", self.a()), ("B", self.b()), ("C", self.c()), ("R", self.r())] {
+            if op.required_len(self.batch) > max {
+                return Err(Error::Limit(format!("gemm: operand {name} spans more than 2^32 elements")));
+            }
+        }
+        if self.m > 65535 * 128 || self.n > 65535 * 128 || self.batch > 65535 {
+            return Err(Error::Limit("gemm: M, N over 8M or batch over 65535".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks the descriptor and the lengths (in elements) of the operands a call gets.
+    pub fn validate_lens(&self, a: usize, b: usize, bias: Option<usize>, r: Option<usize>, c: usize, z: Option<usize>) -> Result<()> {
+        self.validate()?;
+        let need = |name: &str, have: usize, op: Operand| -> Result<()> {
+            let n = op.required_len(self.batch);
+            if have < n {
+                Err(Error::shape(OP, format!("{name} holds {have} elements, the descriptor needs {n}")))
+            } else {
+                Ok(())
+            }
+        };
+        need("A", a, self.a())?;
+        need("B", b, self.b())?;
+        need("C", c, self.c())?;
+        match (self.bias, bias) {
+            (true, Some(len)) if len < self.n => return Err(Error::shape(OP, format!("bias holds {len} elements, N = {}", self.n))),
+            (true, None) => return Err(Error::shape(OP, "the descriptor has a bias but none was given")),
+            (false, Some(_)) => return Err(Error::shape(OP, "a bias was given but the descriptor has none (set .bias(true))")),
+            _ => {}
+        }
+        match (self.residual, r) {
+            (true, Some(len)) => need("R", len, self.r())?,
+            (true, None) => return Err(Error::shape(OP, "the descriptor has a residual but none was given")),
+            (false, Some(_)) => return Err(Error::shape(OP, "a residual was given but the descriptor has none")),
+            _ => {}
+        }
+        if let Some(z) = z {
+            need("Z (saved pre-activation)", z, self.c())?;
+        }
+        Ok(())
+    }
+
+    /// The kernel parameter block shared by the CUDA and WGSL kernels (offsets are added by the
+    /// launcher where the backend needs them).
+    pub fn params(&self) -> GemmParams {
+        let (a, b, c, r) = (self.a(), self.b(), self.c(), self.r());
+        let lda = if self.a_layout == ALayout::MK { a.row_stride } else { a.col_stride };
+        let ldb = if self.b_layout == BLayout::NK { b.row_stride } else { b.col_stride };
+        GemmParams {
+            m: self.m as u32,
+            n: self.n as u32,
+            k: self.k as u32,
+            batch: self.batch as u32,
+            lda: lda as u32,
+            ldb: ldb as u32,
+            ldc: c.row_stride as u32,
+            ldr: r.row_stride as u32,
+            sa: a.batch_stride as u32,
+            sb: b.batch_stride as u32,
+            sc: c.batch_stride as u32,
+            sr: r.batch_stride as u32,
+            a_km: (self.a_layout == ALayout::KM) as u32,
+            b_kn: (self.b_layout == BLayout::KN) as u32,
+            act: self.act as u32,
+            act_cols: self.act_cols_or_n() as u32,
+            has_bias: self.bias as u32,
+            has_r: self.residual as u32,
+            has_z: 0,
+            alpha: self.alpha,
+            beta: self.beta,
+            off_a: 0,
+            off_b: 0,
+            off_bias: 0,
+            off_r: 0,
+            off_c: 0,
+            off_z: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// The parameter block of the GEMM kernels (same field order in `kernels/gemm.cu` and
+/// `shaders/gemm.wgsl`). Strides and offsets are in elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GemmParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub batch: u32,
+    pub lda: u32,
+    pub ldb: u32,
+    pub ldc: u32,
+    pub ldr: u32,
+    pub sa: u32,
+    pub sb: u32,
+    pub sc: u32,
+    pub sr: u32,
+    pub a_km: u32,
+    pub b_kn: u32,
+    pub act: u32,
+    pub act_cols: u32,
+    pub has_bias: u32,
+    pub has_r: u32,
+    pub has_z: u32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub off_a: u32,
+    pub off_b: u32,
+    pub off_bias: u32,
+    pub off_r: u32,
+    pub off_c: u32,
+    pub off_z: u32,
+    pub _pad: u32,
+}
+
+/// Gradients from [`gemm_backward`]. `da` and `db` are compact in the layouts of A and B
+/// (per batch); `dbias` is `[N]` summed over batches and rows; `dr = β·dC` is left to the caller.
+pub struct GemmGrads<T> {
+    pub da: T,
+    pub db: T,
+    pub dbias: Option<T>,
+}
+
+/// The descriptor of the element-wise `dC' = dC ⊙ act'(Z)` pass on columns `< act_cols`.
+#[derive(Clone, Copy, Debug)]
+pub struct ActGrad {
+    pub rows: usize,
+    pub cols: usize,
+    pub act: Activation,
+    pub act_cols: usize,
+}
+
+/// Backward of [`Gemm`] (SPEC §1 backward helpers): `dC' = dC ⊙ act'(Z)`, then
+/// `dA = α·dC'·B`, `dB = α·dC'ᵀ·A`, `dbias = Σ dC'`. `z` is the pre-activation saved by the
+/// forward (needed unless the activation is identity); `dc` is compact `[batch, M, N]`.
+/// The same composition runs on every backend: one element-wise pass, one column sum and two
+/// GEMMs with the layouts flipped (no transposes are materialised).
+pub fn gemm_backward<Be: Backend>(
+    be: &Be,
+    desc: &Gemm,
+    a: &Be::Buf,
+    b: &Be::Buf,
+    z: Option<&Be::Buf>,
+    dc: &Be::Buf,
+) -> Result<GemmGrads<Be::Buf>> {
+    desc.validate()?;
+    let dtype = be.dtype_of(dc);
+    let (m, n, k, batch) = (desc.m, desc.n, desc.k, desc.batch);
+    if desc.ldc.is_some_and(|l| l != n) || desc.stride_c.is_some_and(|s| s != m * n) {
+        return Err(Error::Unsupported("gemm backward: dC must be compact [batch, M, N]".into()));
+    }
+    if batch > 1 && (desc.stride_b == Some(0) || desc.stride_a == Some(0)) {
+        return Err(Error::Unsupported("gemm backward: a broadcast (stride 0) operand needs a batch reduction of its gradient".into()));
+    }
+    if be.len_of(dc) < batch * m * n {
+        return Err(Error::shape(OP, format!("dC holds {} elements, needs {}", be.len_of(dc), batch * m * n)));
+    }
+    let act_cols = desc.act_cols_or_n();
+    let dcp_owned;
+    let dcp = if desc.act == Activation::Identity || act_cols == 0 {
+        dc
+    } else {
+        let z = z.ok_or_else(|| Error::shape(OP, "backward with an activation needs the saved pre-activation Z"))?;
+        if be.len_of(z) < desc.c().required_len(batch) {
+            return Err(Error::shape(OP, "Z is shorter than C"));
+        }
+        let mut out = be.alloc(dtype, batch * m * n)?;
+        be.act_grad(&ActGrad { rows: batch * m, cols: n, act: desc.act, act_cols }, dc, z, &mut out)?;
+        dcp_owned = out;
+        &dcp_owned
+    };
+    let dbias = if desc.bias {
+        let mut out = be.alloc(dtype, n)?;
+        be.col_sum(batch * m, n, dcp, &mut out)?;
+        Some(out)
+    } else {
+        None
+    };
+    // dA[m,k] = α Σ_n dC'[m,n]·B[n,k]: B read with its layout flipped (its N is the reduction).
+    let (a_op, b_op) = (desc.a(), desc.b());
+    let mut da_desc = Gemm::new(m, k, n).batch(batch).alpha(desc.alpha).beta(0.0);
+    da_desc.b_layout = if desc.b_layout == BLayout::NK { BLayout::KN } else { BLayout::NK };
+    da_desc.ldb = Some(if desc.b_layout == BLayout::NK { b_op.row_stride } else { b_op.col_stride });
+    da_desc.stride_b = Some(b_op.batch_stride);
+    let mut da = be.alloc(dtype, batch * m * k)?;
+    if desc.a_layout == ALayout::KM {
+        // dA stored [K, M]: compute dAᵀ[k,m] = α Σ_n B[n,k]·dC'[m,n].
+        da_desc = Gemm::new(k, m, n).batch(batch).alpha(desc.alpha).beta(0.0).b_layout(BLayout::NK);
+        da_desc.a_layout = if desc.b_layout == BLayout::NK { ALayout::KM } else { ALayout::MK };
+        da_desc.lda = Some(if desc.b_layout == BLayout::NK { b_op.row_stride } else { b_op.col_stride });
+        da_desc.stride_a = Some(b_op.batch_stride);
+        be.gemm(&da_desc, b, dcp, None, None, &mut da, None)?;
+    } else {
+        be.gemm(&da_desc, dcp, b, None, None, &mut da, None)?;
+    }
+    // dB: [N,K] (NK) or [K,N] (KN), reduction over M; dC' read as KM (its M is the reduction).
+    let mut db = be.alloc(dtype, batch * n * k)?;
+    let a_ld = if desc.a_layout == ALayout::MK { a_op.row_stride } else { a_op.col_stride };
+    let a_as_b = if desc.a_layout == ALayout::MK { BLayout::KN } else { BLayout::NK };
+    let a_as_a = if desc.a_layout == ALayout::MK { ALayout::KM } else { ALayout::MK };
+    if desc.b_layout == BLayout::NK {
+        // dB[n,k] = α Σ_m dC'[m,n]·A[m,k]
+        let mut d = Gemm::new(n, k, m).batch(batch).alpha(desc.alpha).beta(0.0).a_layout(ALayout::KM).b_layout(a_as_b);
+        d.ldb = Some(a_ld);
+        d.stride_b = Some(a_op.batch_stride);
+        be.gemm(&d, dcp, a, None, None, &mut db, None)?;
+    } else {
+        // dB[k,n] = α Σ_m A[m,k]·dC'[m,n]
+        let mut d = Gemm::new(k, n, m).batch(batch).alpha(desc.alpha).beta(0.0).a_layout(a_as_a).b_layout(BLayout::KN);
+        d.lda = Some(a_ld);
+        d.stride_a = Some(a_op.batch_stride);
+        be.gemm(&d, a, dcp, None, None, &mut db, None)?;
+    }
+    Ok(GemmGrads { da, db, dbias })
+}
+
+/// Host-side inputs of one GEMM call (what tests, `ffkern check` and `ffkern run` use).
+#[derive(Clone, Debug)]
+pub struct GemmInputs {
+    pub a: crate::HostTensor,
+    pub b: crate::HostTensor,
+    pub bias: Option<crate::HostTensor>,
+    pub r: Option<crate::HostTensor>,
+}
+
+impl GemmInputs {
+    /// Seeded random inputs (never zeros) of exactly the lengths the descriptor needs.
+    pub fn random(desc: &Gemm, dtype: DType, seed: u64) -> Self {
+        let t = |len: usize, s: u64| crate::HostTensor::random(dtype, vec![len.max(1)], seed.wrapping_mul(31).wrapping_add(s));
+        GemmInputs {
+            a: t(desc.a().required_len(desc.batch), 1),
+            b: t(desc.b().required_len(desc.batch), 2),
+            bias: desc.bias.then(|| t(desc.n, 3)),
+            r: desc.residual.then(|| t(desc.r().required_len(desc.batch), 4)),
+        }
+    }
+
+    /// The CPU reference `(C, Z)`, compact `[batch, M, N]`.
+    pub fn reference(&self, desc: &Gemm) -> (Vec<f64>, Vec<f64>) {
+        cpu::forward(desc, &self.a.data, &self.b.data, self.bias.as_ref().map(|t| &t.data[..]), self.r.as_ref().map(|t| &t.data[..]))
+    }
+}
+
+/// What [`run_host`] returns: C and Z compact `[batch, M, N]`, and the whole C buffer as left by
+/// the kernel (its gaps, if `ldc > N`, must still hold the NaN poison).
+pub struct GemmOutputs {
+    pub c: Vec<f32>,
+    pub z: Option<Vec<f32>>,
+    pub c_buffer: Vec<f32>,
+}
+
+/// Uploads, runs the forward on `be` with NaN-poisoned outputs, downloads.
+pub fn run_host<Be: Backend>(be: &Be, desc: &Gemm, x: &GemmInputs, save_z: bool) -> Result<GemmOutputs> {
+    let dtype = x.a.dtype;
+    let c_len = desc.c().required_len(desc.batch).max(1);
+    let poison = crate::HostTensor { dtype, shape: vec![c_len], data: vec![f32::NAN; c_len] };
+    let (a, b) = (be.upload(&x.a)?, be.upload(&x.b)?);
+    let bias = x.bias.as_ref().map(|t| be.upload(t)).transpose()?;
+    let r = x.r.as_ref().map(|t| be.upload(t)).transpose()?;
+    let mut c = be.upload(&poison)?;
+    let mut z = if save_z { Some(be.upload(&poison)?) } else { None };
+    be.gemm(desc, &a, &b, bias.as_ref(), r.as_ref(), &mut c, z.as_mut())?;
+    let c_buffer = be.download(&c)?.data;
+    let co = desc.c();
+    let compact = |buf: &[f32]| {
+        let mut out = Vec::with_capacity(desc.batch * desc.m * desc.n);
+        for bt in 0..desc.batch {
+            for i in 0..desc.m {
+                for j in 0..desc.n {
+                    out.push(buf[co.index(bt, i, j)]);
+                }
+            }
+        }
+        out
+    };
+    let z = match z {
+        Some(z) => Some(compact(&be.download(&z)?.data)),
+        None => None,
+    };
+    Ok(GemmOutputs { c: compact(&c_buffer), z, c_buffer })
+}
+
+/// Runs forward (saving Z) then [`gemm_backward`] on `be`; returns `(dA, dB, dbias)` as host values.
+pub fn backward_host<Be: Backend>(
+    be: &Be,
+    desc: &Gemm,
+    x: &GemmInputs,
+    dc: &crate::HostTensor,
+) -> Result<(Vec<f32>, Vec<f32>, Option<Vec<f32>>)> {
+    let (a, b) = (be.upload(&x.a)?, be.upload(&x.b)?);
+    let bias = x.bias.as_ref().map(|t| be.upload(t)).transpose()?;
+    let r = x.r.as_ref().map(|t| be.upload(t)).transpose()?;
+    let c_len = desc.c().required_len(desc.batch).max(1);
+    let mut c = be.alloc(x.a.dtype, c_len)?;
+    let mut z = be.alloc(x.a.dtype, c_len)?;
+    be.gemm(desc, &a, &b, bias.as_ref(), r.as_ref(), &mut c, Some(&mut z))?;
+    let dc = be.upload(dc)?;
+    let g = gemm_backward(be, desc, &a, &b, Some(&z), &dc)?;
+    let dbias = match &g.dbias {
+        Some(t) => Some(be.download(t)?.data),
+        None => None,
+    };
+    Ok((be.download(&g.da)?.data, be.download(&g.db)?.data, dbias))
+}

@@ -1,0 +1,86 @@
+//! wgpu launchers of the GEMM family (`shaders/gemm.wgsl`). They take the caller's buffers with
+//! element offsets and record on the caller's device and queue; no copies, no waits.
+
+use super::{ActGrad, Gemm};
+use crate::runtime::wgpu::{BufferRef, WgpuContext};
+use crate::{DType, Error, Result};
+
+const FAMILY: &str = "gemm";
+/// Binding order: A, B, bias, R (read-only), then C, Z (written).
+const READ_ONLY: usize = 4;
+
+/// Launches the fused GEMM. `c` and the optional `z` (pre-activation) are written; the others are
+/// read. Offsets are in elements.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    ctx: &WgpuContext,
+    desc: &Gemm,
+    dtype: DType,
+    a: BufferRef,
+    b: BufferRef,
+    bias: Option<BufferRef>,
+    r: Option<BufferRef>,
+    c: BufferRef,
+    z: Option<BufferRef>,
+) -> Result<()> {
+    desc.validate_lens(
+        a.available(dtype),
+        b.available(dtype),
+        bias.map(|t| t.available(dtype)),
+        r.map(|t| t.available(dtype)),
+        c.available(dtype),
+        z.map(|t| t.available(dtype)),
+    )?;
+    let mut p = desc.params();
+    let off = |x: &BufferRef| -> Result<u32> {
+        u32::try_from(x.offset).map_err(|_| Error::Limit("gemm: element offset over 2^32".into()))
+    };
+    p.off_a = off(&a)?;
+    p.off_b = off(&b)?;
+    p.off_c = off(&c)?;
+    if let Some(t) = &bias {
+        p.off_bias = off(t)?;
+    }
+    if let Some(t) = &r {
+        p.off_r = off(t)?;
+    }
+    if let Some(t) = &z {
+        p.off_z = off(t)?;
+        p.has_z = 1;
+    }
+    if desc.m == 0 || desc.n == 0 || desc.batch == 0 {
+        return Ok(());
+    }
+    let pipe = ctx.pipeline(FAMILY, "gemm", dtype, READ_ONLY, 2)?;
+    let ro = ctx.dummy(false);
+    let buffers = [
+        a.buffer,
+        b.buffer,
+        bias.map_or(ro, |t| t.buffer),
+        r.map_or(ro, |t| t.buffer),
+        c.buffer,
+        z.map_or(ctx.dummy(true), |t| t.buffer),
+    ];
+    let groups = [desc.n.div_ceil(64) as u32, desc.m.div_ceil(64) as u32, desc.batch as u32];
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &buffers, groups)
+}
+
+/// `out = dc ⊙ act'(z)` over compact `[rows, cols]` (element offsets 0).
+pub fn act_grad(ctx: &WgpuContext, d: &ActGrad, dtype: DType, dc: &wgpu::Buffer, z: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
+    let mut p = Gemm::new(d.rows, d.cols, 1).params();
+    p.act = d.act as u32;
+    p.act_cols = d.act_cols as u32;
+    let pipe = ctx.pipeline(FAMILY, "act_grad", dtype, READ_ONLY, 2)?;
+    let ro = ctx.dummy(false);
+    let groups = ctx.grid_1d((d.rows * d.cols).div_ceil(2));
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[dc, z, ro, ro, out, ctx.dummy(true)], groups)
+}
+
+/// `out[j] = Σ_i x[i, j]` over compact `[rows, cols]`, deterministic.
+pub fn col_sum(ctx: &WgpuContext, rows: usize, cols: usize, dtype: DType, x: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
+    let p = Gemm::new(rows, cols, 1).params();
+    let pipe = ctx.pipeline(FAMILY, "col_sum", dtype, READ_ONLY, 2)?;
+    let ro = ctx.dummy(false);
+    let groups = ctx.grid_1d(cols.div_ceil(2));
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[x, ro, ro, ro, out, ctx.dummy(true)], groups)
+}

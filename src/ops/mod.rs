@@ -1,0 +1,5 @@
+//! One module per op family: the descriptor and its validation, the CPU reference (`cpu.rs`) and
+//! the device launchers (`wgpu.rs`, `cuda.rs`) side by side. The kernels carry the same family
+//! name in `kernels/` and `shaders/`.
+
+pub mod gemm;

@@ -1,0 +1,57 @@
+//! The shape registry shared by tests, `ffkern check`, `ffkern bench` and the criterion benches.
+
+use crate::ops::gemm::{ALayout, Activation, BLayout, Gemm};
+
+/// A named GEMM case.
+#[derive(Clone, Debug)]
+pub struct GemmCase {
+    pub name: String,
+    pub desc: Gemm,
+}
+
+fn case(name: &str, desc: Gemm) -> GemmCase {
+    GemmCase { name: name.to_string(), desc }
+}
+
+/// Correctness cases: shapes that miss every tile, both layouts, batches, every epilogue feature.
+pub fn gemm_check_cases() -> Vec<GemmCase> {
+    vec![
+        case("1x1x1", Gemm::new(1, 1, 1)),
+        case("7x13x5 bias gelu_erf", Gemm::new(7, 13, 5).bias(true).act(Activation::GeluErf)),
+        case("63x65x127 kn relu", Gemm::new(63, 65, 127).b_layout(BLayout::KN).act(Activation::Relu).bias(true)),
+        case("1000x257x300 bias gelu_tanh", Gemm::new(1000, 257, 300).bias(true).act(Activation::GeluTanh)),
+        case("65x130x64 silu act_cols=33 residual", Gemm::new(65, 130, 64).bias(true).act(Activation::Silu).act_cols(33).residual(None).alpha(0.5).beta(-1.25)),
+        case("33x40x70 km residual-slice ldr=97", Gemm::new(33, 40, 70).a_layout(ALayout::KM).residual(Some(97)).beta(0.75)),
+        case("batch 3 of 17x24x31 kn", Gemm::new(17, 24, 31).batch(3).b_layout(BLayout::KN).bias(true).act(Activation::GeluErf)),
+        case("batch 4 of 8x9x10 shared B (stride 0)", Gemm::new(8, 9, 10).batch(4).strides(8 * 10, 0, 8 * 9)),
+        case("31x23x19 lda=40 ldc=29", Gemm::new(31, 23, 19).lda(40).ldc(29).bias(true).act(Activation::Relu)),
+        case("128x128x256 all options", Gemm::new(128, 128, 256).bias(true).act(Activation::GeluErf).act_cols(64).residual(None).alpha(1.5).beta(0.5)),
+    ]
+}
+
+/// Backward cases (the activation derivative, dbias, both layouts, batches).
+pub fn gemm_backward_cases() -> Vec<GemmCase> {
+    vec![
+        case("bwd 7x13x5 gelu_erf", Gemm::new(7, 13, 5).bias(true).act(Activation::GeluErf)),
+        case("bwd 63x65x127 kn silu act_cols=40", Gemm::new(63, 65, 127).b_layout(BLayout::KN).bias(true).act(Activation::Silu).act_cols(40)),
+        case("bwd 40x33x70 km relu alpha 0.5", Gemm::new(40, 33, 70).a_layout(ALayout::KM).act(Activation::Relu).alpha(0.5)),
+        case("bwd batch 2 of 30x20x50 gelu_tanh", Gemm::new(30, 20, 50).batch(2).bias(true).act(Activation::GeluTanh)),
+    ]
+}
+
+/// Benchmark shapes (SPEC: the ViT-L FFN GEMMs and the square 4096³ problem).
+pub fn gemm_bench_cases() -> Vec<GemmCase> {
+    vec![
+        case("4096x4096x4096", Gemm::new(4096, 4096, 4096)),
+        case("25216x4096x1024 bias gelu_erf", Gemm::new(25216, 4096, 1024).bias(true).act(Activation::GeluErf)),
+        case("25216x1024x4096 bias residual", Gemm::new(25216, 1024, 4096).bias(true).residual(None)),
+    ]
+}
+
+/// Small benchmark shapes for CPU-only adapters (lavapipe) and quick runs.
+pub fn gemm_bench_cases_small() -> Vec<GemmCase> {
+    vec![
+        case("512x512x512", Gemm::new(512, 512, 512)),
+        case("1024x1024x1024 bias gelu_erf", Gemm::new(1024, 1024, 1024).bias(true).act(Activation::GeluErf)),
+    ]
+}

@@ -1,0 +1,98 @@
+//! The CPU backend: the reference implementations behind the [`Backend`] trait, so every
+//! composition can also run (slowly) without a GPU.
+
+use crate::device::{same_dtype, Backend};
+use crate::ops::gemm::{self, ActGrad, Gemm};
+use crate::{DType, Error, HostTensor, Result};
+
+/// The CPU reference backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+fn f64s(t: &HostTensor) -> Vec<f64> {
+    t.data.iter().map(|&v| v as f64).collect()
+}
+
+impl Backend for Cpu {
+    type Buf = HostTensor;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn upload(&self, t: &HostTensor) -> Result<HostTensor> {
+        Ok(HostTensor { dtype: t.dtype, shape: vec![t.len()], data: t.data.clone() })
+    }
+    fn alloc(&self, dtype: DType, len: usize) -> Result<HostTensor> {
+        Ok(HostTensor { dtype, shape: vec![len], data: vec![0.0; len] })
+    }
+    fn download(&self, buf: &HostTensor) -> Result<HostTensor> {
+        self.upload(buf)
+    }
+    fn dtype_of(&self, buf: &HostTensor) -> DType {
+        buf.dtype
+    }
+    fn len_of(&self, buf: &HostTensor) -> usize {
+        buf.len()
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        desc: &Gemm,
+        a: &HostTensor,
+        b: &HostTensor,
+        bias: Option<&HostTensor>,
+        r: Option<&HostTensor>,
+        c: &mut HostTensor,
+        z: Option<&mut HostTensor>,
+    ) -> Result<()> {
+        let mut dts = vec![("A", a.dtype), ("B", b.dtype), ("C", c.dtype)];
+        bias.iter().for_each(|t| dts.push(("bias", t.dtype)));
+        r.iter().for_each(|t| dts.push(("R", t.dtype)));
+        let dtype = same_dtype("gemm", &dts)?;
+        desc.validate_lens(a.len(), b.len(), bias.map(|t| t.len()), r.map(|t| t.len()), c.len(), z.as_ref().map(|t| t.len()))?;
+        let (cv, zv) = gemm::cpu::forward(desc, &a.data, &b.data, bias.map(|t| &t.data[..]), r.map(|t| &t.data[..]));
+        let co = desc.c();
+        let mut z = z;
+        for bt in 0..desc.batch {
+            for i in 0..desc.m {
+                for j in 0..desc.n {
+                    let o = (bt * desc.m + i) * desc.n + j;
+                    let idx = co.index(bt, i, j);
+                    c.data[idx] = dtype.round(cv[o] as f32);
+                    if let Some(z) = z.as_deref_mut() {
+                        z.data[idx] = dtype.round(zv[o] as f32);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn act_grad(&self, d: &ActGrad, dc: &HostTensor, z: &HostTensor, out: &mut HostTensor) -> Result<()> {
+        let dtype = same_dtype("act_grad", &[("dC", dc.dtype), ("Z", z.dtype), ("out", out.dtype)])?;
+        let n = d.rows * d.cols;
+        if dc.len() < n || z.len() < n || out.len() < n {
+            return Err(Error::shape("act_grad", format!("buffers must hold {n} elements")));
+        }
+        let g = gemm::cpu::act_grad(d, &f64s(dc)[..n], &f64s(z)[..n]);
+        for (o, v) in out.data.iter_mut().zip(g) {
+            *o = dtype.round(v as f32);
+        }
+        Ok(())
+    }
+
+    fn col_sum(&self, rows: usize, cols: usize, x: &HostTensor, out: &mut HostTensor) -> Result<()> {
+        let dtype = same_dtype("col_sum", &[("x", x.dtype), ("out", out.dtype)])?;
+        if x.len() < rows * cols || out.len() < cols {
+            return Err(Error::shape("col_sum", "buffers too small"));
+        }
+        for j in 0..cols {
+            let s: f64 = (0..rows).map(|i| x.data[i * cols + j] as f64).sum();
+            out.data[j] = dtype.round(s as f32);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,515 @@
+//! The wgpu runtime: adapter choice, device with the adapter's real limits, cached pipelines and
+//! bind-group layouts, a reusable staging buffer, launches, and timing (timestamp queries where
+//! the adapter has them, otherwise wall clock around a waited submission).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use wgpu::util::DeviceExt;
+
+use crate::device::{same_dtype, Backend};
+use crate::ops::gemm::{ActGrad, Gemm};
+use crate::{DType, Error, HostTensor, Result};
+
+const BACKEND: &str = "wgpu";
+
+/// How to pick the adapter. Environment: `FFKERN_WGPU_ADAPTER` (a substring of the adapter name,
+/// e.g. `llvmpipe` for lavapipe) and `FFKERN_WGPU_BACKEND` (`vulkan`, `metal`, `dx12`, `gl`).
+#[derive(Clone, Debug, Default)]
+pub struct WgpuOptions {
+    /// Case-insensitive substring of the adapter name to require.
+    pub adapter: Option<String>,
+    /// Restrict to one graphics API.
+    pub backends: Option<wgpu::Backends>,
+    /// Do not request `SHADER_F16` even where the adapter has it (ffkern's f16 path does not
+    /// need it: f16 is stored packed and widened in the shader).
+    pub without_shader_f16: bool,
+}
+
+impl WgpuOptions {
+    pub fn from_env() -> Result<Self> {
+        let mut o = WgpuOptions { adapter: std::env::var("FFKERN_WGPU_ADAPTER").ok().filter(|s| !s.is_empty()), ..Default::default() };
+        if let Ok(b) = std::env::var("FFKERN_WGPU_BACKEND") {
+            o.backends = Some(match b.to_ascii_lowercase().as_str() {
+                "vulkan" => wgpu::Backends::VULKAN,
+                "metal" => wgpu::Backends::METAL,
+                "dx12" => wgpu::Backends::DX12,
+                "gl" => wgpu::Backends::GL,
+                other => return Err(Error::Invalid(format!("FFKERN_WGPU_BACKEND={other}: expected vulkan, metal, dx12 or gl"))),
+            });
+        }
+        Ok(o)
+    }
+}
+
+/// An owned buffer on a wgpu device: `len` elements of `dtype`, stored as u32 words.
+pub struct WgpuBuffer {
+    pub buffer: wgpu::Buffer,
+    pub dtype: DType,
+    pub len: usize,
+}
+
+/// A storage binding: a caller's buffer plus an element offset into it (any offset; the kernels
+/// index by element, so a column slice of a wider matrix needs no copy).
+#[derive(Clone, Copy)]
+pub struct BufferRef<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+}
+
+impl<'a> BufferRef<'a> {
+    pub fn new(buffer: &'a wgpu::Buffer, offset: u64) -> Self {
+        BufferRef { buffer, offset }
+    }
+    /// Elements of `dtype` available from the offset to the end of the buffer.
+    pub fn available(&self, dtype: DType) -> usize {
+        ((self.buffer.size() / dtype.size() as u64).saturating_sub(self.offset)) as usize
+    }
+}
+
+struct Timing {
+    queries: wgpu::QuerySet,
+    capacity: u32,
+    next: u32,
+}
+
+/// A wgpu device and queue with ffkern's caches.
+pub struct WgpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    layouts: Mutex<HashMap<(&'static str, usize), Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str, DType), Arc<wgpu::ComputePipeline>>>,
+    staging: Mutex<Option<wgpu::Buffer>>,
+    dummy_ro: wgpu::Buffer,
+    dummy_rw: wgpu::Buffer,
+    timing: Mutex<Option<Timing>>,
+}
+
+/// A WGSL family shader assembled for one dtype: `_dtype_<dtype>.wgsl + _common.wgsl + <family>.wgsl`
+/// (build.rs validates exactly this assembly).
+pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
+    let dt = match dtype {
+        DType::F32 => include_str!("../../shaders/_dtype_f32.wgsl"),
+        DType::F16 => include_str!("../../shaders/_dtype_f16.wgsl"),
+        DType::BF16 => include_str!("../../shaders/_dtype_bf16.wgsl"),
+    };
+    let body = match family {
+        "gemm" => include_str!("../../shaders/gemm.wgsl"),
+        other => return Err(Error::Unsupported(format!("no WGSL family '{other}'"))),
+    };
+    Ok(format!("{dt}\n{}\n{body}", include_str!("../../shaders/_common.wgsl")))
+}
+
+impl WgpuContext {
+    /// The best adapter (a discrete or integrated GPU before a CPU adapter such as lavapipe),
+    /// honouring `FFKERN_WGPU_ADAPTER` / `FFKERN_WGPU_BACKEND`.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&WgpuOptions::from_env()?)
+    }
+
+    pub fn with_options(opts: &WgpuOptions) -> Result<Self> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
+        let instance = wgpu::Instance::new(desc);
+        let adapters = pollster::block_on(instance.enumerate_adapters(desc_backends(opts)));
+        let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let mut candidates: Vec<wgpu::Adapter> = adapters
+            .into_iter()
+            .filter(|a| match &opts.adapter {
+                Some(s) => a.get_info().name.to_lowercase().contains(&s.to_lowercase()),
+                None => true,
+            })
+            .collect();
+        candidates.sort_by_key(rank);
+        let adapter = candidates.into_iter().next().ok_or_else(|| Error::BackendUnavailable {
+            backend: BACKEND,
+            reason: match &opts.adapter {
+                Some(s) => format!("no adapter whose name contains '{s}'"),
+                None => "no adapter found (on a machine without a GPU: apt-get install mesa-vulkan-drivers for lavapipe)".into(),
+            },
+        })?;
+        let mut features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
+        if opts.without_shader_f16 {
+            features.remove(wgpu::Features::SHADER_F16);
+        }
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("ffkern"),
+            required_features: features,
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .map_err(|e| Error::driver("wgpu: requesting the device", e))?;
+        Ok(Self::from_device(device, queue, adapter.get_info()))
+    }
+
+    /// Wraps a device and queue the caller already has (a framework's own).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        device.on_uncaptured_error(Arc::new(|e| eprintln!("ffkern: uncaptured wgpu error: {e}")));
+        let mk = |usage, label| {
+            device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: 16, usage, mapped_at_creation: false })
+        };
+        let dummy_ro = mk(wgpu::BufferUsages::STORAGE, "ffkern dummy ro");
+        let dummy_rw = mk(wgpu::BufferUsages::STORAGE, "ffkern dummy rw");
+        WgpuContext {
+            device,
+            queue,
+            info,
+            layouts: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            staging: Mutex::new(None),
+            dummy_ro,
+            dummy_rw,
+            timing: Mutex::new(None),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} ({:?}, {:?}, driver {} {})", self.info.name, self.info.backend, self.info.device_type, self.info.driver, self.info.driver_info)
+    }
+
+    pub fn has_timestamps(&self) -> bool {
+        self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// The dummy buffers bound in place of absent optional operands.
+    pub(crate) fn dummy(&self, writable: bool) -> &wgpu::Buffer {
+        if writable {
+            &self.dummy_rw
+        } else {
+            &self.dummy_ro
+        }
+    }
+
+    /// The bind-group layout of a family: binding 0 is the uniform parameter block, then
+    /// `read_only` storage buffers, then the writable ones. Built once per family.
+    fn layout(&self, family: &'static str, read_only: usize, writable: usize) -> Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)> {
+        let mut cache = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry((family, read_only * 16 + writable))
+            .or_insert_with(|| {
+                let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+                    count: None,
+                }];
+                for i in 0..read_only + writable {
+                    entries.push(wgpu::BindGroupLayoutEntry {
+                        binding: 1 + i as u32,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage { read_only: i < read_only },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    });
+                }
+                let bgl = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(family), entries: &entries });
+                let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(family),
+                    bind_group_layouts: &[Some(&bgl)],
+                    immediate_size: 0,
+                });
+                Arc::new((bgl, pl))
+            })
+            .clone()
+    }
+
+    /// A compute pipeline for `family`'s `entry` in `dtype`, compiled once and cached.
+    pub(crate) fn pipeline(
+        &self,
+        family: &'static str,
+        entry: &'static str,
+        dtype: DType,
+        read_only: usize,
+        writable: usize,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = (family, entry, dtype);
+        if let Some(p) = self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(p.clone());
+        }
+        let layout = self.layout(family, read_only, writable);
+        let source = shader_source(family, dtype)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(family),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&layout.1),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions { zero_initialize_workgroup_memory: false, ..Default::default() },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::driver(format!("wgpu: building {family}::{entry} ({dtype})"), e));
+        }
+        let p = Arc::new(pipeline);
+        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Records and submits one dispatch. `buffers` follow the family layout (read-only first).
+    /// With a timing session open, the pass writes begin/end timestamps.
+    pub(crate) fn dispatch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        family: &'static str,
+        read_only: usize,
+        params: &[u8],
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let max = self.device.limits().max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Limit(format!("{family}: dispatch {groups:?} exceeds {max} workgroups per dimension")));
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let layout = self.layout(family, read_only, buffers.len() - read_only);
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("ffkern params"),
+            contents: params,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: b.as_entire_binding() });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(family), layout: &layout.0, entries: &entries });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(family) });
+        {
+            let mut timing = self.timing.lock().unwrap_or_else(|p| p.into_inner());
+            let ts = timing.as_mut().filter(|t| t.next + 2 <= t.capacity).map(|t| {
+                t.next += 2;
+                wgpu::ComputePassTimestampWrites {
+                    query_set: &t.queries,
+                    beginning_of_pass_write_index: Some(t.next - 2),
+                    end_of_pass_write_index: Some(t.next - 1),
+                }
+            });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(family), timestamp_writes: ts });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        self.queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::driver(format!("wgpu: dispatching {family}"), e));
+        }
+        Ok(())
+    }
+
+    /// Grid for `n` invocations of a 256-wide 1-D kernel, folded into y past the x limit.
+    pub(crate) fn grid_1d(&self, n: usize) -> [u32; 3] {
+        let groups = n.div_ceil(256);
+        let max = self.device.limits().max_compute_workgroups_per_dimension as usize;
+        if groups <= max {
+            [groups as u32, 1, 1]
+        } else {
+            [max as u32, groups.div_ceil(max) as u32, 1]
+        }
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::driver("wgpu: waiting for the queue", e))?;
+        Ok(())
+    }
+
+    /// Copies `bytes` bytes of `src` from `offset` to the host through the cached staging buffer.
+    pub fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        let size = bytes.div_ceil(4) * 4;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        if staging.as_ref().is_none_or(|s| s.size() < size) {
+            *staging = Some(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("ffkern staging"),
+                size: size.next_power_of_two().max(1 << 16),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let st = staging.as_ref().ok_or_else(|| Error::driver("wgpu", "staging buffer missing"))?;
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern readback") });
+        enc.copy_buffer_to_buffer(src, offset, st, 0, size);
+        self.queue.submit([enc.finish()]);
+        let slice = st.slice(0..size);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|e| Error::driver("wgpu: mapping the staging buffer", e))?
+            .map_err(|e| Error::driver("wgpu: mapping the staging buffer", e))?;
+        let data = slice.get_mapped_range().map_err(|e| Error::driver("wgpu: reading the staging buffer", e))?[..bytes as usize].to_vec();
+        st.unmap();
+        Ok(data)
+    }
+
+    /// Times `reps` runs of `f` (after one warm-up run) and returns seconds per run. With
+    /// timestamp queries a run lasts from its first pass's start to its last pass's end; otherwise
+    /// it is the wall clock of the run's submissions, waited for.
+    pub fn time_runs(&self, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+        f()?;
+        self.wait()?;
+        let mut out = Vec::with_capacity(reps);
+        if !self.has_timestamps() {
+            for _ in 0..reps {
+                let t = Instant::now();
+                f()?;
+                self.wait()?;
+                out.push(t.elapsed().as_secs_f64());
+            }
+            return Ok(out);
+        }
+        let capacity = 64u32;
+        for _ in 0..reps {
+            let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("ffkern timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count: capacity,
+            });
+            *self.timing.lock().unwrap_or_else(|p| p.into_inner()) = Some(Timing { queries, capacity, next: 0 });
+            let r = f();
+            let t = self.timing.lock().unwrap_or_else(|p| p.into_inner()).take();
+            r?;
+            let Some(t) = t else { continue };
+            if t.next == 0 {
+                out.push(0.0);
+                continue;
+            }
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("ffkern timestamps"),
+                size: 8 * capacity as u64,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern timing") });
+            enc.resolve_query_set(&t.queries, 0..t.next, &resolve, 0);
+            self.queue.submit([enc.finish()]);
+            let bytes = self.read_bytes(&resolve, 0, 8 * t.next as u64)?;
+            let ticks: Vec<u64> = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+            let first = ticks.first().copied().unwrap_or(0);
+            let last = ticks.last().copied().unwrap_or(0);
+            out.push(last.saturating_sub(first) as f64 * self.queue.get_timestamp_period() as f64 * 1e-9);
+        }
+        Ok(out)
+    }
+
+    /// A buffer for `len` elements of `dtype` (rounded up to whole words), usable as storage,
+    /// copy source and copy destination.
+    pub fn create_buffer(&self, dtype: DType, len: usize) -> Result<wgpu::Buffer> {
+        let bytes = ((len * dtype.size()).div_ceil(4) * 4).max(4) as u64;
+        let max = self.device.limits().max_storage_buffer_binding_size as u64;
+        if bytes > max || bytes > self.device.limits().max_buffer_size {
+            return Err(Error::Limit(format!("wgpu: a buffer of {bytes} bytes exceeds the adapter's binding limit of {max}")));
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ffkern tensor"),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+}
+
+fn desc_backends(opts: &WgpuOptions) -> wgpu::Backends {
+    opts.backends.unwrap_or(wgpu::Backends::PRIMARY)
+}
+
+impl Backend for WgpuContext {
+    type Buf = WgpuBuffer;
+
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+    fn upload(&self, t: &HostTensor) -> Result<WgpuBuffer> {
+        let buffer = self.create_buffer(t.dtype, t.len())?;
+        let mut bytes = t.to_bytes();
+        bytes.resize(buffer.size() as usize, 0);
+        self.queue.write_buffer(&buffer, 0, &bytes);
+        Ok(WgpuBuffer { buffer, dtype: t.dtype, len: t.len() })
+    }
+    fn alloc(&self, dtype: DType, len: usize) -> Result<WgpuBuffer> {
+        Ok(WgpuBuffer { buffer: self.create_buffer(dtype, len)?, dtype, len })
+    }
+    fn download(&self, buf: &WgpuBuffer) -> Result<HostTensor> {
+        let bytes = self.read_bytes(&buf.buffer, 0, (buf.len * buf.dtype.size()) as u64)?;
+        Ok(HostTensor { dtype: buf.dtype, shape: vec![buf.len], data: buf.dtype.decode(&bytes) })
+    }
+    fn dtype_of(&self, buf: &WgpuBuffer) -> DType {
+        buf.dtype
+    }
+    fn len_of(&self, buf: &WgpuBuffer) -> usize {
+        buf.len
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.wait()
+    }
+
+    fn gemm(
+        &self,
+        desc: &Gemm,
+        a: &WgpuBuffer,
+        b: &WgpuBuffer,
+        bias: Option<&WgpuBuffer>,
+        r: Option<&WgpuBuffer>,
+        c: &mut WgpuBuffer,
+        z: Option<&mut WgpuBuffer>,
+    ) -> Result<()> {
+        let mut dts = vec![("A", a.dtype), ("B", b.dtype), ("C", c.dtype)];
+        bias.iter().for_each(|t| dts.push(("bias", t.dtype)));
+        r.iter().for_each(|t| dts.push(("R", t.dtype)));
+        z.iter().for_each(|t| dts.push(("Z", t.dtype)));
+        let dtype = same_dtype("gemm", &dts)?;
+        desc.validate_lens(a.len, b.len, bias.map(|t| t.len), r.map(|t| t.len), c.len, z.as_ref().map(|t| t.len))?;
+        fn r0(t: &WgpuBuffer) -> BufferRef<'_> {
+            BufferRef::new(&t.buffer, 0)
+        }
+        crate::ops::gemm::wgpu::gemm(
+            self,
+            desc,
+            dtype,
+            r0(a),
+            r0(b),
+            bias.map(r0),
+            r.map(r0),
+            r0(c),
+            z.map(|t| BufferRef::new(&t.buffer, 0)),
+        )
+    }
+
+    fn act_grad(&self, d: &ActGrad, dc: &WgpuBuffer, z: &WgpuBuffer, out: &mut WgpuBuffer) -> Result<()> {
+        let dtype = same_dtype("act_grad", &[("dC", dc.dtype), ("Z", z.dtype), ("out", out.dtype)])?;
+        let n = d.rows * d.cols;
+        if dc.len < n || z.len < n || out.len < n {
+            return Err(Error::shape("act_grad", format!("buffers must hold {n} elements")));
+        }
+        crate::ops::gemm::wgpu::act_grad(self, d, dtype, &dc.buffer, &z.buffer, &out.buffer)
+    }
+
+    fn col_sum(&self, rows: usize, cols: usize, x: &WgpuBuffer, out: &mut WgpuBuffer) -> Result<()> {
+        let dtype = same_dtype("col_sum", &[("x", x.dtype), ("out", out.dtype)])?;
+        if x.len < rows * cols || out.len < cols {
+            return Err(Error::shape("col_sum", "buffers too small"));
+        }
+        crate::ops::gemm::wgpu::col_sum(self, rows, cols, dtype, &x.buffer, &out.buffer)
+    }
+}

@@ -1,0 +1,49 @@
+//! Shared test setup: the device backends present, with `FFKERN_REQUIRE` (e.g. `wgpu` or
+//! `wgpu,cuda`) turning a missing backend into a failure instead of a skip.
+
+#![allow(dead_code)]
+
+use ffkern::Device;
+
+pub fn required() -> Vec<String> {
+    std::env::var("FFKERN_REQUIRE")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The GPU backends to test (wgpu, cuda). A missing one is reported on stderr and skipped,
+/// unless `FFKERN_REQUIRE` names it, in which case this panics (the test fails).
+pub fn device_backends() -> Vec<Device> {
+    let req = required();
+    let mut out = Vec::new();
+    for name in ["wgpu", "cuda"] {
+        match Device::open(name) {
+            Ok(d) => out.push(d),
+            Err(e) => {
+                if req.iter().any(|r| r == name) {
+                    panic!("FFKERN_REQUIRE names {name} but it is unavailable: {e}");
+                }
+                eprintln!("skipping backend {name}: {e}");
+            }
+        }
+    }
+    out
+}
+
+/// The wgpu context alone, or None (skipped unless required).
+#[cfg(feature = "wgpu")]
+pub fn wgpu() -> Option<ffkern::WgpuContext> {
+    match ffkern::WgpuContext::new() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            if required().iter().any(|r| r == "wgpu") {
+                panic!("FFKERN_REQUIRE names wgpu but it is unavailable: {e}");
+            }
+            eprintln!("skipping wgpu: {e}");
+            None
+        }
+    }
+}
