@@ -608,3 +608,7 @@ pub fn backward_host<Be: Backend>(
     };
     Ok((be.download(&g.da)?.data, be.download(&g.db)?.data, dbias))
 }
+
+// SAFETY: GemmParams is repr(C) plain old data (u32 and f32 fields), laid out like the CUDA struct.
+#[cfg(feature = "cuda")]
+unsafe impl cudarc::driver::DeviceRepr for GemmParams {}

@@ -1,0 +1,369 @@
+// GEMM with fused epilogue (SPEC §1) and the two helpers of its backward.
+//
+// f16/bf16: tensor cores through mma.sync.m16n8k16 (f32 accumulate). Why it is fast: a 128×128
+// block tile fed by a 3-stage cp.async pipeline (16-byte copies straight to shared memory, the
+// next two K slices in flight while the current one is multiplied), ldmatrix fragment loads from
+// padded (conflict-free) shared rows, and a 64×32 warp tile that reuses each A fragment 4× and
+// each B fragment 4× from registers.
+// f32: SIMT, 128×128×8 block tile, 8×8 register tile per thread, float4 shared-memory reads and
+// register double buffering of the next K slice (no TF32, so results keep f32 accuracy).
+// Both: bias, partial activation, residual and the saved pre-activation are applied to the
+// accumulators in registers and written once.
+//
+// `_vec` entries take 16-byte copies and need A as [M,K] and B as [N,K] with 16-byte-aligned rows
+// (the launcher checks); `_gen` entries read any layout and stride element by element.
+#include "common.cuh"
+
+struct GemmParams {
+    uint32_t m, n, k, batch;
+    uint32_t lda, ldb, ldc, ldr;
+    uint32_t sa, sb, sc, sr;
+    uint32_t a_km, b_kn, act, act_cols;
+    uint32_t has_bias, has_r, has_z;
+    float alpha, beta;
+    uint32_t off_a, off_b, off_bias, off_r, off_c, off_z, pad0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Epilogue: one or two adjacent columns of one row.
+template <typename T>
+__device__ __forceinline__ void epilogue2(const GemmParams& p, const T* __restrict__ bias, const T* __restrict__ R,
+                                          T* __restrict__ C, T* __restrict__ Z, uint32_t bz, uint32_t row, uint32_t col,
+                                          float acc0, float acc1) {
+    if (row >= p.m || col >= p.n) return;
+    const bool two = col + 1 < p.n;
+    float v[2] = {p.alpha * acc0, p.alpha * acc1};
+    float pre[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        const uint32_t c = col + j;
+        if (j == 1 && !two) break;
+        if (p.has_bias) v[j] += to_f32(bias[c]);
+        pre[j] = v[j];
+        if (c < p.act_cols) v[j] = act_apply(p.act, v[j]);
+        if (p.has_r) v[j] += p.beta * to_f32(R[(size_t)bz * p.sr + (size_t)row * p.ldr + c]);
+    }
+    const size_t o = (size_t)bz * p.sc + (size_t)row * p.ldc + col;
+    C[o] = from_f32<T>(v[0]);
+    if (two) C[o + 1] = from_f32<T>(v[1]);
+    if (p.has_z) {
+        Z[o] = from_f32<T>(pre[0]);
+        if (two) Z[o + 1] = from_f32<T>(pre[1]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core kernel (f16 / bf16).
+namespace mma {
+constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 256;
+constexpr int LDS = BK + 8;  // padded shared row (80 bytes): ldmatrix rows hit distinct banks
+constexpr int STAGE_ELEMS = (BM + BN) * LDS;
+constexpr int SMEM_BYTES = STAGES * STAGE_ELEMS * 2;
+static_assert(SMEM_BYTES == 61440, "src/ops/gemm/cuda.rs launches the mma kernels with 61440 bytes of dynamic shared memory");
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+template <typename T> __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Loads rows [r0, r0+128) × K slice [k0, k0+32) of an operand into a shared tile [128][LDS].
+// VEC: 16-byte cp.async of rows with unit K stride (zero-filled past the edges).
+// Otherwise: element loads with strides (rs, ks), consecutive threads along the unit-stride dim.
+template <typename T, bool VEC>
+__device__ __forceinline__ void load_tile(T* __restrict__ s, const T* __restrict__ g, uint32_t rows, uint32_t K, uint32_t r0,
+                                          uint32_t k0, uint32_t rs, uint32_t ks) {
+    const int t = threadIdx.x;
+    if (VEC) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int c = t + i * THREADS;
+            const int r = c >> 2, kc = (c & 3) * 8;
+            const uint32_t gr = r0 + r, gk = k0 + kc;
+            int bytes = 0;
+            const T* src = g;
+            if (gr < rows && gk < K) {
+                bytes = (int)min(8u, K - gk) * 2;
+                src = g + (size_t)gr * rs + gk;
+            }
+            cp_async16(s + r * LDS + kc, src, bytes);
+        }
+    } else {
+        const bool k_unit = ks == 1;
+#pragma unroll 4
+        for (int i = 0; i < (BM * BK) / THREADS; ++i) {
+            const int e = t + i * THREADS;
+            const int r = k_unit ? e / BK : e % BM;
+            const int kk = k_unit ? e % BK : e / BM;
+            const uint32_t gr = r0 + r, gk = k0 + kk;
+            T v = from_f32<T>(0.0f);
+            if (gr < rows && gk < K) v = g[(size_t)gr * rs + (size_t)gk * ks];
+            s[r * LDS + kk] = v;
+        }
+    }
+}
+
+template <typename T, bool VEC>
+__device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias,
+                                         const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* smem = reinterpret_cast<T*>(smem_raw);
+    const uint32_t bz = blockIdx.z, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
+    const T* Ab = A + (size_t)bz * p.sa;
+    const T* Bb = B + (size_t)bz * p.sb;
+    const uint32_t a_rs = p.a_km ? 1 : p.lda, a_ks = p.a_km ? p.lda : 1;
+    const uint32_t b_rs = p.b_kn ? 1 : p.ldb, b_ks = p.b_kn ? p.ldb : 1;
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    const int KT = (p.k + BK - 1) / BK;
+    auto load_stage = [&](int stage, int kt) {
+        T* sA = smem + stage * STAGE_ELEMS;
+        T* sB = sA + BM * LDS;
+        load_tile<T, VEC>(sA, Ab, p.m, p.k, m0, kt * BK, a_rs, a_ks);
+        load_tile<T, VEC>(sB, Bb, p.n, p.k, n0, kt * BK, b_rs, b_ks);
+    };
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < KT) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = kt + STAGES - 1;
+        if (next < KT) load_stage(next % STAGES, next);
+        cp_async_commit();
+        const T* sA = smem + (kt % STAGES) * STAGE_ELEMS;
+        const T* sB = sA + BM * LDS;
+#pragma unroll
+        for (int ks = 0; ks < BK; ks += 16) {
+            uint32_t af[4][4], bf[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt) ldmatrix_x4(af[mt], sA + (wm + mt * 16 + (lane % 16)) * LDS + ks + (lane / 16) * 8);
+#pragma unroll
+            for (int np = 0; np < 2; ++np)
+                ldmatrix_x4(bf[np], sB + (wn + np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks + ((lane / 8) % 2) * 8);
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) mma16816<T>(acc[mt][nt], af[mt], bf[nt / 2][(nt % 2) * 2], bf[nt / 2][(nt % 2) * 2 + 1]);
+        }
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            const uint32_t row = m0 + wm + mt * 16 + lane / 4;
+            const uint32_t col = n0 + wn + nt * 8 + (lane % 4) * 2;
+            epilogue2<T>(p, bias, R, C, Z, bz, row, col, acc[mt][nt][0], acc[mt][nt][1]);
+            epilogue2<T>(p, bias, R, C, Z, bz, row + 8, col, acc[mt][nt][2], acc[mt][nt][3]);
+        }
+}
+}  // namespace mma
+
+// ---------------------------------------------------------------------------------------------
+// SIMT kernel (f32).
+namespace simt {
+constexpr int BM = 128, BN = 128, BK = 8, THREADS = 256;
+
+// Loads 4 elements of rows [r0, r0+128) × [k0, k0+8) into registers; `slot` = which 4.
+// VEC (unit K stride, 16-byte-aligned rows): one float4 per thread along K.
+template <bool VEC>
+__device__ __forceinline__ void load_regs(float (&v)[4], int (&rr)[4], int (&kk)[4], const float* __restrict__ g, uint32_t rows,
+                                          uint32_t K, uint32_t r0, uint32_t k0, uint32_t rs, uint32_t ks) {
+    const int t = threadIdx.x;
+    if (VEC) {
+        const int r = t / 2, kc = (t % 2) * 4;
+        const uint32_t gr = r0 + r, gk = k0 + kc;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            rr[i] = r;
+            kk[i] = kc + i;
+        }
+        if (gr < rows && gk + 3 < K) {
+            const float4 x = *reinterpret_cast<const float4*>(g + (size_t)gr * rs + gk);
+            v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) v[i] = (gr < rows && gk + i < K) ? g[(size_t)gr * rs + gk + i] : 0.0f;
+        }
+    } else {
+        const bool k_unit = ks == 1;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int e = t + i * THREADS;
+            const int r = k_unit ? e / BK : e % BM;
+            const int k = k_unit ? e % BK : e / BM;
+            rr[i] = r;
+            kk[i] = k;
+            const uint32_t gr = r0 + r, gk = k0 + k;
+            v[i] = (gr < rows && gk < K) ? g[(size_t)gr * rs + (size_t)gk * ks] : 0.0f;
+        }
+    }
+}
+
+template <bool VEC>
+__device__ __forceinline__ void gemm_simt(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias,
+                                          const float* __restrict__ R, float* __restrict__ C, float* __restrict__ Z,
+                                          const GemmParams& p) {
+    __shared__ __align__(16) float As[2][BK][BM];
+    __shared__ __align__(16) float Bs[2][BK][BN];
+    const uint32_t bz = blockIdx.z, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const float* Ab = A + (size_t)bz * p.sa;
+    const float* Bb = B + (size_t)bz * p.sb;
+    const uint32_t a_rs = p.a_km ? 1 : p.lda, a_ks = p.a_km ? p.lda : 1;
+    const uint32_t b_rs = p.b_kn ? 1 : p.ldb, b_ks = p.b_kn ? p.ldb : 1;
+
+    float acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+
+    float va[4], vb[4];
+    int ra[4], ka[4], rb[4], kb[4];
+    const int KT = (p.k + BK - 1) / BK;
+    load_regs<VEC>(va, ra, ka, Ab, p.m, p.k, m0, 0, a_rs, a_ks);
+    load_regs<VEC>(vb, rb, kb, Bb, p.n, p.k, n0, 0, b_rs, b_ks);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        As[0][ka[i]][ra[i]] = va[i];
+        Bs[0][kb[i]][rb[i]] = vb[i];
+    }
+    __syncthreads();
+    for (int kt = 0; kt < KT; ++kt) {
+        const int cur = kt & 1;
+        if (kt + 1 < KT) {
+            load_regs<VEC>(va, ra, ka, Ab, p.m, p.k, m0, (kt + 1) * BK, a_rs, a_ks);
+            load_regs<VEC>(vb, rb, kb, Bb, p.n, p.k, n0, (kt + 1) * BK, b_rs, b_ks);
+        }
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            float a[8], b[8];
+            const float4 a0 = *reinterpret_cast<const float4*>(&As[cur][k][ty * 4]);
+            const float4 a1 = *reinterpret_cast<const float4*>(&As[cur][k][64 + ty * 4]);
+            const float4 b0 = *reinterpret_cast<const float4*>(&Bs[cur][k][tx * 4]);
+            const float4 b1 = *reinterpret_cast<const float4*>(&Bs[cur][k][64 + tx * 4]);
+            a[0] = a0.x; a[1] = a0.y; a[2] = a0.z; a[3] = a0.w; a[4] = a1.x; a[5] = a1.y; a[6] = a1.z; a[7] = a1.w;
+            b[0] = b0.x; b[1] = b0.y; b[2] = b0.z; b[3] = b0.w; b[4] = b1.x; b[5] = b1.y; b[6] = b1.z; b[7] = b1.w;
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        if (kt + 1 < KT) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                As[cur ^ 1][ka[i]][ra[i]] = va[i];
+                Bs[cur ^ 1][kb[i]][rb[i]] = vb[i];
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const uint32_t row = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + (i - 4));
+#pragma unroll
+        for (int j = 0; j < 8; j += 2) {
+            const uint32_t col = n0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + (j - 4));
+            epilogue2<float>(p, bias, R, C, Z, bz, row, col, acc[i][j], acc[i][j + 1]);
+        }
+    }
+}
+}  // namespace simt
+
+#define GEMM_MMA_ENTRY(NAME, T, VEC)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(mma::THREADS) NAME(const T* A, const T* B, const T* bias, const T* R, T* C, \
+                                                                    T* Z, GemmParams p) {                                  \
+        mma::gemm_mma<T, VEC>(A, B, bias, R, C, Z, p);                                                                     \
+    }
+GEMM_MMA_ENTRY(gemm_f16_vec, __half, true)
+GEMM_MMA_ENTRY(gemm_f16_gen, __half, false)
+GEMM_MMA_ENTRY(gemm_bf16_vec, __nv_bfloat16, true)
+GEMM_MMA_ENTRY(gemm_bf16_gen, __nv_bfloat16, false)
+
+extern "C" __global__ void __launch_bounds__(simt::THREADS)
+    gemm_f32_vec(const float* A, const float* B, const float* bias, const float* R, float* C, float* Z, GemmParams p) {
+    simt::gemm_simt<true>(A, B, bias, R, C, Z, p);
+}
+extern "C" __global__ void __launch_bounds__(simt::THREADS)
+    gemm_f32_gen(const float* A, const float* B, const float* bias, const float* R, float* C, float* Z, GemmParams p) {
+    simt::gemm_simt<false>(A, B, bias, R, C, Z, p);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward helpers.
+
+// out = dc ⊙ act'(z) on columns < act_cols, compact [rows, cols] (grid-stride).
+template <typename T>
+__device__ __forceinline__ void act_grad_impl(const T* __restrict__ dc, const T* __restrict__ z, T* __restrict__ out, uint32_t rows,
+                                              uint32_t cols, uint32_t act, uint32_t act_cols) {
+    const size_t total = (size_t)rows * cols;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        float g = to_f32(dc[i]);
+        if ((uint32_t)(i % cols) < act_cols) g *= act_grad_apply(act, to_f32(z[i]));
+        out[i] = from_f32<T>(g);
+    }
+}
+
+// out[j] = Σ_i x[i, j]: a block owns 32 columns; its 8 row groups each sum a strided subset in
+// order, then the 8 partials are added in a fixed order (deterministic, no atomics).
+template <typename T>
+__device__ __forceinline__ void col_sum_impl(const T* __restrict__ x, T* __restrict__ out, uint32_t rows, uint32_t cols) {
+    __shared__ float part[8][33];
+    const uint32_t col = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.0f;
+    if (col < cols)
+        for (uint32_t r = threadIdx.y; r < rows; r += 8) s += to_f32(x[(size_t)r * cols + col]);
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < cols) {
+        float t = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) t += part[i][threadIdx.x];
+        out[col] = from_f32<T>(t);
+    }
+}
+
+#define HELPER_ENTRIES(SUFFIX, T)                                                                                          \
+    extern "C" __global__ void act_grad_##SUFFIX(const T* dc, const T* z, T* out, uint32_t rows, uint32_t cols, uint32_t act, \
+                                                 uint32_t act_cols) {                                                     \
+        act_grad_impl<T>(dc, z, out, rows, cols, act, act_cols);                                                           \
+    }                                                                                                                      \
+    extern "C" __global__ void col_sum_##SUFFIX(const T* x, T* out, uint32_t rows, uint32_t cols) {                         \
+        col_sum_impl<T>(x, out, rows, cols);                                                                               \
+    }
+HELPER_ENTRIES(f32, float)
+HELPER_ENTRIES(f16, __half)
+HELPER_ENTRIES(bf16, __nv_bfloat16)

@@ -1,0 +1,158 @@
+//! CUDA launchers of the GEMM family (`kernels/gemm.cu`). They take the caller's cudarc views
+//! and launch on the runtime's stream (the caller's, with `CudaRuntime::from_stream`); no copies,
+//! no synchronisation.
+
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
+
+use super::{ALayout, ActGrad, BLayout, Gemm};
+use crate::runtime::cuda::{CudaElem, CudaRuntime};
+use crate::{DType, Error, Result};
+
+const FAMILY: &str = "gemm";
+
+/// Every kernel this file launches (build.rs checks each is an entry of the PTX).
+pub const KERNELS: &[&str] = &[
+    "gemm_f32_vec",
+    "gemm_f32_gen",
+    "gemm_f16_vec",
+    "gemm_f16_gen",
+    "gemm_bf16_vec",
+    "gemm_bf16_gen",
+    "act_grad_f32",
+    "act_grad_f16",
+    "act_grad_bf16",
+    "col_sum_f32",
+    "col_sum_f16",
+    "col_sum_bf16",
+];
+
+/// Dynamic shared memory of the tensor-core kernels (3 stages × (128 + 128) rows × 40 × 2 bytes;
+/// the kernel static_asserts the same number).
+const MMA_SMEM: u32 = 61440;
+
+fn kernel_name(dtype: DType, vec: bool) -> &'static str {
+    match (dtype, vec) {
+        (DType::F32, true) => "gemm_f32_vec",
+        (DType::F32, false) => "gemm_f32_gen",
+        (DType::F16, true) => "gemm_f16_vec",
+        (DType::F16, false) => "gemm_f16_gen",
+        (DType::BF16, true) => "gemm_bf16_vec",
+        (DType::BF16, false) => "gemm_bf16_gen",
+    }
+}
+
+fn addr<T>(rt: &CudaRuntime, v: &CudaView<T>) -> u64 {
+    let (ptr, _sync) = v.device_ptr(&rt.stream);
+    ptr
+}
+
+/// Launches the fused GEMM on the runtime's stream. Reads `a`, `b`, `bias`, `r`; writes `c` and,
+/// when given, the pre-activation `z` (same layout as C).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: CudaElem>(
+    rt: &CudaRuntime,
+    desc: &Gemm,
+    a: &CudaView<T>,
+    b: &CudaView<T>,
+    bias: Option<&CudaView<T>>,
+    r: Option<&CudaView<T>>,
+    c: &mut CudaViewMut<T>,
+    z: Option<&mut CudaViewMut<T>>,
+) -> Result<()> {
+    desc.validate_lens(a.len(), b.len(), bias.map(|t| t.len()), r.map(|t| t.len()), c.len(), z.as_ref().map(|t| t.len()))?;
+    if desc.m == 0 || desc.n == 0 || desc.batch == 0 {
+        return Ok(());
+    }
+    let mut p = desc.params();
+    p.has_z = z.is_some() as u32;
+    let dtype = T::DTYPE;
+    // The 16-byte copy path: unit K stride on both operands, rows and batches 16-byte aligned.
+    let per16 = (16 / dtype.size()) as u32;
+    let aligned = |ptr: u64, ld: u32, stride: u32| ptr % 16 == 0 && ld % per16 == 0 && (desc.batch == 1 || stride % per16 == 0);
+    let vec = desc.a_layout == ALayout::MK
+        && desc.b_layout == BLayout::NK
+        && aligned(addr(rt, a), p.lda, p.sa)
+        && aligned(addr(rt, b), p.ldb, p.sb);
+    let name = kernel_name(dtype, vec);
+    let mma = dtype != DType::F32;
+    let func = rt.function(FAMILY, name, |f| {
+        if mma {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                MMA_SMEM as i32,
+            )
+            .map_err(|e| Error::driver("cuda: raising the shared-memory limit", e))?;
+        }
+        Ok(())
+    })?;
+    let cfg = LaunchConfig {
+        grid_dim: (desc.n.div_ceil(128) as u32, desc.m.div_ceil(128) as u32, desc.batch as u32),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: if mma { MMA_SMEM } else { 0 },
+    };
+    let null = 0u64;
+    let mut z = z;
+    // SAFETY: gemm_<dtype>_<vec|gen>(A, B, bias, R, C, Z, GemmParams) — validate_lens checked that
+    // every element the descriptor reaches lies inside a, b, bias, r, c and z; absent optional
+    // operands are null and never dereferenced (has_bias / has_r / has_z are 0).
+    rt.launch(&func, cfg, |args| {
+        args.arg(a).arg(b);
+        match bias {
+            Some(t) => args.arg(t),
+            None => args.arg(&null),
+        };
+        match r {
+            Some(t) => args.arg(t),
+            None => args.arg(&null),
+        };
+        args.arg(c);
+        match z.as_deref_mut() {
+            Some(t) => args.arg(t),
+            None => args.arg(&null),
+        };
+        args.arg(&p);
+    })
+}
+
+fn helper_name(kind: &str, dtype: DType) -> Result<&'static str> {
+    Ok(match (kind, dtype) {
+        ("act_grad", DType::F32) => "act_grad_f32",
+        ("act_grad", DType::F16) => "act_grad_f16",
+        ("act_grad", DType::BF16) => "act_grad_bf16",
+        ("col_sum", DType::F32) => "col_sum_f32",
+        ("col_sum", DType::F16) => "col_sum_f16",
+        ("col_sum", DType::BF16) => "col_sum_bf16",
+        _ => return Err(Error::Unsupported(format!("no CUDA helper {kind}"))),
+    })
+}
+
+/// `out = dc ⊙ act'(z)` over compact `[rows, cols]`.
+pub fn act_grad<T: CudaElem>(rt: &CudaRuntime, d: &ActGrad, dc: &CudaSlice<T>, z: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
+    let n = d.rows * d.cols;
+    if n == 0 {
+        return Ok(());
+    }
+    let func = rt.function(FAMILY, helper_name("act_grad", T::DTYPE)?, |_| Ok(()))?;
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).min(65535 * 8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (rows, cols, act, act_cols) = (d.rows as u32, d.cols as u32, d.act as u32, d.act_cols as u32);
+    // SAFETY: act_grad_<dtype>(dc, z, out, rows, cols, act, act_cols) touches elements < rows·cols,
+    // which the Backend caller checked all three buffers hold.
+    rt.launch(&func, cfg, |args| {
+        args.arg(dc).arg(z).arg(out).arg(&rows).arg(&cols).arg(&act).arg(&act_cols);
+    })
+}
+
+/// `out[j] = Σ_i x[i, j]` over compact `[rows, cols]`, deterministic.
+pub fn col_sum<T: CudaElem>(rt: &CudaRuntime, rows: usize, cols: usize, x: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
+    if cols == 0 {
+        return Ok(());
+    }
+    let func = rt.function(FAMILY, helper_name("col_sum", T::DTYPE)?, |_| Ok(()))?;
+    let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+    let (r32, c32) = (rows as u32, cols as u32);
+    // SAFETY: col_sum_<dtype>(x, out, rows, cols) reads rows·cols elements of x and writes cols of
+    // out, which the Backend caller checked.
+    rt.launch(&func, cfg, |args| {
+        args.arg(x).arg(out).arg(&r32).arg(&c32);
+    })
+}

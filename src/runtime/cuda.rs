@@ -1,0 +1,379 @@
+//! The CUDA runtime: context and stream (the caller's or our own), PTX modules built by build.rs
+//! loaded once, kernel functions cached, the one launch helper that holds every `unsafe` launch,
+//! CUDA-event timing, and cuBLAS/cuBLASLt handles for baselines.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchArgs, LaunchConfig};
+use half::{bf16, f16};
+
+use crate::device::{same_dtype, Backend};
+use crate::ops::gemm::{ActGrad, Gemm};
+use crate::{DType, Error, HostTensor, Result};
+
+const BACKEND: &str = "cuda";
+
+/// The PTX of each kernel family, compiled by build.rs from `kernels/<family>.cu`.
+fn family_ptx(family: &str) -> Result<&'static str> {
+    match family {
+        "gemm" => Ok(include_str!(concat!(env!("OUT_DIR"), "/gemm.ptx"))),
+        other => Err(Error::Unsupported(format!("no CUDA kernel family '{other}'"))),
+    }
+}
+
+/// A storage element the CUDA kernels take.
+pub trait CudaElem: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + Unpin + 'static {
+    const DTYPE: DType;
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+impl CudaElem for f32 {
+    const DTYPE: DType = DType::F32;
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+impl CudaElem for f16 {
+    const DTYPE: DType = DType::F16;
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+impl CudaElem for bf16 {
+    const DTYPE: DType = DType::BF16;
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// An owned device buffer of one dtype.
+pub enum CudaBuf {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<f16>),
+    BF16(CudaSlice<bf16>),
+}
+
+impl CudaBuf {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CudaBuf::F32(_) => DType::F32,
+            CudaBuf::F16(_) => DType::F16,
+            CudaBuf::BF16(_) => DType::BF16,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            CudaBuf::F32(s) => s.len(),
+            CudaBuf::F16(s) => s.len(),
+            CudaBuf::BF16(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A CUDA device context and stream with ffkern's module and function caches.
+pub struct CudaRuntime {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    blas: OnceLock<std::result::Result<cudarc::cublas::CudaBlas, String>>,
+    blas_lt: OnceLock<std::result::Result<cudarc::cublaslt::CudaBlasLT, String>>,
+}
+
+pub(crate) fn drv(context: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::driver(format!("cuda: {context}"), e)
+}
+
+impl CudaRuntime {
+    /// Opens GPU `ordinal` with its own stream. A machine without the CUDA driver gives
+    /// [`Error::BackendUnavailable`], never a panic.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        // SAFETY: only tries to load libcuda dynamically and reports whether it could.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::BackendUnavailable { backend: BACKEND, reason: "the CUDA driver library (libcuda) is not present".into() });
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::BackendUnavailable { backend: BACKEND, reason: format!("no usable GPU {ordinal}: {e}") })?;
+        let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
+        Ok(Self::from_stream(stream))
+    }
+
+    /// Runs on the caller's stream (a framework's own); nothing else is synchronised.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Self {
+        CudaRuntime {
+            ctx: stream.context().clone(),
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            blas: OnceLock::new(),
+            blas_lt: OnceLock::new(),
+        }
+    }
+
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.ctx.compute_capability().unwrap_or((0, 0))
+    }
+
+    pub fn describe(&self) -> String {
+        let (maj, min) = self.compute_capability();
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let mem = self.ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        format!("{name} (sm_{maj}{min}, {mem:.0} GiB)")
+    }
+
+    /// A kernel of `family`, loaded once. `configure` runs once after loading (function attributes).
+    pub(crate) fn function(
+        &self,
+        family: &'static str,
+        name: &'static str,
+        configure: impl FnOnce(&CudaFunction) -> Result<()>,
+    ) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match modules.get(family) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self
+                        .ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_src(family_ptx(family)?))
+                        .map_err(drv("loading the PTX module"))?;
+                    modules.insert(family, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(name).map_err(drv(name))?;
+        configure(&f)?;
+        self.functions.lock().unwrap_or_else(|p| p.into_inner()).insert(name, f.clone());
+        Ok(f)
+    }
+
+    /// The one place where ffkern launches a kernel.
+    ///
+    /// Callers guarantee (and state in a SAFETY note at the call site) that `push` pushes exactly
+    /// the kernel's parameters in order and type, and that every pointer is valid for every
+    /// element the kernel reads or writes under the descriptor they validated first.
+    pub(crate) fn launch<'a>(&'a self, func: &'a CudaFunction, cfg: LaunchConfig, push: impl FnOnce(&mut LaunchArgs<'a>)) -> Result<()> {
+        let mut args = self.stream.launch_builder(func);
+        push(&mut args);
+        // SAFETY: the caller's contract above: parameters match the kernel signature and the
+        // validated descriptor keeps every access inside the buffers passed; cudarc records the
+        // buffers' use on this stream so none is freed while the kernel runs.
+        unsafe { args.launch(cfg) }.map_err(drv("kernel launch"))?;
+        Ok(())
+    }
+
+    /// Times `reps` runs of `f` after one warm-up, with CUDA events on this stream (seconds).
+    pub fn time_runs(&self, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+        f()?;
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut out = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let start = self.ctx.new_event(flags).map_err(drv("creating an event"))?;
+            let end = self.ctx.new_event(flags).map_err(drv("creating an event"))?;
+            start.record(&self.stream).map_err(drv("recording an event"))?;
+            f()?;
+            end.record(&self.stream).map_err(drv("recording an event"))?;
+            end.synchronize().map_err(drv("waiting for an event"))?;
+            out.push(start.elapsed_ms(&end).map_err(drv("reading an event"))? as f64 * 1e-3);
+        }
+        Ok(out)
+    }
+
+    /// cuBLAS on this stream (for baselines), or why it is unavailable.
+    pub fn blas(&self) -> Result<&cudarc::cublas::CudaBlas> {
+        self.blas
+            .get_or_init(|| {
+                // SAFETY: only tries to load libcublas dynamically.
+                if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                    return Err("libcublas is not present (add its folder to LD_LIBRARY_PATH)".into());
+                }
+                cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::BackendUnavailable { backend: "cublas", reason: e.clone() })
+    }
+
+    /// cuBLASLt on this stream (for baselines with a bias+GELU epilogue).
+    pub fn blas_lt(&self) -> Result<&cudarc::cublaslt::CudaBlasLT> {
+        self.blas_lt
+            .get_or_init(|| {
+                // SAFETY: only tries to load libcublasLt dynamically.
+                if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+                    return Err("libcublasLt is not present (add its folder to LD_LIBRARY_PATH)".into());
+                }
+                cudarc::cublaslt::CudaBlasLT::new(self.stream.clone()).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::BackendUnavailable { backend: "cublaslt", reason: e.clone() })
+    }
+
+    fn upload_typed<T: CudaElem>(&self, data: &[f32]) -> Result<CudaSlice<T>> {
+        let v: Vec<T> = data.iter().map(|&x| T::from_f32(x)).collect();
+        if v.is_empty() {
+            return self.stream.alloc_zeros::<T>(1).map_err(drv("allocating"));
+        }
+        self.stream.clone_htod(&v).map_err(drv("copying to the device"))
+    }
+
+    fn download_typed<T: CudaElem>(&self, s: &CudaSlice<T>) -> Result<Vec<f32>> {
+        let v = self.stream.clone_dtoh(s).map_err(drv("copying to the host"))?;
+        Ok(v.into_iter().map(T::to_f32).collect())
+    }
+}
+
+/// Dispatches `$body` over the dtype of a set of [`CudaBuf`]s that must all share it, binding
+/// each name to its typed slice.
+macro_rules! typed {
+    ($op:expr, ($($name:ident),+), $body:expr) => {{
+        match ($($name,)+) {
+            ($(CudaBuf::F32($name),)+) => $body,
+            ($(CudaBuf::F16($name),)+) => $body,
+            ($(CudaBuf::BF16($name),)+) => $body,
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::dtype($op, "operands have different dtypes")),
+        }
+    }};
+}
+
+impl Backend for CudaRuntime {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+    fn upload(&self, t: &HostTensor) -> Result<CudaBuf> {
+        Ok(match t.dtype {
+            DType::F32 => CudaBuf::F32(self.upload_typed(&t.data)?),
+            DType::F16 => CudaBuf::F16(self.upload_typed(&t.data)?),
+            DType::BF16 => CudaBuf::BF16(self.upload_typed(&t.data)?),
+        })
+    }
+    fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
+        let n = len.max(1);
+        Ok(match dtype {
+            DType::F32 => CudaBuf::F32(self.stream.alloc_zeros(n).map_err(drv("allocating"))?),
+            DType::F16 => CudaBuf::F16(self.stream.alloc_zeros(n).map_err(drv("allocating"))?),
+            DType::BF16 => CudaBuf::BF16(self.stream.alloc_zeros(n).map_err(drv("allocating"))?),
+        })
+    }
+    fn download(&self, buf: &CudaBuf) -> Result<HostTensor> {
+        let data = match buf {
+            CudaBuf::F32(s) => self.download_typed(s)?,
+            CudaBuf::F16(s) => self.download_typed(s)?,
+            CudaBuf::BF16(s) => self.download_typed(s)?,
+        };
+        Ok(HostTensor { dtype: buf.dtype(), shape: vec![data.len()], data })
+    }
+    fn dtype_of(&self, buf: &CudaBuf) -> DType {
+        buf.dtype()
+    }
+    fn len_of(&self, buf: &CudaBuf) -> usize {
+        buf.len()
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv("synchronising the stream"))
+    }
+
+    fn gemm(
+        &self,
+        desc: &Gemm,
+        a: &CudaBuf,
+        b: &CudaBuf,
+        bias: Option<&CudaBuf>,
+        r: Option<&CudaBuf>,
+        c: &mut CudaBuf,
+        z: Option<&mut CudaBuf>,
+    ) -> Result<()> {
+        let mut dts = vec![("A", a.dtype()), ("B", b.dtype()), ("C", c.dtype())];
+        bias.iter().for_each(|t| dts.push(("bias", t.dtype())));
+        r.iter().for_each(|t| dts.push(("R", t.dtype())));
+        z.iter().for_each(|t| dts.push(("Z", t.dtype())));
+        same_dtype("gemm", &dts)?;
+        // Optional operands are matched against C's dtype (checked equal above).
+        macro_rules! opt {
+            ($t:ty, $x:expr, $v:ident) => {
+                match $x {
+                    Some(CudaBuf::$v(s)) => Some(s.as_view()),
+                    _ => None,
+                }
+            };
+        }
+        match (a, b, c) {
+            (CudaBuf::F32(a), CudaBuf::F32(b), CudaBuf::F32(c)) => crate::ops::gemm::cuda::gemm::<f32>(
+                self,
+                desc,
+                &a.as_view(),
+                &b.as_view(),
+                opt!(f32, bias, F32).as_ref(),
+                opt!(f32, r, F32).as_ref(),
+                &mut c.as_view_mut(),
+                match z {
+                    Some(CudaBuf::F32(s)) => Some(s.as_view_mut()),
+                    _ => None,
+                }
+                .as_mut(),
+            ),
+            (CudaBuf::F16(a), CudaBuf::F16(b), CudaBuf::F16(c)) => crate::ops::gemm::cuda::gemm::<f16>(
+                self,
+                desc,
+                &a.as_view(),
+                &b.as_view(),
+                opt!(f16, bias, F16).as_ref(),
+                opt!(f16, r, F16).as_ref(),
+                &mut c.as_view_mut(),
+                match z {
+                    Some(CudaBuf::F16(s)) => Some(s.as_view_mut()),
+                    _ => None,
+                }
+                .as_mut(),
+            ),
+            (CudaBuf::BF16(a), CudaBuf::BF16(b), CudaBuf::BF16(c)) => crate::ops::gemm::cuda::gemm::<bf16>(
+                self,
+                desc,
+                &a.as_view(),
+                &b.as_view(),
+                opt!(bf16, bias, BF16).as_ref(),
+                opt!(bf16, r, BF16).as_ref(),
+                &mut c.as_view_mut(),
+                match z {
+                    Some(CudaBuf::BF16(s)) => Some(s.as_view_mut()),
+                    _ => None,
+                }
+                .as_mut(),
+            ),
+            _ => Err(Error::dtype("gemm", "operands have different dtypes")),
+        }
+    }
+
+    fn act_grad(&self, d: &ActGrad, dc: &CudaBuf, z: &CudaBuf, out: &mut CudaBuf) -> Result<()> {
+        let n = d.rows * d.cols;
+        if dc.len() < n || z.len() < n || out.len() < n {
+            return Err(Error::shape("act_grad", format!("buffers must hold {n} elements")));
+        }
+        typed!("act_grad", (dc, z, out), crate::ops::gemm::cuda::act_grad(self, d, dc, z, out))
+    }
+
+    fn col_sum(&self, rows: usize, cols: usize, x: &CudaBuf, out: &mut CudaBuf) -> Result<()> {
+        if x.len() < rows * cols || out.len() < cols {
+            return Err(Error::shape("col_sum", "buffers too small"));
+        }
+        typed!("col_sum", (x, out), crate::ops::gemm::cuda::col_sum(self, rows, cols, x, out))
+    }
+}
