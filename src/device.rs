@@ -19,6 +19,10 @@ pub trait Backend {
     fn len_of(&self, buf: &Self::Buf) -> usize;
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<()>;
+    /// Copies `src` into `dst` on the device (the copy-bandwidth ceiling of the benches).
+    fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
+    /// Device time in seconds of `reps` runs of `f`, after one warm-up run.
+    fn time_runs(&self, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>>;
 
     /// [`Gemm`] forward; `z`, when given, receives the pre-activation (for the backward).
     #[allow(clippy::too_many_arguments)]

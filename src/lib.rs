@@ -10,6 +10,8 @@
 //!   (`upload`/`download`) implemented by [`Cpu`], `WgpuContext` and `CudaRuntime`, and the
 //!   [`Device`] enum that picks the best backend present.
 
+pub mod bench;
+pub mod check;
 pub mod device;
 pub mod dtype;
 pub mod error;

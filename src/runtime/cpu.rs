@@ -37,6 +37,20 @@ impl Backend for Cpu {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    fn copy(&self, src: &HostTensor, dst: &mut HostTensor) -> Result<()> {
+        let n = src.len().min(dst.len());
+        dst.data[..n].copy_from_slice(&src.data[..n]);
+        Ok(())
+    }
+    fn time_runs(&self, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>> {
+        f()?;
+        (0..reps)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f().map(|_| t.elapsed().as_secs_f64())
+            })
+            .collect()
+    }
 
     fn gemm(
         &self,

@@ -290,6 +290,23 @@ impl Backend for CudaRuntime {
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(drv("synchronising the stream"))
     }
+    fn copy(&self, src: &CudaBuf, dst: &mut CudaBuf) -> Result<()> {
+        macro_rules! cp {
+            ($s:expr, $d:expr) => {{
+                let n = $s.len().min($d.len());
+                self.stream.memcpy_dtod(&$s.slice(..n), &mut $d.slice_mut(..n)).map_err(drv("device copy"))
+            }};
+        }
+        match (src, dst) {
+            (CudaBuf::F32(s), CudaBuf::F32(d)) => cp!(s, d),
+            (CudaBuf::F16(s), CudaBuf::F16(d)) => cp!(s, d),
+            (CudaBuf::BF16(s), CudaBuf::BF16(d)) => cp!(s, d),
+            _ => Err(Error::dtype("copy", "source and destination dtypes differ")),
+        }
+    }
+    fn time_runs(&self, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>> {
+        CudaRuntime::time_runs(self, reps, f)
+    }
 
     fn gemm(
         &self,

@@ -463,6 +463,34 @@ impl Backend for WgpuContext {
     fn synchronize(&self) -> Result<()> {
         self.wait()
     }
+    fn copy(&self, src: &WgpuBuffer, dst: &mut WgpuBuffer) -> Result<()> {
+        let size = src.buffer.size().min(dst.buffer.size());
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern copy") });
+        let mut timing = self.timing.lock().unwrap_or_else(|p| p.into_inner());
+        let ts = timing.as_mut().filter(|t| t.next + 2 <= t.capacity);
+        // A copy has no pass to carry timestamps: bracket it with two empty timed passes.
+        if let Some(t) = ts {
+            let (b, e) = (t.next, t.next + 1);
+            t.next += 2;
+            drop(enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites { query_set: &t.queries, beginning_of_pass_write_index: Some(b), end_of_pass_write_index: None }),
+            }));
+            enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, size);
+            drop(enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites { query_set: &t.queries, beginning_of_pass_write_index: None, end_of_pass_write_index: Some(e) }),
+            }));
+        } else {
+            enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, size);
+        }
+        drop(timing);
+        self.queue.submit([enc.finish()]);
+        Ok(())
+    }
+    fn time_runs(&self, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>> {
+        WgpuContext::time_runs(self, reps, f)
+    }
 
     fn gemm(
         &self,

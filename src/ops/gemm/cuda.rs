@@ -156,3 +156,110 @@ pub fn col_sum<T: CudaElem>(rt: &CudaRuntime, rows: usize, cols: usize, x: &Cuda
         args.arg(x).arg(out).arg(&r32).arg(&c32);
     })
 }
+
+/// The vendor library baseline for a GEMM case on the same stream: cuBLAS for a plain product
+/// (f32 with no TF32; f16/bf16 with f32 compute), cuBLASLt with its bias(+GELU) epilogue where the
+/// case has a bias (f16/bf16). Runs `C = A·Bᵀ (+ bias, act)`; `None` when the case has no
+/// counterpart (other layouts, batches, partial activation, residual slices).
+/// Returns the library's name for the record.
+pub fn vendor_baseline<T: CudaElem>(
+    rt: &CudaRuntime,
+    desc: &Gemm,
+    a: &CudaSlice<T>,
+    b: &CudaSlice<T>,
+    bias: Option<&CudaSlice<T>>,
+    c: &mut CudaSlice<T>,
+) -> Result<Option<&'static str>>
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+    cudarc::cublaslt::CudaBlasLT: cudarc::cublaslt::Matmul<T>,
+{
+    use super::Activation;
+    let plain = desc.batch == 1 && desc.a_layout == ALayout::MK && desc.b_layout == BLayout::NK && desc.act_cols.is_none();
+    if !plain || desc.residual || desc.lda.is_some() || desc.ldb.is_some() || desc.ldc.is_some() {
+        return Ok(None);
+    }
+    let (m, n, k) = (desc.m, desc.n, desc.k);
+    if desc.bias {
+        let act = match desc.act {
+            Activation::Identity => None,
+            Activation::GeluErf | Activation::GeluTanh => Some(cudarc::cublaslt::Activation::Gelu),
+            Activation::Relu => Some(cudarc::cublaslt::Activation::Relu),
+            Activation::Silu => return Ok(None),
+        };
+        if T::DTYPE == DType::F32 {
+            return Ok(None); // cuBLASLt computes f32 in TF32 here: not a like-for-like baseline.
+        }
+        let lt = rt.blas_lt()?;
+        let cfg = cudarc::cublaslt::MatmulConfig {
+            transa: true,
+            transb: false,
+            transc: false,
+            m: n as u64,
+            n: m as u64,
+            k: k as u64,
+            alpha: desc.alpha,
+            lda: k as i64,
+            ldb: k as i64,
+            beta: 0.0,
+            ldc: n as i64,
+            stride_a: None,
+            stride_b: None,
+            stride_c: None,
+            stride_bias: None,
+            batch_size: None,
+        };
+        // SAFETY: column-major view of the row-major problem: C[N×M] = B[K×N]ᵀ·A[K×M] with
+        // leading dimensions K, K, N; the slices hold N·K, M·K, N and M·N elements (the caller
+        // allocated them from this descriptor).
+        unsafe { cudarc::cublaslt::Matmul::matmul(lt, cfg, b, a, c, bias, act.as_ref()) }
+            .map_err(|e| Error::driver("cublasLt matmul", e))?;
+        return Ok(Some("cuBLASLt (bias+GELU epilogue)"));
+    }
+    if desc.act != Activation::Identity {
+        return Ok(None);
+    }
+    let blas = rt.blas()?;
+    let cfg = cudarc::cublas::GemmConfig {
+        transa: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
+        transb: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
+        m: n as i32,
+        n: m as i32,
+        k: k as i32,
+        alpha: T::from_f32(desc.alpha),
+        lda: k as i32,
+        ldb: k as i32,
+        beta: T::from_f32(0.0),
+        ldc: n as i32,
+    };
+    // SAFETY: as above, C[N×M] = B[K×N]ᵀ·A[K×M] column-major over slices of N·K, M·K, M·N elements.
+    unsafe { cudarc::cublas::Gemm::gemm(blas, cfg, b, a, c) }.map_err(|e| Error::driver("cublas gemm", e))?;
+    Ok(Some("cuBLAS"))
+}
+
+/// Times [`vendor_baseline`] on `x` (uploaded here): `(library, seconds per run)`, or `None`.
+pub fn time_vendor_baseline(rt: &CudaRuntime, desc: &Gemm, x: &super::GemmInputs, reps: usize) -> Result<Option<(&'static str, Vec<f64>)>> {
+    fn run<T: CudaElem>(rt: &CudaRuntime, desc: &Gemm, x: &super::GemmInputs, reps: usize) -> Result<Option<(&'static str, Vec<f64>)>>
+    where
+        cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+        cudarc::cublaslt::CudaBlasLT: cudarc::cublaslt::Matmul<T>,
+    {
+        let up = |v: &[f32]| -> Result<CudaSlice<T>> {
+            let h: Vec<T> = v.iter().map(|&f| T::from_f32(f)).collect();
+            rt.stream.clone_htod(&h).map_err(|e| Error::driver("cuda: upload", e))
+        };
+        let (a, b) = (up(&x.a.data)?, up(&x.b.data)?);
+        let bias = x.bias.as_ref().map(|t| up(&t.data)).transpose()?;
+        let mut c = rt.stream.alloc_zeros::<T>(desc.m * desc.n).map_err(|e| Error::driver("cuda: alloc", e))?;
+        let Some(name) = vendor_baseline(rt, desc, &a, &b, bias.as_ref(), &mut c)? else {
+            return Ok(None);
+        };
+        let times = rt.time_runs(reps, || vendor_baseline(rt, desc, &a, &b, bias.as_ref(), &mut c).map(|_| ()))?;
+        Ok(Some((name, times)))
+    }
+    match x.a.dtype {
+        DType::F32 => run::<f32>(rt, desc, x, reps),
+        DType::F16 => run::<half::f16>(rt, desc, x, reps),
+        DType::BF16 => run::<half::bf16>(rt, desc, x, reps),
+    }
+}

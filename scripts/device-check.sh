@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The GPU-machine check: CUDA and wgpu (Vulkan) tests with FFKERN_REQUIRE, `ffkern check` and
+# `ffkern bench` on both backends, and the peer baselines (cuBLAS, PyTorch) on the same card.
+#
+# Here (a machine with Rust): scripts/device-check.sh --prepare
+#   builds with --features cuda and copies the binaries, peers.py and the Vulkan loader packages
+#   into .device/ (git-ignored); then run on the GPU machine, carrying .device:
+#   bash scripts/device-check.sh            (writes logs and JSON under $OUT, default ./out)
+set -u
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--prepare" ]; then
+    set -e
+    export NVCC="${NVCC:-$(python3 -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'bin', 'nvcc'))")}"
+    cargo build --release --features cuda --bins
+    tests=$(cargo test --release --features cuda --no-run --message-format=json 2>/dev/null |
+        python3 -c "import sys, json
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get('reason') == 'compiler-artifact' and m.get('executable') and m['target']['kind'] == ['test']:
+        print(m['target']['name'], m['executable'])")
+    rm -rf .device && mkdir -p .device/tests .device/gl
+    cp target/release/ffkern .device/
+    echo "$tests" | while read -r name exe; do cp "$exe" ".device/tests/$name"; done
+    cp ../shared/anchors/peers.py .device/ 2>/dev/null || echo "note: ../shared/anchors/peers.py not found; peers will be skipped"
+    o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+    mkdir -p /tmp/amd64/partial
+    apt-get $o update >/dev/null
+    (cd .device/gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 >/dev/null 2>&1)
+    du -sh .device
+    exit 0
+fi
+
+OUT="${OUT:-$PWD/out}"
+mkdir -p "$OUT"
+D=.device
+log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
+
+# Vulkan loader for wgpu (the image ships the NVIDIA ICD but no loader).
+for f in $D/gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+# cuBLAS/cuBLASLt for the baselines: PyTorch's wheels carry them.
+libdir=$(python3 -c "import glob, site; print(':'.join(sorted({p.rsplit('/', 1)[0] for s in site.getsitepackages() for p in glob.glob(s + '/nvidia/**/libcublas.so*', recursive=True)})))" 2>/dev/null)
+export LD_LIBRARY_PATH="${libdir}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export XDG_RUNTIME_DIR=/tmp/xdg && mkdir -p -m 700 $XDG_RUNTIME_DIR
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
+log "GPU: $(tail -1 "$OUT/gpu.txt")"
+$D/ffkern info > "$OUT/info.txt" 2>&1
+log "info: $(grep -E '^  (cuda|wgpu):' "$OUT/info.txt" | tr '\n' ';')"
+
+for t in $D/tests/*; do
+    FFKERN_REQUIRE=cuda,wgpu timeout 150 "$t" > "$OUT/test-$(basename "$t").log" 2>&1
+    log "tests $(basename "$t"): rc=$? $(grep -E '^test result' "$OUT/test-$(basename "$t").log")"
+    grep -E 'panicked|rms_ratio' "$OUT/test-$(basename "$t").log" | head -8 | tee -a "$OUT/summary.txt"
+done
+
+for be in cuda wgpu; do
+    timeout 90 $D/ffkern check --backend $be > "$OUT/check-$be.txt" 2>&1
+    log "check $be: rc=$? $(tail -1 "$OUT/check-$be.txt")"
+    grep -E 'FAIL|ERROR' "$OUT/check-$be.txt" | head -5 | tee -a "$OUT/summary.txt"
+done
+
+timeout 150 $D/ffkern bench --backend cuda --reps 20 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
+log "bench cuda: rc=$?"
+timeout 100 $D/ffkern bench --backend wgpu --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"
+log "bench wgpu: rc=$?"
+python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
+import json, sys, os
+for be in ("cuda", "wgpu"):
+    p = os.path.join(sys.argv[1], f"bench-{be}.json")
+    try:
+        recs = json.load(open(p))
+    except Exception as e:
+        print(f"{be}: no bench json ({e})"); continue
+    for r in recs:
+        base = f"  {r['baseline']}: {r['baseline_s']*1e3:.3f} ms, ours/theirs speed {r['vs_baseline']:.2f}" if r.get("baseline_s") else ""
+        rf = r.get("roofline_fraction")
+        print(f"{r['backend']:5} {r['op']:5} {r['dtype']:5} {r['shape']:32} {r['median_s']*1e3:9.3f} ms {r['gflops']/1e3:8.1f} TFLOP/s {r['gbps']:8.1f} GB/s roof {rf if rf is None else round(rf*100,1)}%{base}")
+PY
+
+if [ -f $D/peers.py ]; then
+    PYTHONUNBUFFERED=1 timeout 100 python3 $D/peers.py --only gemm,ffn --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
+    log "peers: rc=$?"
+    cat "$OUT/peers.txt" | tee -a "$OUT/summary.txt"
+fi

@@ -1,0 +1,108 @@
+//! Device-timed benchmarks shared by `ffkern bench` and the criterion benches: median of repeats
+//! after a warm-up, GFLOP/s, GB/s, and the fraction of the floor set by the matmul rate and copy
+//! bandwidth measured in the same run.
+
+use crate::ops::gemm::{Gemm, GemmInputs};
+use crate::{Backend, DType, Result};
+
+/// One benchmark result.
+#[derive(Clone, Debug)]
+pub struct BenchRecord {
+    pub op: String,
+    pub backend: String,
+    pub dtype: DType,
+    pub shape: String,
+    pub median_s: f64,
+    pub flops: f64,
+    pub bytes: f64,
+    pub reps: usize,
+    /// Filled in once the run's ceilings are known.
+    pub roofline_fraction: Option<f64>,
+    pub baseline: Option<String>,
+    pub baseline_s: Option<f64>,
+}
+
+impl BenchRecord {
+    pub fn gflops(&self) -> f64 {
+        self.flops / self.median_s / 1e9
+    }
+    pub fn gbps(&self) -> f64 {
+        self.bytes / self.median_s / 1e9
+    }
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+/// Device-to-device copy of `bytes` bytes: the bandwidth ceiling (bytes read + bytes written).
+pub fn bench_copy<Be: Backend>(be: &Be, bytes: usize, reps: usize) -> Result<BenchRecord> {
+    let n = bytes / 4;
+    let src = be.upload(&crate::HostTensor::random(DType::F32, vec![n], 77))?;
+    let mut dst = be.alloc(DType::F32, n)?;
+    let times = be.time_runs(reps, &mut || be.copy(&src, &mut dst))?;
+    Ok(BenchRecord {
+        op: "copy".into(),
+        backend: be.name().into(),
+        dtype: DType::F32,
+        shape: format!("{} MiB", bytes >> 20),
+        median_s: median(&times),
+        flops: 0.0,
+        bytes: 2.0 * (n * 4) as f64,
+        reps,
+        roofline_fraction: None,
+        baseline: None,
+        baseline_s: None,
+    })
+}
+
+/// The fused GEMM on the given inputs (seeded random values; see [`GemmInputs::random`]).
+pub fn bench_gemm<Be: Backend>(be: &Be, name: &str, desc: &Gemm, x: &GemmInputs, reps: usize) -> Result<BenchRecord> {
+    let dtype = x.a.dtype;
+    let (a, b) = (be.upload(&x.a)?, be.upload(&x.b)?);
+    let bias = x.bias.as_ref().map(|t| be.upload(t)).transpose()?;
+    let r = x.r.as_ref().map(|t| be.upload(t)).transpose()?;
+    let mut c = be.alloc(dtype, desc.c().required_len(desc.batch))?;
+    let times = be.time_runs(reps, &mut || be.gemm(desc, &a, &b, bias.as_ref(), r.as_ref(), &mut c, None))?;
+    Ok(BenchRecord {
+        op: "gemm".into(),
+        backend: be.name().into(),
+        dtype,
+        shape: name.into(),
+        median_s: median(&times),
+        flops: desc.flops(),
+        bytes: desc.min_bytes(dtype),
+        reps,
+        roofline_fraction: None,
+        baseline: None,
+        baseline_s: None,
+    })
+}
+
+/// Fills `roofline_fraction` of every record: floor time = max(FLOPs / best matmul rate of that
+/// dtype in this run, bytes / copy bandwidth of this run), fraction = floor / median.
+pub fn fill_roofline(records: &mut [BenchRecord]) {
+    let bw = records.iter().filter(|r| r.op == "copy").map(|r| r.gbps() * 1e9).fold(0.0, f64::max);
+    let rate = |dtype: DType, backend: &str, recs: &[BenchRecord]| {
+        recs.iter()
+            .filter(|r| r.dtype == dtype && r.backend == backend && r.flops > 0.0)
+            .flat_map(|r| [Some(r.flops / r.median_s), r.baseline_s.map(|b| r.flops / b)])
+            .flatten()
+            .fold(0.0, f64::max)
+    };
+    let rates: Vec<f64> = records.iter().map(|r| rate(r.dtype, &r.backend, records)).collect();
+    for (r, peak) in records.iter_mut().zip(rates) {
+        let t_flops = if peak > 0.0 { r.flops / peak } else { 0.0 };
+        let t_bytes = if bw > 0.0 { r.bytes / bw } else { 0.0 };
+        let floor = t_flops.max(t_bytes);
+        if floor > 0.0 {
+            r.roofline_fraction = Some(floor / r.median_s);
+        }
+    }
+}
