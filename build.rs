@@ -2,10 +2,12 @@
 //! - Every WGSL family shader is assembled exactly as the runtime assembles it
 //!   (`_dtype_<dtype>.wgsl + _common.wgsl + <family>.wgsl`, see `src/runtime/wgpu.rs`) for each
 //!   dtype, then parsed and validated by naga; an error fails the build with `file:line: message`.
-//! - With feature `cuda`: every `kernels/*.cu` is compiled to PTX (`compute_80`) by nvcc, every
-//!   kernel name listed in `src/ops/<family>/cuda.rs` (`KERNELS`) must be a PTX `.entry`, and,
-//!   when ptxas sits beside nvcc, the PTX is assembled for sm_80 and sm_90a and any register
-//!   spill fails the build.
+//! - With feature `cuda`: every `kernels/*.cu` is compiled by nvcc twice: to `<family>.ptx`
+//!   (`compute_80`, runs on Ampere and Hopper) and to `<family>.sm90a.ptx` (`compute_90a` with
+//!   `FFKERN_SM90A` defined: the Hopper-only wgmma entries). Every kernel name listed in
+//!   `src/ops/<family>/cuda.rs` (`KERNELS`, `KERNELS_SM90A`) must be an `.entry` of its PTX, and,
+//!   when ptxas sits beside nvcc, the PTX is assembled (compute_80 for sm_80 and sm_90a,
+//!   compute_90a for sm_90a) and any register spill fails the build.
 
 use std::env;
 use std::fs;
@@ -119,14 +121,18 @@ fn find_nvcc() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-/// Kernel names a family's Rust launcher uses: the strings of its `KERNELS` constant.
-fn rust_kernel_names(family: &str) -> Vec<String> {
+/// Kernel names a family's Rust launcher uses: the strings of its `list` constant
+/// (`KERNELS` or `KERNELS_SM90A`).
+fn rust_kernel_names(family: &str, list: &str) -> Vec<String> {
     let path = PathBuf::from(format!("src/ops/{family}/cuda.rs"));
     if !path.exists() {
         return Vec::new();
     }
     let text = read(&path);
-    let Some(start) = text.find("KERNELS: &[&str] = &[") else {
+    let Some(start) = text.find(&format!("{list}: &[&str] = &[")) else {
+        if list != "KERNELS" {
+            return Vec::new();
+        }
         fail(&format!("{}: no `KERNELS: &[&str] = &[...]` list", path.display()));
     };
     let rest = &text[start..];
@@ -146,39 +152,52 @@ fn build_cuda() {
     let ptxas = nvcc.with_file_name("ptxas");
     for cu in sorted_files("kernels", "cu") {
         let family = cu.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        let ptx = out_dir.join(format!("{family}.ptx"));
-        let out = Command::new(&nvcc)
-            .args(["--ptx", "-O3", "-std=c++17", "-arch=compute_80", "-lineinfo", "-Ikernels", "-o"])
-            .arg(&ptx)
-            .arg(&cu)
-            .output()
-            .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", nvcc.display())));
-        if !out.status.success() {
-            fail(&format!("nvcc failed on {}:\n{}", cu.display(), String::from_utf8_lossy(&out.stderr)));
-        }
-        let text = read(&ptx);
-        for name in rust_kernel_names(&family) {
-            if !text.contains(&format!(".entry {name}(")) {
-                fail(&format!("kernel `{name}` named in src/ops/{family}/cuda.rs is not an entry of {}", cu.display()));
+        let variants: [(&str, &str, &[&str], &[&str]); 2] = [
+            ("ptx", "compute_80", &[], &["sm_80", "sm_90a"]),
+            ("sm90a.ptx", "compute_90a", &["-DFFKERN_SM90A"], &["sm_90a"]),
+        ];
+        for (suffix, arch, defines, ptxas_archs) in variants {
+            let ptx = out_dir.join(format!("{family}.{suffix}"));
+            let out = Command::new(&nvcc)
+                .args(["--ptx", "-O3", "-std=c++17", &format!("-arch={arch}"), "-lineinfo", "-Ikernels"])
+                .args(defines)
+                .arg("-o")
+                .arg(&ptx)
+                .arg(&cu)
+                .output()
+                .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", nvcc.display())));
+            if !out.status.success() {
+                fail(&format!("nvcc ({arch}) failed on {}:\n{}", cu.display(), String::from_utf8_lossy(&out.stderr)));
             }
-        }
-        if ptxas.is_file() {
-            for arch in ["sm_80", "sm_90a"] {
+            let text = read(&ptx);
+            let list = if suffix == "ptx" { "KERNELS" } else { "KERNELS_SM90A" };
+            for name in rust_kernel_names(&family, list) {
+                if !text.contains(&format!(".entry {name}(")) {
+                    fail(&format!("kernel `{name}` ({list} in src/ops/{family}/cuda.rs) is not an entry of {family}.{suffix}"));
+                }
+            }
+            if !ptxas.is_file() {
+                continue;
+            }
+            for target in ptxas_archs {
                 let out = Command::new(&ptxas)
-                    .args(["-v", &format!("-arch={arch}"), "-o", "/dev/null"])
+                    .args(["-v", &format!("-arch={target}"), "-o", "/dev/null"])
                     .arg(&ptx)
                     .output()
                     .unwrap_or_else(|e| fail(&format!("cannot run ptxas: {e}")));
                 let log = String::from_utf8_lossy(&out.stderr).to_string();
                 if !out.status.success() {
-                    fail(&format!("ptxas ({arch}) failed on {family}.ptx:\n{log}"));
+                    fail(&format!("ptxas ({target}) failed on {family}.{suffix}:\n{log}"));
                 }
                 for line in log.lines().filter(|l| l.contains("spill")) {
                     if !line.contains("0 bytes spill stores, 0 bytes spill loads") {
-                        fail(&format!("ptxas ({arch}) reports spills in {family}.ptx: {line}\n{log}"));
+                        fail(&format!("ptxas ({target}) reports spills in {family}.{suffix}: {line}\n{log}"));
                     }
                 }
-                fs::write(out_dir.join(format!("{family}.{arch}.ptxas.txt")), log).ok();
+                if log.contains("Potential Performance Loss") {
+                    fail(&format!("ptxas ({target}) warns on {family}.{suffix}:\n{log}"));
+                }
+                fs::write(out_dir.join(format!("{family}.{suffix}.{target}.ptxas.txt")), log).ok();
             }
         }
     }

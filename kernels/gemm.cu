@@ -323,6 +323,149 @@ extern "C" __global__ void __launch_bounds__(simt::THREADS)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Hopper (sm_90a) tensor-core kernel: wgmma. Compiled only into the compute_90a PTX (build.rs
+// defines FFKERN_SM90A) and chosen at run time on compute capability 9.0.
+// Why it is fast: each of two consumer warpgroups issues m64n256k16 wgmma straight from shared
+// memory (no ldmatrix, no register fragments for A or B), so a 128×256 block tile needs no
+// per-thread shared-memory reads at all; 16-byte cp.async copies fill a 4-stage ring two K tiles
+// ahead while one wgmma group stays in flight. Shared tiles use the 128-byte swizzle (or the
+// plain core-matrix interleave, SWZ = 0) that the wgmma descriptors describe.
+#if defined(FFKERN_SM90A)
+namespace hopper {
+constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4, THREADS = 256, AHEAD = 2;
+constexpr int STAGE_BYTES = (BM + BN) * BK * 2;
+constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024;  // + slack to align the ring to 1024 B
+static_assert(SMEM_BYTES == 197632, "src/ops/gemm/cuda.rs launches the wgmma kernels with 197632 bytes of dynamic shared memory");
+
+// Byte offset of the 16-byte chunk (row r, chunk c) of a [rows][64] K-major tile.
+// SWZ=1: 128-byte swizzle (rows of 128 B, chunk index XOR row%8, atoms of 8 rows = 1024 B).
+// SWZ=0: core-matrix interleave (8×8 cores of 128 B; K-adjacent cores 128 B apart, row groups 1024 B).
+template <int SWZ> __device__ __forceinline__ uint32_t chunk_offset(int r, int c) {
+    if (SWZ) return r * 128 + ((c ^ (r & 7)) << 4);
+    return (r >> 3) * 1024 + c * 128 + (r & 7) * 16;
+}
+
+// Descriptor of a 64-row slice starting at `addr`, K step `ks` (0..3, 16 elements each).
+template <int SWZ> __device__ __forceinline__ uint64_t make_desc(uint32_t addr, int ks) {
+    const uint32_t start = SWZ ? addr + ks * 32 : addr + ks * 256;
+    const uint64_t lbo = SWZ ? 16 : 128, sbo = 1024;
+    uint64_t d = (uint64_t)((start & 0x3FFFF) >> 4);
+    d |= (uint64_t)(lbo >> 4) << 16;
+    d |= (uint64_t)(sbo >> 4) << 32;
+    if (SWZ) d |= (uint64_t)1 << 62;
+    return d;
+}
+
+template <typename T> __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db);
+template <> __device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, 1, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db));
+}
+
+template <> __device__ __forceinline__ void wgmma_m64n256k16<__nv_bfloat16>(float (&d)[128], uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, 1, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db));
+}
+
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Loads rows [r0, r0+rows_tile) × K [k0, k0+64) of a K-contiguous operand into a swizzled tile.
+template <int SWZ, typename T>
+__device__ __forceinline__ void load_tile(uint32_t tile, const T* __restrict__ g, int rows_tile, uint32_t rows, uint32_t K,
+                                          uint32_t r0, uint32_t k0, uint32_t ld) {
+    for (int e = threadIdx.x; e < rows_tile * 8; e += THREADS) {
+        const int r = e >> 3, c = e & 7;
+        const uint32_t gr = r0 + r, gk = k0 + c * 8;
+        int bytes = 0;
+        const T* src = g;
+        if (gr < rows && gk < K) {
+            bytes = (int)min(8u, K - gk) * 2;
+            src = g + (size_t)gr * ld + gk;
+        }
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(tile + chunk_offset<SWZ>(r, c)), "l"(src), "r"(bytes));
+    }
+}
+
+template <typename T, int SWZ>
+__device__ __forceinline__ void gemm_wgmma(const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias,
+                                           const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const uint32_t base = (mma::smem_addr(smem_raw) + 1023) & ~1023u;
+    const uint32_t bz = blockIdx.z, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int wg = threadIdx.x / 128;  // consumer warpgroup: rows wg*64 .. wg*64+63 of the tile
+    const T* Ab = A + (size_t)bz * p.sa;
+    const T* Bb = B + (size_t)bz * p.sb;
+    float d[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) d[i] = 0.0f;
+    const int KT = (p.k + BK - 1) / BK;
+    auto load_stage = [&](int kt) {
+        const uint32_t sA = base + (kt % STAGES) * STAGE_BYTES;
+        load_tile<SWZ>(sA, Ab, BM, p.m, p.k, m0, kt * BK, p.lda);
+        load_tile<SWZ>(sA + BM * BK * 2, Bb, BN, p.n, p.k, n0, kt * BK, p.ldb);
+    };
+#pragma unroll
+    for (int s = 0; s < AHEAD; ++s) {
+        if (s < KT) load_stage(s);
+        mma::cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+        mma::cp_async_wait<AHEAD - 1>();
+        fence_proxy_async();
+        __syncthreads();
+        // Every thread has waited for wgmma group kt-2 before this barrier, so its stage is free.
+        if (kt + AHEAD < KT) load_stage(kt + AHEAD);
+        mma::cp_async_commit();
+        const uint32_t sA = base + (kt % STAGES) * STAGE_BYTES;
+        const uint32_t sB = sA + BM * BK * 2;
+        const uint32_t a_slice = sA + (SWZ ? wg * 64 * 128 : wg * 8 * 1024);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ++ks) wgmma_m64n256k16<T>(d, make_desc<SWZ>(a_slice, ks), make_desc<SWZ>(sB, ks));
+        wgmma_commit();
+        wgmma_wait<1>();
+    }
+    wgmma_wait<0>();
+    mma::cp_async_wait<0>();
+    const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+    const uint32_t row = m0 + wg * 64 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        const uint32_t col = n0 + j * 8 + (lane % 4) * 2;
+        epilogue2<T>(p, bias, R, C, Z, bz, row, col, d[4 * j], d[4 * j + 1]);
+        epilogue2<T>(p, bias, R, C, Z, bz, row + 8, col, d[4 * j + 2], d[4 * j + 3]);
+    }
+}
+}  // namespace hopper
+
+#define GEMM_WGMMA_ENTRY(NAME, T, SWZ)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(hopper::THREADS, 1)                                                       \
+        NAME(const T* A, const T* B, const T* bias, const T* R, T* C, T* Z, GemmParams p) {                                 \
+        hopper::gemm_wgmma<T, SWZ>(A, B, bias, R, C, Z, p);                                                                \
+    }
+GEMM_WGMMA_ENTRY(gemm_f16_wgmma, __half, 1)
+GEMM_WGMMA_ENTRY(gemm_bf16_wgmma, __nv_bfloat16, 1)
+GEMM_WGMMA_ENTRY(gemm_f16_wgmma_interleave, __half, 0)
+GEMM_WGMMA_ENTRY(gemm_bf16_wgmma_interleave, __nv_bfloat16, 0)
+#endif  // FFKERN_SM90A
+
+// ---------------------------------------------------------------------------------------------
 // Backward helpers.
 
 // out = dc ⊙ act'(z) on columns < act_cols, compact [rows, cols] (grid-stride).

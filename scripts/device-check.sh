@@ -6,6 +6,7 @@
 #   builds with --features cuda and copies the binaries, peers.py and the Vulkan loader packages
 #   into .device/ (git-ignored); then run on the GPU machine, carrying .device:
 #   bash scripts/device-check.sh            (writes logs and JSON under $OUT, default ./out)
+# Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), WGPU_BENCH=0, PEERS=0.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -58,19 +59,27 @@ for t in $D/tests/*; do
     grep -E 'panicked|rms_ratio' "$OUT/test-$(basename "$t").log" | head -8 | tee -a "$OUT/summary.txt"
 done
 
-for be in cuda wgpu; do
-    timeout 90 $D/ffkern check --backend $be > "$OUT/check-$be.txt" 2>&1
-    log "check $be: rc=$? $(tail -1 "$OUT/check-$be.txt")"
-    grep -E 'FAIL|ERROR' "$OUT/check-$be.txt" | head -5 | tee -a "$OUT/summary.txt"
+timeout 90 $D/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1
+log "check wgpu: rc=$? $(tail -1 "$OUT/check-wgpu.txt")"
+# Every CUDA tensor-core kernel choice (FFKERN_GEMM_KERNEL), checked and timed side by side.
+for k in ${KERNELS:-auto mma wgmma_interleave}; do
+    FFKERN_GEMM_KERNEL=$k timeout 90 $D/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1
+    log "check cuda ($k): rc=$? $(tail -1 "$OUT/check-cuda-$k.txt")"
+    grep -E 'FAIL|ERROR' "$OUT/check-cuda-$k.txt" | head -5 | tee -a "$OUT/summary.txt"
+done
+for k in ${KERNELS_BENCH:-mma wgmma_interleave}; do
+    FFKERN_GEMM_KERNEL=$k timeout 90 $D/ffkern bench --backend cuda --dtype bf16 --reps 20 --json > "$OUT/bench-cuda-$k.json" 2> "$OUT/bench-cuda-$k.err"
+    log "bench cuda ($k): rc=$?"
 done
 
 timeout 150 $D/ffkern bench --backend cuda --reps 20 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
 log "bench cuda: rc=$?"
-timeout 100 $D/ffkern bench --backend wgpu --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"
+[ "${WGPU_BENCH:-1}" = 1 ] && timeout 100 $D/ffkern bench --backend wgpu --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"
 log "bench wgpu: rc=$?"
 python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys, os
-for be in ("cuda", "wgpu"):
+names = sorted(f[6:-5] for f in os.listdir(sys.argv[1]) if f.startswith("bench-") and f.endswith(".json"))
+for be in names:
     p = os.path.join(sys.argv[1], f"bench-{be}.json")
     try:
         recs = json.load(open(p))
@@ -79,10 +88,10 @@ for be in ("cuda", "wgpu"):
     for r in recs:
         base = f"  {r['baseline']}: {r['baseline_s']*1e3:.3f} ms, ours/theirs speed {r['vs_baseline']:.2f}" if r.get("baseline_s") else ""
         rf = r.get("roofline_fraction")
-        print(f"{r['backend']:5} {r['op']:5} {r['dtype']:5} {r['shape']:32} {r['median_s']*1e3:9.3f} ms {r['gflops']/1e3:8.1f} TFLOP/s {r['gbps']:8.1f} GB/s roof {rf if rf is None else round(rf*100,1)}%{base}")
+        print(f"{be:22} {r['op']:5} {r['dtype']:5} {r['shape']:32} {r['median_s']*1e3:9.3f} ms {r['gflops']/1e3:8.1f} TFLOP/s {r['gbps']:8.1f} GB/s roof {rf if rf is None else round(rf*100,1)}%{base}")
 PY
 
-if [ -f $D/peers.py ]; then
+if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ]; then
     PYTHONUNBUFFERED=1 timeout 100 python3 $D/peers.py --only gemm,ffn --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
     log "peers: rc=$?"
     cat "$OUT/peers.txt" | tee -a "$OUT/summary.txt"

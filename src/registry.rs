@@ -25,6 +25,7 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         case("batch 3 of 17x24x31 kn", Gemm::new(17, 24, 31).batch(3).b_layout(BLayout::KN).bias(true).act(Activation::GeluErf)),
         case("batch 4 of 8x9x10 shared B (stride 0)", Gemm::new(8, 9, 10).batch(4).strides(8 * 10, 0, 8 * 9)),
         case("31x23x19 lda=40 ldc=29", Gemm::new(31, 23, 19).lda(40).ldc(29).bias(true).act(Activation::Relu)),
+        case("257x520x512 bias gelu_erf (several tiles each way)", Gemm::new(257, 520, 512).bias(true).act(Activation::GeluErf)),
         case("128x128x256 all options", Gemm::new(128, 128, 256).bias(true).act(Activation::GeluErf).act_cols(64).residual(None).alpha(1.5).beta(0.5)),
     ]
 }

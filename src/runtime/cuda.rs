@@ -14,11 +14,21 @@ use crate::{DType, Error, HostTensor, Result};
 
 const BACKEND: &str = "cuda";
 
+/// Which PTX of a family a kernel lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ptx {
+    /// `compute_80`: every kernel, runs on Ampere and newer.
+    Base,
+    /// `compute_90a`: the Hopper-only entries (wgmma), loadable on compute capability 9.0 only.
+    Sm90a,
+}
+
 /// The PTX of each kernel family, compiled by build.rs from `kernels/<family>.cu`.
-fn family_ptx(family: &str) -> Result<&'static str> {
-    match family {
-        "gemm" => Ok(include_str!(concat!(env!("OUT_DIR"), "/gemm.ptx"))),
-        other => Err(Error::Unsupported(format!("no CUDA kernel family '{other}'"))),
+fn family_ptx(family: &str, ptx: Ptx) -> Result<&'static str> {
+    match (family, ptx) {
+        ("gemm", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/gemm.ptx"))),
+        ("gemm", Ptx::Sm90a) => Ok(include_str!(concat!(env!("OUT_DIR"), "/gemm.sm90a.ptx"))),
+        (other, _) => Err(Error::Unsupported(format!("no CUDA kernel family '{other}'"))),
     }
 }
 
@@ -87,7 +97,7 @@ impl CudaBuf {
 pub struct CudaRuntime {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    modules: Mutex<HashMap<(&'static str, Ptx), Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     blas: OnceLock<std::result::Result<cudarc::cublas::CudaBlas, String>>,
     blas_lt: OnceLock<std::result::Result<cudarc::cublaslt::CudaBlasLT, String>>,
@@ -134,26 +144,35 @@ impl CudaRuntime {
         format!("{name} (sm_{maj}{min}, {mem:.0} GiB)")
     }
 
+    /// Whether the Hopper-only (`compute_90a`) kernels can run here.
+    pub fn is_sm90a(&self) -> bool {
+        self.compute_capability() == (9, 0)
+    }
+
     /// A kernel of `family`, loaded once. `configure` runs once after loading (function attributes).
     pub(crate) fn function(
         &self,
         family: &'static str,
+        ptx: Ptx,
         name: &'static str,
         configure: impl FnOnce(&CudaFunction) -> Result<()>,
     ) -> Result<CudaFunction> {
+        if ptx == Ptx::Sm90a && !self.is_sm90a() {
+            return Err(Error::Unsupported(format!("{name} needs compute capability 9.0 (Hopper)")));
+        }
         if let Some(f) = self.functions.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
             return Ok(f.clone());
         }
         let module = {
             let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-            match modules.get(family) {
+            match modules.get(&(family, ptx)) {
                 Some(m) => m.clone(),
                 None => {
                     let m = self
                         .ctx
-                        .load_module(cudarc::nvrtc::Ptx::from_src(family_ptx(family)?))
+                        .load_module(cudarc::nvrtc::Ptx::from_src(family_ptx(family, ptx)?))
                         .map_err(drv("loading the PTX module"))?;
-                    modules.insert(family, m.clone());
+                    modules.insert((family, ptx), m.clone());
                     m
                 }
             }

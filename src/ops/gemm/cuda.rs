@@ -5,7 +5,7 @@
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::{ALayout, ActGrad, BLayout, Gemm};
-use crate::runtime::cuda::{CudaElem, CudaRuntime};
+use crate::runtime::cuda::{CudaElem, CudaRuntime, Ptx};
 use crate::{DType, Error, Result};
 
 const FAMILY: &str = "gemm";
@@ -25,6 +25,20 @@ pub const KERNELS: &[&str] = &[
     "col_sum_f16",
     "col_sum_bf16",
 ];
+
+/// The Hopper-only kernels (in the `compute_90a` PTX).
+pub const KERNELS_SM90A: &[&str] = &["gemm_f16_wgmma", "gemm_bf16_wgmma", "gemm_f16_wgmma_interleave", "gemm_bf16_wgmma_interleave"];
+
+/// Dynamic shared memory of the wgmma kernels: 4 stages × (128 + 256) rows × 64 × 2 bytes + 1 KiB
+/// of alignment slack (the kernel static_asserts the same number).
+const WGMMA_SMEM: u32 = 197632;
+
+/// Which f16/bf16 kernel runs: `FFKERN_GEMM_KERNEL` = `auto` (default: wgmma on Hopper where the
+/// 16-byte path applies, else mma.sync), `mma`, `wgmma` or `wgmma_interleave`.
+fn kernel_choice() -> &'static str {
+    static CHOICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHOICE.get_or_init(|| std::env::var("FFKERN_GEMM_KERNEL").unwrap_or_else(|_| "auto".into()))
+}
 
 /// Dynamic shared memory of the tensor-core kernels (3 stages × (128 + 128) rows × 40 × 2 bytes;
 /// the kernel static_asserts the same number).
@@ -73,26 +87,36 @@ pub fn gemm<T: CudaElem>(
         && desc.b_layout == BLayout::NK
         && aligned(addr(rt, a), p.lda, p.sa)
         && aligned(addr(rt, b), p.ldb, p.sb);
-    let name = kernel_name(dtype, vec);
-    let mma = dtype != DType::F32;
-    let func = rt.function(FAMILY, name, |f| {
-        if mma {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                MMA_SMEM as i32,
-            )
-            .map_err(|e| Error::driver("cuda: raising the shared-memory limit", e))?;
+    let choice = kernel_choice();
+    let wgmma = dtype != DType::F32 && vec && rt.is_sm90a() && choice != "mma";
+    let (name, ptx, smem, tile_n) = if wgmma {
+        let name = match (dtype, choice) {
+            (DType::F16, "wgmma_interleave") => "gemm_f16_wgmma_interleave",
+            (DType::BF16, "wgmma_interleave") => "gemm_bf16_wgmma_interleave",
+            (DType::F16, _) => "gemm_f16_wgmma",
+            _ => "gemm_bf16_wgmma",
+        };
+        (name, Ptx::Sm90a, WGMMA_SMEM, 256)
+    } else if dtype != DType::F32 {
+        (kernel_name(dtype, vec), Ptx::Base, MMA_SMEM, 128)
+    } else {
+        (kernel_name(dtype, vec), Ptx::Base, 0, 128)
+    };
+    let func = rt.function(FAMILY, ptx, name, |f| {
+        if smem > 48 * 1024 {
+            f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                .map_err(|e| Error::driver("cuda: raising the shared-memory limit", e))?;
         }
         Ok(())
     })?;
     let cfg = LaunchConfig {
-        grid_dim: (desc.n.div_ceil(128) as u32, desc.m.div_ceil(128) as u32, desc.batch as u32),
+        grid_dim: (desc.n.div_ceil(tile_n) as u32, desc.m.div_ceil(128) as u32, desc.batch as u32),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: if mma { MMA_SMEM } else { 0 },
+        shared_mem_bytes: smem,
     };
     let null = 0u64;
     let mut z = z;
-    // SAFETY: gemm_<dtype>_<vec|gen>(A, B, bias, R, C, Z, GemmParams) — validate_lens checked that
+    // SAFETY: gemm_<dtype>_<vec|gen|wgmma>(A, B, bias, R, C, Z, GemmParams) — validate_lens checked that
     // every element the descriptor reaches lies inside a, b, bias, r, c and z; absent optional
     // operands are null and never dereferenced (has_bias / has_r / has_z are 0).
     rt.launch(&func, cfg, |args| {
@@ -132,7 +156,7 @@ pub fn act_grad<T: CudaElem>(rt: &CudaRuntime, d: &ActGrad, dc: &CudaSlice<T>, z
     if n == 0 {
         return Ok(());
     }
-    let func = rt.function(FAMILY, helper_name("act_grad", T::DTYPE)?, |_| Ok(()))?;
+    let func = rt.function(FAMILY, Ptx::Base, helper_name("act_grad", T::DTYPE)?, |_| Ok(()))?;
     let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).min(65535 * 8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (rows, cols, act, act_cols) = (d.rows as u32, d.cols as u32, d.act as u32, d.act_cols as u32);
     // SAFETY: act_grad_<dtype>(dc, z, out, rows, cols, act, act_cols) touches elements < rows·cols,
@@ -147,7 +171,7 @@ pub fn col_sum<T: CudaElem>(rt: &CudaRuntime, rows: usize, cols: usize, x: &Cuda
     if cols == 0 {
         return Ok(());
     }
-    let func = rt.function(FAMILY, helper_name("col_sum", T::DTYPE)?, |_| Ok(()))?;
+    let func = rt.function(FAMILY, Ptx::Base, helper_name("col_sum", T::DTYPE)?, |_| Ok(()))?;
     let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
     let (r32, c32) = (rows as u32, cols as u32);
     // SAFETY: col_sum_<dtype>(x, out, rows, cols) reads rows·cols elements of x and writes cols of
