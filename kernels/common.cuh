@@ -14,7 +14,8 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-__device__ __forceinline__ float act_apply(uint32_t act, float x) {
+// Not inlined: the epilogues call it from many unrolled sites, and one copy keeps the PTX small.
+__device__ __noinline__ float act_apply(uint32_t act, float x) {
     switch (act) {
     case 1: return fmaxf(x, 0.0f);
     case 2: return x / (1.0f + __expf(-fmaxf(x, -80.0f)));

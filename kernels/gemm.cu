@@ -303,6 +303,7 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ A, const flo
 }
 }  // namespace simt
 
+#if !defined(FFKERN_SM90A)  // the compute_90a PTX carries only the Hopper entries below
 #define GEMM_MMA_ENTRY(NAME, T, VEC)                                                                                       \
     extern "C" __global__ void __launch_bounds__(mma::THREADS) NAME(const T* A, const T* B, const T* bias, const T* R, T* C, \
                                                                     T* Z, GemmParams p) {                                  \
@@ -321,6 +322,7 @@ extern "C" __global__ void __launch_bounds__(simt::THREADS)
     gemm_f32_gen(const float* A, const float* B, const float* bias, const float* R, float* C, float* Z, GemmParams p) {
     simt::gemm_simt<false>(A, B, bias, R, C, Z, p);
 }
+#endif  // !FFKERN_SM90A
 
 // ---------------------------------------------------------------------------------------------
 // Hopper (sm_90a) tensor-core kernel: wgmma. Compiled only into the compute_90a PTX (build.rs
@@ -507,6 +509,8 @@ __device__ __forceinline__ void col_sum_impl(const T* __restrict__ x, T* __restr
     extern "C" __global__ void col_sum_##SUFFIX(const T* x, T* out, uint32_t rows, uint32_t cols) {                         \
         col_sum_impl<T>(x, out, rows, cols);                                                                               \
     }
+#if !defined(FFKERN_SM90A)
 HELPER_ENTRIES(f32, float)
 HELPER_ENTRIES(f16, __half)
 HELPER_ENTRIES(bf16, __nv_bfloat16)
+#endif
