@@ -159,7 +159,7 @@ fn build_cuda() {
         for (suffix, arch, defines, ptxas_archs) in variants {
             let ptx = out_dir.join(format!("{family}.{suffix}"));
             let out = Command::new(&nvcc)
-                .args(["--ptx", "-O3", "-std=c++17", &format!("-arch={arch}"), "-Ikernels"])
+                .args(["--ptx", "-O3", "-std=c++17", &format!("-arch={arch}"), "-Ikernels", "-diag-suppress", "177"])
                 .args(defines)
                 .arg("-o")
                 .arg(&ptx)

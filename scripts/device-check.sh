@@ -55,21 +55,25 @@ log "info: $(grep -E '^  (cuda|wgpu):' "$OUT/info.txt" | tr '\n' ';')"
 
 for t in $D/tests/*; do
     FFKERN_REQUIRE=cuda,wgpu timeout 150 "$t" > "$OUT/test-$(basename "$t").log" 2>&1
-    log "tests $(basename "$t"): rc=$? $(grep -E '^test result' "$OUT/test-$(basename "$t").log")"
-    grep -E 'panicked|rms_ratio' "$OUT/test-$(basename "$t").log" | head -8 | tee -a "$OUT/summary.txt"
+    rc=$?
+    log "tests $(basename "$t"): rc=$rc $(grep -E '^test result' "$OUT/test-$(basename "$t").log")"
+    grep -E 'panicked|rms_ratio|Segmentation' "$OUT/test-$(basename "$t").log" | head -8 | tee -a "$OUT/summary.txt"
 done
 
 timeout 90 $D/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1
-log "check wgpu: rc=$? $(tail -1 "$OUT/check-wgpu.txt")"
+rc=$?
+log "check wgpu: rc=$rc $(tail -1 "$OUT/check-wgpu.txt")"
 # Every CUDA tensor-core kernel choice (FFKERN_GEMM_KERNEL), checked and timed side by side.
-for k in ${KERNELS:-auto mma wgmma_interleave}; do
+for k in ${KERNELS:-auto mma wgmma_simple}; do
     FFKERN_GEMM_KERNEL=$k timeout 90 $D/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1
-    log "check cuda ($k): rc=$? $(tail -1 "$OUT/check-cuda-$k.txt")"
+    rc=$?
+    log "check cuda ($k): rc=$rc $(tail -1 "$OUT/check-cuda-$k.txt")"
     grep -E 'FAIL|ERROR' "$OUT/check-cuda-$k.txt" | head -5 | tee -a "$OUT/summary.txt"
 done
-for k in ${KERNELS_BENCH:-mma wgmma_interleave}; do
+for k in ${KERNELS_BENCH:-mma wgmma_simple}; do
     FFKERN_GEMM_KERNEL=$k timeout 90 $D/ffkern bench --backend cuda --dtype bf16 --reps 20 --json > "$OUT/bench-cuda-$k.json" 2> "$OUT/bench-cuda-$k.err"
-    log "bench cuda ($k): rc=$?"
+    rc=$?
+    log "bench cuda ($k): rc=$rc"
 done
 
 timeout 150 $D/ffkern bench --backend cuda --reps 20 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"

@@ -25,7 +25,7 @@ fn forward_matches_reference_on_every_backend() {
             for (i, case) in gemm_check_cases().into_iter().enumerate() {
                 let x = GemmInputs::random(&case.desc, dtype, 100 + i as u64);
                 let (c_ref, z_ref) = x.reference(&case.desc);
-                let out = with_backend!(&dev, be => run_host(be, &case.desc, &x, true))
+                let out = with_backend!(dev, be => run_host(be, &case.desc, &x, true))
                     .unwrap_or_else(|e| panic!("{} {dtype} {}: {e}", dev.name(), case.name));
                 let what = format!("{} {dtype} {}", dev.name(), case.name);
                 assert_close(&format!("{what} C"), &out.c, &c_ref, dtype);
@@ -68,8 +68,8 @@ fn run_twice_is_bitwise_identical() {
     for dev in common::device_backends() {
         for dtype in DType::ALL {
             let x = GemmInputs::random(&desc, dtype, 5);
-            let first = with_backend!(&dev, be => run_host(be, &desc, &x, false)).expect("first run");
-            let second = with_backend!(&dev, be => run_host(be, &desc, &x, false)).expect("second run");
+            let first = with_backend!(dev, be => run_host(be, &desc, &x, false)).expect("first run");
+            let second = with_backend!(dev, be => run_host(be, &desc, &x, false)).expect("second run");
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&first.c), bits(&second.c), "{} {dtype}: results differ between runs", dev.name());
         }
@@ -78,8 +78,9 @@ fn run_twice_is_bitwise_identical() {
 
 #[test]
 fn backward_matches_reference_on_every_backend() {
+    let cpu = ffkern::Device::Cpu(ffkern::Cpu);
     let mut devices = common::device_backends();
-    devices.push(ffkern::Device::Cpu(ffkern::Cpu));
+    devices.push(&cpu);
     for dev in devices {
         for dtype in DType::ALL {
             for (i, case) in gemm_backward_cases().into_iter().enumerate() {
@@ -91,7 +92,7 @@ fn backward_matches_reference_on_every_backend() {
                 let z_r: Vec<f64> = z_ref.iter().map(|&v| dtype.round(v as f32) as f64).collect();
                 let dc64: Vec<f64> = dc.data.iter().map(|&v| v as f64).collect();
                 let (da_ref, db_ref, dbias_ref) = cpu::backward(d, &x.a.data, &x.b.data, &z_r, &dc64);
-                let (da, db, dbias) = with_backend!(&dev, be => backward_host(be, d, &x, &dc))
+                let (da, db, dbias) = with_backend!(dev, be => backward_host(be, d, &x, &dc))
                     .unwrap_or_else(|e| panic!("{} {dtype} {}: {e}", dev.name(), case.name));
                 let what = format!("{} {dtype} {}", dev.name(), case.name);
                 // dC' is rounded to the storage dtype before the two GEMMs: allow that rounding twice.
@@ -188,7 +189,7 @@ fn bad_input_checks<Be: Backend>(be: &Be) {
 fn bad_input_gives_typed_errors() {
     bad_input_checks(&ffkern::Cpu);
     for dev in common::device_backends() {
-        with_backend!(&dev, be => bad_input_checks(be));
+        with_backend!(dev, be => bad_input_checks(be));
     }
 }
 
@@ -253,4 +254,19 @@ fn wgpu_low_level_offsets() {
         }
     }
     assert_close("wgpu low-level offsets", &out, &c_ref, DType::BF16);
+}
+
+/// More output tiles than a GPU has multiprocessors, in several batches: the persistent kernels
+/// walk many tiles per block (and every ring stage is reused across tiles).
+#[test]
+fn many_tiles_and_batches() {
+    let desc = Gemm::new(2000, 2050, 64).batch(2).bias(true).act(Activation::GeluTanh);
+    for dev in common::device_backends() {
+        for dtype in [DType::BF16, DType::F16] {
+            let x = GemmInputs::random(&desc, dtype, 77);
+            let (c_ref, _) = x.reference(&desc);
+            let out = with_backend!(dev, be => run_host(be, &desc, &x, false)).expect("gemm");
+            assert_close(&format!("{} {dtype} many tiles", dev.name()), &out.c, &c_ref, dtype);
+        }
+    }
 }

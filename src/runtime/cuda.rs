@@ -144,6 +144,14 @@ impl CudaRuntime {
         format!("{name} (sm_{maj}{min}, {mem:.0} GiB)")
     }
 
+    /// The number of multiprocessors (persistent kernels launch one block per multiprocessor).
+    pub fn sm_count(&self) -> u32 {
+        self.ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map(|n| n.max(1) as u32)
+            .unwrap_or(1)
+    }
+
     /// Whether the Hopper-only (`compute_90a`) kernels can run here.
     pub fn is_sm90a(&self) -> bool {
         self.compute_capability() == (9, 0)

@@ -14,13 +14,16 @@ pub fn required() -> Vec<String> {
         .collect()
 }
 
-/// The GPU backends to test (wgpu, cuda). A missing one is reported on stderr and skipped,
+/// The GPU backends to test (wgpu, cuda), opened once per test process and shared by every
+/// test (as a framework shares one device). A missing one is reported on stderr and skipped,
 /// unless `FFKERN_REQUIRE` names it, in which case this panics (the test fails).
-pub fn device_backends() -> Vec<Device> {
+pub fn device_backends() -> Vec<&'static Device> {
+    static DEVICES: std::sync::OnceLock<Vec<(&'static str, Result<Device, String>)>> = std::sync::OnceLock::new();
+    let devices = DEVICES.get_or_init(|| ["wgpu", "cuda"].into_iter().map(|n| (n, Device::open(n).map_err(|e| e.to_string()))).collect());
     let req = required();
     let mut out = Vec::new();
-    for name in ["wgpu", "cuda"] {
-        match Device::open(name) {
+    for (name, dev) in devices {
+        match dev {
             Ok(d) => out.push(d),
             Err(e) => {
                 if req.iter().any(|r| r == name) {

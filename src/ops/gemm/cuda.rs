@@ -27,14 +27,14 @@ pub const KERNELS: &[&str] = &[
 ];
 
 /// The Hopper-only kernels (in the `compute_90a` PTX).
-pub const KERNELS_SM90A: &[&str] = &["gemm_f16_wgmma", "gemm_bf16_wgmma", "gemm_f16_wgmma_interleave", "gemm_bf16_wgmma_interleave"];
+pub const KERNELS_SM90A: &[&str] = &["gemm_f16_wgmma", "gemm_bf16_wgmma", "gemm_f16_wgmma_simple", "gemm_bf16_wgmma_simple"];
 
 /// Dynamic shared memory of the wgmma kernels: 4 stages × (128 + 256) rows × 64 × 2 bytes + 1 KiB
 /// of alignment slack (the kernel static_asserts the same number).
 const WGMMA_SMEM: u32 = 197632;
 
-/// Which f16/bf16 kernel runs: `FFKERN_GEMM_KERNEL` = `auto` (default: wgmma on Hopper where the
-/// 16-byte path applies, else mma.sync), `mma`, `wgmma` or `wgmma_interleave`.
+/// Which f16/bf16 kernel runs: `FFKERN_GEMM_KERNEL` = `auto` (default: the warp-specialised
+/// wgmma kernel on Hopper where the 16-byte path applies, else mma.sync), `mma` or `wgmma_simple`.
 fn kernel_choice() -> &'static str {
     static CHOICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     CHOICE.get_or_init(|| std::env::var("FFKERN_GEMM_KERNEL").unwrap_or_else(|_| "auto".into()))
@@ -89,12 +89,13 @@ pub fn gemm<T: CudaElem>(
         && aligned(addr(rt, b), p.ldb, p.sb);
     let choice = kernel_choice();
     let wgmma = dtype != DType::F32 && vec && rt.is_sm90a() && choice != "mma";
+    let simple = choice == "wgmma_simple";
     let (name, ptx, smem, tile_n) = if wgmma {
-        let name = match (dtype, choice) {
-            (DType::F16, "wgmma_interleave") => "gemm_f16_wgmma_interleave",
-            (DType::BF16, "wgmma_interleave") => "gemm_bf16_wgmma_interleave",
-            (DType::F16, _) => "gemm_f16_wgmma",
-            _ => "gemm_bf16_wgmma",
+        let name = match (dtype, simple) {
+            (DType::F16, true) => "gemm_f16_wgmma_simple",
+            (_, true) => "gemm_bf16_wgmma_simple",
+            (DType::F16, false) => "gemm_f16_wgmma",
+            (_, false) => "gemm_bf16_wgmma",
         };
         (name, Ptx::Sm90a, WGMMA_SMEM, 256)
     } else if dtype != DType::F32 {
@@ -109,10 +110,16 @@ pub fn gemm<T: CudaElem>(
         }
         Ok(())
     })?;
-    let cfg = LaunchConfig {
-        grid_dim: (desc.n.div_ceil(tile_n) as u32, desc.m.div_ceil(128) as u32, desc.batch as u32),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: smem,
+    let cfg = if wgmma && !simple {
+        // Persistent: one block per multiprocessor walks the tiles (batch-major, then M, then N).
+        let tiles = desc.batch * desc.m.div_ceil(128) * desc.n.div_ceil(256);
+        LaunchConfig { grid_dim: (tiles.min(rt.sm_count() as usize) as u32, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem }
+    } else {
+        LaunchConfig {
+            grid_dim: (desc.n.div_ceil(tile_n) as u32, desc.m.div_ceil(128) as u32, desc.batch as u32),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem,
+        }
     };
     let null = 0u64;
     let mut z = z;
