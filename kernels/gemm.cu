@@ -13,6 +13,7 @@
 // `_vec` entries take 16-byte copies and need A as [M,K] and B as [N,K] with 16-byte-aligned rows
 // (the launcher checks); `_gen` entries read any layout and stride element by element.
 #include "common.cuh"
+#include <cuda.h>  // CUtensorMap
 
 struct GemmParams {
     uint32_t m, n, k, batch;
@@ -454,6 +455,15 @@ __device__ __forceinline__ void gemm_wgmma(const T* __restrict__ A, const T* __r
         epilogue2<T>(p, bias, R, C, Z, bz, row + 8, col, d[4 * j + 2], d[4 * j + 3]);
     }
 }
+// Warp-specialised, persistent variant. Why it is faster than gemm_wgmma_simple: the copy
+// engine (TMA) fills a 4-stage ring of 128-byte-swizzled tiles, issued by one producer thread and
+// completing on "full" mbarriers (no per-thread copy instructions at all), while two consumer
+// warpgroups only multiply and run the epilogue, releasing each stage through an "empty"
+// mbarrier as soon as its wgmma group retires. Nobody waits at a block-wide barrier, and the
+// producer runs ahead into the next tile while consumers finish the epilogue of this one.
+// setmaxnreg moves registers from the producer warpgroup to the consumers.
+constexpr int WS_THREADS = 384;
+
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
@@ -472,21 +482,19 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-// Arrives on `bar` once every cp.async this thread has issued so far has landed.
-__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// One box of a 3-D tensor map (coordinates innermost first) into shared memory, completing on `bar`.
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+        : "memory");
 }
 
-// Warp-specialised, persistent variant. Why it is faster than gemm_wgmma: a producer
-// warpgroup only copies (cp.async, 4-stage ring, "full" mbarriers completed by the copies
-// themselves) and two consumer warpgroups only multiply and run the epilogue, releasing each
-// stage through an "empty" mbarrier as soon as its wgmma group retires; nobody waits at a
-// block-wide barrier, and the producer runs ahead into the next tile while consumers finish the
-// epilogue of this one. setmaxnreg moves registers from the producer to the consumers.
-constexpr int WS_THREADS = 384;
-
 template <typename T>
-__device__ __forceinline__ void gemm_wgmma_ws(const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias,
+__device__ __forceinline__ void gemm_wgmma_ws(const CUtensorMap* tmA, const CUtensorMap* tmB, const T* __restrict__ bias,
                                               const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __shared__ __align__(8) uint64_t bars[2 * STAGES];  // full[0, STAGES), empty[STAGES, 2·STAGES)
@@ -494,7 +502,7 @@ __device__ __forceinline__ void gemm_wgmma_ws(const T* __restrict__ A, const T* 
     const uint32_t bar0 = mma::smem_addr(bars);
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(bar0 + 8 * s, 128);            // one cp.async arrival per producer thread
+            mbar_init(bar0 + 8 * s, 1);              // the producer's arrive.expect_tx
             mbar_init(bar0 + 8 * (STAGES + s), 8);   // one arrival per consumer warp
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -505,25 +513,25 @@ __device__ __forceinline__ void gemm_wgmma_ws(const T* __restrict__ A, const T* 
     const int KT = (p.k + BK - 1) / BK;
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n");
-        uint32_t it = 0;
-        for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x) {
-            const uint32_t bz = tile / per_batch, rem = tile % per_batch;
-            const uint32_t m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
-            const T* Ab = A + (size_t)bz * p.sa;
-            const T* Bb = B + (size_t)bz * p.sb;
-            for (int kt = 0; kt < KT; ++kt, ++it) {
-                const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
-                mbar_wait(bar0 + 8 * (STAGES + s), ph ^ 1);
-                const uint32_t sA = base + s * STAGE_BYTES;
-                load_tile<1>(sA, Ab, BM, p.m, p.k, m0, kt * BK, p.lda, threadIdx.x, 128);
-                load_tile<1>(sA + BM * BK * 2, Bb, BN, p.n, p.k, n0, kt * BK, p.ldb, threadIdx.x, 128);
-                cp_async_mbar_arrive(bar0 + 8 * s);
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (threadIdx.x == 0) {
+            uint32_t it = 0;
+            for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x) {
+                const uint32_t bz = tile / per_batch, rem = tile % per_batch;
+                const int m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
+                const int za = p.sa ? bz : 0, zb = p.sb ? bz : 0;
+                for (int kt = 0; kt < KT; ++kt, ++it) {
+                    const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
+                    mbar_wait(bar0 + 8 * (STAGES + s), ph ^ 1);
+                    const uint32_t sA = base + s * STAGE_BYTES, full = bar0 + 8 * s;
+                    mbar_expect_tx(full, STAGE_BYTES);
+                    tma_load(sA, tmA, kt * BK, m0, za, full);
+                    tma_load(sA + BM * BK * 2, tmB, kt * BK, n0, zb, full);
+                }
             }
         }
-        mma::cp_async_wait<0>();
     } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n");
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
         const int cw = wg - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
         uint32_t it = 0;
         for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x) {
@@ -536,7 +544,6 @@ __device__ __forceinline__ void gemm_wgmma_ws(const T* __restrict__ A, const T* 
             for (int kt = 0; kt < KT; ++kt, ++it) {
                 const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
                 mbar_wait(bar0 + 8 * s, ph);
-                fence_proxy_async();  // the copies' generic-proxy writes, before wgmma reads them
                 const uint32_t sA = base + s * STAGE_BYTES;
                 const uint32_t sB = sA + BM * BK * 2;
                 wgmma_fence();
@@ -570,10 +577,13 @@ __device__ __forceinline__ void gemm_wgmma_ws(const T* __restrict__ A, const T* 
 GEMM_WGMMA_ENTRY(gemm_f16_wgmma_simple, __half, 1)
 GEMM_WGMMA_ENTRY(gemm_bf16_wgmma_simple, __nv_bfloat16, 1)
 
+// A and B are passed (unused) so that the launcher records their use on the stream; the kernel
+// reads them through the tensor maps.
 #define GEMM_WGMMA_WS_ENTRY(NAME, T)                                                                                       \
     extern "C" __global__ void __launch_bounds__(hopper::WS_THREADS, 1)                                                    \
-        NAME(const T* A, const T* B, const T* bias, const T* R, T* C, T* Z, GemmParams p) {                                 \
-        hopper::gemm_wgmma_ws<T>(A, B, bias, R, C, Z, p);                                                                  \
+        NAME(const T* A, const T* B, const T* bias, const T* R, T* C, T* Z, GemmParams p,                                   \
+             const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB) {                           \
+        hopper::gemm_wgmma_ws<T>(&tmA, &tmB, bias, R, C, Z, p);                                                            \
     }
 GEMM_WGMMA_WS_ENTRY(gemm_f16_wgmma, __half)
 GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma, __nv_bfloat16)

@@ -76,6 +76,14 @@ for k in ${KERNELS_BENCH:-mma wgmma_simple}; do
     log "bench cuda ($k): rc=$rc"
 done
 
+if [ "${NCU:-0}" = 1 ]; then
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    timeout 120 "$ncu" --clock-control none -k regex:gemm_bf16_wgmma --launch-count 1 --section SpeedOfLight \
+        --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+        $D/ffkern bench --dtype bf16 --reps 1 > "$OUT/ncu.txt" 2>&1
+    log "ncu: rc=$?"
+    grep -E "Duration|Compute \(SM\) Throughput|L2 Cache Throughput|Issue Slots Busy|Eligible Warps|Est. Speedup|stalled" "$OUT/ncu.txt" | head -12 | tee -a "$OUT/summary.txt"
+fi
 timeout 150 $D/ffkern bench --backend cuda --reps 20 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
 log "bench cuda: rc=$?"
 [ "${WGPU_BENCH:-1}" = 1 ] && timeout 100 $D/ffkern bench --backend wgpu --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"

@@ -40,6 +40,54 @@ fn kernel_choice() -> &'static str {
     CHOICE.get_or_init(|| std::env::var("FFKERN_GEMM_KERNEL").unwrap_or_else(|_| "auto".into()))
 }
 
+/// A TMA tensor map, passed to a kernel by value (`__grid_constant__ CUtensorMap`).
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct TensorMap(cudarc::driver::sys::CUtensorMap);
+
+// SAFETY: the driver's opaque 128-byte descriptor, plain bytes copied into the kernel's parameters.
+unsafe impl cudarc::driver::DeviceRepr for TensorMap {}
+
+/// The tensor map of a K-contiguous operand for the wgmma kernel: boxes of 64 K-elements ×
+/// `box_rows` rows with the 128-byte swizzle; out-of-range elements read as zero. `batch_stride`
+/// 0 (or one batch) maps a single matrix.
+fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: usize, batch_stride: usize, box_rows: u32) -> Result<TensorMap> {
+    use cudarc::driver::sys;
+    let ty = match dtype {
+        DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        DType::BF16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        DType::F32 => return Err(Error::Unsupported("the wgmma kernels take f16 or bf16".into())),
+    };
+    let one = batch_stride == 0 || batch == 1;
+    let dims: [u64; 3] = [k as u64, rows as u64, if one { 1 } else { batch as u64 }];
+    let strides: [u64; 2] = [(ld * 2) as u64, if one { (rows * ld * 2) as u64 } else { (batch_stride * 2) as u64 }];
+    let boxes: [u32; 3] = [64, box_rows, 1];
+    let elem: [u32; 3] = [1, 1, 1];
+    let mut map = TensorMap(sys::CUtensorMap { opaque: [0; 16] });
+    // SAFETY: encodes a descriptor from the values above into `map`; the driver reads the arrays
+    // and writes only `map`. The global address is not dereferenced here.
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map.0,
+            ty,
+            3,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(Error::driver("cuda: encoding a tensor map", format!("{r:?}")));
+    }
+    Ok(map)
+}
+
 /// Dynamic shared memory of the tensor-core kernels (3 stages × (128 + 128) rows × 40 × 2 bytes;
 /// the kernel static_asserts the same number).
 const MMA_SMEM: u32 = 61440;
@@ -88,7 +136,7 @@ pub fn gemm<T: CudaElem>(
         && aligned(addr(rt, a), p.lda, p.sa)
         && aligned(addr(rt, b), p.ldb, p.sb);
     let choice = kernel_choice();
-    let wgmma = dtype != DType::F32 && vec && rt.is_sm90a() && choice != "mma";
+    let wgmma = dtype != DType::F32 && vec && desc.k > 0 && rt.is_sm90a() && choice != "mma";
     let simple = choice == "wgmma_simple";
     let (name, ptx, smem, tile_n) = if wgmma {
         let name = match (dtype, simple) {
@@ -121,11 +169,22 @@ pub fn gemm<T: CudaElem>(
             shared_mem_bytes: smem,
         }
     };
+    let maps = if wgmma && !simple {
+        let (ao, bo) = (desc.a(), desc.b());
+        Some((
+            tensor_map(dtype, addr(rt, a), desc.k, desc.m, ao.row_stride, desc.batch, ao.batch_stride, 128)?,
+            tensor_map(dtype, addr(rt, b), desc.k, desc.n, bo.row_stride, desc.batch, bo.batch_stride, 256)?,
+        ))
+    } else {
+        None
+    };
     let null = 0u64;
     let mut z = z;
-    // SAFETY: gemm_<dtype>_<vec|gen|wgmma>(A, B, bias, R, C, Z, GemmParams) — validate_lens checked that
-    // every element the descriptor reaches lies inside a, b, bias, r, c and z; absent optional
-    // operands are null and never dereferenced (has_bias / has_r / has_z are 0).
+    // SAFETY: gemm_<dtype>_<vec|gen|wgmma_simple>(A, B, bias, R, C, Z, GemmParams) and
+    // gemm_<dtype>_wgmma(..., GemmParams, tmA, tmB) — validate_lens checked that every element the
+    // descriptor reaches lies inside a, b, bias, r, c and z (the tensor maps cover exactly A and B,
+    // reads outside them are zero-filled by the copy engine); absent optional operands are null and
+    // never dereferenced (has_bias / has_r / has_z are 0).
     rt.launch(&func, cfg, |args| {
         args.arg(a).arg(b);
         match bias {
@@ -142,6 +201,9 @@ pub fn gemm<T: CudaElem>(
             None => args.arg(&null),
         };
         args.arg(&p);
+        if let Some((ma, mb)) = &maps {
+            args.arg(ma).arg(mb);
+        }
     })
 }
 
