@@ -493,24 +493,39 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, i
         : "memory");
 }
 
-template <typename T>
+// Descriptor of a K-major tile with rows of KB·2 bytes in the matching swizzle (KB 64: 128-byte
+// swizzle, 8-row atoms of 1024 B; KB 32: 64-byte swizzle, atoms of 512 B), K step ks of 16.
+template <int KB> __device__ __forceinline__ uint64_t desc_swz(uint32_t addr, int ks) {
+    uint64_t d = (uint64_t)(((addr + ks * 32) & 0x3FFFF) >> 4);
+    d |= (uint64_t)1 << 16;                  // leading byte offset (unused with these swizzles)
+    d |= (uint64_t)((8 * KB * 2) >> 4) << 32;  // stride byte offset: 8 rows
+    d |= (uint64_t)(KB == 64 ? 1 : 2) << 62;
+    return d;
+}
+
+// Ring geometry of the warp-specialised kernel: KB = K depth of a stage (64 → rows of 128 B with
+// the 128-byte swizzle; 32 → rows of 64 B with the 64-byte swizzle), NS = stages (both fill
+// 192 KiB), WAIT = wgmma groups left in flight before a stage is released.
+template <typename T, int KB, int NS, int WAIT>
 __device__ __forceinline__ void gemm_wgmma_ws(const CUtensorMap* tmA, const CUtensorMap* tmB, const T* __restrict__ bias,
                                               const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    __shared__ __align__(8) uint64_t bars[2 * STAGES];  // full[0, STAGES), empty[STAGES, 2·STAGES)
+    constexpr int SBYTES = (BM + BN) * KB * 2, ROWB = KB * 2;
+    static_assert(NS * SBYTES + 1024 <= SMEM_BYTES, "ring larger than the launcher's shared memory");
+    __shared__ __align__(8) uint64_t bars[2 * NS];  // full[0, NS), empty[NS, 2·NS)
     const uint32_t base = (mma::smem_addr(smem_raw) + 1023) & ~1023u;
     const uint32_t bar0 = mma::smem_addr(bars);
     if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; ++s) {
+        for (int s = 0; s < NS; ++s) {
             mbar_init(bar0 + 8 * s, 1);              // the producer's arrive.expect_tx
-            mbar_init(bar0 + 8 * (STAGES + s), 8);   // one arrival per consumer warp
+            mbar_init(bar0 + 8 * (NS + s), 8);   // one arrival per consumer warp
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
     const uint32_t tiles_m = (p.m + BM - 1) / BM, tiles_n = (p.n + BN - 1) / BN;
     const uint32_t per_batch = tiles_m * tiles_n, total = per_batch * p.batch;
-    const int KT = (p.k + BK - 1) / BK;
+    const int KT = (p.k + KB - 1) / KB;
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
@@ -521,12 +536,12 @@ __device__ __forceinline__ void gemm_wgmma_ws(const CUtensorMap* tmA, const CUte
                 const int m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
                 const int za = p.sa ? bz : 0, zb = p.sb ? bz : 0;
                 for (int kt = 0; kt < KT; ++kt, ++it) {
-                    const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
-                    mbar_wait(bar0 + 8 * (STAGES + s), ph ^ 1);
-                    const uint32_t sA = base + s * STAGE_BYTES, full = bar0 + 8 * s;
-                    mbar_expect_tx(full, STAGE_BYTES);
-                    tma_load(sA, tmA, kt * BK, m0, za, full);
-                    tma_load(sA + BM * BK * 2, tmB, kt * BK, n0, zb, full);
+                    const uint32_t s = it % NS, ph = (it / NS) & 1;
+                    mbar_wait(bar0 + 8 * (NS + s), ph ^ 1);
+                    const uint32_t sA = base + s * SBYTES, full = bar0 + 8 * s;
+                    mbar_expect_tx(full, SBYTES);
+                    tma_load(sA, tmA, kt * KB, m0, za, full);
+                    tma_load(sA + BM * ROWB, tmB, kt * KB, n0, zb, full);
                 }
             }
         }
@@ -542,21 +557,26 @@ __device__ __forceinline__ void gemm_wgmma_ws(const CUtensorMap* tmA, const CUte
             for (int i = 0; i < 128; ++i) d[i] = 0.0f;
             int prev = -1;
             for (int kt = 0; kt < KT; ++kt, ++it) {
-                const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
+                const uint32_t s = it % NS, ph = (it / NS) & 1;
                 mbar_wait(bar0 + 8 * s, ph);
-                const uint32_t sA = base + s * STAGE_BYTES;
-                const uint32_t sB = sA + BM * BK * 2;
+                const uint32_t sA = base + s * SBYTES;
+                const uint32_t sB = sA + BM * ROWB;
                 wgmma_fence();
 #pragma unroll
-                for (int ks = 0; ks < BK / 16; ++ks)
-                    wgmma_m64n256k16<T>(d, make_desc<1>(sA + cw * 64 * 128, ks), make_desc<1>(sB, ks));
+                for (int ks = 0; ks < KB / 16; ++ks)
+                    wgmma_m64n256k16<T>(d, desc_swz<KB>(sA + cw * 64 * ROWB, ks), desc_swz<KB>(sB, ks));
                 wgmma_commit();
-                wgmma_wait<1>();
-                if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (STAGES + prev));
-                prev = (int)s;
+                if (WAIT == 0) {
+                    wgmma_wait<0>();
+                    if (lane == 0) mbar_arrive(bar0 + 8 * (NS + s));
+                } else {
+                    wgmma_wait<1>();
+                    if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (NS + prev));
+                    prev = (int)s;
+                }
             }
             wgmma_wait<0>();
-            if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (STAGES + prev));
+            if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (NS + prev));
             const uint32_t row = m0 + cw * 64 + warp * 16 + lane / 4;
 #pragma unroll
             for (int j = 0; j < 32; ++j) {
@@ -579,14 +599,17 @@ GEMM_WGMMA_ENTRY(gemm_bf16_wgmma_simple, __nv_bfloat16, 1)
 
 // A and B are passed (unused) so that the launcher records their use on the stream; the kernel
 // reads them through the tensor maps.
-#define GEMM_WGMMA_WS_ENTRY(NAME, T)                                                                                       \
+#define GEMM_WGMMA_WS_ENTRY(NAME, T, KB, NS, WAIT)                                                                                       \
     extern "C" __global__ void __launch_bounds__(hopper::WS_THREADS, 1)                                                    \
         NAME(const T* A, const T* B, const T* bias, const T* R, T* C, T* Z, GemmParams p,                                   \
              const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB) {                           \
-        hopper::gemm_wgmma_ws<T>(&tmA, &tmB, bias, R, C, Z, p);                                                            \
+        hopper::gemm_wgmma_ws<T, KB, NS, WAIT>(&tmA, &tmB, bias, R, C, Z, p);                                                            \
     }
-GEMM_WGMMA_WS_ENTRY(gemm_f16_wgmma, __half)
-GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma, __nv_bfloat16)
+GEMM_WGMMA_WS_ENTRY(gemm_f16_wgmma, __half, 64, 4, 1)
+GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma, __nv_bfloat16, 64, 4, 1)
+GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma_v2, __nv_bfloat16, 64, 4, 0)
+GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma_v3, __nv_bfloat16, 32, 8, 1)
+GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma_v4, __nv_bfloat16, 32, 8, 0)
 #endif  // FFKERN_SM90A
 
 // ---------------------------------------------------------------------------------------------

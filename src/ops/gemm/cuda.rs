@@ -27,7 +27,15 @@ pub const KERNELS: &[&str] = &[
 ];
 
 /// The Hopper-only kernels (in the `compute_90a` PTX).
-pub const KERNELS_SM90A: &[&str] = &["gemm_f16_wgmma", "gemm_bf16_wgmma", "gemm_f16_wgmma_simple", "gemm_bf16_wgmma_simple"];
+pub const KERNELS_SM90A: &[&str] = &[
+    "gemm_f16_wgmma",
+    "gemm_bf16_wgmma",
+    "gemm_f16_wgmma_simple",
+    "gemm_bf16_wgmma_simple",
+    "gemm_bf16_wgmma_v2",
+    "gemm_bf16_wgmma_v3",
+    "gemm_bf16_wgmma_v4",
+];
 
 /// Dynamic shared memory of the wgmma kernels: 4 stages × (128 + 256) rows × 64 × 2 bytes + 1 KiB
 /// of alignment slack (the kernel static_asserts the same number).
@@ -51,7 +59,8 @@ unsafe impl cudarc::driver::DeviceRepr for TensorMap {}
 /// The tensor map of a K-contiguous operand for the wgmma kernel: boxes of 64 K-elements ×
 /// `box_rows` rows with the 128-byte swizzle; out-of-range elements read as zero. `batch_stride`
 /// 0 (or one batch) maps a single matrix.
-fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: usize, batch_stride: usize, box_rows: u32) -> Result<TensorMap> {
+#[allow(clippy::too_many_arguments)]
+fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: usize, batch_stride: usize, box_rows: u32, box_k: u32) -> Result<TensorMap> {
     use cudarc::driver::sys;
     let ty = match dtype {
         DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
@@ -61,7 +70,12 @@ fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: u
     let one = batch_stride == 0 || batch == 1;
     let dims: [u64; 3] = [k as u64, rows as u64, if one { 1 } else { batch as u64 }];
     let strides: [u64; 2] = [(ld * 2) as u64, if one { (rows * ld * 2) as u64 } else { (batch_stride * 2) as u64 }];
-    let boxes: [u32; 3] = [64, box_rows, 1];
+    let boxes: [u32; 3] = [box_k, box_rows, 1];
+    let swizzle = if box_k == 64 {
+        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
+    } else {
+        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B
+    };
     let elem: [u32; 3] = [1, 1, 1];
     let mut map = TensorMap(sys::CUtensorMap { opaque: [0; 16] });
     // SAFETY: encodes a descriptor from the values above into `map`; the driver reads the arrays
@@ -77,7 +91,7 @@ fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: u
             boxes.as_ptr(),
             elem.as_ptr(),
             sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            swizzle,
             sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
             sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
@@ -139,11 +153,14 @@ pub fn gemm<T: CudaElem>(
     let wgmma = dtype != DType::F32 && vec && desc.k > 0 && rt.is_sm90a() && choice != "mma";
     let simple = choice == "wgmma_simple";
     let (name, ptx, smem, tile_n) = if wgmma {
-        let name = match (dtype, simple) {
-            (DType::F16, true) => "gemm_f16_wgmma_simple",
-            (_, true) => "gemm_bf16_wgmma_simple",
-            (DType::F16, false) => "gemm_f16_wgmma",
-            (_, false) => "gemm_bf16_wgmma",
+        let name = match (dtype, choice) {
+            (DType::F16, "wgmma_simple") => "gemm_f16_wgmma_simple",
+            (_, "wgmma_simple") => "gemm_bf16_wgmma_simple",
+            (DType::BF16, "v2") => "gemm_bf16_wgmma_v2",
+            (DType::BF16, "v3") => "gemm_bf16_wgmma_v3",
+            (DType::BF16, "v4") => "gemm_bf16_wgmma_v4",
+            (DType::F16, _) => "gemm_f16_wgmma",
+            _ => "gemm_bf16_wgmma",
         };
         (name, Ptx::Sm90a, WGMMA_SMEM, 256)
     } else if dtype != DType::F32 {
@@ -171,9 +188,10 @@ pub fn gemm<T: CudaElem>(
     };
     let maps = if wgmma && !simple {
         let (ao, bo) = (desc.a(), desc.b());
+        let box_k = if name.ends_with("_v3") || name.ends_with("_v4") { 32 } else { 64 };
         Some((
-            tensor_map(dtype, addr(rt, a), desc.k, desc.m, ao.row_stride, desc.batch, ao.batch_stride, 128)?,
-            tensor_map(dtype, addr(rt, b), desc.k, desc.n, bo.row_stride, desc.batch, bo.batch_stride, 256)?,
+            tensor_map(dtype, addr(rt, a), desc.k, desc.m, ao.row_stride, desc.batch, ao.batch_stride, 128, box_k)?,
+            tensor_map(dtype, addr(rt, b), desc.k, desc.n, bo.row_stride, desc.batch, bo.batch_stride, 256, box_k)?,
         ))
     } else {
         None
