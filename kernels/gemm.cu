@@ -337,8 +337,10 @@ extern "C" __global__ void __launch_bounds__(simt::THREADS)
 namespace hopper {
 constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4, THREADS = 256, AHEAD = 2;
 constexpr int STAGE_BYTES = (BM + BN) * BK * 2;
-constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024;  // + slack to align the ring to 1024 B
-static_assert(SMEM_BYTES == 197632, "src/ops/gemm/cuda.rs launches the wgmma kernels with 197632 bytes of dynamic shared memory");
+// Ring + slack to align it to 1024 B + the epilogue staging of the warp-specialised kernel.
+constexpr int EPI_BYTES = 2 * 64 * 64 * 4;
+constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + EPI_BYTES;
+static_assert(SMEM_BYTES == 230400, "src/ops/gemm/cuda.rs launches the wgmma kernels with 230400 bytes of dynamic shared memory");
 
 // Byte offset of the 16-byte chunk (row r, chunk c) of a [rows][64] K-major tile.
 // SWZ=1: 128-byte swizzle (rows of 128 B, chunk index XOR row%8, atoms of 8 rows = 1024 B).
@@ -503,6 +505,46 @@ template <int KB> __device__ __forceinline__ uint64_t desc_swz(uint32_t addr, in
     return d;
 }
 
+// The warp-specialised kernel's epilogue, second half: 8 consecutive columns of one row from the
+// staged pre-activation z (bias already added): activation, residual, then 16-byte stores of C
+// (and Z) where aligned, element stores at the edges.
+template <typename T>
+__device__ __forceinline__ void epilogue8(const GemmParams& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
+                                          uint32_t bz, uint32_t row, uint32_t col, const float (&z)[8]) {
+    const size_t o = (size_t)bz * p.sc + (size_t)row * p.ldc + col;
+    const size_t orr = (size_t)bz * p.sr + (size_t)row * p.ldr + col;
+    const bool full = col + 8 <= p.n;
+    const bool vec = full && ((reinterpret_cast<uintptr_t>(C + o) & 15) == 0) && (!p.has_r || (reinterpret_cast<uintptr_t>(R + orr) & 15) == 0) &&
+                     (!p.has_z || (reinterpret_cast<uintptr_t>(Z + o) & 15) == 0);
+    alignas(16) T rv[8];
+    if (p.has_r && vec) *reinterpret_cast<uint4*>(rv) = *reinterpret_cast<const uint4*>(R + orr);
+    alignas(16) T out[8];
+    alignas(16) T pre[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        float v = z[j];
+        if (col + j < p.act_cols) v = act_apply(p.act, v);
+        if (p.has_r && (vec || col + j < p.n)) v += p.beta * to_f32(vec ? rv[j] : R[orr + j]);
+        out[j] = from_f32<T>(v);
+        pre[j] = from_f32<T>(z[j]);
+    }
+    if (vec) {
+        *reinterpret_cast<uint4*>(C + o) = *reinterpret_cast<const uint4*>(out);
+        if (p.has_z) *reinterpret_cast<uint4*>(Z + o) = *reinterpret_cast<const uint4*>(pre);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            if (col + j < p.n) {
+                C[o + j] = out[j];
+                if (p.has_z) Z[o + j] = pre[j];
+            }
+    }
+}
+
+__device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Ring geometry of the warp-specialised kernel: KB = K depth of a stage (64 → rows of 128 B with
 // the 128-byte swizzle; 32 → rows of 64 B with the 64-byte swizzle), NS = stages (both fill
 // 192 KiB), WAIT = wgmma groups left in flight before a stage is released.
@@ -577,12 +619,40 @@ __device__ __forceinline__ void gemm_wgmma_ws(const CUtensorMap* tmA, const CUte
             }
             wgmma_wait<0>();
             if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (NS + prev));
-            const uint32_t row = m0 + cw * 64 + warp * 16 + lane / 4;
+            // Epilogue through shared memory, 64 columns at a time: the accumulators (α·acc + bias,
+            // f32) go to a staging tile, then each thread takes 8 consecutive columns of a row so
+            // that C, Z and R move in 16-byte, fully coalesced accesses.
+            float* stage = reinterpret_cast<float*>(smem_raw + (base - mma::smem_addr(smem_raw)) + NS * SBYTES) + cw * 64 * 64;
+            const int t = threadIdx.x % 128;
 #pragma unroll
-            for (int j = 0; j < 32; ++j) {
-                const uint32_t col = n0 + j * 8 + (lane % 4) * 2;
-                epilogue2<T>(p, bias, R, C, Z, bz, row, col, d[4 * j], d[4 * j + 1]);
-                epilogue2<T>(p, bias, R, C, Z, bz, row + 8, col, d[4 * j + 2], d[4 * j + 3]);
+            for (int q = 0; q < 4; ++q) {
+                named_barrier(1 + cw, 128);
+#pragma unroll
+                for (int jj = 0; jj < 8; ++jj) {
+                    const int j = q * 8 + jj;
+                    const int lr = warp * 16 + lane / 4, lc = jj * 8 + (lane % 4) * 2;
+                    const uint32_t gc = n0 + j * 8 + (lane % 4) * 2;
+                    const float b0 = (p.has_bias && gc < p.n) ? to_f32(bias[gc]) : 0.0f;
+                    const float b1 = (p.has_bias && gc + 1 < p.n) ? to_f32(bias[gc + 1]) : 0.0f;
+                    // 8-column groups are XOR-permuted by row (bank spread; groups stay contiguous).
+                    const int g0 = (lc ^ ((lr & 7) << 3)), g1 = (lc ^ (((lr + 8) & 7) << 3));
+                    *reinterpret_cast<float2*>(stage + lr * 64 + g0) = make_float2(p.alpha * d[4 * j] + b0, p.alpha * d[4 * j + 1] + b1);
+                    *reinterpret_cast<float2*>(stage + (lr + 8) * 64 + g1) =
+                        make_float2(p.alpha * d[4 * j + 2] + b0, p.alpha * d[4 * j + 3] + b1);
+                }
+                named_barrier(1 + cw, 128);
+#pragma unroll
+                for (int pass = 0; pass < 4; ++pass) {
+                    const int lr = pass * 16 + t / 8, lc = (t % 8) * 8;
+                    const uint32_t grow = m0 + cw * 64 + lr, gcol = n0 + q * 64 + lc;
+                    if (grow < p.m && gcol < p.n) {
+                        const float* src = stage + lr * 64 + (lc ^ ((lr & 7) << 3));
+                        const float4 a = *reinterpret_cast<const float4*>(src);
+                        const float4 b = *reinterpret_cast<const float4*>(src + 4);
+                        const float z[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                        epilogue8<T>(p, R, C, Z, bz, grow, gcol, z);
+                    }
+                }
             }
         }
     }
@@ -607,9 +677,6 @@ GEMM_WGMMA_ENTRY(gemm_bf16_wgmma_simple, __nv_bfloat16, 1)
     }
 GEMM_WGMMA_WS_ENTRY(gemm_f16_wgmma, __half, 64, 4, 1)
 GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma, __nv_bfloat16, 64, 4, 1)
-GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma_v2, __nv_bfloat16, 64, 4, 0)
-GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma_v3, __nv_bfloat16, 32, 8, 1)
-GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma_v4, __nv_bfloat16, 32, 8, 0)
 #endif  // FFKERN_SM90A
 
 // ---------------------------------------------------------------------------------------------

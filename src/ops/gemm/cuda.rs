@@ -32,14 +32,11 @@ pub const KERNELS_SM90A: &[&str] = &[
     "gemm_bf16_wgmma",
     "gemm_f16_wgmma_simple",
     "gemm_bf16_wgmma_simple",
-    "gemm_bf16_wgmma_v2",
-    "gemm_bf16_wgmma_v3",
-    "gemm_bf16_wgmma_v4",
 ];
 
-/// Dynamic shared memory of the wgmma kernels: 4 stages × (128 + 256) rows × 64 × 2 bytes + 1 KiB
-/// of alignment slack (the kernel static_asserts the same number).
-const WGMMA_SMEM: u32 = 197632;
+/// Dynamic shared memory of the wgmma kernels: 4 stages × (128 + 256) rows × 64 × 2 bytes, 1 KiB
+/// of alignment slack and 32 KiB of epilogue staging (the kernel static_asserts the same number).
+const WGMMA_SMEM: u32 = 230400;
 
 /// Which f16/bf16 kernel runs: `FFKERN_GEMM_KERNEL` = `auto` (default: the warp-specialised
 /// wgmma kernel on Hopper where the 16-byte path applies, else mma.sync), `mma` or `wgmma_simple`.
@@ -156,9 +153,6 @@ pub fn gemm<T: CudaElem>(
         let name = match (dtype, choice) {
             (DType::F16, "wgmma_simple") => "gemm_f16_wgmma_simple",
             (_, "wgmma_simple") => "gemm_bf16_wgmma_simple",
-            (DType::BF16, "v2") => "gemm_bf16_wgmma_v2",
-            (DType::BF16, "v3") => "gemm_bf16_wgmma_v3",
-            (DType::BF16, "v4") => "gemm_bf16_wgmma_v4",
             (DType::F16, _) => "gemm_f16_wgmma",
             _ => "gemm_bf16_wgmma",
         };
@@ -188,7 +182,7 @@ pub fn gemm<T: CudaElem>(
     };
     let maps = if wgmma && !simple {
         let (ao, bo) = (desc.a(), desc.b());
-        let box_k = if name.ends_with("_v3") || name.ends_with("_v4") { 32 } else { 64 };
+        let box_k = 64;
         Some((
             tensor_map(dtype, addr(rt, a), desc.k, desc.m, ao.row_stride, desc.batch, ao.batch_stride, 128, box_k)?,
             tensor_map(dtype, addr(rt, b), desc.k, desc.n, bo.row_stride, desc.batch, bo.batch_stride, 256, box_k)?,
