@@ -14,8 +14,7 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// Not inlined: the epilogues call it from many unrolled sites, and one copy keeps the PTX small.
-__device__ __noinline__ float act_apply(uint32_t act, float x) {
+__device__ __forceinline__ float act_eval(uint32_t act, float x) {
     switch (act) {
     case 1: return fmaxf(x, 0.0f);
     case 2: return x / (1.0f + __expf(-fmaxf(x, -80.0f)));
@@ -24,6 +23,10 @@ __device__ __noinline__ float act_apply(uint32_t act, float x) {
     default: return x;
     }
 }
+
+// Out of line for the epilogues that call it from many unrolled sites (one copy keeps the code
+// small); the staged wgmma epilogue inlines act_eval instead.
+__device__ __noinline__ float act_apply(uint32_t act, float x) { return act_eval(act, x); }
 
 __device__ __forceinline__ float act_grad_apply(uint32_t act, float x) {
     switch (act) {

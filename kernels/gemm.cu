@@ -327,37 +327,34 @@ extern "C" __global__ void __launch_bounds__(simt::THREADS)
 
 // ---------------------------------------------------------------------------------------------
 // Hopper (sm_90a) tensor-core kernel: wgmma. Compiled only into the compute_90a PTX (build.rs
-// defines FFKERN_SM90A) and chosen at run time on compute capability 9.0.
-// Why it is fast: each of two consumer warpgroups issues m64n256k16 wgmma straight from shared
-// memory (no ldmatrix, no register fragments for A or B), so a 128×256 block tile needs no
-// per-thread shared-memory reads at all; 16-byte cp.async copies fill a 4-stage ring two K tiles
-// ahead while one wgmma group stays in flight. Shared tiles use the 128-byte swizzle (or the
-// plain core-matrix interleave, SWZ = 0) that the wgmma descriptors describe.
+// defines FFKERN_SM90A) and chosen at run time on compute capability 9.0 when A is [M,K] and B is
+// [N,K] with 16-byte-aligned rows (the copy engine's requirement); other cases take mma.sync.
+//
+// Why it is fast: warp specialisation around the copy engine. One producer thread issues TMA
+// tensor copies (128-byte-swizzled 128×64 and 256×64 boxes, zero-filled past the edges) into a
+// 4-stage shared-memory ring, each stage completing on a "full" mbarrier; two consumer
+// warpgroups issue m64n256k16 wgmma straight from shared memory (no per-thread loads at all) and
+// hand each stage back through an "empty" mbarrier as soon as its wgmma group retires. Nobody
+// waits at a block-wide barrier; the grid is persistent, so the producer prefetches the next tile
+// while the consumers run the epilogue, which is staged through shared memory so that C, Z and R
+// move in 16-byte coalesced accesses. setmaxnreg gives the producer's registers to the consumers.
 #if defined(FFKERN_SM90A)
 namespace hopper {
-constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4, THREADS = 256, AHEAD = 2;
+constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4, THREADS = 384;
 constexpr int STAGE_BYTES = (BM + BN) * BK * 2;
-// Ring + slack to align it to 1024 B + the epilogue staging of the warp-specialised kernel.
+// Ring + slack to align it to 1024 B (the swizzle atom) + the epilogue staging (64×64 f32 per
+// consumer warpgroup).
 constexpr int EPI_BYTES = 2 * 64 * 64 * 4;
 constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + EPI_BYTES;
 static_assert(SMEM_BYTES == 230400, "src/ops/gemm/cuda.rs launches the wgmma kernels with 230400 bytes of dynamic shared memory");
 
-// Byte offset of the 16-byte chunk (row r, chunk c) of a [rows][64] K-major tile.
-// SWZ=1: 128-byte swizzle (rows of 128 B, chunk index XOR row%8, atoms of 8 rows = 1024 B).
-// SWZ=0: core-matrix interleave (8×8 cores of 128 B; K-adjacent cores 128 B apart, row groups 1024 B).
-template <int SWZ> __device__ __forceinline__ uint32_t chunk_offset(int r, int c) {
-    if (SWZ) return r * 128 + ((c ^ (r & 7)) << 4);
-    return (r >> 3) * 1024 + c * 128 + (r & 7) * 16;
-}
-
-// Descriptor of a 64-row slice starting at `addr`, K step `ks` (0..3, 16 elements each).
-template <int SWZ> __device__ __forceinline__ uint64_t make_desc(uint32_t addr, int ks) {
-    const uint32_t start = SWZ ? addr + ks * 32 : addr + ks * 256;
-    const uint64_t lbo = SWZ ? 16 : 128, sbo = 1024;
-    uint64_t d = (uint64_t)((start & 0x3FFFF) >> 4);
-    d |= (uint64_t)(lbo >> 4) << 16;
-    d |= (uint64_t)(sbo >> 4) << 32;
-    if (SWZ) d |= (uint64_t)1 << 62;
+// Descriptor of a K-major tile with 128-byte rows in the 128-byte swizzle (8-row atoms of 1024 B),
+// starting at `addr`, K step `ks` (16 elements = 32 bytes inside the row).
+__device__ __forceinline__ uint64_t make_desc(uint32_t addr, int ks) {
+    uint64_t d = (uint64_t)(((addr + ks * 32) & 0x3FFFF) >> 4);
+    d |= (uint64_t)1 << 16;            // leading byte offset: unused with this swizzle
+    d |= (uint64_t)(1024 >> 4) << 32;  // stride byte offset: one 8-row atom
+    d |= (uint64_t)1 << 62;            // 128-byte swizzle
     return d;
 }
 
@@ -388,83 +385,6 @@ template <> __device__ __forceinline__ void wgmma_m64n256k16<__nv_bfloat16>(floa
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// Loads rows [r0, r0+rows_tile) × K [k0, k0+64) of a K-contiguous operand into a swizzled tile.
-template <int SWZ, typename T>
-__device__ __forceinline__ void load_tile(uint32_t tile, const T* __restrict__ g, int rows_tile, uint32_t rows, uint32_t K,
-                                          uint32_t r0, uint32_t k0, uint32_t ld, int tid = threadIdx.x, int nthreads = THREADS) {
-    for (int e = tid; e < rows_tile * 8; e += nthreads) {
-        const int r = e >> 3, c = e & 7;
-        const uint32_t gr = r0 + r, gk = k0 + c * 8;
-        int bytes = 0;
-        const T* src = g;
-        if (gr < rows && gk < K) {
-            bytes = (int)min(8u, K - gk) * 2;
-            src = g + (size_t)gr * ld + gk;
-        }
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(tile + chunk_offset<SWZ>(r, c)), "l"(src), "r"(bytes));
-    }
-}
-
-template <typename T, int SWZ>
-__device__ __forceinline__ void gemm_wgmma(const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias,
-                                           const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    const uint32_t base = (mma::smem_addr(smem_raw) + 1023) & ~1023u;
-    const uint32_t bz = blockIdx.z, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    const int wg = threadIdx.x / 128;  // consumer warpgroup: rows wg*64 .. wg*64+63 of the tile
-    const T* Ab = A + (size_t)bz * p.sa;
-    const T* Bb = B + (size_t)bz * p.sb;
-    float d[128];
-#pragma unroll
-    for (int i = 0; i < 128; ++i) d[i] = 0.0f;
-    const int KT = (p.k + BK - 1) / BK;
-    auto load_stage = [&](int kt) {
-        const uint32_t sA = base + (kt % STAGES) * STAGE_BYTES;
-        load_tile<SWZ>(sA, Ab, BM, p.m, p.k, m0, kt * BK, p.lda);
-        load_tile<SWZ>(sA + BM * BK * 2, Bb, BN, p.n, p.k, n0, kt * BK, p.ldb);
-    };
-#pragma unroll
-    for (int s = 0; s < AHEAD; ++s) {
-        if (s < KT) load_stage(s);
-        mma::cp_async_commit();
-    }
-    for (int kt = 0; kt < KT; ++kt) {
-        mma::cp_async_wait<AHEAD - 1>();
-        fence_proxy_async();
-        __syncthreads();
-        // Every thread has waited for wgmma group kt-2 before this barrier, so its stage is free.
-        if (kt + AHEAD < KT) load_stage(kt + AHEAD);
-        mma::cp_async_commit();
-        const uint32_t sA = base + (kt % STAGES) * STAGE_BYTES;
-        const uint32_t sB = sA + BM * BK * 2;
-        const uint32_t a_slice = sA + (SWZ ? wg * 64 * 128 : wg * 8 * 1024);
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < BK / 16; ++ks) wgmma_m64n256k16<T>(d, make_desc<SWZ>(a_slice, ks), make_desc<SWZ>(sB, ks));
-        wgmma_commit();
-        wgmma_wait<1>();
-    }
-    wgmma_wait<0>();
-    mma::cp_async_wait<0>();
-    const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
-    const uint32_t row = m0 + wg * 64 + warp * 16 + lane / 4;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        const uint32_t col = n0 + j * 8 + (lane % 4) * 2;
-        epilogue2<T>(p, bias, R, C, Z, bz, row, col, d[4 * j], d[4 * j + 1]);
-        epilogue2<T>(p, bias, R, C, Z, bz, row + 8, col, d[4 * j + 2], d[4 * j + 3]);
-    }
-}
-// Warp-specialised, persistent variant. Why it is faster than gemm_wgmma_simple: the copy
-// engine (TMA) fills a 4-stage ring of 128-byte-swizzled tiles, issued by one producer thread and
-// completing on "full" mbarriers (no per-thread copy instructions at all), while two consumer
-// warpgroups only multiply and run the epilogue, releasing each stage through an "empty"
-// mbarrier as soon as its wgmma group retires. Nobody waits at a block-wide barrier, and the
-// producer runs ahead into the next tile while consumers finish the epilogue of this one.
-// setmaxnreg moves registers from the producer warpgroup to the consumers.
-constexpr int WS_THREADS = 384;
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -523,7 +443,7 @@ __device__ __forceinline__ void epilogue8(const GemmParams& p, const T* __restri
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         float v = z[j];
-        if (col + j < p.act_cols) v = act_apply(p.act, v);
+        if (col + j < p.act_cols) v = act_eval(p.act, v);
         if (p.has_r && (vec || col + j < p.n)) v += p.beta * to_f32(vec ? rv[j] : R[orr + j]);
         out[j] = from_f32<T>(v);
         pre[j] = from_f32<T>(z[j]);
@@ -541,33 +461,47 @@ __device__ __forceinline__ void epilogue8(const GemmParams& p, const T* __restri
     }
 }
 
+// One staged 64×64 chunk of a consumer warpgroup's tile, written out by its 128 threads (8
+// columns each, 16 rows per pass). Out of line: the unrolled caller would otherwise copy it 4×.
+template <typename T>
+__device__ __noinline__ void epilogue_chunk(const GemmParams p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
+                                            const float* stage, uint32_t bz, uint32_t row0, uint32_t col0, int t) {
+#pragma unroll 1
+    for (int pass = 0; pass < 4; ++pass) {
+        const int lr = pass * 16 + t / 8, lc = (t % 8) * 8;
+        const uint32_t grow = row0 + lr, gcol = col0 + lc;
+        if (grow < p.m && gcol < p.n) {
+            const float* src = stage + lr * 64 + (lc ^ ((lr & 7) << 3));
+            const float4 a = *reinterpret_cast<const float4*>(src);
+            const float4 b = *reinterpret_cast<const float4*>(src + 4);
+            const float z[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+            epilogue8<T>(p, R, C, Z, bz, grow, gcol, z);
+        }
+    }
+}
+
 __device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-// Ring geometry of the warp-specialised kernel: KB = K depth of a stage (64 → rows of 128 B with
-// the 128-byte swizzle; 32 → rows of 64 B with the 64-byte swizzle), NS = stages (both fill
-// 192 KiB), WAIT = wgmma groups left in flight before a stage is released.
-template <typename T, int KB, int NS, int WAIT>
-__device__ __forceinline__ void gemm_wgmma_ws(const CUtensorMap* tmA, const CUtensorMap* tmB, const T* __restrict__ bias,
-                                              const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
+template <typename T>
+__device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtensorMap* tmB, const T* __restrict__ bias,
+                                           const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    constexpr int SBYTES = (BM + BN) * KB * 2, ROWB = KB * 2;
-    static_assert(NS * SBYTES + 1024 <= SMEM_BYTES, "ring larger than the launcher's shared memory");
-    __shared__ __align__(8) uint64_t bars[2 * NS];  // full[0, NS), empty[NS, 2·NS)
+    __shared__ __align__(8) uint64_t bars[2 * STAGES];  // full[0, STAGES), empty[STAGES, 2·STAGES)
     const uint32_t base = (mma::smem_addr(smem_raw) + 1023) & ~1023u;
     const uint32_t bar0 = mma::smem_addr(bars);
     if (threadIdx.x == 0) {
-        for (int s = 0; s < NS; ++s) {
-            mbar_init(bar0 + 8 * s, 1);              // the producer's arrive.expect_tx
-            mbar_init(bar0 + 8 * (NS + s), 8);   // one arrival per consumer warp
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(bar0 + 8 * s, 1);             // the producer's arrive.expect_tx
+            mbar_init(bar0 + 8 * (STAGES + s), 8);  // one arrival per consumer warp
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
     const uint32_t tiles_m = (p.m + BM - 1) / BM, tiles_n = (p.n + BN - 1) / BN;
     const uint32_t per_batch = tiles_m * tiles_n, total = per_batch * p.batch;
-    const int KT = (p.k + KB - 1) / KB;
+    const int KT = (p.k + BK - 1) / BK;
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
@@ -578,18 +512,19 @@ __device__ __forceinline__ void gemm_wgmma_ws(const CUtensorMap* tmA, const CUte
                 const int m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
                 const int za = p.sa ? bz : 0, zb = p.sb ? bz : 0;
                 for (int kt = 0; kt < KT; ++kt, ++it) {
-                    const uint32_t s = it % NS, ph = (it / NS) & 1;
-                    mbar_wait(bar0 + 8 * (NS + s), ph ^ 1);
-                    const uint32_t sA = base + s * SBYTES, full = bar0 + 8 * s;
-                    mbar_expect_tx(full, SBYTES);
-                    tma_load(sA, tmA, kt * KB, m0, za, full);
-                    tma_load(sA + BM * ROWB, tmB, kt * KB, n0, zb, full);
+                    const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
+                    mbar_wait(bar0 + 8 * (STAGES + s), ph ^ 1);
+                    const uint32_t sA = base + s * STAGE_BYTES, full = bar0 + 8 * s;
+                    mbar_expect_tx(full, STAGE_BYTES);
+                    tma_load(sA, tmA, kt * BK, m0, za, full);
+                    tma_load(sA + BM * BK * 2, tmB, kt * BK, n0, zb, full);
                 }
             }
         }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-        const int cw = wg - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+        const int cw = wg - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, t = threadIdx.x % 128;
+        float* stage = reinterpret_cast<float*>(smem_raw + (base - mma::smem_addr(smem_raw)) + STAGES * STAGE_BYTES) + cw * 64 * 64;
         uint32_t it = 0;
         for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x) {
             const uint32_t bz = tile / per_batch, rem = tile % per_batch;
@@ -599,31 +534,23 @@ __device__ __forceinline__ void gemm_wgmma_ws(const CUtensorMap* tmA, const CUte
             for (int i = 0; i < 128; ++i) d[i] = 0.0f;
             int prev = -1;
             for (int kt = 0; kt < KT; ++kt, ++it) {
-                const uint32_t s = it % NS, ph = (it / NS) & 1;
+                const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
                 mbar_wait(bar0 + 8 * s, ph);
-                const uint32_t sA = base + s * SBYTES;
-                const uint32_t sB = sA + BM * ROWB;
+                const uint32_t sA = base + s * STAGE_BYTES;
+                const uint32_t sB = sA + BM * BK * 2;
                 wgmma_fence();
 #pragma unroll
-                for (int ks = 0; ks < KB / 16; ++ks)
-                    wgmma_m64n256k16<T>(d, desc_swz<KB>(sA + cw * 64 * ROWB, ks), desc_swz<KB>(sB, ks));
+                for (int ks = 0; ks < BK / 16; ++ks) wgmma_m64n256k16<T>(d, make_desc(sA + cw * 64 * 128, ks), make_desc(sB, ks));
                 wgmma_commit();
-                if (WAIT == 0) {
-                    wgmma_wait<0>();
-                    if (lane == 0) mbar_arrive(bar0 + 8 * (NS + s));
-                } else {
-                    wgmma_wait<1>();
-                    if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (NS + prev));
-                    prev = (int)s;
-                }
+                // One group stays in flight; the one before it has retired, so its stage is free.
+                wgmma_wait<1>();
+                if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (STAGES + prev));
+                prev = (int)s;
             }
             wgmma_wait<0>();
-            if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (NS + prev));
-            // Epilogue through shared memory, 64 columns at a time: the accumulators (α·acc + bias,
-            // f32) go to a staging tile, then each thread takes 8 consecutive columns of a row so
-            // that C, Z and R move in 16-byte, fully coalesced accesses.
-            float* stage = reinterpret_cast<float*>(smem_raw + (base - mma::smem_addr(smem_raw)) + NS * SBYTES) + cw * 64 * 64;
-            const int t = threadIdx.x % 128;
+            if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (STAGES + prev));
+            // Epilogue, 64 columns at a time: α·acc + bias (f32) into the staging tile, then each
+            // thread takes 8 consecutive columns of a row.
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
                 named_barrier(1 + cw, 128);
@@ -641,42 +568,23 @@ __device__ __forceinline__ void gemm_wgmma_ws(const CUtensorMap* tmA, const CUte
                         make_float2(p.alpha * d[4 * j + 2] + b0, p.alpha * d[4 * j + 3] + b1);
                 }
                 named_barrier(1 + cw, 128);
-#pragma unroll
-                for (int pass = 0; pass < 4; ++pass) {
-                    const int lr = pass * 16 + t / 8, lc = (t % 8) * 8;
-                    const uint32_t grow = m0 + cw * 64 + lr, gcol = n0 + q * 64 + lc;
-                    if (grow < p.m && gcol < p.n) {
-                        const float* src = stage + lr * 64 + (lc ^ ((lr & 7) << 3));
-                        const float4 a = *reinterpret_cast<const float4*>(src);
-                        const float4 b = *reinterpret_cast<const float4*>(src + 4);
-                        const float z[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-                        epilogue8<T>(p, R, C, Z, bz, grow, gcol, z);
-                    }
-                }
+                epilogue_chunk<T>(p, R, C, Z, stage, bz, m0 + cw * 64, n0 + q * 64, t);
             }
         }
     }
 }
 }  // namespace hopper
 
-#define GEMM_WGMMA_ENTRY(NAME, T, SWZ)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(hopper::THREADS, 1)                                                       \
-        NAME(const T* A, const T* B, const T* bias, const T* R, T* C, T* Z, GemmParams p) {                                 \
-        hopper::gemm_wgmma<T, SWZ>(A, B, bias, R, C, Z, p);                                                                \
-    }
-GEMM_WGMMA_ENTRY(gemm_f16_wgmma_simple, __half, 1)
-GEMM_WGMMA_ENTRY(gemm_bf16_wgmma_simple, __nv_bfloat16, 1)
-
 // A and B are passed (unused) so that the launcher records their use on the stream; the kernel
 // reads them through the tensor maps.
-#define GEMM_WGMMA_WS_ENTRY(NAME, T, KB, NS, WAIT)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(hopper::WS_THREADS, 1)                                                    \
+#define GEMM_WGMMA_ENTRY(NAME, T)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(hopper::THREADS, 1)                                                       \
         NAME(const T* A, const T* B, const T* bias, const T* R, T* C, T* Z, GemmParams p,                                   \
              const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB) {                           \
-        hopper::gemm_wgmma_ws<T, KB, NS, WAIT>(&tmA, &tmB, bias, R, C, Z, p);                                                            \
+        hopper::gemm_wgmma<T>(&tmA, &tmB, bias, R, C, Z, p);                                                               \
     }
-GEMM_WGMMA_WS_ENTRY(gemm_f16_wgmma, __half, 64, 4, 1)
-GEMM_WGMMA_WS_ENTRY(gemm_bf16_wgmma, __nv_bfloat16, 64, 4, 1)
+GEMM_WGMMA_ENTRY(gemm_f16_wgmma, __half)
+GEMM_WGMMA_ENTRY(gemm_bf16_wgmma, __nv_bfloat16)
 #endif  // FFKERN_SM90A
 
 // ---------------------------------------------------------------------------------------------

@@ -67,13 +67,13 @@ if [ "${WGPU_CHECK:-1}" = 1 ]; then
     log "check wgpu: rc=$rc $(tail -1 "$OUT/check-wgpu.txt")"
 fi
 # Every CUDA tensor-core kernel choice (FFKERN_GEMM_KERNEL), checked and timed side by side.
-for k in ${KERNELS:-auto mma wgmma_simple}; do
+for k in ${KERNELS:-auto mma}; do
     FFKERN_GEMM_KERNEL=$k timeout 90 $D/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1
     rc=$?
     log "check cuda ($k): rc=$rc $(tail -1 "$OUT/check-cuda-$k.txt")"
     grep -E 'FAIL|ERROR' "$OUT/check-cuda-$k.txt" | head -5 | tee -a "$OUT/summary.txt"
 done
-for k in ${KERNELS_BENCH:-mma wgmma_simple}; do
+for k in ${KERNELS_BENCH:-mma}; do
     FFKERN_GEMM_KERNEL=$k timeout 90 $D/ffkern bench --backend cuda --dtype bf16 --reps 20 --json > "$OUT/bench-cuda-$k.json" 2> "$OUT/bench-cuda-$k.err"
     rc=$?
     log "bench cuda ($k): rc=$rc"

@@ -27,19 +27,15 @@ pub const KERNELS: &[&str] = &[
 ];
 
 /// The Hopper-only kernels (in the `compute_90a` PTX).
-pub const KERNELS_SM90A: &[&str] = &[
-    "gemm_f16_wgmma",
-    "gemm_bf16_wgmma",
-    "gemm_f16_wgmma_simple",
-    "gemm_bf16_wgmma_simple",
-];
+pub const KERNELS_SM90A: &[&str] = &["gemm_f16_wgmma", "gemm_bf16_wgmma"];
 
 /// Dynamic shared memory of the wgmma kernels: 4 stages × (128 + 256) rows × 64 × 2 bytes, 1 KiB
 /// of alignment slack and 32 KiB of epilogue staging (the kernel static_asserts the same number).
 const WGMMA_SMEM: u32 = 230400;
 
-/// Which f16/bf16 kernel runs: `FFKERN_GEMM_KERNEL` = `auto` (default: the warp-specialised
-/// wgmma kernel on Hopper where the 16-byte path applies, else mma.sync), `mma` or `wgmma_simple`.
+/// Which f16/bf16 kernel runs: `FFKERN_GEMM_KERNEL` = `auto` (default: the wgmma kernel on Hopper
+/// where A is [M,K] and B is [N,K] with 16-byte-aligned rows, else mma.sync) or `mma` (mma.sync
+/// everywhere, e.g. to compare the two on a Hopper card).
 fn kernel_choice() -> &'static str {
     static CHOICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     CHOICE.get_or_init(|| std::env::var("FFKERN_GEMM_KERNEL").unwrap_or_else(|_| "auto".into()))
@@ -57,7 +53,7 @@ unsafe impl cudarc::driver::DeviceRepr for TensorMap {}
 /// `box_rows` rows with the 128-byte swizzle; out-of-range elements read as zero. `batch_stride`
 /// 0 (or one batch) maps a single matrix.
 #[allow(clippy::too_many_arguments)]
-fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: usize, batch_stride: usize, box_rows: u32, box_k: u32) -> Result<TensorMap> {
+fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: usize, batch_stride: usize, box_rows: u32) -> Result<TensorMap> {
     use cudarc::driver::sys;
     let ty = match dtype {
         DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
@@ -67,12 +63,7 @@ fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: u
     let one = batch_stride == 0 || batch == 1;
     let dims: [u64; 3] = [k as u64, rows as u64, if one { 1 } else { batch as u64 }];
     let strides: [u64; 2] = [(ld * 2) as u64, if one { (rows * ld * 2) as u64 } else { (batch_stride * 2) as u64 }];
-    let boxes: [u32; 3] = [box_k, box_rows, 1];
-    let swizzle = if box_k == 64 {
-        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
-    } else {
-        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B
-    };
+    let boxes: [u32; 3] = [64, box_rows, 1];
     let elem: [u32; 3] = [1, 1, 1];
     let mut map = TensorMap(sys::CUtensorMap { opaque: [0; 16] });
     // SAFETY: encodes a descriptor from the values above into `map`; the driver reads the arrays
@@ -88,7 +79,7 @@ fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: u
             boxes.as_ptr(),
             elem.as_ptr(),
             sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            swizzle,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
             sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
             sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
@@ -148,19 +139,12 @@ pub fn gemm<T: CudaElem>(
         && aligned(addr(rt, b), p.ldb, p.sb);
     let choice = kernel_choice();
     let wgmma = dtype != DType::F32 && vec && desc.k > 0 && rt.is_sm90a() && choice != "mma";
-    let simple = choice == "wgmma_simple";
-    let (name, ptx, smem, tile_n) = if wgmma {
-        let name = match (dtype, choice) {
-            (DType::F16, "wgmma_simple") => "gemm_f16_wgmma_simple",
-            (_, "wgmma_simple") => "gemm_bf16_wgmma_simple",
-            (DType::F16, _) => "gemm_f16_wgmma",
-            _ => "gemm_bf16_wgmma",
-        };
-        (name, Ptx::Sm90a, WGMMA_SMEM, 256)
+    let (name, ptx, smem) = if wgmma {
+        (if dtype == DType::F16 { "gemm_f16_wgmma" } else { "gemm_bf16_wgmma" }, Ptx::Sm90a, WGMMA_SMEM)
     } else if dtype != DType::F32 {
-        (kernel_name(dtype, vec), Ptx::Base, MMA_SMEM, 128)
+        (kernel_name(dtype, vec), Ptx::Base, MMA_SMEM)
     } else {
-        (kernel_name(dtype, vec), Ptx::Base, 0, 128)
+        (kernel_name(dtype, vec), Ptx::Base, 0)
     };
     let func = rt.function(FAMILY, ptx, name, |f| {
         if smem > 48 * 1024 {
@@ -169,30 +153,29 @@ pub fn gemm<T: CudaElem>(
         }
         Ok(())
     })?;
-    let cfg = if wgmma && !simple {
-        // Persistent: one block per multiprocessor walks the tiles (batch-major, then M, then N).
+    let cfg = if wgmma {
+        // Persistent: one block per multiprocessor walks the 128×256 tiles (batch, then M, then N).
         let tiles = desc.batch * desc.m.div_ceil(128) * desc.n.div_ceil(256);
         LaunchConfig { grid_dim: (tiles.min(rt.sm_count() as usize) as u32, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem }
     } else {
         LaunchConfig {
-            grid_dim: (desc.n.div_ceil(tile_n) as u32, desc.m.div_ceil(128) as u32, desc.batch as u32),
+            grid_dim: (desc.n.div_ceil(128) as u32, desc.m.div_ceil(128) as u32, desc.batch as u32),
             block_dim: (256, 1, 1),
             shared_mem_bytes: smem,
         }
     };
-    let maps = if wgmma && !simple {
+    let maps = if wgmma {
         let (ao, bo) = (desc.a(), desc.b());
-        let box_k = 64;
         Some((
-            tensor_map(dtype, addr(rt, a), desc.k, desc.m, ao.row_stride, desc.batch, ao.batch_stride, 128, box_k)?,
-            tensor_map(dtype, addr(rt, b), desc.k, desc.n, bo.row_stride, desc.batch, bo.batch_stride, 256, box_k)?,
+            tensor_map(dtype, addr(rt, a), desc.k, desc.m, ao.row_stride, desc.batch, ao.batch_stride, 128)?,
+            tensor_map(dtype, addr(rt, b), desc.k, desc.n, bo.row_stride, desc.batch, bo.batch_stride, 256)?,
         ))
     } else {
         None
     };
     let null = 0u64;
     let mut z = z;
-    // SAFETY: gemm_<dtype>_<vec|gen|wgmma_simple>(A, B, bias, R, C, Z, GemmParams) and
+    // SAFETY: gemm_<dtype>_<vec|gen>(A, B, bias, R, C, Z, GemmParams) and
     // gemm_<dtype>_wgmma(..., GemmParams, tmA, tmB) — validate_lens checked that every element the
     // descriptor reaches lies inside a, b, bias, r, c and z (the tensor maps cover exactly A and B,
     // reads outside them are zero-filled by the copy engine); absent optional operands are null and
