@@ -2,6 +2,7 @@
 //! backend chosen at run time.
 
 use crate::ops::gemm::{ActGrad, Gemm};
+use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
 /// Owned buffers and the primitive launches of one backend. Op compositions (backward passes,
@@ -40,6 +41,16 @@ pub trait Backend {
     fn act_grad(&self, d: &ActGrad, dc: &Self::Buf, z: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
     /// `out[j] = Σ_i x[i, j]` over compact `[rows, cols]`, summed in row order (deterministic).
     fn col_sum(&self, rows: usize, cols: usize, x: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+
+    /// One fused noisy-optimizer step over arenas of `p.n` elements (see `ops::optim`): `param`
+    /// and `state` are f32, `grad` any dtype. Callers go through `NoisyOptimizer::step`, which
+    /// validates.
+    fn optim_step(&self, p: &OptimParams, param: &mut Self::Buf, grad: &Self::Buf, state: &mut [Self::Buf]) -> Result<()>;
+    /// `out[i]` = standard normal `i` of step `t` (SPEC §7), f32, for `i < n`.
+    fn philox_normal(&self, n: usize, seed: u64, t: u32, out: &mut Self::Buf) -> Result<()>;
+    /// The raw Philox words of blocks `0..blocks` of step `t`, 4 per block, stored as the bits of
+    /// an f32 buffer (for bitwise cross-backend checks).
+    fn philox_words(&self, blocks: usize, seed: u64, t: u32, out: &mut Self::Buf) -> Result<()>;
 }
 
 /// Checks that every operand has the dtype of the first.

@@ -3,3 +3,4 @@
 //! name in `kernels/` and `shaders/`.
 
 pub mod gemm;
+pub mod optim;

@@ -3,6 +3,7 @@
 
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{self, ActGrad, Gemm};
+use crate::ops::optim::{self, OptimParams};
 use crate::{DType, Error, HostTensor, Result};
 
 /// The CPU reference backend.
@@ -106,6 +107,43 @@ impl Backend for Cpu {
         for j in 0..cols {
             let s: f64 = (0..rows).map(|i| x.data[i * cols + j] as f64).sum();
             out.data[j] = dtype.round(s as f32);
+        }
+        Ok(())
+    }
+
+    fn optim_step(&self, p: &OptimParams, param: &mut HostTensor, grad: &HostTensor, state: &mut [HostTensor]) -> Result<()> {
+        let n = p.n as usize;
+        let st: Vec<Vec<f32>> = state.iter().map(|s| s.data[..n].to_vec()).collect();
+        let (w, new_state) = optim::cpu::step(p, &param.data, &grad.data, &st);
+        for (d, v) in param.data.iter_mut().zip(w) {
+            *d = v as f32;
+        }
+        for (s, ns) in state.iter_mut().zip(new_state) {
+            for (d, v) in s.data.iter_mut().zip(ns) {
+                *d = v as f32;
+            }
+        }
+        Ok(())
+    }
+
+    fn philox_normal(&self, n: usize, seed: u64, t: u32, out: &mut HostTensor) -> Result<()> {
+        if out.len() < n || out.dtype != DType::F32 {
+            return Err(Error::shape("philox_normal", format!("output must be f32 with {n} elements")));
+        }
+        for (d, z) in out.data.iter_mut().zip(optim::reference_normals(seed, t, n)) {
+            *d = z as f32;
+        }
+        Ok(())
+    }
+
+    fn philox_words(&self, blocks: usize, seed: u64, t: u32, out: &mut HostTensor) -> Result<()> {
+        if out.len() < 4 * blocks || out.dtype != DType::F32 {
+            return Err(Error::shape("philox_words", format!("output must be f32 with {} elements", 4 * blocks)));
+        }
+        for j in 0..blocks {
+            for (w, x) in optim::noise_words(seed, t, j as u64).into_iter().enumerate() {
+                out.data[4 * j + w] = f32::from_bits(x);
+            }
         }
         Ok(())
     }

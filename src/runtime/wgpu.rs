@@ -10,6 +10,7 @@ use wgpu::util::DeviceExt;
 
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{ActGrad, Gemm};
+use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
 const BACKEND: &str = "wgpu";
@@ -97,6 +98,7 @@ pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
     };
     let body = match family {
         "gemm" => include_str!("../../shaders/gemm.wgsl"),
+        "optim" => include_str!("../../shaders/optim.wgsl"),
         other => return Err(Error::Unsupported(format!("no WGSL family '{other}'"))),
     };
     Ok(format!("{dt}\n{}\n{body}", include_str!("../../shaders/_common.wgsl")))
@@ -539,5 +541,28 @@ impl Backend for WgpuContext {
             return Err(Error::shape("col_sum", "buffers too small"));
         }
         crate::ops::gemm::wgpu::col_sum(self, rows, cols, dtype, &x.buffer, &out.buffer)
+    }
+
+    fn optim_step(&self, p: &OptimParams, param: &mut WgpuBuffer, grad: &WgpuBuffer, state: &mut [WgpuBuffer]) -> Result<()> {
+        let (m, v) = match state {
+            [] => (None, None),
+            [m] => (Some(&m.buffer), None),
+            [m, v, ..] => (Some(&m.buffer), Some(&v.buffer)),
+        };
+        crate::ops::optim::wgpu::step(self, p, grad.dtype, &grad.buffer, &param.buffer, m, v)
+    }
+
+    fn philox_normal(&self, n: usize, seed: u64, t: u32, out: &mut WgpuBuffer) -> Result<()> {
+        if out.len < n || out.dtype != DType::F32 {
+            return Err(Error::shape("philox_normal", format!("output must be f32 with {n} elements")));
+        }
+        crate::ops::optim::wgpu::philox(self, n, seed, t, false, &out.buffer)
+    }
+
+    fn philox_words(&self, blocks: usize, seed: u64, t: u32, out: &mut WgpuBuffer) -> Result<()> {
+        if out.len < 4 * blocks || out.dtype != DType::F32 {
+            return Err(Error::shape("philox_words", format!("output must be f32 with {} elements", 4 * blocks)));
+        }
+        crate::ops::optim::wgpu::philox(self, blocks, seed, t, true, &out.buffer)
     }
 }
