@@ -106,3 +106,36 @@ pub fn fill_roofline(records: &mut [BenchRecord]) {
         }
     }
 }
+
+/// One fused noisy SGD-with-momentum step over `n` f32 parameters split into `tensors` tensors
+/// (f32 gradients; 20 bytes move per parameter: read p, g, m; write p, m).
+pub fn bench_noisy_sgd<Be: Backend>(be: &Be, n: usize, tensors: usize, reps: usize) -> Result<BenchRecord> {
+    use crate::ops::optim::{NoisyOptimizer, TensorList};
+    // Mixed sizes summing to n: tensor k gets a share proportional to (k % 7 + 1).
+    let weights: Vec<usize> = (0..tensors).map(|k| k % 7 + 1).collect();
+    let total_w: usize = weights.iter().sum();
+    let mut lens: Vec<usize> = weights.iter().map(|w| n * w / total_w).collect();
+    let assigned: usize = lens.iter().sum();
+    if let Some(last) = lens.last_mut() {
+        *last += n - assigned;
+    }
+    let list = TensorList::new(lens);
+    let mut opt = NoisyOptimizer::sgd(1e-3, 0.9, 42);
+    let mut param = be.upload(&crate::HostTensor::random(DType::F32, vec![n], 1))?;
+    let grad = be.upload(&crate::HostTensor::random(DType::F32, vec![n], 2))?;
+    let mut state = vec![be.upload(&crate::HostTensor::random(DType::F32, vec![n], 3))?];
+    let times = be.time_runs(reps, &mut || opt.step(be, &list, &mut param, &grad, &mut state))?;
+    Ok(BenchRecord {
+        op: "noisy_optimizer".into(),
+        backend: be.name().into(),
+        dtype: DType::F32,
+        shape: format!("sgd momentum, {}M params in {tensors} tensors", n / 1_000_000),
+        median_s: median(&times),
+        flops: 0.0,
+        bytes: 20.0 * n as f64,
+        reps,
+        roofline_fraction: None,
+        baseline: None,
+        baseline_s: None,
+    })
+}

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use ffkern::bench::{self, BenchRecord};
 use ffkern::check::{self, CheckRecord};
 use ffkern::ops::gemm::GemmInputs;
-use ffkern::{with_backend, ALayout, Activation, BLayout, DType, Device, Error, Gemm, HostTensor, Result};
+use ffkern::{with_backend, ALayout, Activation, BLayout, Backend, DType, Device, Error, Gemm, HostTensor, Result};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -97,6 +97,50 @@ enum RunOp {
         b_layout: String,
         #[arg(long)]
         save_z: bool,
+    },
+    /// One noisy SGD step (SPEC §7): tensors `param` (f32), `grad` (f32, f16 or bf16) and, with
+    /// --momentum > 0, optionally `momentum` (f32; zeros when absent). Writes `param` and
+    /// `momentum`. The noise is N(0, η/(1+t)^γ) from Philox with --seed at --step.
+    #[command(name = "noisy_sgd")]
+    NoisySgd {
+        #[arg(long)]
+        input: std::path::PathBuf,
+        #[arg(long)]
+        output: std::path::PathBuf,
+        #[arg(long)]
+        backend: Option<String>,
+        #[arg(long)]
+        lr: f32,
+        #[arg(long, default_value_t = 0.01)]
+        eta: f64,
+        #[arg(long, default_value_t = 0.55)]
+        gamma: f64,
+        /// The optimizer step t (0 on the first step).
+        #[arg(long, default_value_t = 0)]
+        step: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 0.0)]
+        momentum: f32,
+        #[arg(long)]
+        nesterov: bool,
+        /// Decoupled weight decay (p -= lr·wd·p).
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f32,
+    },
+    /// N standard normals of step --step from --seed (SPEC §7), written as `z` (f32).
+    #[command(name = "philox_normal")]
+    PhiloxNormal {
+        #[arg(long)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 0)]
+        step: u32,
+        #[arg(long)]
+        output: std::path::PathBuf,
+        #[arg(long)]
+        backend: Option<String>,
     },
 }
 
@@ -309,6 +353,12 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         }
         pb.finish_and_clear();
     }
+    if ops.contains(&"noisy_optimizer") {
+        let n = if small { 4_000_000 } else { 100_000_000 };
+        for tensors in [1, 1000] {
+            records.push(with_backend!(&dev, be => bench::bench_noisy_sgd(be, n, tensors, reps))?);
+        }
+    }
     bench::fill_roofline(&mut records);
     if as_json {
         let v: Vec<_> = records.iter().map(bench_json).collect();
@@ -357,26 +407,127 @@ fn to_st_dtype(d: DType) -> safetensors::Dtype {
     }
 }
 
+type Tensors = std::collections::HashMap<String, HostTensor>;
+
+/// Every F32/F16/BF16 tensor of a safetensors file, with its shape.
+fn read_tensors(path: &std::path::Path) -> Result<Tensors> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { context: format!("reading {}", path.display()), source: e })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Invalid(format!("{}: not a safetensors file: {e}", path.display())))?;
+    let mut out = Tensors::new();
+    for (name, v) in st.tensors() {
+        let dt = st_dtype(v.dtype()).map_err(|e| Error::Invalid(format!("{}: tensor '{name}': {e}", path.display())))?;
+        let shape = v.shape().to_vec();
+        let data = dt.decode(v.data());
+        out.insert(name, HostTensor::new(dt, shape, data)?);
+    }
+    Ok(out)
+}
+
+fn take(t: &mut Tensors, name: &str, path: &std::path::Path) -> Result<HostTensor> {
+    let mut left: Vec<&str> = t.keys().map(|s| s.as_str()).collect();
+    left.sort();
+    let left = if left.is_empty() { "no other tensors".to_string() } else { format!("other tensors: {}", left.join(", ")) };
+    t.remove(name).ok_or_else(|| Error::Invalid(format!("{}: missing tensor '{name}' ({left})", path.display())))
+}
+
+fn write_tensors(path: &std::path::Path, tensors: &[(&str, &HostTensor)]) -> Result<()> {
+    let encoded: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> =
+        tensors.iter().map(|(n, t)| (n.to_string(), t.shape.clone(), to_st_dtype(t.dtype), t.to_bytes())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = encoded
+        .iter()
+        .map(|(n, shape, dt, data)| safetensors::tensor::TensorView::new(*dt, shape.clone(), data).map(|v| (n.clone(), v)))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Invalid(format!("building the output: {e}")))?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::Invalid(format!("serialising the output: {e}")))?;
+    std::fs::write(path, bytes).map_err(|e| Error::Io { context: format!("writing {}", path.display()), source: e })
+}
+
 fn run_op(op: RunOp) -> Result<ExitCode> {
-    let RunOp::Gemm { input, output, backend, act, act_cols, alpha, beta, b_layout, save_z } = op;
-    let bytes = std::fs::read(&input).map_err(|e| Error::Io { context: format!("reading {}", input.display()), source: e })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Invalid(format!("{}: not a safetensors file: {e}", input.display())))?;
-    let get = |name: &str, required: bool| -> Result<Option<(Vec<usize>, HostTensor)>> {
-        match st.tensor(name) {
-            Ok(v) => {
-                let dt = st_dtype(v.dtype())?;
-                let shape = v.shape().to_vec();
-                let data = dt.decode(v.data());
-                Ok(Some((shape.clone(), HostTensor::new(dt, shape, data)?)))
-            }
-            Err(_) if !required => Ok(None),
-            Err(_) => Err(Error::Invalid(format!("{}: missing tensor '{name}' (found: {})", input.display(), st.names().join(", ")))),
+    match op {
+        RunOp::Gemm { input, output, backend, act, act_cols, alpha, beta, b_layout, save_z } => {
+            run_gemm(input, output, backend, act, act_cols, alpha, beta, b_layout, save_z)
         }
-    };
-    let (ashape, a) = get("a", true)?.ok_or_else(|| Error::Invalid("missing a".into()))?;
-    let (bshape, b) = get("b", true)?.ok_or_else(|| Error::Invalid("missing b".into()))?;
-    let bias = get("bias", false)?;
-    let r = get("r", false)?;
+        RunOp::NoisySgd { input, output, backend, lr, eta, gamma, step, seed, momentum, nesterov, weight_decay } => {
+            let mut t = read_tensors(&input)?;
+            let param = take(&mut t, "param", &input)?;
+            let grad = take(&mut t, "grad", &input)?;
+            if param.dtype != DType::F32 {
+                return Err(Error::Dtype { op: "noisy_sgd", msg: "param must be f32 (master weights)".into() });
+            }
+            if grad.shape != param.shape {
+                return Err(Error::Shape { op: "noisy_sgd", msg: format!("grad {:?} and param {:?} differ", grad.shape, param.shape) });
+            }
+            let n = param.len();
+            let mut opt = ffkern::ops::optim::NoisyOptimizer::sgd(lr, momentum, seed);
+            opt.rule = ffkern::ops::optim::Rule::Sgd { momentum, nesterov };
+            opt.noise = ffkern::ops::optim::NoiseSchedule { eta, gamma };
+            opt.weight_decay = weight_decay;
+            opt.step = step;
+            let mom = if opt.state_count() == 1 {
+                let m = t.remove("momentum").unwrap_or(HostTensor { dtype: DType::F32, shape: param.shape.clone(), data: vec![0.0; n] });
+                if m.shape != param.shape || m.dtype != DType::F32 {
+                    return Err(Error::Shape { op: "noisy_sgd", msg: "momentum must be f32 with param's shape".into() });
+                }
+                Some(m)
+            } else {
+                None
+            };
+            let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
+            let list = ffkern::ops::optim::TensorList::new(vec![n]);
+            let (p_out, m_out) = with_backend!(&dev, be => {
+                let mut p = be.upload(&param)?;
+                let g = be.upload(&grad)?;
+                let mut st: Vec<_> = mom.iter().map(|m| be.upload(m)).collect::<Result<_>>()?;
+                opt.step(be, &list, &mut p, &g, &mut st)?;
+                let m_out = match st.first() {
+                    Some(m) => Some(be.download(m)?),
+                    None => None,
+                };
+                (be.download(&p)?, m_out)
+            });
+            let reshape = |mut x: HostTensor| {
+                x.shape = param.shape.clone();
+                x
+            };
+            let p_out = reshape(p_out);
+            let m_out = m_out.map(reshape);
+            let mut outs = vec![("param", &p_out)];
+            if let Some(m) = &m_out {
+                outs.push(("momentum", m));
+            }
+            write_tensors(&output, &outs)?;
+            eprintln!("noisy_sgd step {step} on {}: wrote {} to {}", dev.name(), if m_out.is_some() { "param and momentum" } else { "param" }, output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        RunOp::PhiloxNormal { n, seed, step, output, backend } => {
+            let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
+            let mut z = with_backend!(&dev, be => ffkern::ops::optim::philox_normal_host(be, n, seed, step))?;
+            z.shape = vec![n];
+            write_tensors(&output, &[("z", &z)])?;
+            eprintln!("philox_normal on {}: wrote z [{n}] to {}", dev.name(), output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_gemm(
+    input: std::path::PathBuf,
+    output: std::path::PathBuf,
+    backend: Option<String>,
+    act: String,
+    act_cols: Option<usize>,
+    alpha: f32,
+    beta: f32,
+    b_layout: String,
+    save_z: bool,
+) -> Result<ExitCode> {
+    let mut t = read_tensors(&input)?;
+    let a = take(&mut t, "a", &input)?;
+    let b = take(&mut t, "b", &input)?;
+    let bias = t.remove("bias");
+    let r = t.remove("r");
+    let (ashape, bshape) = (a.shape.clone(), b.shape.clone());
     let b_layout: BLayout = b_layout.parse()?;
     let shape_err = |m: String| Error::Shape { op: "gemm", msg: m };
     let (batch, m, k) = match ashape[..] {
@@ -403,37 +554,31 @@ fn run_op(op: RunOp) -> Result<ExitCode> {
     if let Some(c) = act_cols {
         desc = desc.act_cols(c);
     }
-    if let Some((s, _)) = &bias {
-        if s[..] != [n] {
-            return Err(shape_err(format!("bias must be [{n}], got {s:?}")));
+    if let Some(bt) = &bias {
+        if bt.shape[..] != [n] {
+            return Err(shape_err(format!("bias must be [{n}], got {:?}", bt.shape)));
         }
         desc = desc.bias(true);
     }
-    if let Some((s, _)) = &r {
+    if let Some(rt) = &r {
         let want = if batch > 1 { vec![batch, m, n] } else { vec![m, n] };
-        if *s != want {
-            return Err(shape_err(format!("r must be {want:?}, got {s:?}")));
+        if rt.shape != want {
+            return Err(shape_err(format!("r must be {want:?}, got {:?}", rt.shape)));
         }
         desc = desc.residual(None);
     }
-    let x = GemmInputs { a, b, bias: bias.map(|t| t.1), r: r.map(|t| t.1) };
+    let x = GemmInputs { a, b, bias, r };
     let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
     let out = with_backend!(&dev, be => ffkern::ops::gemm::run_host(be, &desc, &x, save_z))?;
     let dtype = x.a.dtype;
     let oshape = if batch > 1 { vec![batch, m, n] } else { vec![m, n] };
-    let mut tensors = vec![("c".to_string(), dtype.encode(&out.c))];
-    if let Some(z) = &out.z {
-        tensors.push(("z".to_string(), dtype.encode(z)));
+    let c = HostTensor { dtype, shape: oshape.clone(), data: out.c };
+    let z = out.z.map(|z| HostTensor { dtype, shape: oshape.clone(), data: z });
+    let mut outs = vec![("c", &c)];
+    if let Some(z) = &z {
+        outs.push(("z", z));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(name, data)| {
-            safetensors::tensor::TensorView::new(to_st_dtype(dtype), oshape.clone(), data).map(|v| (name.clone(), v))
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::Invalid(format!("building the output: {e}")))?;
-    let bytes = safetensors::serialize(views, None).map_err(|e| Error::Invalid(format!("serialising the output: {e}")))?;
-    std::fs::write(&output, bytes).map_err(|e| Error::Io { context: format!("writing {}", output.display()), source: e })?;
+    write_tensors(&output, &outs)?;
     eprintln!("gemm on {}: wrote c{} {:?} to {}", dev.name(), if save_z { " and z" } else { "" }, oshape, output.display());
     Ok(ExitCode::SUCCESS)
 }

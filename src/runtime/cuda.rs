@@ -10,6 +10,7 @@ use half::{bf16, f16};
 
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{ActGrad, Gemm};
+use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
 const BACKEND: &str = "cuda";
@@ -28,6 +29,7 @@ fn family_ptx(family: &str, ptx: Ptx) -> Result<&'static str> {
     match (family, ptx) {
         ("gemm", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/gemm.ptx"))),
         ("gemm", Ptx::Sm90a) => Ok(include_str!(concat!(env!("OUT_DIR"), "/gemm.sm90a.ptx"))),
+        ("optim", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"))),
         (other, _) => Err(Error::Unsupported(format!("no CUDA kernel family '{other}'"))),
     }
 }
@@ -419,5 +421,40 @@ impl Backend for CudaRuntime {
             return Err(Error::shape("col_sum", "buffers too small"));
         }
         typed!("col_sum", (x, out), crate::ops::gemm::cuda::col_sum(self, rows, cols, x, out))
+    }
+
+    fn optim_step(&self, p: &OptimParams, param: &mut CudaBuf, grad: &CudaBuf, state: &mut [CudaBuf]) -> Result<()> {
+        let CudaBuf::F32(param) = param else {
+            return Err(Error::dtype("optim", "parameters are f32 master weights"));
+        };
+        let mut views = Vec::with_capacity(2);
+        for s in state.iter_mut() {
+            match s {
+                CudaBuf::F32(s) => views.push(s.as_view_mut()),
+                _ => return Err(Error::dtype("optim", "state arenas are f32")),
+            }
+        }
+        let mut it = views.iter_mut();
+        let (m, v) = (it.next(), it.next());
+        let mut pv = param.as_view_mut();
+        match grad {
+            CudaBuf::F32(g) => crate::ops::optim::cuda::step(self, p, &g.as_view(), &mut pv, m, v),
+            CudaBuf::F16(g) => crate::ops::optim::cuda::step(self, p, &g.as_view(), &mut pv, m, v),
+            CudaBuf::BF16(g) => crate::ops::optim::cuda::step(self, p, &g.as_view(), &mut pv, m, v),
+        }
+    }
+
+    fn philox_normal(&self, n: usize, seed: u64, t: u32, out: &mut CudaBuf) -> Result<()> {
+        match out {
+            CudaBuf::F32(o) if o.len() >= n => crate::ops::optim::cuda::philox(self, n, seed, t, false, &mut o.as_view_mut()),
+            _ => Err(Error::shape("philox_normal", format!("output must be f32 with {n} elements"))),
+        }
+    }
+
+    fn philox_words(&self, blocks: usize, seed: u64, t: u32, out: &mut CudaBuf) -> Result<()> {
+        match out {
+            CudaBuf::F32(o) if o.len() >= 4 * blocks => crate::ops::optim::cuda::philox(self, blocks, seed, t, true, &mut o.as_view_mut()),
+            _ => Err(Error::shape("philox_words", format!("output must be f32 with {} elements", 4 * blocks))),
+        }
     }
 }

@@ -9,6 +9,8 @@
 //! kernels are `kernels/optim.cu` and `shaders/optim.wgsl`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
