@@ -14,7 +14,7 @@ struct OptimParams {
     float beta1, beta2, eps, bc1, bc2;
     uint32_t clip;
     float max_norm;
-    uint32_t pad0;
+    uint32_t base;  // list index of this launch's element 0
 };
 
 constexpr uint32_t CHUNK = 2048;  // elements per block of the norm reduction
@@ -123,15 +123,19 @@ extern "C" __global__ void clip_final(float* partial, OptimParams p) {
 template <typename G>
 __device__ __forceinline__ void update_impl(const G* __restrict__ grad, float* __restrict__ param, float* __restrict__ m,
                                             float* __restrict__ v, const float* __restrict__ scratch, const OptimParams p) {
+    // One thread per Philox block of the list (4 consecutive list elements); this launch updates
+    // list elements base..base + n, stored at 0..n of its buffers.
     const float scale = p.clip ? scratch[(p.n + CHUNK - 1) / CHUNK] : 1.0f;
-    for (uint32_t j = blockIdx.x * blockDim.x + threadIdx.x; 4 * j < p.n; j += gridDim.x * blockDim.x) {
+    for (uint32_t j = p.base / 4 + blockIdx.x * blockDim.x + threadIdx.x; 4 * j < p.base + p.n; j += gridDim.x * blockDim.x) {
         float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
         if (p.sigma > 0.0f) {
             z = normals(p, j);
             z = make_float4(p.sigma * z.x, p.sigma * z.y, p.sigma * z.z, p.sigma * z.w);
         }
-        const uint32_t i0 = 4 * j;
-        const bool full = i0 + 4 <= p.n;
+        // Local index of the block's first element (may be "negative" for the first block when
+        // base is not a multiple of 4: those elements belong to the previous tensor).
+        const int64_t i0 = (int64_t)4 * j - p.base;
+        const bool full = p.base % 4 == 0 && i0 >= 0 && i0 + 4 <= p.n;  // 16-byte aligned only then
         // Whole blocks move as 16-byte vectors (arenas are 16-byte aligned, checked by the launcher).
         float w[4], g[4], mm[4] = {0.f, 0.f, 0.f, 0.f}, vv[4] = {0.f, 0.f, 0.f, 0.f};
         if (full) {
@@ -143,7 +147,7 @@ __device__ __forceinline__ void update_impl(const G* __restrict__ grad, float* _
         } else {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const bool in = i0 + e < p.n;
+                const bool in = i0 + e >= 0 && i0 + e < p.n;
                 w[e] = in ? param[i0 + e] : 0.f;
                 g[e] = in ? to_f32(grad[i0 + e]) : 0.f;
                 if (p.has_momentum) mm[e] = in ? m[i0 + e] : 0.f;
@@ -186,7 +190,7 @@ __device__ __forceinline__ void update_impl(const G* __restrict__ grad, float* _
         } else {
 #pragma unroll
             for (int e = 0; e < 4; ++e)
-                if (i0 + e < p.n) {
+                if (i0 + e >= 0 && i0 + e < p.n) {
                     param[i0 + e] = w[e];
                     if (p.has_momentum) m[i0 + e] = mm[e];
                     if (p.rule == 1) v[i0 + e] = vv[e];

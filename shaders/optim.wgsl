@@ -10,7 +10,7 @@ struct Params {
     lr: f32, wd: f32, decoupled: u32, mu: f32,
     sigma: f32, seed_lo: u32, seed_hi: u32, step: u32,
     beta1: f32, beta2: f32, eps: f32, bc1: f32,
-    bc2: f32, clip: u32, max_norm: f32, pad0: u32,
+    bc2: f32, clip: u32, max_norm: f32, base: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -181,16 +181,20 @@ fn clip_final(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
+// One invocation per Philox block of the list (4 consecutive list elements); this launch updates
+// list elements base..base + n, stored at 0..n of its buffers.
 @compute @workgroup_size(256)
 fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let j = flat_id(gid, nwg);
-    if (4u * j >= p.n) { return; }
+    let j = flat_id(gid, nwg) + p.base / 4u;
+    if (4u * j >= p.base + p.n) { return; }
     var z = vec4<f32>(0.0);
     if (p.sigma > 0.0) { z = p.sigma * normals(j); }
     var scale = 1.0;
     if (p.clip != 0u) { scale = bitcast<f32>(scratch[partial_count()]); }
     for (var e = 0u; e < 4u; e = e + 1u) {
-        let i = 4u * j + e;
+        let li = 4u * j + e;
+        if (li < p.base) { continue; }
+        let i = li - p.base;
         if (i >= p.n) { break; }
         var g = ld_grad(i);
         if (p.clip == 1u) {

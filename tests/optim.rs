@@ -262,3 +262,44 @@ fn bad_input_gives_typed_errors() {
     let mut f16p = be.upload(&HostTensor::random(DType::F16, vec![n], 1)).expect("p");
     assert!(matches!(opt.clone().step(&be, &list, &mut f16p, &g, &mut m), Err(Error::Dtype { .. })), "f16 master weights");
 }
+
+/// A list held in separate buffers, updated tensor by tensor (any offsets, not only multiples of
+/// 4), equals the one-launch arena update bitwise on every backend.
+#[test]
+fn tensor_by_tensor_equals_the_arena() {
+    let cpu = ffkern::Device::Cpu(ffkern::Cpu);
+    let mut devices = common::device_backends();
+    devices.push(&cpu);
+    let list = list();
+    let n = list.total();
+    for dev in devices {
+        for (name, opt) in optimizers().into_iter().filter(|(_, o)| o.clip.is_none()) {
+            with_backend!(dev, be => {
+                let p0 = HostTensor::random(DType::F32, vec![n], 1);
+                let g = HostTensor::random(DType::F16, vec![n], 2);
+                let s0: Vec<HostTensor> = (0..opt.state_count()).map(|k| {
+                    let t = HostTensor::random(DType::F32, vec![n], 3 + k as u64);
+                    HostTensor::new(DType::F32, vec![n], t.data.iter().map(|x| x.abs()).collect()).expect("state")
+                }).collect();
+                let mut whole = opt.clone();
+                let mut p = be.upload(&p0).expect("p");
+                let mut s: Vec<_> = s0.iter().map(|t| be.upload(t).expect("s")).collect();
+                whole.step(be, &list, &mut p, &be.upload(&g).expect("g"), &mut s).expect("step");
+                let expect = be.download(&p).expect("p").data;
+                let mut parts = opt.clone();
+                let mut got = Vec::new();
+                for (off, len) in list.offsets().into_iter().zip(list.lens.iter().copied()) {
+                    let slice = |t: &HostTensor| HostTensor::new(t.dtype, vec![len], t.data[off..off + len].to_vec()).expect("slice");
+                    let mut pt = be.upload(&slice(&p0)).expect("p");
+                    let mut st: Vec<_> = s0.iter().map(|t| be.upload(&slice(t)).expect("s")).collect();
+                    parts.step_tensor(be, off, &mut pt, &be.upload(&slice(&g)).expect("g"), &mut st).expect("step_tensor");
+                    got.extend(be.download(&pt).expect("p").data);
+                }
+                parts.advance();
+                assert_eq!(parts.step, whole.step);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&expect), "{} {name}: tensor-by-tensor update differs from the arena update", dev.name());
+            });
+        }
+    }
+}

@@ -9,7 +9,7 @@ pub fn noise(p: &OptimParams, n: usize) -> Vec<f64> {
         return vec![0.0; n];
     }
     let seed = p.seed_lo as u64 | ((p.seed_hi as u64) << 32);
-    super::reference_normals(seed, p.step, n).into_iter().map(|z| p.sigma as f64 * z).collect()
+    super::reference_normals_at(seed, p.step, p.base as usize, n).into_iter().map(|z| p.sigma as f64 * z).collect()
 }
 
 /// The clipping scale `min(1, max_norm / (‖g‖ + 1e-6))`, the norm over `g` (clip then noise) or

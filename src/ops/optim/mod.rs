@@ -217,7 +217,7 @@ impl NoisyOptimizer {
                 Some(Clip { order: ClipOrder::NoiseThenClip, .. }) => 2,
             },
             max_norm: self.clip.map_or(0.0, |c| c.max_norm),
-            _pad: [0; 1],
+            base: 0,
         })
     }
 
@@ -225,7 +225,28 @@ impl NoisyOptimizer {
     /// arena) and the state arenas (f32: momentum, or Adam's first and second moments), then
     /// advances `step`.
     pub fn step<Be: Backend>(&mut self, be: &Be, list: &TensorList, param: &mut Be::Buf, grad: &Be::Buf, state: &mut [Be::Buf]) -> Result<()> {
-        let n = list.total();
+        self.update(be, 0, list.total(), param, grad, state)?;
+        self.step += 1;
+        Ok(())
+    }
+
+    /// Updates one tensor of a list held in separate buffers: elements `base..base + n` of the
+    /// list (the noise of element `i` is the same as in a whole-list [`Self::step`]). Does not
+    /// advance `step`: call [`Self::advance`] once every tensor of the list is updated. Clipping
+    /// needs the whole list in one launch and is refused here.
+    pub fn step_tensor<Be: Backend>(&self, be: &Be, base: usize, param: &mut Be::Buf, grad: &Be::Buf, state: &mut [Be::Buf]) -> Result<()> {
+        if self.clip.is_some() {
+            return Err(Error::Unsupported("clipping by global norm needs the whole list in one arena (use step)".into()));
+        }
+        self.update(be, base, be.len_of(param), param, grad, state)
+    }
+
+    /// Advances the step counter after a round of [`Self::step_tensor`] calls.
+    pub fn advance(&mut self) {
+        self.step += 1;
+    }
+
+    fn update<Be: Backend>(&self, be: &Be, base: usize, n: usize, param: &mut Be::Buf, grad: &Be::Buf, state: &mut [Be::Buf]) -> Result<()> {
         if be.dtype_of(param) != DType::F32 {
             return Err(Error::dtype(OP, "parameters are f32 master weights"));
         }
@@ -240,10 +261,12 @@ impl NoisyOptimizer {
                 return Err(Error::shape(OP, format!("state arenas must be f32 with {n} elements")));
             }
         }
-        let p = self.params(n)?;
-        be.optim_step(&p, param, grad, state)?;
-        self.step += 1;
-        Ok(())
+        let mut p = self.params(n)?;
+        p.base = u32::try_from(base)
+            .ok()
+            .filter(|b| b.checked_add(p.n).is_some())
+            .ok_or_else(|| Error::Limit("optimizer: list index beyond 2^32".into()))?;
+        be.optim_step(&p, param, grad, state)
     }
 
     /// The state to save: hyperparameters, step and seed (the state arenas are the caller's
@@ -277,7 +300,8 @@ pub struct OptimParams {
     /// 0: none, 1: clip then noise, 2: noise then clip.
     pub clip: u32,
     pub max_norm: f32,
-    pub _pad: [u32; 1],
+    /// List index of this launch's first element (0 when the launch covers the whole list).
+    pub base: u32,
 }
 
 // SAFETY: OptimParams is repr(C) plain old data (u32 and f32 fields), laid out like the CUDA struct.
@@ -326,7 +350,12 @@ pub fn noise_normals(seed: u64, t: u32, j: u64) -> [f64; 4] {
 
 /// `n` standard normals of step `t` (elements 0..n of a list), the reference values.
 pub fn reference_normals(seed: u64, t: u32, n: usize) -> Vec<f64> {
-    (0..n.div_ceil(4) as u64).flat_map(|j| noise_normals(seed, t, j)).take(n).collect()
+    reference_normals_at(seed, t, 0, n)
+}
+
+/// The reference normals of list elements `base..base + n`.
+pub fn reference_normals_at(seed: u64, t: u32, base: usize, n: usize) -> Vec<f64> {
+    (base / 4..(base + n).div_ceil(4)).flat_map(|j| noise_normals(seed, t, j as u64)).skip(base % 4).take(n).collect()
 }
 
 /// Host-side convenience: `n` standard normals of step `t` computed on `be` (as f32).
