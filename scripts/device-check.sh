@@ -88,10 +88,10 @@ if [ "${NCU:-0}" = 1 ]; then
     grep -E "Duration|Compute \(SM\) Throughput|L2 Cache Throughput|Issue Slots Busy|Eligible Warps|Est. Speedup|stalled" "$OUT/ncu.txt" | head -12 | tee -a "$OUT/summary.txt"
 fi
 if [ "${CUDA_BENCH:-1}" = 1 ]; then
-    timeout 150 $D/ffkern bench --backend cuda --reps 20 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
+    timeout 150 $D/ffkern bench --backend cuda ${BENCH_OP:+--op $BENCH_OP} --reps 20 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
     log "bench cuda: rc=$?"
 fi
-[ "${WGPU_BENCH:-1}" = 1 ] && timeout 100 $D/ffkern bench --backend wgpu --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"
+[ "${WGPU_BENCH:-1}" = 1 ] && timeout 100 $D/ffkern bench --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"
 log "bench wgpu: rc=$?"
 python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys, os
