@@ -1,7 +1,7 @@
 //! `ffkern check`: every op × dtype × registry shape on one backend against the CPU reference,
 //! with the SPEC's budgets. The same comparisons the test suite makes, as records.
 
-use crate::ops::gemm::{backward_host, cpu, run_host, GemmInputs};
+use crate::ops::gemm::{backward_host, run_host, GemmInputs};
 use crate::ops::optim::{self, Clip, ClipOrder, NoiseSchedule, NoisyOptimizer, Rule, TensorList};
 use crate::registry::{gemm_backward_cases, gemm_check_cases};
 use crate::{Backend, Compare, DType, HostTensor};
@@ -74,10 +74,7 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                 let d = &case.desc;
                 let x = GemmInputs::random(d, dtype, 2000 + i as u64);
                 let dc = HostTensor::random(dtype, vec![d.batch * d.m * d.n], 3000 + i as u64);
-                let (_, z) = x.reference(d);
-                let z: Vec<f64> = z.iter().map(|&v| dtype.round(v as f32) as f64).collect();
-                let dc64: Vec<f64> = dc.data.iter().map(|&v| v as f64).collect();
-                let (da_ref, db_ref, dbias_ref) = cpu::backward(d, &x.a.data, &x.b.data, &z, &dc64);
+                let (da_ref, db_ref, dbias_ref) = x.reference_backward(d, &dc);
                 match backward_host(be, d, &x, &dc) {
                     Ok((da, db, dbias)) => {
                         out.push(record(op, name, dtype, format!("{} dA", case.name), &da, &da_ref));

@@ -88,19 +88,14 @@ fn backward_matches_reference_on_every_backend() {
                 let x = GemmInputs::random(d, dtype, 200 + i as u64);
                 let dc = HostTensor::random(dtype, vec![d.batch * d.m * d.n], 300 + i as u64);
                 // The reference backward starts from the device dtype's rounded Z, like the device.
-                let (_, z_ref) = x.reference(d);
-                let z_r: Vec<f64> = z_ref.iter().map(|&v| dtype.round(v as f32) as f64).collect();
-                let dc64: Vec<f64> = dc.data.iter().map(|&v| v as f64).collect();
-                let (da_ref, db_ref, dbias_ref) = cpu::backward(d, &x.a.data, &x.b.data, &z_r, &dc64);
+                let (da_ref, db_ref, dbias_ref) = x.reference_backward(d, &dc);
                 let (da, db, dbias) = with_backend!(dev, be => backward_host(be, d, &x, &dc))
                     .unwrap_or_else(|e| panic!("{} {dtype} {}: {e}", dev.name(), case.name));
                 let what = format!("{} {dtype} {}", dev.name(), case.name);
-                // dC' is rounded to the storage dtype before the two GEMMs: allow that rounding twice.
-                let budget_dtype = dtype;
-                assert_close(&format!("{what} dA"), &da, &da_ref, budget_dtype);
-                assert_close(&format!("{what} dB"), &db, &db_ref, budget_dtype);
+                assert_close(&format!("{what} dA"), &da, &da_ref, dtype);
+                assert_close(&format!("{what} dB"), &db, &db_ref, dtype);
                 match (dbias, d.bias) {
-                    (Some(v), true) => assert_close(&format!("{what} dbias"), &v, &dbias_ref, budget_dtype),
+                    (Some(v), true) => assert_close(&format!("{what} dbias"), &v, &dbias_ref, dtype),
                     (None, false) => {}
                     _ => panic!("{what}: dbias presence does not follow the descriptor"),
                 }

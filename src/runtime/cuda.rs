@@ -39,9 +39,29 @@ pub trait CudaElem: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits
     const DTYPE: DType;
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
+    fn of(buf: &CudaBuf) -> Option<&CudaSlice<Self>>;
+    fn of_mut(buf: &mut CudaBuf) -> Option<&mut CudaSlice<Self>>;
+}
+
+macro_rules! elem_access {
+    ($t:ty, $v:ident) => {
+        fn of(buf: &CudaBuf) -> Option<&CudaSlice<$t>> {
+            match buf {
+                CudaBuf::$v(s) => Some(s),
+                _ => None,
+            }
+        }
+        fn of_mut(buf: &mut CudaBuf) -> Option<&mut CudaSlice<$t>> {
+            match buf {
+                CudaBuf::$v(s) => Some(s),
+                _ => None,
+            }
+        }
+    };
 }
 impl CudaElem for f32 {
     const DTYPE: DType = DType::F32;
+    elem_access!(f32, F32);
     fn from_f32(x: f32) -> Self {
         x
     }
@@ -51,6 +71,7 @@ impl CudaElem for f32 {
 }
 impl CudaElem for f16 {
     const DTYPE: DType = DType::F16;
+    elem_access!(f16, F16);
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
@@ -60,6 +81,7 @@ impl CudaElem for f16 {
 }
 impl CudaElem for bf16 {
     const DTYPE: DType = DType::BF16;
+    elem_access!(bf16, BF16);
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
     }
@@ -69,6 +91,7 @@ impl CudaElem for bf16 {
 }
 
 /// An owned device buffer of one dtype.
+#[derive(Debug)]
 pub enum CudaBuf {
     F32(CudaSlice<f32>),
     F16(CudaSlice<f16>),
@@ -76,6 +99,15 @@ pub enum CudaBuf {
 }
 
 impl CudaBuf {
+    /// The typed slice, when the buffer holds `T`.
+    pub fn typed<T: CudaElem>(&self) -> Result<&CudaSlice<T>> {
+        T::of(self).ok_or_else(|| Error::dtype("cuda", format!("a {} buffer where {} was expected", self.dtype(), T::DTYPE)))
+    }
+    /// The typed slice, mutable, when the buffer holds `T`.
+    pub fn typed_mut<T: CudaElem>(&mut self) -> Result<&mut CudaSlice<T>> {
+        let dtype = self.dtype();
+        T::of_mut(self).ok_or_else(|| Error::dtype("cuda", format!("a {dtype} buffer where {} was expected", T::DTYPE)))
+    }
     pub fn dtype(&self) -> DType {
         match self {
             CudaBuf::F32(_) => DType::F32,
@@ -253,6 +285,35 @@ impl CudaRuntime {
             .map_err(|e| Error::BackendUnavailable { backend: "cublaslt", reason: e.clone() })
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_typed<T: CudaElem>(
+        &self,
+        desc: &Gemm,
+        a: &CudaBuf,
+        b: &CudaBuf,
+        bias: Option<&CudaBuf>,
+        r: Option<&CudaBuf>,
+        c: &mut CudaBuf,
+        z: Option<&mut CudaBuf>,
+    ) -> Result<()> {
+        let bias = bias.map(|t| t.typed::<T>().map(|s| s.as_view())).transpose()?;
+        let r = r.map(|t| t.typed::<T>().map(|s| s.as_view())).transpose()?;
+        let mut z = match z {
+            Some(t) => Some(t.typed_mut::<T>()?.as_view_mut()),
+            None => None,
+        };
+        crate::ops::gemm::cuda::gemm::<T>(
+            self,
+            desc,
+            &a.typed::<T>()?.as_view(),
+            &b.typed::<T>()?.as_view(),
+            bias.as_ref(),
+            r.as_ref(),
+            &mut c.typed_mut::<T>()?.as_view_mut(),
+            z.as_mut(),
+        )
+    }
+
     fn upload_typed<T: CudaElem>(&self, data: &[f32]) -> Result<CudaSlice<T>> {
         let v: Vec<T> = data.iter().map(|&x| T::from_f32(x)).collect();
         if v.is_empty() {
@@ -352,59 +413,10 @@ impl Backend for CudaRuntime {
         r.iter().for_each(|t| dts.push(("R", t.dtype())));
         z.iter().for_each(|t| dts.push(("Z", t.dtype())));
         same_dtype("gemm", &dts)?;
-        // Optional operands are matched against C's dtype (checked equal above).
-        macro_rules! opt {
-            ($t:ty, $x:expr, $v:ident) => {
-                match $x {
-                    Some(CudaBuf::$v(s)) => Some(s.as_view()),
-                    _ => None,
-                }
-            };
-        }
-        match (a, b, c) {
-            (CudaBuf::F32(a), CudaBuf::F32(b), CudaBuf::F32(c)) => crate::ops::gemm::cuda::gemm::<f32>(
-                self,
-                desc,
-                &a.as_view(),
-                &b.as_view(),
-                opt!(f32, bias, F32).as_ref(),
-                opt!(f32, r, F32).as_ref(),
-                &mut c.as_view_mut(),
-                match z {
-                    Some(CudaBuf::F32(s)) => Some(s.as_view_mut()),
-                    _ => None,
-                }
-                .as_mut(),
-            ),
-            (CudaBuf::F16(a), CudaBuf::F16(b), CudaBuf::F16(c)) => crate::ops::gemm::cuda::gemm::<f16>(
-                self,
-                desc,
-                &a.as_view(),
-                &b.as_view(),
-                opt!(f16, bias, F16).as_ref(),
-                opt!(f16, r, F16).as_ref(),
-                &mut c.as_view_mut(),
-                match z {
-                    Some(CudaBuf::F16(s)) => Some(s.as_view_mut()),
-                    _ => None,
-                }
-                .as_mut(),
-            ),
-            (CudaBuf::BF16(a), CudaBuf::BF16(b), CudaBuf::BF16(c)) => crate::ops::gemm::cuda::gemm::<bf16>(
-                self,
-                desc,
-                &a.as_view(),
-                &b.as_view(),
-                opt!(bf16, bias, BF16).as_ref(),
-                opt!(bf16, r, BF16).as_ref(),
-                &mut c.as_view_mut(),
-                match z {
-                    Some(CudaBuf::BF16(s)) => Some(s.as_view_mut()),
-                    _ => None,
-                }
-                .as_mut(),
-            ),
-            _ => Err(Error::dtype("gemm", "operands have different dtypes")),
+        match c.dtype() {
+            DType::F32 => self.gemm_typed::<f32>(desc, a, b, bias, r, c, z),
+            DType::F16 => self.gemm_typed::<f16>(desc, a, b, bias, r, c, z),
+            DType::BF16 => self.gemm_typed::<bf16>(desc, a, b, bias, r, c, z),
         }
     }
 

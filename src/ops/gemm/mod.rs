@@ -545,6 +545,16 @@ impl GemmInputs {
     pub fn reference(&self, desc: &Gemm) -> (Vec<f64>, Vec<f64>) {
         cpu::forward(desc, &self.a.data, &self.b.data, self.bias.as_ref().map(|t| &t.data[..]), self.r.as_ref().map(|t| &t.data[..]))
     }
+
+    /// The CPU reference backward `(dA, dB, dbias)` from `dc`, starting from the pre-activation
+    /// rounded to the storage dtype (what a device saves and reads back).
+    pub fn reference_backward(&self, desc: &Gemm, dc: &crate::HostTensor) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let dtype = self.a.dtype;
+        let (_, z) = self.reference(desc);
+        let z: Vec<f64> = z.iter().map(|&v| dtype.round(v as f32) as f64).collect();
+        let dc: Vec<f64> = dc.data.iter().map(|&v| v as f64).collect();
+        cpu::backward(desc, &self.a.data, &self.b.data, &z, &dc)
+    }
 }
 
 /// What [`run_host`] returns: C and Z compact `[batch, M, N]`, and the whole C buffer as left by
