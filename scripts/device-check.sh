@@ -91,8 +91,10 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
     timeout 150 $D/ffkern bench --backend cuda ${BENCH_OP:+--op $BENCH_OP} --reps 20 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
     log "bench cuda: rc=$?"
 fi
-[ "${WGPU_BENCH:-1}" = 1 ] && timeout 100 $D/ffkern bench --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"
-log "bench wgpu: rc=$?"
+if [ "${WGPU_BENCH:-1}" = 1 ]; then
+    timeout 100 $D/ffkern bench --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"
+    log "bench wgpu: rc=$?"
+fi
 python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys, os
 names = sorted(f[6:-5] for f in os.listdir(sys.argv[1]) if f.startswith("bench-") and f.endswith(".json"))
