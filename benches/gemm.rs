@@ -10,14 +10,7 @@ use ffkern::{with_backend, Backend, DType, Device};
 
 fn gemm(c: &mut Criterion) {
     let dev = Device::best();
-    let small = match &dev {
-        Device::Cpu(_) => true,
-        #[cfg(feature = "wgpu")]
-        Device::Wgpu(w) => w.info.device_type == wgpu::DeviceType::Cpu,
-        #[cfg(feature = "cuda")]
-        Device::Cuda(_) => false,
-    };
-    let cases = if small { ffkern::registry::gemm_bench_cases_small() } else { ffkern::registry::gemm_bench_cases() };
+    let cases = if dev.is_cpu_like() { ffkern::registry::gemm_bench_cases_small() } else { ffkern::registry::gemm_bench_cases() };
     let mut group = c.benchmark_group(format!("gemm/{}", dev.name()));
     group.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(2));
     for case in cases {

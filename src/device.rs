@@ -110,6 +110,18 @@ impl Device {
         }
     }
 
+    /// Whether the device computes on the CPU (the reference, or a CPU adapter such as lavapipe):
+    /// benches then default to small shapes.
+    pub fn is_cpu_like(&self) -> bool {
+        match self {
+            Device::Cpu(_) => true,
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(w) => w.info.device_type == wgpu::DeviceType::Cpu,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => false,
+        }
+    }
+
     /// A one-line description of the device (adapter or GPU name).
     pub fn describe(&self) -> String {
         match self {

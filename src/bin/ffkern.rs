@@ -310,14 +310,7 @@ fn bench_json(r: &BenchRecord) -> serde_json::Value {
 fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>, reps: usize, quick: bool, full: bool, as_json: bool) -> Result<ExitCode> {
     let ops = ops_from(op)?;
     let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
-    let cpu_like = match &dev {
-        Device::Cpu(_) => true,
-        #[cfg(feature = "wgpu")]
-        Device::Wgpu(w) => w.info.device_type == wgpu::DeviceType::Cpu,
-        #[cfg(feature = "cuda")]
-        Device::Cuda(_) => false,
-    };
-    let small = quick || (cpu_like && !full);
+    let small = quick || (dev.is_cpu_like() && !full);
     let cases = if small { ffkern::registry::gemm_bench_cases_small() } else { ffkern::registry::gemm_bench_cases() };
     let dtypes = match dtype {
         Some(d) => parse_dtypes(Some(d))?,

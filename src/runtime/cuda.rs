@@ -137,6 +137,18 @@ pub struct CudaRuntime {
     blas_lt: OnceLock<std::result::Result<cudarc::cublaslt::CudaBlasLT, String>>,
 }
 
+/// A vendor-library handle created once (or the reason it could not be), as a typed error.
+fn vendor_handle<'a, H>(
+    cell: &'a OnceLock<std::result::Result<H, String>>,
+    name: &'static str,
+    present: bool,
+    make: impl FnOnce() -> std::result::Result<H, String>,
+) -> Result<&'a H> {
+    cell.get_or_init(|| if present { make() } else { Err(format!("lib{name} is not present (add its folder to LD_LIBRARY_PATH)")) })
+        .as_ref()
+        .map_err(|e| Error::BackendUnavailable { backend: name, reason: e.clone() })
+}
+
 pub(crate) fn drv(context: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::driver(format!("cuda: {context}"), e)
 }
@@ -259,30 +271,16 @@ impl CudaRuntime {
 
     /// cuBLAS on this stream (for baselines), or why it is unavailable.
     pub fn blas(&self) -> Result<&cudarc::cublas::CudaBlas> {
-        self.blas
-            .get_or_init(|| {
-                // SAFETY: only tries to load libcublas dynamically.
-                if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-                    return Err("libcublas is not present (add its folder to LD_LIBRARY_PATH)".into());
-                }
-                cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|e| Error::BackendUnavailable { backend: "cublas", reason: e.clone() })
+        // SAFETY: only tries to load libcublas dynamically.
+        let present = unsafe { cudarc::cublas::sys::is_culib_present() };
+        vendor_handle(&self.blas, "cublas", present, || cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| e.to_string()))
     }
 
     /// cuBLASLt on this stream (for baselines with a bias+GELU epilogue).
     pub fn blas_lt(&self) -> Result<&cudarc::cublaslt::CudaBlasLT> {
-        self.blas_lt
-            .get_or_init(|| {
-                // SAFETY: only tries to load libcublasLt dynamically.
-                if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
-                    return Err("libcublasLt is not present (add its folder to LD_LIBRARY_PATH)".into());
-                }
-                cudarc::cublaslt::CudaBlasLT::new(self.stream.clone()).map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|e| Error::BackendUnavailable { backend: "cublaslt", reason: e.clone() })
+        // SAFETY: only tries to load libcublasLt dynamically.
+        let present = unsafe { cudarc::cublaslt::sys::is_culib_present() };
+        vendor_handle(&self.blas_lt, "cublaslt", present, || cudarc::cublaslt::CudaBlasLT::new(self.stream.clone()).map_err(|e| e.to_string()))
     }
 
     #[allow(clippy::too_many_arguments)]
