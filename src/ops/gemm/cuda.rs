@@ -174,7 +174,6 @@ pub fn gemm<T: CudaElem>(
         None
     };
     let null = 0u64;
-    let mut z = z;
     // SAFETY: gemm_<dtype>_<vec|gen>(A, B, bias, R, C, Z, GemmParams) and
     // gemm_<dtype>_wgmma(..., GemmParams, tmA, tmB) — validate_lens checked that every element the
     // descriptor reaches lies inside a, b, bias, r, c and z (the tensor maps cover exactly A and B,
@@ -191,7 +190,7 @@ pub fn gemm<T: CudaElem>(
             None => args.arg(&null),
         };
         args.arg(c);
-        match z.as_deref_mut() {
+        match z {
             Some(t) => args.arg(t),
             None => args.arg(&null),
         };

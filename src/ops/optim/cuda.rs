@@ -76,17 +76,17 @@ pub fn step<G: CudaElem>(
     }
     let f = rt.function(FAMILY, Ptx::Base, update, |_| Ok(()))?;
     let null = 0u64;
-    let (mut m, mut v) = (m, v);
+    let (m, v) = (m, v);
     // SAFETY: optim_update_<dtype>(grad, param, m, v, scratch, p) touches elements 0..n of grad,
     // param and of m / v only when the rule keeps them (has_momentum, rule); the caller checked
     // those lengths. Absent state is null and never read.
     rt.launch(&f, grid(rt, n.div_ceil(4)), |a| {
         a.arg(grad).arg(param);
-        match m.as_deref_mut() {
+        match m {
             Some(x) => a.arg(x),
             None => a.arg(&null),
         };
-        match v.as_deref_mut() {
+        match v {
             Some(x) => a.arg(x),
             None => a.arg(&null),
         };

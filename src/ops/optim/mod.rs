@@ -134,7 +134,7 @@ impl NoisyOptimizer {
     /// How many state arenas the rule keeps (0: plain SGD, 1: momentum, 2: Adam moments).
     pub fn state_count(&self) -> usize {
         match self.rule {
-            Rule::Sgd { momentum, .. } if momentum == 0.0 => 0,
+            Rule::Sgd { momentum: 0.0, .. } => 0,
             Rule::Sgd { .. } => 1,
             Rule::Adam { .. } => 2,
         }
@@ -157,10 +157,8 @@ impl NoisyOptimizer {
         }
         match self.rule {
             Rule::Sgd { momentum, .. } if !(0.0..1.0).contains(&momentum) => return bad(format!("momentum {momentum} must be in [0, 1)")),
-            Rule::Adam { beta1, beta2, eps } => {
-                if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) || !(eps > 0.0 && eps.is_finite()) {
-                    return bad(format!("Adam needs β1, β2 in [0, 1) and ε > 0 (got {beta1}, {beta2}, {eps})"));
-                }
+            Rule::Adam { beta1, beta2, eps } if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps > 0.0 && eps.is_finite()) => {
+                return bad(format!("Adam needs β1, β2 in [0, 1) and ε > 0 (got {beta1}, {beta2}, {eps})"));
             }
             _ => {}
         }
