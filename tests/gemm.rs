@@ -265,3 +265,51 @@ fn many_tiles_and_batches() {
         }
     }
 }
+
+/// Operands inside larger owned buffers (Backend API offsets): every backend reads and writes
+/// exactly the described elements.
+#[test]
+fn operands_at_offsets_in_owned_buffers() {
+    use ffkern::ops::gemm::GemmOffsets;
+    let offsets = GemmOffsets { a: 3, b: 5, bias: 2, r: 7, c: 4 };
+    let desc = Gemm::new(21, 10, 17).bias(true).act(Activation::GeluErf).act_cols(6).residual(Some(13)).ldc(12).offsets(offsets);
+    let cpu = ffkern::Device::Cpu(ffkern::Cpu);
+    let mut devices = common::device_backends();
+    devices.push(&cpu);
+    for dev in devices {
+        for dtype in DType::ALL {
+            let x = GemmInputs::random(&desc, dtype, 31);
+            let (c_ref, _) = x.reference(&desc);
+            let pad = |t: &HostTensor, off: usize| {
+                let mut v = vec![9.0f32; off];
+                v.extend_from_slice(&t.data);
+                HostTensor::new(dtype, vec![v.len()], v).expect("pad")
+            };
+            let bias = x.bias.as_ref().expect("bias");
+            let r = x.r.as_ref().expect("r");
+            let c_len = offsets.c + desc.c().required_len(1);
+            let got = with_backend!(dev, be => {
+                let (a, b) = (be.upload(&pad(&x.a, offsets.a)).expect("a"), be.upload(&pad(&x.b, offsets.b)).expect("b"));
+                let (bi, rr) = (be.upload(&pad(bias, offsets.bias)).expect("bias"), be.upload(&pad(r, offsets.r)).expect("r"));
+                let mut c = be.upload(&HostTensor::new(dtype, vec![c_len], vec![f32::NAN; c_len]).expect("c")).expect("c");
+                be.gemm(&desc, &a, &b, Some(&bi), Some(&rr), &mut c, None).expect("gemm");
+                be.download(&c).expect("download").data
+            });
+            let co = desc.c();
+            let mut out = Vec::new();
+            for i in 0..desc.m {
+                for j in 0..desc.n {
+                    out.push(got[offsets.c + co.index(0, i, j)]);
+                }
+            }
+            assert!(got[..offsets.c].iter().all(|v| v.is_nan()), "{} {dtype}: elements before C's offset were written", dev.name());
+            assert_close(&format!("{} {dtype} offsets", dev.name()), &out, &c_ref, dtype);
+        }
+    }
+    // An offset beyond the buffer is a shape error.
+    let be = ffkern::Cpu;
+    let small = be.upload(&HostTensor::random(DType::F32, vec![4], 1)).expect("small");
+    let mut c = be.alloc(DType::F32, 4).expect("c");
+    let d = Gemm::new(1, 1, 1).offsets(GemmOffsets { a: 9, ..Default::default() });
+    assert!(matches!(be.gemm(&d, &small, &small, None, None, &mut c, None), Err(Error::Shape { .. })));
+}

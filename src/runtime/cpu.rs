@@ -67,18 +67,22 @@ impl Backend for Cpu {
         bias.iter().for_each(|t| dts.push(("bias", t.dtype)));
         r.iter().for_each(|t| dts.push(("R", t.dtype)));
         let dtype = same_dtype("gemm", &dts)?;
-        desc.validate_lens(a.len(), b.len(), bias.map(|t| t.len()), r.map(|t| t.len()), c.len(), z.as_ref().map(|t| t.len()))?;
-        let (cv, zv) = gemm::cpu::forward(desc, &a.data, &b.data, bias.map(|t| &t.data[..]), r.map(|t| &t.data[..]));
+        let o = desc.offsets;
+        let (la, lb, lbias, lr, lc) = o.remaining(a.len(), b.len(), bias.map(|t| t.len()), r.map(|t| t.len()), c.len())?;
+        let lz = z.as_ref().map(|t| t.len().saturating_sub(o.c));
+        desc.validate_lens(la, lb, lbias, lr, lc, lz)?;
+        let (cv, zv) =
+            gemm::cpu::forward(desc, &a.data[o.a..], &b.data[o.b..], bias.map(|t| &t.data[o.bias..]), r.map(|t| &t.data[o.r..]));
         let co = desc.c();
         let mut z = z;
         for bt in 0..desc.batch {
             for i in 0..desc.m {
                 for j in 0..desc.n {
-                    let o = (bt * desc.m + i) * desc.n + j;
-                    let idx = co.index(bt, i, j);
-                    c.data[idx] = dtype.round(cv[o] as f32);
+                    let k = (bt * desc.m + i) * desc.n + j;
+                    let idx = o.c + co.index(bt, i, j);
+                    c.data[idx] = dtype.round(cv[k] as f32);
                     if let Some(z) = z.as_deref_mut() {
-                        z.data[idx] = dtype.round(zv[o] as f32);
+                        z.data[idx] = dtype.round(zv[k] as f32);
                     }
                 }
             }

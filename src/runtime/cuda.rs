@@ -294,20 +294,25 @@ impl CudaRuntime {
         c: &mut CudaBuf,
         z: Option<&mut CudaBuf>,
     ) -> Result<()> {
-        let bias = bias.map(|t| t.typed::<T>().map(|s| s.as_view())).transpose()?;
-        let r = r.map(|t| t.typed::<T>().map(|s| s.as_view())).transpose()?;
+        let o = desc.offsets;
+        o.remaining(a.len(), b.len(), bias.map(|t| t.len()), r.map(|t| t.len()), c.len())?;
+        if z.as_ref().is_some_and(|t| t.len() < o.c) {
+            return Err(Error::shape("gemm", "Z offset is beyond its buffer"));
+        }
+        let bias = bias.map(|t| t.typed::<T>().map(|s| s.slice(o.bias..))).transpose()?;
+        let r = r.map(|t| t.typed::<T>().map(|s| s.slice(o.r..))).transpose()?;
         let mut z = match z {
-            Some(t) => Some(t.typed_mut::<T>()?.as_view_mut()),
+            Some(t) => Some(t.typed_mut::<T>()?.slice_mut(o.c..)),
             None => None,
         };
         crate::ops::gemm::cuda::gemm::<T>(
             self,
             desc,
-            &a.typed::<T>()?.as_view(),
-            &b.typed::<T>()?.as_view(),
+            &a.typed::<T>()?.slice(o.a..),
+            &b.typed::<T>()?.slice(o.b..),
             bias.as_ref(),
             r.as_ref(),
-            &mut c.typed_mut::<T>()?.as_view_mut(),
+            &mut c.typed_mut::<T>()?.slice_mut(o.c..),
             z.as_mut(),
         )
     }

@@ -509,20 +509,22 @@ impl Backend for WgpuContext {
         r.iter().for_each(|t| dts.push(("R", t.dtype)));
         z.iter().for_each(|t| dts.push(("Z", t.dtype)));
         let dtype = same_dtype("gemm", &dts)?;
-        desc.validate_lens(a.len, b.len, bias.map(|t| t.len), r.map(|t| t.len), c.len, z.as_ref().map(|t| t.len))?;
-        fn r0(t: &WgpuBuffer) -> BufferRef<'_> {
-            BufferRef::new(&t.buffer, 0)
+        let o = desc.offsets;
+        let (la, lb, lbias, lr, lc) = o.remaining(a.len, b.len, bias.map(|t| t.len), r.map(|t| t.len), c.len)?;
+        desc.validate_lens(la, lb, lbias, lr, lc, z.as_ref().map(|t| t.len.saturating_sub(o.c)))?;
+        fn at(t: &WgpuBuffer, off: usize) -> BufferRef<'_> {
+            BufferRef::new(&t.buffer, off as u64)
         }
         crate::ops::gemm::wgpu::gemm(
             self,
             desc,
             dtype,
-            r0(a),
-            r0(b),
-            bias.map(r0),
-            r.map(r0),
-            r0(c),
-            z.map(|t| BufferRef::new(&t.buffer, 0)),
+            at(a, o.a),
+            at(b, o.b),
+            bias.map(|t| at(t, o.bias)),
+            r.map(|t| at(t, o.r)),
+            at(c, o.c),
+            z.map(|t| BufferRef::new(&t.buffer, o.c as u64)),
         )
     }
 

@@ -127,6 +127,35 @@ pub struct Gemm {
     pub beta: f32,
     pub bias: bool,
     pub residual: bool,
+    /// Element offsets of the operands inside the buffers handed to [`Backend::gemm`] (owned
+    /// buffers). The low-level launchers take offsets through `BufferRef` / cudarc views instead.
+    pub offsets: GemmOffsets,
+}
+
+/// Where each operand starts inside its buffer, in elements (Z shares C's offset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GemmOffsets {
+    pub a: usize,
+    pub b: usize,
+    pub bias: usize,
+    pub r: usize,
+    pub c: usize,
+}
+
+impl GemmOffsets {
+    /// The lengths left after each offset, or a shape error naming the operand.
+    pub(crate) fn remaining(&self, a: usize, b: usize, bias: Option<usize>, r: Option<usize>, c: usize) -> Result<(usize, usize, Option<usize>, Option<usize>, usize)> {
+        let rest = |name: &str, len: usize, off: usize| {
+            len.checked_sub(off).ok_or_else(|| Error::shape(OP, format!("{name} offset {off} is beyond its buffer of {len} elements")))
+        };
+        Ok((
+            rest("A", a, self.a)?,
+            rest("B", b, self.b)?,
+            bias.map(|l| rest("bias", l, self.bias)).transpose()?,
+            r.map(|l| rest("R", l, self.r)).transpose()?,
+            rest("C", c, self.c)?,
+        ))
+    }
 }
 
 impl Gemm {
@@ -152,7 +181,12 @@ impl Gemm {
             beta: 1.0,
             bias: false,
             residual: false,
+            offsets: GemmOffsets::default(),
         }
+    }
+    pub fn offsets(mut self, offsets: GemmOffsets) -> Self {
+        self.offsets = offsets;
+        self
     }
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch;
@@ -452,8 +486,8 @@ pub fn gemm_backward<Be: Backend>(
     desc.validate()?;
     let dtype = be.dtype_of(dc);
     let (m, n, k, batch) = (desc.m, desc.n, desc.k, desc.batch);
-    if desc.ldc.is_some_and(|l| l != n) || desc.stride_c.is_some_and(|s| s != m * n) {
-        return Err(Error::Unsupported("gemm backward: dC must be compact [batch, M, N]".into()));
+    if desc.ldc.is_some_and(|l| l != n) || desc.stride_c.is_some_and(|s| s != m * n) || desc.offsets.c != 0 {
+        return Err(Error::Unsupported("gemm backward: dC and Z must be compact [batch, M, N] at offset 0".into()));
     }
     if batch > 1 && (desc.stride_b == Some(0) || desc.stride_a == Some(0)) {
         return Err(Error::Unsupported("gemm backward: a broadcast (stride 0) operand needs a batch reduction of its gradient".into()));
@@ -495,8 +529,10 @@ pub fn gemm_backward<Be: Backend>(
         da_desc.a_layout = if desc.b_layout == BLayout::NK { ALayout::KM } else { ALayout::MK };
         da_desc.lda = Some(if desc.b_layout == BLayout::NK { b_op.row_stride } else { b_op.col_stride });
         da_desc.stride_a = Some(b_op.batch_stride);
+        da_desc.offsets.a = desc.offsets.b;
         be.gemm(&da_desc, b, dcp, None, None, &mut da, None)?;
     } else {
+        da_desc.offsets.b = desc.offsets.b;
         be.gemm(&da_desc, dcp, b, None, None, &mut da, None)?;
     }
     // dB: [N,K] (NK) or [K,N] (KN), reduction over M; dC' read as KM (its M is the reduction).
@@ -509,12 +545,14 @@ pub fn gemm_backward<Be: Backend>(
         let mut d = Gemm::new(n, k, m).batch(batch).alpha(desc.alpha).beta(0.0).a_layout(ALayout::KM).b_layout(a_as_b);
         d.ldb = Some(a_ld);
         d.stride_b = Some(a_op.batch_stride);
+        d.offsets.b = desc.offsets.a;
         be.gemm(&d, dcp, a, None, None, &mut db, None)?;
     } else {
         // dB[k,n] = α Σ_m A[m,k]·dC'[m,n]
         let mut d = Gemm::new(k, n, m).batch(batch).alpha(desc.alpha).beta(0.0).a_layout(a_as_a).b_layout(BLayout::KN);
         d.lda = Some(a_ld);
         d.stride_a = Some(a_op.batch_stride);
+        d.offsets.a = desc.offsets.a;
         be.gemm(&d, a, dcp, None, None, &mut db, None)?;
     }
     Ok(GemmGrads { da, db, dbias })
