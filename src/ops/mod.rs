@@ -2,5 +2,6 @@
 //! the device launchers (`wgpu.rs`, `cuda.rs`) side by side. The kernels carry the same family
 //! name in `kernels/` and `shaders/`.
 
+pub mod ffn;
 pub mod gemm;
 pub mod optim;

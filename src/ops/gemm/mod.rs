@@ -483,7 +483,25 @@ pub fn gemm_backward<Be: Backend>(
     z: Option<&Be::Buf>,
     dc: &Be::Buf,
 ) -> Result<GemmGrads<Be::Buf>> {
+    gemm_backward_plus(be, desc, a, b, z, dc, None)
+}
+
+/// [`gemm_backward`] with a gradient that reaches A another way added into dA by the dA GEMM's
+/// epilogue (`dA = α·dC'·B + extra`, e.g. a residual connection's `dY`): `extra` is compact in
+/// A's shape (A stored `[M, K]` only).
+pub fn gemm_backward_plus<Be: Backend>(
+    be: &Be,
+    desc: &Gemm,
+    a: &Be::Buf,
+    b: &Be::Buf,
+    z: Option<&Be::Buf>,
+    dc: &Be::Buf,
+    extra_da: Option<&Be::Buf>,
+) -> Result<GemmGrads<Be::Buf>> {
     desc.validate()?;
+    if extra_da.is_some() && desc.a_layout != ALayout::MK {
+        return Err(Error::Unsupported("gemm backward: an extra dA term needs A stored [M, K]".into()));
+    }
     let dtype = be.dtype_of(dc);
     let (m, n, k, batch) = (desc.m, desc.n, desc.k, desc.batch);
     if desc.ldc.is_some_and(|l| l != n) || desc.stride_c.is_some_and(|s| s != m * n) || desc.offsets.c != 0 {
@@ -533,7 +551,10 @@ pub fn gemm_backward<Be: Backend>(
         be.gemm(&da_desc, b, dcp, None, None, &mut da, None)?;
     } else {
         da_desc.offsets.b = desc.offsets.b;
-        be.gemm(&da_desc, dcp, b, None, None, &mut da, None)?;
+        if extra_da.is_some() {
+            da_desc = da_desc.residual(None).beta(1.0);
+        }
+        be.gemm(&da_desc, dcp, b, None, extra_da, &mut da, None)?;
     }
     // dB: [N,K] (NK) or [K,N] (KN), reduction over M; dC' read as KM (its M is the reduction).
     let mut db = be.alloc(dtype, batch * n * k)?;
