@@ -2,6 +2,7 @@
 //! backend chosen at run time.
 
 use crate::ops::gemm::{ActGrad, Gemm};
+use crate::ops::ffn::BnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
@@ -51,6 +52,16 @@ pub trait Backend {
     /// The raw Philox words of blocks `0..blocks` of step `t`, 4 per block, stored as the bits of
     /// an f32 buffer (for bitwise cross-backend checks).
     fn philox_words(&self, blocks: usize, seed: u64, t: u32, out: &mut Self::Buf) -> Result<()>;
+
+    /// BatchNorm forward over `[rows, channels]` (see `ops::ffn::BatchNormState`, which checks
+    /// the buffers): `affine = [γ | β]`, running statistics updated in train mode, `stats`
+    /// receives `[mean | rstd | scale | shift]`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm(&self, p: &BnParams, x: &Self::Buf, affine: &Self::Buf, running_mean: &mut Self::Buf, running_var: &mut Self::Buf, stats: &mut Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// BatchNorm backward (training mode) from the forward's `stats`: `dx` (+ `extra`), and
+    /// `[dγ | dβ]` into `stats[4C..6C]`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward(&self, p: &BnParams, x: &Self::Buf, dy: &Self::Buf, affine: &Self::Buf, stats: &mut Self::Buf, extra: Option<&Self::Buf>, dx: &mut Self::Buf) -> Result<()>;
 }
 
 /// Checks that every operand has the dtype of the first.

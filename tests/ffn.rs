@@ -11,6 +11,19 @@ fn assert_close(what: &str, out: &[f32], reference: &[f64], dtype: DType) {
     assert!(c.passes(dtype.budget()), "{what}: rms_ratio {:.3e} max_abs {:.3e} over the {dtype} budget", c.rms_ratio, c.max_abs);
 }
 
+/// Like `assert_close`, except for gradients that vanish by construction (a sum over tokens of a
+/// BatchNorm's input gradient is exactly zero, e.g. db1 and dβ1 when no channel is active):
+/// there only rounding noise is left, and it must stay small.
+fn close_or_vanishing(what: &str, out: &[f32], reference: &[f64], dtype: DType) {
+    let rms = (reference.iter().map(|v| v * v).sum::<f64>() / reference.len().max(1) as f64).sqrt();
+    if rms < dtype.budget() {
+        let worst = out.iter().map(|v| v.abs()).fold(0.0f32, f32::max) as f64;
+        assert!(worst < 10.0 * dtype.budget(), "{what}: should vanish, max {worst:.2e}");
+    } else {
+        assert_close(what, out, reference, dtype);
+    }
+}
+
 fn dl<Be: Backend>(be: &Be, b: &Be::Buf) -> Vec<f32> {
     be.download(b).expect("download").data
 }
@@ -142,4 +155,84 @@ fn bad_input_gives_typed_errors() {
     let w = FfnWeights { w1: t(16 * 8, DType::F32), b1: t(16, DType::F32), w2: t(8 * 16, DType::F32), b2: t(8, DType::F32) };
     assert!(matches!(f.forward(&be, &t(31, DType::F32), &w, false), Err(Error::Shape { .. })), "short x");
     assert!(matches!(f.forward(&be, &t(32, DType::BF16), &w, false), Err(Error::Dtype { .. })), "dtype mix");
+}
+
+fn upload_train<Be: Backend>(be: &Be, w: &RepavitWeights, dtype: DType) -> ffn::RepavitTrain<Be::Buf> {
+    let up = |t: &HostTensor| be.upload(&HostTensor::new(dtype, t.shape.clone(), t.data.clone()).expect("cast")).expect("upload");
+    ffn::RepavitTrain {
+        w1: up(&w.w1),
+        b1: up(&w.b1),
+        w2: up(&w.w2),
+        b2: up(&w.b2),
+        bn1: ffn::BatchNormState::upload(be, &w.bn1).expect("bn1"),
+        bn2: ffn::BatchNormState::upload(be, &w.bn2).expect("bn2"),
+    }
+}
+
+/// Training form, training mode: forward and every gradient (weights, biases, both
+/// BatchNorms' γ and β, and dx through BN1 plus the shortcut) against the reference; the running
+/// statistics move by the momentum rule.
+#[test]
+fn repavit_training_form_forward_and_backward() {
+    for (c, h, tokens, theta) in [(7usize, 28usize, 5usize, 0.75), (16, 64, 37, 0.5), (12, 48, 9, 1.0), (12, 48, 9, 0.0)] {
+        let w0 = repavit_weights(c, h, c as u64);
+        for dev in devices_and_cpu() {
+            for dtype in DType::ALL {
+                // The reference sees the weights rounded to the dtype, like the device.
+                let mut w = w0.clone();
+                for t in [&mut w.w1, &mut w.b1, &mut w.w2, &mut w.b2] {
+                    *t = HostTensor::new(dtype, t.shape.clone(), t.data.clone()).expect("round");
+                }
+                let f = ffn::RepavitFfn { tokens, dim: c, hidden: h, active: active_channels(h, theta).expect("a"), eps: 1e-5, momentum: 0.1 };
+                let x = scaled(dtype, tokens * c, 1.0, 5);
+                let dy = scaled(dtype, tokens * c, 1.0, 6);
+                let (y_ref, g_ref) = ffn::cpu::repavit_train(&f, dtype, &w, &x.data, &dy.data);
+                let what = format!("{} {dtype} C={c} H={h} T={tokens} θ={theta}", dev.name());
+                with_backend!(dev, be => {
+                    let mut tw = upload_train(be, &w, dtype);
+                    let (xb, dyb) = (be.upload(&x).expect("x"), be.upload(&dy).expect("dy"));
+                    let (y, saved) = f.forward(be, &xb, &mut tw, true).expect("forward");
+                    assert_close(&format!("{what} y"), &dl(be, &y), &y_ref, dtype);
+                    let g = f.backward(be, &xb, &mut tw, &saved, &dyb).expect("backward");
+                    for (name, got, k) in [("dx", &g.dx, 0), ("dw1", &g.dw1, 1), ("db1", &g.db1, 2), ("dw2", &g.dw2, 3), ("db2", &g.db2, 4)] {
+                        close_or_vanishing(&format!("{what} {name}"), &dl(be, got), &g_ref[k], dtype);
+                    }
+                    let s1 = dl(be, &tw.bn1.stats);
+                    let s2 = dl(be, &tw.bn2.stats);
+                    // BN parameter gradients are f32 sums: the f32 budget unless the inputs were rounded.
+                    close_or_vanishing(&format!("{what} dγ1"), &s1[4 * c..5 * c], &g_ref[5], dtype);
+                    close_or_vanishing(&format!("{what} dβ1"), &s1[5 * c..6 * c], &g_ref[6], dtype);
+                    close_or_vanishing(&format!("{what} dγ2"), &s2[4 * h..5 * h], &g_ref[7], dtype);
+                    close_or_vanishing(&format!("{what} dβ2"), &s2[5 * h..6 * h], &g_ref[8], dtype);
+                    // Running statistics: (1 − m)·old + m·batch.
+                    let (_, mean, var, rm, rv) = ffn::cpu::batchnorm_forward(&f.bn1(), true, &x.data, &w.bn1);
+                    let _ = (mean, var);
+                    let rm_dev = dl(be, &tw.bn1.running_mean);
+                    let rv_dev = dl(be, &tw.bn1.running_var);
+                    let worst_m = rm_dev.iter().zip(&rm).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                    let worst_v = rv_dev.iter().zip(&rv).map(|(a, b)| (*a as f64 - b).abs() / b.abs().max(1e-3)).fold(0.0, f64::max);
+                    assert!(worst_m < 1e-5 && worst_v < 1e-4, "{what}: running statistics off by {worst_m:.2e} / {worst_v:.2e}");
+                });
+            }
+        }
+    }
+}
+
+/// The training form in eval mode on the device equals the merged inference form on the device.
+#[test]
+fn repavit_eval_form_equals_merged_on_device() {
+    let (c, h, tokens, theta) = (16usize, 64usize, 21usize, 0.75);
+    let w = repavit_weights(c, h, 9);
+    let a = active_channels(h, theta).expect("a");
+    let f = ffn::RepavitFfn { tokens, dim: c, hidden: h, active: a, eps: w.bn1.eps, momentum: 0.1 };
+    let reference = ffn::cpu::repavit_eval(&w, a, tokens, &scaled(DType::F32, tokens * c, 1.0, 7).data);
+    for dev in devices_and_cpu() {
+        let x = scaled(DType::F32, tokens * c, 1.0, 7);
+        let y = with_backend!(dev, be => {
+            let mut tw = upload_train(be, &w, DType::F32);
+            let (y, _) = f.forward(be, &be.upload(&x).expect("x"), &mut tw, false).expect("eval forward");
+            dl(be, &y)
+        });
+        assert_close(&format!("{} eval-mode training form", dev.name()), &y, &reference, DType::F32);
+    }
 }

@@ -3,6 +3,7 @@
 
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{self, ActGrad, Gemm};
+use crate::ops::ffn::{self, BatchNorm, BatchNormDesc, BnParams};
 use crate::ops::optim::{self, OptimParams};
 use crate::{DType, Error, HostTensor, Result};
 
@@ -151,4 +152,52 @@ impl Backend for Cpu {
         }
         Ok(())
     }
+
+    fn batchnorm(&self, p: &BnParams, x: &HostTensor, affine: &HostTensor, running_mean: &mut HostTensor, running_var: &mut HostTensor, stats: &mut HostTensor, y: &mut HostTensor) -> Result<()> {
+        let (d, bn) = bn_host(p, affine, &running_mean.data, &running_var.data);
+        let c = d.channels;
+        let (out, mean, var, rm, rv) = ffn::cpu::batchnorm_forward(&d, p.train != 0, &x.data, &bn);
+        for (o, v) in y.data.iter_mut().zip(out) {
+            *o = x.dtype.round(v as f32);
+        }
+        if p.train != 0 {
+            for ch in 0..c {
+                running_mean.data[ch] = rm[ch] as f32;
+                running_var.data[ch] = rv[ch] as f32;
+            }
+        }
+        for ch in 0..c {
+            let rstd = 1.0 / (var[ch] + d.eps as f64).sqrt();
+            let scale = bn.gamma[ch] as f64 * rstd;
+            stats.data[ch] = mean[ch] as f32;
+            stats.data[c + ch] = rstd as f32;
+            stats.data[2 * c + ch] = scale as f32;
+            stats.data[3 * c + ch] = (bn.beta[ch] as f64 - mean[ch] * scale) as f32;
+        }
+        Ok(())
+    }
+
+    fn batchnorm_backward(&self, p: &BnParams, x: &HostTensor, dy: &HostTensor, affine: &HostTensor, stats: &mut HostTensor, extra: Option<&HostTensor>, dx: &mut HostTensor) -> Result<()> {
+        let c = p.channels as usize;
+        let (d, bn) = bn_host(p, affine, &vec![0.0; c], &vec![1.0; c]);
+        let (g, dg, db) = ffn::cpu::batchnorm_backward(&d, &x.data, &dy.data, &bn);
+        for (k, (o, v)) in dx.data.iter_mut().zip(g).enumerate() {
+            let e = extra.map_or(0.0, |t| t.data[k] as f64);
+            *o = x.dtype.round((v + e) as f32);
+        }
+        for ch in 0..c {
+            stats.data[4 * c + ch] = dg[ch] as f32;
+            stats.data[5 * c + ch] = db[ch] as f32;
+        }
+        Ok(())
+    }
+}
+
+/// The host view of a BatchNorm launch (the reference takes `BatchNorm` values).
+fn bn_host(p: &BnParams, affine: &HostTensor, mean: &[f32], var: &[f32]) -> (BatchNormDesc, BatchNorm) {
+    let c = p.channels as usize;
+    (
+        BatchNormDesc { rows: p.rows as usize, channels: c, eps: p.eps, momentum: p.momentum },
+        BatchNorm { gamma: affine.data[..c].to_vec(), beta: affine.data[c..2 * c].to_vec(), mean: mean[..c].to_vec(), var: var[..c].to_vec(), eps: p.eps },
+    )
 }

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchArgs, LaunchConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchArgs, LaunchConfig};
 use half::{bf16, f16};
 
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{ActGrad, Gemm};
+use crate::ops::ffn::BnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
@@ -30,6 +31,7 @@ fn family_ptx(family: &str, ptx: Ptx) -> Result<&'static str> {
         ("gemm", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/gemm.ptx"))),
         ("gemm", Ptx::Sm90a) => Ok(include_str!(concat!(env!("OUT_DIR"), "/gemm.sm90a.ptx"))),
         ("optim", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"))),
+        ("ffn", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/ffn.ptx"))),
         (other, _) => Err(Error::Unsupported(format!("no CUDA kernel family '{other}'"))),
     }
 }
@@ -470,6 +472,35 @@ impl Backend for CudaRuntime {
         match out {
             CudaBuf::F32(o) if o.len() >= 4 * blocks => crate::ops::optim::cuda::philox(self, blocks, seed, t, true, &mut o.as_view_mut()),
             _ => Err(Error::shape("philox_words", format!("output must be f32 with {} elements", 4 * blocks))),
+        }
+    }
+
+    fn batchnorm(&self, p: &BnParams, x: &CudaBuf, affine: &CudaBuf, running_mean: &mut CudaBuf, running_var: &mut CudaBuf, stats: &mut CudaBuf, y: &mut CudaBuf) -> Result<()> {
+        let affine = affine.typed::<f32>()?.as_view();
+        let mut rm = running_mean.typed_mut::<f32>()?.as_view_mut();
+        let mut rv = running_var.typed_mut::<f32>()?.as_view_mut();
+        let mut st = stats.typed_mut::<f32>()?.as_view_mut();
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &BnParams, x: &CudaBuf, a: &CudaView<f32>, rm: &mut CudaViewMut<f32>, rv: &mut CudaViewMut<f32>, st: &mut CudaViewMut<f32>, y: &mut CudaBuf) -> Result<()> {
+            crate::ops::ffn::cuda::batchnorm::<T>(rt, p, &x.typed::<T>()?.as_view(), a, rm, rv, st, &mut y.typed_mut::<T>()?.as_view_mut())
+        }
+        match x.dtype() {
+            DType::F32 => go::<f32>(self, p, x, &affine, &mut rm, &mut rv, &mut st, y),
+            DType::F16 => go::<f16>(self, p, x, &affine, &mut rm, &mut rv, &mut st, y),
+            DType::BF16 => go::<bf16>(self, p, x, &affine, &mut rm, &mut rv, &mut st, y),
+        }
+    }
+
+    fn batchnorm_backward(&self, p: &BnParams, x: &CudaBuf, dy: &CudaBuf, affine: &CudaBuf, stats: &mut CudaBuf, extra: Option<&CudaBuf>, dx: &mut CudaBuf) -> Result<()> {
+        let affine = affine.typed::<f32>()?.as_view();
+        let mut st = stats.typed_mut::<f32>()?.as_view_mut();
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &BnParams, x: &CudaBuf, dy: &CudaBuf, a: &CudaView<f32>, st: &mut CudaViewMut<f32>, extra: Option<&CudaBuf>, dx: &mut CudaBuf) -> Result<()> {
+            let extra = extra.map(|e| e.typed::<T>().map(|s| s.as_view())).transpose()?;
+            crate::ops::ffn::cuda::batchnorm_backward::<T>(rt, p, &x.typed::<T>()?.as_view(), &dy.typed::<T>()?.as_view(), a, st, extra.as_ref(), &mut dx.typed_mut::<T>()?.as_view_mut())
+        }
+        match x.dtype() {
+            DType::F32 => go::<f32>(self, p, x, dy, &affine, &mut st, extra, dx),
+            DType::F16 => go::<f16>(self, p, x, dy, &affine, &mut st, extra, dx),
+            DType::BF16 => go::<bf16>(self, p, x, dy, &affine, &mut st, extra, dx),
         }
     }
 }

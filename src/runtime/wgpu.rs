@@ -10,6 +10,7 @@ use wgpu::util::DeviceExt;
 
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{ActGrad, Gemm};
+use crate::ops::ffn::BnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
@@ -99,6 +100,7 @@ pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
     let body = match family {
         "gemm" => include_str!("../../shaders/gemm.wgsl"),
         "optim" => include_str!("../../shaders/optim.wgsl"),
+        "ffn" => include_str!("../../shaders/ffn.wgsl"),
         other => return Err(Error::Unsupported(format!("no WGSL family '{other}'"))),
     };
     Ok(format!("{dt}\n{}\n{body}", include_str!("../../shaders/_common.wgsl")))
@@ -566,5 +568,15 @@ impl Backend for WgpuContext {
             return Err(Error::shape("philox_words", format!("output must be f32 with {} elements", 4 * blocks)));
         }
         crate::ops::optim::wgpu::philox(self, blocks, seed, t, true, &out.buffer)
+    }
+
+    fn batchnorm(&self, p: &BnParams, x: &WgpuBuffer, affine: &WgpuBuffer, running_mean: &mut WgpuBuffer, running_var: &mut WgpuBuffer, stats: &mut WgpuBuffer, y: &mut WgpuBuffer) -> Result<()> {
+        same_dtype("batchnorm", &[("x", x.dtype), ("y", y.dtype)])?;
+        crate::ops::ffn::wgpu::batchnorm(self, p, x.dtype, &x.buffer, &affine.buffer, &running_mean.buffer, &running_var.buffer, &stats.buffer, &y.buffer)
+    }
+
+    fn batchnorm_backward(&self, p: &BnParams, x: &WgpuBuffer, dy: &WgpuBuffer, affine: &WgpuBuffer, stats: &mut WgpuBuffer, extra: Option<&WgpuBuffer>, dx: &mut WgpuBuffer) -> Result<()> {
+        same_dtype("batchnorm", &[("x", x.dtype), ("dy", dy.dtype), ("dx", dx.dtype)])?;
+        crate::ops::ffn::wgpu::batchnorm_backward(self, p, x.dtype, &x.buffer, &dy.buffer, &affine.buffer, &stats.buffer, extra.map(|t| &t.buffer), &dx.buffer)
     }
 }

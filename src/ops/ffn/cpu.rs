@@ -103,3 +103,109 @@ pub fn repavit_eval(w: &RepavitWeights, active: usize, tokens: usize, x: &[f32])
     }
     y
 }
+
+/// BatchNorm forward reference: `(y, mean, var, new running mean, new running var)`; train mode
+/// uses the batch statistics (biased variance; unbiased in the running update).
+pub fn batchnorm_forward(d: &super::BatchNormDesc, train: bool, x: &[f32], bn: &super::BatchNorm) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (r, c) = (d.rows, d.channels);
+    let mut mean: Vec<f64> = bn.mean.iter().map(|&v| v as f64).collect();
+    let mut var: Vec<f64> = bn.var.iter().map(|&v| v as f64).collect();
+    let mut rm = mean.clone();
+    let mut rv = var.clone();
+    if train {
+        let m = d.momentum as f64;
+        for ch in 0..c {
+            let mu = (0..r).map(|i| x[i * c + ch] as f64).sum::<f64>() / r as f64;
+            let q = (0..r).map(|i| (x[i * c + ch] as f64 - mu).powi(2)).sum::<f64>();
+            mean[ch] = mu;
+            var[ch] = q / r as f64;
+            let unbiased = if r > 1 { q / (r - 1) as f64 } else { var[ch] };
+            rm[ch] = (1.0 - m) * rm[ch] + m * mu;
+            rv[ch] = (1.0 - m) * rv[ch] + m * unbiased;
+        }
+    }
+    let y = (0..r * c)
+        .map(|k| {
+            let ch = k % c;
+            (x[k] as f64 - mean[ch]) / (var[ch] + d.eps as f64).sqrt() * bn.gamma[ch] as f64 + bn.beta[ch] as f64
+        })
+        .collect();
+    (y, mean, var, rm, rv)
+}
+
+/// BatchNorm backward reference (training mode): `(dx, dγ, dβ)`.
+pub fn batchnorm_backward(d: &super::BatchNormDesc, x: &[f32], dy: &[f32], bn: &super::BatchNorm) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (r, c) = (d.rows, d.channels);
+    let (_, mean, var, _, _) = batchnorm_forward(d, true, x, bn);
+    let rstd: Vec<f64> = var.iter().map(|&v| 1.0 / (v + d.eps as f64).sqrt()).collect();
+    let mut dg = vec![0.0; c];
+    let mut db = vec![0.0; c];
+    for k in 0..r * c {
+        let ch = k % c;
+        db[ch] += dy[k] as f64;
+        dg[ch] += dy[k] as f64 * (x[k] as f64 - mean[ch]) * rstd[ch];
+    }
+    let dx = (0..r * c)
+        .map(|k| {
+            let ch = k % c;
+            let xhat = (x[k] as f64 - mean[ch]) * rstd[ch];
+            bn.gamma[ch] as f64 * rstd[ch] / r as f64 * (r as f64 * dy[k] as f64 - db[ch] - xhat * dg[ch])
+        })
+        .collect();
+    (dx, dg, db)
+}
+
+/// The RePaViT training form in training mode, forward and backward, mirroring the storage
+/// rounding of the device at each stored tensor: `(y, [dx, dw1, db1, dw2, db2, dγ1, dβ1, dγ2, dβ2])`.
+pub fn repavit_train(
+    f: &super::RepavitFfn,
+    dtype: DType,
+    w: &RepavitWeights,
+    x: &[f32],
+    dy: &[f32],
+) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let (t, c, h, a) = (f.tokens, f.dim, f.hidden, f.active);
+    let rnd = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| dtype.round(x as f32)).collect() };
+    let (xn, ..) = batchnorm_forward(&f.bn1(), true, x, &w.bn1);
+    let xn = rnd(&xn);
+    let zpre = linear(&f64s(&xn), &f64s(&w.w1.data), &f64s(&w.b1.data), t, c, h);
+    let z: Vec<f64> = zpre.iter().enumerate().map(|(k, &v)| if k % h < a { act_f64(Activation::GeluErf, v) } else { v }).collect();
+    let (zpre, z) = (rnd(&zpre), rnd(&z));
+    let (zn, ..) = batchnorm_forward(&f.bn2(), true, &z, &w.bn2);
+    let zn = rnd(&zn);
+    let mut y = linear(&f64s(&zn), &f64s(&w.w2.data), &f64s(&w.b2.data), t, h, c);
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv += xv as f64;
+    }
+    // Backward.
+    let (dzn, dw2, db2) = linear_backward(&zn, &w.w2.data, dy, t, h, c);
+    let dzn = rnd(&dzn);
+    let (dz, dg2, db2n) = batchnorm_backward(&f.bn2(), &z, &dzn, &w.bn2);
+    // The device stores BN2's dz, then the product with the activation derivative.
+    let dz = rnd(&dz);
+    let dz: Vec<f64> =
+        dz.iter().enumerate().map(|(k, &g)| if k % h < a { g as f64 * act_grad_f64(Activation::GeluErf, zpre[k] as f64) } else { g as f64 }).collect();
+    let (dxn, dw1, db1) = linear_backward(&xn, &w.w1.data, &rnd(&dz), t, c, h);
+    let dxn = rnd(&dxn);
+    let (dx, dg1, db1n) = batchnorm_backward(&f.bn1(), x, &dxn, &w.bn1);
+    let dx = dx.iter().zip(dy).map(|(&g, &d)| g + d as f64).collect();
+    (y, vec![dx, dw1, db1, dw2, db2, dg1, db1n, dg2, db2n])
+}
+
+/// `y = x·Wᵀ + b` backward: `(dx, dW, db)` from `dy` (`x [rows, inp]`, `W [out, inp]`).
+fn linear_backward(x: &[f32], w: &[f32], dy: &[f32], rows: usize, inp: usize, out: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut dx = vec![0.0; rows * inp];
+    let mut dw = vec![0.0; out * inp];
+    let mut db = vec![0.0; out];
+    for r in 0..rows {
+        for o in 0..out {
+            let g = dy[r * out + o] as f64;
+            db[o] += g;
+            for i in 0..inp {
+                dw[o * inp + i] += g * x[r * inp + i] as f64;
+                dx[r * inp + i] += g * w[o * inp + i] as f64;
+            }
+        }
+    }
+    (dx, dw, db)
+}

@@ -1,9 +1,14 @@
 //! FFN family (SPEC §2–§3): the dense FFN as two fused GEMMs (forward and backward), and the
 //! RePaViT channel-idle FFN: BatchNorm folding and merging of the idle path into the shortcut
 //! ([`reparameterize`]), and the merged inference form as two fused GEMMs ([`RepavitMerged::forward`]).
-//! The CPU references are in [`cpu`]. No kernels of their own: every device pass is the GEMM.
+//! The CPU references are in [`cpu`]. The FFNs run on the fused GEMM; the family's own kernels
+//! (`kernels/ffn.cu`, `shaders/ffn.wgsl`) are the BatchNorm of RePaViT's training form.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use crate::ops::gemm::{gemm_backward, gemm_backward_plus, Activation, Gemm, GemmOffsets};
 use crate::{Backend, DType, Error, HostTensor, Result};
@@ -243,5 +248,195 @@ impl RepavitMerged {
         let mut y = be.alloc(dtype, tokens * self.dim)?;
         be.gemm(&self.gemm2(tokens), &u, wo, None, Some(&u), &mut y, None)?;
         Ok(y)
+    }
+}
+
+/// One BatchNorm over `rows` tokens of `channels` features.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormDesc {
+    pub rows: usize,
+    pub channels: usize,
+    pub eps: f32,
+    /// Running statistics: `running = (1 − momentum)·running + momentum·batch` (PyTorch's convention).
+    pub momentum: f32,
+}
+
+impl BatchNormDesc {
+    pub fn params(&self, train: bool, has_extra: bool) -> Result<BnParams> {
+        if !(self.eps > 0.0 && self.eps.is_finite()) || !(0.0..=1.0).contains(&self.momentum) {
+            return Err(Error::Invalid(format!("batchnorm: eps {} must be > 0 and momentum {} in [0, 1]", self.eps, self.momentum)));
+        }
+        if train && self.rows == 0 {
+            return Err(Error::shape("batchnorm", "training statistics need at least one row"));
+        }
+        let u = |v: usize| u32::try_from(v).map_err(|_| Error::Limit("batchnorm: more than 2^32 rows or channels".into()));
+        u(self.rows * self.channels)?;
+        Ok(BnParams {
+            rows: u(self.rows)?,
+            channels: u(self.channels)?,
+            train: train as u32,
+            has_extra: has_extra as u32,
+            eps: self.eps,
+            momentum: self.momentum,
+            pad: [0; 2],
+        })
+    }
+}
+
+/// The BatchNorm kernels' parameter block (`kernels/ffn.cu`, `shaders/ffn.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BnParams {
+    pub rows: u32,
+    pub channels: u32,
+    pub train: u32,
+    pub has_extra: u32,
+    pub eps: f32,
+    pub momentum: f32,
+    pub pad: [u32; 2],
+}
+
+// SAFETY: BnParams is repr(C) plain old data (u32 and f32 fields), laid out like the CUDA struct.
+#[cfg(feature = "cuda")]
+unsafe impl cudarc::driver::DeviceRepr for BnParams {}
+
+/// A BatchNorm layer's device state: `affine = [γ | β]` and the running statistics (f32), plus
+/// `stats` (f32, 6·C): `[mean | rstd | scale | shift]` written by the forward for the backward,
+/// then `[dγ | dβ]` written by the backward.
+pub struct BatchNormState<B> {
+    pub affine: B,
+    pub running_mean: B,
+    pub running_var: B,
+    pub stats: B,
+}
+
+impl<B> BatchNormState<B> {
+    /// Uploads a layer's parameters (`stats` zero-filled).
+    pub fn upload<Be: Backend<Buf = B>>(be: &Be, bn: &BatchNorm) -> Result<Self> {
+        let c = bn.gamma.len();
+        let mut affine = bn.gamma.clone();
+        affine.extend_from_slice(&bn.beta);
+        let t = |v: Vec<f32>| HostTensor::new(DType::F32, vec![v.len()], v);
+        Ok(BatchNormState {
+            affine: be.upload(&t(affine)?)?,
+            running_mean: be.upload(&t(bn.mean.clone())?)?,
+            running_var: be.upload(&t(bn.var.clone())?)?,
+            stats: be.alloc(DType::F32, 6 * c)?,
+        })
+    }
+
+    /// BatchNorm forward into a new buffer: batch statistics and a running update when `train`,
+    /// running statistics otherwise.
+    pub fn forward<Be: Backend<Buf = B>>(&mut self, be: &Be, d: &BatchNormDesc, x: &B, train: bool) -> Result<B> {
+        self.check(be, d, x)?;
+        let mut y = be.alloc(be.dtype_of(x), d.rows * d.channels)?;
+        be.batchnorm(&d.params(train, false)?, x, &self.affine, &mut self.running_mean, &mut self.running_var, &mut self.stats, &mut y)?;
+        Ok(y)
+    }
+
+    /// The backward of a training-mode forward on `x`: returns dx (`+ extra` when given); dγ and dβ
+    /// land in `stats[4C..6C]`.
+    pub fn backward<Be: Backend<Buf = B>>(&mut self, be: &Be, d: &BatchNormDesc, x: &B, dy: &B, extra: Option<&B>) -> Result<B> {
+        self.check(be, d, x)?;
+        for (name, t) in [("dy", Some(dy)), ("extra", extra)] {
+            if let Some(t) = t {
+                if be.dtype_of(t) != be.dtype_of(x) || be.len_of(t) < d.rows * d.channels {
+                    return Err(Error::shape("batchnorm", format!("{name} must match x")));
+                }
+            }
+        }
+        let mut dx = be.alloc(be.dtype_of(x), d.rows * d.channels)?;
+        be.batchnorm_backward(&d.params(true, extra.is_some())?, x, dy, &self.affine, &mut self.stats, extra, &mut dx)?;
+        Ok(dx)
+    }
+
+    fn check<Be: Backend<Buf = B>>(&self, be: &Be, d: &BatchNormDesc, x: &B) -> Result<()> {
+        let c = d.channels;
+        if be.len_of(x) < d.rows * c {
+            return Err(Error::shape("batchnorm", format!("x holds {} elements, needs {}", be.len_of(x), d.rows * c)));
+        }
+        for (name, t, n) in [("affine", &self.affine, 2 * c), ("running_mean", &self.running_mean, c), ("running_var", &self.running_var, c), ("stats", &self.stats, 6 * c)] {
+            if be.dtype_of(t) != DType::F32 || be.len_of(t) < n {
+                return Err(Error::shape("batchnorm", format!("{name} must be f32 with {n} elements")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The RePaViT channel-idle FFN in its training form (SPEC §3):
+/// `z = W1·BN1(x) + b1; z[:a] = GELU(z[:a]); y = W2·BN2(z) + b2 + x`, BatchNorm over all tokens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RepavitFfn {
+    pub tokens: usize,
+    pub dim: usize,
+    pub hidden: usize,
+    /// The number of active hidden channels (see [`active_channels`]).
+    pub active: usize,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+/// The training-form parameters on one backend.
+pub struct RepavitTrain<B> {
+    pub w1: B,
+    pub b1: B,
+    pub w2: B,
+    pub b2: B,
+    pub bn1: BatchNormState<B>,
+    pub bn2: BatchNormState<B>,
+}
+
+/// What the training forward keeps for the backward.
+pub struct RepavitSaved<B> {
+    pub xn: B,
+    pub zpre: B,
+    pub z: B,
+    pub zn: B,
+}
+
+impl RepavitFfn {
+    pub fn bn1(&self) -> BatchNormDesc {
+        BatchNormDesc { rows: self.tokens, channels: self.dim, eps: self.eps, momentum: self.momentum }
+    }
+    pub fn bn2(&self) -> BatchNormDesc {
+        BatchNormDesc { rows: self.tokens, channels: self.hidden, eps: self.eps, momentum: self.momentum }
+    }
+    /// `z = xn·W1ᵀ + b1` with GELU on the first `a` channels (the partial activation).
+    pub fn gemm1(&self) -> Gemm {
+        Gemm::new(self.tokens, self.hidden, self.dim).bias(true).act(Activation::GeluErf).act_cols(self.active)
+    }
+    /// `y = zn·W2ᵀ + b2 + x`.
+    pub fn gemm2(&self) -> Gemm {
+        Gemm::new(self.tokens, self.dim, self.hidden).bias(true).residual(None)
+    }
+
+    /// The forward; `train` uses batch statistics and updates the running ones, otherwise the
+    /// running statistics are used (eval mode).
+    pub fn forward<Be: Backend>(&self, be: &Be, x: &Be::Buf, w: &mut RepavitTrain<Be::Buf>, train: bool) -> Result<(Be::Buf, RepavitSaved<Be::Buf>)> {
+        if self.active > self.hidden {
+            return Err(Error::shape("repavit", format!("{} active channels of {}", self.active, self.hidden)));
+        }
+        let dtype = be.dtype_of(x);
+        let (t, h) = (self.tokens, self.hidden);
+        let xn = w.bn1.forward(be, &self.bn1(), x, train)?;
+        let mut z = be.alloc(dtype, t * h)?;
+        let mut zpre = be.alloc(dtype, t * h)?;
+        be.gemm(&self.gemm1(), &xn, &w.w1, Some(&w.b1), None, &mut z, Some(&mut zpre))?;
+        let zn = w.bn2.forward(be, &self.bn2(), &z, train)?;
+        let mut y = be.alloc(dtype, t * self.dim)?;
+        be.gemm(&self.gemm2(), &zn, &w.w2, Some(&w.b2), Some(x), &mut y, None)?;
+        Ok((y, RepavitSaved { xn, zpre, z, zn }))
+    }
+
+    /// The backward of a training forward: `dx` (the shortcut's `dy` added in BN1's backward pass)
+    /// and the weight gradients; dγ, dβ of both BatchNorms are in `w.bn{1,2}.stats[4C..6C]`.
+    pub fn backward<Be: Backend>(&self, be: &Be, x: &Be::Buf, w: &mut RepavitTrain<Be::Buf>, saved: &RepavitSaved<Be::Buf>, dy: &Be::Buf) -> Result<FfnGrads<Be::Buf>> {
+        let g2 = gemm_backward(be, &self.gemm2(), &saved.zn, &w.w2, None, dy)?;
+        let dz = w.bn2.backward(be, &self.bn2(), &saved.z, &g2.da, None)?;
+        let g1 = gemm_backward(be, &self.gemm1(), &saved.xn, &w.w1, Some(&saved.zpre), &dz)?;
+        let dx = w.bn1.backward(be, &self.bn1(), x, &g1.da, Some(dy))?;
+        let missing = || Error::Invalid("repavit: a bias gradient is missing".into());
+        Ok(FfnGrads { dx, dw1: g1.db, db1: g1.dbias.ok_or_else(missing)?, dw2: g2.db, db2: g2.dbias.ok_or_else(missing)? })
     }
 }
