@@ -22,7 +22,8 @@ struct GemmParams {
     uint32_t a_km, b_kn, act, act_cols;
     uint32_t has_bias, has_r, has_z;
     float alpha, beta;
-    uint32_t off_a, off_b, off_bias, off_r, off_c, off_z, pad0;
+    uint32_t off_a, off_b, off_bias, off_r, off_c, off_z;  // offsets: WGSL only (CUDA takes views)
+    uint32_t a_cs, b_cs, c_cs, pad1, pad2;                // inner strides (1 = contiguous)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -44,12 +45,12 @@ __device__ __forceinline__ void epilogue2(const GemmParams& p, const T* __restri
         if (c < p.act_cols) v[j] = act_apply(p.act, v[j]);
         if (p.has_r) v[j] += p.beta * to_f32(R[(size_t)bz * p.sr + (size_t)row * p.ldr + c]);
     }
-    const size_t o = (size_t)bz * p.sc + (size_t)row * p.ldc + col;
+    const size_t o = (size_t)bz * p.sc + (size_t)row * p.ldc + (size_t)col * p.c_cs;
     C[o] = from_f32<T>(v[0]);
-    if (two) C[o + 1] = from_f32<T>(v[1]);
+    if (two) C[o + p.c_cs] = from_f32<T>(v[1]);
     if (p.has_z) {
         Z[o] = from_f32<T>(pre[0]);
-        if (two) Z[o + 1] = from_f32<T>(pre[1]);
+        if (two) Z[o + p.c_cs] = from_f32<T>(pre[1]);
     }
 }
 
@@ -134,8 +135,8 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
     const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
     const T* Ab = A + (size_t)bz * p.sa;
     const T* Bb = B + (size_t)bz * p.sb;
-    const uint32_t a_rs = p.a_km ? 1 : p.lda, a_ks = p.a_km ? p.lda : 1;
-    const uint32_t b_rs = p.b_kn ? 1 : p.ldb, b_ks = p.b_kn ? p.ldb : 1;
+    const uint32_t a_rs = p.a_km ? p.a_cs : p.lda, a_ks = p.a_km ? p.lda : p.a_cs;
+    const uint32_t b_rs = p.b_kn ? p.b_cs : p.ldb, b_ks = p.b_kn ? p.ldb : p.b_cs;
 
     float acc[4][4][4];
 #pragma unroll
@@ -243,8 +244,8 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ A, const flo
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const float* Ab = A + (size_t)bz * p.sa;
     const float* Bb = B + (size_t)bz * p.sb;
-    const uint32_t a_rs = p.a_km ? 1 : p.lda, a_ks = p.a_km ? p.lda : 1;
-    const uint32_t b_rs = p.b_kn ? 1 : p.ldb, b_ks = p.b_kn ? p.ldb : 1;
+    const uint32_t a_rs = p.a_km ? p.a_cs : p.lda, a_ks = p.a_km ? p.lda : p.a_cs;
+    const uint32_t b_rs = p.b_kn ? p.b_cs : p.ldb, b_ks = p.b_kn ? p.ldb : p.b_cs;
 
     float acc[8][8];
 #pragma unroll

@@ -12,7 +12,8 @@ struct Params {
     a_km: u32, b_kn: u32, act: u32, act_cols: u32,
     has_bias: u32, has_r: u32, has_z: u32, alpha: f32,
     beta: f32, off_a: u32, off_b: u32, off_bias: u32,
-    off_r: u32, off_c: u32, off_z: u32, pad0: u32,
+    off_r: u32, off_c: u32, off_z: u32, a_cs: u32,
+    b_cs: u32, c_cs: u32, pad1: u32, pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -49,9 +50,16 @@ fn put_half(which: u32, e: u32, v: f32) {
     }
 }
 
-// Stores `count` (≤ 4) consecutive elements starting at element index `base`; whole words
-// wherever this invocation owns both halves.
-fn store_run(which: u32, base: u32, count: u32, v: array<f32, 4>) {
+// Stores `count` (≤ 4) elements starting at element index `base`, `stride` apart; for
+// consecutive elements, whole words wherever this invocation owns both halves.
+fn store_run(which: u32, base: u32, count: u32, stride: u32, v: array<f32, 4>) {
+    if (stride != 1u) {
+        for (var j = 0u; j < count; j = j + 1u) {
+            let e = base + j * stride;
+            if (ELEM_SHIFT == 0u) { put_word(which, e, pack_elem(v[j])); } else { put_half(which, e, v[j]); }
+        }
+        return;
+    }
     var j = 0u;
     loop {
         if (j >= count) { break; }
@@ -78,14 +86,14 @@ var<workgroup> Bs: array<vec4<f32>, 256>; // [BK][BN/4]
 
 fn a_index(bz: u32, mm: u32, kk: u32) -> u32 {
     let base = p.off_a + bz * p.sa;
-    if (p.a_km == 0u) { return base + mm * p.lda + kk; }
-    return base + kk * p.lda + mm;
+    if (p.a_km == 0u) { return base + mm * p.lda + kk * p.a_cs; }
+    return base + kk * p.lda + mm * p.a_cs;
 }
 
 fn b_index(bz: u32, nn: u32, kk: u32) -> u32 {
     let base = p.off_b + bz * p.sb;
-    if (p.b_kn == 0u) { return base + nn * p.ldb + kk; }
-    return base + kk * p.ldb + nn;
+    if (p.b_kn == 0u) { return base + nn * p.ldb + kk * p.b_cs; }
+    return base + kk * p.ldb + nn * p.b_cs;
 }
 
 @compute @workgroup_size(256)
@@ -141,8 +149,8 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             if (p.has_r != 0u) { v = v + p.beta * ld_r(p.off_r + bz * p.sr + gm * p.ldr + gn); }
             outv[j] = v;
         }
-        store_run(0u, p.off_c + bz * p.sc + gm * p.ldc + gn0, count, outv);
-        if (p.has_z != 0u) { store_run(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0, count, pre); }
+        store_run(0u, p.off_c + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, count, p.c_cs, outv);
+        if (p.has_z != 0u) { store_run(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, count, p.c_cs, pre); }
     }
 }
 
@@ -165,7 +173,7 @@ fn act_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         if (e % p.n < p.act_cols) { g = g * activate_grad(p.act, ld_b(e)); }
         outv[j] = g;
     }
-    store_run(0u, e0, count, outv);
+    store_run(0u, e0, count, 1u, outv);
 }
 
 // out[j] = Σ_i x[i, j] over compact [m, n], each column summed in row order with Kahan
@@ -188,5 +196,5 @@ fn col_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     var outv: array<f32, 4>;
     outv[0] = s.x;
     outv[1] = s.y;
-    store_run(0u, j0, count, outv);
+    store_run(0u, j0, count, 1u, outv);
 }

@@ -26,6 +26,8 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         case("batch 4 of 8x9x10 shared B (stride 0)", Gemm::new(8, 9, 10).batch(4).strides(8 * 10, 0, 8 * 9)),
         case("31x23x19 lda=40 ldc=29", Gemm::new(31, 23, 19).lda(40).ldc(29).bias(true).act(Activation::Relu)),
         case("257x520x512 bias gelu_erf (several tiles each way)", Gemm::new(257, 520, 512).bias(true).act(Activation::GeluErf)),
+        case("interleaved: A inner 3, C inner 2, batches 1 apart (BlockShuffle's gather/store)",
+            Gemm::new(9, 11, 6).batch(2).inner_strides(3, 1, 2).lda(3 * 6 + 1).strides(1, 11 * 6, 1).ldc(2 * 11 + 1).bias(true).act(Activation::Silu)),
         case("128x128x256 all options", Gemm::new(128, 128, 256).bias(true).act(Activation::GeluErf).act_cols(64).residual(None).alpha(1.5).beta(0.5)),
     ]
 }
@@ -37,6 +39,7 @@ pub fn gemm_backward_cases() -> Vec<GemmCase> {
         case("bwd 63x65x127 kn silu act_cols=40", Gemm::new(63, 65, 127).b_layout(BLayout::KN).bias(true).act(Activation::Silu).act_cols(40)),
         case("bwd 40x33x70 km relu alpha 0.5", Gemm::new(40, 33, 70).a_layout(ALayout::KM).act(Activation::Relu).alpha(0.5)),
         case("bwd batch 2 of 30x20x50 gelu_tanh", Gemm::new(30, 20, 50).batch(2).bias(true).act(Activation::GeluTanh)),
+        case("bwd interleaved A and B (inner 2 and 3), batches 1 apart", Gemm::new(7, 5, 6).batch(2).inner_strides(2, 3, 1).lda(13).ldb(17).strides(1, 1, 35).act(Activation::Relu)),
     ]
 }
 

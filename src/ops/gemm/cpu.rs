@@ -88,24 +88,19 @@ pub fn act_grad(d: &ActGrad, dc: &[f64], z: &[f64]) -> Vec<f64> {
     out
 }
 
-/// The backward reference from compact `dC` and `Z`: `(dA, dB, dbias)`, with dA and dB compact
-/// in the layouts of A and B.
+/// The backward reference from compact `dC` and `Z`: `(dA, dB, dbias)`, with dA and dB in
+/// exactly the layouts of A and B.
 pub fn backward(desc: &Gemm, a: &[f32], b: &[f32], z: &[f64], dc: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (m, n, k, batch) = (desc.m, desc.n, desc.k, desc.batch);
     let dcp = act_grad(&ActGrad { rows: batch * m, cols: n, act: desc.act, act_cols: desc.act_cols_or_n() }, dc, z);
     let (ao, bo) = (desc.a(), desc.b());
     let alpha = desc.alpha as f64;
-    let mut da = vec![0.0; batch * m * k];
-    let mut db = vec![0.0; batch * n * k];
+    // dA and dB in exactly the layouts of A and B (as the devices write them).
+    let mut da = vec![0.0; ao.required_len(batch)];
+    let mut db = vec![0.0; bo.required_len(batch)];
     let mut dbias = vec![0.0; n];
-    let da_index = |bt: usize, i: usize, p: usize| match desc.a_layout {
-        super::ALayout::MK => (bt * m + i) * k + p,
-        super::ALayout::KM => (bt * k + p) * m + i,
-    };
-    let db_index = |bt: usize, j: usize, p: usize| match desc.b_layout {
-        super::BLayout::NK => (bt * n + j) * k + p,
-        super::BLayout::KN => (bt * k + p) * n + j,
-    };
+    let da_index = |bt: usize, i: usize, p: usize| ao.index(bt, i, p);
+    let db_index = |bt: usize, j: usize, p: usize| bo.index(bt, j, p);
     for bt in 0..batch {
         for i in 0..m {
             for j in 0..n {

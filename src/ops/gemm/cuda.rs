@@ -135,10 +135,12 @@ pub fn gemm<T: CudaElem>(
     let aligned = |ptr: u64, ld: u32, stride: u32| ptr % 16 == 0 && ld % per16 == 0 && (desc.batch == 1 || stride % per16 == 0);
     let vec = desc.a_layout == ALayout::MK
         && desc.b_layout == BLayout::NK
+        && desc.inner_a == 1
+        && desc.inner_b == 1
         && aligned(addr(rt, a), p.lda, p.sa)
         && aligned(addr(rt, b), p.ldb, p.sb);
     let choice = kernel_choice();
-    let wgmma = dtype != DType::F32 && vec && desc.k > 0 && rt.is_sm90a() && choice != "mma";
+    let wgmma = dtype != DType::F32 && vec && desc.inner_c == 1 && desc.k > 0 && rt.is_sm90a() && choice != "mma";
     let (name, ptx, smem) = if wgmma {
         (if dtype == DType::F16 { "gemm_f16_wgmma" } else { "gemm_bf16_wgmma" }, Ptx::Sm90a, WGMMA_SMEM)
     } else if dtype != DType::F32 {
@@ -263,7 +265,7 @@ where
 {
     use super::Activation;
     let plain = desc.batch == 1 && desc.a_layout == ALayout::MK && desc.b_layout == BLayout::NK && desc.act_cols.is_none();
-    if !plain || desc.residual || desc.lda.is_some() || desc.ldb.is_some() || desc.ldc.is_some() {
+    if !plain || desc.residual || desc.lda.is_some() || desc.ldb.is_some() || desc.ldc.is_some() || (desc.inner_a, desc.inner_b, desc.inner_c) != (1, 1, 1) {
         return Ok(None);
     }
     let (m, n, k) = (desc.m, desc.n, desc.k);

@@ -115,6 +115,12 @@ pub struct Gemm {
     pub ldb: Option<usize>,
     pub ldc: Option<usize>,
     pub ldr: Option<usize>,
+    /// Element strides of the dimension that is contiguous by default (K of A in `MK`, M in `KM`;
+    /// likewise for B; N of C and Z). 1 = contiguous. Larger values read and write interleaved
+    /// data in place (BlockShuffle's stride-k gather and interleaved store).
+    pub inner_a: usize,
+    pub inner_b: usize,
+    pub inner_c: usize,
     /// Batch strides (elements); `None` = compact. A stride of 0 broadcasts the operand.
     pub stride_a: Option<usize>,
     pub stride_b: Option<usize>,
@@ -171,6 +177,9 @@ impl Gemm {
             ldb: None,
             ldc: None,
             ldr: None,
+            inner_a: 1,
+            inner_b: 1,
+            inner_c: 1,
             stride_a: None,
             stride_b: None,
             stride_c: None,
@@ -244,6 +253,13 @@ impl Gemm {
         self.stride_c = Some(c);
         self
     }
+    /// Element strides of the default-contiguous dimension of A, B and C (see the fields).
+    pub fn inner_strides(mut self, a: usize, b: usize, c: usize) -> Self {
+        self.inner_a = a;
+        self.inner_b = b;
+        self.inner_c = c;
+        self
+    }
     pub fn stride_r(mut self, r: usize) -> Self {
         self.stride_r = Some(r);
         self
@@ -259,11 +275,12 @@ impl Gemm {
             ALayout::MK => (self.m, self.k),
             ALayout::KM => (self.k, self.m),
         };
-        let ld = self.lda.unwrap_or(cols_stored);
+        let inner = self.inner_a.max(1);
+        let ld = self.lda.unwrap_or(cols_stored * inner);
         let batch_stride = self.stride_a.unwrap_or(rows_stored * ld);
         match self.a_layout {
-            ALayout::MK => Operand { rows: self.m, cols: self.k, row_stride: ld, col_stride: 1, batch_stride },
-            ALayout::KM => Operand { rows: self.m, cols: self.k, row_stride: 1, col_stride: ld, batch_stride },
+            ALayout::MK => Operand { rows: self.m, cols: self.k, row_stride: ld, col_stride: inner, batch_stride },
+            ALayout::KM => Operand { rows: self.m, cols: self.k, row_stride: inner, col_stride: ld, batch_stride },
         }
     }
     /// B as an operand indexed `(n, k)`.
@@ -272,17 +289,19 @@ impl Gemm {
             BLayout::NK => (self.n, self.k),
             BLayout::KN => (self.k, self.n),
         };
-        let ld = self.ldb.unwrap_or(cols_stored);
+        let inner = self.inner_b.max(1);
+        let ld = self.ldb.unwrap_or(cols_stored * inner);
         let batch_stride = self.stride_b.unwrap_or(rows_stored * ld);
         match self.b_layout {
-            BLayout::NK => Operand { rows: self.n, cols: self.k, row_stride: ld, col_stride: 1, batch_stride },
-            BLayout::KN => Operand { rows: self.n, cols: self.k, row_stride: 1, col_stride: ld, batch_stride },
+            BLayout::NK => Operand { rows: self.n, cols: self.k, row_stride: ld, col_stride: inner, batch_stride },
+            BLayout::KN => Operand { rows: self.n, cols: self.k, row_stride: inner, col_stride: ld, batch_stride },
         }
     }
     /// C (and the saved pre-activation Z, which shares its layout) indexed `(m, n)`.
     pub fn c(&self) -> Operand {
-        let ld = self.ldc.unwrap_or(self.n);
-        Operand { rows: self.m, cols: self.n, row_stride: ld, col_stride: 1, batch_stride: self.stride_c.unwrap_or(self.m * ld) }
+        let inner = self.inner_c.max(1);
+        let ld = self.ldc.unwrap_or(self.n * inner);
+        Operand { rows: self.m, cols: self.n, row_stride: ld, col_stride: inner, batch_stride: self.stride_c.unwrap_or(self.m * ld) }
     }
     /// R indexed `(m, n)`.
     pub fn r(&self) -> Operand {
@@ -315,9 +334,13 @@ impl Gemm {
         if self.act_cols_or_n() > self.n {
             return Err(Error::shape(OP, format!("act_cols {} > N {}", self.act_cols_or_n(), self.n)));
         }
-        let check_ld = |name: &str, ld: Option<usize>, min: usize| -> Result<()> {
+        if self.inner_a == 0 || self.inner_b == 0 || self.inner_c == 0 {
+            return Err(Error::shape(OP, "inner strides must be at least 1"));
+        }
+        let check_ld = |name: &str, ld: Option<usize>, len: usize, inner: usize| -> Result<()> {
+            let min = (len.max(1) - 1) * inner + 1;
             match ld {
-                Some(ld) if ld < min.max(1) => Err(Error::shape(OP, format!("{name} = {ld} is less than the row length {min}"))),
+                Some(ld) if ld < min => Err(Error::shape(OP, format!("{name} = {ld} is less than the row span {min}"))),
                 _ => Ok(()),
             }
         };
@@ -325,15 +348,21 @@ impl Gemm {
             if self.a_layout == ALayout::MK { self.k } else { self.m },
             if self.b_layout == BLayout::NK { self.k } else { self.n },
         );
-        check_ld("lda", self.lda, a_row)?;
-        check_ld("ldb", self.ldb, b_row)?;
-        check_ld("ldc", self.ldc, self.n)?;
-        check_ld("ldr", self.ldr, self.n)?;
-        if self.batch > 1 {
-            let c = self.c();
-            if c.batch_stride < c.required_len(1) {
-                return Err(Error::shape(OP, format!("stride_c {} makes batches of C overlap", c.batch_stride)));
+        check_ld("lda", self.lda, a_row, self.inner_a)?;
+        check_ld("ldb", self.ldb, b_row, self.inner_b)?;
+        check_ld("ldc", self.ldc, self.n, self.inner_c)?;
+        check_ld("ldr", self.ldr, self.n, 1)?;
+        // Every element of C must be its own (no two (batch, row, column) share an address).
+        let c = self.c();
+        let mut dims: Vec<(usize, usize)> =
+            [(c.batch_stride, self.batch), (c.row_stride, self.m), (c.col_stride, self.n)].into_iter().filter(|d| d.1 > 1).collect();
+        dims.sort();
+        let mut span = 0usize;
+        for (stride, extent) in dims {
+            if stride <= span {
+                return Err(Error::shape(OP, format!("the strides of C ({}, {}, {}) make elements overlap", c.batch_stride, c.row_stride, c.col_stride)));
             }
+            span += stride * (extent - 1);
         }
         let max = u32::MAX as usize;
         for (name, op) in [("A", self.a()), ("B", self.b()), ("C", self.c()), ("R", self.r())] {
@@ -413,7 +442,10 @@ impl Gemm {
             off_r: 0,
             off_c: 0,
             off_z: 0,
-            _pad: 0,
+            a_cs: self.inner_a as u32,
+            b_cs: self.inner_b as u32,
+            c_cs: self.inner_c as u32,
+            pad: [0; 2],
         }
     }
 }
@@ -450,11 +482,16 @@ pub struct GemmParams {
     pub off_r: u32,
     pub off_c: u32,
     pub off_z: u32,
-    pub _pad: u32,
+    /// Inner (default-contiguous dimension) element strides of A, B and C.
+    pub a_cs: u32,
+    pub b_cs: u32,
+    pub c_cs: u32,
+    pub pad: [u32; 2],
 }
 
-/// Gradients from [`gemm_backward`]. `da` and `db` are compact in the layouts of A and B
-/// (per batch); `dbias` is `[N]` summed over batches and rows; `dr = β·dC` is left to the caller.
+/// Gradients from [`gemm_backward`]. `da` and `db` have exactly the layouts of A and B (their
+/// strides, inner strides and batch strides, at offset 0; elements outside the operand are zero);
+/// `dbias` is `[N]` summed over batches and rows; `dr = β·dC` is left to the caller.
 pub struct GemmGrads<T> {
     pub da: T,
     pub db: T,
@@ -534,46 +571,60 @@ pub fn gemm_backward_plus<Be: Backend>(
     } else {
         None
     };
-    // dA[m,k] = α Σ_n dC'[m,n]·B[n,k]: B read with its layout flipped (its N is the reduction).
+    // dA and dB are written in exactly the layouts of A and B (strides, inner strides, batches),
+    // so a layer whose operands are slices of larger tensors gets its gradients in place.
     let (a_op, b_op) = (desc.a(), desc.b());
-    let mut da_desc = Gemm::new(m, k, n).batch(batch).alpha(desc.alpha).beta(0.0);
-    da_desc.b_layout = if desc.b_layout == BLayout::NK { BLayout::KN } else { BLayout::NK };
-    da_desc.ldb = Some(if desc.b_layout == BLayout::NK { b_op.row_stride } else { b_op.col_stride });
-    da_desc.stride_b = Some(b_op.batch_stride);
-    let mut da = be.alloc(dtype, batch * m * k)?;
+    let a_ld = if desc.a_layout == ALayout::MK { a_op.row_stride } else { a_op.col_stride };
+    let b_ld = if desc.b_layout == BLayout::NK { b_op.row_stride } else { b_op.col_stride };
+    let mut da = be.alloc(dtype, a_op.required_len(batch))?;
     if desc.a_layout == ALayout::KM {
         // dA stored [K, M]: compute dAᵀ[k,m] = α Σ_n B[n,k]·dC'[m,n].
-        da_desc = Gemm::new(k, m, n).batch(batch).alpha(desc.alpha).beta(0.0).b_layout(BLayout::NK);
-        da_desc.a_layout = if desc.b_layout == BLayout::NK { ALayout::KM } else { ALayout::MK };
-        da_desc.lda = Some(if desc.b_layout == BLayout::NK { b_op.row_stride } else { b_op.col_stride });
-        da_desc.stride_a = Some(b_op.batch_stride);
-        da_desc.offsets.a = desc.offsets.b;
-        be.gemm(&da_desc, b, dcp, None, None, &mut da, None)?;
+        let mut d = Gemm::new(k, m, n).batch(batch).alpha(desc.alpha).beta(0.0).b_layout(BLayout::NK);
+        d.a_layout = if desc.b_layout == BLayout::NK { ALayout::KM } else { ALayout::MK };
+        d.lda = Some(b_ld);
+        d.inner_a = desc.inner_b;
+        d.stride_a = Some(b_op.batch_stride);
+        d.offsets.a = desc.offsets.b;
+        (d.ldc, d.inner_c, d.stride_c) = (Some(a_ld), desc.inner_a, Some(a_op.batch_stride));
+        be.gemm(&d, b, dcp, None, None, &mut da, None)?;
     } else {
-        da_desc.offsets.b = desc.offsets.b;
+        // dA[m,k] = α Σ_n dC'[m,n]·B[n,k]: B read with its layout flipped (its N is the reduction).
+        let mut d = Gemm::new(m, k, n).batch(batch).alpha(desc.alpha).beta(0.0);
+        d.b_layout = if desc.b_layout == BLayout::NK { BLayout::KN } else { BLayout::NK };
+        d.ldb = Some(b_ld);
+        d.inner_b = desc.inner_b;
+        d.stride_b = Some(b_op.batch_stride);
+        d.offsets.b = desc.offsets.b;
+        (d.ldc, d.inner_c, d.stride_c) = (Some(a_ld), desc.inner_a, Some(a_op.batch_stride));
         if extra_da.is_some() {
-            da_desc = da_desc.residual(None).beta(1.0);
+            if desc.inner_a != 1 {
+                return Err(Error::Unsupported("gemm backward: an extra dA term needs A's rows contiguous".into()));
+            }
+            d = d.residual(Some(a_ld)).stride_r(a_op.batch_stride).beta(1.0);
         }
-        be.gemm(&da_desc, dcp, b, None, extra_da, &mut da, None)?;
+        be.gemm(&d, dcp, b, None, extra_da, &mut da, None)?;
     }
-    // dB: [N,K] (NK) or [K,N] (KN), reduction over M; dC' read as KM (its M is the reduction).
-    let mut db = be.alloc(dtype, batch * n * k)?;
-    let a_ld = if desc.a_layout == ALayout::MK { a_op.row_stride } else { a_op.col_stride };
-    let a_as_b = if desc.a_layout == ALayout::MK { BLayout::KN } else { BLayout::NK };
-    let a_as_a = if desc.a_layout == ALayout::MK { ALayout::KM } else { ALayout::MK };
+    // dB: reduction over M; dC' read as KM (its M is the reduction), A read with its own strides.
+    let mut db = be.alloc(dtype, b_op.required_len(batch))?;
     if desc.b_layout == BLayout::NK {
         // dB[n,k] = α Σ_m dC'[m,n]·A[m,k]
+        let a_as_b = if desc.a_layout == ALayout::MK { BLayout::KN } else { BLayout::NK };
         let mut d = Gemm::new(n, k, m).batch(batch).alpha(desc.alpha).beta(0.0).a_layout(ALayout::KM).b_layout(a_as_b);
         d.ldb = Some(a_ld);
+        d.inner_b = desc.inner_a;
         d.stride_b = Some(a_op.batch_stride);
         d.offsets.b = desc.offsets.a;
+        (d.ldc, d.inner_c, d.stride_c) = (Some(b_ld), desc.inner_b, Some(b_op.batch_stride));
         be.gemm(&d, dcp, a, None, None, &mut db, None)?;
     } else {
         // dB[k,n] = α Σ_m A[m,k]·dC'[m,n]
+        let a_as_a = if desc.a_layout == ALayout::MK { ALayout::KM } else { ALayout::MK };
         let mut d = Gemm::new(k, n, m).batch(batch).alpha(desc.alpha).beta(0.0).a_layout(a_as_a).b_layout(BLayout::KN);
         d.lda = Some(a_ld);
+        d.inner_a = desc.inner_a;
         d.stride_a = Some(a_op.batch_stride);
         d.offsets.a = desc.offsets.a;
+        (d.ldc, d.inner_c, d.stride_c) = (Some(b_ld), desc.inner_b, Some(b_op.batch_stride));
         be.gemm(&d, a, dcp, None, None, &mut db, None)?;
     }
     Ok(GemmGrads { da, db, dbias })
