@@ -73,7 +73,7 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
             for (i, case) in gemm_backward_cases().into_iter().enumerate() {
                 let d = &case.desc;
                 let x = GemmInputs::random(d, dtype, 2000 + i as u64);
-                let dc = HostTensor::random(dtype, vec![d.batch * d.m * d.n], 3000 + i as u64);
+                let dc = HostTensor::random(dtype, vec![d.c().required_len(d.batch)], 3000 + i as u64);
                 let (da_ref, db_ref, dbias_ref) = x.reference_backward(d, &dc);
                 match backward_host(be, d, &x, &dc) {
                     Ok((da, db, dbias)) => {

@@ -40,6 +40,7 @@ pub fn gemm_backward_cases() -> Vec<GemmCase> {
         case("bwd 40x33x70 km relu alpha 0.5", Gemm::new(40, 33, 70).a_layout(ALayout::KM).act(Activation::Relu).alpha(0.5)),
         case("bwd batch 2 of 30x20x50 gelu_tanh", Gemm::new(30, 20, 50).batch(2).bias(true).act(Activation::GeluTanh)),
         case("bwd interleaved A and B (inner 2 and 3), batches 1 apart", Gemm::new(7, 5, 6).batch(2).inner_strides(2, 3, 1).lda(13).ldb(17).strides(1, 1, 35).act(Activation::Relu)),
+        case("bwd interleaved C (inner 2), batches 1 apart, no activation", Gemm::new(6, 5, 4).batch(2).inner_strides(1, 1, 2).ldc(11).strides(4 * 6, 5 * 4, 1)),
     ]
 }
 

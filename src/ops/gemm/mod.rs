@@ -509,7 +509,8 @@ pub struct ActGrad {
 
 /// Backward of [`Gemm`] (SPEC §1 backward helpers): `dC' = dC ⊙ act'(Z)`, then
 /// `dA = α·dC'·B`, `dB = α·dC'ᵀ·A`, `dbias = Σ dC'`. `z` is the pre-activation saved by the
-/// forward (needed unless the activation is identity); `dc` is compact `[batch, M, N]`.
+/// forward (needed unless the activation is identity); `dc` has C's layout (compact `[batch, M, N]`
+/// required when there is an activation or a bias).
 /// The same composition runs on every backend: one element-wise pass, one column sum and two
 /// GEMMs with the layouts flipped (no transposes are materialised).
 pub fn gemm_backward<Be: Backend>(
@@ -541,18 +542,25 @@ pub fn gemm_backward_plus<Be: Backend>(
     }
     let dtype = be.dtype_of(dc);
     let (m, n, k, batch) = (desc.m, desc.n, desc.k, desc.batch);
-    if desc.ldc.is_some_and(|l| l != n) || desc.stride_c.is_some_and(|s| s != m * n) || desc.offsets.c != 0 {
-        return Err(Error::Unsupported("gemm backward: dC and Z must be compact [batch, M, N] at offset 0".into()));
+    let c_op = desc.c();
+    let compact = c_op.row_stride == n && c_op.col_stride == 1 && (batch == 1 || c_op.batch_stride == m * n);
+    let act_cols = desc.act_cols_or_n();
+    let needs_act = desc.act != Activation::Identity && act_cols > 0;
+    if desc.offsets.c != 0 || (!compact && (needs_act || desc.bias)) {
+        return Err(Error::Unsupported(
+            "gemm backward: dC (and Z) must be at offset 0, and compact [batch, M, N] when there is an activation or a bias".into(),
+        ));
     }
     if batch > 1 && (desc.stride_b == Some(0) || desc.stride_a == Some(0)) {
         return Err(Error::Unsupported("gemm backward: a broadcast (stride 0) operand needs a batch reduction of its gradient".into()));
     }
-    if be.len_of(dc) < batch * m * n {
-        return Err(Error::shape(OP, format!("dC holds {} elements, needs {}", be.len_of(dc), batch * m * n)));
+    if be.len_of(dc) < c_op.required_len(batch) {
+        return Err(Error::shape(OP, format!("dC holds {} elements, needs {}", be.len_of(dc), c_op.required_len(batch))));
     }
-    let act_cols = desc.act_cols_or_n();
     let dcp_owned;
-    let dcp = if desc.act == Activation::Identity || act_cols == 0 {
+    // dC' is read with C's layout (row stride, inner stride, batch stride).
+    let (dc_ld, dc_inner, dc_bs) = (c_op.row_stride, c_op.col_stride, c_op.batch_stride);
+    let dcp = if !needs_act {
         dc
     } else {
         let z = z.ok_or_else(|| Error::shape(OP, "backward with an activation needs the saved pre-activation Z"))?;
@@ -585,6 +593,7 @@ pub fn gemm_backward_plus<Be: Backend>(
         d.inner_a = desc.inner_b;
         d.stride_a = Some(b_op.batch_stride);
         d.offsets.a = desc.offsets.b;
+        (d.ldb, d.inner_b, d.stride_b) = (Some(dc_ld), dc_inner, Some(dc_bs));
         (d.ldc, d.inner_c, d.stride_c) = (Some(a_ld), desc.inner_a, Some(a_op.batch_stride));
         be.gemm(&d, b, dcp, None, None, &mut da, None)?;
     } else {
@@ -595,6 +604,7 @@ pub fn gemm_backward_plus<Be: Backend>(
         d.inner_b = desc.inner_b;
         d.stride_b = Some(b_op.batch_stride);
         d.offsets.b = desc.offsets.b;
+        (d.lda, d.inner_a, d.stride_a) = (Some(dc_ld), dc_inner, Some(dc_bs));
         (d.ldc, d.inner_c, d.stride_c) = (Some(a_ld), desc.inner_a, Some(a_op.batch_stride));
         if extra_da.is_some() {
             if desc.inner_a != 1 {
@@ -614,6 +624,7 @@ pub fn gemm_backward_plus<Be: Backend>(
         d.inner_b = desc.inner_a;
         d.stride_b = Some(a_op.batch_stride);
         d.offsets.b = desc.offsets.a;
+        (d.lda, d.inner_a, d.stride_a) = (Some(dc_ld), dc_inner, Some(dc_bs));
         (d.ldc, d.inner_c, d.stride_c) = (Some(b_ld), desc.inner_b, Some(b_op.batch_stride));
         be.gemm(&d, dcp, a, None, None, &mut db, None)?;
     } else {
@@ -624,6 +635,7 @@ pub fn gemm_backward_plus<Be: Backend>(
         d.inner_a = desc.inner_a;
         d.stride_a = Some(a_op.batch_stride);
         d.offsets.a = desc.offsets.a;
+        (d.ldb, d.inner_b, d.stride_b) = (Some(dc_ld), dc_inner, Some(dc_bs));
         (d.ldc, d.inner_c, d.stride_c) = (Some(b_ld), desc.inner_b, Some(b_op.batch_stride));
         be.gemm(&d, a, dcp, None, None, &mut db, None)?;
     }
@@ -656,14 +668,22 @@ impl GemmInputs {
         cpu::forward(desc, &self.a.data, &self.b.data, self.bias.as_ref().map(|t| &t.data[..]), self.r.as_ref().map(|t| &t.data[..]))
     }
 
-    /// The CPU reference backward `(dA, dB, dbias)` from `dc`, starting from the pre-activation
-    /// rounded to the storage dtype (what a device saves and reads back).
+    /// The CPU reference backward `(dA, dB, dbias)` from `dc` (in C's layout), starting from the
+    /// pre-activation rounded to the storage dtype (what a device saves and reads back).
     pub fn reference_backward(&self, desc: &Gemm, dc: &crate::HostTensor) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let dtype = self.a.dtype;
         let (_, z) = self.reference(desc);
         let z: Vec<f64> = z.iter().map(|&v| dtype.round(v as f32) as f64).collect();
-        let dc: Vec<f64> = dc.data.iter().map(|&v| v as f64).collect();
-        cpu::backward(desc, &self.a.data, &self.b.data, &z, &dc)
+        let co = desc.c();
+        let mut compact = Vec::with_capacity(desc.batch * desc.m * desc.n);
+        for bt in 0..desc.batch {
+            for i in 0..desc.m {
+                for j in 0..desc.n {
+                    compact.push(dc.data[co.index(bt, i, j)] as f64);
+                }
+            }
+        }
+        cpu::backward(desc, &self.a.data, &self.b.data, &z, &compact)
     }
 }
 
