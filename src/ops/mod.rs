@@ -5,3 +5,4 @@
 pub mod ffn;
 pub mod gemm;
 pub mod optim;
+pub mod structured;
