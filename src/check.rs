@@ -4,7 +4,7 @@
 use crate::ops::gemm::{backward_host, run_host, GemmInputs};
 use crate::ops::optim::{self, Clip, ClipOrder, NoiseSchedule, NoisyOptimizer, Rule, TensorList};
 use crate::registry::{gemm_backward_cases, gemm_check_cases};
-use crate::{Backend, Compare, DType, HostTensor};
+use crate::{Activation, Backend, Compare, DType, HostTensor};
 
 /// One checked output.
 #[derive(Clone, Debug)]
@@ -22,7 +22,7 @@ pub struct CheckRecord {
 }
 
 /// The op names `check` knows.
-pub const OPS: &[&str] = &["gemm", "gemm_backward", "philox_normal", "noisy_optimizer"];
+pub const OPS: &[&str] = &["gemm", "gemm_backward", "ffn", "repavit", "structured", "philox_normal", "noisy_optimizer"];
 
 fn record(op: &str, be: &str, dtype: DType, shape: String, out: &[f32], reference: &[f64]) -> CheckRecord {
     let c = Compare::new(out, reference, dtype);
@@ -129,9 +129,117 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
             }
             progress();
         }
+        "ffn" => {
+            use crate::ops::ffn::{cpu as fcpu, DenseFfn, FfnWeights};
+            for (i, f) in [
+                DenseFfn { tokens: 5, dim: 7, hidden: 28, act: Activation::GeluErf, residual: true },
+                DenseFfn { tokens: 65, dim: 63, hidden: 130, act: Activation::Relu, residual: false },
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let (t, c, h) = (f.tokens, f.dim, f.hidden);
+                let shape = format!("T{t} C{c} H{h} {}{}", f.act.name(), if f.residual { " +x" } else { "" });
+                let r = |n: usize, sc: f32, s: u64| scaled(dtype, n, sc, 50 * i as u64 + s);
+                let (x, w1, b1) = (r(t * c, 1.0, 1), r(h * c, 1.0 / (c as f32).sqrt(), 2), r(h, 0.5, 3));
+                let (w2, b2, dy) = (r(c * h, 1.0 / (h as f32).sqrt(), 4), r(c, 0.5, 5), r(t * c, 1.0, 6));
+                let (y_ref, ..) = fcpu::dense_forward(&f, dtype, &x.data, &w1.data, &b1.data, &w2.data, &b2.data);
+                let g_ref = fcpu::dense_backward(&f, dtype, &x.data, &w1.data, &b1.data, &w2.data, &b2.data, &dy.data);
+                let res = (|| -> crate::Result<(Vec<f32>, Vec<f32>)> {
+                    let w = FfnWeights { w1: be.upload(&w1)?, b1: be.upload(&b1)?, w2: be.upload(&w2)?, b2: be.upload(&b2)? };
+                    let xb = be.upload(&x)?;
+                    let (y, saved) = f.forward(be, &xb, &w, true)?;
+                    let g = f.backward(be, &xb, &w, saved.as_ref(), &be.upload(&dy)?)?;
+                    Ok((be.download(&y)?.data, be.download(&g.dx)?.data))
+                })();
+                match res {
+                    Ok((y, dx)) => {
+                        out.push(record(op, name, dtype, format!("{shape} y"), &y, &y_ref));
+                        out.push(record(op, name, dtype, format!("{shape} dx"), &dx, &g_ref.0));
+                    }
+                    Err(e) => out.push(failed(op, name, dtype, shape, e)),
+                }
+            }
+            progress();
+        }
+        "repavit" => {
+            use crate::ops::ffn::{cpu as fcpu, reparameterize};
+            for (c, h, tokens, theta) in [(7usize, 28usize, 5usize, 0.0), (7, 28, 5, 0.5), (7, 28, 5, 1.0), (64, 256, 50, 0.75)] {
+                let w = repavit_weights(c, h);
+                let shape = format!("merged C{c} H{h} T{tokens} θ={theta}");
+                let res = (|| -> crate::Result<(Vec<f32>, Vec<f64>)> {
+                    let m = reparameterize(&w, theta, dtype)?;
+                    let x = scaled(dtype, tokens * c, 1.0, 7);
+                    let reference = fcpu::repavit_eval(&w, m.active, tokens, &x.data);
+                    let y = m.forward(be, tokens, &be.upload(&x)?, (&be.upload(&m.wu)?, &be.upload(&m.bu)?, &be.upload(&m.wo)?))?;
+                    Ok((be.download(&y)?.data, reference))
+                })();
+                match res {
+                    Ok((y, r)) => out.push(record(op, name, dtype, shape, &y, &r)),
+                    Err(e) => out.push(failed(op, name, dtype, shape, e)),
+                }
+            }
+            progress();
+        }
+        "structured" => {
+            use crate::ops::structured::{cpu as scpu, Structured};
+            let tokens = 13;
+            for layer in [
+                Structured::LowRank { inp: 37, out: 29, rank: 11 },
+                Structured::BlockDense { inp: 48, out: 20, rank: 16, blocks: 4 },
+                Structured::BlockShuffle { inp: 48, out: 32, blocks: 4, inner: 6 },
+                Structured::BlockShuffle { inp: 21, out: 15, blocks: 3, inner: 5 },
+            ] {
+                let (l1, l2) = layer.factor_lens();
+                let (x, f1, f2) = (scaled(dtype, tokens * layer.inp(), 1.0, 1), scaled(dtype, l1, 0.5, 2), scaled(dtype, l2, 0.5, 3));
+                let dy = scaled(dtype, tokens * layer.out(), 1.0, 4);
+                let y_ref = scpu::forward(&layer, tokens, &x.data, &f1.data, &f2.data);
+                let (dx_ref, ..) = scpu::backward(&layer, tokens, &x.data, &f1.data, &f2.data, &dy.data);
+                let shape = format!("{layer:?}");
+                let res = (|| -> crate::Result<(Vec<f32>, Vec<f32>)> {
+                    let (xb, f1b, f2b) = (be.upload(&x)?, be.upload(&f1)?, be.upload(&f2)?);
+                    let (y, hb) = layer.forward(be, tokens, &xb, &f1b, &f2b, 1.0)?;
+                    let (dx, ..) = layer.backward(be, tokens, &xb, &f1b, &f2b, &hb, &be.upload(&dy)?, 1.0, None)?;
+                    Ok((be.download(&y)?.data, be.download(&dx)?.data))
+                })();
+                match res {
+                    Ok((y, dx)) => {
+                        out.push(record(op, name, dtype, format!("{shape} y"), &y, &y_ref));
+                        out.push(record(op, name, dtype, format!("{shape} dx"), &dx, &dx_ref));
+                    }
+                    Err(e) => out.push(failed(op, name, dtype, shape, e)),
+                }
+            }
+            progress();
+        }
         _ => {}
     }
     out
+}
+
+/// Seeded values in [-scale, scale), rounded to `dtype`.
+fn scaled(dtype: DType, n: usize, scale: f32, seed: u64) -> HostTensor {
+    let t = HostTensor::random(DType::F32, vec![n], seed);
+    HostTensor { dtype, shape: vec![n], data: t.data.iter().map(|v| dtype.round(v * scale)).collect() }
+}
+
+/// Seeded RePaViT weights with BatchNorm statistics in realistic ranges.
+fn repavit_weights(c: usize, h: usize) -> crate::ops::ffn::RepavitWeights {
+    use crate::ops::ffn::BatchNorm;
+    let mut rng = crate::SplitMix64::new(c as u64 * 1000 + h as u64);
+    let mut bn = |n: usize| {
+        let mut v = |lo: f32, hi: f32| (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect::<Vec<f32>>();
+        BatchNorm { gamma: v(0.5, 1.5), beta: v(-0.5, 0.5), mean: v(-0.3, 0.3), var: v(0.5, 2.0), eps: 1e-5 }
+    };
+    let (bn1, bn2) = (bn(c), bn(h));
+    crate::ops::ffn::RepavitWeights {
+        w1: scaled(DType::F32, h * c, 1.0 / (c as f32).sqrt(), 11),
+        b1: scaled(DType::F32, h, 0.2, 12),
+        w2: scaled(DType::F32, c * h, 1.0 / (h as f32).sqrt(), 13),
+        b2: scaled(DType::F32, c, 0.2, 14),
+        bn1,
+        bn2,
+    }
 }
 
 /// The optimizer configurations `check` runs.
@@ -178,7 +286,7 @@ pub fn case_count(op: &str) -> usize {
     match op {
         "gemm" => gemm_check_cases().len(),
         "gemm_backward" => gemm_backward_cases().len(),
-        "philox_normal" | "noisy_optimizer" => 1,
+        "philox_normal" | "noisy_optimizer" | "ffn" | "repavit" | "structured" => 1,
         _ => 0,
     }
 }

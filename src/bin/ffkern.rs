@@ -69,6 +69,17 @@ struct RunArgs {
     op: RunOp,
 }
 
+/// Input file, output file, backend.
+#[derive(clap::Args)]
+struct Io {
+    #[arg(long)]
+    input: std::path::PathBuf,
+    #[arg(long)]
+    output: std::path::PathBuf,
+    #[arg(long)]
+    backend: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum RunOp {
     /// C = act(α·A·Bᵀ + bias) + β·R (SPEC §1). Tensors: `a` [M,K] (or [batch,M,K]), `b` [N,K]
@@ -127,6 +138,58 @@ enum RunOp {
         /// Decoupled weight decay (p -= lr·wd·p).
         #[arg(long, default_value_t = 0.0)]
         weight_decay: f32,
+    },
+    /// Dense FFN (SPEC §2): tensors `x` [T, C], `w1` [H, C], `b1` [H], `w2` [C, H], `b2` [C], one
+    /// dtype. Writes `y` = W2·act(W1·x + b1) + b2 (+ x with --residual).
+    #[command(name = "ffn")]
+    Ffn {
+        #[command(flatten)]
+        io: Io,
+        /// identity, relu, silu, gelu_erf, gelu_tanh
+        #[arg(long, default_value = "gelu_erf")]
+        act: String,
+        #[arg(long)]
+        residual: bool,
+    },
+    /// RePaViT reparameterization (SPEC §3): tensors `w1` [H, C], `b1`, `w2` [C, H], `b2`, and
+    /// `bn1_gamma`, `bn1_beta`, `bn1_mean`, `bn1_var` (C) and `bn2_*` (H), all f32. Writes the
+    /// merged weights `wu` [a + C, C], `bu` [a + C], `wo` [C, a] in --dtype.
+    #[command(name = "repavit_reparam")]
+    RepavitReparam {
+        #[command(flatten)]
+        io: Io,
+        /// Idle ratio θ: the first a = ceil(H·(1 − θ)) hidden channels are active.
+        #[arg(long, default_value_t = 0.75)]
+        theta: f64,
+        #[arg(long, default_value_t = 1e-5)]
+        eps: f32,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// RePaViT merged inference (SPEC §3): tensors `x` [T, C] and the merged `wu`, `bu`, `wo`
+    /// (from repavit_reparam), one dtype. Writes `y`.
+    #[command(name = "repavit_ffn")]
+    RepavitFfn {
+        #[command(flatten)]
+        io: Io,
+    },
+    /// LowRank layer (SPEC §4): tensors `x` [T, in], `v` [r, in], `u` [out, r]. Writes `y` = x·(U·V)ᵀ.
+    #[command(name = "lowrank")]
+    Lowrank {
+        #[command(flatten)]
+        io: Io,
+    },
+    /// BlockDense layer (SPEC §4): tensors `x` [T, in], `d` [nb, r/nb, in/nb], `l` [out, r]. Writes `y`.
+    #[command(name = "blockdense")]
+    Blockdense {
+        #[command(flatten)]
+        io: Io,
+    },
+    /// BlockShuffle layer (SPEC §4): tensors `x` [T, in], `d1` [k, q, in/k], `d2` [k, out/k, q]. Writes `y`.
+    #[command(name = "blockshuffle")]
+    Blockshuffle {
+        #[command(flatten)]
+        io: Io,
     },
     /// N standard normals of step --step from --seed (SPEC §7), written as `z` (f32).
     #[command(name = "philox_normal")]
@@ -492,6 +555,12 @@ fn run_op(op: RunOp) -> Result<ExitCode> {
             eprintln!("noisy_sgd step {step} on {}: wrote {} to {}", dev.name(), if m_out.is_some() { "param and momentum" } else { "param" }, output.display());
             Ok(ExitCode::SUCCESS)
         }
+        RunOp::Ffn { io, act, residual } => run_ffn(&io, act.parse()?, residual),
+        RunOp::RepavitReparam { io, theta, eps, dtype } => run_repavit_reparam(&io, theta, eps, dtype.parse()?),
+        RunOp::RepavitFfn { io } => run_repavit_ffn(&io),
+        RunOp::Lowrank { io } => run_structured(&io, "lowrank"),
+        RunOp::Blockdense { io } => run_structured(&io, "blockdense"),
+        RunOp::Blockshuffle { io } => run_structured(&io, "blockshuffle"),
         RunOp::PhiloxNormal { n, seed, step, output, backend } => {
             let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
             let mut z = with_backend!(&dev, be => ffkern::ops::optim::philox_normal_host(be, n, seed, step))?;
@@ -574,4 +643,140 @@ fn run_gemm(
     write_tensors(&output, &outs)?;
     eprintln!("gemm on {}: wrote c{} {:?} to {}", dev.name(), if save_z { " and z" } else { "" }, oshape, output.display());
     Ok(ExitCode::SUCCESS)
+}
+
+fn shape_err(op: &'static str, msg: String) -> Error {
+    Error::Shape { op, msg }
+}
+
+/// `[rows, cols]` of a 2-D tensor.
+fn dims2(op: &'static str, name: &str, t: &HostTensor) -> Result<(usize, usize)> {
+    match t.shape[..] {
+        [r, c] => Ok((r, c)),
+        _ => Err(shape_err(op, format!("{name} must be 2-D, got {:?}", t.shape))),
+    }
+}
+
+fn same_dtypes(op: &'static str, ts: &[(&str, &HostTensor)]) -> Result<DType> {
+    let d = ts[0].1.dtype;
+    for (n, t) in ts {
+        if t.dtype != d {
+            return Err(Error::Dtype { op, msg: format!("{n} is {}, {} is {d}", t.dtype, ts[0].0) });
+        }
+    }
+    Ok(d)
+}
+
+fn open_device(backend: &Option<String>) -> Result<Device> {
+    Ok(devices(backend.clone(), false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu)))
+}
+
+fn finish(op: &str, dev: &Device, out: &std::path::Path, tensors: &[(&str, &HostTensor)]) -> Result<ExitCode> {
+    write_tensors(out, tensors)?;
+    let names: Vec<&str> = tensors.iter().map(|t| t.0).collect();
+    eprintln!("{op} on {}: wrote {} to {}", dev.name(), names.join(", "), out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_ffn(io: &Io, act: Activation, residual: bool) -> Result<ExitCode> {
+    const OP: &str = "ffn";
+    let mut t = read_tensors(&io.input)?;
+    let (x, w1, b1, w2, b2) = (take(&mut t, "x", &io.input)?, take(&mut t, "w1", &io.input)?, take(&mut t, "b1", &io.input)?, take(&mut t, "w2", &io.input)?, take(&mut t, "b2", &io.input)?);
+    same_dtypes(OP, &[("x", &x), ("w1", &w1), ("b1", &b1), ("w2", &w2), ("b2", &b2)])?;
+    let (tokens, c) = dims2(OP, "x", &x)?;
+    let (h, c1) = dims2(OP, "w1", &w1)?;
+    if c1 != c || w2.shape != [c, h] || b1.shape != [h] || b2.shape != [c] {
+        return Err(shape_err(OP, format!("with x [{tokens}, {c}] and w1 [{h}, {c1}]: w2 must be [{c}, {h}], b1 [{h}], b2 [{c}]")));
+    }
+    let f = ffkern::ops::ffn::DenseFfn { tokens, dim: c, hidden: h, act, residual };
+    let dev = open_device(&io.backend)?;
+    let mut y = with_backend!(&dev, be => {
+        let w = ffkern::ops::ffn::FfnWeights { w1: be.upload(&w1)?, b1: be.upload(&b1)?, w2: be.upload(&w2)?, b2: be.upload(&b2)? };
+        let (y, _) = f.forward(be, &be.upload(&x)?, &w, false)?;
+        be.download(&y)?
+    });
+    y.shape = vec![tokens, c];
+    finish(OP, &dev, &io.output, &[("y", &y)])
+}
+
+fn run_repavit_reparam(io: &Io, theta: f64, eps: f32, dtype: DType) -> Result<ExitCode> {
+    let mut t = read_tensors(&io.input)?;
+    let bn = |p: &str, t: &mut Tensors| -> Result<ffkern::ops::ffn::BatchNorm> {
+        let mut get = |n: &str| take(t, &format!("{p}_{n}"), &io.input).map(|x| x.data);
+        Ok(ffkern::ops::ffn::BatchNorm { gamma: get("gamma")?, beta: get("beta")?, mean: get("mean")?, var: get("var")?, eps })
+    };
+    let (bn1, bn2) = (bn("bn1", &mut t)?, bn("bn2", &mut t)?);
+    let w = ffkern::ops::ffn::RepavitWeights {
+        w1: take(&mut t, "w1", &io.input)?,
+        b1: take(&mut t, "b1", &io.input)?,
+        w2: take(&mut t, "w2", &io.input)?,
+        b2: take(&mut t, "b2", &io.input)?,
+        bn1,
+        bn2,
+    };
+    let m = ffkern::ops::ffn::reparameterize(&w, theta, dtype)?;
+    write_tensors(&io.output, &[("wu", &m.wu), ("bu", &m.bu), ("wo", &m.wo)])?;
+    eprintln!("repavit_reparam: a = {} active of {} hidden channels; wrote wu, bu, wo ({dtype}) to {}", m.active, w.b1.len(), io.output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_repavit_ffn(io: &Io) -> Result<ExitCode> {
+    const OP: &str = "repavit_ffn";
+    let mut t = read_tensors(&io.input)?;
+    let (x, wu, bu, wo) = (take(&mut t, "x", &io.input)?, take(&mut t, "wu", &io.input)?, take(&mut t, "bu", &io.input)?, take(&mut t, "wo", &io.input)?);
+    same_dtypes(OP, &[("x", &x), ("wu", &wu), ("bu", &bu), ("wo", &wo)])?;
+    let (tokens, c) = dims2(OP, "x", &x)?;
+    let (rows, c1) = dims2(OP, "wu", &wu)?;
+    let (c2, a) = dims2(OP, "wo", &wo)?;
+    if c1 != c || c2 != c || rows != a + c || bu.shape != [a + c] {
+        return Err(shape_err(OP, format!("with x [{tokens}, {c}]: wu must be [a + {c}, {c}], bu [a + {c}], wo [{c}, a] (got wu {:?}, bu {:?}, wo {:?})", wu.shape, bu.shape, wo.shape)));
+    }
+    let m = ffkern::ops::ffn::RepavitMerged { dim: c, active: a, wu, bu, wo };
+    let dev = open_device(&io.backend)?;
+    let mut y = with_backend!(&dev, be => {
+        let y = m.forward(be, tokens, &be.upload(&x)?, (&be.upload(&m.wu)?, &be.upload(&m.bu)?, &be.upload(&m.wo)?))?;
+        be.download(&y)?
+    });
+    y.shape = vec![tokens, c];
+    finish(OP, &dev, &io.output, &[("y", &y)])
+}
+
+fn run_structured(io: &Io, kind: &'static str) -> Result<ExitCode> {
+    use ffkern::ops::structured::Structured;
+    let mut t = read_tensors(&io.input)?;
+    let x = take(&mut t, "x", &io.input)?;
+    let (tokens, inp) = dims2(kind, "x", &x)?;
+    let (layer, f1, f2) = match kind {
+        "lowrank" => {
+            let (v, u) = (take(&mut t, "v", &io.input)?, take(&mut t, "u", &io.input)?);
+            let ((rank, i), (out, r2)) = (dims2(kind, "v", &v)?, dims2(kind, "u", &u)?);
+            if i != inp || r2 != rank {
+                return Err(shape_err(kind, format!("v must be [r, {inp}] and u [out, r]; got {:?} and {:?}", v.shape, u.shape)));
+            }
+            (Structured::LowRank { inp, out, rank }, v, u)
+        }
+        "blockdense" => {
+            let (d, l) = (take(&mut t, "d", &io.input)?, take(&mut t, "l", &io.input)?);
+            let (out, rank) = dims2(kind, "l", &l)?;
+            match d.shape[..] {
+                [nb, rb, p] if nb * p == inp && nb * rb == rank => (Structured::BlockDense { inp, out, rank, blocks: nb }, d, l),
+                _ => return Err(shape_err(kind, format!("d must be [nb, r/nb, {inp}/nb] with l [out, r]; got d {:?}, l {:?}", d.shape, l.shape))),
+            }
+        }
+        _ => {
+            let (d1, d2) = (take(&mut t, "d1", &io.input)?, take(&mut t, "d2", &io.input)?);
+            match (&d1.shape[..], &d2.shape[..]) {
+                (&[k, q, p], &[k2, s, q2]) if k * p == inp && k2 == k && q2 == q => (Structured::BlockShuffle { inp, out: k * s, blocks: k, inner: q }, d1, d2),
+                _ => return Err(shape_err(kind, format!("d1 must be [k, q, {inp}/k] and d2 [k, out/k, q]; got {:?} and {:?}", d1.shape, d2.shape))),
+            }
+        }
+    };
+    same_dtypes(kind, &[("x", &x), ("factor 1", &f1), ("factor 2", &f2)])?;
+    let dev = open_device(&io.backend)?;
+    let mut y = with_backend!(&dev, be => {
+        let (y, _) = layer.forward(be, tokens, &be.upload(&x)?, &be.upload(&f1)?, &be.upload(&f2)?, 1.0)?;
+        be.download(&y)?
+    });
+    y.shape = vec![tokens, layer.out()];
+    finish(kind, &dev, &io.output, &[("y", &y)])
 }
