@@ -139,3 +139,61 @@ pub fn bench_noisy_sgd<Be: Backend>(be: &Be, n: usize, tensors: usize, reps: usi
         baseline_s: None,
     })
 }
+
+fn timed<Be: Backend>(be: &Be, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    Ok(median(&be.time_runs(reps, f)?))
+}
+
+fn record(op: &str, be: &str, dtype: DType, shape: String, median_s: f64, flops: f64, bytes: f64, reps: usize) -> BenchRecord {
+    BenchRecord { op: op.into(), backend: be.into(), dtype, shape, median_s, flops, bytes, reps, roofline_fraction: None, baseline: None, baseline_s: None }
+}
+
+/// RePaViT merged inference (two fused GEMMs) against the dense FFN it replaces, same backend and
+/// dtype (the dense FFN's time is the record's baseline).
+pub fn bench_repavit<Be: Backend>(be: &Be, tokens: usize, c: usize, h: usize, theta: f64, dtype: DType, reps: usize) -> Result<BenchRecord> {
+    use crate::ops::ffn::{active_channels, DenseFfn, FfnWeights, RepavitMerged};
+    let a = active_channels(h, theta)?;
+    let r = |n: usize, s: u64| be.upload(&crate::HostTensor::random(dtype, vec![n], s));
+    let x = r(tokens * c, 1)?;
+    let merged = RepavitMerged {
+        dim: c,
+        active: a,
+        wu: crate::HostTensor::random(dtype, vec![a + c, c], 2),
+        bu: crate::HostTensor::random(dtype, vec![a + c], 3),
+        wo: crate::HostTensor::random(dtype, vec![c, a], 4),
+    };
+    let (wu, bu, wo) = (be.upload(&merged.wu)?, be.upload(&merged.bu)?, be.upload(&merged.wo)?);
+    let t_merged = timed(be, reps, &mut || merged.forward(be, tokens, &x, (&wu, &bu, &wo)).map(|_| ()))?;
+    let dense = DenseFfn { tokens, dim: c, hidden: h, act: crate::Activation::GeluErf, residual: true };
+    let w = FfnWeights { w1: r(h * c, 5)?, b1: r(h, 6)?, w2: r(c * h, 7)?, b2: r(c, 8)? };
+    let t_dense = timed(be, reps, &mut || dense.forward(be, &x, &w, false).map(|_| ()))?;
+    let flops = 2.0 * tokens as f64 * c as f64 * (2 * a + c) as f64;
+    let bytes = (tokens * (c + (a + c) + (a + c) + c) + (a + c) * c + c * a) as f64 * dtype.size() as f64;
+    let mut rec = record("repavit", be.name(), dtype, format!("merged T{tokens} C{c} H{h} θ={theta}"), t_merged, flops, bytes, reps);
+    rec.baseline = Some("ffkern dense FFN".into());
+    rec.baseline_s = Some(t_dense);
+    Ok(rec)
+}
+
+/// A structured FFN block `S2(GELU(S1(x) + b1)) + b2` against the dense FFN of the same sizes.
+pub fn bench_structured<Be: Backend>(be: &Be, tokens: usize, s1: crate::ops::structured::Structured, s2: crate::ops::structured::Structured, label: &str, dtype: DType, reps: usize) -> Result<BenchRecord> {
+    use crate::ops::ffn::{DenseFfn, FfnWeights};
+    use crate::ops::structured::StructuredFfn;
+    let r = |n: usize, s: u64| be.upload(&crate::HostTensor::random(dtype, vec![n], s));
+    let (c, h) = (s1.inp(), s1.out());
+    let x = r(tokens * c, 1)?;
+    let ((a1, b1), (a2, b2)) = (s1.factor_lens(), s2.factor_lens());
+    let f = [r(a1, 2)?, r(b1, 3)?, r(a2, 4)?, r(b2, 5)?];
+    let (bias1, bias2) = (r(h, 6)?, r(c, 7)?);
+    let block = StructuredFfn { tokens, s1, s2, act: crate::Activation::GeluErf };
+    let t_s = timed(be, reps, &mut || block.forward(be, &x, [&f[0], &f[1], &f[2], &f[3]], &bias1, &bias2).map(|_| ()))?;
+    let dense = DenseFfn { tokens, dim: c, hidden: h, act: crate::Activation::GeluErf, residual: false };
+    let w = FfnWeights { w1: r(h * c, 8)?, b1: r(h, 9)?, w2: r(c * h, 10)?, b2: r(c, 11)? };
+    let t_d = timed(be, reps, &mut || dense.forward(be, &x, &w, false).map(|_| ()))?;
+    let flops = 2.0 * tokens as f64 * (s1.params() + s2.params()) as f64;
+    let share = (s1.params() + s2.params()) as f64 / (2 * c * h) as f64;
+    let mut rec = record("structured", be.name(), dtype, format!("{label} T{tokens} d{c} ({:.0}% params)", 100.0 * share), t_s, flops, 0.0, reps);
+    rec.baseline = Some("ffkern dense FFN".into());
+    rec.baseline_s = Some(t_d);
+    Ok(rec)
+}

@@ -409,6 +409,31 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         }
         pb.finish_and_clear();
     }
+    let ffn_dtypes: Vec<DType> = dtypes.iter().copied().filter(|d| *d != DType::F16).collect();
+    if ops.contains(&"repavit") {
+        // ViT-L (SPEC §3): 128 images × 197 tokens, C = 1024, H = 4096, θ = 0.75; ViT-S on CPU adapters.
+        let (t, c, h) = if small { (4 * 197, 384, 1536) } else { (128 * 197, 1024, 4096) };
+        for &dt in &ffn_dtypes {
+            records.push(with_backend!(&dev, be => bench::bench_repavit(be, t, c, h, 0.75, dt, reps))?);
+        }
+    }
+    if ops.contains(&"structured") {
+        use ffkern::ops::structured::Structured;
+        // SPEC §4: d = 2048, 16384 tokens, about a third of the dense FFN's parameters.
+        let (t, d) = if small { (1024, 256) } else { (16384, 2048) };
+        let (h, r) = (4 * d, d / 4);
+        let lowrank = (Structured::LowRank { inp: d, out: h, rank: r }, Structured::LowRank { inp: h, out: d, rank: r }, "lowrank");
+        let blockdense = (
+            Structured::BlockDense { inp: d, out: h, rank: 3 * d / 8, blocks: 4 },
+            Structured::BlockDense { inp: h, out: d, rank: 3 * d / 8, blocks: 4 },
+            "blockdense",
+        );
+        for (s1, s2, label) in [lowrank, blockdense] {
+            for &dt in &ffn_dtypes {
+                records.push(with_backend!(&dev, be => bench::bench_structured(be, t, s1, s2, label, dt, reps))?);
+            }
+        }
+    }
     if ops.contains(&"noisy_optimizer") {
         let n = if small { 4_000_000 } else { 100_000_000 };
         for tensors in [1, 1000] {
