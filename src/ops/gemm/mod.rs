@@ -525,8 +525,8 @@ pub fn gemm_backward<Be: Backend>(
 }
 
 /// [`gemm_backward`] with a gradient that reaches A another way added into dA by the dA GEMM's
-/// epilogue (`dA = α·dC'·B + extra`, e.g. a residual connection's `dY`): `extra` is compact in
-/// A's shape (A stored `[M, K]` only).
+/// epilogue (`dA = α·dC'·B + extra`, e.g. a residual connection's `dY`): `extra` has A's layout
+/// (A stored `[M, K]` with contiguous rows).
 pub fn gemm_backward_plus<Be: Backend>(
     be: &Be,
     desc: &Gemm,
