@@ -23,7 +23,8 @@ struct GemmParams {
     uint32_t has_bias, has_r, has_z;
     float alpha, beta;
     uint32_t off_a, off_b, off_bias, off_r, off_c, off_z;  // offsets: WGSL only (CUDA takes views)
-    uint32_t a_cs, b_cs, c_cs, pad1, pad2;                // inner strides (1 = contiguous)
+    uint32_t a_cs, b_cs, c_cs;                             // inner strides (1 = contiguous)
+    uint32_t bias_bs, bias_cs;                            // bias element (b, n) at b·bias_bs + n·bias_cs
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ __device__ __forceinline__ void epilogue2(const GemmParams& p, const T* __restri
     for (int j = 0; j < 2; ++j) {
         const uint32_t c = col + j;
         if (j == 1 && !two) break;
-        if (p.has_bias) v[j] += to_f32(bias[c]);
+        if (p.has_bias) v[j] += to_f32(bias[(size_t)bz * p.bias_bs + (size_t)c * p.bias_cs]);
         pre[j] = v[j];
         if (c < p.act_cols) v[j] = act_apply(p.act, v[j]);
         if (p.has_r) v[j] += p.beta * to_f32(R[(size_t)bz * p.sr + (size_t)row * p.ldr + c]);
@@ -560,8 +561,9 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
                     const int j = q * 8 + jj;
                     const int lr = warp * 16 + lane / 4, lc = jj * 8 + (lane % 4) * 2;
                     const uint32_t gc = n0 + j * 8 + (lane % 4) * 2;
-                    const float b0 = (p.has_bias && gc < p.n) ? to_f32(bias[gc]) : 0.0f;
-                    const float b1 = (p.has_bias && gc + 1 < p.n) ? to_f32(bias[gc + 1]) : 0.0f;
+                    const size_t bb = (size_t)bz * p.bias_bs;
+                    const float b0 = (p.has_bias && gc < p.n) ? to_f32(bias[bb + (size_t)gc * p.bias_cs]) : 0.0f;
+                    const float b1 = (p.has_bias && gc + 1 < p.n) ? to_f32(bias[bb + (size_t)(gc + 1) * p.bias_cs]) : 0.0f;
                     // 8-column groups are XOR-permuted by row (bank spread; groups stay contiguous).
                     const int g0 = (lc ^ ((lr & 7) << 3)), g1 = (lc ^ (((lr + 8) & 7) << 3));
                     *reinterpret_cast<float2*>(stage + lr * 64 + g0) = make_float2(p.alpha * d[4 * j] + b0, p.alpha * d[4 * j + 1] + b1);

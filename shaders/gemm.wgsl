@@ -13,7 +13,7 @@ struct Params {
     has_bias: u32, has_r: u32, has_z: u32, alpha: f32,
     beta: f32, off_a: u32, off_b: u32, off_bias: u32,
     off_r: u32, off_c: u32, off_z: u32, a_cs: u32,
-    b_cs: u32, c_cs: u32, pad1: u32, pad2: u32,
+    b_cs: u32, c_cs: u32, bias_bs: u32, bias_cs: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -143,7 +143,7 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         for (var j = 0u; j < count; j = j + 1u) {
             let gn = gn0 + j;
             var v = p.alpha * acc[i][j];
-            if (p.has_bias != 0u) { v = v + ld_bias(p.off_bias + gn); }
+            if (p.has_bias != 0u) { v = v + ld_bias(p.off_bias + bz * p.bias_bs + gn * p.bias_cs); }
             pre[j] = v;
             if (gn < p.act_cols) { v = activate(p.act, v); }
             if (p.has_r != 0u) { v = v + p.beta * ld_r(p.off_r + bz * p.sr + gm * p.ldr + gn); }

@@ -28,6 +28,10 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         case("257x520x512 bias gelu_erf (several tiles each way)", Gemm::new(257, 520, 512).bias(true).act(Activation::GeluErf)),
         case("interleaved: A inner 3, C inner 2, batches 1 apart (BlockShuffle's gather/store)",
             Gemm::new(9, 11, 6).batch(2).inner_strides(3, 1, 2).lda(3 * 6 + 1).strides(1, 11 * 6, 1).ldc(2 * 11 + 1).bias(true).act(Activation::Silu)),
+        case(
+            "batches side by side in C's rows, interleaved bias",
+            Gemm::new(6, 5, 4).batch(3).inner_strides(1, 1, 3).ldc(15).strides(24, 20, 1).bias(true).bias_strides(1, 3).act(Activation::GeluErf),
+        ),
         case("128x128x256 all options", Gemm::new(128, 128, 256).bias(true).act(Activation::GeluErf).act_cols(64).residual(None).alpha(1.5).beta(0.5)),
     ]
 }
@@ -41,6 +45,10 @@ pub fn gemm_backward_cases() -> Vec<GemmCase> {
         case("bwd batch 2 of 30x20x50 gelu_tanh", Gemm::new(30, 20, 50).batch(2).bias(true).act(Activation::GeluTanh)),
         case("bwd interleaved A and B (inner 2 and 3), batches 1 apart", Gemm::new(7, 5, 6).batch(2).inner_strides(2, 3, 1).lda(13).ldb(17).strides(1, 1, 35).act(Activation::Relu)),
         case("bwd interleaved C (inner 2), batches 1 apart, no activation", Gemm::new(6, 5, 4).batch(2).inner_strides(1, 1, 2).ldc(11).strides(4 * 6, 5 * 4, 1)),
+        case(
+            "bwd batches side by side in C's rows, interleaved bias, gelu_erf",
+            Gemm::new(6, 5, 4).batch(3).inner_strides(1, 1, 3).ldc(15).strides(24, 20, 1).bias(true).bias_strides(1, 3).act(Activation::GeluErf),
+        ),
     ]
 }
 

@@ -79,10 +79,11 @@ fn structured_ffn_block_matches_the_dense_reference() {
         (Structured::LowRank { inp: 24, out: 64, rank: 10 }, Structured::LowRank { inp: 64, out: 24, rank: 10 }),
         (Structured::BlockDense { inp: 24, out: 64, rank: 16, blocks: 4 }, Structured::BlockDense { inp: 64, out: 24, rank: 16, blocks: 4 }),
         (Structured::LowRank { inp: 24, out: 64, rank: 12 }, Structured::BlockDense { inp: 64, out: 24, rank: 8, blocks: 2 }),
+        (Structured::BlockShuffle { inp: 24, out: 64, blocks: 4, inner: 5 }, Structured::BlockShuffle { inp: 64, out: 24, blocks: 4, inner: 6 }),
+        (Structured::BlockShuffle { inp: 24, out: 64, blocks: 2, inner: 8 }, Structured::LowRank { inp: 64, out: 24, rank: 10 }),
     ];
-    for (s1, s2) in pairs {
+    for ((s1, s2), dtype) in pairs.into_iter().flat_map(|p| DType::ALL.map(move |d| (p, d))) {
         let f = StructuredFfn { tokens, s1, s2, act: Activation::GeluErf };
-        let dtype = DType::F32;
         let fac = |l: &Structured, seed: u64| {
             let (a, b) = l.factor_lens();
             (scaled(dtype, a, 0.5, seed), scaled(dtype, b, 0.5, seed + 1))
@@ -103,7 +104,7 @@ fn structured_ffn_block_matches_the_dense_reference() {
                 let fr = [&fs[0], &fs[1], &fs[2], &fs[3]];
                 let (xb, bb1, bb2) = (up(&x), up(&bias1), up(&bias2));
                 let (y, saved) = f.forward(be, &xb, fr, &bb1, &bb2).expect("forward");
-                let what = format!("{} {s1:?} → {s2:?}", dev.name());
+                let what = format!("{} {dtype} {s1:?} → {s2:?}", dev.name());
                 assert_close(&format!("{what} y"), &dl(be, &y), &y_ref, dtype);
                 let g = f.backward(be, &xb, fr, &saved, &up(&dy)).expect("backward");
                 assert_close(&format!("{what} dx"), &dl(be, &g[0]), &g_ref.0, dtype);

@@ -61,7 +61,7 @@ pub fn forward(desc: &Gemm, a: &[f32], b: &[f32], bias: Option<&[f32]>, r: Optio
                 }
                 let mut v = desc.alpha as f64 * acc;
                 if let Some(bias) = bias {
-                    v += bias[j] as f64;
+                    v += bias[bt * desc.bias_batch_stride + j * desc.bias_inner] as f64;
                 }
                 let o = (bt * desc.m + i) * desc.n + j;
                 z[o] = v;
@@ -98,14 +98,15 @@ pub fn backward(desc: &Gemm, a: &[f32], b: &[f32], z: &[f64], dc: &[f64]) -> (Ve
     // dA and dB in exactly the layouts of A and B (as the devices write them).
     let mut da = vec![0.0; ao.required_len(batch)];
     let mut db = vec![0.0; bo.required_len(batch)];
-    let mut dbias = vec![0.0; n];
+    // dbias in the bias's own layout (shared [N], or strided like an interleaved C).
+    let mut dbias = vec![0.0; desc.bias_len().max(n)];
     let da_index = |bt: usize, i: usize, p: usize| ao.index(bt, i, p);
     let db_index = |bt: usize, j: usize, p: usize| bo.index(bt, j, p);
     for bt in 0..batch {
         for i in 0..m {
             for j in 0..n {
                 let g = dcp[(bt * m + i) * n + j];
-                dbias[j] += g;
+                dbias[bt * desc.bias_batch_stride + j * desc.bias_inner] += g;
                 for p in 0..k {
                     da[da_index(bt, i, p)] += alpha * g * b[bo.index(bt, j, p)] as f64;
                     db[db_index(bt, j, p)] += alpha * g * a[ao.index(bt, i, p)] as f64;

@@ -121,6 +121,10 @@ pub struct Gemm {
     pub inner_a: usize,
     pub inner_b: usize,
     pub inner_c: usize,
+    /// Bias element `n` of batch `b` is at `b·bias_batch_stride + n·bias_inner` (defaults 0 and 1:
+    /// one `[N]` bias for every batch). An interleaved C takes a bias with the same interleave.
+    pub bias_batch_stride: usize,
+    pub bias_inner: usize,
     /// Batch strides (elements); `None` = compact. A stride of 0 broadcasts the operand.
     pub stride_a: Option<usize>,
     pub stride_b: Option<usize>,
@@ -180,6 +184,8 @@ impl Gemm {
             inner_a: 1,
             inner_b: 1,
             inner_c: 1,
+            bias_batch_stride: 0,
+            bias_inner: 1,
             stride_a: None,
             stride_b: None,
             stride_c: None,
@@ -259,6 +265,19 @@ impl Gemm {
         self.inner_b = b;
         self.inner_c = c;
         self
+    }
+    /// Bias strides (see the fields).
+    pub fn bias_strides(mut self, batch_stride: usize, inner: usize) -> Self {
+        self.bias_batch_stride = batch_stride;
+        self.bias_inner = inner;
+        self
+    }
+    /// The number of bias elements the descriptor reaches.
+    pub fn bias_len(&self) -> usize {
+        if self.n == 0 || self.batch == 0 {
+            return 0;
+        }
+        (self.batch - 1) * self.bias_batch_stride + (self.n - 1) * self.bias_inner.max(1) + 1
     }
     pub fn stride_r(mut self, r: usize) -> Self {
         self.stride_r = Some(r);
@@ -391,7 +410,9 @@ impl Gemm {
         need("B", b, self.b())?;
         need("C", c, self.c())?;
         match (self.bias, bias) {
-            (true, Some(len)) if len < self.n => return Err(Error::shape(OP, format!("bias holds {len} elements, N = {}", self.n))),
+            (true, Some(len)) if len < self.bias_len() => {
+                return Err(Error::shape(OP, format!("bias holds {len} elements, the descriptor reaches {}", self.bias_len())))
+            }
             (true, None) => return Err(Error::shape(OP, "the descriptor has a bias but none was given")),
             (false, Some(_)) => return Err(Error::shape(OP, "a bias was given but the descriptor has none (set .bias(true))")),
             _ => {}
@@ -445,7 +466,8 @@ impl Gemm {
             a_cs: self.inner_a as u32,
             b_cs: self.inner_b as u32,
             c_cs: self.inner_c as u32,
-            pad: [0; 2],
+            bias_bs: self.bias_batch_stride as u32,
+            bias_cs: self.bias_inner as u32,
         }
     }
 }
@@ -486,7 +508,9 @@ pub struct GemmParams {
     pub a_cs: u32,
     pub b_cs: u32,
     pub c_cs: u32,
-    pub pad: [u32; 2],
+    /// Bias batch stride and inner stride.
+    pub bias_bs: u32,
+    pub bias_cs: u32,
 }
 
 /// Gradients from [`gemm_backward`]. `da` and `db` have exactly the layouts of A and B (their
@@ -543,12 +567,23 @@ pub fn gemm_backward_plus<Be: Backend>(
     let dtype = be.dtype_of(dc);
     let (m, n, k, batch) = (desc.m, desc.n, desc.k, desc.batch);
     let c_op = desc.c();
-    let compact = c_op.row_stride == n && c_op.col_stride == 1 && (batch == 1 || c_op.batch_stride == m * n);
     let act_cols = desc.act_cols_or_n();
     let needs_act = desc.act != Activation::Identity && act_cols > 0;
-    if desc.offsets.c != 0 || (!compact && (needs_act || desc.bias)) {
+    let shared_bias = desc.bias_batch_stride == 0 && desc.bias_inner == 1;
+    // The element-wise and column passes see dC as a compact matrix: either [batch·M, N]
+    // (batches stacked), or [M, batch·N] when every row of C holds all batches side by side
+    // (BlockShuffle's interleaved store) and the bias is laid out like such a row.
+    let stacked = c_op.row_stride == n && c_op.col_stride == 1 && (batch == 1 || c_op.batch_stride == m * n) && shared_bias;
+    let side_by_side = c_op.row_stride == batch * n
+        && ((c_op.batch_stride == 1 && c_op.col_stride == batch) || (c_op.batch_stride == n && c_op.col_stride == 1))
+        && (!desc.bias || (desc.bias_batch_stride == c_op.batch_stride && desc.bias_inner == c_op.col_stride))
+        && (!needs_act || act_cols == n);
+    let (rows_v, cols_v) = if stacked { (batch * m, n) } else { (m, batch * n) };
+    if desc.offsets.c != 0 || ((needs_act || desc.bias) && !stacked && !side_by_side) {
         return Err(Error::Unsupported(
-            "gemm backward: dC (and Z) must be at offset 0, and compact [batch, M, N] when there is an activation or a bias".into(),
+            "gemm backward: dC (and Z) must be at offset 0 and, with an activation or a bias, form one compact matrix \
+             (batches stacked, or side by side in each row with a matching bias)"
+                .into(),
         ));
     }
     if batch > 1 && (desc.stride_b == Some(0) || desc.stride_a == Some(0)) {
@@ -568,13 +603,14 @@ pub fn gemm_backward_plus<Be: Backend>(
             return Err(Error::shape(OP, "Z is shorter than C"));
         }
         let mut out = be.alloc(dtype, batch * m * n)?;
-        be.act_grad(&ActGrad { rows: batch * m, cols: n, act: desc.act, act_cols }, dc, z, &mut out)?;
+        let act_cols_v = if stacked { act_cols } else { cols_v };
+        be.act_grad(&ActGrad { rows: rows_v, cols: cols_v, act: desc.act, act_cols: act_cols_v }, dc, z, &mut out)?;
         dcp_owned = out;
         &dcp_owned
     };
     let dbias = if desc.bias {
-        let mut out = be.alloc(dtype, n)?;
-        be.col_sum(batch * m, n, dcp, &mut out)?;
+        let mut out = be.alloc(dtype, cols_v)?;
+        be.col_sum(rows_v, cols_v, dcp, &mut out)?;
         Some(out)
     } else {
         None
@@ -658,7 +694,7 @@ impl GemmInputs {
         GemmInputs {
             a: t(desc.a().required_len(desc.batch), 1),
             b: t(desc.b().required_len(desc.batch), 2),
-            bias: desc.bias.then(|| t(desc.n, 3)),
+            bias: desc.bias.then(|| t(desc.bias_len(), 3)),
             r: desc.residual.then(|| t(desc.r().required_len(desc.batch), 4)),
         }
     }

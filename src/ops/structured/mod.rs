@@ -189,14 +189,19 @@ impl StructuredFfn {
         self.check()?;
         let [a1, mut b1] = self.s1.stages(tokens, 1.0)?;
         let [a2, mut b2] = self.s2.stages(tokens, 1.0)?;
-        if b1.desc.inner_c != 1 || b2.desc.inner_c != 1 {
-            // Interleaved outputs cannot carry the bias/activation epilogue per element in the
-            // backward (it needs compact dC'); BlockShuffle's bias and activation go through a
-            // compact copy instead. Not offered yet.
-            return Err(Error::Unsupported("structured FFN with a BlockShuffle layer: the interleaved store cannot carry the bias + activation epilogue".into()));
-        }
-        b1.desc = b1.desc.bias(true).act(self.act);
-        b2.desc = b2.desc.bias(true);
+        // The bias follows the output's interleave (BlockShuffle stores feature s'·k + l from
+        // batch l, column s'), so feature f always gets bias[f].
+        let with_bias = |d: Gemm| {
+            let c = d.c();
+            let d = d.bias(true);
+            if d.inner_c != 1 {
+                d.bias_strides(c.batch_stride, c.col_stride)
+            } else {
+                d
+            }
+        };
+        b1.desc = with_bias(b1.desc).act(self.act);
+        b2.desc = with_bias(b2.desc);
         Ok(([a1, b1], [a2, b2]))
     }
 
