@@ -313,3 +313,75 @@ fn operands_at_offsets_in_owned_buffers() {
     let d = Gemm::new(1, 1, 1).offsets(GemmOffsets { a: 9, ..Default::default() });
     assert!(matches!(be.gemm(&d, &small, &small, None, None, &mut c, None), Err(Error::Shape { .. })));
 }
+
+/// Seeded random descriptors (layouts, batches, row and inner strides, offsets, bias strides,
+/// activations, partial activation, residual slices) on every backend against the reference.
+#[test]
+fn random_descriptors_match_the_reference() {
+    use ffkern::ops::gemm::GemmOffsets;
+    use ffkern::{ALayout, BLayout, SplitMix64};
+    let mut rng = SplitMix64::new(2026);
+    let mut pick = |n: u64| (rng.next_u64() % n) as usize;
+    let cpu = ffkern::Device::Cpu(ffkern::Cpu);
+    let mut devices = common::device_backends();
+    devices.push(&cpu);
+    for case in 0..40 {
+        let (m, n, k, batch) = (1 + pick(40), 1 + pick(40), 1 + pick(40), 1 + pick(3));
+        let (ia, ib) = (1 + pick(2), 1 + pick(2));
+        let act = Activation::ALL[pick(5)];
+        let mut d = Gemm::new(m, n, k).batch(batch).act(act).alpha(0.5 + pick(3) as f32 * 0.5);
+        d.a_layout = if pick(2) == 0 { ALayout::MK } else { ALayout::KM };
+        d.b_layout = if pick(2) == 0 { BLayout::NK } else { BLayout::KN };
+        d.inner_a = ia;
+        d.inner_b = ib;
+        let a_row = if d.a_layout == ALayout::MK { k } else { m };
+        let b_row = if d.b_layout == BLayout::NK { k } else { n };
+        d.lda = Some((a_row - 1) * ia + 1 + pick(3));
+        d.ldb = Some((b_row - 1) * ib + 1 + pick(3));
+        d.ldc = Some(n + pick(3));
+        if pick(2) == 0 {
+            d = d.act_cols(pick(n as u64 + 1));
+        }
+        if pick(2) == 0 {
+            d = d.bias(true);
+            if batch > 1 && pick(2) == 0 {
+                d = d.bias_strides(n, 1);
+            }
+        }
+        if pick(2) == 0 {
+            d = d.residual(Some(n + pick(4))).beta(-0.5);
+        }
+        if batch > 1 && pick(3) == 0 {
+            d.stride_b = Some(0);
+        }
+        d.offsets = GemmOffsets { a: pick(5), b: pick(5), bias: pick(5), r: pick(5), c: pick(5) };
+        for dtype in DType::ALL {
+            let x = GemmInputs::random(&d, dtype, case);
+            let (c_ref, _) = x.reference(&d);
+            let o = d.offsets;
+            let pad = |t: &HostTensor, off: usize| {
+                let mut v = vec![0.25f32; off];
+                v.extend_from_slice(&t.data);
+                HostTensor::new(dtype, vec![v.len()], v).expect("pad")
+            };
+            let c_len = o.c + d.c().required_len(batch);
+            for dev in &devices {
+                let got = with_backend!(*dev, be => {
+                    let up = |t: &HostTensor| be.upload(t).expect("upload");
+                    let (a, b) = (up(&pad(&x.a, o.a)), up(&pad(&x.b, o.b)));
+                    let bias = x.bias.as_ref().map(|t| up(&pad(t, o.bias)));
+                    let r = x.r.as_ref().map(|t| up(&pad(t, o.r)));
+                    let mut c = up(&HostTensor::new(dtype, vec![c_len], vec![f32::NAN; c_len]).expect("c"));
+                    be.gemm(&d, &a, &b, bias.as_ref(), r.as_ref(), &mut c, None).unwrap_or_else(|e| panic!("case {case} {d:?}: {e}"));
+                    be.download(&c).expect("c").data
+                });
+                let co = d.c();
+                let out: Vec<f32> = (0..batch)
+                    .flat_map(|bt| (0..m).flat_map(move |i| (0..n).map(move |j| (bt, i, j))))
+                    .map(|(bt, i, j)| got[o.c + co.index(bt, i, j)])
+                    .collect();
+                assert_close(&format!("{} {dtype} random case {case} {d:?}", dev.name()), &out, &c_ref, dtype);
+            }
+        }
+    }
+}
