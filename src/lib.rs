@@ -9,6 +9,22 @@
 //! - convenience, for people and tests: the [`Backend`] trait with owned buffers
 //!   (`upload`/`download`) implemented by [`Cpu`], `WgpuContext` and `CudaRuntime`, and the
 //!   [`Device`] enum that picks the best backend present.
+//!
+//! ```
+//! use ffkern::{Activation, Backend, Cpu, DType, Gemm, HostTensor};
+//! # fn main() -> ffkern::Result<()> {
+//! let be = Cpu; // or WgpuContext::new()? or CudaRuntime::new(0)? — the same calls follow
+//! // C = relu(A·Bᵀ + bias) for A [2, 3], B [2, 3] (the [out, in] weight layout), bias [2].
+//! let desc = Gemm::new(2, 2, 3).bias(true).act(Activation::Relu);
+//! let a = be.upload(&HostTensor::new(DType::F32, vec![6], vec![1., 2., 3., 4., 5., 6.])?)?;
+//! let b = be.upload(&HostTensor::new(DType::F32, vec![6], vec![1., 0., 0., 0., 0., -1.])?)?;
+//! let bias = be.upload(&HostTensor::new(DType::F32, vec![2], vec![0.5, 0.5])?)?;
+//! let mut c = be.alloc(DType::F32, 4)?;
+//! be.gemm(&desc, &a, &b, Some(&bias), None, &mut c, None)?;
+//! assert_eq!(be.download(&c)?.data, vec![1.5, 0.0, 4.5, 0.0]);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod bench;
 pub mod check;
