@@ -190,3 +190,24 @@ fn bad_shapes_are_rejected() {
         assert!(matches!(bad.forward(&be, 1, &x, &x, &x, 1.0), Err(Error::Shape { .. })), "{bad:?}");
     }
 }
+
+/// Both forms of a pre-merged layer give the reference output; the form follows the crossover.
+#[test]
+fn premerged_layer_switches_form_by_token_count() {
+    let layer = Structured::BlockShuffle { inp: 32, out: 16, blocks: 4, inner: 6 };
+    let (l1, l2) = layer.factor_lens();
+    let (f1, f2) = (scaled(DType::F32, l1, 0.5, 1), scaled(DType::F32, l2, 0.5, 2));
+    for dev in devices_and_cpu() {
+        with_backend!(dev, be => {
+            let mut pm = structured::PreMerged::new(be, layer, &f1, &f2).expect("premerge");
+            pm.crossover = 8;
+            for (tokens, form) in [(3usize, Form::Dense), (8, Form::Structured), (20, Form::Structured)] {
+                let x = scaled(DType::F32, tokens * 32, 1.0, tokens as u64);
+                let reference = structured::cpu::forward(&layer, tokens, &x.data, &f1.data, &f2.data);
+                let (y, used) = pm.forward(be, tokens, &be.upload(&x).expect("x")).expect("forward");
+                assert_eq!(used, form);
+                assert_close(&format!("{} pre-merged {tokens} tokens", dev.name()), &dl(be, &y), &reference, DType::F32);
+            }
+        });
+    }
+}

@@ -333,3 +333,48 @@ pub fn measure_crossover<Be: Backend>(be: &Be, layer: &Structured, dtype: DType,
     }
     Ok(max_tokens + 1)
 }
+
+/// A structured layer kept in both forms on one backend: the factors and the pre-merged dense
+/// weight, with the form for each call chosen by token count against `crossover`
+/// ([`choose_form`]). Calibrate the crossover on the backend in use with [`Self::calibrate`];
+/// until then it is `DEFAULT_CROSSOVER`.
+pub struct PreMerged<B> {
+    pub layer: Structured,
+    pub f1: B,
+    pub f2: B,
+    pub dense: B,
+    pub crossover: usize,
+}
+
+/// The crossover used before calibration. Measured with `measure_crossover` on lavapipe
+/// (2 cores) for LowRank 256→1024 rank 64, BlockDense 256→1024 rank 96 in 4 blocks and
+/// BlockShuffle 256→256 in 4 blocks of 64: the structured form is faster from 1 token on, so 1.
+/// No GPU measurement yet: on a GPU, where the extra launch costs more than the saved work at
+/// small token counts, run [`PreMerged::calibrate`].
+pub const DEFAULT_CROSSOVER: usize = 1;
+
+impl<B> PreMerged<B> {
+    /// Uploads the factors and their dense merge (`to_dense`, both permutations included).
+    pub fn new<Be: Backend<Buf = B>>(be: &Be, layer: Structured, f1: &HostTensor, f2: &HostTensor) -> Result<Self> {
+        let dense = layer.to_dense(&f1.data, &f2.data, f1.dtype)?;
+        Ok(PreMerged { layer, f1: be.upload(f1)?, f2: be.upload(f2)?, dense: be.upload(&dense)?, crossover: DEFAULT_CROSSOVER })
+    }
+
+    /// Measures the crossover on `be` (see [`measure_crossover`]) and keeps it.
+    pub fn calibrate<Be: Backend<Buf = B>>(&mut self, be: &Be, max_tokens: usize, reps: usize) -> Result<usize> {
+        self.crossover = measure_crossover(be, &self.layer, be.dtype_of(&self.f1), max_tokens, reps)?;
+        Ok(self.crossover)
+    }
+
+    /// `y = S(x)` for `tokens` rows, in the form the crossover picks; returns the form used.
+    pub fn forward<Be: Backend<Buf = B>>(&self, be: &Be, tokens: usize, x: &B) -> Result<(B, Form)> {
+        match choose_form(tokens, self.crossover) {
+            Form::Dense => {
+                let mut y = be.alloc(be.dtype_of(x), tokens * self.layer.out())?;
+                be.gemm(&Gemm::new(tokens, self.layer.out(), self.layer.inp()), x, &self.dense, None, None, &mut y, None)?;
+                Ok((y, Form::Dense))
+            }
+            Form::Structured => Ok((self.layer.forward(be, tokens, x, &self.f1, &self.f2, 1.0)?.0, Form::Structured)),
+        }
+    }
+}
