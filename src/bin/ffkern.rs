@@ -178,18 +178,30 @@ enum RunOp {
     Lowrank {
         #[command(flatten)]
         io: Io,
+        /// Self-guided mixing (SPEC §4): with a tensor `wg` [out, in], writes
+        /// y = α·x·wgᵀ + (1 − α)·S(x); α = 0 skips the dense branch.
+        #[arg(long)]
+        alpha: Option<f32>,
     },
     /// BlockDense layer (SPEC §4): tensors `x` [T, in], `d` [nb, r/nb, in/nb], `l` [out, r]. Writes `y`.
     #[command(name = "blockdense")]
     Blockdense {
         #[command(flatten)]
         io: Io,
+        /// Self-guided mixing (SPEC §4): with a tensor `wg` [out, in], writes
+        /// y = α·x·wgᵀ + (1 − α)·S(x); α = 0 skips the dense branch.
+        #[arg(long)]
+        alpha: Option<f32>,
     },
     /// BlockShuffle layer (SPEC §4): tensors `x` [T, in], `d1` [k, q, in/k], `d2` [k, out/k, q]. Writes `y`.
     #[command(name = "blockshuffle")]
     Blockshuffle {
         #[command(flatten)]
         io: Io,
+        /// Self-guided mixing (SPEC §4): with a tensor `wg` [out, in], writes
+        /// y = α·x·wgᵀ + (1 − α)·S(x); α = 0 skips the dense branch.
+        #[arg(long)]
+        alpha: Option<f32>,
     },
     /// N standard normals of step --step from --seed (SPEC §7), written as `z` (f32).
     #[command(name = "philox_normal")]
@@ -583,9 +595,9 @@ fn run_op(op: RunOp) -> Result<ExitCode> {
         RunOp::Ffn { io, act, residual } => run_ffn(&io, act.parse()?, residual),
         RunOp::RepavitReparam { io, theta, eps, dtype } => run_repavit_reparam(&io, theta, eps, dtype.parse()?),
         RunOp::RepavitFfn { io } => run_repavit_ffn(&io),
-        RunOp::Lowrank { io } => run_structured(&io, "lowrank"),
-        RunOp::Blockdense { io } => run_structured(&io, "blockdense"),
-        RunOp::Blockshuffle { io } => run_structured(&io, "blockshuffle"),
+        RunOp::Lowrank { io, alpha } => run_structured(&io, "lowrank", alpha),
+        RunOp::Blockdense { io, alpha } => run_structured(&io, "blockdense", alpha),
+        RunOp::Blockshuffle { io, alpha } => run_structured(&io, "blockshuffle", alpha),
         RunOp::PhiloxNormal { n, seed, step, output, backend } => {
             let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
             let mut z = with_backend!(&dev, be => ffkern::ops::optim::philox_normal_host(be, n, seed, step))?;
@@ -766,7 +778,7 @@ fn run_repavit_ffn(io: &Io) -> Result<ExitCode> {
     finish(OP, &dev, &io.output, &[("y", &y)])
 }
 
-fn run_structured(io: &Io, kind: &'static str) -> Result<ExitCode> {
+fn run_structured(io: &Io, kind: &'static str, alpha: Option<f32>) -> Result<ExitCode> {
     use ffkern::ops::structured::Structured;
     let mut t = read_tensors(&io.input)?;
     let x = take(&mut t, "x", &io.input)?;
@@ -797,9 +809,23 @@ fn run_structured(io: &Io, kind: &'static str) -> Result<ExitCode> {
         }
     };
     same_dtypes(kind, &[("x", &x), ("factor 1", &f1), ("factor 2", &f2)])?;
+    let wg = match alpha {
+        Some(_) => {
+            let wg = take(&mut t, "wg", &io.input)?;
+            if wg.shape != [layer.out(), inp] || wg.dtype != x.dtype {
+                return Err(shape_err(kind, format!("wg must be [{}, {inp}] in x's dtype, got {:?} {}", layer.out(), wg.shape, wg.dtype)));
+            }
+            Some(wg)
+        }
+        None => None,
+    };
     let dev = open_device(&io.backend)?;
     let mut y = with_backend!(&dev, be => {
-        let (y, _) = layer.forward(be, tokens, &be.upload(&x)?, &be.upload(&f1)?, &be.upload(&f2)?, 1.0)?;
+        let (xb, f1b, f2b) = (be.upload(&x)?, be.upload(&f1)?, be.upload(&f2)?);
+        let y = match (alpha, &wg) {
+            (Some(a), Some(wg)) => ffkern::ops::structured::SelfGuided { tokens, layer }.forward(be, &xb, &be.upload(wg)?, &f1b, &f2b, a)?.0,
+            _ => layer.forward(be, tokens, &xb, &f1b, &f2b, 1.0)?.0,
+        };
         be.download(&y)?
     });
     y.shape = vec![tokens, layer.out()];
