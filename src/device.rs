@@ -3,6 +3,7 @@
 
 use crate::ops::gemm::{ActGrad, Gemm};
 use crate::ops::ffn::BnParams;
+use crate::ops::linattn::LinAttnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
@@ -62,6 +63,11 @@ pub trait Backend {
     /// `[dγ | dβ]` into `stats[4C..6C]`.
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_backward(&self, p: &BnParams, x: &Self::Buf, dy: &Self::Buf, affine: &Self::Buf, stats: &mut Self::Buf, extra: Option<&Self::Buf>, dx: &mut Self::Buf) -> Result<()>;
+
+    /// Causal linear attention, fused recurrent form (see `ops::linattn::LinearAttention::recurrent`,
+    /// which checks the buffers): `state` (f32) and `z` (f32) in as the initial state, out as the final.
+    #[allow(clippy::too_many_arguments)]
+    fn linattn_recurrent(&self, p: &LinAttnParams, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, state: &mut Self::Buf, z: &mut Self::Buf, o: &mut Self::Buf) -> Result<()>;
 }
 
 /// Checks that every operand has the dtype of the first.

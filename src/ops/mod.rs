@@ -4,5 +4,6 @@
 
 pub mod ffn;
 pub mod gemm;
+pub mod linattn;
 pub mod optim;
 pub mod structured;

@@ -4,6 +4,7 @@
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{self, ActGrad, Gemm};
 use crate::ops::ffn::{self, BatchNorm, BatchNormDesc, BnParams};
+use crate::ops::linattn::{self, FeatureMap, LinAttnParams, LinearAttention, Normalize};
 use crate::ops::optim::{self, OptimParams};
 use crate::{DType, Error, HostTensor, Result};
 
@@ -177,6 +178,21 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn linattn_recurrent(&self, p: &LinAttnParams, q: &HostTensor, k: &HostTensor, v: &HostTensor, state: &mut HostTensor, z: &mut HostTensor, o: &mut HostTensor) -> Result<()> {
+        let d = Cpu::linattn_desc(p);
+        let (out, s, zf) = linattn::cpu::forward(&d, &q.data, &k.data, &v.data, Some(&state.data), Some(&z.data), p.count0 as usize);
+        for (dst, x) in o.data.iter_mut().zip(out) {
+            *dst = o.dtype.round(x as f32);
+        }
+        for (dst, x) in state.data.iter_mut().zip(s) {
+            *dst = x as f32;
+        }
+        for (dst, x) in z.data.iter_mut().zip(zf) {
+            *dst = x as f32;
+        }
+        Ok(())
+    }
+
     fn batchnorm_backward(&self, p: &BnParams, x: &HostTensor, dy: &HostTensor, affine: &HostTensor, stats: &mut HostTensor, extra: Option<&HostTensor>, dx: &mut HostTensor) -> Result<()> {
         let c = p.channels as usize;
         let (d, bn) = bn_host(p, affine, &vec![0.0; c], &vec![1.0; c]);
@@ -190,6 +206,29 @@ impl Backend for Cpu {
             stats.data[5 * c + ch] = db[ch] as f32;
         }
         Ok(())
+    }
+}
+
+impl Cpu {
+    fn linattn_desc(p: &LinAttnParams) -> LinearAttention {
+        LinearAttention {
+            batch: p.batch as usize,
+            seq: p.seq as usize,
+            heads: p.heads as usize,
+            k: p.k as usize,
+            v: p.v as usize,
+            feature_map: match p.feature_map {
+                1 => FeatureMap::Elu1,
+                2 => FeatureMap::Relu,
+                _ => FeatureMap::Identity,
+            },
+            scale: Some(p.scale),
+            normalize: match p.normalize {
+                1 => Normalize::Normalizer { eps: p.eps },
+                2 => Normalize::Count,
+                _ => Normalize::None,
+            },
+        }
     }
 }
 

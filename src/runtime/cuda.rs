@@ -11,6 +11,7 @@ use half::{bf16, f16};
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{ActGrad, Gemm};
 use crate::ops::ffn::BnParams;
+use crate::ops::linattn::LinAttnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
@@ -32,6 +33,7 @@ fn family_ptx(family: &str, ptx: Ptx) -> Result<&'static str> {
         ("gemm", Ptx::Sm90a) => Ok(include_str!(concat!(env!("OUT_DIR"), "/gemm.sm90a.ptx"))),
         ("optim", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"))),
         ("ffn", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/ffn.ptx"))),
+        ("linattn", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/linattn.ptx"))),
         (other, _) => Err(Error::Unsupported(format!("no CUDA kernel family '{other}'"))),
     }
 }
@@ -501,6 +503,20 @@ impl Backend for CudaRuntime {
             DType::F32 => go::<f32>(self, p, x, dy, &affine, &mut st, extra, dx),
             DType::F16 => go::<f16>(self, p, x, dy, &affine, &mut st, extra, dx),
             DType::BF16 => go::<bf16>(self, p, x, dy, &affine, &mut st, extra, dx),
+        }
+    }
+
+    fn linattn_recurrent(&self, p: &LinAttnParams, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, state: &mut CudaBuf, z: &mut CudaBuf, o: &mut CudaBuf) -> Result<()> {
+        let mut st = state.typed_mut::<f32>()?.as_view_mut();
+        let mut zv = z.typed_mut::<f32>()?.as_view_mut();
+        #[allow(clippy::too_many_arguments)]
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, st: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, o: &mut CudaBuf) -> Result<()> {
+            crate::ops::linattn::cuda::recurrent::<T>(rt, p, &q.typed::<T>()?.as_view(), &k.typed::<T>()?.as_view(), &v.typed::<T>()?.as_view(), st, z, &mut o.typed_mut::<T>()?.as_view_mut())
+        }
+        match q.dtype() {
+            DType::F32 => go::<f32>(self, p, q, k, v, &mut st, &mut zv, o),
+            DType::F16 => go::<f16>(self, p, q, k, v, &mut st, &mut zv, o),
+            DType::BF16 => go::<bf16>(self, p, q, k, v, &mut st, &mut zv, o),
         }
     }
 }

@@ -11,6 +11,7 @@ use wgpu::util::DeviceExt;
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{ActGrad, Gemm};
 use crate::ops::ffn::BnParams;
+use crate::ops::linattn::LinAttnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
@@ -101,6 +102,7 @@ pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
         "gemm" => include_str!("../../shaders/gemm.wgsl"),
         "optim" => include_str!("../../shaders/optim.wgsl"),
         "ffn" => include_str!("../../shaders/ffn.wgsl"),
+        "linattn" => include_str!("../../shaders/linattn.wgsl"),
         other => return Err(Error::Unsupported(format!("no WGSL family '{other}'"))),
     };
     Ok(format!("{dt}\n{}\n{body}", include_str!("../../shaders/_common.wgsl")))
@@ -578,5 +580,10 @@ impl Backend for WgpuContext {
     fn batchnorm_backward(&self, p: &BnParams, x: &WgpuBuffer, dy: &WgpuBuffer, affine: &WgpuBuffer, stats: &mut WgpuBuffer, extra: Option<&WgpuBuffer>, dx: &mut WgpuBuffer) -> Result<()> {
         same_dtype("batchnorm", &[("x", x.dtype), ("dy", dy.dtype), ("dx", dx.dtype)])?;
         crate::ops::ffn::wgpu::batchnorm_backward(self, p, x.dtype, &x.buffer, &dy.buffer, &affine.buffer, &stats.buffer, extra.map(|t| &t.buffer), &dx.buffer)
+    }
+
+    fn linattn_recurrent(&self, p: &LinAttnParams, q: &WgpuBuffer, k: &WgpuBuffer, v: &WgpuBuffer, state: &mut WgpuBuffer, z: &mut WgpuBuffer, o: &mut WgpuBuffer) -> Result<()> {
+        let dtype = same_dtype("linear_attn", &[("q", q.dtype), ("k", k.dtype), ("v", v.dtype), ("o", o.dtype)])?;
+        crate::ops::linattn::wgpu::recurrent(self, p, dtype, &q.buffer, &k.buffer, &v.buffer, &state.buffer, &z.buffer, &o.buffer)
     }
 }

@@ -1,0 +1,125 @@
+// Causal linear attention, fused recurrent form (SPEC §5), which is also the decode step (T = 1).
+// One workgroup per (batch·head, 16 value columns); each invocation keeps its slice of the state
+// S (rows kl, kl + 16, … of 16 columns) in registers for the whole sequence, so the state is
+// read and written once per call; q̃, k̃, v of a step are staged in workgroup memory.
+
+struct Params {
+    batch: u32, seq: u32, heads: u32, k: u32,
+    v: u32, feature_map: u32, normalize: u32, eps: f32,
+    scale: f32, count0: u32, pad0: u32, pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q_buf: array<u32>;
+@group(0) @binding(2) var<storage, read> k_buf: array<u32>;
+@group(0) @binding(3) var<storage, read> v_buf: array<u32>;
+// The initial normalizer state, a copy: every value tile reads it while tile 0 writes the final
+// one into z_buf.
+@group(0) @binding(4) var<storage, read> z_init: array<f32>;
+@group(0) @binding(5) var<storage, read_write> state: array<f32>;
+@group(0) @binding(6) var<storage, read_write> z_buf: array<f32>;
+@group(0) @binding(7) var<storage, read_write> o_buf: array<atomic<u32>>;
+
+fn ld(which: u32, i: u32) -> f32 {
+    let w = i >> ELEM_SHIFT;
+    let h = i & ELEM_SHIFT;
+    switch which {
+        case 0u: { return unpack_elem(q_buf[w], h); }
+        case 1u: { return unpack_elem(k_buf[w], h); }
+        default: { return unpack_elem(v_buf[w], h); }
+    }
+}
+
+// One element of o; 16-bit halves are set with integer and/or (the word's other half belongs to
+// another invocation or workgroup).
+fn put_o(e: u32, v: f32) {
+    if (ELEM_SHIFT == 0u) {
+        atomicStore(&o_buf[e], pack_elem(v));
+    } else {
+        let w = e >> 1u;
+        let sh = (e & 1u) * 16u;
+        atomicAnd(&o_buf[w], ~(0xffffu << sh));
+        atomicOr(&o_buf[w], pack_elem(v) << sh);
+    }
+}
+
+fn phi(x: f32) -> f32 {
+    switch p.feature_map {
+        case 1u: { return select(exp(x), x + 1.0, x > 0.0); }
+        case 2u: { return max(x, 0.0); }
+        default: { return x; }
+    }
+}
+
+var<workgroup> qs: array<f32, 256>;
+var<workgroup> ks: array<f32, 256>;
+var<workgroup> zs: array<f32, 256>;
+var<workgroup> vs: array<f32, 16>;
+var<workgroup> red: array<f32, 272>; // [16 k-lanes][17]
+var<workgroup> zred: array<f32, 16>;
+var<workgroup> outv: array<f32, 16>;
+
+@compute @workgroup_size(256)
+fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let kl = lid / 16u;
+    let vl = lid % 16u;
+    let bh = wg.y;
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let col = wg.x * 16u + vl;
+    let nk = (p.k + 15u) / 16u;
+    var s: array<f32, 16>;
+    for (var i = 0u; i < nk; i = i + 1u) {
+        let ki = kl + 16u * i;
+        s[i] = 0.0;
+        if (ki < p.k && col < p.v) { s[i] = state[(bh * p.k + ki) * p.v + col]; }
+    }
+    if (lid < p.k) { zs[lid] = z_init[bh * p.k + lid]; }
+    for (var t = 0u; t < p.seq; t = t + 1u) {
+        let row = (b * p.seq + t) * p.heads + h;
+        if (lid < p.k) {
+            qs[lid] = p.scale * phi(ld(0u, row * p.k + lid));
+            let kt = phi(ld(1u, row * p.k + lid));
+            ks[lid] = kt;
+            zs[lid] = zs[lid] + kt;
+        }
+        if (lid < 16u) {
+            var vv = 0.0;
+            if (wg.x * 16u + lid < p.v) { vv = ld(2u, row * p.v + wg.x * 16u + lid); }
+            vs[lid] = vv;
+        }
+        workgroupBarrier();
+        var part = 0.0;
+        var zp = 0.0;
+        for (var i = 0u; i < nk; i = i + 1u) {
+            let ki = kl + 16u * i;
+            if (ki < p.k) {
+                s[i] = s[i] + ks[ki] * vs[vl];
+                part = part + s[i] * qs[ki];
+                zp = zp + qs[ki] * zs[ki];
+            }
+        }
+        red[kl * 17u + vl] = part;
+        if (vl == 0u) { zred[kl] = zp; }
+        workgroupBarrier();
+        if (lid < 16u) {
+            var n = 0.0;
+            for (var r = 0u; r < 16u; r = r + 1u) { n = n + red[r * 17u + lid]; }
+            var den = 1.0;
+            if (p.normalize == 1u) {
+                den = p.eps;
+                for (var r = 0u; r < 16u; r = r + 1u) { den = den + zred[r]; }
+            } else if (p.normalize == 2u) {
+                den = f32(p.count0 + t + 1u);
+            }
+            outv[lid] = n / den;
+        }
+        workgroupBarrier();
+        if (lid < 16u && wg.x * 16u + lid < p.v) { put_o(row * p.v + wg.x * 16u + lid, outv[lid]); }
+    }
+    for (var i = 0u; i < nk; i = i + 1u) {
+        let ki = kl + 16u * i;
+        if (ki < p.k && col < p.v) { state[(bh * p.k + ki) * p.v + col] = s[i]; }
+    }
+    if (wg.x == 0u && lid < p.k) { z_buf[bh * p.k + lid] = zs[lid]; }
+}

@@ -1,0 +1,176 @@
+//! Causal linear attention (SPEC §5; Katharopoulos et al.; flash-linear-attention's vocabulary
+//! and layout). Layout `q, k: [B, T, H, K]`, `v, o: [B, T, H, V]`, state `S: [B, H, K, V]`,
+//! normalizer state `z: [B, H, K]`.
+//!
+//! This first part holds the descriptor, the f64 references (quadratic masked form, recurrent
+//! form and the analytic backward, in [`cpu`]) and the fused recurrent forward with the
+//! single-token decode step as kernels (`kernels/linattn.cu`, `shaders/linattn.wgsl`). The
+//! chunkwise-parallel kernels and the device backward are not written yet.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use crate::{Backend, DType, Error, Result};
+
+const OP: &str = "linear_attn";
+
+/// The feature map φ applied to q and k.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureMap {
+    Identity = 0,
+    /// `elu(x) + 1`
+    Elu1 = 1,
+    Relu = 2,
+}
+
+impl std::str::FromStr for FeatureMap {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "identity" => Ok(FeatureMap::Identity),
+            "elu1" | "elu+1" => Ok(FeatureMap::Elu1),
+            "relu" => Ok(FeatureMap::Relu),
+            _ => Err(Error::Invalid(format!("unknown feature map '{s}' (identity, elu1, relu)"))),
+        }
+    }
+}
+
+/// How outputs are normalized.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Normalize {
+    None,
+    /// `o_t /= (q̃_t·z_t + eps)`, `z_t = z_{t−1} + k̃_t`.
+    Normalizer { eps: f32 },
+    /// `o_t /= (number of positions attended)` (the mesa-optimization 1/t form).
+    Count,
+}
+
+/// The descriptor of one linear-attention call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearAttention {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub k: usize,
+    pub v: usize,
+    pub feature_map: FeatureMap,
+    /// `None` = K^-½.
+    pub scale: Option<f32>,
+    pub normalize: Normalize,
+}
+
+/// The largest K and V the kernels take (the state of one head lives in shared/workgroup memory).
+pub const MAX_DIM: usize = 256;
+
+impl LinearAttention {
+    pub fn scale(&self) -> f32 {
+        self.scale.unwrap_or(1.0 / (self.k as f32).sqrt())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 || self.v == 0 || self.heads == 0 || self.batch == 0 {
+            return Err(Error::shape(OP, "batch, heads, K and V must be positive"));
+        }
+        if self.k > MAX_DIM || self.v > MAX_DIM {
+            return Err(Error::Unsupported(format!("linear attention: K = {} and V = {} must be at most {MAX_DIM}", self.k, self.v)));
+        }
+        if !self.scale().is_finite() {
+            return Err(Error::Invalid("linear attention: scale must be finite".into()));
+        }
+        if let Normalize::Normalizer { eps } = self.normalize {
+            if !(eps >= 0.0 && eps.is_finite()) {
+                return Err(Error::Invalid(format!("linear attention: eps {eps} must be finite and ≥ 0")));
+            }
+        }
+        let total = self.batch * self.seq * self.heads * self.k.max(self.v);
+        u32::try_from(total).map_err(|_| Error::Limit("linear attention: more than 2^32 elements".into()))?;
+        Ok(())
+    }
+
+    pub fn qk_len(&self) -> usize {
+        self.batch * self.seq * self.heads * self.k
+    }
+    pub fn vo_len(&self) -> usize {
+        self.batch * self.seq * self.heads * self.v
+    }
+    pub fn state_len(&self) -> usize {
+        self.batch * self.heads * self.k * self.v
+    }
+    pub fn z_len(&self) -> usize {
+        self.batch * self.heads * self.k
+    }
+
+    /// The kernel parameter block.
+    pub fn params(&self) -> LinAttnParams {
+        LinAttnParams {
+            batch: self.batch as u32,
+            seq: self.seq as u32,
+            heads: self.heads as u32,
+            k: self.k as u32,
+            v: self.v as u32,
+            feature_map: self.feature_map as u32,
+            normalize: match self.normalize {
+                Normalize::None => 0,
+                Normalize::Normalizer { .. } => 1,
+                Normalize::Count => 2,
+            },
+            eps: match self.normalize {
+                Normalize::Normalizer { eps } => eps,
+                _ => 0.0,
+            },
+            scale: self.scale(),
+            count0: 0,
+            pad: [0; 2],
+        }
+    }
+
+    /// The fused recurrent forward: `o` (`[B, T, H, V]`), and the state `S` (f32 `[B, H, K, V]`)
+    /// and normalizer `z` (f32 `[B, H, K]`) read as the initial state and left as the final
+    /// state (zero them for no initial state). `count0` is the number of positions already
+    /// attended before this call (for `Normalize::Count` when continuing a sequence).
+    #[allow(clippy::too_many_arguments)]
+    pub fn recurrent<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, state: &mut Be::Buf, z: &mut Be::Buf, count0: u32, o: &mut Be::Buf) -> Result<()> {
+        self.validate()?;
+        let dtype = be.dtype_of(q);
+        for (name, b, len) in [("q", q, self.qk_len()), ("k", k, self.qk_len()), ("v", v, self.vo_len()), ("o", &*o, self.vo_len())] {
+            if be.dtype_of(b) != dtype {
+                return Err(Error::dtype(OP, format!("{name} is {}, q is {dtype}", be.dtype_of(b))));
+            }
+            if be.len_of(b) < len {
+                return Err(Error::shape(OP, format!("{name} holds {} elements, needs {len}", be.len_of(b))));
+            }
+        }
+        for (name, b, len) in [("state", &*state, self.state_len()), ("z", &*z, self.z_len())] {
+            if be.dtype_of(b) != DType::F32 || be.len_of(b) < len {
+                return Err(Error::shape(OP, format!("{name} must be f32 with {len} elements")));
+            }
+        }
+        let mut p = self.params();
+        p.count0 = count0;
+        be.linattn_recurrent(&p, q, k, v, state, z, o)
+    }
+}
+
+/// The linear-attention kernels' parameter block (`kernels/linattn.cu`, `shaders/linattn.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LinAttnParams {
+    pub batch: u32,
+    pub seq: u32,
+    pub heads: u32,
+    pub k: u32,
+    pub v: u32,
+    pub feature_map: u32,
+    pub normalize: u32,
+    pub eps: f32,
+    pub scale: f32,
+    pub count0: u32,
+    pub pad: [u32; 2],
+}
+
+// SAFETY: LinAttnParams is repr(C) plain old data (u32 and f32 fields), laid out like the CUDA struct.
+#[cfg(feature = "cuda")]
+unsafe impl cudarc::driver::DeviceRepr for LinAttnParams {}

@@ -1,0 +1,182 @@
+//! Causal linear attention: the references against each other and against finite differences,
+//! and the fused recurrent forward / decode step on every backend and dtype against the
+//! reference (outputs, final state), with decode-loop equivalence, determinism and bad input.
+
+mod common;
+
+use ffkern::ops::linattn::{cpu, FeatureMap, LinearAttention, Normalize};
+use ffkern::{with_backend, Backend, Compare, DType, Device, Error, HostTensor};
+
+fn assert_close(what: &str, out: &[f32], reference: &[f64], dtype: DType) {
+    let c = Compare::new(out, reference, dtype);
+    assert!(c.passes(dtype.budget()), "{what}: rms_ratio {:.3e} max_abs {:.3e} over the {dtype} budget", c.rms_ratio, c.max_abs);
+}
+
+fn devices_and_cpu() -> Vec<&'static Device> {
+    static CPU: Device = Device::Cpu(ffkern::Cpu);
+    let mut d = common::device_backends();
+    d.push(&CPU);
+    d
+}
+
+fn desc(b: usize, t: usize, h: usize, k: usize, v: usize, fm: FeatureMap, n: Normalize) -> LinearAttention {
+    LinearAttention { batch: b, seq: t, heads: h, k, v, feature_map: fm, scale: None, normalize: n }
+}
+
+fn modes() -> Vec<(FeatureMap, Normalize)> {
+    vec![
+        (FeatureMap::Identity, Normalize::None),
+        (FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 }),
+        (FeatureMap::Relu, Normalize::Count),
+        (FeatureMap::Elu1, Normalize::None),
+        (FeatureMap::Relu, Normalize::Normalizer { eps: 1e-6 }),
+    ]
+}
+
+fn inputs(d: &LinearAttention, dtype: DType, seed: u64) -> (HostTensor, HostTensor, HostTensor, HostTensor, HostTensor) {
+    let q = HostTensor::random(dtype, vec![d.qk_len()], seed);
+    let k = HostTensor::random(dtype, vec![d.qk_len()], seed + 1);
+    let v = HostTensor::random(dtype, vec![d.vo_len()], seed + 2);
+    // A positive initial normalizer keeps q̃·z away from zero, as after a prefix would.
+    let s0 = HostTensor::random(DType::F32, vec![d.state_len()], seed + 3);
+    let z0 = HostTensor::new(DType::F32, vec![d.z_len()], HostTensor::random(DType::F32, vec![d.z_len()], seed + 4).data.iter().map(|x| x.abs() + 0.5).collect()).expect("z0");
+    (q, k, v, s0, z0)
+}
+
+#[test]
+fn recurrent_and_quadratic_references_agree() {
+    for (fm, n) in modes() {
+        let d = desc(2, 9, 3, 5, 4, fm, n);
+        let (q, k, v, s0, z0) = inputs(&d, DType::F32, 1);
+        for init in [false, true] {
+            let (s, z) = if init { (Some(&s0.data[..]), Some(&z0.data[..])) } else { (None, None) };
+            if !init && matches!(n, Normalize::Normalizer { .. }) && fm == FeatureMap::Identity {
+                continue;
+            }
+            let (o, ..) = cpu::forward(&d, &q.data, &k.data, &v.data, s, z, 0);
+            let oq = cpu::forward_quadratic(&d, &q.data, &k.data, &v.data, s, z);
+            let worst = o.iter().zip(&oq).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(worst < 1e-10, "{fm:?} {n:?} init={init}: forms differ by {worst:e}");
+        }
+    }
+}
+
+#[test]
+fn reference_backward_matches_finite_differences() {
+    for (fm, n) in modes() {
+        let d = desc(1, 5, 2, 3, 4, fm, n);
+        let (q, k, v, s0, z0) = inputs(&d, DType::F32, 7);
+        let dout = HostTensor::random(DType::F32, vec![d.vo_len()], 8);
+        let dst = HostTensor::random(DType::F32, vec![d.state_len()], 9);
+        let loss = |q: &[f32], k: &[f32], v: &[f32], s: &[f32]| -> f64 {
+            let (o, sf, _) = cpu::forward(&d, q, k, v, Some(s), Some(&z0.data), 0);
+            o.iter().zip(&dout.data).map(|(a, &b)| a * b as f64).sum::<f64>() + sf.iter().zip(&dst.data).map(|(a, &b)| a * b as f64).sum::<f64>()
+        };
+        let (dq, dk, dv, ds0) = cpu::backward(&d, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), &dout.data, Some(&dst.data));
+        let h = 1e-3f32;
+        let check = |name: &str, base: &HostTensor, grad: &[f64], which: usize| {
+            for i in 0..base.len() {
+                let (mut p, mut m) = (base.data.clone(), base.data.clone());
+                p[i] += h;
+                m[i] -= h;
+                let args = |x: &[f32]| -> f64 {
+                    match which {
+                        0 => loss(x, &k.data, &v.data, &s0.data),
+                        1 => loss(&q.data, x, &v.data, &s0.data),
+                        2 => loss(&q.data, &k.data, x, &s0.data),
+                        _ => loss(&q.data, &k.data, &v.data, x),
+                    }
+                };
+                let num = (args(&p) - args(&m)) / (2.0 * h as f64);
+                assert!((num - grad[i]).abs() < 2e-3 * (1.0 + num.abs()), "{fm:?} {n:?} {name}[{i}]: numeric {num} analytic {}", grad[i]);
+            }
+        };
+        check("dq", &q, &dq, 0);
+        check("dk", &k, &dk, 1);
+        check("dv", &v, &dv, 2);
+        check("dS0", &s0, &ds0, 3);
+    }
+}
+
+fn run_device<Be: Backend>(be: &Be, d: &LinearAttention, q: &HostTensor, k: &HostTensor, v: &HostTensor, s0: &HostTensor, z0: &HostTensor) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let up = |t: &HostTensor| be.upload(t).expect("upload");
+    let (mut s, mut z) = (up(s0), up(z0));
+    let n = d.vo_len();
+    let mut o = up(&HostTensor::new(q.dtype, vec![n], vec![f32::NAN; n]).expect("o"));
+    d.recurrent(be, &up(q), &up(k), &up(v), &mut s, &mut z, 0, &mut o).expect("recurrent");
+    (be.download(&o).expect("o").data, be.download(&s).expect("s").data, be.download(&z).expect("z").data)
+}
+
+#[test]
+fn recurrent_forward_matches_the_reference_on_every_backend() {
+    let shapes = [(2usize, 1usize, 4usize, 16usize, 16usize), (1, 63, 1, 60, 64), (1, 65, 4, 64, 60), (2, 64, 2, 128, 128), (1, 200, 1, 16, 20)];
+    for dev in devices_and_cpu() {
+        for (i, &(b, t, h, k, v)) in shapes.iter().enumerate() {
+            for (j, (fm, n)) in modes().into_iter().enumerate() {
+                if (i + j) % 2 == 1 && dev.name() == "cpu" {
+                    continue; // the CPU backend is the reference itself: a sample is enough
+                }
+                let dtype = DType::ALL[(i + j) % 3];
+                let d = desc(b, t, h, k, v, fm, n);
+                let (q, kk, vv, s0, z0) = inputs(&d, dtype, 100 + i as u64);
+                let (o_ref, s_ref, z_ref) = cpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+                let (o, s, z) = with_backend!(dev, be => run_device(be, &d, &q, &kk, &vv, &s0, &z0));
+                let what = format!("{} {dtype} B{b} T{t} H{h} K{k} V{v} {fm:?} {n:?}", dev.name());
+                assert_close(&format!("{what} o"), &o, &o_ref, dtype);
+                assert_close(&format!("{what} final S"), &s, &s_ref, DType::F32);
+                assert_close(&format!("{what} final z"), &z, &z_ref, DType::F32);
+            }
+        }
+    }
+}
+
+/// The decode step (one token per call, state updated in place) reproduces the recurrent
+/// forward bitwise, and two runs are bitwise identical.
+#[test]
+fn decode_steps_equal_the_recurrent_forward() {
+    let d = desc(3, 12, 2, 32, 24, FeatureMap::Relu, Normalize::Count);
+    let (q, k, v, s0, z0) = inputs(&d, DType::BF16, 5);
+    for dev in common::device_backends() {
+        with_backend!(dev, be => {
+            let (o_full, s_full, _) = run_device(be, &d, &q, &k, &v, &s0, &z0);
+            let (o_again, ..) = run_device(be, &d, &q, &k, &v, &s0, &z0);
+            assert_eq!(o_full.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), o_again.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{}: two runs differ", dev.name());
+            let step = LinearAttention { batch: d.batch, seq: 1, ..d };
+            let (mut s, mut z) = (be.upload(&s0).expect("s"), be.upload(&z0).expect("z"));
+            let mut o_steps = vec![0.0f32; d.vo_len()];
+            for t in 0..d.seq {
+                // Token t of every sequence: [B, 1, H, ·] slices of [B, T, H, ·].
+                let slice = |x: &HostTensor, w: usize| {
+                    let data: Vec<f32> = (0..d.batch).flat_map(|b| x.data[((b * d.seq + t) * d.heads) * w..((b * d.seq + t) * d.heads + d.heads) * w].to_vec()).collect();
+                    be.upload(&HostTensor::new(x.dtype, vec![data.len()], data).expect("slice")).expect("upload")
+                };
+                let mut o = be.alloc(DType::BF16, d.batch * d.heads * d.v).expect("o");
+                step.recurrent(be, &slice(&q, d.k), &slice(&k, d.k), &slice(&v, d.v), &mut s, &mut z, t as u32, &mut o).expect("step");
+                let o = be.download(&o).expect("o").data;
+                for b in 0..d.batch {
+                    let dst = ((b * d.seq + t) * d.heads) * d.v;
+                    o_steps[dst..dst + d.heads * d.v].copy_from_slice(&o[b * d.heads * d.v..(b + 1) * d.heads * d.v]);
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&o_steps), bits(&o_full), "{}: decode loop differs from the recurrent forward", dev.name());
+            assert_eq!(bits(&be.download(&s).expect("s").data), bits(&s_full), "{}: final states differ", dev.name());
+        });
+    }
+}
+
+#[test]
+fn bad_input_gives_typed_errors() {
+    let be = ffkern::Cpu;
+    let d = desc(1, 4, 1, 300, 8, FeatureMap::Identity, Normalize::None);
+    let t = |n: usize, dt: DType| be.upload(&HostTensor::random(dt, vec![n], n as u64)).expect("t");
+    let (mut s, mut z, mut o) = (t(d.state_len(), DType::F32), t(d.z_len(), DType::F32), t(d.vo_len(), DType::F32));
+    let r = d.recurrent(&be, &t(d.qk_len(), DType::F32), &t(d.qk_len(), DType::F32), &t(d.vo_len(), DType::F32), &mut s, &mut z, 0, &mut o);
+    assert!(matches!(r, Err(Error::Unsupported(_))), "K over the maximum");
+    let d = desc(1, 4, 1, 8, 8, FeatureMap::Identity, Normalize::None);
+    let (mut s, mut z, mut o) = (t(d.state_len(), DType::F32), t(d.z_len(), DType::F32), t(d.vo_len(), DType::F32));
+    let r = d.recurrent(&be, &t(d.qk_len() - 1, DType::F32), &t(d.qk_len(), DType::F32), &t(d.vo_len(), DType::F32), &mut s, &mut z, 0, &mut o);
+    assert!(matches!(r, Err(Error::Shape { .. })), "short q");
+    let r = d.recurrent(&be, &t(d.qk_len(), DType::F32), &t(d.qk_len(), DType::BF16), &t(d.vo_len(), DType::F32), &mut s, &mut z, 0, &mut o);
+    assert!(matches!(r, Err(Error::Dtype { .. })), "dtype mix");
+}
