@@ -7,7 +7,7 @@
 struct LinAttnParams {
     uint32_t batch, seq, heads, k, v, feature_map, normalize;
     float eps, scale;
-    uint32_t count0, pad0, pad1;
+    uint32_t count0, varlen, pad1;
 };
 
 __device__ __forceinline__ float phi(uint32_t map, float x) {
@@ -20,7 +20,8 @@ __device__ __forceinline__ float phi(uint32_t map, float x) {
 
 template <typename T>
 __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, float* state,
-                                               const float* __restrict__ z_init, float* z, T* __restrict__ o, const LinAttnParams& p) {
+                                               const float* __restrict__ z_init, const uint32_t* __restrict__ starts, float* z, T* __restrict__ o,
+                                               const LinAttnParams& p) {
     __shared__ float qs[256], ks[256], zs[256], vs[16], red[16][17], zred[16], outv[16];
     const uint32_t lid = threadIdx.x, kl = lid / 16, vl = lid % 16;
     const uint32_t bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
@@ -34,8 +35,10 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
     }
     // Every value tile reads the initial normalizer from a copy; tile 0 writes the final one.
     if (lid < p.k) zs[lid] = z_init[(size_t)bh * p.k + lid];
-    for (uint32_t t = 0; t < p.seq; ++t) {
-        const size_t row = ((size_t)b * p.seq + t) * p.heads + h;
+    // Sequence b is rows starts[b] .. starts[b + 1] (cu_seqlens, or b·T for fixed lengths).
+    const uint32_t start = starts[b], len = starts[b + 1] - start;
+    for (uint32_t t = 0; t < len; ++t) {
+        const size_t row = ((size_t)start + t) * p.heads + h;
         if (lid < p.k) {
             qs[lid] = p.scale * phi(p.feature_map, to_f32(q[row * p.k + lid]));
             const float kt = phi(p.feature_map, to_f32(k[row * p.k + lid]));
@@ -82,9 +85,9 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
 
 #define LINATTN_ENTRIES(SUFFIX, T)                                                                                         \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
-        linattn_recurrent_##SUFFIX(const T* q, const T* k, const T* v, float* state, const float* z_init, float* z, T* o,  \
-                                   LinAttnParams p) {                                                                      \
-        recurrent_impl<T>(q, k, v, state, z_init, z, o, p);                                                                        \
+        linattn_recurrent_##SUFFIX(const T* q, const T* k, const T* v, float* state, const float* z_init,                    \
+                                   const uint32_t* starts, float* z, T* o, LinAttnParams p) {                             \
+        recurrent_impl<T>(q, k, v, state, z_init, starts, z, o, p);                                                                        \
     }
 #if !defined(FFKERN_SM90A)
 LINATTN_ENTRIES(f32, float)

@@ -6,7 +6,7 @@
 struct Params {
     batch: u32, seq: u32, heads: u32, k: u32,
     v: u32, feature_map: u32, normalize: u32, eps: f32,
-    scale: f32, count0: u32, pad0: u32, pad1: u32,
+    scale: f32, count0: u32, varlen: u32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -16,9 +16,11 @@ struct Params {
 // The initial normalizer state, a copy: every value tile reads it while tile 0 writes the final
 // one into z_buf.
 @group(0) @binding(4) var<storage, read> z_init: array<f32>;
-@group(0) @binding(5) var<storage, read_write> state: array<f32>;
-@group(0) @binding(6) var<storage, read_write> z_buf: array<f32>;
-@group(0) @binding(7) var<storage, read_write> o_buf: array<atomic<u32>>;
+// Sequence n is rows starts[n] .. starts[n + 1] of the [B·T, H, ·] tensors (cu_seqlens).
+@group(0) @binding(5) var<storage, read> starts: array<u32>;
+@group(0) @binding(6) var<storage, read_write> state: array<f32>;
+@group(0) @binding(7) var<storage, read_write> z_buf: array<f32>;
+@group(0) @binding(8) var<storage, read_write> o_buf: array<atomic<u32>>;
 
 fn ld(which: u32, i: u32) -> f32 {
     let w = i >> ELEM_SHIFT;
@@ -58,6 +60,7 @@ var<workgroup> vs: array<f32, 16>;
 var<workgroup> red: array<f32, 272>; // [16 k-lanes][17]
 var<workgroup> zred: array<f32, 16>;
 var<workgroup> outv: array<f32, 16>;
+var<workgroup> seq_len: u32;
 
 @compute @workgroup_size(256)
 fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -66,6 +69,10 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
     let bh = wg.y;
     let b = bh / p.heads;
     let h = bh % p.heads;
+    let start = starts[b];
+    if (lid == 0u) { seq_len = starts[b + 1u] - start; }
+    // The same for the whole workgroup: the barriers of the step loop stay in uniform control flow.
+    let len = workgroupUniformLoad(&seq_len);
     let col = wg.x * 16u + vl;
     let nk = (p.k + 15u) / 16u;
     var s: array<f32, 16>;
@@ -75,8 +82,8 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         if (ki < p.k && col < p.v) { s[i] = state[(bh * p.k + ki) * p.v + col]; }
     }
     if (lid < p.k) { zs[lid] = z_init[bh * p.k + lid]; }
-    for (var t = 0u; t < p.seq; t = t + 1u) {
-        let row = (b * p.seq + t) * p.heads + h;
+    for (var t = 0u; t < len; t = t + 1u) {
+        let row = (start + t) * p.heads + h;
         if (lid < p.k) {
             qs[lid] = p.scale * phi(ld(0u, row * p.k + lid));
             let kt = phi(ld(1u, row * p.k + lid));

@@ -65,9 +65,10 @@ pub trait Backend {
     fn batchnorm_backward(&self, p: &BnParams, x: &Self::Buf, dy: &Self::Buf, affine: &Self::Buf, stats: &mut Self::Buf, extra: Option<&Self::Buf>, dx: &mut Self::Buf) -> Result<()>;
 
     /// Causal linear attention, fused recurrent form (see `ops::linattn::LinearAttention::recurrent`,
-    /// which checks the buffers): `state` (f32) and `z` (f32) in as the initial state, out as the final.
+    /// which checks the buffers): sequence `n` is rows `starts[n] .. starts[n + 1]` of the
+    /// `[B·T, H, ·]` tensors; `state` (f32) and `z` (f32) in as the initial state, out as the final.
     #[allow(clippy::too_many_arguments)]
-    fn linattn_recurrent(&self, p: &LinAttnParams, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, state: &mut Self::Buf, z: &mut Self::Buf, o: &mut Self::Buf) -> Result<()>;
+    fn linattn_recurrent(&self, p: &LinAttnParams, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, starts: &[u32], state: &mut Self::Buf, z: &mut Self::Buf, o: &mut Self::Buf) -> Result<()>;
 }
 
 /// Checks that every operand has the dtype of the first.

@@ -180,3 +180,59 @@ fn bad_input_gives_typed_errors() {
     let r = d.recurrent(&be, &t(d.qk_len(), DType::F32), &t(d.qk_len(), DType::BF16), &t(d.vo_len(), DType::F32), &mut s, &mut z, 0, &mut o);
     assert!(matches!(r, Err(Error::Dtype { .. })), "dtype mix");
 }
+
+/// Packed variable-length sequences (B = 1, cu_seqlens) equal one call per sequence, and the
+/// reference; bad cu_seqlens are rejected.
+#[test]
+fn varlen_equals_a_loop_over_sequences() {
+    let lens = [5usize, 0, 17, 1, 9];
+    let cu: Vec<u32> = std::iter::once(0).chain(lens.iter().scan(0u32, |a, &l| {
+        *a += l as u32;
+        Some(*a)
+    })).collect();
+    let total = *cu.last().expect("cu") as usize;
+    let (h, k, v) = (2usize, 20usize, 24usize);
+    let packed = desc(1, total, h, k, v, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
+    let n_seq = lens.len();
+    let dtype = DType::F16;
+    let q = HostTensor::random(dtype, vec![total * h * k], 1);
+    let kk = HostTensor::random(dtype, vec![total * h * k], 2);
+    let vv = HostTensor::random(dtype, vec![total * h * v], 3);
+    let s0 = HostTensor::random(DType::F32, vec![n_seq * h * k * v], 4);
+    let z0 = HostTensor::new(DType::F32, vec![n_seq * h * k], vec![0.75; n_seq * h * k]).expect("z0");
+    let starts: Vec<usize> = cu.iter().map(|&c| c as usize).collect();
+    let (o_ref, s_ref, _) = cpu::forward_varlen(&packed, &starts, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+    for dev in devices_and_cpu() {
+        with_backend!(dev, be => {
+            let up = |t: &HostTensor| be.upload(t).expect("upload");
+            let (mut s, mut z) = (up(&s0), up(&z0));
+            let mut o = be.alloc(dtype, total * h * v).expect("o");
+            packed.recurrent_varlen(be, &up(&q), &up(&kk), &up(&vv), &cu, &mut s, &mut z, &mut o).expect("varlen");
+            let what = format!("{} varlen", dev.name());
+            assert_close(&format!("{what} o"), &be.download(&o).expect("o").data, &o_ref, dtype);
+            assert_close(&format!("{what} final S"), &be.download(&s).expect("s").data, &s_ref, DType::F32);
+            // One call per sequence gives the same bits.
+            let got_o = be.download(&o).expect("o").data;
+            for (n, w) in cu.windows(2).enumerate() {
+                let (a, len) = (w[0] as usize, (w[1] - w[0]) as usize);
+                if len == 0 {
+                    continue;
+                }
+                let one = desc(1, len, h, k, v, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
+                let slice = |t: &HostTensor, width: usize| up(&HostTensor::new(t.dtype, vec![len * h * width], t.data[a * h * width..(a + len) * h * width].to_vec()).expect("slice"));
+                let st = |t: &HostTensor, width: usize| up(&HostTensor::new(DType::F32, vec![h * width], t.data[n * h * width..(n + 1) * h * width].to_vec()).expect("state"));
+                let (mut s1, mut z1) = (st(&s0, k * v), st(&z0, k));
+                let mut o1 = be.alloc(dtype, len * h * v).expect("o1");
+                one.recurrent(be, &slice(&q, k), &slice(&kk, k), &slice(&vv, v), &mut s1, &mut z1, 0, &mut o1).expect("one");
+                let o1 = be.download(&o1).expect("o1").data;
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&o1), bits(&got_o[a * h * v..(a + len) * h * v]), "{what}: sequence {n} differs from its own call");
+            }
+            // cu_seqlens that do not start at 0, decrease or miss T are errors.
+            for bad in [vec![1u32, total as u32], vec![0, 10, 5, total as u32], vec![0, 3]] {
+                let r = packed.recurrent_varlen(be, &up(&q), &up(&kk), &up(&vv), &bad, &mut s, &mut z, &mut o);
+                assert!(matches!(r, Err(Error::Invalid(_))), "{what}: cu_seqlens {bad:?} accepted");
+            }
+        });
+    }
+}

@@ -178,9 +178,10 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn linattn_recurrent(&self, p: &LinAttnParams, q: &HostTensor, k: &HostTensor, v: &HostTensor, state: &mut HostTensor, z: &mut HostTensor, o: &mut HostTensor) -> Result<()> {
+    fn linattn_recurrent(&self, p: &LinAttnParams, q: &HostTensor, k: &HostTensor, v: &HostTensor, starts: &[u32], state: &mut HostTensor, z: &mut HostTensor, o: &mut HostTensor) -> Result<()> {
         let d = Cpu::linattn_desc(p);
-        let (out, s, zf) = linattn::cpu::forward(&d, &q.data, &k.data, &v.data, Some(&state.data), Some(&z.data), p.count0 as usize);
+        let starts: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
+        let (out, s, zf) = linattn::cpu::forward_varlen(&d, &starts, &q.data, &k.data, &v.data, Some(&state.data), Some(&z.data), p.count0 as usize);
         for (dst, x) in o.data.iter_mut().zip(out) {
             *dst = o.dtype.round(x as f32);
         }

@@ -506,17 +506,17 @@ impl Backend for CudaRuntime {
         }
     }
 
-    fn linattn_recurrent(&self, p: &LinAttnParams, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, state: &mut CudaBuf, z: &mut CudaBuf, o: &mut CudaBuf) -> Result<()> {
+    fn linattn_recurrent(&self, p: &LinAttnParams, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, starts: &[u32], state: &mut CudaBuf, z: &mut CudaBuf, o: &mut CudaBuf) -> Result<()> {
         let mut st = state.typed_mut::<f32>()?.as_view_mut();
         let mut zv = z.typed_mut::<f32>()?.as_view_mut();
         #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, st: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, o: &mut CudaBuf) -> Result<()> {
-            crate::ops::linattn::cuda::recurrent::<T>(rt, p, &q.typed::<T>()?.as_view(), &k.typed::<T>()?.as_view(), &v.typed::<T>()?.as_view(), st, z, &mut o.typed_mut::<T>()?.as_view_mut())
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, starts: &[u32], st: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, o: &mut CudaBuf) -> Result<()> {
+            crate::ops::linattn::cuda::recurrent::<T>(rt, p, &q.typed::<T>()?.as_view(), &k.typed::<T>()?.as_view(), &v.typed::<T>()?.as_view(), starts, st, z, &mut o.typed_mut::<T>()?.as_view_mut())
         }
         match q.dtype() {
-            DType::F32 => go::<f32>(self, p, q, k, v, &mut st, &mut zv, o),
-            DType::F16 => go::<f16>(self, p, q, k, v, &mut st, &mut zv, o),
-            DType::BF16 => go::<bf16>(self, p, q, k, v, &mut st, &mut zv, o),
+            DType::F32 => go::<f32>(self, p, q, k, v, starts, &mut st, &mut zv, o),
+            DType::F16 => go::<f16>(self, p, q, k, v, starts, &mut st, &mut zv, o),
+            DType::BF16 => go::<bf16>(self, p, q, k, v, starts, &mut st, &mut zv, o),
         }
     }
 }

@@ -582,8 +582,8 @@ impl Backend for WgpuContext {
         crate::ops::ffn::wgpu::batchnorm_backward(self, p, x.dtype, &x.buffer, &dy.buffer, &affine.buffer, &stats.buffer, extra.map(|t| &t.buffer), &dx.buffer)
     }
 
-    fn linattn_recurrent(&self, p: &LinAttnParams, q: &WgpuBuffer, k: &WgpuBuffer, v: &WgpuBuffer, state: &mut WgpuBuffer, z: &mut WgpuBuffer, o: &mut WgpuBuffer) -> Result<()> {
+    fn linattn_recurrent(&self, p: &LinAttnParams, q: &WgpuBuffer, k: &WgpuBuffer, v: &WgpuBuffer, starts: &[u32], state: &mut WgpuBuffer, z: &mut WgpuBuffer, o: &mut WgpuBuffer) -> Result<()> {
         let dtype = same_dtype("linear_attn", &[("q", q.dtype), ("k", k.dtype), ("v", v.dtype), ("o", o.dtype)])?;
-        crate::ops::linattn::wgpu::recurrent(self, p, dtype, &q.buffer, &k.buffer, &v.buffer, &state.buffer, &z.buffer, &o.buffer)
+        crate::ops::linattn::wgpu::recurrent(self, p, dtype, &q.buffer, &k.buffer, &v.buffer, starts, &state.buffer, &z.buffer, &o.buffer)
     }
 }

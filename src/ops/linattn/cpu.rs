@@ -44,37 +44,53 @@ struct Seq {
     v: Vec<f64>,
 }
 
-fn gather(d: &LinearAttention, q: &[f32], k: &[f32], v: &[f32], b: usize, h: usize) -> Seq {
-    let (t_, h_, kd, vd) = (d.seq, d.heads, d.k, d.v);
+/// Rows `row0 .. row0 + len` of head `h`.
+fn gather_rows(d: &LinearAttention, q: &[f32], k: &[f32], v: &[f32], row0: usize, len: usize, h: usize) -> Seq {
+    let (h_, kd, vd) = (d.heads, d.k, d.v);
     let c = d.scale() as f64;
-    let mut s = Seq { qt: vec![0.0; t_ * kd], kt: vec![0.0; t_ * kd], v: vec![0.0; t_ * vd] };
-    for t in 0..t_ {
+    let mut s = Seq { qt: vec![0.0; len * kd], kt: vec![0.0; len * kd], v: vec![0.0; len * vd] };
+    for t in 0..len {
         for i in 0..kd {
-            let idx = ((b * t_ + t) * h_ + h) * kd + i;
+            let idx = ((row0 + t) * h_ + h) * kd + i;
             s.qt[t * kd + i] = c * phi(d.feature_map, q[idx] as f64);
             s.kt[t * kd + i] = phi(d.feature_map, k[idx] as f64);
         }
         for j in 0..vd {
-            s.v[t * vd + j] = v[((b * t_ + t) * h_ + h) * vd + j] as f64;
+            s.v[t * vd + j] = v[((row0 + t) * h_ + h) * vd + j] as f64;
         }
     }
     s
 }
 
+fn gather(d: &LinearAttention, q: &[f32], k: &[f32], v: &[f32], b: usize, h: usize) -> Seq {
+    gather_rows(d, q, k, v, b * d.seq, d.seq, h)
+}
+
 /// The recurrent forward: `(o, final S, final z)`. `s0`, `z0`: the initial state (`[B, H, K, V]`,
 /// `[B, H, K]`) or zeros; `count0` positions attended before (Count mode).
 pub fn forward(d: &LinearAttention, q: &[f32], k: &[f32], v: &[f32], s0: Option<&[f32]>, z0: Option<&[f32]>, count0: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (t_, h_, kd, vd) = (d.seq, d.heads, d.k, d.v);
-    let mut o = vec![0.0; d.vo_len()];
-    let mut s_out = vec![0.0; d.state_len()];
-    let mut z_out = vec![0.0; d.z_len()];
-    for b in 0..d.batch {
+    let starts: Vec<usize> = (0..=d.batch).map(|b| b * d.seq).collect();
+    forward_varlen(d, &starts, q, k, v, s0, z0, count0)
+}
+
+/// [`forward`] over sequences `starts[n] .. starts[n + 1]` of the `[rows, H, ·]` tensors, one
+/// state per sequence.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_varlen(d: &LinearAttention, starts: &[usize], q: &[f32], k: &[f32], v: &[f32], s0: Option<&[f32]>, z0: Option<&[f32]>, count0: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (h_, kd, vd) = (d.heads, d.k, d.v);
+    let n_seq = starts.len() - 1;
+    let rows = starts[n_seq];
+    let mut o = vec![0.0; rows * h_ * vd];
+    let mut s_out = vec![0.0; n_seq * h_ * kd * vd];
+    let mut z_out = vec![0.0; n_seq * h_ * kd];
+    for n in 0..n_seq {
+        let (row0, len) = (starts[n], starts[n + 1] - starts[n]);
         for h in 0..h_ {
-            let sq = gather(d, q, k, v, b, h);
-            let bh = b * h_ + h;
+            let sq = gather_rows(d, q, k, v, row0, len, h);
+            let bh = n * h_ + h;
             let mut s: Vec<f64> = (0..kd * vd).map(|i| s0.map_or(0.0, |x| x[bh * kd * vd + i] as f64)).collect();
             let mut z: Vec<f64> = (0..kd).map(|i| z0.map_or(0.0, |x| x[bh * kd + i] as f64)).collect();
-            for t in 0..t_ {
+            for t in 0..len {
                 for i in 0..kd {
                     z[i] += sq.kt[t * kd + i];
                     for j in 0..vd {
@@ -87,8 +103,8 @@ pub fn forward(d: &LinearAttention, q: &[f32], k: &[f32], v: &[f32], s0: Option<
                     Normalize::Count => (count0 + t + 1) as f64,
                 };
                 for j in 0..vd {
-                    let n: f64 = (0..kd).map(|i| s[i * vd + j] * sq.qt[t * kd + i]).sum();
-                    o[((b * t_ + t) * h_ + h) * vd + j] = n / den;
+                    let nv: f64 = (0..kd).map(|i| s[i * vd + j] * sq.qt[t * kd + i]).sum();
+                    o[((row0 + t) * h_ + h) * vd + j] = nv / den;
                 }
             }
             s_out[bh * kd * vd..(bh + 1) * kd * vd].copy_from_slice(&s);

@@ -123,7 +123,8 @@ impl LinearAttention {
             },
             scale: self.scale(),
             count0: 0,
-            pad: [0; 2],
+            varlen: 0,
+            pad: 0,
         }
     }
 
@@ -133,7 +134,27 @@ impl LinearAttention {
     /// attended before this call (for `Normalize::Count` when continuing a sequence).
     #[allow(clippy::too_many_arguments)]
     pub fn recurrent<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, state: &mut Be::Buf, z: &mut Be::Buf, count0: u32, o: &mut Be::Buf) -> Result<()> {
+        self.recurrent_inner(be, q, k, v, state, z, count0, None, o)
+    }
+
+    /// [`Self::recurrent`] over variable-length sequences packed along T (`batch` must be 1,
+    /// `seq` the packed length): sequence `n` is rows `cu_seqlens[n] .. cu_seqlens[n + 1]`, and
+    /// the state and normalizer hold one entry per sequence (`[N, H, K, V]`, `[N, H, K]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn recurrent_varlen<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, cu_seqlens: &[u32], state: &mut Be::Buf, z: &mut Be::Buf, o: &mut Be::Buf) -> Result<()> {
+        if self.batch != 1 {
+            return Err(Error::shape(OP, "variable-length sequences are packed with batch = 1"));
+        }
+        if cu_seqlens.len() < 2 || cu_seqlens[0] != 0 || cu_seqlens.last().copied() != Some(self.seq as u32) || cu_seqlens.windows(2).any(|w| w[1] < w[0]) {
+            return Err(Error::Invalid(format!("cu_seqlens must start at 0, never decrease and end at T = {}", self.seq)));
+        }
+        self.recurrent_inner(be, q, k, v, state, z, 0, Some(cu_seqlens), o)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn recurrent_inner<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, state: &mut Be::Buf, z: &mut Be::Buf, count0: u32, cu: Option<&[u32]>, o: &mut Be::Buf) -> Result<()> {
         self.validate()?;
+        let sequences = cu.map_or(self.batch, |c| c.len() - 1);
         let dtype = be.dtype_of(q);
         for (name, b, len) in [("q", q, self.qk_len()), ("k", k, self.qk_len()), ("v", v, self.vo_len()), ("o", &*o, self.vo_len())] {
             if be.dtype_of(b) != dtype {
@@ -143,14 +164,23 @@ impl LinearAttention {
                 return Err(Error::shape(OP, format!("{name} holds {} elements, needs {len}", be.len_of(b))));
             }
         }
-        for (name, b, len) in [("state", &*state, self.state_len()), ("z", &*z, self.z_len())] {
+        let per = self.heads * self.k;
+        for (name, b, len) in [("state", &*state, sequences * per * self.v), ("z", &*z, sequences * per)] {
             if be.dtype_of(b) != DType::F32 || be.len_of(b) < len {
                 return Err(Error::shape(OP, format!("{name} must be f32 with {len} elements")));
             }
         }
         let mut p = self.params();
         p.count0 = count0;
-        be.linattn_recurrent(&p, q, k, v, state, z, o)
+        let starts: Vec<u32> = match cu {
+            Some(c) => {
+                p.varlen = 1;
+                p.batch = sequences as u32;
+                c.to_vec()
+            }
+            None => (0..=self.batch as u32).map(|b| b * self.seq as u32).collect(),
+        };
+        be.linattn_recurrent(&p, q, k, v, &starts, state, z, o)
     }
 }
 
@@ -168,7 +198,10 @@ pub struct LinAttnParams {
     pub eps: f32,
     pub scale: f32,
     pub count0: u32,
-    pub pad: [u32; 2],
+    /// 1: sequences are packed (B = 1) with boundaries in `cu_seqlens`; `batch` is then the
+    /// number of sequences.
+    pub varlen: u32,
+    pub pad: u32,
 }
 
 // SAFETY: LinAttnParams is repr(C) plain old data (u32 and f32 fields), laid out like the CUDA struct.

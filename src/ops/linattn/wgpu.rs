@@ -5,8 +5,9 @@ use crate::runtime::wgpu::WgpuContext;
 use crate::{DType, Result};
 
 const FAMILY: &str = "linattn";
-/// Binding order: q, k, v, a copy of the initial z (read-only), then state, z, o.
-const READ_ONLY: usize = 4;
+/// Binding order: q, k, v, a copy of the initial z, the sequence starts (read-only), then
+/// state, z, o.
+const READ_ONLY: usize = 5;
 
 /// The fused recurrent forward / decode step: reads q, k, v; updates `state` and `z` in place;
 /// writes `o`.
@@ -18,6 +19,7 @@ pub fn recurrent(
     q: &wgpu::Buffer,
     k: &wgpu::Buffer,
     v: &wgpu::Buffer,
+    starts: &[u32],
     state: &wgpu::Buffer,
     z: &wgpu::Buffer,
     o: &wgpu::Buffer,
@@ -30,6 +32,10 @@ pub fn recurrent(
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern z copy") });
     enc.copy_buffer_to_buffer(z, 0, &z_init, 0, (n * 4).div_ceil(4) as u64 * 4);
     ctx.queue.submit([enc.finish()]);
+    let starts = wgpu::util::DeviceExt::create_buffer_init(
+        &ctx.device,
+        &wgpu::util::BufferInitDescriptor { label: Some("ffkern starts"), contents: bytemuck::cast_slice(starts), usage: wgpu::BufferUsages::STORAGE },
+    );
     let groups = [(p.v as usize).div_ceil(16) as u32, p.batch * p.heads, 1];
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, &z_init, state, z, o], groups)
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, &z_init, &starts, state, z, o], groups)
 }
