@@ -22,7 +22,7 @@ pub struct CheckRecord {
 }
 
 /// The op names `check` knows.
-pub const OPS: &[&str] = &["gemm", "gemm_backward", "ffn", "repavit", "structured", "philox_normal", "noisy_optimizer"];
+pub const OPS: &[&str] = &["gemm", "gemm_backward", "ffn", "repavit", "structured", "linear_attn", "philox_normal", "noisy_optimizer"];
 
 fn record(op: &str, be: &str, dtype: DType, shape: String, out: &[f32], reference: &[f64]) -> CheckRecord {
     let c = Compare::new(out, reference, dtype);
@@ -212,6 +212,31 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
             }
             progress();
         }
+        "linear_attn" => {
+            use crate::ops::linattn::{cpu as lcpu, FeatureMap, LinearAttention, Normalize};
+            for (b, t, h, k, v, fm, n) in [
+                (2usize, 65usize, 2usize, 64usize, 60usize, FeatureMap::Identity, Normalize::None),
+                (1, 100, 4, 16, 16, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 }),
+                (3, 1, 2, 128, 128, FeatureMap::Relu, Normalize::Count),
+            ] {
+                let d = LinearAttention { batch: b, seq: t, heads: h, k, v, feature_map: fm, scale: None, normalize: n };
+                let shape = format!("recurrent B{b} T{t} H{h} K{k} V{v} {fm:?} {n:?}");
+                let (q, kk, vv) = (scaled(dtype, d.qk_len(), 1.0, 1), scaled(dtype, d.qk_len(), 1.0, 2), scaled(dtype, d.vo_len(), 1.0, 3));
+                let s0 = scaled(DType::F32, d.state_len(), 1.0, 4);
+                let z0 = HostTensor { dtype: DType::F32, shape: vec![d.z_len()], data: vec![0.75; d.z_len()] };
+                let (o_ref, ..) = lcpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+                let res = (|| -> crate::Result<Vec<f32>> {
+                    let (mut s, mut z, mut o) = (be.upload(&s0)?, be.upload(&z0)?, be.alloc(dtype, d.vo_len())?);
+                    d.recurrent(be, &be.upload(&q)?, &be.upload(&kk)?, &be.upload(&vv)?, &mut s, &mut z, 0, &mut o)?;
+                    Ok(be.download(&o)?.data)
+                })();
+                match res {
+                    Ok(o) => out.push(record(op, name, dtype, shape, &o, &o_ref)),
+                    Err(e) => out.push(failed(op, name, dtype, shape, e)),
+                }
+            }
+            progress();
+        }
         _ => {}
     }
     out
@@ -286,7 +311,7 @@ pub fn case_count(op: &str) -> usize {
     match op {
         "gemm" => gemm_check_cases().len(),
         "gemm_backward" => gemm_backward_cases().len(),
-        "philox_normal" | "noisy_optimizer" | "ffn" | "repavit" | "structured" => 1,
+        "philox_normal" | "noisy_optimizer" | "ffn" | "repavit" | "structured" | "linear_attn" => 1,
         _ => 0,
     }
 }

@@ -69,6 +69,22 @@ struct RunArgs {
     op: RunOp,
 }
 
+/// Linear-attention options (SPEC §5).
+#[derive(clap::Args)]
+struct LinAttnOpts {
+    /// identity, elu1, relu
+    #[arg(long, default_value = "identity")]
+    feature_map: String,
+    /// Default K^-½.
+    #[arg(long)]
+    scale: Option<f32>,
+    /// none, normalizer, count
+    #[arg(long, default_value = "none")]
+    normalize: String,
+    #[arg(long, default_value_t = 1e-6)]
+    eps: f32,
+}
+
 /// Input file, output file, backend.
 #[derive(clap::Args)]
 struct Io {
@@ -202,6 +218,31 @@ enum RunOp {
         /// y = α·x·wgᵀ + (1 − α)·S(x); α = 0 skips the dense branch.
         #[arg(long)]
         alpha: Option<f32>,
+    },
+    /// Causal linear attention (SPEC §5): tensors `q`, `k` [B, T, H, K], `v` [B, T, H, V] (one
+    /// dtype), optional `initial_state` [B, H, K, V] (f32) and `initial_z` [B, H, K] (f32, for
+    /// --normalize normalizer). Writes `o` [B, T, H, V], `final_state` and `final_z`.
+    #[command(name = "linear_attn")]
+    LinearAttn {
+        #[command(flatten)]
+        io: Io,
+        #[command(flatten)]
+        opts: LinAttnOpts,
+        /// recurrent (the fused scan); chunk is not available yet
+        #[arg(long, default_value = "recurrent")]
+        mode: String,
+    },
+    /// One decode step (SPEC §5): tensors `q`, `k` [B, H, K], `v` [B, H, V], `state` [B, H, K, V]
+    /// (f32), optional `z` [B, H, K] (f32). Writes `o` [B, H, V] and the updated `state` and `z`.
+    #[command(name = "linear_attn_decode")]
+    LinearAttnDecode {
+        #[command(flatten)]
+        io: Io,
+        #[command(flatten)]
+        opts: LinAttnOpts,
+        /// Positions already attended (for --normalize count).
+        #[arg(long, default_value_t = 0)]
+        position: u32,
     },
     /// N standard normals of step --step from --seed (SPEC §7), written as `z` (f32).
     #[command(name = "philox_normal")]
@@ -446,6 +487,9 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
             }
         }
     }
+    if ops.contains(&"linear_attn") {
+        records.extend(with_backend!(&dev, be => bench::bench_linattn(be, small, reps))?);
+    }
     if ops.contains(&"noisy_optimizer") {
         let n = if small { 4_000_000 } else { 100_000_000 };
         for tensors in [1, 1000] {
@@ -598,6 +642,8 @@ fn run_op(op: RunOp) -> Result<ExitCode> {
         RunOp::Lowrank { io, alpha } => run_structured(&io, "lowrank", alpha),
         RunOp::Blockdense { io, alpha } => run_structured(&io, "blockdense", alpha),
         RunOp::Blockshuffle { io, alpha } => run_structured(&io, "blockshuffle", alpha),
+        RunOp::LinearAttn { io, opts, mode } => run_linattn(&io, &opts, &mode),
+        RunOp::LinearAttnDecode { io, opts, position } => run_linattn_decode(&io, &opts, position),
         RunOp::PhiloxNormal { n, seed, step, output, backend } => {
             let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
             let mut z = with_backend!(&dev, be => ffkern::ops::optim::philox_normal_host(be, n, seed, step))?;
@@ -830,4 +876,81 @@ fn run_structured(io: &Io, kind: &'static str, alpha: Option<f32>) -> Result<Exi
     });
     y.shape = vec![tokens, layer.out()];
     finish(kind, &dev, &io.output, &[("y", &y)])
+}
+
+fn linattn_desc(opts: &LinAttnOpts, shape: [usize; 5]) -> Result<ffkern::ops::linattn::LinearAttention> {
+    use ffkern::ops::linattn::{LinearAttention, Normalize};
+    let normalize = match opts.normalize.as_str() {
+        "none" => Normalize::None,
+        "normalizer" => Normalize::Normalizer { eps: opts.eps },
+        "count" => Normalize::Count,
+        other => return Err(Error::Invalid(format!("unknown --normalize '{other}' (none, normalizer, count)"))),
+    };
+    let [batch, seq, heads, k, v] = shape;
+    Ok(LinearAttention { batch, seq, heads, k, v, feature_map: opts.feature_map.parse()?, scale: opts.scale, normalize })
+}
+
+fn f32_or_zeros(t: &mut Tensors, name: &str, shape: Vec<usize>) -> Result<HostTensor> {
+    match t.remove(name) {
+        Some(x) if x.shape == shape && x.dtype == DType::F32 => Ok(x),
+        Some(x) => Err(shape_err("linear_attn", format!("{name} must be f32 {shape:?}, got {} {:?}", x.dtype, x.shape))),
+        None => {
+            let n = shape.iter().product();
+            Ok(HostTensor { dtype: DType::F32, shape, data: vec![0.0; n] })
+        }
+    }
+}
+
+fn run_linattn(io: &Io, opts: &LinAttnOpts, mode: &str) -> Result<ExitCode> {
+    const OP: &str = "linear_attn";
+    if mode != "recurrent" {
+        return Err(Error::Unsupported(format!("linear_attn --mode {mode}: only the recurrent mode is available so far")));
+    }
+    let mut t = read_tensors(&io.input)?;
+    let (q, k, v) = (take(&mut t, "q", &io.input)?, take(&mut t, "k", &io.input)?, take(&mut t, "v", &io.input)?);
+    same_dtypes(OP, &[("q", &q), ("k", &k), ("v", &v)])?;
+    let (b, tt, h, kd, vd) = match (&q.shape[..], &v.shape[..]) {
+        (&[b, tt, h, kd], &[b2, t2, h2, vd]) if (b2, t2, h2) == (b, tt, h) && k.shape == q.shape => (b, tt, h, kd, vd),
+        _ => return Err(shape_err(OP, format!("q, k must be [B, T, H, K] and v [B, T, H, V]; got {:?}, {:?}, {:?}", q.shape, k.shape, v.shape))),
+    };
+    let d = linattn_desc(opts, [b, tt, h, kd, vd])?;
+    let s0 = f32_or_zeros(&mut t, "initial_state", vec![b, h, kd, vd])?;
+    let z0 = f32_or_zeros(&mut t, "initial_z", vec![b, h, kd])?;
+    let dev = open_device(&io.backend)?;
+    let (mut o, mut s, mut z) = with_backend!(&dev, be => {
+        let (mut s, mut z, mut o) = (be.upload(&s0)?, be.upload(&z0)?, be.alloc(q.dtype, d.vo_len())?);
+        d.recurrent(be, &be.upload(&q)?, &be.upload(&k)?, &be.upload(&v)?, &mut s, &mut z, 0, &mut o)?;
+        (be.download(&o)?, be.download(&s)?, be.download(&z)?)
+    });
+    o.shape = vec![b, tt, h, vd];
+    s.shape = s0.shape.clone();
+    z.shape = z0.shape.clone();
+    finish(OP, &dev, &io.output, &[("o", &o), ("final_state", &s), ("final_z", &z)])
+}
+
+fn run_linattn_decode(io: &Io, opts: &LinAttnOpts, position: u32) -> Result<ExitCode> {
+    const OP: &str = "linear_attn_decode";
+    let mut t = read_tensors(&io.input)?;
+    let (q, k, v) = (take(&mut t, "q", &io.input)?, take(&mut t, "k", &io.input)?, take(&mut t, "v", &io.input)?);
+    same_dtypes(OP, &[("q", &q), ("k", &k), ("v", &v)])?;
+    let (b, h, kd, vd) = match (&q.shape[..], &v.shape[..]) {
+        (&[b, h, kd], &[b2, h2, vd]) if (b2, h2) == (b, h) && k.shape == q.shape => (b, h, kd, vd),
+        _ => return Err(shape_err(OP, format!("q, k must be [B, H, K] and v [B, H, V]; got {:?}, {:?}, {:?}", q.shape, k.shape, v.shape))),
+    };
+    let d = linattn_desc(opts, [b, 1, h, kd, vd])?;
+    let s0 = take(&mut t, "state", &io.input)?;
+    if s0.shape != [b, h, kd, vd] || s0.dtype != DType::F32 {
+        return Err(shape_err(OP, format!("state must be f32 [{b}, {h}, {kd}, {vd}], got {} {:?}", s0.dtype, s0.shape)));
+    }
+    let z0 = f32_or_zeros(&mut t, "z", vec![b, h, kd])?;
+    let dev = open_device(&io.backend)?;
+    let (mut o, mut s, mut z) = with_backend!(&dev, be => {
+        let (mut s, mut z, mut o) = (be.upload(&s0)?, be.upload(&z0)?, be.alloc(q.dtype, d.vo_len())?);
+        d.recurrent(be, &be.upload(&q)?, &be.upload(&k)?, &be.upload(&v)?, &mut s, &mut z, position, &mut o)?;
+        (be.download(&o)?, be.download(&s)?, be.download(&z)?)
+    });
+    o.shape = vec![b, h, vd];
+    s.shape = s0.shape.clone();
+    z.shape = z0.shape.clone();
+    finish(OP, &dev, &io.output, &[("o", &o), ("state", &s), ("z", &z)])
 }
