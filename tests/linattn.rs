@@ -4,20 +4,10 @@
 
 mod common;
 
+use common::{assert_close, devices_and_cpu};
+
 use ffkern::ops::linattn::{cpu, FeatureMap, LinearAttention, Normalize};
-use ffkern::{with_backend, Backend, Compare, DType, Device, Error, HostTensor};
-
-fn assert_close(what: &str, out: &[f32], reference: &[f64], dtype: DType) {
-    let c = Compare::new(out, reference, dtype);
-    assert!(c.passes(dtype.budget()), "{what}: rms_ratio {:.3e} max_abs {:.3e} over the {dtype} budget", c.rms_ratio, c.max_abs);
-}
-
-fn devices_and_cpu() -> Vec<&'static Device> {
-    static CPU: Device = Device::Cpu(ffkern::Cpu);
-    let mut d = common::device_backends();
-    d.push(&CPU);
-    d
-}
+use ffkern::{with_backend, Backend, DType, Error, HostTensor};
 
 fn desc(b: usize, t: usize, h: usize, k: usize, v: usize, fm: FeatureMap, n: Normalize) -> LinearAttention {
     LinearAttention { batch: b, seq: t, heads: h, k, v, feature_map: fm, scale: None, normalize: n }

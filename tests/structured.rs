@@ -4,20 +4,10 @@
 
 mod common;
 
+use common::{assert_close, devices_and_cpu};
+
 use ffkern::ops::structured::{self, choose_form, guide_alpha, Form, SelfGuided, Structured, StructuredFfn};
-use ffkern::{with_backend, Activation, Backend, Compare, DType, Device, Error, Gemm, HostTensor};
-
-fn assert_close(what: &str, out: &[f32], reference: &[f64], dtype: DType) {
-    let c = Compare::new(out, reference, dtype);
-    assert!(c.passes(dtype.budget()), "{what}: rms_ratio {:.3e} max_abs {:.3e} over the {dtype} budget", c.rms_ratio, c.max_abs);
-}
-
-fn devices_and_cpu() -> Vec<&'static Device> {
-    static CPU: Device = Device::Cpu(ffkern::Cpu);
-    let mut d = common::device_backends();
-    d.push(&CPU);
-    d
-}
+use ffkern::{with_backend, Activation, Backend, DType, Error, Gemm, HostTensor};
 
 fn dl<Be: Backend>(be: &Be, b: &Be::Buf) -> Vec<f32> {
     be.download(b).expect("download").data

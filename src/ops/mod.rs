@@ -4,6 +4,7 @@
 
 pub mod ffn;
 pub mod gemm;
+pub mod graph;
 pub mod linattn;
 pub mod optim;
 pub mod structured;

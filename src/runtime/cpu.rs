@@ -4,6 +4,7 @@
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{self, ActGrad, Gemm};
 use crate::ops::ffn::{self, BatchNorm, BatchNormDesc, BnParams};
+use crate::ops::graph::{self, DeviceGraph, GraphKernel, GraphParams};
 use crate::ops::linattn::{self, FeatureMap, LinAttnParams, LinearAttention, Normalize};
 use crate::ops::optim::{self, OptimParams};
 use crate::{DType, Error, HostTensor, Result};
@@ -190,6 +191,29 @@ impl Backend for Cpu {
         }
         for (dst, x) in z.data.iter_mut().zip(zf) {
             *dst = x as f32;
+        }
+        Ok(())
+    }
+
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<HostTensor>, x: &HostTensor, w: Option<&HostTensor>, out: &mut HostTensor, arg: Option<&mut HostTensor>) -> Result<()> {
+        let host = graph::Graph::from_words(p.num_nodes as usize, &g.row_ptr.data, &g.src.data, &g.perm.data, &g.src_coo.data);
+        let d = p.dim as usize;
+        let y = match kind {
+            GraphKernel::Gather => graph::cpu::gather_rows(&host, &x.data, d),
+            GraphKernel::Spmm => graph::cpu::spmm(&host, &x.data, w.map(|w| &w.data[..]), d),
+            GraphKernel::SegmentReduce => {
+                let reduce = [graph::Reduce::Sum, graph::Reduce::Mean, graph::Reduce::Max, graph::Reduce::Min][p.reduce as usize & 3];
+                let (y, a) = graph::cpu::segment_reduce(&host, &x.data, d, reduce);
+                if let Some(arg) = arg {
+                    for (dst, v) in arg.data.iter_mut().zip(a) {
+                        *dst = f32::from_bits(v);
+                    }
+                }
+                y
+            }
+        };
+        for (dst, v) in out.data.iter_mut().zip(y) {
+            *dst = out.dtype.round(v as f32);
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use half::{bf16, f16};
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{ActGrad, Gemm};
 use crate::ops::ffn::BnParams;
+use crate::ops::graph::{DeviceGraph, GraphKernel, GraphParams};
 use crate::ops::linattn::LinAttnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
@@ -34,6 +35,7 @@ fn family_ptx(family: &str, ptx: Ptx) -> Result<&'static str> {
         ("optim", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"))),
         ("ffn", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/ffn.ptx"))),
         ("linattn", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/linattn.ptx"))),
+        ("graph", Ptx::Base) => Ok(include_str!(concat!(env!("OUT_DIR"), "/graph.ptx"))),
         (other, _) => Err(Error::Unsupported(format!("no CUDA kernel family '{other}'"))),
     }
 }
@@ -517,6 +519,30 @@ impl Backend for CudaRuntime {
             DType::F32 => go::<f32>(self, p, q, k, v, starts, &mut st, &mut zv, o),
             DType::F16 => go::<f16>(self, p, q, k, v, starts, &mut st, &mut zv, o),
             DType::BF16 => go::<bf16>(self, p, q, k, v, starts, &mut st, &mut zv, o),
+        }
+    }
+
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<CudaBuf>, x: &CudaBuf, w: Option<&CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {
+        let views = crate::ops::graph::cuda::GraphViews {
+            row_ptr: g.row_ptr.typed::<f32>()?.as_view(),
+            src: g.src.typed::<f32>()?.as_view(),
+            perm: g.perm.typed::<f32>()?.as_view(),
+            src_coo: g.src_coo.typed::<f32>()?.as_view(),
+        };
+        let w = w.map(|w| w.typed::<f32>().map(|s| s.as_view())).transpose()?;
+        let mut arg = match arg {
+            Some(a) => Some(a.typed_mut::<f32>()?.as_view_mut()),
+            None => None,
+        };
+        #[allow(clippy::too_many_arguments)]
+        fn go<T: CudaElem>(rt: &CudaRuntime, kind: GraphKernel, p: &GraphParams, g: &crate::ops::graph::cuda::GraphViews, x: &CudaBuf, w: Option<&CudaView<f32>>, out: &mut CudaBuf, arg: Option<&mut CudaViewMut<f32>>) -> Result<()> {
+            crate::ops::graph::cuda::launch::<T>(rt, kind, p, g, &x.typed::<T>()?.as_view(), w, &mut out.typed_mut::<T>()?.as_view_mut(), arg)
+        }
+        same_dtype("graph", &[("x", x.dtype()), ("out", out.dtype())])?;
+        match x.dtype() {
+            DType::F32 => go::<f32>(self, kind, p, &views, x, w.as_ref(), out, arg.as_mut()),
+            DType::F16 => go::<f16>(self, kind, p, &views, x, w.as_ref(), out, arg.as_mut()),
+            DType::BF16 => go::<bf16>(self, kind, p, &views, x, w.as_ref(), out, arg.as_mut()),
         }
     }
 }

@@ -11,6 +11,7 @@ use wgpu::util::DeviceExt;
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{ActGrad, Gemm};
 use crate::ops::ffn::BnParams;
+use crate::ops::graph::{DeviceGraph, GraphKernel, GraphParams};
 use crate::ops::linattn::LinAttnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
@@ -103,6 +104,7 @@ pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
         "optim" => include_str!("../../shaders/optim.wgsl"),
         "ffn" => include_str!("../../shaders/ffn.wgsl"),
         "linattn" => include_str!("../../shaders/linattn.wgsl"),
+        "graph" => include_str!("../../shaders/graph.wgsl"),
         other => return Err(Error::Unsupported(format!("no WGSL family '{other}'"))),
     };
     Ok(format!("{dt}\n{}\n{body}", include_str!("../../shaders/_common.wgsl")))
@@ -585,5 +587,10 @@ impl Backend for WgpuContext {
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &WgpuBuffer, k: &WgpuBuffer, v: &WgpuBuffer, starts: &[u32], state: &mut WgpuBuffer, z: &mut WgpuBuffer, o: &mut WgpuBuffer) -> Result<()> {
         let dtype = same_dtype("linear_attn", &[("q", q.dtype), ("k", k.dtype), ("v", v.dtype), ("o", o.dtype)])?;
         crate::ops::linattn::wgpu::recurrent(self, p, dtype, &q.buffer, &k.buffer, &v.buffer, starts, &state.buffer, &z.buffer, &o.buffer)
+    }
+
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, x: &WgpuBuffer, w: Option<&WgpuBuffer>, out: &mut WgpuBuffer, arg: Option<&mut WgpuBuffer>) -> Result<()> {
+        let dtype = same_dtype("graph", &[("x", x.dtype), ("out", out.dtype)])?;
+        crate::ops::graph::wgpu::launch(self, kind, p, dtype, g, &x.buffer, w.map(|w| &w.buffer), &out.buffer, arg.map(|a| &a.buffer))
     }
 }

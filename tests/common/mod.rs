@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use ffkern::Device;
+use ffkern::{Compare, DType, Device};
 
 pub fn required() -> Vec<String> {
     std::env::var("FFKERN_REQUIRE")
@@ -49,4 +49,18 @@ pub fn wgpu() -> Option<ffkern::WgpuContext> {
             None
         }
     }
+}
+
+/// The device backends plus the CPU reference backend.
+pub fn devices_and_cpu() -> Vec<&'static Device> {
+    static CPU: Device = Device::Cpu(ffkern::Cpu);
+    let mut d = device_backends();
+    d.push(&CPU);
+    d
+}
+
+/// Asserts `out` is within the SPEC budget of `dtype` against the f64 reference.
+pub fn assert_close(what: &str, out: &[f32], reference: &[f64], dtype: DType) {
+    let c = Compare::new(out, reference, dtype);
+    assert!(c.passes(dtype.budget()), "{what}: rms_ratio {:.3e} max_abs {:.3e} over the {dtype} budget", c.rms_ratio, c.max_abs);
 }

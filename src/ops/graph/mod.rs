@@ -1,0 +1,225 @@
+//! Graph message passing (SPEC §6), first part: the CSR graph (built from COO by a stable sort,
+//! every index checked) and the deterministic primitives `gather_rows`, `segment_reduce` (sum,
+//! mean, max, min with first arg index) and `spmm` — one workgroup per destination row, edges in
+//! a fixed order, no atomics. References in [`cpu`]; kernels `kernels/graph.cu`,
+//! `shaders/graph.wgsl`. Index arrays travel in f32 device buffers as raw 32-bit words.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use crate::{Backend, DType, Error, HostTensor, Result};
+
+const OP: &str = "graph";
+
+/// A directed graph in CSR form by destination. Edge `e` of the caller's COO order is at CSR
+/// position `pos[e]`; `perm[p]` is the COO id of CSR position `p` (the stable sort keeps the COO
+/// order among edges of one destination).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Graph {
+    pub num_nodes: usize,
+    pub row_ptr: Vec<u32>,
+    /// Source node of each CSR position.
+    pub src: Vec<u32>,
+    /// COO edge id of each CSR position.
+    pub perm: Vec<u32>,
+    /// Source node of each COO edge (for gathers in COO order).
+    pub src_coo: Vec<u32>,
+}
+
+impl Graph {
+    /// Builds the CSR from COO `(src, dst)`; an index outside `[0, num_nodes)` is an error that
+    /// names the edge. `num_nodes = 1`, no edges, self-loops and multi-edges are all legal.
+    pub fn from_coo(num_nodes: usize, src: &[i64], dst: &[i64]) -> Result<Graph> {
+        if src.len() != dst.len() {
+            return Err(Error::shape(OP, format!("src has {} edges, dst {}", src.len(), dst.len())));
+        }
+        if num_nodes > u32::MAX as usize || src.len() > u32::MAX as usize {
+            return Err(Error::Limit("graph: more than 2^32 nodes or edges".into()));
+        }
+        let check = |name: &str, e: usize, v: i64| -> Result<u32> {
+            if v < 0 || v as usize >= num_nodes {
+                Err(Error::Index(format!("edge {e}: {name} = {v} is outside [0, {num_nodes})")))
+            } else {
+                Ok(v as u32)
+            }
+        };
+        let s: Vec<u32> = src.iter().enumerate().map(|(e, &v)| check("src", e, v)).collect::<Result<_>>()?;
+        let d: Vec<u32> = dst.iter().enumerate().map(|(e, &v)| check("dst", e, v)).collect::<Result<_>>()?;
+        let mut order: Vec<u32> = (0..s.len() as u32).collect();
+        order.sort_by_key(|&e| d[e as usize]); // stable
+        let mut row_ptr = vec![0u32; num_nodes + 1];
+        for &v in &d {
+            row_ptr[v as usize + 1] += 1;
+        }
+        for i in 0..num_nodes {
+            row_ptr[i + 1] += row_ptr[i];
+        }
+        Ok(Graph { num_nodes, row_ptr, src: order.iter().map(|&e| s[e as usize]).collect(), perm: order, src_coo: s })
+    }
+
+    pub fn num_edges(&self) -> usize {
+        self.src.len()
+    }
+
+    /// The graph back from the index words of a [`DeviceGraph`] (which only a checked
+    /// [`Graph`] can make).
+    pub(crate) fn from_words(num_nodes: usize, row_ptr: &[f32], src: &[f32], perm: &[f32], src_coo: &[f32]) -> Graph {
+        let w = |v: &[f32], n: usize| v[..n].iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let row_ptr = w(row_ptr, num_nodes + 1);
+        let e = row_ptr[num_nodes] as usize;
+        Graph { num_nodes, src: w(src, e), perm: w(perm, e), src_coo: w(src_coo, e), row_ptr }
+    }
+
+    /// The graph with every edge reversed (CSR by source), for backward passes.
+    pub fn transposed(&self) -> Graph {
+        let mut dst_coo = vec![0i64; self.num_edges()];
+        for i in 0..self.num_nodes {
+            for p in self.row_ptr[i]..self.row_ptr[i + 1] {
+                dst_coo[self.perm[p as usize] as usize] = i as i64;
+            }
+        }
+        let src: Vec<i64> = self.src_coo.iter().map(|&s| s as i64).collect();
+        // Indices were checked when this graph was built.
+        Graph::from_coo(self.num_nodes, &dst_coo, &src).unwrap_or_else(|_| unreachable!("a transposed valid graph is valid"))
+    }
+}
+
+/// The reduction of [`segment_reduce`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    Sum = 0,
+    Mean = 1,
+    Max = 2,
+    Min = 3,
+}
+
+impl std::str::FromStr for Reduce {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sum" => Ok(Reduce::Sum),
+            "mean" => Ok(Reduce::Mean),
+            "max" => Ok(Reduce::Max),
+            "min" => Ok(Reduce::Min),
+            _ => Err(Error::Invalid(format!("unknown reduce '{s}' (sum, mean, max, min)"))),
+        }
+    }
+}
+
+/// A graph's index arrays on one backend (raw 32-bit words in f32 buffers). Only
+/// [`DeviceGraph::upload`] of a checked [`Graph`] makes one, so the kernels may trust every index.
+pub struct DeviceGraph<B> {
+    pub(crate) num_nodes: usize,
+    pub(crate) num_edges: usize,
+    pub(crate) row_ptr: B,
+    pub(crate) src: B,
+    pub(crate) perm: B,
+    pub(crate) src_coo: B,
+}
+
+fn words<Be: Backend>(be: &Be, v: &[u32]) -> Result<Be::Buf> {
+    let data: Vec<f32> = if v.is_empty() { vec![0.0] } else { v.iter().map(|&x| f32::from_bits(x)).collect() };
+    be.upload(&HostTensor { dtype: DType::F32, shape: vec![data.len()], data })
+}
+
+impl<B> DeviceGraph<B> {
+    pub fn num_nodes(&self) -> usize {
+        self.num_nodes
+    }
+    pub fn num_edges(&self) -> usize {
+        self.num_edges
+    }
+    pub fn upload<Be: Backend<Buf = B>>(be: &Be, g: &Graph) -> Result<Self> {
+        Ok(DeviceGraph {
+            num_nodes: g.num_nodes,
+            num_edges: g.num_edges(),
+            row_ptr: words(be, &g.row_ptr)?,
+            src: words(be, &g.src)?,
+            perm: words(be, &g.perm)?,
+            src_coo: words(be, &g.src_coo)?,
+        })
+    }
+}
+
+/// The graph kernels' parameter block (`kernels/graph.cu`, `shaders/graph.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GraphParams {
+    pub num_nodes: u32,
+    pub num_edges: u32,
+    pub dim: u32,
+    pub reduce: u32,
+    pub has_weight: u32,
+    pub pad: [u32; 3],
+}
+
+// SAFETY: GraphParams is repr(C) plain old data (u32 fields), laid out like the CUDA struct.
+#[cfg(feature = "cuda")]
+unsafe impl cudarc::driver::DeviceRepr for GraphParams {}
+
+/// Which graph kernel a [`Backend::graph_op`] call runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphKernel {
+    /// `out[e] = X[src_coo[e]]`, `[E, D]` in COO order.
+    Gather,
+    /// `out[i] = reduce_{e ∈ row i} M[e]` (M in COO order); `arg` gets the first arg (COO edge id,
+    /// E for an empty row) for max/min.
+    SegmentReduce,
+    /// `Y[i] = Σ_{e ∈ row i} w[e]·X[src[e]]` (w in COO order, optional).
+    Spmm,
+}
+
+fn check_features<Be: Backend>(be: &Be, name: &str, x: &Be::Buf, rows: usize, dim: usize) -> Result<DType> {
+    if be.len_of(x) < rows * dim {
+        return Err(Error::shape(OP, format!("{name} holds {} elements, needs {rows}·{dim}", be.len_of(x))));
+    }
+    Ok(be.dtype_of(x))
+}
+
+/// `out[e] = X[src[e]]` for every edge, in COO order (`X [N, D]` → `[E, D]`).
+pub fn gather_rows<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, dim: usize) -> Result<Be::Buf> {
+    let dtype = check_features(be, "X", x, g.num_nodes, dim)?;
+    let mut out = be.alloc(dtype, g.num_edges * dim)?;
+    let p = GraphParams { num_nodes: g.num_nodes as u32, num_edges: g.num_edges as u32, dim: dim as u32, ..Default::default() };
+    be.graph_op(GraphKernel::Gather, &p, g, x, None, &mut out, None)?;
+    Ok(out)
+}
+
+/// `out[i] = reduce_{e ∈ row i} M[e]` (`M [E, D]` in COO order → `[N, D]`); empty rows give 0.
+/// For max/min also the first arg (COO edge id; E for empty rows) as raw words.
+pub fn segment_reduce<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, m: &Be::Buf, dim: usize, reduce: Reduce) -> Result<(Be::Buf, Option<Be::Buf>)> {
+    let dtype = check_features(be, "M", m, g.num_edges, dim)?;
+    let mut out = be.alloc(dtype, g.num_nodes * dim)?;
+    let mut arg = if matches!(reduce, Reduce::Max | Reduce::Min) { Some(be.alloc(DType::F32, g.num_nodes * dim)?) } else { None };
+    let p = GraphParams { num_nodes: g.num_nodes as u32, num_edges: g.num_edges as u32, dim: dim as u32, reduce: reduce as u32, ..Default::default() };
+    be.graph_op(GraphKernel::SegmentReduce, &p, g, m, None, &mut out, arg.as_mut())?;
+    Ok((out, arg))
+}
+
+/// `Y[i] = Σ_{e ∈ row i} w[e]·X[src[e]]` (`X [N, D]`, optional `w [E]` in COO order).
+pub fn spmm<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, w: Option<&Be::Buf>, dim: usize) -> Result<Be::Buf> {
+    let dtype = check_features(be, "X", x, g.num_nodes, dim)?;
+    if let Some(w) = w {
+        if check_features(be, "w", w, g.num_edges, 1)? != DType::F32 {
+            return Err(Error::dtype(OP, "edge weights w must be f32"));
+        }
+    }
+    let mut out = be.alloc(dtype, g.num_nodes * dim)?;
+    let p = GraphParams { num_nodes: g.num_nodes as u32, num_edges: g.num_edges as u32, dim: dim as u32, has_weight: w.is_some() as u32, ..Default::default() };
+    be.graph_op(GraphKernel::Spmm, &p, g, x, w, &mut out, None)?;
+    Ok(out)
+}
+
+/// Backward of [`gather_rows`]: `dX[j] = Σ_{e: src e = j} dOut[e]`, a segment sum over the
+/// transposed graph `gt` (`Graph::transposed`, uploaded), in a fixed order — no atomics.
+pub fn gather_rows_backward<Be: Backend>(be: &Be, gt: &DeviceGraph<Be::Buf>, d_out: &Be::Buf, dim: usize) -> Result<Be::Buf> {
+    Ok(segment_reduce(be, gt, d_out, dim, Reduce::Sum)?.0)
+}
+
+/// Backward of a segment sum: `dM[e] = dOut[dst e]`, a gather over the transposed graph `gt`.
+pub fn segment_sum_backward<Be: Backend>(be: &Be, gt: &DeviceGraph<Be::Buf>, d_out: &Be::Buf, dim: usize) -> Result<Be::Buf> {
+    gather_rows(be, gt, d_out, dim)
+}

@@ -1,0 +1,178 @@
+//! Graph primitives: the CSR build (checked indices, stable order), the references against
+//! each other, and gather / segment_reduce / spmm (and the gather / segment-sum backward) on
+//! every backend and dtype against the reference, with determinism and bad input.
+
+mod common;
+
+use ffkern::ops::graph::{self, cpu, DeviceGraph, Graph, Reduce};
+use ffkern::{with_backend, Backend, Compare, DType, Device, Error, HostTensor};
+
+fn assert_close(what: &str, out: &[f32], reference: &[f64], dtype: DType) {
+    let c = Compare::new(out, reference, dtype);
+    assert!(c.passes(dtype.budget()), "{what}: rms_ratio {:.3e} max_abs {:.3e} over the {dtype} budget", c.rms_ratio, c.max_abs);
+}
+
+fn devices_and_cpu() -> Vec<&'static Device> {
+    static CPU: Device = Device::Cpu(ffkern::Cpu);
+    let mut d = common::device_backends();
+    d.push(&CPU);
+    d
+}
+
+/// A seeded random graph with empty rows (node n-1 never receives), self-loops and multi-edges.
+fn random_graph(n: usize, e: usize, seed: u64) -> Graph {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = |m: usize| {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 33) as usize % m) as i64
+    };
+    let mut src = Vec::new();
+    let mut dst = Vec::new();
+    for k in 0..e {
+        let d = next(n - 1);
+        src.push(if k % 7 == 0 { d } else { next(n) });
+        dst.push(d);
+    }
+    // A multi-edge.
+    src.push(src[0]);
+    dst.push(dst[0]);
+    Graph::from_coo(n, &src, &dst).expect("graph")
+}
+
+#[test]
+fn csr_build_is_stable_and_checked() {
+    let g = Graph::from_coo(4, &[3, 0, 1, 2, 0], &[1, 1, 0, 1, 3]).expect("graph");
+    assert_eq!(g.row_ptr, vec![0, 1, 4, 4, 5]);
+    assert_eq!(g.perm, vec![2, 0, 1, 3, 4], "edges of one destination keep their COO order");
+    assert_eq!(g.src, vec![1, 3, 0, 2, 0]);
+    assert_eq!(g.transposed().transposed(), g);
+    let e = Graph::from_coo(3, &[0, 1, 5], &[1, 2, 0]).expect_err("src 5 of 3 nodes");
+    assert!(matches!(e, Error::Index(ref m) if m.contains("edge 2") && m.contains("src = 5")), "{e}");
+    let e = Graph::from_coo(3, &[0, 1], &[-1, 2]).expect_err("dst -1");
+    assert!(matches!(e, Error::Index(ref m) if m.contains("edge 0") && m.contains("dst = -1")), "{e}");
+    assert!(Graph::from_coo(3, &[0], &[1, 2]).is_err());
+    let empty = Graph::from_coo(1, &[], &[]).expect("no edges");
+    assert_eq!(empty.row_ptr, vec![0, 0]);
+}
+
+#[test]
+fn references_agree_with_each_other() {
+    let g = random_graph(13, 40, 3);
+    let dim = 5;
+    let x = HostTensor::random(DType::F32, vec![13 * dim], 1).data;
+    let w = HostTensor::random(DType::F32, vec![g.num_edges()], 2).data;
+    // spmm = segment sum of weighted gathered rows.
+    let gathered = cpu::gather_rows(&g, &x, dim);
+    let weighted: Vec<f32> = gathered.iter().enumerate().map(|(i, v)| (v * w[i / dim] as f64) as f32).collect();
+    let (sum, _) = cpu::segment_reduce(&g, &weighted, dim, Reduce::Sum);
+    let y = cpu::spmm(&g, &x, Some(&w), dim);
+    let worst = y.iter().zip(&sum).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-5, "spmm vs gather+sum: {worst:e}");
+    // Mean = sum / degree; max ≥ mean ≥ min; empty row (node 12) gives 0 and arg E.
+    let (mean, _) = cpu::segment_reduce(&g, &weighted, dim, Reduce::Mean);
+    let (max, amax) = cpu::segment_reduce(&g, &weighted, dim, Reduce::Max);
+    let (min, _) = cpu::segment_reduce(&g, &weighted, dim, Reduce::Min);
+    for i in 0..13 {
+        let deg = (g.row_ptr[i + 1] - g.row_ptr[i]) as f64;
+        for d in 0..dim {
+            let k = i * dim + d;
+            if deg == 0.0 {
+                assert_eq!((sum[k], max[k], amax[k]), (0.0, 0.0, g.num_edges() as u32));
+            } else {
+                assert!((mean[k] * deg - sum[k]).abs() < 1e-9 && max[k] >= mean[k] - 1e-9 && mean[k] >= min[k] - 1e-9);
+                assert_eq!(weighted[amax[k] as usize * dim + d] as f64, max[k]);
+            }
+        }
+    }
+    // Ties go to the first edge in COO order.
+    let t = Graph::from_coo(2, &[0, 1, 0], &[1, 1, 1]).expect("graph");
+    let (_, a) = cpu::segment_reduce(&t, &[1.0, 2.0, 2.0], 1, Reduce::Max);
+    assert_eq!(a, vec![3, 1]);
+}
+
+fn words(buf: &[f32]) -> Vec<u32> {
+    buf.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn primitives_match_the_reference_on_every_backend() {
+    for dev in devices_and_cpu() {
+        for dtype in DType::ALL {
+            for (n, e, dim) in [(1, 0, 3), (37, 150, 7), (300, 2000, 64)] {
+                let g = if e == 0 { Graph::from_coo(n, &[], &[]).expect("graph") } else { random_graph(n, e, n as u64) };
+                let gt = g.transposed();
+                let ec = g.num_edges();
+                let x = HostTensor::random(dtype, vec![n * dim], 10 + n as u64);
+                let m = HostTensor::random(dtype, vec![ec.max(1) * dim], 20 + n as u64);
+                let w = HostTensor::random(DType::F32, vec![ec.max(1)], 30 + n as u64);
+                let what = format!("{} {dtype} N{n} E{ec} D{dim}", dev.name());
+                with_backend!(dev, be => {
+                    let up = |t: &HostTensor| be.upload(t).expect("upload");
+                    let down = |b: &_| be.download(b).expect("download").data;
+                    let dg = DeviceGraph::upload(be, &g).expect("graph upload");
+                    let dgt = DeviceGraph::upload(be, &gt).expect("graph upload");
+                    let (xb, mb, wb) = (up(&x), up(&m), up(&w));
+                    let out = graph::gather_rows(be, &dg, &xb, dim).expect("gather");
+                    assert_close(&format!("{what} gather"), &down(&out), &cpu::gather_rows(&g, &x.data, dim), dtype);
+                    for weighted in [false, true] {
+                        let y = graph::spmm(be, &dg, &xb, weighted.then_some(&wb), dim).expect("spmm");
+                        let r = cpu::spmm(&g, &x.data, weighted.then_some(&w.data[..]), dim);
+                        assert_close(&format!("{what} spmm w={weighted}"), &down(&y), &r, dtype);
+                    }
+                    for reduce in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min] {
+                        let (y, arg) = graph::segment_reduce(be, &dg, &mb, dim, reduce).expect("segment_reduce");
+                        let (r, ra) = cpu::segment_reduce(&g, &m.data, dim, reduce);
+                        assert_close(&format!("{what} segment {reduce:?}"), &down(&y), &r, dtype);
+                        if let Some(arg) = arg {
+                            assert_eq!(words(&down(&arg)), ra, "{what} segment {reduce:?} arg");
+                        }
+                    }
+                    // Backward: the adjoints, over the transposed graph.
+                    let dx = graph::gather_rows_backward(be, &dgt, &mb, dim).expect("gather backward");
+                    assert_close(&format!("{what} gather backward"), &down(&dx), &cpu::segment_reduce(&gt, &m.data, dim, Reduce::Sum).0, dtype);
+                    let dm = graph::segment_sum_backward(be, &dgt, &xb, dim).expect("segment backward");
+                    assert_close(&format!("{what} segment-sum backward"), &down(&dm), &cpu::gather_rows(&gt, &x.data, dim), dtype);
+                    // Deterministic: a second run gives the same bits.
+                    let again = graph::spmm(be, &dg, &xb, Some(&wb), dim).expect("spmm");
+                    let first = graph::spmm(be, &dg, &xb, Some(&wb), dim).expect("spmm");
+                    assert_eq!(words(&down(&again)), words(&down(&first)), "{what}: two runs differ");
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn adjoint_identities_hold_in_the_reference() {
+    // <gather(X), G> = <X, gather_backward(G)> and <segsum(M), H> = <M, segsum_backward(H)>.
+    let g = random_graph(29, 120, 9);
+    let gt = g.transposed();
+    let dim = 4;
+    let x = HostTensor::random(DType::F32, vec![29 * dim], 1).data;
+    let m = HostTensor::random(DType::F32, vec![g.num_edges() * dim], 2).data;
+    let dot = |a: &[f64], b: &[f32]| a.iter().zip(b).map(|(p, q)| p * *q as f64).sum::<f64>();
+    let lhs = dot(&cpu::gather_rows(&g, &x, dim), &m);
+    let rhs = dot(&cpu::segment_reduce(&gt, &m, dim, Reduce::Sum).0, &x);
+    assert!((lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0), "gather adjoint {lhs} vs {rhs}");
+    let lhs = dot(&cpu::segment_reduce(&g, &m, dim, Reduce::Sum).0, &x);
+    let rhs = dot(&cpu::gather_rows(&gt, &x, dim), &m);
+    assert!((lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0), "segment-sum adjoint {lhs} vs {rhs}");
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let g = random_graph(10, 30, 1);
+    for dev in devices_and_cpu() {
+        with_backend!(dev, be => {
+            let dg = DeviceGraph::upload(be, &g).expect("graph upload");
+            let short = be.upload(&HostTensor::random(DType::F32, vec![10 * 4 - 1], 1)).expect("x");
+            assert!(matches!(graph::gather_rows(be, &dg, &short, 4), Err(Error::Shape { .. })), "{}: short X", dev.name());
+            assert!(matches!(graph::spmm(be, &dg, &short, None, 4), Err(Error::Shape { .. })), "{}: short X", dev.name());
+            let x = be.upload(&HostTensor::random(DType::F32, vec![10 * 4], 1)).expect("x");
+            let w = be.upload(&HostTensor::random(DType::F32, vec![3], 1)).expect("w");
+            assert!(matches!(graph::spmm(be, &dg, &x, Some(&w), 4), Err(Error::Shape { .. })), "{}: short w", dev.name());
+            assert!(graph::segment_reduce(be, &dg, &x, 4, Reduce::Max).is_err(), "{}: M shorter than E·D", dev.name());
+        });
+    }
+    assert!("median".parse::<Reduce>().is_err());
+}
