@@ -23,94 +23,80 @@ fn ld(i: u32) -> f32 {
     return unpack_elem(x_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT);
 }
 
-fn words_total(rows: u32) -> u32 {
-    return (rows * p.dim + ELEM_SHIFT) >> ELEM_SHIFT;
-}
-
-fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 256u;
-}
-
-fn store(word: u32, v0: f32, v1: f32) {
-    if (ELEM_SHIFT == 0u) {
-        out_buf[word] = pack_elem(v0);
-    } else {
-        out_buf[word] = pack_pair(v0, v1);
+// One output element i of kernel `kind` (0 gather, 1 segment reduce, 2 spmm).
+fn element(kind: u32, i: u32) -> f32 {
+    let row = i / p.dim;
+    let d = i % p.dim;
+    if (kind == 0u) {
+        // out[e, d] = X[src_coo[e], d]
+        return ld(src_coo[row] * p.dim + d);
     }
-}
-
-// out[e, d] = X[src_coo[e], d]
-@compute @workgroup_size(256)
-fn graph_gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let word = flat_id(gid, nwg);
-    if (word >= words_total(p.num_edges)) { return; }
-    var v = array<f32, 2>(0.0, 0.0);
-    let total = p.num_edges * p.dim;
-    for (var h = 0u; h <= ELEM_SHIFT; h++) {
-        let i = (word << ELEM_SHIFT) + h;
-        if (i < total) {
-            let e = i / p.dim;
-            v[h] = ld(src_coo[e] * p.dim + i % p.dim);
+    let lo = row_ptr[row];
+    let hi = row_ptr[row + 1u];
+    var acc = 0.0;
+    var arg = p.num_edges;
+    for (var q = lo; q < hi; q++) {
+        if (kind == 2u) {
+            // Y[i, d] = Σ_{q ∈ row i} w[perm[q]]·X[src[q], d]
+            let xv = ld(src[q] * p.dim + d);
+            acc += select(xv, w_buf[perm[q]] * xv, p.has_weight != 0u);
+            continue;
+        }
+        // out[i, d] = reduce over row i of M[perm[q], d]; max/min keep the first (COO) arg.
+        let e = perm[q];
+        let m = ld(e * p.dim + d);
+        if (p.reduce <= 1u) {
+            acc += m;
+        } else if (q == lo || (p.reduce == 2u && m > acc) || (p.reduce == 3u && m < acc)) {
+            acc = m;
+            arg = e;
         }
     }
-    store(word, v[0], v[1]);
-}
-
-// out[i, d] = reduce over row i of M[perm[q], d]; max/min keep the first (COO order) arg.
-@compute @workgroup_size(256)
-fn graph_segment_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let word = flat_id(gid, nwg);
-    if (word >= words_total(p.num_nodes)) { return; }
-    var v = array<f32, 2>(0.0, 0.0);
-    let total = p.num_nodes * p.dim;
-    for (var h = 0u; h <= ELEM_SHIFT; h++) {
-        let i = (word << ELEM_SHIFT) + h;
-        if (i >= total) { continue; }
-        let row = i / p.dim;
-        let d = i % p.dim;
-        let lo = row_ptr[row];
-        let hi = row_ptr[row + 1u];
-        var acc = 0.0;
-        var arg = p.num_edges;
-        for (var q = lo; q < hi; q++) {
-            let e = perm[q];
-            let m = ld(e * p.dim + d);
-            if (p.reduce <= 1u) {
-                acc += m;
-            } else if (q == lo || (p.reduce == 2u && m > acc) || (p.reduce == 3u && m < acc)) {
-                acc = m;
-                arg = e;
-            }
-        }
+    if (kind == 1u) {
         if (p.reduce == 1u && hi > lo) {
             acc = acc / f32(hi - lo);
         }
         if (p.reduce >= 2u) {
             arg_buf[i] = arg;
         }
-        v[h] = acc;
     }
-    store(word, v[0], v[1]);
+    return acc;
 }
 
-// Y[i, d] = Σ_{q ∈ row i} w[perm[q]]·X[src[q], d]
-@compute @workgroup_size(256)
-fn graph_spmm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let word = flat_id(gid, nwg);
-    if (word >= words_total(p.num_nodes)) { return; }
+// One output word: one element, or two for f16/bf16.
+fn run(kind: u32, word: u32, rows: u32) {
+    let total = rows * p.dim;
+    if (word >= ((total + ELEM_SHIFT) >> ELEM_SHIFT)) { return; }
     var v = array<f32, 2>(0.0, 0.0);
-    let total = p.num_nodes * p.dim;
     for (var h = 0u; h <= ELEM_SHIFT; h++) {
         let i = (word << ELEM_SHIFT) + h;
-        if (i >= total) { continue; }
-        let row = i / p.dim;
-        let d = i % p.dim;
-        var acc = 0.0;
-        for (var q = row_ptr[row]; q < row_ptr[row + 1u]; q++) {
-            let xv = ld(src[q] * p.dim + d);
-            acc += select(xv, w_buf[perm[q]] * xv, p.has_weight != 0u);
+        if (i < total) {
+            v[h] = element(kind, i);
         }
-        v[h] = acc;
     }
-    store(word, v[0], v[1]);
+    if (ELEM_SHIFT == 0u) {
+        out_buf[word] = pack_elem(v[0]);
+    } else {
+        out_buf[word] = pack_pair(v[0], v[1]);
+    }
+}
+
+// A 2-D grid past 65535 workgroups: flat id = x + y · (x extent).
+fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+@compute @workgroup_size(256)
+fn graph_gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run(0u, flat_id(gid, nwg), p.num_edges);
+}
+
+@compute @workgroup_size(256)
+fn graph_segment_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run(1u, flat_id(gid, nwg), p.num_nodes);
+}
+
+@compute @workgroup_size(256)
+fn graph_spmm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run(2u, flat_id(gid, nwg), p.num_nodes);
 }

@@ -4,20 +4,10 @@
 
 mod common;
 
+use common::{assert_close, devices_and_cpu};
+
 use ffkern::ops::graph::{self, cpu, DeviceGraph, Graph, Reduce};
-use ffkern::{with_backend, Backend, Compare, DType, Device, Error, HostTensor};
-
-fn assert_close(what: &str, out: &[f32], reference: &[f64], dtype: DType) {
-    let c = Compare::new(out, reference, dtype);
-    assert!(c.passes(dtype.budget()), "{what}: rms_ratio {:.3e} max_abs {:.3e} over the {dtype} budget", c.rms_ratio, c.max_abs);
-}
-
-fn devices_and_cpu() -> Vec<&'static Device> {
-    static CPU: Device = Device::Cpu(ffkern::Cpu);
-    let mut d = common::device_backends();
-    d.push(&CPU);
-    d
-}
+use ffkern::{with_backend, Backend, DType, Error, HostTensor};
 
 /// A seeded random graph with empty rows (node n-1 never receives), self-loops and multi-edges.
 fn random_graph(n: usize, e: usize, seed: u64) -> Graph {
