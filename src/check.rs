@@ -22,7 +22,7 @@ pub struct CheckRecord {
 }
 
 /// The op names `check` knows.
-pub const OPS: &[&str] = &["gemm", "gemm_backward", "ffn", "repavit", "structured", "linear_attn", "philox_normal", "noisy_optimizer"];
+pub const OPS: &[&str] = &["gemm", "gemm_backward", "ffn", "repavit", "structured", "linear_attn", "graph", "philox_normal", "noisy_optimizer"];
 
 fn record(op: &str, be: &str, dtype: DType, shape: String, out: &[f32], reference: &[f64]) -> CheckRecord {
     let c = Compare::new(out, reference, dtype);
@@ -237,6 +237,46 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
             }
             progress();
         }
+        "graph" => {
+            use crate::ops::graph::{self, cpu as gcpu, DeviceGraph, Graph, Reduce};
+            for (n, lo, hi, dim) in [(1000usize, 4usize, 36usize, 64usize), (257, 0, 9, 33)] {
+                let g = match Graph::random(n, lo, hi, 7) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        out.push(failed(op, name, dtype, format!("N{n}"), e));
+                        continue;
+                    }
+                };
+                let e = g.num_edges();
+                let x = scaled(dtype, n * dim, 1.0, 1);
+                let m = scaled(dtype, e * dim, 1.0, 2);
+                let w = scaled(DType::F32, e, 1.0, 3);
+                let cases: [(&str, Vec<f64>); 4] = [
+                    ("gather", gcpu::gather_rows(&g, &x.data, dim)),
+                    ("spmm", gcpu::spmm(&g, &x.data, Some(&w.data), dim)),
+                    ("segment_mean", gcpu::segment_reduce(&g, &m.data, dim, Reduce::Mean).0),
+                    ("segment_max", gcpu::segment_reduce(&g, &m.data, dim, Reduce::Max).0),
+                ];
+                for (kind, reference) in cases {
+                    let shape = format!("{kind} N{n} E{e} D{dim} deg {lo}..{hi}");
+                    let res = (|| -> crate::Result<Vec<f32>> {
+                        let dg = DeviceGraph::upload(be, &g)?;
+                        let y = match kind {
+                            "gather" => graph::gather_rows(be, &dg, &be.upload(&x)?, dim)?,
+                            "spmm" => graph::spmm(be, &dg, &be.upload(&x)?, Some(&be.upload(&w)?), dim)?,
+                            "segment_mean" => graph::segment_reduce(be, &dg, &be.upload(&m)?, dim, Reduce::Mean)?.0,
+                            _ => graph::segment_reduce(be, &dg, &be.upload(&m)?, dim, Reduce::Max)?.0,
+                        };
+                        Ok(be.download(&y)?.data)
+                    })();
+                    match res {
+                        Ok(o) => out.push(record(op, name, dtype, shape, &o, &reference)),
+                        Err(e) => out.push(failed(op, name, dtype, shape, e)),
+                    }
+                }
+            }
+            progress();
+        }
         _ => {}
     }
     out
@@ -311,7 +351,7 @@ pub fn case_count(op: &str) -> usize {
     match op {
         "gemm" => gemm_check_cases().len(),
         "gemm_backward" => gemm_backward_cases().len(),
-        "philox_normal" | "noisy_optimizer" | "ffn" | "repavit" | "structured" | "linear_attn" => 1,
+        "philox_normal" | "noisy_optimizer" | "ffn" | "repavit" | "structured" | "linear_attn" | "graph" => 1,
         _ => 0,
     }
 }

@@ -490,6 +490,11 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
     if ops.contains(&"linear_attn") {
         records.extend(with_backend!(&dev, be => bench::bench_linattn(be, small, reps))?);
     }
+    if ops.contains(&"graph") {
+        for &dt in &ffn_dtypes {
+            records.extend(with_backend!(&dev, be => bench::bench_graph(be, small, dt, reps))?);
+        }
+    }
     if ops.contains(&"noisy_optimizer") {
         let n = if small { 4_000_000 } else { 100_000_000 };
         for tensors in [1, 1000] {

@@ -73,6 +73,35 @@ impl Graph {
         Graph { num_nodes, src: w(src, e), perm: w(perm, e), src_coo: w(src_coo, e), row_ptr }
     }
 
+    /// A seeded random graph where every node receives `min_deg ..= max_deg` edges from uniform
+    /// sources (OneForecast's mesh has in-degree 4..36), edges in destination-interleaved COO
+    /// order. For checks and benchmarks.
+    pub fn random(num_nodes: usize, min_deg: usize, max_deg: usize, seed: u64) -> Result<Graph> {
+        if num_nodes == 0 || min_deg > max_deg {
+            return Err(Error::Invalid(format!("graph: random({num_nodes}, {min_deg}..={max_deg}) needs nodes and min ≤ max")));
+        }
+        let mut state = seed;
+        let mut next = |m: usize| {
+            // splitmix64
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % m as u64) as usize
+        };
+        let (mut src, mut dst) = (Vec::new(), Vec::new());
+        let degs: Vec<usize> = (0..num_nodes).map(|_| min_deg + next(max_deg - min_deg + 1)).collect();
+        for round in 0..max_deg {
+            for (i, &d) in degs.iter().enumerate() {
+                if round < d {
+                    src.push(next(num_nodes) as i64);
+                    dst.push(i as i64);
+                }
+            }
+        }
+        Graph::from_coo(num_nodes, &src, &dst)
+    }
+
     /// The graph with every edge reversed (CSR by source), for backward passes.
     pub fn transposed(&self) -> Graph {
         let mut dst_coo = vec![0i64; self.num_edges()];
