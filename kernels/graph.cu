@@ -1,37 +1,44 @@
-// Graph message passing primitives (SPEC §6): gather_rows, segment_reduce, spmm.
+// Graph message passing primitives (SPEC §6): gather_rows, segment_reduce, spmm (multi-head),
+// sddmm, segment softmax and its backward.
 // Why it is deterministic and fast enough: one thread per output element walks its destination
 // row's edges in the fixed CSR order — no atomics, and the threads of a warp read neighbouring
-// columns of the same source row (coalesced). Index arrays arrive as raw 32-bit words.
+// columns of the same source row (coalesced). The per-edge kernels take one thread per
+// (node, head) and write each of the row's edges once. Index arrays arrive as raw 32-bit words
+// in one buffer: row_ptr [N + 1] | src [E] | perm [E] | src_coo [E].
 #include "common.cuh"
 
 struct GraphParams {
-    uint32_t num_nodes, num_edges, dim, reduce, has_weight, pad0, pad1, pad2;
+    uint32_t num_nodes, num_edges, dim, reduce, has_weight, heads, pad0, pad1;
 };
+
+struct Csr {
+    const uint32_t *row_ptr, *src, *perm, *src_coo;
+    __device__ Csr(const uint32_t* idx, const GraphParams& p)
+        : row_ptr(idx), src(idx + p.num_nodes + 1), perm(idx + p.num_nodes + 1 + p.num_edges),
+          src_coo(idx + p.num_nodes + 1 + 2 * (size_t)p.num_edges) {}
+};
+
+#define GRID_STRIDE(i, total) for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total); i += (size_t)gridDim.x * blockDim.x)
 
 // out[e, d] = X[src_coo[e], d]
 template <typename T>
-__device__ __forceinline__ void gather_impl(const uint32_t* __restrict__ src_coo, const T* __restrict__ x, T* __restrict__ out,
-                                            const GraphParams& p) {
-    const size_t total = (size_t)p.num_edges * p.dim;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        const size_t e = i / p.dim;
-        out[i] = x[(size_t)src_coo[e] * p.dim + i % p.dim];
-    }
+__device__ __forceinline__ void gather_impl(const uint32_t* idx, const T* __restrict__ x, T* __restrict__ out, const GraphParams& p) {
+    const Csr g(idx, p);
+    GRID_STRIDE(i, (size_t)p.num_edges * p.dim) { out[i] = x[(size_t)g.src_coo[i / p.dim] * p.dim + i % p.dim]; }
 }
 
 // out[i, d] = reduce over row i of M[perm[q], d]; max/min keep the first (COO order) arg.
 template <typename T>
-__device__ __forceinline__ void segment_reduce_impl(const uint32_t* __restrict__ row_ptr, const uint32_t* __restrict__ perm,
-                                                    const T* __restrict__ m, T* __restrict__ out, uint32_t* __restrict__ arg,
-                                                    const GraphParams& p) {
-    const size_t total = (size_t)p.num_nodes * p.dim;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+__device__ __forceinline__ void segment_reduce_impl(const uint32_t* idx, const T* __restrict__ m, T* __restrict__ out,
+                                                    uint32_t* __restrict__ arg, const GraphParams& p) {
+    const Csr g(idx, p);
+    GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) {
         const size_t row = i / p.dim, d = i % p.dim;
-        const uint32_t lo = row_ptr[row], hi = row_ptr[row + 1];
+        const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
         float acc = 0.0f;
         uint32_t best = p.num_edges;
         for (uint32_t q = lo; q < hi; ++q) {
-            const uint32_t e = perm[q];
+            const uint32_t e = g.perm[q];
             const float v = to_f32(m[(size_t)e * p.dim + d]);
             if (p.reduce <= 1) {
                 acc += v;
@@ -46,39 +53,102 @@ __device__ __forceinline__ void segment_reduce_impl(const uint32_t* __restrict__
     }
 }
 
-// Y[i, d] = Σ_{q ∈ row i} w[perm[q]]·X[src[q], d]
+// Y[i, h, :] = Σ_{q ∈ row i} w[perm[q], h]·X[src[q], h, :]
 template <typename T>
-__device__ __forceinline__ void spmm_impl(const uint32_t* __restrict__ row_ptr, const uint32_t* __restrict__ src,
-                                          const uint32_t* __restrict__ perm, const T* __restrict__ x, const float* __restrict__ w,
-                                          T* __restrict__ out, const GraphParams& p) {
-    const size_t total = (size_t)p.num_nodes * p.dim;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+__device__ __forceinline__ void spmm_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, T* __restrict__ out,
+                                          const GraphParams& p) {
+    const Csr g(idx, p);
+    const uint32_t dh = p.dim / p.heads;
+    GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) {
         const size_t row = i / p.dim, d = i % p.dim;
+        const uint32_t h = (uint32_t)d / dh;
         float acc = 0.0f;
-        for (uint32_t q = row_ptr[row]; q < row_ptr[row + 1]; ++q) {
-            const float xv = to_f32(x[(size_t)src[q] * p.dim + d]);
-            acc += p.has_weight ? w[perm[q]] * xv : xv;
+        for (uint32_t q = g.row_ptr[row]; q < g.row_ptr[row + 1]; ++q) {
+            const float xv = to_f32(x[(size_t)g.src[q] * p.dim + d]);
+            acc += p.has_weight ? w[(size_t)g.perm[q] * p.heads + h] * xv : xv;
         }
         out[i] = from_f32<T>(acc);
     }
 }
 
+// s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩ (f32, COO order), one thread per (node, head).
+template <typename T>
+__device__ __forceinline__ void sddmm_impl(const uint32_t* idx, const T* __restrict__ a, const T* __restrict__ b, float* __restrict__ s,
+                                           const GraphParams& p) {
+    const Csr g(idx, p);
+    const uint32_t dh = p.dim / p.heads;
+    GRID_STRIDE(t, (size_t)p.num_nodes * p.heads) {
+        const size_t i = t / p.heads, h = t % p.heads;
+        const T* ai = a + i * p.dim + h * dh;
+        for (uint32_t q = g.row_ptr[i]; q < g.row_ptr[i + 1]; ++q) {
+            const T* bj = b + (size_t)g.src[q] * p.dim + h * dh;
+            float acc = 0.0f;
+            for (uint32_t k = 0; k < dh; ++k) acc += to_f32(ai[k]) * to_f32(bj[k]);
+            s[(size_t)g.perm[q] * p.heads + h] = acc;
+        }
+    }
+}
+
+// Max-subtracted softmax over the edges into each node, per head (f32, COO order).
+__device__ __forceinline__ void softmax_impl(const uint32_t* idx, const float* __restrict__ s, float* __restrict__ out, const GraphParams& p) {
+    const Csr g(idx, p);
+    GRID_STRIDE(t, (size_t)p.num_nodes * p.heads) {
+        const size_t i = t / p.heads, h = t % p.heads;
+        const uint32_t lo = g.row_ptr[i], hi = g.row_ptr[i + 1];
+        float mx = -3.4028235e38f, sum = 0.0f;
+        for (uint32_t q = lo; q < hi; ++q) mx = fmaxf(mx, s[(size_t)g.perm[q] * p.heads + h]);
+        for (uint32_t q = lo; q < hi; ++q) sum += expf(s[(size_t)g.perm[q] * p.heads + h] - mx);
+        for (uint32_t q = lo; q < hi; ++q) {
+            const size_t e = (size_t)g.perm[q] * p.heads + h;
+            out[e] = expf(s[e] - mx) / sum;
+        }
+    }
+}
+
+// ds = α·(dα − Σ_row α·dα), per head.
+__device__ __forceinline__ void softmax_backward_impl(const uint32_t* idx, const float* __restrict__ alpha, const float* __restrict__ d_alpha,
+                                                      float* __restrict__ out, const GraphParams& p) {
+    const Csr g(idx, p);
+    GRID_STRIDE(t, (size_t)p.num_nodes * p.heads) {
+        const size_t i = t / p.heads, h = t % p.heads;
+        const uint32_t lo = g.row_ptr[i], hi = g.row_ptr[i + 1];
+        float dot = 0.0f;
+        for (uint32_t q = lo; q < hi; ++q) {
+            const size_t e = (size_t)g.perm[q] * p.heads + h;
+            dot += alpha[e] * d_alpha[e];
+        }
+        for (uint32_t q = lo; q < hi; ++q) {
+            const size_t e = (size_t)g.perm[q] * p.heads + h;
+            out[e] = alpha[e] * (d_alpha[e] - dot);
+        }
+    }
+}
+
 #define GRAPH_ENTRIES(SUFFIX, T)                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256) graph_gather_##SUFFIX(const uint32_t* idx, const T* x, T* out, GraphParams p) { \
+        gather_impl<T>(idx, x, out, p);                                                                                    \
+    }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
-        graph_gather_##SUFFIX(const uint32_t* src_coo, const T* x, T* out, GraphParams p) {                               \
-        gather_impl<T>(src_coo, x, out, p);                                                                                \
+        graph_segment_reduce_##SUFFIX(const uint32_t* idx, const T* m, T* out, uint32_t* arg, GraphParams p) {           \
+        segment_reduce_impl<T>(idx, m, out, arg, p);                                                                       \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256) graph_segment_reduce_##SUFFIX(                                       \
-        const uint32_t* row_ptr, const uint32_t* perm, const T* m, T* out, uint32_t* arg, GraphParams p) {                 \
-        segment_reduce_impl<T>(row_ptr, perm, m, out, arg, p);                                                             \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_spmm_##SUFFIX(const uint32_t* idx, const T* x, const float* w, T* out, GraphParams p) {                    \
+        spmm_impl<T>(idx, x, w, out, p);                                                                                   \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256) graph_spmm_##SUFFIX(                                                 \
-        const uint32_t* row_ptr, const uint32_t* src, const uint32_t* perm, const T* x, const float* w, T* out,             \
-        GraphParams p) {                                                                                                   \
-        spmm_impl<T>(row_ptr, src, perm, x, w, out, p);                                                                    \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_sddmm_##SUFFIX(const uint32_t* idx, const T* a, const T* b, float* s, GraphParams p) {                      \
+        sddmm_impl<T>(idx, a, b, s, p);                                                                                    \
     }
 #if !defined(FFKERN_SM90A)
 GRAPH_ENTRIES(f32, float)
 GRAPH_ENTRIES(f16, __half)
 GRAPH_ENTRIES(bf16, __nv_bfloat16)
+extern "C" __global__ void __launch_bounds__(256) graph_softmax(const uint32_t* idx, const float* s, float* out, GraphParams p) {
+    softmax_impl(idx, s, out, p);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    graph_softmax_backward(const uint32_t* idx, const float* alpha, const float* d_alpha, float* out, GraphParams p) {
+    softmax_backward_impl(idx, alpha, d_alpha, out, p);
+}
 #endif

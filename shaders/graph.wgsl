@@ -1,26 +1,43 @@
-// Graph message passing primitives (SPEC §6): gather_rows, segment_reduce, spmm.
+// Graph message passing primitives (SPEC §6): gather_rows, segment_reduce, spmm (multi-head),
+// sddmm, segment softmax and its backward.
 // Why it is deterministic and fast enough: one invocation per output word (one element, or two
 // f16/bf16 elements) walks its destination row's edges in the fixed CSR order — no atomics, and
-// neighbouring invocations read neighbouring columns of the same source row (coalesced).
-// Index arrays arrive as raw 32-bit words.
+// neighbouring invocations read neighbouring columns of the same source row (coalesced). The
+// softmax kernels take one invocation per (node, head) and write each of the row's edges once.
+// Index arrays arrive as raw 32-bit words in one buffer: row_ptr [N + 1] | src | perm | src_coo.
 
 struct Params {
     num_nodes: u32, num_edges: u32, dim: u32, reduce: u32,
-    has_weight: u32, pad0: u32, pad1: u32, pad2: u32,
+    has_weight: u32, heads: u32, pad0: u32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> row_ptr: array<u32>;
-@group(0) @binding(2) var<storage, read> src: array<u32>;
-@group(0) @binding(3) var<storage, read> perm: array<u32>;
-@group(0) @binding(4) var<storage, read> src_coo: array<u32>;
-@group(0) @binding(5) var<storage, read> x_buf: array<u32>;
-@group(0) @binding(6) var<storage, read> w_buf: array<f32>;
-@group(0) @binding(7) var<storage, read_write> out_buf: array<u32>;
-@group(0) @binding(8) var<storage, read_write> arg_buf: array<u32>;
+@group(0) @binding(1) var<storage, read> idx: array<u32>;
+@group(0) @binding(2) var<storage, read> x_buf: array<u32>;
+@group(0) @binding(3) var<storage, read> y_buf: array<u32>;
+@group(0) @binding(4) var<storage, read> w_buf: array<f32>;
+@group(0) @binding(5) var<storage, read> v_buf: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out_buf: array<u32>;
+@group(0) @binding(7) var<storage, read_write> arg_buf: array<u32>;
+
+fn row_ptr(i: u32) -> u32 {
+    return idx[i];
+}
+fn src(q: u32) -> u32 {
+    return idx[p.num_nodes + 1u + q];
+}
+fn perm(q: u32) -> u32 {
+    return idx[p.num_nodes + 1u + p.num_edges + q];
+}
+fn src_coo(e: u32) -> u32 {
+    return idx[p.num_nodes + 1u + 2u * p.num_edges + e];
+}
 
 fn ld(i: u32) -> f32 {
     return unpack_elem(x_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT);
+}
+fn ld_y(i: u32) -> f32 {
+    return unpack_elem(y_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT);
 }
 
 // One output element i of kernel `kind` (0 gather, 1 segment reduce, 2 spmm).
@@ -29,21 +46,22 @@ fn element(kind: u32, i: u32) -> f32 {
     let d = i % p.dim;
     if (kind == 0u) {
         // out[e, d] = X[src_coo[e], d]
-        return ld(src_coo[row] * p.dim + d);
+        return ld(src_coo(row) * p.dim + d);
     }
-    let lo = row_ptr[row];
-    let hi = row_ptr[row + 1u];
+    let lo = row_ptr(row);
+    let hi = row_ptr(row + 1u);
+    let head = d / (p.dim / p.heads);
     var acc = 0.0;
     var arg = p.num_edges;
     for (var q = lo; q < hi; q++) {
         if (kind == 2u) {
-            // Y[i, d] = Σ_{q ∈ row i} w[perm[q]]·X[src[q], d]
-            let xv = ld(src[q] * p.dim + d);
-            acc += select(xv, w_buf[perm[q]] * xv, p.has_weight != 0u);
+            // Y[i, h, :] = Σ_{q ∈ row i} w[perm[q], h]·X[src[q], h, :]
+            let xv = ld(src(q) * p.dim + d);
+            acc += select(xv, w_buf[perm(q) * p.heads + head] * xv, p.has_weight != 0u);
             continue;
         }
         // out[i, d] = reduce over row i of M[perm[q], d]; max/min keep the first (COO) arg.
-        let e = perm[q];
+        let e = perm(q);
         let m = ld(e * p.dim + d);
         if (p.reduce <= 1u) {
             acc += m;
@@ -62,6 +80,7 @@ fn element(kind: u32, i: u32) -> f32 {
     }
     return acc;
 }
+
 
 // One output word: one element, or two for f16/bf16.
 fn run(kind: u32, word: u32, rows: u32) {
@@ -99,4 +118,72 @@ fn graph_segment_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 @compute @workgroup_size(256)
 fn graph_spmm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     run(2u, flat_id(gid, nwg), p.num_nodes);
+}
+
+// The (node, head) of a per-edge kernel's invocation t and the node's CSR range.
+struct NodeHead { i: u32, h: u32, lo: u32, hi: u32 }
+
+fn node_head(t: u32) -> NodeHead {
+    let i = t / p.heads;
+    if (i >= p.num_nodes) { return NodeHead(i, 0u, 0u, 0u); }
+    return NodeHead(i, t % p.heads, row_ptr(i), row_ptr(i + 1u));
+}
+
+// s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩, one invocation per (node, head) over its row;
+// out is f32 in COO order.
+@compute @workgroup_size(256)
+fn graph_sddmm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = node_head(flat_id(gid, nwg));
+    if (r.i >= p.num_nodes) { return; }
+    let dh = p.dim / p.heads;
+    for (var q = r.lo; q < r.hi; q++) {
+        let a0 = r.i * p.dim + r.h * dh;
+        let b0 = src(q) * p.dim + r.h * dh;
+        var acc = 0.0;
+        for (var k = 0u; k < dh; k++) {
+            acc += ld(a0 + k) * ld_y(b0 + k);
+        }
+        out_buf[perm(q) * p.heads + r.h] = bitcast<u32>(acc);
+    }
+}
+
+// Softmax over the edges into node i of head h (max-subtracted); w = scores, f32 out.
+@compute @workgroup_size(256)
+fn graph_softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = node_head(flat_id(gid, nwg));
+    if (r.i >= p.num_nodes) { return; }
+    let h = r.h;
+    let lo = r.lo;
+    let hi = r.hi;
+    var mx = -3.4028235e38;
+    for (var q = lo; q < hi; q++) {
+        mx = max(mx, w_buf[perm(q) * p.heads + h]);
+    }
+    var sum = 0.0;
+    for (var q = lo; q < hi; q++) {
+        sum += exp(w_buf[perm(q) * p.heads + h] - mx);
+    }
+    for (var q = lo; q < hi; q++) {
+        let e = perm(q) * p.heads + h;
+        out_buf[e] = bitcast<u32>(exp(w_buf[e] - mx) / sum);
+    }
+}
+
+// ds = α·(dα − Σ_row α·dα); w = α, v = dα, f32 out.
+@compute @workgroup_size(256)
+fn graph_softmax_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = node_head(flat_id(gid, nwg));
+    if (r.i >= p.num_nodes) { return; }
+    let h = r.h;
+    let lo = r.lo;
+    let hi = r.hi;
+    var dot = 0.0;
+    for (var q = lo; q < hi; q++) {
+        let e = perm(q) * p.heads + h;
+        dot += w_buf[e] * v_buf[e];
+    }
+    for (var q = lo; q < hi; q++) {
+        let e = perm(q) * p.heads + h;
+        out_buf[e] = bitcast<u32>(w_buf[e] * (v_buf[e] - dot));
+    }
 }

@@ -251,20 +251,29 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                 let x = scaled(dtype, n * dim, 1.0, 1);
                 let m = scaled(dtype, e * dim, 1.0, 2);
                 let w = scaled(DType::F32, e, 1.0, 3);
-                let cases: [(&str, Vec<f64>); 4] = [
+                let heads = if dim % 4 == 0 { 4 } else { 1 };
+                let s = scaled(DType::F32, e * heads, 2.0, 4);
+                let cases: [(&str, Vec<f64>); 6] = [
                     ("gather", gcpu::gather_rows(&g, &x.data, dim)),
-                    ("spmm", gcpu::spmm(&g, &x.data, Some(&w.data), dim)),
+                    ("spmm", gcpu::spmm(&g, &x.data, Some(&w.data), 1, dim)),
                     ("segment_mean", gcpu::segment_reduce(&g, &m.data, dim, Reduce::Mean).0),
                     ("segment_max", gcpu::segment_reduce(&g, &m.data, dim, Reduce::Max).0),
+                    ("sddmm", gcpu::sddmm(&g, &x.data, &x.data, heads, dim)),
+                    ("segment_softmax", gcpu::segment_softmax(&g, &s.data, heads)),
                 ];
                 for (kind, reference) in cases {
-                    let shape = format!("{kind} N{n} E{e} D{dim} deg {lo}..{hi}");
+                    let shape = format!("{kind} N{n} E{e} D{dim} H{heads} deg {lo}..{hi}");
                     let res = (|| -> crate::Result<Vec<f32>> {
                         let dg = DeviceGraph::upload(be, &g)?;
                         let y = match kind {
                             "gather" => graph::gather_rows(be, &dg, &be.upload(&x)?, dim)?,
                             "spmm" => graph::spmm(be, &dg, &be.upload(&x)?, Some(&be.upload(&w)?), dim)?,
                             "segment_mean" => graph::segment_reduce(be, &dg, &be.upload(&m)?, dim, Reduce::Mean)?.0,
+                            "sddmm" => {
+                                let xb = be.upload(&x)?;
+                                graph::sddmm(be, &dg, &xb, &xb, heads, dim)?
+                            }
+                            "segment_softmax" => graph::segment_softmax(be, &dg, &be.upload(&s)?, heads)?,
                             _ => graph::segment_reduce(be, &dg, &be.upload(&m)?, dim, Reduce::Max)?.0,
                         };
                         Ok(be.download(&y)?.data)

@@ -3,7 +3,7 @@
 
 use crate::ops::gemm::{ActGrad, Gemm};
 use crate::ops::ffn::BnParams;
-use crate::ops::graph::{DeviceGraph, GraphKernel, GraphParams};
+use crate::ops::graph::{DeviceGraph, GraphArgs, GraphKernel, GraphParams};
 use crate::ops::linattn::LinAttnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
@@ -71,11 +71,9 @@ pub trait Backend {
     #[allow(clippy::too_many_arguments)]
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, starts: &[u32], state: &mut Self::Buf, z: &mut Self::Buf, o: &mut Self::Buf) -> Result<()>;
 
-    /// One graph primitive (see `ops::graph`, which checks the buffers): `x` is the features
-    /// (`[N, D]`, or the messages `[E, D]` for a segment reduction), `w` the optional edge
-    /// weights (f32, COO order), `arg` the max/min arg words.
-    #[allow(clippy::too_many_arguments)]
-    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<Self::Buf>, x: &Self::Buf, w: Option<&Self::Buf>, out: &mut Self::Buf, arg: Option<&mut Self::Buf>) -> Result<()>;
+    /// One graph primitive (see `ops::graph`, which checks the buffers; [`GraphKernel`] says
+    /// which operands each reads); `arg` gets the max/min arg words.
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<Self::Buf>, a: &GraphArgs<Self::Buf>, out: &mut Self::Buf, arg: Option<&mut Self::Buf>) -> Result<()>;
 }
 
 /// Checks that every operand has the dtype of the first.

@@ -1,6 +1,7 @@
 //! Graph primitives: the CSR build (checked indices, stable order), the references against
-//! each other, and gather / segment_reduce / spmm (and the gather / segment-sum backward) on
-//! every backend and dtype against the reference, with determinism and bad input.
+//! each other and finite differences, and gather / segment_reduce / spmm / sddmm / segment
+//! softmax with their backward on every backend and dtype against the reference, with
+//! determinism and bad input.
 
 mod common;
 
@@ -55,7 +56,7 @@ fn references_agree_with_each_other() {
     let gathered = cpu::gather_rows(&g, &x, dim);
     let weighted: Vec<f32> = gathered.iter().enumerate().map(|(i, v)| (v * w[i / dim] as f64) as f32).collect();
     let (sum, _) = cpu::segment_reduce(&g, &weighted, dim, Reduce::Sum);
-    let y = cpu::spmm(&g, &x, Some(&w), dim);
+    let y = cpu::spmm(&g, &x, Some(&w), 1, dim);
     let worst = y.iter().zip(&sum).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(worst < 1e-5, "spmm vs gather+sum: {worst:e}");
     // Mean = sum / degree; max ≥ mean ≥ min; empty row (node 12) gives 0 and arg E.
@@ -106,7 +107,7 @@ fn primitives_match_the_reference_on_every_backend() {
                     assert_close(&format!("{what} gather"), &down(&out), &cpu::gather_rows(&g, &x.data, dim), dtype);
                     for weighted in [false, true] {
                         let y = graph::spmm(be, &dg, &xb, weighted.then_some(&wb), dim).expect("spmm");
-                        let r = cpu::spmm(&g, &x.data, weighted.then_some(&w.data[..]), dim);
+                        let r = cpu::spmm(&g, &x.data, weighted.then_some(&w.data[..]), 1, dim);
                         assert_close(&format!("{what} spmm w={weighted}"), &down(&y), &r, dtype);
                     }
                     for reduce in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min] {
@@ -162,7 +163,95 @@ fn bad_input_is_an_error() {
             let w = be.upload(&HostTensor::random(DType::F32, vec![3], 1)).expect("w");
             assert!(matches!(graph::spmm(be, &dg, &x, Some(&w), 4), Err(Error::Shape { .. })), "{}: short w", dev.name());
             assert!(graph::segment_reduce(be, &dg, &x, 4, Reduce::Max).is_err(), "{}: M shorter than E·D", dev.name());
+            assert!(matches!(graph::sddmm(be, &dg, &x, &x, 3, 4), Err(Error::Shape { .. })), "{}: dim not a multiple of heads", dev.name());
+            let s16 = be.upload(&HostTensor::random(DType::F16, vec![g.num_edges()], 1)).expect("s");
+            assert!(matches!(graph::segment_softmax(be, &dg, &s16, 1), Err(Error::Dtype { .. })), "{}: f16 scores", dev.name());
         });
     }
     assert!("median".parse::<Reduce>().is_err());
+}
+
+/// The attention path (GAT, OneForecast): scores by sddmm, segment softmax, weighted multi-head
+/// spmm, and the backward of each, on every backend and dtype.
+#[test]
+fn attention_primitives_match_the_reference_on_every_backend() {
+    for dev in devices_and_cpu() {
+        for dtype in DType::ALL {
+            for (n, e, heads, dh) in [(23usize, 90usize, 3usize, 5usize), (300, 2400, 4, 16)] {
+                let g = random_graph(n, e, 5 + n as u64);
+                let gt = g.transposed();
+                let (ec, dim) = (g.num_edges(), heads * dh);
+                let a = HostTensor::random(dtype, vec![n * dim], 40);
+                let b = HostTensor::random(dtype, vec![n * dim], 41);
+                let s = HostTensor::random(DType::F32, vec![ec * heads], 42);
+                let da = HostTensor::random(DType::F32, vec![ec * heads], 43);
+                let what = format!("{} {dtype} N{n} E{ec} H{heads} Dh{dh}", dev.name());
+                let alpha_ref = cpu::segment_softmax(&g, &s.data, heads);
+                let alpha_host: Vec<f32> = alpha_ref.iter().map(|&v| v as f32).collect();
+                with_backend!(dev, be => {
+                    let up = |t: &HostTensor| be.upload(t).expect("upload");
+                    let down = |b: &_| be.download(b).expect("download").data;
+                    let dg = DeviceGraph::upload(be, &g).expect("graph upload");
+                    let dgt = DeviceGraph::upload(be, &gt).expect("graph upload");
+                    let (ab, bb, sb, dab) = (up(&a), up(&b), up(&s), up(&da));
+                    // Scores are f32 whatever the features' dtype; the budget is the inputs'.
+                    let sc = graph::sddmm(be, &dg, &ab, &bb, heads, dim).expect("sddmm");
+                    assert_close(&format!("{what} sddmm"), &down(&sc), &cpu::sddmm(&g, &a.data, &b.data, heads, dim), dtype);
+                    let alpha = graph::segment_softmax(be, &dg, &sb, heads).expect("softmax");
+                    assert_close(&format!("{what} softmax"), &down(&alpha), &alpha_ref, DType::F32);
+                    let alpha_b = be.upload(&HostTensor::new(DType::F32, vec![ec * heads], alpha_host.clone()).expect("alpha")).expect("alpha");
+                    let ds = graph::segment_softmax_backward(be, &dg, &alpha_b, &dab, heads).expect("softmax backward");
+                    assert_close(&format!("{what} softmax backward"), &down(&ds), &cpu::segment_softmax_backward(&g, &alpha_host, &da.data, heads), DType::F32);
+                    let y = graph::spmm_heads(be, &dg, &bb, Some(&alpha_b), heads, dim).expect("spmm heads");
+                    assert_close(&format!("{what} spmm heads"), &down(&y), &cpu::spmm(&g, &b.data, Some(&alpha_host), heads, dim), dtype);
+                    // spmm backward with dY = A: dX over the transposed graph, dw = sddmm(dY, X).
+                    let (dx, dw) = graph::spmm_backward(be, &dg, &dgt, &bb, Some(&alpha_b), &ab, heads, dim).expect("spmm backward");
+                    assert_close(&format!("{what} spmm backward dX"), &down(&dx), &cpu::spmm(&gt, &a.data, Some(&alpha_host), heads, dim), dtype);
+                    assert_close(&format!("{what} spmm backward dw"), &down(&dw.expect("dw")), &cpu::sddmm(&g, &a.data, &b.data, heads, dim), dtype);
+                    // sddmm backward with ds = dα.
+                    let (d_a, d_b) = graph::sddmm_backward(be, &dg, &dgt, &ab, &bb, &dab, heads, dim).expect("sddmm backward");
+                    assert_close(&format!("{what} sddmm backward dA"), &down(&d_a), &cpu::spmm(&g, &b.data, Some(&da.data), heads, dim), dtype);
+                    assert_close(&format!("{what} sddmm backward dB"), &down(&d_b), &cpu::spmm(&gt, &a.data, Some(&da.data), heads, dim), dtype);
+                });
+            }
+        }
+    }
+}
+
+/// The attention references against central finite differences of
+/// `L = Σ_e Σ_h c[e, h]·softmax(sddmm(A, B))[e, h]` in A and B, and of weighted spmm in w.
+#[test]
+fn attention_references_match_finite_differences() {
+    let (n, heads, dh) = (9usize, 2usize, 3usize);
+    let g = random_graph(n, 30, 77);
+    let gt = g.transposed();
+    let (ec, dim) = (g.num_edges(), heads * dh);
+    let a = HostTensor::random(DType::F32, vec![n * dim], 1).data;
+    let b = HostTensor::random(DType::F32, vec![n * dim], 2).data;
+    let c = HostTensor::random(DType::F32, vec![ec * heads], 3).data;
+    let loss = |a: &[f32], b: &[f32]| -> f64 {
+        let s: Vec<f32> = cpu::sddmm(&g, a, b, heads, dim).iter().map(|&v| v as f32).collect();
+        cpu::segment_softmax(&g, &s, heads).iter().zip(&c).map(|(p, q)| p * *q as f64).sum()
+    };
+    // Analytic: dα = c, ds = softmax backward, dA = spmm(g, B, ds), dB = spmm(gt, A, ds).
+    let s: Vec<f32> = cpu::sddmm(&g, &a, &b, heads, dim).iter().map(|&v| v as f32).collect();
+    let alpha: Vec<f32> = cpu::segment_softmax(&g, &s, heads).iter().map(|&v| v as f32).collect();
+    let ds: Vec<f32> = cpu::segment_softmax_backward(&g, &alpha, &c, heads).iter().map(|&v| v as f32).collect();
+    let da = cpu::spmm(&g, &b, Some(&ds), heads, dim);
+    let db = cpu::spmm(&gt, &a, Some(&ds), heads, dim);
+    let h = 1e-2f32;
+    for k in [0, 7, 13, n * dim - 1] {
+        for (which, grad) in [(0, &da), (1, &db)] {
+            let (mut ap, mut am, mut bp, mut bm) = (a.clone(), a.clone(), b.clone(), b.clone());
+            if which == 0 {
+                ap[k] += h;
+                am[k] -= h;
+            } else {
+                bp[k] += h;
+                bm[k] -= h;
+            }
+            let fd = (loss(&ap, &bp) - loss(&am, &bm)) / (2.0 * h as f64);
+            assert!((fd - grad[k]).abs() < 2e-3 * (1.0 + fd.abs()), "d{} [{k}]: fd {fd} vs analytic {}", ["A", "B"][which], grad[k]);
+        }
+    }
 }

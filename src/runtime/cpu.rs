@@ -4,7 +4,7 @@
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{self, ActGrad, Gemm};
 use crate::ops::ffn::{self, BatchNorm, BatchNormDesc, BnParams};
-use crate::ops::graph::{self, DeviceGraph, GraphKernel, GraphParams};
+use crate::ops::graph::{self, DeviceGraph, GraphArgs, GraphKernel, GraphParams};
 use crate::ops::linattn::{self, FeatureMap, LinAttnParams, LinearAttention, Normalize};
 use crate::ops::optim::{self, OptimParams};
 use crate::{DType, Error, HostTensor, Result};
@@ -195,17 +195,23 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<HostTensor>, x: &HostTensor, w: Option<&HostTensor>, out: &mut HostTensor, arg: Option<&mut HostTensor>) -> Result<()> {
-        let host = graph::Graph::from_words(p.num_nodes as usize, &g.row_ptr.data, &g.src.data, &g.perm.data, &g.src_coo.data);
-        let d = p.dim as usize;
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<HostTensor>, a: &GraphArgs<HostTensor>, out: &mut HostTensor, arg: Option<&mut HostTensor>) -> Result<()> {
+        let host = graph::Graph::from_words(p.num_nodes as usize, &g.words.data);
+        let (d, heads) = (p.dim as usize, p.heads.max(1) as usize);
+        fn data(t: Option<&HostTensor>) -> Result<&[f32]> {
+            t.map(|t| &t.data[..]).ok_or_else(|| Error::Invalid("graph: an operand is missing".into()))
+        }
         let y = match kind {
-            GraphKernel::Gather => graph::cpu::gather_rows(&host, &x.data, d),
-            GraphKernel::Spmm => graph::cpu::spmm(&host, &x.data, w.map(|w| &w.data[..]), d),
+            GraphKernel::Gather => graph::cpu::gather_rows(&host, data(a.x)?, d),
+            GraphKernel::Spmm => graph::cpu::spmm(&host, data(a.x)?, a.w.map(|w| &w.data[..]), heads, d),
+            GraphKernel::Sddmm => graph::cpu::sddmm(&host, data(a.x)?, data(a.y)?, heads, d),
+            GraphKernel::Softmax => graph::cpu::segment_softmax(&host, data(a.w)?, heads),
+            GraphKernel::SoftmaxBackward => graph::cpu::segment_softmax_backward(&host, data(a.w)?, data(a.v)?, heads),
             GraphKernel::SegmentReduce => {
                 let reduce = [graph::Reduce::Sum, graph::Reduce::Mean, graph::Reduce::Max, graph::Reduce::Min][p.reduce as usize & 3];
-                let (y, a) = graph::cpu::segment_reduce(&host, &x.data, d, reduce);
+                let (y, args) = graph::cpu::segment_reduce(&host, data(a.x)?, d, reduce);
                 if let Some(arg) = arg {
-                    for (dst, v) in arg.data.iter_mut().zip(a) {
+                    for (dst, v) in arg.data.iter_mut().zip(args) {
                         *dst = f32::from_bits(v);
                     }
                 }

@@ -11,7 +11,7 @@ use half::{bf16, f16};
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{ActGrad, Gemm};
 use crate::ops::ffn::BnParams;
-use crate::ops::graph::{DeviceGraph, GraphKernel, GraphParams};
+use crate::ops::graph::{DeviceGraph, GraphArgs, GraphKernel, GraphParams};
 use crate::ops::linattn::LinAttnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
@@ -522,27 +522,27 @@ impl Backend for CudaRuntime {
         }
     }
 
-    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<CudaBuf>, x: &CudaBuf, w: Option<&CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {
-        let views = crate::ops::graph::cuda::GraphViews {
-            row_ptr: g.row_ptr.typed::<f32>()?.as_view(),
-            src: g.src.typed::<f32>()?.as_view(),
-            perm: g.perm.typed::<f32>()?.as_view(),
-            src_coo: g.src_coo.typed::<f32>()?.as_view(),
-        };
-        let w = w.map(|w| w.typed::<f32>().map(|s| s.as_view())).transpose()?;
-        let mut arg = match arg {
-            Some(a) => Some(a.typed_mut::<f32>()?.as_view_mut()),
-            None => None,
-        };
-        #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaElem>(rt: &CudaRuntime, kind: GraphKernel, p: &GraphParams, g: &crate::ops::graph::cuda::GraphViews, x: &CudaBuf, w: Option<&CudaView<f32>>, out: &mut CudaBuf, arg: Option<&mut CudaViewMut<f32>>) -> Result<()> {
-            crate::ops::graph::cuda::launch::<T>(rt, kind, p, g, &x.typed::<T>()?.as_view(), w, &mut out.typed_mut::<T>()?.as_view_mut(), arg)
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<CudaBuf>, a: &GraphArgs<CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {
+        use crate::ops::graph::cuda::{launch, CudaGraphArgs};
+        fn go<T: CudaElem>(rt: &CudaRuntime, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<CudaBuf>, a: &GraphArgs<CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {
+            fn view<E: CudaElem>(b: Option<&CudaBuf>) -> Result<Option<CudaView<'_, E>>> {
+                b.map(|b| b.typed::<E>().map(|s| s.as_view())).transpose()
+            }
+            let ca = CudaGraphArgs { idx: g.words.typed::<f32>()?.as_view(), x: view::<T>(a.x)?, y: view::<T>(a.y)?, w: view::<f32>(a.w)?, v: view::<f32>(a.v)? };
+            let mut arg = match arg {
+                Some(b) => Some(b.typed_mut::<f32>()?.as_view_mut()),
+                None => None,
+            };
+            if matches!(kind, GraphKernel::Sddmm | GraphKernel::Softmax | GraphKernel::SoftmaxBackward) {
+                launch::<T>(rt, kind, p, &ca, None, Some(&mut out.typed_mut::<f32>()?.as_view_mut()), arg.as_mut())
+            } else {
+                launch::<T>(rt, kind, p, &ca, Some(&mut out.typed_mut::<T>()?.as_view_mut()), None, arg.as_mut())
+            }
         }
-        same_dtype("graph", &[("x", x.dtype()), ("out", out.dtype())])?;
-        match x.dtype() {
-            DType::F32 => go::<f32>(self, kind, p, &views, x, w.as_ref(), out, arg.as_mut()),
-            DType::F16 => go::<f16>(self, kind, p, &views, x, w.as_ref(), out, arg.as_mut()),
-            DType::BF16 => go::<bf16>(self, kind, p, &views, x, w.as_ref(), out, arg.as_mut()),
+        match a.x.map_or(DType::F32, |x| x.dtype()) {
+            DType::F32 => go::<f32>(self, kind, p, g, a, out, arg),
+            DType::F16 => go::<f16>(self, kind, p, g, a, out, arg),
+            DType::BF16 => go::<bf16>(self, kind, p, g, a, out, arg),
         }
     }
 }

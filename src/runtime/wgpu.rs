@@ -11,7 +11,7 @@ use wgpu::util::DeviceExt;
 use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{ActGrad, Gemm};
 use crate::ops::ffn::BnParams;
-use crate::ops::graph::{DeviceGraph, GraphKernel, GraphParams};
+use crate::ops::graph::{DeviceGraph, GraphArgs, GraphKernel, GraphParams};
 use crate::ops::linattn::LinAttnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
@@ -589,8 +589,10 @@ impl Backend for WgpuContext {
         crate::ops::linattn::wgpu::recurrent(self, p, dtype, &q.buffer, &k.buffer, &v.buffer, starts, &state.buffer, &z.buffer, &o.buffer)
     }
 
-    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, x: &WgpuBuffer, w: Option<&WgpuBuffer>, out: &mut WgpuBuffer, arg: Option<&mut WgpuBuffer>) -> Result<()> {
-        let dtype = same_dtype("graph", &[("x", x.dtype), ("out", out.dtype)])?;
-        crate::ops::graph::wgpu::launch(self, kind, p, dtype, g, &x.buffer, w.map(|w| &w.buffer), &out.buffer, arg.map(|a| &a.buffer))
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, a: &GraphArgs<WgpuBuffer>, out: &mut WgpuBuffer, arg: Option<&mut WgpuBuffer>) -> Result<()> {
+        if let (Some(x), GraphKernel::Gather | GraphKernel::SegmentReduce | GraphKernel::Spmm) = (a.x, kind) {
+            same_dtype("graph", &[("x", x.dtype), ("out", out.dtype)])?;
+        }
+        crate::ops::graph::wgpu::launch(self, kind, p, g, a, out, arg.map(|a| &*a))
     }
 }

@@ -4,7 +4,7 @@ use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::{GraphKernel, GraphParams};
 use crate::runtime::cuda::{CudaElem, CudaRuntime, Ptx};
-use crate::{DType, Result};
+use crate::{DType, Error, Result};
 
 const FAMILY: &str = "graph";
 
@@ -19,64 +19,109 @@ pub const KERNELS: &[&str] = &[
     "graph_spmm_f32",
     "graph_spmm_f16",
     "graph_spmm_bf16",
+    "graph_sddmm_f32",
+    "graph_sddmm_f16",
+    "graph_sddmm_bf16",
+    "graph_softmax",
+    "graph_softmax_backward",
 ];
 
-/// The graph's index arrays (raw words in f32 buffers) as the kernels read them.
-pub struct GraphViews<'a> {
-    pub row_ptr: CudaView<'a, f32>,
-    pub src: CudaView<'a, f32>,
-    pub perm: CudaView<'a, f32>,
-    pub src_coo: CudaView<'a, f32>,
+/// The typed operands of one launch (see `GraphKernel` for which each kernel reads).
+pub struct CudaGraphArgs<'a, T> {
+    pub idx: CudaView<'a, f32>,
+    pub x: Option<CudaView<'a, T>>,
+    pub y: Option<CudaView<'a, T>>,
+    pub w: Option<CudaView<'a, f32>>,
+    pub v: Option<CudaView<'a, f32>>,
 }
 
-/// One graph kernel on the runtime's stream.
-#[allow(clippy::too_many_arguments)]
+fn need<'b, X>(v: &'b Option<X>, what: &str) -> Result<&'b X> {
+    v.as_ref().ok_or_else(|| Error::Invalid(format!("graph: the {what} operand is missing")))
+}
+
+/// One graph kernel on the runtime's stream. `out` is `T` for gather / segment_reduce / spmm
+/// and f32 for the per-edge kernels (`out32`).
 pub fn launch<T: CudaElem>(
     rt: &CudaRuntime,
     kind: GraphKernel,
     p: &GraphParams,
-    g: &GraphViews,
-    x: &CudaView<T>,
-    w: Option<&CudaView<f32>>,
-    out: &mut CudaViewMut<T>,
+    a: &CudaGraphArgs<T>,
+    out: Option<&mut CudaViewMut<T>>,
+    out32: Option<&mut CudaViewMut<f32>>,
     arg: Option<&mut CudaViewMut<f32>>,
 ) -> Result<()> {
-    let base = match kind {
-        GraphKernel::Gather => 0,
-        GraphKernel::SegmentReduce => 3,
-        GraphKernel::Spmm => 6,
+    let typed = |base: usize| {
+        KERNELS[base
+            + match T::DTYPE {
+                DType::F32 => 0,
+                DType::F16 => 1,
+                DType::BF16 => 2,
+            }]
     };
-    let name = KERNELS[base + match T::DTYPE {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::BF16 => 2,
-    }];
+    let (name, threads) = match kind {
+        GraphKernel::Gather => (typed(0), p.num_edges as usize * p.dim as usize),
+        GraphKernel::SegmentReduce => (typed(3), p.num_nodes as usize * p.dim as usize),
+        GraphKernel::Spmm => (typed(6), p.num_nodes as usize * p.dim as usize),
+        GraphKernel::Sddmm => (typed(9), p.num_nodes as usize * p.heads as usize),
+        GraphKernel::Softmax => (KERNELS[12], p.num_nodes as usize * p.heads as usize),
+        GraphKernel::SoftmaxBackward => (KERNELS[13], p.num_nodes as usize * p.heads as usize),
+    };
     let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
-    let rows = if kind == GraphKernel::Gather { p.num_edges } else { p.num_nodes } as usize;
-    let blocks = (rows * p.dim as usize).div_ceil(256).clamp(1, 1 << 20) as u32;
+    let blocks = threads.div_ceil(256).clamp(1, 1 << 20) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: every entry reads the index words row_ptr [N + 1], src, perm, src_coo [E] (checked
-    // < N, resp. ≤ E, when the Graph was built) and x ([N, D] for gather/spmm, [E, D] for
-    // segment_reduce; lengths checked by ops::graph), w [E] only when p.has_weight, and writes
-    // out [E·D] (gather) or [N·D]; segment_reduce writes arg [N·D] only for max/min, which is
-    // when the caller passes it (otherwise the pointer is perm's and is never written).
+    let idx = &a.idx;
+    // SAFETY: every entry reads the index words idx [N + 1 + 3E] (each index checked < N, resp.
+    // ≤ E, when the Graph was built; only DeviceGraph::upload makes them) and its operands,
+    // whose lengths ops::graph checked: x, y [rows · dim] in T, w, v [E · heads] f32. Gather
+    // writes out [E · dim], segment_reduce and spmm out [N · dim] (T); segment_reduce writes arg
+    // [N · dim] only for max/min (otherwise the pointer is idx's and is never written); sddmm
+    // and the softmax kernels write out32 [E · heads], each element once.
     match kind {
-        GraphKernel::Gather => rt.launch(&f, cfg, |a| {
-            a.arg(&g.src_coo).arg(x).arg(out).arg(p);
-        }),
-        GraphKernel::SegmentReduce => match arg {
-            Some(arg) => rt.launch(&f, cfg, |a| {
-                a.arg(&g.row_ptr).arg(&g.perm).arg(x).arg(out).arg(arg).arg(p);
-            }),
-            None => rt.launch(&f, cfg, |a| {
-                a.arg(&g.row_ptr).arg(&g.perm).arg(x).arg(out).arg(&g.perm).arg(p);
-            }),
-        },
-        GraphKernel::Spmm => {
-            let w = w.unwrap_or(&g.perm);
-            rt.launch(&f, cfg, |a| {
-                a.arg(&g.row_ptr).arg(&g.src).arg(&g.perm).arg(x).arg(w).arg(out).arg(p);
-            })
+        GraphKernel::Gather | GraphKernel::SegmentReduce | GraphKernel::Spmm => {
+            let out = out.ok_or_else(|| Error::Invalid("graph: a typed output is needed".into()))?;
+            let x = need(&a.x, "x")?;
+            match kind {
+                GraphKernel::Gather => rt.launch(&f, cfg, |l| {
+                    l.arg(idx).arg(x).arg(out).arg(p);
+                }),
+                GraphKernel::SegmentReduce => match arg {
+                    Some(arg) => rt.launch(&f, cfg, |l| {
+                        l.arg(idx).arg(x).arg(out).arg(arg).arg(p);
+                    }),
+                    None => rt.launch(&f, cfg, |l| {
+                        l.arg(idx).arg(x).arg(out).arg(idx).arg(p);
+                    }),
+                },
+                _ => {
+                    let w = a.w.as_ref().unwrap_or(idx);
+                    rt.launch(&f, cfg, |l| {
+                        l.arg(idx).arg(x).arg(w).arg(out).arg(p);
+                    })
+                }
+            }
+        }
+        _ => {
+            let out = out32.ok_or_else(|| Error::Invalid("graph: an f32 output is needed".into()))?;
+            match kind {
+                GraphKernel::Sddmm => {
+                    let (x, y) = (need(&a.x, "A")?, need(&a.y, "B")?);
+                    rt.launch(&f, cfg, |l| {
+                        l.arg(idx).arg(x).arg(y).arg(out).arg(p);
+                    })
+                }
+                GraphKernel::Softmax => {
+                    let w = need(&a.w, "scores")?;
+                    rt.launch(&f, cfg, |l| {
+                        l.arg(idx).arg(w).arg(out).arg(p);
+                    })
+                }
+                _ => {
+                    let (w, v) = (need(&a.w, "alpha")?, need(&a.v, "d_alpha")?);
+                    rt.launch(&f, cfg, |l| {
+                        l.arg(idx).arg(w).arg(v).arg(out).arg(p);
+                    })
+                }
+            }
         }
     }
 }

@@ -66,11 +66,11 @@ impl Graph {
 
     /// The graph back from the index words of a [`DeviceGraph`] (which only a checked
     /// [`Graph`] can make).
-    pub(crate) fn from_words(num_nodes: usize, row_ptr: &[f32], src: &[f32], perm: &[f32], src_coo: &[f32]) -> Graph {
-        let w = |v: &[f32], n: usize| v[..n].iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-        let row_ptr = w(row_ptr, num_nodes + 1);
-        let e = row_ptr[num_nodes] as usize;
-        Graph { num_nodes, src: w(src, e), perm: w(perm, e), src_coo: w(src_coo, e), row_ptr }
+    pub(crate) fn from_words(num_nodes: usize, words: &[f32]) -> Graph {
+        let w = |at: usize, n: usize| words[at..at + n].iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let row_ptr = w(0, num_nodes + 1);
+        let (n1, e) = (num_nodes + 1, row_ptr[num_nodes] as usize);
+        Graph { num_nodes, src: w(n1, e), perm: w(n1 + e, e), src_coo: w(n1 + 2 * e, e), row_ptr }
     }
 
     /// A seeded random graph where every node receives `min_deg ..= max_deg` edges from uniform
@@ -138,20 +138,13 @@ impl std::str::FromStr for Reduce {
     }
 }
 
-/// A graph's index arrays on one backend (raw 32-bit words in f32 buffers). Only
-/// [`DeviceGraph::upload`] of a checked [`Graph`] makes one, so the kernels may trust every index.
+/// A graph's index arrays on one backend, as raw 32-bit words in one f32 buffer:
+/// `row_ptr [N + 1] | src [E] | perm [E] | src_coo [E]`. Only [`DeviceGraph::upload`] of a
+/// checked [`Graph`] makes one, so the kernels may trust every index.
 pub struct DeviceGraph<B> {
     pub(crate) num_nodes: usize,
     pub(crate) num_edges: usize,
-    pub(crate) row_ptr: B,
-    pub(crate) src: B,
-    pub(crate) perm: B,
-    pub(crate) src_coo: B,
-}
-
-fn words<Be: Backend>(be: &Be, v: &[u32]) -> Result<Be::Buf> {
-    let data: Vec<f32> = if v.is_empty() { vec![0.0] } else { v.iter().map(|&x| f32::from_bits(x)).collect() };
-    be.upload(&HostTensor { dtype: DType::F32, shape: vec![data.len()], data })
+    pub(crate) words: B,
 }
 
 impl<B> DeviceGraph<B> {
@@ -161,15 +154,11 @@ impl<B> DeviceGraph<B> {
     pub fn num_edges(&self) -> usize {
         self.num_edges
     }
+
     pub fn upload<Be: Backend<Buf = B>>(be: &Be, g: &Graph) -> Result<Self> {
-        Ok(DeviceGraph {
-            num_nodes: g.num_nodes,
-            num_edges: g.num_edges(),
-            row_ptr: words(be, &g.row_ptr)?,
-            src: words(be, &g.src)?,
-            perm: words(be, &g.perm)?,
-            src_coo: words(be, &g.src_coo)?,
-        })
+        let data: Vec<f32> = [&g.row_ptr, &g.src, &g.perm, &g.src_coo].into_iter().flatten().map(|&x| f32::from_bits(x)).collect();
+        let words = be.upload(&HostTensor { dtype: DType::F32, shape: vec![data.len()], data })?;
+        Ok(DeviceGraph { num_nodes: g.num_nodes, num_edges: g.num_edges(), words })
     }
 }
 
@@ -179,67 +168,152 @@ impl<B> DeviceGraph<B> {
 pub struct GraphParams {
     pub num_nodes: u32,
     pub num_edges: u32,
+    /// Feature width `heads·Dh`.
     pub dim: u32,
     pub reduce: u32,
     pub has_weight: u32,
-    pub pad: [u32; 3],
+    pub heads: u32,
+    pub pad: [u32; 2],
 }
 
 // SAFETY: GraphParams is repr(C) plain old data (u32 fields), laid out like the CUDA struct.
 #[cfg(feature = "cuda")]
 unsafe impl cudarc::driver::DeviceRepr for GraphParams {}
 
-/// Which graph kernel a [`Backend::graph_op`] call runs.
+/// Which graph kernel a [`Backend::graph_op`] call runs. Features (`x`, `y`) are `[rows, dim]`
+/// in the call's dtype; edge scalars (`w`, `v`, and the outputs of the last three) are f32
+/// `[E, heads]` in COO order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GraphKernel {
-    /// `out[e] = X[src_coo[e]]`, `[E, D]` in COO order.
+    /// `out[e] = x[src e]`, `[E, D]` in COO order.
     Gather,
-    /// `out[i] = reduce_{e ∈ row i} M[e]` (M in COO order); `arg` gets the first arg (COO edge id,
-    /// E for an empty row) for max/min.
+    /// `out[i] = reduce_{e ∈ row i} x[e]`; `arg` gets the first arg (COO edge id, E for an
+    /// empty row) for max/min.
     SegmentReduce,
-    /// `Y[i] = Σ_{e ∈ row i} w[e]·X[src[e]]` (w in COO order, optional).
+    /// `out[i, h] = Σ_{e ∈ row i} w[e, h]·x[src e, h]` (w optional).
     Spmm,
+    /// `out[e, h] = ⟨x[dst e, h], y[src e, h]⟩`.
+    Sddmm,
+    /// `out[e, h] = softmax over the edges into dst e of w[·, h]`.
+    Softmax,
+    /// `out[e, h] = w[e, h]·(v[e, h] − Σ_{e' → dst e} w[e', h]·v[e', h])` (w = α, v = dα).
+    SoftmaxBackward,
 }
 
-fn check_features<Be: Backend>(be: &Be, name: &str, x: &Be::Buf, rows: usize, dim: usize) -> Result<DType> {
+/// The operands of one [`Backend::graph_op`] call (see [`GraphKernel`] for which each uses).
+pub struct GraphArgs<'a, B> {
+    pub x: Option<&'a B>,
+    pub y: Option<&'a B>,
+    pub w: Option<&'a B>,
+    pub v: Option<&'a B>,
+}
+
+fn check_len<Be: Backend>(be: &Be, name: &str, x: &Be::Buf, rows: usize, dim: usize) -> Result<DType> {
     if be.len_of(x) < rows * dim {
         return Err(Error::shape(OP, format!("{name} holds {} elements, needs {rows}·{dim}", be.len_of(x))));
     }
     Ok(be.dtype_of(x))
 }
 
+/// An f32 edge-scalar operand `[E, heads]`.
+fn check_edge_scalars<Be: Backend>(be: &Be, name: &str, w: &Be::Buf, edges: usize, heads: usize) -> Result<()> {
+    if check_len(be, name, w, edges, heads)? != DType::F32 {
+        return Err(Error::dtype(OP, format!("{name} (edge scalars) must be f32")));
+    }
+    Ok(())
+}
+
+fn params<B>(g: &DeviceGraph<B>, dim: usize, heads: usize) -> Result<GraphParams> {
+    if heads == 0 || dim % heads != 0 {
+        return Err(Error::shape(OP, format!("dim {dim} is not a multiple of heads {heads}")));
+    }
+    Ok(GraphParams { num_nodes: g.num_nodes as u32, num_edges: g.num_edges as u32, dim: dim as u32, heads: heads as u32, ..Default::default() })
+}
+
 /// `out[e] = X[src[e]]` for every edge, in COO order (`X [N, D]` → `[E, D]`).
 pub fn gather_rows<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, dim: usize) -> Result<Be::Buf> {
-    let dtype = check_features(be, "X", x, g.num_nodes, dim)?;
+    let dtype = check_len(be, "X", x, g.num_nodes, dim)?;
     let mut out = be.alloc(dtype, g.num_edges * dim)?;
-    let p = GraphParams { num_nodes: g.num_nodes as u32, num_edges: g.num_edges as u32, dim: dim as u32, ..Default::default() };
-    be.graph_op(GraphKernel::Gather, &p, g, x, None, &mut out, None)?;
+    let a = GraphArgs { x: Some(x), y: None, w: None, v: None };
+    be.graph_op(GraphKernel::Gather, &params(g, dim, 1)?, g, &a, &mut out, None)?;
     Ok(out)
 }
 
 /// `out[i] = reduce_{e ∈ row i} M[e]` (`M [E, D]` in COO order → `[N, D]`); empty rows give 0.
 /// For max/min also the first arg (COO edge id; E for empty rows) as raw words.
 pub fn segment_reduce<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, m: &Be::Buf, dim: usize, reduce: Reduce) -> Result<(Be::Buf, Option<Be::Buf>)> {
-    let dtype = check_features(be, "M", m, g.num_edges, dim)?;
+    let dtype = check_len(be, "M", m, g.num_edges, dim)?;
     let mut out = be.alloc(dtype, g.num_nodes * dim)?;
     let mut arg = if matches!(reduce, Reduce::Max | Reduce::Min) { Some(be.alloc(DType::F32, g.num_nodes * dim)?) } else { None };
-    let p = GraphParams { num_nodes: g.num_nodes as u32, num_edges: g.num_edges as u32, dim: dim as u32, reduce: reduce as u32, ..Default::default() };
-    be.graph_op(GraphKernel::SegmentReduce, &p, g, m, None, &mut out, arg.as_mut())?;
+    let p = GraphParams { reduce: reduce as u32, ..params(g, dim, 1)? };
+    let a = GraphArgs { x: Some(m), y: None, w: None, v: None };
+    be.graph_op(GraphKernel::SegmentReduce, &p, g, &a, &mut out, arg.as_mut())?;
     Ok((out, arg))
 }
 
-/// `Y[i] = Σ_{e ∈ row i} w[e]·X[src[e]]` (`X [N, D]`, optional `w [E]` in COO order).
+/// `Y[i] = Σ_{e ∈ row i} w[e]·X[src[e]]` (`X [N, D]`, optional f32 `w [E]` in COO order).
 pub fn spmm<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, w: Option<&Be::Buf>, dim: usize) -> Result<Be::Buf> {
-    let dtype = check_features(be, "X", x, g.num_nodes, dim)?;
+    spmm_heads(be, g, x, w, 1, dim)
+}
+
+/// Multi-head [`spmm`]: `Y[i, h, :] = Σ_{e ∈ row i} w[e, h]·X[src e, h, :]` (`dim = heads·Dh`,
+/// `w [E, heads]` f32) — the attention-weighted aggregation of GAT and OneForecast.
+pub fn spmm_heads<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, w: Option<&Be::Buf>, heads: usize, dim: usize) -> Result<Be::Buf> {
+    let dtype = check_len(be, "X", x, g.num_nodes, dim)?;
+    let p = GraphParams { has_weight: w.is_some() as u32, ..params(g, dim, heads)? };
     if let Some(w) = w {
-        if check_features(be, "w", w, g.num_edges, 1)? != DType::F32 {
-            return Err(Error::dtype(OP, "edge weights w must be f32"));
-        }
+        check_edge_scalars(be, "w", w, g.num_edges, heads)?;
     }
     let mut out = be.alloc(dtype, g.num_nodes * dim)?;
-    let p = GraphParams { num_nodes: g.num_nodes as u32, num_edges: g.num_edges as u32, dim: dim as u32, has_weight: w.is_some() as u32, ..Default::default() };
-    be.graph_op(GraphKernel::Spmm, &p, g, x, w, &mut out, None)?;
+    be.graph_op(GraphKernel::Spmm, &p, g, &GraphArgs { x: Some(x), y: None, w, v: None }, &mut out, None)?;
     Ok(out)
+}
+
+/// `s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩` (`A, B [N, heads·Dh]`) → f32 `[E, heads]`.
+pub fn sddmm<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, a: &Be::Buf, b: &Be::Buf, heads: usize, dim: usize) -> Result<Be::Buf> {
+    let p = params(g, dim, heads)?;
+    crate::device::same_dtype("graph sddmm", &[("A", check_len(be, "A", a, g.num_nodes, dim)?), ("B", check_len(be, "B", b, g.num_nodes, dim)?)])?;
+    let mut out = be.alloc(DType::F32, g.num_edges * heads)?;
+    be.graph_op(GraphKernel::Sddmm, &p, g, &GraphArgs { x: Some(a), y: Some(b), w: None, v: None }, &mut out, None)?;
+    Ok(out)
+}
+
+/// Max-subtracted softmax of f32 scores `s [E, heads]` over the edges into each node.
+pub fn segment_softmax<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, s: &Be::Buf, heads: usize) -> Result<Be::Buf> {
+    let p = params(g, heads, heads)?;
+    check_edge_scalars(be, "s", s, g.num_edges, heads)?;
+    let mut out = be.alloc(DType::F32, g.num_edges * heads)?;
+    be.graph_op(GraphKernel::Softmax, &p, g, &GraphArgs { x: None, y: None, w: Some(s), v: None }, &mut out, None)?;
+    Ok(out)
+}
+
+/// Backward of [`segment_softmax`] from its output `alpha` and `d_alpha` (both f32 `[E, heads]`).
+pub fn segment_softmax_backward<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, alpha: &Be::Buf, d_alpha: &Be::Buf, heads: usize) -> Result<Be::Buf> {
+    let p = params(g, heads, heads)?;
+    check_edge_scalars(be, "alpha", alpha, g.num_edges, heads)?;
+    check_edge_scalars(be, "d_alpha", d_alpha, g.num_edges, heads)?;
+    let mut out = be.alloc(DType::F32, g.num_edges * heads)?;
+    be.graph_op(GraphKernel::SoftmaxBackward, &p, g, &GraphArgs { x: None, y: None, w: Some(alpha), v: Some(d_alpha) }, &mut out, None)?;
+    Ok(out)
+}
+
+/// Backward of [`spmm_heads`] with the transposed graph `gt`: `dX = spmm_heads(gt, dY, w)` and,
+/// with weights, `dw = sddmm(dY, X)`.
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_backward<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, gt: &DeviceGraph<Be::Buf>, x: &Be::Buf, w: Option<&Be::Buf>, d_y: &Be::Buf, heads: usize, dim: usize) -> Result<(Be::Buf, Option<Be::Buf>)> {
+    let dx = spmm_heads(be, gt, d_y, w, heads, dim)?;
+    let dw = match w {
+        Some(_) => Some(sddmm(be, g, d_y, x, heads, dim)?),
+        None => None,
+    };
+    Ok((dx, dw))
+}
+
+/// Backward of [`sddmm`] with the transposed graph `gt`: `dA = spmm_heads(g, B, ds)`,
+/// `dB = spmm_heads(gt, A, ds)`.
+#[allow(clippy::too_many_arguments)]
+pub fn sddmm_backward<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, gt: &DeviceGraph<Be::Buf>, a: &Be::Buf, b: &Be::Buf, d_s: &Be::Buf, heads: usize, dim: usize) -> Result<(Be::Buf, Be::Buf)> {
+    Ok((spmm_heads(be, g, b, Some(d_s), heads, dim)?, spmm_heads(be, gt, a, Some(d_s), heads, dim)?))
 }
 
 /// Backward of [`gather_rows`]: `dX[j] = Σ_{e: src e = j} dOut[e]`, a segment sum over the
