@@ -8,7 +8,9 @@
 #include "common.cuh"
 
 struct GraphParams {
-    uint32_t num_nodes, num_edges, dim, reduce, has_weight, heads, pad0, pad1;
+    uint32_t num_nodes, num_edges, dim, reduce, has_weight, heads;
+    float eps;
+    uint32_t pad1;
 };
 
 struct Csr {
@@ -124,6 +126,79 @@ __device__ __forceinline__ void softmax_backward_impl(const uint32_t* idx, const
     }
 }
 
+// LayerNorm (SPEC §6): one block per row reduces in shared memory (two passes: the variance
+// of x − μ); the parameter gradients take one thread per column summing its rows in order.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    red[threadIdx.x] = v;
+    __syncthreads();
+    for (uint32_t s = 128; s > 0; s >>= 1) {
+        if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+        __syncthreads();
+    }
+    const float r = red[0];
+    __syncthreads();
+    return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void ln_forward_impl(const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                                                T* __restrict__ y, float* __restrict__ stats, const GraphParams& p) {
+    __shared__ float red[256];
+    for (size_t r = blockIdx.x; r < p.num_nodes; r += gridDim.x) {
+        const T* xr = x + r * p.dim;
+        float acc = 0.0f;
+        for (uint32_t k = threadIdx.x; k < p.dim; k += 256) acc += to_f32(xr[k]);
+        const float mu = block_sum(acc, red) / (float)p.dim;
+        acc = 0.0f;
+        for (uint32_t k = threadIdx.x; k < p.dim; k += 256) {
+            const float c = to_f32(xr[k]) - mu;
+            acc += c * c;
+        }
+        const float rs = rsqrtf(block_sum(acc, red) / (float)p.dim + p.eps);
+        for (uint32_t k = threadIdx.x; k < p.dim; k += 256) y[r * p.dim + k] = from_f32<T>((to_f32(xr[k]) - mu) * rs * gamma[k] + beta[k]);
+        if (threadIdx.x == 0) {
+            stats[r] = mu;
+            stats[p.num_nodes + r] = rs;
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void ln_backward_impl(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,
+                                                 const float* __restrict__ stats, T* __restrict__ dx, const GraphParams& p) {
+    __shared__ float red[256];
+    for (size_t r = blockIdx.x; r < p.num_nodes; r += gridDim.x) {
+        const size_t base = r * p.dim;
+        const float mu = stats[r], rs = stats[p.num_nodes + r];
+        float a = 0.0f, b = 0.0f;
+        for (uint32_t k = threadIdx.x; k < p.dim; k += 256) {
+            const float g = to_f32(dy[base + k]) * gamma[k];
+            a += g;
+            b += g * (to_f32(x[base + k]) - mu) * rs;
+        }
+        const float mg = block_sum(a, red) / (float)p.dim, mgx = block_sum(b, red) / (float)p.dim;
+        for (uint32_t k = threadIdx.x; k < p.dim; k += 256) {
+            const float xhat = (to_f32(x[base + k]) - mu) * rs;
+            dx[base + k] = from_f32<T>(rs * (to_f32(dy[base + k]) * gamma[k] - mg - xhat * mgx));
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void ln_params_impl(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ stats,
+                                               float* __restrict__ out, const GraphParams& p) {
+    GRID_STRIDE(k, p.dim) {
+        float dg = 0.0f, db = 0.0f;
+        for (size_t r = 0; r < p.num_nodes; ++r) {
+            const float d = to_f32(dy[r * p.dim + k]);
+            dg += d * (to_f32(x[r * p.dim + k]) - stats[r]) * stats[p.num_nodes + r];
+            db += d;
+        }
+        out[k] = dg;
+        out[p.dim + k] = db;
+    }
+}
+
 #define GRAPH_ENTRIES(SUFFIX, T)                                                                                           \
     extern "C" __global__ void __launch_bounds__(256) graph_gather_##SUFFIX(const uint32_t* idx, const T* x, T* out, GraphParams p) { \
         gather_impl<T>(idx, x, out, p);                                                                                    \
@@ -139,6 +214,18 @@ __device__ __forceinline__ void softmax_backward_impl(const uint32_t* idx, const
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_sddmm_##SUFFIX(const uint32_t* idx, const T* a, const T* b, float* s, GraphParams p) {                      \
         sddmm_impl<T>(idx, a, b, s, p);                                                                                    \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) graph_ln_forward_##SUFFIX(                                           \
+        const T* x, const float* gamma, const float* beta, T* y, float* stats, GraphParams p) {                            \
+        ln_forward_impl<T>(x, gamma, beta, y, stats, p);                                                                   \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) graph_ln_backward_##SUFFIX(                                          \
+        const T* x, const T* dy, const float* gamma, const float* stats, T* dx, GraphParams p) {                           \
+        ln_backward_impl<T>(x, dy, gamma, stats, dx, p);                                                                   \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_ln_params_##SUFFIX(const T* x, const T* dy, const float* stats, float* out, GraphParams p) {                \
+        ln_params_impl<T>(x, dy, stats, out, p);                                                                           \
     }
 #if !defined(FFKERN_SM90A)
 GRAPH_ENTRIES(f32, float)

@@ -8,7 +8,7 @@
 
 struct Params {
     num_nodes: u32, num_edges: u32, dim: u32, reduce: u32,
-    has_weight: u32, heads: u32, pad0: u32, pad1: u32,
+    has_weight: u32, heads: u32, eps: f32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -40,13 +40,28 @@ fn ld_y(i: u32) -> f32 {
     return unpack_elem(y_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT);
 }
 
-// One output element i of kernel `kind` (0 gather, 1 segment reduce, 2 spmm).
+// One output element i of kernel `kind` (0 gather, 1 segment reduce, 2 spmm, 3 LayerNorm,
+// 4 LayerNorm dx).
 fn element(kind: u32, i: u32) -> f32 {
     let row = i / p.dim;
     let d = i % p.dim;
     if (kind == 0u) {
         // out[e, d] = X[src_coo[e], d]
         return ld(src_coo(row) * p.dim + d);
+    }
+    if (kind == 3u) {
+        // y = (x − μ)·rstd·γ + β, the row's μ and rstd from the stats pass (in arg_buf).
+        let mu = bitcast<f32>(arg_buf[row]);
+        let rs = bitcast<f32>(arg_buf[p.num_nodes + row]);
+        return (ld(i) - mu) * rs * w_buf[d] + v_buf[d];
+    }
+    if (kind == 4u) {
+        // dx = rstd·(dy·γ − mean(dy·γ) − x̂·mean(dy·γ·x̂)), the means from the row pass.
+        let rs = v_buf[p.num_nodes + row];
+        let xhat = (ld(i) - v_buf[row]) * rs;
+        let mg = bitcast<f32>(arg_buf[row]);
+        let mgx = bitcast<f32>(arg_buf[p.num_nodes + row]);
+        return rs * (ld_y(i) * w_buf[d] - mg - xhat * mgx);
     }
     let lo = row_ptr(row);
     let hi = row_ptr(row + 1u);
@@ -186,4 +201,94 @@ fn graph_softmax_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builti
         let e = perm(q) * p.heads + h;
         out_buf[e] = bitcast<u32>(w_buf[e] * (v_buf[e] - dot));
     }
+}
+
+// LayerNorm (SPEC §6). Row passes: one workgroup per row reduces in workgroup memory and writes
+// two f32 per row into arg_buf; the element passes (`run` kinds 3, 4) then write whole words.
+var<workgroup> red: array<f32, 256>;
+
+fn wg_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// μ and rstd of row r (two passes over the row: the variance of x − μ, not E[x²] − μ²).
+@compute @workgroup_size(256)
+fn graph_ln_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
+    let r = wid.x + wid.y * nwg.x;
+    if (r >= p.num_nodes) { return; }
+    let base = r * p.dim;
+    var acc = 0.0;
+    for (var k = l.x; k < p.dim; k += 256u) {
+        acc += ld(base + k);
+    }
+    let mu = wg_sum(l.x, acc) / f32(p.dim);
+    acc = 0.0;
+    for (var k = l.x; k < p.dim; k += 256u) {
+        let c = ld(base + k) - mu;
+        acc += c * c;
+    }
+    let vr = wg_sum(l.x, acc) / f32(p.dim);
+    if (l.x == 0u) {
+        arg_buf[r] = bitcast<u32>(mu);
+        arg_buf[p.num_nodes + r] = bitcast<u32>(1.0 / sqrt(vr + p.eps));
+    }
+}
+
+@compute @workgroup_size(256)
+fn graph_ln_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run(3u, flat_id(gid, nwg), p.num_nodes);
+}
+
+// mean(dy·γ) and mean(dy·γ·x̂) of row r; μ, rstd from the forward (v_buf).
+@compute @workgroup_size(256)
+fn graph_ln_bwd_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
+    let r = wid.x + wid.y * nwg.x;
+    if (r >= p.num_nodes) { return; }
+    let base = r * p.dim;
+    let mu = v_buf[r];
+    let rs = v_buf[p.num_nodes + r];
+    var a = 0.0;
+    var b = 0.0;
+    for (var k = l.x; k < p.dim; k += 256u) {
+        let g = ld_y(base + k) * w_buf[k];
+        a += g;
+        b += g * (ld(base + k) - mu) * rs;
+    }
+    let mg = wg_sum(l.x, a) / f32(p.dim);
+    let mgx = wg_sum(l.x, b) / f32(p.dim);
+    if (l.x == 0u) {
+        arg_buf[r] = bitcast<u32>(mg);
+        arg_buf[p.num_nodes + r] = bitcast<u32>(mgx);
+    }
+}
+
+@compute @workgroup_size(256)
+fn graph_ln_bwd_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run(4u, flat_id(gid, nwg), p.num_nodes);
+}
+
+// [dγ | dβ]: one invocation per column sums its rows in order (f32 out).
+@compute @workgroup_size(256)
+fn graph_ln_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let k = flat_id(gid, nwg);
+    if (k >= p.dim) { return; }
+    var dg = 0.0;
+    var db = 0.0;
+    for (var r = 0u; r < p.num_nodes; r++) {
+        let dy = ld_y(r * p.dim + k);
+        dg += dy * (ld(r * p.dim + k) - v_buf[r]) * v_buf[p.num_nodes + r];
+        db += dy;
+    }
+    out_buf[k] = bitcast<u32>(dg);
+    out_buf[p.dim + k] = bitcast<u32>(db);
 }

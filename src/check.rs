@@ -253,13 +253,15 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                 let w = scaled(DType::F32, e, 1.0, 3);
                 let heads = if dim % 4 == 0 { 4 } else { 1 };
                 let s = scaled(DType::F32, e * heads, 2.0, 4);
-                let cases: [(&str, Vec<f64>); 6] = [
+                let (gamma, beta) = (scaled(DType::F32, dim, 1.0, 5), scaled(DType::F32, dim, 1.0, 6));
+                let cases: [(&str, Vec<f64>); 7] = [
                     ("gather", gcpu::gather_rows(&g, &x.data, dim)),
                     ("spmm", gcpu::spmm(&g, &x.data, Some(&w.data), 1, dim)),
                     ("segment_mean", gcpu::segment_reduce(&g, &m.data, dim, Reduce::Mean).0),
                     ("segment_max", gcpu::segment_reduce(&g, &m.data, dim, Reduce::Max).0),
                     ("sddmm", gcpu::sddmm(&g, &x.data, &x.data, heads, dim)),
                     ("segment_softmax", gcpu::segment_softmax(&g, &s.data, heads)),
+                    ("layer_norm", gcpu::layer_norm(&x.data, &gamma.data, &beta.data, dim, 1e-5).0),
                 ];
                 for (kind, reference) in cases {
                     let shape = format!("{kind} N{n} E{e} D{dim} H{heads} deg {lo}..{hi}");
@@ -274,6 +276,7 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                                 graph::sddmm(be, &dg, &xb, &xb, heads, dim)?
                             }
                             "segment_softmax" => graph::segment_softmax(be, &dg, &be.upload(&s)?, heads)?,
+                            "layer_norm" => graph::layer_norm(be, &be.upload(&x)?, &be.upload(&gamma)?, &be.upload(&beta)?, n, dim, 1e-5)?.0,
                             _ => graph::segment_reduce(be, &dg, &be.upload(&m)?, dim, Reduce::Max)?.0,
                         };
                         Ok(be.download(&y)?.data)

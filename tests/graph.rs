@@ -255,3 +255,60 @@ fn attention_references_match_finite_differences() {
         }
     }
 }
+
+/// LayerNorm over rows: forward (output and saved stats) and backward (dx, dγ, dβ) on every
+/// backend and dtype, with rows wider than a workgroup and an odd width; the reference's
+/// backward against finite differences.
+#[test]
+fn layer_norm_matches_the_reference_on_every_backend() {
+    let eps = 1e-5;
+    for dev in devices_and_cpu() {
+        for dtype in DType::ALL {
+            for (rows, c) in [(1usize, 7usize), (37, 33), (5, 600)] {
+                // An offset mean, so a one-pass variance would lose digits.
+                let x = HostTensor::new(dtype, vec![rows * c], HostTensor::random(DType::F32, vec![rows * c], 50).data.iter().map(|v| dtype.round(3.0 + v)).collect()).expect("x");
+                let dy = HostTensor::random(dtype, vec![rows * c], 51);
+                let gamma = HostTensor::new(DType::F32, vec![c], HostTensor::random(DType::F32, vec![c], 52).data.iter().map(|v| 1.0 + 0.5 * v).collect()).expect("gamma");
+                let beta = HostTensor::random(DType::F32, vec![c], 53);
+                let (y_ref, mean, rstd) = cpu::layer_norm(&x.data, &gamma.data, &beta.data, c, eps);
+                let (dx_ref, dg_ref, db_ref) = cpu::layer_norm_backward(&x.data, &dy.data, &gamma.data, c, eps);
+                let stats_ref: Vec<f64> = mean.iter().chain(&rstd).copied().collect();
+                let params_ref: Vec<f64> = dg_ref.iter().chain(&db_ref).copied().collect();
+                let what = format!("{} {dtype} rows{rows} c{c}", dev.name());
+                with_backend!(dev, be => {
+                    let up = |t: &HostTensor| be.upload(t).expect("upload");
+                    let down = |b: &_| be.download(b).expect("download").data;
+                    let (xb, gb) = (up(&x), up(&gamma));
+                    let (y, stats) = graph::layer_norm(be, &xb, &gb, &up(&beta), rows, c, eps).expect("layer_norm");
+                    assert_close(&format!("{what} y"), &down(&y), &y_ref, dtype);
+                    assert_close(&format!("{what} stats"), &down(&stats), &stats_ref, DType::F32);
+                    let (dx, dparams) = graph::layer_norm_backward(be, &xb, &up(&dy), &gb, &stats, rows, c, eps).expect("backward");
+                    assert_close(&format!("{what} dx"), &down(&dx), &dx_ref, dtype);
+                    assert_close(&format!("{what} dγ dβ"), &down(&dparams), &params_ref, dtype);
+                });
+            }
+        }
+    }
+    // The reference backward against central differences of L = Σ c·LN(x).
+    let (rows, c) = (3, 5);
+    let x = HostTensor::random(DType::F32, vec![rows * c], 60).data;
+    let w = HostTensor::random(DType::F32, vec![rows * c], 61).data;
+    let gamma = HostTensor::random(DType::F32, vec![c], 62).data;
+    let loss = |x: &[f32], g: &[f32]| -> f64 { cpu::layer_norm(x, g, &[0.0; 5], c, eps).0.iter().zip(&w).map(|(a, b)| a * *b as f64).sum() };
+    let (dx, dg, _) = cpu::layer_norm_backward(&x, &w, &gamma, c, eps);
+    let h = 1e-3f32;
+    for k in [0, 6, 14] {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp[k] += h;
+        xm[k] -= h;
+        let fd = (loss(&xp, &gamma) - loss(&xm, &gamma)) / (2.0 * h as f64);
+        assert!((fd - dx[k]).abs() < 1e-2 * (1.0 + fd.abs()), "dx[{k}]: fd {fd} vs {}", dx[k]);
+    }
+    for k in [0, 4] {
+        let (mut gp, mut gm) = (gamma.clone(), gamma.clone());
+        gp[k] += h;
+        gm[k] -= h;
+        let fd = (loss(&x, &gp) - loss(&x, &gm)) / (2.0 * h as f64);
+        assert!((fd - dg[k]).abs() < 1e-2 * (1.0 + fd.abs()), "dγ[{k}]: fd {fd} vs {}", dg[k]);
+    }
+}

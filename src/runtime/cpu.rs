@@ -196,6 +196,9 @@ impl Backend for Cpu {
     }
 
     fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<HostTensor>, a: &GraphArgs<HostTensor>, out: &mut HostTensor, arg: Option<&mut HostTensor>) -> Result<()> {
+        if matches!(kind, GraphKernel::LayerNorm | GraphKernel::LayerNormBackward | GraphKernel::LayerNormParams) {
+            return Cpu::layer_norm_op(kind, p, a, out, arg);
+        }
         let host = graph::Graph::from_words(p.num_nodes as usize, &g.words.data);
         let (d, heads) = (p.dim as usize, p.heads.max(1) as usize);
         fn data(t: Option<&HostTensor>) -> Result<&[f32]> {
@@ -207,6 +210,7 @@ impl Backend for Cpu {
             GraphKernel::Sddmm => graph::cpu::sddmm(&host, data(a.x)?, data(a.y)?, heads, d),
             GraphKernel::Softmax => graph::cpu::segment_softmax(&host, data(a.w)?, heads),
             GraphKernel::SoftmaxBackward => graph::cpu::segment_softmax_backward(&host, data(a.w)?, data(a.v)?, heads),
+            GraphKernel::LayerNorm | GraphKernel::LayerNormBackward | GraphKernel::LayerNormParams => unreachable!("handled above"),
             GraphKernel::SegmentReduce => {
                 let reduce = [graph::Reduce::Sum, graph::Reduce::Mean, graph::Reduce::Max, graph::Reduce::Min][p.reduce as usize & 3];
                 let (y, args) = graph::cpu::segment_reduce(&host, data(a.x)?, d, reduce);
@@ -241,6 +245,33 @@ impl Backend for Cpu {
 }
 
 impl Cpu {
+    fn layer_norm_op(kind: GraphKernel, p: &GraphParams, a: &GraphArgs<HostTensor>, out: &mut HostTensor, arg: Option<&mut HostTensor>) -> Result<()> {
+        let missing = || Error::Invalid("layer_norm: an operand is missing".into());
+        let (x, gamma, v) = (a.x.ok_or_else(missing)?, a.w.ok_or_else(missing)?, a.v.ok_or_else(missing)?);
+        let (rows, c) = (p.num_nodes as usize, p.dim as usize);
+        let x = &x.data[..rows * c];
+        let y = match kind {
+            GraphKernel::LayerNorm => {
+                let (y, mean, rstd) = graph::cpu::layer_norm(x, &gamma.data, &v.data, c, p.eps);
+                if let Some(stats) = arg {
+                    for (r, (m, s)) in mean.iter().zip(&rstd).enumerate() {
+                        (stats.data[r], stats.data[rows + r]) = (*m as f32, *s as f32);
+                    }
+                }
+                y
+            }
+            _ => {
+                let dy = a.y.ok_or_else(missing)?;
+                let (dx, dg, db) = graph::cpu::layer_norm_backward(x, &dy.data[..rows * c], &gamma.data, c, p.eps);
+                if kind == GraphKernel::LayerNormBackward { dx } else { dg.into_iter().chain(db).collect() }
+            }
+        };
+        for (dst, v) in out.data.iter_mut().zip(y) {
+            *dst = out.dtype.round(v as f32);
+        }
+        Ok(())
+    }
+
     fn linattn_desc(p: &LinAttnParams) -> LinearAttention {
         LinearAttention {
             batch: p.batch as usize,

@@ -110,3 +110,39 @@ pub fn segment_softmax_backward(g: &Graph, alpha: &[f32], d_alpha: &[f32], heads
     }
     (0..g.num_edges() * heads).map(|k| alpha[k] as f64 * (d_alpha[k] as f64 - dot[dst[k / heads] * heads + k % heads])).collect()
 }
+
+/// LayerNorm over the rows of `x [rows, c]`: `(y, mean, rstd)`, `y = (x − μ)·rstd·γ + β`.
+pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], c: usize, eps: f32) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let rows = x.len() / c;
+    let (mut y, mut mean, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
+    for r in 0..rows {
+        let row = &x[r * c..(r + 1) * c];
+        let mu = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = row.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / c as f64;
+        let rs = 1.0 / (var + eps as f64).sqrt();
+        for k in 0..c {
+            y[r * c + k] = (row[k] as f64 - mu) * rs * gamma[k] as f64 + beta[k] as f64;
+        }
+        (mean[r], rstd[r]) = (mu, rs);
+    }
+    (y, mean, rstd)
+}
+
+/// LayerNorm backward: `(dx, dγ, dβ)`.
+pub fn layer_norm_backward(x: &[f32], dy: &[f32], gamma: &[f32], c: usize, eps: f32) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (_, mean, rstd) = layer_norm(x, gamma, &vec![0.0; c], c, eps);
+    let rows = x.len() / c;
+    let (mut dx, mut dg, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
+    for r in 0..rows {
+        let xhat: Vec<f64> = (0..c).map(|k| (x[r * c + k] as f64 - mean[r]) * rstd[r]).collect();
+        let g: Vec<f64> = (0..c).map(|k| dy[r * c + k] as f64 * gamma[k] as f64).collect();
+        let mg = g.iter().sum::<f64>() / c as f64;
+        let mgx = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / c as f64;
+        for k in 0..c {
+            dx[r * c + k] = rstd[r] * (g[k] - mg - xhat[k] * mgx);
+            dg[k] += dy[r * c + k] as f64 * xhat[k];
+            db[k] += dy[r * c + k] as f64;
+        }
+    }
+    (dx, dg, db)
+}

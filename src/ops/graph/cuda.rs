@@ -24,6 +24,15 @@ pub const KERNELS: &[&str] = &[
     "graph_sddmm_bf16",
     "graph_softmax",
     "graph_softmax_backward",
+    "graph_ln_forward_f32",
+    "graph_ln_forward_f16",
+    "graph_ln_forward_bf16",
+    "graph_ln_backward_f32",
+    "graph_ln_backward_f16",
+    "graph_ln_backward_bf16",
+    "graph_ln_params_f32",
+    "graph_ln_params_f16",
+    "graph_ln_params_bf16",
 ];
 
 /// The typed operands of one launch (see `GraphKernel` for which each kernel reads).
@@ -65,6 +74,10 @@ pub fn launch<T: CudaElem>(
         GraphKernel::Sddmm => (typed(9), p.num_nodes as usize * p.heads as usize),
         GraphKernel::Softmax => (KERNELS[12], p.num_nodes as usize * p.heads as usize),
         GraphKernel::SoftmaxBackward => (KERNELS[13], p.num_nodes as usize * p.heads as usize),
+        // One block per row.
+        GraphKernel::LayerNorm => (typed(14), p.num_nodes as usize * 256),
+        GraphKernel::LayerNormBackward => (typed(17), p.num_nodes as usize * 256),
+        GraphKernel::LayerNormParams => (typed(20), p.dim as usize),
     };
     let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
     let blocks = threads.div_ceil(256).clamp(1, 1 << 20) as u32;
@@ -75,8 +88,32 @@ pub fn launch<T: CudaElem>(
     // whose lengths ops::graph checked: x, y [rows · dim] in T, w, v [E · heads] f32. Gather
     // writes out [E · dim], segment_reduce and spmm out [N · dim] (T); segment_reduce writes arg
     // [N · dim] only for max/min (otherwise the pointer is idx's and is never written); sddmm
-    // and the softmax kernels write out32 [E · heads], each element once.
+    // and the softmax kernels write out32 [E · heads], each element once. LayerNorm reads x, dy
+    // [rows · dim] (T), γ, β [dim] and stats [2 · rows] (f32; the graph is a placeholder) and
+    // writes y or dx [rows · dim] (T), stats (forward) or [dγ | dβ] (out32, 2 · dim).
     match kind {
+        GraphKernel::LayerNorm | GraphKernel::LayerNormBackward => {
+            let out = out.ok_or_else(|| Error::Invalid("layer_norm: a typed output is needed".into()))?;
+            let (x, gamma, v) = (need(&a.x, "x")?, need(&a.w, "gamma")?, need(&a.v, "beta or stats")?);
+            if kind == GraphKernel::LayerNorm {
+                let stats = arg.ok_or_else(|| Error::Invalid("layer_norm: the stats output is missing".into()))?;
+                rt.launch(&f, cfg, |l| {
+                    l.arg(x).arg(gamma).arg(v).arg(out).arg(stats).arg(p);
+                })
+            } else {
+                let dy = need(&a.y, "dy")?;
+                rt.launch(&f, cfg, |l| {
+                    l.arg(x).arg(dy).arg(gamma).arg(v).arg(out).arg(p);
+                })
+            }
+        }
+        GraphKernel::LayerNormParams => {
+            let out = out32.ok_or_else(|| Error::Invalid("layer_norm: an f32 output is needed".into()))?;
+            let (x, dy, stats) = (need(&a.x, "x")?, need(&a.y, "dy")?, need(&a.v, "stats")?);
+            rt.launch(&f, cfg, |l| {
+                l.arg(x).arg(dy).arg(stats).arg(out).arg(p);
+            })
+        }
         GraphKernel::Gather | GraphKernel::SegmentReduce | GraphKernel::Spmm => {
             let out = out.ok_or_else(|| Error::Invalid("graph: a typed output is needed".into()))?;
             let x = need(&a.x, "x")?;

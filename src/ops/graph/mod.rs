@@ -173,7 +173,9 @@ pub struct GraphParams {
     pub reduce: u32,
     pub has_weight: u32,
     pub heads: u32,
-    pub pad: [u32; 2],
+    /// LayerNorm's ε.
+    pub eps: f32,
+    pub pad: u32,
 }
 
 // SAFETY: GraphParams is repr(C) plain old data (u32 fields), laid out like the CUDA struct.
@@ -198,6 +200,13 @@ pub enum GraphKernel {
     Softmax,
     /// `out[e, h] = w[e, h]·(v[e, h] − Σ_{e' → dst e} w[e', h]·v[e', h])` (w = α, v = dα).
     SoftmaxBackward,
+    /// LayerNorm of the `num_nodes` rows of `x [rows, dim]` with γ = w, β = v; `arg` gets
+    /// `[mean | rstd]` (f32, `2·rows`). The graph is not read.
+    LayerNorm,
+    /// LayerNorm backward, dx: `x`, `y` = dy, γ = w, the forward's `[mean | rstd]` = v.
+    LayerNormBackward,
+    /// LayerNorm backward, `[dγ | dβ]` (f32 `2·dim`, one column per invocation, rows in order).
+    LayerNormParams,
 }
 
 /// The operands of one [`Backend::graph_op`] call (see [`GraphKernel`] for which each uses).
@@ -325,4 +334,45 @@ pub fn gather_rows_backward<Be: Backend>(be: &Be, gt: &DeviceGraph<Be::Buf>, d_o
 /// Backward of a segment sum: `dM[e] = dOut[dst e]`, a gather over the transposed graph `gt`.
 pub fn segment_sum_backward<Be: Backend>(be: &Be, gt: &DeviceGraph<Be::Buf>, d_out: &Be::Buf, dim: usize) -> Result<Be::Buf> {
     gather_rows(be, gt, d_out, dim)
+}
+
+/// LayerNorm over rows (SPEC §6): `y = (x − μ)·rstd·γ + β` for `x [rows, c]` in any dtype, γ and
+/// β f32 `[c]`. Returns `y` and the f32 `[mean | rstd]` the backward needs.
+pub fn layer_norm<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, beta: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(Be::Buf, Be::Buf)> {
+    let (p, dtype, nograph) = layer_norm_setup(be, x, gamma, rows, c, eps)?;
+    check_edge_scalars(be, "beta", beta, c, 1)?;
+    let mut y = be.alloc(dtype, rows * c)?;
+    let mut stats = be.alloc(DType::F32, 2 * rows.max(1))?;
+    be.graph_op(GraphKernel::LayerNorm, &p, &nograph, &GraphArgs { x: Some(x), y: None, w: Some(gamma), v: Some(beta) }, &mut y, Some(&mut stats))?;
+    Ok((y, stats))
+}
+
+/// LayerNorm backward from the forward's `stats`: `(dx, [dγ | dβ])`, the parameter gradients f32
+/// and summed over rows in a fixed order (no atomics).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward<Be: Backend>(be: &Be, x: &Be::Buf, dy: &Be::Buf, gamma: &Be::Buf, stats: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(Be::Buf, Be::Buf)> {
+    let (p, dtype, nograph) = layer_norm_setup(be, x, gamma, rows, c, eps)?;
+    crate::device::same_dtype("layer_norm", &[("x", dtype), ("dy", check_len(be, "dy", dy, rows, c)?)])?;
+    check_edge_scalars(be, "stats", stats, rows, 2)?;
+    let a = GraphArgs { x: Some(x), y: Some(dy), w: Some(gamma), v: Some(stats) };
+    let mut dx = be.alloc(dtype, rows * c)?;
+    be.graph_op(GraphKernel::LayerNormBackward, &p, &nograph, &a, &mut dx, None)?;
+    let mut dparams = be.alloc(DType::F32, 2 * c)?;
+    be.graph_op(GraphKernel::LayerNormParams, &p, &nograph, &a, &mut dparams, None)?;
+    Ok((dx, dparams))
+}
+
+fn layer_norm_setup<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(GraphParams, DType, DeviceGraph<Be::Buf>)> {
+    if c == 0 || eps.is_nan() || eps <= 0.0 {
+        return Err(Error::Invalid(format!("layer_norm: needs c > 0 and eps > 0 (c = {c}, eps = {eps})")));
+    }
+    if rows > u32::MAX as usize || rows * c > u32::MAX as usize {
+        return Err(Error::Limit("layer_norm: more than 2^32 elements".into()));
+    }
+    let dtype = check_len(be, "x", x, rows, c)?;
+    check_edge_scalars(be, "gamma", gamma, c, 1)?;
+    // The kernels share the graph family's bindings; the index buffer is a one-word placeholder.
+    let nograph = DeviceGraph { num_nodes: rows, num_edges: 0, words: be.upload(&HostTensor { dtype: DType::F32, shape: vec![1], data: vec![0.0] })? };
+    let p = GraphParams { num_nodes: rows as u32, dim: c as u32, heads: 1, eps, ..Default::default() };
+    Ok((p, dtype, nograph))
 }

@@ -8,19 +8,37 @@ const FAMILY: &str = "graph";
 /// Binding order: the index words, x, y, w, v (read-only), then out, arg.
 const READ_ONLY: usize = 5;
 
-/// One graph kernel, in a 2-D grid past 65535 workgroups.
+/// One graph kernel, in a 2-D grid past 65535 workgroups. LayerNorm runs as a row pass
+/// (one workgroup per row, two f32 per row into `arg` or a scratch buffer) then an element pass.
 pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, a: &GraphArgs<WgpuBuffer>, out: &WgpuBuffer, arg: Option<&WgpuBuffer>) -> Result<()> {
     let dtype = a.x.map_or(DType::F32, |x| x.dtype);
-    let (entry, threads) = match kind {
-        GraphKernel::Gather => ("graph_gather", (p.num_edges * p.dim) as usize),
-        GraphKernel::SegmentReduce => ("graph_segment_reduce", (p.num_nodes * p.dim) as usize),
-        GraphKernel::Spmm => ("graph_spmm", (p.num_nodes * p.dim) as usize),
-        GraphKernel::Sddmm => ("graph_sddmm", (p.num_nodes * p.heads) as usize),
-        GraphKernel::Softmax => ("graph_softmax", (p.num_nodes * p.heads) as usize),
-        GraphKernel::SoftmaxBackward => ("graph_softmax_backward", (p.num_nodes * p.heads) as usize),
-    };
+    let (rows, dim, heads) = (p.num_nodes as usize, p.dim as usize, p.heads as usize);
     // The feature kernels take one invocation per output word (two 16-bit elements).
-    let threads = if matches!(kind, GraphKernel::Gather | GraphKernel::SegmentReduce | GraphKernel::Spmm) { threads.div_ceil(if dtype == DType::F32 { 1 } else { 2 }) } else { threads };
+    let words = |rows: usize| (rows * dim).div_ceil(if dtype == DType::F32 { 1 } else { 2 });
+    let go = |entry, arg, threads| dispatch(ctx, entry, dtype, p, g, a, out, arg, threads);
+    match kind {
+        GraphKernel::Gather => go("graph_gather", arg, words(p.num_edges as usize)),
+        GraphKernel::SegmentReduce => go("graph_segment_reduce", arg, words(rows)),
+        GraphKernel::Spmm => go("graph_spmm", arg, words(rows)),
+        GraphKernel::Sddmm => go("graph_sddmm", arg, rows * heads),
+        GraphKernel::Softmax => go("graph_softmax", arg, rows * heads),
+        GraphKernel::SoftmaxBackward => go("graph_softmax_backward", arg, rows * heads),
+        GraphKernel::LayerNorm => {
+            go("graph_ln_stats", arg, rows * 256)?;
+            go("graph_ln_apply", arg, words(rows))
+        }
+        GraphKernel::LayerNormBackward => {
+            let scratch = WgpuBuffer { buffer: ctx.create_buffer(DType::F32, 2 * rows.max(1))?, dtype: DType::F32, len: 2 * rows.max(1) };
+            go("graph_ln_bwd_stats", Some(&scratch), rows * 256)?;
+            go("graph_ln_bwd_apply", Some(&scratch), words(rows))
+        }
+        GraphKernel::LayerNormParams => go("graph_ln_params", arg, dim),
+    }
+}
+
+/// One dispatch of `threads` invocations (256 per workgroup).
+#[allow(clippy::too_many_arguments)]
+fn dispatch(ctx: &WgpuContext, entry: &'static str, dtype: DType, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, a: &GraphArgs<WgpuBuffer>, out: &WgpuBuffer, arg: Option<&WgpuBuffer>, threads: usize) -> Result<()> {
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 2)?;
     let groups = threads.div_ceil(256);
     let (gx, gy) = if groups <= 65535 { (groups, 1) } else { (65535, groups.div_ceil(65535)) };
