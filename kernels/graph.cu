@@ -4,7 +4,7 @@
 // row's edges in the fixed CSR order — no atomics, and the threads of a warp read neighbouring
 // columns of the same source row (coalesced). The per-edge kernels take one thread per
 // (node, head) and write each of the row's edges once. Index arrays arrive as raw 32-bit words
-// in one buffer: row_ptr [N + 1] | src [E] | perm [E] | src_coo [E].
+// in one buffer: row_ptr [N + 1] | src [E] | perm [E] | src_coo [E] | dst_coo [E].
 #include "common.cuh"
 
 struct GraphParams {
@@ -14,10 +14,10 @@ struct GraphParams {
 };
 
 struct Csr {
-    const uint32_t *row_ptr, *src, *perm, *src_coo;
+    const uint32_t *row_ptr, *src, *perm, *src_coo, *dst_coo;
     __device__ Csr(const uint32_t* idx, const GraphParams& p)
         : row_ptr(idx), src(idx + p.num_nodes + 1), perm(idx + p.num_nodes + 1 + p.num_edges),
-          src_coo(idx + p.num_nodes + 1 + 2 * (size_t)p.num_edges) {}
+          src_coo(idx + p.num_nodes + 1 + 2 * (size_t)p.num_edges), dst_coo(idx + p.num_nodes + 1 + 3 * (size_t)p.num_edges) {}
 };
 
 #define GRID_STRIDE(i, total) for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total); i += (size_t)gridDim.x * blockDim.x)
@@ -126,6 +126,19 @@ __device__ __forceinline__ void softmax_backward_impl(const uint32_t* idx, const
     }
 }
 
+// The edge MLP's "concat trick": m[e, d] = act(Ee[e, d] + P[src e, d] + P[dst e, D + d]) with
+// P = [H·W_sᵀ | H·W_dᵀ] computed per node, so the [E, 3D] concatenation never exists.
+template <typename T>
+__device__ __forceinline__ void edge_combine_impl(const uint32_t* idx, const T* __restrict__ ee, const T* __restrict__ pn, T* __restrict__ m,
+                                                  const GraphParams& p) {
+    const Csr g(idx, p);
+    GRID_STRIDE(i, (size_t)p.num_edges * p.dim) {
+        const size_t e = i / p.dim, d = i % p.dim, w = 2 * (size_t)p.dim;
+        const float z = to_f32(ee[i]) + to_f32(pn[g.src_coo[e] * w + d]) + to_f32(pn[g.dst_coo[e] * w + p.dim + d]);
+        m[i] = from_f32<T>(act_eval(p.reduce, z));
+    }
+}
+
 // LayerNorm (SPEC §6): one block per row reduces in shared memory (two passes: the variance
 // of x − μ); the parameter gradients take one thread per column summing its rows in order.
 __device__ __forceinline__ float block_sum(float v, float* red) {
@@ -214,6 +227,10 @@ __device__ __forceinline__ void ln_params_impl(const T* __restrict__ x, const T*
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_sddmm_##SUFFIX(const uint32_t* idx, const T* a, const T* b, float* s, GraphParams p) {                      \
         sddmm_impl<T>(idx, a, b, s, p);                                                                                    \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_edge_combine_##SUFFIX(const uint32_t* idx, const T* ee, const T* pn, T* m, GraphParams p) {                  \
+        edge_combine_impl<T>(idx, ee, pn, m, p);                                                                           \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) graph_ln_forward_##SUFFIX(                                           \
         const T* x, const float* gamma, const float* beta, T* y, float* stats, GraphParams p) {                            \

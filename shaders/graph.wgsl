@@ -4,7 +4,8 @@
 // f16/bf16 elements) walks its destination row's edges in the fixed CSR order — no atomics, and
 // neighbouring invocations read neighbouring columns of the same source row (coalesced). The
 // softmax kernels take one invocation per (node, head) and write each of the row's edges once.
-// Index arrays arrive as raw 32-bit words in one buffer: row_ptr [N + 1] | src | perm | src_coo.
+// Index arrays arrive as raw 32-bit words in one buffer: row_ptr [N + 1] | src | perm | src_coo |
+// dst_coo.
 
 struct Params {
     num_nodes: u32, num_edges: u32, dim: u32, reduce: u32,
@@ -32,6 +33,9 @@ fn perm(q: u32) -> u32 {
 fn src_coo(e: u32) -> u32 {
     return idx[p.num_nodes + 1u + 2u * p.num_edges + e];
 }
+fn dst_coo(e: u32) -> u32 {
+    return idx[p.num_nodes + 1u + 3u * p.num_edges + e];
+}
 
 fn ld(i: u32) -> f32 {
     return unpack_elem(x_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT);
@@ -41,13 +45,18 @@ fn ld_y(i: u32) -> f32 {
 }
 
 // One output element i of kernel `kind` (0 gather, 1 segment reduce, 2 spmm, 3 LayerNorm,
-// 4 LayerNorm dx).
+// 4 LayerNorm dx, 5 edge combine).
 fn element(kind: u32, i: u32) -> f32 {
     let row = i / p.dim;
     let d = i % p.dim;
     if (kind == 0u) {
         // out[e, d] = X[src_coo[e], d]
         return ld(src_coo(row) * p.dim + d);
+    }
+    if (kind == 5u) {
+        // m[e, d] = act(Ee[e, d] + P[src e, d] + P[dst e, D + d]), P = [H·W_sᵀ | H·W_dᵀ].
+        let z = ld(i) + ld_y(src_coo(row) * 2u * p.dim + d) + ld_y(dst_coo(row) * 2u * p.dim + p.dim + d);
+        return activate(p.reduce, z);
     }
     if (kind == 3u) {
         // y = (x − μ)·rstd·γ + β, the row's μ and rstd from the stats pass (in arg_buf).
@@ -142,6 +151,11 @@ fn node_head(t: u32) -> NodeHead {
     let i = t / p.heads;
     if (i >= p.num_nodes) { return NodeHead(i, 0u, 0u, 0u); }
     return NodeHead(i, t % p.heads, row_ptr(i), row_ptr(i + 1u));
+}
+
+@compute @workgroup_size(256)
+fn graph_edge_combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run(5u, flat_id(gid, nwg), p.num_edges);
 }
 
 // s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩, one invocation per (node, head) over its row;

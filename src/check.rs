@@ -287,6 +287,23 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                     }
                 }
             }
+            // The edge MLP (concat trick) against the concatenation, SiLU as in OneForecast.
+            let (n, de, dh, dout) = (300usize, 24usize, 32usize, 40usize);
+            let res = (|| -> crate::Result<(String, Vec<f32>, Vec<f64>)> {
+                let g = Graph::random(n, 4, 36, 9)?;
+                let e = g.num_edges();
+                let t = |len: usize, seed: u64| scaled(dtype, len, 0.5, seed);
+                let (ef, h, w_e, w_s, w_d, b) = (t(e * de, 11), t(n * dh, 12), t(dout * de, 13), t(dout * dh, 14), t(dout * dh, 15), t(dout, 16));
+                let (m_ref, _) = gcpu::edge_mlp(&g, &ef.data, &h.data, &w_e.data, &w_s.data, &w_d.data, &b.data, de, dh, Activation::Silu);
+                let mlp = graph::EdgeMlp { edge_dim: de, node_dim: dh, out_dim: dout, act: Activation::Silu };
+                let w = graph::EdgeMlpWeights { w_e: be.upload(&w_e)?, w_s: be.upload(&w_s)?, w_d: be.upload(&w_d)?, b: be.upload(&b)? };
+                let m = mlp.forward(be, &DeviceGraph::upload(be, &g)?, &be.upload(&ef)?, &be.upload(&h)?, &w)?;
+                Ok((format!("edge_mlp N{n} E{e} De{de} Dh{dh} D{dout} silu"), be.download(&m)?.data, m_ref))
+            })();
+            match res {
+                Ok((shape, o, r)) => out.push(record(op, name, dtype, shape, &o, &r)),
+                Err(e) => out.push(failed(op, name, dtype, "edge_mlp".into(), e)),
+            }
             progress();
         }
         _ => {}
@@ -363,7 +380,8 @@ pub fn case_count(op: &str) -> usize {
     match op {
         "gemm" => gemm_check_cases().len(),
         "gemm_backward" => gemm_backward_cases().len(),
-        "philox_normal" | "noisy_optimizer" | "ffn" | "repavit" | "structured" | "linear_attn" | "graph" => 1,
+        "philox_normal" | "noisy_optimizer" | "ffn" | "repavit" | "structured" | "linear_attn" => 1,
+        "graph" => 2,
         _ => 0,
     }
 }

@@ -208,6 +208,10 @@ impl Backend for Cpu {
             GraphKernel::Gather => graph::cpu::gather_rows(&host, data(a.x)?, d),
             GraphKernel::Spmm => graph::cpu::spmm(&host, data(a.x)?, a.w.map(|w| &w.data[..]), heads, d),
             GraphKernel::Sddmm => graph::cpu::sddmm(&host, data(a.x)?, data(a.y)?, heads, d),
+            GraphKernel::EdgeCombine => {
+                let act = crate::Activation::ALL.get(p.reduce as usize).copied().ok_or_else(|| Error::Invalid(format!("edge_mlp: activation code {}", p.reduce)))?;
+                graph::cpu::edge_combine(&host, data(a.x)?, data(a.y)?, d, act)
+            }
             GraphKernel::Softmax => graph::cpu::segment_softmax(&host, data(a.w)?, heads),
             GraphKernel::SoftmaxBackward => graph::cpu::segment_softmax_backward(&host, data(a.w)?, data(a.v)?, heads),
             GraphKernel::LayerNorm | GraphKernel::LayerNormBackward | GraphKernel::LayerNormParams => unreachable!("handled above"),

@@ -146,3 +146,36 @@ pub fn layer_norm_backward(x: &[f32], dy: &[f32], gamma: &[f32], c: usize, eps: 
     }
     (dx, dg, db)
 }
+
+/// `m[e] = act(W_e·e_e + W_s·h_src + W_d·h_dst + b)` straight from the concatenation
+/// `[e_e; h_src; h_dst]` (what the fused path never materialises). Weights `[out, in]`.
+#[allow(clippy::too_many_arguments)]
+pub fn edge_mlp(g: &Graph, e_feat: &[f32], h: &[f32], w_e: &[f32], w_s: &[f32], w_d: &[f32], b: &[f32], de: usize, dh: usize, act: crate::Activation) -> (Vec<f64>, Vec<f64>) {
+    let dout = b.len();
+    let mut z = vec![0.0; g.num_edges() * dout];
+    for e in 0..g.num_edges() {
+        let cat: Vec<f64> = e_feat[e * de..(e + 1) * de]
+            .iter()
+            .chain(&h[g.src_coo[e] as usize * dh..(g.src_coo[e] as usize + 1) * dh])
+            .chain(&h[g.dst_coo[e] as usize * dh..(g.dst_coo[e] as usize + 1) * dh])
+            .map(|&v| v as f64)
+            .collect();
+        for o in 0..dout {
+            let w_row = w_e[o * de..(o + 1) * de].iter().chain(&w_s[o * dh..(o + 1) * dh]).chain(&w_d[o * dh..(o + 1) * dh]);
+            z[e * dout + o] = b[o] as f64 + w_row.zip(&cat).map(|(&w, x)| w as f64 * x).sum::<f64>();
+        }
+    }
+    let m = z.iter().map(|&v| crate::ops::gemm::cpu::act_f64(act, v)).collect();
+    (m, z)
+}
+
+/// The combine step alone: `act(ee[e] + pn[src e, :D] + pn[dst e, D:])`.
+pub fn edge_combine(g: &Graph, ee: &[f32], pn: &[f32], dim: usize, act: crate::Activation) -> Vec<f64> {
+    (0..g.num_edges() * dim)
+        .map(|i| {
+            let (e, d) = (i / dim, i % dim);
+            let z = ee[i] as f64 + pn[g.src_coo[e] as usize * 2 * dim + d] as f64 + pn[g.dst_coo[e] as usize * 2 * dim + dim + d] as f64;
+            crate::ops::gemm::cpu::act_f64(act, z)
+        })
+        .collect()
+}

@@ -33,6 +33,9 @@ pub const KERNELS: &[&str] = &[
     "graph_ln_params_f32",
     "graph_ln_params_f16",
     "graph_ln_params_bf16",
+    "graph_edge_combine_f32",
+    "graph_edge_combine_f16",
+    "graph_edge_combine_bf16",
 ];
 
 /// The typed operands of one launch (see `GraphKernel` for which each kernel reads).
@@ -78,17 +81,19 @@ pub fn launch<T: CudaElem>(
         GraphKernel::LayerNorm => (typed(14), p.num_nodes as usize * 256),
         GraphKernel::LayerNormBackward => (typed(17), p.num_nodes as usize * 256),
         GraphKernel::LayerNormParams => (typed(20), p.dim as usize),
+        GraphKernel::EdgeCombine => (typed(23), p.num_edges as usize * p.dim as usize),
     };
     let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
     let blocks = threads.div_ceil(256).clamp(1, 1 << 20) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let idx = &a.idx;
-    // SAFETY: every entry reads the index words idx [N + 1 + 3E] (each index checked < N, resp.
+    // SAFETY: every entry reads the index words idx [N + 1 + 4E] (each index checked < N, resp.
     // ≤ E, when the Graph was built; only DeviceGraph::upload makes them) and its operands,
     // whose lengths ops::graph checked: x, y [rows · dim] in T, w, v [E · heads] f32. Gather
     // writes out [E · dim], segment_reduce and spmm out [N · dim] (T); segment_reduce writes arg
     // [N · dim] only for max/min (otherwise the pointer is idx's and is never written); sddmm
-    // and the softmax kernels write out32 [E · heads], each element once. LayerNorm reads x, dy
+    // and the softmax kernels write out32 [E · heads], each element once. edge_combine reads Ee
+    // [E · dim] and P [N · 2·dim] (T) and writes m [E · dim]. LayerNorm reads x, dy
     // [rows · dim] (T), γ, β [dim] and stats [2 · rows] (f32; the graph is a placeholder) and
     // writes y or dx [rows · dim] (T), stats (forward) or [dγ | dβ] (out32, 2 · dim).
     match kind {
@@ -112,6 +117,13 @@ pub fn launch<T: CudaElem>(
             let (x, dy, stats) = (need(&a.x, "x")?, need(&a.y, "dy")?, need(&a.v, "stats")?);
             rt.launch(&f, cfg, |l| {
                 l.arg(x).arg(dy).arg(stats).arg(out).arg(p);
+            })
+        }
+        GraphKernel::EdgeCombine => {
+            let out = out.ok_or_else(|| Error::Invalid("edge_mlp: a typed output is needed".into()))?;
+            let (ee, pn) = (need(&a.x, "Ee")?, need(&a.y, "P")?);
+            rt.launch(&f, cfg, |l| {
+                l.arg(idx).arg(ee).arg(pn).arg(out).arg(p);
             })
         }
         GraphKernel::Gather | GraphKernel::SegmentReduce | GraphKernel::Spmm => {

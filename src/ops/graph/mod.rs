@@ -10,7 +10,8 @@ pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-use crate::{Backend, DType, Error, HostTensor, Result};
+use crate::ops::gemm::{gemm_backward, gemm_backward_plus, ActGrad, Gemm, GemmOffsets};
+use crate::{Activation, Backend, DType, Error, HostTensor, Result};
 
 const OP: &str = "graph";
 
@@ -27,6 +28,8 @@ pub struct Graph {
     pub perm: Vec<u32>,
     /// Source node of each COO edge (for gathers in COO order).
     pub src_coo: Vec<u32>,
+    /// Destination node of each COO edge.
+    pub dst_coo: Vec<u32>,
 }
 
 impl Graph {
@@ -57,7 +60,7 @@ impl Graph {
         for i in 0..num_nodes {
             row_ptr[i + 1] += row_ptr[i];
         }
-        Ok(Graph { num_nodes, row_ptr, src: order.iter().map(|&e| s[e as usize]).collect(), perm: order, src_coo: s })
+        Ok(Graph { num_nodes, row_ptr, src: order.iter().map(|&e| s[e as usize]).collect(), perm: order, src_coo: s, dst_coo: d })
     }
 
     pub fn num_edges(&self) -> usize {
@@ -70,7 +73,7 @@ impl Graph {
         let w = |at: usize, n: usize| words[at..at + n].iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         let row_ptr = w(0, num_nodes + 1);
         let (n1, e) = (num_nodes + 1, row_ptr[num_nodes] as usize);
-        Graph { num_nodes, src: w(n1, e), perm: w(n1 + e, e), src_coo: w(n1 + 2 * e, e), row_ptr }
+        Graph { num_nodes, src: w(n1, e), perm: w(n1 + e, e), src_coo: w(n1 + 2 * e, e), dst_coo: w(n1 + 3 * e, e), row_ptr }
     }
 
     /// A seeded random graph where every node receives `min_deg ..= max_deg` edges from uniform
@@ -104,12 +107,7 @@ impl Graph {
 
     /// The graph with every edge reversed (CSR by source), for backward passes.
     pub fn transposed(&self) -> Graph {
-        let mut dst_coo = vec![0i64; self.num_edges()];
-        for i in 0..self.num_nodes {
-            for p in self.row_ptr[i]..self.row_ptr[i + 1] {
-                dst_coo[self.perm[p as usize] as usize] = i as i64;
-            }
-        }
+        let dst_coo: Vec<i64> = self.dst_coo.iter().map(|&d| d as i64).collect();
         let src: Vec<i64> = self.src_coo.iter().map(|&s| s as i64).collect();
         // Indices were checked when this graph was built.
         Graph::from_coo(self.num_nodes, &dst_coo, &src).unwrap_or_else(|_| unreachable!("a transposed valid graph is valid"))
@@ -139,7 +137,7 @@ impl std::str::FromStr for Reduce {
 }
 
 /// A graph's index arrays on one backend, as raw 32-bit words in one f32 buffer:
-/// `row_ptr [N + 1] | src [E] | perm [E] | src_coo [E]`. Only [`DeviceGraph::upload`] of a
+/// `row_ptr [N + 1] | src [E] | perm [E] | src_coo [E] | dst_coo [E]`. Only [`DeviceGraph::upload`] of a
 /// checked [`Graph`] makes one, so the kernels may trust every index.
 pub struct DeviceGraph<B> {
     pub(crate) num_nodes: usize,
@@ -156,7 +154,7 @@ impl<B> DeviceGraph<B> {
     }
 
     pub fn upload<Be: Backend<Buf = B>>(be: &Be, g: &Graph) -> Result<Self> {
-        let data: Vec<f32> = [&g.row_ptr, &g.src, &g.perm, &g.src_coo].into_iter().flatten().map(|&x| f32::from_bits(x)).collect();
+        let data: Vec<f32> = [&g.row_ptr, &g.src, &g.perm, &g.src_coo, &g.dst_coo].into_iter().flatten().map(|&x| f32::from_bits(x)).collect();
         let words = be.upload(&HostTensor { dtype: DType::F32, shape: vec![data.len()], data })?;
         Ok(DeviceGraph { num_nodes: g.num_nodes, num_edges: g.num_edges(), words })
     }
@@ -205,6 +203,9 @@ pub enum GraphKernel {
     LayerNorm,
     /// LayerNorm backward, dx: `x`, `y` = dy, γ = w, the forward's `[mean | rstd]` = v.
     LayerNormBackward,
+    /// `out[e, d] = act(x[e, d] + y[src e, d] + y[dst e, dim + d])` (act code in `reduce`): the
+    /// edge MLP's combine, `x = E·W_eᵀ + b` `[E, dim]`, `y = [H·W_sᵀ | H·W_dᵀ]` `[N, 2·dim]`.
+    EdgeCombine,
     /// LayerNorm backward, `[dγ | dβ]` (f32 `2·dim`, one column per invocation, rows in order).
     LayerNormParams,
 }
@@ -375,4 +376,91 @@ fn layer_norm_setup<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, rows: us
     let nograph = DeviceGraph { num_nodes: rows, num_edges: 0, words: be.upload(&HostTensor { dtype: DType::F32, shape: vec![1], data: vec![0.0] })? };
     let p = GraphParams { num_nodes: rows as u32, dim: c as u32, heads: 1, eps, ..Default::default() };
     Ok((p, dtype, nograph))
+}
+
+/// The GraphCast / OneForecast edge MLP (SPEC §6, `edge_mlp_sum`):
+/// `m[e] = act(W_e·e_e + W_s·h_src + W_d·h_dst + b)`, computed as `E·W_eᵀ + b` over edges and
+/// `P = [H·W_sᵀ | H·W_dᵀ]` over nodes (GEMMs), then one fused gather-add-activate pass — the
+/// `[E, 3D]` concatenation is never materialised. Weights are `[out, in]` in the features' dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeMlp {
+    pub edge_dim: usize,
+    pub node_dim: usize,
+    pub out_dim: usize,
+    pub act: Activation,
+}
+
+/// The edge MLP's weights: `w_e [out, edge_dim]`, `w_s`, `w_d [out, node_dim]`, `b [out]`.
+pub struct EdgeMlpWeights<B> {
+    pub w_e: B,
+    pub w_s: B,
+    pub w_d: B,
+    pub b: B,
+}
+
+/// The edge MLP's gradients.
+pub struct EdgeMlpGrads<B> {
+    pub d_edge: B,
+    pub d_node: B,
+    pub w_e: B,
+    pub w_s: B,
+    pub w_d: B,
+    pub b: B,
+}
+
+impl EdgeMlp {
+    fn edge_gemm(&self, edges: usize) -> Gemm {
+        Gemm::new(edges, self.out_dim, self.edge_dim).bias(true)
+    }
+    /// `H·W_sᵀ` (or `H·W_dᵀ` at column offset `out`) into `P [N, 2·out]`.
+    fn node_gemm(&self, nodes: usize, half: usize) -> Gemm {
+        Gemm::new(nodes, self.out_dim, self.node_dim).ldc(2 * self.out_dim).offsets(GemmOffsets { c: half * self.out_dim, ..Default::default() })
+    }
+
+    fn pre<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, e_feat: &Be::Buf, h: &Be::Buf, w: &EdgeMlpWeights<Be::Buf>, act: Activation) -> Result<Be::Buf> {
+        if self.edge_dim == 0 || self.node_dim == 0 || self.out_dim == 0 {
+            return Err(Error::shape("edge_mlp", format!("dimensions must be positive: {self:?}")));
+        }
+        let dtype = check_len(be, "edge features", e_feat, g.num_edges, self.edge_dim)?;
+        crate::device::same_dtype("edge_mlp", &[("edge features", dtype), ("node features", check_len(be, "node features", h, g.num_nodes, self.node_dim)?)])?;
+        let mut ee = be.alloc(dtype, g.num_edges * self.out_dim)?;
+        if g.num_edges > 0 {
+            be.gemm(&self.edge_gemm(g.num_edges), e_feat, &w.w_e, Some(&w.b), None, &mut ee, None)?;
+        }
+        let mut pn = be.alloc(dtype, g.num_nodes * 2 * self.out_dim)?;
+        be.gemm(&self.node_gemm(g.num_nodes, 0), h, &w.w_s, None, None, &mut pn, None)?;
+        be.gemm(&self.node_gemm(g.num_nodes, 1), h, &w.w_d, None, None, &mut pn, None)?;
+        let p = GraphParams { reduce: act as u32, ..params(g, self.out_dim, 1)? };
+        let mut m = be.alloc(dtype, g.num_edges * self.out_dim)?;
+        be.graph_op(GraphKernel::EdgeCombine, &p, g, &GraphArgs { x: Some(&ee), y: Some(&pn), w: None, v: None }, &mut m, None)?;
+        Ok(m)
+    }
+
+    /// The messages `m [E, out]` in COO edge order from `e_feat [E, edge_dim]`, `h [N, node_dim]`.
+    pub fn forward<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, e_feat: &Be::Buf, h: &Be::Buf, w: &EdgeMlpWeights<Be::Buf>) -> Result<Be::Buf> {
+        self.pre(be, g, e_feat, h, w, self.act)
+    }
+
+    /// The backward from `d_m`; `gt` is the transposed graph. The pre-activation is recomputed
+    /// (one GEMM pair and one pass), the per-node gradients are segment sums over `g` and `gt`
+    /// (no atomics), and `dH` gets both halves through one GEMM epilogue.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, gt: &DeviceGraph<Be::Buf>, e_feat: &Be::Buf, h: &Be::Buf, w: &EdgeMlpWeights<Be::Buf>, d_m: &Be::Buf) -> Result<EdgeMlpGrads<Be::Buf>> {
+        let (e, n, d) = (g.num_edges, g.num_nodes, self.out_dim);
+        if gt.num_edges != e || gt.num_nodes != n {
+            return Err(Error::shape("edge_mlp", "gt is not the transposed graph of g"));
+        }
+        check_len(be, "d_m", d_m, e, d)?;
+        let z = self.pre(be, g, e_feat, h, w, Activation::Identity)?;
+        let mut dz = be.alloc(be.dtype_of(&z), e * d)?;
+        be.act_grad(&ActGrad { rows: e, cols: d, act: self.act, act_cols: d }, d_m, &z, &mut dz)?;
+        let ge = gemm_backward(be, &self.edge_gemm(e), e_feat, &w.w_e, None, &dz)?;
+        let dps = segment_reduce(be, gt, &dz, d, Reduce::Sum)?.0;
+        let dpd = segment_reduce(be, g, &dz, d, Reduce::Sum)?.0;
+        let node = Gemm::new(n, d, self.node_dim);
+        let gs = gemm_backward(be, &node, h, &w.w_s, None, &dps)?;
+        let gd = gemm_backward_plus(be, &node, h, &w.w_d, None, &dpd, Some(&gs.da))?;
+        let db = ge.dbias.ok_or_else(|| Error::Invalid("edge_mlp: the bias gradient is missing".into()))?;
+        Ok(EdgeMlpGrads { d_edge: ge.da, d_node: gd.da, w_e: ge.db, w_s: gs.db, w_d: gd.db, b: db })
+    }
 }

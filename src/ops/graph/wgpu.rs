@@ -33,6 +33,7 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: &DeviceG
             go("graph_ln_bwd_apply", Some(&scratch), words(rows))
         }
         GraphKernel::LayerNormParams => go("graph_ln_params", arg, dim),
+        GraphKernel::EdgeCombine => go("graph_edge_combine", arg, words(p.num_edges as usize)),
     }
 }
 
