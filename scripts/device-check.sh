@@ -111,7 +111,7 @@ for be in names:
 PY
 
 if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ]; then
-    PYTHONUNBUFFERED=1 timeout 100 python3 $D/peers.py --only ${PEERS_ONLY:-gemm,ffn,optim} --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
+    PYTHONUNBUFFERED=1 timeout 100 python3 $D/peers.py --only ${PEERS_ONLY:-gemm,ffn,optim,graph} --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
     log "peers: rc=$?"
     cat "$OUT/peers.txt" | tee -a "$OUT/summary.txt"
 fi

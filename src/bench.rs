@@ -221,23 +221,25 @@ pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, reps: usize) -> Result<V
     Ok(out)
 }
 
-/// Graph message passing on OneForecast's mesh size (SPEC §6: 12,337 nodes, in-degree 4..36,
-/// D = 512): spmm and segment-mean, each reading its `[E, D]`-sized operand once (the bytes
-/// that count: features gathered per edge plus the output; bandwidth-bound, so no FLOP rate).
+/// Graph message passing at OneForecast's mesh size (SPEC §6: 12,337 nodes, 98,296 edges,
+/// D = 512; uniform random edges as in `peers.py`): spmm, segment-sum and gather, each moving
+/// its `[E, D]` operand once (the bytes that count: per-edge rows plus the `[N, D]` side);
+/// bandwidth-bound, so no FLOP rate.
 pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize) -> Result<Vec<BenchRecord>> {
     use crate::ops::graph::{self, DeviceGraph, Graph, Reduce};
-    let (n, dim) = if small { (2_000, 128) } else { (12_337, 512) };
-    let g = Graph::random(n, 4, 36, 11)?;
-    let e = g.num_edges();
+    let (n, e, dim) = if small { (2_000, 16_000, 128) } else { (12_337, 98_296, 512) };
+    let g = Graph::random_uniform(n, e, 11)?;
     let dg = DeviceGraph::upload(be, &g)?;
-    let r = |len: usize, dt: DType, s: u64| be.upload(&crate::HostTensor::random(dt, vec![len], s));
-    let (x, m, w) = (r(n * dim, dtype, 1)?, r(e * dim, dtype, 2)?, r(e, DType::F32, 3)?);
-    let elem = dtype.size() as f64;
+    let r = |len: usize, s: u64| be.upload(&crate::HostTensor::random(dtype, vec![len], s));
+    let (x, m) = (r(n * dim, 1)?, r(e * dim, 2)?);
+    let bytes = ((e + n) * dim) as f64 * dtype.size() as f64;
     let shape = format!("N{n} E{e} D{dim}");
     let mut out = Vec::new();
-    let t = timed(be, reps, &mut || graph::spmm(be, &dg, &x, Some(&w), dim).map(|_| ()))?;
-    out.push(record("graph", be.name(), dtype, format!("spmm {shape}"), t, 0.0, ((e + n) * dim) as f64 * elem, reps));
-    let t = timed(be, reps, &mut || graph::segment_reduce(be, &dg, &m, dim, Reduce::Mean).map(|_| ()))?;
-    out.push(record("graph", be.name(), dtype, format!("segment_mean {shape}"), t, 0.0, ((e + n) * dim) as f64 * elem, reps));
+    let t = timed(be, reps, &mut || graph::spmm(be, &dg, &x, None, dim).map(|_| ()))?;
+    out.push(record("graph", be.name(), dtype, format!("spmm {shape}"), t, 0.0, bytes, reps));
+    let t = timed(be, reps, &mut || graph::segment_reduce(be, &dg, &m, dim, Reduce::Sum).map(|_| ()))?;
+    out.push(record("graph", be.name(), dtype, format!("segment_sum {shape}"), t, 0.0, bytes, reps));
+    let t = timed(be, reps, &mut || graph::gather_rows(be, &dg, &x, dim).map(|_| ()))?;
+    out.push(record("graph", be.name(), dtype, format!("gather {shape}"), t, 0.0, bytes, reps));
     Ok(out)
 }

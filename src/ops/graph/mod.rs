@@ -83,15 +83,7 @@ impl Graph {
         if num_nodes == 0 || min_deg > max_deg {
             return Err(Error::Invalid(format!("graph: random({num_nodes}, {min_deg}..={max_deg}) needs nodes and min ≤ max")));
         }
-        let mut state = seed;
-        let mut next = |m: usize| {
-            // splitmix64
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) % m as u64) as usize
-        };
+        let mut next = splitmix(seed);
         let (mut src, mut dst) = (Vec::new(), Vec::new());
         let degs: Vec<usize> = (0..num_nodes).map(|_| min_deg + next(max_deg - min_deg + 1)).collect();
         for round in 0..max_deg {
@@ -105,12 +97,36 @@ impl Graph {
         Graph::from_coo(num_nodes, &src, &dst)
     }
 
+    /// A seeded random graph of `num_edges` edges with uniform sources and destinations (the
+    /// shape `peers.py` times PyTorch on).
+    pub fn random_uniform(num_nodes: usize, num_edges: usize, seed: u64) -> Result<Graph> {
+        if num_nodes == 0 {
+            return Err(Error::Invalid("graph: random_uniform needs nodes".into()));
+        }
+        let mut next = splitmix(seed);
+        let src: Vec<i64> = (0..num_edges).map(|_| next(num_nodes) as i64).collect();
+        let dst: Vec<i64> = (0..num_edges).map(|_| next(num_nodes) as i64).collect();
+        Graph::from_coo(num_nodes, &src, &dst)
+    }
+
     /// The graph with every edge reversed (CSR by source), for backward passes.
     pub fn transposed(&self) -> Graph {
         let dst_coo: Vec<i64> = self.dst_coo.iter().map(|&d| d as i64).collect();
         let src: Vec<i64> = self.src_coo.iter().map(|&s| s as i64).collect();
         // Indices were checked when this graph was built.
         Graph::from_coo(self.num_nodes, &dst_coo, &src).unwrap_or_else(|_| unreachable!("a transposed valid graph is valid"))
+    }
+}
+
+/// A seeded stream of integers in `[0, m)` (splitmix64).
+fn splitmix(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut state = seed;
+    move |m: usize| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % m as u64) as usize
     }
 }
 
