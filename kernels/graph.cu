@@ -22,18 +22,38 @@ struct Csr {
 
 #define GRID_STRIDE(i, total) for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total); i += (size_t)gridDim.x * blockDim.x)
 
-// out[e, d] = X[src_coo[e], d]
+// out[e, h, :] = w[e, h]·X[src_coo[e], h, :] (w optional)
 template <typename T>
-__device__ __forceinline__ void gather_impl(const uint32_t* idx, const T* __restrict__ x, T* __restrict__ out, const GraphParams& p) {
+__device__ __forceinline__ void gather_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, T* __restrict__ out,
+                                            const GraphParams& p) {
     const Csr g(idx, p);
-    GRID_STRIDE(i, (size_t)p.num_edges * p.dim) { out[i] = x[(size_t)g.src_coo[i / p.dim] * p.dim + i % p.dim]; }
+    const uint32_t dh = p.dim / p.heads;
+    GRID_STRIDE(i, (size_t)p.num_edges * p.dim) {
+        const size_t e = i / p.dim, d = i % p.dim;
+        const float xv = to_f32(x[(size_t)g.src_coo[e] * p.dim + d]);
+        out[i] = from_f32<T>(p.has_weight ? w[e * p.heads + d / dh] * xv : xv);
+    }
 }
 
-// out[i, d] = reduce over row i of M[perm[q], d]; max/min keep the first (COO order) arg.
+// out[e, h] = ⟨x[e, h, :], y[e, h, :]⟩ over edge features (f32).
 template <typename T>
-__device__ __forceinline__ void segment_reduce_impl(const uint32_t* idx, const T* __restrict__ m, T* __restrict__ out,
+__device__ __forceinline__ void edge_dot_impl(const T* __restrict__ x, const T* __restrict__ y, float* __restrict__ out, const GraphParams& p) {
+    const uint32_t dh = p.dim / p.heads;
+    GRID_STRIDE(t, (size_t)p.num_edges * p.heads) {
+        const size_t base = (t / p.heads) * p.dim + (t % p.heads) * dh;
+        float acc = 0.0f;
+        for (uint32_t k = 0; k < dh; ++k) acc += to_f32(x[base + k]) * to_f32(y[base + k]);
+        out[t] = acc;
+    }
+}
+
+// out[i, d] = reduce over row i of M[perm[q], d] (weighted by w[e, h] if given); max/min keep
+// the first (COO order) arg.
+template <typename T>
+__device__ __forceinline__ void segment_reduce_impl(const uint32_t* idx, const T* __restrict__ m, const float* __restrict__ w, T* __restrict__ out,
                                                     uint32_t* __restrict__ arg, const GraphParams& p) {
     const Csr g(idx, p);
+    const uint32_t dh = p.dim / p.heads;
     GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) {
         const size_t row = i / p.dim, d = i % p.dim;
         const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
@@ -41,7 +61,8 @@ __device__ __forceinline__ void segment_reduce_impl(const uint32_t* idx, const T
         uint32_t best = p.num_edges;
         for (uint32_t q = lo; q < hi; ++q) {
             const uint32_t e = g.perm[q];
-            const float v = to_f32(m[(size_t)e * p.dim + d]);
+            const float mv = to_f32(m[(size_t)e * p.dim + d]);
+            const float v = p.has_weight ? w[(size_t)e * p.heads + d / dh] * mv : mv;
             if (p.reduce <= 1) {
                 acc += v;
             } else if (q == lo || (p.reduce == 2 && v > acc) || (p.reduce == 3 && v < acc)) {
@@ -213,12 +234,12 @@ __device__ __forceinline__ void ln_params_impl(const T* __restrict__ x, const T*
 }
 
 #define GRAPH_ENTRIES(SUFFIX, T)                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256) graph_gather_##SUFFIX(const uint32_t* idx, const T* x, T* out, GraphParams p) { \
-        gather_impl<T>(idx, x, out, p);                                                                                    \
+    extern "C" __global__ void __launch_bounds__(256) graph_gather_##SUFFIX(const uint32_t* idx, const T* x, const float* w, T* out, GraphParams p) { \
+        gather_impl<T>(idx, x, w, out, p);                                                                                    \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
-        graph_segment_reduce_##SUFFIX(const uint32_t* idx, const T* m, T* out, uint32_t* arg, GraphParams p) {           \
-        segment_reduce_impl<T>(idx, m, out, arg, p);                                                                       \
+        graph_segment_reduce_##SUFFIX(const uint32_t* idx, const T* m, const float* w, T* out, uint32_t* arg, GraphParams p) { \
+        segment_reduce_impl<T>(idx, m, w, out, arg, p);                                                                       \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_spmm_##SUFFIX(const uint32_t* idx, const T* x, const float* w, T* out, GraphParams p) {                    \
@@ -231,6 +252,10 @@ __device__ __forceinline__ void ln_params_impl(const T* __restrict__ x, const T*
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_edge_combine_##SUFFIX(const uint32_t* idx, const T* ee, const T* pn, T* m, GraphParams p) {                  \
         edge_combine_impl<T>(idx, ee, pn, m, p);                                                                           \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_edge_dot_##SUFFIX(const T* x, const T* y, float* out, GraphParams p) {                                       \
+        edge_dot_impl<T>(x, y, out, p);                                                                                    \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) graph_ln_forward_##SUFFIX(                                           \
         const T* x, const float* gamma, const float* beta, T* y, float* stats, GraphParams p) {                            \

@@ -49,9 +49,11 @@ fn ld_y(i: u32) -> f32 {
 fn element(kind: u32, i: u32) -> f32 {
     let row = i / p.dim;
     let d = i % p.dim;
+    let head = d / (p.dim / p.heads);
     if (kind == 0u) {
-        // out[e, d] = X[src_coo[e], d]
-        return ld(src_coo(row) * p.dim + d);
+        // out[e, h, :] = w[e, h]·X[src_coo[e], h, :] (w optional)
+        let xv = ld(src_coo(row) * p.dim + d);
+        return select(xv, w_buf[row * p.heads + head] * xv, p.has_weight != 0u);
     }
     if (kind == 5u) {
         // m[e, d] = act(Ee[e, d] + P[src e, d] + P[dst e, D + d]), P = [H·W_sᵀ | H·W_dᵀ].
@@ -74,7 +76,6 @@ fn element(kind: u32, i: u32) -> f32 {
     }
     let lo = row_ptr(row);
     let hi = row_ptr(row + 1u);
-    let head = d / (p.dim / p.heads);
     var acc = 0.0;
     var arg = p.num_edges;
     for (var q = lo; q < hi; q++) {
@@ -84,9 +85,11 @@ fn element(kind: u32, i: u32) -> f32 {
             acc += select(xv, w_buf[perm(q) * p.heads + head] * xv, p.has_weight != 0u);
             continue;
         }
-        // out[i, d] = reduce over row i of M[perm[q], d]; max/min keep the first (COO) arg.
+        // out[i, d] = reduce over row i of M[perm[q], d] (sum: weighted by w[e, h] if given);
+        // max/min keep the first (COO) arg.
         let e = perm(q);
-        let m = ld(e * p.dim + d);
+        let mv = ld(e * p.dim + d);
+        let m = select(mv, w_buf[e * p.heads + head] * mv, p.has_weight != 0u);
         if (p.reduce <= 1u) {
             acc += m;
         } else if (q == lo || (p.reduce == 2u && m > acc) || (p.reduce == 3u && m < acc)) {
@@ -174,6 +177,20 @@ fn graph_sddmm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         }
         out_buf[perm(q) * p.heads + r.h] = bitcast<u32>(acc);
     }
+}
+
+// out[e, h] = ⟨x[e, h, :], y[e, h, :]⟩ over edge features (f32), one invocation per (e, h).
+@compute @workgroup_size(256)
+fn graph_edge_dot(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_id(gid, nwg);
+    if (t >= p.num_edges * p.heads) { return; }
+    let dh = p.dim / p.heads;
+    let base = (t / p.heads) * p.dim + (t % p.heads) * dh;
+    var acc = 0.0;
+    for (var k = 0u; k < dh; k++) {
+        acc += ld(base + k) * ld_y(base + k);
+    }
+    out_buf[t] = bitcast<u32>(acc);
 }
 
 // Softmax over the edges into node i of head h (max-subtracted); w = scores, f32 out.

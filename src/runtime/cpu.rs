@@ -205,7 +205,11 @@ impl Backend for Cpu {
             t.map(|t| &t.data[..]).ok_or_else(|| Error::Invalid("graph: an operand is missing".into()))
         }
         let y = match kind {
-            GraphKernel::Gather => graph::cpu::gather_rows(&host, data(a.x)?, d),
+            GraphKernel::Gather => match a.w {
+                Some(w) if p.has_weight != 0 => graph::cpu::gather_weighted(&host, data(a.x)?, &w.data, heads, d),
+                _ => graph::cpu::gather_rows(&host, data(a.x)?, d),
+            },
+            GraphKernel::EdgeDot => graph::cpu::edge_dot(data(a.x)?, data(a.y)?, p.num_edges as usize, heads, d),
             GraphKernel::Spmm => graph::cpu::spmm(&host, data(a.x)?, a.w.map(|w| &w.data[..]), heads, d),
             GraphKernel::Sddmm => graph::cpu::sddmm(&host, data(a.x)?, data(a.y)?, heads, d),
             GraphKernel::EdgeCombine => {
@@ -216,6 +220,9 @@ impl Backend for Cpu {
             GraphKernel::SoftmaxBackward => graph::cpu::segment_softmax_backward(&host, data(a.w)?, data(a.v)?, heads),
             GraphKernel::LayerNorm | GraphKernel::LayerNormBackward | GraphKernel::LayerNormParams => unreachable!("handled above"),
             GraphKernel::SegmentReduce => {
+                if let (Some(w), 0, true) = (a.w, p.reduce, p.has_weight != 0) {
+                    return write_rounded(out, graph::cpu::segment_sum_weighted(&host, data(a.x)?, &w.data, heads, d));
+                }
                 let reduce = [graph::Reduce::Sum, graph::Reduce::Mean, graph::Reduce::Max, graph::Reduce::Min][p.reduce as usize & 3];
                 let (y, args) = graph::cpu::segment_reduce(&host, data(a.x)?, d, reduce);
                 if let Some(arg) = arg {
@@ -226,10 +233,7 @@ impl Backend for Cpu {
                 y
             }
         };
-        for (dst, v) in out.data.iter_mut().zip(y) {
-            *dst = out.dtype.round(v as f32);
-        }
-        Ok(())
+        write_rounded(out, y)
     }
 
     fn batchnorm_backward(&self, p: &BnParams, x: &HostTensor, dy: &HostTensor, affine: &HostTensor, stats: &mut HostTensor, extra: Option<&HostTensor>, dx: &mut HostTensor) -> Result<()> {
@@ -305,4 +309,12 @@ fn bn_host(p: &BnParams, affine: &HostTensor, mean: &[f32], var: &[f32]) -> (Bat
         BatchNormDesc { rows: p.rows as usize, channels: c, eps: p.eps, momentum: p.momentum },
         BatchNorm { gamma: affine.data[..c].to_vec(), beta: affine.data[c..2 * c].to_vec(), mean: mean[..c].to_vec(), var: var[..c].to_vec(), eps: p.eps },
     )
+}
+
+/// Stores an f64 result into `out`, rounded to its dtype.
+fn write_rounded(out: &mut HostTensor, y: Vec<f64>) -> Result<()> {
+    for (dst, v) in out.data.iter_mut().zip(y) {
+        *dst = out.dtype.round(v as f32);
+    }
+    Ok(())
 }

@@ -533,7 +533,7 @@ impl Backend for CudaRuntime {
                 Some(b) => Some(b.typed_mut::<f32>()?.as_view_mut()),
                 None => None,
             };
-            if matches!(kind, GraphKernel::Sddmm | GraphKernel::Softmax | GraphKernel::SoftmaxBackward | GraphKernel::LayerNormParams) {
+            if matches!(kind, GraphKernel::Sddmm | GraphKernel::EdgeDot | GraphKernel::Softmax | GraphKernel::SoftmaxBackward | GraphKernel::LayerNormParams) {
                 launch::<T>(rt, kind, p, &ca, None, Some(&mut out.typed_mut::<f32>()?.as_view_mut()), arg.as_mut())
             } else {
                 launch::<T>(rt, kind, p, &ca, Some(&mut out.typed_mut::<T>()?.as_view_mut()), None, arg.as_mut())

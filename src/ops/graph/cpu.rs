@@ -179,3 +179,27 @@ pub fn edge_combine(g: &Graph, ee: &[f32], pn: &[f32], dim: usize, act: crate::A
         })
         .collect()
 }
+
+/// `out[i, h, :] = Σ_{e → i} w[e, h]·M[e, h, :]`.
+pub fn segment_sum_weighted(g: &Graph, m: &[f32], w: &[f32], heads: usize, dim: usize) -> Vec<f64> {
+    let dh = dim / heads;
+    let mut out = vec![0.0; g.num_nodes * dim];
+    for (e, &i) in g.dst_coo.iter().enumerate() {
+        for d in 0..dim {
+            out[i as usize * dim + d] += w[e * heads + d / dh] as f64 * m[e * dim + d] as f64;
+        }
+    }
+    out
+}
+
+/// `out[e, h] = ⟨x[e, h, :], y[e, h, :]⟩`.
+pub fn edge_dot(x: &[f32], y: &[f32], edges: usize, heads: usize, dim: usize) -> Vec<f64> {
+    let dh = dim / heads;
+    (0..edges * heads).map(|t| (0..dh).map(|k| x[(t / heads) * dim + (t % heads) * dh + k] as f64 * y[(t / heads) * dim + (t % heads) * dh + k] as f64).sum()).collect()
+}
+
+/// `out[e, h, :] = w[e, h]·X[src e, h, :]`.
+pub fn gather_weighted(g: &Graph, x: &[f32], w: &[f32], heads: usize, dim: usize) -> Vec<f64> {
+    let dh = dim / heads;
+    (0..g.num_edges() * dim).map(|i| w[(i / dim) * heads + (i % dim) / dh] as f64 * x[g.src_coo[i / dim] as usize * dim + i % dim] as f64).collect()
+}

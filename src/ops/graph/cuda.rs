@@ -36,6 +36,9 @@ pub const KERNELS: &[&str] = &[
     "graph_edge_combine_f32",
     "graph_edge_combine_f16",
     "graph_edge_combine_bf16",
+    "graph_edge_dot_f32",
+    "graph_edge_dot_f16",
+    "graph_edge_dot_bf16",
 ];
 
 /// The typed operands of one launch (see `GraphKernel` for which each kernel reads).
@@ -82,6 +85,7 @@ pub fn launch<T: CudaElem>(
         GraphKernel::LayerNormBackward => (typed(17), p.num_nodes as usize * 256),
         GraphKernel::LayerNormParams => (typed(20), p.dim as usize),
         GraphKernel::EdgeCombine => (typed(23), p.num_edges as usize * p.dim as usize),
+        GraphKernel::EdgeDot => (typed(26), p.num_edges as usize * p.heads as usize),
     };
     let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
     let blocks = threads.div_ceil(256).clamp(1, 1 << 20) as u32;
@@ -93,6 +97,7 @@ pub fn launch<T: CudaElem>(
     // writes out [E · dim], segment_reduce and spmm out [N · dim] (T); segment_reduce writes arg
     // [N · dim] only for max/min (otherwise the pointer is idx's and is never written); sddmm
     // and the softmax kernels write out32 [E · heads], each element once. edge_combine reads Ee
+    // (edge_dot reads x, y [E · dim] and writes out32 [E · heads])
     // [E · dim] and P [N · 2·dim] (T) and writes m [E · dim]. LayerNorm reads x, dy
     // [rows · dim] (T), γ, β [dim] and stats [2 · rows] (f32; the graph is a placeholder) and
     // writes y or dx [rows · dim] (T), stats (forward) or [dγ | dβ] (out32, 2 · dim).
@@ -129,29 +134,31 @@ pub fn launch<T: CudaElem>(
         GraphKernel::Gather | GraphKernel::SegmentReduce | GraphKernel::Spmm => {
             let out = out.ok_or_else(|| Error::Invalid("graph: a typed output is needed".into()))?;
             let x = need(&a.x, "x")?;
+            // Without weights the w pointer is idx's and is never read (p.has_weight = 0).
+            let w = a.w.as_ref().unwrap_or(idx);
             match kind {
-                GraphKernel::Gather => rt.launch(&f, cfg, |l| {
-                    l.arg(idx).arg(x).arg(out).arg(p);
-                }),
                 GraphKernel::SegmentReduce => match arg {
                     Some(arg) => rt.launch(&f, cfg, |l| {
-                        l.arg(idx).arg(x).arg(out).arg(arg).arg(p);
+                        l.arg(idx).arg(x).arg(w).arg(out).arg(arg).arg(p);
                     }),
                     None => rt.launch(&f, cfg, |l| {
-                        l.arg(idx).arg(x).arg(out).arg(idx).arg(p);
+                        l.arg(idx).arg(x).arg(w).arg(out).arg(idx).arg(p);
                     }),
                 },
-                _ => {
-                    let w = a.w.as_ref().unwrap_or(idx);
-                    rt.launch(&f, cfg, |l| {
-                        l.arg(idx).arg(x).arg(w).arg(out).arg(p);
-                    })
-                }
+                _ => rt.launch(&f, cfg, |l| {
+                    l.arg(idx).arg(x).arg(w).arg(out).arg(p);
+                }),
             }
         }
         _ => {
             let out = out32.ok_or_else(|| Error::Invalid("graph: an f32 output is needed".into()))?;
             match kind {
+                GraphKernel::EdgeDot => {
+                    let (x, y) = (need(&a.x, "x")?, need(&a.y, "y")?);
+                    rt.launch(&f, cfg, |l| {
+                        l.arg(x).arg(y).arg(out).arg(p);
+                    })
+                }
                 GraphKernel::Sddmm => {
                     let (x, y) = (need(&a.x, "A")?, need(&a.y, "B")?);
                     rt.launch(&f, cfg, |l| {

@@ -201,11 +201,13 @@ unsafe impl cudarc::driver::DeviceRepr for GraphParams {}
 /// `[E, heads]` in COO order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GraphKernel {
-    /// `out[e] = x[src e]`, `[E, D]` in COO order.
+    /// `out[e, h] = w[e, h]·x[src e, h]` (w optional), `[E, D]` in COO order.
     Gather,
-    /// `out[i] = reduce_{e ∈ row i} x[e]`; `arg` gets the first arg (COO edge id, E for an
-    /// empty row) for max/min.
+    /// `out[i] = reduce_{e ∈ row i} x[e]` (for sum, weighted by `w[e, h]` if given); `arg` gets
+    /// the first arg (COO edge id, E for an empty row) for max/min.
     SegmentReduce,
+    /// `out[e, h] = ⟨x[e, h], y[e, h]⟩` over edge features (f32 out); the graph is not read.
+    EdgeDot,
     /// `out[i, h] = Σ_{e ∈ row i} w[e, h]·x[src e, h]` (w optional).
     Spmm,
     /// `out[e, h] = ⟨x[dst e, h], y[src e, h]⟩`.
@@ -340,6 +342,34 @@ pub fn spmm_backward<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, gt: &Device
 #[allow(clippy::too_many_arguments)]
 pub fn sddmm_backward<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, gt: &DeviceGraph<Be::Buf>, a: &Be::Buf, b: &Be::Buf, d_s: &Be::Buf, heads: usize, dim: usize) -> Result<(Be::Buf, Be::Buf)> {
     Ok((spmm_heads(be, g, b, Some(d_s), heads, dim)?, spmm_heads(be, gt, a, Some(d_s), heads, dim)?))
+}
+
+/// Attention-weighted aggregation of edge features (OneForecast's `a_j`, GAT over messages):
+/// `out[i, h, :] = Σ_{e → i} w[e, h]·M[e, h, :]` (`M [E, heads·Dh]`, f32 `w [E, heads]`).
+pub fn segment_sum_weighted<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, m: &Be::Buf, w: &Be::Buf, heads: usize, dim: usize) -> Result<Be::Buf> {
+    let dtype = check_len(be, "M", m, g.num_edges, dim)?;
+    let p = GraphParams { has_weight: 1, ..params(g, dim, heads)? };
+    check_edge_scalars(be, "w", w, g.num_edges, heads)?;
+    let mut out = be.alloc(dtype, g.num_nodes * dim)?;
+    be.graph_op(GraphKernel::SegmentReduce, &p, g, &GraphArgs { x: Some(m), y: None, w: Some(w), v: None }, &mut out, None)?;
+    Ok(out)
+}
+
+/// Backward of [`segment_sum_weighted`] with the transposed graph `gt`:
+/// `dM[e] = w[e]·dOut[dst e]` (a weighted gather over `gt`) and `dw[e, h] = ⟨dOut[dst e, h], M[e, h]⟩`.
+#[allow(clippy::too_many_arguments)]
+pub fn segment_sum_weighted_backward<Be: Backend>(be: &Be, gt: &DeviceGraph<Be::Buf>, m: &Be::Buf, w: &Be::Buf, d_out: &Be::Buf, heads: usize, dim: usize) -> Result<(Be::Buf, Be::Buf)> {
+    let dtype = check_len(be, "dOut", d_out, gt.num_nodes, dim)?;
+    crate::device::same_dtype("graph", &[("dOut", dtype), ("M", check_len(be, "M", m, gt.num_edges, dim)?)])?;
+    check_edge_scalars(be, "w", w, gt.num_edges, heads)?;
+    let p = params(gt, dim, heads)?;
+    let mut g_out = be.alloc(dtype, gt.num_edges * dim)?;
+    be.graph_op(GraphKernel::Gather, &p, gt, &GraphArgs { x: Some(d_out), y: None, w: None, v: None }, &mut g_out, None)?;
+    let mut dw = be.alloc(DType::F32, gt.num_edges * heads)?;
+    be.graph_op(GraphKernel::EdgeDot, &p, gt, &GraphArgs { x: Some(&g_out), y: Some(m), w: None, v: None }, &mut dw, None)?;
+    let mut dm = be.alloc(dtype, gt.num_edges * dim)?;
+    be.graph_op(GraphKernel::Gather, &GraphParams { has_weight: 1, ..p }, gt, &GraphArgs { x: Some(d_out), y: None, w: Some(w), v: None }, &mut dm, None)?;
+    Ok((dm, dw))
 }
 
 /// Backward of [`gather_rows`]: `dX[j] = Σ_{e: src e = j} dOut[e]`, a segment sum over the

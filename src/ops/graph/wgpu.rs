@@ -21,6 +21,7 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: &DeviceG
         GraphKernel::SegmentReduce => go("graph_segment_reduce", arg, words(rows)),
         GraphKernel::Spmm => go("graph_spmm", arg, words(rows)),
         GraphKernel::Sddmm => go("graph_sddmm", arg, rows * heads),
+        GraphKernel::EdgeDot => go("graph_edge_dot", arg, p.num_edges as usize * heads),
         GraphKernel::Softmax => go("graph_softmax", arg, rows * heads),
         GraphKernel::SoftmaxBackward => go("graph_softmax_backward", arg, rows * heads),
         GraphKernel::LayerNorm => {
