@@ -244,6 +244,22 @@ enum RunOp {
         #[arg(long, default_value_t = 0)]
         position: u32,
     },
+    /// One graph primitive (SPEC §6). Tensors: `src`, `dst` (I64 or I32 [E], COO edges) and, by
+    /// --kind: gather, spmm: `x` [N, D] (spmm: optional f32 `w` [E] or [E, H]); segment_sum,
+    /// segment_mean, segment_max, segment_min: `m` [E, D]; sddmm: `a`, `b` [N, D];
+    /// segment_softmax: f32 `s` [E, H]. N is --num-nodes. Writes `y` (and, for max/min, `arg`: the
+    /// first arg's COO edge id as f32, exact for up to 2^24 edges).
+    #[command(name = "graph")]
+    Graph {
+        #[command(flatten)]
+        io: Io,
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        num_nodes: usize,
+        #[arg(long, default_value_t = 1)]
+        heads: usize,
+    },
     /// N standard normals of step --step from --seed (SPEC §7), written as `z` (f32).
     #[command(name = "philox_normal")]
     PhiloxNormal {
@@ -557,12 +573,30 @@ fn read_tensors(path: &std::path::Path) -> Result<Tensors> {
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Invalid(format!("{}: not a safetensors file: {e}", path.display())))?;
     let mut out = Tensors::new();
     for (name, v) in st.tensors() {
+        if matches!(v.dtype(), safetensors::Dtype::I64 | safetensors::Dtype::I32) {
+            continue; // index tensors: read_indices
+        }
         let dt = st_dtype(v.dtype()).map_err(|e| Error::Invalid(format!("{}: tensor '{name}': {e}", path.display())))?;
         let shape = v.shape().to_vec();
         let data = dt.decode(v.data());
         out.insert(name, HostTensor::new(dt, shape, data)?);
     }
     Ok(out)
+}
+
+/// An I64 or I32 1-D tensor of a safetensors file (edge indices).
+fn read_indices(path: &std::path::Path, name: &str) -> Result<Vec<i64>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { context: format!("reading {}", path.display()), source: e })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Invalid(format!("{}: not a safetensors file: {e}", path.display())))?;
+    let v = st.tensor(name).map_err(|_| Error::Invalid(format!("{}: missing index tensor '{name}'", path.display())))?;
+    if v.shape().len() != 1 {
+        return Err(Error::Invalid(format!("{}: '{name}' must be 1-D, is {:?}", path.display(), v.shape())));
+    }
+    match v.dtype() {
+        safetensors::Dtype::I64 => Ok(v.data().chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect()),
+        safetensors::Dtype::I32 => Ok(v.data().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()),
+        other => Err(Error::Invalid(format!("{}: '{name}' must be I64 or I32, is {other:?}", path.display()))),
+    }
 }
 
 fn take(t: &mut Tensors, name: &str, path: &std::path::Path) -> Result<HostTensor> {
@@ -649,6 +683,7 @@ fn run_op(op: RunOp) -> Result<ExitCode> {
         RunOp::Blockshuffle { io, alpha } => run_structured(&io, "blockshuffle", alpha),
         RunOp::LinearAttn { io, opts, mode } => run_linattn(&io, &opts, &mode),
         RunOp::LinearAttnDecode { io, opts, position } => run_linattn_decode(&io, &opts, position),
+        RunOp::Graph { io, kind, num_nodes, heads } => run_graph(&io, &kind, num_nodes, heads),
         RunOp::PhiloxNormal { n, seed, step, output, backend } => {
             let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
             let mut z = with_backend!(&dev, be => ffkern::ops::optim::philox_normal_host(be, n, seed, step))?;
@@ -931,6 +966,82 @@ fn run_linattn(io: &Io, opts: &LinAttnOpts, mode: &str) -> Result<ExitCode> {
     s.shape = s0.shape.clone();
     z.shape = z0.shape.clone();
     finish(OP, &dev, &io.output, &[("o", &o), ("final_state", &s), ("final_z", &z)])
+}
+
+fn run_graph(io: &Io, kind: &str, num_nodes: usize, heads: usize) -> Result<ExitCode> {
+    use ffkern::ops::graph::{self, DeviceGraph, Graph, Reduce};
+    const OP: &str = "graph";
+    let g = Graph::from_coo(num_nodes, &read_indices(&io.input, "src")?, &read_indices(&io.input, "dst")?)?;
+    let (n, e) = (g.num_nodes, g.num_edges());
+    let mut t = read_tensors(&io.input)?;
+    let dim_of = |x: &HostTensor, rows: usize, name: &str| -> Result<usize> {
+        match x.shape[..] {
+            [r, d] if r == rows => Ok(d),
+            _ => Err(shape_err(OP, format!("{name} must be [{rows}, D], got {:?}", x.shape))),
+        }
+    };
+    let dev = open_device(&io.backend)?;
+    let (mut y, arg, shape) = match kind {
+        "gather" | "spmm" => {
+            let x = take(&mut t, "x", &io.input)?;
+            let d = dim_of(&x, n, "x")?;
+            let w = t.remove("w");
+            with_backend!(&dev, be => {
+                let dg = DeviceGraph::upload(be, &g)?;
+                let xb = be.upload(&x)?;
+                let y = if kind == "gather" {
+                    graph::gather_rows(be, &dg, &xb, d)?
+                } else {
+                    let wb = w.as_ref().map(|w| be.upload(w)).transpose()?;
+                    graph::spmm_heads(be, &dg, &xb, wb.as_ref(), heads, d)?
+                };
+                (be.download(&y)?, None, vec![if kind == "gather" { e } else { n }, d])
+            })
+        }
+        "segment_sum" | "segment_mean" | "segment_max" | "segment_min" => {
+            let m = take(&mut t, "m", &io.input)?;
+            let d = dim_of(&m, e, "m")?;
+            let reduce: Reduce = kind.trim_start_matches("segment_").parse()?;
+            if matches!(reduce, Reduce::Max | Reduce::Min) && e > 1 << 24 {
+                return Err(Error::Limit(format!("graph --kind {kind}: {e} edges; arg ids are written as f32, exact up to 2^24")));
+            }
+            with_backend!(&dev, be => {
+                let (y, arg) = graph::segment_reduce(be, &DeviceGraph::upload(be, &g)?, &be.upload(&m)?, d, reduce)?;
+                let arg = match arg {
+                    Some(a) => {
+                        let mut a = be.download(&a)?;
+                        a.data = a.data.iter().map(|w| w.to_bits() as f32).collect();
+                        a.shape = vec![n, d];
+                        Some(a)
+                    }
+                    None => None,
+                };
+                (be.download(&y)?, arg, vec![n, d])
+            })
+        }
+        "sddmm" => {
+            let (a, b) = (take(&mut t, "a", &io.input)?, take(&mut t, "b", &io.input)?);
+            let d = dim_of(&a, n, "a")?;
+            dim_of(&b, n, "b")?;
+            with_backend!(&dev, be => {
+                let y = graph::sddmm(be, &DeviceGraph::upload(be, &g)?, &be.upload(&a)?, &be.upload(&b)?, heads, d)?;
+                (be.download(&y)?, None, vec![e, heads])
+            })
+        }
+        "segment_softmax" => {
+            let sc = take(&mut t, "s", &io.input)?;
+            with_backend!(&dev, be => {
+                let y = graph::segment_softmax(be, &DeviceGraph::upload(be, &g)?, &be.upload(&sc)?, heads)?;
+                (be.download(&y)?, None, vec![e, heads])
+            })
+        }
+        other => return Err(Error::Invalid(format!("unknown --kind '{other}' (gather, spmm, segment_sum, segment_mean, segment_max, segment_min, sddmm, segment_softmax)"))),
+    };
+    y.shape = shape;
+    match &arg {
+        Some(a) => finish(OP, &dev, &io.output, &[("y", &y), ("arg", a)]),
+        None => finish(OP, &dev, &io.output, &[("y", &y)]),
+    }
 }
 
 fn run_linattn_decode(io: &Io, opts: &LinAttnOpts, position: u32) -> Result<ExitCode> {
