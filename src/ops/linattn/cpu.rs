@@ -66,6 +66,41 @@ fn gather(d: &LinearAttention, q: &[f32], k: &[f32], v: &[f32], b: usize, h: usi
     gather_rows(d, q, k, v, b * d.seq, d.seq, h)
 }
 
+/// The recurrent state `(S, z)` of one (sequence, head) `bh`, from `s0`, `z0` or zeros.
+struct Scan {
+    s: Vec<f64>,
+    z: Vec<f64>,
+}
+
+impl Scan {
+    fn new(d: &LinearAttention, s0: Option<&[f32]>, z0: Option<&[f32]>, bh: usize) -> Scan {
+        let (kd, vd) = (d.k, d.v);
+        Scan {
+            s: (0..kd * vd).map(|i| s0.map_or(0.0, |x| x[bh * kd * vd + i] as f64)).collect(),
+            z: (0..kd).map(|i| z0.map_or(0.0, |x| x[bh * kd + i] as f64)).collect(),
+        }
+    }
+
+    /// Step `t`: `S += k̃_t v_tᵀ`, `z += k̃_t`; returns the numerator `n_t = Sᵀ q̃_t` and the
+    /// denominator (`position` is t's 1-based position for Count mode).
+    fn step(&mut self, d: &LinearAttention, sq: &Seq, t: usize, position: usize) -> (Vec<f64>, f64) {
+        let (kd, vd) = (d.k, d.v);
+        for i in 0..kd {
+            self.z[i] += sq.kt[t * kd + i];
+            for j in 0..vd {
+                self.s[i * vd + j] += sq.kt[t * kd + i] * sq.v[t * vd + j];
+            }
+        }
+        let den = match d.normalize {
+            Normalize::None => 1.0,
+            Normalize::Normalizer { eps } => (0..kd).map(|i| sq.qt[t * kd + i] * self.z[i]).sum::<f64>() + eps as f64,
+            Normalize::Count => position as f64,
+        };
+        let n = (0..vd).map(|j| (0..kd).map(|i| self.s[i * vd + j] * sq.qt[t * kd + i]).sum()).collect();
+        (n, den)
+    }
+}
+
 /// The recurrent forward: `(o, final S, final z)`. `s0`, `z0`: the initial state (`[B, H, K, V]`,
 /// `[B, H, K]`) or zeros; `count0` positions attended before (Count mode).
 pub fn forward(d: &LinearAttention, q: &[f32], k: &[f32], v: &[f32], s0: Option<&[f32]>, z0: Option<&[f32]>, count0: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
@@ -88,27 +123,15 @@ pub fn forward_varlen(d: &LinearAttention, starts: &[usize], q: &[f32], k: &[f32
         for h in 0..h_ {
             let sq = gather_rows(d, q, k, v, row0, len, h);
             let bh = n * h_ + h;
-            let mut s: Vec<f64> = (0..kd * vd).map(|i| s0.map_or(0.0, |x| x[bh * kd * vd + i] as f64)).collect();
-            let mut z: Vec<f64> = (0..kd).map(|i| z0.map_or(0.0, |x| x[bh * kd + i] as f64)).collect();
+            let mut scan = Scan::new(d, s0, z0, bh);
             for t in 0..len {
-                for i in 0..kd {
-                    z[i] += sq.kt[t * kd + i];
-                    for j in 0..vd {
-                        s[i * vd + j] += sq.kt[t * kd + i] * sq.v[t * vd + j];
-                    }
-                }
-                let den = match d.normalize {
-                    Normalize::None => 1.0,
-                    Normalize::Normalizer { eps } => (0..kd).map(|i| sq.qt[t * kd + i] * z[i]).sum::<f64>() + eps as f64,
-                    Normalize::Count => (count0 + t + 1) as f64,
-                };
-                for j in 0..vd {
-                    let nv: f64 = (0..kd).map(|i| s[i * vd + j] * sq.qt[t * kd + i]).sum();
+                let (n, den) = scan.step(d, &sq, t, count0 + t + 1);
+                for (j, nv) in n.iter().enumerate() {
                     o[((row0 + t) * h_ + h) * vd + j] = nv / den;
                 }
             }
-            s_out[bh * kd * vd..(bh + 1) * kd * vd].copy_from_slice(&s);
-            z_out[bh * kd..(bh + 1) * kd].copy_from_slice(&z);
+            s_out[bh * kd * vd..(bh + 1) * kd * vd].copy_from_slice(&scan.s);
+            z_out[bh * kd..(bh + 1) * kd].copy_from_slice(&scan.z);
         }
     }
     (o, s_out, z_out)
@@ -173,25 +196,13 @@ pub fn backward(
             let sq = gather(d, q, k, v, b, h);
             let bh = b * h_ + h;
             // Forward pass of this sequence, keeping S_t, z_t, n_t and the denominators.
-            let mut s: Vec<f64> = (0..kd * vd).map(|i| s0.map_or(0.0, |x| x[bh * kd * vd + i] as f64)).collect();
-            let mut z: Vec<f64> = (0..kd).map(|i| z0.map_or(0.0, |x| x[bh * kd + i] as f64)).collect();
+            let mut scan = Scan::new(d, s0, z0, bh);
             let mut states = Vec::with_capacity(t_);
             let mut dens = Vec::with_capacity(t_);
             let mut ns = Vec::with_capacity(t_);
             for t in 0..t_ {
-                for i in 0..kd {
-                    z[i] += sq.kt[t * kd + i];
-                    for j in 0..vd {
-                        s[i * vd + j] += sq.kt[t * kd + i] * sq.v[t * vd + j];
-                    }
-                }
-                let den = match d.normalize {
-                    Normalize::None => 1.0,
-                    Normalize::Normalizer { eps } => (0..kd).map(|i| sq.qt[t * kd + i] * z[i]).sum::<f64>() + eps as f64,
-                    Normalize::Count => (t + 1) as f64,
-                };
-                let n: Vec<f64> = (0..vd).map(|j| (0..kd).map(|i| s[i * vd + j] * sq.qt[t * kd + i]).sum()).collect();
-                states.push((s.clone(), z.clone()));
+                let (n, den) = scan.step(d, &sq, t, t + 1);
+                states.push((scan.s.clone(), scan.z.clone()));
                 dens.push(den);
                 ns.push(n);
             }
