@@ -8,7 +8,7 @@ const FAMILY: &str = "graph";
 /// Binding order: the index words, x, y, w, v (read-only), then out, arg.
 const READ_ONLY: usize = 5;
 
-/// One graph kernel, in a 2-D grid past 65535 workgroups. LayerNorm runs as a row pass
+/// One graph kernel. LayerNorm runs as a row pass
 /// (one workgroup per row, two f32 per row into `arg` or a scratch buffer) then an element pass.
 pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, a: &GraphArgs<WgpuBuffer>, out: &WgpuBuffer, arg: Option<&WgpuBuffer>) -> Result<()> {
     let dtype = a.x.map_or(DType::F32, |x| x.dtype);
@@ -38,19 +38,12 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: &DeviceG
     }
 }
 
-/// One dispatch of `threads` invocations (256 per workgroup).
+/// One dispatch of `threads` invocations (256 per workgroup); absent operands bind the
+/// context's dummy buffers.
 #[allow(clippy::too_many_arguments)]
-fn dispatch(ctx: &WgpuContext, entry: &'static str, dtype: DType, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, a: &GraphArgs<WgpuBuffer>, out: &WgpuBuffer, arg: Option<&WgpuBuffer>, threads: usize) -> Result<()> {
+fn dispatch<'a>(ctx: &'a WgpuContext, entry: &'static str, dtype: DType, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, a: &GraphArgs<'a, WgpuBuffer>, out: &WgpuBuffer, arg: Option<&'a WgpuBuffer>, threads: usize) -> Result<()> {
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 2)?;
-    let groups = threads.div_ceil(256);
-    let (gx, gy) = if groups <= 65535 { (groups, 1) } else { (65535, groups.div_ceil(65535)) };
-    // Unused bindings get a one-word placeholder (a writable binding may not alias `out`).
-    let spare = ctx.create_buffer(DType::F32, 1)?;
-    fn pick<'a>(b: Option<&'a WgpuBuffer>, none: &'a wgpu::Buffer) -> &'a wgpu::Buffer {
-        b.map_or(none, |b| &b.buffer)
-    }
-    let w0 = &g.words.buffer;
-    let arg = arg.map_or(&spare, |a| &a.buffer);
-    let bufs = [&g.words.buffer, pick(a.x, w0), pick(a.y, w0), pick(a.w, w0), pick(a.v, w0), &out.buffer, arg];
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &bufs, [gx as u32, gy as u32, 1])
+    let buf = |b: Option<&'a WgpuBuffer>, writable: bool| b.map_or(ctx.dummy(writable), |b| &b.buffer);
+    let bufs = [&g.words.buffer, buf(a.x, false), buf(a.y, false), buf(a.w, false), buf(a.v, false), &out.buffer, buf(arg, true)];
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &bufs, ctx.grid_1d(threads))
 }
