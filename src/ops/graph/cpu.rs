@@ -57,15 +57,9 @@ pub fn spmm(g: &Graph, x: &[f32], w: Option<&[f32]>, heads: usize, dim: usize) -
     y
 }
 
-/// The destination of every COO edge.
-pub fn dst_of(g: &Graph) -> Vec<usize> {
-    let mut dst = vec![0usize; g.num_edges()];
-    for i in 0..g.num_nodes {
-        for p in g.row_ptr[i]..g.row_ptr[i + 1] {
-            dst[g.perm[p as usize] as usize] = i;
-        }
-    }
-    dst
+/// The destination of every COO edge, as indices.
+fn dst_of(g: &Graph) -> Vec<usize> {
+    g.dst_coo.iter().map(|&d| d as usize).collect()
 }
 
 /// `s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩` (`dim = heads·Dh`).
