@@ -72,8 +72,9 @@ pub trait Backend {
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, starts: &[u32], state: &mut Self::Buf, z: &mut Self::Buf, o: &mut Self::Buf) -> Result<()>;
 
     /// One graph primitive (see `ops::graph`, which checks the buffers; [`GraphKernel`] says
-    /// which operands each reads); `arg` gets the max/min arg words.
-    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<Self::Buf>, a: &GraphArgs<Self::Buf>, out: &mut Self::Buf, arg: Option<&mut Self::Buf>) -> Result<()>;
+    /// which operands each reads; `g` is None only for LayerNorm, which reads no graph); `arg`
+    /// gets the max/min arg words.
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<Self::Buf>>, a: &GraphArgs<Self::Buf>, out: &mut Self::Buf, arg: Option<&mut Self::Buf>) -> Result<()>;
 }
 
 /// Checks that every operand has the dtype of the first.

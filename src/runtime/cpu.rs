@@ -195,10 +195,11 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<HostTensor>, a: &GraphArgs<HostTensor>, out: &mut HostTensor, arg: Option<&mut HostTensor>) -> Result<()> {
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<HostTensor>>, a: &GraphArgs<HostTensor>, out: &mut HostTensor, arg: Option<&mut HostTensor>) -> Result<()> {
         if matches!(kind, GraphKernel::LayerNorm | GraphKernel::LayerNormBackward | GraphKernel::LayerNormParams) {
             return Cpu::layer_norm_op(kind, p, a, out, arg);
         }
+        let g = g.ok_or_else(|| Error::Invalid(format!("graph {kind:?}: the graph is missing")))?;
         let host = graph::Graph::from_words(p.num_nodes as usize, &g.words.data);
         let (d, heads) = (p.dim as usize, p.heads.max(1) as usize);
         fn data(t: Option<&HostTensor>) -> Result<&[f32]> {

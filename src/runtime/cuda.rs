@@ -522,13 +522,13 @@ impl Backend for CudaRuntime {
         }
     }
 
-    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<CudaBuf>, a: &GraphArgs<CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<CudaBuf>>, a: &GraphArgs<CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {
         use crate::ops::graph::cuda::{launch, CudaGraphArgs};
-        fn go<T: CudaElem>(rt: &CudaRuntime, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<CudaBuf>, a: &GraphArgs<CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {
+        fn go<T: CudaElem>(rt: &CudaRuntime, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<CudaBuf>>, a: &GraphArgs<CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {
             fn view<E: CudaElem>(b: Option<&CudaBuf>) -> Result<Option<CudaView<'_, E>>> {
                 b.map(|b| b.typed::<E>().map(|s| s.as_view())).transpose()
             }
-            let ca = CudaGraphArgs { idx: g.words.typed::<f32>()?.as_view(), x: view::<T>(a.x)?, y: view::<T>(a.y)?, w: view::<f32>(a.w)?, v: view::<f32>(a.v)? };
+            let ca = CudaGraphArgs { idx: view::<f32>(g.map(|g| &g.words))?, x: view::<T>(a.x)?, y: view::<T>(a.y)?, w: view::<f32>(a.w)?, v: view::<f32>(a.v)? };
             let mut arg = match arg {
                 Some(b) => Some(b.typed_mut::<f32>()?.as_view_mut()),
                 None => None,

@@ -589,7 +589,7 @@ impl Backend for WgpuContext {
         crate::ops::linattn::wgpu::recurrent(self, p, dtype, &q.buffer, &k.buffer, &v.buffer, starts, &state.buffer, &z.buffer, &o.buffer)
     }
 
-    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, a: &GraphArgs<WgpuBuffer>, out: &mut WgpuBuffer, arg: Option<&mut WgpuBuffer>) -> Result<()> {
+    fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<WgpuBuffer>>, a: &GraphArgs<WgpuBuffer>, out: &mut WgpuBuffer, arg: Option<&mut WgpuBuffer>) -> Result<()> {
         if let (Some(x), GraphKernel::Gather | GraphKernel::SegmentReduce | GraphKernel::Spmm) = (a.x, kind) {
             same_dtype("graph", &[("x", x.dtype), ("out", out.dtype)])?;
         }

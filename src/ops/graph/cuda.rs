@@ -43,7 +43,8 @@ pub const KERNELS: &[&str] = &[
 
 /// The typed operands of one launch (see `GraphKernel` for which each kernel reads).
 pub struct CudaGraphArgs<'a, T> {
-    pub idx: CudaView<'a, f32>,
+    /// The graph's index words; None for LayerNorm, which reads no graph.
+    pub idx: Option<CudaView<'a, f32>>,
     pub x: Option<CudaView<'a, T>>,
     pub y: Option<CudaView<'a, T>>,
     pub w: Option<CudaView<'a, f32>>,
@@ -90,17 +91,16 @@ pub fn launch<T: CudaElem>(
     let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
     let blocks = threads.div_ceil(256).clamp(1, 1 << 20) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let idx = &a.idx;
-    // SAFETY: every entry reads the index words idx [N + 1 + 4E] (each index checked < N, resp.
-    // ≤ E, when the Graph was built; only DeviceGraph::upload makes them) and its operands,
-    // whose lengths ops::graph checked: x, y [rows · dim] in T, w, v [E · heads] f32. Gather
-    // writes out [E · dim], segment_reduce and spmm out [N · dim] (T); segment_reduce writes arg
-    // [N · dim] only for max/min (otherwise the pointer is idx's and is never written); sddmm
-    // and the softmax kernels write out32 [E · heads], each element once. edge_combine reads Ee
-    // (edge_dot reads x, y [E · dim] and writes out32 [E · heads])
-    // [E · dim] and P [N · 2·dim] (T) and writes m [E · dim]. LayerNorm reads x, dy
-    // [rows · dim] (T), γ, β [dim] and stats [2 · rows] (f32; the graph is a placeholder) and
-    // writes y or dx [rows · dim] (T), stats (forward) or [dγ | dβ] (out32, 2 · dim).
+    // SAFETY: the graph entries read the index words idx [N + 1 + 4E] (each index checked < N,
+    // resp. ≤ E, when the Graph was built; only DeviceGraph::upload makes them) and their
+    // operands, whose lengths ops::graph checked: x, y [rows · dim] in T, w, v [E · heads] f32.
+    // Gather writes out [E · dim], segment_reduce and spmm out [N · dim] (T); segment_reduce
+    // writes arg [N · dim] only for max/min (otherwise the pointer is idx's and is never
+    // written); sddmm and the softmax kernels write out32 [E · heads], each element once.
+    // edge_combine reads Ee [E · dim] and P [N · 2·dim] (T) and writes m [E · dim]; edge_dot
+    // reads x, y [E · dim] and writes out32 [E · heads]. LayerNorm reads no graph: x, dy
+    // [rows · dim] (T), γ, β [dim] and stats [2 · rows] (f32), and writes y or dx
+    // [rows · dim] (T), stats (forward) or [dγ | dβ] (out32, 2 · dim).
     match kind {
         GraphKernel::LayerNorm | GraphKernel::LayerNormBackward => {
             let out = out.ok_or_else(|| Error::Invalid("layer_norm: a typed output is needed".into()))?;
@@ -126,14 +126,14 @@ pub fn launch<T: CudaElem>(
         }
         GraphKernel::EdgeCombine => {
             let out = out.ok_or_else(|| Error::Invalid("edge_mlp: a typed output is needed".into()))?;
-            let (ee, pn) = (need(&a.x, "Ee")?, need(&a.y, "P")?);
+            let (idx, ee, pn) = (need(&a.idx, "graph")?, need(&a.x, "Ee")?, need(&a.y, "P")?);
             rt.launch(&f, cfg, |l| {
                 l.arg(idx).arg(ee).arg(pn).arg(out).arg(p);
             })
         }
         GraphKernel::Gather | GraphKernel::SegmentReduce | GraphKernel::Spmm => {
             let out = out.ok_or_else(|| Error::Invalid("graph: a typed output is needed".into()))?;
-            let x = need(&a.x, "x")?;
+            let (idx, x) = (need(&a.idx, "graph")?, need(&a.x, "x")?);
             // Without weights the w pointer is idx's and is never read (p.has_weight = 0).
             let w = a.w.as_ref().unwrap_or(idx);
             match kind {
@@ -160,19 +160,19 @@ pub fn launch<T: CudaElem>(
                     })
                 }
                 GraphKernel::Sddmm => {
-                    let (x, y) = (need(&a.x, "A")?, need(&a.y, "B")?);
+                    let (idx, x, y) = (need(&a.idx, "graph")?, need(&a.x, "A")?, need(&a.y, "B")?);
                     rt.launch(&f, cfg, |l| {
                         l.arg(idx).arg(x).arg(y).arg(out).arg(p);
                     })
                 }
                 GraphKernel::Softmax => {
-                    let w = need(&a.w, "scores")?;
+                    let (idx, w) = (need(&a.idx, "graph")?, need(&a.w, "scores")?);
                     rt.launch(&f, cfg, |l| {
                         l.arg(idx).arg(w).arg(out).arg(p);
                     })
                 }
                 _ => {
-                    let (w, v) = (need(&a.w, "alpha")?, need(&a.v, "d_alpha")?);
+                    let (idx, w, v) = (need(&a.idx, "graph")?, need(&a.w, "alpha")?, need(&a.v, "d_alpha")?);
                     rt.launch(&f, cfg, |l| {
                         l.arg(idx).arg(w).arg(v).arg(out).arg(p);
                     })

@@ -263,7 +263,7 @@ pub fn gather_rows<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, 
     let dtype = check_len(be, "X", x, g.num_nodes, dim)?;
     let mut out = be.alloc(dtype, g.num_edges * dim)?;
     let a = GraphArgs { x: Some(x), y: None, w: None, v: None };
-    be.graph_op(GraphKernel::Gather, &params(g, dim, 1)?, g, &a, &mut out, None)?;
+    be.graph_op(GraphKernel::Gather, &params(g, dim, 1)?, Some(g), &a, &mut out, None)?;
     Ok(out)
 }
 
@@ -275,7 +275,7 @@ pub fn segment_reduce<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, m: &Be::Bu
     let mut arg = if matches!(reduce, Reduce::Max | Reduce::Min) { Some(be.alloc(DType::F32, g.num_nodes * dim)?) } else { None };
     let p = GraphParams { reduce: reduce as u32, ..params(g, dim, 1)? };
     let a = GraphArgs { x: Some(m), y: None, w: None, v: None };
-    be.graph_op(GraphKernel::SegmentReduce, &p, g, &a, &mut out, arg.as_mut())?;
+    be.graph_op(GraphKernel::SegmentReduce, &p, Some(g), &a, &mut out, arg.as_mut())?;
     Ok((out, arg))
 }
 
@@ -293,7 +293,7 @@ pub fn spmm_heads<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, w
         check_edge_scalars(be, "w", w, g.num_edges, heads)?;
     }
     let mut out = be.alloc(dtype, g.num_nodes * dim)?;
-    be.graph_op(GraphKernel::Spmm, &p, g, &GraphArgs { x: Some(x), y: None, w, v: None }, &mut out, None)?;
+    be.graph_op(GraphKernel::Spmm, &p, Some(g), &GraphArgs { x: Some(x), y: None, w, v: None }, &mut out, None)?;
     Ok(out)
 }
 
@@ -302,7 +302,7 @@ pub fn sddmm<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, a: &Be::Buf, b: &Be
     let p = params(g, dim, heads)?;
     crate::device::same_dtype("graph sddmm", &[("A", check_len(be, "A", a, g.num_nodes, dim)?), ("B", check_len(be, "B", b, g.num_nodes, dim)?)])?;
     let mut out = be.alloc(DType::F32, g.num_edges * heads)?;
-    be.graph_op(GraphKernel::Sddmm, &p, g, &GraphArgs { x: Some(a), y: Some(b), w: None, v: None }, &mut out, None)?;
+    be.graph_op(GraphKernel::Sddmm, &p, Some(g), &GraphArgs { x: Some(a), y: Some(b), w: None, v: None }, &mut out, None)?;
     Ok(out)
 }
 
@@ -311,7 +311,7 @@ pub fn segment_softmax<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, s: &Be::B
     let p = params(g, heads, heads)?;
     check_edge_scalars(be, "s", s, g.num_edges, heads)?;
     let mut out = be.alloc(DType::F32, g.num_edges * heads)?;
-    be.graph_op(GraphKernel::Softmax, &p, g, &GraphArgs { x: None, y: None, w: Some(s), v: None }, &mut out, None)?;
+    be.graph_op(GraphKernel::Softmax, &p, Some(g), &GraphArgs { x: None, y: None, w: Some(s), v: None }, &mut out, None)?;
     Ok(out)
 }
 
@@ -321,7 +321,7 @@ pub fn segment_softmax_backward<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, 
     check_edge_scalars(be, "alpha", alpha, g.num_edges, heads)?;
     check_edge_scalars(be, "d_alpha", d_alpha, g.num_edges, heads)?;
     let mut out = be.alloc(DType::F32, g.num_edges * heads)?;
-    be.graph_op(GraphKernel::SoftmaxBackward, &p, g, &GraphArgs { x: None, y: None, w: Some(alpha), v: Some(d_alpha) }, &mut out, None)?;
+    be.graph_op(GraphKernel::SoftmaxBackward, &p, Some(g), &GraphArgs { x: None, y: None, w: Some(alpha), v: Some(d_alpha) }, &mut out, None)?;
     Ok(out)
 }
 
@@ -351,7 +351,7 @@ pub fn segment_sum_weighted<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, m: &
     let p = GraphParams { has_weight: 1, ..params(g, dim, heads)? };
     check_edge_scalars(be, "w", w, g.num_edges, heads)?;
     let mut out = be.alloc(dtype, g.num_nodes * dim)?;
-    be.graph_op(GraphKernel::SegmentReduce, &p, g, &GraphArgs { x: Some(m), y: None, w: Some(w), v: None }, &mut out, None)?;
+    be.graph_op(GraphKernel::SegmentReduce, &p, Some(g), &GraphArgs { x: Some(m), y: None, w: Some(w), v: None }, &mut out, None)?;
     Ok(out)
 }
 
@@ -364,11 +364,11 @@ pub fn segment_sum_weighted_backward<Be: Backend>(be: &Be, gt: &DeviceGraph<Be::
     check_edge_scalars(be, "w", w, gt.num_edges, heads)?;
     let p = params(gt, dim, heads)?;
     let mut g_out = be.alloc(dtype, gt.num_edges * dim)?;
-    be.graph_op(GraphKernel::Gather, &p, gt, &GraphArgs { x: Some(d_out), y: None, w: None, v: None }, &mut g_out, None)?;
+    be.graph_op(GraphKernel::Gather, &p, Some(gt), &GraphArgs { x: Some(d_out), y: None, w: None, v: None }, &mut g_out, None)?;
     let mut dw = be.alloc(DType::F32, gt.num_edges * heads)?;
-    be.graph_op(GraphKernel::EdgeDot, &p, gt, &GraphArgs { x: Some(&g_out), y: Some(m), w: None, v: None }, &mut dw, None)?;
+    be.graph_op(GraphKernel::EdgeDot, &p, Some(gt), &GraphArgs { x: Some(&g_out), y: Some(m), w: None, v: None }, &mut dw, None)?;
     let mut dm = be.alloc(dtype, gt.num_edges * dim)?;
-    be.graph_op(GraphKernel::Gather, &GraphParams { has_weight: 1, ..p }, gt, &GraphArgs { x: Some(d_out), y: None, w: Some(w), v: None }, &mut dm, None)?;
+    be.graph_op(GraphKernel::Gather, &GraphParams { has_weight: 1, ..p }, Some(gt), &GraphArgs { x: Some(d_out), y: None, w: Some(w), v: None }, &mut dm, None)?;
     Ok((dm, dw))
 }
 
@@ -386,11 +386,11 @@ pub fn segment_sum_backward<Be: Backend>(be: &Be, gt: &DeviceGraph<Be::Buf>, d_o
 /// LayerNorm over rows (SPEC §6): `y = (x − μ)·rstd·γ + β` for `x [rows, c]` in any dtype, γ and
 /// β f32 `[c]`. Returns `y` and the f32 `[mean | rstd]` the backward needs.
 pub fn layer_norm<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, beta: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(Be::Buf, Be::Buf)> {
-    let (p, dtype, nograph) = layer_norm_setup(be, x, gamma, rows, c, eps)?;
+    let (p, dtype) = layer_norm_setup(be, x, gamma, rows, c, eps)?;
     check_edge_scalars(be, "beta", beta, c, 1)?;
     let mut y = be.alloc(dtype, rows * c)?;
     let mut stats = be.alloc(DType::F32, 2 * rows.max(1))?;
-    be.graph_op(GraphKernel::LayerNorm, &p, &nograph, &GraphArgs { x: Some(x), y: None, w: Some(gamma), v: Some(beta) }, &mut y, Some(&mut stats))?;
+    be.graph_op(GraphKernel::LayerNorm, &p, None, &GraphArgs { x: Some(x), y: None, w: Some(gamma), v: Some(beta) }, &mut y, Some(&mut stats))?;
     Ok((y, stats))
 }
 
@@ -398,18 +398,18 @@ pub fn layer_norm<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, beta: &Be:
 /// and summed over rows in a fixed order (no atomics).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_backward<Be: Backend>(be: &Be, x: &Be::Buf, dy: &Be::Buf, gamma: &Be::Buf, stats: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(Be::Buf, Be::Buf)> {
-    let (p, dtype, nograph) = layer_norm_setup(be, x, gamma, rows, c, eps)?;
+    let (p, dtype) = layer_norm_setup(be, x, gamma, rows, c, eps)?;
     crate::device::same_dtype("layer_norm", &[("x", dtype), ("dy", check_len(be, "dy", dy, rows, c)?)])?;
     check_edge_scalars(be, "stats", stats, rows, 2)?;
     let a = GraphArgs { x: Some(x), y: Some(dy), w: Some(gamma), v: Some(stats) };
     let mut dx = be.alloc(dtype, rows * c)?;
-    be.graph_op(GraphKernel::LayerNormBackward, &p, &nograph, &a, &mut dx, None)?;
+    be.graph_op(GraphKernel::LayerNormBackward, &p, None, &a, &mut dx, None)?;
     let mut dparams = be.alloc(DType::F32, 2 * c)?;
-    be.graph_op(GraphKernel::LayerNormParams, &p, &nograph, &a, &mut dparams, None)?;
+    be.graph_op(GraphKernel::LayerNormParams, &p, None, &a, &mut dparams, None)?;
     Ok((dx, dparams))
 }
 
-fn layer_norm_setup<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(GraphParams, DType, DeviceGraph<Be::Buf>)> {
+fn layer_norm_setup<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(GraphParams, DType)> {
     if c == 0 || eps.is_nan() || eps <= 0.0 {
         return Err(Error::Invalid(format!("layer_norm: needs c > 0 and eps > 0 (c = {c}, eps = {eps})")));
     }
@@ -418,10 +418,8 @@ fn layer_norm_setup<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, rows: us
     }
     let dtype = check_len(be, "x", x, rows, c)?;
     check_edge_scalars(be, "gamma", gamma, c, 1)?;
-    // The kernels share the graph family's bindings; the index buffer is a one-word placeholder.
-    let nograph = DeviceGraph { num_nodes: rows, num_edges: 0, words: be.upload(&HostTensor { dtype: DType::F32, shape: vec![1], data: vec![0.0] })? };
     let p = GraphParams { num_nodes: rows as u32, dim: c as u32, heads: 1, eps, ..Default::default() };
-    Ok((p, dtype, nograph))
+    Ok((p, dtype))
 }
 
 /// The GraphCast / OneForecast edge MLP (SPEC §6, `edge_mlp_sum`):
@@ -478,7 +476,7 @@ impl EdgeMlp {
         be.gemm(&self.node_gemm(g.num_nodes, 1), h, &w.w_d, None, None, &mut pn, None)?;
         let p = GraphParams { reduce: act as u32, ..params(g, self.out_dim, 1)? };
         let mut m = be.alloc(dtype, g.num_edges * self.out_dim)?;
-        be.graph_op(GraphKernel::EdgeCombine, &p, g, &GraphArgs { x: Some(&ee), y: Some(&pn), w: None, v: None }, &mut m, None)?;
+        be.graph_op(GraphKernel::EdgeCombine, &p, Some(g), &GraphArgs { x: Some(&ee), y: Some(&pn), w: None, v: None }, &mut m, None)?;
         Ok(m)
     }
 

@@ -10,7 +10,7 @@ const READ_ONLY: usize = 5;
 
 /// One graph kernel. LayerNorm runs as a row pass
 /// (one workgroup per row, two f32 per row into `arg` or a scratch buffer) then an element pass.
-pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, a: &GraphArgs<WgpuBuffer>, out: &WgpuBuffer, arg: Option<&WgpuBuffer>) -> Result<()> {
+pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<WgpuBuffer>>, a: &GraphArgs<WgpuBuffer>, out: &WgpuBuffer, arg: Option<&WgpuBuffer>) -> Result<()> {
     let dtype = a.x.map_or(DType::F32, |x| x.dtype);
     let (rows, dim, heads) = (p.num_nodes as usize, p.dim as usize, p.heads as usize);
     // The feature kernels take one invocation per output word (two 16-bit elements).
@@ -38,12 +38,12 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: &DeviceG
     }
 }
 
-/// One dispatch of `threads` invocations (256 per workgroup); absent operands bind the
-/// context's dummy buffers.
+/// One dispatch of `threads` invocations (256 per workgroup); absent operands (and the graph,
+/// for LayerNorm) bind the context's dummy buffers.
 #[allow(clippy::too_many_arguments)]
-fn dispatch<'a>(ctx: &'a WgpuContext, entry: &'static str, dtype: DType, p: &GraphParams, g: &DeviceGraph<WgpuBuffer>, a: &GraphArgs<'a, WgpuBuffer>, out: &WgpuBuffer, arg: Option<&'a WgpuBuffer>, threads: usize) -> Result<()> {
+fn dispatch<'a>(ctx: &'a WgpuContext, entry: &'static str, dtype: DType, p: &GraphParams, g: Option<&'a DeviceGraph<WgpuBuffer>>, a: &GraphArgs<'a, WgpuBuffer>, out: &WgpuBuffer, arg: Option<&'a WgpuBuffer>, threads: usize) -> Result<()> {
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 2)?;
     let buf = |b: Option<&'a WgpuBuffer>, writable: bool| b.map_or(ctx.dummy(writable), |b| &b.buffer);
-    let bufs = [&g.words.buffer, buf(a.x, false), buf(a.y, false), buf(a.w, false), buf(a.v, false), &out.buffer, buf(arg, true)];
+    let bufs = [buf(g.map(|g| &g.words), false), buf(a.x, false), buf(a.y, false), buf(a.w, false), buf(a.v, false), &out.buffer, buf(arg, true)];
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &bufs, ctx.grid_1d(threads))
 }
