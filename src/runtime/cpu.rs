@@ -196,43 +196,42 @@ impl Backend for Cpu {
     }
 
     fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<HostTensor>>, a: &GraphArgs<HostTensor>, out: &mut HostTensor, arg: Option<&mut HostTensor>) -> Result<()> {
-        if matches!(kind, GraphKernel::LayerNorm | GraphKernel::LayerNormBackward | GraphKernel::LayerNormParams) {
-            return Cpu::layer_norm_op(kind, p, a, out, arg);
-        }
-        let g = g.ok_or_else(|| Error::Invalid(format!("graph {kind:?}: the graph is missing")))?;
-        let host = graph::Graph::from_words(p.num_nodes as usize, &g.words.data);
+        let host = || -> Result<graph::Graph> {
+            let g = g.ok_or_else(|| Error::Invalid(format!("graph {kind:?}: the graph is missing")))?;
+            Ok(graph::Graph::from_words(p.num_nodes as usize, &g.words.data))
+        };
         let (d, heads) = (p.dim as usize, p.heads.max(1) as usize);
         fn data(t: Option<&HostTensor>) -> Result<&[f32]> {
             t.map(|t| &t.data[..]).ok_or_else(|| Error::Invalid("graph: an operand is missing".into()))
         }
         let y = match kind {
             GraphKernel::Gather => match a.w {
-                Some(w) if p.has_weight != 0 => graph::cpu::gather_weighted(&host, data(a.x)?, &w.data, heads, d),
-                _ => graph::cpu::gather_rows(&host, data(a.x)?, d),
+                Some(w) if p.has_weight != 0 => graph::cpu::gather_weighted(&host()?, data(a.x)?, &w.data, heads, d),
+                _ => graph::cpu::gather_rows(&host()?, data(a.x)?, d),
             },
             GraphKernel::EdgeDot => graph::cpu::edge_dot(data(a.x)?, data(a.y)?, p.num_edges as usize, heads, d),
-            GraphKernel::Spmm => graph::cpu::spmm(&host, data(a.x)?, a.w.map(|w| &w.data[..]), heads, d),
-            GraphKernel::Sddmm => graph::cpu::sddmm(&host, data(a.x)?, data(a.y)?, heads, d),
+            GraphKernel::Spmm => graph::cpu::spmm(&host()?, data(a.x)?, a.w.map(|w| &w.data[..]), heads, d),
+            GraphKernel::Sddmm => graph::cpu::sddmm(&host()?, data(a.x)?, data(a.y)?, heads, d),
             GraphKernel::EdgeCombine => {
                 let act = crate::Activation::ALL.get(p.reduce as usize).copied().ok_or_else(|| Error::Invalid(format!("edge_mlp: activation code {}", p.reduce)))?;
-                graph::cpu::edge_combine(&host, data(a.x)?, data(a.y)?, d, act)
+                graph::cpu::edge_combine(&host()?, data(a.x)?, data(a.y)?, d, act)
             }
-            GraphKernel::Softmax => graph::cpu::segment_softmax(&host, data(a.w)?, heads),
-            GraphKernel::SoftmaxBackward => graph::cpu::segment_softmax_backward(&host, data(a.w)?, data(a.v)?, heads),
-            GraphKernel::LayerNorm | GraphKernel::LayerNormBackward | GraphKernel::LayerNormParams => unreachable!("handled above"),
-            GraphKernel::SegmentReduce => {
-                if let (Some(w), 0, true) = (a.w, p.reduce, p.has_weight != 0) {
-                    return write_rounded(out, graph::cpu::segment_sum_weighted(&host, data(a.x)?, &w.data, heads, d));
-                }
-                let reduce = [graph::Reduce::Sum, graph::Reduce::Mean, graph::Reduce::Max, graph::Reduce::Min][p.reduce as usize & 3];
-                let (y, args) = graph::cpu::segment_reduce(&host, data(a.x)?, d, reduce);
-                if let Some(arg) = arg {
-                    for (dst, v) in arg.data.iter_mut().zip(args) {
-                        *dst = f32::from_bits(v);
+            GraphKernel::Softmax => graph::cpu::segment_softmax(&host()?, data(a.w)?, heads),
+            GraphKernel::SoftmaxBackward => graph::cpu::segment_softmax_backward(&host()?, data(a.w)?, data(a.v)?, heads),
+            GraphKernel::LayerNorm | GraphKernel::LayerNormBackward | GraphKernel::LayerNormParams => Cpu::layer_norm_op(kind, p, a, arg)?,
+            GraphKernel::SegmentReduce => match a.w {
+                Some(w) if p.reduce == 0 && p.has_weight != 0 => graph::cpu::segment_sum_weighted(&host()?, data(a.x)?, &w.data, heads, d),
+                _ => {
+                    let reduce = [graph::Reduce::Sum, graph::Reduce::Mean, graph::Reduce::Max, graph::Reduce::Min][p.reduce as usize & 3];
+                    let (y, args) = graph::cpu::segment_reduce(&host()?, data(a.x)?, d, reduce);
+                    if let Some(arg) = arg {
+                        for (dst, v) in arg.data.iter_mut().zip(args) {
+                            *dst = f32::from_bits(v);
+                        }
                     }
+                    y
                 }
-                y
-            }
+            },
         };
         write_rounded(out, y)
     }
@@ -254,12 +253,14 @@ impl Backend for Cpu {
 }
 
 impl Cpu {
-    fn layer_norm_op(kind: GraphKernel, p: &GraphParams, a: &GraphArgs<HostTensor>, out: &mut HostTensor, arg: Option<&mut HostTensor>) -> Result<()> {
+    /// The LayerNorm kernels of `graph_op`: `y`, `dx` or `[dγ | dβ]`; the forward's
+    /// `[mean | rstd]` into `arg`.
+    fn layer_norm_op(kind: GraphKernel, p: &GraphParams, a: &GraphArgs<HostTensor>, arg: Option<&mut HostTensor>) -> Result<Vec<f64>> {
         let missing = || Error::Invalid("layer_norm: an operand is missing".into());
         let (x, gamma, v) = (a.x.ok_or_else(missing)?, a.w.ok_or_else(missing)?, a.v.ok_or_else(missing)?);
         let (rows, c) = (p.num_nodes as usize, p.dim as usize);
         let x = &x.data[..rows * c];
-        let y = match kind {
+        Ok(match kind {
             GraphKernel::LayerNorm => {
                 let (y, mean, rstd) = graph::cpu::layer_norm(x, &gamma.data, &v.data, c, p.eps);
                 if let Some(stats) = arg {
@@ -274,11 +275,7 @@ impl Cpu {
                 let (dx, dg, db) = graph::cpu::layer_norm_backward(x, &dy.data[..rows * c], &gamma.data, c, p.eps);
                 if kind == GraphKernel::LayerNormBackward { dx } else { dg.into_iter().chain(db).collect() }
             }
-        };
-        for (dst, v) in out.data.iter_mut().zip(y) {
-            *dst = out.dtype.round(v as f32);
-        }
-        Ok(())
+        })
     }
 
     fn linattn_desc(p: &LinAttnParams) -> LinearAttention {
