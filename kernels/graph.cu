@@ -10,7 +10,7 @@
 struct GraphParams {
     uint32_t num_nodes, num_edges, dim, reduce, has_weight, heads;
     float eps;
-    uint32_t pad1;
+    uint32_t has_y;
 };
 
 struct Csr {
@@ -175,9 +175,10 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
 }
 
 template <typename T>
-__device__ __forceinline__ void ln_forward_impl(const T* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
-                                                T* __restrict__ y, float* __restrict__ stats, const GraphParams& p) {
+__device__ __forceinline__ void ln_forward_impl(const T* __restrict__ x, const float* __restrict__ affine, T* __restrict__ y,
+                                                float* __restrict__ stats, const GraphParams& p) {
     __shared__ float red[256];
+    const float *gamma = affine, *beta = affine + p.dim;
     for (size_t r = blockIdx.x; r < p.num_nodes; r += gridDim.x) {
         const T* xr = x + r * p.dim;
         float acc = 0.0f;
@@ -233,6 +234,51 @@ __device__ __forceinline__ void ln_params_impl(const T* __restrict__ x, const T*
     }
 }
 
+// Row-wise helpers of the OneForecast layer (gate, residuals, casts): one thread per element,
+// rows of `dim` over `num_nodes` rows, no graph.
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-fmaxf(x, -80.0f))); }
+
+// out = act(s·x + y), s = w[row] if has_weight, y if has_y.
+template <typename T>
+__device__ __forceinline__ void scale_add_impl(const T* __restrict__ x, const T* __restrict__ y, const float* __restrict__ w, T* __restrict__ out,
+                                               const GraphParams& p) {
+    GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) {
+        float z = to_f32(x[i]);
+        if (p.has_weight) z *= w[i / p.dim];
+        if (p.has_y) z += to_f32(y[i]);
+        out[i] = from_f32<T>(act_eval(p.reduce, z));
+    }
+}
+
+// g[r] = mean_k σ(x[r, k]) (f32), one thread per row.
+template <typename T>
+__device__ __forceinline__ void gate_mean_impl(const T* __restrict__ x, float* __restrict__ out, const GraphParams& p) {
+    GRID_STRIDE(r, (size_t)p.num_nodes) {
+        float acc = 0.0f;
+        for (uint32_t k = 0; k < p.dim; ++k) acc += sigmoid(to_f32(x[r * p.dim + k]));
+        out[r] = acc / (float)p.dim;
+    }
+}
+
+// d logit = dg[r] / dim · σ'(logit)
+template <typename T>
+__device__ __forceinline__ void gate_backward_impl(const T* __restrict__ x, const float* __restrict__ dg, T* __restrict__ out, const GraphParams& p) {
+    GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) {
+        const float s = sigmoid(to_f32(x[i]));
+        out[i] = from_f32<T>(dg[i / p.dim] / (float)p.dim * s * (1.0f - s));
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void to_f32_impl(const T* __restrict__ x, float* __restrict__ out, const GraphParams& p) {
+    GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) out[i] = to_f32(x[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __restrict__ out, const GraphParams& p) {
+    GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) out[i] = from_f32<T>(v[i]);
+}
+
 #define GRAPH_ENTRIES(SUFFIX, T)                                                                                           \
     extern "C" __global__ void __launch_bounds__(256) graph_gather_##SUFFIX(const uint32_t* idx, const T* x, const float* w, T* out, GraphParams p) { \
         gather_impl<T>(idx, x, w, out, p);                                                                                    \
@@ -258,8 +304,8 @@ __device__ __forceinline__ void ln_params_impl(const T* __restrict__ x, const T*
         edge_dot_impl<T>(x, y, out, p);                                                                                    \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) graph_ln_forward_##SUFFIX(                                           \
-        const T* x, const float* gamma, const float* beta, T* y, float* stats, GraphParams p) {                            \
-        ln_forward_impl<T>(x, gamma, beta, y, stats, p);                                                                   \
+        const T* x, const float* affine, T* y, float* stats, GraphParams p) {                                              \
+        ln_forward_impl<T>(x, affine, y, stats, p);                                                                        \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) graph_ln_backward_##SUFFIX(                                          \
         const T* x, const T* dy, const float* gamma, const float* stats, T* dx, GraphParams p) {                           \
@@ -268,6 +314,23 @@ __device__ __forceinline__ void ln_params_impl(const T* __restrict__ x, const T*
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_ln_params_##SUFFIX(const T* x, const T* dy, const float* stats, float* out, GraphParams p) {                \
         ln_params_impl<T>(x, dy, stats, out, p);                                                                           \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_scale_add_##SUFFIX(const T* x, const T* y, const float* w, T* out, GraphParams p) {                          \
+        scale_add_impl<T>(x, y, w, out, p);                                                                                \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) graph_gate_mean_##SUFFIX(const T* x, float* out, GraphParams p) {   \
+        gate_mean_impl<T>(x, out, p);                                                                                      \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_gate_backward_##SUFFIX(const T* x, const float* dg, T* out, GraphParams p) {                                 \
+        gate_backward_impl<T>(x, dg, out, p);                                                                              \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) graph_to_f32_##SUFFIX(const T* x, float* out, GraphParams p) {       \
+        to_f32_impl<T>(x, out, p);                                                                                         \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) graph_from_f32_##SUFFIX(const float* v, T* out, GraphParams p) {     \
+        from_f32_impl<T>(v, out, p);                                                                                       \
     }
 #if !defined(FFKERN_SM90A)
 GRAPH_ENTRIES(f32, float)

@@ -9,7 +9,7 @@
 
 struct Params {
     num_nodes: u32, num_edges: u32, dim: u32, reduce: u32,
-    has_weight: u32, heads: u32, eps: f32, pad1: u32,
+    has_weight: u32, heads: u32, eps: f32, has_y: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -45,11 +45,26 @@ fn ld_y(i: u32) -> f32 {
 }
 
 // One output element i of kernel `kind` (0 gather, 1 segment reduce, 2 spmm, 3 LayerNorm,
-// 4 LayerNorm dx, 5 edge combine).
+// 4 LayerNorm dx, 5 edge combine, 6 scale-add, 7 from f32, 8 gate backward).
 fn element(kind: u32, i: u32) -> f32 {
     let row = i / p.dim;
     let d = i % p.dim;
     let head = d / (p.dim / p.heads);
+    if (kind == 6u) {
+        // out = act(s·x + y), s = w[row] (optional), y optional.
+        var z = ld(i);
+        if (p.has_weight != 0u) { z *= w_buf[row]; }
+        if (p.has_y != 0u) { z += ld_y(i); }
+        return activate(p.reduce, z);
+    }
+    if (kind == 7u) {
+        return v_buf[i];
+    }
+    if (kind == 8u) {
+        // d logit = dg / dim · σ'(logit)
+        let s = sigmoid_f32(ld(i));
+        return w_buf[row] / f32(p.dim) * s * (1.0 - s);
+    }
     if (kind == 0u) {
         // out[e, h, :] = w[e, h]·X[src_coo[e], h, :] (w optional)
         let xv = ld(src_coo(row) * p.dim + d);
@@ -61,10 +76,10 @@ fn element(kind: u32, i: u32) -> f32 {
         return activate(p.reduce, z);
     }
     if (kind == 3u) {
-        // y = (x − μ)·rstd·γ + β, the row's μ and rstd from the stats pass (in arg_buf).
+        // y = (x − μ)·rstd·γ + β (w = [γ | β]), the row's μ and rstd from the stats pass (in arg_buf).
         let mu = bitcast<f32>(arg_buf[row]);
         let rs = bitcast<f32>(arg_buf[p.num_nodes + row]);
-        return (ld(i) - mu) * rs * w_buf[d] + v_buf[d];
+        return (ld(i) - mu) * rs * w_buf[d] + w_buf[p.dim + d];
     }
     if (kind == 4u) {
         // dx = rstd·(dy·γ − mean(dy·γ) − x̂·mean(dy·γ·x̂)), the means from the row pass.
@@ -322,4 +337,39 @@ fn graph_ln_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     }
     out_buf[k] = bitcast<u32>(dg);
     out_buf[p.dim + k] = bitcast<u32>(db);
+}
+
+// Row-wise helpers (the OneForecast layer's gate, residuals and casts); `num_nodes` rows.
+@compute @workgroup_size(256)
+fn graph_scale_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run(6u, flat_id(gid, nwg), p.num_nodes);
+}
+
+@compute @workgroup_size(256)
+fn graph_from_f32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run(7u, flat_id(gid, nwg), p.num_nodes);
+}
+
+@compute @workgroup_size(256)
+fn graph_gate_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run(8u, flat_id(gid, nwg), p.num_nodes);
+}
+
+@compute @workgroup_size(256)
+fn graph_to_f32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_id(gid, nwg);
+    if (t >= p.num_nodes * p.dim) { return; }
+    out_buf[t] = bitcast<u32>(ld(t));
+}
+
+// g[r] = mean_k σ(x[r, k]), one invocation per row (f32 out).
+@compute @workgroup_size(256)
+fn graph_gate_mean(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = flat_id(gid, nwg);
+    if (r >= p.num_nodes) { return; }
+    var acc = 0.0;
+    for (var k = 0u; k < p.dim; k++) {
+        acc += sigmoid_f32(ld(r * p.dim + k));
+    }
+    out_buf[r] = bitcast<u32>(acc / f32(p.dim));
 }

@@ -278,8 +278,9 @@ fn layer_norm_matches_the_reference_on_every_backend() {
                 with_backend!(dev, be => {
                     let up = |t: &HostTensor| be.upload(t).expect("upload");
                     let down = |b: &_| be.download(b).expect("download").data;
-                    let (xb, gb) = (up(&x), up(&gamma));
-                    let (y, stats) = graph::layer_norm(be, &xb, &gb, &up(&beta), rows, c, eps).expect("layer_norm");
+                    let affine = HostTensor::new(DType::F32, vec![2 * c], gamma.data.iter().chain(&beta.data).copied().collect()).expect("affine");
+                    let (xb, gb) = (up(&x), up(&affine));
+                    let (y, stats) = graph::layer_norm(be, &xb, &gb, rows, c, eps).expect("layer_norm");
                     assert_close(&format!("{what} y"), &down(&y), &y_ref, dtype);
                     assert_close(&format!("{what} stats"), &down(&stats), &stats_ref, DType::F32);
                     let (dx, dparams) = graph::layer_norm_backward(be, &xb, &up(&dy), &gb, &stats, rows, c, eps).expect("backward");

@@ -219,6 +219,16 @@ impl Backend for Cpu {
             GraphKernel::Softmax => graph::cpu::segment_softmax(&host()?, data(a.w)?, heads),
             GraphKernel::SoftmaxBackward => graph::cpu::segment_softmax_backward(&host()?, data(a.w)?, data(a.v)?, heads),
             GraphKernel::LayerNorm | GraphKernel::LayerNormBackward | GraphKernel::LayerNormParams => Cpu::layer_norm_op(kind, p, a, arg)?,
+            GraphKernel::ScaleAdd => {
+                let act = crate::Activation::ALL.get(p.reduce as usize).copied().ok_or_else(|| Error::Invalid(format!("scale_add: activation code {}", p.reduce)))?;
+                let scale = if p.has_weight != 0 { Some(data(a.w)?) } else { None };
+                let add = if p.has_y != 0 { Some(data(a.y)?) } else { None };
+                graph::cpu::scale_add(data(a.x)?, scale, add, p.num_nodes as usize, d, act)
+            }
+            GraphKernel::GateMean => graph::cpu::gate_mean(data(a.x)?, p.num_nodes as usize, d),
+            GraphKernel::GateMeanBackward => graph::cpu::gate_mean_backward(data(a.x)?, data(a.w)?, p.num_nodes as usize, d),
+            GraphKernel::ToF32 => data(a.x)?[..p.num_nodes as usize * d].iter().map(|&v| v as f64).collect(),
+            GraphKernel::FromF32 => data(a.v)?[..p.num_nodes as usize * d].iter().map(|&v| v as f64).collect(),
             GraphKernel::SegmentReduce => match a.w {
                 Some(w) if p.reduce == 0 && p.has_weight != 0 => graph::cpu::segment_sum_weighted(&host()?, data(a.x)?, &w.data, heads, d),
                 _ => {
@@ -257,12 +267,12 @@ impl Cpu {
     /// `[mean | rstd]` into `arg`.
     fn layer_norm_op(kind: GraphKernel, p: &GraphParams, a: &GraphArgs<HostTensor>, arg: Option<&mut HostTensor>) -> Result<Vec<f64>> {
         let missing = || Error::Invalid("layer_norm: an operand is missing".into());
-        let (x, gamma, v) = (a.x.ok_or_else(missing)?, a.w.ok_or_else(missing)?, a.v.ok_or_else(missing)?);
+        let (x, affine) = (a.x.ok_or_else(missing)?, a.w.ok_or_else(missing)?);
         let (rows, c) = (p.num_nodes as usize, p.dim as usize);
-        let x = &x.data[..rows * c];
+        let (x, gamma) = (&x.data[..rows * c], &affine.data[..c]);
         Ok(match kind {
             GraphKernel::LayerNorm => {
-                let (y, mean, rstd) = graph::cpu::layer_norm(x, &gamma.data, &v.data, c, p.eps);
+                let (y, mean, rstd) = graph::cpu::layer_norm(x, gamma, &affine.data[c..2 * c], c, p.eps);
                 if let Some(stats) = arg {
                     for (r, (m, s)) in mean.iter().zip(&rstd).enumerate() {
                         (stats.data[r], stats.data[rows + r]) = (*m as f32, *s as f32);
@@ -272,7 +282,7 @@ impl Cpu {
             }
             _ => {
                 let dy = a.y.ok_or_else(missing)?;
-                let (dx, dg, db) = graph::cpu::layer_norm_backward(x, &dy.data[..rows * c], &gamma.data, c, p.eps);
+                let (dx, dg, db) = graph::cpu::layer_norm_backward(x, &dy.data[..rows * c], gamma, c, p.eps);
                 if kind == GraphKernel::LayerNormBackward { dx } else { dg.into_iter().chain(db).collect() }
             }
         })

@@ -533,13 +533,13 @@ impl Backend for CudaRuntime {
                 Some(b) => Some(b.typed_mut::<f32>()?.as_view_mut()),
                 None => None,
             };
-            if matches!(kind, GraphKernel::Sddmm | GraphKernel::EdgeDot | GraphKernel::Softmax | GraphKernel::SoftmaxBackward | GraphKernel::LayerNormParams) {
+            if matches!(kind, GraphKernel::Sddmm | GraphKernel::EdgeDot | GraphKernel::Softmax | GraphKernel::SoftmaxBackward | GraphKernel::LayerNormParams | GraphKernel::ToF32 | GraphKernel::GateMean) {
                 launch::<T>(rt, kind, p, &ca, None, Some(&mut out.typed_mut::<f32>()?.as_view_mut()), arg.as_mut())
             } else {
                 launch::<T>(rt, kind, p, &ca, Some(&mut out.typed_mut::<T>()?.as_view_mut()), None, arg.as_mut())
             }
         }
-        match a.x.map_or(DType::F32, |x| x.dtype()) {
+        match a.x.map_or(out.dtype(), |x| x.dtype()) {
             DType::F32 => go::<f32>(self, kind, p, g, a, out, arg),
             DType::F16 => go::<f16>(self, kind, p, g, a, out, arg),
             DType::BF16 => go::<bf16>(self, kind, p, g, a, out, arg),

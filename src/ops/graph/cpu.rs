@@ -197,3 +197,108 @@ pub fn gather_weighted(g: &Graph, x: &[f32], w: &[f32], heads: usize, dim: usize
     let dh = dim / heads;
     (0..g.num_edges() * dim).map(|i| w[(i / dim) * heads + (i % dim) / dh] as f64 * x[g.src_coo[i / dim] as usize * dim + i % dim] as f64).collect()
 }
+
+/// `out[r, d] = act(s_r·x[r, d] + y[r, d])` (scale and addend optional).
+pub fn scale_add(x: &[f32], scale: Option<&[f32]>, add: Option<&[f32]>, rows: usize, dim: usize, act: crate::Activation) -> Vec<f64> {
+    (0..rows * dim)
+        .map(|i| {
+            let z = scale.map_or(1.0, |s| s[i / dim] as f64) * x[i] as f64 + add.map_or(0.0, |y| y[i] as f64);
+            crate::ops::gemm::cpu::act_f64(act, z)
+        })
+        .collect()
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `g[r] = (1/k)·Σ_j σ(x[r, j])`.
+pub fn gate_mean(x: &[f32], rows: usize, k: usize) -> Vec<f64> {
+    (0..rows).map(|r| x[r * k..(r + 1) * k].iter().map(|&v| sigmoid(v as f64)).sum::<f64>() / k as f64).collect()
+}
+
+/// `dx[r, j] = dg[r]/k·σ(x)·(1 − σ(x))`.
+pub fn gate_mean_backward(x: &[f32], dg: &[f32], rows: usize, k: usize) -> Vec<f64> {
+    (0..rows * k)
+        .map(|i| {
+            let s = sigmoid(x[i] as f64);
+            dg[i / k] as f64 / k as f64 * s * (1.0 - s)
+        })
+        .collect()
+}
+
+/// The OneForecast gated processor layer (SPEC §6) in f64 straight from its definition, with
+/// the concatenations `[e_e; h_src; h_dst]` and `[a_j; h_j]` built explicitly: `(e', h')`.
+/// `p` holds the parameters in [`super::ONEFORECAST_PARAMS`] order.
+pub fn oneforecast_layer(g: &Graph, l: &super::OneForecastLayer, e_feat: &[f64], h: &[f64], p: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let [w_e, w_s, w_d, b, w_b, b_b, ln_e, wg_e, wg_s, wg_d, b_g1, w_g2, b_g2, w_a1, b_a1, w_a2, b_a2, w_n1a, w_n1h, b_n1, w_n2, b_n2, ln_n] = p else {
+        panic!("oneforecast_layer reference: 23 parameter tensors expected, got {}", p.len());
+    };
+    let (ne, n, d, heads) = (g.num_edges(), g.num_nodes, l.dim, l.heads);
+    let dh = d / heads;
+    let silu = |v: f64| v * sigmoid(v);
+    // y = W·x + b for W [out, in] given as column blocks of the concatenated input.
+    let linear = |blocks: &[&[f64]], x: &[f64], bias: &[f64]| -> Vec<f64> {
+        let out = bias.len();
+        (0..out)
+            .map(|o| {
+                let row = blocks.iter().flat_map(|w| &w[o * (w.len() / out)..(o + 1) * (w.len() / out)]);
+                bias[o] + row.zip(x).map(|(w, x)| w * x).sum::<f64>()
+            })
+            .collect()
+    };
+    let ln = |x: &[f64], aff: &[f64]| -> Vec<f64> {
+        let c = x.len() as f64;
+        let mu = x.iter().sum::<f64>() / c;
+        let rs = 1.0 / (x.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / c + l.eps as f64).sqrt();
+        x.iter().enumerate().map(|(k, v)| (v - mu) * rs * aff[k] + aff[x.len() + k]).collect()
+    };
+    let mut e_out = vec![0.0; ne * d];
+    let mut scores = vec![0.0; ne * heads];
+    for e in 0..ne {
+        let (s, t) = (g.src_coo[e] as usize, g.dst_coo[e] as usize);
+        let cat: Vec<f64> = e_feat[e * d..(e + 1) * d].iter().chain(&h[s * d..(s + 1) * d]).chain(&h[t * d..(t + 1) * d]).copied().collect();
+        let u: Vec<f64> = linear(&[w_e, w_s, w_d], &cat, b).into_iter().map(silu).collect();
+        let m = ln(&linear(&[w_b], &u, b_b), ln_e);
+        let q: Vec<f64> = linear(&[wg_e, wg_s, wg_d], &cat, b_g1).into_iter().map(silu).collect();
+        let gates = linear(&[w_g2], &q, b_g2);
+        let gate = gates.iter().map(|&v| sigmoid(v)).sum::<f64>() / gates.len() as f64;
+        for k in 0..d {
+            e_out[e * d + k] = gate * m[k] + e_feat[e * d + k];
+        }
+        let r: Vec<f64> = linear(&[w_a1], &e_out[e * d..(e + 1) * d], b_a1).into_iter().map(silu).collect();
+        scores[e * heads..(e + 1) * heads].copy_from_slice(&linear(&[w_a2], &r, b_a2));
+    }
+    // Softmax over the edges into each node, per head.
+    let (mut mx, mut sum) = (vec![f64::NEG_INFINITY; n * heads], vec![0.0; n * heads]);
+    for e in 0..ne {
+        for k in 0..heads {
+            let i = g.dst_coo[e] as usize * heads + k;
+            mx[i] = mx[i].max(scores[e * heads + k]);
+        }
+    }
+    for e in 0..ne {
+        for k in 0..heads {
+            let i = g.dst_coo[e] as usize * heads + k;
+            sum[i] += (scores[e * heads + k] - mx[i]).exp();
+        }
+    }
+    let mut agg = vec![0.0; n * d];
+    for e in 0..ne {
+        let t = g.dst_coo[e] as usize;
+        for k in 0..d {
+            let i = t * heads + k / dh;
+            agg[t * d + k] += (scores[e * heads + k / dh] - mx[i]).exp() / sum[i] * e_out[e * d + k];
+        }
+    }
+    let mut h_out = vec![0.0; n * d];
+    for j in 0..n {
+        let cat: Vec<f64> = agg[j * d..(j + 1) * d].iter().chain(&h[j * d..(j + 1) * d]).copied().collect();
+        let t1: Vec<f64> = linear(&[w_n1a, w_n1h], &cat, b_n1).into_iter().map(silu).collect();
+        let y = ln(&linear(&[w_n2], &t1, b_n2), ln_n);
+        for k in 0..d {
+            h_out[j * d + k] = y[k] + h[j * d + k];
+        }
+    }
+    (e_out, h_out)
+}

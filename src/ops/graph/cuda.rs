@@ -39,6 +39,21 @@ pub const KERNELS: &[&str] = &[
     "graph_edge_dot_f32",
     "graph_edge_dot_f16",
     "graph_edge_dot_bf16",
+    "graph_scale_add_f32",
+    "graph_scale_add_f16",
+    "graph_scale_add_bf16",
+    "graph_gate_mean_f32",
+    "graph_gate_mean_f16",
+    "graph_gate_mean_bf16",
+    "graph_gate_backward_f32",
+    "graph_gate_backward_f16",
+    "graph_gate_backward_bf16",
+    "graph_to_f32_f32",
+    "graph_to_f32_f16",
+    "graph_to_f32_bf16",
+    "graph_from_f32_f32",
+    "graph_from_f32_f16",
+    "graph_from_f32_bf16",
 ];
 
 /// The typed operands of one launch (see `GraphKernel` for which each kernel reads).
@@ -74,10 +89,11 @@ pub fn launch<T: CudaElem>(
                 DType::BF16 => 2,
             }]
     };
+    let rows_dim = p.num_nodes as usize * p.dim as usize;
     let (name, threads) = match kind {
         GraphKernel::Gather => (typed(0), p.num_edges as usize * p.dim as usize),
-        GraphKernel::SegmentReduce => (typed(3), p.num_nodes as usize * p.dim as usize),
-        GraphKernel::Spmm => (typed(6), p.num_nodes as usize * p.dim as usize),
+        GraphKernel::SegmentReduce => (typed(3), rows_dim),
+        GraphKernel::Spmm => (typed(6), rows_dim),
         GraphKernel::Sddmm => (typed(9), p.num_nodes as usize * p.heads as usize),
         GraphKernel::Softmax => (KERNELS[12], p.num_nodes as usize * p.heads as usize),
         GraphKernel::SoftmaxBackward => (KERNELS[13], p.num_nodes as usize * p.heads as usize),
@@ -87,6 +103,11 @@ pub fn launch<T: CudaElem>(
         GraphKernel::LayerNormParams => (typed(20), p.dim as usize),
         GraphKernel::EdgeCombine => (typed(23), p.num_edges as usize * p.dim as usize),
         GraphKernel::EdgeDot => (typed(26), p.num_edges as usize * p.heads as usize),
+        GraphKernel::ScaleAdd => (typed(29), rows_dim),
+        GraphKernel::GateMean => (typed(32), p.num_nodes as usize),
+        GraphKernel::GateMeanBackward => (typed(35), rows_dim),
+        GraphKernel::ToF32 => (typed(38), rows_dim),
+        GraphKernel::FromF32 => (typed(41), rows_dim),
     };
     let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
     let blocks = threads.div_ceil(256).clamp(1, 1 << 20) as u32;
@@ -99,21 +120,60 @@ pub fn launch<T: CudaElem>(
     // written); sddmm and the softmax kernels write out32 [E · heads], each element once.
     // edge_combine reads Ee [E · dim] and P [N · 2·dim] (T) and writes m [E · dim]; edge_dot
     // reads x, y [E · dim] and writes out32 [E · heads]. LayerNorm reads no graph: x, dy
-    // [rows · dim] (T), γ, β [dim] and stats [2 · rows] (f32), and writes y or dx
-    // [rows · dim] (T), stats (forward) or [dγ | dβ] (out32, 2 · dim).
+    // [rows · dim] (T), [γ | β] [2 · dim] and stats [2 · rows] (f32), and writes y or dx
+    // [rows · dim] (T), stats (forward) or [dγ | dβ] (out32, 2 · dim). The row-wise helpers
+    // read no graph: x, y [rows · dim] (T) and w [rows] or v [rows · dim] (f32), and write
+    // out [rows · dim] (T; to_f32 out32) or, for the gate mean, out32 [rows].
     match kind {
+        GraphKernel::ScaleAdd | GraphKernel::GateMeanBackward | GraphKernel::FromF32 => {
+            let out = out.ok_or_else(|| Error::Invalid("graph: a typed output is needed".into()))?;
+            match kind {
+                GraphKernel::FromF32 => {
+                    let v = need(&a.v, "v")?;
+                    rt.launch(&f, cfg, |l| {
+                        l.arg(v).arg(out).arg(p);
+                    })
+                }
+                GraphKernel::GateMeanBackward => {
+                    let (x, dg) = (need(&a.x, "logits")?, need(&a.w, "dg")?);
+                    rt.launch(&f, cfg, |l| {
+                        l.arg(x).arg(dg).arg(out).arg(p);
+                    })
+                }
+                _ => {
+                    let x = need(&a.x, "x")?;
+                    // Absent operands pass x's pointer; has_y / has_weight say they are not read.
+                    let y = a.y.as_ref().unwrap_or(x);
+                    match &a.w {
+                        Some(w) => rt.launch(&f, cfg, |l| {
+                            l.arg(x).arg(y).arg(w).arg(out).arg(p);
+                        }),
+                        None => rt.launch(&f, cfg, |l| {
+                            l.arg(x).arg(y).arg(x).arg(out).arg(p);
+                        }),
+                    }
+                }
+            }
+        }
+        GraphKernel::ToF32 | GraphKernel::GateMean => {
+            let out = out32.ok_or_else(|| Error::Invalid("graph: an f32 output is needed".into()))?;
+            let x = need(&a.x, "x")?;
+            rt.launch(&f, cfg, |l| {
+                l.arg(x).arg(out).arg(p);
+            })
+        }
         GraphKernel::LayerNorm | GraphKernel::LayerNormBackward => {
             let out = out.ok_or_else(|| Error::Invalid("layer_norm: a typed output is needed".into()))?;
-            let (x, gamma, v) = (need(&a.x, "x")?, need(&a.w, "gamma")?, need(&a.v, "beta or stats")?);
+            let (x, affine) = (need(&a.x, "x")?, need(&a.w, "affine")?);
             if kind == GraphKernel::LayerNorm {
                 let stats = arg.ok_or_else(|| Error::Invalid("layer_norm: the stats output is missing".into()))?;
                 rt.launch(&f, cfg, |l| {
-                    l.arg(x).arg(gamma).arg(v).arg(out).arg(stats).arg(p);
+                    l.arg(x).arg(affine).arg(out).arg(stats).arg(p);
                 })
             } else {
-                let dy = need(&a.y, "dy")?;
+                let (dy, stats) = (need(&a.y, "dy")?, need(&a.v, "stats")?);
                 rt.launch(&f, cfg, |l| {
-                    l.arg(x).arg(dy).arg(gamma).arg(v).arg(out).arg(p);
+                    l.arg(x).arg(dy).arg(affine).arg(stats).arg(out).arg(p);
                 })
             }
         }

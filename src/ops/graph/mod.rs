@@ -7,8 +7,11 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod oneforecast;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+
+pub use oneforecast::{OneForecastGrads, OneForecastLayer, OneForecastParams, OneForecastState, PARAM_NAMES as ONEFORECAST_PARAMS};
 
 use crate::ops::gemm::{gemm_backward, gemm_backward_plus, ActGrad, Gemm, GemmOffsets};
 use crate::{Activation, Backend, DType, Error, HostTensor, Result};
@@ -109,6 +112,39 @@ impl Graph {
         Graph::from_coo(num_nodes, &src, &dst)
     }
 
+    /// The icosahedral mesh refined `level` times (`10·4^level + 2` nodes), every mesh edge in
+    /// both directions (in-degree 5 or 6): the shape of the meshes GraphCast and OneForecast
+    /// pass messages on.
+    pub fn icosphere(level: usize) -> Result<Graph> {
+        if level > 8 {
+            return Err(Error::Limit(format!("graph: icosphere level {level} (at most 8)")));
+        }
+        let mut faces: Vec<[u32; 3]> = vec![
+            [0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2], [10, 7, 6], [7, 1, 8],
+            [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1],
+        ];
+        let mut nodes = 12u32;
+        for _ in 0..level {
+            let mut mid = std::collections::HashMap::new();
+            let mut midpoint = |a: u32, b: u32| -> u32 {
+                *mid.entry((a.min(b), a.max(b))).or_insert_with(|| {
+                    nodes += 1;
+                    nodes - 1
+                })
+            };
+            faces = faces
+                .iter()
+                .flat_map(|&[a, b, c]| {
+                    let (ab, bc, ca) = (midpoint(a, b), midpoint(b, c), midpoint(c, a));
+                    [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
+                })
+                .collect();
+        }
+        let edges: std::collections::BTreeSet<(u32, u32)> = faces.iter().flat_map(|&[a, b, c]| [(a, b), (b, c), (c, a)]).map(|(a, b)| (a.min(b), a.max(b))).collect();
+        let (src, dst): (Vec<i64>, Vec<i64>) = edges.iter().flat_map(|&(a, b)| [(a as i64, b as i64), (b as i64, a as i64)]).unzip();
+        Graph::from_coo(nodes as usize, &src, &dst)
+    }
+
     /// The graph with every edge reversed (CSR by source), for backward passes.
     pub fn transposed(&self) -> Graph {
         let dst_coo: Vec<i64> = self.dst_coo.iter().map(|&d| d as i64).collect();
@@ -189,7 +225,8 @@ pub struct GraphParams {
     pub heads: u32,
     /// LayerNorm's ε.
     pub eps: f32,
-    pub pad: u32,
+    /// Whether the `y` operand is given (row-wise kernels).
+    pub has_y: u32,
 }
 
 // SAFETY: GraphParams is repr(C) plain old data (u32 fields), laid out like the CUDA struct.
@@ -216,16 +253,27 @@ pub enum GraphKernel {
     Softmax,
     /// `out[e, h] = w[e, h]·(v[e, h] − Σ_{e' → dst e} w[e', h]·v[e', h])` (w = α, v = dα).
     SoftmaxBackward,
-    /// LayerNorm of the `num_nodes` rows of `x [rows, dim]` with γ = w, β = v; `arg` gets
+    /// LayerNorm of the `num_nodes` rows of `x [rows, dim]` with `w = [γ | β]`; `arg` gets
     /// `[mean | rstd]` (f32, `2·rows`). The graph is not read.
     LayerNorm,
-    /// LayerNorm backward, dx: `x`, `y` = dy, γ = w, the forward's `[mean | rstd]` = v.
+    /// LayerNorm backward, dx: `x`, `y` = dy, `w = [γ | β]`, the forward's `[mean | rstd]` = v.
     LayerNormBackward,
     /// `out[e, d] = act(x[e, d] + y[src e, d] + y[dst e, dim + d])` (act code in `reduce`): the
     /// edge MLP's combine, `x = E·W_eᵀ + b` `[E, dim]`, `y = [H·W_sᵀ | H·W_dᵀ]` `[N, 2·dim]`.
     EdgeCombine,
     /// LayerNorm backward, `[dγ | dβ]` (f32 `2·dim`, one column per invocation, rows in order).
     LayerNormParams,
+    /// Row-wise over the `num_nodes` rows of `dim`: `out[r, d] = act(s_r·x[r, d] + y[r, d])`
+    /// with `s_r = w[r]` if `has_weight` (else 1), `y` if `has_y`, the act code in `reduce`.
+    ScaleAdd,
+    /// `out[r] = (1/dim)·Σ_k σ(x[r, k])` (f32 `[rows]`): OneForecast's edge gate.
+    GateMean,
+    /// `out[r, k] = w[r]/dim·σ(x[r, k])·(1 − σ(x[r, k]))`: the gate's backward from `w = dg`.
+    GateMeanBackward,
+    /// `out = x` as f32 (`rows·dim` elements).
+    ToF32,
+    /// `out = v` (f32) in the output's dtype.
+    FromF32,
 }
 
 /// The operands of one [`Backend::graph_op`] call (see [`GraphKernel`] for which each uses).
@@ -383,25 +431,25 @@ pub fn segment_sum_backward<Be: Backend>(be: &Be, gt: &DeviceGraph<Be::Buf>, d_o
     gather_rows(be, gt, d_out, dim)
 }
 
-/// LayerNorm over rows (SPEC §6): `y = (x − μ)·rstd·γ + β` for `x [rows, c]` in any dtype, γ and
-/// β f32 `[c]`. Returns `y` and the f32 `[mean | rstd]` the backward needs.
-pub fn layer_norm<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, beta: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(Be::Buf, Be::Buf)> {
-    let (p, dtype) = layer_norm_setup(be, x, gamma, rows, c, eps)?;
-    check_edge_scalars(be, "beta", beta, c, 1)?;
+/// LayerNorm over rows (SPEC §6): `y = (x − μ)·rstd·γ + β` for `x [rows, c]` in any dtype, the
+/// affine parameters f32 `[γ | β]` (`2·c`, the layout of the gradient the backward returns).
+/// Returns `y` and the f32 `[mean | rstd]` the backward needs.
+pub fn layer_norm<Be: Backend>(be: &Be, x: &Be::Buf, affine: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(Be::Buf, Be::Buf)> {
+    let (p, dtype) = layer_norm_setup(be, x, affine, rows, c, eps)?;
     let mut y = be.alloc(dtype, rows * c)?;
     let mut stats = be.alloc(DType::F32, 2 * rows.max(1))?;
-    be.graph_op(GraphKernel::LayerNorm, &p, None, &GraphArgs { x: Some(x), y: None, w: Some(gamma), v: Some(beta) }, &mut y, Some(&mut stats))?;
+    be.graph_op(GraphKernel::LayerNorm, &p, None, &GraphArgs { x: Some(x), y: None, w: Some(affine), v: None }, &mut y, Some(&mut stats))?;
     Ok((y, stats))
 }
 
 /// LayerNorm backward from the forward's `stats`: `(dx, [dγ | dβ])`, the parameter gradients f32
 /// and summed over rows in a fixed order (no atomics).
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_backward<Be: Backend>(be: &Be, x: &Be::Buf, dy: &Be::Buf, gamma: &Be::Buf, stats: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(Be::Buf, Be::Buf)> {
-    let (p, dtype) = layer_norm_setup(be, x, gamma, rows, c, eps)?;
+pub fn layer_norm_backward<Be: Backend>(be: &Be, x: &Be::Buf, dy: &Be::Buf, affine: &Be::Buf, stats: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(Be::Buf, Be::Buf)> {
+    let (p, dtype) = layer_norm_setup(be, x, affine, rows, c, eps)?;
     crate::device::same_dtype("layer_norm", &[("x", dtype), ("dy", check_len(be, "dy", dy, rows, c)?)])?;
     check_edge_scalars(be, "stats", stats, rows, 2)?;
-    let a = GraphArgs { x: Some(x), y: Some(dy), w: Some(gamma), v: Some(stats) };
+    let a = GraphArgs { x: Some(x), y: Some(dy), w: Some(affine), v: Some(stats) };
     let mut dx = be.alloc(dtype, rows * c)?;
     be.graph_op(GraphKernel::LayerNormBackward, &p, None, &a, &mut dx, None)?;
     let mut dparams = be.alloc(DType::F32, 2 * c)?;
@@ -409,7 +457,7 @@ pub fn layer_norm_backward<Be: Backend>(be: &Be, x: &Be::Buf, dy: &Be::Buf, gamm
     Ok((dx, dparams))
 }
 
-fn layer_norm_setup<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(GraphParams, DType)> {
+fn layer_norm_setup<Be: Backend>(be: &Be, x: &Be::Buf, affine: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(GraphParams, DType)> {
     if c == 0 || eps.is_nan() || eps <= 0.0 {
         return Err(Error::Invalid(format!("layer_norm: needs c > 0 and eps > 0 (c = {c}, eps = {eps})")));
     }
@@ -417,9 +465,82 @@ fn layer_norm_setup<Be: Backend>(be: &Be, x: &Be::Buf, gamma: &Be::Buf, rows: us
         return Err(Error::Limit("layer_norm: more than 2^32 elements".into()));
     }
     let dtype = check_len(be, "x", x, rows, c)?;
-    check_edge_scalars(be, "gamma", gamma, c, 1)?;
+    check_edge_scalars(be, "affine [γ | β]", affine, c, 2)?;
     let p = GraphParams { num_nodes: rows as u32, dim: c as u32, heads: 1, eps, ..Default::default() };
     Ok((p, dtype))
+}
+
+/// The parameter block of a row-wise kernel over `rows` rows of `dim` (no graph).
+fn row_params(op: &str, rows: usize, dim: usize) -> Result<GraphParams> {
+    if rows.checked_mul(dim).is_none_or(|n| n > u32::MAX as usize) {
+        return Err(Error::Limit(format!("{op}: more than 2^32 elements")));
+    }
+    Ok(GraphParams { num_nodes: rows as u32, dim: dim as u32, heads: 1, ..Default::default() })
+}
+
+/// Row-wise `out[r, d] = act(s_r·x[r, d] + y[r, d])` over `x [rows, dim]`, with optional f32
+/// per-row scales `s [rows]` and an optional addend `y` in x's dtype: residual sums, an
+/// activation outside a GEMM, and OneForecast's gated edge update `e' = g·m + e`.
+#[allow(clippy::too_many_arguments)]
+pub fn scale_add<Be: Backend>(be: &Be, x: &Be::Buf, scale: Option<&Be::Buf>, y: Option<&Be::Buf>, rows: usize, dim: usize, act: Activation) -> Result<Be::Buf> {
+    let dtype = check_len(be, "x", x, rows, dim)?;
+    if let Some(y) = y {
+        crate::device::same_dtype("scale_add", &[("x", dtype), ("y", check_len(be, "y", y, rows, dim)?)])?;
+    }
+    if let Some(s) = scale {
+        check_edge_scalars(be, "scale", s, rows, 1)?;
+    }
+    let p = GraphParams { has_weight: scale.is_some() as u32, has_y: y.is_some() as u32, reduce: act as u32, ..row_params("scale_add", rows, dim)? };
+    let mut out = be.alloc(dtype, rows * dim)?;
+    be.graph_op(GraphKernel::ScaleAdd, &p, None, &GraphArgs { x: Some(x), y, w: scale, v: None }, &mut out, None)?;
+    Ok(out)
+}
+
+/// `g[r] = (1/k)·Σ_j σ(x[r, j])` over logits `x [rows, k]` (f32 `[rows]`): OneForecast's edge
+/// gate, the mean over heads and gates of the sigmoid gates.
+pub fn gate_mean<Be: Backend>(be: &Be, x: &Be::Buf, rows: usize, k: usize) -> Result<Be::Buf> {
+    check_len(be, "logits", x, rows, k)?;
+    let mut out = be.alloc(DType::F32, rows.max(1))?;
+    be.graph_op(GraphKernel::GateMean, &row_params("gate_mean", rows, k)?, None, &GraphArgs { x: Some(x), y: None, w: None, v: None }, &mut out, None)?;
+    Ok(out)
+}
+
+/// Backward of [`gate_mean`]: `dx[r, j] = dg[r]/k·σ(x[r, j])·(1 − σ(x[r, j]))` in x's dtype.
+pub fn gate_mean_backward<Be: Backend>(be: &Be, x: &Be::Buf, dg: &Be::Buf, rows: usize, k: usize) -> Result<Be::Buf> {
+    let dtype = check_len(be, "logits", x, rows, k)?;
+    check_edge_scalars(be, "dg", dg, rows, 1)?;
+    let mut out = be.alloc(dtype, rows * k)?;
+    be.graph_op(GraphKernel::GateMeanBackward, &row_params("gate_mean", rows, k)?, None, &GraphArgs { x: Some(x), y: None, w: Some(dg), v: None }, &mut out, None)?;
+    Ok(out)
+}
+
+/// `out[r, h] = ⟨x[r, h, :], y[r, h, :]⟩` over rows of `dim = heads·Dh` (f32 `[rows, heads]`).
+pub fn row_dot<Be: Backend>(be: &Be, x: &Be::Buf, y: &Be::Buf, rows: usize, dim: usize, heads: usize) -> Result<Be::Buf> {
+    let dtype = check_len(be, "x", x, rows, dim)?;
+    crate::device::same_dtype("row_dot", &[("x", dtype), ("y", check_len(be, "y", y, rows, dim)?)])?;
+    if heads == 0 || dim % heads != 0 {
+        return Err(Error::shape(OP, format!("dim {dim} is not a multiple of heads {heads}")));
+    }
+    let p = GraphParams { num_edges: rows as u32, heads: heads as u32, ..row_params("row_dot", rows, dim)? };
+    let mut out = be.alloc(DType::F32, (rows * heads).max(1))?;
+    be.graph_op(GraphKernel::EdgeDot, &p, None, &GraphArgs { x: Some(x), y: Some(y), w: None, v: None }, &mut out, None)?;
+    Ok(out)
+}
+
+/// `len` elements of `x` as f32 (scores from a GEMM into [`segment_softmax`]).
+pub fn to_f32<Be: Backend>(be: &Be, x: &Be::Buf, len: usize) -> Result<Be::Buf> {
+    check_len(be, "x", x, len, 1)?;
+    let mut out = be.alloc(DType::F32, len.max(1))?;
+    be.graph_op(GraphKernel::ToF32, &row_params("to_f32", len, 1)?, None, &GraphArgs { x: Some(x), y: None, w: None, v: None }, &mut out, None)?;
+    Ok(out)
+}
+
+/// `len` f32 elements of `v` in `dtype` (gradients of f32 scores back into a GEMM).
+pub fn from_f32<Be: Backend>(be: &Be, v: &Be::Buf, dtype: DType, len: usize) -> Result<Be::Buf> {
+    check_edge_scalars(be, "v", v, len, 1)?;
+    let mut out = be.alloc(dtype, len.max(1))?;
+    be.graph_op(GraphKernel::FromF32, &row_params("from_f32", len, 1)?, None, &GraphArgs { x: None, y: None, w: None, v: Some(v) }, &mut out, None)?;
+    Ok(out)
 }
 
 /// The GraphCast / OneForecast edge MLP (SPEC §6, `edge_mlp_sum`):

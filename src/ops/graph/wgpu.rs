@@ -11,7 +11,7 @@ const READ_ONLY: usize = 5;
 /// One graph kernel. LayerNorm runs as a row pass
 /// (one workgroup per row, two f32 per row into `arg` or a scratch buffer) then an element pass.
 pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<WgpuBuffer>>, a: &GraphArgs<WgpuBuffer>, out: &WgpuBuffer, arg: Option<&WgpuBuffer>) -> Result<()> {
-    let dtype = a.x.map_or(DType::F32, |x| x.dtype);
+    let dtype = a.x.map_or(out.dtype, |x| x.dtype);
     let (rows, dim, heads) = (p.num_nodes as usize, p.dim as usize, p.heads as usize);
     // The feature kernels take one invocation per output word (two 16-bit elements).
     let words = |rows: usize| (rows * dim).div_ceil(if dtype == DType::F32 { 1 } else { 2 });
@@ -35,6 +35,11 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
         }
         GraphKernel::LayerNormParams => go("graph_ln_params", arg, dim),
         GraphKernel::EdgeCombine => go("graph_edge_combine", arg, words(p.num_edges as usize)),
+        GraphKernel::ScaleAdd => go("graph_scale_add", arg, words(rows)),
+        GraphKernel::FromF32 => go("graph_from_f32", arg, words(rows)),
+        GraphKernel::GateMeanBackward => go("graph_gate_backward", arg, words(rows)),
+        GraphKernel::ToF32 => go("graph_to_f32", arg, rows * dim),
+        GraphKernel::GateMean => go("graph_gate_mean", arg, rows),
     }
 }
 
