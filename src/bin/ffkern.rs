@@ -260,6 +260,72 @@ enum RunOp {
         #[arg(long, default_value_t = 1)]
         heads: usize,
     },
+    /// `out[i] = reduce over the edges into i of m[e]` (SPEC §6). Tensors: `src`, `dst` (I64 or
+    /// I32 [E]), `m` [E, D]. Writes `out` [N, D] and, for max/min, `arg` (the first arg's COO
+    /// edge id as f32). Empty rows give 0.
+    #[command(name = "segment_reduce")]
+    SegmentReduce {
+        #[command(flatten)]
+        io: Io,
+        #[arg(long)]
+        num_nodes: usize,
+        /// sum, mean, max or min
+        #[arg(long, default_value = "sum")]
+        reduce: String,
+    },
+    /// `y[i] = Σ_{e → i} w[e]·x[src e]` (SPEC §6). Tensors: `src`, `dst`, `x` [N, D], optional
+    /// f32 `w` [E] or [E, H] (with --heads H). Writes `y` [N, D].
+    #[command(name = "spmm")]
+    Spmm {
+        #[command(flatten)]
+        io: Io,
+        #[arg(long)]
+        num_nodes: usize,
+        #[arg(long, default_value_t = 1)]
+        heads: usize,
+    },
+    /// Softmax of f32 scores `s` [E, H] over the edges into each node, per head (SPEC §6).
+    /// Tensors: `src`, `dst`, `s`. Writes `alpha` [E, H].
+    #[command(name = "segment_softmax")]
+    SegmentSoftmax {
+        #[command(flatten)]
+        io: Io,
+        #[arg(long)]
+        num_nodes: usize,
+        #[arg(long, default_value_t = 1)]
+        heads: usize,
+    },
+    /// The edge MLP with the concat trick (SPEC §6): `m[e] = act(W_e·e_e + W_s·h_src + W_d·h_dst
+    /// + b)`. Tensors: `src`, `dst`, `e` [E, De], `h` [N, Dn], `w_e` [Do, De], `w_s`, `w_d`
+    /// [Do, Dn], `b` [Do], one dtype. Writes `m` [E, Do].
+    #[command(name = "edge_mlp_sum")]
+    EdgeMlpSum {
+        #[command(flatten)]
+        io: Io,
+        #[arg(long)]
+        num_nodes: usize,
+        /// identity, relu, silu, gelu_erf, gelu_tanh
+        #[arg(long, default_value = "silu")]
+        act: String,
+    },
+    /// The OneForecast gated processor layer (SPEC §6). Tensors: `src`, `dst`, `e` [E, D],
+    /// `h` [N, D] and the weights, one dtype except the f32 LayerNorm affines [γ | β]:
+    /// `w_e`, `w_s`, `w_d` [D, D], `b` [D] (edge MLP); `w_b` [D, D], `b_b` [D]; `ln_e` [2D];
+    /// `w_g1_e`, `w_g1_s`, `w_g1_d` [G, D], `b_g1` [G], `w_g2` [3H, G], `b_g2` [3H] (gate);
+    /// `w_a1` [A, D], `b_a1` [A], `w_a2` [H, A], `b_a2` [H] (attention); `w_n1_a`, `w_n1_h`
+    /// [D, D] (W_n1's halves for [a; h]), `b_n1` [D], `w_n2` [D, D], `b_n2` [D], `ln_n` [2D].
+    /// Writes `e_out` [E, D] and `h_out` [N, D].
+    #[command(name = "oneforecast_layer")]
+    OneforecastLayer {
+        #[command(flatten)]
+        io: Io,
+        #[arg(long)]
+        num_nodes: usize,
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 1e-5)]
+        eps: f32,
+    },
     /// N standard normals of step --step from --seed (SPEC §7), written as `z` (f32).
     #[command(name = "philox_normal")]
     PhiloxNormal {
@@ -683,7 +749,12 @@ fn run_op(op: RunOp) -> Result<ExitCode> {
         RunOp::Blockshuffle { io, alpha } => run_structured(&io, "blockshuffle", alpha),
         RunOp::LinearAttn { io, opts, mode } => run_linattn(&io, &opts, &mode),
         RunOp::LinearAttnDecode { io, opts, position } => run_linattn_decode(&io, &opts, position),
-        RunOp::Graph { io, kind, num_nodes, heads } => run_graph(&io, &kind, num_nodes, heads),
+        RunOp::Graph { io, kind, num_nodes, heads } => run_graph(&io, &kind, num_nodes, heads, "y"),
+        RunOp::SegmentReduce { io, num_nodes, reduce } => run_graph(&io, &format!("segment_{reduce}"), num_nodes, 1, "out"),
+        RunOp::Spmm { io, num_nodes, heads } => run_graph(&io, "spmm", num_nodes, heads, "y"),
+        RunOp::SegmentSoftmax { io, num_nodes, heads } => run_graph(&io, "segment_softmax", num_nodes, heads, "alpha"),
+        RunOp::EdgeMlpSum { io, num_nodes, act } => run_edge_mlp(&io, num_nodes, act.parse()?),
+        RunOp::OneforecastLayer { io, num_nodes, heads, eps } => run_oneforecast(&io, num_nodes, heads, eps),
         RunOp::PhiloxNormal { n, seed, step, output, backend } => {
             let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
             let mut z = with_backend!(&dev, be => ffkern::ops::optim::philox_normal_host(be, n, seed, step))?;
@@ -968,10 +1039,10 @@ fn run_linattn(io: &Io, opts: &LinAttnOpts, mode: &str) -> Result<ExitCode> {
     finish(OP, &dev, &io.output, &[("o", &o), ("final_state", &s), ("final_z", &z)])
 }
 
-fn run_graph(io: &Io, kind: &str, num_nodes: usize, heads: usize) -> Result<ExitCode> {
-    use ffkern::ops::graph::{self, DeviceGraph, Graph, Reduce};
+fn run_graph(io: &Io, kind: &str, num_nodes: usize, heads: usize, out_name: &str) -> Result<ExitCode> {
+    use ffkern::ops::graph::{self, DeviceGraph, Reduce};
     const OP: &str = "graph";
-    let g = Graph::from_coo(num_nodes, &read_indices(&io.input, "src")?, &read_indices(&io.input, "dst")?)?;
+    let g = read_graph(io, num_nodes)?;
     let (n, e) = (g.num_nodes, g.num_edges());
     let mut t = read_tensors(&io.input)?;
     let dim_of = |x: &HostTensor, rows: usize, name: &str| -> Result<usize> {
@@ -1039,9 +1110,69 @@ fn run_graph(io: &Io, kind: &str, num_nodes: usize, heads: usize) -> Result<Exit
     };
     y.shape = shape;
     match &arg {
-        Some(a) => finish(OP, &dev, &io.output, &[("y", &y), ("arg", a)]),
-        None => finish(OP, &dev, &io.output, &[("y", &y)]),
+        Some(a) => finish(OP, &dev, &io.output, &[(out_name, &y), ("arg", a)]),
+        None => finish(OP, &dev, &io.output, &[(out_name, &y)]),
     }
+}
+
+/// The graph of a graph op's input file (`src`, `dst`, I64 or I32) with `num_nodes` nodes.
+fn read_graph(io: &Io, num_nodes: usize) -> Result<ffkern::ops::graph::Graph> {
+    ffkern::ops::graph::Graph::from_coo(num_nodes, &read_indices(&io.input, "src")?, &read_indices(&io.input, "dst")?)
+}
+
+fn run_edge_mlp(io: &Io, num_nodes: usize, act: Activation) -> Result<ExitCode> {
+    use ffkern::ops::graph::{DeviceGraph, EdgeMlp, EdgeMlpWeights};
+    const OP: &str = "edge_mlp_sum";
+    let g = read_graph(io, num_nodes)?;
+    let mut t = read_tensors(&io.input)?;
+    let mut get = |n: &str| take(&mut t, n, &io.input);
+    let (e, h, w_e, w_s, w_d, b) = (get("e")?, get("h")?, get("w_e")?, get("w_s")?, get("w_d")?, get("b")?);
+    same_dtypes(OP, &[("e", &e), ("h", &h), ("w_e", &w_e), ("w_s", &w_s), ("w_d", &w_d), ("b", &b)])?;
+    let ((re, de), (rn, dn), (dout, de2)) = (dims2(OP, "e", &e)?, dims2(OP, "h", &h)?, dims2(OP, "w_e", &w_e)?);
+    if re != g.num_edges() || rn != num_nodes || de2 != de || w_s.shape != [dout, dn] || w_d.shape != [dout, dn] || b.shape != [dout] {
+        return Err(shape_err(
+            OP,
+            format!("with {} edges and {num_nodes} nodes: e must be [{}, De], h [{num_nodes}, Dn], w_e [Do, De], w_s and w_d [Do, Dn], b [Do]", g.num_edges(), g.num_edges()),
+        ));
+    }
+    let mlp = EdgeMlp { edge_dim: de, node_dim: dn, out_dim: dout, act };
+    let dev = open_device(&io.backend)?;
+    let mut m = with_backend!(&dev, be => {
+        let w = EdgeMlpWeights { w_e: be.upload(&w_e)?, w_s: be.upload(&w_s)?, w_d: be.upload(&w_d)?, b: be.upload(&b)? };
+        be.download(&mlp.forward(be, &DeviceGraph::upload(be, &g)?, &be.upload(&e)?, &be.upload(&h)?, &w)?)?
+    });
+    m.shape = vec![g.num_edges(), dout];
+    finish(OP, &dev, &io.output, &[("m", &m)])
+}
+
+fn run_oneforecast(io: &Io, num_nodes: usize, heads: usize, eps: f32) -> Result<ExitCode> {
+    use ffkern::ops::graph::{DeviceGraph, OneForecastLayer, OneForecastParams, ONEFORECAST_PARAMS};
+    const OP: &str = "oneforecast_layer";
+    let g = read_graph(io, num_nodes)?;
+    let mut t = read_tensors(&io.input)?;
+    let (e, h) = (take(&mut t, "e", &io.input)?, take(&mut t, "h", &io.input)?);
+    same_dtypes(OP, &[("e", &e), ("h", &h)])?;
+    let (rn, dim) = dims2(OP, "h", &h)?;
+    if rn != num_nodes || e.shape != [g.num_edges(), dim] {
+        return Err(shape_err(OP, format!("h must be [{num_nodes}, D] and e [{}, D]; got {:?}, {:?}", g.num_edges(), h.shape, e.shape)));
+    }
+    let params: Vec<HostTensor> = ONEFORECAST_PARAMS.iter().map(|n| take(&mut t, n, &io.input)).collect::<Result<_>>()?;
+    // The hidden widths are the lengths of the gate's and the attention MLP's first biases.
+    let layer = OneForecastLayer { dim, heads, gate_hidden: params[10].len(), attn_hidden: params[14].len(), eps };
+    for ((name, shape, _), p) in layer.param_shapes().iter().zip(&params) {
+        if &p.shape != shape {
+            return Err(shape_err(OP, format!("{name} must be {shape:?} (D {dim}, {heads} heads), got {:?}", p.shape)));
+        }
+    }
+    let dev = open_device(&io.backend)?;
+    let (mut e_out, mut h_out) = with_backend!(&dev, be => {
+        let p = OneForecastParams::from_tensors(params.iter().map(|t| be.upload(t)).collect::<Result<_>>()?)?;
+        let st = layer.forward(be, &DeviceGraph::upload(be, &g)?, &be.upload(&e)?, &be.upload(&h)?, &p)?;
+        (be.download(&st.e_out)?, be.download(&st.h_out)?)
+    });
+    e_out.shape = e.shape.clone();
+    h_out.shape = h.shape.clone();
+    finish(OP, &dev, &io.output, &[("e_out", &e_out), ("h_out", &h_out)])
 }
 
 fn run_linattn_decode(io: &Io, opts: &LinAttnOpts, position: u32) -> Result<ExitCode> {
