@@ -2,23 +2,57 @@
 // sddmm, segment softmax and its backward.
 // Why it is deterministic and fast enough: one thread per output element walks its destination
 // row's edges in the fixed CSR order — no atomics, and the threads of a warp read neighbouring
-// columns of the same source row (coalesced). The per-edge kernels take one thread per
-// (node, head) and write each of the row's edges once. Index arrays arrive as raw 32-bit words
-// in one buffer: row_ptr [N + 1] | src [E] | perm [E] | src_coo [E] | dst_coo [E].
+// columns of the same source row (coalesced). Rows longer than p.chunk edges (hubs) are split
+// into segments that a first pass reduces in parallel into f32 partials, which the row's thread
+// then combines in segment order: a hub costs its share of the edges, and the result is still
+// deterministic. The softmax takes per-(node, head) statistics the same way, then writes every
+// edge in parallel. Index arrays arrive as raw 32-bit words in one buffer: row_ptr [N + 1] |
+// src [E] | perm [E] | src_coo [E] | dst_coo [E] | long_rows [L] | long_seg_ptr [L + 1] |
+// seg_long [S].
 #include "common.cuh"
 
 struct GraphParams {
     uint32_t num_nodes, num_edges, dim, reduce, has_weight, heads;
     float eps;
-    uint32_t has_y;
+    uint32_t has_y, num_long, num_segs, chunk, pad;
 };
 
 struct Csr {
-    const uint32_t *row_ptr, *src, *perm, *src_coo, *dst_coo;
+    const uint32_t *row_ptr, *src, *perm, *src_coo, *dst_coo, *long_rows, *long_seg_ptr, *seg_long;
+    uint32_t num_long, chunk;
     __device__ Csr(const uint32_t* idx, const GraphParams& p)
         : row_ptr(idx), src(idx + p.num_nodes + 1), perm(idx + p.num_nodes + 1 + p.num_edges),
-          src_coo(idx + p.num_nodes + 1 + 2 * (size_t)p.num_edges), dst_coo(idx + p.num_nodes + 1 + 3 * (size_t)p.num_edges) {}
+          src_coo(idx + p.num_nodes + 1 + 2 * (size_t)p.num_edges), dst_coo(idx + p.num_nodes + 1 + 3 * (size_t)p.num_edges),
+          long_rows(idx + p.num_nodes + 1 + 4 * (size_t)p.num_edges), long_seg_ptr(long_rows + p.num_long), seg_long(long_seg_ptr + p.num_long + 1),
+          num_long(p.num_long), chunk(p.chunk) {}
+    // The index of long row `row` in long_rows (ascending).
+    __device__ uint32_t find_long(uint32_t row) const {
+        uint32_t lo = 0, hi = num_long;
+        while (hi - lo > 1) {
+            const uint32_t mid = (lo + hi) / 2;
+            if (long_rows[mid] <= row) lo = mid; else hi = mid;
+        }
+        return lo;
+    }
+    // The CSR range [lo, hi) of segment k.
+    __device__ void seg_range(size_t k, uint32_t& lo, uint32_t& hi) const {
+        const uint32_t li = seg_long[k], row = long_rows[li];
+        lo = row_ptr[row] + ((uint32_t)k - long_seg_ptr[li]) * chunk;
+        hi = min(lo + chunk, row_ptr[row + 1]);
+    }
 };
+
+// A running reduction and its first arg (max/min). `a` then `b` in CSR order: sums add (spmm
+// and reduce 0/1); max/min keep the earlier arg on ties.
+struct Acc {
+    float v;
+    uint32_t arg;
+};
+__device__ __forceinline__ Acc combine(bool sum, uint32_t reduce, Acc a, Acc b, bool first) {
+    if (sum) return {a.v + b.v, a.arg};
+    if (first || (reduce == 2 && b.v > a.v) || (reduce == 3 && b.v < a.v)) return b;
+    return a;
+}
 
 #define GRID_STRIDE(i, total) for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total); i += (size_t)gridDim.x * blockDim.x)
 
@@ -47,103 +81,139 @@ __device__ __forceinline__ void edge_dot_impl(const T* __restrict__ x, const T* 
     }
 }
 
-// out[i, d] = reduce over row i of M[perm[q], d] (weighted by w[e, h] if given); max/min keep
-// the first (COO order) arg.
-template <typename T>
-__device__ __forceinline__ void segment_reduce_impl(const uint32_t* idx, const T* __restrict__ m, const float* __restrict__ w, T* __restrict__ out,
-                                                    uint32_t* __restrict__ arg, const GraphParams& p) {
+// Column d of kernel SPMM (Y[i, h, :] = Σ w[perm q, h]·X[src q, h, :]) or of the segment
+// reduction (reduce over M[perm q, d], weighted by w[e, h] if given) over CSR positions [lo, hi).
+template <bool SPMM, typename T>
+__device__ __forceinline__ Acc reduce_range(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, uint32_t lo, uint32_t hi, size_t d,
+                                            const GraphParams& p) {
+    const uint32_t h = (uint32_t)d / (p.dim / p.heads);
+    Acc r = {0.0f, p.num_edges};
+    for (uint32_t q = lo; q < hi; ++q) {
+        const uint32_t e = g.perm[q];
+        const float xv = to_f32(x[(size_t)(SPMM ? g.src[q] : e) * p.dim + d]);
+        const Acc v = {p.has_weight ? w[(size_t)e * p.heads + h] * xv : xv, e};
+        r = combine(SPMM || p.reduce <= 1, p.reduce, r, v, q == lo);
+    }
+    return r;
+}
+
+// The partials of long-row segments: one thread per (segment, column) writes its f32 value and
+// arg into part = [values S·dim | args S·dim].
+template <bool SPMM, typename T>
+__device__ __forceinline__ void seg_partial_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, float* __restrict__ part,
+                                                 const GraphParams& p) {
     const Csr g(idx, p);
-    const uint32_t dh = p.dim / p.heads;
+    GRID_STRIDE(t, (size_t)p.num_segs * p.dim) {
+        uint32_t lo, hi;
+        g.seg_range(t / p.dim, lo, hi);
+        const Acc r = reduce_range<SPMM>(g, x, w, lo, hi, t % p.dim, p);
+        part[t] = r.v;
+        reinterpret_cast<uint32_t*>(part)[(size_t)p.num_segs * p.dim + t] = r.arg;
+    }
+}
+
+// out[i, d] = the row's reduction; a long row combines its segments' partials in order. Mean
+// divides by the degree; max/min write the first arg (E for an empty row).
+template <bool SPMM, typename T>
+__device__ __forceinline__ void row_reduce_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ part,
+                                                T* __restrict__ out, uint32_t* __restrict__ arg, const GraphParams& p) {
+    const Csr g(idx, p);
     GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) {
         const size_t row = i / p.dim, d = i % p.dim;
         const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
-        float acc = 0.0f;
-        uint32_t best = p.num_edges;
-        for (uint32_t q = lo; q < hi; ++q) {
-            const uint32_t e = g.perm[q];
-            const float mv = to_f32(m[(size_t)e * p.dim + d]);
-            const float v = p.has_weight ? w[(size_t)e * p.heads + d / dh] * mv : mv;
-            if (p.reduce <= 1) {
-                acc += v;
-            } else if (q == lo || (p.reduce == 2 && v > acc) || (p.reduce == 3 && v < acc)) {
-                acc = v;
-                best = e;
+        Acc r = {0.0f, p.num_edges};
+        if (hi - lo <= p.chunk) {
+            r = reduce_range<SPMM>(g, x, w, lo, hi, d, p);
+        } else {
+            const uint32_t li = g.find_long((uint32_t)row), k0 = g.long_seg_ptr[li], k1 = g.long_seg_ptr[li + 1];
+            const uint32_t* part_arg = reinterpret_cast<const uint32_t*>(part) + (size_t)p.num_segs * p.dim;
+            for (uint32_t k = k0; k < k1; ++k) {
+                const size_t t = (size_t)k * p.dim + d;
+                r = combine(SPMM || p.reduce <= 1, p.reduce, r, {part[t], part_arg[t]}, k == k0);
             }
         }
-        if (p.reduce == 1 && hi > lo) acc /= (float)(hi - lo);
-        if (p.reduce >= 2) arg[i] = best;
-        out[i] = from_f32<T>(acc);
+        if (!SPMM && p.reduce == 1 && hi > lo) r.v /= (float)(hi - lo);
+        if (!SPMM && p.reduce >= 2) arg[i] = r.arg;
+        out[i] = from_f32<T>(r.v);
     }
 }
 
-// Y[i, h, :] = Σ_{q ∈ row i} w[perm[q], h]·X[src[q], h, :]
-template <typename T>
-__device__ __forceinline__ void spmm_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, T* __restrict__ out,
-                                          const GraphParams& p) {
-    const Csr g(idx, p);
-    const uint32_t dh = p.dim / p.heads;
-    GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) {
-        const size_t row = i / p.dim, d = i % p.dim;
-        const uint32_t h = (uint32_t)d / dh;
-        float acc = 0.0f;
-        for (uint32_t q = g.row_ptr[row]; q < g.row_ptr[row + 1]; ++q) {
-            const float xv = to_f32(x[(size_t)g.src[q] * p.dim + d]);
-            acc += p.has_weight ? w[(size_t)g.perm[q] * p.heads + h] * xv : xv;
-        }
-        out[i] = from_f32<T>(acc);
-    }
-}
-
-// s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩ (f32, COO order), one thread per (node, head).
+// s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩ (f32, COO order), one thread per (edge, head), so
+// a hub's edges spread over the grid like any others.
 template <typename T>
 __device__ __forceinline__ void sddmm_impl(const uint32_t* idx, const T* __restrict__ a, const T* __restrict__ b, float* __restrict__ s,
                                            const GraphParams& p) {
     const Csr g(idx, p);
     const uint32_t dh = p.dim / p.heads;
-    GRID_STRIDE(t, (size_t)p.num_nodes * p.heads) {
-        const size_t i = t / p.heads, h = t % p.heads;
-        const T* ai = a + i * p.dim + h * dh;
-        for (uint32_t q = g.row_ptr[i]; q < g.row_ptr[i + 1]; ++q) {
-            const T* bj = b + (size_t)g.src[q] * p.dim + h * dh;
-            float acc = 0.0f;
-            for (uint32_t k = 0; k < dh; ++k) acc += to_f32(ai[k]) * to_f32(bj[k]);
-            s[(size_t)g.perm[q] * p.heads + h] = acc;
-        }
+    GRID_STRIDE(t, (size_t)p.num_edges * p.heads) {
+        const size_t e = t / p.heads, h = t % p.heads;
+        const T* ai = a + (size_t)g.dst_coo[e] * p.dim + h * dh;
+        const T* bj = b + (size_t)g.src_coo[e] * p.dim + h * dh;
+        float acc = 0.0f;
+        for (uint32_t k = 0; k < dh; ++k) acc += to_f32(ai[k]) * to_f32(bj[k]);
+        s[t] = acc;
     }
 }
 
-// Max-subtracted softmax over the edges into each node, per head (f32, COO order).
-__device__ __forceinline__ void softmax_impl(const uint32_t* idx, const float* __restrict__ s, float* __restrict__ out, const GraphParams& p) {
-    const Csr g(idx, p);
-    GRID_STRIDE(t, (size_t)p.num_nodes * p.heads) {
-        const size_t i = t / p.heads, h = t % p.heads;
-        const uint32_t lo = g.row_ptr[i], hi = g.row_ptr[i + 1];
-        float mx = -3.4028235e38f, sum = 0.0f;
-        for (uint32_t q = lo; q < hi; ++q) mx = fmaxf(mx, s[(size_t)g.perm[q] * p.heads + h]);
-        for (uint32_t q = lo; q < hi; ++q) sum += expf(s[(size_t)g.perm[q] * p.heads + h] - mx);
-        for (uint32_t q = lo; q < hi; ++q) {
-            const size_t e = (size_t)g.perm[q] * p.heads + h;
-            out[e] = expf(s[e] - mx) / sum;
-        }
-    }
-}
-
-// ds = α·(dα − Σ_row α·dα), per head.
-__device__ __forceinline__ void softmax_backward_impl(const uint32_t* idx, const float* __restrict__ alpha, const float* __restrict__ d_alpha,
-                                                      float* __restrict__ out, const GraphParams& p) {
-    const Csr g(idx, p);
-    GRID_STRIDE(t, (size_t)p.num_nodes * p.heads) {
-        const size_t i = t / p.heads, h = t % p.heads;
-        const uint32_t lo = g.row_ptr[i], hi = g.row_ptr[i + 1];
+// Segment softmax (p.reduce = 0) and its backward (p.reduce = 1), per (node, head), in three
+// steps: partial statistics of long rows' segments, the statistics of every row (short rows
+// directly, long rows by combining partials in order), then every edge in parallel. Forward
+// statistics are (max, Σ exp(s − max)) of the scores w; backward, Σ α·dα (w = α, v = dα).
+__device__ __forceinline__ float2 stats_range(const Csr& g, const float* __restrict__ w, const float* __restrict__ v, size_t h, uint32_t lo, uint32_t hi,
+                                              const GraphParams& p) {
+    if (p.reduce == 1) {
         float dot = 0.0f;
         for (uint32_t q = lo; q < hi; ++q) {
             const size_t e = (size_t)g.perm[q] * p.heads + h;
-            dot += alpha[e] * d_alpha[e];
+            dot += w[e] * v[e];
         }
-        for (uint32_t q = lo; q < hi; ++q) {
-            const size_t e = (size_t)g.perm[q] * p.heads + h;
-            out[e] = alpha[e] * (d_alpha[e] - dot);
+        return make_float2(0.0f, dot);
+    }
+    float mx = -3.4028235e38f, sum = 0.0f;
+    for (uint32_t q = lo; q < hi; ++q) mx = fmaxf(mx, w[(size_t)g.perm[q] * p.heads + h]);
+    for (uint32_t q = lo; q < hi; ++q) sum += expf(w[(size_t)g.perm[q] * p.heads + h] - mx);
+    return make_float2(mx, sum);
+}
+
+__device__ __forceinline__ void softmax_partial_impl(const uint32_t* idx, const float* __restrict__ w, const float* __restrict__ v,
+                                                     float2* __restrict__ part, const GraphParams& p) {
+    const Csr g(idx, p);
+    GRID_STRIDE(t, (size_t)p.num_segs * p.heads) {
+        uint32_t lo, hi;
+        g.seg_range(t / p.heads, lo, hi);
+        part[t] = stats_range(g, w, v, t % p.heads, lo, hi, p);
+    }
+}
+
+__device__ __forceinline__ void softmax_stats_impl(const uint32_t* idx, const float* __restrict__ w, const float* __restrict__ v,
+                                                   const float2* __restrict__ part, float2* __restrict__ stats, const GraphParams& p) {
+    const Csr g(idx, p);
+    GRID_STRIDE(t, (size_t)p.num_nodes * p.heads) {
+        const size_t i = t / p.heads, h = t % p.heads;
+        const uint32_t lo = g.row_ptr[i], hi = g.row_ptr[i + 1];
+        if (hi - lo <= p.chunk) {
+            stats[t] = stats_range(g, w, v, h, lo, hi, p);
+            continue;
         }
+        // M = max m_k, L = Σ l_k·exp(m_k − M) over the segments in order.
+        const uint32_t li = g.find_long((uint32_t)i), k0 = g.long_seg_ptr[li], k1 = g.long_seg_ptr[li + 1];
+        float m = -3.4028235e38f, l = 0.0f;
+        for (uint32_t k = k0; k < k1; ++k) m = fmaxf(m, part[(size_t)k * p.heads + h].x);
+        for (uint32_t k = k0; k < k1; ++k) {
+            const float2 s = part[(size_t)k * p.heads + h];
+            l += p.reduce == 1 ? s.y : s.y * expf(s.x - m);
+        }
+        stats[t] = make_float2(p.reduce == 1 ? 0.0f : m, l);
+    }
+}
+
+// α = exp(s − M)/L, or ds = α·(dα − Σ α·dα), one thread per (edge, head).
+__device__ __forceinline__ void softmax_write_impl(const uint32_t* idx, const float* __restrict__ w, const float* __restrict__ v,
+                                                   const float2* __restrict__ stats, float* __restrict__ out, const GraphParams& p) {
+    const Csr g(idx, p);
+    GRID_STRIDE(t, (size_t)p.num_edges * p.heads) {
+        const float2 s = stats[(size_t)g.dst_coo[t / p.heads] * p.heads + t % p.heads];
+        out[t] = p.reduce == 1 ? w[t] * (v[t] - s.y) : expf(w[t] - s.x) / s.y;
     }
 }
 
@@ -283,13 +353,21 @@ __device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __
     extern "C" __global__ void __launch_bounds__(256) graph_gather_##SUFFIX(const uint32_t* idx, const T* x, const float* w, T* out, GraphParams p) { \
         gather_impl<T>(idx, x, w, out, p);                                                                                    \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256)                                                                      \
-        graph_segment_reduce_##SUFFIX(const uint32_t* idx, const T* m, const float* w, T* out, uint32_t* arg, GraphParams p) { \
-        segment_reduce_impl<T>(idx, m, w, out, arg, p);                                                                       \
+    extern "C" __global__ void __launch_bounds__(256) graph_segment_reduce_##SUFFIX(                                       \
+        const uint32_t* idx, const T* m, const float* w, const float* part, T* out, uint32_t* arg, GraphParams p) {        \
+        row_reduce_impl<false, T>(idx, m, w, part, out, arg, p);                                                           \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
-        graph_spmm_##SUFFIX(const uint32_t* idx, const T* x, const float* w, T* out, GraphParams p) {                    \
-        spmm_impl<T>(idx, x, w, out, p);                                                                                   \
+        graph_spmm_##SUFFIX(const uint32_t* idx, const T* x, const float* w, const float* part, T* out, GraphParams p) {  \
+        row_reduce_impl<true, T>(idx, x, w, part, out, nullptr, p);                                                        \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_seg_partial_reduce_##SUFFIX(const uint32_t* idx, const T* m, const float* w, float* part, GraphParams p) {   \
+        seg_partial_impl<false, T>(idx, m, w, part, p);                                                                    \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_seg_partial_spmm_##SUFFIX(const uint32_t* idx, const T* x, const float* w, float* part, GraphParams p) {     \
+        seg_partial_impl<true, T>(idx, x, w, part, p);                                                                     \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_sddmm_##SUFFIX(const uint32_t* idx, const T* a, const T* b, float* s, GraphParams p) {                      \
@@ -336,11 +414,16 @@ __device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __
 GRAPH_ENTRIES(f32, float)
 GRAPH_ENTRIES(f16, __half)
 GRAPH_ENTRIES(bf16, __nv_bfloat16)
-extern "C" __global__ void __launch_bounds__(256) graph_softmax(const uint32_t* idx, const float* s, float* out, GraphParams p) {
-    softmax_impl(idx, s, out, p);
+extern "C" __global__ void __launch_bounds__(256)
+    graph_softmax_partial(const uint32_t* idx, const float* w, const float* v, float2* part, GraphParams p) {
+    softmax_partial_impl(idx, w, v, part, p);
 }
 extern "C" __global__ void __launch_bounds__(256)
-    graph_softmax_backward(const uint32_t* idx, const float* alpha, const float* d_alpha, float* out, GraphParams p) {
-    softmax_backward_impl(idx, alpha, d_alpha, out, p);
+    graph_softmax_stats(const uint32_t* idx, const float* w, const float* v, const float2* part, float2* stats, GraphParams p) {
+    softmax_stats_impl(idx, w, v, part, stats, p);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    graph_softmax_write(const uint32_t* idx, const float* w, const float* v, const float2* stats, float* out, GraphParams p) {
+    softmax_write_impl(idx, w, v, stats, out, p);
 }
 #endif

@@ -2,14 +2,18 @@
 // sddmm, segment softmax and its backward.
 // Why it is deterministic and fast enough: one invocation per output word (one element, or two
 // f16/bf16 elements) walks its destination row's edges in the fixed CSR order — no atomics, and
-// neighbouring invocations read neighbouring columns of the same source row (coalesced). The
-// softmax kernels take one invocation per (node, head) and write each of the row's edges once.
+// neighbouring invocations read neighbouring columns of the same source row (coalesced). Rows
+// longer than p.chunk edges (hubs) are split into segments reduced in parallel by a first pass
+// into f32 partials, which the row's invocation then combines in segment order, so a hub costs
+// no more than its share of the edges and the result is still deterministic. The softmax takes
+// per-(node, head) statistics the same way, then writes every edge in parallel.
 // Index arrays arrive as raw 32-bit words in one buffer: row_ptr [N + 1] | src | perm | src_coo |
-// dst_coo.
+// dst_coo | long_rows [L] | long_seg_ptr [L + 1] | seg_long [S].
 
 struct Params {
     num_nodes: u32, num_edges: u32, dim: u32, reduce: u32,
     has_weight: u32, heads: u32, eps: f32, has_y: u32,
+    num_long: u32, num_segs: u32, chunk: u32, pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -36,12 +40,85 @@ fn src_coo(e: u32) -> u32 {
 fn dst_coo(e: u32) -> u32 {
     return idx[p.num_nodes + 1u + 3u * p.num_edges + e];
 }
+fn long_row(li: u32) -> u32 {
+    return idx[p.num_nodes + 1u + 4u * p.num_edges + li];
+}
+fn long_seg_ptr(li: u32) -> u32 {
+    return idx[p.num_nodes + 1u + 4u * p.num_edges + p.num_long + li];
+}
+fn seg_long(k: u32) -> u32 {
+    return idx[p.num_nodes + 2u + 4u * p.num_edges + 2u * p.num_long + k];
+}
+
+// The index of long row `row` in long_rows (ascending), by binary search.
+fn find_long(row: u32) -> u32 {
+    var lo = 0u;
+    var hi = p.num_long;
+    while (hi - lo > 1u) {
+        let mid = (lo + hi) / 2u;
+        if (long_row(mid) <= row) { lo = mid; } else { hi = mid; }
+    }
+    return lo;
+}
+
+// The CSR range of segment k: its row's start plus k's place among the row's segments.
+fn seg_range(k: u32) -> vec3<u32> {
+    let li = seg_long(k);
+    let row = long_row(li);
+    let lo = row_ptr(row) + (k - long_seg_ptr(li)) * p.chunk;
+    return vec3<u32>(row, lo, min(lo + p.chunk, row_ptr(row + 1u)));
+}
 
 fn ld(i: u32) -> f32 {
     return unpack_elem(x_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT);
 }
 fn ld_y(i: u32) -> f32 {
     return unpack_elem(y_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT);
+}
+
+// A running reduction and its first arg (max/min).
+struct Acc { v: f32, arg: u32 }
+
+// `a` then `b` in CSR order: sums add; max/min keep the earlier arg on ties.
+fn combine(kind: u32, a: Acc, b: Acc, first: bool) -> Acc {
+    if (kind == 2u || p.reduce <= 1u) {
+        return Acc(a.v + b.v, a.arg);
+    }
+    if (first || (p.reduce == 2u && b.v > a.v) || (p.reduce == 3u && b.v < a.v)) {
+        return b;
+    }
+    return a;
+}
+
+// Kernel `kind` (1 segment reduce, 2 spmm) over the CSR positions [lo, hi) of column d.
+fn reduce_range(kind: u32, lo: u32, hi: u32, d: u32, head: u32) -> Acc {
+    var r = Acc(0.0, p.num_edges);
+    for (var q = lo; q < hi; q++) {
+        if (kind == 2u) {
+            // Y[i, h, :] = Σ_{q ∈ row i} w[perm[q], h]·X[src[q], h, :]
+            let xv = ld(src(q) * p.dim + d);
+            r.v += select(xv, w_buf[perm(q) * p.heads + head] * xv, p.has_weight != 0u);
+            continue;
+        }
+        // out[i, d] = reduce over row i of M[perm[q], d] (sum: weighted by w[e, h] if given);
+        // max/min keep the first (COO) arg.
+        let e = perm(q);
+        let mv = ld(e * p.dim + d);
+        r = combine(1u, r, Acc(select(mv, w_buf[e * p.heads + head] * mv, p.has_weight != 0u), e), q == lo);
+    }
+    return r;
+}
+
+// The partials of long-row segments (kind 1 or 2): one invocation per (segment, column) writes
+// the f32 value and the arg into out_buf = [values S·dim | args S·dim].
+fn seg_partial(kind: u32, t: u32) {
+    if (t >= p.num_segs * p.dim) { return; }
+    let k = t / p.dim;
+    let d = t % p.dim;
+    let s = seg_range(k);
+    let r = reduce_range(kind, s.y, s.z, d, d / (p.dim / p.heads));
+    out_buf[t] = bitcast<u32>(r.v);
+    out_buf[p.num_segs * p.dim + t] = r.arg;
 }
 
 // One output element i of kernel `kind` (0 gather, 1 segment reduce, 2 spmm, 3 LayerNorm,
@@ -91,27 +168,20 @@ fn element(kind: u32, i: u32) -> f32 {
     }
     let lo = row_ptr(row);
     let hi = row_ptr(row + 1u);
-    var acc = 0.0;
-    var arg = p.num_edges;
-    for (var q = lo; q < hi; q++) {
-        if (kind == 2u) {
-            // Y[i, h, :] = Σ_{q ∈ row i} w[perm[q], h]·X[src[q], h, :]
-            let xv = ld(src(q) * p.dim + d);
-            acc += select(xv, w_buf[perm(q) * p.heads + head] * xv, p.has_weight != 0u);
-            continue;
-        }
-        // out[i, d] = reduce over row i of M[perm[q], d] (sum: weighted by w[e, h] if given);
-        // max/min keep the first (COO) arg.
-        let e = perm(q);
-        let mv = ld(e * p.dim + d);
-        let m = select(mv, w_buf[e * p.heads + head] * mv, p.has_weight != 0u);
-        if (p.reduce <= 1u) {
-            acc += m;
-        } else if (q == lo || (p.reduce == 2u && m > acc) || (p.reduce == 3u && m < acc)) {
-            acc = m;
-            arg = e;
+    var r = Acc(0.0, p.num_edges);
+    if (hi - lo <= p.chunk) {
+        r = reduce_range(kind, lo, hi, d, head);
+    } else {
+        // A long row: combine its segments' partials (y_buf: values | args) in order.
+        let li = find_long(row);
+        let first = long_seg_ptr(li);
+        let part_args = p.num_segs * p.dim;
+        for (var k = first; k < long_seg_ptr(li + 1u); k++) {
+            r = combine(kind, r, Acc(bitcast<f32>(y_buf[k * p.dim + d]), y_buf[part_args + k * p.dim + d]), k == first);
         }
     }
+    var acc = r.v;
+    let arg = r.arg;
     if (kind == 1u) {
         if (p.reduce == 1u && hi > lo) {
             acc = acc / f32(hi - lo);
@@ -162,6 +232,16 @@ fn graph_spmm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     run(2u, flat_id(gid, nwg), p.num_nodes);
 }
 
+@compute @workgroup_size(256)
+fn graph_seg_partial_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    seg_partial(1u, flat_id(gid, nwg));
+}
+
+@compute @workgroup_size(256)
+fn graph_seg_partial_spmm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    seg_partial(2u, flat_id(gid, nwg));
+}
+
 // The (node, head) of a per-edge kernel's invocation t and the node's CSR range.
 struct NodeHead { i: u32, h: u32, lo: u32, hi: u32 }
 
@@ -176,22 +256,21 @@ fn graph_edge_combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     run(5u, flat_id(gid, nwg), p.num_edges);
 }
 
-// s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩, one invocation per (node, head) over its row;
-// out is f32 in COO order.
+// s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩, one invocation per (edge, head), so a hub's
+// edges spread over the grid like any others; out is f32 in COO order.
 @compute @workgroup_size(256)
 fn graph_sddmm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = node_head(flat_id(gid, nwg));
-    if (r.i >= p.num_nodes) { return; }
+    let t = flat_id(gid, nwg);
+    if (t >= p.num_edges * p.heads) { return; }
+    let e = t / p.heads;
     let dh = p.dim / p.heads;
-    for (var q = r.lo; q < r.hi; q++) {
-        let a0 = r.i * p.dim + r.h * dh;
-        let b0 = src(q) * p.dim + r.h * dh;
-        var acc = 0.0;
-        for (var k = 0u; k < dh; k++) {
-            acc += ld(a0 + k) * ld_y(b0 + k);
-        }
-        out_buf[perm(q) * p.heads + r.h] = bitcast<u32>(acc);
+    let a0 = dst_coo(e) * p.dim + (t % p.heads) * dh;
+    let b0 = src_coo(e) * p.dim + (t % p.heads) * dh;
+    var acc = 0.0;
+    for (var k = 0u; k < dh; k++) {
+        acc += ld(a0 + k) * ld_y(b0 + k);
     }
+    out_buf[t] = bitcast<u32>(acc);
 }
 
 // out[e, h] = ⟨x[e, h, :], y[e, h, :]⟩ over edge features (f32), one invocation per (e, h).
@@ -208,14 +287,21 @@ fn graph_edge_dot(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     out_buf[t] = bitcast<u32>(acc);
 }
 
-// Softmax over the edges into node i of head h (max-subtracted); w = scores, f32 out.
-@compute @workgroup_size(256)
-fn graph_softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = node_head(flat_id(gid, nwg));
-    if (r.i >= p.num_nodes) { return; }
-    let h = r.h;
-    let lo = r.lo;
-    let hi = r.hi;
+// Segment softmax (p.reduce = 0) and its backward (p.reduce = 1), per (node, head), in three
+// steps: partial statistics of long rows' segments, the statistics of every row (short rows
+// directly, long rows by combining their partials in order), then every edge in parallel.
+// Forward statistics are (max, Σ exp(s − max)) of the scores w; backward, Σ α·dα (w = α, v = dα).
+struct Stats { m: f32, l: f32 }
+
+fn stats_range(h: u32, lo: u32, hi: u32) -> Stats {
+    if (p.reduce == 1u) {
+        var dot = 0.0;
+        for (var q = lo; q < hi; q++) {
+            let e = perm(q) * p.heads + h;
+            dot += w_buf[e] * v_buf[e];
+        }
+        return Stats(0.0, dot);
+    }
     var mx = -3.4028235e38;
     for (var q = lo; q < hi; q++) {
         mx = max(mx, w_buf[perm(q) * p.heads + h]);
@@ -224,28 +310,60 @@ fn graph_softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     for (var q = lo; q < hi; q++) {
         sum += exp(w_buf[perm(q) * p.heads + h] - mx);
     }
-    for (var q = lo; q < hi; q++) {
-        let e = perm(q) * p.heads + h;
-        out_buf[e] = bitcast<u32>(exp(w_buf[e] - mx) / sum);
-    }
+    return Stats(mx, sum);
 }
 
-// ds = α·(dα − Σ_row α·dα); w = α, v = dα, f32 out.
+// One invocation per (long-row segment, head) writes its statistics into out_buf [S, H, 2].
 @compute @workgroup_size(256)
-fn graph_softmax_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn graph_softmax_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_id(gid, nwg);
+    if (t >= p.num_segs * p.heads) { return; }
+    let s = seg_range(t / p.heads);
+    let st = stats_range(t % p.heads, s.y, s.z);
+    out_buf[2u * t] = bitcast<u32>(st.m);
+    out_buf[2u * t + 1u] = bitcast<u32>(st.l);
+}
+
+// One invocation per (node, head) writes the row's statistics into arg_buf [N, H, 2]; a long
+// row combines its segments' partials (y_buf) in order: M = max m_k, L = Σ l_k·exp(m_k − M).
+@compute @workgroup_size(256)
+fn graph_softmax_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = node_head(flat_id(gid, nwg));
     if (r.i >= p.num_nodes) { return; }
-    let h = r.h;
-    let lo = r.lo;
-    let hi = r.hi;
-    var dot = 0.0;
-    for (var q = lo; q < hi; q++) {
-        let e = perm(q) * p.heads + h;
-        dot += w_buf[e] * v_buf[e];
+    var st = Stats(0.0, 0.0);
+    if (r.hi - r.lo <= p.chunk) {
+        st = stats_range(r.h, r.lo, r.hi);
+    } else {
+        let li = find_long(r.i);
+        let k0 = long_seg_ptr(li);
+        let k1 = long_seg_ptr(li + 1u);
+        st.m = -3.4028235e38;
+        for (var k = k0; k < k1; k++) {
+            st.m = max(st.m, bitcast<f32>(y_buf[2u * (k * p.heads + r.h)]));
+        }
+        for (var k = k0; k < k1; k++) {
+            let part = k * p.heads + r.h;
+            let l = bitcast<f32>(y_buf[2u * part + 1u]);
+            st.l += select(l * exp(bitcast<f32>(y_buf[2u * part]) - st.m), l, p.reduce == 1u);
+        }
     }
-    for (var q = lo; q < hi; q++) {
-        let e = perm(q) * p.heads + h;
-        out_buf[e] = bitcast<u32>(w_buf[e] * (v_buf[e] - dot));
+    let t = r.i * p.heads + r.h;
+    arg_buf[2u * t] = bitcast<u32>(st.m);
+    arg_buf[2u * t + 1u] = bitcast<u32>(st.l);
+}
+
+// One invocation per (edge, head): α = exp(s − M)/L, or ds = α·(dα − Σ α·dα).
+@compute @workgroup_size(256)
+fn graph_softmax_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_id(gid, nwg);
+    if (t >= p.num_edges * p.heads) { return; }
+    let row = dst_coo(t / p.heads) * p.heads + t % p.heads;
+    let m = bitcast<f32>(arg_buf[2u * row]);
+    let l = bitcast<f32>(arg_buf[2u * row + 1u]);
+    if (p.reduce == 1u) {
+        out_buf[t] = bitcast<u32>(w_buf[t] * (v_buf[t] - l));
+    } else {
+        out_buf[t] = bitcast<u32>(exp(w_buf[t] - m) / l);
     }
 }
 

@@ -226,7 +226,8 @@ pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, reps: usize) -> Result<V
 /// its `[E, D]` operand once (the bytes that count: per-edge rows plus the `[N, D]` side);
 /// bandwidth-bound, so no FLOP rate.
 pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize) -> Result<Vec<BenchRecord>> {
-    use crate::ops::graph::{self, DeviceGraph, Graph, Reduce};
+    use crate::ops::graph::{self, DeviceGraph, EdgeMlp, EdgeMlpWeights, Graph, OneForecastLayer, OneForecastParams, Reduce};
+    use crate::Activation;
     let (n, e, dim) = if small { (2_000, 16_000, 128) } else { (12_337, 98_296, 512) };
     let g = Graph::random_uniform(n, e, 11)?;
     let dg = DeviceGraph::upload(be, &g)?;
@@ -235,11 +236,65 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     let bytes = ((e + n) * dim) as f64 * dtype.size() as f64;
     let shape = format!("N{n} E{e} D{dim}");
     let mut out = Vec::new();
-    let t = timed(be, reps, &mut || graph::spmm(be, &dg, &x, None, dim).map(|_| ()))?;
-    out.push(record("graph", be.name(), dtype, format!("spmm {shape}"), t, 0.0, bytes, reps));
-    let t = timed(be, reps, &mut || graph::segment_reduce(be, &dg, &m, dim, Reduce::Sum).map(|_| ()))?;
-    out.push(record("graph", be.name(), dtype, format!("segment_sum {shape}"), t, 0.0, bytes, reps));
+    let t_spmm = timed(be, reps, &mut || graph::spmm(be, &dg, &x, None, dim).map(|_| ()))?;
+    out.push(record("graph", be.name(), dtype, format!("spmm {shape}"), t_spmm, 0.0, bytes, reps));
+    let t_sum = timed(be, reps, &mut || graph::segment_reduce(be, &dg, &m, dim, Reduce::Sum).map(|_| ()))?;
+    out.push(record("graph", be.name(), dtype, format!("segment_sum {shape}"), t_sum, 0.0, bytes, reps));
     let t = timed(be, reps, &mut || graph::gather_rows(be, &dg, &x, dim).map(|_| ()))?;
     out.push(record("graph", be.name(), dtype, format!("gather {shape}"), t, 0.0, bytes, reps));
+    // The same E with power-law in-degrees (a hub of ~E/ln N edges), against the uniform graph.
+    let gp = Graph::power_law(n, e, 12)?;
+    let hub = (0..n).map(|i| gp.row_ptr[i + 1] - gp.row_ptr[i]).max().unwrap_or(0);
+    let dgp = DeviceGraph::upload(be, &gp)?;
+    for (kind, t_uniform) in [("spmm", t_spmm), ("segment_sum", t_sum)] {
+        let t = timed(be, reps, &mut || match kind {
+            "spmm" => graph::spmm(be, &dgp, &x, None, dim).map(|_| ()),
+            _ => graph::segment_reduce(be, &dgp, &m, dim, Reduce::Sum).map(|_| ()),
+        })?;
+        let mut rec = record("graph", be.name(), dtype, format!("{kind} {shape} power law (hub {hub})"), t, 0.0, bytes, reps);
+        rec.baseline = Some("ffkern, uniform in-degree".into());
+        rec.baseline_s = Some(t_uniform);
+        out.push(rec);
+    }
+    // The edge MLP with the concat trick against gathering both endpoints and three [E, D] GEMMs.
+    let gt = DeviceGraph::upload(be, &g.transposed())?;
+    let mlp = EdgeMlp { edge_dim: dim, node_dim: dim, out_dim: dim, act: Activation::Silu };
+    let w = EdgeMlpWeights { w_e: r(dim * dim, 3)?, w_s: r(dim * dim, 4)?, w_d: r(dim * dim, 5)?, b: r(dim, 6)? };
+    let t_fused = timed(be, reps, &mut || mlp.forward(be, &dg, &m, &x, &w).map(|_| ()))?;
+    let t_unfused = timed(be, reps, &mut || {
+        let (hs, hd) = (graph::gather_rows(be, &dg, &x, dim)?, graph::gather_rows(be, &gt, &x, dim)?);
+        let lin = || crate::Gemm::new(e, dim, dim);
+        let (mut z1, mut z2, mut z3) = (be.alloc(dtype, e * dim)?, be.alloc(dtype, e * dim)?, be.alloc(dtype, e * dim)?);
+        be.gemm(&lin().bias(true), &m, &w.w_e, Some(&w.b), None, &mut z1, None)?;
+        be.gemm(&lin().residual(None), &hs, &w.w_s, None, Some(&z1), &mut z2, None)?;
+        be.gemm(&lin().residual(None), &hd, &w.w_d, None, Some(&z2), &mut z3, None)?;
+        graph::scale_add(be, &z3, None, None, e, dim, Activation::Silu).map(|_| ())
+    })?;
+    let mut rec = record("graph", be.name(), dtype, format!("edge_mlp_sum {shape}"), t_fused, 2.0 * (e + 2 * n) as f64 * (dim * dim) as f64, 0.0, reps);
+    rec.baseline = Some("ffkern gather + [E, 3D]·W GEMMs".into());
+    rec.baseline_s = Some(t_unfused);
+    out.push(rec);
+    // The OneForecast gated layer, forward and backward, on an icosahedral mesh.
+    let layer = OneForecastLayer { dim, ..OneForecastLayer::default() };
+    let mesh = Graph::icosphere(if small { 3 } else { 5 })?;
+    let (mn, me) = (mesh.num_nodes, mesh.num_edges());
+    let (dm, dmt) = (DeviceGraph::upload(be, &mesh)?, DeviceGraph::upload(be, &mesh.transposed())?);
+    let params = layer
+        .param_shapes()
+        .iter()
+        .enumerate()
+        .map(|(k, (_, shape, is_f32))| {
+            let len: usize = shape.iter().product();
+            let t = crate::HostTensor::random(if *is_f32 { DType::F32 } else { dtype }, vec![len], 20 + k as u64);
+            be.upload(&t)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let p = OneForecastParams::from_tensors(params)?;
+    let (ef, hf) = (r(me * dim, 7)?, r(mn * dim, 8)?);
+    let t = timed(be, reps, &mut || {
+        let st = layer.forward(be, &dm, &ef, &hf, &p)?;
+        layer.backward(be, &dm, &dmt, &ef, &hf, &p, &st, &ef, &hf).map(|_| ())
+    })?;
+    out.push(record("graph", be.name(), dtype, format!("oneforecast_layer fwd+bwd N{mn} E{me} D{dim} H{}", layer.heads), t, 0.0, 0.0, reps));
     Ok(out)
 }

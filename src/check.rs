@@ -239,15 +239,16 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
         }
         "graph" => {
             use crate::ops::graph::{self, cpu as gcpu, DeviceGraph, Graph, Reduce};
-            for (n, lo, hi, dim) in [(1000usize, 4usize, 36usize, 64usize), (257, 0, 9, 33)] {
-                let g = match Graph::random(n, lo, hi, 7) {
+            let graphs = [("deg 4..36", Graph::random(1000, 4, 36, 7), 64usize), ("deg 0..9", Graph::random(257, 0, 9, 7), 33), ("power law", Graph::power_law(3000, 30_000, 7), 33)];
+            for (label, g, dim) in graphs {
+                let g = match g {
                     Ok(g) => g,
                     Err(e) => {
-                        out.push(failed(op, name, dtype, format!("N{n}"), e));
+                        out.push(failed(op, name, dtype, label.into(), e));
                         continue;
                     }
                 };
-                let e = g.num_edges();
+                let (n, e) = (g.num_nodes, g.num_edges());
                 let x = scaled(dtype, n * dim, 1.0, 1);
                 let m = scaled(dtype, e * dim, 1.0, 2);
                 let w = scaled(DType::F32, e, 1.0, 3);
@@ -265,7 +266,7 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                     ("layer_norm", gcpu::layer_norm(&x.data, gamma, beta, dim, 1e-5).0),
                 ];
                 for (kind, reference) in cases {
-                    let shape = format!("{kind} N{n} E{e} D{dim} H{heads} deg {lo}..{hi}");
+                    let shape = format!("{kind} N{n} E{e} D{dim} H{heads} {label}");
                     let res = (|| -> crate::Result<Vec<f32>> {
                         let dg = DeviceGraph::upload(be, &g)?;
                         let y = match kind {

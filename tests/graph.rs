@@ -420,3 +420,88 @@ fn weighted_segment_sum_matches_the_reference_on_every_backend() {
     let via_w: f64 = cpu::edge_dot(&g_out, &m, e, heads, dim).iter().zip(&w).map(|(a, b)| a * *b as f64).sum();
     assert!((lhs - via_m).abs() < 1e-6 * lhs.abs().max(1.0) && (lhs - via_w).abs() < 1e-5 * lhs.abs().max(1.0), "{lhs} {via_m} {via_w}");
 }
+
+/// A skewed graph: a hub with 10,000 in-edges, rows of exactly one segment, one edge more, and
+/// several segments, an empty row, edges in shuffled COO order. Values are quantised so max/min
+/// ties fall in different segments (the first edge must win). Every row-reducing primitive on
+/// every backend and dtype against the reference, and twice for bitwise determinism.
+#[test]
+fn long_rows_split_into_segments_match_the_reference() {
+    use ffkern::ops::graph::SEGMENT_EDGES as C;
+    let n = 40;
+    let mut s = 0x2545F4914F6CDD1Du64;
+    let mut next = |m: usize| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s % m as u64) as i64
+    };
+    let mut pairs: Vec<(i64, i64)> = Vec::new();
+    for (node, deg) in [(0, 10_000), (1, C), (2, C + 1), (3, 3 * C + 5), (5, 2 * C)] {
+        pairs.extend((0..deg).map(|_| (next(n), node)));
+    }
+    pairs.extend((0..300).map(|_| (next(n), 6 + next(n - 7))));
+    // Shuffle (Fisher–Yates) so each row's COO order differs from its arrival order.
+    for i in (1..pairs.len()).rev() {
+        pairs.swap(i, next(i + 1) as usize);
+    }
+    let (src, dst): (Vec<i64>, Vec<i64>) = pairs.into_iter().unzip();
+    let g = Graph::from_coo(n, &src, &dst).expect("graph");
+    assert_eq!(g.row_ptr[n] - g.row_ptr[n - 1], 0, "node n-1 has no edges");
+    let (long_rows, _, segs) = g.segments();
+    assert_eq!(long_rows, vec![0, 2, 3, 5]);
+    assert_eq!(segs.len(), 10_000usize.div_ceil(C) + 2 + 4 + 2);
+    let gt = g.transposed();
+    let ec = g.num_edges();
+    for dev in devices_and_cpu() {
+        for dtype in DType::ALL {
+            let what = format!("{} {dtype} hub", dev.name());
+            let quant = |t: HostTensor| HostTensor::new(t.dtype, t.shape.clone(), t.data.iter().map(|v| (v * 4.0).round() / 4.0).collect()).expect("quantised");
+            // An odd width, so 16-bit words straddle rows.
+            let dim = 5;
+            let m = quant(HostTensor::random(dtype, vec![ec * dim], 1));
+            let x = HostTensor::random(dtype, vec![n * dim], 2);
+            let (heads, dh) = (2, 3);
+            let a = HostTensor::random(dtype, vec![n * heads * dh], 3);
+            let w = HostTensor::random(DType::F32, vec![ec * heads], 4);
+            let sc = HostTensor::new(DType::F32, vec![ec * heads], HostTensor::random(DType::F32, vec![ec * heads], 5).data.iter().map(|v| 8.0 * v).collect()).expect("scores");
+            let alpha_ref = cpu::segment_softmax(&g, &sc.data, heads);
+            let alpha_host = HostTensor::new(DType::F32, vec![ec * heads], alpha_ref.iter().map(|&v| v as f32).collect()).expect("alpha");
+            with_backend!(dev, be => {
+                let up = |t: &HostTensor| be.upload(t).expect("upload");
+                let down = |b: &_| be.download(b).expect("download").data;
+                let dg = DeviceGraph::upload(be, &g).expect("graph");
+                let dgt = DeviceGraph::upload(be, &gt).expect("graph");
+                let mb = up(&m);
+                for reduce in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min] {
+                    let (y, arg) = graph::segment_reduce(be, &dg, &mb, dim, reduce).expect("segment_reduce");
+                    let (r, ra) = cpu::segment_reduce(&g, &m.data, dim, reduce);
+                    assert_close(&format!("{what} segment {reduce:?}"), &down(&y), &r, dtype);
+                    if let Some(arg) = arg {
+                        assert_eq!(words(&down(&arg)), ra, "{what} segment {reduce:?} arg");
+                    }
+                }
+                let (xb, wb, ab) = (up(&x), up(&w), up(&a));
+                let y = graph::spmm(be, &dg, &xb, None, dim).expect("spmm");
+                assert_close(&format!("{what} spmm"), &down(&y), &cpu::spmm(&g, &x.data, None, 1, dim), dtype);
+                let y = graph::spmm_heads(be, &dg, &ab, Some(&wb), heads, heads * dh).expect("spmm heads");
+                let y_ref = cpu::spmm(&g, &a.data, Some(&w.data), heads, heads * dh);
+                assert_close(&format!("{what} spmm heads"), &down(&y), &y_ref, dtype);
+                let again = graph::spmm_heads(be, &dg, &ab, Some(&wb), heads, heads * dh).expect("spmm heads");
+                assert_eq!(words(&down(&again)), words(&down(&y)), "{what}: two runs differ");
+                let ma = HostTensor::random(dtype, vec![ec * heads * dh], 6);
+                let ys = graph::segment_sum_weighted(be, &dg, &up(&ma), &wb, heads, heads * dh).expect("weighted sum");
+                assert_close(&format!("{what} weighted segment sum"), &down(&ys), &cpu::segment_sum_weighted(&g, &ma.data, &w.data, heads, heads * dh), dtype);
+                let s = graph::sddmm(be, &dg, &ab, &ab, heads, heads * dh).expect("sddmm");
+                assert_close(&format!("{what} sddmm"), &down(&s), &cpu::sddmm(&g, &a.data, &a.data, heads, heads * dh), dtype);
+                let alpha = graph::segment_softmax(be, &dg, &up(&sc), heads).expect("softmax");
+                assert_close(&format!("{what} softmax"), &down(&alpha), &alpha_ref, DType::F32);
+                let ds = graph::segment_softmax_backward(be, &dg, &up(&alpha_host), &wb, heads).expect("softmax backward");
+                assert_close(&format!("{what} softmax backward"), &down(&ds), &cpu::segment_softmax_backward(&g, &alpha_host.data, &w.data, heads), DType::F32);
+                // The hub's sources are spread over the transposed graph's rows.
+                let dx = graph::gather_rows_backward(be, &dgt, &mb, dim).expect("gather backward");
+                assert_close(&format!("{what} gather backward"), &down(&dx), &cpu::segment_reduce(&gt, &m.data, dim, Reduce::Sum).0, dtype);
+            });
+        }
+    }
+}

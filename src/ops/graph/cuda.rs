@@ -19,11 +19,15 @@ pub const KERNELS: &[&str] = &[
     "graph_spmm_f32",
     "graph_spmm_f16",
     "graph_spmm_bf16",
+    "graph_seg_partial_reduce_f32",
+    "graph_seg_partial_reduce_f16",
+    "graph_seg_partial_reduce_bf16",
+    "graph_seg_partial_spmm_f32",
+    "graph_seg_partial_spmm_f16",
+    "graph_seg_partial_spmm_bf16",
     "graph_sddmm_f32",
     "graph_sddmm_f16",
     "graph_sddmm_bf16",
-    "graph_softmax",
-    "graph_softmax_backward",
     "graph_ln_forward_f32",
     "graph_ln_forward_f16",
     "graph_ln_forward_bf16",
@@ -54,6 +58,9 @@ pub const KERNELS: &[&str] = &[
     "graph_from_f32_f32",
     "graph_from_f32_f16",
     "graph_from_f32_bf16",
+    "graph_softmax_partial",
+    "graph_softmax_stats",
+    "graph_softmax_write",
 ];
 
 /// The typed operands of one launch (see `GraphKernel` for which each kernel reads).
@@ -81,43 +88,51 @@ pub fn launch<T: CudaElem>(
     out32: Option<&mut CudaViewMut<f32>>,
     arg: Option<&mut CudaViewMut<f32>>,
 ) -> Result<()> {
-    let typed = |base: usize| {
-        KERNELS[base
-            + match T::DTYPE {
-                DType::F32 => 0,
-                DType::F16 => 1,
-                DType::BF16 => 2,
-            }]
+    let suffix = match T::DTYPE {
+        DType::F32 => "_f32",
+        DType::F16 => "_f16",
+        DType::BF16 => "_bf16",
     };
-    let rows_dim = p.num_nodes as usize * p.dim as usize;
+    // The entry `base` (typed by T where it has a dtype suffix), loaded once.
+    let load = |base: &str| -> Result<cudarc::driver::CudaFunction> {
+        let name = KERNELS
+            .iter()
+            .find(|k| **k == base || k.strip_prefix(base) == Some(suffix))
+            .ok_or_else(|| Error::Invalid(format!("graph: no kernel {base}")))?;
+        rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))
+    };
+    let cfg = |threads: usize| LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let scratch = |len: usize| rt.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| Error::driver("cuda: alloc", e));
+    let (rows, dim, heads, edges) = (p.num_nodes as usize, p.dim as usize, p.heads as usize, p.num_edges as usize);
+    let (segs, rows_dim) = (p.num_segs as usize, rows * dim);
     let (name, threads) = match kind {
-        GraphKernel::Gather => (typed(0), p.num_edges as usize * p.dim as usize),
-        GraphKernel::SegmentReduce => (typed(3), rows_dim),
-        GraphKernel::Spmm => (typed(6), rows_dim),
-        GraphKernel::Sddmm => (typed(9), p.num_nodes as usize * p.heads as usize),
-        GraphKernel::Softmax => (KERNELS[12], p.num_nodes as usize * p.heads as usize),
-        GraphKernel::SoftmaxBackward => (KERNELS[13], p.num_nodes as usize * p.heads as usize),
+        GraphKernel::Gather => ("graph_gather", edges * dim),
+        GraphKernel::SegmentReduce => ("graph_segment_reduce", rows_dim),
+        GraphKernel::Spmm => ("graph_spmm", rows_dim),
+        GraphKernel::Sddmm => ("graph_sddmm", edges * heads),
+        GraphKernel::Softmax | GraphKernel::SoftmaxBackward => ("graph_softmax_write", edges * heads),
         // One block per row.
-        GraphKernel::LayerNorm => (typed(14), p.num_nodes as usize * 256),
-        GraphKernel::LayerNormBackward => (typed(17), p.num_nodes as usize * 256),
-        GraphKernel::LayerNormParams => (typed(20), p.dim as usize),
-        GraphKernel::EdgeCombine => (typed(23), p.num_edges as usize * p.dim as usize),
-        GraphKernel::EdgeDot => (typed(26), p.num_edges as usize * p.heads as usize),
-        GraphKernel::ScaleAdd => (typed(29), rows_dim),
-        GraphKernel::GateMean => (typed(32), p.num_nodes as usize),
-        GraphKernel::GateMeanBackward => (typed(35), rows_dim),
-        GraphKernel::ToF32 => (typed(38), rows_dim),
-        GraphKernel::FromF32 => (typed(41), rows_dim),
+        GraphKernel::LayerNorm => ("graph_ln_forward", rows * 256),
+        GraphKernel::LayerNormBackward => ("graph_ln_backward", rows * 256),
+        GraphKernel::LayerNormParams => ("graph_ln_params", dim),
+        GraphKernel::EdgeCombine => ("graph_edge_combine", edges * dim),
+        GraphKernel::EdgeDot => ("graph_edge_dot", edges * heads),
+        GraphKernel::ScaleAdd => ("graph_scale_add", rows_dim),
+        GraphKernel::GateMean => ("graph_gate_mean", rows),
+        GraphKernel::GateMeanBackward => ("graph_gate_backward", rows_dim),
+        GraphKernel::ToF32 => ("graph_to_f32", rows_dim),
+        GraphKernel::FromF32 => ("graph_from_f32", rows_dim),
     };
-    let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
-    let blocks = threads.div_ceil(256).clamp(1, 1 << 20) as u32;
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: the graph entries read the index words idx [N + 1 + 4E] (each index checked < N,
-    // resp. ≤ E, when the Graph was built; only DeviceGraph::upload makes them) and their
-    // operands, whose lengths ops::graph checked: x, y [rows · dim] in T, w, v [E · heads] f32.
-    // Gather writes out [E · dim], segment_reduce and spmm out [N · dim] (T); segment_reduce
-    // writes arg [N · dim] only for max/min (otherwise the pointer is idx's and is never
-    // written); sddmm and the softmax kernels write out32 [E · heads], each element once.
+    let (f, cfg_main) = (load(name)?, cfg(threads));
+    // SAFETY: the graph entries read the index words idx [N + 1 + 4E + 2L + 1 + S] (each index
+    // checked < N, resp. ≤ E, when the Graph was built, and the segment lists derived from it;
+    // only DeviceGraph::upload makes them) and their operands, whose lengths ops::graph checked:
+    // x, y [rows · dim] in T, w, v [E · heads] f32. Gather writes out [E · dim], segment_reduce
+    // and spmm out [N · dim] (T), after the segment partials write part [2 · S · dim] (f32,
+    // allocated here) which they then read; segment_reduce writes arg [N · dim] only for
+    // max/min (otherwise the pointer is idx's and is never written); sddmm writes out32
+    // [E · heads]. The softmax passes write part [S · heads] and stats [N · heads] (float2,
+    // allocated here), then out32 [E · heads], each element once.
     // edge_combine reads Ee [E · dim] and P [N · 2·dim] (T) and writes m [E · dim]; edge_dot
     // reads x, y [E · dim] and writes out32 [E · heads]. LayerNorm reads no graph: x, dy
     // [rows · dim] (T), [γ | β] [2 · dim] and stats [2 · rows] (f32), and writes y or dx
@@ -130,13 +145,13 @@ pub fn launch<T: CudaElem>(
             match kind {
                 GraphKernel::FromF32 => {
                     let v = need(&a.v, "v")?;
-                    rt.launch(&f, cfg, |l| {
+                    rt.launch(&f, cfg_main, |l| {
                         l.arg(v).arg(out).arg(p);
                     })
                 }
                 GraphKernel::GateMeanBackward => {
                     let (x, dg) = (need(&a.x, "logits")?, need(&a.w, "dg")?);
-                    rt.launch(&f, cfg, |l| {
+                    rt.launch(&f, cfg_main, |l| {
                         l.arg(x).arg(dg).arg(out).arg(p);
                     })
                 }
@@ -145,10 +160,10 @@ pub fn launch<T: CudaElem>(
                     // Absent operands pass x's pointer; has_y / has_weight say they are not read.
                     let y = a.y.as_ref().unwrap_or(x);
                     match &a.w {
-                        Some(w) => rt.launch(&f, cfg, |l| {
+                        Some(w) => rt.launch(&f, cfg_main, |l| {
                             l.arg(x).arg(y).arg(w).arg(out).arg(p);
                         }),
-                        None => rt.launch(&f, cfg, |l| {
+                        None => rt.launch(&f, cfg_main, |l| {
                             l.arg(x).arg(y).arg(x).arg(out).arg(p);
                         }),
                     }
@@ -158,7 +173,7 @@ pub fn launch<T: CudaElem>(
         GraphKernel::ToF32 | GraphKernel::GateMean => {
             let out = out32.ok_or_else(|| Error::Invalid("graph: an f32 output is needed".into()))?;
             let x = need(&a.x, "x")?;
-            rt.launch(&f, cfg, |l| {
+            rt.launch(&f, cfg_main, |l| {
                 l.arg(x).arg(out).arg(p);
             })
         }
@@ -167,12 +182,12 @@ pub fn launch<T: CudaElem>(
             let (x, affine) = (need(&a.x, "x")?, need(&a.w, "affine")?);
             if kind == GraphKernel::LayerNorm {
                 let stats = arg.ok_or_else(|| Error::Invalid("layer_norm: the stats output is missing".into()))?;
-                rt.launch(&f, cfg, |l| {
+                rt.launch(&f, cfg_main, |l| {
                     l.arg(x).arg(affine).arg(out).arg(stats).arg(p);
                 })
             } else {
                 let (dy, stats) = (need(&a.y, "dy")?, need(&a.v, "stats")?);
-                rt.launch(&f, cfg, |l| {
+                rt.launch(&f, cfg_main, |l| {
                     l.arg(x).arg(dy).arg(affine).arg(stats).arg(out).arg(p);
                 })
             }
@@ -180,61 +195,82 @@ pub fn launch<T: CudaElem>(
         GraphKernel::LayerNormParams => {
             let out = out32.ok_or_else(|| Error::Invalid("layer_norm: an f32 output is needed".into()))?;
             let (x, dy, stats) = (need(&a.x, "x")?, need(&a.y, "dy")?, need(&a.v, "stats")?);
-            rt.launch(&f, cfg, |l| {
+            rt.launch(&f, cfg_main, |l| {
                 l.arg(x).arg(dy).arg(stats).arg(out).arg(p);
             })
         }
         GraphKernel::EdgeCombine => {
             let out = out.ok_or_else(|| Error::Invalid("edge_mlp: a typed output is needed".into()))?;
             let (idx, ee, pn) = (need(&a.idx, "graph")?, need(&a.x, "Ee")?, need(&a.y, "P")?);
-            rt.launch(&f, cfg, |l| {
+            rt.launch(&f, cfg_main, |l| {
                 l.arg(idx).arg(ee).arg(pn).arg(out).arg(p);
             })
         }
-        GraphKernel::Gather | GraphKernel::SegmentReduce | GraphKernel::Spmm => {
+        GraphKernel::Gather => {
             let out = out.ok_or_else(|| Error::Invalid("graph: a typed output is needed".into()))?;
             let (idx, x) = (need(&a.idx, "graph")?, need(&a.x, "x")?);
             // Without weights the w pointer is idx's and is never read (p.has_weight = 0).
             let w = a.w.as_ref().unwrap_or(idx);
-            match kind {
-                GraphKernel::SegmentReduce => match arg {
-                    Some(arg) => rt.launch(&f, cfg, |l| {
-                        l.arg(idx).arg(x).arg(w).arg(out).arg(arg).arg(p);
-                    }),
-                    None => rt.launch(&f, cfg, |l| {
-                        l.arg(idx).arg(x).arg(w).arg(out).arg(idx).arg(p);
-                    }),
-                },
-                _ => rt.launch(&f, cfg, |l| {
-                    l.arg(idx).arg(x).arg(w).arg(out).arg(p);
+            rt.launch(&f, cfg_main, |l| {
+                l.arg(idx).arg(x).arg(w).arg(out).arg(p);
+            })
+        }
+        GraphKernel::SegmentReduce | GraphKernel::Spmm => {
+            let out = out.ok_or_else(|| Error::Invalid("graph: a typed output is needed".into()))?;
+            let (idx, x) = (need(&a.idx, "graph")?, need(&a.x, "x")?);
+            let w = a.w.as_ref().unwrap_or(idx);
+            // Long rows first: their segments' partials, which the row pass combines.
+            let mut part = scratch(2 * segs * dim)?;
+            if segs > 0 {
+                let fp = load(if kind == GraphKernel::Spmm { "graph_seg_partial_spmm" } else { "graph_seg_partial_reduce" })?;
+                rt.launch(&fp, cfg(segs * dim), |l| {
+                    l.arg(idx).arg(x).arg(w).arg(&mut part).arg(p);
+                })?;
+            }
+            match (kind, arg) {
+                (GraphKernel::SegmentReduce, Some(arg)) => rt.launch(&f, cfg_main, |l| {
+                    l.arg(idx).arg(x).arg(w).arg(&part).arg(out).arg(arg).arg(p);
+                }),
+                (GraphKernel::SegmentReduce, None) => rt.launch(&f, cfg_main, |l| {
+                    l.arg(idx).arg(x).arg(w).arg(&part).arg(out).arg(idx).arg(p);
+                }),
+                _ => rt.launch(&f, cfg_main, |l| {
+                    l.arg(idx).arg(x).arg(w).arg(&part).arg(out).arg(p);
                 }),
             }
+        }
+        GraphKernel::Softmax | GraphKernel::SoftmaxBackward => {
+            let out = out32.ok_or_else(|| Error::Invalid("graph: an f32 output is needed".into()))?;
+            let (idx, w) = (need(&a.idx, "graph")?, need(&a.w, "scores or alpha")?);
+            // The forward reads no v: its pointer is w's.
+            let v = if kind == GraphKernel::SoftmaxBackward { need(&a.v, "d_alpha")? } else { w };
+            let p = &GraphParams { reduce: (kind == GraphKernel::SoftmaxBackward) as u32, ..*p };
+            let (mut part, mut stats) = (scratch(2 * segs * heads)?, scratch(2 * rows * heads)?);
+            if segs > 0 {
+                rt.launch(&load("graph_softmax_partial")?, cfg(segs * heads), |l| {
+                    l.arg(idx).arg(w).arg(v).arg(&mut part).arg(p);
+                })?;
+            }
+            rt.launch(&load("graph_softmax_stats")?, cfg(rows * heads), |l| {
+                l.arg(idx).arg(w).arg(v).arg(&part).arg(&mut stats).arg(p);
+            })?;
+            rt.launch(&f, cfg_main, |l| {
+                l.arg(idx).arg(w).arg(v).arg(&stats).arg(out).arg(p);
+            })
         }
         _ => {
             let out = out32.ok_or_else(|| Error::Invalid("graph: an f32 output is needed".into()))?;
             match kind {
                 GraphKernel::EdgeDot => {
                     let (x, y) = (need(&a.x, "x")?, need(&a.y, "y")?);
-                    rt.launch(&f, cfg, |l| {
+                    rt.launch(&f, cfg_main, |l| {
                         l.arg(x).arg(y).arg(out).arg(p);
                     })
                 }
-                GraphKernel::Sddmm => {
-                    let (idx, x, y) = (need(&a.idx, "graph")?, need(&a.x, "A")?, need(&a.y, "B")?);
-                    rt.launch(&f, cfg, |l| {
-                        l.arg(idx).arg(x).arg(y).arg(out).arg(p);
-                    })
-                }
-                GraphKernel::Softmax => {
-                    let (idx, w) = (need(&a.idx, "graph")?, need(&a.w, "scores")?);
-                    rt.launch(&f, cfg, |l| {
-                        l.arg(idx).arg(w).arg(out).arg(p);
-                    })
-                }
                 _ => {
-                    let (idx, w, v) = (need(&a.idx, "graph")?, need(&a.w, "alpha")?, need(&a.v, "d_alpha")?);
-                    rt.launch(&f, cfg, |l| {
-                        l.arg(idx).arg(w).arg(v).arg(out).arg(p);
+                    let (idx, x, y) = (need(&a.idx, "graph")?, need(&a.x, "A")?, need(&a.y, "B")?);
+                    rt.launch(&f, cfg_main, |l| {
+                        l.arg(idx).arg(x).arg(y).arg(out).arg(p);
                     })
                 }
             }

@@ -70,6 +70,24 @@ impl Graph {
         self.src.len()
     }
 
+    /// The load-balancing split (see [`SEGMENT_EDGES`]): the rows longer than a segment, the
+    /// first segment of each (with the total at the end), and each segment's index in the first.
+    pub fn segments(&self) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+        let mut long_rows = Vec::new();
+        let mut seg_ptr = vec![0u32];
+        let mut seg_long = Vec::new();
+        for i in 0..self.num_nodes {
+            let deg = (self.row_ptr[i + 1] - self.row_ptr[i]) as usize;
+            if deg > SEGMENT_EDGES {
+                let segs = deg.div_ceil(SEGMENT_EDGES);
+                seg_long.extend(std::iter::repeat_n(long_rows.len() as u32, segs));
+                long_rows.push(i as u32);
+                seg_ptr.push(seg_long.len() as u32);
+            }
+        }
+        (long_rows, seg_ptr, seg_long)
+    }
+
     /// The graph back from the index words of a [`DeviceGraph`] (which only a checked
     /// [`Graph`] can make).
     pub(crate) fn from_words(num_nodes: usize, words: &[f32]) -> Graph {
@@ -145,6 +163,30 @@ impl Graph {
         Graph::from_coo(nodes as usize, &src, &dst)
     }
 
+    /// A seeded graph of `num_edges` edges with uniform sources and power-law in-degrees: node
+    /// `i` receives an edge with probability ∝ 1/(i + 1), so node 0 is a hub with about
+    /// `E / ln N` in-edges (83,000 of 1M edges over 100,000 nodes), the skew load balancing is for.
+    pub fn power_law(num_nodes: usize, num_edges: usize, seed: u64) -> Result<Graph> {
+        if num_nodes == 0 {
+            return Err(Error::Invalid("graph: power_law needs nodes".into()));
+        }
+        let mut cdf = Vec::with_capacity(num_nodes);
+        let mut total = 0.0f64;
+        for i in 0..num_nodes {
+            total += 1.0 / (i + 1) as f64;
+            cdf.push(total);
+        }
+        let mut next = splitmix(seed);
+        let mut src = Vec::with_capacity(num_edges);
+        let mut dst = Vec::with_capacity(num_edges);
+        for _ in 0..num_edges {
+            src.push(next(num_nodes) as i64);
+            let u = next(1 << 53) as f64 / (1u64 << 53) as f64 * total;
+            dst.push(cdf.partition_point(|&c| c <= u).min(num_nodes - 1) as i64);
+        }
+        Graph::from_coo(num_nodes, &src, &dst)
+    }
+
     /// The graph with every edge reversed (CSR by source), for backward passes.
     pub fn transposed(&self) -> Graph {
         let dst_coo: Vec<i64> = self.dst_coo.iter().map(|&d| d as i64).collect();
@@ -188,12 +230,21 @@ impl std::str::FromStr for Reduce {
     }
 }
 
+/// Rows with more incoming edges than this are split into segments of this many edges, each
+/// reduced in parallel and then combined in order (deterministic): a hub with 100,000 edges
+/// costs ~800 parallel segments instead of one thread walking 100,000 edges.
+pub const SEGMENT_EDGES: usize = 128;
+
 /// A graph's index arrays on one backend, as raw 32-bit words in one f32 buffer:
-/// `row_ptr [N + 1] | src [E] | perm [E] | src_coo [E] | dst_coo [E]`. Only [`DeviceGraph::upload`] of a
-/// checked [`Graph`] makes one, so the kernels may trust every index.
+/// `row_ptr [N + 1] | src [E] | perm [E] | src_coo [E] | dst_coo [E] | long_rows [L] |
+/// long_seg_ptr [L + 1] | seg_long [S]`: the L rows with more than [`SEGMENT_EDGES`] edges
+/// (ascending), the first of their S segments, and each segment's long row. Only
+/// [`DeviceGraph::upload`] of a checked [`Graph`] makes one, so the kernels may trust every index.
 pub struct DeviceGraph<B> {
     pub(crate) num_nodes: usize,
     pub(crate) num_edges: usize,
+    pub(crate) num_long: usize,
+    pub(crate) num_segs: usize,
     pub(crate) words: B,
 }
 
@@ -206,9 +257,11 @@ impl<B> DeviceGraph<B> {
     }
 
     pub fn upload<Be: Backend<Buf = B>>(be: &Be, g: &Graph) -> Result<Self> {
-        let data: Vec<f32> = [&g.row_ptr, &g.src, &g.perm, &g.src_coo, &g.dst_coo].into_iter().flatten().map(|&x| f32::from_bits(x)).collect();
+        let (long_rows, long_seg_ptr, seg_long) = g.segments();
+        let data: Vec<f32> =
+            [&g.row_ptr, &g.src, &g.perm, &g.src_coo, &g.dst_coo, &long_rows, &long_seg_ptr, &seg_long].into_iter().flatten().map(|&x| f32::from_bits(x)).collect();
         let words = be.upload(&HostTensor { dtype: DType::F32, shape: vec![data.len()], data })?;
-        Ok(DeviceGraph { num_nodes: g.num_nodes, num_edges: g.num_edges(), words })
+        Ok(DeviceGraph { num_nodes: g.num_nodes, num_edges: g.num_edges(), num_long: long_rows.len(), num_segs: seg_long.len(), words })
     }
 }
 
@@ -227,6 +280,11 @@ pub struct GraphParams {
     pub eps: f32,
     /// Whether the `y` operand is given (row-wise kernels).
     pub has_y: u32,
+    /// The graph's long rows and their segments (see [`DeviceGraph`]), and [`SEGMENT_EDGES`].
+    pub num_long: u32,
+    pub num_segs: u32,
+    pub chunk: u32,
+    pub pad: u32,
 }
 
 // SAFETY: GraphParams is repr(C) plain old data (u32 fields), laid out like the CUDA struct.
@@ -303,7 +361,16 @@ fn params<B>(g: &DeviceGraph<B>, dim: usize, heads: usize) -> Result<GraphParams
     if heads == 0 || dim % heads != 0 {
         return Err(Error::shape(OP, format!("dim {dim} is not a multiple of heads {heads}")));
     }
-    Ok(GraphParams { num_nodes: g.num_nodes as u32, num_edges: g.num_edges as u32, dim: dim as u32, heads: heads as u32, ..Default::default() })
+    Ok(GraphParams {
+        num_nodes: g.num_nodes as u32,
+        num_edges: g.num_edges as u32,
+        dim: dim as u32,
+        heads: heads as u32,
+        num_long: g.num_long as u32,
+        num_segs: g.num_segs as u32,
+        chunk: SEGMENT_EDGES as u32,
+        ..Default::default()
+    })
 }
 
 /// `out[e] = X[src[e]]` for every edge, in COO order (`X [N, D]` → `[E, D]`).

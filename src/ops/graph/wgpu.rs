@@ -10,20 +10,40 @@ const READ_ONLY: usize = 5;
 
 /// One graph kernel. LayerNorm runs as a row pass
 /// (one workgroup per row, two f32 per row into `arg` or a scratch buffer) then an element pass.
+/// Segment reductions and spmm first reduce the segments of long rows into a scratch buffer that
+/// the main pass combines; the softmax kernels run partial statistics (long rows only), row
+/// statistics, then one pass over the edges.
 pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<WgpuBuffer>>, a: &GraphArgs<WgpuBuffer>, out: &WgpuBuffer, arg: Option<&WgpuBuffer>) -> Result<()> {
     let dtype = a.x.map_or(out.dtype, |x| x.dtype);
     let (rows, dim, heads) = (p.num_nodes as usize, p.dim as usize, p.heads as usize);
     // The feature kernels take one invocation per output word (two 16-bit elements).
     let words = |rows: usize| (rows * dim).div_ceil(if dtype == DType::F32 { 1 } else { 2 });
     let go = |entry, arg, threads| dispatch(ctx, entry, dtype, p, g, a, out, arg, threads);
+    let scratch = |len: usize| -> Result<WgpuBuffer> { Ok(WgpuBuffer { buffer: ctx.create_buffer(DType::F32, len.max(1))?, dtype: DType::F32, len: len.max(1) }) };
+    let segs = p.num_segs as usize;
     match kind {
         GraphKernel::Gather => go("graph_gather", arg, words(p.num_edges as usize)),
-        GraphKernel::SegmentReduce => go("graph_segment_reduce", arg, words(rows)),
-        GraphKernel::Spmm => go("graph_spmm", arg, words(rows)),
-        GraphKernel::Sddmm => go("graph_sddmm", arg, rows * heads),
+        GraphKernel::SegmentReduce | GraphKernel::Spmm => {
+            let (partial, main) = if kind == GraphKernel::Spmm { ("graph_seg_partial_spmm", "graph_spmm") } else { ("graph_seg_partial_reduce", "graph_segment_reduce") };
+            if segs == 0 {
+                return go(main, arg, words(rows));
+            }
+            let parts = scratch(2 * segs * dim)?;
+            dispatch(ctx, partial, dtype, p, g, a, &parts, None, segs * dim)?;
+            dispatch(ctx, main, dtype, p, g, &GraphArgs { y: Some(&parts), ..*a }, out, arg, words(rows))
+        }
+        GraphKernel::Sddmm => go("graph_sddmm", arg, p.num_edges as usize * heads),
         GraphKernel::EdgeDot => go("graph_edge_dot", arg, p.num_edges as usize * heads),
-        GraphKernel::Softmax => go("graph_softmax", arg, rows * heads),
-        GraphKernel::SoftmaxBackward => go("graph_softmax_backward", arg, rows * heads),
+        GraphKernel::Softmax | GraphKernel::SoftmaxBackward => {
+            let p = &GraphParams { reduce: (kind == GraphKernel::SoftmaxBackward) as u32, ..*p };
+            let parts = scratch(2 * segs * heads)?;
+            if segs > 0 {
+                dispatch(ctx, "graph_softmax_partial", dtype, p, g, a, &parts, None, segs * heads)?;
+            }
+            let stats = scratch(2 * rows * heads)?;
+            dispatch(ctx, "graph_softmax_stats", dtype, p, g, &GraphArgs { y: Some(&parts), ..*a }, out, Some(&stats), rows * heads)?;
+            dispatch(ctx, "graph_softmax_write", dtype, p, g, a, out, Some(&stats), p.num_edges as usize * heads)
+        }
         GraphKernel::LayerNorm => {
             go("graph_ln_stats", arg, rows * 256)?;
             go("graph_ln_apply", arg, words(rows))
