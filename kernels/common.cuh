@@ -17,6 +17,7 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 __device__ __forceinline__ float act_eval(uint32_t act, float x) {
     switch (act) {
     case 1: return fmaxf(x, 0.0f);
+    case 5: return fmaxf(x, 0.2f * x);
     case 2: return x / (1.0f + __expf(-fmaxf(x, -80.0f)));
     case 3: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
     case 4: return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
@@ -31,6 +32,7 @@ __device__ __noinline__ float act_apply(uint32_t act, float x) { return act_eval
 __device__ __forceinline__ float act_grad_apply(uint32_t act, float x) {
     switch (act) {
     case 1: return x > 0.0f ? 1.0f : 0.0f;
+    case 5: return x > 0.0f ? 1.0f : 0.2f;
     case 2: {
         float s = 1.0f / (1.0f + __expf(-fmaxf(x, -80.0f)));
         return s * (1.0f + x * (1.0f - s));

@@ -308,14 +308,14 @@ __device__ __forceinline__ void ln_params_impl(const T* __restrict__ x, const T*
 // rows of `dim` over `num_nodes` rows, no graph.
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-fmaxf(x, -80.0f))); }
 
-// out = act(s·x + y), s = w[row] if has_weight, y if has_y.
+// out = act(s·x + y), s = w[row] if has_weight, y if has_y: [rows, dim] (1) or a bias [dim] (2).
 template <typename T>
 __device__ __forceinline__ void scale_add_impl(const T* __restrict__ x, const T* __restrict__ y, const float* __restrict__ w, T* __restrict__ out,
                                                const GraphParams& p) {
     GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) {
         float z = to_f32(x[i]);
         if (p.has_weight) z *= w[i / p.dim];
-        if (p.has_y) z += to_f32(y[i]);
+        if (p.has_y) z += to_f32(y[p.has_y == 2 ? i % p.dim : i]);
         out[i] = from_f32<T>(act_eval(p.reduce, z));
     }
 }

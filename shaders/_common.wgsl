@@ -21,6 +21,7 @@ fn sigmoid_f32(x: f32) -> f32 {
 fn activate(act: u32, x: f32) -> f32 {
     switch act {
         case 1u: { return max(x, 0.0); }
+        case 5u: { return max(x, 0.2 * x); }
         case 2u: { return x * sigmoid_f32(x); }
         case 3u: { return 0.5 * x * (1.0 + erf_f32(x * 0.70710678118654752)); }
         case 4u: { return 0.5 * x * (1.0 + tanh_safe(0.79788456080286536 * (x + 0.044715 * x * x * x))); }
@@ -31,6 +32,7 @@ fn activate(act: u32, x: f32) -> f32 {
 fn activate_grad(act: u32, x: f32) -> f32 {
     switch act {
         case 1u: { return select(0.0, 1.0, x > 0.0); }
+        case 5u: { return select(0.2, 1.0, x > 0.0); }
         case 2u: {
             let s = sigmoid_f32(x);
             return s * (1.0 + x * (1.0 - s));

@@ -128,10 +128,11 @@ fn element(kind: u32, i: u32) -> f32 {
     let d = i % p.dim;
     let head = d / (p.dim / p.heads);
     if (kind == 6u) {
-        // out = act(s·x + y), s = w[row] (optional), y optional.
+        // out = act(s·x + y), s = w[row] (optional), y optional: [rows, dim], or a bias [dim].
         var z = ld(i);
         if (p.has_weight != 0u) { z *= w_buf[row]; }
-        if (p.has_y != 0u) { z += ld_y(i); }
+        if (p.has_y == 1u) { z += ld_y(i); }
+        if (p.has_y == 2u) { z += ld_y(d); }
         return activate(p.reduce, z);
     }
     if (kind == 7u) {

@@ -328,7 +328,7 @@ fn random_descriptors_match_the_reference() {
     for case in 0..40 {
         let (m, n, k, batch) = (1 + pick(40), 1 + pick(40), 1 + pick(40), 1 + pick(3));
         let (ia, ib) = (1 + pick(2), 1 + pick(2));
-        let act = Activation::ALL[pick(5)];
+        let act = Activation::ALL[pick(Activation::ALL.len() as u64)];
         let mut d = Gemm::new(m, n, k).batch(batch).act(act).alpha(0.5 + pick(3) as f32 * 0.5);
         d.a_layout = if pick(2) == 0 { ALayout::MK } else { ALayout::KM };
         d.b_layout = if pick(2) == 0 { BLayout::NK } else { BLayout::KN };

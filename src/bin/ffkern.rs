@@ -109,7 +109,7 @@ enum RunOp {
         output: std::path::PathBuf,
         #[arg(long)]
         backend: Option<String>,
-        /// identity, relu, silu, gelu_erf, gelu_tanh
+        /// identity, relu, silu, gelu_erf, gelu_tanh, leaky_relu (slope 0.2)
         #[arg(long, default_value = "identity")]
         act: String,
         /// Apply the activation to the first N columns only (default: all).
@@ -161,7 +161,7 @@ enum RunOp {
     Ffn {
         #[command(flatten)]
         io: Io,
-        /// identity, relu, silu, gelu_erf, gelu_tanh
+        /// identity, relu, silu, gelu_erf, gelu_tanh, leaky_relu (slope 0.2)
         #[arg(long, default_value = "gelu_erf")]
         act: String,
         #[arg(long)]
@@ -304,7 +304,7 @@ enum RunOp {
         io: Io,
         #[arg(long)]
         num_nodes: usize,
-        /// identity, relu, silu, gelu_erf, gelu_tanh
+        /// identity, relu, silu, gelu_erf, gelu_tanh, leaky_relu (slope 0.2)
         #[arg(long, default_value = "silu")]
         act: String,
     },

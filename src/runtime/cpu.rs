@@ -222,8 +222,10 @@ impl Backend for Cpu {
             GraphKernel::ScaleAdd => {
                 let act = crate::Activation::ALL.get(p.reduce as usize).copied().ok_or_else(|| Error::Invalid(format!("scale_add: activation code {}", p.reduce)))?;
                 let scale = if p.has_weight != 0 { Some(data(a.w)?) } else { None };
-                let add = if p.has_y != 0 { Some(data(a.y)?) } else { None };
-                graph::cpu::scale_add(data(a.x)?, scale, add, p.num_nodes as usize, d, act)
+                let y = if p.has_y != 0 { Some(data(a.y)?) } else { None };
+                // A bias [dim] is the addend broadcast over the rows.
+                let add = y.map(|y| if p.has_y == 2 { y[..d].repeat(p.num_nodes as usize) } else { y.to_vec() });
+                graph::cpu::scale_add(data(a.x)?, scale, add.as_deref(), p.num_nodes as usize, d, act)
             }
             GraphKernel::GateMean => graph::cpu::gate_mean(data(a.x)?, p.num_nodes as usize, d),
             GraphKernel::GateMeanBackward => graph::cpu::gate_mean_backward(data(a.x)?, data(a.w)?, p.num_nodes as usize, d),

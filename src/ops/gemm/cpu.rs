@@ -8,6 +8,7 @@ pub fn act_f64(act: Activation, x: f64) -> f64 {
     match act {
         Activation::Identity => x,
         Activation::Relu => x.max(0.0),
+        Activation::LeakyRelu => x.max(0.2 * x),
         Activation::Silu => x / (1.0 + (-x).exp()),
         Activation::GeluErf => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
         Activation::GeluTanh => {
@@ -26,6 +27,13 @@ pub fn act_grad_f64(act: Activation, x: f64) -> f64 {
                 1.0
             } else {
                 0.0
+            }
+        }
+        Activation::LeakyRelu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.2
             }
         }
         Activation::Silu => {

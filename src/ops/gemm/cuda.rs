@@ -274,7 +274,7 @@ where
             Activation::Identity => None,
             Activation::GeluErf | Activation::GeluTanh => Some(cudarc::cublaslt::Activation::Gelu),
             Activation::Relu => Some(cudarc::cublaslt::Activation::Relu),
-            Activation::Silu => return Ok(None),
+            Activation::Silu | Activation::LeakyRelu => return Ok(None),
         };
         if T::DTYPE == DType::F32 {
             return Ok(None); // cuBLASLt computes f32 in TF32 here: not a like-for-like baseline.

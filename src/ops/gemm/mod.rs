@@ -24,11 +24,13 @@ pub enum Activation {
     Silu = 2,
     GeluErf = 3,
     GeluTanh = 4,
+    /// `max(x, 0.2·x)`: GAT's attention logits.
+    LeakyRelu = 5,
 }
 
 impl Activation {
-    pub const ALL: [Activation; 5] =
-        [Activation::Identity, Activation::Relu, Activation::Silu, Activation::GeluErf, Activation::GeluTanh];
+    pub const ALL: [Activation; 6] =
+        [Activation::Identity, Activation::Relu, Activation::Silu, Activation::GeluErf, Activation::GeluTanh, Activation::LeakyRelu];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -37,6 +39,7 @@ impl Activation {
             Activation::Silu => "silu",
             Activation::GeluErf => "gelu_erf",
             Activation::GeluTanh => "gelu_tanh",
+            Activation::LeakyRelu => "leaky_relu",
         }
     }
 }
@@ -47,7 +50,7 @@ impl std::str::FromStr for Activation {
         Activation::ALL
             .into_iter()
             .find(|a| a.name() == s || (s == "gelu" && *a == Activation::GeluErf) || (s == "none" && *a == Activation::Identity))
-            .ok_or_else(|| Error::Invalid(format!("unknown activation '{s}' (identity, relu, silu, gelu_erf, gelu_tanh)")))
+            .ok_or_else(|| Error::Invalid(format!("unknown activation '{s}' (identity, relu, silu, gelu_erf, gelu_tanh, leaky_relu)")))
     }
 }
 

@@ -302,3 +302,67 @@ pub fn oneforecast_layer(g: &Graph, l: &super::OneForecastLayer, e_feat: &[f64],
     }
     (e_out, h_out)
 }
+
+/// `y[r, o] = Σ_i w[o, i]·x[r, i] (+ b[o])` in f64 (`w [out, in]`).
+fn linear_rows(x: &[f64], w: &[f64], b: Option<&[f64]>, rows: usize, out: usize) -> Vec<f64> {
+    let inp = w.len() / out;
+    (0..rows * out).map(|k| b.map_or(0.0, |b| b[k % out]) + (0..inp).map(|i| w[(k % out) * inp + i] * x[(k / out) * inp + i]).sum::<f64>()).collect()
+}
+
+/// GCN from its definition: `act(D^-½ (A + I) D^-½ · X · Wᵀ + b)` on the graph `g` without
+/// self-loops (they are added here), degrees counted at the destination.
+pub fn gcn_layer(g: &Graph, x: &[f64], w: &[f64], b: &[f64], act: crate::Activation) -> Vec<f64> {
+    let (n, out) = (g.num_nodes, b.len());
+    let xw = linear_rows(x, w, None, n, out);
+    let deg: Vec<f64> = (0..n).map(|i| 1.0 + g.dst_coo.iter().filter(|&&d| d as usize == i).count() as f64).collect();
+    let mut y: Vec<f64> = (0..n * out).map(|k| xw[k] / deg[k / out]).collect(); // the self-loops
+    for (&s, &d) in g.src_coo.iter().zip(&g.dst_coo) {
+        let (s, d) = (s as usize, d as usize);
+        for o in 0..out {
+            y[d * out + o] += xw[s * out + o] / (deg[s] * deg[d]).sqrt();
+        }
+    }
+    y.iter().enumerate().map(|(k, v)| crate::ops::gemm::cpu::act_f64(act, v + b[k % out])).collect()
+}
+
+/// GraphSAGE-mean from its definition: `act(W_n·mean_{j→i} h_j + W_s·h_i + b)`.
+pub fn sage_layer(g: &Graph, x: &[f64], w_neigh: &[f64], w_self: &[f64], b: &[f64], act: crate::Activation) -> Vec<f64> {
+    let (n, out) = (g.num_nodes, b.len());
+    let inp = x.len() / n;
+    let mut mean = vec![0.0; n * inp];
+    for i in 0..n {
+        let srcs: Vec<usize> = g.src_coo.iter().zip(&g.dst_coo).filter(|(_, &d)| d as usize == i).map(|(&s, _)| s as usize).collect();
+        for k in 0..inp {
+            if !srcs.is_empty() {
+                mean[i * inp + k] = srcs.iter().map(|&s| x[s * inp + k]).sum::<f64>() / srcs.len() as f64;
+            }
+        }
+    }
+    let (a, r) = (linear_rows(&mean, w_neigh, Some(b), n, out), linear_rows(x, w_self, None, n, out));
+    a.iter().zip(&r).map(|(a, r)| crate::ops::gemm::cpu::act_f64(act, a + r)).collect()
+}
+
+/// Multi-head GAT from its definition (heads concatenated, LeakyReLU slope 0.2).
+#[allow(clippy::too_many_arguments)]
+pub fn gat_layer(g: &Graph, x: &[f64], w: &[f64], a_src: &[f64], a_dst: &[f64], b: &[f64], heads: usize, act: crate::Activation) -> Vec<f64> {
+    let (n, hf) = (g.num_nodes, b.len());
+    let f = hf / heads;
+    let z = linear_rows(x, w, None, n, hf);
+    let dot = |node: usize, h: usize, a: &[f64]| (0..f).map(|k| z[node * hf + h * f + k] * a[h * f + k]).sum::<f64>();
+    let mut out = vec![0.0; n * hf];
+    for i in 0..n {
+        let edges: Vec<usize> = (0..g.num_edges()).filter(|&e| g.dst_coo[e] as usize == i).collect();
+        for h in 0..heads {
+            let logits: Vec<f64> = edges.iter().map(|&e| { let v = dot(g.src_coo[e] as usize, h, a_src) + dot(i, h, a_dst); v.max(0.2 * v) }).collect();
+            let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = logits.iter().map(|l| (l - mx).exp()).sum();
+            for (&e, l) in edges.iter().zip(&logits) {
+                let alpha = (l - mx).exp() / sum;
+                for k in 0..f {
+                    out[i * hf + h * f + k] += alpha * z[g.src_coo[e] as usize * hf + h * f + k];
+                }
+            }
+        }
+    }
+    out.iter().enumerate().map(|(k, v)| crate::ops::gemm::cpu::act_f64(act, v + b[k % hf])).collect()
+}

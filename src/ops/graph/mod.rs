@@ -7,10 +7,12 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod gnn;
 mod oneforecast;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
+pub use gnn::{GatGrads, GatLayer, GatParams, GatState, GcnGrads, GcnLayer, GcnState, SageGrads, SageLayer, SageState};
 pub use oneforecast::{OneForecastGrads, OneForecastLayer, OneForecastParams, OneForecastState, PARAM_NAMES as ONEFORECAST_PARAMS};
 
 use crate::ops::gemm::{gemm_backward, gemm_backward_plus, ActGrad, Gemm, GemmOffsets};
@@ -278,7 +280,8 @@ pub struct GraphParams {
     pub heads: u32,
     /// LayerNorm's ε.
     pub eps: f32,
-    /// Whether the `y` operand is given (row-wise kernels).
+    /// Whether the `y` operand is given (row-wise kernels): 1 as `[rows, dim]`, 2 as a bias
+    /// `[dim]` broadcast over the rows.
     pub has_y: u32,
     /// The graph's long rows and their segments (see [`DeviceGraph`]), and [`SEGMENT_EDGES`].
     pub num_long: u32,
@@ -322,7 +325,8 @@ pub enum GraphKernel {
     /// LayerNorm backward, `[dγ | dβ]` (f32 `2·dim`, one column per invocation, rows in order).
     LayerNormParams,
     /// Row-wise over the `num_nodes` rows of `dim`: `out[r, d] = act(s_r·x[r, d] + y[r, d])`
-    /// with `s_r = w[r]` if `has_weight` (else 1), `y` if `has_y`, the act code in `reduce`.
+    /// with `s_r = w[r]` if `has_weight` (else 1), `y` if `has_y` (2: a bias `y[d]`), the act
+    /// code in `reduce`.
     ScaleAdd,
     /// `out[r] = (1/dim)·Σ_k σ(x[r, k])` (f32 `[rows]`): OneForecast's edge gate.
     GateMean,
@@ -563,6 +567,17 @@ pub fn scale_add<Be: Backend>(be: &Be, x: &Be::Buf, scale: Option<&Be::Buf>, y: 
     Ok(out)
 }
 
+/// `out[r, d] = act(x[r, d] + bias[d])` over `x [rows, dim]`, the bias in x's dtype: a bias and
+/// activation after an aggregation (GCN, GAT).
+pub fn bias_act<Be: Backend>(be: &Be, x: &Be::Buf, bias: &Be::Buf, rows: usize, dim: usize, act: Activation) -> Result<Be::Buf> {
+    let dtype = check_len(be, "x", x, rows, dim)?;
+    crate::device::same_dtype("bias_act", &[("x", dtype), ("bias", check_len(be, "bias", bias, 1, dim)?)])?;
+    let p = GraphParams { has_y: 2, reduce: act as u32, ..row_params("bias_act", rows, dim)? };
+    let mut out = be.alloc(dtype, rows * dim)?;
+    be.graph_op(GraphKernel::ScaleAdd, &p, None, &GraphArgs { x: Some(x), y: Some(bias), w: None, v: None }, &mut out, None)?;
+    Ok(out)
+}
+
 /// `g[r] = (1/k)·Σ_j σ(x[r, j])` over logits `x [rows, k]` (f32 `[rows]`): OneForecast's edge
 /// gate, the mean over heads and gates of the sigmoid gates.
 pub fn gate_mean<Be: Backend>(be: &Be, x: &Be::Buf, rows: usize, k: usize) -> Result<Be::Buf> {
@@ -607,6 +622,17 @@ pub fn from_f32<Be: Backend>(be: &Be, v: &Be::Buf, dtype: DType, len: usize) -> 
     check_edge_scalars(be, "v", v, len, 1)?;
     let mut out = be.alloc(dtype, len.max(1))?;
     be.graph_op(GraphKernel::FromF32, &row_params("from_f32", len, 1)?, None, &GraphArgs { x: None, y: None, w: None, v: Some(v) }, &mut out, None)?;
+    Ok(out)
+}
+
+/// `out[e, d] = act(x[e, d] + y[src e, d] + y[dst e, dim + d])` for `x [E, dim]` and the node
+/// pair table `y [N, 2·dim]`: the per-edge combine of per-node projections (edge MLP, GAT).
+pub(crate) fn edge_combine<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, y: &Be::Buf, dim: usize, act: Activation) -> Result<Be::Buf> {
+    let dtype = check_len(be, "x", x, g.num_edges, dim)?;
+    crate::device::same_dtype(OP, &[("x", dtype), ("y", check_len(be, "y", y, g.num_nodes, 2 * dim)?)])?;
+    let p = GraphParams { reduce: act as u32, ..params(g, dim, 1)? };
+    let mut out = be.alloc(dtype, g.num_edges * dim)?;
+    be.graph_op(GraphKernel::EdgeCombine, &p, Some(g), &GraphArgs { x: Some(x), y: Some(y), w: None, v: None }, &mut out, None)?;
     Ok(out)
 }
 
@@ -662,10 +688,7 @@ impl EdgeMlp {
         let mut pn = be.alloc(dtype, g.num_nodes * 2 * self.out_dim)?;
         be.gemm(&self.node_gemm(g.num_nodes, 0), h, &w.w_s, None, None, &mut pn, None)?;
         be.gemm(&self.node_gemm(g.num_nodes, 1), h, &w.w_d, None, None, &mut pn, None)?;
-        let p = GraphParams { reduce: act as u32, ..params(g, self.out_dim, 1)? };
-        let mut m = be.alloc(dtype, g.num_edges * self.out_dim)?;
-        be.graph_op(GraphKernel::EdgeCombine, &p, Some(g), &GraphArgs { x: Some(&ee), y: Some(&pn), w: None, v: None }, &mut m, None)?;
-        Ok(m)
+        edge_combine(be, g, &ee, &pn, self.out_dim, act)
     }
 
     /// The messages `m [E, out]` in COO edge order from `e_feat [E, edge_dim]`, `h [N, node_dim]`.
