@@ -67,7 +67,14 @@ fn check_shaders() {
             continue;
         }
         for dtype in DTYPES {
-            let files = [PathBuf::from(format!("shaders/_dtype_{dtype}.wgsl")), PathBuf::from("shaders/_common.wgsl"), family.clone()];
+            // A family's shared snippet: `_linattn.wgsl` for linattn and linattn_bwd.
+            let stem = name.trim_end_matches(".wgsl");
+            let snippet = PathBuf::from(format!("shaders/_{}.wgsl", stem.split('_').next().unwrap_or(stem)));
+            let mut files = vec![PathBuf::from(format!("shaders/_dtype_{dtype}.wgsl")), PathBuf::from("shaders/_common.wgsl")];
+            if snippet.exists() {
+                files.push(snippet);
+            }
+            files.push(family.clone());
             let mut source = String::new();
             let mut parts = Vec::new();
             for f in &files {

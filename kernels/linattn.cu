@@ -7,7 +7,7 @@
 struct LinAttnParams {
     uint32_t batch, seq, heads, k, v, feature_map, normalize;
     float eps, scale;
-    uint32_t count0, varlen, pad1;
+    uint32_t count0, varlen, grad_of;
 };
 
 __device__ __forceinline__ float phi(uint32_t map, float x) {
@@ -83,11 +83,170 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
     if (blockIdx.x == 0 && lid < p.k) z[(size_t)bh * p.k + lid] = zs[lid];
 }
 
+__device__ __forceinline__ float phi_grad(uint32_t map, float x) {
+    switch (map) {
+    case 1: return x > 0.0f ? 1.0f : __expf(x);
+    case 2: return x > 0.0f ? 1.0f : 0.0f;
+    default: return 1.0f;
+    }
+}
+
+// The fused recurrent backward (mirrors shaders/linattn_bwd.wgsl): dq, dk, dv and dS0 from do
+// and dS_T, every feature map and normalize mode, packed sequences.
+// Why it is fast for a scan: one block per (sequence·head, 16 value columns); thread i < K owns
+// row i of the state's 16-column slice in registers. A forward scan rebuilds S_t and writes this
+// tile's part of dq_t = S_t·dn_t (+ z_t·dd_t); a reverse scan carries G = Σ_{τ≥t} q̃_τ·dn_τᵀ + dS_T
+// in the same registers, writes this tile's part of dk_t = G·v_t (+ Σ q̃·dd) and all of dv_t's 16
+// columns = Gᵀ·k̃_t (a shared-memory reduction over K). The reduce kernel sums the tiles' parts
+// in order (deterministic, no atomics) and applies φ'.
+template <typename T>
+__device__ __forceinline__ void backward_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ o,
+                                              const T* __restrict__ d_o, const float* __restrict__ s0, const float* __restrict__ z0,
+                                              const float* __restrict__ d_state, const uint32_t* __restrict__ starts, float* __restrict__ dq_part,
+                                              float* __restrict__ dk_part, float* dendd, float* __restrict__ ds0, T* __restrict__ dv,
+                                              const LinAttnParams& p) {
+    __shared__ float qs[256], ks[256], zs[256], vs[16], dns[16], red[16][17], prod[256][16], scal[2];
+    const uint32_t lid = threadIdx.x, bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+    const uint32_t c0 = blockIdx.x * 16, start = starts[b], len = starts[b + 1] - start;
+    const bool mine = lid < p.k;
+    const size_t rhk = (size_t)starts[p.batch] * p.heads * p.k;
+    float* dq_t = dq_part + blockIdx.x * rhk;
+    float* dk_t = dk_part + blockIdx.x * rhk;
+    float* dd_t = dendd + (size_t)blockIdx.x * 2 * starts[p.batch] * p.heads;
+    float s[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) s[j] = mine && c0 + j < p.v ? s0[((size_t)bh * p.k + lid) * p.v + c0 + j] : 0.0f;
+    if (mine) zs[lid] = z0[(size_t)bh * p.k + lid];
+    // Forward: S_t, z_t, the step's denominator and dd = −(do·o)/den, this tile's part of dq.
+    for (uint32_t t = 0; t < len; ++t) {
+        const size_t row = ((size_t)start + t) * p.heads + h;
+        if (mine) {
+            qs[lid] = p.scale * phi(p.feature_map, to_f32(q[row * p.k + lid]));
+            const float kt = phi(p.feature_map, to_f32(k[row * p.k + lid]));
+            ks[lid] = kt;
+            zs[lid] += kt;
+        }
+        if (lid < 16) vs[lid] = c0 + lid < p.v ? to_f32(v[row * p.v + c0 + lid]) : 0.0f;
+        __syncthreads();
+        if (lid < 16) {
+            float qz = 0.0f, dot = 0.0f;
+            for (uint32_t r = lid; r < p.k; r += 16) qz += qs[r] * zs[r];
+            if (p.normalize == 1)
+                for (uint32_t c = lid; c < p.v; c += 16) dot += to_f32(d_o[row * p.v + c]) * to_f32(o[row * p.v + c]);
+            red[0][lid] = qz;
+            red[1][lid] = dot;
+        }
+        __syncthreads();
+        if (lid == 0) {
+            float den = 1.0f, dd = 0.0f;
+            if (p.normalize == 1) {
+                den = p.eps;
+                float dot = 0.0f;
+                for (int r = 0; r < 16; ++r) {
+                    den += red[0][r];
+                    dot += red[1][r];
+                }
+                dd = -dot / den;
+            } else if (p.normalize == 2) {
+                den = (float)(p.count0 + t + 1);
+            }
+            scal[0] = den;
+            scal[1] = dd;
+            dd_t[2 * row] = den;
+            dd_t[2 * row + 1] = dd;
+        }
+        __syncthreads();
+        if (lid < 16) dns[lid] = c0 + lid < p.v ? to_f32(d_o[row * p.v + c0 + lid]) / scal[0] : 0.0f;
+        __syncthreads();
+        if (mine) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                s[j] += ks[lid] * vs[j];
+                acc += s[j] * dns[j];
+            }
+            if (blockIdx.x == 0) acc += zs[lid] * scal[1];
+            dq_t[row * p.k + lid] = acc;
+        }
+        __syncthreads();
+    }
+    // Reverse: G = dS_T + Σ_{τ≥t} q̃_τ·dn_τᵀ, hz = Σ_{τ≥t} q̃_τ·dd_τ.
+#pragma unroll
+    for (int j = 0; j < 16; ++j) s[j] = mine && c0 + j < p.v ? d_state[((size_t)bh * p.k + lid) * p.v + c0 + j] : 0.0f;
+    float hz = 0.0f;
+    for (uint32_t step = 0; step < len; ++step) {
+        const uint32_t t = len - 1 - step;
+        const size_t row = ((size_t)start + t) * p.heads + h;
+        if (mine) {
+            qs[lid] = p.scale * phi(p.feature_map, to_f32(q[row * p.k + lid]));
+            ks[lid] = phi(p.feature_map, to_f32(k[row * p.k + lid]));
+        }
+        if (lid < 16) {
+            const bool in = c0 + lid < p.v;
+            vs[lid] = in ? to_f32(v[row * p.v + c0 + lid]) : 0.0f;
+            dns[lid] = in ? to_f32(d_o[row * p.v + c0 + lid]) / dd_t[2 * row] : 0.0f;
+        }
+        if (lid == 0) scal[1] = dd_t[2 * row + 1];
+        __syncthreads();
+        if (mine) {
+            hz += qs[lid] * scal[1];
+            float acc = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                s[j] += qs[lid] * dns[j];
+                acc += s[j] * vs[j];
+                prod[lid][j] = s[j] * ks[lid];
+            }
+            if (blockIdx.x == 0) acc += hz;
+            dk_t[row * p.k + lid] = acc;
+        }
+        __syncthreads();
+        // dv_t[j] = Σ_i G[i, j]·k̃_t[i]: 16 partial sums per column, then one per column.
+        const uint32_t g = lid / 16, j = lid % 16;
+        float r = 0.0f;
+        for (uint32_t i = g; i < p.k; i += 16) r += prod[i][j];
+        red[g][j] = r;
+        __syncthreads();
+        if (lid < 16 && c0 + lid < p.v) {
+            float acc = 0.0f;
+            for (int gg = 0; gg < 16; ++gg) acc += red[gg][lid];
+            dv[row * p.v + c0 + lid] = from_f32<T>(acc);
+        }
+        __syncthreads();
+    }
+    if (mine)
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+            if (c0 + j < p.v) ds0[((size_t)bh * p.k + lid) * p.v + c0 + j] = s[j];
+}
+
+// dq (grad_of 0) or dk (1) = the sum of the p.count0 value tiles' parts, times scale·φ'(q) or φ'(k).
+template <typename T>
+__device__ __forceinline__ void backward_reduce_impl(const T* __restrict__ x, const float* __restrict__ part, const uint32_t* __restrict__ starts,
+                                                     T* __restrict__ out, const LinAttnParams& p) {
+    const size_t total = (size_t)starts[p.batch] * p.heads * p.k;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        float acc = 0.0f;
+        for (uint32_t tile = 0; tile < p.count0; ++tile) acc += part[tile * total + i];
+        const float g = phi_grad(p.feature_map, to_f32(x[i]));
+        out[i] = from_f32<T>(p.grad_of == 0 ? acc * p.scale * g : acc * g);
+    }
+}
+
 #define LINATTN_ENTRIES(SUFFIX, T)                                                                                         \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_recurrent_##SUFFIX(const T* q, const T* k, const T* v, float* state, const float* z_init,                    \
                                    const uint32_t* starts, float* z, T* o, LinAttnParams p) {                             \
         recurrent_impl<T>(q, k, v, state, z_init, starts, z, o, p);                                                                        \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_backward_##SUFFIX(                                           \
+        const T* q, const T* k, const T* v, const T* o, const T* d_o, const float* s0, const float* z0, const float* d_state, \
+        const uint32_t* starts, float* dq_part, float* dk_part, float* dendd, float* ds0, T* dv, LinAttnParams p) {         \
+        backward_impl<T>(q, k, v, o, d_o, s0, z0, d_state, starts, dq_part, dk_part, dendd, ds0, dv, p);                    \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        linattn_backward_reduce_##SUFFIX(const T* x, const float* part, const uint32_t* starts, T* out, LinAttnParams p) { \
+        backward_reduce_impl<T>(x, part, starts, out, p);                                                                  \
     }
 #if !defined(FFKERN_SM90A)
 LINATTN_ENTRIES(f32, float)

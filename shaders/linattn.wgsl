@@ -3,16 +3,6 @@
 // S (rows kl, kl + 16, … of 16 columns) in registers for the whole sequence, so the state is
 // read and written once per call; q̃, k̃, v of a step are staged in workgroup memory.
 
-struct Params {
-    batch: u32, seq: u32, heads: u32, k: u32,
-    v: u32, feature_map: u32, normalize: u32, eps: f32,
-    scale: f32, count0: u32, varlen: u32, pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q_buf: array<u32>;
-@group(0) @binding(2) var<storage, read> k_buf: array<u32>;
-@group(0) @binding(3) var<storage, read> v_buf: array<u32>;
 // The initial normalizer state, a copy: every value tile reads it while tile 0 writes the final
 // one into z_buf.
 @group(0) @binding(4) var<storage, read> z_init: array<f32>;
@@ -20,43 +10,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> starts: array<u32>;
 @group(0) @binding(6) var<storage, read_write> state: array<f32>;
 @group(0) @binding(7) var<storage, read_write> z_buf: array<f32>;
-@group(0) @binding(8) var<storage, read_write> o_buf: array<atomic<u32>>;
 
-fn ld(which: u32, i: u32) -> f32 {
-    let w = i >> ELEM_SHIFT;
-    let h = i & ELEM_SHIFT;
-    switch which {
-        case 0u: { return unpack_elem(q_buf[w], h); }
-        case 1u: { return unpack_elem(k_buf[w], h); }
-        default: { return unpack_elem(v_buf[w], h); }
-    }
-}
-
-// One element of o; 16-bit halves are set with integer and/or (the word's other half belongs to
-// another invocation or workgroup).
-fn put_o(e: u32, v: f32) {
-    if (ELEM_SHIFT == 0u) {
-        atomicStore(&o_buf[e], pack_elem(v));
-    } else {
-        let w = e >> 1u;
-        let sh = (e & 1u) * 16u;
-        atomicAnd(&o_buf[w], ~(0xffffu << sh));
-        atomicOr(&o_buf[w], pack_elem(v) << sh);
-    }
-}
-
-fn phi(x: f32) -> f32 {
-    switch p.feature_map {
-        case 1u: { return select(exp(x), x + 1.0, x > 0.0); }
-        case 2u: { return max(x, 0.0); }
-        default: { return x; }
-    }
-}
-
-var<workgroup> qs: array<f32, 256>;
-var<workgroup> ks: array<f32, 256>;
-var<workgroup> zs: array<f32, 256>;
-var<workgroup> vs: array<f32, 16>;
 var<workgroup> red: array<f32, 272>; // [16 k-lanes][17]
 var<workgroup> zred: array<f32, 16>;
 var<workgroup> outv: array<f32, 16>;
@@ -84,17 +38,7 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
     if (lid < p.k) { zs[lid] = z_init[bh * p.k + lid]; }
     for (var t = 0u; t < len; t = t + 1u) {
         let row = (start + t) * p.heads + h;
-        if (lid < p.k) {
-            qs[lid] = p.scale * phi(ld(0u, row * p.k + lid));
-            let kt = phi(ld(1u, row * p.k + lid));
-            ks[lid] = kt;
-            zs[lid] = zs[lid] + kt;
-        }
-        if (lid < 16u) {
-            var vv = 0.0;
-            if (wg.x * 16u + lid < p.v) { vv = ld(2u, row * p.v + wg.x * 16u + lid); }
-            vs[lid] = vv;
-        }
+        stage_step(lid, row, wg.x * 16u, true);
         workgroupBarrier();
         var part = 0.0;
         var zp = 0.0;
@@ -122,7 +66,7 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
             outv[lid] = n / den;
         }
         workgroupBarrier();
-        if (lid < 16u && wg.x * 16u + lid < p.v) { put_o(row * p.v + wg.x * 16u + lid, outv[lid]); }
+        if (lid < 16u && wg.x * 16u + lid < p.v) { put_out(row * p.v + wg.x * 16u + lid, outv[lid]); }
     }
     for (var i = 0u; i < nk; i = i + 1u) {
         let ki = kl + 16u * i;

@@ -70,6 +70,11 @@ pub trait Backend {
     /// `[B·T, H, ·]` tensors; `state` (f32) and `z` (f32) in as the initial state, out as the final.
     #[allow(clippy::too_many_arguments)]
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, starts: &[u32], state: &mut Self::Buf, z: &mut Self::Buf, o: &mut Self::Buf) -> Result<()>;
+    /// Its backward (see `ops::linattn::LinearAttention::backward`, which validates):
+    /// `x = [q, k, v, o, do]`, the initial state `s0`, `z0` and the final-state gradient (f32);
+    /// writes `[dq, dk, dv, dS0]`.
+    #[allow(clippy::too_many_arguments)]
+    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&Self::Buf; 5], s0: &Self::Buf, z0: &Self::Buf, d_state: Option<&Self::Buf>, out: [&mut Self::Buf; 4]) -> Result<()>;
 
     /// One graph primitive (see `ops::graph`, which checks the buffers; [`GraphKernel`] says
     /// which operands each reads; `g` is None only for LayerNorm, which reads no graph); `arg`

@@ -179,6 +179,20 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&HostTensor; 5], s0: &HostTensor, z0: &HostTensor, d_state: Option<&HostTensor>, out: [&mut HostTensor; 4]) -> Result<()> {
+        let d = Cpu::linattn_desc(p);
+        let starts: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
+        let [q, k, v, _, d_o] = x;
+        let grads = linattn::cpu::backward_varlen(&d, &starts, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), &d_o.data, d_state.map(|t| &t.data[..]), p.count0 as usize);
+        let [dq, dk, dv, ds0] = out;
+        for (t, g) in [dq, dk, dv, ds0].into_iter().zip([grads.0, grads.1, grads.2, grads.3]) {
+            for (dst, x) in t.data.iter_mut().zip(g) {
+                *dst = t.dtype.round(x as f32);
+            }
+        }
+        Ok(())
+    }
+
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &HostTensor, k: &HostTensor, v: &HostTensor, starts: &[u32], state: &mut HostTensor, z: &mut HostTensor, o: &mut HostTensor) -> Result<()> {
         let d = Cpu::linattn_desc(p);
         let starts: Vec<usize> = starts.iter().map(|&s| s as usize).collect();

@@ -91,8 +91,9 @@ pub struct WgpuContext {
     timing: Mutex<Option<Timing>>,
 }
 
-/// A WGSL family shader assembled for one dtype: `_dtype_<dtype>.wgsl + _common.wgsl + <family>.wgsl`
-/// (build.rs validates exactly this assembly).
+/// A WGSL family shader assembled for one dtype: `_dtype_<dtype>.wgsl + _common.wgsl +
+/// [_<prefix>.wgsl] + <family>.wgsl`, the snippet shared by the families whose names start with
+/// its prefix (build.rs validates exactly this assembly).
 pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
     let dt = match dtype {
         DType::F32 => include_str!("../../shaders/_dtype_f32.wgsl"),
@@ -104,10 +105,15 @@ pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
         "optim" => include_str!("../../shaders/optim.wgsl"),
         "ffn" => include_str!("../../shaders/ffn.wgsl"),
         "linattn" => include_str!("../../shaders/linattn.wgsl"),
+        "linattn_bwd" => include_str!("../../shaders/linattn_bwd.wgsl"),
         "graph" => include_str!("../../shaders/graph.wgsl"),
         other => return Err(Error::Unsupported(format!("no WGSL family '{other}'"))),
     };
-    Ok(format!("{dt}\n{}\n{body}", include_str!("../../shaders/_common.wgsl")))
+    let snippet = match family {
+        "linattn" | "linattn_bwd" => include_str!("../../shaders/_linattn.wgsl"),
+        _ => "",
+    };
+    Ok(format!("{dt}\n{}\n{snippet}\n{body}", include_str!("../../shaders/_common.wgsl")))
 }
 
 impl WgpuContext {
@@ -587,6 +593,13 @@ impl Backend for WgpuContext {
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &WgpuBuffer, k: &WgpuBuffer, v: &WgpuBuffer, starts: &[u32], state: &mut WgpuBuffer, z: &mut WgpuBuffer, o: &mut WgpuBuffer) -> Result<()> {
         let dtype = same_dtype("linear_attn", &[("q", q.dtype), ("k", k.dtype), ("v", v.dtype), ("o", o.dtype)])?;
         crate::ops::linattn::wgpu::recurrent(self, p, dtype, &q.buffer, &k.buffer, &v.buffer, starts, &state.buffer, &z.buffer, &o.buffer)
+    }
+
+    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&WgpuBuffer; 5], s0: &WgpuBuffer, z0: &WgpuBuffer, d_state: Option<&WgpuBuffer>, out: [&mut WgpuBuffer; 4]) -> Result<()> {
+        let [dq, dk, dv, ds0] = out;
+        let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype), ("dq", dq.dtype), ("dk", dk.dtype), ("dv", dv.dtype)])?;
+        let xb = x.map(|b| &b.buffer);
+        crate::ops::linattn::wgpu::backward(self, p, dtype, starts, xb, &s0.buffer, &z0.buffer, d_state.map(|b| &b.buffer), [&dq.buffer, &dk.buffer, &dv.buffer, &ds0.buffer])
     }
 
     fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<WgpuBuffer>>, a: &GraphArgs<WgpuBuffer>, out: &mut WgpuBuffer, arg: Option<&mut WgpuBuffer>) -> Result<()> {

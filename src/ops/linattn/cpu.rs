@@ -187,13 +187,35 @@ pub fn backward(
     dout: &[f32],
     ds_t: Option<&[f32]>,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (t_, h_, kd, vd) = (d.seq, d.heads, d.k, d.v);
+    let starts: Vec<usize> = (0..=d.batch).map(|b| b * d.seq).collect();
+    backward_varlen(d, &starts, q, k, v, s0, z0, dout, ds_t, 0)
+}
+
+/// [`backward`] over sequences `starts[n] .. starts[n + 1]` of the `[rows, H, ·]` tensors, one
+/// state per sequence; `count0` positions attended before (Count mode).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_varlen(
+    d: &LinearAttention,
+    starts: &[usize],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s0: Option<&[f32]>,
+    z0: Option<&[f32]>,
+    dout: &[f32],
+    ds_t: Option<&[f32]>,
+    count0: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (h_, kd, vd) = (d.heads, d.k, d.v);
+    let n_seq = starts.len() - 1;
+    let rows = starts[n_seq];
     let c = d.scale() as f64;
-    let (mut dq, mut dk, mut dv) = (vec![0.0; d.qk_len()], vec![0.0; d.qk_len()], vec![0.0; d.vo_len()]);
-    let mut ds0 = vec![0.0; d.state_len()];
-    for b in 0..d.batch {
+    let (mut dq, mut dk, mut dv) = (vec![0.0; rows * h_ * kd], vec![0.0; rows * h_ * kd], vec![0.0; rows * h_ * vd]);
+    let mut ds0 = vec![0.0; n_seq * h_ * kd * vd];
+    for b in 0..n_seq {
+        let (row0, t_) = (starts[b], starts[b + 1] - starts[b]);
         for h in 0..h_ {
-            let sq = gather(d, q, k, v, b, h);
+            let sq = gather_rows(d, q, k, v, row0, t_, h);
             let bh = b * h_ + h;
             // Forward pass of this sequence, keeping S_t, z_t, n_t and the denominators.
             let mut scan = Scan::new(d, s0, z0, bh);
@@ -201,7 +223,7 @@ pub fn backward(
             let mut dens = Vec::with_capacity(t_);
             let mut ns = Vec::with_capacity(t_);
             for t in 0..t_ {
-                let (n, den) = scan.step(d, &sq, t, t + 1);
+                let (n, den) = scan.step(d, &sq, t, count0 + t + 1);
                 states.push((scan.s.clone(), scan.z.clone()));
                 dens.push(den);
                 ns.push(n);
@@ -210,7 +232,7 @@ pub fn backward(
             let mut g: Vec<f64> = (0..kd * vd).map(|i| ds_t.map_or(0.0, |x| x[bh * kd * vd + i] as f64)).collect();
             let mut hz = vec![0.0; kd];
             for t in (0..t_).rev() {
-                let o_idx = |j: usize| ((b * t_ + t) * h_ + h) * vd + j;
+                let o_idx = |j: usize| ((row0 + t) * h_ + h) * vd + j;
                 let dout_t: Vec<f64> = (0..vd).map(|j| dout[o_idx(j)] as f64).collect();
                 let den = dens[t];
                 let dn: Vec<f64> = dout_t.iter().map(|x| x / den).collect();
@@ -222,7 +244,7 @@ pub fn backward(
                 let qt = &sq.qt[t * kd..(t + 1) * kd];
                 for i in 0..kd {
                     let dqt: f64 = (0..vd).map(|j| st[i * vd + j] * dn[j]).sum::<f64>() + zt[i] * dd;
-                    let idx = ((b * t_ + t) * h_ + h) * kd + i;
+                    let idx = ((row0 + t) * h_ + h) * kd + i;
                     dq[idx] = c * phi_grad(d.feature_map, q[idx] as f64) * dqt;
                     hz[i] += qt[i] * dd;
                     for j in 0..vd {
@@ -231,7 +253,7 @@ pub fn backward(
                 }
                 for i in 0..kd {
                     let dkt: f64 = (0..vd).map(|j| g[i * vd + j] * sq.v[t * vd + j]).sum::<f64>() + hz[i];
-                    let idx = ((b * t_ + t) * h_ + h) * kd + i;
+                    let idx = ((row0 + t) * h_ + h) * kd + i;
                     dk[idx] = phi_grad(d.feature_map, k[idx] as f64) * dkt;
                 }
                 for j in 0..vd {

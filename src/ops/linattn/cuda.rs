@@ -9,7 +9,26 @@ use crate::{DType, Result};
 const FAMILY: &str = "linattn";
 
 /// Every kernel this file launches (build.rs checks each is an entry of the PTX).
-pub const KERNELS: &[&str] = &["linattn_recurrent_f32", "linattn_recurrent_f16", "linattn_recurrent_bf16"];
+pub const KERNELS: &[&str] = &[
+    "linattn_recurrent_f32",
+    "linattn_recurrent_f16",
+    "linattn_recurrent_bf16",
+    "linattn_backward_f32",
+    "linattn_backward_f16",
+    "linattn_backward_bf16",
+    "linattn_backward_reduce_f32",
+    "linattn_backward_reduce_f16",
+    "linattn_backward_reduce_bf16",
+];
+
+fn typed<T: CudaElem>(base: usize) -> &'static str {
+    KERNELS[base
+        + match T::DTYPE {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::BF16 => 2,
+        }]
+}
 
 /// The fused recurrent forward / decode step on the runtime's stream.
 #[allow(clippy::too_many_arguments)]
@@ -24,12 +43,7 @@ pub fn recurrent<T: CudaElem>(
     z: &mut CudaViewMut<f32>,
     o: &mut CudaViewMut<T>,
 ) -> Result<()> {
-    let name = match T::DTYPE {
-        DType::F32 => KERNELS[0],
-        DType::F16 => KERNELS[1],
-        DType::BF16 => KERNELS[2],
-    };
-    let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>(0), |_| Ok(()))?;
     // Every value tile reads the initial normalizer while tile 0 writes the final one: a copy.
     let z_init = rt.stream.clone_dtod(&*z).map_err(|e| crate::Error::driver("cuda: copying z", e))?;
     let starts = rt.stream.clone_htod(starts).map_err(|e| crate::Error::driver("cuda: uploading the sequence starts", e))?;
@@ -41,4 +55,52 @@ pub fn recurrent<T: CudaElem>(
     rt.launch(&f, cfg, |a| {
         a.arg(q).arg(k).arg(v).arg(state).arg(&z_init).arg(&starts).arg(z).arg(o).arg(p);
     })
+}
+
+/// The fused recurrent backward: `x = [q, k, v, o, do]`; writes dq, dk, dv (T) and dS0 (f32).
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: CudaElem>(
+    rt: &CudaRuntime,
+    p: &LinAttnParams,
+    starts: &[u32],
+    x: [&CudaView<T>; 5],
+    s0: &CudaView<f32>,
+    z0: &CudaView<f32>,
+    d_state: Option<&CudaView<f32>>,
+    out: [&mut CudaViewMut<T>; 3],
+    ds0: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    let err = |what: &'static str| move |e| crate::Error::driver(what, e);
+    let (n, h, k, v) = (p.batch as usize, p.heads as usize, p.k as usize, p.v as usize);
+    let rows = *starts.last().unwrap_or(&0) as usize;
+    let (nv, rhk) = (v.div_ceil(16), rows * h * k);
+    let mut dq_part = rt.stream.alloc_zeros::<f32>((nv * rhk).max(1)).map_err(err("cuda: alloc"))?;
+    let mut dk_part = rt.stream.alloc_zeros::<f32>((nv * rhk).max(1)).map_err(err("cuda: alloc"))?;
+    let mut dendd = rt.stream.alloc_zeros::<f32>((nv * 2 * rows * h).max(1)).map_err(err("cuda: alloc"))?;
+    let zeros = rt.stream.alloc_zeros::<f32>(n * h * k * v).map_err(err("cuda: alloc"))?;
+    let zero_view = zeros.as_view();
+    let d_state = d_state.unwrap_or(&zero_view);
+    let starts = rt.stream.clone_htod(starts).map_err(err("cuda: uploading the sequence starts"))?;
+    let [q, kk, vv, o, d_o] = x;
+    let [dq, dk, dv] = out;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>(3), |_| Ok(()))?;
+    let cfg = LaunchConfig { grid_dim: (nv as u32, p.batch * p.heads, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: linattn_backward_<dtype> reads q, k [R·H·K], v, o, do [R·H·V] (T), s0, d_state
+    // [N·H·K·V], z0 [N·H·K] and starts [N + 1] (non-decreasing, ending at R); it writes dq_part,
+    // dk_part [NV·R·H·K] and dendd [NV·2·R·H] (allocated here), ds0 [N·H·K·V] and dv [R·H·V];
+    // LinearAttention::backward checked every length and K, V ≤ 256.
+    rt.launch(&f, cfg, |a| {
+        a.arg(q).arg(kk).arg(vv).arg(o).arg(d_o).arg(s0).arg(z0).arg(d_state).arg(&starts).arg(&mut dq_part).arg(&mut dk_part).arg(&mut dendd).arg(&mut *ds0).arg(dv).arg(p);
+    })?;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>(6), |_| Ok(()))?;
+    let cfg = LaunchConfig { grid_dim: (rhk.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    for (which, src, part, target) in [(0u32, q, &dq_part, dq), (1, kk, &dk_part, dk)] {
+        let pr = LinAttnParams { grad_of: which, count0: nv as u32, ..*p };
+        // SAFETY: linattn_backward_reduce_<dtype> reads x (q or k) and starts as above and part
+        // [NV·R·H·K], and writes out [R·H·K] (dq or dk), each element once.
+        rt.launch(&f, cfg, |a| {
+            a.arg(src).arg(part).arg(&starts).arg(target).arg(&pr);
+        })?;
+    }
+    Ok(())
 }

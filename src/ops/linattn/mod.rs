@@ -2,10 +2,11 @@
 //! and layout). Layout `q, k: [B, T, H, K]`, `v, o: [B, T, H, V]`, state `S: [B, H, K, V]`,
 //! normalizer state `z: [B, H, K]`.
 //!
-//! This first part holds the descriptor, the f64 references (quadratic masked form, recurrent
-//! form and the analytic backward, in [`cpu`]) and the fused recurrent forward with the
-//! single-token decode step as kernels (`kernels/linattn.cu`, `shaders/linattn.wgsl`). The
-//! chunkwise-parallel kernels and the device backward are not written yet.
+//! The descriptor, the f64 references (quadratic masked form, recurrent form and the analytic
+//! backward, in [`cpu`]), the fused recurrent forward with the single-token decode step
+//! (`kernels/linattn.cu`, `shaders/linattn.wgsl`) and the fused recurrent backward
+//! (`kernels/linattn.cu`, `shaders/linattn_bwd.wgsl`). The chunkwise-parallel kernels are not
+//! written yet.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -124,7 +125,7 @@ impl LinearAttention {
             scale: self.scale(),
             count0: 0,
             varlen: 0,
-            pad: 0,
+            grad_of: 0,
         }
     }
 
@@ -142,21 +143,61 @@ impl LinearAttention {
     /// the state and normalizer hold one entry per sequence (`[N, H, K, V]`, `[N, H, K]`).
     #[allow(clippy::too_many_arguments)]
     pub fn recurrent_varlen<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, cu_seqlens: &[u32], state: &mut Be::Buf, z: &mut Be::Buf, o: &mut Be::Buf) -> Result<()> {
+        self.check_cu_seqlens(cu_seqlens)?;
+        self.recurrent_inner(be, q, k, v, state, z, 0, Some(cu_seqlens), o)
+    }
+
+    /// The backward of [`Self::recurrent`]: `(dq, dk, dv, dS0)` from the forward's inputs, its
+    /// output `o` (read by the Normalizer mode), the initial state `s0`, `z0` it started from
+    /// (f32), `d_o` and the final-state gradient `d_state` (None: 0). Two scans per sequence and
+    /// head (forward to rebuild S_t, reverse to carry dS), deterministic; dq, dk, dv in q's dtype.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, o: &Be::Buf, d_o: &Be::Buf, s0: &Be::Buf, z0: &Be::Buf, d_state: Option<&Be::Buf>, count0: u32) -> Result<LinAttnGrads<Be::Buf>> {
+        self.backward_inner(be, [q, k, v, o, d_o], s0, z0, d_state, count0, None)
+    }
+
+    /// [`Self::backward`] over variable-length sequences packed along T (see
+    /// [`Self::recurrent_varlen`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_varlen<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, o: &Be::Buf, d_o: &Be::Buf, cu_seqlens: &[u32], s0: &Be::Buf, z0: &Be::Buf, d_state: Option<&Be::Buf>) -> Result<LinAttnGrads<Be::Buf>> {
+        self.check_cu_seqlens(cu_seqlens)?;
+        self.backward_inner(be, [q, k, v, o, d_o], s0, z0, d_state, 0, Some(cu_seqlens))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward_inner<Be: Backend>(&self, be: &Be, x: [&Be::Buf; 5], s0: &Be::Buf, z0: &Be::Buf, d_state: Option<&Be::Buf>, count0: u32, cu: Option<&[u32]>) -> Result<LinAttnGrads<Be::Buf>> {
+        let (p, starts, dtype) = self.setup(be, &[("q", x[0], self.qk_len()), ("k", x[1], self.qk_len()), ("v", x[2], self.vo_len()), ("o", x[3], self.vo_len()), ("do", x[4], self.vo_len())], count0, cu)?;
+        let sequences = p.batch as usize;
+        let per = self.heads * self.k;
+        let mut f32s = vec![("s0", s0, sequences * per * self.v), ("z0", z0, sequences * per)];
+        if let Some(ds) = d_state {
+            f32s.push(("d_state", ds, sequences * per * self.v));
+        }
+        for (name, b, len) in f32s {
+            if be.dtype_of(b) != DType::F32 || be.len_of(b) < len {
+                return Err(Error::shape(OP, format!("{name} must be f32 with {len} elements")));
+            }
+        }
+        let mut g = LinAttnGrads { dq: be.alloc(dtype, self.qk_len())?, dk: be.alloc(dtype, self.qk_len())?, dv: be.alloc(dtype, self.vo_len())?, d_state: be.alloc(DType::F32, sequences * per * self.v)? };
+        be.linattn_backward(&p, &starts, x, s0, z0, d_state, [&mut g.dq, &mut g.dk, &mut g.dv, &mut g.d_state])?;
+        Ok(g)
+    }
+
+    fn check_cu_seqlens(&self, cu_seqlens: &[u32]) -> Result<()> {
         if self.batch != 1 {
             return Err(Error::shape(OP, "variable-length sequences are packed with batch = 1"));
         }
         if cu_seqlens.len() < 2 || cu_seqlens[0] != 0 || cu_seqlens.last().copied() != Some(self.seq as u32) || cu_seqlens.windows(2).any(|w| w[1] < w[0]) {
             return Err(Error::Invalid(format!("cu_seqlens must start at 0, never decrease and end at T = {}", self.seq)));
         }
-        self.recurrent_inner(be, q, k, v, state, z, 0, Some(cu_seqlens), o)
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn recurrent_inner<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, state: &mut Be::Buf, z: &mut Be::Buf, count0: u32, cu: Option<&[u32]>, o: &mut Be::Buf) -> Result<()> {
+    /// Validates the descriptor and the dtype tensors; the parameter block and sequence starts.
+    fn setup<Be: Backend>(&self, be: &Be, tensors: &[(&str, &Be::Buf, usize)], count0: u32, cu: Option<&[u32]>) -> Result<(LinAttnParams, Vec<u32>, DType)> {
         self.validate()?;
-        let sequences = cu.map_or(self.batch, |c| c.len() - 1);
-        let dtype = be.dtype_of(q);
-        for (name, b, len) in [("q", q, self.qk_len()), ("k", k, self.qk_len()), ("v", v, self.vo_len()), ("o", &*o, self.vo_len())] {
+        let dtype = be.dtype_of(tensors[0].1);
+        for &(name, b, len) in tensors {
             if be.dtype_of(b) != dtype {
                 return Err(Error::dtype(OP, format!("{name} is {}, q is {dtype}", be.dtype_of(b))));
             }
@@ -164,24 +205,40 @@ impl LinearAttention {
                 return Err(Error::shape(OP, format!("{name} holds {} elements, needs {len}", be.len_of(b))));
             }
         }
+        let mut p = self.params();
+        p.count0 = count0;
+        let starts: Vec<u32> = match cu {
+            Some(c) => {
+                p.varlen = 1;
+                p.batch = (c.len() - 1) as u32;
+                c.to_vec()
+            }
+            None => (0..=self.batch as u32).map(|b| b * self.seq as u32).collect(),
+        };
+        Ok((p, starts, dtype))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn recurrent_inner<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, state: &mut Be::Buf, z: &mut Be::Buf, count0: u32, cu: Option<&[u32]>, o: &mut Be::Buf) -> Result<()> {
+        let (p, starts, _) = self.setup(be, &[("q", q, self.qk_len()), ("k", k, self.qk_len()), ("v", v, self.vo_len()), ("o", &*o, self.vo_len())], count0, cu)?;
+        let sequences = p.batch as usize;
         let per = self.heads * self.k;
         for (name, b, len) in [("state", &*state, sequences * per * self.v), ("z", &*z, sequences * per)] {
             if be.dtype_of(b) != DType::F32 || be.len_of(b) < len {
                 return Err(Error::shape(OP, format!("{name} must be f32 with {len} elements")));
             }
         }
-        let mut p = self.params();
-        p.count0 = count0;
-        let starts: Vec<u32> = match cu {
-            Some(c) => {
-                p.varlen = 1;
-                p.batch = sequences as u32;
-                c.to_vec()
-            }
-            None => (0..=self.batch as u32).map(|b| b * self.seq as u32).collect(),
-        };
         be.linattn_recurrent(&p, q, k, v, &starts, state, z, o)
     }
+}
+
+/// The gradients of [`LinearAttention::backward`]: dq, dk, dv in the inputs' dtype and the
+/// initial state's gradient (f32 `[B, H, K, V]`, one per sequence).
+pub struct LinAttnGrads<B> {
+    pub dq: B,
+    pub dk: B,
+    pub dv: B,
+    pub d_state: B,
 }
 
 /// The linear-attention kernels' parameter block (`kernels/linattn.cu`, `shaders/linattn.wgsl`).
@@ -201,7 +258,8 @@ pub struct LinAttnParams {
     /// 1: sequences are packed (B = 1) with boundaries in `cu_seqlens`; `batch` is then the
     /// number of sequences.
     pub varlen: u32,
-    pub pad: u32,
+    /// The backward's reduce pass: 0 sums dq, 1 dk.
+    pub grad_of: u32,
 }
 
 // SAFETY: LinAttnParams is repr(C) plain old data (u32 and f32 fields), laid out like the CUDA struct.

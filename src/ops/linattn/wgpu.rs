@@ -39,3 +39,46 @@ pub fn recurrent(
     let groups = [(p.v as usize).div_ceil(16) as u32, p.batch * p.heads, 1];
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, &z_init, &starts, state, z, o], groups)
 }
+
+/// Workgroup memory of `linattn_bwd` (bytes): q̃, k̃, z, the [K][16] products and small arrays.
+const BWD_SHARED_BYTES: u32 = 4 * (3 * 256 + 16 + 16 + 272 + 4096 + 2 + 1);
+
+/// The fused recurrent backward (`shaders/linattn_bwd.wgsl`): `x = [q, k, v, o, do]`; writes dq,
+/// dk, dv and dS0. The f32 inputs travel in one buffer `[S0 | z0 | dS_T | starts]` and the f32
+/// scratch in another (the shader stays within 8 storage bindings).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, starts: &[u32], x: [&wgpu::Buffer; 5], s0: &wgpu::Buffer, z0: &wgpu::Buffer, d_state: Option<&wgpu::Buffer>, out: [&wgpu::Buffer; 4]) -> Result<()> {
+    const BWD: &str = "linattn_bwd";
+    let limit = ctx.device.limits().max_compute_workgroup_storage_size;
+    if limit < BWD_SHARED_BYTES {
+        return Err(crate::Error::Unsupported(format!("linear attention backward: needs {BWD_SHARED_BYTES} bytes of workgroup memory, the adapter has {limit}")));
+    }
+    let (n, h, k, v) = (p.batch as usize, p.heads as usize, p.k as usize, p.v as usize);
+    let rows = *starts.last().unwrap_or(&0) as usize;
+    let (state, zl, nv) = (n * h * k * v, n * h * k, v.div_ceil(16));
+    let fin = ctx.create_buffer(DType::F32, 2 * state + zl + starts.len())?;
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn backward inputs") });
+    enc.copy_buffer_to_buffer(s0, 0, &fin, 0, (state * 4) as u64);
+    enc.copy_buffer_to_buffer(z0, 0, &fin, (state * 4) as u64, (zl * 4) as u64);
+    if let Some(ds) = d_state {
+        enc.copy_buffer_to_buffer(ds, 0, &fin, ((state + zl) * 4) as u64, (state * 4) as u64);
+    }
+    ctx.queue.write_buffer(&fin, ((2 * state + zl) * 4) as u64, bytemuck::cast_slice(starts));
+    ctx.queue.submit([enc.finish()]);
+    let rhk = rows * h * k;
+    let part = ctx.create_buffer(DType::F32, 2 * nv * rhk + state + nv * 2 * rows * h)?;
+    let [q, kb, vb, o, d_o] = x;
+    let [dq, dk, dv, ds0] = out;
+    let main = ctx.pipeline(BWD, "linattn_bwd", dtype, 6, 2)?;
+    ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(p), &[q, kb, vb, o, d_o, &fin, &part, dv], [nv as u32, p.batch * p.heads, 1])?;
+    let reduce = ctx.pipeline(BWD, "linattn_bwd_reduce", dtype, 6, 2)?;
+    let words = rhk.div_ceil(if dtype == DType::F32 { 1 } else { 2 });
+    for (which, target) in [(0u32, dq), (1, dk)] {
+        let pr = LinAttnParams { grad_of: which, count0: nv as u32, ..*p };
+        ctx.dispatch(&reduce, BWD, 6, bytemuck::bytes_of(&pr), &[q, kb, vb, o, d_o, &fin, &part, target], ctx.grid_1d(words))?;
+    }
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn dS0") });
+    enc.copy_buffer_to_buffer(&part, (2 * nv * rhk * 4) as u64, ds0, 0, (state * 4) as u64);
+    ctx.queue.submit([enc.finish()]);
+    Ok(())
+}
