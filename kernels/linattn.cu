@@ -7,7 +7,7 @@
 struct LinAttnParams {
     uint32_t batch, seq, heads, k, v, feature_map, normalize;
     float eps, scale;
-    uint32_t count0, varlen, grad_of;
+    uint32_t count0, varlen, aux;
 };
 
 __device__ __forceinline__ float phi(uint32_t map, float x) {
@@ -37,6 +37,8 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
     if (lid < p.k) zs[lid] = z_init[(size_t)bh * p.k + lid];
     // Sequence b is rows starts[b] .. starts[b + 1] (cu_seqlens, or b·T for fixed lengths).
     const uint32_t start = starts[b], len = starts[b + 1] - start;
+    // A chunk's first position in its sequence (varlen 2), for Count mode.
+    const uint32_t pos0 = p.varlen == 2 ? starts[p.batch + 1 + b] : 0;
     for (uint32_t t = 0; t < len; ++t) {
         const size_t row = ((size_t)start + t) * p.heads + h;
         if (lid < p.k) {
@@ -57,6 +59,11 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
                 zp += qs[ki] * zs[ki];
             }
         }
+        if (p.aux == 1) {
+            // State only: the next step's staging waits for this step's reads.
+            __syncthreads();
+            continue;
+        }
         red[kl][vl] = part;
         if (vl == 0) zred[kl] = zp;
         __syncthreads();
@@ -68,7 +75,7 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
                 den = p.eps;
                 for (int r = 0; r < 16; ++r) den += zred[r];
             } else if (p.normalize == 2) {
-                den = (float)(p.count0 + t + 1);
+                den = (float)(p.count0 + pos0 + t + 1);
             }
             outv[lid] = n / den;
         }
@@ -220,7 +227,7 @@ __device__ __forceinline__ void backward_impl(const T* __restrict__ q, const T* 
             if (c0 + j < p.v) ds0[((size_t)bh * p.k + lid) * p.v + c0 + j] = s[j];
 }
 
-// dq (grad_of 0) or dk (1) = the sum of the p.count0 value tiles' parts, times scale·φ'(q) or φ'(k).
+// dq (aux 0) or dk (1) = the sum of the p.count0 value tiles' parts, times scale·φ'(q) or φ'(k).
 template <typename T>
 __device__ __forceinline__ void backward_reduce_impl(const T* __restrict__ x, const float* __restrict__ part, const uint32_t* __restrict__ starts,
                                                      T* __restrict__ out, const LinAttnParams& p) {
@@ -229,7 +236,7 @@ __device__ __forceinline__ void backward_reduce_impl(const T* __restrict__ x, co
         float acc = 0.0f;
         for (uint32_t tile = 0; tile < p.count0; ++tile) acc += part[tile * total + i];
         const float g = phi_grad(p.feature_map, to_f32(x[i]));
-        out[i] = from_f32<T>(p.grad_of == 0 ? acc * p.scale * g : acc * g);
+        out[i] = from_f32<T>(p.aux == 0 ? acc * p.scale * g : acc * g);
     }
 }
 
@@ -249,6 +256,29 @@ __device__ __forceinline__ void backward_reduce_impl(const T* __restrict__ x, co
         backward_reduce_impl<T>(x, part, starts, out, p);                                                                  \
     }
 #if !defined(FFKERN_SM90A)
+// Chunked form, inter-chunk pass (mirrors linattn_chunk_scan in shaders/linattn.wgsl): with each
+// chunk's own ΔS_c, Δz_c in hs, zs (from a state-only pass over the chunks), replaces them by the
+// state at the chunk's start S_0 + Σ_{c' < c} ΔS_c' and leaves each sequence's final state in
+// state, z (which hold S_0, z_0 on entry). One thread per (sequence, head, element of S and z);
+// the chunks of sequence n are seq_chunk0[n] .. seq_chunk0[n + 1].
+extern "C" __global__ void __launch_bounds__(256)
+    linattn_chunk_scan(float* state, float* z, float* hs, float* zs, const uint32_t* seq_chunk0, LinAttnParams p) {
+    const size_t kv = (size_t)p.k * p.v, per = kv + p.k;
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < (size_t)p.batch * p.heads * per; t += (size_t)gridDim.x * blockDim.x) {
+        const size_t nh = t / per, e = t % per, n = nh / p.heads, h = nh % p.heads;
+        const bool in_s = e < kv;
+        float* mine = in_s ? &state[nh * kv + e] : &z[nh * p.k + (e - kv)];
+        float acc = *mine;
+        for (uint32_t c = seq_chunk0[n]; c < seq_chunk0[n + 1]; ++c) {
+            float* slot = in_s ? &hs[((size_t)c * p.heads + h) * kv + e] : &zs[((size_t)c * p.heads + h) * p.k + (e - kv)];
+            const float d = *slot;
+            *slot = acc;
+            acc += d;
+        }
+        *mine = acc;
+    }
+}
+
 LINATTN_ENTRIES(f32, float)
 LINATTN_ENTRIES(f16, __half)
 LINATTN_ENTRIES(bf16, __nv_bfloat16)

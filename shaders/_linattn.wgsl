@@ -4,7 +4,7 @@
 struct Params {
     batch: u32, seq: u32, heads: u32, k: u32,
     v: u32, feature_map: u32, normalize: u32, eps: f32,
-    scale: f32, count0: u32, varlen: u32, grad_of: u32,
+    scale: f32, count0: u32, varlen: u32, aux: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -36,6 +36,9 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         if (ki < p.k && col < p.v) { s[i] = state[(bh * p.k + ki) * p.v + col]; }
     }
     if (lid < p.k) { zs[lid] = z_init[bh * p.k + lid]; }
+    // A chunk's first position in its sequence (varlen 2), for Count mode.
+    var pos0 = 0u;
+    if (p.varlen == 2u) { pos0 = starts[p.batch + 1u + b]; }
     for (var t = 0u; t < len; t = t + 1u) {
         let row = (start + t) * p.heads + h;
         stage_step(lid, row, wg.x * 16u, true);
@@ -50,6 +53,11 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
                 zp = zp + qs[ki] * zs[ki];
             }
         }
+        if (p.aux == 1u) {
+            // State only: the next step's staging waits for this step's reads.
+            workgroupBarrier();
+            continue;
+        }
         red[kl * 17u + vl] = part;
         if (vl == 0u) { zred[kl] = zp; }
         workgroupBarrier();
@@ -61,7 +69,7 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
                 den = p.eps;
                 for (var r = 0u; r < 16u; r = r + 1u) { den = den + zred[r]; }
             } else if (p.normalize == 2u) {
-                den = f32(p.count0 + t + 1u);
+                den = f32(p.count0 + pos0 + t + 1u);
             }
             outv[lid] = n / den;
         }
@@ -73,4 +81,42 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         if (ki < p.k && col < p.v) { state[(bh * p.k + ki) * p.v + col] = s[i]; }
     }
     if (wg.x == 0u && lid < p.k) { z_buf[bh * p.k + lid] = zs[lid]; }
+}
+
+// Chunked form, inter-chunk pass: with each chunk's own sum ΔS_c, Δz_c in H, Z (from a
+// state-only pass over the chunks), replaces them by the state at the chunk's start,
+// S_c = S_0 + Σ_{c' < c} ΔS_c', and writes each sequence's final state after the chunks. One
+// invocation per (sequence, head, element of S and z); the chunks of sequence n are
+// starts[n] .. starts[n + 1]; count0 is the number of chunks; z_init holds [S_0 | z_0].
+@compute @workgroup_size(256)
+fn linattn_chunk_scan(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = gid.x + gid.y * nwg.x * 256u;
+    let kv = p.k * p.v;
+    let per = kv + p.k;
+    if (t >= p.batch * p.heads * per) { return; }
+    let nh = t / per;
+    let e = t % per;
+    let n = nh / p.heads;
+    let h = nh % p.heads;
+    let tail = p.count0 * p.heads + nh;
+    if (e < kv) {
+        var acc = z_init[nh * kv + e];
+        for (var c = starts[n]; c < starts[n + 1u]; c++) {
+            let i = (c * p.heads + h) * kv + e;
+            let d = state[i];
+            state[i] = acc;
+            acc += d;
+        }
+        state[tail * kv + e] = acc;
+    } else {
+        let ek = e - kv;
+        var acc = z_init[p.batch * p.heads * kv + nh * p.k + ek];
+        for (var c = starts[n]; c < starts[n + 1u]; c++) {
+            let i = (c * p.heads + h) * p.k + ek;
+            let d = z_buf[i];
+            z_buf[i] = acc;
+            acc += d;
+        }
+        z_buf[tail * p.k + ek] = acc;
+    }
 }

@@ -165,7 +165,7 @@ fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
 }
 
-// dq (grad_of 0) or dk (1): the sum of the value tiles' parts, times scale·φ'(q) or φ'(k); one
+// dq (aux 0) or dk (1): the sum of the value tiles' parts, times scale·φ'(q) or φ'(k); one
 // invocation per output word. The tile count is in count0.
 @compute @workgroup_size(256)
 fn linattn_bwd_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -178,9 +178,9 @@ fn linattn_bwd_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
         if (i < total) {
             var acc = 0.0;
             for (var tile = 0u; tile < p.count0; tile++) {
-                acc += part[(p.grad_of * p.count0 + tile) * total + i];
+                acc += part[(p.aux * p.count0 + tile) * total + i];
             }
-            if (p.grad_of == 0u) {
+            if (p.aux == 0u) {
                 out[e] = acc * p.scale * phi_grad(ld(0u, i));
             } else {
                 out[e] = acc * phi_grad(ld(1u, i));

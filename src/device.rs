@@ -70,6 +70,11 @@ pub trait Backend {
     /// `[B·T, H, ·]` tensors; `state` (f32) and `z` (f32) in as the initial state, out as the final.
     #[allow(clippy::too_many_arguments)]
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, starts: &[u32], state: &mut Self::Buf, z: &mut Self::Buf, o: &mut Self::Buf) -> Result<()>;
+    /// The chunked form's inter-chunk pass (see `ops::linattn::LinearAttention::chunk`):
+    /// `hs`, `zs` hold each chunk's own state sum and become the state at its start;
+    /// `state`, `z` hold each sequence's initial state and become its final state. Sequence
+    /// `n`'s chunks are `seq_chunk0[n] .. seq_chunk0[n + 1]`; `p.count0` is the chunk count.
+    fn linattn_chunk_scan(&self, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut Self::Buf, z: &mut Self::Buf, hs: &mut Self::Buf, zs: &mut Self::Buf) -> Result<()>;
     /// Its backward (see `ops::linattn::LinearAttention::backward`, which validates):
     /// `x = [q, k, v, o, do]`, the initial state `s0`, `z0` and the final-state gradient (f32);
     /// writes `[dq, dk, dv, dS0]`.

@@ -228,7 +228,9 @@ enum RunOp {
         io: Io,
         #[command(flatten)]
         opts: LinAttnOpts,
-        /// recurrent (the fused scan); chunk is not available yet
+        /// recurrent (one fused scan per sequence and head) or chunk (chunks of 64 rows in
+        /// parallel from passed-along start states: twice the work, for few long sequences); the
+        /// same result
         #[arg(long, default_value = "recurrent")]
         mode: String,
     },
@@ -1014,8 +1016,8 @@ fn f32_or_zeros(t: &mut Tensors, name: &str, shape: Vec<usize>) -> Result<HostTe
 
 fn run_linattn(io: &Io, opts: &LinAttnOpts, mode: &str) -> Result<ExitCode> {
     const OP: &str = "linear_attn";
-    if mode != "recurrent" {
-        return Err(Error::Unsupported(format!("linear_attn --mode {mode}: only the recurrent mode is available so far")));
+    if mode != "recurrent" && mode != "chunk" {
+        return Err(Error::Invalid(format!("linear_attn --mode {mode}: chunk or recurrent")));
     }
     let mut t = read_tensors(&io.input)?;
     let (q, k, v) = (take(&mut t, "q", &io.input)?, take(&mut t, "k", &io.input)?, take(&mut t, "v", &io.input)?);
@@ -1030,7 +1032,12 @@ fn run_linattn(io: &Io, opts: &LinAttnOpts, mode: &str) -> Result<ExitCode> {
     let dev = open_device(&io.backend)?;
     let (mut o, mut s, mut z) = with_backend!(&dev, be => {
         let (mut s, mut z, mut o) = (be.upload(&s0)?, be.upload(&z0)?, be.alloc(q.dtype, d.vo_len())?);
-        d.recurrent(be, &be.upload(&q)?, &be.upload(&k)?, &be.upload(&v)?, &mut s, &mut z, 0, &mut o)?;
+        let (qb, kb, vb) = (be.upload(&q)?, be.upload(&k)?, be.upload(&v)?);
+        if mode == "chunk" {
+            d.chunk(be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o)?;
+        } else {
+            d.recurrent(be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o)?;
+        }
         (be.download(&o)?, be.download(&s)?, be.download(&z)?)
     });
     o.shape = vec![b, tt, h, vd];

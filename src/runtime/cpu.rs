@@ -193,12 +193,56 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn linattn_chunk_scan(&self, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut HostTensor, z: &mut HostTensor, hs: &mut HostTensor, zs: &mut HostTensor) -> Result<()> {
+        let (heads, kv, k) = (p.heads as usize, (p.k * p.v) as usize, p.k as usize);
+        for n in 0..p.batch as usize {
+            for h in 0..heads {
+                let nh = n * heads + h;
+                for (own, chunks, width) in [(&mut state.data, &mut hs.data, kv), (&mut z.data, &mut zs.data, k)] {
+                    for e in 0..width {
+                        let mut acc = own[nh * width + e];
+                        for c in seq_chunk0[n] as usize..seq_chunk0[n + 1] as usize {
+                            let slot = &mut chunks[(c * heads + h) * width + e];
+                            (acc, *slot) = (acc + *slot, acc);
+                        }
+                        own[nh * width + e] = acc;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &HostTensor, k: &HostTensor, v: &HostTensor, starts: &[u32], state: &mut HostTensor, z: &mut HostTensor, o: &mut HostTensor) -> Result<()> {
         let d = Cpu::linattn_desc(p);
-        let starts: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
-        let (out, s, zf) = linattn::cpu::forward_varlen(&d, &starts, &q.data, &k.data, &v.data, Some(&state.data), Some(&z.data), p.count0 as usize);
-        for (dst, x) in o.data.iter_mut().zip(out) {
-            *dst = o.dtype.round(x as f32);
+        let n = p.batch as usize;
+        let bounds: Vec<usize> = starts[..=n].iter().map(|&s| s as usize).collect();
+        // Chunks (varlen 2) count their positions from their sequence's start.
+        let positions: Vec<usize> = if p.varlen == 2 { starts[n + 1..2 * n + 1].iter().map(|&s| s as usize).collect() } else { vec![0; n] };
+        let (per_s, per_z) = ((p.heads * p.k * p.v) as usize, (p.heads * p.k) as usize);
+        let (mut out, mut s, mut zf) = (vec![0.0; o.data.len()], Vec::new(), Vec::new());
+        for c in 0..n {
+            let one = [0, bounds[c + 1] - bounds[c]];
+            let rows = |t: &[f32], w: usize| t[bounds[c] * w..bounds[c + 1] * w].to_vec();
+            let (qk, vw) = ((p.heads * p.k) as usize, (p.heads * p.v) as usize);
+            let (oc, sc, zc) = linattn::cpu::forward_varlen(
+                &d,
+                &one,
+                &rows(&q.data, qk),
+                &rows(&k.data, qk),
+                &rows(&v.data, vw),
+                Some(&state.data[c * per_s..(c + 1) * per_s]),
+                Some(&z.data[c * per_z..(c + 1) * per_z]),
+                p.count0 as usize + positions[c],
+            );
+            out[bounds[c] * vw..bounds[c + 1] * vw].iter_mut().zip(oc).for_each(|(d, x)| *d = x);
+            s.extend(sc);
+            zf.extend(zc);
+        }
+        if p.aux != 1 {
+            for (dst, x) in o.data.iter_mut().zip(out) {
+                *dst = o.dtype.round(x as f32);
+            }
         }
         for (dst, x) in state.data.iter_mut().zip(s) {
             *dst = x as f32;

@@ -522,6 +522,18 @@ impl Backend for CudaRuntime {
         }
     }
 
+    fn linattn_chunk_scan(&self, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut CudaBuf, z: &mut CudaBuf, hs: &mut CudaBuf, zs: &mut CudaBuf) -> Result<()> {
+        crate::ops::linattn::cuda::chunk_scan(
+            self,
+            p,
+            seq_chunk0,
+            &mut state.typed_mut::<f32>()?.as_view_mut(),
+            &mut z.typed_mut::<f32>()?.as_view_mut(),
+            &mut hs.typed_mut::<f32>()?.as_view_mut(),
+            &mut zs.typed_mut::<f32>()?.as_view_mut(),
+        )
+    }
+
     fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, z0: &CudaBuf, d_state: Option<&CudaBuf>, out: [&mut CudaBuf; 4]) -> Result<()> {
         #[allow(clippy::too_many_arguments)]
         fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, starts: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, z0: &CudaBuf, d_state: Option<&CudaBuf>, out: [&mut CudaBuf; 4]) -> Result<()> {

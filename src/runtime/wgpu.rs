@@ -595,6 +595,10 @@ impl Backend for WgpuContext {
         crate::ops::linattn::wgpu::recurrent(self, p, dtype, &q.buffer, &k.buffer, &v.buffer, starts, &state.buffer, &z.buffer, &o.buffer)
     }
 
+    fn linattn_chunk_scan(&self, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut WgpuBuffer, z: &mut WgpuBuffer, hs: &mut WgpuBuffer, zs: &mut WgpuBuffer) -> Result<()> {
+        crate::ops::linattn::wgpu::chunk_scan(self, p, seq_chunk0, &state.buffer, &z.buffer, &hs.buffer, &zs.buffer)
+    }
+
     fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&WgpuBuffer; 5], s0: &WgpuBuffer, z0: &WgpuBuffer, d_state: Option<&WgpuBuffer>, out: [&mut WgpuBuffer; 4]) -> Result<()> {
         let [dq, dk, dv, ds0] = out;
         let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype), ("dq", dq.dtype), ("dk", dk.dtype), ("dv", dv.dtype)])?;

@@ -19,6 +19,7 @@ pub const KERNELS: &[&str] = &[
     "linattn_backward_reduce_f32",
     "linattn_backward_reduce_f16",
     "linattn_backward_reduce_bf16",
+    "linattn_chunk_scan",
 ];
 
 fn typed<T: CudaElem>(base: usize) -> &'static str {
@@ -95,7 +96,7 @@ pub fn backward<T: CudaElem>(
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>(6), |_| Ok(()))?;
     let cfg = LaunchConfig { grid_dim: (rhk.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     for (which, src, part, target) in [(0u32, q, &dq_part, dq), (1, kk, &dk_part, dk)] {
-        let pr = LinAttnParams { grad_of: which, count0: nv as u32, ..*p };
+        let pr = LinAttnParams { aux: which, count0: nv as u32, ..*p };
         // SAFETY: linattn_backward_reduce_<dtype> reads x (q or k) and starts as above and part
         // [NV·R·H·K], and writes out [R·H·K] (dq or dk), each element once.
         rt.launch(&f, cfg, |a| {
@@ -103,4 +104,19 @@ pub fn backward<T: CudaElem>(
         })?;
     }
     Ok(())
+}
+
+/// The chunked form's inter-chunk pass (see `Backend::linattn_chunk_scan`).
+pub fn chunk_scan(rt: &CudaRuntime, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, hs: &mut CudaViewMut<f32>, zs: &mut CudaViewMut<f32>) -> Result<()> {
+    let f = rt.function(FAMILY, Ptx::Base, KERNELS[9], |_| Ok(()))?;
+    let seqs = rt.stream.clone_htod(seq_chunk0).map_err(|e| crate::Error::driver("cuda: uploading the chunk ranges", e))?;
+    let threads = (p.batch * p.heads) as usize * (p.k * p.v + p.k) as usize;
+    let cfg = LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: linattn_chunk_scan reads and writes state [N·H·K·V], z [N·H·K] (each element by its
+    // own thread), hs [NC·H·K·V] and zs [NC·H·K] (each chunk slot by the thread of its element),
+    // and reads seq_chunk0 [N + 1] (non-decreasing, ending at NC = p.count0); LinearAttention::chunk
+    // sized every buffer.
+    rt.launch(&f, cfg, |a| {
+        a.arg(state).arg(z).arg(hs).arg(zs).arg(&seqs).arg(p);
+    })
 }

@@ -5,8 +5,8 @@
 //! The descriptor, the f64 references (quadratic masked form, recurrent form and the analytic
 //! backward, in [`cpu`]), the fused recurrent forward with the single-token decode step
 //! (`kernels/linattn.cu`, `shaders/linattn.wgsl`) and the fused recurrent backward
-//! (`kernels/linattn.cu`, `shaders/linattn_bwd.wgsl`). The chunkwise-parallel kernels are not
-//! written yet.
+//! (`kernels/linattn.cu`, `shaders/linattn_bwd.wgsl`), and the chunked forward: chunks of
+//! [`CHUNK`] rows run in parallel from start states that an inter-chunk scan passes along.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -62,6 +62,9 @@ pub struct LinearAttention {
     pub scale: Option<f32>,
     pub normalize: Normalize,
 }
+
+/// Rows per chunk of the chunked form, on every backend.
+pub const CHUNK: usize = 64;
 
 /// The largest K and V the kernels take (the state of one head lives in shared/workgroup memory).
 pub const MAX_DIM: usize = 256;
@@ -125,7 +128,7 @@ impl LinearAttention {
             scale: self.scale(),
             count0: 0,
             varlen: 0,
-            grad_of: 0,
+            aux: 0,
         }
     }
 
@@ -145,6 +148,54 @@ impl LinearAttention {
     pub fn recurrent_varlen<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, cu_seqlens: &[u32], state: &mut Be::Buf, z: &mut Be::Buf, o: &mut Be::Buf) -> Result<()> {
         self.check_cu_seqlens(cu_seqlens)?;
         self.recurrent_inner(be, q, k, v, state, z, 0, Some(cu_seqlens), o)
+    }
+
+    /// The chunked form, the same result as [`Self::recurrent`] (same arguments) with the
+    /// sequence cut into chunks of [`CHUNK`] rows that run in parallel: a state-only pass sums
+    /// each chunk's `k̃·vᵀ` and `k̃` from zero, an inter-chunk scan turns the sums into each
+    /// chunk's start state (and the final state), and a second pass computes every chunk's
+    /// outputs from its start state. Memory is linear in T (one K×V state per chunk); no T×T
+    /// matrix exists. Within a chunk the rows are scanned, so this does twice the recurrent
+    /// form's work: it pays where few sequences and heads leave the device idle (B·H·⌈V/16⌉
+    /// workgroups well under the device's capacity) and T is long.
+    #[allow(clippy::too_many_arguments)]
+    pub fn chunk<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, state: &mut Be::Buf, z: &mut Be::Buf, count0: u32, o: &mut Be::Buf) -> Result<()> {
+        self.chunk_inner(be, q, k, v, state, z, count0, None, o)
+    }
+
+    /// [`Self::chunk`] over variable-length sequences packed along T (see [`Self::recurrent_varlen`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn chunk_varlen<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, cu_seqlens: &[u32], state: &mut Be::Buf, z: &mut Be::Buf, o: &mut Be::Buf) -> Result<()> {
+        self.check_cu_seqlens(cu_seqlens)?;
+        self.chunk_inner(be, q, k, v, state, z, 0, Some(cu_seqlens), o)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_inner<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, state: &mut Be::Buf, z: &mut Be::Buf, count0: u32, cu: Option<&[u32]>, o: &mut Be::Buf) -> Result<()> {
+        let (p, starts) = self.forward_setup(be, q, k, v, state, z, count0, cu, o)?;
+        let sequences = p.batch as usize;
+        // The chunk table: boundaries, then each chunk's position in its sequence.
+        let (mut bounds, mut positions, mut seq_chunk0) = (Vec::new(), Vec::new(), vec![0u32]);
+        for n in 0..sequences {
+            for r0 in (starts[n]..starts[n + 1]).step_by(CHUNK) {
+                bounds.push(r0);
+                positions.push(r0 - starts[n]);
+            }
+            seq_chunk0.push(bounds.len() as u32);
+        }
+        let chunks = bounds.len();
+        if chunks == 0 {
+            return Ok(()); // every sequence is empty: the state stays, there is no output
+        }
+        bounds.push(starts[sequences]);
+        bounds.extend(positions);
+        let (kv, k_) = (self.heads * self.k * self.v, self.heads * self.k);
+        let mut hs = be.alloc(DType::F32, (chunks + sequences) * kv)?;
+        let mut zs = be.alloc(DType::F32, (chunks + sequences) * k_)?;
+        let pc = LinAttnParams { batch: chunks as u32, varlen: 2, aux: 1, ..p };
+        be.linattn_recurrent(&pc, q, k, v, &bounds, &mut hs, &mut zs, o)?;
+        be.linattn_chunk_scan(&LinAttnParams { count0: chunks as u32, ..p }, &seq_chunk0, state, z, &mut hs, &mut zs)?;
+        be.linattn_recurrent(&LinAttnParams { aux: 0, ..pc }, q, k, v, &bounds, &mut hs, &mut zs, o)
     }
 
     /// The backward of [`Self::recurrent`]: `(dq, dk, dv, dS0)` from the forward's inputs, its
@@ -220,15 +271,22 @@ impl LinearAttention {
 
     #[allow(clippy::too_many_arguments)]
     fn recurrent_inner<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, state: &mut Be::Buf, z: &mut Be::Buf, count0: u32, cu: Option<&[u32]>, o: &mut Be::Buf) -> Result<()> {
-        let (p, starts, _) = self.setup(be, &[("q", q, self.qk_len()), ("k", k, self.qk_len()), ("v", v, self.vo_len()), ("o", &*o, self.vo_len())], count0, cu)?;
+        let (p, starts) = self.forward_setup(be, q, k, v, state, z, count0, cu, o)?;
+        be.linattn_recurrent(&p, q, k, v, &starts, state, z, o)
+    }
+
+    /// The forward's checks (inputs, output, one state and normalizer per sequence).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_setup<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, state: &Be::Buf, z: &Be::Buf, count0: u32, cu: Option<&[u32]>, o: &Be::Buf) -> Result<(LinAttnParams, Vec<u32>)> {
+        let (p, starts, _) = self.setup(be, &[("q", q, self.qk_len()), ("k", k, self.qk_len()), ("v", v, self.vo_len()), ("o", o, self.vo_len())], count0, cu)?;
         let sequences = p.batch as usize;
         let per = self.heads * self.k;
-        for (name, b, len) in [("state", &*state, sequences * per * self.v), ("z", &*z, sequences * per)] {
+        for (name, b, len) in [("state", state, sequences * per * self.v), ("z", z, sequences * per)] {
             if be.dtype_of(b) != DType::F32 || be.len_of(b) < len {
                 return Err(Error::shape(OP, format!("{name} must be f32 with {len} elements")));
             }
         }
-        be.linattn_recurrent(&p, q, k, v, &starts, state, z, o)
+        Ok((p, starts))
     }
 }
 
@@ -256,10 +314,12 @@ pub struct LinAttnParams {
     pub scale: f32,
     pub count0: u32,
     /// 1: sequences are packed (B = 1) with boundaries in `cu_seqlens`; `batch` is then the
-    /// number of sequences.
+    /// number of sequences. 2: the sequences are chunks, and `starts` carries each one's
+    /// position in its sequence after the `batch + 1` boundaries (Count mode).
     pub varlen: u32,
-    /// The backward's reduce pass: 0 sums dq, 1 dk.
-    pub grad_of: u32,
+    /// The recurrent form: 1 updates the state only (no output). The backward's reduce pass:
+    /// 0 sums dq, 1 dk.
+    pub aux: u32,
 }
 
 // SAFETY: LinAttnParams is repr(C) plain old data (u32 and f32 fields), laid out like the CUDA struct.

@@ -40,6 +40,33 @@ pub fn recurrent(
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, &z_init, &starts, state, z, o], groups)
 }
 
+/// The chunked form's inter-chunk pass (`linattn_chunk_scan`): `[S_0 | z_0]` go in as a copy
+/// (the z_init binding); the chunk sums in `hs`, `zs` become the chunk start states, and the final
+/// states, which the kernel leaves after the chunks, are copied back into `state`, `z`.
+pub fn chunk_scan(ctx: &WgpuContext, p: &LinAttnParams, seq_chunk0: &[u32], state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
+    let (nh, k, v, chunks) = ((p.batch * p.heads) as u64, p.k as u64, p.v as u64, p.count0 as u64);
+    let (s_bytes, z_bytes) = (nh * k * v * 4, nh * k * 4);
+    let init = ctx.create_buffer(DType::F32, ((s_bytes + z_bytes) / 4) as usize)?;
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern chunk scan inputs") });
+    enc.copy_buffer_to_buffer(state, 0, &init, 0, s_bytes);
+    enc.copy_buffer_to_buffer(z, 0, &init, s_bytes, z_bytes);
+    ctx.queue.submit([enc.finish()]);
+    let seqs = wgpu::util::DeviceExt::create_buffer_init(
+        &ctx.device,
+        &wgpu::util::BufferInitDescriptor { label: Some("ffkern chunk ranges"), contents: bytemuck::cast_slice(seq_chunk0), usage: wgpu::BufferUsages::STORAGE },
+    );
+    let pipe = ctx.pipeline(FAMILY, "linattn_chunk_scan", DType::F32, READ_ONLY, 3)?;
+    // q, k, v and o are not used: placeholders bind there.
+    let threads = (nh * (k * v + k)) as usize;
+    let (none, none_rw) = (ctx.dummy(false), ctx.dummy(true));
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[none, none, none, &init, &seqs, hs, zs, none_rw], ctx.grid_1d(threads))?;
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern chunk scan outputs") });
+    enc.copy_buffer_to_buffer(hs, chunks * p.heads as u64 * k * v * 4, state, 0, s_bytes);
+    enc.copy_buffer_to_buffer(zs, chunks * p.heads as u64 * k * 4, z, 0, z_bytes);
+    ctx.queue.submit([enc.finish()]);
+    Ok(())
+}
+
 /// Workgroup memory of `linattn_bwd` (bytes): q̃, k̃, z, the [K][16] products and small arrays.
 const BWD_SHARED_BYTES: u32 = 4 * (3 * 256 + 16 + 16 + 272 + 4096 + 2 + 1);
 
@@ -74,7 +101,7 @@ pub fn backward(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, starts: &[u3
     let reduce = ctx.pipeline(BWD, "linattn_bwd_reduce", dtype, 6, 2)?;
     let words = rhk.div_ceil(if dtype == DType::F32 { 1 } else { 2 });
     for (which, target) in [(0u32, dq), (1, dk)] {
-        let pr = LinAttnParams { grad_of: which, count0: nv as u32, ..*p };
+        let pr = LinAttnParams { aux: which, count0: nv as u32, ..*p };
         ctx.dispatch(&reduce, BWD, 6, bytemuck::bytes_of(&pr), &[q, kb, vb, o, d_o, &fin, &part, target], ctx.grid_1d(words))?;
     }
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn dS0") });
