@@ -5,7 +5,7 @@ use crate::device::{same_dtype, Backend};
 use crate::ops::gemm::{self, ActGrad, Gemm};
 use crate::ops::ffn::{self, BatchNorm, BatchNormDesc, BnParams};
 use crate::ops::graph::{self, DeviceGraph, GraphArgs, GraphKernel, GraphParams};
-use crate::ops::linattn::{self, FeatureMap, LinAttnParams, LinearAttention, Normalize};
+use crate::ops::linattn::{self, LinAttnParams};
 use crate::ops::optim::{self, OptimParams};
 use crate::{DType, Error, HostTensor, Result};
 
@@ -180,7 +180,7 @@ impl Backend for Cpu {
     }
 
     fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&HostTensor; 5], s0: &HostTensor, z0: &HostTensor, d_state: Option<&HostTensor>, out: [&mut HostTensor; 4]) -> Result<()> {
-        let d = Cpu::linattn_desc(p);
+        let d = p.descriptor();
         let starts: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
         let [q, k, v, _, d_o] = x;
         let grads = linattn::cpu::backward_varlen(&d, &starts, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), &d_o.data, d_state.map(|t| &t.data[..]), p.count0 as usize);
@@ -214,7 +214,7 @@ impl Backend for Cpu {
     }
 
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &HostTensor, k: &HostTensor, v: &HostTensor, starts: &[u32], state: &mut HostTensor, z: &mut HostTensor, o: &mut HostTensor) -> Result<()> {
-        let d = Cpu::linattn_desc(p);
+        let d = p.descriptor();
         let n = p.batch as usize;
         let bounds: Vec<usize> = starts[..=n].iter().map(|&s| s as usize).collect();
         // Chunks (varlen 2) count their positions from their sequence's start.
@@ -348,26 +348,6 @@ impl Cpu {
         })
     }
 
-    fn linattn_desc(p: &LinAttnParams) -> LinearAttention {
-        LinearAttention {
-            batch: p.batch as usize,
-            seq: p.seq as usize,
-            heads: p.heads as usize,
-            k: p.k as usize,
-            v: p.v as usize,
-            feature_map: match p.feature_map {
-                1 => FeatureMap::Elu1,
-                2 => FeatureMap::Relu,
-                _ => FeatureMap::Identity,
-            },
-            scale: Some(p.scale),
-            normalize: match p.normalize {
-                1 => Normalize::Normalizer { eps: p.eps },
-                2 => Normalize::Count,
-                _ => Normalize::None,
-            },
-        }
-    }
 }
 
 /// The host view of a BatchNorm launch (the reference takes `BatchNorm` values).

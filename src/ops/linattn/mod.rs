@@ -49,6 +49,35 @@ pub enum Normalize {
     Count,
 }
 
+impl Normalize {
+    /// The kernels' `(normalize, eps)` codes, and back.
+    pub fn code(self) -> (u32, f32) {
+        match self {
+            Normalize::None => (0, 0.0),
+            Normalize::Normalizer { eps } => (1, eps),
+            Normalize::Count => (2, 0.0),
+        }
+    }
+    pub fn from_code(code: u32, eps: f32) -> Normalize {
+        match code {
+            1 => Normalize::Normalizer { eps },
+            2 => Normalize::Count,
+            _ => Normalize::None,
+        }
+    }
+}
+
+impl FeatureMap {
+    /// The feature map of a kernel code (its discriminant).
+    pub fn from_code(code: u32) -> FeatureMap {
+        match code {
+            1 => FeatureMap::Elu1,
+            2 => FeatureMap::Relu,
+            _ => FeatureMap::Identity,
+        }
+    }
+}
+
 /// The descriptor of one linear-attention call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinearAttention {
@@ -116,15 +145,8 @@ impl LinearAttention {
             k: self.k as u32,
             v: self.v as u32,
             feature_map: self.feature_map as u32,
-            normalize: match self.normalize {
-                Normalize::None => 0,
-                Normalize::Normalizer { .. } => 1,
-                Normalize::Count => 2,
-            },
-            eps: match self.normalize {
-                Normalize::Normalizer { eps } => eps,
-                _ => 0.0,
-            },
+            normalize: self.normalize.code().0,
+            eps: self.normalize.code().1,
             scale: self.scale(),
             count0: 0,
             varlen: 0,
@@ -320,6 +342,22 @@ pub struct LinAttnParams {
     /// The recurrent form: 1 updates the state only (no output). The backward's reduce pass:
     /// 0 sums dq, 1 dk.
     pub aux: u32,
+}
+
+impl LinAttnParams {
+    /// The descriptor these parameters were made from ([`LinearAttention::params`]).
+    pub fn descriptor(&self) -> LinearAttention {
+        LinearAttention {
+            batch: self.batch as usize,
+            seq: self.seq as usize,
+            heads: self.heads as usize,
+            k: self.k as usize,
+            v: self.v as usize,
+            feature_map: FeatureMap::from_code(self.feature_map),
+            scale: Some(self.scale),
+            normalize: Normalize::from_code(self.normalize, self.eps),
+        }
+    }
 }
 
 // SAFETY: LinAttnParams is repr(C) plain old data (u32 and f32 fields), laid out like the CUDA struct.
