@@ -35,10 +35,10 @@ struct Csr {
         return lo;
     }
     // The CSR range [lo, hi) of segment k.
-    __device__ void seg_range(size_t k, uint32_t& lo, uint32_t& hi) const {
+    __device__ __forceinline__ uint2 seg_range(size_t k) const {
         const uint32_t li = seg_long[k], row = long_rows[li];
-        lo = row_ptr[row] + ((uint32_t)k - long_seg_ptr[li]) * chunk;
-        hi = min(lo + chunk, row_ptr[row + 1]);
+        const uint32_t lo = row_ptr[row] + ((uint32_t)k - long_seg_ptr[li]) * chunk;
+        return make_uint2(lo, min(lo + chunk, row_ptr[row + 1]));
     }
 };
 
@@ -97,44 +97,139 @@ __device__ __forceinline__ Acc reduce_range(const Csr& g, const T* __restrict__ 
     return r;
 }
 
-// The partials of long-row segments: one thread per (segment, column) writes its f32 value and
-// arg into part = [values S·dim | args S·dim].
+// A 16-bit element from its bits.
+template <typename T>
+__device__ __forceinline__ float bits16_to_f32(uint32_t b);
+template <>
+__device__ __forceinline__ float bits16_to_f32<__half>(uint32_t b) {
+    return __half2float(__ushort_as_half((unsigned short)b));
+}
+template <>
+__device__ __forceinline__ float bits16_to_f32<__nv_bfloat16>(uint32_t b) {
+    return __bfloat162float(__ushort_as_bfloat16((unsigned short)b));
+}
+template <>
+__device__ __forceinline__ float bits16_to_f32<float>(uint32_t b) {
+    return __uint_as_float(b);
+}
+
+// Four consecutive elements of a row: one 16-byte (f32) or 8-byte (f16/bf16) load when the row
+// width is a multiple of four, otherwise four scalar loads.
+template <typename T>
+__device__ __forceinline__ void load4(const T* __restrict__ ptr, bool vec, float out[4]) {
+    if (vec) {
+        if constexpr (sizeof(T) == 4) {
+            const float4 f = *reinterpret_cast<const float4*>(ptr);
+            out[0] = f.x, out[1] = f.y, out[2] = f.z, out[3] = f.w;
+        } else {
+            const uint2 u = *reinterpret_cast<const uint2*>(ptr);
+            out[0] = bits16_to_f32<T>(u.x & 0xffffu), out[1] = bits16_to_f32<T>(u.x >> 16);
+            out[2] = bits16_to_f32<T>(u.y & 0xffffu), out[3] = bits16_to_f32<T>(u.y >> 16);
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) out[c] = to_f32(ptr[c]);
+    }
+}
+
+// Columns d0 .. d0 + n − 1 (n ≤ 4, within one row) of reduce_range: each edge's indices and
+// weight are read once for the four.
+template <bool SPMM, typename T>
+__device__ __forceinline__ void reduce4(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, uint32_t lo, uint32_t hi, uint32_t d0,
+                                        uint32_t n, const GraphParams& p, Acc r[4]) {
+    const uint32_t dh = p.dim / p.heads;
+    const bool vec = p.dim % 4 == 0;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) r[c] = {0.0f, p.num_edges};
+    for (uint32_t q = lo; q < hi; ++q) {
+        const uint32_t e = g.perm[q];
+        const T* row = x + (size_t)(SPMM ? g.src[q] : e) * p.dim + d0;
+        float xv[4];
+        if (n == 4) {
+            load4(row, vec, xv);
+        } else {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) xv[c] = (uint32_t)c < n ? to_f32(row[c]) : 0.0f;
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const float v = p.has_weight && (uint32_t)c < n ? w[(size_t)e * p.heads + (d0 + c) / dh] * xv[c] : xv[c];
+            r[c] = combine(SPMM || p.reduce <= 1, p.reduce, r[c], {v, e}, q == lo);
+        }
+    }
+}
+
+// The partials of long-row segments: one thread per (segment, four columns) writes the f32
+// values and args into part = [values S·dim | args S·dim].
 template <bool SPMM, typename T>
 __device__ __forceinline__ void seg_partial_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, float* __restrict__ part,
                                                  const GraphParams& p) {
     const Csr g(idx, p);
-    GRID_STRIDE(t, (size_t)p.num_segs * p.dim) {
-        uint32_t lo, hi;
-        g.seg_range(t / p.dim, lo, hi);
-        const Acc r = reduce_range<SPMM>(g, x, w, lo, hi, t % p.dim, p);
-        part[t] = r.v;
-        reinterpret_cast<uint32_t*>(part)[(size_t)p.num_segs * p.dim + t] = r.arg;
+    const uint32_t groups = (p.dim + 3) / 4;
+    uint32_t* part_arg = reinterpret_cast<uint32_t*>(part) + (size_t)p.num_segs * p.dim;
+    GRID_STRIDE(t, (size_t)p.num_segs * groups) {
+        // 32-bit index arithmetic (every count fits; ops::graph checked).
+        const uint32_t k = (uint32_t)t / groups, d0 = ((uint32_t)t % groups) * 4;
+        const uint2 range = g.seg_range(k);
+        const uint32_t n = min(4u, p.dim - d0);
+        Acc r[4];
+        reduce4<SPMM>(g, x, w, range.x, range.y, d0, n, p, r);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            if ((uint32_t)c < n) {
+                part[(size_t)k * p.dim + d0 + c] = r[c].v;
+                part_arg[(size_t)k * p.dim + d0 + c] = r[c].arg;
+            }
+        }
     }
 }
 
-// out[i, d] = the row's reduction; a long row combines its segments' partials in order. Mean
+// Output element i's reduction over its row; a long row combines its segments' partials.
+template <bool SPMM, typename T>
+__device__ __forceinline__ Acc row_element(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ part, size_t i,
+                                           const GraphParams& p) {
+    const size_t row = i / p.dim, d = i % p.dim;
+    const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
+    if (hi - lo <= p.chunk) return reduce_range<SPMM>(g, x, w, lo, hi, d, p);
+    const uint32_t li = g.find_long((uint32_t)row), k0 = g.long_seg_ptr[li], k1 = g.long_seg_ptr[li + 1];
+    const uint32_t* part_arg = reinterpret_cast<const uint32_t*>(part) + (size_t)p.num_segs * p.dim;
+    Acc r = {0.0f, p.num_edges};
+    for (uint32_t k = k0; k < k1; ++k) {
+        const size_t t = (size_t)k * p.dim + d;
+        r = combine(SPMM || p.reduce <= 1, p.reduce, r, {part[t], part_arg[t]}, k == k0);
+    }
+    return r;
+}
+
+// out[i, d] = the row's reduction, four consecutive outputs per thread (groups that straddle a
+// row take the one-element path); a long row combines its segments' partials in order. Mean
 // divides by the degree; max/min write the first arg (E for an empty row).
 template <bool SPMM, typename T>
 __device__ __forceinline__ void row_reduce_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ part,
                                                 T* __restrict__ out, uint32_t* __restrict__ arg, const GraphParams& p) {
     const Csr g(idx, p);
-    GRID_STRIDE(i, (size_t)p.num_nodes * p.dim) {
-        const size_t row = i / p.dim, d = i % p.dim;
-        const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
-        Acc r = {0.0f, p.num_edges};
-        if (hi - lo <= p.chunk) {
-            r = reduce_range<SPMM>(g, x, w, lo, hi, d, p);
+    const size_t total = (size_t)p.num_nodes * p.dim;
+    GRID_STRIDE(gi, (total + 3) / 4) {
+        const size_t i0 = gi * 4, row = i0 / p.dim;
+        const uint32_t d0 = (uint32_t)(i0 % p.dim), lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
+        Acc r[4];
+        if (d0 + 4 <= p.dim && hi - lo <= p.chunk) {
+            reduce4<SPMM>(g, x, w, lo, hi, d0, 4, p, r);
         } else {
-            const uint32_t li = g.find_long((uint32_t)row), k0 = g.long_seg_ptr[li], k1 = g.long_seg_ptr[li + 1];
-            const uint32_t* part_arg = reinterpret_cast<const uint32_t*>(part) + (size_t)p.num_segs * p.dim;
-            for (uint32_t k = k0; k < k1; ++k) {
-                const size_t t = (size_t)k * p.dim + d;
-                r = combine(SPMM || p.reduce <= 1, p.reduce, r, {part[t], part_arg[t]}, k == k0);
-            }
+#pragma unroll
+            for (int c = 0; c < 4; ++c) r[c] = i0 + c < total ? row_element<SPMM>(g, x, w, part, i0 + c, p) : Acc{0.0f, p.num_edges};
         }
-        if (!SPMM && p.reduce == 1 && hi > lo) r.v /= (float)(hi - lo);
-        if (!SPMM && p.reduce >= 2) arg[i] = r.arg;
-        out[i] = from_f32<T>(r.v);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const size_t i = i0 + c;
+            if (i >= total) break;
+            const size_t ri = i / p.dim;
+            const uint32_t deg = g.row_ptr[ri + 1] - g.row_ptr[ri];
+            float v = r[c].v;
+            if (!SPMM && p.reduce == 1 && deg > 0) v /= (float)deg;
+            if (!SPMM && p.reduce >= 2) arg[i] = r[c].arg;
+            out[i] = from_f32<T>(v);
+        }
     }
 }
 
@@ -179,9 +274,8 @@ __device__ __forceinline__ void softmax_partial_impl(const uint32_t* idx, const 
                                                      float2* __restrict__ part, const GraphParams& p) {
     const Csr g(idx, p);
     GRID_STRIDE(t, (size_t)p.num_segs * p.heads) {
-        uint32_t lo, hi;
-        g.seg_range(t / p.heads, lo, hi);
-        part[t] = stats_range(g, w, v, t % p.heads, lo, hi, p);
+        const uint2 range = g.seg_range(t / p.heads);
+        part[t] = stats_range(g, w, v, t % p.heads, range.x, range.y, p);
     }
 }
 

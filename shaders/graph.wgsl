@@ -109,16 +109,20 @@ fn reduce_range(kind: u32, lo: u32, hi: u32, d: u32, head: u32) -> Acc {
     return r;
 }
 
-// The partials of long-row segments (kind 1 or 2): one invocation per (segment, column) writes
-// the f32 value and the arg into out_buf = [values S·dim | args S·dim].
+// The partials of long-row segments (kind 1 or 2): one invocation per (segment, four columns)
+// writes the f32 values and args into out_buf = [values S·dim | args S·dim].
 fn seg_partial(kind: u32, t: u32) {
-    if (t >= p.num_segs * p.dim) { return; }
-    let k = t / p.dim;
-    let d = t % p.dim;
+    let groups = (p.dim + 3u) / 4u;
+    if (t >= p.num_segs * groups) { return; }
+    let k = t / groups;
+    let d0 = (t % groups) * 4u;
     let s = seg_range(k);
-    let r = reduce_range(kind, s.y, s.z, d, d / (p.dim / p.heads));
-    out_buf[t] = bitcast<u32>(r.v);
-    out_buf[p.num_segs * p.dim + t] = r.arg;
+    let n = min(4u, p.dim - d0);
+    let r = reduce4(kind, s.y, s.z, d0, n);
+    for (var c = 0u; c < n; c++) {
+        out_buf[k * p.dim + d0 + c] = bitcast<u32>(r.v[c]);
+        out_buf[(p.num_segs + k) * p.dim + d0 + c] = r.arg[c];
+    }
 }
 
 // One output element i of kernel `kind` (0 gather, 1 segment reduce, 2 spmm, 3 LayerNorm,
@@ -213,6 +217,87 @@ fn run(kind: u32, word: u32, rows: u32) {
     }
 }
 
+// Columns d0 .. d0 + n − 1 (n ≤ 4, within one row) of kind 1 or 2 over CSR positions [lo, hi):
+// each edge's indices and weight are read once for the four.
+struct Acc4 { v: vec4<f32>, arg: vec4<u32> }
+
+fn reduce4(kind: u32, lo: u32, hi: u32, d0: u32, n: u32) -> Acc4 {
+    let dh = p.dim / p.heads;
+    // Columns past n repeat the last one (read, never stored).
+    let cols = vec4<u32>(d0, d0 + min(1u, n - 1u), d0 + min(2u, n - 1u), d0 + min(3u, n - 1u));
+    let hw = cols / dh;
+    var r = Acc4(vec4<f32>(0.0), vec4<u32>(p.num_edges));
+    for (var q = lo; q < hi; q++) {
+        let e = perm(q);
+        let base = select(e, src(q), kind == 2u) * p.dim;
+        var x = vec4<f32>(ld(base + cols.x), ld(base + cols.y), ld(base + cols.z), ld(base + cols.w));
+        if (p.has_weight != 0u) {
+            let wb = e * p.heads;
+            x *= vec4<f32>(w_buf[wb + hw.x], w_buf[wb + hw.y], w_buf[wb + hw.z], w_buf[wb + hw.w]);
+        }
+        if (kind == 2u || p.reduce <= 1u) {
+            r.v += x;
+            continue;
+        }
+        for (var c = 0u; c < 4u; c++) {
+            if (q == lo || (p.reduce == 2u && x[c] > r.v[c]) || (p.reduce == 3u && x[c] < r.v[c])) {
+                r.v[c] = x[c];
+                r.arg[c] = e;
+            }
+        }
+    }
+    return r;
+}
+
+// Four consecutive outputs of a row reduction (kind 1 or 2) per invocation; a long row combines
+// its segments' partials (y_buf) for the four columns in order. Groups that straddle a row take
+// the one-element path.
+fn run4(kind: u32, group: u32, rows: u32) {
+    let total = rows * p.dim;
+    let i0 = group * 4u;
+    if (i0 >= total) { return; }
+    let row = i0 / p.dim;
+    let d0 = i0 % p.dim;
+    let lo = row_ptr(row);
+    let hi = row_ptr(row + 1u);
+    var v = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    if (d0 + 4u <= p.dim) {
+        var r = Acc4(vec4<f32>(0.0), vec4<u32>(p.num_edges));
+        if (hi - lo <= p.chunk) {
+            r = reduce4(kind, lo, hi, d0, 4u);
+        } else {
+            let li = find_long(row);
+            let first = long_seg_ptr(li);
+            let part_args = p.num_segs * p.dim;
+            for (var k = first; k < long_seg_ptr(li + 1u); k++) {
+                for (var c = 0u; c < 4u; c++) {
+                    let t = k * p.dim + d0 + c;
+                    let b = combine(kind, Acc(r.v[c], r.arg[c]), Acc(bitcast<f32>(y_buf[t]), y_buf[part_args + t]), k == first);
+                    r.v[c] = b.v;
+                    r.arg[c] = b.arg;
+                }
+            }
+        }
+        if (kind == 1u && p.reduce == 1u && hi > lo) { r.v /= f32(hi - lo); }
+        for (var c = 0u; c < 4u; c++) {
+            v[c] = r.v[c];
+            if (kind == 1u && p.reduce >= 2u) { arg_buf[i0 + c] = r.arg[c]; }
+        }
+    } else {
+        for (var c = 0u; c < 4u; c++) {
+            if (i0 + c < total) { v[c] = element(kind, i0 + c); }
+        }
+    }
+    if (ELEM_SHIFT == 0u) {
+        for (var c = 0u; c < 4u; c++) {
+            if (i0 + c < total) { out_buf[i0 + c] = pack_elem(v[c]); }
+        }
+    } else {
+        out_buf[i0 >> 1u] = pack_pair(v[0], v[1]);
+        if (i0 + 2u < total) { out_buf[(i0 >> 1u) + 1u] = pack_pair(v[2], v[3]); }
+    }
+}
+
 // A 2-D grid past 65535 workgroups: flat id = x + y · (x extent).
 fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
@@ -225,12 +310,12 @@ fn graph_gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 
 @compute @workgroup_size(256)
 fn graph_segment_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    run(1u, flat_id(gid, nwg), p.num_nodes);
+    run4(1u, flat_id(gid, nwg), p.num_nodes);
 }
 
 @compute @workgroup_size(256)
 fn graph_spmm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    run(2u, flat_id(gid, nwg), p.num_nodes);
+    run4(2u, flat_id(gid, nwg), p.num_nodes);
 }
 
 @compute @workgroup_size(256)

@@ -107,8 +107,9 @@ pub fn launch<T: CudaElem>(
     let (segs, rows_dim) = (p.num_segs as usize, rows * dim);
     let (name, threads) = match kind {
         GraphKernel::Gather => ("graph_gather", edges * dim),
-        GraphKernel::SegmentReduce => ("graph_segment_reduce", rows_dim),
-        GraphKernel::Spmm => ("graph_spmm", rows_dim),
+        // Four outputs per thread.
+        GraphKernel::SegmentReduce => ("graph_segment_reduce", rows_dim.div_ceil(4)),
+        GraphKernel::Spmm => ("graph_spmm", rows_dim.div_ceil(4)),
         GraphKernel::Sddmm => ("graph_sddmm", edges * heads),
         GraphKernel::Softmax | GraphKernel::SoftmaxBackward => ("graph_softmax_write", edges * heads),
         // One block per row.
@@ -223,7 +224,7 @@ pub fn launch<T: CudaElem>(
             let mut part = scratch(2 * segs * dim)?;
             if segs > 0 {
                 let fp = load(if kind == GraphKernel::Spmm { "graph_seg_partial_spmm" } else { "graph_seg_partial_reduce" })?;
-                rt.launch(&fp, cfg(segs * dim), |l| {
+                rt.launch(&fp, cfg(segs * dim.div_ceil(4)), |l| {
                     l.arg(idx).arg(x).arg(w).arg(&mut part).arg(p);
                 })?;
             }

@@ -25,12 +25,14 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
         GraphKernel::Gather => go("graph_gather", arg, words(p.num_edges as usize)),
         GraphKernel::SegmentReduce | GraphKernel::Spmm => {
             let (partial, main) = if kind == GraphKernel::Spmm { ("graph_seg_partial_spmm", "graph_spmm") } else { ("graph_seg_partial_reduce", "graph_segment_reduce") };
+            // Four outputs per invocation.
+            let groups = (rows * dim).div_ceil(4);
             if segs == 0 {
-                return go(main, arg, words(rows));
+                return go(main, arg, groups);
             }
             let parts = scratch(2 * segs * dim)?;
-            dispatch(ctx, partial, dtype, p, g, a, &parts, None, segs * dim)?;
-            dispatch(ctx, main, dtype, p, g, &GraphArgs { y: Some(&parts), ..*a }, out, arg, words(rows))
+            dispatch(ctx, partial, dtype, p, g, a, &parts, None, segs * dim.div_ceil(4))?;
+            dispatch(ctx, main, dtype, p, g, &GraphArgs { y: Some(&parts), ..*a }, out, arg, groups)
         }
         GraphKernel::Sddmm => go("graph_sddmm", arg, p.num_edges as usize * heads),
         GraphKernel::EdgeDot => go("graph_edge_dot", arg, p.num_edges as usize * heads),
