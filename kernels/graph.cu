@@ -56,47 +56,6 @@ __device__ __forceinline__ Acc combine(bool sum, uint32_t reduce, Acc a, Acc b, 
 
 #define GRID_STRIDE(i, total) for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total); i += (size_t)gridDim.x * blockDim.x)
 
-// out[e, h, :] = w[e, h]·X[src_coo[e], h, :] (w optional)
-template <typename T>
-__device__ __forceinline__ void gather_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, T* __restrict__ out,
-                                            const GraphParams& p) {
-    const Csr g(idx, p);
-    const uint32_t dh = p.dim / p.heads;
-    GRID_STRIDE(i, (size_t)p.num_edges * p.dim) {
-        const size_t e = i / p.dim, d = i % p.dim;
-        const float xv = to_f32(x[(size_t)g.src_coo[e] * p.dim + d]);
-        out[i] = from_f32<T>(p.has_weight ? w[e * p.heads + d / dh] * xv : xv);
-    }
-}
-
-// out[e, h] = ⟨x[e, h, :], y[e, h, :]⟩ over edge features (f32).
-template <typename T>
-__device__ __forceinline__ void edge_dot_impl(const T* __restrict__ x, const T* __restrict__ y, float* __restrict__ out, const GraphParams& p) {
-    const uint32_t dh = p.dim / p.heads;
-    GRID_STRIDE(t, (size_t)p.num_edges * p.heads) {
-        const size_t base = (t / p.heads) * p.dim + (t % p.heads) * dh;
-        float acc = 0.0f;
-        for (uint32_t k = 0; k < dh; ++k) acc += to_f32(x[base + k]) * to_f32(y[base + k]);
-        out[t] = acc;
-    }
-}
-
-// Column d of kernel SPMM (Y[i, h, :] = Σ w[perm q, h]·X[src q, h, :]) or of the segment
-// reduction (reduce over M[perm q, d], weighted by w[e, h] if given) over CSR positions [lo, hi).
-template <bool SPMM, typename T>
-__device__ __forceinline__ Acc reduce_range(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, uint32_t lo, uint32_t hi, size_t d,
-                                            const GraphParams& p) {
-    const uint32_t h = (uint32_t)d / (p.dim / p.heads);
-    Acc r = {0.0f, p.num_edges};
-    for (uint32_t q = lo; q < hi; ++q) {
-        const uint32_t e = g.perm[q];
-        const float xv = to_f32(x[(size_t)(SPMM ? g.src[q] : e) * p.dim + d]);
-        const Acc v = {p.has_weight ? w[(size_t)e * p.heads + h] * xv : xv, e};
-        r = combine(SPMM || p.reduce <= 1, p.reduce, r, v, q == lo);
-    }
-    return r;
-}
-
 // A 16-bit element from its bits.
 template <typename T>
 __device__ __forceinline__ float bits16_to_f32(uint32_t b);
@@ -130,6 +89,63 @@ __device__ __forceinline__ void load4(const T* __restrict__ ptr, bool vec, float
 #pragma unroll
         for (int c = 0; c < 4; ++c) out[c] = to_f32(ptr[c]);
     }
+}
+
+// out[e, h, :] = w[e, h]·X[src_coo[e], h, :] (w optional)
+template <typename T>
+__device__ __forceinline__ void gather_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, T* __restrict__ out,
+                                            const GraphParams& p) {
+    const Csr g(idx, p);
+    const uint32_t dh = p.dim / p.heads;
+    const size_t total = (size_t)p.num_edges * p.dim;
+    // Four consecutive outputs per thread: one source index, one 16- or 8-byte load when the width
+    // allows.
+    GRID_STRIDE(gi, (total + 3) / 4) {
+        const size_t i0 = gi * 4, e0 = i0 / p.dim;
+        const uint32_t d0 = (uint32_t)(i0 % p.dim);
+        float xv[4];
+        if (d0 + 4 <= p.dim) {
+            load4(x + (size_t)g.src_coo[e0] * p.dim + d0, p.dim % 4 == 0, xv);
+        } else {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) xv[c] = i0 + c < total ? to_f32(x[(size_t)g.src_coo[(i0 + c) / p.dim] * p.dim + (i0 + c) % p.dim]) : 0.0f;
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const size_t i = i0 + c;
+            if (i >= total) break;
+            const size_t e = i / p.dim, d = i % p.dim;
+            out[i] = from_f32<T>(p.has_weight ? w[e * p.heads + d / dh] * xv[c] : xv[c]);
+        }
+    }
+}
+
+// out[e, h] = ⟨x[e, h, :], y[e, h, :]⟩ over edge features (f32).
+template <typename T>
+__device__ __forceinline__ void edge_dot_impl(const T* __restrict__ x, const T* __restrict__ y, float* __restrict__ out, const GraphParams& p) {
+    const uint32_t dh = p.dim / p.heads;
+    GRID_STRIDE(t, (size_t)p.num_edges * p.heads) {
+        const size_t base = (t / p.heads) * p.dim + (t % p.heads) * dh;
+        float acc = 0.0f;
+        for (uint32_t k = 0; k < dh; ++k) acc += to_f32(x[base + k]) * to_f32(y[base + k]);
+        out[t] = acc;
+    }
+}
+
+// Column d of kernel SPMM (Y[i, h, :] = Σ w[perm q, h]·X[src q, h, :]) or of the segment
+// reduction (reduce over M[perm q, d], weighted by w[e, h] if given) over CSR positions [lo, hi).
+template <bool SPMM, typename T>
+__device__ __forceinline__ Acc reduce_range(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, uint32_t lo, uint32_t hi, size_t d,
+                                            const GraphParams& p) {
+    const uint32_t h = (uint32_t)d / (p.dim / p.heads);
+    Acc r = {0.0f, p.num_edges};
+    for (uint32_t q = lo; q < hi; ++q) {
+        const uint32_t e = g.perm[q];
+        const float xv = to_f32(x[(size_t)(SPMM ? g.src[q] : e) * p.dim + d]);
+        const Acc v = {p.has_weight ? w[(size_t)e * p.heads + h] * xv : xv, e};
+        r = combine(SPMM || p.reduce <= 1, p.reduce, r, v, q == lo);
+    }
+    return r;
 }
 
 // Columns d0 .. d0 + n − 1 (n ≤ 4, within one row) of reduce_range: each edge's indices and

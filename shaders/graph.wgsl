@@ -249,19 +249,31 @@ fn reduce4(kind: u32, lo: u32, hi: u32, d0: u32, n: u32) -> Acc4 {
     return r;
 }
 
-// Four consecutive outputs of a row reduction (kind 1 or 2) per invocation; a long row combines
-// its segments' partials (y_buf) for the four columns in order. Groups that straddle a row take
-// the one-element path.
+// Four consecutive outputs of a gather (kind 0: one source index per four) or a row reduction
+// (kind 1 or 2) per invocation; a long row combines its segments' partials (y_buf) for the four
+// columns in order. Groups that straddle a row take the one-element path.
 fn run4(kind: u32, group: u32, rows: u32) {
     let total = rows * p.dim;
     let i0 = group * 4u;
     if (i0 >= total) { return; }
     let row = i0 / p.dim;
     let d0 = i0 % p.dim;
-    let lo = row_ptr(row);
-    let hi = row_ptr(row + 1u);
+    var lo = 0u;
+    var hi = 0u;
+    if (kind != 0u) {
+        lo = row_ptr(row);
+        hi = row_ptr(row + 1u);
+    }
     var v = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    if (d0 + 4u <= p.dim) {
+    if (kind == 0u && d0 + 4u <= p.dim) {
+        // out[e, h, :] = w[e, h]·X[src_coo[e], h, :] (w optional)
+        let base = src_coo(row) * p.dim + d0;
+        let dh = p.dim / p.heads;
+        for (var c = 0u; c < 4u; c++) {
+            let xv = ld(base + c);
+            v[c] = select(xv, w_buf[row * p.heads + (d0 + c) / dh] * xv, p.has_weight != 0u);
+        }
+    } else if (kind != 0u && d0 + 4u <= p.dim) {
         var r = Acc4(vec4<f32>(0.0), vec4<u32>(p.num_edges));
         if (hi - lo <= p.chunk) {
             r = reduce4(kind, lo, hi, d0, 4u);
@@ -305,7 +317,7 @@ fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 @compute @workgroup_size(256)
 fn graph_gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    run(0u, flat_id(gid, nwg), p.num_edges);
+    run4(0u, flat_id(gid, nwg), p.num_edges);
 }
 
 @compute @workgroup_size(256)

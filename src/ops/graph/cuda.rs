@@ -106,7 +106,8 @@ pub fn launch<T: CudaElem>(
     let (rows, dim, heads, edges) = (p.num_nodes as usize, p.dim as usize, p.heads as usize, p.num_edges as usize);
     let (segs, rows_dim) = (p.num_segs as usize, rows * dim);
     let (name, threads) = match kind {
-        GraphKernel::Gather => ("graph_gather", edges * dim),
+        // Four outputs per thread.
+        GraphKernel::Gather => ("graph_gather", (edges * dim).div_ceil(4)),
         // Four outputs per thread.
         GraphKernel::SegmentReduce => ("graph_segment_reduce", rows_dim.div_ceil(4)),
         GraphKernel::Spmm => ("graph_spmm", rows_dim.div_ceil(4)),

@@ -22,7 +22,8 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
     let scratch = |len: usize| -> Result<WgpuBuffer> { Ok(WgpuBuffer { buffer: ctx.create_buffer(DType::F32, len.max(1))?, dtype: DType::F32, len: len.max(1) }) };
     let segs = p.num_segs as usize;
     match kind {
-        GraphKernel::Gather => go("graph_gather", arg, words(p.num_edges as usize)),
+        // Four outputs per invocation.
+        GraphKernel::Gather => go("graph_gather", arg, (p.num_edges as usize * dim).div_ceil(4)),
         GraphKernel::SegmentReduce | GraphKernel::Spmm => {
             let (partial, main) = if kind == GraphKernel::Spmm { ("graph_seg_partial_spmm", "graph_spmm") } else { ("graph_seg_partial_reduce", "graph_segment_reduce") };
             // Four outputs per invocation.
