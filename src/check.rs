@@ -220,19 +220,34 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                 (3, 1, 2, 128, 128, FeatureMap::Relu, Normalize::Count),
             ] {
                 let d = LinearAttention { batch: b, seq: t, heads: h, k, v, feature_map: fm, scale: None, normalize: n };
-                let shape = format!("recurrent B{b} T{t} H{h} K{k} V{v} {fm:?} {n:?}");
+                let dims = format!("B{b} T{t} H{h} K{k} V{v} {fm:?} {n:?}");
                 let (q, kk, vv) = (scaled(dtype, d.qk_len(), 1.0, 1), scaled(dtype, d.qk_len(), 1.0, 2), scaled(dtype, d.vo_len(), 1.0, 3));
                 let s0 = scaled(DType::F32, d.state_len(), 1.0, 4);
                 let z0 = HostTensor { dtype: DType::F32, shape: vec![d.z_len()], data: vec![0.75; d.z_len()] };
+                let d_o = scaled(dtype, d.vo_len(), 1.0, 5);
                 let (o_ref, ..) = lcpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
-                let res = (|| -> crate::Result<Vec<f32>> {
-                    let (mut s, mut z, mut o) = (be.upload(&s0)?, be.upload(&z0)?, be.alloc(dtype, d.vo_len())?);
-                    d.recurrent(be, &be.upload(&q)?, &be.upload(&kk)?, &be.upload(&vv)?, &mut s, &mut z, 0, &mut o)?;
-                    Ok(be.download(&o)?.data)
-                })();
-                match res {
-                    Ok(o) => out.push(record(op, name, dtype, shape, &o, &o_ref)),
-                    Err(e) => out.push(failed(op, name, dtype, shape, e)),
+                let (dq, dk, dv, _) = lcpu::backward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, None);
+                let grads_ref: Vec<f64> = dq.into_iter().chain(dk).chain(dv).collect();
+                for mode in ["recurrent", "chunk", "backward"] {
+                    let res = (|| -> crate::Result<Vec<f32>> {
+                        let (qb, kb, vb) = (be.upload(&q)?, be.upload(&kk)?, be.upload(&vv)?);
+                        let (mut s, mut z, mut o) = (be.upload(&s0)?, be.upload(&z0)?, be.alloc(dtype, d.vo_len())?);
+                        if mode == "chunk" {
+                            d.chunk(be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o)?;
+                        } else {
+                            d.recurrent(be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o)?;
+                        }
+                        if mode != "backward" {
+                            return Ok(be.download(&o)?.data);
+                        }
+                        let g = d.backward(be, &qb, &kb, &vb, &o, &be.upload(&d_o)?, &be.upload(&s0)?, &be.upload(&z0)?, None, 0)?;
+                        Ok([&g.dq, &g.dk, &g.dv].into_iter().map(|t| be.download(t).map(|h| h.data)).collect::<crate::Result<Vec<_>>>()?.concat())
+                    })();
+                    let shape = format!("{mode} {dims}{}", if mode == "backward" { " (dq, dk, dv)" } else { "" });
+                    match res {
+                        Ok(o) => out.push(record(op, name, dtype, shape, &o, if mode == "backward" { &grads_ref } else { &o_ref })),
+                        Err(e) => out.push(failed(op, name, dtype, shape, e)),
+                    }
                 }
             }
             progress();
@@ -306,11 +321,85 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                 Ok((shape, o, r)) => out.push(record(op, name, dtype, shape, &o, &r)),
                 Err(e) => out.push(failed(op, name, dtype, "edge_mlp".into(), e)),
             }
+            // The layers on an icosahedral mesh against their f64 references (forward).
+            for layer in ["oneforecast_layer", "gcn", "sage", "gat"] {
+                let res = check_graph_layer(be, layer, dtype);
+                match res {
+                    Ok((shape, o, r)) => out.push(record(op, name, dtype, shape, &o, &r)),
+                    Err(e) => out.push(failed(op, name, dtype, layer.into(), e)),
+                }
+            }
             progress();
         }
         _ => {}
     }
     out
+}
+
+/// One graph layer's forward on the level-2 icosphere (162 nodes, 960 edges): `(shape, output,
+/// f64 reference)`.
+fn check_graph_layer<Be: Backend>(be: &Be, layer: &str, dtype: DType) -> crate::Result<(String, Vec<f32>, Vec<f64>)> {
+    use crate::ops::graph::{cpu as gcpu, DeviceGraph, GatLayer, GatParams, GcnLayer, Graph, OneForecastLayer, OneForecastParams, SageLayer};
+    let g = Graph::icosphere(2)?;
+    let (n, e) = (g.num_nodes, g.num_edges());
+    let f64s = |t: &HostTensor| t.data.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let (i, o) = (32usize, 24usize);
+    let x = scaled(dtype, n * i, 1.0, 21);
+    let dg = DeviceGraph::upload(be, &g)?;
+    let shape = format!("{layer} icosphere N{n} E{e}");
+    match layer {
+        "oneforecast_layer" => {
+            let l = OneForecastLayer { dim: 32, heads: 4, gate_hidden: 16, attn_hidden: 8, eps: 1e-5 };
+            let ef = scaled(dtype, e * l.dim, 1.0, 22);
+            let params: Vec<HostTensor> = l
+                .param_shapes()
+                .iter()
+                .enumerate()
+                .map(|(k, (pname, shape, is_f32))| {
+                    let len: usize = shape.iter().product();
+                    let dt = if *is_f32 { DType::F32 } else { dtype };
+                    let t = scaled(dt, len, 1.0, 30 + k as u64);
+                    let data = if pname.starts_with("ln_") {
+                        t.data.iter().enumerate().map(|(j, v)| if j < len / 2 { 1.0 + 0.3 * v } else { 0.3 * v }).collect()
+                    } else {
+                        let fan_in = if shape.len() == 2 { shape[1] } else { 4 } as f32;
+                        t.data.iter().map(|v| dt.round(1.5 * v / fan_in.sqrt())).collect()
+                    };
+                    HostTensor { dtype: dt, shape: vec![len], data }
+                })
+                .collect();
+            let (e_ref, h_ref) = gcpu::oneforecast_layer(&g, &l, &f64s(&ef), &f64s(&x), &params.iter().map(f64s).collect::<Vec<_>>());
+            let p = OneForecastParams::from_tensors(params.iter().map(|t| be.upload(t)).collect::<crate::Result<_>>()?)?;
+            let st = l.forward(be, &dg, &be.upload(&ef)?, &be.upload(&x)?, &p)?;
+            let mut got = be.download(&st.e_out)?.data;
+            got.extend(be.download(&st.h_out)?.data);
+            Ok((format!("{shape} D32 H4 (e', h')"), got, e_ref.into_iter().chain(h_ref).collect()))
+        }
+        "gcn" => {
+            let l = GcnLayer { in_dim: i, out_dim: o, act: Activation::Relu };
+            let (w, b) = (scaled(dtype, o * i, 0.3, 23), scaled(dtype, o, 0.5, 24));
+            let (gl, ew) = GcnLayer::normalize(&g)?;
+            let ew = be.upload(&HostTensor { dtype: DType::F32, shape: vec![ew.len()], data: ew })?;
+            let st = l.forward(be, &DeviceGraph::upload(be, &gl)?, &ew, &be.upload(&x)?, &be.upload(&w)?, &be.upload(&b)?)?;
+            Ok((format!("{shape} {i}→{o} relu"), be.download(&st.out)?.data, gcpu::gcn_layer(&g, &f64s(&x), &f64s(&w), &f64s(&b), l.act)))
+        }
+        "sage" => {
+            let l = SageLayer { in_dim: i, out_dim: o, act: Activation::Silu };
+            let (wn, ws, b) = (scaled(dtype, o * i, 0.3, 25), scaled(dtype, o * i, 0.3, 26), scaled(dtype, o, 0.5, 27));
+            let mw = SageLayer::mean_weights(&g);
+            let mw = be.upload(&HostTensor { dtype: DType::F32, shape: vec![mw.len()], data: mw })?;
+            let st = l.forward(be, &dg, &mw, &be.upload(&x)?, &be.upload(&wn)?, &be.upload(&ws)?, &be.upload(&b)?)?;
+            Ok((format!("{shape} {i}→{o} silu"), be.download(&st.out)?.data, gcpu::sage_layer(&g, &f64s(&x), &f64s(&wn), &f64s(&ws), &f64s(&b), l.act)))
+        }
+        _ => {
+            let l = GatLayer { in_dim: i, heads: 4, head_dim: 6, act: Activation::Identity };
+            let t = [scaled(dtype, 24 * i, 0.3, 28), scaled(dtype, 24, 1.0, 29), scaled(dtype, 24, 1.0, 30), scaled(dtype, 24, 0.5, 31)];
+            let p = GatParams { w: be.upload(&t[0])?, a_src: be.upload(&t[1])?, a_dst: be.upload(&t[2])?, b: be.upload(&t[3])? };
+            let st = l.forward(be, &dg, &be.upload(&x)?, &p)?;
+            let r = gcpu::gat_layer(&g, &f64s(&x), &f64s(&t[0]), &f64s(&t[1]), &f64s(&t[2]), &f64s(&t[3]), 4, l.act);
+            Ok((format!("{shape} {i}→4×6"), be.download(&st.out)?.data, r))
+        }
+    }
 }
 
 /// Seeded values in [-scale, scale), rounded to `dtype`.
