@@ -109,12 +109,14 @@ __device__ __forceinline__ float phi_grad(uint32_t map, float x) {
 template <typename T>
 __device__ __forceinline__ void backward_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ o,
                                               const T* __restrict__ d_o, const float* __restrict__ s0, const float* __restrict__ z0,
-                                              const float* __restrict__ d_state, const uint32_t* __restrict__ starts, float* __restrict__ dq_part,
-                                              float* __restrict__ dk_part, float* dendd, float* __restrict__ ds0, T* __restrict__ dv,
-                                              const LinAttnParams& p) {
+                                              const float* __restrict__ d_state, const float* __restrict__ d_z, const uint32_t* __restrict__ starts,
+                                              float* __restrict__ dq_part, float* __restrict__ dk_part, float* dendd, float* __restrict__ ds0,
+                                              float* __restrict__ dz0, T* __restrict__ dv, const LinAttnParams& p) {
     __shared__ float qs[256], ks[256], zs[256], vs[16], dns[16], red[16][17], prod[256][16], scal[2];
     const uint32_t lid = threadIdx.x, bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
     const uint32_t c0 = blockIdx.x * 16, start = starts[b], len = starts[b + 1] - start;
+    // A chunk's first position in its sequence (varlen 2), for Count mode.
+    const uint32_t pos0 = p.varlen == 2 ? starts[p.batch + 1 + b] : 0;
     const bool mine = lid < p.k;
     const size_t rhk = (size_t)starts[p.batch] * p.heads * p.k;
     float* dq_t = dq_part + blockIdx.x * rhk;
@@ -155,7 +157,7 @@ __device__ __forceinline__ void backward_impl(const T* __restrict__ q, const T* 
                 }
                 dd = -dot / den;
             } else if (p.normalize == 2) {
-                den = (float)(p.count0 + t + 1);
+                den = (float)(p.count0 + pos0 + t + 1);
             }
             scal[0] = den;
             scal[1] = dd;
@@ -177,10 +179,10 @@ __device__ __forceinline__ void backward_impl(const T* __restrict__ q, const T* 
         }
         __syncthreads();
     }
-    // Reverse: G = dS_T + Σ_{τ≥t} q̃_τ·dn_τᵀ, hz = Σ_{τ≥t} q̃_τ·dd_τ.
+    // Reverse: G = dS_T + Σ_{τ≥t} q̃_τ·dn_τᵀ, hz = dz_T + Σ_{τ≥t} q̃_τ·dd_τ.
 #pragma unroll
     for (int j = 0; j < 16; ++j) s[j] = mine && c0 + j < p.v ? d_state[((size_t)bh * p.k + lid) * p.v + c0 + j] : 0.0f;
-    float hz = 0.0f;
+    float hz = mine ? d_z[(size_t)bh * p.k + lid] : 0.0f;
     for (uint32_t step = 0; step < len; ++step) {
         const uint32_t t = len - 1 - step;
         const size_t row = ((size_t)start + t) * p.heads + h;
@@ -221,10 +223,12 @@ __device__ __forceinline__ void backward_impl(const T* __restrict__ q, const T* 
         }
         __syncthreads();
     }
-    if (mine)
+    if (mine) {
 #pragma unroll
         for (int j = 0; j < 16; ++j)
             if (c0 + j < p.v) ds0[((size_t)bh * p.k + lid) * p.v + c0 + j] = s[j];
+        if (blockIdx.x == 0) dz0[(size_t)bh * p.k + lid] = hz;
+    }
 }
 
 // dq (aux 0) or dk (1) = the sum of the p.count0 value tiles' parts, times scale·φ'(q) or φ'(k).
@@ -248,8 +252,9 @@ __device__ __forceinline__ void backward_reduce_impl(const T* __restrict__ x, co
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) linattn_backward_##SUFFIX(                                           \
         const T* q, const T* k, const T* v, const T* o, const T* d_o, const float* s0, const float* z0, const float* d_state, \
-        const uint32_t* starts, float* dq_part, float* dk_part, float* dendd, float* ds0, T* dv, LinAttnParams p) {         \
-        backward_impl<T>(q, k, v, o, d_o, s0, z0, d_state, starts, dq_part, dk_part, dendd, ds0, dv, p);                    \
+        const float* d_z, const uint32_t* starts, float* dq_part, float* dk_part, float* dendd, float* ds0, float* dz0, T* dv, \
+        LinAttnParams p) {                                                                                                 \
+        backward_impl<T>(q, k, v, o, d_o, s0, z0, d_state, d_z, starts, dq_part, dk_part, dendd, ds0, dz0, dv, p);          \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_backward_reduce_##SUFFIX(const T* x, const float* part, const uint32_t* starts, T* out, LinAttnParams p) { \
@@ -269,7 +274,9 @@ extern "C" __global__ void __launch_bounds__(256)
         const bool in_s = e < kv;
         float* mine = in_s ? &state[nh * kv + e] : &z[nh * p.k + (e - kv)];
         float acc = *mine;
-        for (uint32_t c = seq_chunk0[n]; c < seq_chunk0[n + 1]; ++c) {
+        for (uint32_t j = seq_chunk0[n]; j < seq_chunk0[n + 1]; ++j) {
+            // aux 1: from the last chunk back (the backward's gradients at each chunk's end).
+            const uint32_t c = p.aux == 1 ? seq_chunk0[n + 1] - 1 - (j - seq_chunk0[n]) : j;
             float* slot = in_s ? &hs[((size_t)c * p.heads + h) * kv + e] : &zs[((size_t)c * p.heads + h) * p.k + (e - kv)];
             const float d = *slot;
             *slot = acc;

@@ -87,7 +87,8 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
 // state-only pass over the chunks), replaces them by the state at the chunk's start,
 // S_c = S_0 + Σ_{c' < c} ΔS_c', and writes each sequence's final state after the chunks. One
 // invocation per (sequence, head, element of S and z); the chunks of sequence n are
-// starts[n] .. starts[n + 1]; count0 is the number of chunks; z_init holds [S_0 | z_0].
+// starts[n] .. starts[n + 1]; count0 is the number of chunks; z_init holds [S_0 | z_0]. With
+// aux = 1 the chunks run from the last back (the backward's gradients at each chunk's end).
 @compute @workgroup_size(256)
 fn linattn_chunk_scan(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = gid.x + gid.y * nwg.x * 256u;
@@ -101,7 +102,8 @@ fn linattn_chunk_scan(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     let tail = p.count0 * p.heads + nh;
     if (e < kv) {
         var acc = z_init[nh * kv + e];
-        for (var c = starts[n]; c < starts[n + 1u]; c++) {
+        for (var j = starts[n]; j < starts[n + 1u]; j++) {
+            let c = select(j, starts[n + 1u] - 1u - (j - starts[n]), p.aux == 1u);
             let i = (c * p.heads + h) * kv + e;
             let d = state[i];
             state[i] = acc;
@@ -111,7 +113,8 @@ fn linattn_chunk_scan(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     } else {
         let ek = e - kv;
         var acc = z_init[p.batch * p.heads * kv + nh * p.k + ek];
-        for (var c = starts[n]; c < starts[n + 1u]; c++) {
+        for (var j = starts[n]; j < starts[n + 1u]; j++) {
+            let c = select(j, starts[n + 1u] - 1u - (j - starts[n]), p.aux == 1u);
             let i = (c * p.heads + h) * p.k + ek;
             let d = z_buf[i];
             z_buf[i] = acc;

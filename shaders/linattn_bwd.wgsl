@@ -9,9 +9,11 @@
 
 @group(0) @binding(4) var<storage, read> o_buf: array<u32>;
 @group(0) @binding(5) var<storage, read> do_buf: array<u32>;
-// [S0 (N·H·K·V) | z0 (N·H·K) | dS_T (N·H·K·V) | sequence starts (N + 1, as u32 bits)]
+// [S0 (N·H·K·V) | z0 (N·H·K) | dS_T (N·H·K·V) | dz_T (N·H·K) | sequence starts (N + 1) |
+//  positions (N, chunks only)], the last two as u32 bits.
 @group(0) @binding(6) var<storage, read> fin: array<f32>;
-// [dq parts (NV·R·H·K) | dk parts (NV·R·H·K) | dS0 (N·H·K·V) | den, dd per tile (NV·R·H·2)]
+// [dq parts (NV·R·H·K) | dk parts (NV·R·H·K) | dS0 (N·H·K·V) | dz0 (N·H·K) | den, dd per tile
+//  (NV·R·H·2)]
 @group(0) @binding(7) var<storage, read_write> part: array<f32>;
 
 // o (which 0) or do (1).
@@ -25,8 +27,11 @@ fn ld_od(which: u32, i: u32) -> f32 {
 fn state_len() -> u32 {
     return p.batch * p.heads * p.k * p.v;
 }
+fn z_len() -> u32 {
+    return p.batch * p.heads * p.k;
+}
 fn seq_start(n: u32) -> u32 {
-    return bitcast<u32>(fin[2u * state_len() + p.batch * p.heads * p.k + n]);
+    return bitcast<u32>(fin[2u * state_len() + 2u * z_len() + n]);
 }
 // Elements of one [R, H, K] gradient, R the packed row count.
 fn rhk() -> u32 {
@@ -53,7 +58,11 @@ fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     let dq_off = wg.x * rhk();
     let dk_off = (nv + wg.x) * rhk();
     let ds0_off = 2u * nv * rhk();
-    let dd_off = ds0_off + state_len() + wg.x * 2u * seq_start(p.batch) * p.heads;
+    let dz0_off = ds0_off + state_len();
+    let dd_off = dz0_off + z_len() + wg.x * 2u * seq_start(p.batch) * p.heads;
+    // A chunk's first position in its sequence (varlen 2), for Count mode.
+    var pos0 = 0u;
+    if (p.varlen == 2u) { pos0 = bitcast<u32>(fin[2u * state_len() + 2u * z_len() + p.batch + 1u + b]); }
     var s: array<f32, 16>;
     for (var j = 0u; j < 16u; j++) {
         s[j] = 0.0;
@@ -88,7 +97,7 @@ fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
                 }
                 dd = -dot / den;
             } else if (p.normalize == 2u) {
-                den = f32(p.count0 + t + 1u);
+                den = f32(p.count0 + pos0 + t + 1u);
             }
             scal[0] = den;
             scal[1] = dd;
@@ -115,12 +124,13 @@ fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
     // The steps' den and dd (written by invocation 0 above) are read by others below.
     storageBarrier();
-    // Reverse: G = dS_T + Σ_{τ≥t} q̃_τ·dn_τᵀ, hz = Σ_{τ≥t} q̃_τ·dd_τ.
+    // Reverse: G = dS_T + Σ_{τ≥t} q̃_τ·dn_τᵀ, hz = dz_T + Σ_{τ≥t} q̃_τ·dd_τ.
     for (var j = 0u; j < 16u; j++) {
         s[j] = 0.0;
         if (mine && c0 + j < p.v) { s[j] = fin[state_len() + p.batch * p.heads * p.k + (bh * p.k + lid) * p.v + c0 + j]; }
     }
     var hz = 0.0;
+    if (mine) { hz = fin[2u * state_len() + z_len() + bh * p.k + lid]; }
     for (var step = 0u; step < len; step++) {
         let t = len - 1u - step;
         let row = (start + t) * p.heads + h;
@@ -162,6 +172,7 @@ fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         for (var j = 0u; j < 16u; j++) {
             if (c0 + j < p.v) { part[ds0_off + (bh * p.k + lid) * p.v + c0 + j] = s[j]; }
         }
+        if (wg.x == 0u) { part[dz0_off + bh * p.k + lid] = hz; }
     }
 }
 

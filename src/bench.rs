@@ -220,8 +220,10 @@ pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, reps: usize) -> Result<V
         let t = timed(be, reps, &mut || d.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o))?;
         out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk B1 T{seq} H4 D64"), t, flops, 0.0, reps));
         let (s0, z0, d_o) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?, r(d.vo_len(), DType::BF16, 6)?);
-        let t = timed(be, reps, &mut || d.backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, None, 0).map(|_| ()))?;
+        let t = timed(be, reps, &mut || d.backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ()))?;
         out.push(record("linear_attn", be.name(), DType::BF16, format!("recurrent backward B1 T{seq} H4 D64"), t, 2.0 * flops, 0.0, reps));
+        let t = timed(be, reps, &mut || d.chunk_backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ()))?;
+        out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk backward B1 T{seq} H4 D64"), t, 2.0 * flops, 0.0, reps));
     }
     Ok(out)
 }

@@ -228,7 +228,7 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                 let (o_ref, ..) = lcpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
                 let (dq, dk, dv, _) = lcpu::backward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, None);
                 let grads_ref: Vec<f64> = dq.into_iter().chain(dk).chain(dv).collect();
-                for mode in ["recurrent", "chunk", "backward"] {
+                for mode in ["recurrent", "chunk", "backward", "chunk backward"] {
                     let res = (|| -> crate::Result<Vec<f32>> {
                         let (qb, kb, vb) = (be.upload(&q)?, be.upload(&kk)?, be.upload(&vv)?);
                         let (mut s, mut z, mut o) = (be.upload(&s0)?, be.upload(&z0)?, be.alloc(dtype, d.vo_len())?);
@@ -237,15 +237,21 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                         } else {
                             d.recurrent(be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o)?;
                         }
-                        if mode != "backward" {
+                        if !mode.ends_with("backward") {
                             return Ok(be.download(&o)?.data);
                         }
-                        let g = d.backward(be, &qb, &kb, &vb, &o, &be.upload(&d_o)?, &be.upload(&s0)?, &be.upload(&z0)?, None, 0)?;
+                        let (d_ob, s0b, z0b) = (be.upload(&d_o)?, be.upload(&s0)?, be.upload(&z0)?);
+                        let g = if mode == "backward" {
+                            d.backward(be, &qb, &kb, &vb, &o, &d_ob, &s0b, &z0b, [None, None], 0)?
+                        } else {
+                            d.chunk_backward(be, &qb, &kb, &vb, &o, &d_ob, &s0b, &z0b, [None, None], 0)?
+                        };
                         Ok([&g.dq, &g.dk, &g.dv].into_iter().map(|t| be.download(t).map(|h| h.data)).collect::<crate::Result<Vec<_>>>()?.concat())
                     })();
-                    let shape = format!("{mode} {dims}{}", if mode == "backward" { " (dq, dk, dv)" } else { "" });
+                    let backward = mode.ends_with("backward");
+                    let shape = format!("{mode} {dims}{}", if backward { " (dq, dk, dv)" } else { "" });
                     match res {
-                        Ok(o) => out.push(record(op, name, dtype, shape, &o, if mode == "backward" { &grads_ref } else { &o_ref })),
+                        Ok(o) => out.push(record(op, name, dtype, shape, &o, if backward { &grads_ref } else { &o_ref })),
                         Err(e) => out.push(failed(op, name, dtype, shape, e)),
                     }
                 }

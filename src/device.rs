@@ -76,10 +76,11 @@ pub trait Backend {
     /// `n`'s chunks are `seq_chunk0[n] .. seq_chunk0[n + 1]`; `p.count0` is the chunk count.
     fn linattn_chunk_scan(&self, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut Self::Buf, z: &mut Self::Buf, hs: &mut Self::Buf, zs: &mut Self::Buf) -> Result<()>;
     /// Its backward (see `ops::linattn::LinearAttention::backward`, which validates):
-    /// `x = [q, k, v, o, do]`, the initial state `s0`, `z0` and the final-state gradient (f32);
-    /// writes `[dq, dk, dv, dS0]`.
+    /// `x = [q, k, v, o, do]`, the initial state `s0`, `z0` and the gradients of the final state
+    /// and normalizer (f32; None: 0); writes `[dq, dk, dv, dS0, dz0]`. With `p.varlen == 2` the
+    /// sequences are chunks and `starts` carries their positions (as for the forward).
     #[allow(clippy::too_many_arguments)]
-    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&Self::Buf; 5], s0: &Self::Buf, z0: &Self::Buf, d_state: Option<&Self::Buf>, out: [&mut Self::Buf; 4]) -> Result<()>;
+    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&Self::Buf; 5], s0: &Self::Buf, z0: &Self::Buf, d_final: [Option<&Self::Buf>; 2], out: [&mut Self::Buf; 5]) -> Result<()>;
 
     /// One graph primitive (see `ops::graph`, which checks the buffers; [`GraphKernel`] says
     /// which operands each reads; `g` is None only for LayerNorm, which reads no graph); `arg`

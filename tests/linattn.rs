@@ -227,12 +227,13 @@ fn varlen_equals_a_loop_over_sequences() {
     }
 }
 
-/// The fused recurrent backward on every backend against the f64 reference: dq, dk, dv and
-/// dS0 from do and dS_T, in every mode, with partial value tiles (V not a multiple of 16) and a
-/// K over one tile of rows; `o` comes from the device's own forward, as in training. Packed
-/// sequences against the reference's loop, and a second run bitwise equal.
+/// The fused recurrent and the chunked backward on every backend against the f64 reference: dq,
+/// dk, dv, dS0 and dz0 from do, dS_T and dz_T, in every mode, with partial value tiles (V not a
+/// multiple of 16), K over one tile of rows and T over several chunks; `o` comes from the
+/// device's own forward, as in training. Packed sequences against the reference over the same
+/// packing, and a second run bitwise equal.
 #[test]
-fn recurrent_backward_matches_the_reference_on_every_backend() {
+fn backward_matches_the_reference_on_every_backend() {
     let shapes = [(2usize, 65usize, 2usize, 60usize, 20usize), (1, 64, 1, 128, 128), (3, 1, 2, 16, 16), (1, 200, 1, 17, 33)];
     for dev in devices_and_cpu() {
         for (i, &(b, t, h, k, v)) in shapes.iter().enumerate() {
@@ -242,49 +243,96 @@ fn recurrent_backward_matches_the_reference_on_every_backend() {
                 let (q, kk, vv, s0, z0) = inputs(&d, dtype, 300 + i as u64);
                 let d_o = HostTensor::random(dtype, vec![d.vo_len()], 310 + j as u64);
                 let d_s = HostTensor::random(DType::F32, vec![d.state_len()], 320);
-                let (dq_r, dk_r, dv_r, ds_r) = cpu::backward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, Some(&d_s.data));
-                let what = format!("{} {dtype} B{b} T{t} H{h} K{k} V{v} {fm:?} {n:?} backward", dev.name());
+                let d_z = HostTensor::random(DType::F32, vec![d.z_len()], 330);
+                let starts: Vec<usize> = (0..=b).map(|x| x * t).collect();
+                let r = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [Some(&d_s.data), Some(&d_z.data)], 0);
                 with_backend!(dev, be => {
                     let up = |x: &HostTensor| be.upload(x).expect("upload");
                     let down = |x: &_| be.download(x).expect("download").data;
-                    let (qb, kb, vb, s0b, z0b) = (up(&q), up(&kk), up(&vv), up(&s0), up(&z0));
+                    let (qb, kb, vb, s0b, z0b, dsb, dzb) = (up(&q), up(&kk), up(&vv), up(&s0), up(&z0), up(&d_s), up(&d_z));
                     let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(dtype, d.vo_len()).expect("o"));
                     d.recurrent(be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o).expect("forward");
-                    let g = d.backward(be, &qb, &kb, &vb, &o, &up(&d_o), &s0b, &z0b, Some(&up(&d_s)), 0).expect("backward");
-                    assert_close(&format!("{what} dq"), &down(&g.dq), &dq_r, dtype);
-                    assert_close(&format!("{what} dk"), &down(&g.dk), &dk_r, dtype);
-                    assert_close(&format!("{what} dv"), &down(&g.dv), &dv_r, dtype);
-                    assert_close(&format!("{what} dS0"), &down(&g.d_state), &ds_r, DType::F32);
-                    let again = d.backward(be, &qb, &kb, &vb, &o, &up(&d_o), &s0b, &z0b, Some(&up(&d_s)), 0).expect("backward");
-                    assert_eq!(down(&again.dk).iter().map(|x| x.to_bits()).collect::<Vec<_>>(), down(&g.dk).iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{what}: two runs differ");
+                    let dob = up(&d_o);
+                    for chunked in [false, true] {
+                        let what = format!("{} {dtype} B{b} T{t} H{h} K{k} V{v} {fm:?} {n:?} {}", dev.name(), if chunked { "chunked backward" } else { "backward" });
+                        let run = || if chunked {
+                            d.chunk_backward(be, &qb, &kb, &vb, &o, &dob, &s0b, &z0b, [Some(&dsb), Some(&dzb)], 0).expect("chunk backward")
+                        } else {
+                            d.backward(be, &qb, &kb, &vb, &o, &dob, &s0b, &z0b, [Some(&dsb), Some(&dzb)], 0).expect("backward")
+                        };
+                        let g = run();
+                        assert_close(&format!("{what} dq"), &down(&g.dq), &r.dq, dtype);
+                        assert_close(&format!("{what} dk"), &down(&g.dk), &r.dk, dtype);
+                        assert_close(&format!("{what} dv"), &down(&g.dv), &r.dv, dtype);
+                        assert_close(&format!("{what} dS0"), &down(&g.d_state), &r.ds0, DType::F32);
+                        if matches!(n, Normalize::Normalizer { .. }) {
+                            // dz0 reads the forward's output o, stored in the inputs' dtype.
+                            assert_close(&format!("{what} dz0"), &down(&g.d_z), &r.dz0, dtype);
+                        }
+                        let again = run();
+                        assert_eq!(down(&again.dk).iter().map(|x| x.to_bits()).collect::<Vec<_>>(), down(&g.dk).iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{what}: two runs differ");
+                    }
                 });
             }
         }
     }
-    // Packed sequences (one empty) against the reference over the same packing.
-    let cu = [0u32, 30, 30, 95, 100];
+    // Packed sequences (one empty, one over several chunks) against the reference over the same packing.
+    let cu = [0u32, 30, 30, 95, 230];
     for dev in devices_and_cpu() {
-        let (fm, n) = (FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
-        let d = desc(1, 100, 2, 24, 40, fm, n);
-        let seqs = desc(4, 1, 2, 24, 40, fm, n);
-        let (q, kk, vv, _, _) = inputs(&d, DType::F32, 400);
-        let (_, _, _, s0, z0) = inputs(&seqs, DType::F32, 410);
-        let d_o = HostTensor::random(DType::F32, vec![d.vo_len()], 420);
-        let starts: Vec<usize> = cu.iter().map(|&c| c as usize).collect();
-        let (dq_r, dk_r, dv_r, ds_r) = cpu::backward_varlen(&d, &starts, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, None, 0);
-        let what = format!("{} varlen backward", dev.name());
-        with_backend!(dev, be => {
-            let up = |x: &HostTensor| be.upload(x).expect("upload");
-            let down = |x: &_| be.download(x).expect("download").data;
-            let (qb, kb, vb) = (up(&q), up(&kk), up(&vv));
-            let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(DType::F32, d.vo_len()).expect("o"));
-            d.recurrent_varlen(be, &qb, &kb, &vb, &cu, &mut s, &mut z, &mut o).expect("forward");
-            let g = d.backward_varlen(be, &qb, &kb, &vb, &o, &up(&d_o), &cu, &up(&s0), &up(&z0), None).expect("backward");
-            assert_close(&format!("{what} dq"), &down(&g.dq), &dq_r, DType::F32);
-            assert_close(&format!("{what} dk"), &down(&g.dk), &dk_r, DType::F32);
-            assert_close(&format!("{what} dv"), &down(&g.dv), &dv_r, DType::F32);
-            assert_close(&format!("{what} dS0"), &down(&g.d_state), &ds_r, DType::F32);
-        });
+        for (fm, n) in [(FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 }), (FeatureMap::Relu, Normalize::Count)] {
+            let d = desc(1, 230, 2, 24, 40, fm, n);
+            let seqs = desc(4, 1, 2, 24, 40, fm, n);
+            let (q, kk, vv, _, _) = inputs(&d, DType::F32, 400);
+            let (_, _, _, s0, z0) = inputs(&seqs, DType::F32, 410);
+            let d_o = HostTensor::random(DType::F32, vec![d.vo_len()], 420);
+            let starts: Vec<usize> = cu.iter().map(|&c| c as usize).collect();
+            let r = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [None, None], 0);
+            with_backend!(dev, be => {
+                let up = |x: &HostTensor| be.upload(x).expect("upload");
+                let down = |x: &_| be.download(x).expect("download").data;
+                let (qb, kb, vb) = (up(&q), up(&kk), up(&vv));
+                let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(DType::F32, d.vo_len()).expect("o"));
+                d.recurrent_varlen(be, &qb, &kb, &vb, &cu, &mut s, &mut z, &mut o).expect("forward");
+                for chunked in [false, true] {
+                    let what = format!("{} {fm:?} {n:?} varlen {}", dev.name(), if chunked { "chunked backward" } else { "backward" });
+                    let g = if chunked {
+                        d.chunk_backward_varlen(be, &qb, &kb, &vb, &o, &up(&d_o), &cu, &up(&s0), &up(&z0), [None, None]).expect("backward")
+                    } else {
+                        d.backward_varlen(be, &qb, &kb, &vb, &o, &up(&d_o), &cu, &up(&s0), &up(&z0), [None, None]).expect("backward")
+                    };
+                    assert_close(&format!("{what} dq"), &down(&g.dq), &r.dq, DType::F32);
+                    assert_close(&format!("{what} dk"), &down(&g.dk), &r.dk, DType::F32);
+                    assert_close(&format!("{what} dv"), &down(&g.dv), &r.dv, DType::F32);
+                    assert_close(&format!("{what} dS0"), &down(&g.d_state), &r.ds0, DType::F32);
+                }
+            });
+        }
+    }
+}
+
+/// The reference's dz0 (and its use of dz_T) against central differences in z0 of
+/// `L = Σ o·c + Σ S_T·a + Σ z_T·b`.
+#[test]
+fn reference_normalizer_gradient_matches_finite_differences() {
+    let d = desc(1, 6, 2, 3, 4, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
+    let (q, k, v, s0, z0) = inputs(&d, DType::F32, 17);
+    let c = HostTensor::random(DType::F32, vec![d.vo_len()], 18).data;
+    let a = HostTensor::random(DType::F32, vec![d.state_len()], 19).data;
+    let bz = HostTensor::random(DType::F32, vec![d.z_len()], 20).data;
+    let loss = |z: &[f32]| -> f64 {
+        let (o, sf, zf) = cpu::forward(&d, &q.data, &k.data, &v.data, Some(&s0.data), Some(z), 0);
+        let dot = |x: &[f64], y: &[f32]| x.iter().zip(y).map(|(p, r)| p * *r as f64).sum::<f64>();
+        dot(&o, &c) + dot(&sf, &a) + dot(&zf, &bz)
+    };
+    let starts = [0usize, d.seq];
+    let g = cpu::backward_varlen(&d, &starts, None, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), &c, [Some(&a), Some(&bz)], 0);
+    let h = 1e-3f32;
+    for i in 0..d.z_len() {
+        let (mut zp, mut zm) = (z0.data.clone(), z0.data.clone());
+        zp[i] += h;
+        zm[i] -= h;
+        let fd = (loss(&zp) - loss(&zm)) / (2.0 * h as f64);
+        assert!((fd - g.dz0[i]).abs() < 2e-3 * (1.0 + fd.abs()), "dz0[{i}]: numeric {fd} analytic {}", g.dz0[i]);
     }
 }
 

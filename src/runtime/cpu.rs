@@ -179,13 +179,16 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&HostTensor; 5], s0: &HostTensor, z0: &HostTensor, d_state: Option<&HostTensor>, out: [&mut HostTensor; 4]) -> Result<()> {
+    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&HostTensor; 5], s0: &HostTensor, z0: &HostTensor, d_final: [Option<&HostTensor>; 2], out: [&mut HostTensor; 5]) -> Result<()> {
         let d = p.descriptor();
-        let starts: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
+        let n = p.batch as usize;
+        let all: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
+        let offsets = (p.varlen == 2).then(|| &all[n + 1..2 * n + 1]);
         let [q, k, v, _, d_o] = x;
-        let grads = linattn::cpu::backward_varlen(&d, &starts, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), &d_o.data, d_state.map(|t| &t.data[..]), p.count0 as usize);
-        let [dq, dk, dv, ds0] = out;
-        for (t, g) in [dq, dk, dv, ds0].into_iter().zip([grads.0, grads.1, grads.2, grads.3]) {
+        let d_final = d_final.map(|t| t.map(|t| &t.data[..]));
+        let g = linattn::cpu::backward_varlen(&d, &all[..=n], offsets, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), &d_o.data, d_final, p.count0 as usize);
+        let [dq, dk, dv, ds0, dz0] = out;
+        for (t, g) in [dq, dk, dv, ds0, dz0].into_iter().zip([g.dq, g.dk, g.dv, g.ds0, g.dz0]) {
             for (dst, x) in t.data.iter_mut().zip(g) {
                 *dst = t.dtype.round(x as f32);
             }
@@ -201,7 +204,10 @@ impl Backend for Cpu {
                 for (own, chunks, width) in [(&mut state.data, &mut hs.data, kv), (&mut z.data, &mut zs.data, k)] {
                     for e in 0..width {
                         let mut acc = own[nh * width + e];
-                        for c in seq_chunk0[n] as usize..seq_chunk0[n + 1] as usize {
+                        let range = seq_chunk0[n] as usize..seq_chunk0[n + 1] as usize;
+                        // aux 1: from the last chunk back (the backward's gradients).
+                        let order: Vec<usize> = if p.aux == 1 { range.rev().collect() } else { range.collect() };
+                        for c in order {
                             let slot = &mut chunks[(c * heads + h) * width + e];
                             (acc, *slot) = (acc + *slot, acc);
                         }
@@ -220,7 +226,7 @@ impl Backend for Cpu {
         // Chunks (varlen 2) count their positions from their sequence's start.
         let positions: Vec<usize> = if p.varlen == 2 { starts[n + 1..2 * n + 1].iter().map(|&s| s as usize).collect() } else { vec![0; n] };
         let (per_s, per_z) = ((p.heads * p.k * p.v) as usize, (p.heads * p.k) as usize);
-        let (mut out, mut s, mut zf) = (vec![0.0; o.data.len()], Vec::new(), Vec::new());
+        let (mut out, mut s, mut zf) = (vec![0.0; bounds[n] * (p.heads * p.v) as usize], Vec::new(), Vec::new());
         for c in 0..n {
             let one = [0, bounds[c + 1] - bounds[c]];
             let rows = |t: &[f32], w: usize| t[bounds[c] * w..bounds[c + 1] * w].to_vec();

@@ -534,12 +534,13 @@ impl Backend for CudaRuntime {
         )
     }
 
-    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, z0: &CudaBuf, d_state: Option<&CudaBuf>, out: [&mut CudaBuf; 4]) -> Result<()> {
+    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, z0: &CudaBuf, d_final: [Option<&CudaBuf>; 2], out: [&mut CudaBuf; 5]) -> Result<()> {
         #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, starts: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, z0: &CudaBuf, d_state: Option<&CudaBuf>, out: [&mut CudaBuf; 4]) -> Result<()> {
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, starts: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, z0: &CudaBuf, d_final: [Option<&CudaBuf>; 2], out: [&mut CudaBuf; 5]) -> Result<()> {
             let views = [x[0].typed::<T>()?.as_view(), x[1].typed::<T>()?.as_view(), x[2].typed::<T>()?.as_view(), x[3].typed::<T>()?.as_view(), x[4].typed::<T>()?.as_view()];
-            let ds = d_state.map(|b| b.typed::<f32>().map(|s| s.as_view())).transpose()?;
-            let [dq, dk, dv, ds0] = out;
+            let ds = d_final[0].map(|b| b.typed::<f32>().map(|s| s.as_view())).transpose()?;
+            let dz = d_final[1].map(|b| b.typed::<f32>().map(|s| s.as_view())).transpose()?;
+            let [dq, dk, dv, ds0, dz0] = out;
             let (mut dq, mut dk, mut dv) = (dq.typed_mut::<T>()?.as_view_mut(), dk.typed_mut::<T>()?.as_view_mut(), dv.typed_mut::<T>()?.as_view_mut());
             let [a, b, c, d, e] = &views;
             crate::ops::linattn::cuda::backward::<T>(
@@ -549,15 +550,15 @@ impl Backend for CudaRuntime {
                 [a, b, c, d, e],
                 &s0.typed::<f32>()?.as_view(),
                 &z0.typed::<f32>()?.as_view(),
-                ds.as_ref(),
+                [ds.as_ref(), dz.as_ref()],
                 [&mut dq, &mut dk, &mut dv],
-                &mut ds0.typed_mut::<f32>()?.as_view_mut(),
+                [&mut ds0.typed_mut::<f32>()?.as_view_mut(), &mut dz0.typed_mut::<f32>()?.as_view_mut()],
             )
         }
         match x[0].dtype() {
-            DType::F32 => go::<f32>(self, p, starts, x, s0, z0, d_state, out),
-            DType::F16 => go::<f16>(self, p, starts, x, s0, z0, d_state, out),
-            DType::BF16 => go::<bf16>(self, p, starts, x, s0, z0, d_state, out),
+            DType::F32 => go::<f32>(self, p, starts, x, s0, z0, d_final, out),
+            DType::F16 => go::<f16>(self, p, starts, x, s0, z0, d_final, out),
+            DType::BF16 => go::<bf16>(self, p, starts, x, s0, z0, d_final, out),
         }
     }
 

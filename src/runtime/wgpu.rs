@@ -599,11 +599,12 @@ impl Backend for WgpuContext {
         crate::ops::linattn::wgpu::chunk_scan(self, p, seq_chunk0, &state.buffer, &z.buffer, &hs.buffer, &zs.buffer)
     }
 
-    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&WgpuBuffer; 5], s0: &WgpuBuffer, z0: &WgpuBuffer, d_state: Option<&WgpuBuffer>, out: [&mut WgpuBuffer; 4]) -> Result<()> {
-        let [dq, dk, dv, ds0] = out;
+    fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&WgpuBuffer; 5], s0: &WgpuBuffer, z0: &WgpuBuffer, d_final: [Option<&WgpuBuffer>; 2], out: [&mut WgpuBuffer; 5]) -> Result<()> {
+        let [dq, dk, dv, ds0, dz0] = out;
         let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype), ("dq", dq.dtype), ("dk", dk.dtype), ("dv", dv.dtype)])?;
         let xb = x.map(|b| &b.buffer);
-        crate::ops::linattn::wgpu::backward(self, p, dtype, starts, xb, &s0.buffer, &z0.buffer, d_state.map(|b| &b.buffer), [&dq.buffer, &dk.buffer, &dv.buffer, &ds0.buffer])
+        let outs = [&dq.buffer, &dk.buffer, &dv.buffer, &ds0.buffer, &dz0.buffer];
+        crate::ops::linattn::wgpu::backward(self, p, dtype, starts, xb, &s0.buffer, &z0.buffer, d_final.map(|b| b.map(|b| &b.buffer)), outs)
     }
 
     fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<WgpuBuffer>>, a: &GraphArgs<WgpuBuffer>, out: &mut WgpuBuffer, arg: Option<&mut WgpuBuffer>) -> Result<()> {

@@ -188,30 +188,45 @@ pub fn backward(
     ds_t: Option<&[f32]>,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
     let starts: Vec<usize> = (0..=d.batch).map(|b| b * d.seq).collect();
-    backward_varlen(d, &starts, q, k, v, s0, z0, dout, ds_t, 0)
+    let g = backward_varlen(d, &starts, None, q, k, v, s0, z0, dout, [ds_t, None], 0);
+    (g.dq, g.dk, g.dv, g.ds0)
+}
+
+/// The gradients of [`backward_varlen`].
+pub struct Grads {
+    pub dq: Vec<f64>,
+    pub dk: Vec<f64>,
+    pub dv: Vec<f64>,
+    pub ds0: Vec<f64>,
+    /// The initial normalizer's gradient (Normalizer mode; 0 otherwise).
+    pub dz0: Vec<f64>,
 }
 
 /// [`backward`] over sequences `starts[n] .. starts[n + 1]` of the `[rows, H, ·]` tensors, one
-/// state per sequence; `count0` positions attended before (Count mode).
+/// state per sequence, with the gradients of the final state and normalizer `d_final`; sequence
+/// n's positions start after `count0 + offsets[n]` (Count mode; chunks of longer sequences).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_varlen(
     d: &LinearAttention,
     starts: &[usize],
+    offsets: Option<&[usize]>,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     s0: Option<&[f32]>,
     z0: Option<&[f32]>,
     dout: &[f32],
-    ds_t: Option<&[f32]>,
+    d_final: [Option<&[f32]>; 2],
     count0: usize,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+) -> Grads {
+    let [ds_t, dz_t] = d_final;
     let (h_, kd, vd) = (d.heads, d.k, d.v);
     let n_seq = starts.len() - 1;
     let rows = starts[n_seq];
     let c = d.scale() as f64;
     let (mut dq, mut dk, mut dv) = (vec![0.0; rows * h_ * kd], vec![0.0; rows * h_ * kd], vec![0.0; rows * h_ * vd]);
     let mut ds0 = vec![0.0; n_seq * h_ * kd * vd];
+    let mut dz0 = vec![0.0; n_seq * h_ * kd];
     for b in 0..n_seq {
         let (row0, t_) = (starts[b], starts[b + 1] - starts[b]);
         for h in 0..h_ {
@@ -223,14 +238,14 @@ pub fn backward_varlen(
             let mut dens = Vec::with_capacity(t_);
             let mut ns = Vec::with_capacity(t_);
             for t in 0..t_ {
-                let (n, den) = scan.step(d, &sq, t, count0 + t + 1);
+                let (n, den) = scan.step(d, &sq, t, count0 + offsets.map_or(0, |o| o[b]) + t + 1);
                 states.push((scan.s.clone(), scan.z.clone()));
                 dens.push(den);
                 ns.push(n);
             }
             // Reverse: G = Σ_{τ≥t} q̃_τ dn_τᵀ + dS_T, Hz = Σ_{τ≥t} q̃_τ dd_τ.
             let mut g: Vec<f64> = (0..kd * vd).map(|i| ds_t.map_or(0.0, |x| x[bh * kd * vd + i] as f64)).collect();
-            let mut hz = vec![0.0; kd];
+            let mut hz: Vec<f64> = (0..kd).map(|i| dz_t.map_or(0.0, |x| x[bh * kd + i] as f64)).collect();
             for t in (0..t_).rev() {
                 let o_idx = |j: usize| ((row0 + t) * h_ + h) * vd + j;
                 let dout_t: Vec<f64> = (0..vd).map(|j| dout[o_idx(j)] as f64).collect();
@@ -261,7 +276,8 @@ pub fn backward_varlen(
                 }
             }
             ds0[bh * kd * vd..(bh + 1) * kd * vd].copy_from_slice(&g);
+            dz0[bh * kd..(bh + 1) * kd].copy_from_slice(&hz);
         }
     }
-    (dq, dk, dv, ds0)
+    Grads { dq, dk, dv, ds0, dz0 }
 }

@@ -67,31 +67,33 @@ pub fn backward<T: CudaElem>(
     x: [&CudaView<T>; 5],
     s0: &CudaView<f32>,
     z0: &CudaView<f32>,
-    d_state: Option<&CudaView<f32>>,
+    d_final: [Option<&CudaView<f32>>; 2],
     out: [&mut CudaViewMut<T>; 3],
-    ds0: &mut CudaViewMut<f32>,
+    d_init: [&mut CudaViewMut<f32>; 2],
 ) -> Result<()> {
     let err = |what: &'static str| move |e| crate::Error::driver(what, e);
     let (n, h, k, v) = (p.batch as usize, p.heads as usize, p.k as usize, p.v as usize);
-    let rows = *starts.last().unwrap_or(&0) as usize;
+    let rows = starts[n] as usize;
     let (nv, rhk) = (v.div_ceil(16), rows * h * k);
     let mut dq_part = rt.stream.alloc_zeros::<f32>((nv * rhk).max(1)).map_err(err("cuda: alloc"))?;
     let mut dk_part = rt.stream.alloc_zeros::<f32>((nv * rhk).max(1)).map_err(err("cuda: alloc"))?;
     let mut dendd = rt.stream.alloc_zeros::<f32>((nv * 2 * rows * h).max(1)).map_err(err("cuda: alloc"))?;
     let zeros = rt.stream.alloc_zeros::<f32>(n * h * k * v).map_err(err("cuda: alloc"))?;
     let zero_view = zeros.as_view();
-    let d_state = d_state.unwrap_or(&zero_view);
+    let (d_state, d_z) = (d_final[0].unwrap_or(&zero_view), d_final[1].unwrap_or(&zero_view));
+    let [ds0, dz0] = d_init;
     let starts = rt.stream.clone_htod(starts).map_err(err("cuda: uploading the sequence starts"))?;
     let [q, kk, vv, o, d_o] = x;
     let [dq, dk, dv] = out;
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>(3), |_| Ok(()))?;
     let cfg = LaunchConfig { grid_dim: (nv as u32, p.batch * p.heads, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: linattn_backward_<dtype> reads q, k [R·H·K], v, o, do [R·H·V] (T), s0, d_state
-    // [N·H·K·V], z0 [N·H·K] and starts [N + 1] (non-decreasing, ending at R); it writes dq_part,
-    // dk_part [NV·R·H·K] and dendd [NV·2·R·H] (allocated here), ds0 [N·H·K·V] and dv [R·H·V];
+    // [N·H·K·V], z0, d_z [N·H·K] (absent gradients: zeros of the state's size) and starts [N + 1]
+    // (non-decreasing, ending at R; then N positions for chunks); it writes dq_part, dk_part
+    // [NV·R·H·K] and dendd [NV·2·R·H] (allocated here), ds0 [N·H·K·V], dz0 [N·H·K] and dv [R·H·V];
     // LinearAttention::backward checked every length and K, V ≤ 256.
     rt.launch(&f, cfg, |a| {
-        a.arg(q).arg(kk).arg(vv).arg(o).arg(d_o).arg(s0).arg(z0).arg(d_state).arg(&starts).arg(&mut dq_part).arg(&mut dk_part).arg(&mut dendd).arg(&mut *ds0).arg(dv).arg(p);
+        a.arg(q).arg(kk).arg(vv).arg(o).arg(d_o).arg(s0).arg(z0).arg(d_state).arg(d_z).arg(&starts).arg(&mut dq_part).arg(&mut dk_part).arg(&mut dendd).arg(ds0).arg(dz0).arg(dv).arg(p);
     })?;
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>(6), |_| Ok(()))?;
     let cfg = LaunchConfig { grid_dim: (rhk.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };

@@ -71,31 +71,45 @@ pub fn chunk_scan(ctx: &WgpuContext, p: &LinAttnParams, seq_chunk0: &[u32], stat
 const BWD_SHARED_BYTES: u32 = 4 * (3 * 256 + 16 + 16 + 272 + 4096 + 2 + 1);
 
 /// The fused recurrent backward (`shaders/linattn_bwd.wgsl`): `x = [q, k, v, o, do]`; writes dq,
-/// dk, dv and dS0. The f32 inputs travel in one buffer `[S0 | z0 | dS_T | starts]` and the f32
-/// scratch in another (the shader stays within 8 storage bindings).
+/// dk, dv, dS0 and dz0. The f32 inputs travel in one buffer `[S0 | z0 | dS_T | dz_T | starts]`
+/// and the f32 scratch in another (the shader stays within 8 storage bindings).
 #[allow(clippy::too_many_arguments)]
-pub fn backward(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, starts: &[u32], x: [&wgpu::Buffer; 5], s0: &wgpu::Buffer, z0: &wgpu::Buffer, d_state: Option<&wgpu::Buffer>, out: [&wgpu::Buffer; 4]) -> Result<()> {
+pub fn backward(
+    ctx: &WgpuContext,
+    p: &LinAttnParams,
+    dtype: DType,
+    starts: &[u32],
+    x: [&wgpu::Buffer; 5],
+    s0: &wgpu::Buffer,
+    z0: &wgpu::Buffer,
+    d_final: [Option<&wgpu::Buffer>; 2],
+    out: [&wgpu::Buffer; 5],
+) -> Result<()> {
     const BWD: &str = "linattn_bwd";
     let limit = ctx.device.limits().max_compute_workgroup_storage_size;
     if limit < BWD_SHARED_BYTES {
         return Err(crate::Error::Unsupported(format!("linear attention backward: needs {BWD_SHARED_BYTES} bytes of workgroup memory, the adapter has {limit}")));
     }
     let (n, h, k, v) = (p.batch as usize, p.heads as usize, p.k as usize, p.v as usize);
-    let rows = *starts.last().unwrap_or(&0) as usize;
+    let rows = starts[n] as usize;
     let (state, zl, nv) = (n * h * k * v, n * h * k, v.div_ceil(16));
-    let fin = ctx.create_buffer(DType::F32, 2 * state + zl + starts.len())?;
+    let fin = ctx.create_buffer(DType::F32, 2 * state + 2 * zl + starts.len())?;
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn backward inputs") });
     enc.copy_buffer_to_buffer(s0, 0, &fin, 0, (state * 4) as u64);
     enc.copy_buffer_to_buffer(z0, 0, &fin, (state * 4) as u64, (zl * 4) as u64);
+    let [d_state, d_z] = d_final;
     if let Some(ds) = d_state {
         enc.copy_buffer_to_buffer(ds, 0, &fin, ((state + zl) * 4) as u64, (state * 4) as u64);
     }
-    ctx.queue.write_buffer(&fin, ((2 * state + zl) * 4) as u64, bytemuck::cast_slice(starts));
+    if let Some(dz) = d_z {
+        enc.copy_buffer_to_buffer(dz, 0, &fin, ((2 * state + zl) * 4) as u64, (zl * 4) as u64);
+    }
+    ctx.queue.write_buffer(&fin, ((2 * state + 2 * zl) * 4) as u64, bytemuck::cast_slice(starts));
     ctx.queue.submit([enc.finish()]);
     let rhk = rows * h * k;
-    let part = ctx.create_buffer(DType::F32, 2 * nv * rhk + state + nv * 2 * rows * h)?;
+    let part = ctx.create_buffer(DType::F32, 2 * nv * rhk + state + zl + nv * 2 * rows * h)?;
     let [q, kb, vb, o, d_o] = x;
-    let [dq, dk, dv, ds0] = out;
+    let [dq, dk, dv, ds0, dz0] = out;
     let main = ctx.pipeline(BWD, "linattn_bwd", dtype, 6, 2)?;
     ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(p), &[q, kb, vb, o, d_o, &fin, &part, dv], [nv as u32, p.batch * p.heads, 1])?;
     let reduce = ctx.pipeline(BWD, "linattn_bwd_reduce", dtype, 6, 2)?;
@@ -106,6 +120,7 @@ pub fn backward(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, starts: &[u3
     }
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn dS0") });
     enc.copy_buffer_to_buffer(&part, (2 * nv * rhk * 4) as u64, ds0, 0, (state * 4) as u64);
+    enc.copy_buffer_to_buffer(&part, ((2 * nv * rhk + state) * 4) as u64, dz0, 0, (zl * 4) as u64);
     ctx.queue.submit([enc.finish()]);
     Ok(())
 }
