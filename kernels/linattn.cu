@@ -90,6 +90,106 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
     if (blockIdx.x == 0 && lid < p.k) z[(size_t)bh * p.k + lid] = zs[lid];
 }
 
+// Chunked form, per chunk (the sequences are chunks of at most 64 rows, varlen 2), as matrix
+// products instead of a scan (mirrors shaders/linattn.wgsl): no barrier per row, every thread
+// busy. chunk_state (aux 1): the chunk's own sums ΔS = K̃ᵀ·V (this tile's 16 columns) and
+// Δz = Σ k̃; thread i < K owns row i, rows staged 16 at a time.
+template <typename T>
+__device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state, const uint32_t* __restrict__ starts,
+                                                 float* __restrict__ z, const LinAttnParams& p) {
+    __shared__ float sk[16][256], sv[16][16];
+    const uint32_t lid = threadIdx.x, bh = blockIdx.y, c = bh / p.heads, h = bh % p.heads;
+    const uint32_t start = starts[c], len = starts[c + 1] - start, c0 = blockIdx.x * 16;
+    float acc[16] = {}, zacc = 0.0f;
+    for (uint32_t r0 = 0; r0 < 64; r0 += 16) {
+        for (uint32_t e = lid; e < 16 * p.k; e += 256) {
+            const uint32_t r = e / p.k, kk = e % p.k;
+            sk[r][kk] = r0 + r < len ? phi(p.feature_map, to_f32(k[((size_t)(start + r0 + r) * p.heads + h) * p.k + kk])) : 0.0f;
+        }
+        const uint32_t r = lid / 16, col = lid % 16;
+        sv[r][col] = r0 + r < len && c0 + col < p.v ? to_f32(v[((size_t)(start + r0 + r) * p.heads + h) * p.v + c0 + col]) : 0.0f;
+        __syncthreads();
+        if (lid < p.k) {
+#pragma unroll 4
+            for (int rr = 0; rr < 16; ++rr) {
+                const float kv = sk[rr][lid];
+                zacc += kv;
+#pragma unroll
+                for (int j = 0; j < 16; ++j) acc[j] += kv * sv[rr][j];
+            }
+        }
+        __syncthreads();
+    }
+    if (lid < p.k) {
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+            if (c0 + j < p.v) state[((size_t)bh * p.k + lid) * p.v + c0 + j] = acc[j];
+        if (blockIdx.x == 0) z[(size_t)bh * p.k + lid] = zacc;
+    }
+}
+
+// chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start state S_c,
+// z_c: the masked scores A = Q̃·K̃ᵀ and the S_c term accumulate over slabs of 16 of K, then A·V.
+// Thread (t, quarter) owns row t and 4 of the tile's 16 columns.
+template <typename T>
+__device__ __forceinline__ void chunk_output_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const float* __restrict__ state,
+                                                  const uint32_t* __restrict__ starts, const float* __restrict__ z, T* __restrict__ o,
+                                                  const LinAttnParams& p) {
+    __shared__ float cq[64][16], ck[64][16], cs[16][16], cz[16], ca[64][64], cv[64][16];
+    const uint32_t lid = threadIdx.x, bh = blockIdx.y, c = bh / p.heads, h = bh % p.heads;
+    const uint32_t start = starts[c], len = starts[c + 1] - start, pos0 = starts[p.batch + 1 + c];
+    const uint32_t c0 = blockIdx.x * 16, t = lid / 4, quarter = lid % 4;
+    float a[16] = {}, oi[4] = {}, qz = 0.0f;
+    for (uint32_t i0 = 0; i0 < p.k; i0 += 16) {
+        for (uint32_t e = lid; e < 1024; e += 256) {
+            const uint32_t r = e / 16, kk = i0 + e % 16;
+            const size_t row = ((size_t)start + r) * p.heads + h;
+            const bool in = r < len && kk < p.k;
+            cq[r][e % 16] = in ? p.scale * phi(p.feature_map, to_f32(q[row * p.k + kk])) : 0.0f;
+            ck[r][e % 16] = in ? phi(p.feature_map, to_f32(k[row * p.k + kk])) : 0.0f;
+        }
+        const uint32_t r = lid / 16, col = lid % 16;
+        cs[r][col] = i0 + r < p.k && c0 + col < p.v ? state[((size_t)bh * p.k + i0 + r) * p.v + c0 + col] : 0.0f;
+        if (lid < 16) cz[lid] = i0 + lid < p.k ? z[(size_t)bh * p.k + i0 + lid] : 0.0f;
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < 16; ++kk) {
+            const float qv = cq[t][kk];
+#pragma unroll
+            for (int m = 0; m < 16; ++m) a[m] += qv * ck[quarter + 4 * m][kk];
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) oi[cc] += qv * cs[kk][quarter * 4 + cc];
+            qz += qv * cz[kk];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int m = 0; m < 16; ++m) ca[t][quarter + 4 * m] = quarter + 4 * m <= t ? a[m] : 0.0f;
+    for (uint32_t e = lid; e < 1024; e += 256) {
+        const uint32_t r = e / 16, col = e % 16;
+        cv[r][col] = r < len && c0 + col < p.v ? to_f32(v[((size_t)(start + r) * p.heads + h) * p.v + c0 + col]) : 0.0f;
+    }
+    __syncthreads();
+    if (t < len) {
+        float asum = 0.0f;
+        for (uint32_t s = 0; s <= t; ++s) {
+            const float w = ca[t][s];
+            asum += w;
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) oi[cc] += w * cv[s][quarter * 4 + cc];
+        }
+        float den = 1.0f;
+        if (p.normalize == 1) den = p.eps + qz + asum;
+        else if (p.normalize == 2) den = (float)(p.count0 + pos0 + t + 1);
+        const size_t row = ((size_t)start + t) * p.heads + h;
+#pragma unroll
+        for (int cc = 0; cc < 4; ++cc) {
+            const uint32_t col = c0 + quarter * 4 + cc;
+            if (col < p.v) o[row * p.v + col] = from_f32<T>(oi[cc] / den);
+        }
+    }
+}
+
 __device__ __forceinline__ float phi_grad(uint32_t map, float x) {
     switch (map) {
     case 1: return x > 0.0f ? 1.0f : __expf(x);
@@ -249,6 +349,14 @@ __device__ __forceinline__ void backward_reduce_impl(const T* __restrict__ x, co
         linattn_recurrent_##SUFFIX(const T* q, const T* k, const T* v, float* state, const float* z_init,                    \
                                    const uint32_t* starts, float* z, T* o, LinAttnParams p) {                             \
         recurrent_impl<T>(q, k, v, state, z_init, starts, z, o, p);                                                                        \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        linattn_chunk_state_##SUFFIX(const T* k, const T* v, float* state, const uint32_t* starts, float* z, LinAttnParams p) { \
+        chunk_state_impl<T>(k, v, state, starts, z, p);                                                                    \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_output_##SUFFIX(                                       \
+        const T* q, const T* k, const T* v, const float* state, const uint32_t* starts, const float* z, T* o, LinAttnParams p) { \
+        chunk_output_impl<T>(q, k, v, state, starts, z, o, p);                                                             \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) linattn_backward_##SUFFIX(                                           \
         const T* q, const T* k, const T* v, const T* o, const T* d_o, const float* s0, const float* z0, const float* d_state, \

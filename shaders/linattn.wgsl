@@ -123,3 +123,143 @@ fn linattn_chunk_scan(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
         z_buf[tail * p.k + ek] = acc;
     }
 }
+
+// Chunked form, per chunk (the sequences are chunks of at most 64 rows, varlen 2), as matrix
+// products instead of a scan: no barrier per row, every invocation busy.
+// linattn_chunk_state (aux 1): the chunk's own sums ΔS = K̃ᵀ·V (this tile's 16 columns) and
+// Δz = Σ k̃ into state and z_buf; invocation i < K owns row i, rows staged 16 at a time.
+var<workgroup> sk: array<f32, 4096>; // [16 rows][256 k]
+var<workgroup> sv: array<f32, 256>; // [16 rows][16 columns]
+
+@compute @workgroup_size(256)
+fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let bh = wg.y;
+    let c = bh / p.heads;
+    let h = bh % p.heads;
+    let start = starts[c];
+    let len = starts[c + 1u] - start;
+    let c0 = wg.x * 16u;
+    var acc: array<f32, 16>;
+    var zacc = 0.0;
+    for (var r0 = 0u; r0 < 64u; r0 += 16u) {
+        for (var e = lid; e < 16u * p.k; e += 256u) {
+            let r = e / p.k;
+            var kv = 0.0;
+            if (r0 + r < len) { kv = phi(ld(1u, ((start + r0 + r) * p.heads + h) * p.k + e % p.k)); }
+            sk[r * 256u + e % p.k] = kv;
+        }
+        let r = lid / 16u;
+        let col = lid % 16u;
+        var vv = 0.0;
+        if (r0 + r < len && c0 + col < p.v) { vv = ld(2u, ((start + r0 + r) * p.heads + h) * p.v + c0 + col); }
+        sv[lid] = vv;
+        workgroupBarrier();
+        if (lid < p.k) {
+            for (var rr = 0u; rr < 16u; rr++) {
+                let kv = sk[rr * 256u + lid];
+                zacc += kv;
+                for (var j = 0u; j < 16u; j++) { acc[j] += kv * sv[rr * 16u + j]; }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid < p.k) {
+        for (var j = 0u; j < 16u; j++) {
+            if (c0 + j < p.v) { state[(bh * p.k + lid) * p.v + c0 + j] = acc[j]; }
+        }
+        if (wg.x == 0u) { z_buf[bh * p.k + lid] = zacc; }
+    }
+}
+
+// linattn_chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start
+// state S_c, z_c (state, z_buf): the masked scores A = Q̃·K̃ᵀ and the S_c term accumulate over
+// slabs of 16 of K, then A·V. Invocation (t, quarter) owns row t and 4 of the tile's 16 columns.
+var<workgroup> cq: array<f32, 1024>; // [64 rows][16 k]
+var<workgroup> ck: array<f32, 1024>; // [64 rows][16 k]
+var<workgroup> cs: array<f32, 256>; // [16 k][16 columns] of S_c
+var<workgroup> cz: array<f32, 16>;
+var<workgroup> ca: array<f32, 4096>; // [64][64] masked scores
+var<workgroup> cv: array<f32, 1024>; // [64 rows][16 columns]
+
+@compute @workgroup_size(256)
+fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let bh = wg.y;
+    let c = bh / p.heads;
+    let h = bh % p.heads;
+    let start = starts[c];
+    let len = starts[c + 1u] - start;
+    let pos0 = starts[p.batch + 1u + c];
+    let c0 = wg.x * 16u;
+    let t = lid / 4u;
+    let quarter = lid % 4u;
+    var a: array<f32, 16>; // A[t][quarter + 4m]
+    var oi = vec4<f32>(0.0);
+    var qz = 0.0;
+    for (var i0 = 0u; i0 < p.k; i0 += 16u) {
+        for (var e = lid; e < 1024u; e += 256u) {
+            let r = e / 16u;
+            let kk = i0 + e % 16u;
+            var qv = 0.0;
+            var kv = 0.0;
+            if (r < len && kk < p.k) {
+                let row = (start + r) * p.heads + h;
+                qv = p.scale * phi(ld(0u, row * p.k + kk));
+                kv = phi(ld(1u, row * p.k + kk));
+            }
+            cq[e] = qv;
+            ck[e] = kv;
+        }
+        let r = lid / 16u;
+        let col = lid % 16u;
+        var sval = 0.0;
+        if (i0 + r < p.k && c0 + col < p.v) { sval = state[(bh * p.k + i0 + r) * p.v + c0 + col]; }
+        cs[lid] = sval;
+        if (lid < 16u) {
+            var zv = 0.0;
+            if (i0 + lid < p.k) { zv = z_buf[bh * p.k + i0 + lid]; }
+            cz[lid] = zv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            let qv = cq[t * 16u + kk];
+            for (var m = 0u; m < 16u; m++) { a[m] += qv * ck[(quarter + 4u * m) * 16u + kk]; }
+            let sb = kk * 16u + quarter * 4u;
+            oi += qv * vec4<f32>(cs[sb], cs[sb + 1u], cs[sb + 2u], cs[sb + 3u]);
+            qz += qv * cz[kk];
+        }
+        workgroupBarrier();
+    }
+    for (var m = 0u; m < 16u; m++) {
+        let s = quarter + 4u * m;
+        ca[t * 64u + s] = select(0.0, a[m], s <= t);
+    }
+    for (var e = lid; e < 1024u; e += 256u) {
+        let r = e / 16u;
+        let col = e % 16u;
+        var vv = 0.0;
+        if (r < len && c0 + col < p.v) { vv = ld(2u, ((start + r) * p.heads + h) * p.v + c0 + col); }
+        cv[e] = vv;
+    }
+    workgroupBarrier();
+    if (t < len) {
+        var acc = oi;
+        var asum = 0.0;
+        for (var s = 0u; s <= t; s++) {
+            let w = ca[t * 64u + s];
+            asum += w;
+            let vb = s * 16u + quarter * 4u;
+            acc += w * vec4<f32>(cv[vb], cv[vb + 1u], cv[vb + 2u], cv[vb + 3u]);
+        }
+        var den = 1.0;
+        if (p.normalize == 1u) {
+            den = p.eps + qz + asum;
+        } else if (p.normalize == 2u) {
+            den = f32(p.count0 + pos0 + t + 1u);
+        }
+        let row = (start + t) * p.heads + h;
+        for (var cc = 0u; cc < 4u; cc++) {
+            let col = c0 + quarter * 4u + cc;
+            if (col < p.v) { put_out(row * p.v + col, acc[cc] / den); }
+        }
+    }
+}

@@ -20,6 +20,12 @@ pub const KERNELS: &[&str] = &[
     "linattn_backward_reduce_f16",
     "linattn_backward_reduce_bf16",
     "linattn_chunk_scan",
+    "linattn_chunk_state_f32",
+    "linattn_chunk_state_f16",
+    "linattn_chunk_state_bf16",
+    "linattn_chunk_output_f32",
+    "linattn_chunk_output_f16",
+    "linattn_chunk_output_bf16",
 ];
 
 fn typed<T: CudaElem>(base: usize) -> &'static str {
@@ -44,17 +50,37 @@ pub fn recurrent<T: CudaElem>(
     z: &mut CudaViewMut<f32>,
     o: &mut CudaViewMut<T>,
 ) -> Result<()> {
+    let starts_dev = rt.stream.clone_htod(starts).map_err(|e| crate::Error::driver("cuda: uploading the sequence starts", e))?;
+    let cfg = LaunchConfig { grid_dim: ((p.v as usize).div_ceil(16) as u32, p.batch * p.heads, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
+    if p.varlen == 2 {
+        return if p.aux == 1 {
+            let f = rt.function(FAMILY, Ptx::Base, typed::<T>(10), |_| Ok(()))?;
+            // SAFETY: linattn_chunk_state_<dtype>(k, v, state, starts, z, p) reads k [R·H·K], v
+            // [R·H·V] and starts [2·C + 1] (chunk bounds, then positions; each chunk ≤ 64 rows) and
+            // writes state [C·H·K·V] and z [C·H·K]; LinearAttention::chunk sized every buffer.
+            rt.launch(&f, cfg, |a| {
+                a.arg(k).arg(v).arg(state).arg(&starts_dev).arg(z).arg(p);
+            })
+        } else {
+            let f = rt.function(FAMILY, Ptx::Base, typed::<T>(13), |_| Ok(()))?;
+            // SAFETY: linattn_chunk_output_<dtype>(q, k, v, state, starts, z, o, p) reads q, k
+            // [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V], z [C·H·K] and starts as
+            // above, and writes o [R·H·V], each element once.
+            rt.launch(&f, cfg, |a| {
+                a.arg(q).arg(k).arg(v).arg(&mut *state).arg(&starts_dev).arg(&mut *z).arg(o).arg(p);
+            })
+        };
+    }
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>(0), |_| Ok(()))?;
     // Every value tile reads the initial normalizer while tile 0 writes the final one: a copy.
     let z_init = rt.stream.clone_dtod(&*z).map_err(|e| crate::Error::driver("cuda: copying z", e))?;
-    let starts = rt.stream.clone_htod(starts).map_err(|e| crate::Error::driver("cuda: uploading the sequence starts", e))?;
-    let cfg = LaunchConfig { grid_dim: ((p.v as usize).div_ceil(16) as u32, p.batch * p.heads, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: linattn_recurrent_<dtype>(q, k, v, state, z_init, starts, z, o, p) reads q, k [B·T·H·K],
     // v [B·T·H·V], z_init [B·H·K], starts [B + 1] (non-decreasing, ending at the row count),
     // reads and writes state [B·H·K·V] and z [B·H·K], writes o [B·T·H·V]; the caller
     // (LinearAttention::recurrent) checked every length and K, V ≤ 256.
     rt.launch(&f, cfg, |a| {
-        a.arg(q).arg(k).arg(v).arg(state).arg(&z_init).arg(&starts).arg(z).arg(o).arg(p);
+        a.arg(q).arg(k).arg(v).arg(state).arg(&z_init).arg(&starts_dev).arg(z).arg(o).arg(p);
     })
 }
 

@@ -24,7 +24,13 @@ pub fn recurrent(
     z: &wgpu::Buffer,
     o: &wgpu::Buffer,
 ) -> Result<()> {
-    let pipe = ctx.pipeline(FAMILY, "linattn_recurrent", dtype, READ_ONLY, 3)?;
+    // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
+    let entry = match (p.varlen, p.aux) {
+        (2, 1) => "linattn_chunk_state",
+        (2, _) => "linattn_chunk_output",
+        _ => "linattn_recurrent",
+    };
+    let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 3)?;
     // Every value tile reads the initial normalizer while tile 0 writes the final one: a copy
     // (queued before the dispatch, so it sees the state as the caller left it).
     let n = (p.batch * p.heads * p.k) as usize;
