@@ -228,9 +228,8 @@ enum RunOp {
         io: Io,
         #[command(flatten)]
         opts: LinAttnOpts,
-        /// recurrent (one fused scan per sequence and head) or chunk (chunks of 64 rows in
-        /// parallel from passed-along start states: twice the work, for few long sequences); the
-        /// same result
+        /// recurrent (one fused scan per sequence and head) or chunk (chunks of 64 rows as masked
+        /// matrix products from passed-along start states); the same result
         #[arg(long, default_value = "recurrent")]
         mode: String,
     },

@@ -5,8 +5,9 @@
 //! The descriptor, the f64 references (quadratic masked form, recurrent form and the analytic
 //! backward, in [`cpu`]), the fused recurrent forward with the single-token decode step
 //! (`kernels/linattn.cu`, `shaders/linattn.wgsl`) and the fused recurrent backward
-//! (`kernels/linattn.cu`, `shaders/linattn_bwd.wgsl`), and the chunked forward: chunks of
-//! [`CHUNK`] rows run in parallel from start states that an inter-chunk scan passes along.
+//! (`kernels/linattn.cu`, `shaders/linattn_bwd.wgsl`), and the chunked forms: chunks of
+//! [`CHUNK`] rows run in parallel from start states that an inter-chunk scan passes along (the
+//! forward as masked matrix products per chunk, the backward as scans per chunk).
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -173,13 +174,11 @@ impl LinearAttention {
     }
 
     /// The chunked form, the same result as [`Self::recurrent`] (same arguments) with the
-    /// sequence cut into chunks of [`CHUNK`] rows that run in parallel: a state-only pass sums
-    /// each chunk's `k̃·vᵀ` and `k̃` from zero, an inter-chunk scan turns the sums into each
-    /// chunk's start state (and the final state), and a second pass computes every chunk's
-    /// outputs from its start state. Memory is linear in T (one K×V state per chunk); no T×T
-    /// matrix exists. Within a chunk the rows are scanned, so this does twice the recurrent
-    /// form's work: it pays where few sequences and heads leave the device idle (B·H·⌈V/16⌉
-    /// workgroups well under the device's capacity) and T is long.
+    /// sequence cut into chunks of [`CHUNK`] rows that run in parallel: a pass sums each chunk's
+    /// `K̃ᵀV` and `Σ k̃`, an inter-chunk scan turns the sums into each chunk's start state (and
+    /// the final state), and a second pass computes every chunk's outputs as masked matrix
+    /// products, `o = mask(Q̃K̃ᵀ)·V + Q̃·S_c` (normalized likewise). Memory is linear in T (one
+    /// K×V state per chunk); no T×T matrix exists, only 64×64 blocks.
     #[allow(clippy::too_many_arguments)]
     pub fn chunk<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, state: &mut Be::Buf, z: &mut Be::Buf, count0: u32, o: &mut Be::Buf) -> Result<()> {
         self.chunk_inner(be, q, k, v, state, z, count0, None, o)
