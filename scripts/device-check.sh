@@ -7,7 +7,7 @@
 #   into .device/ (git-ignored); then run on the GPU machine, carrying .device:
 #   bash scripts/device-check.sh            (writes logs and JSON under $OUT, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
-# WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0, NCU=1.
+# WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0 (PEERS_ONLY=gemm,... picks parts), NCU=1.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -111,7 +111,7 @@ for be in names:
 PY
 
 if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ]; then
-    PYTHONUNBUFFERED=1 timeout 100 python3 $D/peers.py --only ${PEERS_ONLY:-gemm,ffn,optim,graph} --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
+    PYTHONUNBUFFERED=1 timeout 150 python3 $D/peers.py --only ${PEERS_ONLY:-gemm,ffn,optim,graph,linattn} --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
     log "peers: rc=$?"
     cat "$OUT/peers.txt" | tee -a "$OUT/summary.txt"
 fi

@@ -225,6 +225,28 @@ pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, reps: usize) -> Result<V
         let t = timed(be, reps, &mut || d.chunk_backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ()))?;
         out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk backward B1 T{seq} H4 D64"), t, 2.0 * flops, 0.0, reps));
     }
+    if !small {
+        // flash-linear-attention's shape (peers.py times its chunk kernel on the same one).
+        let d = LinearAttention { batch: 8, seq: 4096, heads: 32, k: 128, v: 128, feature_map: FeatureMap::Identity, scale: None, normalize: Normalize::None };
+        let (q, k, v, d_o) = (r(d.qk_len(), DType::BF16, 1)?, r(d.qk_len(), DType::BF16, 2)?, r(d.vo_len(), DType::BF16, 3)?, r(d.vo_len(), DType::BF16, 6)?);
+        let (s0, z0) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?);
+        let (mut s, mut z, mut o) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?, be.alloc(DType::BF16, d.vo_len())?);
+        let flops = 4.0 * (8usize * 4096 * 32 * 128 * 128) as f64;
+        let shape = "B8 T4096 H32 D128";
+        let reps = reps.min(5);
+        let t = timed(be, reps, &mut || d.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o))?;
+        out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk fwd {shape}"), t, flops, 0.0, reps));
+        let t = timed(be, reps, &mut || {
+            d.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o)?;
+            d.chunk_backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ())
+        })?;
+        out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk fwd+bwd {shape}"), t, 3.0 * flops, 0.0, reps));
+        let t = timed(be, reps, &mut || {
+            d.recurrent(be, &q, &k, &v, &mut s, &mut z, 0, &mut o)?;
+            d.backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ())
+        })?;
+        out.push(record("linear_attn", be.name(), DType::BF16, format!("recurrent fwd+bwd {shape}"), t, 3.0 * flops, 0.0, reps));
+    }
     Ok(out)
 }
 
