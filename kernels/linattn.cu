@@ -24,7 +24,9 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
                                                const LinAttnParams& p) {
     __shared__ float qs[256], ks[256], zs[256], vs[16], red[16][17], zred[16], outv[16];
     const uint32_t lid = threadIdx.x, kl = lid / 16, vl = lid % 16;
-    const uint32_t bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+    // The y·z grid folds past 65535 sequence·heads; blocks past the end leave before any barrier.
+    const uint32_t bh = blockIdx.y + blockIdx.z * gridDim.y, b = bh / p.heads, h = bh % p.heads;
+    if (bh >= p.batch * p.heads) return;
     const uint32_t col = blockIdx.x * 16 + vl;
     const uint32_t nk = (p.k + 15) / 16;
     float s[16];
@@ -98,7 +100,8 @@ template <typename T>
 __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state, const uint32_t* __restrict__ starts,
                                                  float* __restrict__ z, const LinAttnParams& p) {
     __shared__ float sk[16][256], sv[16][16];
-    const uint32_t lid = threadIdx.x, bh = blockIdx.y, c = bh / p.heads, h = bh % p.heads;
+    const uint32_t lid = threadIdx.x, bh = blockIdx.y + blockIdx.z * gridDim.y, c = bh / p.heads, h = bh % p.heads;
+    if (bh >= p.batch * p.heads) return;
     const uint32_t start = starts[c], len = starts[c + 1] - start, c0 = blockIdx.x * 16;
     float acc[16] = {}, zacc = 0.0f;
     for (uint32_t r0 = 0; r0 < 64; r0 += 16) {
@@ -136,7 +139,8 @@ __device__ __forceinline__ void chunk_output_impl(const T* __restrict__ q, const
                                                   const uint32_t* __restrict__ starts, const float* __restrict__ z, T* __restrict__ o,
                                                   const LinAttnParams& p) {
     __shared__ float cq[64][16], ck[64][16], cs[16][16], cz[16], ca[64][64], cv[64][16];
-    const uint32_t lid = threadIdx.x, bh = blockIdx.y, c = bh / p.heads, h = bh % p.heads;
+    const uint32_t lid = threadIdx.x, bh = blockIdx.y + blockIdx.z * gridDim.y, c = bh / p.heads, h = bh % p.heads;
+    if (bh >= p.batch * p.heads) return;
     const uint32_t start = starts[c], len = starts[c + 1] - start, pos0 = starts[p.batch + 1 + c];
     const uint32_t c0 = blockIdx.x * 16, t = lid / 4, quarter = lid % 4;
     float a[16] = {}, oi[4] = {}, qz = 0.0f;
@@ -213,7 +217,8 @@ __device__ __forceinline__ void backward_impl(const T* __restrict__ q, const T* 
                                               float* __restrict__ dq_part, float* __restrict__ dk_part, float* dendd, float* __restrict__ ds0,
                                               float* __restrict__ dz0, T* __restrict__ dv, const LinAttnParams& p) {
     __shared__ float qs[256], ks[256], zs[256], vs[16], dns[16], red[16][17], prod[256][16], scal[2];
-    const uint32_t lid = threadIdx.x, bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+    const uint32_t lid = threadIdx.x, bh = blockIdx.y + blockIdx.z * gridDim.y, b = bh / p.heads, h = bh % p.heads;
+    if (bh >= p.batch * p.heads) return;
     const uint32_t c0 = blockIdx.x * 16, start = starts[b], len = starts[b + 1] - start;
     // A chunk's first position in its sequence (varlen 2), for Count mode.
     const uint32_t pos0 = p.varlen == 2 ? starts[p.batch + 1 + b] : 0;

@@ -14,6 +14,12 @@ struct Params {
 // o (forward), dv (backward) or dq / dk (backward reduce), packed in the dtype.
 @group(0) @binding(8) var<storage, read_write> out_buf: array<atomic<u32>>;
 
+// The (sequence or chunk)·head of a workgroup: the y·z grid folds past 65535 (many sequences
+// decoding at once); workgroups past the end return before any barrier.
+fn seq_head(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wg.y + wg.z * nwg.y;
+}
+
 // Element i of q (which 0), k (1) or v (2).
 fn ld(which: u32, i: u32) -> f32 {
     let w = i >> ELEM_SHIFT;

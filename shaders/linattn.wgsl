@@ -17,10 +17,11 @@ var<workgroup> outv: array<f32, 16>;
 var<workgroup> seq_len: u32;
 
 @compute @workgroup_size(256)
-fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let kl = lid / 16u;
     let vl = lid % 16u;
-    let bh = wg.y;
+    let bh = seq_head(wg, nwg);
+    if (bh >= p.batch * p.heads) { return; }
     let b = bh / p.heads;
     let h = bh % p.heads;
     let start = starts[b];
@@ -132,8 +133,9 @@ var<workgroup> sk: array<f32, 4096>; // [16 rows][256 k]
 var<workgroup> sv: array<f32, 256>; // [16 rows][16 columns]
 
 @compute @workgroup_size(256)
-fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let bh = wg.y;
+fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = seq_head(wg, nwg);
+    if (bh >= p.batch * p.heads) { return; }
     let c = bh / p.heads;
     let h = bh % p.heads;
     let start = starts[c];
@@ -182,8 +184,9 @@ var<workgroup> ca: array<f32, 4096>; // [64][64] masked scores
 var<workgroup> cv: array<f32, 1024>; // [64 rows][16 columns]
 
 @compute @workgroup_size(256)
-fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let bh = wg.y;
+fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = seq_head(wg, nwg);
+    if (bh >= p.batch * p.heads) { return; }
     let c = bh / p.heads;
     let h = bh % p.heads;
     let start = starts[c];

@@ -46,7 +46,8 @@ var<workgroup> seq_len: u32;
 
 @compute @workgroup_size(256)
 fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let bh = wg.y;
+    let bh = seq_head(wg, nwg);
+    if (bh >= p.batch * p.heads) { return; }
     let b = bh / p.heads;
     let h = bh % p.heads;
     let start = seq_start(b);

@@ -391,3 +391,19 @@ fn chunked_forward_matches_the_reference_on_every_backend() {
         });
     }
 }
+
+/// A decode step for more sequence·heads than one grid dimension holds (65535): the grid folds
+/// into y·z and every sequence is updated.
+#[test]
+fn decode_serves_more_sequences_than_one_grid_dimension() {
+    let d = desc(33_000, 1, 2, 16, 16, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
+    let (q, k, v, s0, z0) = inputs(&d, DType::BF16, 700);
+    let (o_ref, s_ref, z_ref) = cpu::forward(&d, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), 0);
+    for dev in common::device_backends() {
+        let (o, s, z) = with_backend!(dev, be => run_device(be, &d, &q, &k, &v, &s0, &z0));
+        let what = format!("{} B33000 H2 decode", dev.name());
+        assert_close(&format!("{what} o"), &o, &o_ref, DType::BF16);
+        assert_close(&format!("{what} S"), &s, &s_ref, DType::F32);
+        assert_close(&format!("{what} z"), &z, &z_ref, DType::F32);
+    }
+}

@@ -51,7 +51,8 @@ pub fn recurrent<T: CudaElem>(
     o: &mut CudaViewMut<T>,
 ) -> Result<()> {
     let starts_dev = rt.stream.clone_htod(starts).map_err(|e| crate::Error::driver("cuda: uploading the sequence starts", e))?;
-    let cfg = LaunchConfig { grid_dim: ((p.v as usize).div_ceil(16) as u32, p.batch * p.heads, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let [gx, gy, gz] = super::grid(p.v as usize, (p.batch * p.heads) as usize);
+    let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
     if p.varlen == 2 {
         return if p.aux == 1 {
@@ -112,7 +113,8 @@ pub fn backward<T: CudaElem>(
     let [q, kk, vv, o, d_o] = x;
     let [dq, dk, dv] = out;
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>(3), |_| Ok(()))?;
-    let cfg = LaunchConfig { grid_dim: (nv as u32, p.batch * p.heads, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let [gx, gy, gz] = super::grid(v, (p.batch * p.heads) as usize);
+    let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: linattn_backward_<dtype> reads q, k [R·H·K], v, o, do [R·H·V] (T), s0, d_state
     // [N·H·K·V], z0, d_z [N·H·K] (absent gradients: zeros of the state's size) and starts [N + 1]
     // (non-decreasing, ending at R; then N positions for chunks); it writes dq_part, dk_part

@@ -93,6 +93,13 @@ pub struct LinearAttention {
     pub normalize: Normalize,
 }
 
+/// The `(x, y, z)` grid of the linear-attention kernels: value tiles of 16 columns in x, and
+/// `units` (sequence or chunk)·heads folded into y·z past 65535.
+pub fn grid(v: usize, units: usize) -> [u32; 3] {
+    let y = units.clamp(1, 65535);
+    [v.div_ceil(16) as u32, y as u32, units.div_ceil(y).max(1) as u32]
+}
+
 /// Rows per chunk of the chunked form, on every backend.
 pub const CHUNK: usize = 64;
 

@@ -42,7 +42,7 @@ pub fn recurrent(
         &ctx.device,
         &wgpu::util::BufferInitDescriptor { label: Some("ffkern starts"), contents: bytemuck::cast_slice(starts), usage: wgpu::BufferUsages::STORAGE },
     );
-    let groups = [(p.v as usize).div_ceil(16) as u32, p.batch * p.heads, 1];
+    let groups = super::grid(p.v as usize, (p.batch * p.heads) as usize);
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, &z_init, &starts, state, z, o], groups)
 }
 
@@ -117,7 +117,7 @@ pub fn backward(
     let [q, kb, vb, o, d_o] = x;
     let [dq, dk, dv, ds0, dz0] = out;
     let main = ctx.pipeline(BWD, "linattn_bwd", dtype, 6, 2)?;
-    ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(p), &[q, kb, vb, o, d_o, &fin, &part, dv], [nv as u32, p.batch * p.heads, 1])?;
+    ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(p), &[q, kb, vb, o, d_o, &fin, &part, dv], super::grid(v, (p.batch * p.heads) as usize))?;
     let reduce = ctx.pipeline(BWD, "linattn_bwd_reduce", dtype, 6, 2)?;
     let words = rhk.div_ceil(if dtype == DType::F32 { 1 } else { 2 });
     for (which, target) in [(0u32, dq), (1, dk)] {
