@@ -52,9 +52,9 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
             go("graph_ln_apply", arg, words(rows))
         }
         GraphKernel::LayerNormBackward => {
-            let scratch = WgpuBuffer { buffer: ctx.create_buffer(DType::F32, 2 * rows.max(1))?, dtype: DType::F32, len: 2 * rows.max(1) };
-            go("graph_ln_bwd_stats", Some(&scratch), rows * 256)?;
-            go("graph_ln_bwd_apply", Some(&scratch), words(rows))
+            let stats = scratch(2 * rows)?;
+            go("graph_ln_bwd_stats", Some(&stats), rows * 256)?;
+            go("graph_ln_bwd_apply", Some(&stats), words(rows))
         }
         GraphKernel::LayerNormParams => go("graph_ln_params", arg, dim),
         GraphKernel::EdgeCombine => go("graph_edge_combine", arg, words(p.num_edges as usize)),
