@@ -191,7 +191,7 @@ fn varlen_equals_a_loop_over_sequences() {
     let s0 = HostTensor::random(DType::F32, vec![n_seq * h * k * v], 4);
     let z0 = HostTensor::new(DType::F32, vec![n_seq * h * k], vec![0.75; n_seq * h * k]).expect("z0");
     let starts: Vec<usize> = cu.iter().map(|&c| c as usize).collect();
-    let (o_ref, s_ref, _) = cpu::forward_varlen(&packed, &starts, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+    let (o_ref, s_ref, _) = cpu::forward_varlen(&packed, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
     for dev in devices_and_cpu() {
         with_backend!(dev, be => {
             let up = |t: &HostTensor| be.upload(t).expect("upload");
@@ -378,7 +378,7 @@ fn chunked_forward_matches_the_reference_on_every_backend() {
         let (q, kk, vv, _, _) = inputs(&d, DType::BF16, 600);
         let (_, _, _, s0, z0) = inputs(&seqs, DType::F32, 610);
         let starts: Vec<usize> = cu.iter().map(|&c| c as usize).collect();
-        let (o_ref, s_ref, z_ref) = cpu::forward_varlen(&d, &starts, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+        let (o_ref, s_ref, z_ref) = cpu::forward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
         with_backend!(dev, be => {
             let up = |x: &HostTensor| be.upload(x).expect("upload");
             let down = |x: &_| be.download(x).expect("download").data;

@@ -222,29 +222,10 @@ impl Backend for Cpu {
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &HostTensor, k: &HostTensor, v: &HostTensor, starts: &[u32], state: &mut HostTensor, z: &mut HostTensor, o: &mut HostTensor) -> Result<()> {
         let d = p.descriptor();
         let n = p.batch as usize;
-        let bounds: Vec<usize> = starts[..=n].iter().map(|&s| s as usize).collect();
+        let all: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
         // Chunks (varlen 2) count their positions from their sequence's start.
-        let positions: Vec<usize> = if p.varlen == 2 { starts[n + 1..2 * n + 1].iter().map(|&s| s as usize).collect() } else { vec![0; n] };
-        let (per_s, per_z) = ((p.heads * p.k * p.v) as usize, (p.heads * p.k) as usize);
-        let (mut out, mut s, mut zf) = (vec![0.0; bounds[n] * (p.heads * p.v) as usize], Vec::new(), Vec::new());
-        for c in 0..n {
-            let one = [0, bounds[c + 1] - bounds[c]];
-            let rows = |t: &[f32], w: usize| t[bounds[c] * w..bounds[c + 1] * w].to_vec();
-            let (qk, vw) = ((p.heads * p.k) as usize, (p.heads * p.v) as usize);
-            let (oc, sc, zc) = linattn::cpu::forward_varlen(
-                &d,
-                &one,
-                &rows(&q.data, qk),
-                &rows(&k.data, qk),
-                &rows(&v.data, vw),
-                Some(&state.data[c * per_s..(c + 1) * per_s]),
-                Some(&z.data[c * per_z..(c + 1) * per_z]),
-                p.count0 as usize + positions[c],
-            );
-            out[bounds[c] * vw..bounds[c + 1] * vw].iter_mut().zip(oc).for_each(|(d, x)| *d = x);
-            s.extend(sc);
-            zf.extend(zc);
-        }
+        let offsets = (p.varlen == 2).then(|| &all[n + 1..2 * n + 1]);
+        let (out, s, zf) = linattn::cpu::forward_varlen(&d, &all[..=n], offsets, &q.data, &k.data, &v.data, Some(&state.data), Some(&z.data), p.count0 as usize);
         if p.aux != 1 {
             for (dst, x) in o.data.iter_mut().zip(out) {
                 *dst = o.dtype.round(x as f32);

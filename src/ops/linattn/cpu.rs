@@ -105,13 +105,24 @@ impl Scan {
 /// `[B, H, K]`) or zeros; `count0` positions attended before (Count mode).
 pub fn forward(d: &LinearAttention, q: &[f32], k: &[f32], v: &[f32], s0: Option<&[f32]>, z0: Option<&[f32]>, count0: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let starts: Vec<usize> = (0..=d.batch).map(|b| b * d.seq).collect();
-    forward_varlen(d, &starts, q, k, v, s0, z0, count0)
+    forward_varlen(d, &starts, None, q, k, v, s0, z0, count0)
 }
 
 /// [`forward`] over sequences `starts[n] .. starts[n + 1]` of the `[rows, H, ·]` tensors, one
-/// state per sequence.
+/// state per sequence; sequence n's positions start after `count0 + offsets[n]` (Count mode;
+/// chunks of longer sequences).
 #[allow(clippy::too_many_arguments)]
-pub fn forward_varlen(d: &LinearAttention, starts: &[usize], q: &[f32], k: &[f32], v: &[f32], s0: Option<&[f32]>, z0: Option<&[f32]>, count0: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn forward_varlen(
+    d: &LinearAttention,
+    starts: &[usize],
+    offsets: Option<&[usize]>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s0: Option<&[f32]>,
+    z0: Option<&[f32]>,
+    count0: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (h_, kd, vd) = (d.heads, d.k, d.v);
     let n_seq = starts.len() - 1;
     let rows = starts[n_seq];
@@ -125,7 +136,7 @@ pub fn forward_varlen(d: &LinearAttention, starts: &[usize], q: &[f32], k: &[f32
             let bh = n * h_ + h;
             let mut scan = Scan::new(d, s0, z0, bh);
             for t in 0..len {
-                let (n, den) = scan.step(d, &sq, t, count0 + t + 1);
+                let (n, den) = scan.step(d, &sq, t, count0 + offsets.map_or(0, |o| o[n]) + t + 1);
                 for (j, nv) in n.iter().enumerate() {
                     o[((row0 + t) * h_ + h) * vd + j] = nv / den;
                 }
