@@ -322,16 +322,7 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     let mesh = Graph::icosphere(if small { 3 } else { 5 })?;
     let (mn, me) = (mesh.num_nodes, mesh.num_edges());
     let (dm, dmt) = (DeviceGraph::upload(be, &mesh)?, DeviceGraph::upload(be, &mesh.transposed())?);
-    let params = layer
-        .param_shapes()
-        .iter()
-        .enumerate()
-        .map(|(k, (_, shape, is_f32))| {
-            let len: usize = shape.iter().product();
-            let t = crate::HostTensor::random(if *is_f32 { DType::F32 } else { dtype }, vec![len], 20 + k as u64);
-            be.upload(&t)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let params = layer.seeded_params(dtype, 20).iter().map(|t| be.upload(t)).collect::<Result<Vec<_>>>()?;
     let p = OneForecastParams::from_tensors(params)?;
     let (ef, hf) = (r(me * dim, 7)?, r(mn * dim, 8)?);
     let t = timed(be, reps, &mut || {

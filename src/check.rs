@@ -357,23 +357,7 @@ fn check_graph_layer<Be: Backend>(be: &Be, layer: &str, dtype: DType) -> crate::
         "oneforecast_layer" => {
             let l = OneForecastLayer { dim: 32, heads: 4, gate_hidden: 16, attn_hidden: 8, eps: 1e-5 };
             let ef = scaled(dtype, e * l.dim, 1.0, 22);
-            let params: Vec<HostTensor> = l
-                .param_shapes()
-                .iter()
-                .enumerate()
-                .map(|(k, (pname, shape, is_f32))| {
-                    let len: usize = shape.iter().product();
-                    let dt = if *is_f32 { DType::F32 } else { dtype };
-                    let t = scaled(dt, len, 1.0, 30 + k as u64);
-                    let data = if pname.starts_with("ln_") {
-                        t.data.iter().enumerate().map(|(j, v)| if j < len / 2 { 1.0 + 0.3 * v } else { 0.3 * v }).collect()
-                    } else {
-                        let fan_in = if shape.len() == 2 { shape[1] } else { 4 } as f32;
-                        t.data.iter().map(|v| dt.round(1.5 * v / fan_in.sqrt())).collect()
-                    };
-                    HostTensor { dtype: dt, shape: vec![len], data }
-                })
-                .collect();
+            let params = l.seeded_params(dtype, 30);
             let (e_ref, h_ref) = gcpu::oneforecast_layer(&g, &l, &f64s(&ef), &f64s(&x), &params.iter().map(f64s).collect::<Vec<_>>());
             let p = OneForecastParams::from_tensors(params.iter().map(|t| be.upload(t)).collect::<crate::Result<_>>()?)?;
             let st = l.forward(be, &dg, &be.upload(&ef)?, &be.upload(&x)?, &p)?;

@@ -9,26 +9,6 @@ use common::{assert_close, devices_and_cpu};
 use ffkern::ops::graph::{cpu, DeviceGraph, Graph, OneForecastLayer, OneForecastParams};
 use ffkern::{with_backend, Backend, Cpu, DType, Error, HostTensor};
 
-/// Seeded parameters: weights scaled by 1/√fan_in, LayerNorm γ near 1.
-fn params(l: &OneForecastLayer, dtype: DType, seed: u64) -> Vec<HostTensor> {
-    l.param_shapes()
-        .into_iter()
-        .enumerate()
-        .map(|(k, (name, shape, is_f32))| {
-            let r = HostTensor::random(DType::F32, shape.clone(), seed + k as u64);
-            let data: Vec<f32> = if name.starts_with("ln_") {
-                let c = r.data.len() / 2;
-                r.data.iter().enumerate().map(|(i, v)| if i < c { 1.0 + 0.3 * v } else { 0.3 * v }).collect()
-            } else {
-                let fan_in = if shape.len() == 2 { shape[1] } else { 4 };
-                r.data.iter().map(|v| v * 1.5 / (fan_in as f32).sqrt()).collect()
-            };
-            let dt = if is_f32 { DType::F32 } else { dtype };
-            HostTensor::new(dt, shape, data.iter().map(|&v| dt.round(v)).collect()).expect("param")
-        })
-        .collect()
-}
-
 /// Small enough for finite differences, with every size distinct.
 const TINY: OneForecastLayer = OneForecastLayer { dim: 8, heads: 2, gate_hidden: 4, attn_hidden: 3, eps: 1e-5 };
 
@@ -49,7 +29,7 @@ fn backward_matches_finite_differences_of_the_reference() {
     let (ne, n, d) = (g.num_edges(), 7, l.dim);
     let e_feat = HostTensor::random(DType::F32, vec![ne * d], 1);
     let h = HostTensor::random(DType::F32, vec![n * d], 2);
-    let p = params(&l, DType::F32, 10);
+    let p = l.seeded_params(DType::F32, 10);
     let de = HostTensor::random(DType::F32, vec![ne * d], 3);
     let dh = HostTensor::random(DType::F32, vec![n * d], 4);
     let be = &Cpu;
@@ -108,7 +88,7 @@ fn layer_matches_the_reference_on_every_backend() {
     for dtype in DType::ALL {
         let e_feat = HostTensor::random(dtype, vec![ne * d], 1);
         let h = HostTensor::random(dtype, vec![n * d], 2);
-        let p = params(&l, dtype, 10);
+        let p = l.seeded_params(dtype, 10);
         let de = HostTensor::random(dtype, vec![ne * d], 3);
         let dh = HostTensor::random(dtype, vec![n * d], 4);
         let (e_ref, h_ref) = cpu::oneforecast_layer(&g, &l, &f64s(&e_feat), &f64s(&h), &p.iter().map(f64s).collect::<Vec<_>>());
@@ -169,7 +149,7 @@ fn bad_input_is_an_error() {
     let dg = DeviceGraph::upload(be, &g).expect("graph");
     let e_feat = HostTensor::random(DType::F32, vec![g.num_edges() * 8], 1);
     let h = HostTensor::random(DType::F32, vec![g.num_nodes * 8], 2);
-    let good = params(&l, DType::F32, 3);
+    let good = l.seeded_params(DType::F32, 3);
     let run = |p: Vec<HostTensor>, e: &HostTensor, l: &OneForecastLayer| l.forward(be, &dg, e, &h, &OneForecastParams::from_tensors(p)?).map(|_| ());
     assert!(run(good.clone(), &e_feat, &l).is_ok());
     // W_b too small.

@@ -23,7 +23,7 @@ use super::{
     segment_sum_weighted, segment_sum_weighted_backward, to_f32, DeviceGraph, EdgeMlp, EdgeMlpWeights,
 };
 use crate::ops::gemm::{gemm_backward, gemm_backward_plus, ActGrad, Gemm};
-use crate::{Activation, Backend, DType, Error, Result};
+use crate::{Activation, Backend, DType, Error, HostTensor, Result};
 
 const OP: &str = "oneforecast_layer";
 
@@ -208,6 +208,27 @@ impl OneForecastLayer {
             (vec![2 * d], true),
         ];
         PARAM_NAMES.iter().zip(shapes).map(|(n, (s, f))| (*n, s, f)).collect()
+    }
+
+    /// Seeded host parameters in [`PARAM_NAMES`] order for checks and benchmarks: weights
+    /// uniform in ±1.5/√fan_in (rounded to `dtype`), LayerNorm γ in 1 ± 0.3 and β in ±0.3 (f32).
+    pub fn seeded_params(&self, dtype: DType, seed: u64) -> Vec<HostTensor> {
+        self.param_shapes()
+            .into_iter()
+            .enumerate()
+            .map(|(k, (name, shape, is_f32))| {
+                let r = HostTensor::random(DType::F32, shape.clone(), seed + k as u64);
+                let data: Vec<f32> = if name.starts_with("ln_") {
+                    let c = r.data.len() / 2;
+                    r.data.iter().enumerate().map(|(i, v)| if i < c { 1.0 + 0.3 * v } else { 0.3 * v }).collect()
+                } else {
+                    let fan_in = if shape.len() == 2 { shape[1] } else { 4 };
+                    r.data.iter().map(|v| v * 1.5 / (fan_in as f32).sqrt()).collect()
+                };
+                let dt = if is_f32 { DType::F32 } else { dtype };
+                HostTensor { dtype: dt, shape, data: data.iter().map(|&v| dt.round(v)).collect() }
+            })
+            .collect()
     }
 
     fn edge_mlp(&self) -> EdgeMlp {
