@@ -39,12 +39,13 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
         GraphKernel::EdgeDot => go("graph_edge_dot", arg, p.num_edges as usize * heads),
         GraphKernel::Softmax | GraphKernel::SoftmaxBackward => {
             let p = &GraphParams { reduce: (kind == GraphKernel::SoftmaxBackward) as u32, ..*p };
-            let parts = scratch(2 * segs * heads)?;
-            if segs > 0 {
-                dispatch(ctx, "graph_softmax_partial", dtype, p, g, a, &parts, None, segs * heads)?;
+            // Long rows' partials (none without long rows: the stats pass then binds a placeholder).
+            let parts = if segs > 0 { Some(scratch(2 * segs * heads)?) } else { None };
+            if let Some(parts) = &parts {
+                dispatch(ctx, "graph_softmax_partial", dtype, p, g, a, parts, None, segs * heads)?;
             }
             let stats = scratch(2 * rows * heads)?;
-            dispatch(ctx, "graph_softmax_stats", dtype, p, g, &GraphArgs { y: Some(&parts), ..*a }, out, Some(&stats), rows * heads)?;
+            dispatch(ctx, "graph_softmax_stats", dtype, p, g, &GraphArgs { y: parts.as_ref(), ..*a }, out, Some(&stats), rows * heads)?;
             dispatch(ctx, "graph_softmax_write", dtype, p, g, a, out, Some(&stats), p.num_edges as usize * heads)
         }
         GraphKernel::LayerNorm => {
