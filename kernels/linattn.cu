@@ -92,6 +92,29 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
     if (blockIdx.x == 0 && lid < p.k) z[(size_t)bh * p.k + lid] = zs[lid];
 }
 
+// acc[j] = Σ_r x(r, i)·y(r, c0 + j) over a chunk's 64 rows for thread i = lid < K (and xsum =
+// Σ_r x(r, i)): the K×16 tile of Xᵀ·Y with X staged 16 rows at a time. The chunked forward's
+// K̃ᵀ·V and the backward's Q̃ᵀ·dN; x and y return 0 past the chunk.
+template <typename X, typename Y>
+__device__ __forceinline__ void chunk_outer(float (&acc)[16], float& xsum, float (&sx)[16][256], float (&sy)[16][16], X x, Y y, const LinAttnParams& p) {
+    const uint32_t lid = threadIdx.x;
+    for (uint32_t r0 = 0; r0 < 64; r0 += 16) {
+        for (uint32_t e = lid; e < 16 * p.k; e += 256) sx[e / p.k][e % p.k] = x(r0 + e / p.k, e % p.k);
+        sy[lid / 16][lid % 16] = y(r0 + lid / 16, lid % 16);
+        __syncthreads();
+        if (lid < p.k) {
+#pragma unroll 4
+            for (int rr = 0; rr < 16; ++rr) {
+                const float xv = sx[rr][lid];
+                xsum += xv;
+#pragma unroll
+                for (int j = 0; j < 16; ++j) acc[j] += xv * sy[rr][j];
+            }
+        }
+        __syncthreads();
+    }
+}
+
 // Chunked form, per chunk (the sequences are chunks of at most 64 rows, varlen 2), as matrix
 // products instead of a scan (mirrors shaders/linattn.wgsl): no barrier per row, every thread
 // busy. chunk_state (aux 1): the chunk's own sums ΔS = K̃ᵀ·V (this tile's 16 columns) and
@@ -104,25 +127,10 @@ __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const 
     if (bh >= p.batch * p.heads) return;
     const uint32_t start = starts[c], len = starts[c + 1] - start, c0 = blockIdx.x * 16;
     float acc[16] = {}, zacc = 0.0f;
-    for (uint32_t r0 = 0; r0 < 64; r0 += 16) {
-        for (uint32_t e = lid; e < 16 * p.k; e += 256) {
-            const uint32_t r = e / p.k, kk = e % p.k;
-            sk[r][kk] = r0 + r < len ? phi(p.feature_map, to_f32(k[((size_t)(start + r0 + r) * p.heads + h) * p.k + kk])) : 0.0f;
-        }
-        const uint32_t r = lid / 16, col = lid % 16;
-        sv[r][col] = r0 + r < len && c0 + col < p.v ? to_f32(v[((size_t)(start + r0 + r) * p.heads + h) * p.v + c0 + col]) : 0.0f;
-        __syncthreads();
-        if (lid < p.k) {
-#pragma unroll 4
-            for (int rr = 0; rr < 16; ++rr) {
-                const float kv = sk[rr][lid];
-                zacc += kv;
-#pragma unroll
-                for (int j = 0; j < 16; ++j) acc[j] += kv * sv[rr][j];
-            }
-        }
-        __syncthreads();
-    }
+    const auto row = [&](uint32_t r) { return ((size_t)start + r) * p.heads + h; };
+    chunk_outer(
+        acc, zacc, sk, sv, [&](uint32_t r, uint32_t i) { return r < len ? phi(p.feature_map, to_f32(k[row(r) * p.k + i])) : 0.0f; },
+        [&](uint32_t r, uint32_t j) { return r < len && c0 + j < p.v ? to_f32(v[row(r) * p.v + c0 + j]) : 0.0f; }, p);
     if (lid < p.k) {
 #pragma unroll
         for (int j = 0; j < 16; ++j)
@@ -349,6 +357,255 @@ __device__ __forceinline__ void backward_reduce_impl(const T* __restrict__ x, co
     }
 }
 
+// ---- Chunked backward as matrix products (mirrors the chunk kernels of shaders/linattn_bwd.wgsl;
+// the sequences are chunks of at most 64 rows, varlen 2). Per chunk, with dn_t = do_t/den_t and
+// dd_t = −(do_t·o_t)/den_t (0 unless Normalizer), the masked scores A[t][s] = q̃_t·k̃_s and
+// B[t][s] = dn_t·v_s + dd_t (s ≤ t), the start state S_c, z_c and the gradient at the chunk's end
+// G_c, g_c:  dq̃ = dN·S_cᵀ + dd·z_cᵀ + B·K̃,  dk̃ = V·G_cᵀ + 1·g_cᵀ + Bᵀ·Q̃,  dv = K̃·G_c + Aᵀ·dN,
+// and the chunk's own Q̃ᵀ·dN, Q̃ᵀ·dd. Why it is fast: every term is a product of 64-row blocks
+// staged in shared memory, no barrier per row and every thread busy. `bounds` holds the C + 1
+// chunk boundaries then each chunk's position in its sequence; `dendd` den, dd per packed row
+// (Normalizer only; written by linattn_chunk_den).
+struct ChunkRow {
+    uint32_t c, h, bh, start, len;
+};
+
+__device__ __forceinline__ bool chunk_of(ChunkRow& r, const uint32_t* bounds, const LinAttnParams& p) {
+    r.bh = blockIdx.y + blockIdx.z * gridDim.y;
+    if (r.bh >= p.batch * p.heads) return false;
+    r.c = r.bh / p.heads;
+    r.h = r.bh % p.heads;
+    r.start = bounds[r.c];
+    r.len = bounds[r.c + 1] - r.start;
+    return true;
+}
+
+// Operand `which` of local row r, element col: 0 q̃, 1 k̃, 2 v, 3 dn (den staged in cden); 0 past
+// the chunk or the width.
+template <typename T>
+__device__ __forceinline__ float cb_ld(uint32_t which, const T* q, const T* k, const T* v, const T* d_o, const float* cden, const ChunkRow& cr,
+                                       uint32_t r, uint32_t col, const LinAttnParams& p) {
+    const uint32_t width = which < 2 ? p.k : p.v;
+    if (r >= cr.len || col >= width) return 0.0f;
+    const size_t i = (((size_t)cr.start + r) * p.heads + cr.h) * width + col;
+    switch (which) {
+    case 0: return p.scale * phi(p.feature_map, to_f32(q[i]));
+    case 1: return phi(p.feature_map, to_f32(k[i]));
+    case 2: return to_f32(v[i]);
+    default: return to_f32(d_o[i]) / cden[r];
+    }
+}
+
+__device__ __forceinline__ void cb_stage_den(float* cden, float* cdd, const uint32_t* bounds, const float* dendd, const ChunkRow& cr, const LinAttnParams& p) {
+    const uint32_t lid = threadIdx.x;
+    if (lid < 64) {
+        float den = 1.0f, dd = 0.0f;
+        if (lid < cr.len) {
+            if (p.normalize == 1) {
+                const size_t row = ((size_t)cr.start + lid) * p.heads + cr.h;
+                den = dendd[2 * row];
+                dd = dendd[2 * row + 1];
+            } else if (p.normalize == 2) {
+                den = (float)(p.count0 + bounds[p.batch + 1 + cr.c] + lid + 1);
+            }
+        }
+        cden[lid] = den;
+        cdd[lid] = dd;
+    }
+}
+
+// Normalizer only, one block per chunk·head: den_t = eps + q̃_t·(z_c + Σ_{s≤t} k̃_s) (prefix sums
+// of k̃ down each slab's columns), dd_t, and the chunk's own Q̃ᵀ·dd into hz.
+template <typename T>
+__device__ __forceinline__ void chunk_den_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ o, const T* __restrict__ d_o,
+                                               const uint32_t* __restrict__ bounds, const float* __restrict__ z, float* __restrict__ dendd,
+                                               float* __restrict__ hz, const LinAttnParams& p) {
+    __shared__ float sa[64][16], sb[64][16], red[2][256], cdd[64];
+    ChunkRow cr;
+    if (!chunk_of(cr, bounds, p)) return;
+    const uint32_t lid = threadIdx.x, t = lid / 4, quarter = lid % 4;
+    float qz = 0.0f;
+    for (uint32_t i0 = 0; i0 < p.k; i0 += 16) {
+        for (uint32_t e = lid; e < 1024; e += 256) {
+            sa[e / 16][e % 16] = cb_ld<T>(0, q, k, nullptr, nullptr, nullptr, cr, e / 16, i0 + e % 16, p);
+            sb[e / 16][e % 16] = cb_ld<T>(1, q, k, nullptr, nullptr, nullptr, cr, e / 16, i0 + e % 16, p);
+        }
+        __syncthreads();
+        if (lid < 16) {
+            float run = i0 + lid < p.k ? z[(size_t)cr.bh * p.k + i0 + lid] : 0.0f;
+            for (int r = 0; r < 64; ++r) {
+                run += sb[r][lid];
+                sb[r][lid] = run;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int cc = 0; cc < 4; ++cc) qz += sa[t][quarter * 4 + cc] * sb[t][quarter * 4 + cc];
+        __syncthreads();
+    }
+    float dot = 0.0f;
+    if (t < cr.len) {
+        const size_t row = ((size_t)cr.start + t) * p.heads + cr.h;
+        for (uint32_t j = quarter; j < p.v; j += 4) dot += to_f32(d_o[row * p.v + j]) * to_f32(o[row * p.v + j]);
+    }
+    red[0][lid] = qz;
+    red[1][lid] = dot;
+    __syncthreads();
+    if (lid < 64) {
+        const float den = p.eps + red[0][4 * lid] + red[0][4 * lid + 1] + red[0][4 * lid + 2] + red[0][4 * lid + 3];
+        const float dd = -(red[1][4 * lid] + red[1][4 * lid + 1] + red[1][4 * lid + 2] + red[1][4 * lid + 3]) / den;
+        cdd[lid] = lid < cr.len ? dd : 0.0f;
+        if (lid < cr.len) {
+            const size_t row = ((size_t)cr.start + lid) * p.heads + cr.h;
+            dendd[2 * row] = den;
+            dendd[2 * row + 1] = dd;
+        }
+    }
+    __syncthreads();
+    if (lid < p.k) {
+        float acc = 0.0f;
+        for (uint32_t r = 0; r < cr.len; ++r) acc += cb_ld<T>(0, q, k, nullptr, nullptr, nullptr, cr, r, lid, p) * cdd[r];
+        hz[(size_t)cr.bh * p.k + lid] = acc;
+    }
+}
+
+// The chunk's own Q̃ᵀ·dN (this tile's 16 columns) into g; thread i < K owns row i, rows staged 16
+// at a time.
+template <typename T>
+__device__ __forceinline__ void chunk_dstate_impl(const T* __restrict__ q, const T* __restrict__ d_o, const uint32_t* __restrict__ bounds,
+                                                  const float* __restrict__ dendd, float* __restrict__ g, const LinAttnParams& p) {
+    __shared__ float sq[16][256], sn[16][16], cden[64], cdd[64];
+    ChunkRow cr;
+    if (!chunk_of(cr, bounds, p)) return;
+    const uint32_t lid = threadIdx.x, c0 = blockIdx.x * 16;
+    cb_stage_den(cden, cdd, bounds, dendd, cr, p);
+    __syncthreads();
+    float acc[16] = {}, qsum = 0.0f;
+    chunk_outer(
+        acc, qsum, sq, sn, [&](uint32_t r, uint32_t i) { return cb_ld<T>(0, q, nullptr, nullptr, d_o, cden, cr, r, i, p); },
+        [&](uint32_t r, uint32_t j) { return cb_ld<T>(3, q, nullptr, nullptr, d_o, cden, cr, r, c0 + j, p); }, p);
+    if (lid < p.k) {
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+            if (c0 + j < p.v) g[((size_t)cr.bh * p.k + lid) * p.v + c0 + j] = acc[j];
+    }
+}
+
+// dv (this tile's 16 columns): thread (s, quarter) owns row s and 4 columns; A's column s against
+// 16 of the chunk's q̃ accumulates with the K̃·G_c term over slabs of 16 of K, then Σ_{τ≥s} A[τ][s]·dn_τ.
+template <typename T>
+__device__ __forceinline__ void chunk_dv_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ d_o, const uint32_t* __restrict__ bounds,
+                                              const float* __restrict__ dendd, const float* __restrict__ g, T* __restrict__ dv, const LinAttnParams& p) {
+    __shared__ float sa[64][16], sb[64][16], sm[16][16], cw[64][65], cden[64], cdd[64];
+    ChunkRow cr;
+    if (!chunk_of(cr, bounds, p)) return;
+    const uint32_t lid = threadIdx.x, c0 = blockIdx.x * 16, s = lid / 4, quarter = lid % 4;
+    cb_stage_den(cden, cdd, bounds, dendd, cr, p);
+    float a[16] = {}, acc[4] = {};
+    for (uint32_t i0 = 0; i0 < p.k; i0 += 16) {
+        for (uint32_t e = lid; e < 1024; e += 256) {
+            sa[e / 16][e % 16] = cb_ld<T>(1, q, k, nullptr, d_o, cden, cr, e / 16, i0 + e % 16, p);
+            sb[e / 16][e % 16] = cb_ld<T>(0, q, k, nullptr, d_o, cden, cr, e / 16, i0 + e % 16, p);
+        }
+        const uint32_t ri = i0 + lid / 16, cj = c0 + lid % 16;
+        sm[lid / 16][lid % 16] = ri < p.k && cj < p.v ? g[((size_t)cr.bh * p.k + ri) * p.v + cj] : 0.0f;
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < 16; ++kk) {
+            const float kv = sa[s][kk];
+#pragma unroll
+            for (int m = 0; m < 16; ++m) a[m] += kv * sb[quarter + 4 * m][kk];
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) acc[cc] += kv * sm[kk][quarter * 4 + cc];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int m = 0; m < 16; ++m) cw[s][quarter + 4 * m] = quarter + 4 * m >= s ? a[m] : 0.0f;
+    for (uint32_t e = lid; e < 1024; e += 256) sa[e / 16][e % 16] = cb_ld<T>(3, q, k, nullptr, d_o, cden, cr, e / 16, c0 + e % 16, p);
+    __syncthreads();
+    if (s < cr.len) {
+        for (uint32_t tau = s; tau < cr.len; ++tau) {
+            const float w = cw[s][tau];
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) acc[cc] += w * sa[tau][quarter * 4 + cc];
+        }
+        const size_t row = ((size_t)cr.start + s) * p.heads + cr.h;
+#pragma unroll
+        for (int cc = 0; cc < 4; ++cc) {
+            const uint32_t col = c0 + quarter * 4 + cc;
+            if (col < p.v) dv[row * p.v + col] = from_f32<T>(acc[cc]);
+        }
+    }
+}
+
+// dq (aux 0) or dk (aux 1), this tile's 16 columns of K; thread (t, quarter) owns row t and 4
+// columns. dq: B[t][s] = dn_t·v_s + dd_t (s ≤ t) with dN·S_cᵀ over slabs of 16 of V, then
+// dd_t·z_c + B·K̃. dk: B[τ][t] = v_t·dn_τ + dd_τ (τ ≥ t) with V·G_cᵀ, then g_c + Bᵀ·Q̃. Then
+// scale·φ'(q) or φ'(k). `m` is S_c or G_c, `zv` z_c or g_c.
+template <typename T>
+__device__ __forceinline__ void chunk_dqk_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ d_o,
+                                               const uint32_t* __restrict__ bounds, const float* __restrict__ dendd, const float* __restrict__ m,
+                                               const float* __restrict__ zv, T* __restrict__ out, const LinAttnParams& p) {
+    __shared__ float sa[64][16], sb[64][16], sm[16][16], cw[64][65], cz[16], cden[64], cdd[64];
+    ChunkRow cr;
+    if (!chunk_of(cr, bounds, p)) return;
+    const uint32_t lid = threadIdx.x, i0 = blockIdx.x * 16, t = lid / 4, quarter = lid % 4;
+    const bool dk = p.aux == 1;
+    cb_stage_den(cden, cdd, bounds, dendd, cr, p);
+    float b[16] = {}, acc[4] = {};
+    for (uint32_t j0 = 0; j0 < p.v; j0 += 16) {
+        __syncthreads(); // cden staged; the previous slab read
+        for (uint32_t e = lid; e < 1024; e += 256) {
+            const float dn = cb_ld<T>(3, q, k, v, d_o, cden, cr, e / 16, j0 + e % 16, p);
+            const float vv = cb_ld<T>(2, q, k, v, d_o, cden, cr, e / 16, j0 + e % 16, p);
+            sa[e / 16][e % 16] = dk ? vv : dn;
+            sb[e / 16][e % 16] = dk ? dn : vv;
+        }
+        const uint32_t ri = i0 + lid / 16, cj = j0 + lid % 16;
+        sm[lid / 16][lid % 16] = ri < p.k && cj < p.v ? m[((size_t)cr.bh * p.k + ri) * p.v + cj] : 0.0f;
+        __syncthreads();
+#pragma unroll
+        for (int jj = 0; jj < 16; ++jj) {
+            const float rv = sa[t][jj];
+#pragma unroll
+            for (int mm = 0; mm < 16; ++mm) b[mm] += rv * sb[quarter + 4 * mm][jj];
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) acc[cc] += rv * sm[quarter * 4 + cc][jj];
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mm = 0; mm < 16; ++mm) {
+        const uint32_t s = quarter + 4 * mm;
+        const bool keep = dk ? s >= t : s <= t;
+        cw[t][s] = keep ? b[mm] + (dk ? cdd[s] : cdd[t]) : 0.0f;
+    }
+    for (uint32_t e = lid; e < 1024; e += 256) sa[e / 16][e % 16] = cb_ld<T>(dk ? 0 : 1, q, k, v, d_o, cden, cr, e / 16, i0 + e % 16, p);
+    if (lid < 16) cz[lid] = i0 + lid < p.k ? zv[(size_t)cr.bh * p.k + i0 + lid] : 0.0f;
+    __syncthreads();
+    if (t < cr.len) {
+        const float zw = dk ? 1.0f : cdd[t];
+#pragma unroll
+        for (int cc = 0; cc < 4; ++cc) acc[cc] += zw * cz[quarter * 4 + cc];
+        const uint32_t lo = dk ? t : 0, hi = dk ? cr.len : t + 1;
+        for (uint32_t s = lo; s < hi; ++s) {
+            const float w = cw[t][s];
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) acc[cc] += w * sa[s][quarter * 4 + cc];
+        }
+        const size_t row = ((size_t)cr.start + t) * p.heads + cr.h;
+#pragma unroll
+        for (int cc = 0; cc < 4; ++cc) {
+            const uint32_t col = i0 + quarter * 4 + cc;
+            if (col < p.k) {
+                const float x = to_f32((dk ? k : q)[row * p.k + col]);
+                out[row * p.k + col] = from_f32<T>(acc[cc] * (dk ? phi_grad(p.feature_map, x) : p.scale * phi_grad(p.feature_map, x)));
+            }
+        }
+    }
+}
+
 #define LINATTN_ENTRIES(SUFFIX, T)                                                                                         \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_recurrent_##SUFFIX(const T* q, const T* k, const T* v, float* state, const float* z_init,                    \
@@ -372,6 +629,25 @@ __device__ __forceinline__ void backward_reduce_impl(const T* __restrict__ x, co
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_backward_reduce_##SUFFIX(const T* x, const float* part, const uint32_t* starts, T* out, LinAttnParams p) { \
         backward_reduce_impl<T>(x, part, starts, out, p);                                                                  \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_den_##SUFFIX(                                          \
+        const T* q, const T* k, const T* o, const T* d_o, const uint32_t* bounds, const float* z, float* dendd, float* hz, \
+        LinAttnParams p) {                                                                                                 \
+        chunk_den_impl<T>(q, k, o, d_o, bounds, z, dendd, hz, p);                                                          \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dstate_##SUFFIX(                                       \
+        const T* q, const T* d_o, const uint32_t* bounds, const float* dendd, float* g, LinAttnParams p) {                 \
+        chunk_dstate_impl<T>(q, d_o, bounds, dendd, g, p);                                                                 \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dv_##SUFFIX(                                           \
+        const T* q, const T* k, const T* d_o, const uint32_t* bounds, const float* dendd, const float* g, T* dv,           \
+        LinAttnParams p) {                                                                                                 \
+        chunk_dv_impl<T>(q, k, d_o, bounds, dendd, g, dv, p);                                                              \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dqk_##SUFFIX(                                          \
+        const T* q, const T* k, const T* v, const T* d_o, const uint32_t* bounds, const float* dendd, const float* m,      \
+        const float* zv, T* out, LinAttnParams p) {                                                                        \
+        chunk_dqk_impl<T>(q, k, v, d_o, bounds, dendd, m, zv, out, p);                                                     \
     }
 #if !defined(FFKERN_SM90A)
 // Chunked form, inter-chunk pass (mirrors linattn_chunk_scan in shaders/linattn.wgsl): with each

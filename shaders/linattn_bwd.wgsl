@@ -205,3 +205,291 @@ fn linattn_bwd_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
         atomicStore(&out_buf[word], pack_pair(out[0], out[1]));
     }
 }
+
+// ---- Chunked backward as matrix products (the sequences are chunks of at most 64 rows,
+// varlen 2). Per chunk, with dn_t = do_t/den_t and dd_t = −(do_t·o_t)/den_t (0 unless
+// Normalizer), the scores A[t][s] = q̃_t·k̃_s and B[t][s] = dn_t·v_s + dd_t (both for s ≤ t), the
+// start state S_c, z_c and the gradient at the chunk's end G_c, g_c:
+//   dq̃ = dN·S_cᵀ + dd·z_cᵀ + B·K̃        dk̃ = V·G_cᵀ + 1·g_cᵀ + Bᵀ·Q̃        dv = K̃·G_c + Aᵀ·dN
+// and the chunk's own contribution to the gradient before it, Q̃ᵀ·dN and Q̃ᵀ·dd. Every term is a
+// product of 64-row blocks staged in workgroup memory: no barrier per row, every invocation busy.
+// Bindings: fin (6) holds [chunk bounds (C + 1) | positions (C) | den, dd per packed row (R·H·2) |
+// z_c (C·H·K) | g_c (C·H·K)] (bounds and positions as u32 bits), C = p.batch chunks; part (7) the
+// K×V matrices of the pass (S_c or G_c); linattn_chunk_den writes its part of that table through
+// part instead.
+
+fn cb_rows_heads(rows: u32) -> u32 {
+    return rows * p.heads;
+}
+fn cb_dd_off() -> u32 {
+    return 2u * p.batch + 1u;
+}
+// Offset of z_c (which 0) or g_c (which 1) in the table, for `rows` packed rows.
+fn cb_z_off(rows: u32, which: u32) -> u32 {
+    return cb_dd_off() + 2u * cb_rows_heads(rows) + which * p.batch * p.heads * p.k;
+}
+
+var<workgroup> sa: array<f32, 1024>; // [64 rows][16] row-operand slab
+var<workgroup> sb: array<f32, 1024>; // [64 rows][16] column-operand slab
+var<workgroup> sm: array<f32, 256>; // [16][16] slab of a K×V matrix
+var<workgroup> cz: array<f32, 16>;
+var<workgroup> cw: array<f32, 4160>; // [64][65] masked scores (or [16][256] rows of q̃)
+var<workgroup> cden: array<f32, 64>;
+var<workgroup> cdd: array<f32, 64>;
+
+// Operand `which` of local row r of chunk (start, len), element col of width: 0 q̃, 1 k̃, 2 v,
+// 3 dn (cden staged); 0 past the chunk or the width.
+fn cb_ld(which: u32, cr: ChunkRow, r: u32, col: u32) -> f32 {
+    let width = select(p.v, p.k, which < 2u);
+    if (r >= cr.len || col >= width) { return 0.0; }
+    let i = ((cr.start + r) * p.heads + cr.h) * width + col;
+    switch which {
+        case 0u: { return p.scale * phi(ld(0u, i)); }
+        case 1u: { return phi(ld(1u, i)); }
+        case 2u: { return ld(2u, i); }
+        default: { return ld_od(1u, i) / cden[r]; }
+    }
+}
+
+// The chunk·head of a workgroup (`ok` false past the end): bounds from the table in fin, or in
+// part for linattn_chunk_den, which writes its rows there.
+struct ChunkRow {
+    ok: bool,
+    c: u32,
+    h: u32,
+    bh: u32,
+    start: u32,
+    len: u32,
+    rows: u32,
+}
+
+fn chunk_row(wg: vec3<u32>, nwg: vec3<u32>, in_part: bool) -> ChunkRow {
+    var r: ChunkRow;
+    r.bh = seq_head(wg, nwg);
+    r.ok = r.bh < p.batch * p.heads;
+    if (!r.ok) { return r; }
+    r.c = r.bh / p.heads;
+    r.h = r.bh % p.heads;
+    var b = vec3<u32>(bitcast<u32>(fin[r.c]), bitcast<u32>(fin[r.c + 1u]), bitcast<u32>(fin[p.batch]));
+    if (in_part) { b = vec3<u32>(bitcast<u32>(part[r.c]), bitcast<u32>(part[r.c + 1u]), bitcast<u32>(part[p.batch])); }
+    r.start = b.x;
+    r.len = b.y - b.x;
+    r.rows = b.z;
+    return r;
+}
+
+// Stages den and dd of the chunk's cr.rows (invocations below 64) from the table in fin.
+fn cb_stage_den(lid: u32, cr: ChunkRow) {
+    if (lid < 64u) {
+        var den = 1.0;
+        var dd = 0.0;
+        if (lid < cr.len) {
+            if (p.normalize == 1u) {
+                let row = (cr.start + lid) * p.heads + cr.h;
+                den = fin[cb_dd_off() + 2u * row];
+                dd = fin[cb_dd_off() + 2u * row + 1u];
+            } else if (p.normalize == 2u) {
+                den = f32(p.count0 + bitcast<u32>(fin[p.batch + 1u + cr.c]) + lid + 1u);
+            }
+        }
+        cden[lid] = den;
+        cdd[lid] = dd;
+    }
+}
+
+// Normalizer only, one workgroup per chunk·head: den_t = eps + q̃_t·(z_c + Σ_{s≤t} k̃_s) (prefix
+// sums of k̃ down each slab's columns), dd_t, and the chunk's own Q̃ᵀ·dd into g_c's slot.
+@compute @workgroup_size(256)
+fn linattn_chunk_den(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let cr = chunk_row(wg, nwg, true);
+    if (!cr.ok) { return; }
+    let t = lid / 4u;
+    let quarter = lid % 4u;
+    var qz = 0.0;
+    for (var i0 = 0u; i0 < p.k; i0 += 16u) {
+        for (var e = lid; e < 1024u; e += 256u) {
+            sa[e] = cb_ld(0u, cr, e / 16u, i0 + e % 16u);
+            sb[e] = cb_ld(1u, cr, e / 16u, i0 + e % 16u);
+        }
+        workgroupBarrier();
+        if (lid < 16u) {
+            var run = 0.0;
+            if (i0 + lid < p.k) { run = part[cb_z_off(cr.rows, 0u) + cr.bh * p.k + i0 + lid]; }
+            for (var r = 0u; r < 64u; r++) {
+                run += sb[r * 16u + lid];
+                sb[r * 16u + lid] = run;
+            }
+        }
+        workgroupBarrier();
+        for (var cc = 0u; cc < 4u; cc++) { qz += sa[t * 16u + quarter * 4u + cc] * sb[t * 16u + quarter * 4u + cc]; }
+        workgroupBarrier();
+    }
+    var dot = 0.0;
+    if (t < cr.len) {
+        let row = (cr.start + t) * p.heads + cr.h;
+        for (var j = quarter; j < p.v; j += 4u) { dot += ld_od(1u, row * p.v + j) * ld_od(0u, row * p.v + j); }
+    }
+    cw[lid] = qz;
+    cw[256u + lid] = dot;
+    workgroupBarrier();
+    if (lid < 64u) {
+        let den = p.eps + cw[4u * lid] + cw[4u * lid + 1u] + cw[4u * lid + 2u] + cw[4u * lid + 3u];
+        let dd = -(cw[256u + 4u * lid] + cw[257u + 4u * lid] + cw[258u + 4u * lid] + cw[259u + 4u * lid]) / den;
+        cdd[lid] = select(0.0, dd, lid < cr.len);
+        if (lid < cr.len) {
+            let row = (cr.start + lid) * p.heads + cr.h;
+            part[cb_dd_off() + 2u * row] = den;
+            part[cb_dd_off() + 2u * row + 1u] = dd;
+        }
+    }
+    workgroupBarrier();
+    if (lid < p.k) {
+        var hz = 0.0;
+        for (var r = 0u; r < 64u; r++) { hz += cb_ld(0u, cr, r, lid) * cdd[r]; }
+        part[cb_z_off(cr.rows, 1u) + cr.bh * p.k + lid] = hz;
+    }
+}
+
+// The chunk's own Q̃ᵀ·dN (this tile's 16 columns) into part; invocation i < K owns row i, cr.rows
+// staged 16 at a time.
+@compute @workgroup_size(256)
+fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let cr = chunk_row(wg, nwg, false);
+    if (!cr.ok) { return; }
+    let c0 = wg.x * 16u;
+    cb_stage_den(lid, cr);
+    workgroupBarrier();
+    var acc: array<f32, 16>;
+    for (var r0 = 0u; r0 < 64u; r0 += 16u) {
+        for (var e = lid; e < 16u * p.k; e += 256u) { cw[(e / p.k) * 256u + e % p.k] = cb_ld(0u, cr, r0 + e / p.k, e % p.k); }
+        sa[lid] = cb_ld(3u, cr, r0 + lid / 16u, c0 + lid % 16u);
+        workgroupBarrier();
+        if (lid < p.k) {
+            for (var rr = 0u; rr < 16u; rr++) {
+                let qv = cw[rr * 256u + lid];
+                for (var j = 0u; j < 16u; j++) { acc[j] += qv * sa[rr * 16u + j]; }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid < p.k) {
+        for (var j = 0u; j < 16u; j++) {
+            if (c0 + j < p.v) { part[(cr.bh * p.k + lid) * p.v + c0 + j] = acc[j]; }
+        }
+    }
+}
+
+// dv (this tile's 16 columns): invocation (s, quarter) owns row s and 4 columns; A's row s
+// against 16 of the chunk's q̃ accumulates with the K̃·G_c term over slabs of 16 of K, then
+// Σ_{τ≥s} A[τ][s]·dn_τ.
+@compute @workgroup_size(256)
+fn linattn_chunk_dv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let cr = chunk_row(wg, nwg, false);
+    if (!cr.ok) { return; }
+    let c0 = wg.x * 16u;
+    let s = lid / 4u;
+    let quarter = lid % 4u;
+    cb_stage_den(lid, cr);
+    var a: array<f32, 16>; // A[quarter + 4m][s]
+    var acc = vec4<f32>(0.0);
+    for (var i0 = 0u; i0 < p.k; i0 += 16u) {
+        for (var e = lid; e < 1024u; e += 256u) {
+            sa[e] = cb_ld(1u, cr, e / 16u, i0 + e % 16u);
+            sb[e] = cb_ld(0u, cr, e / 16u, i0 + e % 16u);
+        }
+        var g = 0.0;
+        if (i0 + lid / 16u < p.k && c0 + lid % 16u < p.v) { g = part[(cr.bh * p.k + i0 + lid / 16u) * p.v + c0 + lid % 16u]; }
+        sm[lid] = g;
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            let kv = sa[s * 16u + kk];
+            for (var m = 0u; m < 16u; m++) { a[m] += kv * sb[(quarter + 4u * m) * 16u + kk]; }
+            let mb = kk * 16u + quarter * 4u;
+            acc += kv * vec4<f32>(sm[mb], sm[mb + 1u], sm[mb + 2u], sm[mb + 3u]);
+        }
+        workgroupBarrier();
+    }
+    for (var m = 0u; m < 16u; m++) {
+        let tau = quarter + 4u * m;
+        cw[s * 65u + tau] = select(0.0, a[m], tau >= s);
+    }
+    for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(3u, cr, e / 16u, c0 + e % 16u); }
+    workgroupBarrier();
+    if (s < cr.len) {
+        for (var tau = s; tau < cr.len; tau++) {
+            let nb = tau * 16u + quarter * 4u;
+            acc += cw[s * 65u + tau] * vec4<f32>(sa[nb], sa[nb + 1u], sa[nb + 2u], sa[nb + 3u]);
+        }
+        let row = (cr.start + s) * p.heads + cr.h;
+        for (var cc = 0u; cc < 4u; cc++) {
+            let col = c0 + quarter * 4u + cc;
+            if (col < p.v) { put_out(row * p.v + col, acc[cc]); }
+        }
+    }
+}
+
+// dq (aux 0) or dk (aux 1), this tile's 16 columns of K; invocation (t, quarter) owns row t and 4
+// columns. dq: B[t][s] = dn_t·v_s + dd_t (s ≤ t) with dN·S_cᵀ over slabs of 16 of V, then
+// dd_t·z_c + B·K̃. dk: B[τ][t] = v_t·dn_τ + dd_τ (τ ≥ t) with V·G_cᵀ, then g_c + Bᵀ·Q̃. Then
+// scale·φ'(q) or φ'(k).
+@compute @workgroup_size(256)
+fn linattn_chunk_dqk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let cr = chunk_row(wg, nwg, false);
+    if (!cr.ok) { return; }
+    let i0 = wg.x * 16u;
+    let t = lid / 4u;
+    let quarter = lid % 4u;
+    let dk = p.aux == 1u;
+    cb_stage_den(lid, cr);
+    var b: array<f32, 16>; // B[t][quarter + 4m] (dq) or B[quarter + 4m][t] (dk)
+    var acc = vec4<f32>(0.0);
+    for (var j0 = 0u; j0 < p.v; j0 += 16u) {
+        workgroupBarrier(); // cden staged; the previous slab read
+        for (var e = lid; e < 1024u; e += 256u) {
+            let dn = cb_ld(3u, cr, e / 16u, j0 + e % 16u);
+            let vv = cb_ld(2u, cr, e / 16u, j0 + e % 16u);
+            sa[e] = select(dn, vv, dk);
+            sb[e] = select(vv, dn, dk);
+        }
+        var m = 0.0;
+        if (i0 + lid / 16u < p.k && j0 + lid % 16u < p.v) { m = part[(cr.bh * p.k + i0 + lid / 16u) * p.v + j0 + lid % 16u]; }
+        sm[lid] = m;
+        workgroupBarrier();
+        for (var jj = 0u; jj < 16u; jj++) {
+            let rv = sa[t * 16u + jj];
+            for (var mm = 0u; mm < 16u; mm++) { b[mm] += rv * sb[(quarter + 4u * mm) * 16u + jj]; }
+            let mb = quarter * 64u + jj;
+            acc += rv * vec4<f32>(sm[mb], sm[mb + 16u], sm[mb + 32u], sm[mb + 48u]);
+        }
+    }
+    workgroupBarrier();
+    for (var mm = 0u; mm < 16u; mm++) {
+        let s = quarter + 4u * mm;
+        let keep = select(s <= t, s >= t, dk);
+        cw[t * 65u + s] = select(0.0, b[mm] + select(cdd[t], cdd[s], dk), keep);
+    }
+    for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(select(1u, 0u, dk), cr, e / 16u, i0 + e % 16u); }
+    if (lid < 16u) {
+        var zv = 0.0;
+        if (i0 + lid < p.k) { zv = fin[cb_z_off(cr.rows, p.aux) + cr.bh * p.k + i0 + lid]; }
+        cz[lid] = zv;
+    }
+    workgroupBarrier();
+    if (t < cr.len) {
+        acc += select(cdd[t], 1.0, dk) * vec4<f32>(cz[quarter * 4u], cz[quarter * 4u + 1u], cz[quarter * 4u + 2u], cz[quarter * 4u + 3u]);
+        let lo = select(0u, t, dk);
+        let hi = select(t + 1u, cr.len, dk);
+        for (var s = lo; s < hi; s++) {
+            let fb = s * 16u + quarter * 4u;
+            acc += cw[t * 65u + s] * vec4<f32>(sa[fb], sa[fb + 1u], sa[fb + 2u], sa[fb + 3u]);
+        }
+        let row = (cr.start + t) * p.heads + cr.h;
+        for (var cc = 0u; cc < 4u; cc++) {
+            let col = i0 + quarter * 4u + cc;
+            if (col < p.k) {
+                let x = ld(p.aux, row * p.k + col);
+                put_out(row * p.k + col, acc[cc] * select(p.scale * phi_grad(x), phi_grad(x), dk));
+            }
+        }
+    }
+}

@@ -81,6 +81,17 @@ pub trait Backend {
     /// sequences are chunks and `starts` carries their positions (as for the forward).
     #[allow(clippy::too_many_arguments)]
     fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&Self::Buf; 5], s0: &Self::Buf, z0: &Self::Buf, d_final: [Option<&Self::Buf>; 2], out: [&mut Self::Buf; 5]) -> Result<()>;
+    /// The chunked backward's first per-chunk pass (see `ops::linattn::LinearAttention::chunk_backward`):
+    /// `p.batch` chunks (`p.varlen == 2`, `bounds` as for the forward), `x = [q, k, v, o, do]`,
+    /// the forward's state at each chunk's start `start = [S_c, z_c]`; writes each chunk's own
+    /// `Σ q̃·dnᵀ`, `Σ q̃·dd` into `own` and what the second pass reads into `scratch` (f32,
+    /// `ops::linattn::chunk_scratch_len` elements).
+    #[allow(clippy::too_many_arguments)]
+    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&Self::Buf; 5], start: [&Self::Buf; 2], scratch: &mut Self::Buf, own: [&mut Self::Buf; 2]) -> Result<()>;
+    /// The second: with `end = [G_c, g_c]`, the gradients of the state and normalizer at each
+    /// chunk's end, writes `[dq, dk, dv]`.
+    #[allow(clippy::too_many_arguments)]
+    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&Self::Buf; 5], start: [&Self::Buf; 2], end: [&Self::Buf; 2], scratch: &mut Self::Buf, out: [&mut Self::Buf; 3]) -> Result<()>;
 
     /// One graph primitive (see `ops::graph`, which checks the buffers; [`GraphKernel`] says
     /// which operands each reads; `g` is None only for LayerNorm, which reads no graph); `arg`

@@ -196,6 +196,20 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&HostTensor; 5], start: [&HostTensor; 2], _scratch: &mut HostTensor, own: [&mut HostTensor; 2]) -> Result<()> {
+        // The reference backward over the chunks with zero end gradients: its dS0, dz0 are each
+        // chunk's own sums (dq, dk, dv are not needed: empty outputs take none of them).
+        let [g, gz] = own;
+        let [mut a, mut b, mut c] = [(); 3].map(|_| HostTensor { dtype: DType::F32, shape: vec![0], data: Vec::new() });
+        self.linattn_backward(p, bounds, x, start[0], start[1], [None, None], [&mut a, &mut b, &mut c, g, gz])
+    }
+
+    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&HostTensor; 5], start: [&HostTensor; 2], end: [&HostTensor; 2], _scratch: &mut HostTensor, out: [&mut HostTensor; 3]) -> Result<()> {
+        let [dq, dk, dv] = out;
+        let [mut ds, mut dz] = [(); 2].map(|_| HostTensor { dtype: DType::F32, shape: vec![0], data: Vec::new() });
+        self.linattn_backward(p, bounds, x, start[0], start[1], [Some(end[0]), Some(end[1])], [dq, dk, dv, &mut ds, &mut dz])
+    }
+
     fn linattn_chunk_scan(&self, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut HostTensor, z: &mut HostTensor, hs: &mut HostTensor, zs: &mut HostTensor) -> Result<()> {
         let (heads, kv, k) = (p.heads as usize, (p.k * p.v) as usize, p.k as usize);
         for n in 0..p.batch as usize {

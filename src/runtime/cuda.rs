@@ -49,6 +49,13 @@ pub trait CudaElem: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits
     fn of_mut(buf: &mut CudaBuf) -> Option<&mut CudaSlice<Self>>;
 }
 
+/// The entry of a family's `kernels` named `base`, or `base` + `_f32` / `_f16` / `_bf16` (T's
+/// dtype) where the kernel has one instance per dtype.
+pub(crate) fn kernel_name<T: CudaElem>(kernels: &'static [&'static str], base: &str) -> Result<&'static str> {
+    let suffix = format!("_{}", T::DTYPE.name());
+    kernels.iter().copied().find(|k| *k == base || k.strip_prefix(base) == Some(suffix.as_str())).ok_or_else(|| Error::Invalid(format!("no CUDA kernel {base}")))
+}
+
 macro_rules! elem_access {
     ($t:ty, $v:ident) => {
         fn of(buf: &CudaBuf) -> Option<&CudaSlice<$t>> {
@@ -562,6 +569,44 @@ impl Backend for CudaRuntime {
         }
     }
 
+    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: [&CudaBuf; 2], scratch: &mut CudaBuf, own: [&mut CudaBuf; 2]) -> Result<()> {
+        let (dd_off, dd_len) = chunk_dendd(p, bounds);
+        let [g, hz] = own;
+        let mut g = g.typed_mut::<f32>()?.as_view_mut();
+        let mut hz = hz.typed_mut::<f32>()?.as_view_mut();
+        let mut dendd = scratch.typed_mut::<f32>()?.slice_mut(dd_off..dd_off + dd_len);
+        let z = start[1].typed::<f32>()?.as_view();
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], z: &CudaView<f32>, dendd: &mut CudaViewMut<f32>, own: [&mut CudaViewMut<f32>; 2]) -> Result<()> {
+            let v = [x[0].typed::<T>()?.as_view(), x[1].typed::<T>()?.as_view(), x[2].typed::<T>()?.as_view(), x[3].typed::<T>()?.as_view(), x[4].typed::<T>()?.as_view()];
+            crate::ops::linattn::cuda::chunk_dstate::<T>(rt, p, bounds, [&v[0], &v[1], &v[2], &v[3], &v[4]], z, dendd, own)
+        }
+        match x[0].dtype() {
+            DType::F32 => go::<f32>(self, p, bounds, x, &z, &mut dendd, [&mut g, &mut hz]),
+            DType::F16 => go::<f16>(self, p, bounds, x, &z, &mut dendd, [&mut g, &mut hz]),
+            DType::BF16 => go::<bf16>(self, p, bounds, x, &z, &mut dendd, [&mut g, &mut hz]),
+        }
+    }
+
+    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: [&CudaBuf; 2], end: [&CudaBuf; 2], scratch: &mut CudaBuf, out: [&mut CudaBuf; 3]) -> Result<()> {
+        let (dd_off, dd_len) = chunk_dendd(p, bounds);
+        let dendd = scratch.typed::<f32>()?.slice(dd_off..dd_off + dd_len);
+        let start = [start[0].typed::<f32>()?.as_view(), start[1].typed::<f32>()?.as_view()];
+        let end = [end[0].typed::<f32>()?.as_view(), end[1].typed::<f32>()?.as_view()];
+        #[allow(clippy::too_many_arguments)]
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: [&CudaView<f32>; 2], end: [&CudaView<f32>; 2], dendd: &CudaView<f32>, out: [&mut CudaBuf; 3]) -> Result<()> {
+            let v = [x[0].typed::<T>()?.as_view(), x[1].typed::<T>()?.as_view(), x[2].typed::<T>()?.as_view(), x[3].typed::<T>()?.as_view(), x[4].typed::<T>()?.as_view()];
+            let [dq, dk, dv] = out;
+            let (mut dq, mut dk, mut dv) = (dq.typed_mut::<T>()?.as_view_mut(), dk.typed_mut::<T>()?.as_view_mut(), dv.typed_mut::<T>()?.as_view_mut());
+            crate::ops::linattn::cuda::chunk_grads::<T>(rt, p, bounds, [&v[0], &v[1], &v[2], &v[3], &v[4]], start, end, dendd, [&mut dq, &mut dk, &mut dv])
+        }
+        let (s, e) = ([&start[0], &start[1]], [&end[0], &end[1]]);
+        match x[0].dtype() {
+            DType::F32 => go::<f32>(self, p, bounds, x, s, e, &dendd, out),
+            DType::F16 => go::<f16>(self, p, bounds, x, s, e, &dendd, out),
+            DType::BF16 => go::<bf16>(self, p, bounds, x, s, e, &dendd, out),
+        }
+    }
+
     fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<CudaBuf>>, a: &GraphArgs<CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {
         use crate::ops::graph::cuda::{launch, CudaGraphArgs};
         fn go<T: CudaElem>(rt: &CudaRuntime, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<CudaBuf>>, a: &GraphArgs<CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {
@@ -585,4 +630,11 @@ impl Backend for CudaRuntime {
             DType::BF16 => go::<bf16>(self, kind, p, g, a, out, arg),
         }
     }
+}
+
+/// Where the chunked backward's den, dd per row and head lie in its scratch
+/// (`ops::linattn::chunk_scratch_len`): after the 2C + 1 bounds, R·H·2 of them.
+fn chunk_dendd(p: &LinAttnParams, bounds: &[u32]) -> (usize, usize) {
+    let c = p.batch as usize;
+    (2 * c + 1, 2 * bounds[c] as usize * p.heads as usize)
 }

@@ -607,6 +607,19 @@ impl Backend for WgpuContext {
         crate::ops::linattn::wgpu::backward(self, p, dtype, starts, xb, &s0.buffer, &z0.buffer, d_final.map(|b| b.map(|b| &b.buffer)), outs)
     }
 
+    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&WgpuBuffer; 5], start: [&WgpuBuffer; 2], scratch: &mut WgpuBuffer, own: [&mut WgpuBuffer; 2]) -> Result<()> {
+        let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype)])?;
+        let [g, gz] = own;
+        crate::ops::linattn::wgpu::chunk_dstate(self, p, dtype, bounds, x.map(|b| &b.buffer), &start[1].buffer, &scratch.buffer, [&g.buffer, &gz.buffer])
+    }
+
+    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&WgpuBuffer; 5], start: [&WgpuBuffer; 2], end: [&WgpuBuffer; 2], scratch: &mut WgpuBuffer, out: [&mut WgpuBuffer; 3]) -> Result<()> {
+        let [dq, dk, dv] = out;
+        let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype), ("dq", dq.dtype), ("dk", dk.dtype), ("dv", dv.dtype)])?;
+        let outs = [&dq.buffer, &dk.buffer, &dv.buffer];
+        crate::ops::linattn::wgpu::chunk_grads(self, p, dtype, bounds, x.map(|b| &b.buffer), start.map(|b| &b.buffer), end.map(|b| &b.buffer), &scratch.buffer, outs)
+    }
+
     fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<WgpuBuffer>>, a: &GraphArgs<WgpuBuffer>, out: &mut WgpuBuffer, arg: Option<&mut WgpuBuffer>) -> Result<()> {
         if let (Some(x), GraphKernel::Gather | GraphKernel::SegmentReduce | GraphKernel::Spmm) = (a.x, kind) {
             same_dtype("graph", &[("x", x.dtype), ("out", out.dtype)])?;

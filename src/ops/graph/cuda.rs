@@ -3,8 +3,8 @@
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::{GraphKernel, GraphParams};
-use crate::runtime::cuda::{CudaElem, CudaRuntime, Ptx};
-use crate::{DType, Error, Result};
+use crate::runtime::cuda::{kernel_name, CudaElem, CudaRuntime, Ptx};
+use crate::{Error, Result};
 
 const FAMILY: &str = "graph";
 
@@ -88,19 +88,8 @@ pub fn launch<T: CudaElem>(
     out32: Option<&mut CudaViewMut<f32>>,
     arg: Option<&mut CudaViewMut<f32>>,
 ) -> Result<()> {
-    let suffix = match T::DTYPE {
-        DType::F32 => "_f32",
-        DType::F16 => "_f16",
-        DType::BF16 => "_bf16",
-    };
     // The entry `base` (typed by T where it has a dtype suffix), loaded once.
-    let load = |base: &str| -> Result<cudarc::driver::CudaFunction> {
-        let name = KERNELS
-            .iter()
-            .find(|k| **k == base || k.strip_prefix(base) == Some(suffix))
-            .ok_or_else(|| Error::Invalid(format!("graph: no kernel {base}")))?;
-        rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))
-    };
+    let load = |base: &str| -> Result<cudarc::driver::CudaFunction> { rt.function(FAMILY, Ptx::Base, kernel_name::<T>(KERNELS, base)?, |_| Ok(())) };
     let cfg = |threads: usize| LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let scratch = |len: usize| rt.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| Error::driver("cuda: alloc", e));
     let (rows, dim, heads, edges) = (p.num_nodes as usize, p.dim as usize, p.heads as usize, p.num_edges as usize);

@@ -3,8 +3,8 @@
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::LinAttnParams;
-use crate::runtime::cuda::{CudaElem, CudaRuntime, Ptx};
-use crate::{DType, Result};
+use crate::runtime::cuda::{kernel_name, CudaElem, CudaRuntime, Ptx};
+use crate::Result;
 
 const FAMILY: &str = "linattn";
 
@@ -26,15 +26,23 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_output_f32",
     "linattn_chunk_output_f16",
     "linattn_chunk_output_bf16",
+    "linattn_chunk_den_f32",
+    "linattn_chunk_den_f16",
+    "linattn_chunk_den_bf16",
+    "linattn_chunk_dstate_f32",
+    "linattn_chunk_dstate_f16",
+    "linattn_chunk_dstate_bf16",
+    "linattn_chunk_dv_f32",
+    "linattn_chunk_dv_f16",
+    "linattn_chunk_dv_bf16",
+    "linattn_chunk_dqk_f32",
+    "linattn_chunk_dqk_f16",
+    "linattn_chunk_dqk_bf16",
 ];
 
-fn typed<T: CudaElem>(base: usize) -> &'static str {
-    KERNELS[base
-        + match T::DTYPE {
-            DType::F32 => 0,
-            DType::F16 => 1,
-            DType::BF16 => 2,
-        }]
+/// The `base` kernel in T's dtype.
+fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
+    kernel_name::<T>(KERNELS, base)
 }
 
 /// The fused recurrent forward / decode step on the runtime's stream.
@@ -56,7 +64,7 @@ pub fn recurrent<T: CudaElem>(
     // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
     if p.varlen == 2 {
         return if p.aux == 1 {
-            let f = rt.function(FAMILY, Ptx::Base, typed::<T>(10), |_| Ok(()))?;
+            let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_state")?, |_| Ok(()))?;
             // SAFETY: linattn_chunk_state_<dtype>(k, v, state, starts, z, p) reads k [R·H·K], v
             // [R·H·V] and starts [2·C + 1] (chunk bounds, then positions; each chunk ≤ 64 rows) and
             // writes state [C·H·K·V] and z [C·H·K]; LinearAttention::chunk sized every buffer.
@@ -64,7 +72,7 @@ pub fn recurrent<T: CudaElem>(
                 a.arg(k).arg(v).arg(state).arg(&starts_dev).arg(z).arg(p);
             })
         } else {
-            let f = rt.function(FAMILY, Ptx::Base, typed::<T>(13), |_| Ok(()))?;
+            let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_output")?, |_| Ok(()))?;
             // SAFETY: linattn_chunk_output_<dtype>(q, k, v, state, starts, z, o, p) reads q, k
             // [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V], z [C·H·K] and starts as
             // above, and writes o [R·H·V], each element once.
@@ -73,7 +81,7 @@ pub fn recurrent<T: CudaElem>(
             })
         };
     }
-    let f = rt.function(FAMILY, Ptx::Base, typed::<T>(0), |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_recurrent")?, |_| Ok(()))?;
     // Every value tile reads the initial normalizer while tile 0 writes the final one: a copy.
     let z_init = rt.stream.clone_dtod(&*z).map_err(|e| crate::Error::driver("cuda: copying z", e))?;
     // SAFETY: linattn_recurrent_<dtype>(q, k, v, state, z_init, starts, z, o, p) reads q, k [B·T·H·K],
@@ -112,7 +120,7 @@ pub fn backward<T: CudaElem>(
     let starts = rt.stream.clone_htod(starts).map_err(err("cuda: uploading the sequence starts"))?;
     let [q, kk, vv, o, d_o] = x;
     let [dq, dk, dv] = out;
-    let f = rt.function(FAMILY, Ptx::Base, typed::<T>(3), |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_backward")?, |_| Ok(()))?;
     let [gx, gy, gz] = super::grid(v, (p.batch * p.heads) as usize);
     let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: linattn_backward_<dtype> reads q, k [R·H·K], v, o, do [R·H·V] (T), s0, d_state
@@ -123,7 +131,7 @@ pub fn backward<T: CudaElem>(
     rt.launch(&f, cfg, |a| {
         a.arg(q).arg(kk).arg(vv).arg(o).arg(d_o).arg(s0).arg(z0).arg(d_state).arg(d_z).arg(&starts).arg(&mut dq_part).arg(&mut dk_part).arg(&mut dendd).arg(ds0).arg(dz0).arg(dv).arg(p);
     })?;
-    let f = rt.function(FAMILY, Ptx::Base, typed::<T>(6), |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_backward_reduce")?, |_| Ok(()))?;
     let cfg = LaunchConfig { grid_dim: (rhk.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     for (which, src, part, target) in [(0u32, q, &dq_part, dq), (1, kk, &dk_part, dk)] {
         let pr = LinAttnParams { aux: which, count0: nv as u32, ..*p };
@@ -138,7 +146,7 @@ pub fn backward<T: CudaElem>(
 
 /// The chunked form's inter-chunk pass (see `Backend::linattn_chunk_scan`).
 pub fn chunk_scan(rt: &CudaRuntime, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, hs: &mut CudaViewMut<f32>, zs: &mut CudaViewMut<f32>) -> Result<()> {
-    let f = rt.function(FAMILY, Ptx::Base, KERNELS[9], |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, "linattn_chunk_scan", |_| Ok(()))?;
     let seqs = rt.stream.clone_htod(seq_chunk0).map_err(|e| crate::Error::driver("cuda: uploading the chunk ranges", e))?;
     let threads = (p.batch * p.heads) as usize * (p.k * p.v + p.k) as usize;
     let cfg = LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
@@ -149,4 +157,82 @@ pub fn chunk_scan(rt: &CudaRuntime, p: &LinAttnParams, seq_chunk0: &[u32], state
     rt.launch(&f, cfg, |a| {
         a.arg(state).arg(z).arg(hs).arg(zs).arg(&seqs).arg(p);
     })
+}
+
+/// The chunked backward's first pass (see `Backend::linattn_chunk_dstate`): den and dd of every row
+/// and each chunk's own Σ q̃·dd (Normalizer only), then each chunk's own Σ q̃·dnᵀ.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_dstate<T: CudaElem>(
+    rt: &CudaRuntime,
+    p: &LinAttnParams,
+    bounds: &[u32],
+    x: [&CudaView<T>; 5],
+    z_start: &CudaView<f32>,
+    dendd: &mut CudaViewMut<f32>,
+    own: [&mut CudaViewMut<f32>; 2],
+) -> Result<()> {
+    let bounds_dev = rt.stream.clone_htod(bounds).map_err(|e| crate::Error::driver("cuda: uploading the chunk bounds", e))?;
+    let [q, k, _, o, d_o] = x;
+    let [g, hz] = own;
+    let units = (p.batch * p.heads) as usize;
+    let cfg = |cols: usize| {
+        let [gx, gy, gz] = super::grid(cols, units);
+        LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    };
+    if p.normalize == 1 {
+        let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_den")?, |_| Ok(()))?;
+        // SAFETY: linattn_chunk_den_<dtype>(q, k, o, do, bounds, z, dendd, hz, p) reads q, k
+        // [R·H·K], o, do [R·H·V], bounds [2·C + 1] (chunk boundaries ending at R, each chunk ≤ 64
+        // rows, then positions) and z [C·H·K]; it writes dendd [R·H·2] and hz [C·H·K], each
+        // element once. LinearAttention::chunk_backward sized every buffer.
+        rt.launch(&f, cfg(1), |a| {
+            a.arg(q).arg(k).arg(o).arg(d_o).arg(&bounds_dev).arg(z_start).arg(&mut *dendd).arg(hz).arg(p);
+        })?;
+    }
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_dstate")?, |_| Ok(()))?;
+    // SAFETY: linattn_chunk_dstate_<dtype>(q, do, bounds, dendd, g, p) reads q, do, bounds as above
+    // and dendd (Normalizer only), and writes g [C·H·K·V], each element once.
+    rt.launch(&f, cfg(p.v as usize), |a| {
+        a.arg(q).arg(d_o).arg(&bounds_dev).arg(&mut *dendd).arg(g).arg(p);
+    })
+}
+
+/// The chunked backward's second pass (see `Backend::linattn_chunk_grads`): dv, then dq and dk.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_grads<T: CudaElem>(
+    rt: &CudaRuntime,
+    p: &LinAttnParams,
+    bounds: &[u32],
+    x: [&CudaView<T>; 5],
+    start: [&CudaView<f32>; 2],
+    end: [&CudaView<f32>; 2],
+    dendd: &CudaView<f32>,
+    out: [&mut CudaViewMut<T>; 3],
+) -> Result<()> {
+    let bounds_dev = rt.stream.clone_htod(bounds).map_err(|e| crate::Error::driver("cuda: uploading the chunk bounds", e))?;
+    let [q, k, v, _, d_o] = x;
+    let [dq, dk, dv] = out;
+    let units = (p.batch * p.heads) as usize;
+    let cfg = |cols: usize| {
+        let [gx, gy, gz] = super::grid(cols, units);
+        LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    };
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_dv")?, |_| Ok(()))?;
+    // SAFETY: linattn_chunk_dv_<dtype>(q, k, do, bounds, dendd, g, dv, p) reads q, k [R·H·K], do
+    // [R·H·V], bounds [2·C + 1], dendd [R·H·2] (Normalizer only) and g [C·H·K·V], and writes dv
+    // [R·H·V], each element once.
+    rt.launch(&f, cfg(p.v as usize), |a| {
+        a.arg(q).arg(k).arg(d_o).arg(&bounds_dev).arg(dendd).arg(end[0]).arg(dv).arg(p);
+    })?;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_dqk")?, |_| Ok(()))?;
+    for (aux, m, zv, target) in [(0u32, start[0], start[1], dq), (1, end[0], end[1], dk)] {
+        let pa = LinAttnParams { aux, ..*p };
+        // SAFETY: linattn_chunk_dqk_<dtype>(q, k, v, do, bounds, dendd, m, zv, out, p) reads q, k
+        // [R·H·K], v, do [R·H·V], bounds and dendd as above, m [C·H·K·V] and zv [C·H·K] (S_c, z_c
+        // or G_c, g_c), and writes out [R·H·K] (dq or dk), each element once.
+        rt.launch(&f, cfg(p.k as usize), |a| {
+            a.arg(q).arg(k).arg(v).arg(d_o).arg(&bounds_dev).arg(dendd).arg(m).arg(zv).arg(target).arg(&pa);
+        })?;
+    }
+    Ok(())
 }

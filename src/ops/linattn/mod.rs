@@ -6,8 +6,9 @@
 //! backward, in [`cpu`]), the fused recurrent forward with the single-token decode step
 //! (`kernels/linattn.cu`, `shaders/linattn.wgsl`) and the fused recurrent backward
 //! (`kernels/linattn.cu`, `shaders/linattn_bwd.wgsl`), and the chunked forms: chunks of
-//! [`CHUNK`] rows run in parallel from start states that an inter-chunk scan passes along (the
-//! forward as masked matrix products per chunk, the backward as scans per chunk).
+//! [`CHUNK`] rows run in parallel from start states that an inter-chunk scan passes along, as
+//! masked matrix products per chunk (`shaders/linattn.wgsl` forward, `shaders/linattn_bwd.wgsl`
+//! backward, and their `kernels/linattn.cu` twins).
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -244,11 +245,12 @@ impl LinearAttention {
     }
 
     /// The chunked backward, the same result as [`Self::backward`] (same arguments) with chunks
-    /// of [`CHUNK`] rows in parallel: the forward's start states of every chunk, each chunk's own
-    /// `Σ q̃·dnᵀ` (a backward over the chunks from zero), a reverse inter-chunk scan that turns
-    /// them into the state gradient at each chunk's end (and dS0), then the backward over every
-    /// chunk from its start state and end gradient. About 2.5 times the recurrent backward's work;
-    /// it pays where few sequences and heads leave the device idle.
+    /// of [`CHUNK`] rows in parallel, every per-chunk term a product of 64-row blocks: the
+    /// forward's start state of every chunk, each chunk's own `Q̃ᵀ·dN` and `Q̃ᵀ·dd` (dn = do/den,
+    /// dd = −(do·o)/den), a reverse inter-chunk scan that turns them into the state gradient at
+    /// each chunk's end (and dS0, dz0), then dq, dk, dv of every chunk from its start state and
+    /// end gradient (`dq̃ = dN·S_cᵀ + B·K̃`, `dk̃ = V·G_cᵀ + Bᵀ·Q̃`, `dv = K̃·G_c + Aᵀ·dN` with the
+    /// masked scores `A = Q̃K̃ᵀ` and `B = dN·Vᵀ + dd`, plus the normalizer's terms).
     #[allow(clippy::too_many_arguments)]
     pub fn chunk_backward<Be: Backend>(&self, be: &Be, q: &Be::Buf, k: &Be::Buf, v: &Be::Buf, o: &Be::Buf, d_o: &Be::Buf, s0: &Be::Buf, z0: &Be::Buf, d_final: [Option<&Be::Buf>; 2], count0: u32) -> Result<LinAttnGrads<Be::Buf>> {
         self.backward_inner(be, [q, k, v, o, d_o], s0, z0, d_final, count0, None, true)
@@ -292,20 +294,20 @@ impl LinearAttention {
         be.copy(z0, &mut z_end)?;
         let mut o_unused = be.alloc(dtype, 1)?;
         let (hs, zs) = self.chunk_start_states(be, &p, &t, [x[0], x[1], x[2]], &mut s_end, &mut z_end, &mut o_unused)?;
-        // Each chunk's own Σ q̃·dnᵀ and Σ q̃·dd: a backward over the chunks with zero end gradients.
+        // Each chunk's own Σ q̃·dnᵀ and Σ q̃·dd (with room after the chunks for each sequence's
+        // total, which the wgpu scan leaves there).
         let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, ..p };
-        // (Room after the chunks for each sequence's total, which the wgpu scan leaves there.)
-        let mut own = grads(be, t.chunks + sequences)?;
-        be.linattn_backward(&pc, &t.bounds, x, &hs, &zs, [None, None], [&mut own.dq, &mut own.dk, &mut own.dv, &mut own.d_state, &mut own.d_z])?;
+        let mut scratch = be.alloc(DType::F32, chunk_scratch_len(&pc, starts[sequences] as usize))?;
+        let (mut gs, mut gzs) = (be.alloc(DType::F32, (t.chunks + sequences) * kv)?, be.alloc(DType::F32, (t.chunks + sequences) * k_)?);
+        be.linattn_chunk_dstate(&pc, &t.bounds, x, [&hs, &zs], &mut scratch, [&mut gs, &mut gzs])?;
         // Reverse inter-chunk scan: the gradient at each chunk's end, and dS0, dz0.
         for (dst, src) in [(&mut g.d_state, d_final[0]), (&mut g.d_z, d_final[1])] {
             if let Some(src) = src {
                 be.copy(src, dst)?;
             }
         }
-        be.linattn_chunk_scan(&LinAttnParams { count0: t.chunks as u32, aux: 1, ..p }, &t.seq_chunk0, &mut g.d_state, &mut g.d_z, &mut own.d_state, &mut own.d_z)?;
-        let mut last = grads(be, t.chunks)?;
-        be.linattn_backward(&pc, &t.bounds, x, &hs, &zs, [Some(&own.d_state), Some(&own.d_z)], [&mut g.dq, &mut g.dk, &mut g.dv, &mut last.d_state, &mut last.d_z])?;
+        be.linattn_chunk_scan(&LinAttnParams { count0: t.chunks as u32, aux: 1, ..p }, &t.seq_chunk0, &mut g.d_state, &mut g.d_z, &mut gs, &mut gzs)?;
+        be.linattn_chunk_grads(&pc, &t.bounds, x, [&hs, &zs], [&gs, &gzs], &mut scratch, [&mut g.dq, &mut g.dk, &mut g.dv])?;
         Ok(g)
     }
 
@@ -373,6 +375,14 @@ pub struct LinAttnGrads<B> {
     pub dv: B,
     pub d_state: B,
     pub d_z: B,
+}
+
+/// The f32 scratch of the chunked backward's two per-chunk passes for the chunk parameters `p`
+/// (`p.batch` chunks) over `rows` packed rows: `[bounds and positions (2C + 1) | den, dd per row
+/// and head (2·R·H) | z_c, g_c (2·C·H·K)]` (the layout `shaders/linattn_bwd.wgsl` reads).
+pub fn chunk_scratch_len(p: &LinAttnParams, rows: usize) -> usize {
+    let (c, h) = (p.batch as usize, p.heads as usize);
+    2 * c + 1 + 2 * rows * h + 2 * c * h * p.k as usize
 }
 
 /// The chunks of the chunked forms: `bounds` holds their row boundaries (chunks + 1) then each

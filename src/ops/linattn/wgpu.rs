@@ -130,3 +130,70 @@ pub fn backward(
     ctx.queue.submit([enc.finish()]);
     Ok(())
 }
+
+/// The chunked backward's kernels (`shaders/linattn_bwd.wgsl`, six read-only bindings).
+const BWD: &str = "linattn_bwd";
+
+/// Fills the chunked backward's table in `scratch` (`[bounds | positions | den, dd | z_c | g_c]`):
+/// the bounds, and the normalizer vectors `z` given (z_c, then g_c), C·H·K each.
+fn chunk_table(ctx: &WgpuContext, p: &LinAttnParams, bounds: &[u32], scratch: &wgpu::Buffer, z: &[&wgpu::Buffer]) {
+    let (c, h, k) = (p.batch as u64, p.heads as u64, p.k as u64);
+    let rows = bounds[c as usize] as u64;
+    let (z_off, z_bytes) = ((2 * c + 1 + 2 * rows * h) * 4, c * h * k * 4);
+    ctx.queue.write_buffer(scratch, 0, bytemuck::cast_slice(bounds));
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn chunk table") });
+    for (i, src) in z.iter().enumerate() {
+        enc.copy_buffer_to_buffer(src, 0, scratch, z_off + i as u64 * z_bytes, z_bytes);
+    }
+    ctx.queue.submit([enc.finish()]);
+}
+
+/// The chunked backward's first pass (see `Backend::linattn_chunk_dstate`): den and dd of every
+/// row and each chunk's own Σ q̃·dd (Normalizer only, `linattn_chunk_den`), then each chunk's own
+/// Σ q̃·dnᵀ (`linattn_chunk_dstate`).
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_dstate(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, bounds: &[u32], x: [&wgpu::Buffer; 5], z_start: &wgpu::Buffer, scratch: &wgpu::Buffer, own: [&wgpu::Buffer; 2]) -> Result<()> {
+    chunk_table(ctx, p, bounds, scratch, &[z_start]);
+    let [q, k, v, o, d_o] = x;
+    let units = (p.batch * p.heads) as usize;
+    let (none, none_rw) = (ctx.dummy(false), ctx.dummy(true));
+    if p.normalize == 1 {
+        let den = ctx.pipeline(BWD, "linattn_chunk_den", dtype, 6, 2)?;
+        ctx.dispatch(&den, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, none, scratch, none_rw], super::grid(1, units))?;
+        let (c, h, kk) = (p.batch as u64, p.heads as u64, p.k as u64);
+        let g_off = (2 * c + 1 + 2 * bounds[c as usize] as u64 * h + c * h * kk) * 4;
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn chunk dz") });
+        enc.copy_buffer_to_buffer(scratch, g_off, own[1], 0, c * h * kk * 4);
+        ctx.queue.submit([enc.finish()]);
+    }
+    let pipe = ctx.pipeline(BWD, "linattn_chunk_dstate", dtype, 6, 2)?;
+    ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, scratch, own[0], none_rw], super::grid(p.v as usize, units))
+}
+
+/// The chunked backward's second pass (see `Backend::linattn_chunk_grads`): dv
+/// (`linattn_chunk_dv`), then dq and dk (`linattn_chunk_dqk`, aux 0 and 1).
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_grads(
+    ctx: &WgpuContext,
+    p: &LinAttnParams,
+    dtype: DType,
+    bounds: &[u32],
+    x: [&wgpu::Buffer; 5],
+    start: [&wgpu::Buffer; 2],
+    end: [&wgpu::Buffer; 2],
+    scratch: &wgpu::Buffer,
+    out: [&wgpu::Buffer; 3],
+) -> Result<()> {
+    chunk_table(ctx, p, bounds, scratch, &[start[1], end[1]]);
+    let [q, k, v, o, d_o] = x;
+    let [dq, dk, dv] = out;
+    let units = (p.batch * p.heads) as usize;
+    let pipe = ctx.pipeline(BWD, "linattn_chunk_dv", dtype, 6, 2)?;
+    ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, scratch, end[0], dv], super::grid(p.v as usize, units))?;
+    let pipe = ctx.pipeline(BWD, "linattn_chunk_dqk", dtype, 6, 2)?;
+    for (aux, matrix, target) in [(0u32, start[0], dq), (1, end[0], dk)] {
+        let pa = LinAttnParams { aux, ..*p };
+        ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(&pa), &[q, k, v, o, d_o, scratch, matrix, target], super::grid(p.k as usize, units))?;
+    }
+    Ok(())
+}
