@@ -140,18 +140,19 @@ __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const 
 }
 
 // chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start state S_c,
-// z_c: the masked scores A = Q̃·K̃ᵀ and the S_c term accumulate over slabs of 16 of K, then A·V.
-// Thread (t, quarter) owns row t and 4 of the tile's 16 columns.
+// z_c. One pass over slabs of 16 of K accumulates the masked scores A = Q̃·K̃ᵀ and the S_c term
+// for the block's 64 value columns, so the scores are computed once per 64 columns; then A·V, 16
+// columns at a time. Thread (t, quarter) owns row t and columns 16j + 4·quarter + (0..3), j < 4.
 template <typename T>
 __device__ __forceinline__ void chunk_output_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const float* __restrict__ state,
                                                   const uint32_t* __restrict__ starts, const float* __restrict__ z, T* __restrict__ o,
                                                   const LinAttnParams& p) {
-    __shared__ float cq[64][16], ck[64][16], cs[16][16], cz[16], ca[64][64], cv[64][16];
+    __shared__ float cq[64][16], ck[64][16], cs[16][64], cz[16], ca[64][65];
     const uint32_t lid = threadIdx.x, bh = blockIdx.y + blockIdx.z * gridDim.y, c = bh / p.heads, h = bh % p.heads;
     if (bh >= p.batch * p.heads) return;
     const uint32_t start = starts[c], len = starts[c + 1] - start, pos0 = starts[p.batch + 1 + c];
-    const uint32_t c0 = blockIdx.x * 16, t = lid / 4, quarter = lid % 4;
-    float a[16] = {}, oi[4] = {}, qz = 0.0f;
+    const uint32_t c0 = blockIdx.x * 64, t = lid / 4, quarter = lid % 4;
+    float a[16] = {}, oi[4][4] = {}, qz = 0.0f;
     for (uint32_t i0 = 0; i0 < p.k; i0 += 16) {
         for (uint32_t e = lid; e < 1024; e += 256) {
             const uint32_t r = e / 16, kk = i0 + e % 16;
@@ -159,9 +160,9 @@ __device__ __forceinline__ void chunk_output_impl(const T* __restrict__ q, const
             const bool in = r < len && kk < p.k;
             cq[r][e % 16] = in ? p.scale * phi(p.feature_map, to_f32(q[row * p.k + kk])) : 0.0f;
             ck[r][e % 16] = in ? phi(p.feature_map, to_f32(k[row * p.k + kk])) : 0.0f;
+            const uint32_t si = i0 + e / 64, col = c0 + e % 64;
+            cs[e / 64][e % 64] = si < p.k && col < p.v ? state[((size_t)bh * p.k + si) * p.v + col] : 0.0f;
         }
-        const uint32_t r = lid / 16, col = lid % 16;
-        cs[r][col] = i0 + r < p.k && c0 + col < p.v ? state[((size_t)bh * p.k + i0 + r) * p.v + c0 + col] : 0.0f;
         if (lid < 16) cz[lid] = i0 + lid < p.k ? z[(size_t)bh * p.k + i0 + lid] : 0.0f;
         __syncthreads();
 #pragma unroll
@@ -170,35 +171,49 @@ __device__ __forceinline__ void chunk_output_impl(const T* __restrict__ q, const
 #pragma unroll
             for (int m = 0; m < 16; ++m) a[m] += qv * ck[quarter + 4 * m][kk];
 #pragma unroll
-            for (int cc = 0; cc < 4; ++cc) oi[cc] += qv * cs[kk][quarter * 4 + cc];
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int cc = 0; cc < 4; ++cc) oi[j][cc] += qv * cs[kk][j * 16 + quarter * 4 + cc];
             qz += qv * cz[kk];
         }
         __syncthreads();
     }
+    float asum = 0.0f;
 #pragma unroll
-    for (int m = 0; m < 16; ++m) ca[t][quarter + 4 * m] = quarter + 4 * m <= t ? a[m] : 0.0f;
-    for (uint32_t e = lid; e < 1024; e += 256) {
-        const uint32_t r = e / 16, col = e % 16;
-        cv[r][col] = r < len && c0 + col < p.v ? to_f32(v[((size_t)(start + r) * p.heads + h) * p.v + c0 + col]) : 0.0f;
+    for (int m = 0; m < 16; ++m) {
+        ca[t][quarter + 4 * m] = quarter + 4 * m <= t ? a[m] : 0.0f;
+        asum += quarter + 4 * m <= t ? a[m] : 0.0f;
     }
-    __syncthreads();
-    if (t < len) {
-        float asum = 0.0f;
-        for (uint32_t s = 0; s <= t; ++s) {
-            const float w = ca[t][s];
-            asum += w;
+    // The row sum of the masked scores: the four quarters' parts.
+    asum += __shfl_xor_sync(0xffffffffu, asum, 1);
+    asum += __shfl_xor_sync(0xffffffffu, asum, 2);
+    float den = 1.0f;
+    if (p.normalize == 1) den = p.eps + qz + asum;
+    else if (p.normalize == 2) den = (float)(p.count0 + pos0 + t + 1);
+    const size_t row = ((size_t)start + t) * p.heads + h;
 #pragma unroll
-            for (int cc = 0; cc < 4; ++cc) oi[cc] += w * cv[s][quarter * 4 + cc];
+    for (int j = 0; j < 4; ++j) {
+        const uint32_t cj = c0 + j * 16;
+        if (cj >= p.v) break;
+        for (uint32_t e = lid; e < 1024; e += 256) {
+            const uint32_t r = e / 16, col = cj + e % 16;
+            cq[r][e % 16] = r < len && col < p.v ? to_f32(v[((size_t)(start + r) * p.heads + h) * p.v + col]) : 0.0f;
         }
-        float den = 1.0f;
-        if (p.normalize == 1) den = p.eps + qz + asum;
-        else if (p.normalize == 2) den = (float)(p.count0 + pos0 + t + 1);
-        const size_t row = ((size_t)start + t) * p.heads + h;
+        __syncthreads();
+        if (t < len) {
+            float acc[4] = {oi[j][0], oi[j][1], oi[j][2], oi[j][3]};
+            for (uint32_t s = 0; s <= t; ++s) {
+                const float w = ca[t][s];
 #pragma unroll
-        for (int cc = 0; cc < 4; ++cc) {
-            const uint32_t col = c0 + quarter * 4 + cc;
-            if (col < p.v) o[row * p.v + col] = from_f32<T>(oi[cc] / den);
+                for (int cc = 0; cc < 4; ++cc) acc[cc] += w * cq[s][quarter * 4 + cc];
+            }
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) {
+                const uint32_t col = cj + quarter * 4 + cc;
+                if (col < p.v) o[row * p.v + col] = from_f32<T>(acc[cc] / den);
+            }
         }
+        __syncthreads();
     }
 }
 
@@ -491,24 +506,25 @@ __device__ __forceinline__ void chunk_dstate_impl(const T* __restrict__ q, const
     }
 }
 
-// dv (this tile's 16 columns): thread (s, quarter) owns row s and 4 columns; A's column s against
-// 16 of the chunk's q̃ accumulates with the K̃·G_c term over slabs of 16 of K, then Σ_{τ≥s} A[τ][s]·dn_τ.
+// dv, the block's 64 columns: thread (s, quarter) owns row s and columns 16j + 4·quarter + (0..3),
+// j < 4. One pass over slabs of 16 of K accumulates A's column s against 16 of the chunk's q̃ and
+// the K̃·G_c term (the scores once per 64 columns); then Σ_{τ≥s} A[τ][s]·dn_τ, 16 columns at a time.
 template <typename T>
 __device__ __forceinline__ void chunk_dv_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ d_o, const uint32_t* __restrict__ bounds,
                                               const float* __restrict__ dendd, const float* __restrict__ g, T* __restrict__ dv, const LinAttnParams& p) {
-    __shared__ float sa[64][16], sb[64][16], sm[16][16], cw[64][65], cden[64], cdd[64];
+    __shared__ float sa[64][16], sb[64][16], sm[16][64], cw[64][65], cden[64], cdd[64];
     ChunkRow cr;
     if (!chunk_of(cr, bounds, p)) return;
-    const uint32_t lid = threadIdx.x, c0 = blockIdx.x * 16, s = lid / 4, quarter = lid % 4;
+    const uint32_t lid = threadIdx.x, c0 = blockIdx.x * 64, s = lid / 4, quarter = lid % 4;
     cb_stage_den(cden, cdd, bounds, dendd, cr, p);
-    float a[16] = {}, acc[4] = {};
+    float a[16] = {}, acc[4][4] = {};
     for (uint32_t i0 = 0; i0 < p.k; i0 += 16) {
         for (uint32_t e = lid; e < 1024; e += 256) {
             sa[e / 16][e % 16] = cb_ld<T>(1, q, k, nullptr, d_o, cden, cr, e / 16, i0 + e % 16, p);
             sb[e / 16][e % 16] = cb_ld<T>(0, q, k, nullptr, d_o, cden, cr, e / 16, i0 + e % 16, p);
+            const uint32_t ri = i0 + e / 64, cj = c0 + e % 64;
+            sm[e / 64][e % 64] = ri < p.k && cj < p.v ? g[((size_t)cr.bh * p.k + ri) * p.v + cj] : 0.0f;
         }
-        const uint32_t ri = i0 + lid / 16, cj = c0 + lid % 16;
-        sm[lid / 16][lid % 16] = ri < p.k && cj < p.v ? g[((size_t)cr.bh * p.k + ri) * p.v + cj] : 0.0f;
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < 16; ++kk) {
@@ -516,44 +532,52 @@ __device__ __forceinline__ void chunk_dv_impl(const T* __restrict__ q, const T* 
 #pragma unroll
             for (int m = 0; m < 16; ++m) a[m] += kv * sb[quarter + 4 * m][kk];
 #pragma unroll
-            for (int cc = 0; cc < 4; ++cc) acc[cc] += kv * sm[kk][quarter * 4 + cc];
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int cc = 0; cc < 4; ++cc) acc[j][cc] += kv * sm[kk][j * 16 + quarter * 4 + cc];
         }
         __syncthreads();
     }
 #pragma unroll
     for (int m = 0; m < 16; ++m) cw[s][quarter + 4 * m] = quarter + 4 * m >= s ? a[m] : 0.0f;
-    for (uint32_t e = lid; e < 1024; e += 256) sa[e / 16][e % 16] = cb_ld<T>(3, q, k, nullptr, d_o, cden, cr, e / 16, c0 + e % 16, p);
-    __syncthreads();
-    if (s < cr.len) {
-        for (uint32_t tau = s; tau < cr.len; ++tau) {
-            const float w = cw[s][tau];
+    const size_t row = ((size_t)cr.start + s) * p.heads + cr.h;
 #pragma unroll
-            for (int cc = 0; cc < 4; ++cc) acc[cc] += w * sa[tau][quarter * 4 + cc];
-        }
-        const size_t row = ((size_t)cr.start + s) * p.heads + cr.h;
+    for (int j = 0; j < 4; ++j) {
+        const uint32_t cj = c0 + j * 16;
+        if (cj >= p.v) break;
+        for (uint32_t e = lid; e < 1024; e += 256) sa[e / 16][e % 16] = cb_ld<T>(3, q, k, nullptr, d_o, cden, cr, e / 16, cj + e % 16, p);
+        __syncthreads();
+        if (s < cr.len) {
+            for (uint32_t tau = s; tau < cr.len; ++tau) {
+                const float w = cw[s][tau];
 #pragma unroll
-        for (int cc = 0; cc < 4; ++cc) {
-            const uint32_t col = c0 + quarter * 4 + cc;
-            if (col < p.v) dv[row * p.v + col] = from_f32<T>(acc[cc]);
+                for (int cc = 0; cc < 4; ++cc) acc[j][cc] += w * sa[tau][quarter * 4 + cc];
+            }
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) {
+                const uint32_t col = cj + quarter * 4 + cc;
+                if (col < p.v) dv[row * p.v + col] = from_f32<T>(acc[j][cc]);
+            }
         }
+        __syncthreads();
     }
 }
 
-// dq (aux 0) or dk (aux 1), this tile's 16 columns of K; thread (t, quarter) owns row t and 4
-// columns. dq: B[t][s] = dn_t·v_s + dd_t (s ≤ t) with dN·S_cᵀ over slabs of 16 of V, then
-// dd_t·z_c + B·K̃. dk: B[τ][t] = v_t·dn_τ + dd_τ (τ ≥ t) with V·G_cᵀ, then g_c + Bᵀ·Q̃. Then
-// scale·φ'(q) or φ'(k). `m` is S_c or G_c, `zv` z_c or g_c.
+// dq (aux 0) or dk (aux 1), the block's 64 columns of K; thread (t, quarter) owns row t and columns
+// 16j + 4·quarter + (0..3), j < 4. dq: B[t][s] = dn_t·v_s + dd_t (s ≤ t) with dN·S_cᵀ over slabs
+// of 16 of V, then dd_t·z_c + B·K̃. dk: B[τ][t] = v_t·dn_τ + dd_τ (τ ≥ t) with V·G_cᵀ, then
+// g_c + Bᵀ·Q̃. Then scale·φ'(q) or φ'(k). `m` is S_c or G_c, `zv` z_c or g_c; B once per 64 columns.
 template <typename T>
 __device__ __forceinline__ void chunk_dqk_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ d_o,
                                                const uint32_t* __restrict__ bounds, const float* __restrict__ dendd, const float* __restrict__ m,
                                                const float* __restrict__ zv, T* __restrict__ out, const LinAttnParams& p) {
-    __shared__ float sa[64][16], sb[64][16], sm[16][16], cw[64][65], cz[16], cden[64], cdd[64];
+    __shared__ float sa[64][16], sb[64][16], sm[64][17], cw[64][65], cz[16], cden[64], cdd[64];
     ChunkRow cr;
     if (!chunk_of(cr, bounds, p)) return;
-    const uint32_t lid = threadIdx.x, i0 = blockIdx.x * 16, t = lid / 4, quarter = lid % 4;
+    const uint32_t lid = threadIdx.x, i0 = blockIdx.x * 64, t = lid / 4, quarter = lid % 4;
     const bool dk = p.aux == 1;
     cb_stage_den(cden, cdd, bounds, dendd, cr, p);
-    float b[16] = {}, acc[4] = {};
+    float b[16] = {}, acc[4][4] = {};
     for (uint32_t j0 = 0; j0 < p.v; j0 += 16) {
         __syncthreads(); // cden staged; the previous slab read
         for (uint32_t e = lid; e < 1024; e += 256) {
@@ -561,9 +585,9 @@ __device__ __forceinline__ void chunk_dqk_impl(const T* __restrict__ q, const T*
             const float vv = cb_ld<T>(2, q, k, v, d_o, cden, cr, e / 16, j0 + e % 16, p);
             sa[e / 16][e % 16] = dk ? vv : dn;
             sb[e / 16][e % 16] = dk ? dn : vv;
+            const uint32_t ri = i0 + e / 16, cj = j0 + e % 16;
+            sm[e / 16][e % 16] = ri < p.k && cj < p.v ? m[((size_t)cr.bh * p.k + ri) * p.v + cj] : 0.0f;
         }
-        const uint32_t ri = i0 + lid / 16, cj = j0 + lid % 16;
-        sm[lid / 16][lid % 16] = ri < p.k && cj < p.v ? m[((size_t)cr.bh * p.k + ri) * p.v + cj] : 0.0f;
         __syncthreads();
 #pragma unroll
         for (int jj = 0; jj < 16; ++jj) {
@@ -571,7 +595,9 @@ __device__ __forceinline__ void chunk_dqk_impl(const T* __restrict__ q, const T*
 #pragma unroll
             for (int mm = 0; mm < 16; ++mm) b[mm] += rv * sb[quarter + 4 * mm][jj];
 #pragma unroll
-            for (int cc = 0; cc < 4; ++cc) acc[cc] += rv * sm[quarter * 4 + cc][jj];
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int cc = 0; cc < 4; ++cc) acc[j][cc] += rv * sm[j * 16 + quarter * 4 + cc][jj];
         }
     }
     __syncthreads();
@@ -581,28 +607,34 @@ __device__ __forceinline__ void chunk_dqk_impl(const T* __restrict__ q, const T*
         const bool keep = dk ? s >= t : s <= t;
         cw[t][s] = keep ? b[mm] + (dk ? cdd[s] : cdd[t]) : 0.0f;
     }
-    for (uint32_t e = lid; e < 1024; e += 256) sa[e / 16][e % 16] = cb_ld<T>(dk ? 0 : 1, q, k, v, d_o, cden, cr, e / 16, i0 + e % 16, p);
-    if (lid < 16) cz[lid] = i0 + lid < p.k ? zv[(size_t)cr.bh * p.k + i0 + lid] : 0.0f;
-    __syncthreads();
-    if (t < cr.len) {
-        const float zw = dk ? 1.0f : cdd[t];
+    const size_t row = ((size_t)cr.start + t) * p.heads + cr.h;
 #pragma unroll
-        for (int cc = 0; cc < 4; ++cc) acc[cc] += zw * cz[quarter * 4 + cc];
-        const uint32_t lo = dk ? t : 0, hi = dk ? cr.len : t + 1;
-        for (uint32_t s = lo; s < hi; ++s) {
-            const float w = cw[t][s];
+    for (int j = 0; j < 4; ++j) {
+        const uint32_t cj = i0 + j * 16;
+        if (cj >= p.k) break;
+        for (uint32_t e = lid; e < 1024; e += 256) sa[e / 16][e % 16] = cb_ld<T>(dk ? 0 : 1, q, k, v, d_o, cden, cr, e / 16, cj + e % 16, p);
+        if (lid < 16) cz[lid] = cj + lid < p.k ? zv[(size_t)cr.bh * p.k + cj + lid] : 0.0f;
+        __syncthreads();
+        if (t < cr.len) {
+            const float zw = dk ? 1.0f : cdd[t];
 #pragma unroll
-            for (int cc = 0; cc < 4; ++cc) acc[cc] += w * sa[s][quarter * 4 + cc];
-        }
-        const size_t row = ((size_t)cr.start + t) * p.heads + cr.h;
+            for (int cc = 0; cc < 4; ++cc) acc[j][cc] += zw * cz[quarter * 4 + cc];
+            const uint32_t lo = dk ? t : 0, hi = dk ? cr.len : t + 1;
+            for (uint32_t s = lo; s < hi; ++s) {
+                const float w = cw[t][s];
 #pragma unroll
-        for (int cc = 0; cc < 4; ++cc) {
-            const uint32_t col = i0 + quarter * 4 + cc;
-            if (col < p.k) {
-                const float x = to_f32((dk ? k : q)[row * p.k + col]);
-                out[row * p.k + col] = from_f32<T>(acc[cc] * (dk ? phi_grad(p.feature_map, x) : p.scale * phi_grad(p.feature_map, x)));
+                for (int cc = 0; cc < 4; ++cc) acc[j][cc] += w * sa[s][quarter * 4 + cc];
+            }
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) {
+                const uint32_t col = cj + quarter * 4 + cc;
+                if (col < p.k) {
+                    const float x = to_f32((dk ? k : q)[row * p.k + col]);
+                    out[row * p.k + col] = from_f32<T>(acc[j][cc] * (dk ? phi_grad(p.feature_map, x) : p.scale * phi_grad(p.feature_map, x)));
+                }
             }
         }
+        __syncthreads();
     }
 }
 

@@ -174,14 +174,15 @@ fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workg
 }
 
 // linattn_chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start
-// state S_c, z_c (state, z_buf): the masked scores A = Q̃·K̃ᵀ and the S_c term accumulate over
-// slabs of 16 of K, then A·V. Invocation (t, quarter) owns row t and 4 of the tile's 16 columns.
-var<workgroup> cq: array<f32, 1024>; // [64 rows][16 k]
+// state S_c, z_c (state, z_buf). One pass over slabs of 16 of K accumulates the masked scores
+// A = Q̃·K̃ᵀ and the S_c term for the workgroup's 64 value columns, so the scores are computed once
+// per 64 columns; then A·V, 16 columns at a time. Invocation (t, quarter) owns row t and columns
+// 16j + 4·quarter + (0..3), j < 4.
+var<workgroup> cq: array<f32, 1024>; // [64 rows][16 k], then [64 rows][16 columns] of v
 var<workgroup> ck: array<f32, 1024>; // [64 rows][16 k]
-var<workgroup> cs: array<f32, 256>; // [16 k][16 columns] of S_c
+var<workgroup> cs: array<f32, 1024>; // [16 k][64 columns] of S_c
 var<workgroup> cz: array<f32, 16>;
-var<workgroup> ca: array<f32, 4096>; // [64][64] masked scores
-var<workgroup> cv: array<f32, 1024>; // [64 rows][16 columns]
+var<workgroup> ca: array<f32, 4160>; // [64][65] masked scores
 
 @compute @workgroup_size(256)
 fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -192,11 +193,11 @@ fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(work
     let start = starts[c];
     let len = starts[c + 1u] - start;
     let pos0 = starts[p.batch + 1u + c];
-    let c0 = wg.x * 16u;
+    let c0 = wg.x * 64u;
     let t = lid / 4u;
     let quarter = lid % 4u;
     var a: array<f32, 16>; // A[t][quarter + 4m]
-    var oi = vec4<f32>(0.0);
+    var oi: array<vec4<f32>, 4>;
     var qz = 0.0;
     for (var i0 = 0u; i0 < p.k; i0 += 16u) {
         for (var e = lid; e < 1024u; e += 256u) {
@@ -211,12 +212,11 @@ fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(work
             }
             cq[e] = qv;
             ck[e] = kv;
+            let col = c0 + e % 64u;
+            var sval = 0.0;
+            if (i0 + e / 64u < p.k && col < p.v) { sval = state[(bh * p.k + i0 + e / 64u) * p.v + col]; }
+            cs[e] = sval;
         }
-        let r = lid / 16u;
-        let col = lid % 16u;
-        var sval = 0.0;
-        if (i0 + r < p.k && c0 + col < p.v) { sval = state[(bh * p.k + i0 + r) * p.v + c0 + col]; }
-        cs[lid] = sval;
         if (lid < 16u) {
             var zv = 0.0;
             if (i0 + lid < p.k) { zv = z_buf[bh * p.k + i0 + lid]; }
@@ -226,43 +226,51 @@ fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(work
         for (var kk = 0u; kk < 16u; kk++) {
             let qv = cq[t * 16u + kk];
             for (var m = 0u; m < 16u; m++) { a[m] += qv * ck[(quarter + 4u * m) * 16u + kk]; }
-            let sb = kk * 16u + quarter * 4u;
-            oi += qv * vec4<f32>(cs[sb], cs[sb + 1u], cs[sb + 2u], cs[sb + 3u]);
+            for (var j = 0u; j < 4u; j++) {
+                let sb = kk * 64u + j * 16u + quarter * 4u;
+                oi[j] += qv * vec4<f32>(cs[sb], cs[sb + 1u], cs[sb + 2u], cs[sb + 3u]);
+            }
             qz += qv * cz[kk];
         }
         workgroupBarrier();
     }
+    var asum = 0.0;
     for (var m = 0u; m < 16u; m++) {
         let s = quarter + 4u * m;
-        ca[t * 64u + s] = select(0.0, a[m], s <= t);
+        ca[t * 65u + s] = select(0.0, a[m], s <= t);
     }
-    for (var e = lid; e < 1024u; e += 256u) {
-        let r = e / 16u;
-        let col = e % 16u;
-        var vv = 0.0;
-        if (r < len && c0 + col < p.v) { vv = ld(2u, ((start + r) * p.heads + h) * p.v + c0 + col); }
-        cv[e] = vv;
-    }
-    workgroupBarrier();
-    if (t < len) {
-        var acc = oi;
-        var asum = 0.0;
-        for (var s = 0u; s <= t; s++) {
-            let w = ca[t * 64u + s];
-            asum += w;
-            let vb = s * 16u + quarter * 4u;
-            acc += w * vec4<f32>(cv[vb], cv[vb + 1u], cv[vb + 2u], cv[vb + 3u]);
+    var den = 1.0;
+    let row = (start + t) * p.heads + h;
+    for (var j = 0u; j < 4u; j++) {
+        let cj = c0 + j * 16u;
+        if (cj >= p.v) { break; }
+        for (var e = lid; e < 1024u; e += 256u) {
+            let r = e / 16u;
+            var vv = 0.0;
+            if (r < len && cj + e % 16u < p.v) { vv = ld(2u, ((start + r) * p.heads + h) * p.v + cj + e % 16u); }
+            cq[e] = vv;
         }
-        var den = 1.0;
-        if (p.normalize == 1u) {
-            den = p.eps + qz + asum;
-        } else if (p.normalize == 2u) {
-            den = f32(p.count0 + pos0 + t + 1u);
+        workgroupBarrier();
+        if (t < len) {
+            var acc = oi[j];
+            for (var s = 0u; s <= t; s++) {
+                let w = ca[t * 65u + s];
+                if (j == 0u) { asum += w; }
+                let vb = s * 16u + quarter * 4u;
+                acc += w * vec4<f32>(cq[vb], cq[vb + 1u], cq[vb + 2u], cq[vb + 3u]);
+            }
+            if (j == 0u) {
+                if (p.normalize == 1u) {
+                    den = p.eps + qz + asum;
+                } else if (p.normalize == 2u) {
+                    den = f32(p.count0 + pos0 + t + 1u);
+                }
+            }
+            for (var cc = 0u; cc < 4u; cc++) {
+                let col = cj + quarter * 4u + cc;
+                if (col < p.v) { put_out(row * p.v + col, acc[cc] / den); }
+            }
         }
-        let row = (start + t) * p.heads + h;
-        for (var cc = 0u; cc < 4u; cc++) {
-            let col = c0 + quarter * 4u + cc;
-            if (col < p.v) { put_out(row * p.v + col, acc[cc] / den); }
-        }
+        workgroupBarrier();
     }
 }

@@ -231,7 +231,7 @@ fn cb_z_off(rows: u32, which: u32) -> u32 {
 
 var<workgroup> sa: array<f32, 1024>; // [64 rows][16] row-operand slab
 var<workgroup> sb: array<f32, 1024>; // [64 rows][16] column-operand slab
-var<workgroup> sm: array<f32, 256>; // [16][16] slab of a K×V matrix
+var<workgroup> sm: array<f32, 1024>; // [16][64] or [64][16] slab of a K×V matrix
 var<workgroup> cz: array<f32, 16>;
 var<workgroup> cw: array<f32, 4160>; // [64][65] masked scores (or [16][256] rows of q̃)
 var<workgroup> cden: array<f32, 64>;
@@ -379,33 +379,36 @@ fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(work
     }
 }
 
-// dv (this tile's 16 columns): invocation (s, quarter) owns row s and 4 columns; A's row s
-// against 16 of the chunk's q̃ accumulates with the K̃·G_c term over slabs of 16 of K, then
-// Σ_{τ≥s} A[τ][s]·dn_τ.
+// dv, the workgroup's 64 columns: invocation (s, quarter) owns row s and columns
+// 16j + 4·quarter + (0..3), j < 4. One pass over slabs of 16 of K accumulates A's column s
+// against 16 of the chunk's q̃ and the K̃·G_c term, so the scores are computed once per 64
+// columns; then Σ_{τ≥s} A[τ][s]·dn_τ, 16 columns at a time.
 @compute @workgroup_size(256)
 fn linattn_chunk_dv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let cr = chunk_row(wg, nwg, false);
     if (!cr.ok) { return; }
-    let c0 = wg.x * 16u;
+    let c0 = wg.x * 64u;
     let s = lid / 4u;
     let quarter = lid % 4u;
     cb_stage_den(lid, cr);
     var a: array<f32, 16>; // A[quarter + 4m][s]
-    var acc = vec4<f32>(0.0);
+    var acc: array<vec4<f32>, 4>;
     for (var i0 = 0u; i0 < p.k; i0 += 16u) {
         for (var e = lid; e < 1024u; e += 256u) {
             sa[e] = cb_ld(1u, cr, e / 16u, i0 + e % 16u);
             sb[e] = cb_ld(0u, cr, e / 16u, i0 + e % 16u);
+            var g = 0.0;
+            if (i0 + e / 64u < p.k && c0 + e % 64u < p.v) { g = part[(cr.bh * p.k + i0 + e / 64u) * p.v + c0 + e % 64u]; }
+            sm[e] = g;
         }
-        var g = 0.0;
-        if (i0 + lid / 16u < p.k && c0 + lid % 16u < p.v) { g = part[(cr.bh * p.k + i0 + lid / 16u) * p.v + c0 + lid % 16u]; }
-        sm[lid] = g;
         workgroupBarrier();
         for (var kk = 0u; kk < 16u; kk++) {
             let kv = sa[s * 16u + kk];
             for (var m = 0u; m < 16u; m++) { a[m] += kv * sb[(quarter + 4u * m) * 16u + kk]; }
-            let mb = kk * 16u + quarter * 4u;
-            acc += kv * vec4<f32>(sm[mb], sm[mb + 1u], sm[mb + 2u], sm[mb + 3u]);
+            for (var j = 0u; j < 4u; j++) {
+                let mb = kk * 64u + j * 16u + quarter * 4u;
+                acc[j] += kv * vec4<f32>(sm[mb], sm[mb + 1u], sm[mb + 2u], sm[mb + 3u]);
+            }
         }
         workgroupBarrier();
     }
@@ -413,36 +416,42 @@ fn linattn_chunk_dv(@builtin(local_invocation_index) lid: u32, @builtin(workgrou
         let tau = quarter + 4u * m;
         cw[s * 65u + tau] = select(0.0, a[m], tau >= s);
     }
-    for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(3u, cr, e / 16u, c0 + e % 16u); }
-    workgroupBarrier();
-    if (s < cr.len) {
-        for (var tau = s; tau < cr.len; tau++) {
-            let nb = tau * 16u + quarter * 4u;
-            acc += cw[s * 65u + tau] * vec4<f32>(sa[nb], sa[nb + 1u], sa[nb + 2u], sa[nb + 3u]);
+    let row = (cr.start + s) * p.heads + cr.h;
+    for (var j = 0u; j < 4u; j++) {
+        let cj = c0 + j * 16u;
+        if (cj >= p.v) { break; }
+        for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(3u, cr, e / 16u, cj + e % 16u); }
+        workgroupBarrier();
+        if (s < cr.len) {
+            var o = acc[j];
+            for (var tau = s; tau < cr.len; tau++) {
+                let nb = tau * 16u + quarter * 4u;
+                o += cw[s * 65u + tau] * vec4<f32>(sa[nb], sa[nb + 1u], sa[nb + 2u], sa[nb + 3u]);
+            }
+            for (var cc = 0u; cc < 4u; cc++) {
+                let col = cj + quarter * 4u + cc;
+                if (col < p.v) { put_out(row * p.v + col, o[cc]); }
+            }
         }
-        let row = (cr.start + s) * p.heads + cr.h;
-        for (var cc = 0u; cc < 4u; cc++) {
-            let col = c0 + quarter * 4u + cc;
-            if (col < p.v) { put_out(row * p.v + col, acc[cc]); }
-        }
+        workgroupBarrier();
     }
 }
 
-// dq (aux 0) or dk (aux 1), this tile's 16 columns of K; invocation (t, quarter) owns row t and 4
-// columns. dq: B[t][s] = dn_t·v_s + dd_t (s ≤ t) with dN·S_cᵀ over slabs of 16 of V, then
-// dd_t·z_c + B·K̃. dk: B[τ][t] = v_t·dn_τ + dd_τ (τ ≥ t) with V·G_cᵀ, then g_c + Bᵀ·Q̃. Then
-// scale·φ'(q) or φ'(k).
+// dq (aux 0) or dk (aux 1), the workgroup's 64 columns of K; invocation (t, quarter) owns row t and
+// columns 16j + 4·quarter + (0..3), j < 4. dq: B[t][s] = dn_t·v_s + dd_t (s ≤ t) with dN·S_cᵀ over
+// slabs of 16 of V, then dd_t·z_c + B·K̃. dk: B[τ][t] = v_t·dn_τ + dd_τ (τ ≥ t) with V·G_cᵀ, then
+// g_c + Bᵀ·Q̃. Then scale·φ'(q) or φ'(k). B is computed once per 64 columns.
 @compute @workgroup_size(256)
 fn linattn_chunk_dqk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let cr = chunk_row(wg, nwg, false);
     if (!cr.ok) { return; }
-    let i0 = wg.x * 16u;
+    let i0 = wg.x * 64u;
     let t = lid / 4u;
     let quarter = lid % 4u;
     let dk = p.aux == 1u;
     cb_stage_den(lid, cr);
     var b: array<f32, 16>; // B[t][quarter + 4m] (dq) or B[quarter + 4m][t] (dk)
-    var acc = vec4<f32>(0.0);
+    var acc: array<vec4<f32>, 4>;
     for (var j0 = 0u; j0 < p.v; j0 += 16u) {
         workgroupBarrier(); // cden staged; the previous slab read
         for (var e = lid; e < 1024u; e += 256u) {
@@ -450,16 +459,18 @@ fn linattn_chunk_dqk(@builtin(local_invocation_index) lid: u32, @builtin(workgro
             let vv = cb_ld(2u, cr, e / 16u, j0 + e % 16u);
             sa[e] = select(dn, vv, dk);
             sb[e] = select(vv, dn, dk);
+            var m = 0.0;
+            if (i0 + e / 16u < p.k && j0 + e % 16u < p.v) { m = part[(cr.bh * p.k + i0 + e / 16u) * p.v + j0 + e % 16u]; }
+            sm[e] = m;
         }
-        var m = 0.0;
-        if (i0 + lid / 16u < p.k && j0 + lid % 16u < p.v) { m = part[(cr.bh * p.k + i0 + lid / 16u) * p.v + j0 + lid % 16u]; }
-        sm[lid] = m;
         workgroupBarrier();
         for (var jj = 0u; jj < 16u; jj++) {
             let rv = sa[t * 16u + jj];
             for (var mm = 0u; mm < 16u; mm++) { b[mm] += rv * sb[(quarter + 4u * mm) * 16u + jj]; }
-            let mb = quarter * 64u + jj;
-            acc += rv * vec4<f32>(sm[mb], sm[mb + 16u], sm[mb + 32u], sm[mb + 48u]);
+            for (var j = 0u; j < 4u; j++) {
+                let mb = (j * 16u + quarter * 4u) * 16u + jj;
+                acc[j] += rv * vec4<f32>(sm[mb], sm[mb + 16u], sm[mb + 32u], sm[mb + 48u]);
+            }
         }
     }
     workgroupBarrier();
@@ -468,28 +479,33 @@ fn linattn_chunk_dqk(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         let keep = select(s <= t, s >= t, dk);
         cw[t * 65u + s] = select(0.0, b[mm] + select(cdd[t], cdd[s], dk), keep);
     }
-    for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(select(1u, 0u, dk), cr, e / 16u, i0 + e % 16u); }
-    if (lid < 16u) {
-        var zv = 0.0;
-        if (i0 + lid < p.k) { zv = fin[cb_z_off(cr.rows, p.aux) + cr.bh * p.k + i0 + lid]; }
-        cz[lid] = zv;
-    }
-    workgroupBarrier();
-    if (t < cr.len) {
-        acc += select(cdd[t], 1.0, dk) * vec4<f32>(cz[quarter * 4u], cz[quarter * 4u + 1u], cz[quarter * 4u + 2u], cz[quarter * 4u + 3u]);
-        let lo = select(0u, t, dk);
-        let hi = select(t + 1u, cr.len, dk);
-        for (var s = lo; s < hi; s++) {
-            let fb = s * 16u + quarter * 4u;
-            acc += cw[t * 65u + s] * vec4<f32>(sa[fb], sa[fb + 1u], sa[fb + 2u], sa[fb + 3u]);
+    let row = (cr.start + t) * p.heads + cr.h;
+    for (var j = 0u; j < 4u; j++) {
+        let cj = i0 + j * 16u;
+        if (cj >= p.k) { break; }
+        for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(select(1u, 0u, dk), cr, e / 16u, cj + e % 16u); }
+        if (lid < 16u) {
+            var zv = 0.0;
+            if (cj + lid < p.k) { zv = fin[cb_z_off(cr.rows, p.aux) + cr.bh * p.k + cj + lid]; }
+            cz[lid] = zv;
         }
-        let row = (cr.start + t) * p.heads + cr.h;
-        for (var cc = 0u; cc < 4u; cc++) {
-            let col = i0 + quarter * 4u + cc;
-            if (col < p.k) {
-                let x = ld(p.aux, row * p.k + col);
-                put_out(row * p.k + col, acc[cc] * select(p.scale * phi_grad(x), phi_grad(x), dk));
+        workgroupBarrier();
+        if (t < cr.len) {
+            var g = acc[j] + select(cdd[t], 1.0, dk) * vec4<f32>(cz[quarter * 4u], cz[quarter * 4u + 1u], cz[quarter * 4u + 2u], cz[quarter * 4u + 3u]);
+            let lo = select(0u, t, dk);
+            let hi = select(t + 1u, cr.len, dk);
+            for (var s = lo; s < hi; s++) {
+                let fb = s * 16u + quarter * 4u;
+                g += cw[t * 65u + s] * vec4<f32>(sa[fb], sa[fb + 1u], sa[fb + 2u], sa[fb + 3u]);
+            }
+            for (var cc = 0u; cc < 4u; cc++) {
+                let col = cj + quarter * 4u + cc;
+                if (col < p.k) {
+                    let x = ld(p.aux, row * p.k + col);
+                    put_out(row * p.k + col, g[cc] * select(p.scale * phi_grad(x), phi_grad(x), dk));
+                }
             }
         }
+        workgroupBarrier();
     }
 }

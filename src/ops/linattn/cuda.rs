@@ -59,8 +59,10 @@ pub fn recurrent<T: CudaElem>(
     o: &mut CudaViewMut<T>,
 ) -> Result<()> {
     let starts_dev = rt.stream.clone_htod(starts).map_err(|e| crate::Error::driver("cuda: uploading the sequence starts", e))?;
-    let [gx, gy, gz] = super::grid(p.v as usize, (p.batch * p.heads) as usize);
-    let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = |tile: usize| {
+        let [gx, gy, gz] = super::grid(p.v as usize, tile, (p.batch * p.heads) as usize);
+        LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    };
     // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
     if p.varlen == 2 {
         return if p.aux == 1 {
@@ -68,7 +70,7 @@ pub fn recurrent<T: CudaElem>(
             // SAFETY: linattn_chunk_state_<dtype>(k, v, state, starts, z, p) reads k [R·H·K], v
             // [R·H·V] and starts [2·C + 1] (chunk bounds, then positions; each chunk ≤ 64 rows) and
             // writes state [C·H·K·V] and z [C·H·K]; LinearAttention::chunk sized every buffer.
-            rt.launch(&f, cfg, |a| {
+            rt.launch(&f, cfg(super::TILE), |a| {
                 a.arg(k).arg(v).arg(state).arg(&starts_dev).arg(z).arg(p);
             })
         } else {
@@ -76,7 +78,7 @@ pub fn recurrent<T: CudaElem>(
             // SAFETY: linattn_chunk_output_<dtype>(q, k, v, state, starts, z, o, p) reads q, k
             // [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V], z [C·H·K] and starts as
             // above, and writes o [R·H·V], each element once.
-            rt.launch(&f, cfg, |a| {
+            rt.launch(&f, cfg(super::WIDE_TILE), |a| {
                 a.arg(q).arg(k).arg(v).arg(&mut *state).arg(&starts_dev).arg(&mut *z).arg(o).arg(p);
             })
         };
@@ -88,7 +90,7 @@ pub fn recurrent<T: CudaElem>(
     // v [B·T·H·V], z_init [B·H·K], starts [B + 1] (non-decreasing, ending at the row count),
     // reads and writes state [B·H·K·V] and z [B·H·K], writes o [B·T·H·V]; the caller
     // (LinearAttention::recurrent) checked every length and K, V ≤ 256.
-    rt.launch(&f, cfg, |a| {
+    rt.launch(&f, cfg(super::TILE), |a| {
         a.arg(q).arg(k).arg(v).arg(state).arg(&z_init).arg(&starts_dev).arg(z).arg(o).arg(p);
     })
 }
@@ -121,7 +123,7 @@ pub fn backward<T: CudaElem>(
     let [q, kk, vv, o, d_o] = x;
     let [dq, dk, dv] = out;
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_backward")?, |_| Ok(()))?;
-    let [gx, gy, gz] = super::grid(v, (p.batch * p.heads) as usize);
+    let [gx, gy, gz] = super::grid(v, super::TILE, (p.batch * p.heads) as usize);
     let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: linattn_backward_<dtype> reads q, k [R·H·K], v, o, do [R·H·V] (T), s0, d_state
     // [N·H·K·V], z0, d_z [N·H·K] (absent gradients: zeros of the state's size) and starts [N + 1]
@@ -175,8 +177,8 @@ pub fn chunk_dstate<T: CudaElem>(
     let [q, k, _, o, d_o] = x;
     let [g, hz] = own;
     let units = (p.batch * p.heads) as usize;
-    let cfg = |cols: usize| {
-        let [gx, gy, gz] = super::grid(cols, units);
+    let cfg = |cols: usize, tile: usize| {
+        let [gx, gy, gz] = super::grid(cols, tile, units);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
     if p.normalize == 1 {
@@ -185,14 +187,14 @@ pub fn chunk_dstate<T: CudaElem>(
         // [R·H·K], o, do [R·H·V], bounds [2·C + 1] (chunk boundaries ending at R, each chunk ≤ 64
         // rows, then positions) and z [C·H·K]; it writes dendd [R·H·2] and hz [C·H·K], each
         // element once. LinearAttention::chunk_backward sized every buffer.
-        rt.launch(&f, cfg(1), |a| {
+        rt.launch(&f, cfg(1, super::TILE), |a| {
             a.arg(q).arg(k).arg(o).arg(d_o).arg(&bounds_dev).arg(z_start).arg(&mut *dendd).arg(hz).arg(p);
         })?;
     }
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_dstate")?, |_| Ok(()))?;
     // SAFETY: linattn_chunk_dstate_<dtype>(q, do, bounds, dendd, g, p) reads q, do, bounds as above
     // and dendd (Normalizer only), and writes g [C·H·K·V], each element once.
-    rt.launch(&f, cfg(p.v as usize), |a| {
+    rt.launch(&f, cfg(p.v as usize, super::TILE), |a| {
         a.arg(q).arg(d_o).arg(&bounds_dev).arg(&mut *dendd).arg(g).arg(p);
     })
 }
@@ -213,15 +215,15 @@ pub fn chunk_grads<T: CudaElem>(
     let [q, k, v, _, d_o] = x;
     let [dq, dk, dv] = out;
     let units = (p.batch * p.heads) as usize;
-    let cfg = |cols: usize| {
-        let [gx, gy, gz] = super::grid(cols, units);
+    let cfg = |cols: usize, tile: usize| {
+        let [gx, gy, gz] = super::grid(cols, tile, units);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_dv")?, |_| Ok(()))?;
     // SAFETY: linattn_chunk_dv_<dtype>(q, k, do, bounds, dendd, g, dv, p) reads q, k [R·H·K], do
     // [R·H·V], bounds [2·C + 1], dendd [R·H·2] (Normalizer only) and g [C·H·K·V], and writes dv
     // [R·H·V], each element once.
-    rt.launch(&f, cfg(p.v as usize), |a| {
+    rt.launch(&f, cfg(p.v as usize, super::WIDE_TILE), |a| {
         a.arg(q).arg(k).arg(d_o).arg(&bounds_dev).arg(dendd).arg(end[0]).arg(dv).arg(p);
     })?;
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_dqk")?, |_| Ok(()))?;
@@ -230,7 +232,7 @@ pub fn chunk_grads<T: CudaElem>(
         // SAFETY: linattn_chunk_dqk_<dtype>(q, k, v, do, bounds, dendd, m, zv, out, p) reads q, k
         // [R·H·K], v, do [R·H·V], bounds and dendd as above, m [C·H·K·V] and zv [C·H·K] (S_c, z_c
         // or G_c, g_c), and writes out [R·H·K] (dq or dk), each element once.
-        rt.launch(&f, cfg(p.k as usize), |a| {
+        rt.launch(&f, cfg(p.k as usize, super::WIDE_TILE), |a| {
             a.arg(q).arg(k).arg(v).arg(d_o).arg(&bounds_dev).arg(dendd).arg(m).arg(zv).arg(target).arg(&pa);
         })?;
     }

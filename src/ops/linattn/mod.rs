@@ -94,12 +94,17 @@ pub struct LinearAttention {
     pub normalize: Normalize,
 }
 
-/// The `(x, y, z)` grid of the linear-attention kernels: value tiles of 16 columns in x, and
-/// `units` (sequence or chunk)·heads folded into y·z past 65535.
-pub fn grid(v: usize, units: usize) -> [u32; 3] {
+/// The `(x, y, z)` grid of the linear-attention kernels: tiles of `tile` columns (of `cols`) in
+/// x, and `units` (sequence or chunk)·heads folded into y·z past 65535.
+pub fn grid(cols: usize, tile: usize, units: usize) -> [u32; 3] {
     let y = units.clamp(1, 65535);
-    [v.div_ceil(16) as u32, y as u32, units.div_ceil(y).max(1) as u32]
+    [cols.div_ceil(tile) as u32, y as u32, units.div_ceil(y).max(1) as u32]
 }
+
+/// Columns per workgroup of the scan and state kernels (16) and of the chunked kernels that
+/// multiply by a chunk's 64×64 masked scores (64: the scores are computed once per 64 columns).
+pub const TILE: usize = 16;
+pub const WIDE_TILE: usize = 64;
 
 /// Rows per chunk of the chunked form, on every backend.
 pub const CHUNK: usize = 64;

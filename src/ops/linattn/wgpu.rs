@@ -42,7 +42,8 @@ pub fn recurrent(
         &ctx.device,
         &wgpu::util::BufferInitDescriptor { label: Some("ffkern starts"), contents: bytemuck::cast_slice(starts), usage: wgpu::BufferUsages::STORAGE },
     );
-    let groups = super::grid(p.v as usize, (p.batch * p.heads) as usize);
+    let tile = if entry == "linattn_chunk_output" { super::WIDE_TILE } else { super::TILE };
+    let groups = super::grid(p.v as usize, tile, (p.batch * p.heads) as usize);
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, &z_init, &starts, state, z, o], groups)
 }
 
@@ -117,7 +118,7 @@ pub fn backward(
     let [q, kb, vb, o, d_o] = x;
     let [dq, dk, dv, ds0, dz0] = out;
     let main = ctx.pipeline(BWD, "linattn_bwd", dtype, 6, 2)?;
-    ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(p), &[q, kb, vb, o, d_o, &fin, &part, dv], super::grid(v, (p.batch * p.heads) as usize))?;
+    ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(p), &[q, kb, vb, o, d_o, &fin, &part, dv], super::grid(v, super::TILE, (p.batch * p.heads) as usize))?;
     let reduce = ctx.pipeline(BWD, "linattn_bwd_reduce", dtype, 6, 2)?;
     let words = rhk.div_ceil(if dtype == DType::F32 { 1 } else { 2 });
     for (which, target) in [(0u32, dq), (1, dk)] {
@@ -159,7 +160,7 @@ pub fn chunk_dstate(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, bounds: 
     let (none, none_rw) = (ctx.dummy(false), ctx.dummy(true));
     if p.normalize == 1 {
         let den = ctx.pipeline(BWD, "linattn_chunk_den", dtype, 6, 2)?;
-        ctx.dispatch(&den, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, none, scratch, none_rw], super::grid(1, units))?;
+        ctx.dispatch(&den, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, none, scratch, none_rw], super::grid(1, super::TILE, units))?;
         let (c, h, kk) = (p.batch as u64, p.heads as u64, p.k as u64);
         let g_off = (2 * c + 1 + 2 * bounds[c as usize] as u64 * h + c * h * kk) * 4;
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn chunk dz") });
@@ -167,7 +168,7 @@ pub fn chunk_dstate(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, bounds: 
         ctx.queue.submit([enc.finish()]);
     }
     let pipe = ctx.pipeline(BWD, "linattn_chunk_dstate", dtype, 6, 2)?;
-    ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, scratch, own[0], none_rw], super::grid(p.v as usize, units))
+    ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, scratch, own[0], none_rw], super::grid(p.v as usize, super::TILE, units))
 }
 
 /// The chunked backward's second pass (see `Backend::linattn_chunk_grads`): dv
@@ -189,11 +190,11 @@ pub fn chunk_grads(
     let [dq, dk, dv] = out;
     let units = (p.batch * p.heads) as usize;
     let pipe = ctx.pipeline(BWD, "linattn_chunk_dv", dtype, 6, 2)?;
-    ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, scratch, end[0], dv], super::grid(p.v as usize, units))?;
+    ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, scratch, end[0], dv], super::grid(p.v as usize, super::WIDE_TILE, units))?;
     let pipe = ctx.pipeline(BWD, "linattn_chunk_dqk", dtype, 6, 2)?;
     for (aux, matrix, target) in [(0u32, start[0], dq), (1, end[0], dk)] {
         let pa = LinAttnParams { aux, ..*p };
-        ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(&pa), &[q, k, v, o, d_o, scratch, matrix, target], super::grid(p.k as usize, units))?;
+        ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(&pa), &[q, k, v, o, d_o, scratch, matrix, target], super::grid(p.k as usize, super::WIDE_TILE, units))?;
     }
     Ok(())
 }
