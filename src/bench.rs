@@ -199,8 +199,8 @@ pub fn bench_structured<Be: Backend>(be: &Be, tokens: usize, s1: crate::ops::str
 }
 
 /// The linear-attention decode step (one token per sequence, state `[B, H, K, V]` f32 read and
-/// written once: the bytes that count) and the recurrent scan's scaling in T.
-pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, reps: usize) -> Result<Vec<BenchRecord>> {
+/// written once: the bytes that count) and every form's scaling in T over `seqs` (B1 H4 D64).
+pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, seqs: &[usize], reps: usize) -> Result<Vec<BenchRecord>> {
     use crate::ops::linattn::{FeatureMap, LinearAttention, Normalize};
     let mut out = Vec::new();
     let (b, h, kd) = if small { (8, 8, 64) } else { (64, 32, 128) };
@@ -210,7 +210,7 @@ pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, reps: usize) -> Result<V
     let (mut s, mut z, mut o) = (r(d.state_len(), DType::F32, 4)?, r(d.z_len(), DType::F32, 5)?, be.alloc(DType::BF16, d.vo_len())?);
     let t = timed(be, reps, &mut || d.recurrent(be, &q, &k, &v, &mut s, &mut z, 0, &mut o))?;
     out.push(record("linear_attn", be.name(), DType::BF16, format!("decode step B{b} H{h} K{kd} V{kd}"), t, 0.0, 2.0 * (d.state_len() * 4) as f64, reps));
-    for seq in if small { [1024, 2048] } else { [4096, 8192] } {
+    for &seq in seqs {
         let d = LinearAttention { batch: 1, seq, heads: 4, k: 64, v: 64, feature_map: FeatureMap::Identity, scale: None, normalize: Normalize::None };
         let (q, k, v) = (r(d.qk_len(), DType::BF16, 1)?, r(d.qk_len(), DType::BF16, 2)?, r(d.vo_len(), DType::BF16, 3)?);
         let (mut s, mut z, mut o) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?, be.alloc(DType::BF16, d.vo_len())?);

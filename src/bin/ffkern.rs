@@ -56,6 +56,10 @@ enum Cmd {
         /// Full shapes even on a CPU adapter.
         #[arg(long, conflicts_with = "quick")]
         full: bool,
+        /// Sequence lengths of the linear-attention scaling cases, comma-separated (default
+        /// 1024,2048 with small shapes, else 4096,8192).
+        #[arg(long, value_delimiter = ',')]
+        seq: Vec<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -349,7 +353,7 @@ fn main() -> ExitCode {
         Cmd::Info => info(),
         Cmd::List { json } => list(json),
         Cmd::Check { op, backend, dtype, json } => run_check(op, backend, dtype, json),
-        Cmd::Bench { op, backend, dtype, reps, quick, full, json } => run_bench(op, backend, dtype, reps, quick, full, json),
+        Cmd::Bench { op, backend, dtype, reps, quick, full, seq, json } => run_bench(op, backend, dtype, reps, quick, full, &seq, json),
         Cmd::Run(args) => run_op(args.op),
     };
     match r {
@@ -506,7 +510,7 @@ fn bench_json(r: &BenchRecord) -> serde_json::Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>, reps: usize, quick: bool, full: bool, as_json: bool) -> Result<ExitCode> {
+fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>, reps: usize, quick: bool, full: bool, seqs: &[usize], as_json: bool) -> Result<ExitCode> {
     let ops = ops_from(op)?;
     let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
     let small = quick || (dev.is_cpu_like() && !full);
@@ -571,7 +575,12 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         }
     }
     if ops.contains(&"linear_attn") {
-        records.extend(with_backend!(&dev, be => bench::bench_linattn(be, small, reps))?);
+        let seqs = match seqs {
+            [] if small => &[1024, 2048][..],
+            [] => &[4096, 8192][..],
+            given => given,
+        };
+        records.extend(with_backend!(&dev, be => bench::bench_linattn(be, small, seqs, reps))?);
     }
     if ops.contains(&"graph") {
         for &dt in &ffn_dtypes {
