@@ -638,6 +638,169 @@ __device__ __forceinline__ void chunk_dqk_impl(const T* __restrict__ q, const T*
     }
 }
 
+// ---- The same per-chunk score products (chunk_output, chunk_dv, chunk_dqk) on tensor cores, for
+// f16/bf16 inputs. Why it is fast: each warp owns a 16×32 block of the chunk's 64×64 masked
+// scores and of the block's 64 output columns and issues mma.sync.m16n8k8 (TF32 operands, f32
+// accumulate) on operands staged as f32 in shared memory; k-steps wholly in the masked half are
+// skipped per warp. TF32 holds f16/bf16 inputs exactly and rounds the intermediates (scores,
+// states, do/den) to 11 significant bits, within the f16 and bf16 budgets; f32 inputs keep the
+// exact-f32 kernels above. MODE 0: forward output (X = Q̃, Y = K̃, M = S_c, F = V, s ≤ t), 1: dv
+// (K̃, Q̃, G_c, dN, s ≥ t), 2: dq (dN, V, S_cᵀ, K̃, s ≤ t, + dd_t), 3: dk (V, dN, G_cᵀ, Q̃, s ≥ t,
+// + dd_s): W = mask(X·Yᵀ), out = X·M + W·F, then each mode's normalization or φ'.
+__device__ __forceinline__ uint32_t tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
+
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The A fragment (16×8, row-major) at rows r0.., columns k0.. of a shared f32 array with row
+// stride ld: a0/a2 row g, a1/a3 row g + 8; a0/a1 column t, a2/a3 column t + 4.
+__device__ __forceinline__ void frag_a(uint32_t (&a)[4], const float* s, uint32_t ld, uint32_t r0, uint32_t k0) {
+    const uint32_t g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    a[0] = tf32(s[(r0 + g) * ld + k0 + t]);
+    a[1] = tf32(s[(r0 + g + 8) * ld + k0 + t]);
+    a[2] = tf32(s[(r0 + g) * ld + k0 + t + 4]);
+    a[3] = tf32(s[(r0 + g + 8) * ld + k0 + t + 4]);
+}
+
+template <typename T, int MODE>
+__device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ d_o,
+                                               const uint32_t* __restrict__ bounds, const float* __restrict__ dendd, const float* __restrict__ m,
+                                               const float* __restrict__ zv, T* __restrict__ out, const LinAttnParams& p) {
+    constexpr bool LOWER = MODE == 0 || MODE == 2; // scores kept for s ≤ t (else s ≥ t)
+    constexpr bool OUT_K = MODE >= 2;              // output columns index K (else V)
+    constexpr uint32_t XW = MODE == 0 ? 0 : MODE == 1 ? 1 : MODE == 2 ? 3 : 2; // cb_ld operands
+    constexpr uint32_t YW = MODE == 0 ? 1 : MODE == 1 ? 0 : MODE == 2 ? 2 : 3;
+    constexpr uint32_t FW = MODE == 0 ? 2 : MODE == 1 ? 3 : MODE == 2 ? 1 : 0;
+    constexpr uint32_t LX = 20, LM = 72, LW = 68, LF = 72; // padded strides: conflict-free fragments
+    // Phase 1: xs, ys [64][LX], ms [16][LM]; phase 2: ws [64][LW], fs [64][LF] over the same bytes.
+    __shared__ float smem[64 * LW + 64 * LF];
+    __shared__ float cden[64], cdd[64], cz[64];
+    float* xs = smem;
+    float* ys = smem + 64 * LX;
+    float* ms = smem + 128 * LX;
+    float* ws = smem;
+    float* fs = smem + 64 * LW;
+    ChunkRow cr;
+    if (!chunk_of(cr, bounds, p)) return;
+    const uint32_t lid = threadIdx.x, warp = lid >> 5, g = (lid & 31) >> 2, tq = lid & 3;
+    const uint32_t rw = 16 * (warp >> 1), cw = 32 * (warp & 1), c0 = blockIdx.x * 64;
+    const uint32_t width = OUT_K ? p.k : p.v, r1 = MODE <= 1 ? p.k : p.v;
+    if (MODE != 0) cb_stage_den(cden, cdd, bounds, dendd, cr, p);
+    __syncthreads();
+    float acc_w[4][4] = {}, acc_o[4][4] = {}, qz = 0.0f;
+    for (uint32_t r0 = 0; r0 < r1; r0 += 16) {
+        for (uint32_t e = lid; e < 1024; e += 256) {
+            const uint32_t r = e / 16, c = e % 16;
+            xs[r * LX + c] = cb_ld<T>(XW, q, k, v, d_o, cden, cr, r, r0 + c, p);
+            ys[r * LX + c] = cb_ld<T>(YW, q, k, v, d_o, cden, cr, r, r0 + c, p);
+            // M's [16][64] slab; the transposed sources (dq, dk) are read along their rows.
+            const uint32_t mr = OUT_K ? e % 16 : e / 64, mc = OUT_K ? e / 16 : e % 64;
+            const uint32_t ri = r0 + mr, ci = c0 + mc;
+            float mv = 0.0f;
+            if (ri < r1 && ci < width) mv = OUT_K ? m[((size_t)cr.bh * p.k + ci) * p.v + ri] : m[((size_t)cr.bh * p.k + ri) * p.v + ci];
+            ms[mr * LM + mc] = mv;
+        }
+        if (MODE == 0 && lid < 16) cz[lid] = r0 + lid < p.k ? zv[(size_t)cr.bh * p.k + r0 + lid] : 0.0f;
+        __syncthreads();
+#pragma unroll
+        for (uint32_t ks = 0; ks < 16; ks += 8) {
+            uint32_t a[4];
+            frag_a(a, xs, LX, rw, ks);
+#pragma unroll
+            for (uint32_t n = 0; n < 4; ++n) {
+                const uint32_t s0 = cw + 8 * n;
+                if (LOWER ? s0 <= rw + 15 : s0 + 7 >= rw)
+                    mma_tf32(acc_w[n], a, tf32(ys[(s0 + g) * LX + ks + tq]), tf32(ys[(s0 + g) * LX + ks + tq + 4]));
+                mma_tf32(acc_o[n], a, tf32(ms[(ks + tq) * LM + s0 + g]), tf32(ms[(ks + tq + 4) * LM + s0 + g]));
+            }
+        }
+        if (MODE == 0 && p.normalize == 1) {
+#pragma unroll
+            for (uint32_t cc = 0; cc < 4; ++cc) qz += xs[(lid / 4) * LX + (lid % 4) * 4 + cc] * cz[(lid % 4) * 4 + cc];
+        }
+        __syncthreads();
+    }
+    // The masked scores (plus dd for dq, dk) into ws.
+#pragma unroll
+    for (uint32_t n = 0; n < 4; ++n)
+#pragma unroll
+        for (uint32_t i = 0; i < 4; ++i) {
+            const uint32_t row = rw + g + 8 * (i >> 1), s = cw + 8 * n + 2 * tq + (i & 1);
+            float w = acc_w[n][i];
+            if (MODE == 2) w += cdd[row];
+            if (MODE == 3) w += cdd[s];
+            ws[row * LW + s] = (LOWER ? s <= row : s >= row) ? w : 0.0f;
+        }
+    for (uint32_t e = lid; e < 4096; e += 256) fs[(e / 64) * LF + e % 64] = cb_ld<T>(FW, q, k, v, d_o, cden, cr, e / 64, c0 + e % 64, p);
+    if (OUT_K && lid < 64) cz[lid] = c0 + lid < p.k ? zv[(size_t)cr.bh * p.k + c0 + lid] : 0.0f;
+    __syncthreads();
+    if (MODE == 0) {
+        // den of row t = lid / 4: eps + q̃_t·z_c + Σ_s W[t][s] (Normalizer) or the count.
+        const uint32_t t = lid / 4, quarter = lid % 4;
+        float asum = 0.0f;
+#pragma unroll
+        for (uint32_t s = 0; s < 16; ++s) asum += ws[t * LW + quarter * 16 + s];
+        asum += __shfl_xor_sync(0xffffffffu, asum, 1);
+        asum += __shfl_xor_sync(0xffffffffu, asum, 2);
+        qz += __shfl_xor_sync(0xffffffffu, qz, 1);
+        qz += __shfl_xor_sync(0xffffffffu, qz, 2);
+        float den = 1.0f;
+        if (p.normalize == 1) den = p.eps + qz + asum;
+        else if (p.normalize == 2) den = (float)(p.count0 + bounds[p.batch + 1 + cr.c] + t + 1);
+        if (quarter == 0) cden[t] = den;
+        __syncthreads();
+    }
+#pragma unroll
+    for (uint32_t s0 = 0; s0 < 64; s0 += 8) {
+        if (LOWER ? s0 > rw + 15 : s0 + 7 < rw) continue;
+        uint32_t a[4];
+        frag_a(a, ws, LW, rw, s0);
+#pragma unroll
+        for (uint32_t n = 0; n < 4; ++n) mma_tf32(acc_o[n], a, tf32(fs[(s0 + tq) * LF + cw + 8 * n + g]), tf32(fs[(s0 + tq + 4) * LF + cw + 8 * n + g]));
+    }
+#pragma unroll
+    for (uint32_t n = 0; n < 4; ++n)
+#pragma unroll
+        for (uint32_t i = 0; i < 4; ++i) {
+            const uint32_t row = rw + g + 8 * (i >> 1), lc = cw + 8 * n + 2 * tq + (i & 1), col = c0 + lc;
+            if (row >= cr.len || col >= width) continue;
+            const size_t at = (((size_t)cr.start + row) * p.heads + cr.h) * width + col;
+            float val = acc_o[n][i];
+            if (MODE == 0) val /= cden[row];
+            if (MODE == 2) val = (val + cdd[row] * cz[lc]) * p.scale * phi_grad(p.feature_map, to_f32(q[at]));
+            if (MODE == 3) val = (val + cz[lc]) * phi_grad(p.feature_map, to_f32(k[at]));
+            out[at] = from_f32<T>(val);
+        }
+}
+
+#define LINATTN_MMA_ENTRIES(SUFFIX, T)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_output_mma_##SUFFIX(                                   \
+        const T* q, const T* k, const T* v, const float* state, const uint32_t* starts, const float* z, T* o, LinAttnParams p) { \
+        chunk_mma_impl<T, 0>(q, k, v, nullptr, starts, nullptr, state, z, o, p);                                          \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dv_mma_##SUFFIX(                                       \
+        const T* q, const T* k, const T* d_o, const uint32_t* bounds, const float* dendd, const float* g, T* dv,           \
+        LinAttnParams p) {                                                                                                 \
+        chunk_mma_impl<T, 1>(q, k, nullptr, d_o, bounds, dendd, g, nullptr, dv, p);                                       \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dq_mma_##SUFFIX(                                       \
+        const T* q, const T* k, const T* v, const T* d_o, const uint32_t* bounds, const float* dendd, const float* m,      \
+        const float* zv, T* out, LinAttnParams p) {                                                                        \
+        chunk_mma_impl<T, 2>(q, k, v, d_o, bounds, dendd, m, zv, out, p);                                                 \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dk_mma_##SUFFIX(                                       \
+        const T* q, const T* k, const T* v, const T* d_o, const uint32_t* bounds, const float* dendd, const float* m,      \
+        const float* zv, T* out, LinAttnParams p) {                                                                        \
+        chunk_mma_impl<T, 3>(q, k, v, d_o, bounds, dendd, m, zv, out, p);                                                 \
+    }
+
 #define LINATTN_ENTRIES(SUFFIX, T)                                                                                         \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_recurrent_##SUFFIX(const T* q, const T* k, const T* v, float* state, const float* z_init,                    \
@@ -710,4 +873,6 @@ extern "C" __global__ void __launch_bounds__(256)
 LINATTN_ENTRIES(f32, float)
 LINATTN_ENTRIES(f16, __half)
 LINATTN_ENTRIES(bf16, __nv_bfloat16)
+LINATTN_MMA_ENTRIES(f16, __half)
+LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)
 #endif

@@ -7,7 +7,8 @@
 #   into .device/ (git-ignored); then run on the GPU machine, carrying .device:
 #   bash scripts/device-check.sh            (writes logs and JSON under $OUT, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
-# WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0 (PEERS_ONLY=gemm,... picks parts), NCU=1.
+# WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, LINATTN_SIMT=0, PEERS=0 (PEERS_ONLY=gemm,... picks
+# parts), NCU=1.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -73,6 +74,14 @@ for k in ${KERNELS:-auto mma}; do
     log "check cuda ($k): rc=$rc $(tail -1 "$OUT/check-cuda-$k.txt")"
     grep -E 'FAIL|ERROR' "$OUT/check-cuda-$k.txt" | head -5 | tee -a "$OUT/summary.txt"
 done
+# The linear-attention chunk kernels' f32-FMA twins (FFKERN_LINATTN_KERNEL=simt), checked and timed
+# beside the TF32 tensor-core default.
+if [ "${LINATTN_SIMT:-1}" = 1 ]; then
+    FFKERN_LINATTN_KERNEL=simt timeout 90 $D/ffkern check --backend cuda --op linear_attn > "$OUT/check-cuda-linattn-simt.txt" 2>&1
+    log "check cuda linear_attn (simt): rc=$? $(tail -1 "$OUT/check-cuda-linattn-simt.txt")"
+    FFKERN_LINATTN_KERNEL=simt timeout 120 $D/ffkern bench --backend cuda --op linear_attn --reps 10 --json > "$OUT/bench-cuda-linattn-simt.json" 2> "$OUT/bench-cuda-linattn-simt.err"
+    log "bench cuda linear_attn (simt): rc=$?"
+fi
 for k in ${KERNELS_BENCH:-mma}; do
     FFKERN_GEMM_KERNEL=$k timeout 90 $D/ffkern bench --backend cuda --dtype bf16 --reps 20 --json > "$OUT/bench-cuda-$k.json" 2> "$OUT/bench-cuda-$k.err"
     rc=$?

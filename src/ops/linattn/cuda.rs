@@ -38,11 +38,29 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_dqk_f32",
     "linattn_chunk_dqk_f16",
     "linattn_chunk_dqk_bf16",
+    "linattn_chunk_output_mma_f16",
+    "linattn_chunk_output_mma_bf16",
+    "linattn_chunk_dv_mma_f16",
+    "linattn_chunk_dv_mma_bf16",
+    "linattn_chunk_dq_mma_f16",
+    "linattn_chunk_dq_mma_bf16",
+    "linattn_chunk_dk_mma_f16",
+    "linattn_chunk_dk_mma_bf16",
 ];
 
 /// The `base` kernel in T's dtype.
 fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
     kernel_name::<T>(KERNELS, base)
+}
+
+/// A chunk kernel that multiplies by the 64×64 masked scores (chunk_output, chunk_dv, chunk_dqk),
+/// in T's dtype: its tensor-core twin `mma` (TF32 mma.sync) for f16/bf16 unless
+/// `FFKERN_LINATTN_KERNEL=simt` asks for the f32-FMA kernel `simt` (to compare the two); f32
+/// always takes the f32-FMA kernel (TF32 would exceed the f32 budget).
+fn scores_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
+    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let forced = *CHOICE.get_or_init(|| std::env::var("FFKERN_LINATTN_KERNEL").is_ok_and(|k| k == "simt"));
+    typed::<T>(if forced || T::DTYPE == crate::DType::F32 { simt } else { mma })
 }
 
 /// The fused recurrent forward / decode step on the runtime's stream.
@@ -74,7 +92,7 @@ pub fn recurrent<T: CudaElem>(
                 a.arg(k).arg(v).arg(state).arg(&starts_dev).arg(z).arg(p);
             })
         } else {
-            let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_output")?, |_| Ok(()))?;
+            let f = rt.function(FAMILY, Ptx::Base, scores_kernel::<T>("linattn_chunk_output", "linattn_chunk_output_mma")?, |_| Ok(()))?;
             // SAFETY: linattn_chunk_output_<dtype>(q, k, v, state, starts, z, o, p) reads q, k
             // [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V], z [C·H·K] and starts as
             // above, and writes o [R·H·V], each element once.
@@ -219,19 +237,21 @@ pub fn chunk_grads<T: CudaElem>(
         let [gx, gy, gz] = super::grid(cols, tile, units);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
-    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_dv")?, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, scores_kernel::<T>("linattn_chunk_dv", "linattn_chunk_dv_mma")?, |_| Ok(()))?;
     // SAFETY: linattn_chunk_dv_<dtype>(q, k, do, bounds, dendd, g, dv, p) reads q, k [R·H·K], do
     // [R·H·V], bounds [2·C + 1], dendd [R·H·2] (Normalizer only) and g [C·H·K·V], and writes dv
     // [R·H·V], each element once.
     rt.launch(&f, cfg(p.v as usize, super::WIDE_TILE), |a| {
         a.arg(q).arg(k).arg(d_o).arg(&bounds_dev).arg(dendd).arg(end[0]).arg(dv).arg(p);
     })?;
-    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_dqk")?, |_| Ok(()))?;
     for (aux, m, zv, target) in [(0u32, start[0], start[1], dq), (1, end[0], end[1], dk)] {
+        let mma = if aux == 0 { "linattn_chunk_dq_mma" } else { "linattn_chunk_dk_mma" };
+        let f = rt.function(FAMILY, Ptx::Base, scores_kernel::<T>("linattn_chunk_dqk", mma)?, |_| Ok(()))?;
         let pa = LinAttnParams { aux, ..*p };
-        // SAFETY: linattn_chunk_dqk_<dtype>(q, k, v, do, bounds, dendd, m, zv, out, p) reads q, k
+        // SAFETY: linattn_chunk_dqk_<dtype> (aux 0 dq, 1 dk) and linattn_chunk_dq_mma_<dtype>,
+        // linattn_chunk_dk_mma_<dtype> (q, k, v, do, bounds, dendd, m, zv, out, p) read q, k
         // [R·H·K], v, do [R·H·V], bounds and dendd as above, m [C·H·K·V] and zv [C·H·K] (S_c, z_c
-        // or G_c, g_c), and writes out [R·H·K] (dq or dk), each element once.
+        // or G_c, g_c), and write out [R·H·K] (dq or dk), each element once.
         rt.launch(&f, cfg(p.k as usize, super::WIDE_TILE), |a| {
             a.arg(q).arg(k).arg(v).arg(d_o).arg(&bounds_dev).arg(dendd).arg(m).arg(zv).arg(target).arg(&pa);
         })?;
