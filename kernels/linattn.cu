@@ -92,27 +92,47 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
     if (blockIdx.x == 0 && lid < p.k) z[(size_t)bh * p.k + lid] = zs[lid];
 }
 
-// acc[j] = Σ_r x(r, i)·y(r, c0 + j) over a chunk's 64 rows for thread i = lid < K (and xsum =
-// Σ_r x(r, i)): the K×16 tile of Xᵀ·Y with X staged 16 rows at a time. The chunked forward's
-// K̃ᵀ·V and the backward's Q̃ᵀ·dN; x and y return 0 past the chunk.
+// The block's 64×64 tile (rows i0.. of K, columns j0.. of V) of Xᵀ·Y over a chunk's 64 rows: thread
+// (i, quarter) = (lid / 4, lid % 4) gets row i0 + i, columns j0 + 16m + 4·quarter + (0..3) in
+// acc[m], and xsum = Σ_r x(r, i0 + i). Rows are staged 16 at a time; every thread is busy whatever
+// K is. The chunked forward's K̃ᵀ·V and the backward's Q̃ᵀ·dN; x(r, i), y(r, j) take absolute
+// columns and return 0 past the chunk or the width.
 template <typename X, typename Y>
-__device__ __forceinline__ void chunk_outer(float (&acc)[16], float& xsum, float (&sx)[16][256], float (&sy)[16][16], X x, Y y, const LinAttnParams& p) {
-    const uint32_t lid = threadIdx.x;
+__device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x, Y y, uint32_t i0, uint32_t j0) {
+    __shared__ float ox[16][64], oy[16][64];
+    const uint32_t lid = threadIdx.x, i = lid / 4, quarter = lid % 4;
     for (uint32_t r0 = 0; r0 < 64; r0 += 16) {
-        for (uint32_t e = lid; e < 16 * p.k; e += 256) sx[e / p.k][e % p.k] = x(r0 + e / p.k, e % p.k);
-        sy[lid / 16][lid % 16] = y(r0 + lid / 16, lid % 16);
+        for (uint32_t e = lid; e < 1024; e += 256) {
+            ox[e / 64][e % 64] = x(r0 + e / 64, i0 + e % 64);
+            oy[e / 64][e % 64] = y(r0 + e / 64, j0 + e % 64);
+        }
         __syncthreads();
-        if (lid < p.k) {
-#pragma unroll 4
-            for (int rr = 0; rr < 16; ++rr) {
-                const float xv = sx[rr][lid];
-                xsum += xv;
+#pragma unroll 2
+        for (int rr = 0; rr < 16; ++rr) {
+            const float xv = ox[rr][i];
+            xsum += xv;
 #pragma unroll
-                for (int j = 0; j < 16; ++j) acc[j] += xv * sy[rr][j];
-            }
+            for (int m = 0; m < 4; ++m)
+#pragma unroll
+                for (int cc = 0; cc < 4; ++cc) acc[m][cc] += xv * oy[rr][m * 16 + quarter * 4 + cc];
         }
         __syncthreads();
     }
+}
+
+// Stores a chunk_outer tile into the K×V matrix `dst` of chunk·head bh (and xsum into `dz` from
+// the tiles of column 0, when given).
+__device__ __forceinline__ void store_outer(const float (&acc)[4][4], float xsum, float* dst, float* dz, uint32_t bh, uint32_t i0, uint32_t j0, const LinAttnParams& p) {
+    const uint32_t i = i0 + threadIdx.x / 4, quarter = threadIdx.x % 4;
+    if (i >= p.k) return;
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+#pragma unroll
+        for (int cc = 0; cc < 4; ++cc) {
+            const uint32_t col = j0 + m * 16 + quarter * 4 + cc;
+            if (col < p.v) dst[((size_t)bh * p.k + i) * p.v + col] = acc[m][cc];
+        }
+    if (dz != nullptr && j0 == 0 && quarter == 0) dz[(size_t)bh * p.k + i] = xsum;
 }
 
 // Chunked form, per chunk (the sequences are chunks of at most 64 rows, varlen 2), as matrix
@@ -122,21 +142,16 @@ __device__ __forceinline__ void chunk_outer(float (&acc)[16], float& xsum, float
 template <typename T>
 __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state, const uint32_t* __restrict__ starts,
                                                  float* __restrict__ z, const LinAttnParams& p) {
-    __shared__ float sk[16][256], sv[16][16];
-    const uint32_t lid = threadIdx.x, bh = blockIdx.y + blockIdx.z * gridDim.y, c = bh / p.heads, h = bh % p.heads;
+    const uint32_t bh = blockIdx.y + blockIdx.z * gridDim.y, c = bh / p.heads, h = bh % p.heads;
     if (bh >= p.batch * p.heads) return;
-    const uint32_t start = starts[c], len = starts[c + 1] - start, c0 = blockIdx.x * 16;
-    float acc[16] = {}, zacc = 0.0f;
+    const uint32_t start = starts[c], len = starts[c + 1] - start, nvt = (p.v + 63) / 64;
+    const uint32_t i0 = blockIdx.x / nvt * 64, j0 = blockIdx.x % nvt * 64;
     const auto row = [&](uint32_t r) { return ((size_t)start + r) * p.heads + h; };
+    float acc[4][4] = {}, zacc = 0.0f;
     chunk_outer(
-        acc, zacc, sk, sv, [&](uint32_t r, uint32_t i) { return r < len ? phi(p.feature_map, to_f32(k[row(r) * p.k + i])) : 0.0f; },
-        [&](uint32_t r, uint32_t j) { return r < len && c0 + j < p.v ? to_f32(v[row(r) * p.v + c0 + j]) : 0.0f; }, p);
-    if (lid < p.k) {
-#pragma unroll
-        for (int j = 0; j < 16; ++j)
-            if (c0 + j < p.v) state[((size_t)bh * p.k + lid) * p.v + c0 + j] = acc[j];
-        if (blockIdx.x == 0) z[(size_t)bh * p.k + lid] = zacc;
-    }
+        acc, zacc, [&](uint32_t r, uint32_t i) { return r < len && i < p.k ? phi(p.feature_map, to_f32(k[row(r) * p.k + i])) : 0.0f; },
+        [&](uint32_t r, uint32_t j) { return r < len && j < p.v ? to_f32(v[row(r) * p.v + j]) : 0.0f; }, i0, j0);
+    store_outer(acc, zacc, state, z, bh, i0, j0, p);
 }
 
 // chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start state S_c,
@@ -484,26 +499,21 @@ __device__ __forceinline__ void chunk_den_impl(const T* __restrict__ q, const T*
     }
 }
 
-// The chunk's own Q̃ᵀ·dN (this tile's 16 columns) into g; thread i < K owns row i, rows staged 16
-// at a time.
+// The chunk's own Q̃ᵀ·dN (the block's 64×64 tile) into g.
 template <typename T>
 __device__ __forceinline__ void chunk_dstate_impl(const T* __restrict__ q, const T* __restrict__ d_o, const uint32_t* __restrict__ bounds,
                                                   const float* __restrict__ dendd, float* __restrict__ g, const LinAttnParams& p) {
-    __shared__ float sq[16][256], sn[16][16], cden[64], cdd[64];
+    __shared__ float cden[64], cdd[64];
     ChunkRow cr;
     if (!chunk_of(cr, bounds, p)) return;
-    const uint32_t lid = threadIdx.x, c0 = blockIdx.x * 16;
+    const uint32_t nvt = (p.v + 63) / 64, i0 = blockIdx.x / nvt * 64, j0 = blockIdx.x % nvt * 64;
     cb_stage_den(cden, cdd, bounds, dendd, cr, p);
     __syncthreads();
-    float acc[16] = {}, qsum = 0.0f;
+    float acc[4][4] = {}, qsum = 0.0f;
     chunk_outer(
-        acc, qsum, sq, sn, [&](uint32_t r, uint32_t i) { return cb_ld<T>(0, q, nullptr, nullptr, d_o, cden, cr, r, i, p); },
-        [&](uint32_t r, uint32_t j) { return cb_ld<T>(3, q, nullptr, nullptr, d_o, cden, cr, r, c0 + j, p); }, p);
-    if (lid < p.k) {
-#pragma unroll
-        for (int j = 0; j < 16; ++j)
-            if (c0 + j < p.v) g[((size_t)cr.bh * p.k + lid) * p.v + c0 + j] = acc[j];
-    }
+        acc, qsum, [&](uint32_t r, uint32_t i) { return cb_ld<T>(0, q, nullptr, nullptr, d_o, cden, cr, r, i, p); },
+        [&](uint32_t r, uint32_t j) { return cb_ld<T>(3, q, nullptr, nullptr, d_o, cden, cr, r, j, p); }, i0, j0);
+    store_outer(acc, qsum, g, nullptr, cr.bh, i0, j0, p);
 }
 
 // dv, the block's 64 columns: thread (s, quarter) owns row s and columns 16j + 4·quarter + (0..3),

@@ -80,3 +80,60 @@ fn stage_step(lid: u32, row: u32, c0: u32, add_z: bool) {
         vs[lid] = vv;
     }
 }
+
+// ---- The chunked kernels (the sequences are chunks of at most 64 rows, varlen 2).
+// Operand `which` of local row r of the chunk (start, len) of head h, element col: 0 q̃ =
+// scale·φ(q), 1 k̃ = φ(k), 2 v, 3 the family's fourth operand (`fourth_operand`: dn = do/den in
+// the backward); 0 past the chunk or the width (K for q̃, k̃, V otherwise).
+fn chunk_ld(which: u32, start: u32, len: u32, h: u32, r: u32, col: u32) -> f32 {
+    let width = select(p.v, p.k, which < 2u);
+    if (r >= len || col >= width) { return 0.0; }
+    let i = ((start + r) * p.heads + h) * width + col;
+    switch which {
+        case 0u: { return p.scale * phi(ld(0u, i)); }
+        case 1u: { return phi(ld(1u, i)); }
+        case 2u: { return ld(2u, i); }
+        default: { return fourth_operand(i, r); }
+    }
+}
+
+// The workgroup's 64×64 tile (rows i0.. of K, columns j0.. of V) of Xᵀ·Y over the chunk's 64
+// rows, X = operand xw, Y = operand yw (as chunk_ld): invocation (i, quarter) = (lid / 4, lid % 4)
+// gets row i0 + i, columns j0 + 16m + 4·quarter + (0..3) in acc[m], and xsum = Σ_r X[r][i0 + i].
+// Rows are staged 16 at a time; every invocation is busy whatever K is.
+var<workgroup> ox: array<f32, 1024>; // [16 rows][64]
+var<workgroup> oy: array<f32, 1024>; // [16 rows][64]
+
+struct Outer {
+    acc: array<vec4<f32>, 4>,
+    xsum: f32,
+}
+
+fn chunk_outer(lid: u32, xw: u32, yw: u32, start: u32, len: u32, h: u32, i0: u32, j0: u32) -> Outer {
+    var o: Outer;
+    let i = lid / 4u;
+    let quarter = lid % 4u;
+    for (var r0 = 0u; r0 < 64u; r0 += 16u) {
+        for (var e = lid; e < 1024u; e += 256u) {
+            ox[e] = chunk_ld(xw, start, len, h, r0 + e / 64u, i0 + e % 64u);
+            oy[e] = chunk_ld(yw, start, len, h, r0 + e / 64u, j0 + e % 64u);
+        }
+        workgroupBarrier();
+        for (var rr = 0u; rr < 16u; rr++) {
+            let xv = ox[rr * 64u + i];
+            o.xsum += xv;
+            for (var m = 0u; m < 4u; m++) {
+                let b = rr * 64u + m * 16u + quarter * 4u;
+                o.acc[m] += xv * vec4<f32>(oy[b], oy[b + 1u], oy[b + 2u], oy[b + 3u]);
+            }
+        }
+        workgroupBarrier();
+    }
+    return o;
+}
+
+// The 64×64 tile of a chunk_outer workgroup: (i0, j0) from wg.x over ceil(K/64)·ceil(V/64) tiles.
+fn outer_tile(x: u32) -> vec2<u32> {
+    let nvt = (p.v + 63u) / 64u;
+    return vec2<u32>((x / nvt) * 64u, (x % nvt) * 64u);
+}

@@ -127,49 +127,28 @@ fn linattn_chunk_scan(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
 
 // Chunked form, per chunk (the sequences are chunks of at most 64 rows, varlen 2), as matrix
 // products instead of a scan: no barrier per row, every invocation busy.
-// linattn_chunk_state (aux 1): the chunk's own sums ΔS = K̃ᵀ·V (this tile's 16 columns) and
-// Δz = Σ k̃ into state and z_buf; invocation i < K owns row i, rows staged 16 at a time.
-var<workgroup> sk: array<f32, 4096>; // [16 rows][256 k]
-var<workgroup> sv: array<f32, 256>; // [16 rows][16 columns]
+// linattn_chunk_state (aux 1): the chunk's own sums ΔS = K̃ᵀ·V (the workgroup's 64×64 tile) and
+// Δz = Σ k̃ into state and z_buf.
+fn fourth_operand(i: u32, r: u32) -> f32 {
+    return 0.0; // the forward has no fourth chunk operand
+}
 
 @compute @workgroup_size(256)
 fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let bh = seq_head(wg, nwg);
     if (bh >= p.batch * p.heads) { return; }
     let c = bh / p.heads;
-    let h = bh % p.heads;
-    let start = starts[c];
-    let len = starts[c + 1u] - start;
-    let c0 = wg.x * 16u;
-    var acc: array<f32, 16>;
-    var zacc = 0.0;
-    for (var r0 = 0u; r0 < 64u; r0 += 16u) {
-        for (var e = lid; e < 16u * p.k; e += 256u) {
-            let r = e / p.k;
-            var kv = 0.0;
-            if (r0 + r < len) { kv = phi(ld(1u, ((start + r0 + r) * p.heads + h) * p.k + e % p.k)); }
-            sk[r * 256u + e % p.k] = kv;
-        }
-        let r = lid / 16u;
-        let col = lid % 16u;
-        var vv = 0.0;
-        if (r0 + r < len && c0 + col < p.v) { vv = ld(2u, ((start + r0 + r) * p.heads + h) * p.v + c0 + col); }
-        sv[lid] = vv;
-        workgroupBarrier();
-        if (lid < p.k) {
-            for (var rr = 0u; rr < 16u; rr++) {
-                let kv = sk[rr * 256u + lid];
-                zacc += kv;
-                for (var j = 0u; j < 16u; j++) { acc[j] += kv * sv[rr * 16u + j]; }
+    let tile = outer_tile(wg.x);
+    let o = chunk_outer(lid, 1u, 2u, starts[c], starts[c + 1u] - starts[c], bh % p.heads, tile.x, tile.y);
+    let i = tile.x + lid / 4u;
+    if (i < p.k) {
+        for (var m = 0u; m < 4u; m++) {
+            for (var cc = 0u; cc < 4u; cc++) {
+                let col = tile.y + m * 16u + (lid % 4u) * 4u + cc;
+                if (col < p.v) { state[(bh * p.k + i) * p.v + col] = o.acc[m][cc]; }
             }
         }
-        workgroupBarrier();
-    }
-    if (lid < p.k) {
-        for (var j = 0u; j < 16u; j++) {
-            if (c0 + j < p.v) { state[(bh * p.k + lid) * p.v + c0 + j] = acc[j]; }
-        }
-        if (wg.x == 0u) { z_buf[bh * p.k + lid] = zacc; }
+        if (tile.y == 0u && lid % 4u == 0u) { z_buf[bh * p.k + i] = o.xsum; }
     }
 }
 

@@ -233,22 +233,17 @@ var<workgroup> sa: array<f32, 1024>; // [64 rows][16] row-operand slab
 var<workgroup> sb: array<f32, 1024>; // [64 rows][16] column-operand slab
 var<workgroup> sm: array<f32, 1024>; // [16][64] or [64][16] slab of a K×V matrix
 var<workgroup> cz: array<f32, 16>;
-var<workgroup> cw: array<f32, 4160>; // [64][65] masked scores (or [16][256] rows of q̃)
+var<workgroup> cw: array<f32, 4160>; // [64][65] masked scores
 var<workgroup> cden: array<f32, 64>;
 var<workgroup> cdd: array<f32, 64>;
 
-// Operand `which` of local row r of chunk (start, len), element col of width: 0 q̃, 1 k̃, 2 v,
-// 3 dn (cden staged); 0 past the chunk or the width.
+// Operand `which` of local row r of the chunk (chunk_ld); the fourth is dn = do/den (cden staged).
+fn fourth_operand(i: u32, r: u32) -> f32 {
+    return ld_od(1u, i) / cden[r];
+}
+
 fn cb_ld(which: u32, cr: ChunkRow, r: u32, col: u32) -> f32 {
-    let width = select(p.v, p.k, which < 2u);
-    if (r >= cr.len || col >= width) { return 0.0; }
-    let i = ((cr.start + r) * p.heads + cr.h) * width + col;
-    switch which {
-        case 0u: { return p.scale * phi(ld(0u, i)); }
-        case 1u: { return phi(ld(1u, i)); }
-        case 2u: { return ld(2u, i); }
-        default: { return ld_od(1u, i) / cden[r]; }
-    }
+    return chunk_ld(which, cr.start, cr.len, cr.h, r, col);
 }
 
 // The chunk·head of a workgroup (`ok` false past the end): bounds from the table in fin, or in
@@ -278,7 +273,7 @@ fn chunk_row(wg: vec3<u32>, nwg: vec3<u32>, in_part: bool) -> ChunkRow {
     return r;
 }
 
-// Stages den and dd of the chunk's cr.rows (invocations below 64) from the table in fin.
+// Stages den and dd of the chunk's rows (invocations below 64) from the table in fin.
 fn cb_stage_den(lid: u32, cr: ChunkRow) {
     if (lid < 64u) {
         var den = 1.0;
@@ -350,31 +345,22 @@ fn linattn_chunk_den(@builtin(local_invocation_index) lid: u32, @builtin(workgro
     }
 }
 
-// The chunk's own Q̃ᵀ·dN (this tile's 16 columns) into part; invocation i < K owns row i, cr.rows
-// staged 16 at a time.
+// The chunk's own Q̃ᵀ·dN (the workgroup's 64×64 tile) into part.
 @compute @workgroup_size(256)
 fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let cr = chunk_row(wg, nwg, false);
     if (!cr.ok) { return; }
-    let c0 = wg.x * 16u;
     cb_stage_den(lid, cr);
     workgroupBarrier();
-    var acc: array<f32, 16>;
-    for (var r0 = 0u; r0 < 64u; r0 += 16u) {
-        for (var e = lid; e < 16u * p.k; e += 256u) { cw[(e / p.k) * 256u + e % p.k] = cb_ld(0u, cr, r0 + e / p.k, e % p.k); }
-        sa[lid] = cb_ld(3u, cr, r0 + lid / 16u, c0 + lid % 16u);
-        workgroupBarrier();
-        if (lid < p.k) {
-            for (var rr = 0u; rr < 16u; rr++) {
-                let qv = cw[rr * 256u + lid];
-                for (var j = 0u; j < 16u; j++) { acc[j] += qv * sa[rr * 16u + j]; }
+    let tile = outer_tile(wg.x);
+    let o = chunk_outer(lid, 0u, 3u, cr.start, cr.len, cr.h, tile.x, tile.y);
+    let i = tile.x + lid / 4u;
+    if (i < p.k) {
+        for (var m = 0u; m < 4u; m++) {
+            for (var cc = 0u; cc < 4u; cc++) {
+                let col = tile.y + m * 16u + (lid % 4u) * 4u + cc;
+                if (col < p.v) { part[(cr.bh * p.k + i) * p.v + col] = o.acc[m][cc]; }
             }
-        }
-        workgroupBarrier();
-    }
-    if (lid < p.k) {
-        for (var j = 0u; j < 16u; j++) {
-            if (c0 + j < p.v) { part[(cr.bh * p.k + lid) * p.v + c0 + j] = acc[j]; }
         }
     }
 }

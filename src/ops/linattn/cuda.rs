@@ -77,8 +77,8 @@ pub fn recurrent<T: CudaElem>(
     o: &mut CudaViewMut<T>,
 ) -> Result<()> {
     let starts_dev = rt.stream.clone_htod(starts).map_err(|e| crate::Error::driver("cuda: uploading the sequence starts", e))?;
-    let cfg = |tile: usize| {
-        let [gx, gy, gz] = super::grid(p.v as usize, tile, (p.batch * p.heads) as usize);
+    let cfg = |cols: usize, tile: usize| {
+        let [gx, gy, gz] = super::grid(cols, tile, (p.batch * p.heads) as usize);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
     // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
@@ -88,7 +88,7 @@ pub fn recurrent<T: CudaElem>(
             // SAFETY: linattn_chunk_state_<dtype>(k, v, state, starts, z, p) reads k [R·H·K], v
             // [R·H·V] and starts [2·C + 1] (chunk bounds, then positions; each chunk ≤ 64 rows) and
             // writes state [C·H·K·V] and z [C·H·K]; LinearAttention::chunk sized every buffer.
-            rt.launch(&f, cfg(super::TILE), |a| {
+            rt.launch(&f, cfg(super::outer_tiles(p), 1), |a| {
                 a.arg(k).arg(v).arg(state).arg(&starts_dev).arg(z).arg(p);
             })
         } else {
@@ -96,7 +96,7 @@ pub fn recurrent<T: CudaElem>(
             // SAFETY: linattn_chunk_output_<dtype>(q, k, v, state, starts, z, o, p) reads q, k
             // [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V], z [C·H·K] and starts as
             // above, and writes o [R·H·V], each element once.
-            rt.launch(&f, cfg(super::WIDE_TILE), |a| {
+            rt.launch(&f, cfg(p.v as usize, super::WIDE_TILE), |a| {
                 a.arg(q).arg(k).arg(v).arg(&mut *state).arg(&starts_dev).arg(&mut *z).arg(o).arg(p);
             })
         };
@@ -108,7 +108,7 @@ pub fn recurrent<T: CudaElem>(
     // v [B·T·H·V], z_init [B·H·K], starts [B + 1] (non-decreasing, ending at the row count),
     // reads and writes state [B·H·K·V] and z [B·H·K], writes o [B·T·H·V]; the caller
     // (LinearAttention::recurrent) checked every length and K, V ≤ 256.
-    rt.launch(&f, cfg(super::TILE), |a| {
+    rt.launch(&f, cfg(p.v as usize, super::TILE), |a| {
         a.arg(q).arg(k).arg(v).arg(state).arg(&z_init).arg(&starts_dev).arg(z).arg(o).arg(p);
     })
 }
@@ -212,7 +212,7 @@ pub fn chunk_dstate<T: CudaElem>(
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_dstate")?, |_| Ok(()))?;
     // SAFETY: linattn_chunk_dstate_<dtype>(q, do, bounds, dendd, g, p) reads q, do, bounds as above
     // and dendd (Normalizer only), and writes g [C·H·K·V], each element once.
-    rt.launch(&f, cfg(p.v as usize, super::TILE), |a| {
+    rt.launch(&f, cfg(super::outer_tiles(p), 1), |a| {
         a.arg(q).arg(d_o).arg(&bounds_dev).arg(&mut *dendd).arg(g).arg(p);
     })
 }

@@ -106,6 +106,11 @@ pub fn grid(cols: usize, tile: usize, units: usize) -> [u32; 3] {
 pub const TILE: usize = 16;
 pub const WIDE_TILE: usize = 64;
 
+/// Workgroups per chunk·head of the chunk-sum kernels (each a 64×64 tile of the K×V sum).
+pub fn outer_tiles(p: &LinAttnParams) -> usize {
+    (p.k as usize).div_ceil(64) * (p.v as usize).div_ceil(64)
+}
+
 /// Rows per chunk of the chunked form, on every backend.
 pub const CHUNK: usize = 64;
 

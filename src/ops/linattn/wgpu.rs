@@ -42,8 +42,12 @@ pub fn recurrent(
         &ctx.device,
         &wgpu::util::BufferInitDescriptor { label: Some("ffkern starts"), contents: bytemuck::cast_slice(starts), usage: wgpu::BufferUsages::STORAGE },
     );
-    let tile = if entry == "linattn_chunk_output" { super::WIDE_TILE } else { super::TILE };
-    let groups = super::grid(p.v as usize, tile, (p.batch * p.heads) as usize);
+    let units = (p.batch * p.heads) as usize;
+    let groups = match entry {
+        "linattn_chunk_state" => super::grid(super::outer_tiles(p), 1, units),
+        "linattn_chunk_output" => super::grid(p.v as usize, super::WIDE_TILE, units),
+        _ => super::grid(p.v as usize, super::TILE, units),
+    };
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, &z_init, &starts, state, z, o], groups)
 }
 
@@ -168,7 +172,7 @@ pub fn chunk_dstate(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, bounds: 
         ctx.queue.submit([enc.finish()]);
     }
     let pipe = ctx.pipeline(BWD, "linattn_chunk_dstate", dtype, 6, 2)?;
-    ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, scratch, own[0], none_rw], super::grid(p.v as usize, super::TILE, units))
+    ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, scratch, own[0], none_rw], super::grid(super::outer_tiles(p), 1, units))
 }
 
 /// The chunked backward's second pass (see `Backend::linattn_chunk_grads`): dv
