@@ -18,6 +18,30 @@ __device__ __forceinline__ float phi(uint32_t map, float x) {
     }
 }
 
+// Tensor-core helpers of the chunk kernels: TF32 conversion, mma.sync.m16n8k8 (TF32 in, f32
+// accumulate) and its A fragment from shared memory.
+__device__ __forceinline__ uint32_t tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
+
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The A fragment (16×8, row-major) at rows r0.., columns k0.. of a shared f32 array with row
+// stride ld: a0/a2 row g, a1/a3 row g + 8; a0/a1 column t, a2/a3 column t + 4.
+__device__ __forceinline__ void frag_a(uint32_t (&a)[4], const float* s, uint32_t ld, uint32_t r0, uint32_t k0) {
+    const uint32_t g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    a[0] = tf32(s[(r0 + g) * ld + k0 + t]);
+    a[1] = tf32(s[(r0 + g + 8) * ld + k0 + t]);
+    a[2] = tf32(s[(r0 + g) * ld + k0 + t + 4]);
+    a[3] = tf32(s[(r0 + g + 8) * ld + k0 + t + 4]);
+}
+
 template <typename T>
 __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, float* state,
                                                const float* __restrict__ z_init, const uint32_t* __restrict__ starts, float* z, T* __restrict__ o,
@@ -92,29 +116,58 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
     if (blockIdx.x == 0 && lid < p.k) z[(size_t)bh * p.k + lid] = zs[lid];
 }
 
-// The block's 64×64 tile (rows i0.. of K, columns j0.. of V) of Xᵀ·Y over a chunk's 64 rows: thread
-// (i, quarter) = (lid / 4, lid % 4) gets row i0 + i, columns j0 + 16m + 4·quarter + (0..3) in
-// acc[m], and xsum = Σ_r x(r, i0 + i). Rows are staged 16 at a time; every thread is busy whatever
-// K is. The chunked forward's K̃ᵀ·V and the backward's Q̃ᵀ·dN; x(r, i), y(r, j) take absolute
-// columns and return 0 past the chunk or the width.
-template <typename X, typename Y>
+// The block's 64×64 tile (rows i0.. of K, columns j0.. of V) of Xᵀ·Y over a chunk's 64 rows, and
+// xsum = Σ_r x(r, i) (the chunked forward's K̃ᵀ·V and Σ k̃, the backward's Q̃ᵀ·dN); x(r, i), y(r, j)
+// take absolute columns and return 0 past the chunk or the width. Rows are staged 16 at a time;
+// every thread is busy whatever K is.
+// MMA (the default): on tensor cores in 3xTF32 — each operand split into a TF32 head and a TF32
+// tail, head·head + head·tail + tail·head — which keeps the f32 state's accuracy (it is checked
+// to the f32 budget) at several times the FMA rate; warp w owns rows 16⌊w/2⌋.., columns 32(w % 2)..
+// of the tile in mma fragments, thread lid < 64 the xsum of row lid. Otherwise f32 FMA: thread
+// (i, quarter) = (lid / 4, lid % 4) owns row i, columns 16m + 4·quarter + (0..3) in acc[m].
+template <bool MMA, typename X, typename Y>
 __device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x, Y y, uint32_t i0, uint32_t j0) {
-    __shared__ float ox[16][64], oy[16][64];
+    __shared__ float ox[16][72], oy[16][72]; // padded: conflict-free fragment reads
     const uint32_t lid = threadIdx.x, i = lid / 4, quarter = lid % 4;
+    const uint32_t warp = lid >> 5, g = (lid & 31) >> 2, tq = lid & 3, rw = 16 * (warp >> 1), cw = 32 * (warp & 1);
     for (uint32_t r0 = 0; r0 < 64; r0 += 16) {
         for (uint32_t e = lid; e < 1024; e += 256) {
             ox[e / 64][e % 64] = x(r0 + e / 64, i0 + e % 64);
             oy[e / 64][e % 64] = y(r0 + e / 64, j0 + e % 64);
         }
         __syncthreads();
+        if constexpr (MMA) {
+            if (lid < 64)
+                for (int rr = 0; rr < 16; ++rr) xsum += ox[rr][lid];
+#pragma unroll
+            for (uint32_t ks = 0; ks < 16; ks += 8) {
+                // A[i][r] = X[r][i]: the staged rows are A's columns.
+                const float av[4] = {ox[ks + tq][rw + g], ox[ks + tq][rw + g + 8], ox[ks + tq + 4][rw + g], ox[ks + tq + 4][rw + g + 8]};
+                uint32_t ah[4], al[4];
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    ah[r] = tf32(av[r]);
+                    al[r] = tf32(av[r] - __uint_as_float(ah[r]));
+                }
+#pragma unroll
+                for (uint32_t n = 0; n < 4; ++n) {
+                    const float b0 = oy[ks + tq][cw + 8 * n + g], b1 = oy[ks + tq + 4][cw + 8 * n + g];
+                    const uint32_t bh0 = tf32(b0), bh1 = tf32(b1);
+                    mma_tf32(acc[n], al, bh0, bh1);
+                    mma_tf32(acc[n], ah, tf32(b0 - __uint_as_float(bh0)), tf32(b1 - __uint_as_float(bh1)));
+                    mma_tf32(acc[n], ah, bh0, bh1);
+                }
+            }
+        } else {
 #pragma unroll 2
-        for (int rr = 0; rr < 16; ++rr) {
-            const float xv = ox[rr][i];
-            xsum += xv;
+            for (int rr = 0; rr < 16; ++rr) {
+                const float xv = ox[rr][i];
+                xsum += xv;
 #pragma unroll
-            for (int m = 0; m < 4; ++m)
+                for (int m = 0; m < 4; ++m)
 #pragma unroll
-                for (int cc = 0; cc < 4; ++cc) acc[m][cc] += xv * oy[rr][m * 16 + quarter * 4 + cc];
+                    for (int cc = 0; cc < 4; ++cc) acc[m][cc] += xv * oy[rr][m * 16 + quarter * 4 + cc];
+            }
         }
         __syncthreads();
     }
@@ -122,24 +175,25 @@ __device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x
 
 // Stores a chunk_outer tile into the K×V matrix `dst` of chunk·head bh (and xsum into `dz` from
 // the tiles of column 0, when given).
+template <bool MMA>
 __device__ __forceinline__ void store_outer(const float (&acc)[4][4], float xsum, float* dst, float* dz, uint32_t bh, uint32_t i0, uint32_t j0, const LinAttnParams& p) {
-    const uint32_t i = i0 + threadIdx.x / 4, quarter = threadIdx.x % 4;
-    if (i >= p.k) return;
+    const uint32_t lid = threadIdx.x;
+    const uint32_t warp = lid >> 5, g = (lid & 31) >> 2, tq = lid & 3, rw = 16 * (warp >> 1), cw = 32 * (warp & 1);
 #pragma unroll
-    for (int m = 0; m < 4; ++m)
+    for (uint32_t m = 0; m < 4; ++m)
 #pragma unroll
-        for (int cc = 0; cc < 4; ++cc) {
-            const uint32_t col = j0 + m * 16 + quarter * 4 + cc;
-            if (col < p.v) dst[((size_t)bh * p.k + i) * p.v + col] = acc[m][cc];
+        for (uint32_t cc = 0; cc < 4; ++cc) {
+            // Fragment n = m, element cc (MMA), or row lid / 4, columns 16m + 4·quarter + cc.
+            const uint32_t i = i0 + (MMA ? rw + g + 8 * (cc >> 1) : lid / 4);
+            const uint32_t col = j0 + (MMA ? cw + 8 * m + 2 * tq + (cc & 1) : m * 16 + (lid % 4) * 4 + cc);
+            if (i < p.k && col < p.v) dst[((size_t)bh * p.k + i) * p.v + col] = acc[m][cc];
         }
-    if (dz != nullptr && j0 == 0 && quarter == 0) dz[(size_t)bh * p.k + i] = xsum;
+    const bool owner = MMA ? lid < 64 : lid % 4 == 0;
+    const uint32_t zi = i0 + (MMA ? lid : lid / 4);
+    if (dz != nullptr && j0 == 0 && owner && zi < p.k) dz[(size_t)bh * p.k + zi] = xsum;
 }
 
-// Chunked form, per chunk (the sequences are chunks of at most 64 rows, varlen 2), as matrix
-// products instead of a scan (mirrors shaders/linattn.wgsl): no barrier per row, every thread
-// busy. chunk_state (aux 1): the chunk's own sums ΔS = K̃ᵀ·V (this tile's 16 columns) and
-// Δz = Σ k̃; thread i < K owns row i, rows staged 16 at a time.
-template <typename T>
+template <typename T, bool MMA>
 __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state, const uint32_t* __restrict__ starts,
                                                  float* __restrict__ z, const LinAttnParams& p) {
     const uint32_t bh = blockIdx.y + blockIdx.z * gridDim.y, c = bh / p.heads, h = bh % p.heads;
@@ -148,10 +202,10 @@ __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const 
     const uint32_t i0 = blockIdx.x / nvt * 64, j0 = blockIdx.x % nvt * 64;
     const auto row = [&](uint32_t r) { return ((size_t)start + r) * p.heads + h; };
     float acc[4][4] = {}, zacc = 0.0f;
-    chunk_outer(
+    chunk_outer<MMA>(
         acc, zacc, [&](uint32_t r, uint32_t i) { return r < len && i < p.k ? phi(p.feature_map, to_f32(k[row(r) * p.k + i])) : 0.0f; },
         [&](uint32_t r, uint32_t j) { return r < len && j < p.v ? to_f32(v[row(r) * p.v + j]) : 0.0f; }, i0, j0);
-    store_outer(acc, zacc, state, z, bh, i0, j0, p);
+    store_outer<MMA>(acc, zacc, state, z, bh, i0, j0, p);
 }
 
 // chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start state S_c,
@@ -500,7 +554,7 @@ __device__ __forceinline__ void chunk_den_impl(const T* __restrict__ q, const T*
 }
 
 // The chunk's own Q̃ᵀ·dN (the block's 64×64 tile) into g.
-template <typename T>
+template <typename T, bool MMA>
 __device__ __forceinline__ void chunk_dstate_impl(const T* __restrict__ q, const T* __restrict__ d_o, const uint32_t* __restrict__ bounds,
                                                   const float* __restrict__ dendd, float* __restrict__ g, const LinAttnParams& p) {
     __shared__ float cden[64], cdd[64];
@@ -510,10 +564,10 @@ __device__ __forceinline__ void chunk_dstate_impl(const T* __restrict__ q, const
     cb_stage_den(cden, cdd, bounds, dendd, cr, p);
     __syncthreads();
     float acc[4][4] = {}, qsum = 0.0f;
-    chunk_outer(
+    chunk_outer<MMA>(
         acc, qsum, [&](uint32_t r, uint32_t i) { return cb_ld<T>(0, q, nullptr, nullptr, d_o, cden, cr, r, i, p); },
         [&](uint32_t r, uint32_t j) { return cb_ld<T>(3, q, nullptr, nullptr, d_o, cden, cr, r, j, p); }, i0, j0);
-    store_outer(acc, qsum, g, nullptr, cr.bh, i0, j0, p);
+    store_outer<MMA>(acc, qsum, g, nullptr, cr.bh, i0, j0, p);
 }
 
 // dv, the block's 64 columns: thread (s, quarter) owns row s and columns 16j + 4·quarter + (0..3),
@@ -657,28 +711,6 @@ __device__ __forceinline__ void chunk_dqk_impl(const T* __restrict__ q, const T*
 // exact-f32 kernels above. MODE 0: forward output (X = Q̃, Y = K̃, M = S_c, F = V, s ≤ t), 1: dv
 // (K̃, Q̃, G_c, dN, s ≥ t), 2: dq (dN, V, S_cᵀ, K̃, s ≤ t, + dd_t), 3: dk (V, dN, G_cᵀ, Q̃, s ≥ t,
 // + dd_s): W = mask(X·Yᵀ), out = X·M + W·F, then each mode's normalization or φ'.
-__device__ __forceinline__ uint32_t tf32(float x) {
-    uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
-    return r;
-}
-
-__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// The A fragment (16×8, row-major) at rows r0.., columns k0.. of a shared f32 array with row
-// stride ld: a0/a2 row g, a1/a3 row g + 8; a0/a1 column t, a2/a3 column t + 4.
-__device__ __forceinline__ void frag_a(uint32_t (&a)[4], const float* s, uint32_t ld, uint32_t r0, uint32_t k0) {
-    const uint32_t g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    a[0] = tf32(s[(r0 + g) * ld + k0 + t]);
-    a[1] = tf32(s[(r0 + g + 8) * ld + k0 + t]);
-    a[2] = tf32(s[(r0 + g) * ld + k0 + t + 4]);
-    a[3] = tf32(s[(r0 + g + 8) * ld + k0 + t + 4]);
-}
-
 template <typename T, int MODE>
 __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ d_o,
                                                const uint32_t* __restrict__ bounds, const float* __restrict__ dendd, const float* __restrict__ m,
@@ -819,7 +851,11 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_chunk_state_##SUFFIX(const T* k, const T* v, float* state, const uint32_t* starts, float* z, LinAttnParams p) { \
-        chunk_state_impl<T>(k, v, state, starts, z, p);                                                                    \
+        chunk_state_impl<T, false>(k, v, state, starts, z, p);                                                                 \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        linattn_chunk_state_mma_##SUFFIX(const T* k, const T* v, float* state, const uint32_t* starts, float* z, LinAttnParams p) { \
+        chunk_state_impl<T, true>(k, v, state, starts, z, p);                                                              \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) linattn_chunk_output_##SUFFIX(                                       \
         const T* q, const T* k, const T* v, const float* state, const uint32_t* starts, const float* z, T* o, LinAttnParams p) { \
@@ -842,7 +878,11 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dstate_##SUFFIX(                                       \
         const T* q, const T* d_o, const uint32_t* bounds, const float* dendd, float* g, LinAttnParams p) {                 \
-        chunk_dstate_impl<T>(q, d_o, bounds, dendd, g, p);                                                                 \
+        chunk_dstate_impl<T, false>(q, d_o, bounds, dendd, g, p);                                                              \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dstate_mma_##SUFFIX(                                   \
+        const T* q, const T* d_o, const uint32_t* bounds, const float* dendd, float* g, LinAttnParams p) {                 \
+        chunk_dstate_impl<T, true>(q, d_o, bounds, dendd, g, p);                                                           \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dv_##SUFFIX(                                           \
         const T* q, const T* k, const T* d_o, const uint32_t* bounds, const float* dendd, const float* g, T* dv,           \

@@ -38,6 +38,12 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_dqk_f32",
     "linattn_chunk_dqk_f16",
     "linattn_chunk_dqk_bf16",
+    "linattn_chunk_state_mma_f32",
+    "linattn_chunk_state_mma_f16",
+    "linattn_chunk_state_mma_bf16",
+    "linattn_chunk_dstate_mma_f32",
+    "linattn_chunk_dstate_mma_f16",
+    "linattn_chunk_dstate_mma_bf16",
     "linattn_chunk_output_mma_f16",
     "linattn_chunk_output_mma_bf16",
     "linattn_chunk_dv_mma_f16",
@@ -53,14 +59,28 @@ fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
     kernel_name::<T>(KERNELS, base)
 }
 
-/// A chunk kernel that multiplies by the 64×64 masked scores (chunk_output, chunk_dv, chunk_dqk),
-/// in T's dtype: its tensor-core twin `mma` (TF32 mma.sync) for f16/bf16 unless
-/// `FFKERN_LINATTN_KERNEL=simt` asks for the f32-FMA kernel `simt` (to compare the two); f32
-/// always takes the f32-FMA kernel (TF32 would exceed the f32 budget).
-fn scores_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
+/// Whether `FFKERN_LINATTN_KERNEL=simt` asks for the f32-FMA chunk kernels (to compare them with
+/// their tensor-core twins).
+fn simt_forced() -> bool {
     static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let forced = *CHOICE.get_or_init(|| std::env::var("FFKERN_LINATTN_KERNEL").is_ok_and(|k| k == "simt"));
-    typed::<T>(if forced || T::DTYPE == crate::DType::F32 { simt } else { mma })
+    *CHOICE.get_or_init(|| std::env::var("FFKERN_LINATTN_KERNEL").is_ok_and(|k| k == "simt"))
+}
+
+/// A chunk kernel that multiplies by the 64×64 masked scores (chunk_output, chunk_dv, chunk_dqk),
+/// in T's dtype: its tensor-core twin `mma` (TF32 mma.sync) for f16/bf16 unless the f32-FMA kernels
+/// are forced; f32 always takes the f32-FMA kernel `simt` (TF32 would exceed the f32 budget).
+fn scores_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
+    typed::<T>(if simt_forced() || T::DTYPE == crate::DType::F32 { simt } else { mma })
+}
+
+/// A chunk-sum kernel (chunk_state, chunk_dstate) in T's dtype: its 3xTF32 tensor-core twin
+/// (`<base>_mma`, f32-accurate, every dtype) unless the f32-FMA kernels are forced.
+fn sum_kernel<T: CudaElem>(base: &str) -> Result<&'static str> {
+    if simt_forced() {
+        typed::<T>(base)
+    } else {
+        typed::<T>(&format!("{base}_mma"))
+    }
 }
 
 /// The fused recurrent forward / decode step on the runtime's stream.
@@ -84,8 +104,8 @@ pub fn recurrent<T: CudaElem>(
     // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
     if p.varlen == 2 {
         return if p.aux == 1 {
-            let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_state")?, |_| Ok(()))?;
-            // SAFETY: linattn_chunk_state_<dtype>(k, v, state, starts, z, p) reads k [R·H·K], v
+            let f = rt.function(FAMILY, Ptx::Base, sum_kernel::<T>("linattn_chunk_state")?, |_| Ok(()))?;
+            // SAFETY: linattn_chunk_state[_mma]_<dtype>(k, v, state, starts, z, p) reads k [R·H·K], v
             // [R·H·V] and starts [2·C + 1] (chunk bounds, then positions; each chunk ≤ 64 rows) and
             // writes state [C·H·K·V] and z [C·H·K]; LinearAttention::chunk sized every buffer.
             rt.launch(&f, cfg(super::outer_tiles(p), 1), |a| {
@@ -209,8 +229,8 @@ pub fn chunk_dstate<T: CudaElem>(
             a.arg(q).arg(k).arg(o).arg(d_o).arg(&bounds_dev).arg(z_start).arg(&mut *dendd).arg(hz).arg(p);
         })?;
     }
-    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_dstate")?, |_| Ok(()))?;
-    // SAFETY: linattn_chunk_dstate_<dtype>(q, do, bounds, dendd, g, p) reads q, do, bounds as above
+    let f = rt.function(FAMILY, Ptx::Base, sum_kernel::<T>("linattn_chunk_dstate")?, |_| Ok(()))?;
+    // SAFETY: linattn_chunk_dstate[_mma]_<dtype>(q, do, bounds, dendd, g, p) reads q, do, bounds as above
     // and dendd (Normalizer only), and writes g [C·H·K·V], each element once.
     rt.launch(&f, cfg(super::outer_tiles(p), 1), |a| {
         a.arg(q).arg(d_o).arg(&bounds_dev).arg(&mut *dendd).arg(g).arg(p);
