@@ -32,14 +32,32 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// c += a·b on tensor cores from f32 fragments: TF32 (SPLIT false) or 3xTF32 (true: each operand
+// split into a TF32 head and tail, tail·head + head·tail + head·head, f32-accurate).
+template <bool SPLIT>
+__device__ __forceinline__ void mma_f32(float (&c)[4], const float (&a)[4], float b0, float b1) {
+    uint32_t ah[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) ah[r] = tf32(a[r]);
+    const uint32_t bh0 = tf32(b0), bh1 = tf32(b1);
+    if constexpr (SPLIT) {
+        uint32_t al[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) al[r] = tf32(a[r] - __uint_as_float(ah[r]));
+        mma_tf32(c, al, bh0, bh1);
+        mma_tf32(c, ah, tf32(b0 - __uint_as_float(bh0)), tf32(b1 - __uint_as_float(bh1)));
+    }
+    mma_tf32(c, ah, bh0, bh1);
+}
+
 // The A fragment (16×8, row-major) at rows r0.., columns k0.. of a shared f32 array with row
 // stride ld: a0/a2 row g, a1/a3 row g + 8; a0/a1 column t, a2/a3 column t + 4.
-__device__ __forceinline__ void frag_a(uint32_t (&a)[4], const float* s, uint32_t ld, uint32_t r0, uint32_t k0) {
+__device__ __forceinline__ void frag_a(float (&a)[4], const float* s, uint32_t ld, uint32_t r0, uint32_t k0) {
     const uint32_t g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    a[0] = tf32(s[(r0 + g) * ld + k0 + t]);
-    a[1] = tf32(s[(r0 + g + 8) * ld + k0 + t]);
-    a[2] = tf32(s[(r0 + g) * ld + k0 + t + 4]);
-    a[3] = tf32(s[(r0 + g + 8) * ld + k0 + t + 4]);
+    a[0] = s[(r0 + g) * ld + k0 + t];
+    a[1] = s[(r0 + g + 8) * ld + k0 + t];
+    a[2] = s[(r0 + g) * ld + k0 + t + 4];
+    a[3] = s[(r0 + g + 8) * ld + k0 + t + 4];
 }
 
 template <typename T>
@@ -142,21 +160,9 @@ __device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x
 #pragma unroll
             for (uint32_t ks = 0; ks < 16; ks += 8) {
                 // A[i][r] = X[r][i]: the staged rows are A's columns.
-                const float av[4] = {ox[ks + tq][rw + g], ox[ks + tq][rw + g + 8], ox[ks + tq + 4][rw + g], ox[ks + tq + 4][rw + g + 8]};
-                uint32_t ah[4], al[4];
+                const float a[4] = {ox[ks + tq][rw + g], ox[ks + tq][rw + g + 8], ox[ks + tq + 4][rw + g], ox[ks + tq + 4][rw + g + 8]};
 #pragma unroll
-                for (int r = 0; r < 4; ++r) {
-                    ah[r] = tf32(av[r]);
-                    al[r] = tf32(av[r] - __uint_as_float(ah[r]));
-                }
-#pragma unroll
-                for (uint32_t n = 0; n < 4; ++n) {
-                    const float b0 = oy[ks + tq][cw + 8 * n + g], b1 = oy[ks + tq + 4][cw + 8 * n + g];
-                    const uint32_t bh0 = tf32(b0), bh1 = tf32(b1);
-                    mma_tf32(acc[n], al, bh0, bh1);
-                    mma_tf32(acc[n], ah, tf32(b0 - __uint_as_float(bh0)), tf32(b1 - __uint_as_float(bh1)));
-                    mma_tf32(acc[n], ah, bh0, bh1);
-                }
+                for (uint32_t n = 0; n < 4; ++n) mma_f32<true>(acc[n], a, oy[ks + tq][cw + 8 * n + g], oy[ks + tq + 4][cw + 8 * n + g]);
             }
         } else {
 #pragma unroll 2
@@ -702,13 +708,13 @@ __device__ __forceinline__ void chunk_dqk_impl(const T* __restrict__ q, const T*
     }
 }
 
-// ---- The same per-chunk score products (chunk_output, chunk_dv, chunk_dqk) on tensor cores, for
-// f16/bf16 inputs. Why it is fast: each warp owns a 16×32 block of the chunk's 64×64 masked
-// scores and of the block's 64 output columns and issues mma.sync.m16n8k8 (TF32 operands, f32
-// accumulate) on operands staged as f32 in shared memory; k-steps wholly in the masked half are
-// skipped per warp. TF32 holds f16/bf16 inputs exactly and rounds the intermediates (scores,
-// states, do/den) to 11 significant bits, within the f16 and bf16 budgets; f32 inputs keep the
-// exact-f32 kernels above. MODE 0: forward output (X = Q̃, Y = K̃, M = S_c, F = V, s ≤ t), 1: dv
+// ---- The same per-chunk score products (chunk_output, chunk_dv, chunk_dqk) on tensor cores. Why
+// it is fast: each warp owns a 16×32 block of the chunk's 64×64 masked scores and of the block's
+// 64 output columns and issues mma.sync.m16n8k8 (TF32 operands, f32 accumulate) on operands
+// staged as f32 in shared memory; k-steps wholly in the masked half are skipped per warp. For
+// f16/bf16, one TF32 product: it holds the inputs exactly and rounds the intermediates (scores,
+// states, do/den) to 11 significant bits, within the f16 and bf16 budgets; for f32, 3xTF32
+// (three products per step), f32-accurate. MODE 0: forward output (X = Q̃, Y = K̃, M = S_c, F = V, s ≤ t), 1: dv
 // (K̃, Q̃, G_c, dN, s ≥ t), 2: dq (dN, V, S_cᵀ, K̃, s ≤ t, + dd_t), 3: dk (V, dN, G_cᵀ, Q̃, s ≥ t,
 // + dd_s): W = mask(X·Yᵀ), out = X·M + W·F, then each mode's normalization or φ'.
 template <typename T, int MODE>
@@ -721,6 +727,7 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
     constexpr uint32_t YW = MODE == 0 ? 1 : MODE == 1 ? 0 : MODE == 2 ? 2 : 3;
     constexpr uint32_t FW = MODE == 0 ? 2 : MODE == 1 ? 3 : MODE == 2 ? 1 : 0;
     constexpr uint32_t LX = 20, LM = 72, LW = 68, LF = 72; // padded strides: conflict-free fragments
+    constexpr bool SPLIT = sizeof(T) == 4;                 // f32 inputs: 3xTF32, f32-accurate
     // Phase 1: xs, ys [64][LX], ms [16][LM]; phase 2: ws [64][LW], fs [64][LF] over the same bytes.
     __shared__ float smem[64 * LW + 64 * LF];
     __shared__ float cden[64], cdd[64], cz[64];
@@ -753,14 +760,14 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
         __syncthreads();
 #pragma unroll
         for (uint32_t ks = 0; ks < 16; ks += 8) {
-            uint32_t a[4];
+            float a[4];
             frag_a(a, xs, LX, rw, ks);
 #pragma unroll
             for (uint32_t n = 0; n < 4; ++n) {
                 const uint32_t s0 = cw + 8 * n;
                 if (LOWER ? s0 <= rw + 15 : s0 + 7 >= rw)
-                    mma_tf32(acc_w[n], a, tf32(ys[(s0 + g) * LX + ks + tq]), tf32(ys[(s0 + g) * LX + ks + tq + 4]));
-                mma_tf32(acc_o[n], a, tf32(ms[(ks + tq) * LM + s0 + g]), tf32(ms[(ks + tq + 4) * LM + s0 + g]));
+                    mma_f32<SPLIT>(acc_w[n], a, ys[(s0 + g) * LX + ks + tq], ys[(s0 + g) * LX + ks + tq + 4]);
+                mma_f32<SPLIT>(acc_o[n], a, ms[(ks + tq) * LM + s0 + g], ms[(ks + tq + 4) * LM + s0 + g]);
             }
         }
         if (MODE == 0 && p.normalize == 1) {
@@ -802,10 +809,10 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
 #pragma unroll
     for (uint32_t s0 = 0; s0 < 64; s0 += 8) {
         if (LOWER ? s0 > rw + 15 : s0 + 7 < rw) continue;
-        uint32_t a[4];
+        float a[4];
         frag_a(a, ws, LW, rw, s0);
 #pragma unroll
-        for (uint32_t n = 0; n < 4; ++n) mma_tf32(acc_o[n], a, tf32(fs[(s0 + tq) * LF + cw + 8 * n + g]), tf32(fs[(s0 + tq + 4) * LF + cw + 8 * n + g]));
+        for (uint32_t n = 0; n < 4; ++n) mma_f32<SPLIT>(acc_o[n], a, fs[(s0 + tq) * LF + cw + 8 * n + g], fs[(s0 + tq + 4) * LF + cw + 8 * n + g]);
     }
 #pragma unroll
     for (uint32_t n = 0; n < 4; ++n)
@@ -823,7 +830,7 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
 }
 
 #define LINATTN_MMA_ENTRIES(SUFFIX, T)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_output_mma_##SUFFIX(                                   \
+    extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_output_mma_##SUFFIX(                                \
         const T* q, const T* k, const T* v, const float* state, const uint32_t* starts, const float* z, T* o, LinAttnParams p) { \
         chunk_mma_impl<T, 0>(q, k, v, nullptr, starts, nullptr, state, z, o, p);                                          \
     }                                                                                                                      \
@@ -923,6 +930,7 @@ extern "C" __global__ void __launch_bounds__(256)
 LINATTN_ENTRIES(f32, float)
 LINATTN_ENTRIES(f16, __half)
 LINATTN_ENTRIES(bf16, __nv_bfloat16)
+LINATTN_MMA_ENTRIES(f32, float)
 LINATTN_MMA_ENTRIES(f16, __half)
 LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)
 #endif

@@ -44,6 +44,10 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_dstate_mma_f32",
     "linattn_chunk_dstate_mma_f16",
     "linattn_chunk_dstate_mma_bf16",
+    "linattn_chunk_output_mma_f32",
+    "linattn_chunk_dv_mma_f32",
+    "linattn_chunk_dq_mma_f32",
+    "linattn_chunk_dk_mma_f32",
     "linattn_chunk_output_mma_f16",
     "linattn_chunk_output_mma_bf16",
     "linattn_chunk_dv_mma_f16",
@@ -66,21 +70,10 @@ fn simt_forced() -> bool {
     *CHOICE.get_or_init(|| std::env::var("FFKERN_LINATTN_KERNEL").is_ok_and(|k| k == "simt"))
 }
 
-/// A chunk kernel that multiplies by the 64×64 masked scores (chunk_output, chunk_dv, chunk_dqk),
-/// in T's dtype: its tensor-core twin `mma` (TF32 mma.sync) for f16/bf16 unless the f32-FMA kernels
-/// are forced; f32 always takes the f32-FMA kernel `simt` (TF32 would exceed the f32 budget).
-fn scores_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
-    typed::<T>(if simt_forced() || T::DTYPE == crate::DType::F32 { simt } else { mma })
-}
-
-/// A chunk-sum kernel (chunk_state, chunk_dstate) in T's dtype: its 3xTF32 tensor-core twin
-/// (`<base>_mma`, f32-accurate, every dtype) unless the f32-FMA kernels are forced.
-fn sum_kernel<T: CudaElem>(base: &str) -> Result<&'static str> {
-    if simt_forced() {
-        typed::<T>(base)
-    } else {
-        typed::<T>(&format!("{base}_mma"))
-    }
+/// A chunk kernel in T's dtype: its tensor-core twin `mma` (TF32 mma.sync for f16/bf16, 3xTF32 for
+/// f32) unless the f32-FMA kernel `simt` is forced.
+fn chunk_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
+    typed::<T>(if simt_forced() { simt } else { mma })
 }
 
 /// The fused recurrent forward / decode step on the runtime's stream.
@@ -104,7 +97,7 @@ pub fn recurrent<T: CudaElem>(
     // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
     if p.varlen == 2 {
         return if p.aux == 1 {
-            let f = rt.function(FAMILY, Ptx::Base, sum_kernel::<T>("linattn_chunk_state")?, |_| Ok(()))?;
+            let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_state", "linattn_chunk_state_mma")?, |_| Ok(()))?;
             // SAFETY: linattn_chunk_state[_mma]_<dtype>(k, v, state, starts, z, p) reads k [R·H·K], v
             // [R·H·V] and starts [2·C + 1] (chunk bounds, then positions; each chunk ≤ 64 rows) and
             // writes state [C·H·K·V] and z [C·H·K]; LinearAttention::chunk sized every buffer.
@@ -112,7 +105,7 @@ pub fn recurrent<T: CudaElem>(
                 a.arg(k).arg(v).arg(state).arg(&starts_dev).arg(z).arg(p);
             })
         } else {
-            let f = rt.function(FAMILY, Ptx::Base, scores_kernel::<T>("linattn_chunk_output", "linattn_chunk_output_mma")?, |_| Ok(()))?;
+            let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_output", "linattn_chunk_output_mma")?, |_| Ok(()))?;
             // SAFETY: linattn_chunk_output_<dtype>(q, k, v, state, starts, z, o, p) reads q, k
             // [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V], z [C·H·K] and starts as
             // above, and writes o [R·H·V], each element once.
@@ -229,7 +222,7 @@ pub fn chunk_dstate<T: CudaElem>(
             a.arg(q).arg(k).arg(o).arg(d_o).arg(&bounds_dev).arg(z_start).arg(&mut *dendd).arg(hz).arg(p);
         })?;
     }
-    let f = rt.function(FAMILY, Ptx::Base, sum_kernel::<T>("linattn_chunk_dstate")?, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_dstate", "linattn_chunk_dstate_mma")?, |_| Ok(()))?;
     // SAFETY: linattn_chunk_dstate[_mma]_<dtype>(q, do, bounds, dendd, g, p) reads q, do, bounds as above
     // and dendd (Normalizer only), and writes g [C·H·K·V], each element once.
     rt.launch(&f, cfg(super::outer_tiles(p), 1), |a| {
@@ -257,7 +250,7 @@ pub fn chunk_grads<T: CudaElem>(
         let [gx, gy, gz] = super::grid(cols, tile, units);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
-    let f = rt.function(FAMILY, Ptx::Base, scores_kernel::<T>("linattn_chunk_dv", "linattn_chunk_dv_mma")?, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_dv", "linattn_chunk_dv_mma")?, |_| Ok(()))?;
     // SAFETY: linattn_chunk_dv_<dtype>(q, k, do, bounds, dendd, g, dv, p) reads q, k [R·H·K], do
     // [R·H·V], bounds [2·C + 1], dendd [R·H·2] (Normalizer only) and g [C·H·K·V], and writes dv
     // [R·H·V], each element once.
@@ -266,7 +259,7 @@ pub fn chunk_grads<T: CudaElem>(
     })?;
     for (aux, m, zv, target) in [(0u32, start[0], start[1], dq), (1, end[0], end[1], dk)] {
         let mma = if aux == 0 { "linattn_chunk_dq_mma" } else { "linattn_chunk_dk_mma" };
-        let f = rt.function(FAMILY, Ptx::Base, scores_kernel::<T>("linattn_chunk_dqk", mma)?, |_| Ok(()))?;
+        let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_dqk", mma)?, |_| Ok(()))?;
         let pa = LinAttnParams { aux, ..*p };
         // SAFETY: linattn_chunk_dqk_<dtype> (aux 0 dq, 1 dk) and linattn_chunk_dq_mma_<dtype>,
         // linattn_chunk_dk_mma_<dtype> (q, k, v, do, bounds, dendd, m, zv, out, p) read q, k
