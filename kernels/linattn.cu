@@ -77,10 +77,12 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
         const uint32_t ki = kl + 16 * i;
         s[i] = (i < (int)nk && ki < p.k && col < p.v) ? state[((size_t)bh * p.k + ki) * p.v + col] : 0.0f;
     }
-    // Every value tile reads the initial normalizer from a copy; tile 0 writes the final one.
-    if (lid < p.k) zs[lid] = z_init[(size_t)bh * p.k + lid];
-    // Sequence b is rows starts[b] .. starts[b + 1] (cu_seqlens, or b·T for fixed lengths).
-    const uint32_t start = starts[b], len = starts[b + 1] - start;
+    // Tile 0 reads the initial normalizer and writes the final one; the other tiles need it only
+    // for the Normalizer, from a copy.
+    if (lid < p.k) zs[lid] = blockIdx.x == 0 ? z[(size_t)bh * p.k + lid] : p.normalize == 1 ? z_init[(size_t)bh * p.k + lid] : 0.0f;
+    // Sequence b is rows starts[b] .. starts[b + 1] (cu_seqlens), or b·T .. (b + 1)·T (varlen 0:
+    // starts is not read).
+    const uint32_t start = p.varlen == 0 ? b * p.seq : starts[b], len = p.varlen == 0 ? p.seq : starts[b + 1] - start;
     // A chunk's first position in its sequence (varlen 2), for Count mode.
     const uint32_t pos0 = p.varlen == 2 ? starts[p.batch + 1 + b] : 0;
     for (uint32_t t = 0; t < len; ++t) {

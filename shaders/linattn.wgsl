@@ -3,8 +3,8 @@
 // S (rows kl, kl + 16, … of 16 columns) in registers for the whole sequence, so the state is
 // read and written once per call; q̃, k̃, v of a step are staged in workgroup memory.
 
-// The initial normalizer state, a copy: every value tile reads it while tile 0 writes the final
-// one into z_buf.
+// The initial normalizer state, a copy (Normalizer only): every value tile reads it while tile 0
+// writes the final one into z_buf.
 @group(0) @binding(4) var<storage, read> z_init: array<f32>;
 // Sequence n is rows starts[n] .. starts[n + 1] of the [B·T, H, ·] tensors (cu_seqlens).
 @group(0) @binding(5) var<storage, read> starts: array<u32>;
@@ -24,8 +24,14 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
     if (bh >= p.batch * p.heads) { return; }
     let b = bh / p.heads;
     let h = bh % p.heads;
-    let start = starts[b];
-    if (lid == 0u) { seq_len = starts[b + 1u] - start; }
+    // Sequence b is rows starts[b] .. starts[b + 1] (cu_seqlens), or b·T .. (b + 1)·T (varlen 0).
+    var start = b * p.seq;
+    if (p.varlen != 0u) { start = starts[b]; }
+    if (lid == 0u) {
+        var n = p.seq;
+        if (p.varlen != 0u) { n = starts[b + 1u] - start; }
+        seq_len = n;
+    }
     // The same for the whole workgroup: the barriers of the step loop stay in uniform control flow.
     let len = workgroupUniformLoad(&seq_len);
     let col = wg.x * 16u + vl;
@@ -36,7 +42,17 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         s[i] = 0.0;
         if (ki < p.k && col < p.v) { s[i] = state[(bh * p.k + ki) * p.v + col]; }
     }
-    if (lid < p.k) { zs[lid] = z_init[bh * p.k + lid]; }
+    // Tile 0 reads the initial normalizer and writes the final one; the other tiles need it only
+    // for the Normalizer, from a copy.
+    if (lid < p.k) {
+        var z0 = 0.0;
+        if (wg.x == 0u) {
+            z0 = z_buf[bh * p.k + lid];
+        } else if (p.normalize == 1u) {
+            z0 = z_init[bh * p.k + lid];
+        }
+        zs[lid] = z0;
+    }
     // A chunk's first position in its sequence (varlen 2), for Count mode.
     var pos0 = 0u;
     if (p.varlen == 2u) { pos0 = starts[p.batch + 1u + b]; }

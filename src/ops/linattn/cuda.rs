@@ -89,7 +89,10 @@ pub fn recurrent<T: CudaElem>(
     z: &mut CudaViewMut<f32>,
     o: &mut CudaViewMut<T>,
 ) -> Result<()> {
-    let starts_dev = rt.stream.clone_htod(starts).map_err(|e| crate::Error::driver("cuda: uploading the sequence starts", e))?;
+    // Fixed-length batches need no sequence starts (the kernel computes them): a one-word stand-in
+    // spares the decode step a host-to-device copy.
+    let err = |what: &'static str| move |e| crate::Error::driver(what, e);
+    let starts_dev = if p.varlen == 0 { rt.stream.alloc_zeros::<u32>(1).map_err(err("cuda: alloc"))? } else { rt.stream.clone_htod(starts).map_err(err("cuda: uploading the sequence starts"))? };
     let cfg = |cols: usize, tile: usize| {
         let [gx, gy, gz] = super::grid(cols, tile, (p.batch * p.heads) as usize);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
@@ -115,10 +118,12 @@ pub fn recurrent<T: CudaElem>(
         };
     }
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_recurrent")?, |_| Ok(()))?;
-    // Every value tile reads the initial normalizer while tile 0 writes the final one: a copy.
-    let z_init = rt.stream.clone_dtod(&*z).map_err(|e| crate::Error::driver("cuda: copying z", e))?;
+    // With the Normalizer every value tile reads the initial normalizer while tile 0 writes the
+    // final one: the others read a copy (else only tile 0 reads it, and a one-word stand-in serves).
+    let z_init = if p.normalize == 1 { rt.stream.clone_dtod(&*z).map_err(err("cuda: copying z"))? } else { rt.stream.alloc_zeros::<f32>(1).map_err(err("cuda: alloc"))? };
     // SAFETY: linattn_recurrent_<dtype>(q, k, v, state, z_init, starts, z, o, p) reads q, k [B·T·H·K],
-    // v [B·T·H·V], z_init [B·H·K], starts [B + 1] (non-decreasing, ending at the row count),
+    // v [B·T·H·V], z_init [B·H·K] (Normalizer only), starts [B + 1] (varlen 1 only; non-decreasing,
+    // ending at the row count),
     // reads and writes state [B·H·K·V] and z [B·H·K], writes o [B·T·H·V]; the caller
     // (LinearAttention::recurrent) checked every length and K, V ≤ 256.
     rt.launch(&f, cfg(p.v as usize, super::TILE), |a| {

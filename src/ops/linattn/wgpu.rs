@@ -31,13 +31,20 @@ pub fn recurrent(
         _ => "linattn_recurrent",
     };
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 3)?;
-    // Every value tile reads the initial normalizer while tile 0 writes the final one: a copy
-    // (queued before the dispatch, so it sees the state as the caller left it).
+    // With the Normalizer (and not for chunks) every value tile reads the initial normalizer while
+    // tile 0 writes the final one: the others read a copy, queued before the dispatch so that it
+    // sees the state as the caller left it. Otherwise a placeholder binds there.
     let n = (p.batch * p.heads * p.k) as usize;
-    let z_init = ctx.create_buffer(DType::F32, n)?;
-    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern z copy") });
-    enc.copy_buffer_to_buffer(z, 0, &z_init, 0, (n * 4).div_ceil(4) as u64 * 4);
-    ctx.queue.submit([enc.finish()]);
+    let z_copy = if p.normalize == 1 && p.varlen != 2 {
+        let z_init = ctx.create_buffer(DType::F32, n)?;
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern z copy") });
+        enc.copy_buffer_to_buffer(z, 0, &z_init, 0, (n * 4) as u64);
+        ctx.queue.submit([enc.finish()]);
+        Some(z_init)
+    } else {
+        None
+    };
+    let z_init = z_copy.as_ref().unwrap_or(ctx.dummy(false));
     let starts = wgpu::util::DeviceExt::create_buffer_init(
         &ctx.device,
         &wgpu::util::BufferInitDescriptor { label: Some("ffkern starts"), contents: bytemuck::cast_slice(starts), usage: wgpu::BufferUsages::STORAGE },
@@ -48,7 +55,7 @@ pub fn recurrent(
         "linattn_chunk_output" => super::grid(p.v as usize, super::WIDE_TILE, units),
         _ => super::grid(p.v as usize, super::TILE, units),
     };
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, &z_init, &starts, state, z, o], groups)
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, z_init, &starts, state, z, o], groups)
 }
 
 /// The chunked form's inter-chunk pass (`linattn_chunk_scan`): `[S_0 | z_0]` go in as a copy
