@@ -229,12 +229,12 @@ fn varlen_equals_a_loop_over_sequences() {
 
 /// The fused recurrent and the chunked backward on every backend against the f64 reference: dq,
 /// dk, dv, dS0 and dz0 from do, dS_T and dz_T, in every mode, with partial value tiles (V not a
-/// multiple of 16), K over one tile of rows and T over several chunks; `o` comes from the
+/// multiple of 16), K and V over one 64-wide tile and T over several chunks; `o` comes from the
 /// device's own forward, as in training. Packed sequences against the reference over the same
 /// packing, and a second run bitwise equal.
 #[test]
 fn backward_matches_the_reference_on_every_backend() {
-    let shapes = [(2usize, 65usize, 2usize, 60usize, 20usize), (1, 64, 1, 128, 128), (3, 1, 2, 16, 16), (1, 200, 1, 17, 33)];
+    let shapes = [(2usize, 65usize, 2usize, 60usize, 20usize), (1, 64, 1, 128, 128), (3, 1, 2, 16, 16), (1, 200, 1, 17, 33), (1, 130, 1, 100, 72)];
     for dev in devices_and_cpu() {
         for (i, &(b, t, h, k, v)) in shapes.iter().enumerate() {
             for (j, (fm, n)) in modes().into_iter().enumerate() {
@@ -350,7 +350,14 @@ fn chunked_forward_matches_the_reference_on_every_backend() {
                     continue; // half the pairs keep the run short; every length and mode is still covered
                 }
                 let dtype = DType::ALL[(i + j) % 3];
-                let (h, k, v) = if t >= 500 { (1, 16, 20) } else { (2, 60, 33) };
+                // K and V over one 64-wide tile (a partial second one) at T = CHUNK + 1.
+                let (h, k, v) = if t >= 500 {
+                    (1, 16, 20)
+                } else if t == CHUNK + 1 {
+                    (1, 100, 72)
+                } else {
+                    (2, 60, 33)
+                };
                 let d = desc(2, t, h, k, v, fm, n);
                 let (q, kk, vv, s0, z0) = inputs(&d, dtype, 500 + i as u64);
                 let count0 = if n == Normalize::Count { 7 } else { 0 };
