@@ -181,24 +181,37 @@ __device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x
     }
 }
 
-// Stores a chunk_outer tile into the K×V matrix `dst` of chunk·head bh (and xsum into `dz` from
-// the tiles of column 0, when given).
+// Where element (m, cc) of a thread's chunk_outer tile lies in the 64×64 tile: row, column.
 template <bool MMA>
-__device__ __forceinline__ void store_outer(const float (&acc)[4][4], float xsum, float* dst, float* dz, uint32_t bh, uint32_t i0, uint32_t j0, const LinAttnParams& p) {
-    const uint32_t lid = threadIdx.x;
-    const uint32_t warp = lid >> 5, g = (lid & 31) >> 2, tq = lid & 3, rw = 16 * (warp >> 1), cw = 32 * (warp & 1);
+__device__ __forceinline__ uint2 outer_at(uint32_t m, uint32_t cc) {
+    const uint32_t lid = threadIdx.x, warp = lid >> 5, g = (lid & 31) >> 2, tq = lid & 3;
+    if (MMA) return make_uint2(16 * (warp >> 1) + g + 8 * (cc >> 1), 32 * (warp & 1) + 8 * m + 2 * tq + (cc & 1)); // fragment m, element cc
+    return make_uint2(lid / 4, m * 16 + (lid % 4) * 4 + cc);
+}
+
+// Moves a chunk_outer tile (and the xsum rows) between a thread's registers and slot `slot` of a
+// [slots, K, V] matrix array and its [slots, K] vector array (`vec` may be null; only the tiles of
+// column 0 move it). STORE: registers → memory, else memory → registers.
+template <bool MMA, bool STORE>
+__device__ __forceinline__ void move_outer(float (&acc)[4][4], float& xsum, float* mat, float* vec, size_t slot, uint32_t i0, uint32_t j0, const LinAttnParams& p) {
 #pragma unroll
     for (uint32_t m = 0; m < 4; ++m)
 #pragma unroll
         for (uint32_t cc = 0; cc < 4; ++cc) {
-            // Fragment n = m, element cc (MMA), or row lid / 4, columns 16m + 4·quarter + cc.
-            const uint32_t i = i0 + (MMA ? rw + g + 8 * (cc >> 1) : lid / 4);
-            const uint32_t col = j0 + (MMA ? cw + 8 * m + 2 * tq + (cc & 1) : m * 16 + (lid % 4) * 4 + cc);
-            if (i < p.k && col < p.v) dst[((size_t)bh * p.k + i) * p.v + col] = acc[m][cc];
+            const uint2 at = outer_at<MMA>(m, cc);
+            const uint32_t i = i0 + at.x, col = j0 + at.y;
+            if (i < p.k && col < p.v) {
+                float& x = mat[(slot * p.k + i) * p.v + col];
+                if (STORE) x = acc[m][cc];
+                else acc[m][cc] = x;
+            }
         }
-    const bool owner = MMA ? lid < 64 : lid % 4 == 0;
-    const uint32_t zi = i0 + (MMA ? lid : lid / 4);
-    if (dz != nullptr && j0 == 0 && owner && zi < p.k) dz[(size_t)bh * p.k + zi] = xsum;
+    const bool owner = MMA ? threadIdx.x < 64 : threadIdx.x % 4 == 0;
+    const uint32_t zi = i0 + (MMA ? threadIdx.x : threadIdx.x / 4);
+    if (vec != nullptr && j0 == 0 && owner && zi < p.k) {
+        if (STORE) vec[slot * p.k + zi] = xsum;
+        else xsum = vec[slot * p.k + zi];
+    }
 }
 
 template <typename T, bool MMA>
@@ -213,7 +226,39 @@ __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const 
     chunk_outer<MMA>(
         acc, zacc, [&](uint32_t r, uint32_t i) { return r < len && i < p.k ? phi(p.feature_map, to_f32(k[row(r) * p.k + i])) : 0.0f; },
         [&](uint32_t r, uint32_t j) { return r < len && j < p.v ? to_f32(v[row(r) * p.v + j]) : 0.0f; }, i0, j0);
-    store_outer<MMA>(acc, zacc, state, z, bh, i0, j0, p);
+    move_outer<MMA, true>(acc, zacc, state, z, bh, i0, j0, p);
+}
+
+// The chunk start states in one pass (mirrors linattn_chunk_states in shaders/linattn.wgsl): one
+// block per (sequence·head, 64×64 tile of S) carries the state through the sequence's chunks,
+// writing it as each chunk's start state and adding the chunk's K̃ᵀ·V, so the chunk sums never
+// round-trip through memory. starts: chunk bounds (C + 1), positions (C), each sequence's first
+// chunk (N + 1); p.count0 = C; state, z hold the initial states and receive the final ones (each
+// element read and written by the same thread).
+template <typename T, bool MMA>
+__device__ __forceinline__ void chunk_states_impl(const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state, float* __restrict__ z,
+                                                  const uint32_t* __restrict__ starts, float* __restrict__ hs, float* __restrict__ zs, const LinAttnParams& p) {
+    const uint32_t nh = blockIdx.y + blockIdx.z * gridDim.y;
+    if (nh >= p.batch * p.heads) return;
+    const uint32_t h = nh % p.heads, nc = p.count0, nvt = (p.v + 63) / 64;
+    const uint32_t i0 = blockIdx.x / nvt * 64, j0 = blockIdx.x % nvt * 64;
+    const uint32_t c_lo = starts[2 * nc + 1 + nh / p.heads], c_hi = starts[2 * nc + 2 + nh / p.heads];
+    float acc[4][4] = {}, zacc = 0.0f;
+    move_outer<MMA, false>(acc, zacc, state, z, nh, i0, j0, p);
+    for (uint32_t c = c_lo; c < c_hi; ++c) {
+        move_outer<MMA, true>(acc, zacc, hs, zs, (size_t)c * p.heads + h, i0, j0, p);
+        const uint32_t start = starts[c], len = starts[c + 1] - start, heads = p.heads, kd = p.k, vd = p.v, fm = p.feature_map;
+        float part[4][4] = {}, zpart = 0.0f;
+        chunk_outer<MMA>(
+            part, zpart, [=](uint32_t r, uint32_t i) { return r < len && i < kd ? phi(fm, to_f32(k[(((size_t)start + r) * heads + h) * kd + i])) : 0.0f; },
+            [=](uint32_t r, uint32_t j) { return r < len && j < vd ? to_f32(v[(((size_t)start + r) * heads + h) * vd + j]) : 0.0f; }, i0, j0);
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) acc[m][cc] += part[m][cc];
+        zacc += zpart;
+    }
+    move_outer<MMA, true>(acc, zacc, state, z, nh, i0, j0, p);
 }
 
 // chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start state S_c,
@@ -575,7 +620,7 @@ __device__ __forceinline__ void chunk_dstate_impl(const T* __restrict__ q, const
     chunk_outer<MMA>(
         acc, qsum, [&](uint32_t r, uint32_t i) { return cb_ld<T>(0, q, nullptr, nullptr, d_o, cden, cr, r, i, p); },
         [&](uint32_t r, uint32_t j) { return cb_ld<T>(3, q, nullptr, nullptr, d_o, cden, cr, r, j, p); }, i0, j0);
-    store_outer<MMA>(acc, qsum, g, nullptr, cr.bh, i0, j0, p);
+    move_outer<MMA, true>(acc, qsum, g, nullptr, cr.bh, i0, j0, p);
 }
 
 // dv, the block's 64 columns: thread (s, quarter) owns row s and columns 16j + 4·quarter + (0..3),
@@ -861,6 +906,14 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_chunk_state_##SUFFIX(const T* k, const T* v, float* state, const uint32_t* starts, float* z, LinAttnParams p) { \
         chunk_state_impl<T, false>(k, v, state, starts, z, p);                                                                 \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_states_##SUFFIX(                                     \
+        const T* k, const T* v, float* state, float* z, const uint32_t* starts, float* hs, float* zs, LinAttnParams p) {     \
+        chunk_states_impl<T, false>(k, v, state, z, starts, hs, zs, p);                                                      \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_states_mma_##SUFFIX(                                 \
+        const T* k, const T* v, float* state, float* z, const uint32_t* starts, float* hs, float* zs, LinAttnParams p) {     \
+        chunk_states_impl<T, true>(k, v, state, z, starts, hs, zs, p);                                                       \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_chunk_state_mma_##SUFFIX(const T* k, const T* v, float* state, const uint32_t* starts, float* z, LinAttnParams p) { \

@@ -156,16 +156,59 @@ fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workg
     let c = bh / p.heads;
     let tile = outer_tile(wg.x);
     let o = chunk_outer(lid, 1u, 2u, starts[c], starts[c + 1u] - starts[c], bh % p.heads, tile.x, tile.y);
+    chunk_put(bh, lid, tile, o.acc, o.xsum);
+}
+
+// Invocation lid's part of a chunk_outer tile into slot `slot` (chunk·head) of state and z_buf.
+fn chunk_put(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, xsum: f32) {
     let i = tile.x + lid / 4u;
+    if (i >= p.k) { return; }
+    for (var m = 0u; m < 4u; m++) {
+        for (var cc = 0u; cc < 4u; cc++) {
+            let col = tile.y + m * 16u + (lid % 4u) * 4u + cc;
+            if (col < p.v) { state[(slot * p.k + i) * p.v + col] = acc[m][cc]; }
+        }
+    }
+    if (tile.y == 0u && lid % 4u == 0u) { z_buf[slot * p.k + i] = xsum; }
+}
+
+// Chunked form, the start states in one pass (for many sequences·heads): one workgroup per
+// (sequence·head, 64×64 tile of S) runs through the sequence's chunks in order, writing the
+// running state as each chunk's start state and adding the chunk's K̃ᵀ·V, so the chunk sums never
+// round-trip through memory (the two-pass form writes them, then the scan reads and rewrites
+// them). starts holds the chunk bounds (C + 1), their positions (C), then each sequence's first
+// chunk (N + 1); count0 = C; z_init holds [S_0 | z_0]; each sequence's final state goes after the
+// chunks (as linattn_chunk_scan leaves it).
+var<workgroup> chunk_range: vec2<u32>;
+
+@compute @workgroup_size(256)
+fn linattn_chunk_states(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let nh = seq_head(wg, nwg);
+    if (nh >= p.batch * p.heads) { return; }
+    let h = nh % p.heads;
+    let nc = p.count0;
+    if (lid == 0u) { chunk_range = vec2<u32>(starts[2u * nc + 1u + nh / p.heads], starts[2u * nc + 2u + nh / p.heads]); }
+    let range = workgroupUniformLoad(&chunk_range);
+    let tile = outer_tile(wg.x);
+    let i = tile.x + lid / 4u;
+    var acc: array<vec4<f32>, 4>;
+    var zacc = 0.0;
     if (i < p.k) {
         for (var m = 0u; m < 4u; m++) {
             for (var cc = 0u; cc < 4u; cc++) {
                 let col = tile.y + m * 16u + (lid % 4u) * 4u + cc;
-                if (col < p.v) { state[(bh * p.k + i) * p.v + col] = o.acc[m][cc]; }
+                if (col < p.v) { acc[m][cc] = z_init[(nh * p.k + i) * p.v + col]; }
             }
         }
-        if (tile.y == 0u && lid % 4u == 0u) { z_buf[bh * p.k + i] = o.xsum; }
+        zacc = z_init[p.batch * p.heads * p.k * p.v + nh * p.k + i];
     }
+    for (var c = range.x; c < range.y; c++) {
+        chunk_put(c * p.heads + h, lid, tile, acc, zacc);
+        let o = chunk_outer(lid, 1u, 2u, starts[c], starts[c + 1u] - starts[c], h, tile.x, tile.y);
+        for (var m = 0u; m < 4u; m++) { acc[m] += o.acc[m]; }
+        zacc += o.xsum;
+    }
+    chunk_put(nc * p.heads + nh, lid, tile, acc, zacc);
 }
 
 // linattn_chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start

@@ -75,6 +75,13 @@ pub trait Backend {
     /// `state`, `z` hold each sequence's initial state and become its final state. Sequence
     /// `n`'s chunks are `seq_chunk0[n] .. seq_chunk0[n + 1]`; `p.count0` is the chunk count.
     fn linattn_chunk_scan(&self, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut Self::Buf, z: &mut Self::Buf, hs: &mut Self::Buf, zs: &mut Self::Buf) -> Result<()>;
+    /// The chunk start states in one pass (see `ops::linattn::LinearAttention::chunk`): for each
+    /// of the `p.batch` sequences, its state `state`, `z` carried through its chunks, each chunk's
+    /// start state written into `hs`, `zs` and the final state left in `state`, `z`. `table` holds
+    /// the chunk bounds (`p.count0` + 1), their positions, then each sequence's first chunk
+    /// (`p.batch` + 1); `hs`, `zs` have room for `p.count0 + p.batch` slots.
+    #[allow(clippy::too_many_arguments)]
+    fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &Self::Buf, v: &Self::Buf, state: &mut Self::Buf, z: &mut Self::Buf, hs: &mut Self::Buf, zs: &mut Self::Buf) -> Result<()>;
     /// Its backward (see `ops::linattn::LinearAttention::backward`, which validates):
     /// `x = [q, k, v, o, do]`, the initial state `s0`, `z0` and the gradients of the final state
     /// and normalizer (f32; None: 0); writes `[dq, dk, dv, dS0, dz0]`. With `p.varlen == 2` the

@@ -414,3 +414,64 @@ fn decode_serves_more_sequences_than_one_grid_dimension() {
         assert_close(&format!("{what} z"), &z, &z_ref, DType::F32);
     }
 }
+
+/// Enough sequences·heads that the chunked forms carry each state through its sequence's chunks
+/// in one pass (`FUSED_STATES_MIN_BLOCKS`): the forward's output and final state and the
+/// backward's gradients against the reference, fixed-length and packed (with empty sequences).
+#[test]
+fn chunked_forms_carry_many_sequences_in_one_pass() {
+    use ffkern::ops::linattn::{CHUNK, FUSED_STATES_MIN_BLOCKS};
+    let (b, h, k, v) = (64usize, 4usize, 16usize, 20usize);
+    assert!(b * h >= FUSED_STATES_MIN_BLOCKS, "the case must take the one-pass form");
+    for dev in devices_and_cpu() {
+        for (j, (fm, n)) in [(FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 }), (FeatureMap::Relu, Normalize::Count)].into_iter().enumerate() {
+            let dtype = [DType::F32, DType::BF16][j];
+            let t = 2 * CHUNK + 3;
+            let d = desc(b, t, h, k, v, fm, n);
+            let (q, kk, vv, s0, z0) = inputs(&d, dtype, 700 + j as u64);
+            let d_o = HostTensor::random(dtype, vec![d.vo_len()], 710 + j as u64);
+            let (o_ref, s_ref, z_ref) = cpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+            let starts: Vec<usize> = (0..=b).map(|x| x * t).collect();
+            let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [None, None], 0);
+            let what = format!("{} {dtype} B{b} T{t} H{h} {fm:?} {n:?} one-pass chunked", dev.name());
+            with_backend!(dev, be => {
+                let up = |x: &HostTensor| be.upload(x).expect("upload");
+                let down = |x: &_| be.download(x).expect("download").data;
+                let (qb, kb, vb) = (up(&q), up(&kk), up(&vv));
+                let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(dtype, d.vo_len()).expect("o"));
+                d.chunk(be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o).expect("chunk");
+                assert_close(&format!("{what} o"), &down(&o), &o_ref, dtype);
+                assert_close(&format!("{what} final S"), &down(&s), &s_ref, DType::F32);
+                assert_close(&format!("{what} final z"), &down(&z), &z_ref, DType::F32);
+                let g = d.chunk_backward(be, &qb, &kb, &vb, &o, &up(&d_o), &up(&s0), &up(&z0), [None, None], 0).expect("chunk backward");
+                assert_close(&format!("{what} dq"), &down(&g.dq), &g_ref.dq, dtype);
+                assert_close(&format!("{what} dk"), &down(&g.dk), &g_ref.dk, dtype);
+                assert_close(&format!("{what} dv"), &down(&g.dv), &g_ref.dv, dtype);
+                assert_close(&format!("{what} dS0"), &down(&g.d_state), &g_ref.ds0, DType::F32);
+            });
+        }
+    }
+    // Packed: 256 sequences of lengths 0 .. 2·CHUNK + 2 over one head.
+    let lens: Vec<u32> = (0..FUSED_STATES_MIN_BLOCKS as u32).map(|i| (i * 37) % (2 * CHUNK as u32 + 3)).collect();
+    let cu: Vec<u32> = std::iter::once(0).chain(lens.iter().scan(0, |acc, l| {
+        *acc += l;
+        Some(*acc)
+    })).collect();
+    let total = *cu.last().expect("cu") as usize;
+    let d = desc(1, total, 1, k, v, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
+    let seqs = desc(lens.len(), 1, 1, k, v, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
+    let (q, kk, vv, _, _) = inputs(&d, DType::F32, 720);
+    let (_, _, _, s0, z0) = inputs(&seqs, DType::F32, 730);
+    let starts: Vec<usize> = cu.iter().map(|&c| c as usize).collect();
+    let (o_ref, s_ref, _) = cpu::forward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+    for dev in devices_and_cpu() {
+        with_backend!(dev, be => {
+            let up = |x: &HostTensor| be.upload(x).expect("upload");
+            let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(DType::F32, d.vo_len()).expect("o"));
+            d.chunk_varlen(be, &up(&q), &up(&kk), &up(&vv), &cu, &mut s, &mut z, &mut o).expect("chunk varlen");
+            let what = format!("{} packed one-pass chunked", dev.name());
+            assert_close(&format!("{what} o"), &be.download(&o).expect("o").data, &o_ref, DType::F32);
+            assert_close(&format!("{what} final S"), &be.download(&s).expect("s").data, &s_ref, DType::F32);
+        });
+    }
+}

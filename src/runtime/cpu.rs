@@ -210,6 +210,15 @@ impl Backend for Cpu {
         self.linattn_backward(p, bounds, x, start[0], start[1], [Some(end[0]), Some(end[1])], [dq, dk, dv, &mut ds, &mut dz])
     }
 
+    fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &HostTensor, v: &HostTensor, state: &mut HostTensor, z: &mut HostTensor, hs: &mut HostTensor, zs: &mut HostTensor) -> Result<()> {
+        // The reference's two passes: each chunk's own sums, then the scan.
+        let chunks = p.count0 as usize;
+        let pc = LinAttnParams { batch: chunks as u32, varlen: 2, aux: 1, count0: 0, ..*p };
+        let mut o = HostTensor { dtype: k.dtype, shape: vec![0], data: Vec::new() };
+        self.linattn_recurrent(&pc, k, k, v, &table[..2 * chunks + 1], hs, zs, &mut o)?;
+        self.linattn_chunk_scan(&LinAttnParams { aux: 0, ..*p }, &table[2 * chunks + 1..], state, z, hs, zs)
+    }
+
     fn linattn_chunk_scan(&self, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut HostTensor, z: &mut HostTensor, hs: &mut HostTensor, zs: &mut HostTensor) -> Result<()> {
         let (heads, kv, k) = (p.heads as usize, (p.k * p.v) as usize, p.k as usize);
         for n in 0..p.batch as usize {

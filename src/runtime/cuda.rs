@@ -541,6 +541,20 @@ impl Backend for CudaRuntime {
         )
     }
 
+    fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &CudaBuf, v: &CudaBuf, state: &mut CudaBuf, z: &mut CudaBuf, hs: &mut CudaBuf, zs: &mut CudaBuf) -> Result<()> {
+        let (mut st, mut zv) = (state.typed_mut::<f32>()?.as_view_mut(), z.typed_mut::<f32>()?.as_view_mut());
+        let (mut h, mut zz) = (hs.typed_mut::<f32>()?.as_view_mut(), zs.typed_mut::<f32>()?.as_view_mut());
+        #[allow(clippy::too_many_arguments)]
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, table: &[u32], k: &CudaBuf, v: &CudaBuf, st: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, hs: &mut CudaViewMut<f32>, zs: &mut CudaViewMut<f32>) -> Result<()> {
+            crate::ops::linattn::cuda::chunk_states::<T>(rt, p, table, &k.typed::<T>()?.as_view(), &v.typed::<T>()?.as_view(), st, z, hs, zs)
+        }
+        match k.dtype() {
+            DType::F32 => go::<f32>(self, p, table, k, v, &mut st, &mut zv, &mut h, &mut zz),
+            DType::F16 => go::<f16>(self, p, table, k, v, &mut st, &mut zv, &mut h, &mut zz),
+            DType::BF16 => go::<bf16>(self, p, table, k, v, &mut st, &mut zv, &mut h, &mut zz),
+        }
+    }
+
     fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, z0: &CudaBuf, d_final: [Option<&CudaBuf>; 2], out: [&mut CudaBuf; 5]) -> Result<()> {
         #[allow(clippy::too_many_arguments)]
         fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, starts: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, z0: &CudaBuf, d_final: [Option<&CudaBuf>; 2], out: [&mut CudaBuf; 5]) -> Result<()> {

@@ -599,6 +599,11 @@ impl Backend for WgpuContext {
         crate::ops::linattn::wgpu::chunk_scan(self, p, seq_chunk0, &state.buffer, &z.buffer, &hs.buffer, &zs.buffer)
     }
 
+    fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &WgpuBuffer, v: &WgpuBuffer, state: &mut WgpuBuffer, z: &mut WgpuBuffer, hs: &mut WgpuBuffer, zs: &mut WgpuBuffer) -> Result<()> {
+        let dtype = same_dtype("linear_attn", &[("k", k.dtype), ("v", v.dtype)])?;
+        crate::ops::linattn::wgpu::chunk_states(self, p, dtype, table, &k.buffer, &v.buffer, &state.buffer, &z.buffer, &hs.buffer, &zs.buffer)
+    }
+
     fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&WgpuBuffer; 5], s0: &WgpuBuffer, z0: &WgpuBuffer, d_final: [Option<&WgpuBuffer>; 2], out: [&mut WgpuBuffer; 5]) -> Result<()> {
         let [dq, dk, dv, ds0, dz0] = out;
         let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype), ("dq", dq.dtype), ("dk", dk.dtype), ("dv", dv.dtype)])?;

@@ -38,6 +38,12 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_dqk_f32",
     "linattn_chunk_dqk_f16",
     "linattn_chunk_dqk_bf16",
+    "linattn_chunk_states_f32",
+    "linattn_chunk_states_f16",
+    "linattn_chunk_states_bf16",
+    "linattn_chunk_states_mma_f32",
+    "linattn_chunk_states_mma_f16",
+    "linattn_chunk_states_mma_bf16",
     "linattn_chunk_state_mma_f32",
     "linattn_chunk_state_mma_f16",
     "linattn_chunk_state_mma_bf16",
@@ -180,6 +186,33 @@ pub fn backward<T: CudaElem>(
         })?;
     }
     Ok(())
+}
+
+/// The chunk start states in one pass (see `Backend::linattn_chunk_states`).
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_states<T: CudaElem>(
+    rt: &CudaRuntime,
+    p: &LinAttnParams,
+    table: &[u32],
+    k: &CudaView<T>,
+    v: &CudaView<T>,
+    state: &mut CudaViewMut<f32>,
+    z: &mut CudaViewMut<f32>,
+    hs: &mut CudaViewMut<f32>,
+    zs: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_states", "linattn_chunk_states_mma")?, |_| Ok(()))?;
+    let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
+    let [gx, gy, gz] = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
+    let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: linattn_chunk_states[_mma]_<dtype>(k, v, state, z, starts, hs, zs, p) reads k [R·H·K],
+    // v [R·H·V] and the table [2·C + 1 + N + 1] (chunk bounds ending at R, each chunk ≤ 64 rows,
+    // positions, each sequence's chunk range); it reads and writes state [N·H·K·V] and z [N·H·K]
+    // (each element by one thread) and writes hs [C·H·K·V], zs [C·H·K]; LinearAttention::chunk
+    // sized every buffer.
+    rt.launch(&f, cfg, |a| {
+        a.arg(k).arg(v).arg(state).arg(z).arg(&table).arg(hs).arg(zs).arg(p);
+    })
 }
 
 /// The chunked form's inter-chunk pass (see `Backend::linattn_chunk_scan`).

@@ -106,6 +106,12 @@ pub fn grid(cols: usize, tile: usize, units: usize) -> [u32; 3] {
 pub const TILE: usize = 16;
 pub const WIDE_TILE: usize = 64;
 
+/// The workgroups (sequences·heads·[`outer_tiles`]) from which the chunked forms compute the
+/// chunk start states in one pass through each sequence's chunks rather than as parallel chunk
+/// sums plus a scan: enough to fill a GPU; the one pass skips a write and a read of every chunk's
+/// state.
+pub const FUSED_STATES_MIN_BLOCKS: usize = 256;
+
 /// Workgroups per chunk·head of the chunk-sum kernels (each a 64×64 tile of the K×V sum).
 pub fn outer_tiles(p: &LinAttnParams) -> usize {
     (p.k as usize).div_ceil(64) * (p.v as usize).div_ceil(64)
@@ -221,18 +227,26 @@ impl LinearAttention {
         be.linattn_recurrent(&pc, q, k, v, &t.bounds, &mut hs, &mut zs, o)
     }
 
-    /// Every chunk's start state `(S_c, z_c)` (`[chunks, H, K, V]`, `[chunks, H, K]`): a
-    /// state-only pass sums each chunk from zero, then the inter-chunk scan adds them up from
-    /// `state`, `z` (left holding each sequence's final state). `o` is not written.
+    /// Every chunk's start state `(S_c, z_c)` (`[chunks, H, K, V]`, `[chunks, H, K]`, then room for
+    /// each sequence's total), from `state`, `z` (left holding each sequence's final state). With
+    /// enough sequences·heads to fill a device ([`FUSED_STATES_MIN_BLOCKS`]) one pass carries each
+    /// state through its sequence's chunks; otherwise a state-only pass sums every chunk from zero
+    /// in parallel and the inter-chunk scan adds them up. `o` is not written.
     #[allow(clippy::too_many_arguments)]
     fn chunk_start_states<Be: Backend>(&self, be: &Be, p: &LinAttnParams, t: &ChunkTable, qkv: [&Be::Buf; 3], state: &mut Be::Buf, z: &mut Be::Buf, o: &mut Be::Buf) -> Result<(Be::Buf, Be::Buf)> {
         let sequences = p.batch as usize;
         let (kv, k_) = (self.heads * self.k * self.v, self.heads * self.k);
         let mut hs = be.alloc(DType::F32, (t.chunks + sequences) * kv)?;
         let mut zs = be.alloc(DType::F32, (t.chunks + sequences) * k_)?;
-        let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, aux: 1, ..*p };
-        be.linattn_recurrent(&pc, qkv[0], qkv[1], qkv[2], &t.bounds, &mut hs, &mut zs, o)?;
-        be.linattn_chunk_scan(&LinAttnParams { count0: t.chunks as u32, aux: 0, ..*p }, &t.seq_chunk0, state, z, &mut hs, &mut zs)?;
+        let ps = LinAttnParams { count0: t.chunks as u32, aux: 0, ..*p };
+        if sequences * self.heads * outer_tiles(p) >= FUSED_STATES_MIN_BLOCKS {
+            let table: Vec<u32> = t.bounds.iter().chain(&t.seq_chunk0).copied().collect();
+            be.linattn_chunk_states(&ps, &table, qkv[1], qkv[2], state, z, &mut hs, &mut zs)?;
+        } else {
+            let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, aux: 1, ..*p };
+            be.linattn_recurrent(&pc, qkv[0], qkv[1], qkv[2], &t.bounds, &mut hs, &mut zs, o)?;
+            be.linattn_chunk_scan(&ps, &t.seq_chunk0, state, z, &mut hs, &mut zs)?;
+        }
         Ok((hs, zs))
     }
 

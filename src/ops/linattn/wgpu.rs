@@ -62,23 +62,41 @@ pub fn recurrent(
 /// (the z_init binding); the chunk sums in `hs`, `zs` become the chunk start states, and the final
 /// states, which the kernel leaves after the chunks, are copied back into `state`, `z`.
 pub fn chunk_scan(ctx: &WgpuContext, p: &LinAttnParams, seq_chunk0: &[u32], state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
+    let threads = (p.batch * p.heads * (p.k * p.v + p.k)) as usize;
+    through_chunks(ctx, p, "linattn_chunk_scan", seq_chunk0, [None; 3], [state, z, hs, zs], ctx.grid_1d(threads))
+}
+
+/// The chunk start states in one pass (`linattn_chunk_states`, see `Backend::linattn_chunk_states`):
+/// `table` = chunk bounds and positions, then each sequence's first chunk.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], k: &wgpu::Buffer, v: &wgpu::Buffer, state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
+    let groups = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
+    through_chunks(ctx, p, "linattn_chunk_states", table, [None, Some((k, dtype)), Some((v, dtype))], [state, z, hs, zs], groups)
+}
+
+/// A pass that carries each sequence's state through its chunks (`entry`, `p.count0` chunks):
+/// `[S_0 | z_0]` go in as a copy (the z_init binding), `table` in the starts binding, the chunk
+/// slots of `hs`, `zs` are written, and the final states, which the kernel leaves after the
+/// chunks, are copied back into `state`, `z`. `qkv`: the inputs the entry reads (and their dtype).
+fn through_chunks(ctx: &WgpuContext, p: &LinAttnParams, entry: &'static str, table: &[u32], qkv: [Option<(&wgpu::Buffer, DType)>; 3], [state, z, hs, zs]: [&wgpu::Buffer; 4], groups: [u32; 3]) -> Result<()> {
     let (nh, k, v, chunks) = ((p.batch * p.heads) as u64, p.k as u64, p.v as u64, p.count0 as u64);
     let (s_bytes, z_bytes) = (nh * k * v * 4, nh * k * 4);
     let init = ctx.create_buffer(DType::F32, ((s_bytes + z_bytes) / 4) as usize)?;
-    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern chunk scan inputs") });
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern chunk pass inputs") });
     enc.copy_buffer_to_buffer(state, 0, &init, 0, s_bytes);
     enc.copy_buffer_to_buffer(z, 0, &init, s_bytes, z_bytes);
     ctx.queue.submit([enc.finish()]);
-    let seqs = wgpu::util::DeviceExt::create_buffer_init(
+    let table = wgpu::util::DeviceExt::create_buffer_init(
         &ctx.device,
-        &wgpu::util::BufferInitDescriptor { label: Some("ffkern chunk ranges"), contents: bytemuck::cast_slice(seq_chunk0), usage: wgpu::BufferUsages::STORAGE },
+        &wgpu::util::BufferInitDescriptor { label: Some("ffkern chunk table"), contents: bytemuck::cast_slice(table), usage: wgpu::BufferUsages::STORAGE },
     );
-    let pipe = ctx.pipeline(FAMILY, "linattn_chunk_scan", DType::F32, READ_ONLY, 3)?;
-    // q, k, v and o are not used: placeholders bind there.
-    let threads = (nh * (k * v + k)) as usize;
+    let dtype = qkv.iter().flatten().map(|x| x.1).next().unwrap_or(DType::F32);
+    let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 3)?;
+    // Inputs the entry does not read, and o, take placeholders.
     let (none, none_rw) = (ctx.dummy(false), ctx.dummy(true));
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[none, none, none, &init, &seqs, hs, zs, none_rw], ctx.grid_1d(threads))?;
-    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern chunk scan outputs") });
+    let [q, kb, vb] = qkv.map(|x| x.map_or(none, |x| x.0));
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, kb, vb, &init, &table, hs, zs, none_rw], groups)?;
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern chunk pass outputs") });
     enc.copy_buffer_to_buffer(hs, chunks * p.heads as u64 * k * v * 4, state, 0, s_bytes);
     enc.copy_buffer_to_buffer(zs, chunks * p.heads as u64 * k * 4, z, 0, z_bytes);
     ctx.queue.submit([enc.finish()]);
