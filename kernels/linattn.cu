@@ -137,16 +137,16 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
 }
 
 // The block's 64×64 tile (rows i0.. of K, columns j0.. of V) of Xᵀ·Y over a chunk's 64 rows, and
-// xsum = Σ_r x(r, i) (the chunked forward's K̃ᵀ·V and Σ k̃, the backward's Q̃ᵀ·dN); x(r, i), y(r, j)
-// take absolute columns and return 0 past the chunk or the width. Rows are staged 16 at a time;
+// xsum = Σ_r x(r, i)·w(r) (the chunked forward's K̃ᵀ·V and Σ k̃, the backward's Q̃ᵀ·dN and Q̃ᵀ·dd);
+// x(r, i), y(r, j) take absolute columns and return 0 past the chunk or the width. Rows are staged 16 at a time;
 // every thread is busy whatever K is.
 // MMA (the default): on tensor cores in 3xTF32 — each operand split into a TF32 head and a TF32
 // tail, head·head + head·tail + tail·head — which keeps the f32 state's accuracy (it is checked
 // to the f32 budget) at several times the FMA rate; warp w owns rows 16⌊w/2⌋.., columns 32(w % 2)..
 // of the tile in mma fragments, thread lid < 64 the xsum of row lid. Otherwise f32 FMA: thread
 // (i, quarter) = (lid / 4, lid % 4) owns row i, columns 16m + 4·quarter + (0..3) in acc[m].
-template <bool MMA, typename X, typename Y>
-__device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x, Y y, uint32_t i0, uint32_t j0) {
+template <bool MMA, typename X, typename Y, typename W>
+__device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x, Y y, W w, uint32_t i0, uint32_t j0) {
     __shared__ float ox[16][72], oy[16][72]; // padded: conflict-free fragment reads
     const uint32_t lid = threadIdx.x, i = lid / 4, quarter = lid % 4;
     const uint32_t warp = lid >> 5, g = (lid & 31) >> 2, tq = lid & 3, rw = 16 * (warp >> 1), cw = 32 * (warp & 1);
@@ -158,7 +158,7 @@ __device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x
         __syncthreads();
         if constexpr (MMA) {
             if (lid < 64)
-                for (int rr = 0; rr < 16; ++rr) xsum += ox[rr][lid];
+                for (int rr = 0; rr < 16; ++rr) xsum += ox[rr][lid] * w(r0 + rr);
 #pragma unroll
             for (uint32_t ks = 0; ks < 16; ks += 8) {
                 // A[i][r] = X[r][i]: the staged rows are A's columns.
@@ -170,7 +170,7 @@ __device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x
 #pragma unroll 2
             for (int rr = 0; rr < 16; ++rr) {
                 const float xv = ox[rr][i];
-                xsum += xv;
+                xsum += xv * w(r0 + rr);
 #pragma unroll
                 for (int m = 0; m < 4; ++m)
 #pragma unroll
@@ -225,33 +225,57 @@ __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const 
     float acc[4][4] = {}, zacc = 0.0f;
     chunk_outer<MMA>(
         acc, zacc, [&](uint32_t r, uint32_t i) { return r < len && i < p.k ? phi(p.feature_map, to_f32(k[row(r) * p.k + i])) : 0.0f; },
-        [&](uint32_t r, uint32_t j) { return r < len && j < p.v ? to_f32(v[row(r) * p.v + j]) : 0.0f; }, i0, j0);
+        [&](uint32_t r, uint32_t j) { return r < len && j < p.v ? to_f32(v[row(r) * p.v + j]) : 0.0f; }, [](uint32_t) { return 1.0f; }, i0, j0);
     move_outer<MMA, true>(acc, zacc, state, z, bh, i0, j0, p);
 }
 
-// The chunk start states in one pass (mirrors linattn_chunk_states in shaders/linattn.wgsl): one
-// block per (sequence·head, 64×64 tile of S) carries the state through the sequence's chunks,
-// writing it as each chunk's start state and adding the chunk's K̃ᵀ·V, so the chunk sums never
-// round-trip through memory. starts: chunk bounds (C + 1), positions (C), each sequence's first
-// chunk (N + 1); p.count0 = C; state, z hold the initial states and receive the final ones (each
-// element read and written by the same thread).
-template <typename T, bool MMA>
-__device__ __forceinline__ void chunk_states_impl(const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state, float* __restrict__ z,
-                                                  const uint32_t* __restrict__ starts, float* __restrict__ hs, float* __restrict__ zs, const LinAttnParams& p) {
+// The chunk start states in one pass, and the chunked backward's reverse pass in one sweep
+// (mirror linattn_chunk_states and linattn_chunk_grad_states in shaders/linattn.wgsl): one block
+// per (sequence·head, 64×64 tile of the state) carries the running state through the sequence's
+// chunks — forward: written as each chunk's start state S_c, then + K̃ᵀ·V (z: + Σ k̃); REVERSE,
+// from the last chunk: written as each chunk's end gradient G_c, then + Q̃ᵀ·dN (g: + Q̃ᵀ·dd) — so
+// the chunks' own sums never round-trip through memory. table: [C | chunk bounds (C + 1) |
+// positions (C) | each sequence's first chunk (N + 1)]; state, z hold the initial state (or
+// gradient) and receive the final one (each element read and written by the same thread); vo is
+// v (forward) or do; dendd den, dd per packed row (REVERSE with the Normalizer).
+template <typename T, bool MMA, bool REVERSE>
+__device__ __forceinline__ void chunk_sweep_impl(const T* __restrict__ qk, const T* __restrict__ vo, const float* __restrict__ dendd, float* __restrict__ state,
+                                                 float* __restrict__ z, const uint32_t* __restrict__ table, float* __restrict__ hs, float* __restrict__ zs,
+                                                 const LinAttnParams& p) {
+    __shared__ float cden[64], cdd[64];
     const uint32_t nh = blockIdx.y + blockIdx.z * gridDim.y;
     if (nh >= p.batch * p.heads) return;
-    const uint32_t h = nh % p.heads, nc = p.count0, nvt = (p.v + 63) / 64;
+    const uint32_t h = nh % p.heads, nc = table[0], nvt = (p.v + 63) / 64, lid = threadIdx.x;
     const uint32_t i0 = blockIdx.x / nvt * 64, j0 = blockIdx.x % nvt * 64;
-    const uint32_t c_lo = starts[2 * nc + 1 + nh / p.heads], c_hi = starts[2 * nc + 2 + nh / p.heads];
+    const uint32_t c_lo = table[2 * nc + 2 + nh / p.heads], c_hi = table[2 * nc + 3 + nh / p.heads];
     float acc[4][4] = {}, zacc = 0.0f;
     move_outer<MMA, false>(acc, zacc, state, z, nh, i0, j0, p);
-    for (uint32_t c = c_lo; c < c_hi; ++c) {
+    for (uint32_t j = c_lo; j < c_hi; ++j) {
+        const uint32_t c = REVERSE ? c_hi - 1 - (j - c_lo) : j;
         move_outer<MMA, true>(acc, zacc, hs, zs, (size_t)c * p.heads + h, i0, j0, p);
-        const uint32_t start = starts[c], len = starts[c + 1] - start, heads = p.heads, kd = p.k, vd = p.v, fm = p.feature_map;
+        const uint32_t start = table[1 + c], len = table[2 + c] - start, heads = p.heads, kd = p.k, vd = p.v, fm = p.feature_map;
+        const float scale = REVERSE ? p.scale : 1.0f;
+        if (REVERSE) {
+            if (lid < 64) {
+                float den = 1.0f, dd = 0.0f;
+                const size_t row = ((size_t)start + lid) * p.heads + h;
+                if (lid < len && p.normalize == 1) {
+                    den = dendd[2 * row];
+                    dd = dendd[2 * row + 1];
+                } else if (lid < len && p.normalize == 2) {
+                    den = (float)(p.count0 + table[nc + 2 + c] + lid + 1);
+                }
+                cden[lid] = den;
+                cdd[lid] = dd;
+            }
+            __syncthreads();
+        }
         float part[4][4] = {}, zpart = 0.0f;
+        const float *den = cden, *dd = cdd;
         chunk_outer<MMA>(
-            part, zpart, [=](uint32_t r, uint32_t i) { return r < len && i < kd ? phi(fm, to_f32(k[(((size_t)start + r) * heads + h) * kd + i])) : 0.0f; },
-            [=](uint32_t r, uint32_t j) { return r < len && j < vd ? to_f32(v[(((size_t)start + r) * heads + h) * vd + j]) : 0.0f; }, i0, j0);
+            part, zpart, [=](uint32_t r, uint32_t i) { return r < len && i < kd ? scale * phi(fm, to_f32(qk[(((size_t)start + r) * heads + h) * kd + i])) : 0.0f; },
+            [=](uint32_t r, uint32_t jv) { return r < len && jv < vd ? to_f32(vo[(((size_t)start + r) * heads + h) * vd + jv]) / (REVERSE ? den[r] : 1.0f) : 0.0f; },
+            [=](uint32_t r) { return REVERSE ? dd[r] : 1.0f; }, i0, j0);
 #pragma unroll
         for (int m = 0; m < 4; ++m)
 #pragma unroll
@@ -552,7 +576,7 @@ __device__ __forceinline__ void cb_stage_den(float* cden, float* cdd, const uint
 }
 
 // Normalizer only, one block per chunk·head: den_t = eps + q̃_t·(z_c + Σ_{s≤t} k̃_s) (prefix sums
-// of k̃ down each slab's columns), dd_t, and the chunk's own Q̃ᵀ·dd into hz.
+// of k̃ down each slab's columns), dd_t, and the chunk's own Q̃ᵀ·dd into hz (unless null).
 template <typename T>
 __device__ __forceinline__ void chunk_den_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ o, const T* __restrict__ d_o,
                                                const uint32_t* __restrict__ bounds, const float* __restrict__ z, float* __restrict__ dendd,
@@ -599,7 +623,7 @@ __device__ __forceinline__ void chunk_den_impl(const T* __restrict__ q, const T*
         }
     }
     __syncthreads();
-    if (lid < p.k) {
+    if (lid < p.k && hz != nullptr) {
         float acc = 0.0f;
         for (uint32_t r = 0; r < cr.len; ++r) acc += cb_ld<T>(0, q, k, nullptr, nullptr, nullptr, cr, r, lid, p) * cdd[r];
         hz[(size_t)cr.bh * p.k + lid] = acc;
@@ -619,7 +643,7 @@ __device__ __forceinline__ void chunk_dstate_impl(const T* __restrict__ q, const
     float acc[4][4] = {}, qsum = 0.0f;
     chunk_outer<MMA>(
         acc, qsum, [&](uint32_t r, uint32_t i) { return cb_ld<T>(0, q, nullptr, nullptr, d_o, cden, cr, r, i, p); },
-        [&](uint32_t r, uint32_t j) { return cb_ld<T>(3, q, nullptr, nullptr, d_o, cden, cr, r, j, p); }, i0, j0);
+        [&](uint32_t r, uint32_t j) { return cb_ld<T>(3, q, nullptr, nullptr, d_o, cden, cr, r, j, p); }, [](uint32_t) { return 1.0f; }, i0, j0);
     move_outer<MMA, true>(acc, qsum, g, nullptr, cr.bh, i0, j0, p);
 }
 
@@ -907,13 +931,23 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
         linattn_chunk_state_##SUFFIX(const T* k, const T* v, float* state, const uint32_t* starts, float* z, LinAttnParams p) { \
         chunk_state_impl<T, false>(k, v, state, starts, z, p);                                                                 \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_states_##SUFFIX(                                     \
-        const T* k, const T* v, float* state, float* z, const uint32_t* starts, float* hs, float* zs, LinAttnParams p) {     \
-        chunk_states_impl<T, false>(k, v, state, z, starts, hs, zs, p);                                                      \
+    extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_states_##SUFFIX(                                    \
+        const T* k, const T* v, float* state, float* z, const uint32_t* table, float* hs, float* zs, LinAttnParams p) {     \
+        chunk_sweep_impl<T, false, false>(k, v, nullptr, state, z, table, hs, zs, p);                                      \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_states_mma_##SUFFIX(                                 \
-        const T* k, const T* v, float* state, float* z, const uint32_t* starts, float* hs, float* zs, LinAttnParams p) {     \
-        chunk_states_impl<T, true>(k, v, state, z, starts, hs, zs, p);                                                       \
+    extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_states_mma_##SUFFIX(                                \
+        const T* k, const T* v, float* state, float* z, const uint32_t* table, float* hs, float* zs, LinAttnParams p) {     \
+        chunk_sweep_impl<T, true, false>(k, v, nullptr, state, z, table, hs, zs, p);                                       \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_grad_states_##SUFFIX(                               \
+        const T* q, const T* d_o, const float* dendd, float* d_state, float* d_z, const uint32_t* table, float* gs,         \
+        float* gzs, LinAttnParams p) {                                                                                     \
+        chunk_sweep_impl<T, false, true>(q, d_o, dendd, d_state, d_z, table, gs, gzs, p);                                  \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_grad_states_mma_##SUFFIX(                           \
+        const T* q, const T* d_o, const float* dendd, float* d_state, float* d_z, const uint32_t* table, float* gs,        \
+        float* gzs, LinAttnParams p) {                                                                                     \
+        chunk_sweep_impl<T, true, true>(q, d_o, dendd, d_state, d_z, table, gs, gzs, p);                                   \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_chunk_state_mma_##SUFFIX(const T* k, const T* v, float* state, const uint32_t* starts, float* z, LinAttnParams p) { \

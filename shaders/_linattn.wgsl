@@ -99,7 +99,8 @@ fn chunk_ld(which: u32, start: u32, len: u32, h: u32, r: u32, col: u32) -> f32 {
 
 // The workgroup's 64×64 tile (rows i0.. of K, columns j0.. of V) of Xᵀ·Y over the chunk's 64
 // rows, X = operand xw, Y = operand yw (as chunk_ld): invocation (i, quarter) = (lid / 4, lid % 4)
-// gets row i0 + i, columns j0 + 16m + 4·quarter + (0..3) in acc[m], and xsum = Σ_r X[r][i0 + i].
+// gets row i0 + i, columns j0 + 16m + 4·quarter + (0..3) in acc[m], and xsum = Σ_r X[r][i0 + i]
+// (weighted by the family's `row_weight(r)` when `weighted`).
 // Rows are staged 16 at a time; every invocation is busy whatever K is.
 var<workgroup> ox: array<f32, 1024>; // [16 rows][64]
 var<workgroup> oy: array<f32, 1024>; // [16 rows][64]
@@ -109,7 +110,7 @@ struct Outer {
     xsum: f32,
 }
 
-fn chunk_outer(lid: u32, xw: u32, yw: u32, start: u32, len: u32, h: u32, i0: u32, j0: u32) -> Outer {
+fn chunk_outer(lid: u32, xw: u32, yw: u32, start: u32, len: u32, h: u32, i0: u32, j0: u32, weighted: bool) -> Outer {
     var o: Outer;
     let i = lid / 4u;
     let quarter = lid % 4u;
@@ -121,7 +122,7 @@ fn chunk_outer(lid: u32, xw: u32, yw: u32, start: u32, len: u32, h: u32, i0: u32
         workgroupBarrier();
         for (var rr = 0u; rr < 16u; rr++) {
             let xv = ox[rr * 64u + i];
-            o.xsum += xv;
+            o.xsum += xv * select(1.0, row_weight(r0 + rr), weighted);
             for (var m = 0u; m < 4u; m++) {
                 let b = rr * 64u + m * 16u + quarter * 4u;
                 o.acc[m] += xv * vec4<f32>(oy[b], oy[b + 1u], oy[b + 2u], oy[b + 3u]);

@@ -145,8 +145,17 @@ fn linattn_chunk_scan(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
 // products instead of a scan: no barrier per row, every invocation busy.
 // linattn_chunk_state (aux 1): the chunk's own sums ΔS = K̃ᵀ·V (the workgroup's 64×64 tile) and
 // Δz = Σ k̃ into state and z_buf.
+// The fourth chunk operand and the row weights serve linattn_chunk_grad_states, where v_buf
+// holds do: dn = do/den and dd of the chunk's rows (staged in rden, rdd).
+var<workgroup> rden: array<f32, 64>;
+var<workgroup> rdd: array<f32, 64>;
+
 fn fourth_operand(i: u32, r: u32) -> f32 {
-    return 0.0; // the forward has no fourth chunk operand
+    return ld(2u, i) / rden[r];
+}
+
+fn row_weight(r: u32) -> f32 {
+    return rdd[r];
 }
 
 @compute @workgroup_size(256)
@@ -155,7 +164,7 @@ fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workg
     if (bh >= p.batch * p.heads) { return; }
     let c = bh / p.heads;
     let tile = outer_tile(wg.x);
-    let o = chunk_outer(lid, 1u, 2u, starts[c], starts[c + 1u] - starts[c], bh % p.heads, tile.x, tile.y);
+    let o = chunk_outer(lid, 1u, 2u, starts[c], starts[c + 1u] - starts[c], bh % p.heads, tile.x, tile.y, false);
     chunk_put(bh, lid, tile, o.acc, o.xsum);
 }
 
@@ -176,39 +185,93 @@ fn chunk_put(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, xsu
 // (sequence·head, 64×64 tile of S) runs through the sequence's chunks in order, writing the
 // running state as each chunk's start state and adding the chunk's K̃ᵀ·V, so the chunk sums never
 // round-trip through memory (the two-pass form writes them, then the scan reads and rewrites
-// them). starts holds the chunk bounds (C + 1), their positions (C), then each sequence's first
-// chunk (N + 1); count0 = C; z_init holds [S_0 | z_0]; each sequence's final state goes after the
-// chunks (as linattn_chunk_scan leaves it).
+// them). starts holds [C | chunk bounds (C + 1) | their positions (C) | each sequence's first chunk
+// (N + 1)]; z_init holds [S_0 | z_0]; each sequence's final state goes after the chunks (as
+// linattn_chunk_scan leaves it).
 var<workgroup> chunk_range: vec2<u32>;
+
+// The state (or gradient) a sweep starts from: invocation lid's part of tile `tile` of sequence·
+// head nh in z_init.
+fn sweep_init(lid: u32, nh: u32, tile: vec2<u32>) -> Outer {
+    var o: Outer;
+    let i = tile.x + lid / 4u;
+    if (i < p.k) {
+        for (var m = 0u; m < 4u; m++) {
+            for (var cc = 0u; cc < 4u; cc++) {
+                let col = tile.y + m * 16u + (lid % 4u) * 4u + cc;
+                if (col < p.v) { o.acc[m][cc] = z_init[(nh * p.k + i) * p.v + col]; }
+            }
+        }
+        o.xsum = z_init[p.batch * p.heads * p.k * p.v + nh * p.k + i];
+    }
+    return o;
+}
+
+// Sequence·head nh's chunk range [x, y) from the table (uniform across the workgroup).
+fn sweep_range(lid: u32, nh: u32) -> vec2<u32> {
+    let nc = starts[0];
+    if (lid == 0u) { chunk_range = vec2<u32>(starts[2u * nc + 2u + nh / p.heads], starts[2u * nc + 3u + nh / p.heads]); }
+    return workgroupUniformLoad(&chunk_range);
+}
 
 @compute @workgroup_size(256)
 fn linattn_chunk_states(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let nh = seq_head(wg, nwg);
     if (nh >= p.batch * p.heads) { return; }
     let h = nh % p.heads;
-    let nc = p.count0;
-    if (lid == 0u) { chunk_range = vec2<u32>(starts[2u * nc + 1u + nh / p.heads], starts[2u * nc + 2u + nh / p.heads]); }
-    let range = workgroupUniformLoad(&chunk_range);
+    let range = sweep_range(lid, nh);
     let tile = outer_tile(wg.x);
-    let i = tile.x + lid / 4u;
-    var acc: array<vec4<f32>, 4>;
-    var zacc = 0.0;
-    if (i < p.k) {
-        for (var m = 0u; m < 4u; m++) {
-            for (var cc = 0u; cc < 4u; cc++) {
-                let col = tile.y + m * 16u + (lid % 4u) * 4u + cc;
-                if (col < p.v) { acc[m][cc] = z_init[(nh * p.k + i) * p.v + col]; }
-            }
-        }
-        zacc = z_init[p.batch * p.heads * p.k * p.v + nh * p.k + i];
-    }
+    var run = sweep_init(lid, nh, tile);
     for (var c = range.x; c < range.y; c++) {
-        chunk_put(c * p.heads + h, lid, tile, acc, zacc);
-        let o = chunk_outer(lid, 1u, 2u, starts[c], starts[c + 1u] - starts[c], h, tile.x, tile.y);
-        for (var m = 0u; m < 4u; m++) { acc[m] += o.acc[m]; }
-        zacc += o.xsum;
+        chunk_put(c * p.heads + h, lid, tile, run.acc, run.xsum);
+        let o = chunk_outer(lid, 1u, 2u, starts[1u + c], starts[2u + c] - starts[1u + c], h, tile.x, tile.y, false);
+        for (var m = 0u; m < 4u; m++) { run.acc[m] += o.acc[m]; }
+        run.xsum += o.xsum;
     }
-    chunk_put(nc * p.heads + nh, lid, tile, acc, zacc);
+    chunk_put(starts[0] * p.heads + nh, lid, tile, run.acc, run.xsum);
+}
+
+// The chunked backward's reverse pass in one sweep (its twin): from the last chunk back, the
+// running gradient (dS_T, dz_T in z_init) is written as each chunk's end gradient G_c, g_c, then
+// the chunk's own Q̃ᵀ·dN and Q̃ᵀ·dd are added; the gradient at each sequence's start goes after the
+// chunks. v_buf holds do; the table continues with den, dd per packed row (R·H·2, f32 bits, read
+// for the Normalizer); count0 is the Count mode's prefix.
+@compute @workgroup_size(256)
+fn linattn_chunk_grad_states(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let nh = seq_head(wg, nwg);
+    if (nh >= p.batch * p.heads) { return; }
+    let h = nh % p.heads;
+    let nc = starts[0];
+    let dd_off = 2u * nc + 3u + p.batch;
+    let range = sweep_range(lid, nh);
+    let tile = outer_tile(wg.x);
+    var run = sweep_init(lid, nh, tile);
+    for (var j = range.x; j < range.y; j++) {
+        let c = range.y - 1u - (j - range.x);
+        chunk_put(c * p.heads + h, lid, tile, run.acc, run.xsum);
+        let start = starts[1u + c];
+        let len = starts[2u + c] - start;
+        if (lid < 64u) {
+            var den = 1.0;
+            var dd = 0.0;
+            if (lid < len) {
+                let row = (start + lid) * p.heads + h;
+                if (p.normalize == 1u) {
+                    den = bitcast<f32>(starts[dd_off + 2u * row]);
+                    dd = bitcast<f32>(starts[dd_off + 2u * row + 1u]);
+                } else if (p.normalize == 2u) {
+                    den = f32(p.count0 + starts[nc + 2u + c] + lid + 1u);
+                }
+            }
+            rden[lid] = den;
+            rdd[lid] = dd;
+        }
+        workgroupBarrier();
+        let o = chunk_outer(lid, 0u, 3u, start, len, h, tile.x, tile.y, true);
+        for (var m = 0u; m < 4u; m++) { run.acc[m] += o.acc[m]; }
+        run.xsum += o.xsum;
+    }
+    chunk_put(nc * p.heads + nh, lid, tile, run.acc, run.xsum);
 }
 
 // linattn_chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start

@@ -242,6 +242,10 @@ fn fourth_operand(i: u32, r: u32) -> f32 {
     return ld_od(1u, i) / cden[r];
 }
 
+fn row_weight(r: u32) -> f32 {
+    return cdd[r];
+}
+
 fn cb_ld(which: u32, cr: ChunkRow, r: u32, col: u32) -> f32 {
     return chunk_ld(which, cr.start, cr.len, cr.h, r, col);
 }
@@ -353,7 +357,7 @@ fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(work
     cb_stage_den(lid, cr);
     workgroupBarrier();
     let tile = outer_tile(wg.x);
-    let o = chunk_outer(lid, 0u, 3u, cr.start, cr.len, cr.h, tile.x, tile.y);
+    let o = chunk_outer(lid, 0u, 3u, cr.start, cr.len, cr.h, tile.x, tile.y, false);
     let i = tile.x + lid / 4u;
     if (i < p.k) {
         for (var m = 0u; m < 4u; m++) {

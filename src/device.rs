@@ -78,8 +78,8 @@ pub trait Backend {
     /// The chunk start states in one pass (see `ops::linattn::LinearAttention::chunk`): for each
     /// of the `p.batch` sequences, its state `state`, `z` carried through its chunks, each chunk's
     /// start state written into `hs`, `zs` and the final state left in `state`, `z`. `table` holds
-    /// the chunk bounds (`p.count0` + 1), their positions, then each sequence's first chunk
-    /// (`p.batch` + 1); `hs`, `zs` have room for `p.count0 + p.batch` slots.
+    /// `[C | chunk bounds (C + 1) | their positions (C) | each sequence's first chunk (p.batch + 1)]`;
+    /// `hs`, `zs` have room for `C + p.batch` slots.
     #[allow(clippy::too_many_arguments)]
     fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &Self::Buf, v: &Self::Buf, state: &mut Self::Buf, z: &mut Self::Buf, hs: &mut Self::Buf, zs: &mut Self::Buf) -> Result<()>;
     /// Its backward (see `ops::linattn::LinearAttention::backward`, which validates):
@@ -90,11 +90,18 @@ pub trait Backend {
     fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&Self::Buf; 5], s0: &Self::Buf, z0: &Self::Buf, d_final: [Option<&Self::Buf>; 2], out: [&mut Self::Buf; 5]) -> Result<()>;
     /// The chunked backward's first per-chunk pass (see `ops::linattn::LinearAttention::chunk_backward`):
     /// `p.batch` chunks (`p.varlen == 2`, `bounds` as for the forward), `x = [q, k, v, o, do]`,
-    /// the forward's state at each chunk's start `start = [S_c, z_c]`; writes each chunk's own
-    /// `Σ q̃·dnᵀ`, `Σ q̃·dd` into `own` and what the second pass reads into `scratch` (f32,
-    /// `ops::linattn::chunk_scratch_len` elements).
+    /// the forward's state at each chunk's start `start = [S_c, z_c]`; writes what the later
+    /// passes read into `scratch` (f32, `ops::linattn::chunk_scratch_len` elements) and, given
+    /// `own`, each chunk's own `Σ q̃·dnᵀ`, `Σ q̃·dd` there.
     #[allow(clippy::too_many_arguments)]
-    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&Self::Buf; 5], start: [&Self::Buf; 2], scratch: &mut Self::Buf, own: [&mut Self::Buf; 2]) -> Result<()>;
+    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&Self::Buf; 5], start: [&Self::Buf; 2], scratch: &mut Self::Buf, own: Option<[&mut Self::Buf; 2]>) -> Result<()>;
+    /// The chunked backward's reverse pass in one sweep (many sequences·heads; the twin of
+    /// `linattn_chunk_states`, same `table` and parameters): for each sequence, the gradient of
+    /// the state and normalizer `d` (in: dS_T, dz_T; out: dS0, dz0) carried back through its
+    /// chunks, each chunk's end gradient written into `g` (`C + p.batch` slots). `x`, `start` and
+    /// `scratch` as for `linattn_chunk_dstate`, which filled `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    fn linattn_chunk_grad_states(&self, p: &LinAttnParams, table: &[u32], x: [&Self::Buf; 5], start: [&Self::Buf; 2], scratch: &Self::Buf, d: [&mut Self::Buf; 2], g: [&mut Self::Buf; 2]) -> Result<()>;
     /// The second: with `end = [G_c, g_c]`, the gradients of the state and normalizer at each
     /// chunk's end, writes `[dq, dk, dv]`.
     #[allow(clippy::too_many_arguments)]

@@ -430,24 +430,32 @@ fn chunked_forms_carry_many_sequences_in_one_pass() {
             let d = desc(b, t, h, k, v, fm, n);
             let (q, kk, vv, s0, z0) = inputs(&d, dtype, 700 + j as u64);
             let d_o = HostTensor::random(dtype, vec![d.vo_len()], 710 + j as u64);
-            let (o_ref, s_ref, z_ref) = cpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+            // A prefix (count0) for Count mode.
+            let count0 = if n == Normalize::Count { 5 } else { 0 };
+            let (o_ref, s_ref, z_ref) = cpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), count0);
             let starts: Vec<usize> = (0..=b).map(|x| x * t).collect();
-            let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [None, None], 0);
+            let (d_s, d_z) = (HostTensor::random(DType::F32, vec![d.state_len()], 740), HostTensor::random(DType::F32, vec![d.z_len()], 750));
+            let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [Some(&d_s.data), Some(&d_z.data)], count0);
             let what = format!("{} {dtype} B{b} T{t} H{h} {fm:?} {n:?} one-pass chunked", dev.name());
             with_backend!(dev, be => {
                 let up = |x: &HostTensor| be.upload(x).expect("upload");
                 let down = |x: &_| be.download(x).expect("download").data;
                 let (qb, kb, vb) = (up(&q), up(&kk), up(&vv));
                 let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(dtype, d.vo_len()).expect("o"));
-                d.chunk(be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o).expect("chunk");
+                d.chunk(be, &qb, &kb, &vb, &mut s, &mut z, count0 as u32, &mut o).expect("chunk");
                 assert_close(&format!("{what} o"), &down(&o), &o_ref, dtype);
                 assert_close(&format!("{what} final S"), &down(&s), &s_ref, DType::F32);
                 assert_close(&format!("{what} final z"), &down(&z), &z_ref, DType::F32);
-                let g = d.chunk_backward(be, &qb, &kb, &vb, &o, &up(&d_o), &up(&s0), &up(&z0), [None, None], 0).expect("chunk backward");
+                let (dsb, dzb) = (up(&d_s), up(&d_z));
+                let g = d.chunk_backward(be, &qb, &kb, &vb, &o, &up(&d_o), &up(&s0), &up(&z0), [Some(&dsb), Some(&dzb)], count0 as u32).expect("chunk backward");
                 assert_close(&format!("{what} dq"), &down(&g.dq), &g_ref.dq, dtype);
                 assert_close(&format!("{what} dk"), &down(&g.dk), &g_ref.dk, dtype);
                 assert_close(&format!("{what} dv"), &down(&g.dv), &g_ref.dv, dtype);
                 assert_close(&format!("{what} dS0"), &down(&g.d_state), &g_ref.ds0, DType::F32);
+                if n != Normalize::Count {
+                    // dz0 reads the forward's output o, stored in the inputs' dtype.
+                    assert_close(&format!("{what} dz0"), &down(&g.d_z), &g_ref.dz0, dtype);
+                }
             });
         }
     }

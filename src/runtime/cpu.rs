@@ -196,10 +196,11 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&HostTensor; 5], start: [&HostTensor; 2], _scratch: &mut HostTensor, own: [&mut HostTensor; 2]) -> Result<()> {
+    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&HostTensor; 5], start: [&HostTensor; 2], _scratch: &mut HostTensor, own: Option<[&mut HostTensor; 2]>) -> Result<()> {
         // The reference backward over the chunks with zero end gradients: its dS0, dz0 are each
-        // chunk's own sums (dq, dk, dv are not needed: empty outputs take none of them).
-        let [g, gz] = own;
+        // chunk's own sums (dq, dk, dv are not needed: empty outputs take none of them). The
+        // reference needs no den, dd table.
+        let Some([g, gz]) = own else { return Ok(()) };
         let [mut a, mut b, mut c] = [(); 3].map(|_| HostTensor { dtype: DType::F32, shape: vec![0], data: Vec::new() });
         self.linattn_backward(p, bounds, x, start[0], start[1], [None, None], [&mut a, &mut b, &mut c, g, gz])
     }
@@ -212,11 +213,20 @@ impl Backend for Cpu {
 
     fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &HostTensor, v: &HostTensor, state: &mut HostTensor, z: &mut HostTensor, hs: &mut HostTensor, zs: &mut HostTensor) -> Result<()> {
         // The reference's two passes: each chunk's own sums, then the scan.
-        let chunks = p.count0 as usize;
-        let pc = LinAttnParams { batch: chunks as u32, varlen: 2, aux: 1, count0: 0, ..*p };
+        let (pc, bounds, seq_chunk0) = chunk_table(p, table);
         let mut o = HostTensor { dtype: k.dtype, shape: vec![0], data: Vec::new() };
-        self.linattn_recurrent(&pc, k, k, v, &table[..2 * chunks + 1], hs, zs, &mut o)?;
-        self.linattn_chunk_scan(&LinAttnParams { aux: 0, ..*p }, &table[2 * chunks + 1..], state, z, hs, zs)
+        self.linattn_recurrent(&LinAttnParams { aux: 1, ..pc }, k, k, v, bounds, hs, zs, &mut o)?;
+        self.linattn_chunk_scan(&LinAttnParams { aux: 0, count0: pc.batch, ..*p }, seq_chunk0, state, z, hs, zs)
+    }
+
+    fn linattn_chunk_grad_states(&self, p: &LinAttnParams, table: &[u32], x: [&HostTensor; 5], start: [&HostTensor; 2], scratch: &HostTensor, d: [&mut HostTensor; 2], g: [&mut HostTensor; 2]) -> Result<()> {
+        // The reference's two passes: each chunk's own sums, then the reverse scan.
+        let (pc, bounds, seq_chunk0) = chunk_table(p, table);
+        let [gs, gzs] = g;
+        let mut scratch = scratch.clone();
+        self.linattn_chunk_dstate(&pc, bounds, x, start, &mut scratch, Some([&mut *gs, &mut *gzs]))?;
+        let [ds, dz] = d;
+        self.linattn_chunk_scan(&LinAttnParams { aux: 1, count0: pc.batch, ..*p }, seq_chunk0, ds, dz, gs, gzs)
     }
 
     fn linattn_chunk_scan(&self, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut HostTensor, z: &mut HostTensor, hs: &mut HostTensor, zs: &mut HostTensor) -> Result<()> {
@@ -375,4 +385,11 @@ fn write_rounded(out: &mut HostTensor, y: Vec<f64>) -> Result<()> {
         *dst = out.dtype.round(v as f32);
     }
     Ok(())
+}
+
+/// A chunk table `[C | chunk bounds (C + 1) | positions (C) | each sequence's first chunk]` split:
+/// the chunks' parameters (varlen 2), the bounds with positions, and the sequences' chunk ranges.
+fn chunk_table<'a>(p: &LinAttnParams, table: &'a [u32]) -> (LinAttnParams, &'a [u32], &'a [u32]) {
+    let c = table[0] as usize;
+    (LinAttnParams { batch: c as u32, varlen: 2, ..*p }, &table[1..2 * c + 2], &table[2 * c + 2..])
 }

@@ -583,21 +583,43 @@ impl Backend for CudaRuntime {
         }
     }
 
-    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: [&CudaBuf; 2], scratch: &mut CudaBuf, own: [&mut CudaBuf; 2]) -> Result<()> {
+    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: [&CudaBuf; 2], scratch: &mut CudaBuf, own: Option<[&mut CudaBuf; 2]>) -> Result<()> {
         let (dd_off, dd_len) = chunk_dendd(p, bounds);
-        let [g, hz] = own;
-        let mut g = g.typed_mut::<f32>()?.as_view_mut();
-        let mut hz = hz.typed_mut::<f32>()?.as_view_mut();
+        let mut own = match own {
+            Some([g, hz]) => Some([g.typed_mut::<f32>()?.as_view_mut(), hz.typed_mut::<f32>()?.as_view_mut()]),
+            None => None,
+        };
         let mut dendd = scratch.typed_mut::<f32>()?.slice_mut(dd_off..dd_off + dd_len);
         let z = start[1].typed::<f32>()?.as_view();
-        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], z: &CudaView<f32>, dendd: &mut CudaViewMut<f32>, own: [&mut CudaViewMut<f32>; 2]) -> Result<()> {
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], z: &CudaView<f32>, dendd: &mut CudaViewMut<f32>, own: Option<[&mut CudaViewMut<f32>; 2]>) -> Result<()> {
             let v = [x[0].typed::<T>()?.as_view(), x[1].typed::<T>()?.as_view(), x[2].typed::<T>()?.as_view(), x[3].typed::<T>()?.as_view(), x[4].typed::<T>()?.as_view()];
             crate::ops::linattn::cuda::chunk_dstate::<T>(rt, p, bounds, [&v[0], &v[1], &v[2], &v[3], &v[4]], z, dendd, own)
         }
+        let own = own.as_mut().map(|[g, hz]| [g, hz]);
         match x[0].dtype() {
-            DType::F32 => go::<f32>(self, p, bounds, x, &z, &mut dendd, [&mut g, &mut hz]),
-            DType::F16 => go::<f16>(self, p, bounds, x, &z, &mut dendd, [&mut g, &mut hz]),
-            DType::BF16 => go::<bf16>(self, p, bounds, x, &z, &mut dendd, [&mut g, &mut hz]),
+            DType::F32 => go::<f32>(self, p, bounds, x, &z, &mut dendd, own),
+            DType::F16 => go::<f16>(self, p, bounds, x, &z, &mut dendd, own),
+            DType::BF16 => go::<bf16>(self, p, bounds, x, &z, &mut dendd, own),
+        }
+    }
+
+    fn linattn_chunk_grad_states(&self, p: &LinAttnParams, table: &[u32], x: [&CudaBuf; 5], _start: [&CudaBuf; 2], scratch: &CudaBuf, d: [&mut CudaBuf; 2], g: [&mut CudaBuf; 2]) -> Result<()> {
+        let c = table[0] as usize;
+        let pc = LinAttnParams { batch: c as u32, ..*p };
+        let (dd_off, dd_len) = chunk_dendd(&pc, &table[1..]);
+        let dendd = scratch.typed::<f32>()?.slice(dd_off..dd_off + dd_len);
+        let ([ds, dz], [gs, gzs]) = (d, g);
+        let (mut ds, mut dz) = (ds.typed_mut::<f32>()?.as_view_mut(), dz.typed_mut::<f32>()?.as_view_mut());
+        let (mut gs, mut gzs) = (gs.typed_mut::<f32>()?.as_view_mut(), gzs.typed_mut::<f32>()?.as_view_mut());
+        #[allow(clippy::too_many_arguments)]
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, table: &[u32], x: [&CudaBuf; 5], dendd: &CudaView<f32>, d: [&mut CudaViewMut<f32>; 2], g: [&mut CudaViewMut<f32>; 2]) -> Result<()> {
+            crate::ops::linattn::cuda::chunk_grad_states::<T>(rt, p, table, &x[0].typed::<T>()?.as_view(), &x[4].typed::<T>()?.as_view(), dendd, d, g)
+        }
+        let (d, g) = ([&mut ds, &mut dz], [&mut gs, &mut gzs]);
+        match x[0].dtype() {
+            DType::F32 => go::<f32>(self, p, table, x, &dendd, d, g),
+            DType::F16 => go::<f16>(self, p, table, x, &dendd, d, g),
+            DType::BF16 => go::<bf16>(self, p, table, x, &dendd, d, g),
         }
     }
 

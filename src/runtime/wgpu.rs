@@ -612,10 +612,16 @@ impl Backend for WgpuContext {
         crate::ops::linattn::wgpu::backward(self, p, dtype, starts, xb, &s0.buffer, &z0.buffer, d_final.map(|b| b.map(|b| &b.buffer)), outs)
     }
 
-    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&WgpuBuffer; 5], start: [&WgpuBuffer; 2], scratch: &mut WgpuBuffer, own: [&mut WgpuBuffer; 2]) -> Result<()> {
+    fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&WgpuBuffer; 5], start: [&WgpuBuffer; 2], scratch: &mut WgpuBuffer, own: Option<[&mut WgpuBuffer; 2]>) -> Result<()> {
         let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype)])?;
-        let [g, gz] = own;
-        crate::ops::linattn::wgpu::chunk_dstate(self, p, dtype, bounds, x.map(|b| &b.buffer), &start[1].buffer, &scratch.buffer, [&g.buffer, &gz.buffer])
+        let own = own.map(|[g, gz]| [&g.buffer, &gz.buffer]);
+        crate::ops::linattn::wgpu::chunk_dstate(self, p, dtype, bounds, x.map(|b| &b.buffer), &start[1].buffer, &scratch.buffer, own)
+    }
+
+    fn linattn_chunk_grad_states(&self, p: &LinAttnParams, table: &[u32], x: [&WgpuBuffer; 5], _start: [&WgpuBuffer; 2], scratch: &WgpuBuffer, d: [&mut WgpuBuffer; 2], g: [&mut WgpuBuffer; 2]) -> Result<()> {
+        let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("do", x[4].dtype)])?;
+        let ([ds, dz], [gs, gzs]) = (d, g);
+        crate::ops::linattn::wgpu::chunk_grad_states(self, p, dtype, table, &x[0].buffer, &x[4].buffer, &scratch.buffer, [&ds.buffer, &dz.buffer], [&gs.buffer, &gzs.buffer])
     }
 
     fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&WgpuBuffer; 5], start: [&WgpuBuffer; 2], end: [&WgpuBuffer; 2], scratch: &mut WgpuBuffer, out: [&mut WgpuBuffer; 3]) -> Result<()> {

@@ -44,6 +44,12 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_states_mma_f32",
     "linattn_chunk_states_mma_f16",
     "linattn_chunk_states_mma_bf16",
+    "linattn_chunk_grad_states_f32",
+    "linattn_chunk_grad_states_f16",
+    "linattn_chunk_grad_states_bf16",
+    "linattn_chunk_grad_states_mma_f32",
+    "linattn_chunk_grad_states_mma_f16",
+    "linattn_chunk_grad_states_mma_bf16",
     "linattn_chunk_state_mma_f32",
     "linattn_chunk_state_mma_f16",
     "linattn_chunk_state_mma_bf16",
@@ -240,11 +246,10 @@ pub fn chunk_dstate<T: CudaElem>(
     x: [&CudaView<T>; 5],
     z_start: &CudaView<f32>,
     dendd: &mut CudaViewMut<f32>,
-    own: [&mut CudaViewMut<f32>; 2],
+    mut own: Option<[&mut CudaViewMut<f32>; 2]>,
 ) -> Result<()> {
     let bounds_dev = rt.stream.clone_htod(bounds).map_err(|e| crate::Error::driver("cuda: uploading the chunk bounds", e))?;
     let [q, k, _, o, d_o] = x;
-    let [g, hz] = own;
     let units = (p.batch * p.heads) as usize;
     let cfg = |cols: usize, tile: usize| {
         let [gx, gy, gz] = super::grid(cols, tile, units);
@@ -254,17 +259,54 @@ pub fn chunk_dstate<T: CudaElem>(
         let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_den")?, |_| Ok(()))?;
         // SAFETY: linattn_chunk_den_<dtype>(q, k, o, do, bounds, z, dendd, hz, p) reads q, k
         // [R·H·K], o, do [R·H·V], bounds [2·C + 1] (chunk boundaries ending at R, each chunk ≤ 64
-        // rows, then positions) and z [C·H·K]; it writes dendd [R·H·2] and hz [C·H·K], each
-        // element once. LinearAttention::chunk_backward sized every buffer.
+        // rows, then positions) and z [C·H·K]; it writes dendd [R·H·2] and, unless hz is null
+        // (no `own`), hz [C·H·K], each element once. LinearAttention::chunk_backward sized every
+        // buffer.
         rt.launch(&f, cfg(1, super::TILE), |a| {
-            a.arg(q).arg(k).arg(o).arg(d_o).arg(&bounds_dev).arg(z_start).arg(&mut *dendd).arg(hz).arg(p);
+            a.arg(q).arg(k).arg(o).arg(d_o).arg(&bounds_dev).arg(z_start).arg(&mut *dendd);
+            match own.as_mut() {
+                Some([_, hz]) => a.arg(&mut **hz),
+                None => a.arg(&NULL),
+            };
+            a.arg(p);
         })?;
     }
+    let Some([g, _]) = own else { return Ok(()) };
     let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_dstate", "linattn_chunk_dstate_mma")?, |_| Ok(()))?;
     // SAFETY: linattn_chunk_dstate[_mma]_<dtype>(q, do, bounds, dendd, g, p) reads q, do, bounds as above
     // and dendd (Normalizer only), and writes g [C·H·K·V], each element once.
     rt.launch(&f, cfg(super::outer_tiles(p), 1), |a| {
         a.arg(q).arg(d_o).arg(&bounds_dev).arg(&mut *dendd).arg(g).arg(p);
+    })
+}
+
+/// A null device pointer, for a kernel's optional output.
+const NULL: u64 = 0;
+
+/// The chunked backward's reverse pass in one sweep (see `Backend::linattn_chunk_grad_states`).
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_grad_states<T: CudaElem>(
+    rt: &CudaRuntime,
+    p: &LinAttnParams,
+    table: &[u32],
+    q: &CudaView<T>,
+    d_o: &CudaView<T>,
+    dendd: &CudaView<f32>,
+    d: [&mut CudaViewMut<f32>; 2],
+    g: [&mut CudaViewMut<f32>; 2],
+) -> Result<()> {
+    let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_grad_states", "linattn_chunk_grad_states_mma")?, |_| Ok(()))?;
+    let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
+    let [gx, gy, gz] = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
+    let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let ([ds, dz], [gs, gzs]) = (d, g);
+    // SAFETY: linattn_chunk_grad_states[_mma]_<dtype>(q, do, dendd, d_state, d_z, table, gs, gzs, p)
+    // reads q [R·H·K], do [R·H·V], dendd [R·H·2] (Normalizer only) and the table [2·C + 1 + N + 2]
+    // (C, chunk bounds ending at R, each chunk ≤ 64 rows, positions, each sequence's chunk range);
+    // it reads and writes d_state [N·H·K·V] and d_z [N·H·K] (each element by one thread) and
+    // writes gs [C·H·K·V], gzs [C·H·K]; LinearAttention::chunk_backward sized every buffer.
+    rt.launch(&f, cfg, |a| {
+        a.arg(q).arg(d_o).arg(dendd).arg(ds).arg(dz).arg(&table).arg(gs).arg(gzs).arg(p);
     })
 }
 

@@ -106,11 +106,17 @@ pub fn grid(cols: usize, tile: usize, units: usize) -> [u32; 3] {
 pub const TILE: usize = 16;
 pub const WIDE_TILE: usize = 64;
 
-/// The workgroups (sequences·heads·[`outer_tiles`]) from which the chunked forms compute the
-/// chunk start states in one pass through each sequence's chunks rather than as parallel chunk
-/// sums plus a scan: enough to fill a GPU; the one pass skips a write and a read of every chunk's
-/// state.
+/// The workgroups (sequences·heads·[`outer_tiles`]) from which the chunked forms carry the state
+/// (forward) and its gradient (backward) through each sequence's chunks in one sweep rather than
+/// as parallel per-chunk sums plus a scan: enough to fill a GPU; the sweep skips a write and a
+/// read of every chunk's state.
 pub const FUSED_STATES_MIN_BLOCKS: usize = 256;
+
+/// Whether the chunked forms carry the states through each sequence's chunks in one sweep (see
+/// [`FUSED_STATES_MIN_BLOCKS`]); `p.batch` sequences.
+fn fused_sweep(p: &LinAttnParams, heads: usize) -> bool {
+    p.batch as usize * heads * outer_tiles(p) >= FUSED_STATES_MIN_BLOCKS
+}
 
 /// Workgroups per chunk·head of the chunk-sum kernels (each a 64×64 tile of the K×V sum).
 pub fn outer_tiles(p: &LinAttnParams) -> usize {
@@ -238,14 +244,12 @@ impl LinearAttention {
         let (kv, k_) = (self.heads * self.k * self.v, self.heads * self.k);
         let mut hs = be.alloc(DType::F32, (t.chunks + sequences) * kv)?;
         let mut zs = be.alloc(DType::F32, (t.chunks + sequences) * k_)?;
-        let ps = LinAttnParams { count0: t.chunks as u32, aux: 0, ..*p };
-        if sequences * self.heads * outer_tiles(p) >= FUSED_STATES_MIN_BLOCKS {
-            let table: Vec<u32> = t.bounds.iter().chain(&t.seq_chunk0).copied().collect();
-            be.linattn_chunk_states(&ps, &table, qkv[1], qkv[2], state, z, &mut hs, &mut zs)?;
+        if fused_sweep(p, self.heads) {
+            be.linattn_chunk_states(p, &t.sweep_table(), qkv[1], qkv[2], state, z, &mut hs, &mut zs)?;
         } else {
             let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, aux: 1, ..*p };
             be.linattn_recurrent(&pc, qkv[0], qkv[1], qkv[2], &t.bounds, &mut hs, &mut zs, o)?;
-            be.linattn_chunk_scan(&ps, &t.seq_chunk0, state, z, &mut hs, &mut zs)?;
+            be.linattn_chunk_scan(&LinAttnParams { count0: t.chunks as u32, aux: 0, ..*p }, &t.seq_chunk0, state, z, &mut hs, &mut zs)?;
         }
         Ok((hs, zs))
     }
@@ -318,19 +322,24 @@ impl LinearAttention {
         be.copy(z0, &mut z_end)?;
         let mut o_unused = be.alloc(dtype, 1)?;
         let (hs, zs) = self.chunk_start_states(be, &p, &t, [x[0], x[1], x[2]], &mut s_end, &mut z_end, &mut o_unused)?;
-        // Each chunk's own Σ q̃·dnᵀ and Σ q̃·dd (with room after the chunks for each sequence's
-        // total, which the wgpu scan leaves there).
+        // The gradient at each chunk's end (and dS0, dz0): each chunk's own Σ q̃·dnᵀ and Σ q̃·dd
+        // summed from the last chunk back, from dS_T, dz_T (with room after the chunks for each
+        // sequence's total, which the wgpu passes leave there).
         let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, ..p };
         let mut scratch = be.alloc(DType::F32, chunk_scratch_len(&pc, starts[sequences] as usize))?;
         let (mut gs, mut gzs) = (be.alloc(DType::F32, (t.chunks + sequences) * kv)?, be.alloc(DType::F32, (t.chunks + sequences) * k_)?);
-        be.linattn_chunk_dstate(&pc, &t.bounds, x, [&hs, &zs], &mut scratch, [&mut gs, &mut gzs])?;
-        // Reverse inter-chunk scan: the gradient at each chunk's end, and dS0, dz0.
         for (dst, src) in [(&mut g.d_state, d_final[0]), (&mut g.d_z, d_final[1])] {
             if let Some(src) = src {
                 be.copy(src, dst)?;
             }
         }
-        be.linattn_chunk_scan(&LinAttnParams { count0: t.chunks as u32, aux: 1, ..p }, &t.seq_chunk0, &mut g.d_state, &mut g.d_z, &mut gs, &mut gzs)?;
+        if fused_sweep(&p, self.heads) {
+            be.linattn_chunk_dstate(&pc, &t.bounds, x, [&hs, &zs], &mut scratch, None)?;
+            be.linattn_chunk_grad_states(&p, &t.sweep_table(), x, [&hs, &zs], &scratch, [&mut g.d_state, &mut g.d_z], [&mut gs, &mut gzs])?;
+        } else {
+            be.linattn_chunk_dstate(&pc, &t.bounds, x, [&hs, &zs], &mut scratch, Some([&mut gs, &mut gzs]))?;
+            be.linattn_chunk_scan(&LinAttnParams { count0: t.chunks as u32, aux: 1, ..p }, &t.seq_chunk0, &mut g.d_state, &mut g.d_z, &mut gs, &mut gzs)?;
+        }
         be.linattn_chunk_grads(&pc, &t.bounds, x, [&hs, &zs], [&gs, &gzs], &mut scratch, [&mut g.dq, &mut g.dk, &mut g.dv])?;
         Ok(g)
     }
@@ -418,6 +427,11 @@ struct ChunkTable {
 }
 
 impl ChunkTable {
+    /// The table of the one-sweep passes: `[C | bounds and positions | seq_chunk0]`.
+    fn sweep_table(&self) -> Vec<u32> {
+        std::iter::once(self.chunks as u32).chain(self.bounds.iter().copied()).chain(self.seq_chunk0.iter().copied()).collect()
+    }
+
     fn new(starts: &[u32]) -> ChunkTable {
         let (mut bounds, mut positions, mut seq_chunk0) = (Vec::new(), Vec::new(), vec![0u32]);
         for w in starts.windows(2) {

@@ -63,39 +63,60 @@ pub fn recurrent(
 /// states, which the kernel leaves after the chunks, are copied back into `state`, `z`.
 pub fn chunk_scan(ctx: &WgpuContext, p: &LinAttnParams, seq_chunk0: &[u32], state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
     let threads = (p.batch * p.heads * (p.k * p.v + p.k)) as usize;
-    through_chunks(ctx, p, "linattn_chunk_scan", seq_chunk0, [None; 3], [state, z, hs, zs], ctx.grid_1d(threads))
+    let table = upload_u32(ctx, seq_chunk0);
+    through_chunks(ctx, p, "linattn_chunk_scan", p.count0, &table, [None; 3], [state, z, hs, zs], ctx.grid_1d(threads))
 }
 
-/// The chunk start states in one pass (`linattn_chunk_states`, see `Backend::linattn_chunk_states`):
-/// `table` = chunk bounds and positions, then each sequence's first chunk.
+/// The chunk start states in one pass (`linattn_chunk_states`, see `Backend::linattn_chunk_states`).
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], k: &wgpu::Buffer, v: &wgpu::Buffer, state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
     let groups = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
-    through_chunks(ctx, p, "linattn_chunk_states", table, [None, Some((k, dtype)), Some((v, dtype))], [state, z, hs, zs], groups)
+    let t = upload_u32(ctx, table);
+    through_chunks(ctx, p, "linattn_chunk_states", table[0], &t, [None, Some((k, dtype)), Some((v, dtype))], [state, z, hs, zs], groups)
 }
 
-/// A pass that carries each sequence's state through its chunks (`entry`, `p.count0` chunks):
-/// `[S_0 | z_0]` go in as a copy (the z_init binding), `table` in the starts binding, the chunk
+/// The chunked backward's reverse pass in one sweep (`linattn_chunk_grad_states`, see
+/// `Backend::linattn_chunk_grad_states`): the table continues with den, dd of every row, copied
+/// from `scratch` (Normalizer), and do binds where the forward reads v.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_grad_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], q: &wgpu::Buffer, d_o: &wgpu::Buffer, scratch: &wgpu::Buffer, d: [&wgpu::Buffer; 2], g: [&wgpu::Buffer; 2]) -> Result<()> {
+    let (c, rows) = (table[0] as u64, table[1 + table[0] as usize] as u64);
+    let dd_len = if p.normalize == 1 { 2 * rows * p.heads as u64 } else { 0 };
+    let t = ctx.create_buffer(DType::F32, table.len() + dd_len as usize)?;
+    ctx.queue.write_buffer(&t, 0, bytemuck::cast_slice(table));
+    if dd_len > 0 {
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn den table") });
+        enc.copy_buffer_to_buffer(scratch, (2 * c + 1) * 4, &t, table.len() as u64 * 4, dd_len * 4);
+        ctx.queue.submit([enc.finish()]);
+    }
+    let groups = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
+    through_chunks(ctx, p, "linattn_chunk_grad_states", table[0], &t, [Some((q, dtype)), None, Some((d_o, dtype))], [d[0], d[1], g[0], g[1]], groups)
+}
+
+fn upload_u32(ctx: &WgpuContext, words: &[u32]) -> wgpu::Buffer {
+    wgpu::util::DeviceExt::create_buffer_init(&ctx.device, &wgpu::util::BufferInitDescriptor { label: Some("ffkern chunk table"), contents: bytemuck::cast_slice(words), usage: wgpu::BufferUsages::STORAGE })
+}
+
+/// A pass that carries each sequence's state (or gradient) through its `chunks` chunks (`entry`):
+/// `[state | z]` go in as a copy (the z_init binding), `table` in the starts binding, the chunk
 /// slots of `hs`, `zs` are written, and the final states, which the kernel leaves after the
-/// chunks, are copied back into `state`, `z`. `qkv`: the inputs the entry reads (and their dtype).
-fn through_chunks(ctx: &WgpuContext, p: &LinAttnParams, entry: &'static str, table: &[u32], qkv: [Option<(&wgpu::Buffer, DType)>; 3], [state, z, hs, zs]: [&wgpu::Buffer; 4], groups: [u32; 3]) -> Result<()> {
-    let (nh, k, v, chunks) = ((p.batch * p.heads) as u64, p.k as u64, p.v as u64, p.count0 as u64);
+/// chunks, are copied back into `state`, `z`. `qkv`: what the entry reads in the q, k, v bindings
+/// (and its dtype).
+#[allow(clippy::too_many_arguments)]
+fn through_chunks(ctx: &WgpuContext, p: &LinAttnParams, entry: &'static str, chunks: u32, table: &wgpu::Buffer, qkv: [Option<(&wgpu::Buffer, DType)>; 3], [state, z, hs, zs]: [&wgpu::Buffer; 4], groups: [u32; 3]) -> Result<()> {
+    let (nh, k, v, chunks) = ((p.batch * p.heads) as u64, p.k as u64, p.v as u64, chunks as u64);
     let (s_bytes, z_bytes) = (nh * k * v * 4, nh * k * 4);
     let init = ctx.create_buffer(DType::F32, ((s_bytes + z_bytes) / 4) as usize)?;
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern chunk pass inputs") });
     enc.copy_buffer_to_buffer(state, 0, &init, 0, s_bytes);
     enc.copy_buffer_to_buffer(z, 0, &init, s_bytes, z_bytes);
     ctx.queue.submit([enc.finish()]);
-    let table = wgpu::util::DeviceExt::create_buffer_init(
-        &ctx.device,
-        &wgpu::util::BufferInitDescriptor { label: Some("ffkern chunk table"), contents: bytemuck::cast_slice(table), usage: wgpu::BufferUsages::STORAGE },
-    );
     let dtype = qkv.iter().flatten().map(|x| x.1).next().unwrap_or(DType::F32);
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 3)?;
     // Inputs the entry does not read, and o, take placeholders.
     let (none, none_rw) = (ctx.dummy(false), ctx.dummy(true));
     let [q, kb, vb] = qkv.map(|x| x.map_or(none, |x| x.0));
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, kb, vb, &init, &table, hs, zs, none_rw], groups)?;
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, kb, vb, &init, table, hs, zs, none_rw], groups)?;
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern chunk pass outputs") });
     enc.copy_buffer_to_buffer(hs, chunks * p.heads as u64 * k * v * 4, state, 0, s_bytes);
     enc.copy_buffer_to_buffer(zs, chunks * p.heads as u64 * k * 4, z, 0, z_bytes);
@@ -179,10 +200,10 @@ fn chunk_table(ctx: &WgpuContext, p: &LinAttnParams, bounds: &[u32], scratch: &w
 }
 
 /// The chunked backward's first pass (see `Backend::linattn_chunk_dstate`): den and dd of every
-/// row and each chunk's own Σ q̃·dd (Normalizer only, `linattn_chunk_den`), then each chunk's own
-/// Σ q̃·dnᵀ (`linattn_chunk_dstate`).
+/// row and each chunk's own Σ q̃·dd (Normalizer only, `linattn_chunk_den`), then, with `own`,
+/// each chunk's own Σ q̃·dnᵀ (`linattn_chunk_dstate`).
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_dstate(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, bounds: &[u32], x: [&wgpu::Buffer; 5], z_start: &wgpu::Buffer, scratch: &wgpu::Buffer, own: [&wgpu::Buffer; 2]) -> Result<()> {
+pub fn chunk_dstate(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, bounds: &[u32], x: [&wgpu::Buffer; 5], z_start: &wgpu::Buffer, scratch: &wgpu::Buffer, own: Option<[&wgpu::Buffer; 2]>) -> Result<()> {
     chunk_table(ctx, p, bounds, scratch, &[z_start]);
     let [q, k, v, o, d_o] = x;
     let units = (p.batch * p.heads) as usize;
@@ -190,12 +211,15 @@ pub fn chunk_dstate(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, bounds: 
     if p.normalize == 1 {
         let den = ctx.pipeline(BWD, "linattn_chunk_den", dtype, 6, 2)?;
         ctx.dispatch(&den, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, none, scratch, none_rw], super::grid(1, super::TILE, units))?;
-        let (c, h, kk) = (p.batch as u64, p.heads as u64, p.k as u64);
-        let g_off = (2 * c + 1 + 2 * bounds[c as usize] as u64 * h + c * h * kk) * 4;
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn chunk dz") });
-        enc.copy_buffer_to_buffer(scratch, g_off, own[1], 0, c * h * kk * 4);
-        ctx.queue.submit([enc.finish()]);
+        if let Some(own) = own {
+            let (c, h, kk) = (p.batch as u64, p.heads as u64, p.k as u64);
+            let g_off = (2 * c + 1 + 2 * bounds[c as usize] as u64 * h + c * h * kk) * 4;
+            let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn chunk dz") });
+            enc.copy_buffer_to_buffer(scratch, g_off, own[1], 0, c * h * kk * 4);
+            ctx.queue.submit([enc.finish()]);
+        }
     }
+    let Some(own) = own else { return Ok(()) };
     let pipe = ctx.pipeline(BWD, "linattn_chunk_dstate", dtype, 6, 2)?;
     ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, scratch, own[0], none_rw], super::grid(super::outer_tiles(p), 1, units))
 }
