@@ -269,7 +269,7 @@ fn bench_linattn_fla<Be: Backend>(be: &Be, reps: usize) -> Result<Vec<BenchRecor
 /// its `[E, D]` operand once (the bytes that count: per-edge rows plus the `[N, D]` side);
 /// bandwidth-bound, so no FLOP rate.
 pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize) -> Result<Vec<BenchRecord>> {
-    use crate::ops::graph::{self, DeviceGraph, EdgeMlp, EdgeMlpWeights, Graph, OneForecastLayer, OneForecastParams, Reduce};
+    use crate::ops::graph::{self, DeviceGraph, EdgeMlp, EdgeMlpForm, EdgeMlpWeights, Graph, OneForecastLayer, OneForecastParams, Reduce};
     use crate::Activation;
     let (n, e, dim) = if small { (2_000, 16_000, 128) } else { (12_337, 98_296, 512) };
     let g = Graph::random_uniform(n, e, 11)?;
@@ -304,15 +304,7 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     let mlp = EdgeMlp { edge_dim: dim, node_dim: dim, out_dim: dim, act: Activation::Silu };
     let w = EdgeMlpWeights { w_e: r(dim * dim, 3)?, w_s: r(dim * dim, 4)?, w_d: r(dim * dim, 5)?, b: r(dim, 6)? };
     let t_fused = timed(be, reps, &mut || mlp.forward(be, &dg, &m, &x, &w).map(|_| ()))?;
-    let t_unfused = timed(be, reps, &mut || {
-        let (hs, hd) = (graph::gather_rows(be, &dg, &x, dim)?, graph::gather_rows(be, &gt, &x, dim)?);
-        let lin = || crate::Gemm::new(e, dim, dim);
-        let (mut z1, mut z2, mut z3) = (be.alloc(dtype, e * dim)?, be.alloc(dtype, e * dim)?, be.alloc(dtype, e * dim)?);
-        be.gemm(&lin().bias(true), &m, &w.w_e, Some(&w.b), None, &mut z1, None)?;
-        be.gemm(&lin().residual(None), &hs, &w.w_s, None, Some(&z1), &mut z2, None)?;
-        be.gemm(&lin().residual(None), &hd, &w.w_d, None, Some(&z2), &mut z3, None)?;
-        graph::scale_add(be, &z3, None, None, e, dim, Activation::Silu).map(|_| ())
-    })?;
+    let t_unfused = timed(be, reps, &mut || mlp.forward_as(EdgeMlpForm::Materialized, be, &dg, &gt, &m, &x, &w).map(|_| ()))?;
     let mut rec = record("graph", be.name(), dtype, format!("edge_mlp_sum {shape}"), t_fused, 2.0 * (e + 2 * n) as f64 * (dim * dim) as f64, 0.0, reps);
     rec.baseline = Some("ffkern gather + [E, 3D]·W GEMMs".into());
     rec.baseline_s = Some(t_unfused);
@@ -325,10 +317,16 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     let params = layer.seeded_params(dtype, 20).iter().map(|t| be.upload(t)).collect::<Result<Vec<_>>>()?;
     let p = OneForecastParams::from_tensors(params)?;
     let (ef, hf) = (r(me * dim, 7)?, r(mn * dim, 8)?);
-    let t = timed(be, reps, &mut || {
-        let st = layer.forward(be, &dm, &ef, &hf, &p)?;
-        layer.backward(be, &dm, &dmt, &ef, &hf, &p, &st, &ef, &hf).map(|_| ())
-    })?;
-    out.push(record("graph", be.name(), dtype, format!("oneforecast_layer fwd+bwd N{mn} E{me} D{dim} H{}", layer.heads), t, 0.0, 0.0, reps));
+    let fwd_bwd = |form: EdgeMlpForm| {
+        timed(be, reps, &mut || {
+            let st = layer.forward_as(form, be, &dm, &dmt, &ef, &hf, &p)?;
+            layer.backward_as(form, be, &dm, &dmt, &ef, &hf, &p, &st, &ef, &hf).map(|_| ())
+        })
+    };
+    let (t, t_unfused) = (fwd_bwd(EdgeMlpForm::ConcatTrick)?, fwd_bwd(EdgeMlpForm::Materialized)?);
+    let mut rec = record("graph", be.name(), dtype, format!("oneforecast_layer fwd+bwd N{mn} E{me} D{dim} H{}", layer.heads), t, 0.0, 0.0, reps);
+    rec.baseline = Some("ffkern unfused composition (gathered endpoints, [E, ·] GEMMs)".into());
+    rec.baseline_s = Some(t_unfused);
+    out.push(rec);
     Ok(out)
 }

@@ -1,12 +1,13 @@
 //! The OneForecast gated processor layer: the f64 reference (built with explicit
 //! concatenations) against finite differences of the composed backward, and the layer's forward
-//! and backward on every backend and dtype on an icosahedral mesh, with determinism and bad input.
+//! and backward on every backend and dtype on an icosahedral mesh (also as the unfused
+//! composition), with determinism and bad input.
 
 mod common;
 
 use common::{assert_close, devices_and_cpu};
 
-use ffkern::ops::graph::{cpu, DeviceGraph, Graph, OneForecastLayer, OneForecastParams};
+use ffkern::ops::graph::{cpu, DeviceGraph, EdgeMlpForm, Graph, OneForecastLayer, OneForecastParams};
 use ffkern::{with_backend, Backend, Cpu, DType, Error, HostTensor};
 
 /// Small enough for finite differences, with every size distinct.
@@ -129,6 +130,22 @@ fn layer_matches_the_reference_on_every_backend() {
                         continue;
                     }
                     assert_close(&format!("{what} {name}"), &t.data, want, dtype);
+                }
+                // The unfused composition (gathered endpoints, [E, ·] GEMMs) gives the same layer.
+                // Checked in f32: in 16 bits it stores three rounded partial sums where the fused
+                // layer rounds once, and its gate-bias gradient drifts past the f16 budget.
+                if dtype == DType::F32 {
+                    let stu = l.forward_as(EdgeMlpForm::Materialized, be, &dg, &dgt, &eb, &hb, &pb).expect("unfused forward");
+                    assert_close(&format!("{what} unfused e'"), &down(&stu.e_out).data, &e_ref, dtype);
+                    assert_close(&format!("{what} unfused h'"), &down(&stu.h_out).data, &h_ref, dtype);
+                    let gru = l.backward_as(EdgeMlpForm::Materialized, be, &dg, &dgt, &eb, &hb, &pb, &stu, &up(&de), &up(&dh)).expect("unfused backward");
+                    let mut got_u = vec![down(&gru.d_edge), down(&gru.d_node)];
+                    got_u.extend(gru.params.tensors().into_iter().map(down));
+                    for ((name, want), t) in grads_ref.iter().zip(&got_u) {
+                        if name != "db_a2" {
+                            assert_close(&format!("{what} unfused {name}"), &t.data, want, dtype);
+                        }
+                    }
                 }
                 // Deterministic: a second forward and backward give the same bits.
                 let st2 = l.forward(be, &dg, &eb, &hb, &pb).expect("forward");

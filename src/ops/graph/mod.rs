@@ -648,6 +648,17 @@ pub struct EdgeMlp {
     pub act: Activation,
 }
 
+/// How an [`EdgeMlp`] is computed: the concat trick (the default) or the unfused composition it
+/// replaces — both endpoints gathered into `[E, node_dim]` blocks, three `[E, ·]` GEMMs chained
+/// through their residual and a separate activation pass — kept to measure the fusion against and
+/// as a second derivation of the same numbers. The unfused form needs the transposed graph.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EdgeMlpForm {
+    #[default]
+    ConcatTrick,
+    Materialized,
+}
+
 /// The edge MLP's weights: `w_e [out, edge_dim]`, `w_s`, `w_d [out, node_dim]`, `b [out]`.
 pub struct EdgeMlpWeights<B> {
     pub w_e: B,
@@ -675,12 +686,16 @@ impl EdgeMlp {
         Gemm::new(nodes, self.out_dim, self.node_dim).ldc(2 * self.out_dim).offsets(GemmOffsets { c: half * self.out_dim, ..Default::default() })
     }
 
-    fn pre<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, e_feat: &Be::Buf, h: &Be::Buf, w: &EdgeMlpWeights<Be::Buf>, act: Activation) -> Result<Be::Buf> {
+    fn check<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, e_feat: &Be::Buf, h: &Be::Buf) -> Result<DType> {
         if self.edge_dim == 0 || self.node_dim == 0 || self.out_dim == 0 {
             return Err(Error::shape("edge_mlp", format!("dimensions must be positive: {self:?}")));
         }
         let dtype = check_len(be, "edge features", e_feat, g.num_edges, self.edge_dim)?;
-        crate::device::same_dtype("edge_mlp", &[("edge features", dtype), ("node features", check_len(be, "node features", h, g.num_nodes, self.node_dim)?)])?;
+        crate::device::same_dtype("edge_mlp", &[("edge features", dtype), ("node features", check_len(be, "node features", h, g.num_nodes, self.node_dim)?)])
+    }
+
+    fn pre<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, e_feat: &Be::Buf, h: &Be::Buf, w: &EdgeMlpWeights<Be::Buf>, act: Activation) -> Result<Be::Buf> {
+        let dtype = self.check(be, g, e_feat, h)?;
         let mut ee = be.alloc(dtype, g.num_edges * self.out_dim)?;
         if g.num_edges > 0 {
             be.gemm(&self.edge_gemm(g.num_edges), e_feat, &w.w_e, Some(&w.b), None, &mut ee, None)?;
@@ -717,5 +732,56 @@ impl EdgeMlp {
         let gd = gemm_backward_plus(be, &node, h, &w.w_d, None, &dpd, Some(&gs.da))?;
         let db = ge.dbias.ok_or_else(|| Error::Invalid("edge_mlp: the bias gradient is missing".into()))?;
         Ok(EdgeMlpGrads { d_edge: ge.da, d_node: gd.da, w_e: ge.db, w_s: gs.db, w_d: gd.db, b: db })
+    }
+
+    /// The unfused composition ([`EdgeMlpForm::Materialized`]): `act(z)` with `z` from the edge
+    /// GEMM plus the gathered endpoints' GEMMs; returns `(act(z), H_src, H_dst)`.
+    #[allow(clippy::too_many_arguments)]
+    fn pre_materialized<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, gt: &DeviceGraph<Be::Buf>, e_feat: &Be::Buf, h: &Be::Buf, w: &EdgeMlpWeights<Be::Buf>, act: Activation) -> Result<(Be::Buf, Be::Buf, Be::Buf)> {
+        let dtype = self.check(be, g, e_feat, h)?;
+        let (e, d) = (g.num_edges, self.out_dim);
+        if gt.num_edges != e || gt.num_nodes != g.num_nodes {
+            return Err(Error::shape("edge_mlp", "gt is not the transposed graph of g"));
+        }
+        let (hs, hd) = (gather_rows(be, g, h, self.node_dim)?, gather_rows(be, gt, h, self.node_dim)?);
+        let (mut z1, mut z2, mut z3) = (be.alloc(dtype, e * d)?, be.alloc(dtype, e * d)?, be.alloc(dtype, e * d)?);
+        if e > 0 {
+            let node = Gemm::new(e, d, self.node_dim).residual(None);
+            be.gemm(&self.edge_gemm(e), e_feat, &w.w_e, Some(&w.b), None, &mut z1, None)?;
+            be.gemm(&node, &hs, &w.w_s, None, Some(&z1), &mut z2, None)?;
+            be.gemm(&node, &hd, &w.w_d, None, Some(&z2), &mut z3, None)?;
+        }
+        Ok((scale_add(be, &z3, None, None, e, d, act)?, hs, hd))
+    }
+
+    /// [`Self::forward`] in the given form (`gt`, the transposed graph, for the unfused one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_as<Be: Backend>(&self, form: EdgeMlpForm, be: &Be, g: &DeviceGraph<Be::Buf>, gt: &DeviceGraph<Be::Buf>, e_feat: &Be::Buf, h: &Be::Buf, w: &EdgeMlpWeights<Be::Buf>) -> Result<Be::Buf> {
+        match form {
+            EdgeMlpForm::ConcatTrick => self.forward(be, g, e_feat, h, w),
+            EdgeMlpForm::Materialized => Ok(self.pre_materialized(be, g, gt, e_feat, h, w, self.act)?.0),
+        }
+    }
+
+    /// [`Self::backward`] in the given form: the unfused one multiplies the `[E, ·]` blocks of
+    /// the gathered endpoints and segment-sums their gradients back onto the nodes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_as<Be: Backend>(&self, form: EdgeMlpForm, be: &Be, g: &DeviceGraph<Be::Buf>, gt: &DeviceGraph<Be::Buf>, e_feat: &Be::Buf, h: &Be::Buf, w: &EdgeMlpWeights<Be::Buf>, d_m: &Be::Buf) -> Result<EdgeMlpGrads<Be::Buf>> {
+        if form == EdgeMlpForm::ConcatTrick {
+            return self.backward(be, g, gt, e_feat, h, w, d_m);
+        }
+        let (e, n, d) = (g.num_edges, g.num_nodes, self.out_dim);
+        check_len(be, "d_m", d_m, e, d)?;
+        let (z, hs, hd) = self.pre_materialized(be, g, gt, e_feat, h, w, Activation::Identity)?;
+        let mut dz = be.alloc(be.dtype_of(&z), e * d)?;
+        be.act_grad(&ActGrad { rows: e, cols: d, act: self.act, act_cols: d }, d_m, &z, &mut dz)?;
+        let ge = gemm_backward(be, &self.edge_gemm(e), e_feat, &w.w_e, None, &dz)?;
+        let node = Gemm::new(e, d, self.node_dim);
+        let (gs, gd) = (gemm_backward(be, &node, &hs, &w.w_s, None, &dz)?, gemm_backward(be, &node, &hd, &w.w_d, None, &dz)?);
+        let d_src = segment_reduce(be, gt, &gs.da, self.node_dim, Reduce::Sum)?.0;
+        let d_dst = segment_reduce(be, g, &gd.da, self.node_dim, Reduce::Sum)?.0;
+        let d_node = scale_add(be, &d_src, None, Some(&d_dst), n, self.node_dim, Activation::Identity)?;
+        let db = ge.dbias.ok_or_else(|| Error::Invalid("edge_mlp: the bias gradient is missing".into()))?;
+        Ok(EdgeMlpGrads { d_edge: ge.da, d_node, w_e: ge.db, w_s: gs.db, w_d: gd.db, b: db })
     }
 }

@@ -20,7 +20,7 @@
 
 use super::{
     from_f32, gate_mean, gate_mean_backward, layer_norm, layer_norm_backward, row_dot, scale_add, segment_softmax, segment_softmax_backward,
-    segment_sum_weighted, segment_sum_weighted_backward, to_f32, DeviceGraph, EdgeMlp, EdgeMlpWeights,
+    segment_sum_weighted, segment_sum_weighted_backward, to_f32, DeviceGraph, EdgeMlp, EdgeMlpForm, EdgeMlpWeights,
 };
 use crate::ops::gemm::{gemm_backward, gemm_backward_plus, ActGrad, Gemm};
 use crate::{Activation, Backend, DType, Error, HostTensor, Result};
@@ -273,15 +273,54 @@ impl OneForecastLayer {
         h: &Be::Buf,
         p: &OneForecastParams<Be::Buf>,
     ) -> Result<OneForecastState<Be::Buf>> {
+        self.forward_impl(EdgeMlpForm::ConcatTrick, be, g, None, e_feat, h, p)
+    }
+
+    /// [`Self::forward`] with both edge MLPs in the given form (see [`EdgeMlpForm`]; `gt` is the
+    /// transposed graph): the unfused composition the fused layer is measured against.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_as<Be: Backend>(
+        &self,
+        form: EdgeMlpForm,
+        be: &Be,
+        g: &DeviceGraph<Be::Buf>,
+        gt: &DeviceGraph<Be::Buf>,
+        e_feat: &Be::Buf,
+        h: &Be::Buf,
+        p: &OneForecastParams<Be::Buf>,
+    ) -> Result<OneForecastState<Be::Buf>> {
+        self.forward_impl(form, be, g, Some(gt), e_feat, h, p)
+    }
+
+    /// An edge MLP's messages in `form` (the unfused one needs `gt`).
+    #[allow(clippy::too_many_arguments)]
+    fn edge_messages<Be: Backend>(mlp: EdgeMlp, form: EdgeMlpForm, be: &Be, g: &DeviceGraph<Be::Buf>, gt: Option<&DeviceGraph<Be::Buf>>, e_feat: &Be::Buf, h: &Be::Buf, w: &EdgeMlpWeights<Be::Buf>) -> Result<Be::Buf> {
+        match gt {
+            Some(gt) => mlp.forward_as(form, be, g, gt, e_feat, h, w),
+            None => mlp.forward(be, g, e_feat, h, w),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_impl<Be: Backend>(
+        &self,
+        form: EdgeMlpForm,
+        be: &Be,
+        g: &DeviceGraph<Be::Buf>,
+        gt: Option<&DeviceGraph<Be::Buf>>,
+        e_feat: &Be::Buf,
+        h: &Be::Buf,
+        p: &OneForecastParams<Be::Buf>,
+    ) -> Result<OneForecastState<Be::Buf>> {
         let dtype = self.validate(be, g, e_feat, h, p)?;
         let (e, n, d, heads) = (g.num_edges, g.num_nodes, self.dim, self.heads);
         let (gh, ah) = (self.gate_hidden, self.attn_hidden);
         // Edge block: message, gate, gated residual.
-        let u = self.edge_mlp().forward(be, g, e_feat, h, &p.edge)?;
+        let u = Self::edge_messages(self.edge_mlp(), form, be, g, gt, e_feat, h, &p.edge)?;
         let mut v = be.alloc(dtype, e * d)?;
         be.gemm(&linear(e, d, d), &u, &p.w_b, Some(&p.b_b), None, &mut v, None)?;
         let (m, stats_e) = layer_norm(be, &v, &p.ln_e, e, d, self.eps)?;
-        let q = self.gate_mlp().forward(be, g, e_feat, h, &p.gate)?;
+        let q = Self::edge_messages(self.gate_mlp(), form, be, g, gt, e_feat, h, &p.gate)?;
         let mut logits = be.alloc(dtype, e * 3 * heads)?;
         be.gemm(&linear(e, 3 * heads, gh), &q, &p.w_g2, Some(&p.b_g2), None, &mut logits, None)?;
         let gate = gate_mean(be, &logits, e, 3 * heads)?;
@@ -322,6 +361,24 @@ impl OneForecastLayer {
         d_e_out: &Be::Buf,
         d_h_out: &Be::Buf,
     ) -> Result<OneForecastGrads<Be::Buf>> {
+        self.backward_as(EdgeMlpForm::ConcatTrick, be, g, gt, e_feat, h, p, st, d_e_out, d_h_out)
+    }
+
+    /// [`Self::backward`] with both edge MLPs in the given form (see [`Self::forward_as`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_as<Be: Backend>(
+        &self,
+        form: EdgeMlpForm,
+        be: &Be,
+        g: &DeviceGraph<Be::Buf>,
+        gt: &DeviceGraph<Be::Buf>,
+        e_feat: &Be::Buf,
+        h: &Be::Buf,
+        p: &OneForecastParams<Be::Buf>,
+        st: &OneForecastState<Be::Buf>,
+        d_e_out: &Be::Buf,
+        d_h_out: &Be::Buf,
+    ) -> Result<OneForecastGrads<Be::Buf>> {
         let dtype = self.validate(be, g, e_feat, h, p)?;
         let (e, n, d, heads) = (g.num_edges, g.num_nodes, self.dim, self.heads);
         let (gh, ah) = (self.gate_hidden, self.attn_hidden);
@@ -351,10 +408,10 @@ impl OneForecastLayer {
         let d_gate = row_dot(be, &de_new, &st.m, e, d, 1)?;
         let d_logits = gate_mean_backward(be, &st.logits, &d_gate, e, 3 * heads)?;
         let gg2 = gemm_backward(be, &linear(e, 3 * heads, gh), &st.q, &p.w_g2, None, &d_logits)?;
-        let gate = self.gate_mlp().backward(be, g, gt, e_feat, h, &p.gate, &gg2.da)?;
+        let gate = self.gate_mlp().backward_as(form, be, g, gt, e_feat, h, &p.gate, &gg2.da)?;
         let (dv, ln_e) = layer_norm_backward(be, &st.v, &dm, &p.ln_e, &st.stats_e, e, d, self.eps)?;
         let gb = gemm_backward(be, &linear(e, d, d), &st.u, &p.w_b, None, &dv)?;
-        let edge = self.edge_mlp().backward(be, g, gt, e_feat, h, &p.edge, &gb.da)?;
+        let edge = self.edge_mlp().backward_as(form, be, g, gt, e_feat, h, &p.edge, &gb.da)?;
         let sum3 = |a: &Be::Buf, b: &Be::Buf, c: &Be::Buf, rows: usize| -> Result<Be::Buf> {
             let ab = scale_add(be, a, None, Some(b), rows, d, Activation::Identity)?;
             scale_add(be, &ab, None, Some(c), rows, d, Activation::Identity)
