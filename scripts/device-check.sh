@@ -26,6 +26,12 @@ for l in sys.stdin:
     cp target/release/ffkern .device/
     echo "$tests" | while read -r name exe; do cp "$exe" ".device/tests/$name"; done
     cp ../shared/anchors/peers.py .device/ 2>/dev/null || echo "note: ../shared/anchors/peers.py not found; peers will be skipped"
+    # flash-linear-attention for the linear-attention peers: a pure-Python wheel (its needs,
+    # einops, torch and triton, are on the GPU machine), installed there under /tmp/site.
+    mkdir -p .device/whl
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .device/whl fla-core==0.6.0 ||
+        echo "note: fla-core not downloaded; the fla peer rows will be skipped"
     o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
     mkdir -p /tmp/amd64/partial
     apt-get $o update >/dev/null
@@ -120,6 +126,10 @@ for be in names:
 PY
 
 if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ]; then
+    if ls $D/whl/*.whl > /dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $D/whl/*.whl &&
+            export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
     PYTHONUNBUFFERED=1 timeout 150 python3 $D/peers.py --only ${PEERS_ONLY:-gemm,ffn,optim,graph,linattn} --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
     log "peers: rc=$?"
     cat "$OUT/peers.txt" | tee -a "$OUT/summary.txt"

@@ -226,35 +226,39 @@ pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, seqs: &[usize], reps: us
         out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk backward B1 T{seq} H4 D64"), t, 2.0 * flops, 0.0, reps));
     }
     if !small {
-        // flash-linear-attention's shape (peers.py times its chunk kernel on the same one). Its
-        // gradients' scratch runs to gigabytes: a backend that cannot hold it skips the shape.
-        match bench_linattn_fla(be, reps) {
-            Ok(records) => out.extend(records),
-            Err(e) => eprintln!("linear_attn B8 T4096 H32 D128 skipped on {}: {e}", be.name()),
+        // flash-linear-attention's shapes (peers.py times its chunk kernel on the same ones; T =
+        // 16384 is the comparison with fla's published chunk kernel). Their per-chunk
+        // states run to gigabytes: a backend that cannot hold them skips that shape.
+        for seq in [4096, 16384] {
+            match bench_linattn_fla(be, seq, reps) {
+                Ok(records) => out.extend(records),
+                Err(e) => eprintln!("linear_attn B8 T{seq} H32 D128 skipped on {}: {e}", be.name()),
+            }
         }
     }
     Ok(out)
 }
 
-fn bench_linattn_fla<Be: Backend>(be: &Be, reps: usize) -> Result<Vec<BenchRecord>> {
+fn bench_linattn_fla<Be: Backend>(be: &Be, seq: usize, reps: usize) -> Result<Vec<BenchRecord>> {
     use crate::ops::linattn::{FeatureMap, LinearAttention, Normalize};
     let r = |n: usize, dt: DType, s: u64| be.upload(&crate::HostTensor::random(dt, vec![n], s));
     let mut out = Vec::new();
-    {
-        let d = LinearAttention { batch: 8, seq: 4096, heads: 32, k: 128, v: 128, feature_map: FeatureMap::Identity, scale: None, normalize: Normalize::None };
-        let (q, k, v, d_o) = (r(d.qk_len(), DType::BF16, 1)?, r(d.qk_len(), DType::BF16, 2)?, r(d.vo_len(), DType::BF16, 3)?, r(d.vo_len(), DType::BF16, 6)?);
-        let (s0, z0) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?);
-        let (mut s, mut z, mut o) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?, be.alloc(DType::BF16, d.vo_len())?);
-        let flops = 4.0 * (8usize * 4096 * 32 * 128 * 128) as f64;
-        let shape = "B8 T4096 H32 D128";
-        let reps = reps.min(5);
-        let t = timed(be, reps, &mut || d.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o))?;
-        out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk fwd {shape}"), t, flops, 0.0, reps));
-        let t = timed(be, reps, &mut || {
-            d.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o)?;
-            d.chunk_backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ())
-        })?;
-        out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk fwd+bwd {shape}"), t, 3.0 * flops, 0.0, reps));
+    let reps = reps.min(5);
+    let d = LinearAttention { batch: 8, seq, heads: 32, k: 128, v: 128, feature_map: FeatureMap::Identity, scale: None, normalize: Normalize::None };
+    let (q, k, v, d_o) = (r(d.qk_len(), DType::BF16, 1)?, r(d.qk_len(), DType::BF16, 2)?, r(d.vo_len(), DType::BF16, 3)?, r(d.vo_len(), DType::BF16, 6)?);
+    let (s0, z0) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?);
+    let (mut s, mut z, mut o) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?, be.alloc(DType::BF16, d.vo_len())?);
+    let flops = 4.0 * (8 * seq * 32 * 128 * 128) as f64;
+    let shape = format!("B8 T{seq} H32 D128");
+    let t = timed(be, reps, &mut || d.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o))?;
+    out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk fwd {shape}"), t, flops, 0.0, reps));
+    let t = timed(be, reps, &mut || {
+        d.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o)?;
+        d.chunk_backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ())
+    })?;
+    out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk fwd+bwd {shape}"), t, 3.0 * flops, 0.0, reps));
+    // The recurrent form only at the shorter length (its scan is the slow reference here).
+    if seq <= 4096 {
         let t = timed(be, reps, &mut || {
             d.recurrent(be, &q, &k, &v, &mut s, &mut z, 0, &mut o)?;
             d.backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ())
