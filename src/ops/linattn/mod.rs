@@ -461,13 +461,15 @@ pub struct LinAttnParams {
     pub normalize: u32,
     pub eps: f32,
     pub scale: f32,
+    /// Positions attended before this call (Count mode); the inter-chunk scan's chunk count.
     pub count0: u32,
-    /// 1: sequences are packed (B = 1) with boundaries in `cu_seqlens`; `batch` is then the
-    /// number of sequences. 2: the sequences are chunks, and `starts` carries each one's
-    /// position in its sequence after the `batch + 1` boundaries (Count mode).
+    /// 0: fixed-length sequences (`b·T ..`); 1: sequences are packed (B = 1) with boundaries in
+    /// `cu_seqlens`, `batch` being the number of sequences; 2: the sequences are chunks, and
+    /// `starts` carries each one's position in its sequence after the `batch + 1` boundaries.
     pub varlen: u32,
     /// The recurrent form: 1 updates the state only (no output). The backward's reduce pass:
-    /// 0 sums dq, 1 dk.
+    /// 0 sums dq, 1 dk. The inter-chunk scan: 1 runs from the last chunk back. The chunked
+    /// backward's dq/dk kernel: 0 dq, 1 dk.
     pub aux: u32,
 }
 
