@@ -318,7 +318,7 @@ fn layer_norm_matches_the_reference_on_every_backend() {
 /// and backward (gradients of each block of the concatenated GEMM), on every backend and dtype.
 #[test]
 fn edge_mlp_matches_the_concatenation_on_every_backend() {
-    use ffkern::ops::graph::{EdgeMlp, EdgeMlpWeights};
+    use ffkern::ops::graph::{EdgeMlp, EdgeMlpForm, EdgeMlpWeights};
     use ffkern::Activation;
     let (n, de, dh, dout) = (17usize, 6usize, 5usize, 9usize);
     let g = random_graph(n, 50, 21);
@@ -367,6 +367,14 @@ fn edge_mlp_matches_the_concatenation_on_every_backend() {
                 assert_close(&format!("{what} d_node"), &down(&gr.d_node), &d_node, dtype);
                 assert_close(&format!("{what} dW_s"), &down(&gr.w_s), &dw_s, dtype);
                 assert_close(&format!("{what} db"), &down(&gr.b), &db, dtype);
+                // The unfused form (gathered endpoints, [E, ·] GEMMs) gives the same numbers.
+                let m = mlp.forward_as(EdgeMlpForm::Materialized, be, &dg, &dgt, &efb, &hb, &w).expect("unfused forward");
+                assert_close(&format!("{what} unfused m"), &down(&m), &m_ref, dtype);
+                let gr = mlp.backward_as(EdgeMlpForm::Materialized, be, &dg, &dgt, &efb, &hb, &w, &up(&dm)).expect("unfused backward");
+                assert_close(&format!("{what} unfused d_edge"), &down(&gr.d_edge), &d_edge, dtype);
+                assert_close(&format!("{what} unfused d_node"), &down(&gr.d_node), &d_node, dtype);
+                assert_close(&format!("{what} unfused dW_s"), &down(&gr.w_s), &dw_s, dtype);
+                assert_close(&format!("{what} unfused db"), &down(&gr.b), &db, dtype);
             });
         }
     }
