@@ -83,6 +83,9 @@ done
 # The linear-attention chunk kernels' f32-FMA twins (FFKERN_LINATTN_KERNEL=simt), checked and timed
 # beside the TF32 tensor-core default.
 if [ "${LINATTN_SIMT:-1}" = 1 ]; then
+    FFKERN_LINATTN_KERNEL=simt FFKERN_REQUIRE=cuda timeout 150 $D/tests/linattn > "$OUT/test-linattn-simt.log" 2>&1
+    log "tests linattn (simt): rc=$? $(grep -E '^test result' "$OUT/test-linattn-simt.log")"
+    grep -E 'panicked|rms_ratio' "$OUT/test-linattn-simt.log" | head -8 | tee -a "$OUT/summary.txt"
     FFKERN_LINATTN_KERNEL=simt timeout 90 $D/ffkern check --backend cuda --op linear_attn > "$OUT/check-cuda-linattn-simt.txt" 2>&1
     log "check cuda linear_attn (simt): rc=$? $(tail -1 "$OUT/check-cuda-linattn-simt.txt")"
     FFKERN_LINATTN_KERNEL=simt timeout 120 $D/ffkern bench --backend cuda --op linear_attn --reps 10 --json > "$OUT/bench-cuda-linattn-simt.json" 2> "$OUT/bench-cuda-linattn-simt.err"
