@@ -22,9 +22,14 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get('reason') == 'compiler-artifact' and m.get('executable') and m['target']['kind'] == ['test']:
         print(m['target']['name'], m['executable'])")
-    rm -rf .device && mkdir -p .device/tests .device/gl
-    cp target/release/ffkern .device/
-    echo "$tests" | while read -r name exe; do cp "$exe" ".device/tests/$name"; done
+    # The binaries travel gzipped (their embedded PTX compresses ~4x): the carried folder must
+    # stay under the device tool's 64 MiB.
+    pack=$(mktemp -d)
+    mkdir -p "$pack/tests"
+    cp target/release/ffkern "$pack/"
+    echo "$tests" | while read -r name exe; do cp "$exe" "$pack/tests/$name"; done
+    rm -rf .device && mkdir -p .device/gl
+    tar -czf .device/bin.tgz -C "$pack" . && rm -rf "$pack"
     cp ../shared/anchors/peers.py .device/ 2>/dev/null || echo "note: ../shared/anchors/peers.py not found; peers will be skipped"
     # flash-linear-attention for the linear-attention peers: a pure-Python wheel (its needs,
     # einops, torch and triton, are on the GPU machine), installed there under /tmp/site.
@@ -43,6 +48,9 @@ fi
 OUT="${OUT:-$PWD/out}"
 mkdir -p "$OUT"
 D=.device
+# The binaries (ffkern and the test executables), unpacked outside the carried folder.
+B=/tmp/ffkern-bin
+rm -rf $B && mkdir -p $B && tar -xzf $D/bin.tgz -C $B
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 
 # Vulkan loader for wgpu (the image ships the NVIDIA ICD but no loader).
@@ -58,10 +66,10 @@ export XDG_RUNTIME_DIR=/tmp/xdg && mkdir -p -m 700 $XDG_RUNTIME_DIR
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 log "GPU: $(tail -1 "$OUT/gpu.txt")"
-$D/ffkern info > "$OUT/info.txt" 2>&1
+$B/ffkern info > "$OUT/info.txt" 2>&1
 log "info: $(grep -E '^  (cuda|wgpu):' "$OUT/info.txt" | tr '\n' ';')"
 
-for t in $([ "${TESTS:-1}" = 1 ] && ls $D/tests/*); do
+for t in $([ "${TESTS:-1}" = 1 ] && ls $B/tests/*); do
     FFKERN_REQUIRE=cuda,wgpu timeout 150 "$t" > "$OUT/test-$(basename "$t").log" 2>&1
     rc=$?
     log "tests $(basename "$t"): rc=$rc $(grep -E '^test result' "$OUT/test-$(basename "$t").log")"
@@ -69,13 +77,13 @@ for t in $([ "${TESTS:-1}" = 1 ] && ls $D/tests/*); do
 done
 
 if [ "${WGPU_CHECK:-1}" = 1 ]; then
-    timeout 90 $D/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1
+    timeout 90 $B/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1
     rc=$?
     log "check wgpu: rc=$rc $(tail -1 "$OUT/check-wgpu.txt")"
 fi
 # Every CUDA tensor-core kernel choice (FFKERN_GEMM_KERNEL), checked and timed side by side.
 for k in ${KERNELS:-auto mma}; do
-    FFKERN_GEMM_KERNEL=$k timeout 90 $D/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1
+    FFKERN_GEMM_KERNEL=$k timeout 90 $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1
     rc=$?
     log "check cuda ($k): rc=$rc $(tail -1 "$OUT/check-cuda-$k.txt")"
     grep -E 'FAIL|ERROR' "$OUT/check-cuda-$k.txt" | head -5 | tee -a "$OUT/summary.txt"
@@ -83,16 +91,16 @@ done
 # The linear-attention chunk kernels' f32-FMA twins (FFKERN_LINATTN_KERNEL=simt), checked and timed
 # beside the TF32 tensor-core default.
 if [ "${LINATTN_SIMT:-1}" = 1 ]; then
-    FFKERN_LINATTN_KERNEL=simt FFKERN_REQUIRE=cuda timeout 150 $D/tests/linattn > "$OUT/test-linattn-simt.log" 2>&1
+    FFKERN_LINATTN_KERNEL=simt FFKERN_REQUIRE=cuda timeout 150 $B/tests/linattn > "$OUT/test-linattn-simt.log" 2>&1
     log "tests linattn (simt): rc=$? $(grep -E '^test result' "$OUT/test-linattn-simt.log")"
     grep -E 'panicked|rms_ratio' "$OUT/test-linattn-simt.log" | head -8 | tee -a "$OUT/summary.txt"
-    FFKERN_LINATTN_KERNEL=simt timeout 90 $D/ffkern check --backend cuda --op linear_attn > "$OUT/check-cuda-linattn-simt.txt" 2>&1
+    FFKERN_LINATTN_KERNEL=simt timeout 90 $B/ffkern check --backend cuda --op linear_attn > "$OUT/check-cuda-linattn-simt.txt" 2>&1
     log "check cuda linear_attn (simt): rc=$? $(tail -1 "$OUT/check-cuda-linattn-simt.txt")"
-    FFKERN_LINATTN_KERNEL=simt timeout 120 $D/ffkern bench --backend cuda --op linear_attn --reps 10 --json > "$OUT/bench-cuda-linattn-simt.json" 2> "$OUT/bench-cuda-linattn-simt.err"
+    FFKERN_LINATTN_KERNEL=simt timeout 120 $B/ffkern bench --backend cuda --op linear_attn --reps 10 --json > "$OUT/bench-cuda-linattn-simt.json" 2> "$OUT/bench-cuda-linattn-simt.err"
     log "bench cuda linear_attn (simt): rc=$?"
 fi
 for k in ${KERNELS_BENCH:-mma}; do
-    FFKERN_GEMM_KERNEL=$k timeout 90 $D/ffkern bench --backend cuda --dtype bf16 --reps 20 --json > "$OUT/bench-cuda-$k.json" 2> "$OUT/bench-cuda-$k.err"
+    FFKERN_GEMM_KERNEL=$k timeout 90 $B/ffkern bench --backend cuda --dtype bf16 --reps 20 --json > "$OUT/bench-cuda-$k.json" 2> "$OUT/bench-cuda-$k.err"
     rc=$?
     log "bench cuda ($k): rc=$rc"
 done
@@ -101,16 +109,16 @@ if [ "${NCU:-0}" = 1 ]; then
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     timeout 120 "$ncu" --clock-control none -k regex:gemm_bf16_wgmma --launch-count 1 --section SpeedOfLight \
         --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
-        $D/ffkern bench --dtype bf16 --reps 1 > "$OUT/ncu.txt" 2>&1
+        $B/ffkern bench --dtype bf16 --reps 1 > "$OUT/ncu.txt" 2>&1
     log "ncu: rc=$?"
     grep -E "Duration|Compute \(SM\) Throughput|L2 Cache Throughput|Issue Slots Busy|Eligible Warps|Est. Speedup|stalled" "$OUT/ncu.txt" | head -12 | tee -a "$OUT/summary.txt"
 fi
 if [ "${CUDA_BENCH:-1}" = 1 ]; then
-    timeout 150 $D/ffkern bench --backend cuda ${BENCH_OP:+--op $BENCH_OP} --reps 20 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
+    timeout 150 $B/ffkern bench --backend cuda ${BENCH_OP:+--op $BENCH_OP} --reps 20 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
     log "bench cuda: rc=$?"
 fi
 if [ "${WGPU_BENCH:-1}" = 1 ]; then
-    timeout 100 $D/ffkern bench --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"
+    timeout 100 $B/ffkern bench --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"
     log "bench wgpu: rc=$?"
 fi
 python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
