@@ -144,4 +144,8 @@ if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ]; then
     PYTHONUNBUFFERED=1 timeout 150 python3 $D/peers.py --only ${PEERS_ONLY:-gemm,ffn,optim,graph,linattn} --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
     log "peers: rc=$?"
     cat "$OUT/peers.txt" | tee -a "$OUT/summary.txt"
+    # The OneForecast layer written in PyTorch, beside `ffkern bench --op graph`'s layer row.
+    timeout 120 python3 scripts/peers_layer.py --json "$OUT/peers-layer.json" > "$OUT/peers-layer.txt" 2>&1
+    log "peers layer: rc=$?"
+    tail -4 "$OUT/peers-layer.txt" | tee -a "$OUT/summary.txt"
 fi
