@@ -229,6 +229,32 @@ __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const 
     move_outer<MMA, true>(acc, zacc, state, z, bh, i0, j0, p);
 }
 
+// A chunk of one head: its index, head, chunk·head, first row and length.
+struct ChunkRow {
+    uint32_t c, h, bh, start, len;
+};
+
+// Stages den and dd of the chunk's rows (threads below 64): from dendd (Normalizer), the count
+// after bounds' positions (Count), else 1 and 0. `bounds`: the p.batch + 1 chunk boundaries, then
+// each chunk's position in its sequence.
+__device__ __forceinline__ void cb_stage_den(float* cden, float* cdd, const uint32_t* bounds, const float* dendd, const ChunkRow& cr, const LinAttnParams& p) {
+    const uint32_t lid = threadIdx.x;
+    if (lid < 64) {
+        float den = 1.0f, dd = 0.0f;
+        if (lid < cr.len) {
+            if (p.normalize == 1) {
+                const size_t row = ((size_t)cr.start + lid) * p.heads + cr.h;
+                den = dendd[2 * row];
+                dd = dendd[2 * row + 1];
+            } else if (p.normalize == 2) {
+                den = (float)(p.count0 + bounds[p.batch + 1 + cr.c] + lid + 1);
+            }
+        }
+        cden[lid] = den;
+        cdd[lid] = dd;
+    }
+}
+
 // The chunk start states in one pass, and the chunked backward's reverse pass in one sweep
 // (mirror linattn_chunk_states and linattn_chunk_grad_states in shaders/linattn.wgsl): one block
 // per (sequence·head, 64×64 tile of the state) carries the running state through the sequence's
@@ -245,7 +271,7 @@ __device__ __forceinline__ void chunk_sweep_impl(const T* __restrict__ qk, const
     __shared__ float cden[64], cdd[64];
     const uint32_t nh = blockIdx.y + blockIdx.z * gridDim.y;
     if (nh >= p.batch * p.heads) return;
-    const uint32_t h = nh % p.heads, nc = table[0], nvt = (p.v + 63) / 64, lid = threadIdx.x;
+    const uint32_t h = nh % p.heads, nc = table[0], nvt = (p.v + 63) / 64;
     const uint32_t i0 = blockIdx.x / nvt * 64, j0 = blockIdx.x % nvt * 64;
     const uint32_t c_lo = table[2 * nc + 2 + nh / p.heads], c_hi = table[2 * nc + 3 + nh / p.heads];
     float acc[4][4] = {}, zacc = 0.0f;
@@ -256,18 +282,10 @@ __device__ __forceinline__ void chunk_sweep_impl(const T* __restrict__ qk, const
         const uint32_t start = table[1 + c], len = table[2 + c] - start, heads = p.heads, kd = p.k, vd = p.v, fm = p.feature_map;
         const float scale = REVERSE ? p.scale : 1.0f;
         if (REVERSE) {
-            if (lid < 64) {
-                float den = 1.0f, dd = 0.0f;
-                const size_t row = ((size_t)start + lid) * p.heads + h;
-                if (lid < len && p.normalize == 1) {
-                    den = dendd[2 * row];
-                    dd = dendd[2 * row + 1];
-                } else if (lid < len && p.normalize == 2) {
-                    den = (float)(p.count0 + table[nc + 2 + c] + lid + 1);
-                }
-                cden[lid] = den;
-                cdd[lid] = dd;
-            }
+            // The chunks' table from its second word; p.batch counts chunks there.
+            LinAttnParams pc = p;
+            pc.batch = nc;
+            cb_stage_den(cden, cdd, table + 1, dendd, ChunkRow{c, h, (uint32_t)(c * p.heads + h), start, len}, pc);
             __syncthreads();
         }
         float part[4][4] = {}, zpart = 0.0f;
@@ -527,10 +545,6 @@ __device__ __forceinline__ void backward_reduce_impl(const T* __restrict__ x, co
 // staged in shared memory, no barrier per row and every thread busy. `bounds` holds the C + 1
 // chunk boundaries then each chunk's position in its sequence; `dendd` den, dd per packed row
 // (Normalizer only; written by linattn_chunk_den).
-struct ChunkRow {
-    uint32_t c, h, bh, start, len;
-};
-
 __device__ __forceinline__ bool chunk_of(ChunkRow& r, const uint32_t* bounds, const LinAttnParams& p) {
     r.bh = blockIdx.y + blockIdx.z * gridDim.y;
     if (r.bh >= p.batch * p.heads) return false;
@@ -554,24 +568,6 @@ __device__ __forceinline__ float cb_ld(uint32_t which, const T* q, const T* k, c
     case 1: return phi(p.feature_map, to_f32(k[i]));
     case 2: return to_f32(v[i]);
     default: return to_f32(d_o[i]) / cden[r];
-    }
-}
-
-__device__ __forceinline__ void cb_stage_den(float* cden, float* cdd, const uint32_t* bounds, const float* dendd, const ChunkRow& cr, const LinAttnParams& p) {
-    const uint32_t lid = threadIdx.x;
-    if (lid < 64) {
-        float den = 1.0f, dd = 0.0f;
-        if (lid < cr.len) {
-            if (p.normalize == 1) {
-                const size_t row = ((size_t)cr.start + lid) * p.heads + cr.h;
-                den = dendd[2 * row];
-                dd = dendd[2 * row + 1];
-            } else if (p.normalize == 2) {
-                den = (float)(p.count0 + bounds[p.batch + 1 + cr.c] + lid + 1);
-            }
-        }
-        cden[lid] = den;
-        cdd[lid] = dd;
     }
 }
 

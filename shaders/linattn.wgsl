@@ -143,8 +143,6 @@ fn linattn_chunk_scan(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
 
 // Chunked form, per chunk (the sequences are chunks of at most 64 rows, varlen 2), as matrix
 // products instead of a scan: no barrier per row, every invocation busy.
-// linattn_chunk_state (aux 1): the chunk's own sums ΔS = K̃ᵀ·V (the workgroup's 64×64 tile) and
-// Δz = Σ k̃ into state and z_buf.
 // The fourth chunk operand and the row weights serve linattn_chunk_grad_states, where v_buf
 // holds do: dn = do/den and dd of the chunk's rows (staged in rden, rdd).
 var<workgroup> rden: array<f32, 64>;
@@ -158,6 +156,8 @@ fn row_weight(r: u32) -> f32 {
     return rdd[r];
 }
 
+// linattn_chunk_state (aux 1): the chunk's own sums ΔS = K̃ᵀ·V (the workgroup's 64×64 tile) and
+// Δz = Σ k̃ into state and z_buf.
 @compute @workgroup_size(256)
 fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let bh = seq_head(wg, nwg);
