@@ -307,10 +307,13 @@ impl LinearAttention {
                 return Err(Error::shape(OP, format!("{name} must be f32 with {len} elements")));
             }
         }
-        let grads = |be: &Be, n: usize| -> Result<LinAttnGrads<Be::Buf>> {
-            Ok(LinAttnGrads { dq: be.alloc(dtype, self.qk_len())?, dk: be.alloc(dtype, self.qk_len())?, dv: be.alloc(dtype, self.vo_len())?, d_state: be.alloc(DType::F32, n * kv)?, d_z: be.alloc(DType::F32, n * k_)? })
+        let mut g = LinAttnGrads {
+            dq: be.alloc(dtype, self.qk_len())?,
+            dk: be.alloc(dtype, self.qk_len())?,
+            dv: be.alloc(dtype, self.vo_len())?,
+            d_state: be.alloc(DType::F32, sequences * kv)?,
+            d_z: be.alloc(DType::F32, sequences * k_)?,
         };
-        let mut g = grads(be, sequences)?;
         let table = chunked.then(|| ChunkTable::new(&starts[..=sequences])).filter(|t| t.chunks > 0);
         let Some(t) = table else {
             be.linattn_backward(&p, &starts, x, s0, z0, d_final, [&mut g.dq, &mut g.dk, &mut g.dv, &mut g.d_state, &mut g.d_z])?;

@@ -5,6 +5,8 @@ use crate::runtime::wgpu::WgpuContext;
 use crate::{DType, Result};
 
 const FAMILY: &str = "linattn";
+/// The backward kernels (`shaders/linattn_bwd.wgsl`, six read-only bindings).
+const BWD: &str = "linattn_bwd";
 /// Binding order: q, k, v, a copy of the initial z, the sequence starts (read-only), then
 /// state, z, o.
 const READ_ONLY: usize = 5;
@@ -45,10 +47,7 @@ pub fn recurrent(
         None
     };
     let z_init = z_copy.as_ref().unwrap_or(ctx.dummy(false));
-    let starts = wgpu::util::DeviceExt::create_buffer_init(
-        &ctx.device,
-        &wgpu::util::BufferInitDescriptor { label: Some("ffkern starts"), contents: bytemuck::cast_slice(starts), usage: wgpu::BufferUsages::STORAGE },
-    );
+    let starts = upload_u32(ctx, starts);
     let units = (p.batch * p.heads) as usize;
     let groups = match entry {
         "linattn_chunk_state" => super::grid(super::outer_tiles(p), 1, units),
@@ -93,8 +92,9 @@ pub fn chunk_grad_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, tab
     through_chunks(ctx, p, "linattn_chunk_grad_states", table[0], &t, [Some((q, dtype)), None, Some((d_o, dtype))], [d[0], d[1], g[0], g[1]], groups)
 }
 
+/// A read-only storage buffer holding `words` (sequence starts, chunk tables).
 fn upload_u32(ctx: &WgpuContext, words: &[u32]) -> wgpu::Buffer {
-    wgpu::util::DeviceExt::create_buffer_init(&ctx.device, &wgpu::util::BufferInitDescriptor { label: Some("ffkern chunk table"), contents: bytemuck::cast_slice(words), usage: wgpu::BufferUsages::STORAGE })
+    wgpu::util::DeviceExt::create_buffer_init(&ctx.device, &wgpu::util::BufferInitDescriptor { label: Some("ffkern u32 table"), contents: bytemuck::cast_slice(words), usage: wgpu::BufferUsages::STORAGE })
 }
 
 /// A pass that carries each sequence's state (or gradient) through its `chunks` chunks (`entry`):
@@ -142,7 +142,6 @@ pub fn backward(
     d_final: [Option<&wgpu::Buffer>; 2],
     out: [&wgpu::Buffer; 5],
 ) -> Result<()> {
-    const BWD: &str = "linattn_bwd";
     let limit = ctx.device.limits().max_compute_workgroup_storage_size;
     if limit < BWD_SHARED_BYTES {
         return Err(crate::Error::Unsupported(format!("linear attention backward: needs {BWD_SHARED_BYTES} bytes of workgroup memory, the adapter has {limit}")));
@@ -182,8 +181,6 @@ pub fn backward(
     Ok(())
 }
 
-/// The chunked backward's kernels (`shaders/linattn_bwd.wgsl`, six read-only bindings).
-const BWD: &str = "linattn_bwd";
 
 /// Fills the chunked backward's table in `scratch` (`[bounds | positions | den, dd | z_c | g_c]`):
 /// the bounds, and the normalizer vectors `z` given (z_c, then g_c), C·H·K each.
