@@ -8,8 +8,9 @@
 #   bash scripts/device-check.sh            (writes logs and JSON under $OUT, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
 # WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, LINATTN_SIMT=0, PEERS=0 (PEERS_ONLY=gemm,... picks
-# parts), NCU=1.
+# parts), NCU=1, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
 set -u
+shopt -s nullglob
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--prepare" ]; then
@@ -69,57 +70,83 @@ log "GPU: $(tail -1 "$OUT/gpu.txt")"
 $B/ffkern info > "$OUT/info.txt" 2>&1
 log "info: $(grep -E '^  (cuda|wgpu):' "$OUT/info.txt" | tr '\n' ';')"
 
-for t in $([ "${TESTS:-1}" = 1 ] && ls $B/tests/*); do
-    FFKERN_REQUIRE=cuda,wgpu timeout 150 "$t" > "$OUT/test-$(basename "$t").log" 2>&1
-    rc=$?
-    log "tests $(basename "$t"): rc=$rc $(grep -E '^test result' "$OUT/test-$(basename "$t").log")"
-    grep -E 'panicked|rms_ratio|Segmentation' "$OUT/test-$(basename "$t").log" | head -8 | tee -a "$OUT/summary.txt"
-done
+# Every step's timeout is cut to what is left of BUDGET_S (default 540 s, one device call), so
+# the steps run in order of worth and the late ones are skipped rather than the call killed.
+DEADLINE=$(( $(date +%s) + ${BUDGET_S:-540} ))
+left() { echo $(( DEADLINE - $(date +%s) )); }
+lim() { local l; l=$(left); if [ "$l" -lt "$1" ]; then echo $(( l > 5 ? l : 5 )); else echo "$1"; fi; }
+enough() { [ "$(left)" -ge "${1:-30}" ] || { log "skipped $2: $(left) s left"; false; }; }
 
-if [ "${WGPU_CHECK:-1}" = 1 ]; then
-    timeout 90 $B/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1
-    rc=$?
-    log "check wgpu: rc=$rc $(tail -1 "$OUT/check-wgpu.txt")"
-fi
-# Every CUDA tensor-core kernel choice (FFKERN_GEMM_KERNEL), checked and timed side by side.
-for k in ${KERNELS:-auto mma}; do
-    FFKERN_GEMM_KERNEL=$k timeout 90 $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1
-    rc=$?
-    log "check cuda ($k): rc=$rc $(tail -1 "$OUT/check-cuda-$k.txt")"
-    grep -E 'FAIL|ERROR' "$OUT/check-cuda-$k.txt" | head -5 | tee -a "$OUT/summary.txt"
+# Correctness first, all at once (they only need to be right, not timed): every test binary with
+# FFKERN_REQUIRE=cuda,wgpu, and `ffkern check` on wgpu and on each CUDA GEMM kernel choice.
+pids=()
+for t in $([ "${TESTS:-1}" = 1 ] && ls $B/tests/*); do
+    FFKERN_REQUIRE=cuda,wgpu timeout "$(lim 180)" "$t" > "$OUT/test-$(basename "$t").log" 2>&1 &
+    pids+=($!)
 done
-# The linear-attention chunk kernels' f32-FMA twins (FFKERN_LINATTN_KERNEL=simt), checked and timed
-# beside the TF32 tensor-core default.
-if [ "${LINATTN_SIMT:-1}" = 1 ]; then
-    FFKERN_LINATTN_KERNEL=simt FFKERN_REQUIRE=cuda timeout 150 $B/tests/linattn > "$OUT/test-linattn-simt.log" 2>&1
-    log "tests linattn (simt): rc=$? $(grep -E '^test result' "$OUT/test-linattn-simt.log")"
-    grep -E 'panicked|rms_ratio' "$OUT/test-linattn-simt.log" | head -8 | tee -a "$OUT/summary.txt"
-    FFKERN_LINATTN_KERNEL=simt timeout 90 $B/ffkern check --backend cuda --op linear_attn > "$OUT/check-cuda-linattn-simt.txt" 2>&1
-    log "check cuda linear_attn (simt): rc=$? $(tail -1 "$OUT/check-cuda-linattn-simt.txt")"
-    FFKERN_LINATTN_KERNEL=simt timeout 120 $B/ffkern bench --backend cuda --op linear_attn --reps 10 --json > "$OUT/bench-cuda-linattn-simt.json" 2> "$OUT/bench-cuda-linattn-simt.err"
-    log "bench cuda linear_attn (simt): rc=$?"
+if [ "${WGPU_CHECK:-1}" = 1 ]; then
+    timeout "$(lim 120)" $B/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1 &
+    pids+=($!)
 fi
-for k in ${KERNELS_BENCH:-mma}; do
-    FFKERN_GEMM_KERNEL=$k timeout 90 $B/ffkern bench --backend cuda --dtype bf16 --reps 20 --json > "$OUT/bench-cuda-$k.json" 2> "$OUT/bench-cuda-$k.err"
-    rc=$?
-    log "bench cuda ($k): rc=$rc"
+for k in ${KERNELS:-auto mma}; do
+    FFKERN_GEMM_KERNEL=$k timeout "$(lim 120)" $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1 &
+    pids+=($!)
+done
+# The linear-attention chunk kernels' f32-FMA twins (FFKERN_LINATTN_KERNEL=simt) beside the TF32
+# tensor-core default.
+if [ "${LINATTN_SIMT:-1}" = 1 ]; then
+    FFKERN_LINATTN_KERNEL=simt FFKERN_REQUIRE=cuda timeout "$(lim 180)" $B/tests/linattn > "$OUT/test-linattn-simt.log" 2>&1 &
+    pids+=($!)
+fi
+for p in "${pids[@]}"; do wait "$p"; done
+for f in "$OUT"/test-*.log; do
+    log "$(basename "$f" .log): $(grep -E '^test result' "$f" | tr '\n' ' ')"
+    grep -E 'panicked|rms_ratio|Segmentation|Error' "$f" | head -8 | tee -a "$OUT/summary.txt"
+done
+for f in "$OUT"/check-*.txt; do
+    log "$(basename "$f" .txt): $(tail -1 "$f")"
+    grep -E 'FAIL|ERROR' "$f" | head -8 | tee -a "$OUT/summary.txt"
 done
 
 if [ "${NCU:-0}" = 1 ]; then
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    timeout 120 "$ncu" --clock-control none -k regex:gemm_bf16_wgmma --launch-count 1 --section SpeedOfLight \
+    timeout "$(lim 120)" "$ncu" --clock-control none -k regex:gemm_bf16_wgmma --launch-count 1 --section SpeedOfLight \
         --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
         $B/ffkern bench --dtype bf16 --reps 1 > "$OUT/ncu.txt" 2>&1
     log "ncu: rc=$?"
     grep -E "Duration|Compute \(SM\) Throughput|L2 Cache Throughput|Issue Slots Busy|Eligible Warps|Est. Speedup|stalled" "$OUT/ncu.txt" | head -12 | tee -a "$OUT/summary.txt"
 fi
+# Then the timings, one op family per process so that one failure costs only its own rows.
+bench() { # name, timeout, args...
+    local name=$1 secs=$2; shift 2
+    enough 20 "bench $name" || return 0
+    timeout "$(lim "$secs")" $B/ffkern bench "$@" --json > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err"
+    log "bench $name: rc=$?"
+}
 if [ "${CUDA_BENCH:-1}" = 1 ]; then
-    timeout 150 $B/ffkern bench --backend cuda ${BENCH_OP:+--op $BENCH_OP} --reps 20 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
-    log "bench cuda: rc=$?"
+    for k in ${KERNELS_BENCH:-auto}; do bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20; done
+    for op in ${BENCH_OPS:-repavit structured linear_attn graph}; do
+        bench "cuda-$op" 90 --backend cuda --op "$op" --reps 20 --seq 4096,8192
+    done
+    [ "${LINATTN_SIMT:-1}" = 1 ] && FFKERN_LINATTN_KERNEL=simt bench cuda-linear_attn-simt 60 --backend cuda --op linear_attn --reps 10
+fi
+if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then
+    if ls $D/whl/*.whl > /dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $D/whl/*.whl &&
+            export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    PYTHONUNBUFFERED=1 timeout "$(lim 150)" python3 $D/peers.py --only ${PEERS_ONLY:-ffn,structured,linattn,graph} --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
+    log "peers: rc=$?"
+    cat "$OUT/peers.txt" | tee -a "$OUT/summary.txt"
+    # The OneForecast layer written in PyTorch, beside `ffkern bench --op graph`'s layer row.
+    if enough 20 "peers layer"; then
+        timeout "$(lim 90)" python3 scripts/peers_layer.py --json "$OUT/peers-layer.json" > "$OUT/peers-layer.txt" 2>&1
+        log "peers layer: rc=$?"
+        tail -4 "$OUT/peers-layer.txt" | tee -a "$OUT/summary.txt"
+    fi
 fi
 if [ "${WGPU_BENCH:-1}" = 1 ]; then
-    timeout 100 $B/ffkern bench --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16 --json > "$OUT/bench-wgpu.json" 2> "$OUT/bench-wgpu.err"
-    log "bench wgpu: rc=$?"
+    bench wgpu 120 --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16
 fi
 python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys, os
@@ -135,17 +162,3 @@ for be in names:
         rf = r.get("roofline_fraction")
         print(f"{be:22} {r['op']:5} {r['dtype']:5} {r['shape']:32} {r['median_s']*1e3:9.3f} ms {r['gflops']/1e3:8.1f} TFLOP/s {r['gbps']:8.1f} GB/s roof {rf if rf is None else round(rf*100,1)}%{base}")
 PY
-
-if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ]; then
-    if ls $D/whl/*.whl > /dev/null 2>&1; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $D/whl/*.whl &&
-            export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    fi
-    PYTHONUNBUFFERED=1 timeout 150 python3 $D/peers.py --only ${PEERS_ONLY:-gemm,ffn,optim,graph,linattn} --json "$OUT/peers.json" > "$OUT/peers.txt" 2>&1
-    log "peers: rc=$?"
-    cat "$OUT/peers.txt" | tee -a "$OUT/summary.txt"
-    # The OneForecast layer written in PyTorch, beside `ffkern bench --op graph`'s layer row.
-    timeout 120 python3 scripts/peers_layer.py --json "$OUT/peers-layer.json" > "$OUT/peers-layer.txt" 2>&1
-    log "peers layer: rc=$?"
-    tail -4 "$OUT/peers-layer.txt" | tee -a "$OUT/summary.txt"
-fi
