@@ -256,6 +256,10 @@ impl CudaRuntime {
     /// the kernel's parameters in order and type, and that every pointer is valid for every
     /// element the kernel reads or writes under the descriptor they validated first.
     pub(crate) fn launch<'a>(&'a self, func: &'a CudaFunction, cfg: LaunchConfig, push: impl FnOnce(&mut LaunchArgs<'a>)) -> Result<()> {
+        // An empty grid has nothing to do (the driver would reject it).
+        if cfg.grid_dim.0 == 0 || cfg.grid_dim.1 == 0 || cfg.grid_dim.2 == 0 {
+            return Ok(());
+        }
         let mut args = self.stream.launch_builder(func);
         push(&mut args);
         // SAFETY: the caller's contract above: parameters match the kernel signature and the
@@ -333,12 +337,28 @@ impl CudaRuntime {
     fn upload_typed<T: CudaElem>(&self, data: &[f32]) -> Result<CudaSlice<T>> {
         let v: Vec<T> = data.iter().map(|&x| T::from_f32(x)).collect();
         if v.is_empty() {
-            return self.stream.alloc_zeros::<T>(1).map_err(drv("allocating"));
+            return self.zeros(0);
         }
         self.stream.clone_htod(&v).map_err(drv("copying to the device"))
     }
 
+    /// `len` zeros. The driver refuses zero-byte allocations, so an empty buffer owns one
+    /// element but reports length 0: downloads and shape checks see what the caller asked for.
+    fn zeros<T: CudaElem>(&self, len: usize) -> Result<CudaSlice<T>> {
+        let s = self.stream.alloc_zeros::<T>(len.max(1)).map_err(drv("allocating"))?;
+        if len > 0 {
+            return Ok(s);
+        }
+        let ptr = s.leak();
+        // SAFETY: `ptr` is the one-element allocation leaked just above; the new slice owns it
+        // again (it is freed when that slice drops) and claims none of it.
+        Ok(unsafe { self.stream.upgrade_device_ptr(ptr, 0) })
+    }
+
     fn download_typed<T: CudaElem>(&self, s: &CudaSlice<T>) -> Result<Vec<f32>> {
+        if s.is_empty() {
+            return Ok(Vec::new());
+        }
         let v = self.stream.clone_dtoh(s).map_err(drv("copying to the host"))?;
         Ok(v.into_iter().map(T::to_f32).collect())
     }
@@ -372,11 +392,10 @@ impl Backend for CudaRuntime {
         })
     }
     fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
-        let n = len.max(1);
         Ok(match dtype {
-            DType::F32 => CudaBuf::F32(self.stream.alloc_zeros(n).map_err(drv("allocating"))?),
-            DType::F16 => CudaBuf::F16(self.stream.alloc_zeros(n).map_err(drv("allocating"))?),
-            DType::BF16 => CudaBuf::BF16(self.stream.alloc_zeros(n).map_err(drv("allocating"))?),
+            DType::F32 => CudaBuf::F32(self.zeros(len)?),
+            DType::F16 => CudaBuf::F16(self.zeros(len)?),
+            DType::BF16 => CudaBuf::BF16(self.zeros(len)?),
         })
     }
     fn download(&self, buf: &CudaBuf) -> Result<HostTensor> {
