@@ -399,18 +399,32 @@ __device__ __forceinline__ void ln_backward_impl(const T* __restrict__ x, const 
     }
 }
 
+// LayerNorm's [dγ | dβ] in two fixed-order passes: partial sums over chunks of `chunk` rows, one
+// thread per (chunk, column), then the chunk sum. A column's rows spread over many blocks instead
+// of one thread walking all of them (E = 61,440 edge rows serialised one thread for 60 ms).
 template <typename T>
 __device__ __forceinline__ void ln_params_impl(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ stats,
-                                               float* __restrict__ out, const GraphParams& p) {
-    GRID_STRIDE(k, p.dim) {
+                                               float* __restrict__ part, const GraphParams& p) {
+    GRID_STRIDE(t, (size_t)p.num_segs * p.dim) {
+        const size_t c = t / p.dim, k = t % p.dim;
+        const size_t r1 = min((size_t)p.num_nodes, (c + 1) * p.chunk);
         float dg = 0.0f, db = 0.0f;
-        for (size_t r = 0; r < p.num_nodes; ++r) {
+        for (size_t r = c * p.chunk; r < r1; ++r) {
             const float d = to_f32(dy[r * p.dim + k]);
             dg += d * (to_f32(x[r * p.dim + k]) - stats[r]) * stats[p.num_nodes + r];
             db += d;
         }
-        out[k] = dg;
-        out[p.dim + k] = db;
+        part[c * 2 * p.dim + k] = dg;
+        part[c * 2 * p.dim + p.dim + k] = db;
+    }
+}
+
+// The chunks' partial [dγ | dβ] summed in chunk order: one thread per output.
+__device__ __forceinline__ void ln_params_sum_impl(const float* __restrict__ part, float* __restrict__ out, const GraphParams& p) {
+    GRID_STRIDE(j, 2 * (size_t)p.dim) {
+        float acc = 0.0f;
+        for (size_t c = 0; c < p.num_segs; ++c) acc += part[c * 2 * p.dim + j];
+        out[j] = acc;
     }
 }
 
@@ -500,8 +514,8 @@ __device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __
         ln_backward_impl<T>(x, dy, gamma, stats, dx, p);                                                                   \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
-        graph_ln_params_##SUFFIX(const T* x, const T* dy, const float* stats, float* out, GraphParams p) {                \
-        ln_params_impl<T>(x, dy, stats, out, p);                                                                           \
+        graph_ln_params_##SUFFIX(const T* x, const T* dy, const float* stats, float* part, GraphParams p) {               \
+        ln_params_impl<T>(x, dy, stats, part, p);                                                                          \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_scale_add_##SUFFIX(const T* x, const T* y, const float* w, T* out, GraphParams p) {                          \
@@ -524,6 +538,9 @@ __device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __
 GRAPH_ENTRIES(f32, float)
 GRAPH_ENTRIES(f16, __half)
 GRAPH_ENTRIES(bf16, __nv_bfloat16)
+extern "C" __global__ void __launch_bounds__(256) graph_ln_params_sum(const float* part, float* out, GraphParams p) {
+    ln_params_sum_impl(part, out, p);
+}
 extern "C" __global__ void __launch_bounds__(256)
     graph_softmax_partial(const uint32_t* idx, const float* w, const float* v, float2* part, GraphParams p) {
     softmax_partial_impl(idx, w, v, part, p);

@@ -539,20 +539,34 @@ fn graph_ln_bwd_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     run(4u, flat_id(gid, nwg), p.num_nodes);
 }
 
-// [dγ | dβ]: one invocation per column sums its rows in order (f32 out).
+// [dγ | dβ] in two fixed-order passes: partial sums over chunks of `chunk` rows, one invocation
+// per (chunk, column), then the chunk sum (f32 out) — a column's rows spread over many workgroups.
 @compute @workgroup_size(256)
 fn graph_ln_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let k = flat_id(gid, nwg);
-    if (k >= p.dim) { return; }
+    let t = flat_id(gid, nwg);
+    if (t >= p.num_segs * p.dim) { return; }
+    let c = t / p.dim;
+    let k = t % p.dim;
     var dg = 0.0;
     var db = 0.0;
-    for (var r = 0u; r < p.num_nodes; r++) {
+    for (var r = c * p.chunk; r < min(p.num_nodes, (c + 1u) * p.chunk); r++) {
         let dy = ld_y(r * p.dim + k);
         dg += dy * (ld(r * p.dim + k) - v_buf[r]) * v_buf[p.num_nodes + r];
         db += dy;
     }
-    out_buf[k] = bitcast<u32>(dg);
-    out_buf[p.dim + k] = bitcast<u32>(db);
+    out_buf[c * 2u * p.dim + k] = bitcast<u32>(dg);
+    out_buf[c * 2u * p.dim + p.dim + k] = bitcast<u32>(db);
+}
+
+@compute @workgroup_size(256)
+fn graph_ln_params_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = flat_id(gid, nwg);
+    if (j >= 2u * p.dim) { return; }
+    var acc = 0.0;
+    for (var c = 0u; c < p.num_segs; c++) {
+        acc += v_buf[c * 2u * p.dim + j];
+    }
+    out_buf[j] = bitcast<u32>(acc);
 }
 
 // Row-wise helpers (the OneForecast layer's gate, residuals and casts); `num_nodes` rows.

@@ -37,6 +37,7 @@ pub const KERNELS: &[&str] = &[
     "graph_ln_params_f32",
     "graph_ln_params_f16",
     "graph_ln_params_bf16",
+    "graph_ln_params_sum",
     "graph_edge_combine_f32",
     "graph_edge_combine_f16",
     "graph_edge_combine_bf16",
@@ -105,7 +106,7 @@ pub fn launch<T: CudaElem>(
         // One block per row.
         GraphKernel::LayerNorm => ("graph_ln_forward", rows * 256),
         GraphKernel::LayerNormBackward => ("graph_ln_backward", rows * 256),
-        GraphKernel::LayerNormParams => ("graph_ln_params", dim),
+        GraphKernel::LayerNormParams => ("graph_ln_params", segs * dim),
         GraphKernel::EdgeCombine => ("graph_edge_combine", edges * dim),
         GraphKernel::EdgeDot => ("graph_edge_dot", edges * heads),
         GraphKernel::ScaleAdd => ("graph_scale_add", rows_dim),
@@ -186,8 +187,13 @@ pub fn launch<T: CudaElem>(
         GraphKernel::LayerNormParams => {
             let out = out32.ok_or_else(|| Error::Invalid("layer_norm: an f32 output is needed".into()))?;
             let (x, dy, stats) = (need(&a.x, "x")?, need(&a.y, "dy")?, need(&a.v, "stats")?);
+            let mut part = scratch(2 * segs * dim)?;
             rt.launch(&f, cfg_main, |l| {
-                l.arg(x).arg(dy).arg(stats).arg(out).arg(p);
+                l.arg(x).arg(dy).arg(stats).arg(&mut part).arg(p);
+            })?;
+            let sum = rt.function(FAMILY, Ptx::Base, "graph_ln_params_sum", |_| Ok(()))?;
+            rt.launch(&sum, cfg(2 * dim), |l| {
+                l.arg(&part).arg(out).arg(p);
             })
         }
         GraphKernel::EdgeCombine => {

@@ -322,7 +322,8 @@ pub enum GraphKernel {
     /// `out[e, d] = act(x[e, d] + y[src e, d] + y[dst e, dim + d])` (act code in `reduce`): the
     /// edge MLP's combine, `x = E·W_eᵀ + b` `[E, dim]`, `y = [H·W_sᵀ | H·W_dᵀ]` `[N, 2·dim]`.
     EdgeCombine,
-    /// LayerNorm backward, `[dγ | dβ]` (f32 `2·dim`, one column per invocation, rows in order).
+    /// LayerNorm backward, `[dγ | dβ]` (f32 `2·dim`): partial sums over `num_segs` chunks of
+    /// `chunk` rows, then the chunks summed in order.
     LayerNormParams,
     /// Row-wise over the `num_nodes` rows of `dim`: `out[r, d] = act(s_r·x[r, d] + y[r, d])`
     /// with `s_r = w[r]` if `has_weight` (else 1), `y` if `has_y` (2: a bias `y[d]`), the act
@@ -513,6 +514,9 @@ pub fn layer_norm<Be: Backend>(be: &Be, x: &Be::Buf, affine: &Be::Buf, rows: usi
     Ok((y, stats))
 }
 
+/// Rows per chunk of the LayerNorm parameter gradients' first pass.
+const LN_PARAM_ROWS: usize = 256;
+
 /// LayerNorm backward from the forward's `stats`: `(dx, [dγ | dβ])`, the parameter gradients f32
 /// and summed over rows in a fixed order (no atomics).
 #[allow(clippy::too_many_arguments)]
@@ -524,6 +528,8 @@ pub fn layer_norm_backward<Be: Backend>(be: &Be, x: &Be::Buf, dy: &Be::Buf, affi
     let mut dx = be.alloc(dtype, rows * c)?;
     be.graph_op(GraphKernel::LayerNormBackward, &p, None, &a, &mut dx, None)?;
     let mut dparams = be.alloc(DType::F32, 2 * c)?;
+    let chunks = rows.div_ceil(LN_PARAM_ROWS).max(1);
+    let p = GraphParams { chunk: LN_PARAM_ROWS as u32, num_segs: chunks as u32, ..p };
     be.graph_op(GraphKernel::LayerNormParams, &p, None, &a, &mut dparams, None)?;
     Ok((dx, dparams))
 }

@@ -57,7 +57,11 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
             go("graph_ln_bwd_stats", Some(&stats), rows * 256)?;
             go("graph_ln_bwd_apply", Some(&stats), words(rows))
         }
-        GraphKernel::LayerNormParams => go("graph_ln_params", arg, dim),
+        GraphKernel::LayerNormParams => {
+            let parts = scratch(2 * segs * dim)?;
+            dispatch(ctx, "graph_ln_params", dtype, p, g, a, &parts, None, segs * dim)?;
+            dispatch(ctx, "graph_ln_params_sum", dtype, p, g, &GraphArgs { v: Some(&parts), ..*a }, out, None, 2 * dim)
+        }
         GraphKernel::EdgeCombine => go("graph_edge_combine", arg, words(p.num_edges as usize)),
         GraphKernel::ScaleAdd => go("graph_scale_add", arg, words(rows)),
         GraphKernel::FromF32 => go("graph_from_f32", arg, words(rows)),
