@@ -389,6 +389,94 @@ __device__ __forceinline__ float phi_grad(uint32_t map, float x) {
     }
 }
 
+// The decode step (mirrors linattn_decode in shaders/linattn.wgsl; varlen 0, one token per
+// sequence): S += k̃·vᵀ, z += k̃, o = Sᵀ·q̃ / den. Why it is fast: the state is all the traffic, so
+// each warp streams whole rows of 128 columns with 16-byte loads and stores (lane = 4 columns;
+// VEC: V % 4 == 0 and a 16-byte aligned state) and the partial outputs meet once in shared
+// memory. The sums run in the scan's order (row groups i mod 16, each in row order, then the
+// groups in order), so a decode loop equals linattn_recurrent bit for bit. Warp w holds the row
+// groups 2w and 2w + 1. One block per sequence·head.
+template <typename T, bool VEC>
+__device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state,
+                                            float* __restrict__ z, T* __restrict__ o, const LinAttnParams& p) {
+    __shared__ float qs[256], ks[256], zs[256], vs[256], red[16][128], zred[16];
+    const uint32_t bh = blockIdx.y + blockIdx.z * gridDim.y, lid = threadIdx.x, warp = lid >> 5, lane = lid & 31;
+    if (bh >= p.batch * p.heads) return;
+    for (uint32_t i = lid; i < p.k; i += 256) {
+        qs[i] = p.scale * phi(p.feature_map, to_f32(q[(size_t)bh * p.k + i]));
+        const float kt = phi(p.feature_map, to_f32(k[(size_t)bh * p.k + i]));
+        ks[i] = kt;
+        const float zn = z[(size_t)bh * p.k + i] + kt;
+        z[(size_t)bh * p.k + i] = zn;
+        zs[i] = zn;
+    }
+    vs[lid] = lid < p.v ? to_f32(v[(size_t)bh * p.v + lid]) : 0.0f;
+    __syncthreads();
+    if (lid < 16) {
+        float zp = 0.0f;
+        for (uint32_t i = lid; i < p.k; i += 16) zp += qs[i] * zs[i];
+        zred[lid] = zp;
+    }
+    float* s = state + (size_t)bh * p.k * p.v;
+    // One row of the warp's 128 columns: S += k̃_i·v, acc += q̃_i·S.
+    const auto step = [&](uint32_t i, uint32_t c, float (&acc)[4]) {
+        float* row = s + (size_t)i * p.v + c;
+        float x[4];
+        if (VEC) {
+            const float4 t = *reinterpret_cast<const float4*>(row);
+            x[0] = t.x; x[1] = t.y; x[2] = t.z; x[3] = t.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) x[e] = c + e < p.v ? row[e] : 0.0f;
+        }
+        const float kk = ks[i], qq = qs[i];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            x[e] += kk * vs[c + e];
+            acc[e] += x[e] * qq;
+        }
+        if (VEC) {
+            *reinterpret_cast<float4*>(row) = make_float4(x[0], x[1], x[2], x[3]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (c + e < p.v) row[e] = x[e];
+        }
+    };
+    for (uint32_t c0 = 0; c0 < p.v; c0 += 128) {
+        const uint32_t c = c0 + lane * 4;
+        float acc0[4] = {}, acc1[4] = {};
+        if (c < p.v) {
+#pragma unroll 2
+            for (uint32_t i = 2 * warp; i < p.k; i += 16) {
+                step(i, c, acc0);
+                if (i + 1 < p.k) step(i + 1, c, acc1);
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            red[2 * warp][lane * 4 + e] = acc0[e];
+            red[2 * warp + 1][lane * 4 + e] = acc1[e];
+        }
+        __syncthreads();
+        if (lid < 128 && c0 + lid < p.v) {
+            float n = 0.0f;
+#pragma unroll
+            for (int r = 0; r < 16; ++r) n += red[r][lid];
+            float den = 1.0f;
+            if (p.normalize == 1) {
+                den = p.eps;
+#pragma unroll
+                for (int r = 0; r < 16; ++r) den += zred[r];
+            } else if (p.normalize == 2) {
+                den = (float)(p.count0 + 1);
+            }
+            o[(size_t)bh * p.v + c0 + lid] = from_f32<T>(n / den);
+        }
+        __syncthreads();
+    }
+}
+
 // The fused recurrent backward (mirrors shaders/linattn_bwd.wgsl): dq, dk, dv and dS0 from do
 // and dS_T, every feature map and normalize mode, packed sequences.
 // Why it is fast for a scan: one block per (sequence·head, 16 value columns); thread i < K owns
@@ -918,6 +1006,14 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
     }
 
 #define LINATTN_ENTRIES(SUFFIX, T)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        linattn_decode_##SUFFIX(const T* q, const T* k, const T* v, float* state, float* z, T* o, LinAttnParams p) {       \
+        decode_impl<T, false>(q, k, v, state, z, o, p);                                                                    \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        linattn_decode_vec_##SUFFIX(const T* q, const T* k, const T* v, float* state, float* z, T* o, LinAttnParams p) {   \
+        decode_impl<T, true>(q, k, v, state, z, o, p);                                                                     \
+    }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_recurrent_##SUFFIX(const T* q, const T* k, const T* v, float* state, const float* z_init,                    \
                                    const uint32_t* starts, float* z, T* o, LinAttnParams p) {                             \

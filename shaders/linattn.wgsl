@@ -100,6 +100,78 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
     if (wg.x == 0u && lid < p.k) { z_buf[bh * p.k + lid] = zs[lid]; }
 }
 
+// The decode step (varlen 0, one token per sequence): S += k̃·vᵀ, z += k̃, o = Sᵀ·q̃ / den. Why it
+// is fast: the state is all the traffic, so each 32 invocations stream whole rows of 128 columns
+// (4 consecutive each) and the partial outputs meet once in workgroup memory. The sums run in
+// linattn_recurrent's order (row groups i mod 16, each in row order, then the groups in order),
+// so a decode loop equals the scan bit for bit; invocation group w holds the row groups 2w and
+// 2w + 1. One workgroup per sequence·head (no z race between tiles).
+var<workgroup> dvs: array<f32, 256>;
+var<workgroup> dred: array<f32, 2048>; // [16 row groups][128 columns]
+
+fn decode_row(bh: u32, i: u32, c: u32, acc: ptr<function, vec4<f32>>) {
+    let base = (bh * p.k + i) * p.v + c;
+    for (var e = 0u; e < 4u; e++) {
+        if (c + e < p.v) {
+            let sv = state[base + e] + ks[i] * dvs[c + e];
+            state[base + e] = sv;
+            (*acc)[e] += sv * qs[i];
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn linattn_decode(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = seq_head(wg, nwg);
+    if (bh >= p.batch * p.heads) { return; }
+    let grp = lid / 32u;
+    let lane = lid % 32u;
+    for (var i = lid; i < p.k; i += 256u) {
+        qs[i] = p.scale * phi(ld(0u, bh * p.k + i));
+        let kt = phi(ld(1u, bh * p.k + i));
+        ks[i] = kt;
+        let zn = z_buf[bh * p.k + i] + kt;
+        z_buf[bh * p.k + i] = zn;
+        zs[i] = zn;
+    }
+    var vv = 0.0;
+    if (lid < p.v) { vv = ld(2u, bh * p.v + lid); }
+    dvs[lid] = vv;
+    workgroupBarrier();
+    if (lid < 16u) {
+        var zp = 0.0;
+        for (var i = lid; i < p.k; i += 16u) { zp = zp + qs[i] * zs[i]; }
+        zred[lid] = zp;
+    }
+    for (var c0 = 0u; c0 < p.v; c0 += 128u) {
+        let c = c0 + lane * 4u;
+        var acc0 = vec4<f32>(0.0);
+        var acc1 = vec4<f32>(0.0);
+        for (var i = 2u * grp; i < p.k; i += 16u) {
+            decode_row(bh, i, c, &acc0);
+            if (i + 1u < p.k) { decode_row(bh, i + 1u, c, &acc1); }
+        }
+        for (var e = 0u; e < 4u; e++) {
+            dred[2u * grp * 128u + lane * 4u + e] = acc0[e];
+            dred[(2u * grp + 1u) * 128u + lane * 4u + e] = acc1[e];
+        }
+        workgroupBarrier();
+        if (lid < 128u && c0 + lid < p.v) {
+            var n = 0.0;
+            for (var r = 0u; r < 16u; r++) { n = n + dred[r * 128u + lid]; }
+            var den = 1.0;
+            if (p.normalize == 1u) {
+                den = p.eps;
+                for (var r = 0u; r < 16u; r++) { den = den + zred[r]; }
+            } else if (p.normalize == 2u) {
+                den = f32(p.count0 + 1u);
+            }
+            put_out(bh * p.v + c0 + lid, n / den);
+        }
+        workgroupBarrier();
+    }
+}
+
 // Chunked form, inter-chunk pass: with each chunk's own sum ΔS_c, Δz_c in H, Z (from a
 // state-only pass over the chunks), replaces them by the state at the chunk's start,
 // S_c = S_0 + Σ_{c' < c} ΔS_c', and writes each sequence's final state after the chunks. One

@@ -124,7 +124,19 @@ fn recurrent_forward_matches_the_reference_on_every_backend() {
 /// forward bitwise, and two runs are bitwise identical.
 #[test]
 fn decode_steps_equal_the_recurrent_forward() {
-    let d = desc(3, 12, 2, 32, 24, FeatureMap::Relu, Normalize::Count);
+    // The decode kernel's widths: V a multiple of 4 (16-byte state rows), V over one 128-column
+    // pass with K over 128, and V = 7.
+    for d in [
+        desc(3, 12, 2, 32, 24, FeatureMap::Relu, Normalize::Count),
+        desc(2, 5, 1, 160, 130, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 }),
+        desc(2, 4, 3, 16, 7, FeatureMap::Identity, Normalize::None),
+    ] {
+        decode_loop_equals_recurrent(&d);
+    }
+}
+
+fn decode_loop_equals_recurrent(d: &LinearAttention) {
+    let d = *d;
     let (q, k, v, s0, z0) = inputs(&d, DType::BF16, 5);
     for dev in common::device_backends() {
         with_backend!(dev, be => {

@@ -1,6 +1,6 @@
 //! CUDA launcher of the linear-attention family (`kernels/linattn.cu`).
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::LinAttnParams;
 use crate::runtime::cuda::{kernel_name, CudaElem, CudaRuntime, Ptx};
@@ -13,6 +13,12 @@ pub const KERNELS: &[&str] = &[
     "linattn_recurrent_f32",
     "linattn_recurrent_f16",
     "linattn_recurrent_bf16",
+    "linattn_decode_f32",
+    "linattn_decode_f16",
+    "linattn_decode_bf16",
+    "linattn_decode_vec_f32",
+    "linattn_decode_vec_f16",
+    "linattn_decode_vec_bf16",
     "linattn_backward_f32",
     "linattn_backward_f16",
     "linattn_backward_bf16",
@@ -101,14 +107,27 @@ pub fn recurrent<T: CudaElem>(
     z: &mut CudaViewMut<f32>,
     o: &mut CudaViewMut<T>,
 ) -> Result<()> {
-    // Fixed-length batches need no sequence starts (the kernel computes them): a one-word stand-in
-    // spares the decode step a host-to-device copy.
     let err = |what: &'static str| move |e| crate::Error::driver(what, e);
-    let starts_dev = if p.varlen == 0 { rt.stream.alloc_zeros::<u32>(1).map_err(err("cuda: alloc"))? } else { rt.stream.clone_htod(starts).map_err(err("cuda: uploading the sequence starts"))? };
     let cfg = |cols: usize, tile: usize| {
         let [gx, gy, gz] = super::grid(cols, tile, (p.batch * p.heads) as usize);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
+    // The decode step (one token per sequence): its own kernel, one block per sequence·head,
+    // 16-byte state accesses where V and the state's address allow.
+    if p.varlen == 0 && p.seq == 1 && p.aux == 0 {
+        let vec = p.v % 4 == 0 && state.device_ptr(&rt.stream).0 % 16 == 0;
+        let f = rt.function(FAMILY, Ptx::Base, typed::<T>(if vec { "linattn_decode_vec" } else { "linattn_decode" })?, |_| Ok(()))?;
+        // SAFETY: linattn_decode[_vec]_<dtype>(q, k, v, state, z, o, p) reads q, k [B·H·K], v
+        // [B·H·V], reads and writes state [B·H·K·V] (VEC: as float4, V % 4 == 0 and the base
+        // 16-byte aligned, checked above) and z [B·H·K], and writes o [B·H·V]; each block touches
+        // only its own sequence·head. LinearAttention::recurrent checked every length, K, V ≤ 256.
+        return rt.launch(&f, cfg(1, 1), |a| {
+            a.arg(q).arg(k).arg(v).arg(&mut *state).arg(&mut *z).arg(&mut *o).arg(p);
+        });
+    }
+    // Fixed-length batches need no sequence starts (the kernel computes them): a one-word stand-in
+    // spares a host-to-device copy.
+    let starts_dev = if p.varlen == 0 { rt.stream.alloc_zeros::<u32>(1).map_err(err("cuda: alloc"))? } else { rt.stream.clone_htod(starts).map_err(err("cuda: uploading the sequence starts"))? };
     // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
     if p.varlen == 2 {
         return if p.aux == 1 {

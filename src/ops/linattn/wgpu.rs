@@ -30,14 +30,15 @@ pub fn recurrent(
     let entry = match (p.varlen, p.aux) {
         (2, 1) => "linattn_chunk_state",
         (2, _) => "linattn_chunk_output",
+        (0, 0) if p.seq == 1 => "linattn_decode",
         _ => "linattn_recurrent",
     };
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 3)?;
-    // With the Normalizer (and not for chunks) every value tile reads the initial normalizer while
+    // With the Normalizer (the scan only) every value tile reads the initial normalizer while
     // tile 0 writes the final one: the others read a copy, queued before the dispatch so that it
     // sees the state as the caller left it. Otherwise a placeholder binds there.
     let n = (p.batch * p.heads * p.k) as usize;
-    let z_copy = if p.normalize == 1 && p.varlen != 2 {
+    let z_copy = if p.normalize == 1 && entry == "linattn_recurrent" {
         let z_init = ctx.create_buffer(DType::F32, n)?;
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern z copy") });
         enc.copy_buffer_to_buffer(z, 0, &z_init, 0, (n * 4) as u64);
@@ -52,6 +53,7 @@ pub fn recurrent(
     let groups = match entry {
         "linattn_chunk_state" => super::grid(super::outer_tiles(p), 1, units),
         "linattn_chunk_output" => super::grid(p.v as usize, super::WIDE_TILE, units),
+        "linattn_decode" => super::grid(1, 1, units),
         _ => super::grid(p.v as usize, super::TILE, units),
     };
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, z_init, &starts, state, z, o], groups)
