@@ -145,17 +145,37 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
 // to the f32 budget) at several times the FMA rate; warp w owns rows 16⌊w/2⌋.., columns 32(w % 2)..
 // of the tile in mma fragments, thread lid < 64 the xsum of row lid. Otherwise f32 FMA: thread
 // (i, quarter) = (lid / 4, lid % 4) owns row i, columns 16m + 4·quarter + (0..3) in acc[m].
+// chunk_outer's staging: element (r0 + e / 64, e % 64) of X and Y for e = lid + 256·it.
+template <typename X, typename Y>
+__device__ __forceinline__ void outer_fetch(float (&nx)[4], float (&ny)[4], X x, Y y, uint32_t r0, uint32_t i0, uint32_t j0) {
+#pragma unroll
+    for (uint32_t it = 0; it < 4; ++it) {
+        const uint32_t e = threadIdx.x + 256 * it;
+        nx[it] = x(r0 + e / 64, i0 + e % 64);
+        ny[it] = y(r0 + e / 64, j0 + e % 64);
+    }
+}
+
 template <bool MMA, typename X, typename Y, typename W>
 __device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x, Y y, W w, uint32_t i0, uint32_t j0) {
     __shared__ float ox[16][72], oy[16][72]; // padded: conflict-free fragment reads
     const uint32_t lid = threadIdx.x, i = lid / 4, quarter = lid % 4;
     const uint32_t warp = lid >> 5, g = (lid & 31) >> 2, tq = lid & 3, rw = 16 * (warp >> 1), cw = 32 * (warp & 1);
+    // Registers carry the next 16 rows while the staged ones multiply, so a slab's loads overlap
+    // the previous slab's products instead of stalling every staging pass.
+    // (The FMA fallback stages each slab as it goes: it has no registers to spare.)
+    float nx[4], ny[4];
+    if (MMA) outer_fetch(nx, ny, x, y, 0, i0, j0);
     for (uint32_t r0 = 0; r0 < 64; r0 += 16) {
-        for (uint32_t e = lid; e < 1024; e += 256) {
-            ox[e / 64][e % 64] = x(r0 + e / 64, i0 + e % 64);
-            oy[e / 64][e % 64] = y(r0 + e / 64, j0 + e % 64);
+        if (!MMA) outer_fetch(nx, ny, x, y, r0, i0, j0);
+#pragma unroll
+        for (uint32_t it = 0; it < 4; ++it) {
+            const uint32_t e = lid + 256 * it;
+            ox[e / 64][e % 64] = nx[it];
+            oy[e / 64][e % 64] = ny[it];
         }
         __syncthreads();
+        if (MMA && r0 + 16 < 64) outer_fetch(nx, ny, x, y, r0 + 16, i0, j0);
         if constexpr (MMA) {
             if (lid < 64)
                 for (int rr = 0; rr < 16; ++rr) xsum += ox[rr][lid] * w(r0 + rr);
@@ -899,20 +919,44 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
     if (MODE != 0) cb_stage_den(cden, cdd, bounds, dendd, cr, p);
     __syncthreads();
     float acc_w[4][4] = {}, acc_o[4][4] = {}, qz = 0.0f;
-    for (uint32_t r0 = 0; r0 < r1; r0 += 16) {
-        for (uint32_t e = lid; e < 1024; e += 256) {
-            const uint32_t r = e / 16, c = e % 16;
-            xs[r * LX + c] = cb_ld<T>(XW, q, k, v, d_o, cden, cr, r, r0 + c, p);
-            ys[r * LX + c] = cb_ld<T>(YW, q, k, v, d_o, cden, cr, r, r0 + c, p);
+    // Registers carry the next slab while the staged one multiplies, so its loads overlap the
+    // products instead of stalling each pass; phase 2's F tile is loaded all at once.
+    float px[4], py[4], pm[4], pz = 0.0f, pf[16];
+    const auto fetch = [&](uint32_t r0) {
+#pragma unroll
+        for (uint32_t it = 0; it < 4; ++it) {
+            const uint32_t e = lid + 256 * it, r = e / 16, c = e % 16;
+            px[it] = cb_ld<T>(XW, q, k, v, d_o, cden, cr, r, r0 + c, p);
+            py[it] = cb_ld<T>(YW, q, k, v, d_o, cden, cr, r, r0 + c, p);
             // M's [16][64] slab; the transposed sources (dq, dk) are read along their rows.
             const uint32_t mr = OUT_K ? e % 16 : e / 64, mc = OUT_K ? e / 16 : e % 64;
             const uint32_t ri = r0 + mr, ci = c0 + mc;
             float mv = 0.0f;
             if (ri < r1 && ci < width) mv = OUT_K ? m[((size_t)cr.bh * p.k + ci) * p.v + ri] : m[((size_t)cr.bh * p.k + ri) * p.v + ci];
-            ms[mr * LM + mc] = mv;
+            pm[it] = mv;
         }
-        if (MODE == 0 && lid < 16) cz[lid] = r0 + lid < p.k ? zv[(size_t)cr.bh * p.k + r0 + lid] : 0.0f;
+        if (MODE == 0 && lid < 16) pz = r0 + lid < p.k ? zv[(size_t)cr.bh * p.k + r0 + lid] : 0.0f;
+    };
+    const auto fetch_f = [&]() {
+#pragma unroll
+        for (uint32_t it = 0; it < 16; ++it) {
+            const uint32_t e = lid + 256 * it;
+            pf[it] = cb_ld<T>(FW, q, k, v, d_o, cden, cr, e / 64, c0 + e % 64, p);
+        }
+    };
+    fetch(0);
+    for (uint32_t r0 = 0; r0 < r1; r0 += 16) {
+#pragma unroll
+        for (uint32_t it = 0; it < 4; ++it) {
+            const uint32_t e = lid + 256 * it, r = e / 16, c = e % 16;
+            const uint32_t mr = OUT_K ? e % 16 : e / 64, mc = OUT_K ? e / 16 : e % 64;
+            xs[r * LX + c] = px[it];
+            ys[r * LX + c] = py[it];
+            ms[mr * LM + mc] = pm[it];
+        }
+        if (MODE == 0 && lid < 16) cz[lid] = pz;
         __syncthreads();
+        if (r0 + 16 < r1) fetch(r0 + 16);
 #pragma unroll
         for (uint32_t ks = 0; ks < 16; ks += 8) {
             float a[4];
@@ -942,7 +986,12 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
             if (MODE == 3) w += cdd[s];
             ws[row * LW + s] = (LOWER ? s <= row : s >= row) ? w : 0.0f;
         }
-    for (uint32_t e = lid; e < 4096; e += 256) fs[(e / 64) * LF + e % 64] = cb_ld<T>(FW, q, k, v, d_o, cden, cr, e / 64, c0 + e % 64, p);
+    fetch_f();
+#pragma unroll
+    for (uint32_t it = 0; it < 16; ++it) {
+        const uint32_t e = lid + 256 * it;
+        fs[(e / 64) * LF + e % 64] = pf[it];
+    }
     if (OUT_K && lid < 64) cz[lid] = c0 + lid < p.k ? zv[(size_t)cr.bh * p.k + c0 + lid] : 0.0f;
     __syncthreads();
     if (MODE == 0) {
@@ -989,17 +1038,17 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
         const T* q, const T* k, const T* v, const float* state, const uint32_t* starts, const float* z, T* o, LinAttnParams p) { \
         chunk_mma_impl<T, 0>(q, k, v, nullptr, starts, nullptr, state, z, o, p);                                          \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dv_mma_##SUFFIX(                                       \
+    extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dv_mma_##SUFFIX(                                       \
         const T* q, const T* k, const T* d_o, const uint32_t* bounds, const float* dendd, const float* g, T* dv,           \
         LinAttnParams p) {                                                                                                 \
         chunk_mma_impl<T, 1>(q, k, nullptr, d_o, bounds, dendd, g, nullptr, dv, p);                                       \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dq_mma_##SUFFIX(                                       \
+    extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dq_mma_##SUFFIX(                                       \
         const T* q, const T* k, const T* v, const T* d_o, const uint32_t* bounds, const float* dendd, const float* m,      \
         const float* zv, T* out, LinAttnParams p) {                                                                        \
         chunk_mma_impl<T, 2>(q, k, v, d_o, bounds, dendd, m, zv, out, p);                                                 \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dk_mma_##SUFFIX(                                       \
+    extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dk_mma_##SUFFIX(                                       \
         const T* q, const T* k, const T* v, const T* d_o, const uint32_t* bounds, const float* dendd, const float* m,      \
         const float* zv, T* out, LinAttnParams p) {                                                                        \
         chunk_mma_impl<T, 3>(q, k, v, d_o, bounds, dendd, m, zv, out, p);                                                 \
