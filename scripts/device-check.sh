@@ -8,7 +8,7 @@
 #   bash scripts/device-check.sh            (writes logs and JSON under $OUT, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
 # WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, LINATTN_SIMT=0, PEERS=0 (PEERS_ONLY=gemm,... picks
-# parts), NCU=1, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
+# parts), NCU=1, PROFILE=0 / PROFILE_OPS, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
 set -u
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -144,6 +144,28 @@ if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then
         log "peers layer: rc=$?"
         tail -4 "$OUT/peers-layer.txt" | tee -a "$OUT/summary.txt"
     fi
+fi
+# Per-kernel GPU time (ncu, one metric) of the CUDA benches that trail their peers most, so the
+# next change goes where the time is: PROFILE_OPS, default the graph family and linear attention.
+if [ "${PROFILE:-1}" = 1 ]; then
+    ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    for op in ${PROFILE_OPS:-graph linear_attn}; do
+        enough 60 "profile $op" || break
+        timeout "$(lim 150)" "$ncu" --clock-control none --csv --page raw --metrics gpu__time_duration.sum,launch__grid_size,launch__registers_per_thread \
+            $B/ffkern bench --backend cuda --op "$op" --dtype bf16 --seq 1024 --reps 1 > "$OUT/ncu-$op.raw" 2> "$OUT/ncu-$op.err"
+        log "profile $op: rc=$?"
+        python3 - "$OUT/ncu-$op.raw" <<'PY' | tee -a "$OUT/summary.txt"
+import csv, sys, collections
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+if len(rows) < 3: print("  no kernels profiled"); sys.exit()
+h = rows[0]; name, t = h.index("Kernel Name"), h.index("gpu__time_duration.sum")
+tot = collections.defaultdict(float); n = collections.Counter()
+for r in rows[2:]:
+    tot[r[name]] += float(r[t].replace(",", "")); n[r[name]] += 1
+for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:14]:
+    print(f"  {v / 1e6:9.3f} ms  {n[k]:4d}x  {k[:90]}")
+PY
+    done
 fi
 if [ "${WGPU_BENCH:-1}" = 1 ]; then
     bench wgpu 120 --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16
