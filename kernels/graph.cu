@@ -91,6 +91,28 @@ __device__ __forceinline__ void load4(const T* __restrict__ ptr, bool vec, float
     }
 }
 
+// Four consecutive elements of a row from f32: one 16-byte (f32) or 8-byte (f16/bf16) store when
+// the row width is a multiple of four, otherwise four scalar stores.
+template <typename T>
+__device__ __forceinline__ void store4(T* __restrict__ ptr, bool vec, const float v[4]) {
+    if (vec) {
+        if constexpr (sizeof(T) == 4) {
+            *reinterpret_cast<float4*>(ptr) = make_float4(v[0], v[1], v[2], v[3]);
+        } else {
+            union {
+                T h[4];
+                uint2 u;
+            } pk;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) pk.h[c] = from_f32<T>(v[c]);
+            *reinterpret_cast<uint2*>(ptr) = pk.u;
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) ptr[c] = from_f32<T>(v[c]);
+    }
+}
+
 // out[e, h, :] = w[e, h]·X[src_coo[e], h, :] (w optional)
 template <typename T>
 __device__ __forceinline__ void gather_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, T* __restrict__ out,
@@ -106,6 +128,12 @@ __device__ __forceinline__ void gather_impl(const uint32_t* idx, const T* __rest
         float xv[4];
         if (d0 + 4 <= p.dim) {
             load4(x + (size_t)g.src_coo[e0] * p.dim + d0, p.dim % 4 == 0, xv);
+            if (p.has_weight) {
+#pragma unroll
+                for (int c = 0; c < 4; ++c) xv[c] *= w[e0 * p.heads + (d0 + c) / dh];
+            }
+            store4(out + i0, p.dim % 4 == 0, xv);
+            continue;
         } else {
 #pragma unroll
             for (int c = 0; c < 4; ++c) xv[c] = i0 + c < total ? to_f32(x[(size_t)g.src_coo[(i0 + c) / p.dim] * p.dim + (i0 + c) % p.dim]) : 0.0f;
@@ -149,7 +177,9 @@ __device__ __forceinline__ Acc reduce_range(const Csr& g, const T* __restrict__ 
 }
 
 // Columns d0 .. d0 + n − 1 (n ≤ 4, within one row) of reduce_range: each edge's indices and
-// weight are read once for the four.
+// weight are read once for the four. Edges go four at a time — their indices, then their rows,
+// then the combines in edge order — so four row loads are in flight instead of one dependent
+// index-then-row chain per edge.
 template <bool SPMM, typename T>
 __device__ __forceinline__ void reduce4(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, uint32_t lo, uint32_t hi, uint32_t d0,
                                         uint32_t n, const GraphParams& p, Acc r[4]) {
@@ -157,21 +187,38 @@ __device__ __forceinline__ void reduce4(const Csr& g, const T* __restrict__ x, c
     const bool vec = p.dim % 4 == 0;
 #pragma unroll
     for (int c = 0; c < 4; ++c) r[c] = {0.0f, p.num_edges};
-    for (uint32_t q = lo; q < hi; ++q) {
-        const uint32_t e = g.perm[q];
+    const auto row_of = [&](uint32_t q, uint32_t e, float (&xv)[4]) {
         const T* row = x + (size_t)(SPMM ? g.src[q] : e) * p.dim + d0;
-        float xv[4];
         if (n == 4) {
             load4(row, vec, xv);
         } else {
 #pragma unroll
             for (int c = 0; c < 4; ++c) xv[c] = (uint32_t)c < n ? to_f32(row[c]) : 0.0f;
         }
+    };
+    const auto add = [&](uint32_t q, uint32_t e, const float (&xv)[4]) {
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
             const float v = p.has_weight && (uint32_t)c < n ? w[(size_t)e * p.heads + (d0 + c) / dh] * xv[c] : xv[c];
             r[c] = combine(SPMM || p.reduce <= 1, p.reduce, r[c], {v, e}, q == lo);
         }
+    };
+    uint32_t q = lo;
+    for (; q + 4 <= hi; q += 4) {
+        uint32_t e[4];
+        float xv[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) e[j] = g.perm[q + j];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) row_of(q + j, e[j], xv[j]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) add(q + j, e[j], xv[j]);
+    }
+    for (; q < hi; ++q) {
+        const uint32_t e = g.perm[q];
+        float xv[4];
+        row_of(q, e, xv);
+        add(q, e, xv);
     }
 }
 
@@ -231,6 +278,15 @@ __device__ __forceinline__ void row_reduce_impl(const uint32_t* idx, const T* __
         Acc r[4];
         if (d0 + 4 <= p.dim && hi - lo <= p.chunk) {
             reduce4<SPMM>(g, x, w, lo, hi, d0, 4, p, r);
+            float v[4];
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                v[c] = r[c].v;
+                if (!SPMM && p.reduce == 1 && hi > lo) v[c] /= (float)(hi - lo);
+                if (!SPMM && p.reduce >= 2) arg[i0 + c] = r[c].arg;
+            }
+            store4(out + i0, p.dim % 4 == 0, v);
+            continue;
         } else {
 #pragma unroll
             for (int c = 0; c < 4; ++c) r[c] = i0 + c < total ? row_element<SPMM>(g, x, w, part, i0 + c, p) : Acc{0.0f, p.num_edges};
