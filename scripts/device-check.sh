@@ -8,7 +8,7 @@
 #   bash scripts/device-check.sh            (writes logs and JSON under $OUT, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
 # WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, LINATTN_SIMT=0, PEERS=0 (PEERS_ONLY=gemm,... picks
-# parts), NCU=1, PROFILE=0 / PROFILE_OPS, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
+# parts), NCU=1, PROFILE=0 / PROFILE_OPS, DETAIL=0, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
 set -u
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -166,6 +166,24 @@ for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:14]:
     print(f"  {v / 1e6:9.3f} ms  {n[k]:4d}x  {k[:90]}")
 PY
     done
+fi
+# Stall reasons and memory traffic of one launch of each kernel furthest from its peer (DETAIL=1):
+# the linear-attention state sweep and chunk output at flash-linear-attention's shape (the first
+# launches at that shape after --seq 64's two), and the bias+GELU wgmma GEMM (after 4096³'s two).
+if [ "${DETAIL:-1}" = 1 ]; then
+    ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    detail() { # name, skip, kernel regex, bench args...
+        local name=$1 skip=$2 kern=$3; shift 3
+        enough 45 "detail $name" || return 0
+        timeout "$(lim 90)" "$ncu" --clock-control none -k "regex:$kern" --launch-skip "$skip" --launch-count 1 \
+            --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis --section Occupancy \
+            $B/ffkern bench --backend cuda --reps 1 "$@" > "$OUT/detail-$name.txt" 2>&1
+        log "detail $name: rc=$?"
+        grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Eligible Warps|Achieved Occupancy|Registers Per|Est. Speedup|stall" "$OUT/detail-$name.txt" | head -14 | tee -a "$OUT/summary.txt"
+    }
+    detail linattn-states 0 linattn_chunk_states_mma_bf16 --op linear_attn --seq 64
+    detail linattn-output 2 linattn_chunk_output_mma_bf16 --op linear_attn --seq 64
+    detail gemm-gelu 2 gemm_bf16_wgmma --op gemm --dtype bf16
 fi
 if [ "${WGPU_BENCH:-1}" = 1 ]; then
     bench wgpu 120 --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16
