@@ -55,6 +55,54 @@ __device__ __forceinline__ void epilogue2(const GemmParams& p, const T* __restri
     }
 }
 
+// Split-K, for products with few output tiles and a long K (weight gradients summed over tens of
+// thousands of rows would otherwise run on a handful of blocks): block z of a SPLIT launch sums
+// only K slice [z·kc, (z + 1)·kc) of a single matrix (batch 1) and leaves its raw f32 tile in
+// ws[z]; gemm_splitk_<dtype> then adds the slices in order (deterministic) and applies the
+// epilogue.
+struct KRange {
+    uint32_t bz, k0, k1;
+};
+template <bool SPLIT>
+__device__ __forceinline__ KRange k_range(const GemmParams& p, uint32_t kc) {
+    if (!SPLIT) return {blockIdx.z, 0, p.k};
+    const uint32_t k0 = blockIdx.z * kc;
+    return {0, k0, min(p.k, k0 + kc)};
+}
+
+// One or two adjacent columns of one row: the epilogue, or (SPLIT) the raw sums into ws[z].
+template <bool SPLIT, typename T>
+__device__ __forceinline__ void finish2(const GemmParams& p, const T* __restrict__ bias, const T* __restrict__ R, T* __restrict__ C,
+                                        T* __restrict__ Z, float* __restrict__ ws, uint32_t bz, uint32_t row, uint32_t col, float acc0,
+                                        float acc1) {
+    if (!SPLIT) {
+        epilogue2<T>(p, bias, R, C, Z, bz, row, col, acc0, acc1);
+        return;
+    }
+    if (row >= p.m || col >= p.n) return;
+    float* o = ws + ((size_t)blockIdx.z * p.m + row) * p.n + col;
+    o[0] = acc0;
+    if (col + 1 < p.n) o[1] = acc1;
+}
+
+// Split-K's second pass: C = epilogue(Σ_z ws[z]), the slices added in order; two columns a thread.
+template <typename T>
+__device__ __forceinline__ void splitk_sum_impl(const float* __restrict__ ws, uint32_t splits, const T* __restrict__ bias, const T* __restrict__ R,
+                                                T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
+    const uint32_t pairs = (p.n + 1) / 2;
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < (size_t)p.m * pairs; t += (size_t)gridDim.x * blockDim.x) {
+        const uint32_t row = (uint32_t)(t / pairs), col = (uint32_t)(t % pairs) * 2;
+        const bool two = col + 1 < p.n;
+        float a0 = 0.0f, a1 = 0.0f;
+        for (uint32_t z = 0; z < splits; ++z) {
+            const float* w = ws + ((size_t)z * p.m + row) * p.n + col;
+            a0 += w[0];
+            if (two) a1 += w[1];
+        }
+        epilogue2<T>(p, bias, R, C, Z, 0, row, col, a0, a1);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tensor-core kernel (f16 / bf16).
 namespace mma {
@@ -126,12 +174,14 @@ __device__ __forceinline__ void load_tile(T* __restrict__ s, const T* __restrict
     }
 }
 
-template <typename T, bool VEC>
+template <typename T, bool VEC, bool SPLIT>
 __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias,
-                                         const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
+                                         const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p, uint32_t kc,
+                                         float* __restrict__ ws) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* smem = reinterpret_cast<T*>(smem_raw);
-    const uint32_t bz = blockIdx.z, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const KRange kr = k_range<SPLIT>(p, kc);
+    const uint32_t bz = kr.bz, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
     const T* Ab = A + (size_t)bz * p.sa;
@@ -147,12 +197,12 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
-    const int KT = (p.k + BK - 1) / BK;
+    const int KT = (kr.k1 - kr.k0 + BK - 1) / BK;
     auto load_stage = [&](int stage, int kt) {
         T* sA = smem + stage * STAGE_ELEMS;
         T* sB = sA + BM * LDS;
-        load_tile<T, VEC>(sA, Ab, p.m, p.k, m0, kt * BK, a_rs, a_ks);
-        load_tile<T, VEC>(sB, Bb, p.n, p.k, n0, kt * BK, b_rs, b_ks);
+        load_tile<T, VEC>(sA, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_rs, a_ks);
+        load_tile<T, VEC>(sB, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_rs, b_ks);
     };
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
@@ -188,8 +238,8 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
         for (int nt = 0; nt < 4; ++nt) {
             const uint32_t row = m0 + wm + mt * 16 + lane / 4;
             const uint32_t col = n0 + wn + nt * 8 + (lane % 4) * 2;
-            epilogue2<T>(p, bias, R, C, Z, bz, row, col, acc[mt][nt][0], acc[mt][nt][1]);
-            epilogue2<T>(p, bias, R, C, Z, bz, row + 8, col, acc[mt][nt][2], acc[mt][nt][3]);
+            finish2<SPLIT, T>(p, bias, R, C, Z, ws, bz, row, col, acc[mt][nt][0], acc[mt][nt][1]);
+            finish2<SPLIT, T>(p, bias, R, C, Z, ws, bz, row + 8, col, acc[mt][nt][2], acc[mt][nt][3]);
         }
 }
 }  // namespace mma
@@ -235,13 +285,14 @@ __device__ __forceinline__ void load_regs(float (&v)[4], int (&rr)[4], int (&kk)
     }
 }
 
-template <bool VEC>
+template <bool VEC, bool SPLIT>
 __device__ __forceinline__ void gemm_simt(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias,
                                           const float* __restrict__ R, float* __restrict__ C, float* __restrict__ Z,
-                                          const GemmParams& p) {
+                                          const GemmParams& p, uint32_t kc, float* __restrict__ ws) {
     __shared__ __align__(16) float As[2][BK][BM];
     __shared__ __align__(16) float Bs[2][BK][BN];
-    const uint32_t bz = blockIdx.z, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const KRange kr = k_range<SPLIT>(p, kc);
+    const uint32_t bz = kr.bz, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const float* Ab = A + (size_t)bz * p.sa;
     const float* Bb = B + (size_t)bz * p.sb;
@@ -256,9 +307,9 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ A, const flo
 
     float va[4], vb[4];
     int ra[4], ka[4], rb[4], kb[4];
-    const int KT = (p.k + BK - 1) / BK;
-    load_regs<VEC>(va, ra, ka, Ab, p.m, p.k, m0, 0, a_rs, a_ks);
-    load_regs<VEC>(vb, rb, kb, Bb, p.n, p.k, n0, 0, b_rs, b_ks);
+    const int KT = (kr.k1 - kr.k0 + BK - 1) / BK;
+    load_regs<VEC>(va, ra, ka, Ab, p.m, kr.k1, m0, kr.k0, a_rs, a_ks);
+    load_regs<VEC>(vb, rb, kb, Bb, p.n, kr.k1, n0, kr.k0, b_rs, b_ks);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         As[0][ka[i]][ra[i]] = va[i];
@@ -268,8 +319,8 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ A, const flo
     for (int kt = 0; kt < KT; ++kt) {
         const int cur = kt & 1;
         if (kt + 1 < KT) {
-            load_regs<VEC>(va, ra, ka, Ab, p.m, p.k, m0, (kt + 1) * BK, a_rs, a_ks);
-            load_regs<VEC>(vb, rb, kb, Bb, p.n, p.k, n0, (kt + 1) * BK, b_rs, b_ks);
+            load_regs<VEC>(va, ra, ka, Ab, p.m, kr.k1, m0, kr.k0 + (kt + 1) * BK, a_rs, a_ks);
+            load_regs<VEC>(vb, rb, kb, Bb, p.n, kr.k1, n0, kr.k0 + (kt + 1) * BK, b_rs, b_ks);
         }
 #pragma unroll
         for (int k = 0; k < BK; ++k) {
@@ -300,7 +351,7 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ A, const flo
 #pragma unroll
         for (int j = 0; j < 8; j += 2) {
             const uint32_t col = n0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + (j - 4));
-            epilogue2<float>(p, bias, R, C, Z, bz, row, col, acc[i][j], acc[i][j + 1]);
+            finish2<SPLIT, float>(p, bias, R, C, Z, ws, bz, row, col, acc[i][j], acc[i][j + 1]);
         }
     }
 }
@@ -310,21 +361,37 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ A, const flo
 #define GEMM_MMA_ENTRY(NAME, T, VEC)                                                                                       \
     extern "C" __global__ void __launch_bounds__(mma::THREADS) NAME(const T* A, const T* B, const T* bias, const T* R, T* C, \
                                                                     T* Z, GemmParams p) {                                  \
-        mma::gemm_mma<T, VEC>(A, B, bias, R, C, Z, p);                                                                     \
+        mma::gemm_mma<T, VEC, false>(A, B, bias, R, C, Z, p, 0, nullptr);                                                  \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(mma::THREADS) NAME##_split(const T* A, const T* B, GemmParams p, uint32_t kc, \
+                                                                            float* ws) {                                   \
+        mma::gemm_mma<T, VEC, true>(A, B, nullptr, nullptr, nullptr, nullptr, p, kc, ws);                                  \
     }
 GEMM_MMA_ENTRY(gemm_f16_vec, __half, true)
 GEMM_MMA_ENTRY(gemm_f16_gen, __half, false)
 GEMM_MMA_ENTRY(gemm_bf16_vec, __nv_bfloat16, true)
 GEMM_MMA_ENTRY(gemm_bf16_gen, __nv_bfloat16, false)
 
-extern "C" __global__ void __launch_bounds__(simt::THREADS)
-    gemm_f32_vec(const float* A, const float* B, const float* bias, const float* R, float* C, float* Z, GemmParams p) {
-    simt::gemm_simt<true>(A, B, bias, R, C, Z, p);
-}
-extern "C" __global__ void __launch_bounds__(simt::THREADS)
-    gemm_f32_gen(const float* A, const float* B, const float* bias, const float* R, float* C, float* Z, GemmParams p) {
-    simt::gemm_simt<false>(A, B, bias, R, C, Z, p);
-}
+#define GEMM_SIMT_ENTRY(NAME, VEC)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(simt::THREADS)                                                            \
+        NAME(const float* A, const float* B, const float* bias, const float* R, float* C, float* Z, GemmParams p) {       \
+        simt::gemm_simt<VEC, false>(A, B, bias, R, C, Z, p, 0, nullptr);                                                   \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(simt::THREADS)                                                            \
+        NAME##_split(const float* A, const float* B, GemmParams p, uint32_t kc, float* ws) {                               \
+        simt::gemm_simt<VEC, true>(A, B, nullptr, nullptr, nullptr, nullptr, p, kc, ws);                                   \
+    }
+GEMM_SIMT_ENTRY(gemm_f32_vec, true)
+GEMM_SIMT_ENTRY(gemm_f32_gen, false)
+
+#define GEMM_SPLITK_ENTRY(SUFFIX, T)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(256) gemm_splitk_##SUFFIX(const float* ws, uint32_t splits, const T* bias, \
+                                                                           const T* R, T* C, T* Z, GemmParams p) {         \
+        splitk_sum_impl<T>(ws, splits, bias, R, C, Z, p);                                                                  \
+    }
+GEMM_SPLITK_ENTRY(f32, float)
+GEMM_SPLITK_ENTRY(f16, __half)
+GEMM_SPLITK_ENTRY(bf16, __nv_bfloat16)
 #endif  // !FFKERN_SM90A
 
 // ---------------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
             Gemm::new(6, 5, 4).batch(3).inner_strides(1, 1, 3).ldc(15).strides(24, 20, 1).bias(true).bias_strides(1, 3).act(Activation::GeluErf),
         ),
         case("128x128x256 all options", Gemm::new(128, 128, 256).bias(true).act(Activation::GeluErf).act_cols(64).residual(None).alpha(1.5).beta(0.5)),
+        // Few tiles and a long K: CUDA splits K over the blocks (16-byte and element-wise loads).
+        case("100x70x5000 split-K, all options", Gemm::new(100, 70, 5000).bias(true).act(Activation::GeluErf).act_cols(40).residual(None).alpha(0.75).beta(0.5)),
+        case("150x130x4099 km split-K relu", Gemm::new(150, 130, 4099).a_layout(ALayout::KM).bias(true).act(Activation::Relu)),
     ]
 }
 
@@ -40,6 +43,7 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
 pub fn gemm_backward_cases() -> Vec<GemmCase> {
     vec![
         case("bwd 7x13x5 gelu_erf", Gemm::new(7, 13, 5).bias(true).act(Activation::GeluErf)),
+        case("bwd 3000x40x24 gelu_erf (dB over 3000 rows: split-K on CUDA)", Gemm::new(3000, 40, 24).bias(true).act(Activation::GeluErf)),
         case("bwd 63x65x127 kn silu act_cols=40", Gemm::new(63, 65, 127).b_layout(BLayout::KN).bias(true).act(Activation::Silu).act_cols(40)),
         case("bwd 40x33x70 km relu alpha 0.5", Gemm::new(40, 33, 70).a_layout(ALayout::KM).act(Activation::Relu).alpha(0.5)),
         case("bwd batch 2 of 30x20x50 gelu_tanh", Gemm::new(30, 20, 50).batch(2).bias(true).act(Activation::GeluTanh)),

@@ -18,6 +18,15 @@ pub const KERNELS: &[&str] = &[
     "gemm_f16_gen",
     "gemm_bf16_vec",
     "gemm_bf16_gen",
+    "gemm_f32_vec_split",
+    "gemm_f32_gen_split",
+    "gemm_f16_vec_split",
+    "gemm_f16_gen_split",
+    "gemm_bf16_vec_split",
+    "gemm_bf16_gen_split",
+    "gemm_splitk_f32",
+    "gemm_splitk_f16",
+    "gemm_splitk_bf16",
     "act_grad_f32",
     "act_grad_f16",
     "act_grad_bf16",
@@ -94,6 +103,31 @@ fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: u
 /// the kernel static_asserts the same number).
 const MMA_SMEM: u32 = 61440;
 
+/// Split-K for a single product whose 128×128 tiles would fill under half the SMs while K is
+/// long (weight gradients summed over many rows): slices of K (multiples of 32, at least 512 long)
+/// spread over about two blocks per SM, then one pass adds the slices in order and applies the
+/// epilogue. Returns the slice length and the slice count (1: no split).
+pub fn split_k(desc: &Gemm, sms: usize) -> (usize, usize) {
+    let tiles = desc.m.div_ceil(128) * desc.n.div_ceil(128);
+    if desc.batch != 1 || tiles * 2 > sms || desc.k < 2048 {
+        return (desc.k, 1);
+    }
+    let want = (2 * sms / tiles).min(desc.k / 512).max(1);
+    let kc = desc.k.div_ceil(want).next_multiple_of(32);
+    (kc, desc.k.div_ceil(kc))
+}
+
+fn split_name(dtype: DType, vec: bool) -> &'static str {
+    match (dtype, vec) {
+        (DType::F32, true) => "gemm_f32_vec_split",
+        (DType::F32, false) => "gemm_f32_gen_split",
+        (DType::F16, true) => "gemm_f16_vec_split",
+        (DType::F16, false) => "gemm_f16_gen_split",
+        (DType::BF16, true) => "gemm_bf16_vec_split",
+        (DType::BF16, false) => "gemm_bf16_gen_split",
+    }
+}
+
 fn kernel_name(dtype: DType, vec: bool) -> &'static str {
     match (dtype, vec) {
         (DType::F32, true) => "gemm_f32_vec",
@@ -139,6 +173,10 @@ pub fn gemm<T: CudaElem>(
         && desc.inner_b == 1
         && aligned(addr(rt, a), p.lda, p.sa)
         && aligned(addr(rt, b), p.ldb, p.sb);
+    let (kc, splits) = split_k(desc, rt.sm_count() as usize);
+    if splits > 1 {
+        return gemm_split(rt, desc, &p, vec, kc, splits, a, b, bias, r, c, z);
+    }
     let choice = kernel_choice();
     let wgmma = dtype != DType::F32 && vec && desc.inner_c == 1 && desc.k > 0 && rt.is_sm90a() && choice != "mma";
     let (name, ptx, smem) = if wgmma {
@@ -200,6 +238,66 @@ pub fn gemm<T: CudaElem>(
         if let Some((ma, mb)) = &maps {
             args.arg(ma).arg(mb);
         }
+    })
+}
+
+/// The split-K form of [`gemm`] (see [`split_k`]): the slices' raw sums into an f32 workspace,
+/// then their ordered sum through the epilogue.
+#[allow(clippy::too_many_arguments)]
+fn gemm_split<T: CudaElem>(
+    rt: &CudaRuntime,
+    desc: &Gemm,
+    p: &super::GemmParams,
+    vec: bool,
+    kc: usize,
+    splits: usize,
+    a: &CudaView<T>,
+    b: &CudaView<T>,
+    bias: Option<&CudaView<T>>,
+    r: Option<&CudaView<T>>,
+    c: &mut CudaViewMut<T>,
+    z: Option<&mut CudaViewMut<T>>,
+) -> Result<()> {
+    let smem = if T::DTYPE == DType::F32 { 0 } else { MMA_SMEM };
+    let func = rt.function(FAMILY, Ptx::Base, split_name(T::DTYPE, vec), |f| {
+        if smem > 48 * 1024 {
+            f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                .map_err(|e| Error::driver("cuda: raising the shared-memory limit", e))?;
+        }
+        Ok(())
+    })?;
+    let mut ws = rt.stream.alloc_zeros::<f32>(splits * desc.m * desc.n).map_err(|e| Error::driver("cuda: alloc", e))?;
+    let cfg = LaunchConfig { grid_dim: (desc.n.div_ceil(128) as u32, desc.m.div_ceil(128) as u32, splits as u32), block_dim: (256, 1, 1), shared_mem_bytes: smem };
+    let kc32 = kc as u32;
+    // SAFETY: gemm_<dtype>_<vec|gen>_split(A, B, GemmParams, kc, ws): block z reads the K slice
+    // [z·kc, min(K, (z + 1)·kc)) of A and B, inside the lengths validate_lens checked (batch 1), and
+    // writes its tile's raw sums to ws[z] [M·N] f32; ws holds splits·M·N and z < splits.
+    rt.launch(&func, cfg, |args| {
+        args.arg(a).arg(b).arg(p).arg(&kc32).arg(&mut ws);
+    })?;
+    let sum = rt.function(FAMILY, Ptx::Base, crate::runtime::cuda::kernel_name::<T>(KERNELS, "gemm_splitk")?, |_| Ok(()))?;
+    let pairs = desc.m * desc.n.div_ceil(2);
+    let cfg = LaunchConfig { grid_dim: (pairs.div_ceil(256).min(65535 * 8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (s32, null) = (splits as u32, 0u64);
+    // SAFETY: gemm_splitk_<dtype>(ws, splits, bias, R, C, Z, GemmParams) reads ws [splits·M·N] and
+    // the epilogue's operands, writes C (and Z) at the elements validate_lens checked; absent
+    // optional operands are null and never dereferenced (has_bias / has_r / has_z are 0).
+    rt.launch(&sum, cfg, |args| {
+        args.arg(&ws).arg(&s32);
+        match bias {
+            Some(t) => args.arg(t),
+            None => args.arg(&null),
+        };
+        match r {
+            Some(t) => args.arg(t),
+            None => args.arg(&null),
+        };
+        args.arg(c);
+        match z {
+            Some(t) => args.arg(t),
+            None => args.arg(&null),
+        };
+        args.arg(p);
     })
 }
 
