@@ -672,23 +672,36 @@ __device__ __forceinline__ void act_grad_impl(const T* __restrict__ dc, const T*
     }
 }
 
-// out[j] = Σ_i x[i, j]: a block owns 32 columns; its 8 row groups each sum a strided subset in
-// order, then the 8 partials are added in a fixed order (deterministic, no atomics).
+// out[j] = Σ_i x[i, j] in two fixed-order passes (deterministic, no atomics). First, block
+// (column group, row chunk) owns 32 columns of COL_SUM_ROWS rows: its 8 row groups each sum a
+// strided subset in order, then the 8 partials are added in order into part[chunk][col] (f32).
+// Then one thread a column adds the chunks in order. The chunks spread a long column (a bias
+// gradient over tens of thousands of rows) over many blocks.
+constexpr uint32_t COL_SUM_ROWS = 1024;
 template <typename T>
-__device__ __forceinline__ void col_sum_impl(const T* __restrict__ x, T* __restrict__ out, uint32_t rows, uint32_t cols) {
-    __shared__ float part[8][33];
-    const uint32_t col = blockIdx.x * 32 + threadIdx.x;
+__device__ __forceinline__ void col_sum_impl(const T* __restrict__ x, float* __restrict__ part, uint32_t rows, uint32_t cols) {
+    __shared__ float red[8][33];
+    const uint32_t col = blockIdx.x * 32 + threadIdx.x, r0 = blockIdx.y * COL_SUM_ROWS, r1 = min(rows, r0 + COL_SUM_ROWS);
     float s = 0.0f;
     if (col < cols)
-        for (uint32_t r = threadIdx.y; r < rows; r += 8) s += to_f32(x[(size_t)r * cols + col]);
-    part[threadIdx.y][threadIdx.x] = s;
+        for (uint32_t r = r0 + threadIdx.y; r < r1; r += 8) s += to_f32(x[(size_t)r * cols + col]);
+    red[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && col < cols) {
         float t = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) t += part[i][threadIdx.x];
-        out[col] = from_f32<T>(t);
+        for (int i = 0; i < 8; ++i) t += red[i][threadIdx.x];
+        part[(size_t)blockIdx.y * cols + col] = t;
     }
+}
+
+template <typename T>
+__device__ __forceinline__ void col_sum_finish_impl(const float* __restrict__ part, T* __restrict__ out, uint32_t chunks, uint32_t cols) {
+    const uint32_t col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= cols) return;
+    float t = 0.0f;
+    for (uint32_t c = 0; c < chunks; ++c) t += part[(size_t)c * cols + col];
+    out[col] = from_f32<T>(t);
 }
 
 #define HELPER_ENTRIES(SUFFIX, T)                                                                                          \
@@ -696,8 +709,11 @@ __device__ __forceinline__ void col_sum_impl(const T* __restrict__ x, T* __restr
                                                  uint32_t act_cols) {                                                     \
         act_grad_impl<T>(dc, z, out, rows, cols, act, act_cols);                                                           \
     }                                                                                                                      \
-    extern "C" __global__ void col_sum_##SUFFIX(const T* x, T* out, uint32_t rows, uint32_t cols) {                         \
-        col_sum_impl<T>(x, out, rows, cols);                                                                               \
+    extern "C" __global__ void col_sum_##SUFFIX(const T* x, float* part, uint32_t rows, uint32_t cols) {                    \
+        col_sum_impl<T>(x, part, rows, cols);                                                                              \
+    }                                                                                                                      \
+    extern "C" __global__ void col_sum_finish_##SUFFIX(const float* part, T* out, uint32_t chunks, uint32_t cols) {          \
+        col_sum_finish_impl<T>(part, out, chunks, cols);                                                                   \
     }
 #if !defined(FFKERN_SM90A)
 HELPER_ENTRIES(f32, float)

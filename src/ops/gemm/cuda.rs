@@ -33,6 +33,9 @@ pub const KERNELS: &[&str] = &[
     "col_sum_f32",
     "col_sum_f16",
     "col_sum_bf16",
+    "col_sum_finish_f32",
+    "col_sum_finish_f16",
+    "col_sum_finish_bf16",
 ];
 
 /// The Hopper-only kernels (in the `compute_90a` PTX).
@@ -144,6 +147,26 @@ fn addr<T>(rt: &CudaRuntime, v: &CudaView<T>) -> u64 {
     ptr
 }
 
+/// Pushes the epilogue's operands bias, R, C, Z; absent ones as a null pointer (has_bias, has_r,
+/// has_z say they are never read).
+macro_rules! push_epilogue {
+    ($args:ident, $bias:expr, $r:expr, $c:expr, $z:expr, $null:expr) => {{
+        match $bias {
+            Some(t) => $args.arg(t),
+            None => $args.arg($null),
+        };
+        match $r {
+            Some(t) => $args.arg(t),
+            None => $args.arg($null),
+        };
+        $args.arg($c);
+        match $z {
+            Some(t) => $args.arg(t),
+            None => $args.arg($null),
+        };
+    }};
+}
+
 /// Launches the fused GEMM on the runtime's stream. Reads `a`, `b`, `bias`, `r`; writes `c` and,
 /// when given, the pre-activation `z` (same layout as C).
 #[allow(clippy::too_many_arguments)]
@@ -221,19 +244,7 @@ pub fn gemm<T: CudaElem>(
     // never dereferenced (has_bias / has_r / has_z are 0).
     rt.launch(&func, cfg, |args| {
         args.arg(a).arg(b);
-        match bias {
-            Some(t) => args.arg(t),
-            None => args.arg(&null),
-        };
-        match r {
-            Some(t) => args.arg(t),
-            None => args.arg(&null),
-        };
-        args.arg(c);
-        match z {
-            Some(t) => args.arg(t),
-            None => args.arg(&null),
-        };
+        push_epilogue!(args, bias, r, c, z, &null);
         args.arg(&p);
         if let Some((ma, mb)) = &maps {
             args.arg(ma).arg(mb);
@@ -284,19 +295,7 @@ fn gemm_split<T: CudaElem>(
     // optional operands are null and never dereferenced (has_bias / has_r / has_z are 0).
     rt.launch(&sum, cfg, |args| {
         args.arg(&ws).arg(&s32);
-        match bias {
-            Some(t) => args.arg(t),
-            None => args.arg(&null),
-        };
-        match r {
-            Some(t) => args.arg(t),
-            None => args.arg(&null),
-        };
-        args.arg(c);
-        match z {
-            Some(t) => args.arg(t),
-            None => args.arg(&null),
-        };
+        push_epilogue!(args, bias, r, c, z, &null);
         args.arg(p);
     })
 }
@@ -309,6 +308,9 @@ fn helper_name(kind: &str, dtype: DType) -> Result<&'static str> {
         ("col_sum", DType::F32) => "col_sum_f32",
         ("col_sum", DType::F16) => "col_sum_f16",
         ("col_sum", DType::BF16) => "col_sum_bf16",
+        ("col_sum_finish", DType::F32) => "col_sum_finish_f32",
+        ("col_sum_finish", DType::F16) => "col_sum_finish_f16",
+        ("col_sum_finish", DType::BF16) => "col_sum_finish_bf16",
         _ => return Err(Error::Unsupported(format!("no CUDA helper {kind}"))),
     })
 }
@@ -334,13 +336,23 @@ pub fn col_sum<T: CudaElem>(rt: &CudaRuntime, rows: usize, cols: usize, x: &Cuda
     if cols == 0 {
         return Ok(());
     }
+    // Chunks of COL_SUM_ROWS (kernels/gemm.cu) rows, summed into f32 partials, then in order.
+    let chunks = rows.div_ceil(1024).max(1);
+    let mut part = rt.stream.alloc_zeros::<f32>(chunks * cols).map_err(|e| Error::driver("cuda: alloc", e))?;
     let func = rt.function(FAMILY, Ptx::Base, helper_name("col_sum", T::DTYPE)?, |_| Ok(()))?;
-    let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-    let (r32, c32) = (rows as u32, cols as u32);
-    // SAFETY: col_sum_<dtype>(x, out, rows, cols) reads rows·cols elements of x and writes cols of
-    // out, which the Backend caller checked.
+    let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, chunks as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+    let (r32, c32, n32) = (rows as u32, cols as u32, chunks as u32);
+    // SAFETY: col_sum_<dtype>(x, part, rows, cols) reads rows·cols elements of x, which the Backend
+    // caller checked, and writes part [chunks · cols] (f32, allocated above; blockIdx.y < chunks).
     rt.launch(&func, cfg, |args| {
-        args.arg(x).arg(out).arg(&r32).arg(&c32);
+        args.arg(x).arg(&mut part).arg(&r32).arg(&c32);
+    })?;
+    let finish = rt.function(FAMILY, Ptx::Base, helper_name("col_sum_finish", T::DTYPE)?, |_| Ok(()))?;
+    let cfg = LaunchConfig { grid_dim: (cols.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: col_sum_finish_<dtype>(part, out, chunks, cols) reads part [chunks · cols] and writes
+    // cols elements of out, which the Backend caller checked.
+    rt.launch(&finish, cfg, |args| {
+        args.arg(&part).arg(out).arg(&n32).arg(&c32);
     })
 }
 
