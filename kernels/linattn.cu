@@ -422,6 +422,40 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     __shared__ float qs[256], ks[256], zs[256], vs[256], red[16][128], zred[16];
     const uint32_t bh = blockIdx.y + blockIdx.z * gridDim.y, lid = threadIdx.x, warp = lid >> 5, lane = lid & 31;
     if (bh >= p.batch * p.heads) return;
+    float* s = state + (size_t)bh * p.k * p.v;
+    // Row i, columns c.. of the state (zeros past K or V).
+    const auto load_row = [&](uint32_t i, uint32_t c, float (&x)[4]) {
+        const float* row = s + (size_t)i * p.v + c;
+        if (VEC && i < p.k && c < p.v) {
+            const float4 t = *reinterpret_cast<const float4*>(row);
+            x[0] = t.x; x[1] = t.y; x[2] = t.z; x[3] = t.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) x[e] = i < p.k && c + e < p.v ? row[e] : 0.0f;
+        }
+    };
+    // S += k̃_i·v on row i, stored back; acc += q̃_i·S.
+    const auto update_row = [&](uint32_t i, uint32_t c, float (&x)[4], float (&acc)[4]) {
+        const float kk = ks[i], qq = qs[i];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            x[e] += kk * vs[c + e];
+            acc[e] += x[e] * qq;
+        }
+        float* row = s + (size_t)i * p.v + c;
+        if (VEC) {
+            *reinterpret_cast<float4*>(row) = make_float4(x[0], x[1], x[2], x[3]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (c + e < p.v) row[e] = x[e];
+        }
+    };
+    // The warp's first two rows are in flight while q̃, k̃, v and z are staged.
+    const uint32_t i_first = 2 * warp;
+    float n0[4], n1[4];
+    load_row(i_first, lane * 4, n0);
+    load_row(i_first + 1, lane * 4, n1);
     for (uint32_t i = lid; i < p.k; i += 256) {
         qs[i] = p.scale * phi(p.feature_map, to_f32(q[(size_t)bh * p.k + i]));
         const float kt = phi(p.feature_map, to_f32(k[(size_t)bh * p.k + i]));
@@ -437,40 +471,28 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         for (uint32_t i = lid; i < p.k; i += 16) zp += qs[i] * zs[i];
         zred[lid] = zp;
     }
-    float* s = state + (size_t)bh * p.k * p.v;
-    // One row of the warp's 128 columns: S += k̃_i·v, acc += q̃_i·S.
-    const auto step = [&](uint32_t i, uint32_t c, float (&acc)[4]) {
-        float* row = s + (size_t)i * p.v + c;
-        float x[4];
-        if (VEC) {
-            const float4 t = *reinterpret_cast<const float4*>(row);
-            x[0] = t.x; x[1] = t.y; x[2] = t.z; x[3] = t.w;
-        } else {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) x[e] = c + e < p.v ? row[e] : 0.0f;
-        }
-        const float kk = ks[i], qq = qs[i];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            x[e] += kk * vs[c + e];
-            acc[e] += x[e] * qq;
-        }
-        if (VEC) {
-            *reinterpret_cast<float4*>(row) = make_float4(x[0], x[1], x[2], x[3]);
-        } else {
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                if (c + e < p.v) row[e] = x[e];
-        }
-    };
     for (uint32_t c0 = 0; c0 < p.v; c0 += 128) {
         const uint32_t c = c0 + lane * 4;
+        if (c0 > 0) {
+            load_row(i_first, c, n0);
+            load_row(i_first + 1, c, n1);
+        }
         float acc0[4] = {}, acc1[4] = {};
         if (c < p.v) {
-#pragma unroll 2
-            for (uint32_t i = 2 * warp; i < p.k; i += 16) {
-                step(i, c, acc0);
-                if (i + 1 < p.k) step(i + 1, c, acc1);
+            // Each step's rows were loaded a step earlier: the next pair is in flight while these update.
+            for (uint32_t i = i_first; i < p.k; i += 16) {
+                float x0[4], x1[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    x0[e] = n0[e];
+                    x1[e] = n1[e];
+                }
+                if (i + 16 < p.k) {
+                    load_row(i + 16, c, n0);
+                    load_row(i + 17, c, n1);
+                }
+                update_row(i, c, x0, acc0);
+                if (i + 1 < p.k) update_row(i + 1, c, x1, acc1);
             }
         }
 #pragma unroll
