@@ -88,7 +88,7 @@ if [ "${WGPU_CHECK:-1}" = 1 ]; then
     timeout "$(lim 120)" $B/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1 &
     pids+=($!)
 fi
-for k in ${KERNELS:-auto mma}; do
+for k in ${KERNELS-auto mma}; do
     FFKERN_GEMM_KERNEL=$k timeout "$(lim 120)" $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1 &
     pids+=($!)
 done
@@ -124,7 +124,7 @@ bench() { # name, timeout, args...
     log "bench $name: rc=$?"
 }
 if [ "${CUDA_BENCH:-1}" = 1 ]; then
-    for k in ${KERNELS_BENCH:-auto}; do bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20; done
+    for k in ${KERNELS_BENCH-auto}; do bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20; done
     for op in ${BENCH_OPS:-repavit structured linear_attn graph}; do
         bench "cuda-$op" 90 --backend cuda --op "$op" --reps 20 --seq 4096,8192
     done
