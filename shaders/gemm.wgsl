@@ -14,6 +14,7 @@ struct Params {
     beta: f32, off_a: u32, off_b: u32, off_bias: u32,
     off_r: u32, off_c: u32, off_z: u32, a_cs: u32,
     b_cs: u32, c_cs: u32, bias_bs: u32, bias_cs: u32,
+    kc: u32, splits: u32, pad0: u32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -96,15 +97,13 @@ fn b_index(bz: u32, nn: u32, kk: u32) -> u32 {
     return base + kk * p.ldb + nn * p.b_cs;
 }
 
-@compute @workgroup_size(256)
-fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let bz = wg.z;
-    let m0 = wg.y * BM;
-    let n0 = wg.x * BN;
+// The workgroup's 64×64 tile of C over K slice [k_lo, k_hi): invocation (ty, tx) holds rows
+// 4·ty.., columns 4·tx.. in acc.
+fn mainloop(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32) -> array<vec4<f32>, 4> {
     let tx = lid % 16u;
     let ty = lid / 16u;
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
+    for (var k0 = k_lo; k0 < k_hi; k0 = k0 + BK) {
         // Consecutive invocations walk the contiguous dimension of each operand (coalesced).
         for (var i = 0u; i < 4u; i = i + 1u) {
             let e = lid + i * 256u;
@@ -112,13 +111,13 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             var kk = e % BK;
             if (p.a_km != 0u) { mm = e % BM; kk = e / BM; }
             var va = 0.0;
-            if (m0 + mm < p.m && k0 + kk < p.k) { va = ld_a(a_index(bz, m0 + mm, k0 + kk)); }
+            if (m0 + mm < p.m && k0 + kk < k_hi) { va = ld_a(a_index(bz, m0 + mm, k0 + kk)); }
             As[kk * 16u + mm / 4u][mm % 4u] = va;
             var nn = e / BK;
             var kb = e % BK;
             if (p.b_kn != 0u) { nn = e % BN; kb = e / BN; }
             var vb = 0.0;
-            if (n0 + nn < p.n && k0 + kb < p.k) { vb = ld_b(b_index(bz, n0 + nn, k0 + kb)); }
+            if (n0 + nn < p.n && k0 + kb < k_hi) { vb = ld_b(b_index(bz, n0 + nn, k0 + kb)); }
             Bs[kb * 16u + nn / 4u][nn % 4u] = vb;
         }
         workgroupBarrier();
@@ -132,26 +131,73 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         }
         workgroupBarrier();
     }
-    let gn0 = n0 + tx * 4u;
+    return acc;
+}
+
+// Row gm, columns gn0 .. gn0 + count − 1 of C (and Z) from their sums: α, bias, activation, β·R.
+fn epilogue(bz: u32, gm: u32, gn0: u32, count: u32, sums: vec4<f32>) {
+    var outv: array<f32, 4>;
+    var pre: array<f32, 4>;
+    for (var j = 0u; j < count; j = j + 1u) {
+        let gn = gn0 + j;
+        var v = p.alpha * sums[j];
+        if (p.has_bias != 0u) { v = v + ld_bias(p.off_bias + bz * p.bias_bs + gn * p.bias_cs); }
+        pre[j] = v;
+        if (gn < p.act_cols) { v = activate(p.act, v); }
+        if (p.has_r != 0u) { v = v + p.beta * ld_r(p.off_r + bz * p.sr + gm * p.ldr + gn); }
+        outv[j] = v;
+    }
+    store_run(0u, p.off_c + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, count, p.c_cs, outv);
+    if (p.has_z != 0u) { store_run(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, count, p.c_cs, pre); }
+}
+
+@compute @workgroup_size(256)
+fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let acc = mainloop(lid, wg.z, wg.y * BM, wg.x * BN, 0u, p.k);
+    let gn0 = wg.x * BN + (lid % 16u) * 4u;
     if (gn0 >= p.n) { return; }
     let count = min(4u, p.n - gn0);
     for (var i = 0u; i < 4u; i = i + 1u) {
-        let gm = m0 + ty * 4u + i;
+        let gm = wg.y * BM + (lid / 16u) * 4u + i;
         if (gm >= p.m) { break; }
-        var outv: array<f32, 4>;
-        var pre: array<f32, 4>;
-        for (var j = 0u; j < count; j = j + 1u) {
-            let gn = gn0 + j;
-            var v = p.alpha * acc[i][j];
-            if (p.has_bias != 0u) { v = v + ld_bias(p.off_bias + bz * p.bias_bs + gn * p.bias_cs); }
-            pre[j] = v;
-            if (gn < p.act_cols) { v = activate(p.act, v); }
-            if (p.has_r != 0u) { v = v + p.beta * ld_r(p.off_r + bz * p.sr + gm * p.ldr + gn); }
-            outv[j] = v;
-        }
-        store_run(0u, p.off_c + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, count, p.c_cs, outv);
-        if (p.has_z != 0u) { store_run(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, count, p.c_cs, pre); }
+        epilogue(wg.z, gm, gn0, count, acc[i]);
     }
+}
+
+// Split-K (mirrors the CUDA split, see ops::gemm::split_k): workgroup z of a single product
+// (batch 1) sums K slice [z·kc, (z + 1)·kc) and leaves its raw f32 tile in slice z of the
+// workspace bound as C; gemm_splitk adds the slices in order and applies the epilogue.
+@compute @workgroup_size(256)
+fn gemm_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let k_lo = wg.z * p.kc;
+    let acc = mainloop(lid, 0u, wg.y * BM, wg.x * BN, k_lo, min(p.k, k_lo + p.kc));
+    let gn0 = wg.x * BN + (lid % 16u) * 4u;
+    if (gn0 >= p.n) { return; }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let gm = wg.y * BM + (lid / 16u) * 4u + i;
+        if (gm >= p.m) { break; }
+        for (var j = 0u; j < min(4u, p.n - gn0); j = j + 1u) {
+            atomicStore(&c_buf[(wg.z * p.m + gm) * p.n + gn0 + j], bitcast<u32>(acc[i][j]));
+        }
+    }
+}
+
+// Split-K's second pass: one invocation per row and four columns; the workspace is bound as A.
+@compute @workgroup_size(256)
+fn gemm_splitk(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let quads = (p.n + 3u) / 4u;
+    let t = flat_id(gid, nwg);
+    if (t >= p.m * quads) { return; }
+    let gm = t / quads;
+    let gn0 = (t % quads) * 4u;
+    let count = min(4u, p.n - gn0);
+    var sums = vec4<f32>(0.0);
+    for (var z = 0u; z < p.splits; z = z + 1u) {
+        for (var j = 0u; j < count; j = j + 1u) {
+            sums[j] = sums[j] + bitcast<f32>(a_buf[(z * p.m + gm) * p.n + gn0 + j]);
+        }
+    }
+    epilogue(0u, gm, gn0, count, sums);
 }
 
 fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {

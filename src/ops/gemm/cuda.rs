@@ -106,20 +106,6 @@ fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: u
 /// the kernel static_asserts the same number).
 const MMA_SMEM: u32 = 61440;
 
-/// Split-K for a single product whose 128×128 tiles would fill under half the SMs while K is
-/// long (weight gradients summed over many rows): slices of K (multiples of 32, at least 512 long)
-/// spread over about two blocks per SM, then one pass adds the slices in order and applies the
-/// epilogue. Returns the slice length and the slice count (1: no split).
-pub fn split_k(desc: &Gemm, sms: usize) -> (usize, usize) {
-    let tiles = desc.m.div_ceil(128) * desc.n.div_ceil(128);
-    if desc.batch != 1 || tiles * 2 > sms || desc.k < 2048 {
-        return (desc.k, 1);
-    }
-    let want = (2 * sms / tiles).min(desc.k / 512).max(1);
-    let kc = desc.k.div_ceil(want).next_multiple_of(32);
-    (kc, desc.k.div_ceil(kc))
-}
-
 fn split_name(dtype: DType, vec: bool) -> &'static str {
     match (dtype, vec) {
         (DType::F32, true) => "gemm_f32_vec_split",
@@ -196,7 +182,8 @@ pub fn gemm<T: CudaElem>(
         && desc.inner_b == 1
         && aligned(addr(rt, a), p.lda, p.sa)
         && aligned(addr(rt, b), p.ldb, p.sb);
-    let (kc, splits) = split_k(desc, rt.sm_count() as usize);
+    // Few 128×128 tiles and a long K: slices over about two blocks per SM.
+    let (kc, splits) = super::split_k(desc, 128, 2 * rt.sm_count() as usize);
     if splits > 1 {
         return gemm_split(rt, desc, &p, vec, kc, splits, a, b, bias, r, c, z);
     }
@@ -252,7 +239,7 @@ pub fn gemm<T: CudaElem>(
     })
 }
 
-/// The split-K form of [`gemm`] (see [`split_k`]): the slices' raw sums into an f32 workspace,
+/// The split-K form of [`gemm`] (see [`super::split_k`]): the slices' raw sums into an f32 workspace,
 /// then their ordered sum through the epilogue.
 #[allow(clippy::too_many_arguments)]
 fn gemm_split<T: CudaElem>(

@@ -471,8 +471,27 @@ impl Gemm {
             c_cs: self.inner_c as u32,
             bias_bs: self.bias_batch_stride as u32,
             bias_cs: self.bias_inner as u32,
+            kc: 0,
+            splits: 0,
+            pad0: 0,
+            pad1: 0,
         }
     }
+}
+
+/// Split-K for a single product whose output tiles (`tile`×`tile`) would be under a quarter of
+/// `target` workgroups while K is long (weight gradients summed over many rows): slices of K
+/// (multiples of 32, at least 512 long) spread over about `target` workgroups, then one pass adds
+/// the slices in order and applies the epilogue. Returns the slice length and the slice count
+/// (1: no split).
+pub fn split_k(desc: &Gemm, tile: usize, target: usize) -> (usize, usize) {
+    let tiles = desc.m.div_ceil(tile) * desc.n.div_ceil(tile);
+    if desc.batch != 1 || tiles * 4 > target || desc.k < 2048 {
+        return (desc.k, 1);
+    }
+    let want = (target / tiles).min(desc.k / 512).max(1);
+    let kc = desc.k.div_ceil(want).next_multiple_of(32);
+    (kc, desc.k.div_ceil(kc))
 }
 
 /// The parameter block of the GEMM kernels (same field order in `kernels/gemm.cu` and
@@ -514,6 +533,12 @@ pub struct GemmParams {
     /// Bias batch stride and inner stride.
     pub bias_bs: u32,
     pub bias_cs: u32,
+    /// Split-K (WGSL; CUDA passes them as kernel arguments): the K slice length and the slice
+    /// count, 0 without a split. Then padding to 16 bytes.
+    pub kc: u32,
+    pub splits: u32,
+    pub pad0: u32,
+    pub pad1: u32,
 }
 
 /// Gradients from [`gemm_backward`]. `da` and `db` have exactly the layouts of A and B (their

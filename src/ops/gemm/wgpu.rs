@@ -51,19 +51,28 @@ pub fn gemm(
     if desc.m == 0 || desc.n == 0 || desc.batch == 0 {
         return Ok(());
     }
-    let pipe = ctx.pipeline(FAMILY, "gemm", dtype, READ_ONLY, 2)?;
     let ro = ctx.dummy(false);
-    let buffers = [
-        a.buffer,
-        b.buffer,
-        bias.map_or(ro, |t| t.buffer),
-        r.map_or(ro, |t| t.buffer),
-        c.buffer,
-        z.map_or(ctx.dummy(true), |t| t.buffer),
-    ];
+    let (bias, r, z) = (bias.map_or(ro, |t| t.buffer), r.map_or(ro, |t| t.buffer), z.map_or(ctx.dummy(true), |t| t.buffer));
+    // Few 64×64 tiles and a long K: the K slices' sums into an f32 workspace (bound as C), then
+    // their ordered sum through the epilogue (the workspace bound as A).
+    let (kc, splits) = super::split_k(desc, 64, SPLIT_TARGET);
+    if splits > 1 {
+        (p.kc, p.splits) = (kc as u32, splits as u32);
+        let ws = ctx.create_buffer(DType::F32, splits * desc.m * desc.n)?;
+        let pipe = ctx.pipeline(FAMILY, "gemm_split", dtype, READ_ONLY, 2)?;
+        let groups = [desc.n.div_ceil(64) as u32, desc.m.div_ceil(64) as u32, splits as u32];
+        ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, ro, ro, &ws, ctx.dummy(true)], groups)?;
+        let pipe = ctx.pipeline(FAMILY, "gemm_splitk", dtype, READ_ONLY, 2)?;
+        let groups = ctx.grid_1d(desc.m * desc.n.div_ceil(4));
+        return ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&ws, ro, bias, r, c.buffer, z], groups);
+    }
+    let pipe = ctx.pipeline(FAMILY, "gemm", dtype, READ_ONLY, 2)?;
     let groups = [desc.n.div_ceil(64) as u32, desc.m.div_ceil(64) as u32, desc.batch as u32];
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &buffers, groups)
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, c.buffer, z], groups)
 }
+
+/// The workgroups a split-K product aims to spread over (a mid-size GPU's worth).
+const SPLIT_TARGET: usize = 256;
 
 /// `out = dc ⊙ act'(z)` over compact `[rows, cols]` (element offsets 0).
 pub fn act_grad(ctx: &WgpuContext, d: &ActGrad, dtype: DType, dc: &wgpu::Buffer, z: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
