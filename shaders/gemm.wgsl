@@ -222,22 +222,52 @@ fn act_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     store_run(0u, e0, count, 1u, outv);
 }
 
-// out[j] = Σ_i x[i, j] over compact [m, n], each column summed in row order with Kahan
-// compensation (deterministic). a_buf = x, c_buf = out.
+// out[j] = Σ_i x[i, j] over compact [m, n] in two fixed-order passes (deterministic), each with
+// Kahan compensation: col_sum sums chunks of COL_SUM_ROWS rows (one invocation per chunk and two
+// columns) into f32 partials [chunks, n] (bound as C), col_sum_finish adds the chunks in order
+// (the partials bound as A). A long column (a bias gradient over many rows) spreads over many
+// invocations. a_buf = x, c_buf = the partials, then out.
+const COL_SUM_ROWS: u32 = 1024u;
+
+fn kahan_add(s: ptr<function, vec2<f32>>, c: ptr<function, vec2<f32>>, x: vec2<f32>) {
+    let y = x - *c;
+    let t = *s + y;
+    *c = (t - *s) - y;
+    *s = t;
+}
+
 @compute @workgroup_size(256)
 fn col_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let pairs = (p.n + 1u) / 2u;
+    let t = flat_id(gid, nwg);
+    let chunks = max(1u, (p.m + COL_SUM_ROWS - 1u) / COL_SUM_ROWS);
+    if (t >= chunks * pairs) { return; }
+    let chunk = t / pairs;
+    let j0 = (t % pairs) * 2u;
+    let two = j0 + 1u < p.n;
+    var s = vec2<f32>(0.0, 0.0);
+    var c = vec2<f32>(0.0, 0.0);
+    for (var i = chunk * COL_SUM_ROWS; i < min(p.m, (chunk + 1u) * COL_SUM_ROWS); i = i + 1u) {
+        var x = vec2<f32>(ld_a(i * p.n + j0), 0.0);
+        if (two) { x.y = ld_a(i * p.n + j0 + 1u); }
+        kahan_add(&s, &c, x);
+    }
+    atomicStore(&c_buf[chunk * p.n + j0], bitcast<u32>(s.x));
+    if (two) { atomicStore(&c_buf[chunk * p.n + j0 + 1u], bitcast<u32>(s.y)); }
+}
+
+@compute @workgroup_size(256)
+fn col_sum_finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let j0 = flat_id(gid, nwg) * 2u;
     if (j0 >= p.n) { return; }
     let count = min(2u, p.n - j0);
+    let chunks = max(1u, (p.m + COL_SUM_ROWS - 1u) / COL_SUM_ROWS);
     var s = vec2<f32>(0.0, 0.0);
     var c = vec2<f32>(0.0, 0.0);
-    for (var i = 0u; i < p.m; i = i + 1u) {
-        var x = vec2<f32>(ld_a(i * p.n + j0), 0.0);
-        if (count == 2u) { x.y = ld_a(i * p.n + j0 + 1u); }
-        let y = x - c;
-        let t = s + y;
-        c = (t - s) - y;
-        s = t;
+    for (var k = 0u; k < chunks; k = k + 1u) {
+        var x = vec2<f32>(bitcast<f32>(a_buf[k * p.n + j0]), 0.0);
+        if (count == 2u) { x.y = bitcast<f32>(a_buf[k * p.n + j0 + 1u]); }
+        kahan_add(&s, &c, x);
     }
     var outv: array<f32, 4>;
     outv[0] = s.x;

@@ -88,8 +88,12 @@ pub fn act_grad(ctx: &WgpuContext, d: &ActGrad, dtype: DType, dc: &wgpu::Buffer,
 /// `out[j] = Σ_i x[i, j]` over compact `[rows, cols]`, deterministic.
 pub fn col_sum(ctx: &WgpuContext, rows: usize, cols: usize, dtype: DType, x: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
     let p = Gemm::new(rows, cols, 1).params();
-    let pipe = ctx.pipeline(FAMILY, "col_sum", dtype, READ_ONLY, 2)?;
+    // Chunks of COL_SUM_ROWS (shaders/gemm.wgsl) rows into f32 partials, then summed in order.
+    let chunks = rows.div_ceil(1024).max(1);
+    let part = ctx.create_buffer(DType::F32, chunks * cols)?;
     let ro = ctx.dummy(false);
-    let groups = ctx.grid_1d(cols.div_ceil(2));
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[x, ro, ro, ro, out, ctx.dummy(true)], groups)
+    let pipe = ctx.pipeline(FAMILY, "col_sum", dtype, READ_ONLY, 2)?;
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[x, ro, ro, ro, &part, ctx.dummy(true)], ctx.grid_1d(chunks * cols.div_ceil(2)))?;
+    let pipe = ctx.pipeline(FAMILY, "col_sum_finish", dtype, READ_ONLY, 2)?;
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&part, ro, ro, ro, out, ctx.dummy(true)], ctx.grid_1d(cols.div_ceil(2)))
 }
