@@ -568,7 +568,13 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
             Structured::BlockDense { inp: h, out: d, rank: 3 * d / 8, blocks: 4 },
             "blockdense",
         );
-        for (s1, s2, label) in [lowrank, blockdense] {
+        // Monarch-style with 4 blocks of inner width d/4 (SPEC §4's gather and interleaved store).
+        let blockshuffle = (
+            Structured::BlockShuffle { inp: d, out: h, blocks: 4, inner: d / 4 },
+            Structured::BlockShuffle { inp: h, out: d, blocks: 4, inner: d / 4 },
+            "blockshuffle",
+        );
+        for (s1, s2, label) in [lowrank, blockdense, blockshuffle] {
             for &dt in &ffn_dtypes {
                 records.push(with_backend!(&dev, be => bench::bench_structured(be, t, s1, s2, label, dt, reps))?);
             }
