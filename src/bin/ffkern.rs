@@ -579,6 +579,13 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
                 records.push(with_backend!(&dev, be => bench::bench_structured(be, t, s1, s2, label, dt, reps))?);
             }
         }
+        // The pre-merge crossover of each first layer on this backend (DEFAULT_CROSSOVER's source).
+        for (s1, _, label) in [lowrank, blockdense, blockshuffle] {
+            for &dt in &ffn_dtypes {
+                let c = with_backend!(&dev, be => ffkern::ops::structured::measure_crossover(be, &s1, dt, 4096, reps))?;
+                eprintln!("pre-merge crossover {label} {}→{} {dt} on {}: the structured form wins from {c} tokens", s1.inp(), s1.out(), dev.name());
+            }
+        }
     }
     if ops.contains(&"linear_attn") {
         let seqs = match seqs {
