@@ -106,25 +106,20 @@ fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: u
 /// the kernel static_asserts the same number).
 const MMA_SMEM: u32 = 61440;
 
-fn split_name(dtype: DType, vec: bool) -> &'static str {
-    match (dtype, vec) {
-        (DType::F32, true) => "gemm_f32_vec_split",
-        (DType::F32, false) => "gemm_f32_gen_split",
-        (DType::F16, true) => "gemm_f16_vec_split",
-        (DType::F16, false) => "gemm_f16_gen_split",
-        (DType::BF16, true) => "gemm_bf16_vec_split",
-        (DType::BF16, false) => "gemm_bf16_gen_split",
-    }
-}
-
-fn kernel_name(dtype: DType, vec: bool) -> &'static str {
-    match (dtype, vec) {
-        (DType::F32, true) => "gemm_f32_vec",
-        (DType::F32, false) => "gemm_f32_gen",
-        (DType::F16, true) => "gemm_f16_vec",
-        (DType::F16, false) => "gemm_f16_gen",
-        (DType::BF16, true) => "gemm_bf16_vec",
-        (DType::BF16, false) => "gemm_bf16_gen",
+/// The mma.sync / SIMT entry for `dtype`: 16-byte loads (`vec`) or any layout, whole or split-K.
+fn kernel_name(dtype: DType, vec: bool, split: bool) -> &'static str {
+    let [whole, split_k] = match (dtype, vec) {
+        (DType::F32, true) => ["gemm_f32_vec", "gemm_f32_vec_split"],
+        (DType::F32, false) => ["gemm_f32_gen", "gemm_f32_gen_split"],
+        (DType::F16, true) => ["gemm_f16_vec", "gemm_f16_vec_split"],
+        (DType::F16, false) => ["gemm_f16_gen", "gemm_f16_gen_split"],
+        (DType::BF16, true) => ["gemm_bf16_vec", "gemm_bf16_vec_split"],
+        (DType::BF16, false) => ["gemm_bf16_gen", "gemm_bf16_gen_split"],
+    };
+    if split {
+        split_k
+    } else {
+        whole
     }
 }
 
@@ -192,9 +187,9 @@ pub fn gemm<T: CudaElem>(
     let (name, ptx, smem) = if wgmma {
         (if dtype == DType::F16 { "gemm_f16_wgmma" } else { "gemm_bf16_wgmma" }, Ptx::Sm90a, WGMMA_SMEM)
     } else if dtype != DType::F32 {
-        (kernel_name(dtype, vec), Ptx::Base, MMA_SMEM)
+        (kernel_name(dtype, vec, false), Ptx::Base, MMA_SMEM)
     } else {
-        (kernel_name(dtype, vec), Ptx::Base, 0)
+        (kernel_name(dtype, vec, false), Ptx::Base, 0)
     };
     let func = rt.function(FAMILY, ptx, name, |f| {
         if smem > 48 * 1024 {
@@ -257,7 +252,7 @@ fn gemm_split<T: CudaElem>(
     z: Option<&mut CudaViewMut<T>>,
 ) -> Result<()> {
     let smem = if T::DTYPE == DType::F32 { 0 } else { MMA_SMEM };
-    let func = rt.function(FAMILY, Ptx::Base, split_name(T::DTYPE, vec), |f| {
+    let func = rt.function(FAMILY, Ptx::Base, kernel_name(T::DTYPE, vec, true), |f| {
         if smem > 48 * 1024 {
             f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
                 .map_err(|e| Error::driver("cuda: raising the shared-memory limit", e))?;
@@ -447,5 +442,22 @@ pub fn time_vendor_baseline(rt: &CudaRuntime, desc: &Gemm, x: &super::GemmInputs
         DType::F32 => run::<f32>(rt, desc, x, reps),
         DType::F16 => run::<half::f16>(rt, desc, x, reps),
         DType::BF16 => run::<half::bf16>(rt, desc, x, reps),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_the_launcher_names_is_listed() {
+        for dtype in DType::ALL {
+            for vec in [false, true] {
+                for split in [false, true] {
+                    let name = kernel_name(dtype, vec, split);
+                    assert!(KERNELS.contains(&name), "{name} is not in KERNELS (build.rs checks that list against the PTX)");
+                }
+            }
+        }
     }
 }
