@@ -369,133 +369,106 @@ fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(work
     }
 }
 
-// dv, the workgroup's 64 columns: invocation (s, quarter) owns row s and columns
-// 16j + 4·quarter + (0..3), j < 4. One pass over slabs of 16 of K accumulates A's column s
-// against 16 of the chunk's q̃ and the K̃·G_c term, so the scores are computed once per 64
-// columns; then Σ_{τ≥s} A[τ][s]·dn_τ, 16 columns at a time.
-@compute @workgroup_size(256)
-fn linattn_chunk_dv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+// dv, dq or dk (mode 2, 0, 1), the workgroup's 64 output columns (of V for dv, of K for dq and
+// dk); invocation (t, quarter) owns row t and columns 16j + 4·quarter + (0..3), j < 4. One pass
+// over slabs of 16 of the reduction width (K for dv, V for dq and dk) accumulates the chunk's
+// masked scores W once per 64 columns, together with the matrix term X·M:
+//   dv: W[t][s] = k̃_t·q̃_s (s ≥ t),      X = K̃,  M = G_c,  then + W·dN
+//   dq: W[t][s] = dn_t·v_s + dd_t (s ≤ t), X = dN, M = S_cᵀ, then + dd_t·z_c + W·K̃
+//   dk: W[t][s] = v_t·dn_s + dd_s (s ≥ t), X = V,  M = G_cᵀ, then + g_c + W·Q̃
+// and dq, dk are multiplied by scale·φ'(q) or φ'(k).
+fn chunk_grad(lid: u32, wg: vec3<u32>, nwg: vec3<u32>, mode: u32) {
     let cr = chunk_row(wg, nwg, false);
     if (!cr.ok) { return; }
+    let dv = mode == 2u;
     let c0 = wg.x * 64u;
-    let s = lid / 4u;
-    let quarter = lid % 4u;
-    cb_stage_den(lid, cr);
-    var a: array<f32, 16>; // A[quarter + 4m][s]
-    var acc: array<vec4<f32>, 4>;
-    for (var i0 = 0u; i0 < p.k; i0 += 16u) {
-        for (var e = lid; e < 1024u; e += 256u) {
-            sa[e] = cb_ld(1u, cr, e / 16u, i0 + e % 16u);
-            sb[e] = cb_ld(0u, cr, e / 16u, i0 + e % 16u);
-            var g = 0.0;
-            if (i0 + e / 64u < p.k && c0 + e % 64u < p.v) { g = part[(cr.bh * p.k + i0 + e / 64u) * p.v + c0 + e % 64u]; }
-            sm[e] = g;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < 16u; kk++) {
-            let kv = sa[s * 16u + kk];
-            for (var m = 0u; m < 16u; m++) { a[m] += kv * sb[(quarter + 4u * m) * 16u + kk]; }
-            for (var j = 0u; j < 4u; j++) {
-                let mb = kk * 64u + j * 16u + quarter * 4u;
-                acc[j] += kv * vec4<f32>(sm[mb], sm[mb + 1u], sm[mb + 2u], sm[mb + 3u]);
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var m = 0u; m < 16u; m++) {
-        let tau = quarter + 4u * m;
-        cw[s * 65u + tau] = select(0.0, a[m], tau >= s);
-    }
-    let row = (cr.start + s) * p.heads + cr.h;
-    for (var j = 0u; j < 4u; j++) {
-        let cj = c0 + j * 16u;
-        if (cj >= p.v) { break; }
-        for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(3u, cr, e / 16u, cj + e % 16u); }
-        workgroupBarrier();
-        if (s < cr.len) {
-            var o = acc[j];
-            for (var tau = s; tau < cr.len; tau++) {
-                let nb = tau * 16u + quarter * 4u;
-                o += cw[s * 65u + tau] * vec4<f32>(sa[nb], sa[nb + 1u], sa[nb + 2u], sa[nb + 3u]);
-            }
-            for (var cc = 0u; cc < 4u; cc++) {
-                let col = cj + quarter * 4u + cc;
-                if (col < p.v) { put_out(row * p.v + col, o[cc]); }
-            }
-        }
-        workgroupBarrier();
-    }
-}
-
-// dq (aux 0) or dk (aux 1), the workgroup's 64 columns of K; invocation (t, quarter) owns row t and
-// columns 16j + 4·quarter + (0..3), j < 4. dq: B[t][s] = dn_t·v_s + dd_t (s ≤ t) with dN·S_cᵀ over
-// slabs of 16 of V, then dd_t·z_c + B·K̃. dk: B[τ][t] = v_t·dn_τ + dd_τ (τ ≥ t) with V·G_cᵀ, then
-// g_c + Bᵀ·Q̃. Then scale·φ'(q) or φ'(k). B is computed once per 64 columns.
-@compute @workgroup_size(256)
-fn linattn_chunk_dqk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let cr = chunk_row(wg, nwg, false);
-    if (!cr.ok) { return; }
-    let i0 = wg.x * 64u;
     let t = lid / 4u;
     let quarter = lid % 4u;
-    let dk = p.aux == 1u;
+    // cb_ld operands (0 q̃, 1 k̃, 2 v, 3 dn) of X, Y (the scores' columns) and F (after the mask).
+    let xw = select(select(3u, 2u, mode == 1u), 1u, dv);
+    let yw = select(select(2u, 3u, mode == 1u), 0u, dv);
+    let fw = select(select(1u, 0u, mode == 1u), 3u, dv);
+    let width = select(p.k, p.v, dv);
+    let r1 = select(p.v, p.k, dv);
     cb_stage_den(lid, cr);
-    var b: array<f32, 16>; // B[t][quarter + 4m] (dq) or B[quarter + 4m][t] (dk)
+    var w: array<f32, 16>; // W[t][quarter + 4m]
     var acc: array<vec4<f32>, 4>;
-    for (var j0 = 0u; j0 < p.v; j0 += 16u) {
+    for (var r0 = 0u; r0 < r1; r0 += 16u) {
         workgroupBarrier(); // cden staged; the previous slab read
         for (var e = lid; e < 1024u; e += 256u) {
-            let dn = cb_ld(3u, cr, e / 16u, j0 + e % 16u);
-            let vv = cb_ld(2u, cr, e / 16u, j0 + e % 16u);
-            sa[e] = select(dn, vv, dk);
-            sb[e] = select(vv, dn, dk);
-            var m = 0.0;
-            if (i0 + e / 16u < p.k && j0 + e % 16u < p.v) { m = part[(cr.bh * p.k + i0 + e / 16u) * p.v + j0 + e % 16u]; }
-            sm[e] = m;
+            sa[e] = cb_ld(xw, cr, e / 16u, r0 + e % 16u);
+            sb[e] = cb_ld(yw, cr, e / 16u, r0 + e % 16u);
+            // M's [16][64] slab: G_c [K, V] for dv; S_c, G_c read transposed for dq, dk.
+            let r = e / 64u;
+            let col = e % 64u;
+            var mv = 0.0;
+            if (r0 + r < r1 && c0 + col < width) {
+                if (dv) { mv = part[(cr.bh * p.k + r0 + r) * p.v + c0 + col]; } else { mv = part[(cr.bh * p.k + c0 + col) * p.v + r0 + r]; }
+            }
+            sm[e] = mv;
         }
         workgroupBarrier();
-        for (var jj = 0u; jj < 16u; jj++) {
-            let rv = sa[t * 16u + jj];
-            for (var mm = 0u; mm < 16u; mm++) { b[mm] += rv * sb[(quarter + 4u * mm) * 16u + jj]; }
+        for (var rr = 0u; rr < 16u; rr++) {
+            let xv = sa[t * 16u + rr];
+            for (var m = 0u; m < 16u; m++) { w[m] += xv * sb[(quarter + 4u * m) * 16u + rr]; }
             for (var j = 0u; j < 4u; j++) {
-                let mb = (j * 16u + quarter * 4u) * 16u + jj;
-                acc[j] += rv * vec4<f32>(sm[mb], sm[mb + 16u], sm[mb + 32u], sm[mb + 48u]);
+                let mb = rr * 64u + j * 16u + quarter * 4u;
+                acc[j] += xv * vec4<f32>(sm[mb], sm[mb + 1u], sm[mb + 2u], sm[mb + 3u]);
             }
         }
     }
     workgroupBarrier();
-    for (var mm = 0u; mm < 16u; mm++) {
-        let s = quarter + 4u * mm;
-        let keep = select(s <= t, s >= t, dk);
-        cw[t * 65u + s] = select(0.0, b[mm] + select(cdd[t], cdd[s], dk), keep);
+    let lower = mode == 0u;
+    for (var m = 0u; m < 16u; m++) {
+        let s = quarter + 4u * m;
+        var v = w[m];
+        if (mode == 0u) { v += cdd[t]; }
+        if (mode == 1u) { v += cdd[s]; }
+        cw[t * 65u + s] = select(0.0, v, select(s >= t, s <= t, lower));
     }
     let row = (cr.start + t) * p.heads + cr.h;
     for (var j = 0u; j < 4u; j++) {
-        let cj = i0 + j * 16u;
-        if (cj >= p.k) { break; }
-        for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(select(1u, 0u, dk), cr, e / 16u, cj + e % 16u); }
+        let cj = c0 + j * 16u;
+        if (cj >= width) { break; }
+        for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(fw, cr, e / 16u, cj + e % 16u); }
         if (lid < 16u) {
             var zv = 0.0;
-            if (cj + lid < p.k) { zv = fin[cb_z_off(cr.rows, p.aux) + cr.bh * p.k + cj + lid]; }
+            if (!dv && cj + lid < p.k) { zv = fin[cb_z_off(cr.rows, mode) + cr.bh * p.k + cj + lid]; }
             cz[lid] = zv;
         }
         workgroupBarrier();
         if (t < cr.len) {
-            var g = acc[j] + select(cdd[t], 1.0, dk) * vec4<f32>(cz[quarter * 4u], cz[quarter * 4u + 1u], cz[quarter * 4u + 2u], cz[quarter * 4u + 3u]);
-            let lo = select(0u, t, dk);
-            let hi = select(t + 1u, cr.len, dk);
+            // The z term: dd_t·z_c (dq), g_c (dk), none (dv: cz is 0).
+            var g = acc[j] + select(1.0, cdd[t], mode == 0u) * vec4<f32>(cz[quarter * 4u], cz[quarter * 4u + 1u], cz[quarter * 4u + 2u], cz[quarter * 4u + 3u]);
+            let lo = select(t, 0u, lower);
+            let hi = select(cr.len, t + 1u, lower);
             for (var s = lo; s < hi; s++) {
                 let fb = s * 16u + quarter * 4u;
                 g += cw[t * 65u + s] * vec4<f32>(sa[fb], sa[fb + 1u], sa[fb + 2u], sa[fb + 3u]);
             }
             for (var cc = 0u; cc < 4u; cc++) {
                 let col = cj + quarter * 4u + cc;
-                if (col < p.k) {
-                    let x = ld(p.aux, row * p.k + col);
-                    put_out(row * p.k + col, g[cc] * select(p.scale * phi_grad(x), phi_grad(x), dk));
+                if (col < width) {
+                    if (dv) {
+                        put_out(row * p.v + col, g[cc]);
+                    } else {
+                        let x = ld(mode, row * p.k + col);
+                        put_out(row * p.k + col, g[cc] * select(p.scale * phi_grad(x), phi_grad(x), mode == 1u));
+                    }
                 }
             }
         }
         workgroupBarrier();
     }
+}
+
+@compute @workgroup_size(256)
+fn linattn_chunk_dv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    chunk_grad(lid, wg, nwg, 2u);
+}
+
+// dq (aux 0) or dk (aux 1).
+@compute @workgroup_size(256)
+fn linattn_chunk_dqk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    chunk_grad(lid, wg, nwg, p.aux);
 }
