@@ -5,7 +5,7 @@
 # Here (a machine with Rust): scripts/device-check.sh --prepare
 #   builds with --features cuda and copies the binaries, peers.py and the Vulkan loader packages
 #   into .device/ (git-ignored); then run on the GPU machine, carrying .device:
-#   bash scripts/device-check.sh            (writes logs and JSON under $OUT, default ./out)
+#   bash scripts/device-check.sh            (writes $OUT/device-check.tgz and $OUT/summary.txt, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
 # WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, LINATTN_SIMT=0, PEERS=0 (PEERS_ONLY=gemm,... picks
 # parts), NCU=1, PROFILE=0 / PROFILE_OPS, DETAIL=0, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
@@ -46,8 +46,12 @@ for l in sys.stdin:
     exit 0
 fi
 
-OUT="${OUT:-$PWD/out}"
-mkdir -p "$OUT"
+# Results come back as $OUT/device-check.tgz (every log and JSON) plus $OUT/summary.txt: the
+# device tool returns only a handful of files per call.
+DEST="${OUT:-$PWD/out}"
+mkdir -p "$DEST"
+OUT=$(mktemp -d)
+trap 'tar -czf "$DEST/device-check.tgz" -C "$OUT" . && cp "$OUT/summary.txt" "$DEST/" 2>/dev/null' EXIT
 D=.device
 # The binaries (ffkern and the test executables), unpacked outside the carried folder.
 B=/tmp/ffkern-bin
