@@ -89,6 +89,9 @@ pub struct WgpuContext {
     dummy_ro: wgpu::Buffer,
     dummy_rw: wgpu::Buffer,
     timing: Mutex<Option<Timing>>,
+    /// Bytes of the storage buffers created through this context so far (tensors, workspaces,
+    /// index tables): the difference around a call bounds the device memory the call took.
+    created: std::sync::atomic::AtomicU64,
 }
 
 /// A WGSL family shader assembled for one dtype: `_dtype_<dtype>.wgsl + _common.wgsl +
@@ -183,6 +186,7 @@ impl WgpuContext {
             dummy_ro,
             dummy_rw,
             timing: Mutex::new(None),
+            created: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -429,12 +433,24 @@ impl WgpuContext {
 
     /// A buffer for `len` elements of `dtype` (rounded up to whole words), usable as storage,
     /// copy source and copy destination.
+    /// A read-only storage buffer holding `words` (sequence starts, chunk tables).
+    pub fn upload_u32(&self, words: &[u32]) -> wgpu::Buffer {
+        self.created.fetch_add((words.len() * 4) as u64, std::sync::atomic::Ordering::Relaxed);
+        wgpu::util::DeviceExt::create_buffer_init(&self.device, &wgpu::util::BufferInitDescriptor { label: Some("ffkern u32 table"), contents: bytemuck::cast_slice(words), usage: wgpu::BufferUsages::STORAGE })
+    }
+
+    /// Bytes of the storage buffers created through this context so far (see `created`).
+    pub fn storage_bytes_created(&self) -> u64 {
+        self.created.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn create_buffer(&self, dtype: DType, len: usize) -> Result<wgpu::Buffer> {
         let bytes = ((len * dtype.size()).div_ceil(4) * 4).max(4) as u64;
         let max = self.device.limits().max_storage_buffer_binding_size;
         if bytes > max || bytes > self.device.limits().max_buffer_size {
             return Err(Error::Limit(format!("wgpu: a buffer of {bytes} bytes exceeds the adapter's binding limit of {max}")));
         }
+        self.created.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("ffkern tensor"),
             size: bytes,

@@ -48,7 +48,7 @@ pub fn recurrent(
         None
     };
     let z_init = z_copy.as_ref().unwrap_or(ctx.dummy(false));
-    let starts = upload_u32(ctx, starts);
+    let starts = ctx.upload_u32(starts);
     let units = (p.batch * p.heads) as usize;
     let groups = match entry {
         "linattn_chunk_state" => super::grid(super::outer_tiles(p), 1, units),
@@ -64,7 +64,7 @@ pub fn recurrent(
 /// states, which the kernel leaves after the chunks, are copied back into `state`, `z`.
 pub fn chunk_scan(ctx: &WgpuContext, p: &LinAttnParams, seq_chunk0: &[u32], state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
     let threads = (p.batch * p.heads * (p.k * p.v + p.k)) as usize;
-    let table = upload_u32(ctx, seq_chunk0);
+    let table = ctx.upload_u32(seq_chunk0);
     through_chunks(ctx, p, "linattn_chunk_scan", p.count0, &table, [None; 3], [state, z, hs, zs], ctx.grid_1d(threads))
 }
 
@@ -72,7 +72,7 @@ pub fn chunk_scan(ctx: &WgpuContext, p: &LinAttnParams, seq_chunk0: &[u32], stat
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], k: &wgpu::Buffer, v: &wgpu::Buffer, state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
     let groups = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
-    let t = upload_u32(ctx, table);
+    let t = ctx.upload_u32(table);
     through_chunks(ctx, p, "linattn_chunk_states", table[0], &t, [None, Some((k, dtype)), Some((v, dtype))], [state, z, hs, zs], groups)
 }
 
@@ -94,10 +94,6 @@ pub fn chunk_grad_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, tab
     through_chunks(ctx, p, "linattn_chunk_grad_states", table[0], &t, [Some((q, dtype)), None, Some((d_o, dtype))], [d[0], d[1], g[0], g[1]], groups)
 }
 
-/// A read-only storage buffer holding `words` (sequence starts, chunk tables).
-fn upload_u32(ctx: &WgpuContext, words: &[u32]) -> wgpu::Buffer {
-    wgpu::util::DeviceExt::create_buffer_init(&ctx.device, &wgpu::util::BufferInitDescriptor { label: Some("ffkern u32 table"), contents: bytemuck::cast_slice(words), usage: wgpu::BufferUsages::STORAGE })
-}
 
 /// A pass that carries each sequence's state (or gradient) through its `chunks` chunks (`entry`):
 /// `[state | z]` go in as a copy (the z_init binding), `table` in the starts binding, the chunk
