@@ -966,8 +966,8 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
             pf[it] = cb_ld<T>(FW, q, k, v, d_o, cden, cr, e / 64, c0 + e % 64, p);
         }
     };
-    // dq and dk keep four blocks per SM instead (measured on an H200: the prefetch's registers
-    // cost them more occupancy than it saves).
+    // dq and dk fetch each slab as it comes and keep three blocks per SM instead (measured on an
+    // H200: with the prefetch's registers they ran two blocks per SM and 1.6× slower).
     constexpr bool PREFETCH = MODE <= 1;
     if (PREFETCH) fetch(0);
     for (uint32_t r0 = 0; r0 < r1; r0 += 16) {
