@@ -106,6 +106,27 @@ fn tensor_map(dtype: DType, ptr: u64, k: usize, rows: usize, ld: usize, batch: u
 /// the kernel static_asserts the same number).
 const MMA_SMEM: u32 = 61440;
 
+/// Dynamic shared memory of the mma.sync (f16/bf16) and SIMT (f32, static only) entries.
+fn base_smem(dtype: DType) -> u32 {
+    if dtype == DType::F32 {
+        0
+    } else {
+        MMA_SMEM
+    }
+}
+
+/// A GEMM entry, loaded once, with its dynamic shared-memory limit raised to `smem` where that
+/// is over the default 48 KiB.
+fn function(rt: &CudaRuntime, ptx: Ptx, name: &'static str, smem: u32) -> Result<cudarc::driver::CudaFunction> {
+    rt.function(FAMILY, ptx, name, |f| {
+        if smem > 48 * 1024 {
+            f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                .map_err(|e| Error::driver("cuda: raising the shared-memory limit", e))?;
+        }
+        Ok(())
+    })
+}
+
 /// The mma.sync / SIMT entry for `dtype`: 16-byte loads (`vec`) or any layout, whole or split-K.
 fn kernel_name(dtype: DType, vec: bool, split: bool) -> &'static str {
     let [whole, split_k] = match (dtype, vec) {
@@ -186,18 +207,10 @@ pub fn gemm<T: CudaElem>(
     let wgmma = dtype != DType::F32 && vec && desc.inner_c == 1 && desc.k > 0 && rt.is_sm90a() && choice != "mma";
     let (name, ptx, smem) = if wgmma {
         (if dtype == DType::F16 { "gemm_f16_wgmma" } else { "gemm_bf16_wgmma" }, Ptx::Sm90a, WGMMA_SMEM)
-    } else if dtype != DType::F32 {
-        (kernel_name(dtype, vec, false), Ptx::Base, MMA_SMEM)
     } else {
-        (kernel_name(dtype, vec, false), Ptx::Base, 0)
+        (kernel_name(dtype, vec, false), Ptx::Base, base_smem(dtype))
     };
-    let func = rt.function(FAMILY, ptx, name, |f| {
-        if smem > 48 * 1024 {
-            f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(|e| Error::driver("cuda: raising the shared-memory limit", e))?;
-        }
-        Ok(())
-    })?;
+    let func = function(rt, ptx, name, smem)?;
     let cfg = if wgmma {
         // Persistent: one block per multiprocessor walks the 128×256 tiles (batch, then M, then N).
         let tiles = desc.batch * desc.m.div_ceil(128) * desc.n.div_ceil(256);
@@ -251,14 +264,8 @@ fn gemm_split<T: CudaElem>(
     c: &mut CudaViewMut<T>,
     z: Option<&mut CudaViewMut<T>>,
 ) -> Result<()> {
-    let smem = if T::DTYPE == DType::F32 { 0 } else { MMA_SMEM };
-    let func = rt.function(FAMILY, Ptx::Base, kernel_name(T::DTYPE, vec, true), |f| {
-        if smem > 48 * 1024 {
-            f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(|e| Error::driver("cuda: raising the shared-memory limit", e))?;
-        }
-        Ok(())
-    })?;
+    let smem = base_smem(T::DTYPE);
+    let func = function(rt, Ptx::Base, kernel_name(T::DTYPE, vec, true), smem)?;
     let mut ws = rt.stream.alloc_zeros::<f32>(splits * desc.m * desc.n).map_err(|e| Error::driver("cuda: alloc", e))?;
     let cfg = LaunchConfig { grid_dim: (desc.n.div_ceil(128) as u32, desc.m.div_ceil(128) as u32, splits as u32), block_dim: (256, 1, 1), shared_mem_bytes: smem };
     let kc32 = kc as u32;
