@@ -191,7 +191,7 @@ pub fn launch<T: CudaElem>(
             rt.launch(&f, cfg_main, |l| {
                 l.arg(x).arg(dy).arg(stats).arg(&mut part).arg(p);
             })?;
-            let sum = rt.function(FAMILY, Ptx::Base, "graph_ln_params_sum", |_| Ok(()))?;
+            let sum = load("graph_ln_params_sum")?;
             rt.launch(&sum, cfg(2 * dim), |l| {
                 l.arg(&part).arg(out).arg(p);
             })

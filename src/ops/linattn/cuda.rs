@@ -114,7 +114,7 @@ pub fn recurrent<T: CudaElem>(
     };
     // The decode step (one token per sequence): its own kernel, one block per sequence·head,
     // 16-byte state accesses where V and the state's address allow.
-    if p.varlen == 0 && p.seq == 1 && p.aux == 0 {
+    if super::is_decode(p) {
         let vec = p.v % 4 == 0 && state.device_ptr(&rt.stream).0 % 16 == 0;
         let f = rt.function(FAMILY, Ptx::Base, typed::<T>(if vec { "linattn_decode_vec" } else { "linattn_decode" })?, |_| Ok(()))?;
         // SAFETY: linattn_decode[_vec]_<dtype>(q, k, v, state, z, o, p) reads q, k [B·H·K], v

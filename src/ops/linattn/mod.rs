@@ -94,6 +94,12 @@ pub struct LinearAttention {
     pub normalize: Normalize,
 }
 
+/// Whether the launch is the decode step (one token of fixed-length sequences, the output
+/// wanted), which both device backends run with their own kernel.
+pub fn is_decode(p: &LinAttnParams) -> bool {
+    p.varlen == 0 && p.seq == 1 && p.aux == 0
+}
+
 /// The `(x, y, z)` grid of the linear-attention kernels: tiles of `tile` columns (of `cols`) in
 /// x, and `units` (sequence or chunk)·heads folded into y·z past 65535.
 pub fn grid(cols: usize, tile: usize, units: usize) -> [u32; 3] {

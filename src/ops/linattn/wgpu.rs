@@ -30,7 +30,7 @@ pub fn recurrent(
     let entry = match (p.varlen, p.aux) {
         (2, 1) => "linattn_chunk_state",
         (2, _) => "linattn_chunk_output",
-        (0, 0) if p.seq == 1 => "linattn_decode",
+        _ if super::is_decode(p) => "linattn_decode",
         _ => "linattn_recurrent",
     };
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 3)?;
