@@ -497,8 +497,11 @@ template <int KB> __device__ __forceinline__ uint64_t desc_swz(uint32_t addr, in
 
 // The warp-specialised kernel's epilogue, second half: 8 consecutive columns of one row from the
 // staged pre-activation z (bias already added): activation, residual, then 16-byte stores of C
-// (and Z) where aligned, element stores at the edges.
-template <typename T>
+// (and Z) where aligned, element stores at the edges. ACT is the activation as a template
+// argument: the 8 columns are then 8 independent branch-free chains that the scheduler
+// interleaves, where a run-time switch per element made each one wait out the last (the
+// epilogue runs while the tensor cores idle, so its latency is the kernel's).
+template <typename T, uint32_t ACT>
 __device__ __forceinline__ void epilogue8(const GemmParams& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
                                           uint32_t bz, uint32_t row, uint32_t col, const float (&z)[8]) {
     const size_t o = (size_t)bz * p.sc + (size_t)row * p.ldc + col;
@@ -506,36 +509,39 @@ __device__ __forceinline__ void epilogue8(const GemmParams& p, const T* __restri
     const bool full = col + 8 <= p.n;
     const bool vec = full && ((reinterpret_cast<uintptr_t>(C + o) & 15) == 0) && (!p.has_r || (reinterpret_cast<uintptr_t>(R + orr) & 15) == 0) &&
                      (!p.has_z || (reinterpret_cast<uintptr_t>(Z + o) & 15) == 0);
-    alignas(16) T rv[8];
-    if (p.has_r && vec) *reinterpret_cast<uint4*>(rv) = *reinterpret_cast<const uint4*>(R + orr);
     alignas(16) T out[8];
     alignas(16) T pre[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        float v = z[j];
-        if (col + j < p.act_cols) v = act_eval(p.act, v);
-        if (p.has_r && (vec || col + j < p.n)) v += p.beta * to_f32(vec ? rv[j] : R[orr + j]);
-        out[j] = from_f32<T>(v);
-        pre[j] = from_f32<T>(z[j]);
-    }
     if (vec) {
+        alignas(16) T rv[8];
+        if (p.has_r) *reinterpret_cast<uint4*>(rv) = *reinterpret_cast<const uint4*>(R + orr);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float a = act_eval(ACT, z[j]);
+            float v = col + j < p.act_cols ? a : z[j];
+            if (p.has_r) v += p.beta * to_f32(rv[j]);
+            out[j] = from_f32<T>(v);
+            pre[j] = from_f32<T>(z[j]);
+        }
         *reinterpret_cast<uint4*>(C + o) = *reinterpret_cast<const uint4*>(out);
         if (p.has_z) *reinterpret_cast<uint4*>(Z + o) = *reinterpret_cast<const uint4*>(pre);
-    } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-            if (col + j < p.n) {
-                C[o + j] = out[j];
-                if (p.has_z) Z[o + j] = pre[j];
-            }
+        return;
     }
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+        if (col + j < p.n) {
+            float v = z[j];
+            if (col + j < p.act_cols) v = act_eval(ACT, v);
+            if (p.has_r) v += p.beta * to_f32(R[orr + j]);
+            C[o + j] = from_f32<T>(v);
+            if (p.has_z) Z[o + j] = from_f32<T>(z[j]);
+        }
 }
 
 // One staged 64×64 chunk of a consumer warpgroup's tile, written out by its 128 threads (8
-// columns each, 16 rows per pass). Out of line: the unrolled caller would otherwise copy it 4×.
-template <typename T>
-__device__ __noinline__ void epilogue_chunk(const GemmParams p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
-                                            const float* stage, uint32_t bz, uint32_t row0, uint32_t col0, int t) {
+// columns each, 16 rows per pass).
+template <typename T, uint32_t ACT>
+__device__ __forceinline__ void epilogue_chunk_act(const GemmParams p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
+                                                   const float* stage, uint32_t bz, uint32_t row0, uint32_t col0, int t) {
 #pragma unroll 1
     for (int pass = 0; pass < 4; ++pass) {
         const int lr = pass * 16 + t / 8, lc = (t % 8) * 8;
@@ -545,8 +551,23 @@ __device__ __noinline__ void epilogue_chunk(const GemmParams p, const T* __restr
             const float4 a = *reinterpret_cast<const float4*>(src);
             const float4 b = *reinterpret_cast<const float4*>(src + 4);
             const float z[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-            epilogue8<T>(p, R, C, Z, bz, grow, gcol, z);
+            epilogue8<T, ACT>(p, R, C, Z, bz, grow, gcol, z);
         }
+    }
+}
+
+// The activation is chosen once per chunk. Out of line: the unrolled caller would otherwise copy
+// it 4×.
+template <typename T>
+__device__ __noinline__ void epilogue_chunk(const GemmParams p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
+                                            const float* stage, uint32_t bz, uint32_t row0, uint32_t col0, int t) {
+    switch (p.act) {
+    case 1: epilogue_chunk_act<T, 1>(p, R, C, Z, stage, bz, row0, col0, t); break;
+    case 2: epilogue_chunk_act<T, 2>(p, R, C, Z, stage, bz, row0, col0, t); break;
+    case 3: epilogue_chunk_act<T, 3>(p, R, C, Z, stage, bz, row0, col0, t); break;
+    case 4: epilogue_chunk_act<T, 4>(p, R, C, Z, stage, bz, row0, col0, t); break;
+    case 5: epilogue_chunk_act<T, 5>(p, R, C, Z, stage, bz, row0, col0, t); break;
+    default: epilogue_chunk_act<T, 0>(p, R, C, Z, stage, bz, row0, col0, t); break;
     }
 }
 
