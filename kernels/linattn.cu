@@ -142,7 +142,9 @@ __device__ __forceinline__ void recurrent_impl(const T* __restrict__ q, const T*
 // every thread is busy whatever K is.
 // MMA (the default): on tensor cores in 3xTF32 — each operand split into a TF32 head and a TF32
 // tail, head·head + head·tail + tail·head — which keeps the f32 state's accuracy (it is checked
-// to the f32 budget) at several times the FMA rate; warp w owns rows 16⌊w/2⌋.., columns 32(w % 2)..
+// to the f32 budget) at several times the FMA rate; when `split` is false (both operands exact in
+// TF32, see tf32_exact) the tails are zero and one product per step gives the same sums bit for
+// bit. Warp w owns rows 16⌊w/2⌋.., columns 32(w % 2)..
 // of the tile in mma fragments, thread lid < 64 the xsum of row lid. Otherwise f32 FMA: thread
 // (i, quarter) = (lid / 4, lid % 4) owns row i, columns 16m + 4·quarter + (0..3) in acc[m].
 // chunk_outer's staging: element (r0 + e / 64, e % 64) of X and Y for e = lid + 256·it.
@@ -157,7 +159,7 @@ __device__ __forceinline__ void outer_fetch(float (&nx)[4], float (&ny)[4], X x,
 }
 
 template <bool MMA, typename X, typename Y, typename W>
-__device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x, Y y, W w, uint32_t i0, uint32_t j0) {
+__device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x, Y y, W w, uint32_t i0, uint32_t j0, bool split = true) {
     __shared__ float ox[16][72], oy[16][72]; // padded: conflict-free fragment reads
     const uint32_t lid = threadIdx.x, i = lid / 4, quarter = lid % 4;
     const uint32_t warp = lid >> 5, g = (lid & 31) >> 2, tq = lid & 3, rw = 16 * (warp >> 1), cw = 32 * (warp & 1);
@@ -183,8 +185,13 @@ __device__ __forceinline__ void chunk_outer(float (&acc)[4][4], float& xsum, X x
             for (uint32_t ks = 0; ks < 16; ks += 8) {
                 // A[i][r] = X[r][i]: the staged rows are A's columns.
                 const float a[4] = {ox[ks + tq][rw + g], ox[ks + tq][rw + g + 8], ox[ks + tq + 4][rw + g], ox[ks + tq + 4][rw + g + 8]};
+                if (split) {
 #pragma unroll
-                for (uint32_t n = 0; n < 4; ++n) mma_f32<true>(acc[n], a, oy[ks + tq][cw + 8 * n + g], oy[ks + tq + 4][cw + 8 * n + g]);
+                    for (uint32_t n = 0; n < 4; ++n) mma_f32<true>(acc[n], a, oy[ks + tq][cw + 8 * n + g], oy[ks + tq + 4][cw + 8 * n + g]);
+                } else {
+#pragma unroll
+                    for (uint32_t n = 0; n < 4; ++n) mma_f32<false>(acc[n], a, oy[ks + tq][cw + 8 * n + g], oy[ks + tq + 4][cw + 8 * n + g]);
+                }
             }
         } else {
 #pragma unroll 2
@@ -234,6 +241,15 @@ __device__ __forceinline__ void move_outer(float (&acc)[4][4], float& xsum, floa
     }
 }
 
+// Whether the state sums' operands are exact in TF32, so that one TF32 product per step is as
+// exact as 3xTF32: f16 and bf16 values are (11 and 8 significant bits, TF32 keeps 11), and so
+// are φ of them for identity and relu; the forward's other operand is v, the reverse's do/den
+// with den = 1 (normalize none). The reverse sweep multiplies by the scale after the product.
+template <typename T>
+__device__ __forceinline__ bool tf32_exact(const LinAttnParams& p, bool reverse) {
+    return sizeof(T) == 2 && p.feature_map != 1 && (!reverse || p.normalize == 0);
+}
+
 template <typename T, bool MMA>
 __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state, const uint32_t* __restrict__ starts,
                                                  float* __restrict__ z, const LinAttnParams& p) {
@@ -245,7 +261,8 @@ __device__ __forceinline__ void chunk_state_impl(const T* __restrict__ k, const 
     float acc[4][4] = {}, zacc = 0.0f;
     chunk_outer<MMA>(
         acc, zacc, [&](uint32_t r, uint32_t i) { return r < len && i < p.k ? phi(p.feature_map, to_f32(k[row(r) * p.k + i])) : 0.0f; },
-        [&](uint32_t r, uint32_t j) { return r < len && j < p.v ? to_f32(v[row(r) * p.v + j]) : 0.0f; }, [](uint32_t) { return 1.0f; }, i0, j0);
+        [&](uint32_t r, uint32_t j) { return r < len && j < p.v ? to_f32(v[row(r) * p.v + j]) : 0.0f; }, [](uint32_t) { return 1.0f; }, i0, j0,
+        !tf32_exact<T>(p, false));
     move_outer<MMA, true>(acc, zacc, state, z, bh, i0, j0, p);
 }
 
@@ -300,7 +317,7 @@ __device__ __forceinline__ void chunk_sweep_impl(const T* __restrict__ qk, const
         const uint32_t c = REVERSE ? c_hi - 1 - (j - c_lo) : j;
         move_outer<MMA, true>(acc, zacc, hs, zs, (size_t)c * p.heads + h, i0, j0, p);
         const uint32_t start = table[1 + c], len = table[2 + c] - start, heads = p.heads, kd = p.k, vd = p.v, fm = p.feature_map;
-        const float scale = REVERSE ? p.scale : 1.0f;
+        const float scale = REVERSE ? p.scale : 1.0f;  // applied to the chunk's sums
         if (REVERSE) {
             // The chunks' table from its second word; p.batch counts chunks there.
             LinAttnParams pc = p;
@@ -311,14 +328,14 @@ __device__ __forceinline__ void chunk_sweep_impl(const T* __restrict__ qk, const
         float part[4][4] = {}, zpart = 0.0f;
         const float *den = cden, *dd = cdd;
         chunk_outer<MMA>(
-            part, zpart, [=](uint32_t r, uint32_t i) { return r < len && i < kd ? scale * phi(fm, to_f32(qk[(((size_t)start + r) * heads + h) * kd + i])) : 0.0f; },
+            part, zpart, [=](uint32_t r, uint32_t i) { return r < len && i < kd ? phi(fm, to_f32(qk[(((size_t)start + r) * heads + h) * kd + i])) : 0.0f; },
             [=](uint32_t r, uint32_t jv) { return r < len && jv < vd ? to_f32(vo[(((size_t)start + r) * heads + h) * vd + jv]) / (REVERSE ? den[r] : 1.0f) : 0.0f; },
-            [=](uint32_t r) { return REVERSE ? dd[r] : 1.0f; }, i0, j0);
+            [=](uint32_t r) { return REVERSE ? dd[r] : 1.0f; }, i0, j0, !tf32_exact<T>(p, REVERSE));
 #pragma unroll
         for (int m = 0; m < 4; ++m)
 #pragma unroll
-            for (int cc = 0; cc < 4; ++cc) acc[m][cc] += part[m][cc];
-        zacc += zpart;
+            for (int cc = 0; cc < 4; ++cc) acc[m][cc] += scale * part[m][cc];
+        zacc += scale * zpart;
     }
     move_outer<MMA, true>(acc, zacc, state, z, nh, i0, j0, p);
 }
@@ -1080,7 +1097,7 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
         chunk_mma_impl<T, 3>(q, k, v, d_o, bounds, dendd, m, zv, out, p);                                                 \
     }
 
-#define LINATTN_ENTRIES(SUFFIX, T)                                                                                         \
+#define LINATTN_ENTRIES(SUFFIX, T, SWEEP_BLOCKS)                                                                           \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         linattn_decode_##SUFFIX(const T* q, const T* k, const T* v, float* state, float* z, T* o, LinAttnParams p) {       \
         decode_impl<T, false>(q, k, v, state, z, o, p);                                                                    \
@@ -1102,7 +1119,7 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
         const T* k, const T* v, float* state, float* z, const uint32_t* table, float* hs, float* zs, LinAttnParams p) {     \
         chunk_sweep_impl<T, false, false>(k, v, nullptr, state, z, table, hs, zs, p);                                      \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_states_mma_##SUFFIX(                                \
+    extern "C" __global__ void __launch_bounds__(256, SWEEP_BLOCKS) linattn_chunk_states_mma_##SUFFIX(                                \
         const T* k, const T* v, float* state, float* z, const uint32_t* table, float* hs, float* zs, LinAttnParams p) {     \
         chunk_sweep_impl<T, true, false>(k, v, nullptr, state, z, table, hs, zs, p);                                       \
     }                                                                                                                      \
@@ -1111,7 +1128,7 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
         float* gzs, LinAttnParams p) {                                                                                     \
         chunk_sweep_impl<T, false, true>(q, d_o, dendd, d_state, d_z, table, gs, gzs, p);                                  \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_grad_states_mma_##SUFFIX(                           \
+    extern "C" __global__ void __launch_bounds__(256, SWEEP_BLOCKS) linattn_chunk_grad_states_mma_##SUFFIX(                           \
         const T* q, const T* d_o, const float* dendd, float* d_state, float* d_z, const uint32_t* table, float* gs,        \
         float* gzs, LinAttnParams p) {                                                                                     \
         chunk_sweep_impl<T, true, true>(q, d_o, dendd, d_state, d_z, table, gs, gzs, p);                                   \
@@ -1183,9 +1200,12 @@ extern "C" __global__ void __launch_bounds__(256)
     }
 }
 
-LINATTN_ENTRIES(f32, float)
-LINATTN_ENTRIES(f16, __half)
-LINATTN_ENTRIES(bf16, __nv_bfloat16)
+// SWEEP_BLOCKS: the tensor-core sweeps' blocks per SM. They are latency-bound (one chunk after
+// another), so two blocks per SM hide each other's staging; f16/bf16 fit in 128 registers with
+// one TF32 product, f32's 3xTF32 would spill.
+LINATTN_ENTRIES(f32, float, 1)
+LINATTN_ENTRIES(f16, __half, 2)
+LINATTN_ENTRIES(bf16, __nv_bfloat16, 2)
 LINATTN_MMA_ENTRIES(f32, float)
 LINATTN_MMA_ENTRIES(f16, __half)
 LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)
