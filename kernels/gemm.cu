@@ -408,15 +408,24 @@ GEMM_SPLITK_ENTRY(bf16, __nv_bfloat16)
 // waits at a block-wide barrier; the grid is persistent, so the producer prefetches the next tile
 // while the consumers run the epilogue, which is staged through shared memory so that C, Z and R
 // move in 16-byte coalesced accesses. setmaxnreg gives the producer's registers to the consumers.
+//
+// Two schedules. Cooperative (PP false): both consumer warpgroups share a 128×256 tile (64 rows
+// each), so they run the epilogue together while the tensor cores wait. Ping-pong (PP true): each
+// warpgroup owns whole 64×256 tiles, alternate tiles of the block's sequence, so one warpgroup's
+// epilogue overlaps the other's products; an "order" mbarrier per warpgroup lets a warpgroup start
+// its products only when the other has taken the stages of the tile before (the ring hands the
+// stages out in tile order, so that is also what keeps each full-barrier wait unambiguous).
 #if defined(FFKERN_SM90A)
 namespace hopper {
-constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4, THREADS = 384;
-constexpr int STAGE_BYTES = (BM + BN) * BK * 2;
+constexpr int BN = 256, BK = 64, STAGES = 4, THREADS = 384;
+template <bool PP> __host__ __device__ constexpr int tile_m() { return PP ? 64 : 128; }
+template <bool PP> __host__ __device__ constexpr int stage_bytes() { return (tile_m<PP>() + BN) * BK * 2; }
 // Ring + slack to align it to 1024 B (the swizzle atom) + the epilogue staging (64×64 f32 per
 // consumer warpgroup).
 constexpr int EPI_BYTES = 2 * 64 * 64 * 4;
-constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + EPI_BYTES;
+constexpr int SMEM_BYTES = STAGES * stage_bytes<false>() + 1024 + EPI_BYTES;
 static_assert(SMEM_BYTES == 230400, "src/ops/gemm/cuda.rs launches the wgmma kernels with 230400 bytes of dynamic shared memory");
+static_assert(STAGES * stage_bytes<true>() + 1024 + EPI_BYTES <= SMEM_BYTES, "the ping-pong ring fits the same allocation");
 
 // Descriptor of a K-major tile with 128-byte rows in the 128-byte swizzle (8-row atoms of 1024 B),
 // starting at `addr`, K step `ks` (16 elements = 32 bytes inside the row).
@@ -485,27 +494,25 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, i
         : "memory");
 }
 
-// Descriptor of a K-major tile with rows of KB·2 bytes in the matching swizzle (KB 64: 128-byte
-// swizzle, 8-row atoms of 1024 B; KB 32: 64-byte swizzle, atoms of 512 B), K step ks of 16.
-template <int KB> __device__ __forceinline__ uint64_t desc_swz(uint32_t addr, int ks) {
-    uint64_t d = (uint64_t)(((addr + ks * 32) & 0x3FFFF) >> 4);
-    d |= (uint64_t)1 << 16;                  // leading byte offset (unused with these swizzles)
-    d |= (uint64_t)((8 * KB * 2) >> 4) << 32;  // stride byte offset: 8 rows
-    d |= (uint64_t)(KB == 64 ? 1 : 2) << 62;
-    return d;
-}
-
 // The warp-specialised kernel's epilogue, second half: 8 consecutive columns of one row from the
 // staged pre-activation z (bias already added): activation, residual, then 16-byte stores of C
 // (and Z) where aligned, element stores at the edges. ACT is the activation as a template
 // argument: the 8 columns are then 8 independent branch-free chains that the scheduler
 // interleaves, where a run-time switch per element made each one wait out the last (the
 // epilogue runs while the tensor cores idle, so its latency is the kernel's).
+// What the writer reads of GemmParams, small enough to pass to it in registers; oc and orr are
+// the batch's offsets into C (and Z) and R.
+struct EpiArgs {
+    uint32_t m, n, ldc, ldr, act, act_cols, has_r, has_z;
+    float beta;
+    size_t oc, orr;
+};
+
 template <typename T, uint32_t ACT>
-__device__ __forceinline__ void epilogue8(const GemmParams& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
-                                          uint32_t bz, uint32_t row, uint32_t col, const float (&z)[8]) {
-    const size_t o = (size_t)bz * p.sc + (size_t)row * p.ldc + col;
-    const size_t orr = (size_t)bz * p.sr + (size_t)row * p.ldr + col;
+__device__ __forceinline__ void epilogue8(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
+                                          uint32_t row, uint32_t col, const float (&z)[8]) {
+    const size_t o = p.oc + (size_t)row * p.ldc + col;
+    const size_t orr = p.orr + (size_t)row * p.ldr + col;
     const bool full = col + 8 <= p.n;
     const bool vec = full && ((reinterpret_cast<uintptr_t>(C + o) & 15) == 0) && (!p.has_r || (reinterpret_cast<uintptr_t>(R + orr) & 15) == 0) &&
                      (!p.has_z || (reinterpret_cast<uintptr_t>(Z + o) & 15) == 0);
@@ -540,8 +547,8 @@ __device__ __forceinline__ void epilogue8(const GemmParams& p, const T* __restri
 // One staged 64×64 chunk of a consumer warpgroup's tile, written out by its 128 threads (8
 // columns each, 16 rows per pass).
 template <typename T, uint32_t ACT>
-__device__ __forceinline__ void epilogue_chunk_act(const GemmParams p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
-                                                   const float* stage, uint32_t bz, uint32_t row0, uint32_t col0, int t) {
+__device__ __forceinline__ void epilogue_chunk_act(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
+                                                   const float* stage, uint32_t row0, uint32_t col0, int t) {
 #pragma unroll 1
     for (int pass = 0; pass < 4; ++pass) {
         const int lr = pass * 16 + t / 8, lc = (t % 8) * 8;
@@ -551,7 +558,7 @@ __device__ __forceinline__ void epilogue_chunk_act(const GemmParams p, const T* 
             const float4 a = *reinterpret_cast<const float4*>(src);
             const float4 b = *reinterpret_cast<const float4*>(src + 4);
             const float z[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-            epilogue8<T, ACT>(p, R, C, Z, bz, grow, gcol, z);
+            epilogue8<T, ACT>(p, R, C, Z, grow, gcol, z);
         }
     }
 }
@@ -559,15 +566,15 @@ __device__ __forceinline__ void epilogue_chunk_act(const GemmParams p, const T* 
 // The activation is chosen once per chunk. Out of line: the unrolled caller would otherwise copy
 // it 4×.
 template <typename T>
-__device__ __noinline__ void epilogue_chunk(const GemmParams p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
-                                            const float* stage, uint32_t bz, uint32_t row0, uint32_t col0, int t) {
+__device__ __noinline__ void epilogue_chunk(const EpiArgs p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const float* stage,
+                                            uint32_t row0, uint32_t col0, int t) {
     switch (p.act) {
-    case 1: epilogue_chunk_act<T, 1>(p, R, C, Z, stage, bz, row0, col0, t); break;
-    case 2: epilogue_chunk_act<T, 2>(p, R, C, Z, stage, bz, row0, col0, t); break;
-    case 3: epilogue_chunk_act<T, 3>(p, R, C, Z, stage, bz, row0, col0, t); break;
-    case 4: epilogue_chunk_act<T, 4>(p, R, C, Z, stage, bz, row0, col0, t); break;
-    case 5: epilogue_chunk_act<T, 5>(p, R, C, Z, stage, bz, row0, col0, t); break;
-    default: epilogue_chunk_act<T, 0>(p, R, C, Z, stage, bz, row0, col0, t); break;
+    case 1: epilogue_chunk_act<T, 1>(p, R, C, Z, stage, row0, col0, t); break;
+    case 2: epilogue_chunk_act<T, 2>(p, R, C, Z, stage, row0, col0, t); break;
+    case 3: epilogue_chunk_act<T, 3>(p, R, C, Z, stage, row0, col0, t); break;
+    case 4: epilogue_chunk_act<T, 4>(p, R, C, Z, stage, row0, col0, t); break;
+    case 5: epilogue_chunk_act<T, 5>(p, R, C, Z, stage, row0, col0, t); break;
+    default: epilogue_chunk_act<T, 0>(p, R, C, Z, stage, row0, col0, t); break;
     }
 }
 
@@ -575,18 +582,23 @@ __device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-template <typename T>
+template <typename T, bool PP>
 __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtensorMap* tmB, const T* __restrict__ bias,
                                            const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
+    constexpr int BM = tile_m<PP>(), STAGE_BYTES = stage_bytes<PP>();
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    __shared__ __align__(8) uint64_t bars[2 * STAGES];  // full[0, STAGES), empty[STAGES, 2·STAGES)
+    // full[0, STAGES), empty[STAGES, 2·STAGES), order[2·STAGES + w]: warpgroup w may start its
+    // next tile's products (ping-pong only).
+    __shared__ __align__(8) uint64_t bars[2 * STAGES + 2];
     const uint32_t base = (mma::smem_addr(smem_raw) + 1023) & ~1023u;
-    const uint32_t bar0 = mma::smem_addr(bars);
+    const uint32_t bar0 = mma::smem_addr(bars), order0 = bar0 + 8 * (2 * STAGES);
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(bar0 + 8 * s, 1);             // the producer's arrive.expect_tx
-            mbar_init(bar0 + 8 * (STAGES + s), 8);  // one arrival per consumer warp
+            mbar_init(bar0 + 8 * s, 1);                        // the producer's arrive.expect_tx
+            mbar_init(bar0 + 8 * (STAGES + s), PP ? 4 : 8);  // one arrival per consuming warp
         }
+        mbar_init(order0, 1);
+        mbar_init(order0 + 8, 1);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -615,15 +627,24 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
         const int cw = wg - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, t = threadIdx.x % 128;
-        float* stage = reinterpret_cast<float*>(smem_raw + (base - mma::smem_addr(smem_raw)) + STAGES * STAGE_BYTES) + cw * 64 * 64;
-        uint32_t it = 0;
-        for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x) {
+        float* stage = reinterpret_cast<float*>(smem_raw + (base - mma::smem_addr(smem_raw)) + STAGES * stage_bytes<false>()) + cw * 64 * 64;
+        // Tile i of the block's sequence is blockIdx.x + i·gridDim.x; cooperative: every i, rows
+        // 64·cw.. of it; ping-pong: i ≡ cw (mod 2), all of it.
+        for (uint32_t i = PP ? cw : 0;; i += PP ? 2 : 1) {
+            const uint32_t tile = blockIdx.x + i * gridDim.x;
+            if (tile >= total) break;
             const uint32_t bz = tile / per_batch, rem = tile % per_batch;
             const uint32_t m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
+            const uint32_t row0 = m0 + (PP ? 0 : cw * 64);
+            const EpiArgs epi{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.beta, (size_t)bz * p.sc, (size_t)bz * p.sr};
+            // Wait for the other warpgroup to have taken tile i − 1's stages (its ((i − 1) / 2)-th
+            // arrival on this barrier).
+            if (PP && i > 0) mbar_wait(order0 + 8 * cw, ((i - 1) / 2) & 1);
             float d[128];
 #pragma unroll
-            for (int i = 0; i < 128; ++i) d[i] = 0.0f;
+            for (int j = 0; j < 128; ++j) d[j] = 0.0f;
             int prev = -1;
+            uint32_t it = i * KT;
             for (int kt = 0; kt < KT; ++kt, ++it) {
                 const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
                 mbar_wait(bar0 + 8 * s, ph);
@@ -631,13 +652,14 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
                 const uint32_t sB = sA + BM * BK * 2;
                 wgmma_fence();
 #pragma unroll
-                for (int ks = 0; ks < BK / 16; ++ks) wgmma_m64n256k16<T>(d, make_desc(sA + cw * 64 * 128, ks), make_desc(sB, ks));
+                for (int ks = 0; ks < BK / 16; ++ks) wgmma_m64n256k16<T>(d, make_desc(sA + (PP ? 0 : cw * 64 * 128), ks), make_desc(sB, ks));
                 wgmma_commit();
                 // One group stays in flight; the one before it has retired, so its stage is free.
                 wgmma_wait<1>();
                 if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (STAGES + prev));
                 prev = (int)s;
             }
+            if (PP && t == 0) mbar_arrive(order0 + 8 * (1 - cw));
             wgmma_wait<0>();
             if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (STAGES + prev));
             // Epilogue, 64 columns at a time: α·acc + bias (f32) into the staging tile, then each
@@ -660,7 +682,7 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
                         make_float2(p.alpha * d[4 * j + 2] + b0, p.alpha * d[4 * j + 3] + b1);
                 }
                 named_barrier(1 + cw, 128);
-                epilogue_chunk<T>(p, R, C, Z, stage, bz, m0 + cw * 64, n0 + q * 64, t);
+                epilogue_chunk<T>(epi, R, C, Z, stage, row0, n0 + q * 64, t);
             }
         }
     }
@@ -669,14 +691,16 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
 
 // A and B are passed (unused) so that the launcher records their use on the stream; the kernel
 // reads them through the tensor maps.
-#define GEMM_WGMMA_ENTRY(NAME, T)                                                                                          \
+#define GEMM_WGMMA_ENTRY(NAME, T, PP)                                                                                      \
     extern "C" __global__ void __launch_bounds__(hopper::THREADS, 1)                                                       \
         NAME(const T* A, const T* B, const T* bias, const T* R, T* C, T* Z, GemmParams p,                                   \
              const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB) {                           \
-        hopper::gemm_wgmma<T>(&tmA, &tmB, bias, R, C, Z, p);                                                               \
+        hopper::gemm_wgmma<T, PP>(&tmA, &tmB, bias, R, C, Z, p);                                                           \
     }
-GEMM_WGMMA_ENTRY(gemm_f16_wgmma, __half)
-GEMM_WGMMA_ENTRY(gemm_bf16_wgmma, __nv_bfloat16)
+GEMM_WGMMA_ENTRY(gemm_f16_wgmma, __half, false)
+GEMM_WGMMA_ENTRY(gemm_bf16_wgmma, __nv_bfloat16, false)
+GEMM_WGMMA_ENTRY(gemm_f16_wgmma_pp, __half, true)
+GEMM_WGMMA_ENTRY(gemm_bf16_wgmma_pp, __nv_bfloat16, true)
 #endif  // FFKERN_SM90A
 
 // ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #   into .device/ (git-ignored); then run on the GPU machine, carrying .device:
 #   bash scripts/device-check.sh            (writes $OUT/device-check.tgz and $OUT/summary.txt, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
+# PINGPONG_OPS (FFN families timed on the ping-pong GEMM; empty skips),
 # WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, LINATTN_SIMT=0, PEERS=0 (PEERS_ONLY=gemm,... picks
 # parts), NCU=1, PROFILE=0 / PROFILE_OPS, DETAIL=0, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
 set -u
@@ -92,7 +93,7 @@ if [ "${WGPU_CHECK:-1}" = 1 ]; then
     timeout "$(lim 120)" $B/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1 &
     pids+=($!)
 fi
-for k in ${KERNELS-auto mma}; do
+for k in ${KERNELS-auto mma pingpong}; do
     FFKERN_GEMM_KERNEL=$k timeout "$(lim 120)" $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1 &
     pids+=($!)
 done
@@ -128,9 +129,13 @@ bench() { # name, timeout, args...
     log "bench $name: rc=$?"
 }
 if [ "${CUDA_BENCH:-1}" = 1 ]; then
-    for k in ${KERNELS_BENCH-auto}; do bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20; done
+    for k in ${KERNELS_BENCH-auto pingpong}; do FFKERN_GEMM_KERNEL=$k bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20; done
     for op in ${BENCH_OPS:-repavit structured linear_attn graph}; do
         bench "cuda-$op" 90 --backend cuda --op "$op" --reps 20 --seq 4096,8192
+    done
+    # The FFN families on the GEMM's ping-pong schedule (FFKERN_GEMM_KERNEL=pingpong).
+    for op in ${PINGPONG_OPS-repavit structured}; do
+        FFKERN_GEMM_KERNEL=pingpong bench "cuda-$op-pingpong" 90 --backend cuda --op "$op" --dtype bf16 --reps 20
     done
     [ "${LINATTN_SIMT:-1}" = 1 ] && FFKERN_LINATTN_KERNEL=simt bench cuda-linear_attn-simt 60 --backend cuda --op linear_attn --reps 10
 fi

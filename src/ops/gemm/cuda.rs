@@ -39,15 +39,17 @@ pub const KERNELS: &[&str] = &[
 ];
 
 /// The Hopper-only kernels (in the `compute_90a` PTX).
-pub const KERNELS_SM90A: &[&str] = &["gemm_f16_wgmma", "gemm_bf16_wgmma"];
+pub const KERNELS_SM90A: &[&str] = &["gemm_f16_wgmma", "gemm_bf16_wgmma", "gemm_f16_wgmma_pp", "gemm_bf16_wgmma_pp"];
 
 /// Dynamic shared memory of the wgmma kernels: 4 stages × (128 + 256) rows × 64 × 2 bytes, 1 KiB
 /// of alignment slack and 32 KiB of epilogue staging (the kernel static_asserts the same number).
 const WGMMA_SMEM: u32 = 230400;
 
 /// Which f16/bf16 kernel runs: `FFKERN_GEMM_KERNEL` = `auto` (default: the wgmma kernel on Hopper
-/// where A is [M,K] and B is [N,K] with 16-byte-aligned rows, else mma.sync) or `mma` (mma.sync
-/// everywhere, e.g. to compare the two on a Hopper card).
+/// where A is [M,K] and B is [N,K] with 16-byte-aligned rows, else mma.sync), `pingpong` (the
+/// same cases on the wgmma kernel's ping-pong schedule: each consumer warpgroup owns 64×256 tiles
+/// and its epilogue overlaps the other's products) or `mma` (mma.sync everywhere, e.g. to compare
+/// on a Hopper card).
 fn kernel_choice() -> &'static str {
     static CHOICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     CHOICE.get_or_init(|| std::env::var("FFKERN_GEMM_KERNEL").unwrap_or_else(|_| "auto".into()))
@@ -205,15 +207,24 @@ pub fn gemm<T: CudaElem>(
     }
     let choice = kernel_choice();
     let wgmma = dtype != DType::F32 && vec && desc.inner_c == 1 && desc.k > 0 && rt.is_sm90a() && choice != "mma";
+    let pingpong = choice == "pingpong";
+    // The wgmma kernel's tile rows: a shared 128-row tile, or one warpgroup's 64 (ping-pong).
+    let tile_m = if pingpong { 64 } else { 128 };
     let (name, ptx, smem) = if wgmma {
-        (if dtype == DType::F16 { "gemm_f16_wgmma" } else { "gemm_bf16_wgmma" }, Ptx::Sm90a, WGMMA_SMEM)
+        let name = match (dtype == DType::F16, pingpong) {
+            (true, false) => "gemm_f16_wgmma",
+            (false, false) => "gemm_bf16_wgmma",
+            (true, true) => "gemm_f16_wgmma_pp",
+            (false, true) => "gemm_bf16_wgmma_pp",
+        };
+        (name, Ptx::Sm90a, WGMMA_SMEM)
     } else {
         (kernel_name(dtype, vec, false), Ptx::Base, base_smem(dtype))
     };
     let func = function(rt, ptx, name, smem)?;
     let cfg = if wgmma {
-        // Persistent: one block per multiprocessor walks the 128×256 tiles (batch, then M, then N).
-        let tiles = desc.batch * desc.m.div_ceil(128) * desc.n.div_ceil(256);
+        // Persistent: one block per multiprocessor walks the tile_m×256 tiles (batch, then M, then N).
+        let tiles = desc.batch * desc.m.div_ceil(tile_m) * desc.n.div_ceil(256);
         LaunchConfig { grid_dim: (tiles.min(rt.sm_count() as usize) as u32, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem }
     } else {
         LaunchConfig {
@@ -225,7 +236,7 @@ pub fn gemm<T: CudaElem>(
     let maps = if wgmma {
         let (ao, bo) = (desc.a(), desc.b());
         Some((
-            tensor_map(dtype, addr(rt, a), desc.k, desc.m, ao.row_stride, desc.batch, ao.batch_stride, 128)?,
+            tensor_map(dtype, addr(rt, a), desc.k, desc.m, ao.row_stride, desc.batch, ao.batch_stride, tile_m as u32)?,
             tensor_map(dtype, addr(rt, b), desc.k, desc.n, bo.row_stride, desc.batch, bo.batch_stride, 256)?,
         ))
     } else {
