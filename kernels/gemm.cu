@@ -719,15 +719,15 @@ __device__ __forceinline__ void act_grad_impl(const T* __restrict__ dc, const T*
 }
 
 // out[j] = Σ_i x[i, j] in two fixed-order passes (deterministic, no atomics). First, block
-// (column group, row chunk) owns 32 columns of COL_SUM_ROWS rows: its 8 row groups each sum a
-// strided subset in order, then the 8 partials are added in order into part[chunk][col] (f32).
-// Then one thread a column adds the chunks in order. The chunks spread a long column (a bias
-// gradient over tens of thousands of rows) over many blocks.
-constexpr uint32_t COL_SUM_ROWS = 1024;
+// (column group, row chunk) owns 32 columns of chunk_rows rows (COL_SUM_ROWS in
+// src/ops/gemm/mod.rs): its 8 row groups each sum a strided subset in order, then the 8 partials
+// are added in order into part[chunk][col] (f32). Then one thread a column adds the chunks in
+// order. The chunks spread a long column (a bias gradient over tens of thousands of rows) over
+// many blocks.
 template <typename T>
-__device__ __forceinline__ void col_sum_impl(const T* __restrict__ x, float* __restrict__ part, uint32_t rows, uint32_t cols) {
+__device__ __forceinline__ void col_sum_impl(const T* __restrict__ x, float* __restrict__ part, uint32_t rows, uint32_t cols, uint32_t chunk_rows) {
     __shared__ float red[8][33];
-    const uint32_t col = blockIdx.x * 32 + threadIdx.x, r0 = blockIdx.y * COL_SUM_ROWS, r1 = min(rows, r0 + COL_SUM_ROWS);
+    const uint32_t col = blockIdx.x * 32 + threadIdx.x, r0 = blockIdx.y * chunk_rows, r1 = min(rows, r0 + chunk_rows);
     float s = 0.0f;
     if (col < cols)
         for (uint32_t r = r0 + threadIdx.y; r < r1; r += 8) s += to_f32(x[(size_t)r * cols + col]);
@@ -755,8 +755,8 @@ __device__ __forceinline__ void col_sum_finish_impl(const float* __restrict__ pa
                                                  uint32_t act_cols) {                                                     \
         act_grad_impl<T>(dc, z, out, rows, cols, act, act_cols);                                                           \
     }                                                                                                                      \
-    extern "C" __global__ void col_sum_##SUFFIX(const T* x, float* part, uint32_t rows, uint32_t cols) {                    \
-        col_sum_impl<T>(x, part, rows, cols);                                                                              \
+    extern "C" __global__ void col_sum_##SUFFIX(const T* x, float* part, uint32_t rows, uint32_t cols, uint32_t chunk_rows) { \
+        col_sum_impl<T>(x, part, rows, cols, chunk_rows);                                                                  \
     }                                                                                                                      \
     extern "C" __global__ void col_sum_finish_##SUFFIX(const float* part, T* out, uint32_t chunks, uint32_t cols) {          \
         col_sum_finish_impl<T>(part, out, chunks, cols);                                                                   \

@@ -223,11 +223,10 @@ fn act_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 }
 
 // out[j] = Σ_i x[i, j] over compact [m, n] in two fixed-order passes (deterministic), each with
-// Kahan compensation: col_sum sums chunks of COL_SUM_ROWS rows (one invocation per chunk and two
-// columns) into f32 partials [chunks, n] (bound as C), col_sum_finish adds the chunks in order
-// (the partials bound as A). A long column (a bias gradient over many rows) spreads over many
-// invocations. a_buf = x, c_buf = the partials, then out.
-const COL_SUM_ROWS: u32 = 1024u;
+// Kahan compensation: col_sum sums chunks of p.kc rows (COL_SUM_ROWS in src/ops/gemm/mod.rs; one
+// invocation per chunk and two columns) into f32 partials [chunks, n] (bound as C), col_sum_finish
+// adds the chunks in order (the partials bound as A). A long column (a bias gradient over many
+// rows) spreads over many invocations. a_buf = x, c_buf = the partials, then out.
 
 fn kahan_add(s: ptr<function, vec2<f32>>, c: ptr<function, vec2<f32>>, x: vec2<f32>) {
     let y = x - *c;
@@ -240,14 +239,14 @@ fn kahan_add(s: ptr<function, vec2<f32>>, c: ptr<function, vec2<f32>>, x: vec2<f
 fn col_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let pairs = (p.n + 1u) / 2u;
     let t = flat_id(gid, nwg);
-    let chunks = max(1u, (p.m + COL_SUM_ROWS - 1u) / COL_SUM_ROWS);
+    let chunks = max(1u, (p.m + p.kc - 1u) / p.kc);
     if (t >= chunks * pairs) { return; }
     let chunk = t / pairs;
     let j0 = (t % pairs) * 2u;
     let two = j0 + 1u < p.n;
     var s = vec2<f32>(0.0, 0.0);
     var c = vec2<f32>(0.0, 0.0);
-    for (var i = chunk * COL_SUM_ROWS; i < min(p.m, (chunk + 1u) * COL_SUM_ROWS); i = i + 1u) {
+    for (var i = chunk * p.kc; i < min(p.m, (chunk + 1u) * p.kc); i = i + 1u) {
         var x = vec2<f32>(ld_a(i * p.n + j0), 0.0);
         if (two) { x.y = ld_a(i * p.n + j0 + 1u); }
         kahan_add(&s, &c, x);
@@ -261,7 +260,7 @@ fn col_sum_finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let j0 = flat_id(gid, nwg) * 2u;
     if (j0 >= p.n) { return; }
     let count = min(2u, p.n - j0);
-    let chunks = max(1u, (p.m + COL_SUM_ROWS - 1u) / COL_SUM_ROWS);
+    let chunks = max(1u, (p.m + p.kc - 1u) / p.kc);
     var s = vec2<f32>(0.0, 0.0);
     var c = vec2<f32>(0.0, 0.0);
     for (var k = 0u; k < chunks; k = k + 1u) {

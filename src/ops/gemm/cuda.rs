@@ -336,16 +336,17 @@ pub fn col_sum<T: CudaElem>(rt: &CudaRuntime, rows: usize, cols: usize, x: &Cuda
     if cols == 0 {
         return Ok(());
     }
-    // Chunks of COL_SUM_ROWS (kernels/gemm.cu) rows, summed into f32 partials, then in order.
-    let chunks = rows.div_ceil(1024).max(1);
+    // Chunks of COL_SUM_ROWS rows, summed into f32 partials, then in order.
+    let chunks = rows.div_ceil(super::COL_SUM_ROWS).max(1);
     let mut part = rt.stream.alloc_zeros::<f32>(chunks * cols).map_err(|e| Error::driver("cuda: alloc", e))?;
     let func = rt.function(FAMILY, Ptx::Base, helper_name("col_sum", T::DTYPE)?, |_| Ok(()))?;
     let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, chunks as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-    let (r32, c32, n32) = (rows as u32, cols as u32, chunks as u32);
-    // SAFETY: col_sum_<dtype>(x, part, rows, cols) reads rows·cols elements of x, which the Backend
-    // caller checked, and writes part [chunks · cols] (f32, allocated above; blockIdx.y < chunks).
+    let (r32, c32, n32, chunk_rows) = (rows as u32, cols as u32, chunks as u32, super::COL_SUM_ROWS as u32);
+    // SAFETY: col_sum_<dtype>(x, part, rows, cols, chunk_rows) reads rows·cols elements of x, which
+    // the Backend caller checked, and writes part [chunks · cols] (f32, allocated above;
+    // blockIdx.y < chunks).
     rt.launch(&func, cfg, |args| {
-        args.arg(x).arg(&mut part).arg(&r32).arg(&c32);
+        args.arg(x).arg(&mut part).arg(&r32).arg(&c32).arg(&chunk_rows);
     })?;
     let finish = rt.function(FAMILY, Ptx::Base, helper_name("col_sum_finish", T::DTYPE)?, |_| Ok(()))?;
     let cfg = LaunchConfig { grid_dim: (cols.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };

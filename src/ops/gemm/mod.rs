@@ -479,6 +479,11 @@ impl Gemm {
     }
 }
 
+/// Rows per chunk of the column sums' first pass (both backends pass it to their kernels): a long
+/// column (a bias gradient over tens of thousands of rows) spreads over many workgroups, whose
+/// f32 partials a second pass adds in order.
+pub const COL_SUM_ROWS: usize = 1024;
+
 /// Split-K for a single product whose output tiles (`tile`×`tile`) would be under a quarter of
 /// `target` workgroups while K is long (weight gradients summed over many rows): slices of K
 /// (multiples of 32, at least 512 long) spread over about `target` workgroups, then one pass adds

@@ -87,9 +87,10 @@ pub fn act_grad(ctx: &WgpuContext, d: &ActGrad, dtype: DType, dc: &wgpu::Buffer,
 
 /// `out[j] = Σ_i x[i, j]` over compact `[rows, cols]`, deterministic.
 pub fn col_sum(ctx: &WgpuContext, rows: usize, cols: usize, dtype: DType, x: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
-    let p = Gemm::new(rows, cols, 1).params();
-    // Chunks of COL_SUM_ROWS (shaders/gemm.wgsl) rows into f32 partials, then summed in order.
-    let chunks = rows.div_ceil(1024).max(1);
+    let mut p = Gemm::new(rows, cols, 1).params();
+    // Chunks of COL_SUM_ROWS rows (p.kc in the shader) into f32 partials, then summed in order.
+    p.kc = super::COL_SUM_ROWS as u32;
+    let chunks = rows.div_ceil(super::COL_SUM_ROWS).max(1);
     let part = ctx.create_buffer(DType::F32, chunks * cols)?;
     let ro = ctx.dummy(false);
     let pipe = ctx.pipeline(FAMILY, "col_sum", dtype, READ_ONLY, 2)?;
