@@ -50,9 +50,9 @@ const WGMMA_SMEM: u32 = 230400;
 /// same cases on the wgmma kernel's ping-pong schedule: each consumer warpgroup owns 64×256 tiles
 /// and its epilogue overlaps the other's products) or `mma` (mma.sync everywhere, e.g. to compare
 /// on a Hopper card).
-fn kernel_choice() -> &'static str {
-    static CHOICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CHOICE.get_or_init(|| std::env::var("FFKERN_GEMM_KERNEL").unwrap_or_else(|_| "auto".into()))
+fn kernel_choice() -> Result<&'static str> {
+    static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    crate::runtime::cuda::kernel_env(&CHOICE, "FFKERN_GEMM_KERNEL", &["auto", "mma", "pingpong"])
 }
 
 /// A TMA tensor map, passed to a kernel by value (`__grid_constant__ CUtensorMap`).
@@ -205,7 +205,7 @@ pub fn gemm<T: CudaElem>(
     if splits > 1 {
         return gemm_split(rt, desc, &p, vec, kc, splits, a, b, bias, r, c, z);
     }
-    let choice = kernel_choice();
+    let choice = kernel_choice()?;
     let wgmma = dtype != DType::F32 && vec && desc.inner_c == 1 && desc.k > 0 && rt.is_sm90a() && choice != "mma";
     let pingpong = choice == "pingpong";
     // The wgmma kernel's tile rows: a shared 128-row tile, or one warpgroup's 64 (ping-pong).

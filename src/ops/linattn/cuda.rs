@@ -83,15 +83,15 @@ fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
 
 /// Whether `FFKERN_LINATTN_KERNEL=simt` asks for the f32-FMA chunk kernels (to compare them with
 /// their tensor-core twins).
-fn simt_forced() -> bool {
-    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CHOICE.get_or_init(|| std::env::var("FFKERN_LINATTN_KERNEL").is_ok_and(|k| k == "simt"))
+fn simt_forced() -> Result<bool> {
+    static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    Ok(crate::runtime::cuda::kernel_env(&CHOICE, "FFKERN_LINATTN_KERNEL", &["mma", "simt"])? == "simt")
 }
 
 /// A chunk kernel in T's dtype: its tensor-core twin `mma` (TF32 mma.sync for f16/bf16, 3xTF32 for
 /// f32) unless the f32-FMA kernel `simt` is forced.
 fn chunk_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
-    typed::<T>(if simt_forced() { simt } else { mma })
+    typed::<T>(if simt_forced()? { simt } else { mma })
 }
 
 /// The fused recurrent forward / decode step on the runtime's stream.
