@@ -125,7 +125,7 @@ fi
 bench() { # name, timeout, args...
     local name=$1 secs=$2; shift 2
     enough 20 "bench $name" || return 0
-    timeout "$(lim "$secs")" $B/ffkern bench "$@" --json > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err"
+    timeout "$(lim "$secs")" $B/ffkern bench "$@" --json --plot "$OUT/bench-$name.svg" > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err"
     log "bench $name: rc=$?"
 }
 if [ "${CUDA_BENCH:-1}" = 1 ]; then

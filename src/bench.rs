@@ -363,3 +363,95 @@ fn graph_rows<Be: Backend>(be: &Be, dtype: DType, g: &crate::ops::graph::Graph, 
     }
     Ok(out)
 }
+
+/// The records as an SVG bar chart (`ffkern bench --plot`): one row per record, the bar its
+/// fraction of the roofline, a tick where the baseline (cuBLAS, PyTorch, our own unfused form)
+/// would sit on the same scale, and the time and speed-up beside it. Plain SVG, no fonts needed.
+pub fn svg_chart(records: &[BenchRecord], title: &str) -> String {
+    use std::fmt::Write;
+    fn esc(s: &str) -> String {
+        s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    }
+    let label = |r: &BenchRecord| format!("{} {} {} {}", r.op, r.backend, r.dtype.name(), r.shape);
+    // Monospace at 12 px is about 7.3 px a character.
+    let label_w = records.iter().map(|r| label(r).chars().count()).max().unwrap_or(0) as f64 * 7.3 + 20.0;
+    let label_w = label_w.max(200.0);
+    const BAR_W: f64 = 360.0;
+    const ROW_H: f64 = 22.0;
+    const TOP: f64 = 48.0;
+    let width = label_w + BAR_W + 330.0;
+    let height = TOP + ROW_H * records.len() as f64 + 28.0;
+    let mut s = String::new();
+    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="monospace" font-size="12">"#);
+    let _ = writeln!(s, r#"<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="10" y="20" font-size="14">{}</text>"#, esc(title));
+    // Grid lines at 0, 25, 50, 75 and 100 % of the roofline.
+    for q in 0..=4 {
+        let x = label_w + BAR_W * q as f64 / 4.0;
+        let _ = writeln!(s, r##"<line x1="{x}" y1="{}" x2="{x}" y2="{}" stroke="#ccc"/>"##, TOP - 6.0, height - 22.0);
+        let _ = writeln!(s, r##"<text x="{x}" y="{}" text-anchor="middle" fill="#666">{}%</text>"##, TOP - 10.0, q * 25);
+    }
+    for (i, r) in records.iter().enumerate() {
+        let y = TOP + ROW_H * i as f64;
+        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, label_w - 8.0, y + 15.0, esc(&label(r)));
+        let frac = r.roofline_fraction.unwrap_or(0.0);
+        let w = BAR_W * frac.clamp(0.0, 1.0);
+        let _ = writeln!(s, r##"<rect x="{label_w}" y="{}" width="{w:.1}" height="{}" fill="#4a78b5"/>"##, y + 4.0, ROW_H - 8.0);
+        let mut note = format!("{:.3} ms", r.median_s * 1e3);
+        if r.roofline_fraction.is_some() {
+            let _ = write!(note, ", {:.0}%", frac * 100.0);
+        }
+        if let (Some(name), Some(b)) = (&r.baseline, r.baseline_s) {
+            // The baseline's fraction on the same roofline: it did the same work in b seconds.
+            let bx = label_w + BAR_W * (frac * r.median_s / b).clamp(0.0, 1.0);
+            let _ = writeln!(s, r##"<line x1="{bx:.1}" y1="{}" x2="{bx:.1}" y2="{}" stroke="#d0312d" stroke-width="3"/>"##, y + 2.0, y + ROW_H - 2.0);
+            let _ = write!(note, "; {name} {:.3} ms", b * 1e3);
+        }
+        let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, label_w + BAR_W + 8.0, y + 15.0, esc(&note));
+    }
+    let _ = writeln!(
+        s,
+        r##"<text x="10" y="{}" fill="#666">bar: fraction of the roofline (measured matmul rate, copy bandwidth); red tick: the baseline on the same scale</text>"##,
+        height - 8.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(op: &str, median_s: f64, frac: Option<f64>, baseline_s: Option<f64>) -> BenchRecord {
+        BenchRecord {
+            op: op.into(),
+            backend: "cuda".into(),
+            dtype: DType::BF16,
+            shape: "4096<x>&4096".into(),
+            median_s,
+            flops: 1e12,
+            bytes: 0.0,
+            reps: 3,
+            roofline_fraction: frac,
+            baseline: baseline_s.map(|_| "cuBLAS".into()),
+            baseline_s,
+        }
+    }
+
+    #[test]
+    fn svg_chart_draws_one_bar_per_record_and_the_baseline_ticks() {
+        let recs = [rec("gemm", 2e-3, Some(0.5), Some(1e-3)), rec("spmm", 4e-3, None, None)];
+        let svg = svg_chart(&recs, "bench & more");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        // Background plus one bar per record; the second record has no roofline: a zero bar.
+        assert_eq!(svg.matches("<rect").count(), 3);
+        assert!(svg.contains(r#"width="180.0""#), "half the bar width for a 50 % fraction");
+        assert!(svg.contains(r#"width="0.0""#));
+        // The baseline took half the time: its tick sits at 100 %, the label column (27
+        // characters: 27 · 7.3 + 20) plus the bar width.
+        assert!(svg.contains(r#"x1="577.1""#));
+        assert!(svg.contains("2.000 ms, 50%; cuBLAS 1.000 ms"));
+        assert!(svg.contains("bench &amp; more") && svg.contains("4096&lt;x&gt;&amp;4096"));
+        assert!(!svg.contains("4096<x>"));
+    }
+}

@@ -62,6 +62,10 @@ enum Cmd {
         seq: Vec<usize>,
         #[arg(long)]
         json: bool,
+        /// Also write the results as an SVG bar chart (fraction of the roofline per case, the
+        /// baseline beside it) to this file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<std::path::PathBuf>,
     },
     /// Runs one op on tensors from a safetensors file and writes the result to another.
     Run(RunArgs),
@@ -353,7 +357,7 @@ fn main() -> ExitCode {
         Cmd::Info => info(),
         Cmd::List { json } => list(json),
         Cmd::Check { op, backend, dtype, json } => run_check(op, backend, dtype, json),
-        Cmd::Bench { op, backend, dtype, reps, quick, full, seq, json } => run_bench(op, backend, dtype, reps, quick, full, &seq, json),
+        Cmd::Bench { op, backend, dtype, reps, quick, full, seq, json, plot } => run_bench(op, backend, dtype, reps, quick, full, &seq, json, plot),
         Cmd::Run(args) => run_op(args.op),
     };
     match r {
@@ -510,7 +514,7 @@ fn bench_json(r: &BenchRecord) -> serde_json::Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>, reps: usize, quick: bool, full: bool, seqs: &[usize], as_json: bool) -> Result<ExitCode> {
+fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>, reps: usize, quick: bool, full: bool, seqs: &[usize], as_json: bool, plot: Option<std::path::PathBuf>) -> Result<ExitCode> {
     let ops = ops_from(op)?;
     let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
     let small = quick || (dev.is_cpu_like() && !full);
@@ -607,6 +611,11 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         }
     }
     bench::fill_roofline(&mut records);
+    if let Some(path) = &plot {
+        let title = format!("ffkern bench on {}", dev.name());
+        std::fs::write(path, bench::svg_chart(&records, &title)).map_err(|e| Error::Io { context: format!("writing {}", path.display()), source: e })?;
+        eprintln!("chart written to {}", path.display());
+    }
     if as_json {
         let v: Vec<_> = records.iter().map(bench_json).collect();
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
