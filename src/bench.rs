@@ -279,9 +279,10 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     let g = Graph::random_uniform(n, e, 11)?;
     let dg = DeviceGraph::upload(be, &g)?;
     let r = |len: usize, s: u64| be.upload(&crate::HostTensor::random(dtype, vec![len], s));
-    let (x, m) = (r(n * dim, 1)?, r(e * dim, 2)?);
+    let (xs, ms) = (rotating(be, dtype, n * dim, 1)?, rotating(be, dtype, e * dim, 2)?);
+    let (x, m) = (&xs[0], &ms[0]);
     let shape = format!("N{n} E{e} D{dim}");
-    let mut out = graph_rows(be, dtype, &g, &dg, &x, &m, dim, true, reps)?;
+    let mut out = graph_rows(be, dtype, &g, &dg, &xs, &ms, dim, true, reps)?;
     // The skewed graph: a million edges over 200,000 nodes at D 128 (peers.py's shape).
     // An adapter whose buffers cannot hold it skips these rows, with a note.
     if !small {
@@ -289,8 +290,8 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
         let rows = (|| {
             let g = Graph::random_uniform(n, e, 13)?;
             let dg = DeviceGraph::upload(be, &g)?;
-            let (x, m) = (r(n * dim, 9)?, r(e * dim, 10)?);
-            graph_rows(be, dtype, &g, &dg, &x, &m, dim, false, reps)
+            let (xs, ms) = (rotating(be, dtype, n * dim, 9)?, rotating(be, dtype, e * dim, 10)?);
+            graph_rows(be, dtype, &g, &dg, &xs, &ms, dim, false, reps)
         })();
         match rows {
             Ok(rows) => out.extend(rows),
@@ -301,8 +302,8 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     let gt = DeviceGraph::upload(be, &g.transposed())?;
     let mlp = EdgeMlp { edge_dim: dim, node_dim: dim, out_dim: dim, act: Activation::Silu };
     let w = EdgeMlpWeights { w_e: r(dim * dim, 3)?, w_s: r(dim * dim, 4)?, w_d: r(dim * dim, 5)?, b: r(dim, 6)? };
-    let t_fused = timed(be, reps, &mut || mlp.forward(be, &dg, &m, &x, &w).map(|_| ()))?;
-    let t_unfused = timed(be, reps, &mut || mlp.forward_as(EdgeMlpForm::Materialized, be, &dg, &gt, &m, &x, &w).map(|_| ()))?;
+    let t_fused = timed(be, reps, &mut || mlp.forward(be, &dg, m, x, &w).map(|_| ()))?;
+    let t_unfused = timed(be, reps, &mut || mlp.forward_as(EdgeMlpForm::Materialized, be, &dg, &gt, m, x, &w).map(|_| ()))?;
     let mut rec = record("graph", be.name(), dtype, format!("edge_mlp_sum {shape}"), t_fused, 2.0 * (e + 2 * n) as f64 * (dim * dim) as f64, 0.0, reps);
     rec.baseline = Some("ffkern gather + [E, 3D]·W GEMMs".into());
     rec.baseline_s = Some(t_unfused);
@@ -329,22 +330,40 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     Ok(out)
 }
 
+/// Bytes of input copies that a bench cycles through so that its repeats read from device memory,
+/// not from a cache warmed by the repeat before (more than any GPU's L2).
+const ROTATE_BYTES: usize = 256 << 20;
+
+/// Seeded random inputs of `len` elements: one copy, or as many as fit ROTATE_BYTES (at most 16)
+/// for a bench to cycle through ([`pick`]).
+fn rotating<Be: Backend>(be: &Be, dtype: DType, len: usize, seed: u64) -> Result<Vec<Be::Buf>> {
+    let copies = (ROTATE_BYTES / (len * dtype.size()).max(1)).clamp(1, 16);
+    (0..copies).map(|i| be.upload(&crate::HostTensor::random(dtype, vec![len], seed + 1000 * i as u64))).collect()
+}
+
+/// The next of `bufs` for a repeat (`k` counts the repeats).
+fn pick<'a, B>(bufs: &'a [B], k: &mut usize) -> &'a B {
+    *k += 1;
+    &bufs[*k % bufs.len()]
+}
+
 /// spmm, segment_sum (and gather) over the uniform graph `g`, then spmm and segment_sum over a
-/// power-law graph with the same N and E against them. GB/s counts every gathered row as read,
-/// as peers.py does.
+/// power-law graph with the same N and E against them, each repeat on the next copy of its input
+/// ([`rotating`]). GB/s counts every gathered row as read, as peers.py does.
 #[allow(clippy::too_many_arguments)]
-fn graph_rows<Be: Backend>(be: &Be, dtype: DType, g: &crate::ops::graph::Graph, dg: &crate::ops::graph::DeviceGraph<Be::Buf>, x: &Be::Buf, m: &Be::Buf, dim: usize, gather: bool, reps: usize) -> Result<Vec<BenchRecord>> {
+fn graph_rows<Be: Backend>(be: &Be, dtype: DType, g: &crate::ops::graph::Graph, dg: &crate::ops::graph::DeviceGraph<Be::Buf>, xs: &[Be::Buf], ms: &[Be::Buf], dim: usize, gather: bool, reps: usize) -> Result<Vec<BenchRecord>> {
     use crate::ops::graph::{self, DeviceGraph, Graph, Reduce};
     let (n, e) = (g.num_nodes, g.num_edges());
     let bytes = ((e + n) * dim) as f64 * dtype.size() as f64;
     let shape = format!("N{n} E{e} D{dim}");
     let mut out = Vec::new();
-    let t_spmm = timed(be, reps, &mut || graph::spmm(be, dg, x, None, dim).map(|_| ()))?;
+    let mut k = 0;
+    let t_spmm = timed(be, reps, &mut || graph::spmm(be, dg, pick(xs, &mut k), None, dim).map(|_| ()))?;
     out.push(record("graph", be.name(), dtype, format!("spmm {shape}"), t_spmm, 0.0, bytes, reps));
-    let t_sum = timed(be, reps, &mut || graph::segment_reduce(be, dg, m, dim, Reduce::Sum).map(|_| ()))?;
+    let t_sum = timed(be, reps, &mut || graph::segment_reduce(be, dg, pick(ms, &mut k), dim, Reduce::Sum).map(|_| ()))?;
     out.push(record("graph", be.name(), dtype, format!("segment_sum {shape}"), t_sum, 0.0, bytes, reps));
     if gather {
-        let t = timed(be, reps, &mut || graph::gather_rows(be, dg, x, dim).map(|_| ()))?;
+        let t = timed(be, reps, &mut || graph::gather_rows(be, dg, pick(xs, &mut k), dim).map(|_| ()))?;
         out.push(record("graph", be.name(), dtype, format!("gather {shape}"), t, 0.0, bytes, reps));
     }
     // The same N and E with power-law in-degrees (a hub of ~E/ln N edges), against the uniform graph.
@@ -353,8 +372,8 @@ fn graph_rows<Be: Backend>(be: &Be, dtype: DType, g: &crate::ops::graph::Graph, 
     let dgp = DeviceGraph::upload(be, &gp)?;
     for (kind, t_uniform) in [("spmm", t_spmm), ("segment_sum", t_sum)] {
         let t = timed(be, reps, &mut || match kind {
-            "spmm" => graph::spmm(be, &dgp, x, None, dim).map(|_| ()),
-            _ => graph::segment_reduce(be, &dgp, m, dim, Reduce::Sum).map(|_| ()),
+            "spmm" => graph::spmm(be, &dgp, pick(xs, &mut k), None, dim).map(|_| ()),
+            _ => graph::segment_reduce(be, &dgp, pick(ms, &mut k), dim, Reduce::Sum).map(|_| ()),
         })?;
         let mut rec = record("graph", be.name(), dtype, format!("{kind} {shape} power law (hub {hub})"), t, 0.0, bytes, reps);
         rec.baseline = Some("ffkern, uniform in-degree".into());
