@@ -340,6 +340,112 @@ __device__ __forceinline__ void chunk_sweep_impl(const T* __restrict__ qk, const
     move_outer<MMA, true>(acc, zacc, state, z, nh, i0, j0, p);
 }
 
+// The same two sweeps on 16-bit tensor cores (FFKERN_LINATTN_KERNEL=mma16), for f16/bf16 inputs
+// whose products are exact in their own type: φ identity or relu, and (REVERSE) do with den = 1
+// (normalize none) — the launcher checks, and K and V multiples of 8. Why it is fast: each
+// chunk's 64×64 X and Y tiles arrive by 16-byte cp.async, zero-filled past the chunk, while the
+// chunk before multiplies (two stages), and m16n8k16 takes the operands as stored through
+// ldmatrix.trans, so one mma does the work of four TF32 ones and nothing is converted. Same warp
+// tiling and accumulator layout as chunk_outer's MMA form, so move_outer stores the states. The
+// forward's Σ k̃ (z) is a column sum of the staged tile; the reverse's Σ q̃·dd is 0 (dd = 0).
+constexpr uint32_t SW_LDS = 72;  // padded 144-byte rows: an ldmatrix phase's 8 rows hit distinct banks
+
+// relu of both 16-bit halves of a fragment register (sign bit set → 0; fmaxf(NaN, 0) is 0 too).
+__device__ __forceinline__ uint32_t relu2(uint32_t x) {
+    const uint32_t neg = (x >> 15) & 0x00010001u;
+    return x & ~(neg * 0xFFFFu);
+}
+
+template <typename T, bool REVERSE>
+__device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, const T* __restrict__ vo, float* __restrict__ state, float* __restrict__ z,
+                                                   const uint32_t* __restrict__ table, float* __restrict__ hs, float* __restrict__ zs, const LinAttnParams& p) {
+    __shared__ __align__(16) T xs[2][64 * SW_LDS], ys[2][64 * SW_LDS];
+    const uint32_t nh = blockIdx.y + blockIdx.z * gridDim.y;
+    if (nh >= p.batch * p.heads) return;
+    const uint32_t lid = threadIdx.x, lane = lid & 31, warp = lid >> 5;
+    const uint32_t rw = 16 * (warp >> 1), cw = 32 * (warp & 1);
+    const uint32_t h = nh % p.heads, nc = table[0], nvt = (p.v + 63) / 64;
+    const uint32_t i0 = blockIdx.x / nvt * 64, j0 = blockIdx.x % nvt * 64;
+    const uint32_t c_lo = table[2 * nc + 2 + nh / p.heads], c_hi = table[2 * nc + 3 + nh / p.heads], count = c_hi - c_lo;
+    const bool relu = p.feature_map == 2;
+    const float scale = REVERSE ? p.scale : 1.0f;  // applied to each chunk's sums
+    // Thread (column lid / 4 of the tile, quarter lid % 4 of the rows) for the z column sums;
+    // z (and zs) move with the tiles of column 0, held by the threads of quarter 0.
+    const uint32_t zc = lid / 4, zq = lid % 4;
+    const bool zown = j0 == 0 && zq == 0 && i0 + zc < p.k;
+    float acc[4][4] = {}, zacc = 0.0f, unused = 0.0f;
+    move_outer<true, false>(acc, unused, state, nullptr, nh, i0, j0, p);
+    if (zown) zacc = z[(size_t)nh * p.k + i0 + zc];
+    const auto chunk = [&](uint32_t j) { return REVERSE ? c_hi - 1 - j : c_lo + j; };
+    // Chunk j's rows into stage st: 64 rows × 8 pieces of 16 bytes per operand, 2 pieces a thread.
+    const auto issue = [&](uint32_t j, uint32_t st) {
+        const uint32_t c = chunk(j), start = table[1 + c], len = table[2 + c] - start;
+#pragma unroll
+        for (uint32_t u = 0; u < 2; ++u) {
+            const uint32_t piece = lid + 256 * u, r = piece / 8, col = 8 * (piece % 8);
+            const size_t row = ((size_t)start + r) * p.heads + h;
+            const bool xin = r < len && i0 + col < p.k, yin = r < len && j0 + col < p.v;
+            mma::cp_async16(&xs[st][r * SW_LDS + col], xin ? qk + row * p.k + i0 + col : qk, xin ? 16 : 0);
+            mma::cp_async16(&ys[st][r * SW_LDS + col], yin ? vo + row * p.v + j0 + col : vo, yin ? 16 : 0);
+        }
+    };
+    if (count > 0) issue(0, 0);
+    mma::cp_async_commit();
+    for (uint32_t j = 0; j < count; ++j) {
+        const uint32_t st = j & 1, c = chunk(j);
+        if (j + 1 < count) issue(j + 1, st ^ 1);
+        mma::cp_async_commit();
+        // The running state is the state at this chunk's start (forward) or end (reverse).
+        const size_t slot = (size_t)c * p.heads + h;
+        move_outer<true, true>(acc, unused, hs, nullptr, slot, i0, j0, p);
+        if (zown) zs[slot * p.k + i0 + zc] = zacc;
+        mma::cp_async_wait<1>();
+        __syncthreads();
+        float part[4][4] = {};
+#pragma unroll
+        for (uint32_t kk = 0; kk < 64; kk += 16) {
+            // A = X tileᵀ (rows i, k = chunk rows) from X stored [r][i]: matrices (k 0–7 | 8–15) ×
+            // (i 0–7 | 8–15), lane l addressing row l % 8 of matrix l / 8.
+            const uint32_t m = lane / 8, r8 = lane % 8;
+            uint32_t a[4];
+            mma::ldmatrix_x4_trans(a, &xs[st][(kk + r8 + 8 * (m / 2)) * SW_LDS + rw + 8 * (m % 2)]);
+            if (relu) {
+#pragma unroll
+                for (int q = 0; q < 4; ++q) a[q] = relu2(a[q]);
+            }
+#pragma unroll
+            for (uint32_t np = 0; np < 2; ++np) {
+                // B = Y rows (k) × 16 columns from Y stored [r][j]: (k 0–7, n-tile 0), (k 8–15,
+                // n-tile 0), (k 0–7, n-tile 1), (k 8–15, n-tile 1).
+                uint32_t b[4];
+                mma::ldmatrix_x4_trans(b, &ys[st][(kk + r8 + 8 * (m % 2)) * SW_LDS + cw + 16 * np + 8 * (m / 2)]);
+                mma::mma16816<T>(part[2 * np], a, b[0], b[1]);
+                mma::mma16816<T>(part[2 * np + 1], a, b[2], b[3]);
+            }
+        }
+        if (!REVERSE && j0 == 0) {
+            // Σ_r φ(k)[r][i0 + zc]: 16 rows a thread, then the four quarters in a fixed order.
+            float zp = 0.0f;
+#pragma unroll 4
+            for (uint32_t r = 16 * zq; r < 16 * zq + 16; ++r) {
+                const float x = to_f32(xs[st][r * SW_LDS + zc]);
+                zp += relu ? fmaxf(x, 0.0f) : x;
+            }
+            zp += __shfl_xor_sync(0xffffffffu, zp, 1);
+            zp += __shfl_xor_sync(0xffffffffu, zp, 2);
+            zacc += zp;
+        }
+#pragma unroll
+        for (int mm = 0; mm < 4; ++mm)
+#pragma unroll
+            for (int cc = 0; cc < 4; ++cc) acc[mm][cc] += scale * part[mm][cc];
+        __syncthreads();  // this stage is refilled by the next iteration's issue
+    }
+    mma::cp_async_wait<0>();
+    move_outer<true, true>(acc, unused, state, nullptr, nh, i0, j0, p);
+    if (zown) z[(size_t)nh * p.k + i0 + zc] = zacc;
+}
+
 // chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start state S_c,
 // z_c. One pass over slabs of 16 of K accumulates the masked scores A = Q̃·K̃ᵀ and the S_c term
 // for the block's 64 value columns, so the scores are computed once per 64 columns; then A·V, 16
@@ -1206,6 +1312,21 @@ extern "C" __global__ void __launch_bounds__(256)
 LINATTN_ENTRIES(f32, float, 1)
 LINATTN_ENTRIES(f16, __half, 2)
 LINATTN_ENTRIES(bf16, __nv_bfloat16, 2)
+
+// The 16-bit sweeps, with the parameter lists of linattn_chunk_states / linattn_chunk_grad_states
+// (dendd unused: they run with normalize none only).
+#define LINATTN_SWEEP16_ENTRIES(SUFFIX, T)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_states_mma16_##SUFFIX(                              \
+        const T* k, const T* v, float* state, float* z, const uint32_t* table, float* hs, float* zs, LinAttnParams p) {     \
+        chunk_sweep16_impl<T, false>(k, v, state, z, table, hs, zs, p);                                                     \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_grad_states_mma16_##SUFFIX(                         \
+        const T* q, const T* d_o, const float* dendd, float* d_state, float* d_z, const uint32_t* table, float* gs,        \
+        float* gzs, LinAttnParams p) {                                                                                     \
+        chunk_sweep16_impl<T, true>(q, d_o, d_state, d_z, table, gs, gzs, p);                                              \
+    }
+LINATTN_SWEEP16_ENTRIES(f16, __half)
+LINATTN_SWEEP16_ENTRIES(bf16, __nv_bfloat16)
 LINATTN_MMA_ENTRIES(f32, float)
 LINATTN_MMA_ENTRIES(f16, __half)
 LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)

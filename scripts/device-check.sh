@@ -7,8 +7,9 @@
 #   into .device/ (git-ignored); then run on the GPU machine, carrying .device:
 #   bash scripts/device-check.sh            (writes $OUT/device-check.tgz and $OUT/summary.txt, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
-# PINGPONG_OPS (FFN families timed on the ping-pong GEMM; empty skips),
-# WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, LINATTN_SIMT=0, PEERS=0 (PEERS_ONLY=gemm,... picks
+# PINGPONG_OPS (FFN families timed on the ping-pong GEMM; empty skips), LINATTN_KERNELS
+# (FFKERN_LINATTN_KERNEL choices tested and timed beside the default; empty skips),
+# WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0 (PEERS_ONLY=gemm,... picks
 # parts), NCU=1, PROFILE=0 / PROFILE_OPS, DETAIL=0, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
 set -u
 shopt -s nullglob
@@ -97,12 +98,12 @@ for k in ${KERNELS-auto mma pingpong}; do
     FFKERN_GEMM_KERNEL=$k timeout "$(lim 120)" $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1 &
     pids+=($!)
 done
-# The linear-attention chunk kernels' f32-FMA twins (FFKERN_LINATTN_KERNEL=simt) beside the TF32
-# tensor-core default.
-if [ "${LINATTN_SIMT:-1}" = 1 ]; then
-    FFKERN_LINATTN_KERNEL=simt FFKERN_REQUIRE=cuda timeout "$(lim 180)" $B/tests/linattn > "$OUT/test-linattn-simt.log" 2>&1 &
+# The linear-attention kernel choices beside the TF32 tensor-core default: the f32-FMA twins
+# (FFKERN_LINATTN_KERNEL=simt) and the 16-bit state sweeps (mma16).
+for lk in ${LINATTN_KERNELS-simt mma16}; do
+    FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda timeout "$(lim 180)" $B/tests/linattn > "$OUT/test-linattn-$lk.log" 2>&1 &
     pids+=($!)
-fi
+done
 for p in "${pids[@]}"; do wait "$p"; done
 for f in "$OUT"/test-*.log; do
     log "$(basename "$f" .log): $(grep -E '^test result' "$f" | tr '\n' ' ')"
@@ -137,7 +138,9 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
     for op in ${PINGPONG_OPS-repavit structured}; do
         FFKERN_GEMM_KERNEL=pingpong bench "cuda-$op-pingpong" 90 --backend cuda --op "$op" --dtype bf16 --reps 20
     done
-    [ "${LINATTN_SIMT:-1}" = 1 ] && FFKERN_LINATTN_KERNEL=simt bench cuda-linear_attn-simt 60 --backend cuda --op linear_attn --reps 10
+    for lk in ${LINATTN_KERNELS-simt mma16}; do
+        FFKERN_LINATTN_KERNEL=$lk bench "cuda-linear_attn-$lk" 60 --backend cuda --op linear_attn --reps 10
+    done
 fi
 if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then
     if ls $D/whl/*.whl > /dev/null 2>&1; then

@@ -427,73 +427,92 @@ fn decode_serves_more_sequences_than_one_grid_dimension() {
     }
 }
 
+/// One fixed-length case of the one-pass chunked forms: the forward's output and final state and
+/// the backward's gradients against the reference, on every backend.
+#[allow(clippy::too_many_arguments)]
+fn one_pass_case(b: usize, h: usize, k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype: DType, seed: u64) {
+    use ffkern::ops::linattn::{CHUNK, FUSED_STATES_MIN_BLOCKS};
+    assert!(b * h >= FUSED_STATES_MIN_BLOCKS, "the case must take the one-pass form");
+    let t = 2 * CHUNK + 3;
+    let d = desc(b, t, h, k, v, fm, n);
+    let (q, kk, vv, s0, z0) = inputs(&d, dtype, seed);
+    let d_o = HostTensor::random(dtype, vec![d.vo_len()], seed + 10);
+    // A prefix (count0) for Count mode.
+    let count0 = if n == Normalize::Count { 5 } else { 0 };
+    let (o_ref, s_ref, z_ref) = cpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), count0);
+    let starts: Vec<usize> = (0..=b).map(|x| x * t).collect();
+    let (d_s, d_z) = (HostTensor::random(DType::F32, vec![d.state_len()], seed + 40), HostTensor::random(DType::F32, vec![d.z_len()], seed + 50));
+    let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [Some(&d_s.data), Some(&d_z.data)], count0);
+    for dev in devices_and_cpu() {
+        let what = format!("{} {dtype} B{b} T{t} H{h} K{k} V{v} {fm:?} {n:?} one-pass chunked", dev.name());
+        with_backend!(dev, be => {
+            let up = |x: &HostTensor| be.upload(x).expect("upload");
+            let down = |x: &_| be.download(x).expect("download").data;
+            let (qb, kb, vb) = (up(&q), up(&kk), up(&vv));
+            let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(dtype, d.vo_len()).expect("o"));
+            d.chunk(be, &qb, &kb, &vb, &mut s, &mut z, count0 as u32, &mut o).expect("chunk");
+            assert_close(&format!("{what} o"), &down(&o), &o_ref, dtype);
+            assert_close(&format!("{what} final S"), &down(&s), &s_ref, DType::F32);
+            assert_close(&format!("{what} final z"), &down(&z), &z_ref, DType::F32);
+            let (dsb, dzb) = (up(&d_s), up(&d_z));
+            let g = d.chunk_backward(be, &qb, &kb, &vb, &o, &up(&d_o), &up(&s0), &up(&z0), [Some(&dsb), Some(&dzb)], count0 as u32).expect("chunk backward");
+            assert_close(&format!("{what} dq"), &down(&g.dq), &g_ref.dq, dtype);
+            assert_close(&format!("{what} dk"), &down(&g.dk), &g_ref.dk, dtype);
+            assert_close(&format!("{what} dv"), &down(&g.dv), &g_ref.dv, dtype);
+            assert_close(&format!("{what} dS0"), &down(&g.d_state), &g_ref.ds0, DType::F32);
+            if n != Normalize::Count {
+                // dz0 reads the forward's output o, stored in the inputs' dtype.
+                assert_close(&format!("{what} dz0"), &down(&g.d_z), &g_ref.dz0, dtype);
+            }
+        });
+    }
+}
+
 /// Enough sequences·heads that the chunked forms carry each state through its sequence's chunks
-/// in one pass (`FUSED_STATES_MIN_BLOCKS`): the forward's output and final state and the
-/// backward's gradients against the reference, fixed-length and packed (with empty sequences).
+/// in one pass (`FUSED_STATES_MIN_BLOCKS`): fixed-length and packed (with empty sequences).
 #[test]
 fn chunked_forms_carry_many_sequences_in_one_pass() {
+    let (k, v) = (16usize, 20usize);
+    one_pass_case(64, 4, k, v, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 }, DType::F32, 700);
+    one_pass_case(64, 4, k, v, FeatureMap::Relu, Normalize::Count, DType::BF16, 701);
+    packed_one_pass_case(k, v, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 }, DType::F32, 720);
+}
+
+/// The one-pass chunked forward over 256 packed sequences of lengths 0 .. 2·CHUNK + 2 (one head).
+fn packed_one_pass_case(k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype: DType, seed: u64) {
     use ffkern::ops::linattn::{CHUNK, FUSED_STATES_MIN_BLOCKS};
-    let (b, h, k, v) = (64usize, 4usize, 16usize, 20usize);
-    assert!(b * h >= FUSED_STATES_MIN_BLOCKS, "the case must take the one-pass form");
-    for dev in devices_and_cpu() {
-        for (j, (fm, n)) in [(FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 }), (FeatureMap::Relu, Normalize::Count)].into_iter().enumerate() {
-            let dtype = [DType::F32, DType::BF16][j];
-            let t = 2 * CHUNK + 3;
-            let d = desc(b, t, h, k, v, fm, n);
-            let (q, kk, vv, s0, z0) = inputs(&d, dtype, 700 + j as u64);
-            let d_o = HostTensor::random(dtype, vec![d.vo_len()], 710 + j as u64);
-            // A prefix (count0) for Count mode.
-            let count0 = if n == Normalize::Count { 5 } else { 0 };
-            let (o_ref, s_ref, z_ref) = cpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), count0);
-            let starts: Vec<usize> = (0..=b).map(|x| x * t).collect();
-            let (d_s, d_z) = (HostTensor::random(DType::F32, vec![d.state_len()], 740), HostTensor::random(DType::F32, vec![d.z_len()], 750));
-            let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [Some(&d_s.data), Some(&d_z.data)], count0);
-            let what = format!("{} {dtype} B{b} T{t} H{h} {fm:?} {n:?} one-pass chunked", dev.name());
-            with_backend!(dev, be => {
-                let up = |x: &HostTensor| be.upload(x).expect("upload");
-                let down = |x: &_| be.download(x).expect("download").data;
-                let (qb, kb, vb) = (up(&q), up(&kk), up(&vv));
-                let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(dtype, d.vo_len()).expect("o"));
-                d.chunk(be, &qb, &kb, &vb, &mut s, &mut z, count0 as u32, &mut o).expect("chunk");
-                assert_close(&format!("{what} o"), &down(&o), &o_ref, dtype);
-                assert_close(&format!("{what} final S"), &down(&s), &s_ref, DType::F32);
-                assert_close(&format!("{what} final z"), &down(&z), &z_ref, DType::F32);
-                let (dsb, dzb) = (up(&d_s), up(&d_z));
-                let g = d.chunk_backward(be, &qb, &kb, &vb, &o, &up(&d_o), &up(&s0), &up(&z0), [Some(&dsb), Some(&dzb)], count0 as u32).expect("chunk backward");
-                assert_close(&format!("{what} dq"), &down(&g.dq), &g_ref.dq, dtype);
-                assert_close(&format!("{what} dk"), &down(&g.dk), &g_ref.dk, dtype);
-                assert_close(&format!("{what} dv"), &down(&g.dv), &g_ref.dv, dtype);
-                assert_close(&format!("{what} dS0"), &down(&g.d_state), &g_ref.ds0, DType::F32);
-                if n != Normalize::Count {
-                    // dz0 reads the forward's output o, stored in the inputs' dtype.
-                    assert_close(&format!("{what} dz0"), &down(&g.d_z), &g_ref.dz0, dtype);
-                }
-            });
-        }
-    }
-    // Packed: 256 sequences of lengths 0 .. 2·CHUNK + 2 over one head.
     let lens: Vec<u32> = (0..FUSED_STATES_MIN_BLOCKS as u32).map(|i| (i * 37) % (2 * CHUNK as u32 + 3)).collect();
     let cu: Vec<u32> = std::iter::once(0).chain(lens.iter().scan(0, |acc, l| {
         *acc += l;
         Some(*acc)
     })).collect();
     let total = *cu.last().expect("cu") as usize;
-    let d = desc(1, total, 1, k, v, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
-    let seqs = desc(lens.len(), 1, 1, k, v, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
-    let (q, kk, vv, _, _) = inputs(&d, DType::F32, 720);
-    let (_, _, _, s0, z0) = inputs(&seqs, DType::F32, 730);
+    let d = desc(1, total, 1, k, v, fm, n);
+    let seqs = desc(lens.len(), 1, 1, k, v, fm, n);
+    let (q, kk, vv, _, _) = inputs(&d, dtype, seed);
+    let (_, _, _, s0, z0) = inputs(&seqs, dtype, seed + 10);
     let starts: Vec<usize> = cu.iter().map(|&c| c as usize).collect();
     let (o_ref, s_ref, _) = cpu::forward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
     for dev in devices_and_cpu() {
         with_backend!(dev, be => {
             let up = |x: &HostTensor| be.upload(x).expect("upload");
-            let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(DType::F32, d.vo_len()).expect("o"));
+            let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(dtype, d.vo_len()).expect("o"));
             d.chunk_varlen(be, &up(&q), &up(&kk), &up(&vv), &cu, &mut s, &mut z, &mut o).expect("chunk varlen");
-            let what = format!("{} packed one-pass chunked", dev.name());
-            assert_close(&format!("{what} o"), &be.download(&o).expect("o").data, &o_ref, DType::F32);
+            let what = format!("{} {dtype} {fm:?} {n:?} packed one-pass chunked", dev.name());
+            assert_close(&format!("{what} o"), &be.download(&o).expect("o").data, &o_ref, dtype);
             assert_close(&format!("{what} final S"), &be.download(&s).expect("s").data, &s_ref, DType::F32);
         });
     }
+}
+
+/// The cases the CUDA 16-bit state sweeps take (`FFKERN_LINATTN_KERNEL=mma16`: f16/bf16 with φ
+/// identity or relu, normalize none, K and V multiples of 8; V 24 leaves most of a 64-column
+/// tile empty); on every other backend the same cases through the default kernels.
+#[test]
+fn sixteen_bit_state_sweeps_match_the_reference() {
+    one_pass_case(64, 4, 32, 24, FeatureMap::Identity, Normalize::None, DType::F16, 760);
+    one_pass_case(64, 4, 32, 24, FeatureMap::Relu, Normalize::None, DType::BF16, 770);
+    packed_one_pass_case(16, 24, FeatureMap::Identity, Normalize::None, DType::BF16, 780);
 }
 
 /// The chunked forms' device memory is linear in T (no T×T matrix, one state per chunk): of the

@@ -56,6 +56,10 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_grad_states_mma_f32",
     "linattn_chunk_grad_states_mma_f16",
     "linattn_chunk_grad_states_mma_bf16",
+    "linattn_chunk_states_mma16_f16",
+    "linattn_chunk_states_mma16_bf16",
+    "linattn_chunk_grad_states_mma16_f16",
+    "linattn_chunk_grad_states_mma16_bf16",
     "linattn_chunk_state_mma_f32",
     "linattn_chunk_state_mma_f16",
     "linattn_chunk_state_mma_bf16",
@@ -81,17 +85,33 @@ fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
     kernel_name::<T>(KERNELS, base)
 }
 
-/// Whether `FFKERN_LINATTN_KERNEL=simt` asks for the f32-FMA chunk kernels (to compare them with
-/// their tensor-core twins).
-fn simt_forced() -> Result<bool> {
+/// `FFKERN_LINATTN_KERNEL`: `mma` (default: the TF32 tensor-core chunk kernels), `simt` (their
+/// f32-FMA twins, to compare) or `mma16` (as `mma`, with the two state sweeps on 16-bit tensor
+/// cores where [`sweep16`] allows).
+fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    Ok(crate::runtime::cuda::kernel_env(&CHOICE, "FFKERN_LINATTN_KERNEL", &["mma", "simt"])? == "simt")
+    crate::runtime::cuda::kernel_env(&CHOICE, "FFKERN_LINATTN_KERNEL", &["mma", "simt", "mma16"])
 }
 
 /// A chunk kernel in T's dtype: its tensor-core twin `mma` (TF32 mma.sync for f16/bf16, 3xTF32 for
 /// f32) unless the f32-FMA kernel `simt` is forced.
 fn chunk_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
-    typed::<T>(if simt_forced()? { simt } else { mma })
+    typed::<T>(if kernel_choice()? == "simt" { simt } else { mma })
+}
+
+/// Whether a state sweep over X (q or k, width K) and Y (v or do, width V) may take the 16-bit
+/// kernel (`linattn_chunk_[grad_]states_mma16`): asked for, f16/bf16 inputs whose products are
+/// exact in their own type (φ identity or relu; the reverse sweep's do/den only with den = 1),
+/// K and V multiples of 8 and both operands 16-byte aligned (whole 16-byte copies per row).
+fn sweep16<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, reverse: bool, x: &CudaView<T>, y: &CudaView<T>) -> Result<bool> {
+    Ok(kernel_choice()? == "mma16"
+        && T::DTYPE != crate::DType::F32
+        && (p.feature_map == 0 || p.feature_map == 2)
+        && (!reverse || p.normalize == 0)
+        && p.k % 8 == 0
+        && p.v % 8 == 0
+        && x.device_ptr(&rt.stream).0 % 16 == 0
+        && y.device_ptr(&rt.stream).0 % 16 == 0)
 }
 
 /// The fused recurrent forward / decode step on the runtime's stream.
@@ -226,12 +246,14 @@ pub fn chunk_states<T: CudaElem>(
     hs: &mut CudaViewMut<f32>,
     zs: &mut CudaViewMut<f32>,
 ) -> Result<()> {
-    let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_states", "linattn_chunk_states_mma")?, |_| Ok(()))?;
+    let name = if sweep16(rt, p, false, k, v)? { typed::<T>("linattn_chunk_states_mma16")? } else { chunk_kernel::<T>("linattn_chunk_states", "linattn_chunk_states_mma")? };
+    let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
     let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
     let [gx, gy, gz] = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
     let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: linattn_chunk_states[_mma]_<dtype>(k, v, state, z, starts, hs, zs, p) reads k [R·H·K],
-    // v [R·H·V] and the table [2·C + 1 + N + 1] (chunk bounds ending at R, each chunk ≤ 64 rows,
+    // SAFETY: linattn_chunk_states[_mma|_mma16]_<dtype>(k, v, state, z, starts, hs, zs, p) reads k
+    // [R·H·K], v [R·H·V] (mma16: whole 16-byte pieces of rows, K and V multiples of 8, checked by
+    // sweep16) and the table [2·C + 1 + N + 1] (chunk bounds ending at R, each chunk ≤ 64 rows,
     // positions, each sequence's chunk range); it reads and writes state [N·H·K·V] and z [N·H·K]
     // (each element by one thread) and writes hs [C·H·K·V], zs [C·H·K]; LinearAttention::chunk
     // sized every buffer.
@@ -314,13 +336,19 @@ pub fn chunk_grad_states<T: CudaElem>(
     d: [&mut CudaViewMut<f32>; 2],
     g: [&mut CudaViewMut<f32>; 2],
 ) -> Result<()> {
-    let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_grad_states", "linattn_chunk_grad_states_mma")?, |_| Ok(()))?;
+    let name = if sweep16(rt, p, true, q, d_o)? {
+        typed::<T>("linattn_chunk_grad_states_mma16")?
+    } else {
+        chunk_kernel::<T>("linattn_chunk_grad_states", "linattn_chunk_grad_states_mma")?
+    };
+    let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
     let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
     let [gx, gy, gz] = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
     let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let ([ds, dz], [gs, gzs]) = (d, g);
-    // SAFETY: linattn_chunk_grad_states[_mma]_<dtype>(q, do, dendd, d_state, d_z, table, gs, gzs, p)
-    // reads q [R·H·K], do [R·H·V], dendd [R·H·2] (Normalizer only) and the table [2·C + 1 + N + 2]
+    // SAFETY: linattn_chunk_grad_states[_mma|_mma16]_<dtype>(q, do, dendd, d_state, d_z, table, gs,
+    // gzs, p) reads q [R·H·K], do [R·H·V] (mma16: whole 16-byte pieces of rows, K and V multiples
+    // of 8, checked by sweep16), dendd [R·H·2] (Normalizer only) and the table [2·C + 1 + N + 2]
     // (C, chunk bounds ending at R, each chunk ≤ 64 rows, positions, each sequence's chunk range);
     // it reads and writes d_state [N·H·K·V] and d_z [N·H·K] (each element by one thread) and
     // writes gs [C·H·K·V], gzs [C·H·K]; LinearAttention::chunk_backward sized every buffer.
