@@ -1182,6 +1182,194 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
         }
 }
 
+// ---- The per-chunk products on 16-bit tensor cores (FFKERN_LINATTN_KERNEL=mma16): bf16 inputs,
+// φ identity or relu, normalize none (the forward output also Count), K and V multiples of 8 —
+// the launcher checks. Same four modes, operands and warp tiling as chunk_mma_impl. Why it is
+// fast: the chunk's q, k, v, do slabs arrive by 16-byte cp.async as stored (two stages: the next
+// slab lands while this one multiplies, and F's tile while phase 1 runs), m16n8k16 takes them
+// through ldmatrix with nothing converted, and one mma does the work of two TF32 ones. The f32
+// matrix term M (S_c, G_c) and the masked scores W are rounded to bf16 for their products (as
+// flash-linear-attention does); the scale goes in before the rounding: mode 0 stages scale·S_c
+// and scale·W, modes 1 and 3 scale W (their q̃ is a scores operand or F), mode 2 scales the
+// output as chunk_mma_impl does.
+constexpr uint32_t C16_LX = 40;  // X, Y slab rows: 32 + 8 padding (80 bytes: conflict-free ldmatrix)
+constexpr uint32_t C16_LM = 72;  // M slab, W and F rows: 64 + 8 padding (144 bytes)
+
+template <typename T, int MODE>
+__device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ d_o,
+                                             const uint32_t* __restrict__ bounds, const float* __restrict__ m, const float* __restrict__ zv,
+                                             T* __restrict__ out, const LinAttnParams& p) {
+    constexpr bool LOWER = MODE == 0 || MODE == 2;  // scores kept for s ≤ t (else s ≥ t)
+    constexpr bool OUT_K = MODE >= 2;               // output columns index K (else V)
+    constexpr uint32_t XW = MODE == 0 ? 0 : MODE == 1 ? 1 : MODE == 2 ? 3 : 2;  // 0 q, 1 k, 2 v, 3 do
+    constexpr uint32_t YW = MODE == 0 ? 1 : MODE == 1 ? 0 : MODE == 2 ? 2 : 3;
+    constexpr uint32_t FW = MODE == 0 ? 2 : MODE == 1 ? 3 : MODE == 2 ? 1 : 0;
+    // Phase 1: xs, ys [2 stages][64 rows][C16_LX], ms [2][32][C16_LM]; phase 2: ws [64][C16_LM]
+    // over xs; fs [64][C16_LM] throughout.
+    __shared__ __align__(16) T xs[2 * 64 * C16_LX], ys[2 * 64 * C16_LX], ms[2 * 32 * C16_LM], fs[64 * C16_LM];
+    static_assert(2 * 64 * C16_LX >= 64 * C16_LM, "W fits over the X stages");
+    T* ws = xs;
+    ChunkRow cr;
+    if (!chunk_of(cr, bounds, p)) return;
+    const uint32_t lid = threadIdx.x, lane = lid & 31, warp = lid >> 5, g = lane >> 2, tq = lane & 3;
+    const uint32_t mi = lane / 8, r8 = lane % 8;  // ldmatrix: lane addresses row r8 of matrix mi
+    const uint32_t rw = 16 * (warp >> 1), cw = 32 * (warp & 1), c0 = blockIdx.x * 64;
+    const uint32_t width = OUT_K ? p.k : p.v, r1 = MODE <= 1 ? p.k : p.v;
+    const bool relu = p.feature_map == 2;
+    const float mscale = MODE == 0 ? p.scale : 1.0f, wscale = MODE == 2 ? 1.0f : p.scale;
+    // A 16-byte piece of operand `which` (0 q, 1 k, 2 v, 3 do): chunk row r, columns col .. col + 7;
+    // zero past the chunk or the operand's width (a multiple of 8).
+    const auto piece = [&](T* dst, uint32_t which, uint32_t r, uint32_t col) {
+        const T* base = which == 0 ? q : which == 1 ? k : which == 2 ? v : d_o;
+        const uint32_t w = which < 2 ? p.k : p.v;
+        const bool in = r < cr.len && col < w;
+        mma::cp_async16(dst, in ? base + (((size_t)cr.start + r) * p.heads + cr.h) * w + col : base, in ? 16 : 0);
+    };
+    // relu of fragments that come from q or k.
+    const auto phi4 = [&](uint32_t (&f)[4], uint32_t which) {
+        if (relu && which < 2) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) f[i] = relu2(f[i]);
+        }
+    };
+    // F's [64][64] tile first (two pieces a thread): it lands while phase 1 runs.
+#pragma unroll
+    for (uint32_t u = 0; u < 2; ++u) {
+        const uint32_t pc = lid + 256 * u, r = pc / 8, col = 8 * (pc % 8);
+        piece(&fs[r * C16_LM + col], FW, r, c0 + col);
+    }
+    mma::cp_async_commit();
+    // A slab of 32 of the reduction width: X and Y rows (one piece each a thread) by cp.async; M's
+    // [32][64] f32 slab through registers (two float4 a thread), rounded to T into ms.
+    const auto issue_xy = [&](uint32_t r0, uint32_t st) {
+        const uint32_t r = lid / 4, col = 8 * (lid % 4);
+        piece(&xs[(st * 64 + r) * C16_LX + col], XW, r, r0 + col);
+        piece(&ys[(st * 64 + r) * C16_LX + col], YW, r, r0 + col);
+    };
+    float4 pm[2];
+    const auto fetch_m = [&](uint32_t r0) {
+#pragma unroll
+        for (uint32_t u = 0; u < 2; ++u) {
+            const uint32_t e = lid + 256 * u;
+            float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (!OUT_K) {
+                // M = S_c or G_c [K][V]: slab row r, columns 4·(e % 16) .. + 3.
+                const uint32_t r = e / 16, col = 4 * (e % 16);
+                if (r0 + r < r1 && c0 + col < width) x = *reinterpret_cast<const float4*>(m + ((size_t)cr.bh * p.k + r0 + r) * p.v + c0 + col);
+            } else {
+                // M = S_cᵀ or G_cᵀ: column e / 8 is state row c0 + e / 8, slab rows 4·(e % 8) .. + 3.
+                const uint32_t col = e / 8, r = 4 * (e % 8);
+                if (c0 + col < width && r0 + r < r1) x = *reinterpret_cast<const float4*>(m + ((size_t)cr.bh * p.k + c0 + col) * p.v + r0 + r);
+            }
+            pm[u] = x;
+        }
+    };
+    const auto store_m = [&](uint32_t st) {
+#pragma unroll
+        for (uint32_t u = 0; u < 2; ++u) {
+            const uint32_t e = lid + 256 * u;
+            const float x[4] = {mscale * pm[u].x, mscale * pm[u].y, mscale * pm[u].z, mscale * pm[u].w};
+            if (!OUT_K) {
+                const uint32_t r = e / 16, col = 4 * (e % 16);
+                alignas(8) T h[4] = {from_f32<T>(x[0]), from_f32<T>(x[1]), from_f32<T>(x[2]), from_f32<T>(x[3])};
+                *reinterpret_cast<uint2*>(&ms[(st * 32 + r) * C16_LM + col]) = *reinterpret_cast<const uint2*>(h);
+            } else {
+                const uint32_t col = e / 8, r = 4 * (e % 8);
+#pragma unroll
+                for (uint32_t i = 0; i < 4; ++i) ms[(st * 32 + r + i) * C16_LM + col] = from_f32<T>(x[i]);
+            }
+        }
+    };
+    float acc_w[4][4] = {}, acc_o[4][4] = {};
+    const uint32_t nslab = (r1 + 31) / 32;
+    issue_xy(0, 0);
+    mma::cp_async_commit();
+    fetch_m(0);
+    store_m(0);
+    for (uint32_t i = 0; i < nslab; ++i) {
+        const uint32_t st = i & 1, r0 = 32 * i;
+        const bool more = i + 1 < nslab;
+        if (more) issue_xy(r0 + 32, st ^ 1);
+        mma::cp_async_commit();
+        if (more) fetch_m(r0 + 32);
+        mma::cp_async_wait<1>();
+        __syncthreads();
+#pragma unroll
+        for (uint32_t ks = 0; ks < 32; ks += 16) {
+            // A: the warp's 16 rows of X, k = ks .. ks + 15 (matrices rows 0–7 | 8–15 × k 0–7 | 8–15).
+            uint32_t a[4];
+            mma::ldmatrix_x4(a, &xs[(st * 64 + rw + r8 + 8 * (mi % 2)) * C16_LX + ks + 8 * (mi / 2)]);
+            phi4(a, XW);
+#pragma unroll
+            for (uint32_t np = 0; np < 2; ++np) {
+                const uint32_t n0 = cw + 16 * np;
+                // The scores' B = Yᵀ from Y stored [s][k]: (s 0–7, k 0–7), (s 0–7, k 8–15), then s 8–15;
+                // n-tiles wholly in the masked half are skipped.
+                const bool need0 = LOWER ? n0 <= rw + 15 : n0 + 7 >= rw, need1 = LOWER ? n0 + 8 <= rw + 15 : n0 + 15 >= rw;
+                if (need0 || need1) {
+                    uint32_t b[4];
+                    mma::ldmatrix_x4(b, &ys[(st * 64 + n0 + r8 + 8 * (mi / 2)) * C16_LX + ks + 8 * (mi % 2)]);
+                    phi4(b, YW);
+                    if (need0) mma::mma16816<T>(acc_w[2 * np], a, b[0], b[1]);
+                    if (need1) mma::mma16816<T>(acc_w[2 * np + 1], a, b[2], b[3]);
+                }
+                // X·M's B from M stored [k][n]: (k 0–7 | 8–15) × (n-tile 0 | 1), transposed.
+                uint32_t bm[4];
+                mma::ldmatrix_x4_trans(bm, &ms[(st * 32 + ks + r8 + 8 * (mi % 2)) * C16_LM + n0 + 8 * (mi / 2)]);
+                mma::mma16816<T>(acc_o[2 * np], a, bm[0], bm[1]);
+                mma::mma16816<T>(acc_o[2 * np + 1], a, bm[2], bm[3]);
+            }
+        }
+        if (more) store_m(st ^ 1);
+        __syncthreads();
+    }
+    mma::cp_async_wait<0>();
+    // The masked scores times wscale, rounded to T, into ws [t][s] (two columns a store).
+#pragma unroll
+    for (uint32_t mm = 0; mm < 4; ++mm)
+#pragma unroll
+        for (uint32_t half = 0; half < 2; ++half) {
+            const uint32_t row = rw + g + 8 * half, s0 = cw + 8 * mm + 2 * tq;
+            const bool k0 = LOWER ? s0 <= row : s0 >= row, k1 = LOWER ? s0 + 1 <= row : s0 + 1 >= row;
+            alignas(4) T h[2] = {from_f32<T>(k0 ? wscale * acc_w[mm][2 * half] : 0.0f), from_f32<T>(k1 ? wscale * acc_w[mm][2 * half + 1] : 0.0f)};
+            *reinterpret_cast<uint32_t*>(&ws[row * C16_LM + s0]) = *reinterpret_cast<const uint32_t*>(h);
+        }
+    __syncthreads();
+    // out += W·F over the score columns s, 16 at a time; blocks wholly in the masked half skipped.
+#pragma unroll
+    for (uint32_t s0 = 0; s0 < 64; s0 += 16) {
+        if (LOWER ? s0 > rw + 15 : s0 + 15 < rw) continue;
+        uint32_t a[4];
+        mma::ldmatrix_x4(a, &ws[(rw + r8 + 8 * (mi % 2)) * C16_LM + s0 + 8 * (mi / 2)]);
+#pragma unroll
+        for (uint32_t np = 0; np < 2; ++np) {
+            uint32_t b[4];
+            mma::ldmatrix_x4_trans(b, &fs[(s0 + r8 + 8 * (mi % 2)) * C16_LM + cw + 16 * np + 8 * (mi / 2)]);
+            phi4(b, FW);
+            mma::mma16816<T>(acc_o[2 * np], a, b[0], b[1]);
+            mma::mma16816<T>(acc_o[2 * np + 1], a, b[2], b[3]);
+        }
+    }
+    // Each mode's normalization or φ', two adjacent columns a store.
+#pragma unroll
+    for (uint32_t mm = 0; mm < 4; ++mm)
+#pragma unroll
+        for (uint32_t half = 0; half < 2; ++half) {
+            const uint32_t row = rw + g + 8 * half, col = c0 + cw + 8 * mm + 2 * tq;
+            if (row >= cr.len || col >= width) continue;
+            const size_t at = (((size_t)cr.start + row) * p.heads + cr.h) * width + col;
+            float val[2] = {acc_o[mm][2 * half], acc_o[mm][2 * half + 1]};
+#pragma unroll
+            for (uint32_t j = 0; j < 2; ++j) {
+                if (MODE == 0 && p.normalize == 2) val[j] /= (float)(p.count0 + bounds[p.batch + 1 + cr.c] + row + 1);
+                if (MODE == 2) val[j] *= p.scale * phi_grad(p.feature_map, to_f32(q[at + j]));
+                if (MODE == 3) val[j] = (val[j] + zv[(size_t)cr.bh * p.k + col + j]) * phi_grad(p.feature_map, to_f32(k[at + j]));
+            }
+            alignas(4) T h[2] = {from_f32<T>(val[0]), from_f32<T>(val[1])};
+            *reinterpret_cast<uint32_t*>(out + at) = *reinterpret_cast<const uint32_t*>(h);
+        }
+}
+
 #define LINATTN_MMA_ENTRIES(SUFFIX, T)                                                                                     \
     extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_output_mma_##SUFFIX(                                \
         const T* q, const T* k, const T* v, const float* state, const uint32_t* starts, const float* z, T* o, LinAttnParams p) { \
@@ -1327,6 +1515,29 @@ LINATTN_ENTRIES(bf16, __nv_bfloat16, 2)
     }
 LINATTN_SWEEP16_ENTRIES(f16, __half)
 LINATTN_SWEEP16_ENTRIES(bf16, __nv_bfloat16)
+
+// The 16-bit chunk products (bf16 only: the rounded state could overflow f16), with the parameter
+// lists of their TF32 twins (dendd unused: normalize none or Count).
+extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_output_mma16_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                                                                     const float* state, const uint32_t* starts, const float* z,
+                                                                                     __nv_bfloat16* o, LinAttnParams p) {
+    chunk16_impl<__nv_bfloat16, 0>(q, k, v, nullptr, starts, state, z, o, p);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dv_mma16_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* d_o,
+                                                                                 const uint32_t* bounds, const float* dendd, const float* g,
+                                                                                 __nv_bfloat16* dv, LinAttnParams p) {
+    chunk16_impl<__nv_bfloat16, 1>(q, k, nullptr, d_o, bounds, g, nullptr, dv, p);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dq_mma16_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                                                                 const __nv_bfloat16* d_o, const uint32_t* bounds, const float* dendd,
+                                                                                 const float* m, const float* zv, __nv_bfloat16* out, LinAttnParams p) {
+    chunk16_impl<__nv_bfloat16, 2>(q, k, v, d_o, bounds, m, zv, out, p);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dk_mma16_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                                                                 const __nv_bfloat16* d_o, const uint32_t* bounds, const float* dendd,
+                                                                                 const float* m, const float* zv, __nv_bfloat16* out, LinAttnParams p) {
+    chunk16_impl<__nv_bfloat16, 3>(q, k, v, d_o, bounds, m, zv, out, p);
+}
 LINATTN_MMA_ENTRIES(f32, float)
 LINATTN_MMA_ENTRIES(f16, __half)
 LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)

@@ -505,13 +505,15 @@ fn packed_one_pass_case(k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype:
     }
 }
 
-/// The cases the CUDA 16-bit state sweeps take (`FFKERN_LINATTN_KERNEL=mma16`: f16/bf16 with φ
-/// identity or relu, normalize none, K and V multiples of 8; V 24 leaves most of a 64-column
-/// tile empty); on every other backend the same cases through the default kernels.
+/// The cases the CUDA 16-bit kernels take (`FFKERN_LINATTN_KERNEL=mma16`): the state sweeps for
+/// f16/bf16 with φ identity or relu and normalize none, the chunk products for bf16 (the forward
+/// output also with Count), K and V multiples of 8 (V 24 leaves most of a 64-column tile empty);
+/// on every other backend the same cases through the default kernels.
 #[test]
-fn sixteen_bit_state_sweeps_match_the_reference() {
+fn sixteen_bit_kernels_match_the_reference() {
     one_pass_case(64, 4, 32, 24, FeatureMap::Identity, Normalize::None, DType::F16, 760);
     one_pass_case(64, 4, 32, 24, FeatureMap::Relu, Normalize::None, DType::BF16, 770);
+    one_pass_case(64, 4, 32, 24, FeatureMap::Identity, Normalize::Count, DType::BF16, 775);
     packed_one_pass_case(16, 24, FeatureMap::Identity, Normalize::None, DType::BF16, 780);
 }
 

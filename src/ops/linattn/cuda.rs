@@ -60,6 +60,10 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_states_mma16_bf16",
     "linattn_chunk_grad_states_mma16_f16",
     "linattn_chunk_grad_states_mma16_bf16",
+    "linattn_chunk_output_mma16_bf16",
+    "linattn_chunk_dv_mma16_bf16",
+    "linattn_chunk_dq_mma16_bf16",
+    "linattn_chunk_dk_mma16_bf16",
     "linattn_chunk_state_mma_f32",
     "linattn_chunk_state_mma_f16",
     "linattn_chunk_state_mma_bf16",
@@ -86,8 +90,8 @@ fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
 }
 
 /// `FFKERN_LINATTN_KERNEL`: `mma` (default: the TF32 tensor-core chunk kernels), `simt` (their
-/// f32-FMA twins, to compare) or `mma16` (as `mma`, with the two state sweeps on 16-bit tensor
-/// cores where [`sweep16`] allows).
+/// f32-FMA twins, to compare) or `mma16` (as `mma`, with the state sweeps and the chunk products
+/// on 16-bit tensor cores where [`sweep16`] and [`chunk16`] allow).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     crate::runtime::cuda::kernel_env(&CHOICE, "FFKERN_LINATTN_KERNEL", &["mma", "simt", "mma16"])
@@ -97,6 +101,20 @@ fn kernel_choice() -> Result<&'static str> {
 /// f32) unless the f32-FMA kernel `simt` is forced.
 fn chunk_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
     typed::<T>(if kernel_choice()? == "simt" { simt } else { mma })
+}
+
+/// Whether the chunk products (output, dv, dq, dk) may take their 16-bit kernels
+/// (`linattn_chunk_*_mma16_bf16`): asked for, bf16 (f16 would round the states into a narrow
+/// range), φ identity or relu, normalize none (the forward output also Count), K and V multiples
+/// of 8, and every operand 16-byte aligned.
+fn chunk16<T: CudaElem>(p: &LinAttnParams, output: bool, ptrs: &[u64]) -> Result<bool> {
+    Ok(kernel_choice()? == "mma16"
+        && T::DTYPE == crate::DType::BF16
+        && (p.feature_map == 0 || p.feature_map == 2)
+        && (p.normalize == 0 || (output && p.normalize == 2))
+        && p.k % 8 == 0
+        && p.v % 8 == 0
+        && ptrs.iter().all(|a| a % 16 == 0))
 }
 
 /// Whether a state sweep over X (q or k, width K) and Y (v or do, width V) may take the 16-bit
@@ -159,10 +177,13 @@ pub fn recurrent<T: CudaElem>(
                 a.arg(k).arg(v).arg(state).arg(&starts_dev).arg(z).arg(p);
             })
         } else {
-            let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_output", "linattn_chunk_output_mma")?, |_| Ok(()))?;
-            // SAFETY: linattn_chunk_output_<dtype>(q, k, v, state, starts, z, o, p) reads q, k
-            // [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V], z [C·H·K] and starts as
-            // above, and writes o [R·H·V], each element once.
+            let ptrs = [q.device_ptr(&rt.stream).0, k.device_ptr(&rt.stream).0, v.device_ptr(&rt.stream).0, state.device_ptr(&rt.stream).0, o.device_ptr(&rt.stream).0];
+            let name = if chunk16::<T>(p, true, &ptrs)? { typed::<T>("linattn_chunk_output_mma16")? } else { chunk_kernel::<T>("linattn_chunk_output", "linattn_chunk_output_mma")? };
+            let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
+            // SAFETY: linattn_chunk_output[_mma|_mma16]_<dtype>(q, k, v, state, starts, z, o, p) reads
+            // q, k [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V], z [C·H·K] and starts
+            // as above (mma16: whole 16-byte pieces of rows and float4 of state, K and V multiples
+            // of 8, checked by chunk16), and writes o [R·H·V], each element once.
             rt.launch(&f, cfg(p.v as usize, super::WIDE_TILE), |a| {
                 a.arg(q).arg(k).arg(v).arg(&mut *state).arg(&starts_dev).arg(&mut *z).arg(o).arg(p);
             })
@@ -377,19 +398,30 @@ pub fn chunk_grads<T: CudaElem>(
         let [gx, gy, gz] = super::grid(cols, tile, units);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
-    let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_dv", "linattn_chunk_dv_mma")?, |_| Ok(()))?;
-    // SAFETY: linattn_chunk_dv_<dtype>(q, k, do, bounds, dendd, g, dv, p) reads q, k [R·H·K], do
-    // [R·H·V], bounds [2·C + 1], dendd [R·H·2] (Normalizer only) and g [C·H·K·V], and writes dv
-    // [R·H·V], each element once.
+    let ptr = |x: &CudaView<T>| x.device_ptr(&rt.stream).0;
+    let common = [ptr(q), ptr(k), ptr(v), ptr(d_o), start[0].device_ptr(&rt.stream).0, end[0].device_ptr(&rt.stream).0];
+    let outs = [dq.device_ptr(&rt.stream).0, dk.device_ptr(&rt.stream).0, dv.device_ptr(&rt.stream).0];
+    let wide = chunk16::<T>(p, false, &[&common[..], &outs[..]].concat())?;
+    let name = if wide { typed::<T>("linattn_chunk_dv_mma16")? } else { chunk_kernel::<T>("linattn_chunk_dv", "linattn_chunk_dv_mma")? };
+    let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
+    // SAFETY: linattn_chunk_dv[_mma|_mma16]_<dtype>(q, k, do, bounds, dendd, g, dv, p) reads q, k
+    // [R·H·K], do [R·H·V], bounds [2·C + 1], dendd [R·H·2] (Normalizer only) and g [C·H·K·V]
+    // (mma16: 16-byte pieces and float4, checked by chunk16), and writes dv [R·H·V], each element
+    // once.
     rt.launch(&f, cfg(p.v as usize, super::WIDE_TILE), |a| {
         a.arg(q).arg(k).arg(d_o).arg(&bounds_dev).arg(dendd).arg(end[0]).arg(dv).arg(p);
     })?;
     for (aux, m, zv, target) in [(0u32, start[0], start[1], dq), (1, end[0], end[1], dk)] {
         let mma = if aux == 0 { "linattn_chunk_dq_mma" } else { "linattn_chunk_dk_mma" };
-        let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_dqk", mma)?, |_| Ok(()))?;
+        let name = if wide {
+            typed::<T>(if aux == 0 { "linattn_chunk_dq_mma16" } else { "linattn_chunk_dk_mma16" })?
+        } else {
+            chunk_kernel::<T>("linattn_chunk_dqk", mma)?
+        };
+        let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
         let pa = LinAttnParams { aux, ..*p };
-        // SAFETY: linattn_chunk_dqk_<dtype> (aux 0 dq, 1 dk) and linattn_chunk_dq_mma_<dtype>,
-        // linattn_chunk_dk_mma_<dtype> (q, k, v, do, bounds, dendd, m, zv, out, p) read q, k
+        // SAFETY: linattn_chunk_dqk_<dtype> (aux 0 dq, 1 dk) and linattn_chunk_dq_mma[16]_<dtype>,
+        // linattn_chunk_dk_mma[16]_<dtype> (q, k, v, do, bounds, dendd, m, zv, out, p) read q, k
         // [R·H·K], v, do [R·H·V], bounds and dendd as above, m [C·H·K·V] and zv [C·H·K] (S_c, z_c
         // or G_c, g_c), and write out [R·H·K] (dq or dk), each element once.
         rt.launch(&f, cfg(p.k as usize, super::WIDE_TILE), |a| {
