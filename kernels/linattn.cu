@@ -896,139 +896,95 @@ __device__ __forceinline__ void chunk_dstate_impl(const T* __restrict__ q, const
     move_outer<MMA, true>(acc, qsum, g, nullptr, cr.bh, i0, j0, p);
 }
 
-// dv, the block's 64 columns: thread (s, quarter) owns row s and columns 16j + 4·quarter + (0..3),
-// j < 4. One pass over slabs of 16 of K accumulates A's column s against 16 of the chunk's q̃ and
-// the K̃·G_c term (the scores once per 64 columns); then Σ_{τ≥s} A[τ][s]·dn_τ, 16 columns at a time.
-template <typename T>
-__device__ __forceinline__ void chunk_dv_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ d_o, const uint32_t* __restrict__ bounds,
-                                              const float* __restrict__ dendd, const float* __restrict__ g, T* __restrict__ dv, const LinAttnParams& p) {
-    __shared__ float sa[64][16], sb[64][16], sm[16][64], cw[64][65], cden[64], cdd[64];
+// dv (MODE 1), dq (2) or dk (3) in f32 FMA (mirrors chunk_grad in shaders/linattn_bwd.wgsl), the
+// block's 64 output columns (of V for dv, of K for dq and dk); thread (t, quarter) owns row t and
+// columns 16j + 4·quarter + (0..3), j < 4. One pass over slabs of 16 of the reduction width (K
+// for dv, V for dq and dk) accumulates the chunk's masked scores W once per 64 columns, together
+// with the matrix term X·M:
+//   dv: W[t][s] = k̃_t·q̃_s (s ≥ t),        X = K̃,  M = G_c,  then + W·dN
+//   dq: W[t][s] = dn_t·v_s + dd_t (s ≤ t), X = dN, M = S_cᵀ, then + dd_t·z_c + W·K̃
+//   dk: W[t][s] = v_t·dn_s + dd_s (s ≥ t), X = V,  M = G_cᵀ, then + g_c + W·Q̃
+// and dq, dk are multiplied by scale·φ'(q) or φ'(k). `m` is S_c or G_c, `zv` z_c or g_c.
+template <typename T, int MODE>
+__device__ __forceinline__ void chunk_grad_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ d_o,
+                                                const uint32_t* __restrict__ bounds, const float* __restrict__ dendd, const float* __restrict__ m,
+                                                const float* __restrict__ zv, T* __restrict__ out, const LinAttnParams& p) {
+    constexpr bool LOWER = MODE == 2;  // scores kept for s ≤ t (else s ≥ t)
+    constexpr uint32_t XW = MODE == 1 ? 1 : MODE == 2 ? 3 : 2, YW = MODE == 1 ? 0 : MODE == 2 ? 2 : 3, FW = MODE == 1 ? 3 : MODE == 2 ? 1 : 0;
+    __shared__ float sa[64][16], sb[64][16], sm[16][65], cw[64][65], cz[16], cden[64], cdd[64];
     ChunkRow cr;
     if (!chunk_of(cr, bounds, p)) return;
-    const uint32_t lid = threadIdx.x, c0 = blockIdx.x * 64, s = lid / 4, quarter = lid % 4;
+    const uint32_t lid = threadIdx.x, c0 = blockIdx.x * 64, t = lid / 4, quarter = lid % 4;
+    const uint32_t width = MODE == 1 ? p.v : p.k, r1 = MODE == 1 ? p.k : p.v;
     cb_stage_den(cden, cdd, bounds, dendd, cr, p);
-    float a[16] = {}, acc[4][4] = {};
-    for (uint32_t i0 = 0; i0 < p.k; i0 += 16) {
+    float w[16] = {}, acc[4][4] = {};
+    for (uint32_t r0 = 0; r0 < r1; r0 += 16) {
+        __syncthreads();  // cden staged; the previous slab read
         for (uint32_t e = lid; e < 1024; e += 256) {
-            sa[e / 16][e % 16] = cb_ld<T>(1, q, k, nullptr, d_o, cden, cr, e / 16, i0 + e % 16, p);
-            sb[e / 16][e % 16] = cb_ld<T>(0, q, k, nullptr, d_o, cden, cr, e / 16, i0 + e % 16, p);
-            const uint32_t ri = i0 + e / 64, cj = c0 + e % 64;
-            sm[e / 64][e % 64] = ri < p.k && cj < p.v ? g[((size_t)cr.bh * p.k + ri) * p.v + cj] : 0.0f;
+            sa[e / 16][e % 16] = cb_ld<T>(XW, q, k, v, d_o, cden, cr, e / 16, r0 + e % 16, p);
+            sb[e / 16][e % 16] = cb_ld<T>(YW, q, k, v, d_o, cden, cr, e / 16, r0 + e % 16, p);
+            // M's [16][64] slab: G_c [K, V] for dv; S_c, G_c read transposed for dq, dk.
+            const uint32_t r = e / 64, col = e % 64;
+            float mv = 0.0f;
+            if (r0 + r < r1 && c0 + col < width)
+                mv = MODE == 1 ? m[((size_t)cr.bh * p.k + r0 + r) * p.v + c0 + col] : m[((size_t)cr.bh * p.k + c0 + col) * p.v + r0 + r];
+            sm[r][col] = mv;
         }
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < 16; ++kk) {
-            const float kv = sa[s][kk];
+            const float xv = sa[t][kk];
 #pragma unroll
-            for (int m = 0; m < 16; ++m) a[m] += kv * sb[quarter + 4 * m][kk];
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int cc = 0; cc < 4; ++cc) acc[j][cc] += kv * sm[kk][j * 16 + quarter * 4 + cc];
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int m = 0; m < 16; ++m) cw[s][quarter + 4 * m] = quarter + 4 * m >= s ? a[m] : 0.0f;
-    const size_t row = ((size_t)cr.start + s) * p.heads + cr.h;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const uint32_t cj = c0 + j * 16;
-        if (cj >= p.v) break;
-        for (uint32_t e = lid; e < 1024; e += 256) sa[e / 16][e % 16] = cb_ld<T>(3, q, k, nullptr, d_o, cden, cr, e / 16, cj + e % 16, p);
-        __syncthreads();
-        if (s < cr.len) {
-            for (uint32_t tau = s; tau < cr.len; ++tau) {
-                const float w = cw[s][tau];
-#pragma unroll
-                for (int cc = 0; cc < 4; ++cc) acc[j][cc] += w * sa[tau][quarter * 4 + cc];
-            }
-#pragma unroll
-            for (int cc = 0; cc < 4; ++cc) {
-                const uint32_t col = cj + quarter * 4 + cc;
-                if (col < p.v) dv[row * p.v + col] = from_f32<T>(acc[j][cc]);
-            }
-        }
-        __syncthreads();
-    }
-}
-
-// dq (aux 0) or dk (aux 1), the block's 64 columns of K; thread (t, quarter) owns row t and columns
-// 16j + 4·quarter + (0..3), j < 4. dq: B[t][s] = dn_t·v_s + dd_t (s ≤ t) with dN·S_cᵀ over slabs
-// of 16 of V, then dd_t·z_c + B·K̃. dk: B[τ][t] = v_t·dn_τ + dd_τ (τ ≥ t) with V·G_cᵀ, then
-// g_c + Bᵀ·Q̃. Then scale·φ'(q) or φ'(k). `m` is S_c or G_c, `zv` z_c or g_c; B once per 64 columns.
-template <typename T>
-__device__ __forceinline__ void chunk_dqk_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ d_o,
-                                               const uint32_t* __restrict__ bounds, const float* __restrict__ dendd, const float* __restrict__ m,
-                                               const float* __restrict__ zv, T* __restrict__ out, const LinAttnParams& p) {
-    __shared__ float sa[64][16], sb[64][16], sm[64][17], cw[64][65], cz[16], cden[64], cdd[64];
-    ChunkRow cr;
-    if (!chunk_of(cr, bounds, p)) return;
-    const uint32_t lid = threadIdx.x, i0 = blockIdx.x * 64, t = lid / 4, quarter = lid % 4;
-    const bool dk = p.aux == 1;
-    cb_stage_den(cden, cdd, bounds, dendd, cr, p);
-    float b[16] = {}, acc[4][4] = {};
-    for (uint32_t j0 = 0; j0 < p.v; j0 += 16) {
-        __syncthreads(); // cden staged; the previous slab read
-        for (uint32_t e = lid; e < 1024; e += 256) {
-            const float dn = cb_ld<T>(3, q, k, v, d_o, cden, cr, e / 16, j0 + e % 16, p);
-            const float vv = cb_ld<T>(2, q, k, v, d_o, cden, cr, e / 16, j0 + e % 16, p);
-            sa[e / 16][e % 16] = dk ? vv : dn;
-            sb[e / 16][e % 16] = dk ? dn : vv;
-            const uint32_t ri = i0 + e / 16, cj = j0 + e % 16;
-            sm[e / 16][e % 16] = ri < p.k && cj < p.v ? m[((size_t)cr.bh * p.k + ri) * p.v + cj] : 0.0f;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int jj = 0; jj < 16; ++jj) {
-            const float rv = sa[t][jj];
-#pragma unroll
-            for (int mm = 0; mm < 16; ++mm) b[mm] += rv * sb[quarter + 4 * mm][jj];
+            for (int mm = 0; mm < 16; ++mm) w[mm] += xv * sb[quarter + 4 * mm][kk];
 #pragma unroll
             for (int j = 0; j < 4; ++j)
 #pragma unroll
-                for (int cc = 0; cc < 4; ++cc) acc[j][cc] += rv * sm[j * 16 + quarter * 4 + cc][jj];
+                for (int cc = 0; cc < 4; ++cc) acc[j][cc] += xv * sm[kk][j * 16 + quarter * 4 + cc];
         }
     }
     __syncthreads();
 #pragma unroll
     for (int mm = 0; mm < 16; ++mm) {
         const uint32_t s = quarter + 4 * mm;
-        const bool keep = dk ? s >= t : s <= t;
-        cw[t][s] = keep ? b[mm] + (dk ? cdd[s] : cdd[t]) : 0.0f;
+        float x = w[mm];
+        if (MODE == 2) x += cdd[t];
+        if (MODE == 3) x += cdd[s];
+        cw[t][s] = (LOWER ? s <= t : s >= t) ? x : 0.0f;
     }
     const size_t row = ((size_t)cr.start + t) * p.heads + cr.h;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        const uint32_t cj = i0 + j * 16;
-        if (cj >= p.k) break;
-        for (uint32_t e = lid; e < 1024; e += 256) sa[e / 16][e % 16] = cb_ld<T>(dk ? 0 : 1, q, k, v, d_o, cden, cr, e / 16, cj + e % 16, p);
-        if (lid < 16) cz[lid] = cj + lid < p.k ? zv[(size_t)cr.bh * p.k + cj + lid] : 0.0f;
+        const uint32_t cj = c0 + j * 16;
+        if (cj >= width) break;
+        for (uint32_t e = lid; e < 1024; e += 256) sa[e / 16][e % 16] = cb_ld<T>(FW, q, k, v, d_o, cden, cr, e / 16, cj + e % 16, p);
+        if (lid < 16) cz[lid] = MODE != 1 && cj + lid < p.k ? zv[(size_t)cr.bh * p.k + cj + lid] : 0.0f;
         __syncthreads();
         if (t < cr.len) {
-            const float zw = dk ? 1.0f : cdd[t];
+            // The z term: dd_t·z_c (dq), g_c (dk), none (dv: cz is 0).
+            const float zw = MODE == 2 ? cdd[t] : 1.0f;
 #pragma unroll
             for (int cc = 0; cc < 4; ++cc) acc[j][cc] += zw * cz[quarter * 4 + cc];
-            const uint32_t lo = dk ? t : 0, hi = dk ? cr.len : t + 1;
+            const uint32_t lo = LOWER ? 0 : t, hi = LOWER ? t + 1 : cr.len;
             for (uint32_t s = lo; s < hi; ++s) {
-                const float w = cw[t][s];
+                const float ws = cw[t][s];
 #pragma unroll
-                for (int cc = 0; cc < 4; ++cc) acc[j][cc] += w * sa[s][quarter * 4 + cc];
+                for (int cc = 0; cc < 4; ++cc) acc[j][cc] += ws * sa[s][quarter * 4 + cc];
             }
 #pragma unroll
             for (int cc = 0; cc < 4; ++cc) {
                 const uint32_t col = cj + quarter * 4 + cc;
-                if (col < p.k) {
-                    const float x = to_f32((dk ? k : q)[row * p.k + col]);
-                    out[row * p.k + col] = from_f32<T>(acc[j][cc] * (dk ? phi_grad(p.feature_map, x) : p.scale * phi_grad(p.feature_map, x)));
-                }
+                if (col >= width) continue;
+                float val = acc[j][cc];
+                if (MODE == 2) val *= p.scale * phi_grad(p.feature_map, to_f32(q[row * p.k + col]));
+                if (MODE == 3) val *= phi_grad(p.feature_map, to_f32(k[row * p.k + col]));
+                out[row * width + col] = from_f32<T>(val);
             }
         }
         __syncthreads();
     }
 }
 
-// ---- The same per-chunk score products (chunk_output, chunk_dv, chunk_dqk) on tensor cores. Why
+// ---- The same per-chunk score products (chunk_output, chunk_grad) on tensor cores. Why
 // it is fast: each warp owns a 16×32 block of the chunk's 64×64 masked scores and of the block's
 // 64 output columns and issues mma.sync.m16n8k8 (TF32 operands, f32 accumulate) on operands
 // staged as f32 in shared memory; k-steps wholly in the masked half are skipped per warp. For
@@ -1461,12 +1417,17 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
     extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dv_##SUFFIX(                                           \
         const T* q, const T* k, const T* d_o, const uint32_t* bounds, const float* dendd, const float* g, T* dv,           \
         LinAttnParams p) {                                                                                                 \
-        chunk_dv_impl<T>(q, k, d_o, bounds, dendd, g, dv, p);                                                              \
+        chunk_grad_impl<T, 1>(q, k, nullptr, d_o, bounds, dendd, g, nullptr, dv, p);                                       \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dqk_##SUFFIX(                                          \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dq_##SUFFIX(                                           \
         const T* q, const T* k, const T* v, const T* d_o, const uint32_t* bounds, const float* dendd, const float* m,      \
         const float* zv, T* out, LinAttnParams p) {                                                                        \
-        chunk_dqk_impl<T>(q, k, v, d_o, bounds, dendd, m, zv, out, p);                                                     \
+        chunk_grad_impl<T, 2>(q, k, v, d_o, bounds, dendd, m, zv, out, p);                                                 \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linattn_chunk_dk_##SUFFIX(                                           \
+        const T* q, const T* k, const T* v, const T* d_o, const uint32_t* bounds, const float* dendd, const float* m,      \
+        const float* zv, T* out, LinAttnParams p) {                                                                        \
+        chunk_grad_impl<T, 3>(q, k, v, d_o, bounds, dendd, m, zv, out, p);                                                 \
     }
 #if !defined(FFKERN_SM90A)
 // Chunked form, inter-chunk pass (mirrors linattn_chunk_scan in shaders/linattn.wgsl): with each

@@ -41,9 +41,12 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_dv_f32",
     "linattn_chunk_dv_f16",
     "linattn_chunk_dv_bf16",
-    "linattn_chunk_dqk_f32",
-    "linattn_chunk_dqk_f16",
-    "linattn_chunk_dqk_bf16",
+    "linattn_chunk_dq_f32",
+    "linattn_chunk_dq_f16",
+    "linattn_chunk_dq_bf16",
+    "linattn_chunk_dk_f32",
+    "linattn_chunk_dk_f16",
+    "linattn_chunk_dk_bf16",
     "linattn_chunk_states_f32",
     "linattn_chunk_states_f16",
     "linattn_chunk_states_bf16",
@@ -411,21 +414,15 @@ pub fn chunk_grads<T: CudaElem>(
     rt.launch(&f, cfg(p.v as usize, super::WIDE_TILE), |a| {
         a.arg(q).arg(k).arg(d_o).arg(&bounds_dev).arg(dendd).arg(end[0]).arg(dv).arg(p);
     })?;
-    for (aux, m, zv, target) in [(0u32, start[0], start[1], dq), (1, end[0], end[1], dk)] {
-        let mma = if aux == 0 { "linattn_chunk_dq_mma" } else { "linattn_chunk_dk_mma" };
-        let name = if wide {
-            typed::<T>(if aux == 0 { "linattn_chunk_dq_mma16" } else { "linattn_chunk_dk_mma16" })?
-        } else {
-            chunk_kernel::<T>("linattn_chunk_dqk", mma)?
-        };
+    for (base, m, zv, target) in [("linattn_chunk_dq", start[0], start[1], dq), ("linattn_chunk_dk", end[0], end[1], dk)] {
+        let name = if wide { typed::<T>(&format!("{base}_mma16"))? } else { chunk_kernel::<T>(base, &format!("{base}_mma"))? };
         let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
-        let pa = LinAttnParams { aux, ..*p };
-        // SAFETY: linattn_chunk_dqk_<dtype> (aux 0 dq, 1 dk) and linattn_chunk_dq_mma[16]_<dtype>,
-        // linattn_chunk_dk_mma[16]_<dtype> (q, k, v, do, bounds, dendd, m, zv, out, p) read q, k
-        // [R·H·K], v, do [R·H·V], bounds and dendd as above, m [C·H·K·V] and zv [C·H·K] (S_c, z_c
-        // or G_c, g_c), and write out [R·H·K] (dq or dk), each element once.
+        // SAFETY: linattn_chunk_dq[_mma|_mma16]_<dtype> and linattn_chunk_dk[_mma|_mma16]_<dtype>
+        // (q, k, v, do, bounds, dendd, m, zv, out, p) read q, k [R·H·K], v, do [R·H·V], bounds and
+        // dendd as above, m [C·H·K·V] and zv [C·H·K] (S_c, z_c or G_c, g_c), and write out [R·H·K]
+        // (dq or dk), each element once.
         rt.launch(&f, cfg(p.k as usize, super::WIDE_TILE), |a| {
-            a.arg(q).arg(k).arg(v).arg(d_o).arg(&bounds_dev).arg(dendd).arg(m).arg(zv).arg(target).arg(&pa);
+            a.arg(q).arg(k).arg(v).arg(d_o).arg(&bounds_dev).arg(dendd).arg(m).arg(zv).arg(target).arg(p);
         })?;
     }
     Ok(())
