@@ -138,3 +138,59 @@ fn outer_tile(x: u32) -> vec2<u32> {
     let nvt = (p.v + 63u) / 64u;
     return vec2<u32>((x / nvt) * 64u, (x % nvt) * 64u);
 }
+
+// ---- The per-chunk products' first pass (linattn_chunk_output; chunk_grad in linattn_bwd).
+// Over slabs of 16 of the reduction width r1, invocation (t, quarter) = (lid / 4, lid % 4)
+// accumulates the scores w[m] = X[t]·Y[quarter + 4m] and acc[j] = X[t]·M[·][c0 + 16j +
+// 4·quarter + (0..3)], with X, Y the chunk operands xw, yw (chunk_ld) and M the family's [K, V]
+// matrix of head bh (`slab_m`), read transposed when `m_t` (the output columns index K); with
+// `with_z` also xz = X[t]·z (z from the family's `slab_z`). The scores are computed once per 64
+// output columns. After it, sa and cw are free for the caller's second pass.
+var<workgroup> sa: array<f32, 1024>; // [64 rows][16] row-operand slab (X), then 16 columns of F
+var<workgroup> sb: array<f32, 1024>; // [64 rows][16] column-operand slab (Y)
+var<workgroup> sm: array<f32, 1024>; // [16][64] slab of M
+var<workgroup> sz: array<f32, 16>;
+var<workgroup> cw: array<f32, 4160>; // [64][65] masked scores (the caller's)
+
+struct Slabs {
+    w: array<f32, 16>,
+    acc: array<vec4<f32>, 4>,
+    xz: f32,
+}
+
+fn chunk_slabs(lid: u32, xw: u32, yw: u32, start: u32, len: u32, h: u32, bh: u32, r1: u32, c0: u32, width: u32, m_t: bool, with_z: bool) -> Slabs {
+    var o: Slabs;
+    let t = lid / 4u;
+    let quarter = lid % 4u;
+    for (var r0 = 0u; r0 < r1; r0 += 16u) {
+        workgroupBarrier(); // the caller's staging done; the previous slab read
+        for (var e = lid; e < 1024u; e += 256u) {
+            sa[e] = chunk_ld(xw, start, len, h, e / 16u, r0 + e % 16u);
+            sb[e] = chunk_ld(yw, start, len, h, e / 16u, r0 + e % 16u);
+            let r = e / 64u;
+            let col = e % 64u;
+            var mv = 0.0;
+            if (r0 + r < r1 && c0 + col < width) {
+                if (m_t) { mv = slab_m(bh, c0 + col, r0 + r); } else { mv = slab_m(bh, r0 + r, c0 + col); }
+            }
+            sm[e] = mv;
+        }
+        if (with_z && lid < 16u) {
+            var zv = 0.0;
+            if (r0 + lid < r1) { zv = slab_z(bh, r0 + lid); }
+            sz[lid] = zv;
+        }
+        workgroupBarrier();
+        for (var rr = 0u; rr < 16u; rr++) {
+            let xv = sa[t * 16u + rr];
+            for (var m = 0u; m < 16u; m++) { o.w[m] += xv * sb[(quarter + 4u * m) * 16u + rr]; }
+            for (var j = 0u; j < 4u; j++) {
+                let mb = rr * 64u + j * 16u + quarter * 4u;
+                o.acc[j] += xv * vec4<f32>(sm[mb], sm[mb + 1u], sm[mb + 2u], sm[mb + 3u]);
+            }
+            if (with_z) { o.xz += xv * sz[rr]; }
+        }
+    }
+    workgroupBarrier();
+    return o;
+}

@@ -347,15 +347,16 @@ fn linattn_chunk_grad_states(@builtin(local_invocation_index) lid: u32, @builtin
 }
 
 // linattn_chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start
-// state S_c, z_c (state, z_buf). One pass over slabs of 16 of K accumulates the masked scores
-// A = Q̃·K̃ᵀ and the S_c term for the workgroup's 64 value columns, so the scores are computed once
-// per 64 columns; then A·V, 16 columns at a time. Invocation (t, quarter) owns row t and columns
-// 16j + 4·quarter + (0..3), j < 4.
-var<workgroup> cq: array<f32, 1024>; // [64 rows][16 k], then [64 rows][16 columns] of v
-var<workgroup> ck: array<f32, 1024>; // [64 rows][16 k]
-var<workgroup> cs: array<f32, 1024>; // [16 k][64 columns] of S_c
-var<workgroup> cz: array<f32, 16>;
-var<workgroup> ca: array<f32, 4160>; // [64][65] masked scores
+// state S_c, z_c (state, z_buf). chunk_slabs accumulates the masked scores A = Q̃·K̃ᵀ and the S_c
+// term for the workgroup's 64 value columns; then A·V, 16 columns at a time. Invocation (t,
+// quarter) owns row t and columns 16j + 4·quarter + (0..3), j < 4.
+fn slab_m(bh: u32, row: u32, col: u32) -> f32 {
+    return state[(bh * p.k + row) * p.v + col];
+}
+
+fn slab_z(bh: u32, i: u32) -> f32 {
+    return z_buf[bh * p.k + i];
+}
 
 @compute @workgroup_size(256)
 fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -369,48 +370,12 @@ fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(work
     let c0 = wg.x * 64u;
     let t = lid / 4u;
     let quarter = lid % 4u;
-    var a: array<f32, 16>; // A[t][quarter + 4m]
-    var oi: array<vec4<f32>, 4>;
-    var qz = 0.0;
-    for (var i0 = 0u; i0 < p.k; i0 += 16u) {
-        for (var e = lid; e < 1024u; e += 256u) {
-            let r = e / 16u;
-            let kk = i0 + e % 16u;
-            var qv = 0.0;
-            var kv = 0.0;
-            if (r < len && kk < p.k) {
-                let row = (start + r) * p.heads + h;
-                qv = p.scale * phi(ld(0u, row * p.k + kk));
-                kv = phi(ld(1u, row * p.k + kk));
-            }
-            cq[e] = qv;
-            ck[e] = kv;
-            let col = c0 + e % 64u;
-            var sval = 0.0;
-            if (i0 + e / 64u < p.k && col < p.v) { sval = state[(bh * p.k + i0 + e / 64u) * p.v + col]; }
-            cs[e] = sval;
-        }
-        if (lid < 16u) {
-            var zv = 0.0;
-            if (i0 + lid < p.k) { zv = z_buf[bh * p.k + i0 + lid]; }
-            cz[lid] = zv;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < 16u; kk++) {
-            let qv = cq[t * 16u + kk];
-            for (var m = 0u; m < 16u; m++) { a[m] += qv * ck[(quarter + 4u * m) * 16u + kk]; }
-            for (var j = 0u; j < 4u; j++) {
-                let sb = kk * 64u + j * 16u + quarter * 4u;
-                oi[j] += qv * vec4<f32>(cs[sb], cs[sb + 1u], cs[sb + 2u], cs[sb + 3u]);
-            }
-            qz += qv * cz[kk];
-        }
-        workgroupBarrier();
-    }
+    let sl = chunk_slabs(lid, 0u, 1u, start, len, h, bh, p.k, c0, p.v, false, p.normalize == 1u);
+    let qz = sl.xz;
     var asum = 0.0;
     for (var m = 0u; m < 16u; m++) {
         let s = quarter + 4u * m;
-        ca[t * 65u + s] = select(0.0, a[m], s <= t);
+        cw[t * 65u + s] = select(0.0, sl.w[m], s <= t);
     }
     var den = 1.0;
     let row = (start + t) * p.heads + h;
@@ -421,16 +386,16 @@ fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(work
             let r = e / 16u;
             var vv = 0.0;
             if (r < len && cj + e % 16u < p.v) { vv = ld(2u, ((start + r) * p.heads + h) * p.v + cj + e % 16u); }
-            cq[e] = vv;
+            sa[e] = vv;
         }
         workgroupBarrier();
         if (t < len) {
-            var acc = oi[j];
+            var acc = sl.acc[j];
             for (var s = 0u; s <= t; s++) {
-                let w = ca[t * 65u + s];
+                let w = cw[t * 65u + s];
                 if (j == 0u) { asum += w; }
                 let vb = s * 16u + quarter * 4u;
-                acc += w * vec4<f32>(cq[vb], cq[vb + 1u], cq[vb + 2u], cq[vb + 3u]);
+                acc += w * vec4<f32>(sa[vb], sa[vb + 1u], sa[vb + 2u], sa[vb + 3u]);
             }
             if (j == 0u) {
                 if (p.normalize == 1u) {

@@ -229,11 +229,7 @@ fn cb_z_off(rows: u32, which: u32) -> u32 {
     return cb_dd_off() + 2u * cb_rows_heads(rows) + which * p.batch * p.heads * p.k;
 }
 
-var<workgroup> sa: array<f32, 1024>; // [64 rows][16] row-operand slab
-var<workgroup> sb: array<f32, 1024>; // [64 rows][16] column-operand slab
-var<workgroup> sm: array<f32, 1024>; // [16][64] or [64][16] slab of a K×V matrix
 var<workgroup> cz: array<f32, 16>;
-var<workgroup> cw: array<f32, 4160>; // [64][65] masked scores
 var<workgroup> cden: array<f32, 64>;
 var<workgroup> cdd: array<f32, 64>;
 
@@ -244,6 +240,16 @@ fn fourth_operand(i: u32, r: u32) -> f32 {
 
 fn row_weight(r: u32) -> f32 {
     return cdd[r];
+}
+
+// chunk_slabs' matrix: the chunk states or gradients (S_c, G_c) in part.
+fn slab_m(bh: u32, row: u32, col: u32) -> f32 {
+    return part[(bh * p.k + row) * p.v + col];
+}
+
+// chunk_slabs' z (unused here: the backward adds its z terms after the slabs).
+fn slab_z(bh: u32, i: u32) -> f32 {
+    return 0.0;
 }
 
 fn cb_ld(which: u32, cr: ChunkRow, r: u32, col: u32) -> f32 {
@@ -391,37 +397,12 @@ fn chunk_grad(lid: u32, wg: vec3<u32>, nwg: vec3<u32>, mode: u32) {
     let width = select(p.k, p.v, dv);
     let r1 = select(p.v, p.k, dv);
     cb_stage_den(lid, cr);
-    var w: array<f32, 16>; // W[t][quarter + 4m]
-    var acc: array<vec4<f32>, 4>;
-    for (var r0 = 0u; r0 < r1; r0 += 16u) {
-        workgroupBarrier(); // cden staged; the previous slab read
-        for (var e = lid; e < 1024u; e += 256u) {
-            sa[e] = cb_ld(xw, cr, e / 16u, r0 + e % 16u);
-            sb[e] = cb_ld(yw, cr, e / 16u, r0 + e % 16u);
-            // M's [16][64] slab: G_c [K, V] for dv; S_c, G_c read transposed for dq, dk.
-            let r = e / 64u;
-            let col = e % 64u;
-            var mv = 0.0;
-            if (r0 + r < r1 && c0 + col < width) {
-                if (dv) { mv = part[(cr.bh * p.k + r0 + r) * p.v + c0 + col]; } else { mv = part[(cr.bh * p.k + c0 + col) * p.v + r0 + r]; }
-            }
-            sm[e] = mv;
-        }
-        workgroupBarrier();
-        for (var rr = 0u; rr < 16u; rr++) {
-            let xv = sa[t * 16u + rr];
-            for (var m = 0u; m < 16u; m++) { w[m] += xv * sb[(quarter + 4u * m) * 16u + rr]; }
-            for (var j = 0u; j < 4u; j++) {
-                let mb = rr * 64u + j * 16u + quarter * 4u;
-                acc[j] += xv * vec4<f32>(sm[mb], sm[mb + 1u], sm[mb + 2u], sm[mb + 3u]);
-            }
-        }
-    }
-    workgroupBarrier();
+    let sl = chunk_slabs(lid, xw, yw, cr.start, cr.len, cr.h, cr.bh, r1, c0, width, !dv, false);
+    var acc = sl.acc;
     let lower = mode == 0u;
     for (var m = 0u; m < 16u; m++) {
         let s = quarter + 4u * m;
-        var v = w[m];
+        var v = sl.w[m];
         if (mode == 0u) { v += cdd[t]; }
         if (mode == 1u) { v += cdd[s]; }
         cw[t * 65u + s] = select(0.0, v, select(s >= t, s <= t, lower));
