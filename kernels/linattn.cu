@@ -574,11 +574,14 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
                 if (c + e < p.v) row[e] = x[e];
         }
     };
-    // The warp's first two rows are in flight while q̃, k̃, v and z are staged.
+    // The warp's first two steps (rows i, i + 1 and i + 16, i + 17) are in flight while q̃, k̃, v
+    // and z are staged.
     const uint32_t i_first = 2 * warp;
-    float n0[4], n1[4];
+    float n0[4], n1[4], m0[4], m1[4];
     load_row(i_first, lane * 4, n0);
     load_row(i_first + 1, lane * 4, n1);
+    load_row(i_first + 16, lane * 4, m0);
+    load_row(i_first + 17, lane * 4, m1);
     for (uint32_t i = lid; i < p.k; i += 256) {
         qs[i] = p.scale * phi(p.feature_map, to_f32(q[(size_t)bh * p.k + i]));
         const float kt = phi(p.feature_map, to_f32(k[(size_t)bh * p.k + i]));
@@ -599,23 +602,30 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         if (c0 > 0) {
             load_row(i_first, c, n0);
             load_row(i_first + 1, c, n1);
+            load_row(i_first + 16, c, m0);
+            load_row(i_first + 17, c, m1);
         }
         float acc0[4] = {}, acc1[4] = {};
         if (c < p.v) {
-            // Each step's rows were loaded a step earlier: the next pair is in flight while these update.
-            for (uint32_t i = i_first; i < p.k; i += 16) {
+            // Each step's rows were loaded two steps earlier (n for the even steps, m for the odd):
+            // four rows a thread are in flight while two update.
+            const auto step = [&](uint32_t i, float (&n)[4], float (&nn)[4]) {
                 float x0[4], x1[4];
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    x0[e] = n0[e];
-                    x1[e] = n1[e];
+                    x0[e] = n[e];
+                    x1[e] = nn[e];
                 }
-                if (i + 16 < p.k) {
-                    load_row(i + 16, c, n0);
-                    load_row(i + 17, c, n1);
+                if (i + 32 < p.k) {
+                    load_row(i + 32, c, n);
+                    load_row(i + 33, c, nn);
                 }
                 update_row(i, c, x0, acc0);
                 if (i + 1 < p.k) update_row(i + 1, c, x1, acc1);
+            };
+            for (uint32_t i = i_first; i < p.k; i += 32) {
+                step(i, n0, n1);
+                if (i + 16 < p.k) step(i + 16, m0, m1);
             }
         }
 #pragma unroll
