@@ -33,6 +33,10 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
             Gemm::new(6, 5, 4).batch(3).inner_strides(1, 1, 3).ldc(15).strides(24, 20, 1).bias(true).bias_strides(1, 3).act(Activation::GeluErf),
         ),
         case("128x128x256 all options", Gemm::new(128, 128, 256).bias(true).act(Activation::GeluErf).act_cols(64).residual(None).alpha(1.5).beta(0.5)),
+        // On Hopper the wgmma epilogue instantiates each activation on its own (16-bit, K % 8 == 0).
+        case("130x264x64 bias gelu_tanh act_cols=200", Gemm::new(130, 264, 64).bias(true).act(Activation::GeluTanh).act_cols(200)),
+        case("72x80x32 relu residual", Gemm::new(72, 80, 32).act(Activation::Relu).residual(None).beta(0.5)),
+        case("40x48x16 bias leaky_relu", Gemm::new(40, 48, 16).bias(true).act(Activation::LeakyRelu)),
         // Few tiles and a long K: CUDA splits K over the blocks (16-byte and element-wise loads).
         case("100x70x5000 split-K, all options", Gemm::new(100, 70, 5000).bias(true).act(Activation::GeluErf).act_cols(40).residual(None).alpha(0.75).beta(0.5)),
         case("150x130x4099 km split-K relu", Gemm::new(150, 130, 4099).a_layout(ALayout::KM).bias(true).act(Activation::Relu)),
@@ -61,6 +65,8 @@ pub fn gemm_bench_cases() -> Vec<GemmCase> {
     vec![
         case("4096x4096x4096", Gemm::new(4096, 4096, 4096)),
         case("25216x4096x1024 bias gelu_erf", Gemm::new(25216, 4096, 1024).bias(true).act(Activation::GeluErf)),
+        // cuBLASLt's GELU epilogue is the tanh form: this row is the like-for-like comparison.
+        case("25216x4096x1024 bias gelu_tanh", Gemm::new(25216, 4096, 1024).bias(true).act(Activation::GeluTanh)),
         case("25216x1024x4096 bias residual", Gemm::new(25216, 1024, 4096).bias(true).residual(None)),
     ]
 }
