@@ -331,13 +331,13 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
 }
 
 /// Bytes of input copies that a bench cycles through so that its repeats read from device memory,
-/// not from a cache warmed by the repeat before (more than any GPU's L2).
-const ROTATE_BYTES: usize = 256 << 20;
+/// not from a cache warmed by the repeat before (over twice an H100's or H200's L2).
+const ROTATE_BYTES: usize = 128 << 20;
 
-/// Seeded random inputs of `len` elements: one copy, or as many as fit ROTATE_BYTES (at most 16)
+/// Seeded random inputs of `len` elements: one copy, or as many as fit ROTATE_BYTES (at most 8)
 /// for a bench to cycle through ([`pick`]).
 fn rotating<Be: Backend>(be: &Be, dtype: DType, len: usize, seed: u64) -> Result<Vec<Be::Buf>> {
-    let copies = (ROTATE_BYTES / (len * dtype.size()).max(1)).clamp(1, 16);
+    let copies = (ROTATE_BYTES / (len * dtype.size()).max(1)).clamp(1, 8);
     (0..copies).map(|i| be.upload(&crate::HostTensor::random(dtype, vec![len], seed + 1000 * i as u64))).collect()
 }
 
