@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Checks the ldmatrix / mma.sync.m16n8k16 fragment addressing of the 16-bit linear-attention
+kernels (kernels/linattn.cu: chunk_sweep16_impl, chunk16_impl) without a GPU.
+
+It emulates ldmatrix.x4 (with and without .trans) and mma.m16n8k16 per the PTX ISA fragment
+layouts, first on the addressing of the mma.sync GEMM in kernels/gemm.cu (which passes its tests
+on GPUs, so it validates the emulator), then on the lane addresses the linear-attention kernels
+use, against numpy products. Run it after changing those addresses: python3 scripts/check_mma_layouts.py
+"""
+import sys
+
+import numpy as np
+
+rng = np.random.default_rng(0)
+
+def ldmatrix_x4(smem, addr_of_lane, trans=False):
+    """smem: 2-D array (rows, cols) of values; addr_of_lane(lane) -> (row, col) of that lane's row start.
+    Returns regs[lane][j] = (lo, hi) pair."""
+    regs = [[None]*4 for _ in range(32)]
+    for j in range(4):
+        rows = [addr_of_lane(8*j + r) for r in range(8)]
+        mat = np.array([[smem[r0, c0 + c] for c in range(8)] for (r0, c0) in rows])
+        if trans:
+            mat = mat.T
+        for t in range(32):
+            regs[t][j] = (mat[t//4, 2*(t%4)], mat[t//4, 2*(t%4)+1])
+    return regs
+
+def mma(acc, a, b0, b1):
+    """acc[lane] = [c0..c3]; a[lane] = 4 pairs; b0[lane], b1[lane] pairs. Reconstruct matrices and multiply."""
+    A = np.zeros((16,16)); B = np.zeros((16,8)); C = np.zeros((16,8))
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        A[g, 2*t:2*t+2] = a[lane][0]; A[g+8, 2*t:2*t+2] = a[lane][1]
+        A[g, 2*t+8:2*t+10] = a[lane][2]; A[g+8, 2*t+8:2*t+10] = a[lane][3]
+        B[2*t:2*t+2, g] = b0[lane]; B[2*t+8:2*t+10, g] = b1[lane]
+        C[g, 2*t:2*t+2] = acc[lane][0:2]; C[g+8, 2*t:2*t+2] = acc[lane][2:4]
+    D = C + A @ B
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        acc[lane][0:2] = D[g, 2*t:2*t+2]; acc[lane][2:4] = D[g+8, 2*t:2*t+2]
+
+def frag_to_tile(accs, rw, cw, rows=64, cols=64):
+    """accs[m][lane][cc] for n-tile m (cols cw + 8m ..); returns dict of (row,col)->value."""
+    out = {}
+    for m in range(len(accs)):
+        for lane in range(32):
+            g, t = lane >> 2, lane & 3
+            for cc in range(4):
+                out[(rw + g + 8*(cc>>1), cw + 8*m + 2*t + (cc&1))] = accs[m][lane][cc]
+    return out
+
+# 1. the gemm.cu pattern (known good on GPU): sA [m][k], sB [n][k]; C = A·Bᵀ for one 16x16 (2 n-tiles), k 16
+A = rng.standard_normal((16, 16)); Bt = rng.standard_normal((16, 16))
+af = ldmatrix_x4(A, lambda lane: (lane % 16, (lane // 16) * 8))
+bf = ldmatrix_x4(Bt, lambda lane: ((lane % 8) + (lane // 16) * 8, ((lane // 8) % 2) * 8))
+accs = [[np.zeros(4) for _ in range(32)] for _ in range(2)]
+for nt in range(2):
+    mma(accs[nt], af, [bf[l][(nt%2)*2] for l in range(32)], [bf[l][(nt%2)*2+1] for l in range(32)])
+tile = frag_to_tile(accs, 0, 0)
+ref = A @ Bt.T
+err = max(abs(tile[(r, c)] - ref[r, c]) for (r, c) in tile)
+failures = []
+
+
+def report(name, ok, detail=""):
+    print(name, "OK" if ok else f"BAD {detail}")
+    if not ok:
+        failures.append(name)
+
+
+report("gemm pattern (known good):", err < 1e-9, err)
+
+# 2. sweep16: xs [r][i], ys [r][j] (64 rows x 64 cols); C[i][j] = sum_r X[r][i] Y[r][j]
+X = rng.standard_normal((64, 64)); Y = rng.standard_normal((64, 64))
+full = {}
+for warp in range(8):
+    rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
+    accs = [[np.zeros(4) for _ in range(32)] for _ in range(4)]
+    for kk in range(0, 64, 16):
+        a = ldmatrix_x4(X, lambda lane: (kk + lane % 8 + 8 * ((lane // 8) // 2), rw + 8 * ((lane // 8) % 2)), trans=True)
+        for np_ in range(2):
+            b = ldmatrix_x4(Y, lambda lane: (kk + lane % 8 + 8 * ((lane // 8) % 2), cw + 16 * np_ + 8 * ((lane // 8) // 2)), trans=True)
+            mma(accs[2*np_], a, [b[l][0] for l in range(32)], [b[l][1] for l in range(32)])
+            mma(accs[2*np_+1], a, [b[l][2] for l in range(32)], [b[l][3] for l in range(32)])
+    full.update(frag_to_tile(accs, rw, cw))
+ref = X.T @ Y
+err = max(abs(full[(r, c)] - ref[r, c]) for (r, c) in full)
+report("sweep16 Xᵀ·Y:", err < 1e-9 and len(full) == 4096, err)
+
+# 3. chunk16 phase 1 (one 32-wide slab: ks 0,16): scores X·Yᵀ with xs [t][k], ys [s][k]; X·M with ms [k][n]
+Xs = rng.standard_normal((64, 32)); Ys = rng.standard_normal((64, 32)); Ms = rng.standard_normal((32, 64))
+W = {}; O = {}
+for warp in range(8):
+    rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
+    aw = [[np.zeros(4) for _ in range(32)] for _ in range(4)]
+    ao = [[np.zeros(4) for _ in range(32)] for _ in range(4)]
+    for ks in (0, 16):
+        a = ldmatrix_x4(Xs, lambda lane: (rw + lane % 8 + 8 * ((lane // 8) % 2), ks + 8 * ((lane // 8) // 2)))
+        for np_ in range(2):
+            n0 = cw + 16 * np_
+            b = ldmatrix_x4(Ys, lambda lane: (n0 + lane % 8 + 8 * ((lane // 8) // 2), ks + 8 * ((lane // 8) % 2)))
+            mma(aw[2*np_], a, [b[l][0] for l in range(32)], [b[l][1] for l in range(32)])
+            mma(aw[2*np_+1], a, [b[l][2] for l in range(32)], [b[l][3] for l in range(32)])
+            bm = ldmatrix_x4(Ms, lambda lane: (ks + lane % 8 + 8 * ((lane // 8) % 2), n0 + 8 * ((lane // 8) // 2)), trans=True)
+            mma(ao[2*np_], a, [bm[l][0] for l in range(32)], [bm[l][1] for l in range(32)])
+            mma(ao[2*np_+1], a, [bm[l][2] for l in range(32)], [bm[l][3] for l in range(32)])
+    W.update(frag_to_tile(aw, rw, cw)); O.update(frag_to_tile(ao, rw, cw))
+rw_ = Xs @ Ys.T; ro = Xs @ Ms
+e1 = max(abs(W[k] - rw_[k]) for k in W); e2 = max(abs(O[k] - ro[k]) for k in O)
+report("chunk16 scores X·Yᵀ:", e1 < 1e-9 and len(W) == 4096, e1)
+report("chunk16 X·M:", e2 < 1e-9 and len(O) == 4096, e2)
+
+# 4. chunk16 phase 2: W [t][s] (non-trans A), F [s][n] (trans B), over s in 16-blocks
+Wm = rng.standard_normal((64, 64)); F = rng.standard_normal((64, 64))
+O2 = {}
+for warp in range(8):
+    rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
+    ao = [[np.zeros(4) for _ in range(32)] for _ in range(4)]
+    for s0 in range(0, 64, 16):
+        a = ldmatrix_x4(Wm, lambda lane: (rw + lane % 8 + 8 * ((lane // 8) % 2), s0 + 8 * ((lane // 8) // 2)))
+        for np_ in range(2):
+            b = ldmatrix_x4(F, lambda lane: (s0 + lane % 8 + 8 * ((lane // 8) % 2), cw + 16 * np_ + 8 * ((lane // 8) // 2)), trans=True)
+            mma(ao[2*np_], a, [b[l][0] for l in range(32)], [b[l][1] for l in range(32)])
+            mma(ao[2*np_+1], a, [b[l][2] for l in range(32)], [b[l][3] for l in range(32)])
+    O2.update(frag_to_tile(ao, rw, cw))
+ref = Wm @ F
+e3 = max(abs(O2[k] - ref[k]) for k in O2)
+report("chunk16 W·F:", e3 < 1e-9 and len(O2) == 4096, e3)
+sys.exit(1 if failures else 0)
