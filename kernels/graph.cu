@@ -305,6 +305,95 @@ __device__ __forceinline__ void row_reduce_impl(const uint32_t* idx, const T* __
     }
 }
 
+// 16 bytes of a row as f32 (eight f16/bf16 or four f32 values), and back.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4 u, float (&out)[16 / sizeof(T)]) {
+    if constexpr (sizeof(T) == 4) {
+        out[0] = __uint_as_float(u.x), out[1] = __uint_as_float(u.y), out[2] = __uint_as_float(u.z), out[3] = __uint_as_float(u.w);
+    } else {
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) out[2 * i] = bits16_to_f32<T>(w[i] & 0xffffu), out[2 * i + 1] = bits16_to_f32<T>(w[i] >> 16);
+    }
+}
+template <typename T>
+__device__ __forceinline__ uint4 pack16(const float (&v)[16 / sizeof(T)]) {
+    union {
+        T h[16 / sizeof(T)];
+        uint4 u;
+    } pk;
+#pragma unroll
+    for (uint32_t i = 0; i < 16 / sizeof(T); ++i) pk.h[i] = from_f32<T>(v[i]);
+    return pk.u;
+}
+
+// spmm and the sum/mean segment reduction with one warp per output row (FFKERN_GRAPH_KERNEL=warp;
+// the width a multiple of 16 bytes, with weights also each head's): lane l takes the row's
+// 16-byte column pieces l, l + 32, …, so each edge's source row is read in whole 512-byte warp
+// accesses and its index once per warp instead of once per four columns; edges go four at a
+// time with their rows in flight. The sums run in row_reduce_impl's order (edge order from 0), so
+// the results are the same; long rows combine their segments' partials, in order, as there.
+template <bool SPMM, typename T>
+__device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ part,
+                                                     T* __restrict__ out, const GraphParams& p) {
+    constexpr uint32_t V = 16 / sizeof(T);
+    const Csr g(idx, p);
+    const uint32_t lane = threadIdx.x & 31;
+    const size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= p.num_nodes) return;
+    const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1], pieces = p.dim / V, dh = p.dim / p.heads;
+    const bool long_row = hi - lo > p.chunk;
+    uint32_t k0 = 0, k1 = 0;
+    if (long_row) {
+        const uint32_t li = g.find_long((uint32_t)row);
+        k0 = g.long_seg_ptr[li];
+        k1 = g.long_seg_ptr[li + 1];
+    }
+    // One edge's piece: its source (spmm) or edge row (reduction), times its head's weight.
+    const auto add = [&](float (&acc)[V], uint32_t e, uint4 raw, uint32_t d0) {
+        float xv[V];
+        unpack16<T>(raw, xv);
+        const float wt = p.has_weight ? w[(size_t)e * p.heads + d0 / dh] : 1.0f;
+#pragma unroll
+        for (uint32_t c = 0; c < V; ++c) acc[c] += p.has_weight ? wt * xv[c] : xv[c];
+    };
+    const auto piece = [&](uint32_t q, uint32_t e, uint32_t d0) {
+        return *reinterpret_cast<const uint4*>(x + (size_t)(SPMM ? g.src[q] : e) * p.dim + d0);
+    };
+    for (uint32_t pc = lane; pc < pieces; pc += 32) {
+        const uint32_t d0 = pc * V;
+        float acc[V];
+#pragma unroll
+        for (uint32_t c = 0; c < V; ++c) acc[c] = 0.0f;
+        if (long_row) {
+            for (uint32_t k = k0; k < k1; ++k)
+#pragma unroll
+                for (uint32_t c = 0; c < V; ++c) acc[c] += part[(size_t)k * p.dim + d0 + c];
+        } else {
+            uint32_t q = lo;
+            for (; q + 4 <= hi; q += 4) {
+                uint32_t e[4];
+                uint4 raw[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) e[j] = g.perm[q + j];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) raw[j] = piece(q + j, e[j], d0);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) add(acc, e[j], raw[j], d0);
+            }
+            for (; q < hi; ++q) {
+                const uint32_t e = g.perm[q];
+                add(acc, e, piece(q, e, d0), d0);
+            }
+        }
+        if (!SPMM && p.reduce == 1 && hi > lo) {
+#pragma unroll
+            for (uint32_t c = 0; c < V; ++c) acc[c] /= (float)(hi - lo);
+        }
+        *reinterpret_cast<uint4*>(out + row * p.dim + d0) = pack16<T>(acc);
+    }
+}
+
 // s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩ (f32, COO order), one thread per (edge, head), so
 // a hub's edges spread over the grid like any others.
 template <typename T>
@@ -540,6 +629,14 @@ __device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_spmm_##SUFFIX(const uint32_t* idx, const T* x, const float* w, const float* part, T* out, GraphParams p) {  \
         row_reduce_impl<true, T>(idx, x, w, part, out, nullptr, p);                                                        \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) graph_segment_sum_warp_##SUFFIX(                                     \
+        const uint32_t* idx, const T* m, const float* w, const float* part, T* out, GraphParams p) {                       \
+        row_reduce_warp_impl<false, T>(idx, m, w, part, out, p);                                                           \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_spmm_warp_##SUFFIX(const uint32_t* idx, const T* x, const float* w, const float* part, T* out, GraphParams p) { \
+        row_reduce_warp_impl<true, T>(idx, x, w, part, out, p);                                                            \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_seg_partial_reduce_##SUFFIX(const uint32_t* idx, const T* m, const float* w, float* part, GraphParams p) {   \

@@ -8,7 +8,8 @@
 #   bash scripts/device-check.sh            (writes $OUT/device-check.tgz and $OUT/summary.txt, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
 # PINGPONG_OPS (FFN families timed on the ping-pong GEMM; empty skips), LINATTN_KERNELS
-# (FFKERN_LINATTN_KERNEL choices tested and timed beside the default; empty skips),
+# (FFKERN_LINATTN_KERNEL choices tested and timed beside the default; empty skips), GRAPH_KERNELS
+# (the same for FFKERN_GRAPH_KERNEL),
 # WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0 (PEERS_ONLY=gemm,... picks
 # parts), NCU=1, PROFILE=0 / PROFILE_OPS, DETAIL=0, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
 set -u
@@ -104,6 +105,13 @@ for lk in ${LINATTN_KERNELS-simt mma16}; do
     FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda timeout "$(lim 180)" $B/tests/linattn > "$OUT/test-linattn-$lk.log" 2>&1 &
     pids+=($!)
 done
+# The graph row kernels with one warp per row (FFKERN_GRAPH_KERNEL=warp).
+for gk in ${GRAPH_KERNELS-warp}; do
+    for t in graph gnn oneforecast; do
+        FFKERN_GRAPH_KERNEL=$gk FFKERN_REQUIRE=cuda timeout "$(lim 180)" $B/tests/$t > "$OUT/test-$t-$gk.log" 2>&1 &
+        pids+=($!)
+    done
+done
 for p in "${pids[@]}"; do wait "$p"; done
 for f in "$OUT"/test-*.log; do
     log "$(basename "$f" .log): $(grep -E '^test result' "$f" | tr '\n' ' ')"
@@ -140,6 +148,9 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
     done
     for lk in ${LINATTN_KERNELS-simt mma16}; do
         FFKERN_LINATTN_KERNEL=$lk bench "cuda-linear_attn-$lk" 60 --backend cuda --op linear_attn --reps 10
+    done
+    for gk in ${GRAPH_KERNELS-warp}; do
+        FFKERN_GRAPH_KERNEL=$gk bench "cuda-graph-$gk" 90 --backend cuda --op graph --reps 20
     done
 fi
 if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then

@@ -1,6 +1,6 @@
 //! CUDA launcher of the graph family (`kernels/graph.cu`).
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::{GraphKernel, GraphParams};
 use crate::runtime::cuda::{kernel_name, CudaElem, CudaRuntime, Ptx};
@@ -19,6 +19,12 @@ pub const KERNELS: &[&str] = &[
     "graph_spmm_f32",
     "graph_spmm_f16",
     "graph_spmm_bf16",
+    "graph_spmm_warp_f32",
+    "graph_spmm_warp_f16",
+    "graph_spmm_warp_bf16",
+    "graph_segment_sum_warp_f32",
+    "graph_segment_sum_warp_f16",
+    "graph_segment_sum_warp_bf16",
     "graph_seg_partial_reduce_f32",
     "graph_seg_partial_reduce_f16",
     "graph_seg_partial_reduce_bf16",
@@ -72,6 +78,13 @@ pub struct CudaGraphArgs<'a, T> {
     pub y: Option<CudaView<'a, T>>,
     pub w: Option<CudaView<'a, f32>>,
     pub v: Option<CudaView<'a, f32>>,
+}
+
+/// `FFKERN_GRAPH_KERNEL`: `thread` (default: four columns per thread for spmm and the row
+/// reductions) or `warp` (one warp per row for spmm and sum/mean where the widths allow).
+fn kernel_choice() -> Result<&'static str> {
+    static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    crate::runtime::cuda::kernel_env(&CHOICE, "FFKERN_GRAPH_KERNEL", &["thread", "warp"])
 }
 
 fn need<'b, X>(v: &'b Option<X>, what: &str) -> Result<&'b X> {
@@ -223,6 +236,26 @@ pub fn launch<T: CudaElem>(
                 rt.launch(&fp, cfg(segs * dim.div_ceil(4)), |l| {
                     l.arg(idx).arg(x).arg(w).arg(&mut part).arg(p);
                 })?;
+            }
+            // One warp per row (FFKERN_GRAPH_KERNEL=warp) for spmm and sum/mean: whole 16-byte
+            // pieces of every row (and of every head's columns with weights).
+            let per16 = 16 / std::mem::size_of::<T>();
+            let warp_ok = kernel_choice()? == "warp"
+                && (kind == GraphKernel::Spmm || (p.reduce <= 1 && arg.is_none()))
+                && dim % per16 == 0
+                && (p.has_weight == 0 || (dim / heads) % per16 == 0)
+                && x.device_ptr(&rt.stream).0 % 16 == 0
+                && out.device_ptr(&rt.stream).0 % 16 == 0;
+            if warp_ok {
+                let fw = load(if kind == GraphKernel::Spmm { "graph_spmm_warp" } else { "graph_segment_sum_warp" })?;
+                let cfg_warp = LaunchConfig { grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                // SAFETY: graph_spmm_warp_<dtype> / graph_segment_sum_warp_<dtype>(idx, x, w, part,
+                // out, p): as the row kernels above, with x and out read and written in whole
+                // 16-byte pieces (dim a multiple of 16 bytes, both 16-byte aligned: checked here);
+                // warp r writes row r of out, rows past N return.
+                return rt.launch(&fw, cfg_warp, |l| {
+                    l.arg(idx).arg(x).arg(w).arg(&part).arg(out).arg(p);
+                });
             }
             match (kind, arg) {
                 (GraphKernel::SegmentReduce, Some(arg)) => rt.launch(&f, cfg_main, |l| {
