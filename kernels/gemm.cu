@@ -468,12 +468,6 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, i
         : "memory");
 }
 
-// The warp-specialised kernel's epilogue, second half: 8 consecutive columns of one row from the
-// staged pre-activation z (bias already added): activation, residual, then 16-byte stores of C
-// (and Z) where aligned, element stores at the edges. ACT is the activation as a template
-// argument: the 8 columns are then 8 independent branch-free chains that the scheduler
-// interleaves, where a run-time switch per element made each one wait out the last (the
-// epilogue runs while the tensor cores idle, so its latency is the kernel's).
 // What the writer reads of GemmParams, small enough to pass to it in registers; oc and orr are
 // the batch's offsets into C (and Z) and R.
 struct EpiArgs {
@@ -499,6 +493,12 @@ __device__ __forceinline__ float act16(float x) {
     }
 }
 
+// The warp-specialised kernel's epilogue, second half: 8 consecutive columns of one row from the
+// staged pre-activation z (bias already added): activation, residual, then 16-byte stores of C
+// (and Z) where aligned, element stores at the edges. ACT is the activation as a template
+// argument: the 8 columns are then 8 independent branch-free chains that the scheduler
+// interleaves, where a run-time switch per element made each one wait out the last (the
+// epilogue runs while the tensor cores idle, so its latency is the kernel's).
 template <typename T, uint32_t ACT>
 __device__ __forceinline__ void epilogue8(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
                                           uint32_t row, uint32_t col, const float (&z)[8]) {
