@@ -109,6 +109,12 @@ __device__ __forceinline__ void splitk_sum_impl(const float* __restrict__ ws, ui
 namespace mma {
 constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 256;
 constexpr int LDS = BK + 8;  // padded shared row (80 bytes): ldmatrix rows hit distinct banks
+constexpr int LDT = BM + 8;  // a K-major tile's padded row (272 bytes), same reason
+static_assert(BM == BN && BK * LDT <= BM * LDS, "a K-major tile fits an operand's share of a stage");
+// How a kernel loads its operands: GEN element loads with any strides; VEC 16-byte copies of A
+// [M,K] and B [N,K] rows; VEC_BK the same with B stored K-major ([K,N], the weights of dA = dC·W);
+// VEC_AKBK with both K-major (A [K,M], B [K,N]: the weight gradient dW = dCᵀ·X).
+enum Load { GEN = 0, VEC = 1, VEC_BK = 2, VEC_AKBK = 3 };
 constexpr int STAGE_ELEMS = (BM + BN) * LDS;
 constexpr int SMEM_BYTES = STAGES * STAGE_ELEMS * 2;
 static_assert(SMEM_BYTES == 61440, "src/ops/gemm/cuda.rs launches the mma kernels with 61440 bytes of dynamic shared memory");
@@ -149,7 +155,29 @@ __device__ __forceinline__ void load_tile(T* __restrict__ s, const T* __restrict
     }
 }
 
-template <typename T, bool VEC, bool SPLIT>
+// Rows [r0, r0+128) × K slice [k0, k0+32) of an operand stored K-major (element (r, k) at
+// k·ks + r, rows contiguous) into a shared tile [32][LDT] of k rows: 16-byte cp.async along the
+// rows, zero-filled past the edges (rows a multiple of 8 elements apart, checked by the launcher).
+template <typename T>
+__device__ __forceinline__ void load_tile_kmajor(T* __restrict__ s, const T* __restrict__ g, uint32_t rows, uint32_t K, uint32_t r0, uint32_t k0,
+                                                 uint32_t ks) {
+    const int t = threadIdx.x;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int c = t + i * THREADS;
+        const int kr = c >> 4, rc = (c & 15) * 8;
+        const uint32_t gk = k0 + kr, gr = r0 + rc;
+        int bytes = 0;
+        const T* src = g;
+        if (gk < K && gr < rows) {
+            bytes = (int)min(8u, rows - gr) * 2;
+            src = g + (size_t)gk * ks + gr;
+        }
+        cp_async16(s + kr * LDT + rc, src, bytes);
+    }
+}
+
+template <typename T, int LOAD, bool SPLIT>
 __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias,
                                          const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p, uint32_t kc,
                                          float* __restrict__ ws) {
@@ -176,8 +204,10 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
     auto load_stage = [&](int stage, int kt) {
         T* sA = smem + stage * STAGE_ELEMS;
         T* sB = sA + BM * LDS;
-        load_tile<T, VEC>(sA, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_rs, a_ks);
-        load_tile<T, VEC>(sB, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_rs, b_ks);
+        if (LOAD == VEC_AKBK) load_tile_kmajor<T>(sA, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_ks);
+        else load_tile<T, LOAD != GEN>(sA, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_rs, a_ks);
+        if (LOAD >= VEC_BK) load_tile_kmajor<T>(sB, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_ks);
+        else load_tile<T, LOAD != GEN>(sB, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_rs, b_ks);
     };
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
@@ -196,10 +226,21 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
         for (int ks = 0; ks < BK; ks += 16) {
             uint32_t af[4][4], bf[2][4];
 #pragma unroll
-            for (int mt = 0; mt < 4; ++mt) ldmatrix_x4(af[mt], sA + (wm + mt * 16 + (lane % 16)) * LDS + ks + (lane / 16) * 8);
+            for (int mt = 0; mt < 4; ++mt) {
+                // K-major tiles give the same fragments through ldmatrix.trans (lane l addresses
+                // row l % 8 of matrix l / 8; scripts/check_mma_layouts.py checks both forms).
+                if (LOAD == VEC_AKBK)
+                    ldmatrix_x4_trans(af[mt], sA + (ks + (lane % 8) + 8 * ((lane / 8) / 2)) * LDT + wm + mt * 16 + 8 * ((lane / 8) % 2));
+                else
+                    ldmatrix_x4(af[mt], sA + (wm + mt * 16 + (lane % 16)) * LDS + ks + (lane / 16) * 8);
+            }
 #pragma unroll
-            for (int np = 0; np < 2; ++np)
-                ldmatrix_x4(bf[np], sB + (wn + np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks + ((lane / 8) % 2) * 8);
+            for (int np = 0; np < 2; ++np) {
+                if (LOAD >= VEC_BK)
+                    ldmatrix_x4_trans(bf[np], sB + (ks + (lane % 8) + 8 * ((lane / 8) % 2)) * LDT + wn + np * 16 + 8 * ((lane / 8) / 2));
+                else
+                    ldmatrix_x4(bf[np], sB + (wn + np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks + ((lane / 8) % 2) * 8);
+            }
 #pragma unroll
             for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
@@ -333,19 +374,23 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ A, const flo
 }  // namespace simt
 
 #if !defined(FFKERN_SM90A)  // the compute_90a PTX carries only the Hopper entries below
-#define GEMM_MMA_ENTRY(NAME, T, VEC)                                                                                       \
+#define GEMM_MMA_ENTRY(NAME, T, LOAD)                                                                                      \
     extern "C" __global__ void __launch_bounds__(mma::THREADS) NAME(const T* A, const T* B, const T* bias, const T* R, T* C, \
                                                                     T* Z, GemmParams p) {                                  \
-        mma::gemm_mma<T, VEC, false>(A, B, bias, R, C, Z, p, 0, nullptr);                                                  \
+        mma::gemm_mma<T, LOAD, false>(A, B, bias, R, C, Z, p, 0, nullptr);                                                 \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(mma::THREADS) NAME##_split(const T* A, const T* B, GemmParams p, uint32_t kc, \
                                                                             float* ws) {                                   \
-        mma::gemm_mma<T, VEC, true>(A, B, nullptr, nullptr, nullptr, nullptr, p, kc, ws);                                  \
+        mma::gemm_mma<T, LOAD, true>(A, B, nullptr, nullptr, nullptr, nullptr, p, kc, ws);                                 \
     }
-GEMM_MMA_ENTRY(gemm_f16_vec, __half, true)
-GEMM_MMA_ENTRY(gemm_f16_gen, __half, false)
-GEMM_MMA_ENTRY(gemm_bf16_vec, __nv_bfloat16, true)
-GEMM_MMA_ENTRY(gemm_bf16_gen, __nv_bfloat16, false)
+GEMM_MMA_ENTRY(gemm_f16_vec, __half, mma::VEC)
+GEMM_MMA_ENTRY(gemm_f16_gen, __half, mma::GEN)
+GEMM_MMA_ENTRY(gemm_f16_vec_bk, __half, mma::VEC_BK)
+GEMM_MMA_ENTRY(gemm_f16_vec_akbk, __half, mma::VEC_AKBK)
+GEMM_MMA_ENTRY(gemm_bf16_vec, __nv_bfloat16, mma::VEC)
+GEMM_MMA_ENTRY(gemm_bf16_gen, __nv_bfloat16, mma::GEN)
+GEMM_MMA_ENTRY(gemm_bf16_vec_bk, __nv_bfloat16, mma::VEC_BK)
+GEMM_MMA_ENTRY(gemm_bf16_vec_akbk, __nv_bfloat16, mma::VEC_AKBK)
 
 #define GEMM_SIMT_ENTRY(NAME, VEC)                                                                                         \
     extern "C" __global__ void __launch_bounds__(simt::THREADS)                                                            \

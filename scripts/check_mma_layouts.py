@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Checks the ldmatrix / mma.sync.m16n8k16 fragment addressing of the 16-bit linear-attention
-kernels (kernels/linattn.cu: chunk_sweep16_impl, chunk16_impl) without a GPU.
+kernels (kernels/linattn.cu: chunk_sweep16_impl, chunk16_impl) and of the GEMM's K-major loads
+(kernels/gemm.cu, VEC_BK / VEC_AKBK) without a GPU.
 
 It emulates ldmatrix.x4 (with and without .trans) and mma.m16n8k16 per the PTX ISA fragment
 layouts, first on the addressing of the mma.sync GEMM in kernels/gemm.cu (which passes its tests
@@ -127,4 +128,24 @@ for warp in range(8):
 ref = Wm @ F
 e3 = max(abs(O2[k] - ref[k]) for k in O2)
 report("chunk16 W·F:", e3 < 1e-9 and len(O2) == 4096, e3)
+
+# 5. kernels/gemm.cu's K-major loads (VEC_AKBK): A stored [K][M], B stored [K][N], both read with
+# ldmatrix.trans; block tile 128×128, K slice 32, warp w at rows 64·(w / 4), columns 32·(w % 4).
+At = rng.standard_normal((32, 128)); Bk = rng.standard_normal((32, 128))
+Cg = {}
+for warp in range(8):
+    wm, wn = (warp // 4) * 64, (warp % 4) * 32
+    accs = [[[np.zeros(4) for _ in range(32)] for _ in range(4)] for _ in range(4)]
+    for ks in (0, 16):
+        af = [ldmatrix_x4(At, lambda lane: (ks + lane % 8 + 8 * ((lane // 8) // 2), wm + mt * 16 + 8 * ((lane // 8) % 2)), trans=True) for mt in range(4)]
+        bf = [ldmatrix_x4(Bk, lambda lane: (ks + lane % 8 + 8 * ((lane // 8) % 2), wn + np_ * 16 + 8 * ((lane // 8) // 2)), trans=True) for np_ in range(2)]
+        for mt in range(4):
+            for nt in range(4):
+                b = bf[nt // 2]
+                mma(accs[mt][nt], af[mt], [b[l][(nt % 2) * 2] for l in range(32)], [b[l][(nt % 2) * 2 + 1] for l in range(32)])
+    for mt in range(4):
+        Cg.update(frag_to_tile(accs[mt], wm + mt * 16, wn))
+ref = At.T @ Bk
+e5 = max(abs(Cg[k] - ref[k]) for k in Cg)
+report("gemm K-major A and B (VEC_AKBK):", e5 < 1e-9 and len(Cg) == 128 * 128, e5)
 sys.exit(1 if failures else 0)

@@ -9,7 +9,8 @@
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
 # PINGPONG_OPS (FFN families timed on the ping-pong GEMM; empty skips), LINATTN_KERNELS
 # (FFKERN_LINATTN_KERNEL choices tested and timed beside the default; empty skips), GRAPH_KERNELS
-# (the same for FFKERN_GRAPH_KERNEL),
+# (the same for FFKERN_GRAPH_KERNEL), KERNELS_TESTS (an FFKERN_GEMM_KERNEL choice for the test
+# binaries that run GEMM backwards; empty skips),
 # WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0 (PEERS_ONLY=gemm,... picks
 # parts), NCU=1, PROFILE=0 / PROFILE_OPS, DETAIL=0, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
 set -u
@@ -95,7 +96,7 @@ if [ "${WGPU_CHECK:-1}" = 1 ]; then
     timeout "$(lim 120)" $B/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1 &
     pids+=($!)
 fi
-for k in ${KERNELS-auto mma pingpong}; do
+for k in ${KERNELS-auto mma pingpong kmajor}; do
     FFKERN_GEMM_KERNEL=$k timeout "$(lim 120)" $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1 &
     pids+=($!)
 done
@@ -105,6 +106,14 @@ for lk in ${LINATTN_KERNELS-simt mma16}; do
     FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda timeout "$(lim 180)" $B/tests/linattn > "$OUT/test-linattn-$lk.log" 2>&1 &
     pids+=($!)
 done
+# The GEMM backward's K-major operands on 16-byte copies (FFKERN_GEMM_KERNEL=kmajor), through
+# every test that runs a backward.
+if [ -n "${KERNELS_TESTS-kmajor}" ]; then
+    for t in gemm ffn structured oneforecast; do
+        FFKERN_GEMM_KERNEL=${KERNELS_TESTS-kmajor} FFKERN_REQUIRE=cuda timeout "$(lim 180)" $B/tests/$t > "$OUT/test-$t-gemm-${KERNELS_TESTS-kmajor}.log" 2>&1 &
+        pids+=($!)
+    done
+fi
 # The graph row kernels with one warp per row (FFKERN_GRAPH_KERNEL=warp).
 for gk in ${GRAPH_KERNELS-warp}; do
     for t in graph gnn oneforecast; do
@@ -152,6 +161,8 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
     for gk in ${GRAPH_KERNELS-warp}; do
         FFKERN_GRAPH_KERNEL=$gk bench "cuda-graph-$gk" 90 --backend cuda --op graph --reps 20
     done
+    # The OneForecast layer's weight gradients (K = E rows) on the K-major 16-byte loads.
+    [ -n "${KERNELS_TESTS-kmajor}" ] && FFKERN_GEMM_KERNEL=kmajor bench cuda-graph-kmajor 90 --backend cuda --op graph --reps 20
 fi
 if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then
     if ls $D/whl/*.whl > /dev/null 2>&1; then

@@ -37,6 +37,11 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         case("130x264x64 bias gelu_tanh act_cols=200", Gemm::new(130, 264, 64).bias(true).act(Activation::GeluTanh).act_cols(200)),
         case("72x80x32 relu residual", Gemm::new(72, 80, 32).act(Activation::Relu).residual(None).beta(0.5)),
         case("40x48x16 bias leaky_relu", Gemm::new(40, 48, 16).bias(true).act(Activation::LeakyRelu)),
+        // K-major operands with 16-byte rows (FFKERN_GEMM_KERNEL=kmajor on CUDA): dA = dC·W's and
+        // dW = dCᵀ·X's layouts, partial tiles, and one long enough for split-K.
+        case("200x136x96 kn bias gelu_erf", Gemm::new(200, 136, 96).b_layout(BLayout::KN).bias(true).act(Activation::GeluErf)),
+        case("96x136x200 km kn residual", Gemm::new(96, 136, 200).a_layout(ALayout::KM).b_layout(BLayout::KN).residual(None).beta(0.5)),
+        case("64x72x4096 km kn split-K", Gemm::new(64, 72, 4096).a_layout(ALayout::KM).b_layout(BLayout::KN).bias(true)),
         // Few tiles and a long K: CUDA splits K over the blocks (16-byte and element-wise loads).
         case("100x70x5000 split-K, all options", Gemm::new(100, 70, 5000).bias(true).act(Activation::GeluErf).act_cols(40).residual(None).alpha(0.75).beta(0.5)),
         case("150x130x4099 km split-K relu", Gemm::new(150, 130, 4099).a_layout(ALayout::KM).bias(true).act(Activation::Relu)),

@@ -24,6 +24,14 @@ pub const KERNELS: &[&str] = &[
     "gemm_f16_gen_split",
     "gemm_bf16_vec_split",
     "gemm_bf16_gen_split",
+    "gemm_f16_vec_bk",
+    "gemm_f16_vec_akbk",
+    "gemm_bf16_vec_bk",
+    "gemm_bf16_vec_akbk",
+    "gemm_f16_vec_bk_split",
+    "gemm_f16_vec_akbk_split",
+    "gemm_bf16_vec_bk_split",
+    "gemm_bf16_vec_akbk_split",
     "gemm_splitk_f32",
     "gemm_splitk_f16",
     "gemm_splitk_bf16",
@@ -48,11 +56,13 @@ const WGMMA_SMEM: u32 = 230400;
 /// Which f16/bf16 kernel runs: `FFKERN_GEMM_KERNEL` = `auto` (default: the wgmma kernel on Hopper
 /// where A is [M,K] and B is [N,K] with 16-byte-aligned rows, else mma.sync), `pingpong` (the
 /// same cases on the wgmma kernel's ping-pong schedule: each consumer warpgroup owns 64×256 tiles
-/// and its epilogue overlaps the other's products) or `mma` (mma.sync everywhere, e.g. to compare
-/// on a Hopper card).
+/// and its epilogue overlaps the other's products), `mma` (mma.sync everywhere, e.g. to compare
+/// on a Hopper card) or `kmajor` (as `auto`, and the f16/bf16 backward products with a K-major
+/// operand — dA = dC·W, dW = dCᵀ·X — take 16-byte copies and ldmatrix.trans instead of element
+/// loads).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    crate::runtime::cuda::kernel_env(&CHOICE, "FFKERN_GEMM_KERNEL", &["auto", "mma", "pingpong"])
+    crate::runtime::cuda::kernel_env(&CHOICE, "FFKERN_GEMM_KERNEL", &["auto", "mma", "pingpong", "kmajor"])
 }
 
 /// A TMA tensor map, passed to a kernel by value (`__grid_constant__ CUtensorMap`).
@@ -130,14 +140,32 @@ fn function(rt: &CudaRuntime, ptx: Ptx, name: &'static str, smem: u32) -> Result
 }
 
 /// The mma.sync / SIMT entry for `dtype`: 16-byte loads (`vec`) or any layout, whole or split-K.
-fn kernel_name(dtype: DType, vec: bool, split: bool) -> &'static str {
-    let [whole, split_k] = match (dtype, vec) {
-        (DType::F32, true) => ["gemm_f32_vec", "gemm_f32_vec_split"],
-        (DType::F32, false) => ["gemm_f32_gen", "gemm_f32_gen_split"],
-        (DType::F16, true) => ["gemm_f16_vec", "gemm_f16_vec_split"],
-        (DType::F16, false) => ["gemm_f16_gen", "gemm_f16_gen_split"],
-        (DType::BF16, true) => ["gemm_bf16_vec", "gemm_bf16_vec_split"],
-        (DType::BF16, false) => ["gemm_bf16_gen", "gemm_bf16_gen_split"],
+/// How the mma.sync / SIMT kernels load their operands (`Load` in kernels/gemm.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Load {
+    /// Element loads, any layout and strides.
+    Gen,
+    /// 16-byte copies of A [M,K] and B [N,K] rows.
+    Vec,
+    /// 16-byte copies with B stored K-major ([K,N]: dA = dC·W's weights); f16/bf16.
+    VecBk,
+    /// 16-byte copies with A and B stored K-major (dW = dCᵀ·X); f16/bf16.
+    VecAkBk,
+}
+
+/// The mma.sync / SIMT entry for `dtype` and load form, whole or split-K.
+fn kernel_name(dtype: DType, load: Load, split: bool) -> &'static str {
+    let [whole, split_k] = match (dtype, load) {
+        (DType::F32, Load::Vec) => ["gemm_f32_vec", "gemm_f32_vec_split"],
+        (DType::F32, _) => ["gemm_f32_gen", "gemm_f32_gen_split"],
+        (DType::F16, Load::Vec) => ["gemm_f16_vec", "gemm_f16_vec_split"],
+        (DType::F16, Load::Gen) => ["gemm_f16_gen", "gemm_f16_gen_split"],
+        (DType::F16, Load::VecBk) => ["gemm_f16_vec_bk", "gemm_f16_vec_bk_split"],
+        (DType::F16, Load::VecAkBk) => ["gemm_f16_vec_akbk", "gemm_f16_vec_akbk_split"],
+        (DType::BF16, Load::Vec) => ["gemm_bf16_vec", "gemm_bf16_vec_split"],
+        (DType::BF16, Load::Gen) => ["gemm_bf16_gen", "gemm_bf16_gen_split"],
+        (DType::BF16, Load::VecBk) => ["gemm_bf16_vec_bk", "gemm_bf16_vec_bk_split"],
+        (DType::BF16, Load::VecAkBk) => ["gemm_bf16_vec_akbk", "gemm_bf16_vec_akbk_split"],
     };
     if split {
         split_k
@@ -191,21 +219,26 @@ pub fn gemm<T: CudaElem>(
     let mut p = desc.params();
     p.has_z = z.is_some() as u32;
     let dtype = T::DTYPE;
-    // The 16-byte copy path: unit K stride on both operands, rows and batches 16-byte aligned.
+    // The 16-byte copy paths: unit inner stride on both operands, rows and batches 16-byte
+    // aligned; A [M,K] and B [N,K] (K contiguous), or with FFKERN_GEMM_KERNEL=kmajor (f16/bf16)
+    // also B [K,N], or A [K,M] and B [K,N] (the backward's products).
+    let choice = kernel_choice()?;
     let per16 = (16 / dtype.size()) as u32;
     let aligned = |ptr: u64, ld: u32, stride: u32| ptr % 16 == 0 && ld % per16 == 0 && (desc.batch == 1 || stride % per16 == 0);
-    let vec = desc.a_layout == ALayout::MK
-        && desc.b_layout == BLayout::NK
-        && desc.inner_a == 1
-        && desc.inner_b == 1
-        && aligned(addr(rt, a), p.lda, p.sa)
-        && aligned(addr(rt, b), p.ldb, p.sb);
+    let units = desc.inner_a == 1 && desc.inner_b == 1 && aligned(addr(rt, a), p.lda, p.sa) && aligned(addr(rt, b), p.ldb, p.sb);
+    let kmajor = choice == "kmajor" && dtype != DType::F32;
+    let load = match (units, desc.a_layout, desc.b_layout) {
+        (true, ALayout::MK, BLayout::NK) => Load::Vec,
+        (true, ALayout::MK, BLayout::KN) if kmajor => Load::VecBk,
+        (true, ALayout::KM, BLayout::KN) if kmajor => Load::VecAkBk,
+        _ => Load::Gen,
+    };
+    let vec = load == Load::Vec;
     // Few 128×128 tiles and a long K: slices over about two blocks per SM.
     let (kc, splits) = super::split_k(desc, 128, 2 * rt.sm_count() as usize);
     if splits > 1 {
-        return gemm_split(rt, desc, &p, vec, kc, splits, a, b, bias, r, c, z);
+        return gemm_split(rt, desc, &p, load, kc, splits, a, b, bias, r, c, z);
     }
-    let choice = kernel_choice()?;
     let wgmma = dtype != DType::F32 && vec && desc.inner_c == 1 && desc.k > 0 && rt.is_sm90a() && choice != "mma";
     let pingpong = choice == "pingpong";
     // The wgmma kernel's tile rows: a shared 128-row tile, or one warpgroup's 64 (ping-pong).
@@ -219,7 +252,7 @@ pub fn gemm<T: CudaElem>(
         };
         (name, Ptx::Sm90a, WGMMA_SMEM)
     } else {
-        (kernel_name(dtype, vec, false), Ptx::Base, base_smem(dtype))
+        (kernel_name(dtype, load, false), Ptx::Base, base_smem(dtype))
     };
     let func = function(rt, ptx, name, smem)?;
     let cfg = if wgmma {
@@ -243,9 +276,10 @@ pub fn gemm<T: CudaElem>(
         None
     };
     let null = 0u64;
-    // SAFETY: gemm_<dtype>_<vec|gen>(A, B, bias, R, C, Z, GemmParams) and
+    // SAFETY: gemm_<dtype>_<vec|gen|vec_bk|vec_akbk>(A, B, bias, R, C, Z, GemmParams) and
     // gemm_<dtype>_wgmma(..., GemmParams, tmA, tmB) — validate_lens checked that every element the
-    // descriptor reaches lies inside a, b, bias, r, c and z (the tensor maps cover exactly A and B,
+    // descriptor reaches lies inside a, b, bias, r, c and z (16-byte copies only of rows whose
+    // stride and base are 16-byte aligned, zero-filled past the edges; the tensor maps cover exactly A and B,
     // reads outside them are zero-filled by the copy engine); absent optional operands are null and
     // never dereferenced (has_bias / has_r / has_z are 0).
     rt.launch(&func, cfg, |args| {
@@ -265,7 +299,7 @@ fn gemm_split<T: CudaElem>(
     rt: &CudaRuntime,
     desc: &Gemm,
     p: &super::GemmParams,
-    vec: bool,
+    load: Load,
     kc: usize,
     splits: usize,
     a: &CudaView<T>,
@@ -276,11 +310,11 @@ fn gemm_split<T: CudaElem>(
     z: Option<&mut CudaViewMut<T>>,
 ) -> Result<()> {
     let smem = base_smem(T::DTYPE);
-    let func = function(rt, Ptx::Base, kernel_name(T::DTYPE, vec, true), smem)?;
+    let func = function(rt, Ptx::Base, kernel_name(T::DTYPE, load, true), smem)?;
     let mut ws = rt.stream.alloc_zeros::<f32>(splits * desc.m * desc.n).map_err(|e| Error::driver("cuda: alloc", e))?;
     let cfg = LaunchConfig { grid_dim: (desc.n.div_ceil(128) as u32, desc.m.div_ceil(128) as u32, splits as u32), block_dim: (256, 1, 1), shared_mem_bytes: smem };
     let kc32 = kc as u32;
-    // SAFETY: gemm_<dtype>_<vec|gen>_split(A, B, GemmParams, kc, ws): block z reads the K slice
+    // SAFETY: gemm_<dtype>_<load>_split(A, B, GemmParams, kc, ws): block z reads the K slice
     // [z·kc, min(K, (z + 1)·kc)) of A and B, inside the lengths validate_lens checked (batch 1), and
     // writes its tile's raw sums to ws[z] [M·N] f32; ws holds splits·M·N and z < splits.
     rt.launch(&func, cfg, |args| {
@@ -471,9 +505,9 @@ mod tests {
     #[test]
     fn every_entry_the_launcher_names_is_listed() {
         for dtype in DType::ALL {
-            for vec in [false, true] {
+            for load in [Load::Gen, Load::Vec, Load::VecBk, Load::VecAkBk] {
                 for split in [false, true] {
-                    let name = kernel_name(dtype, vec, split);
+                    let name = kernel_name(dtype, load, split);
                     assert!(KERNELS.contains(&name), "{name} is not in KERNELS (build.rs checks that list against the PTX)");
                 }
             }
