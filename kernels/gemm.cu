@@ -119,32 +119,40 @@ constexpr int STAGE_ELEMS = (BM + BN) * LDS;
 constexpr int SMEM_BYTES = STAGES * STAGE_ELEMS * 2;
 static_assert(SMEM_BYTES == 61440, "src/ops/gemm/cuda.rs launches the mma kernels with 61440 bytes of dynamic shared memory");
 
+// 512 pieces of 16 bytes of a row-major global region into a shared tile with LD-element rows:
+// tile row r = c / PER_ROW, columns 8·(c % PER_ROW) .. + 7 for piece c (two a thread), from global
+// row row0 + r (`stride` elements apart), columns col0 + ..; zero-filled past `rows` and `cols`.
+template <typename T, int PER_ROW, int LD>
+__device__ __forceinline__ void copy_pieces(T* __restrict__ s, const T* __restrict__ g, uint32_t rows, uint32_t cols, uint32_t row0, uint32_t col0,
+                                            uint32_t stride) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int c = threadIdx.x + i * THREADS;
+        const int r = c / PER_ROW, cc = (c % PER_ROW) * 8;
+        const uint32_t gr = row0 + r, gc = col0 + cc;
+        int bytes = 0;
+        const T* src = g;
+        if (gr < rows && gc < cols) {
+            bytes = (int)min(8u, cols - gc) * 2;
+            src = g + (size_t)gr * stride + gc;
+        }
+        cp_async16(s + r * LD + cc, src, bytes);
+    }
+}
+
 // Loads rows [r0, r0+128) × K slice [k0, k0+32) of an operand into a shared tile [128][LDS].
 // VEC: 16-byte cp.async of rows with unit K stride (zero-filled past the edges).
 // Otherwise: element loads with strides (rs, ks), consecutive threads along the unit-stride dim.
 template <typename T, bool VEC>
 __device__ __forceinline__ void load_tile(T* __restrict__ s, const T* __restrict__ g, uint32_t rows, uint32_t K, uint32_t r0,
                                           uint32_t k0, uint32_t rs, uint32_t ks) {
-    const int t = threadIdx.x;
     if (VEC) {
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int c = t + i * THREADS;
-            const int r = c >> 2, kc = (c & 3) * 8;
-            const uint32_t gr = r0 + r, gk = k0 + kc;
-            int bytes = 0;
-            const T* src = g;
-            if (gr < rows && gk < K) {
-                bytes = (int)min(8u, K - gk) * 2;
-                src = g + (size_t)gr * rs + gk;
-            }
-            cp_async16(s + r * LDS + kc, src, bytes);
-        }
+        copy_pieces<T, BK / 8, LDS>(s, g, rows, K, r0, k0, rs);
     } else {
         const bool k_unit = ks == 1;
 #pragma unroll 4
         for (int i = 0; i < (BM * BK) / THREADS; ++i) {
-            const int e = t + i * THREADS;
+            const int e = threadIdx.x + i * THREADS;
             const int r = k_unit ? e / BK : e % BM;
             const int kk = k_unit ? e % BK : e / BM;
             const uint32_t gr = r0 + r, gk = k0 + kk;
@@ -161,20 +169,7 @@ __device__ __forceinline__ void load_tile(T* __restrict__ s, const T* __restrict
 template <typename T>
 __device__ __forceinline__ void load_tile_kmajor(T* __restrict__ s, const T* __restrict__ g, uint32_t rows, uint32_t K, uint32_t r0, uint32_t k0,
                                                  uint32_t ks) {
-    const int t = threadIdx.x;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int c = t + i * THREADS;
-        const int kr = c >> 4, rc = (c & 15) * 8;
-        const uint32_t gk = k0 + kr, gr = r0 + rc;
-        int bytes = 0;
-        const T* src = g;
-        if (gk < K && gr < rows) {
-            bytes = (int)min(8u, rows - gr) * 2;
-            src = g + (size_t)gk * ks + gr;
-        }
-        cp_async16(s + kr * LDT + rc, src, bytes);
-    }
+    copy_pieces<T, BM / 8, LDT>(s, g, K, rows, k0, r0, ks);
 }
 
 template <typename T, int LOAD, bool SPLIT>
