@@ -56,6 +56,11 @@ pub(crate) fn kernel_name<T: CudaElem>(kernels: &'static [&'static str], base: &
     kernels.iter().copied().find(|k| *k == base || k.strip_prefix(base) == Some(suffix.as_str())).ok_or_else(|| Error::Invalid(format!("no CUDA kernel {base}")))
 }
 
+/// A view's device address, for the launchers' alignment checks.
+pub(crate) fn device_addr<T, V: cudarc::driver::DevicePtr<T>>(rt: &CudaRuntime, v: &V) -> u64 {
+    v.device_ptr(&rt.stream).0
+}
+
 /// A kernel choice read once from environment variable `var` into `cell`: one of `allowed`, the
 /// first when unset; any other value is an error that names the choices (a typo must not
 /// silently run the default).

@@ -2,10 +2,10 @@
 //! and launch on the runtime's stream (the caller's, with `CudaRuntime::from_stream`); no copies,
 //! no synchronisation.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::{ALayout, ActGrad, BLayout, Gemm};
-use crate::runtime::cuda::{CudaElem, CudaRuntime, Ptx};
+use crate::runtime::cuda::{device_addr, CudaElem, CudaRuntime, Ptx};
 use crate::{DType, Error, Result};
 
 const FAMILY: &str = "gemm";
@@ -174,11 +174,6 @@ fn kernel_name(dtype: DType, load: Load, split: bool) -> &'static str {
     }
 }
 
-fn addr<T>(rt: &CudaRuntime, v: &CudaView<T>) -> u64 {
-    let (ptr, _sync) = v.device_ptr(&rt.stream);
-    ptr
-}
-
 /// Pushes the epilogue's operands bias, R, C, Z; absent ones as a null pointer (has_bias, has_r,
 /// has_z say they are never read).
 macro_rules! push_epilogue {
@@ -225,7 +220,7 @@ pub fn gemm<T: CudaElem>(
     let choice = kernel_choice()?;
     let per16 = (16 / dtype.size()) as u32;
     let aligned = |ptr: u64, ld: u32, stride: u32| ptr % 16 == 0 && ld % per16 == 0 && (desc.batch == 1 || stride % per16 == 0);
-    let units = desc.inner_a == 1 && desc.inner_b == 1 && aligned(addr(rt, a), p.lda, p.sa) && aligned(addr(rt, b), p.ldb, p.sb);
+    let units = desc.inner_a == 1 && desc.inner_b == 1 && aligned(device_addr(rt, a), p.lda, p.sa) && aligned(device_addr(rt, b), p.ldb, p.sb);
     let kmajor = choice == "kmajor" && dtype != DType::F32;
     let load = match (units, desc.a_layout, desc.b_layout) {
         (true, ALayout::MK, BLayout::NK) => Load::Vec,
@@ -269,8 +264,8 @@ pub fn gemm<T: CudaElem>(
     let maps = if wgmma {
         let (ao, bo) = (desc.a(), desc.b());
         Some((
-            tensor_map(dtype, addr(rt, a), desc.k, desc.m, ao.row_stride, desc.batch, ao.batch_stride, tile_m as u32)?,
-            tensor_map(dtype, addr(rt, b), desc.k, desc.n, bo.row_stride, desc.batch, bo.batch_stride, 256)?,
+            tensor_map(dtype, device_addr(rt, a), desc.k, desc.m, ao.row_stride, desc.batch, ao.batch_stride, tile_m as u32)?,
+            tensor_map(dtype, device_addr(rt, b), desc.k, desc.n, bo.row_stride, desc.batch, bo.batch_stride, 256)?,
         ))
     } else {
         None

@@ -1,9 +1,9 @@
 //! CUDA launcher of the graph family (`kernels/graph.cu`).
 
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::{GraphKernel, GraphParams};
-use crate::runtime::cuda::{kernel_name, CudaElem, CudaRuntime, Ptx};
+use crate::runtime::cuda::{device_addr, kernel_name, CudaElem, CudaRuntime, Ptx};
 use crate::{Error, Result};
 
 const FAMILY: &str = "graph";
@@ -244,8 +244,8 @@ pub fn launch<T: CudaElem>(
                 && (kind == GraphKernel::Spmm || (p.reduce <= 1 && arg.is_none()))
                 && dim % per16 == 0
                 && (p.has_weight == 0 || (dim / heads) % per16 == 0)
-                && x.device_ptr(&rt.stream).0 % 16 == 0
-                && out.device_ptr(&rt.stream).0 % 16 == 0;
+                && device_addr(rt, x) % 16 == 0
+                && device_addr(rt, &*out) % 16 == 0;
             if warp_ok {
                 let fw = load(if kind == GraphKernel::Spmm { "graph_spmm_warp" } else { "graph_segment_sum_warp" })?;
                 let cfg_warp = LaunchConfig { grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };

@@ -1,9 +1,9 @@
 //! CUDA launcher of the linear-attention family (`kernels/linattn.cu`).
 
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::LinAttnParams;
-use crate::runtime::cuda::{kernel_name, CudaElem, CudaRuntime, Ptx};
+use crate::runtime::cuda::{device_addr, kernel_name, CudaElem, CudaRuntime, Ptx};
 use crate::Result;
 
 const FAMILY: &str = "linattn";
@@ -106,33 +106,25 @@ fn chunk_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
     typed::<T>(if kernel_choice()? == "simt" { simt } else { mma })
 }
 
+/// Whether a 16-bit kernel may run: `FFKERN_LINATTN_KERNEL=mma16`, the dtype and normalize mode
+/// it takes (`fits`), φ identity or relu, K and V multiples of 8 (whole 16-byte copies per row),
+/// and every operand 16-byte aligned (`addrs`, read only when the rest holds).
+fn mma16(p: &LinAttnParams, fits: bool, addrs: impl FnOnce() -> Vec<u64>) -> Result<bool> {
+    Ok(kernel_choice()? == "mma16" && fits && (p.feature_map == 0 || p.feature_map == 2) && p.k % 8 == 0 && p.v % 8 == 0 && addrs().iter().all(|a| a % 16 == 0))
+}
+
 /// Whether the chunk products (output, dv, dq, dk) may take their 16-bit kernels
-/// (`linattn_chunk_*_mma16_bf16`): asked for, bf16 (f16 would round the states into a narrow
-/// range), φ identity or relu, normalize none (the forward output also Count), K and V multiples
-/// of 8, and every operand 16-byte aligned.
-fn chunk16<T: CudaElem>(p: &LinAttnParams, output: bool, ptrs: &[u64]) -> Result<bool> {
-    Ok(kernel_choice()? == "mma16"
-        && T::DTYPE == crate::DType::BF16
-        && (p.feature_map == 0 || p.feature_map == 2)
-        && (p.normalize == 0 || (output && p.normalize == 2))
-        && p.k % 8 == 0
-        && p.v % 8 == 0
-        && ptrs.iter().all(|a| a % 16 == 0))
+/// (`linattn_chunk_*_mma16_bf16`, see [`mma16`]): bf16 only (f16 would round the states into a
+/// narrow range), normalize none (the forward output also Count).
+fn chunk16<T: CudaElem>(p: &LinAttnParams, output: bool, addrs: impl FnOnce() -> Vec<u64>) -> Result<bool> {
+    mma16(p, T::DTYPE == crate::DType::BF16 && (p.normalize == 0 || (output && p.normalize == 2)), addrs)
 }
 
 /// Whether a state sweep over X (q or k, width K) and Y (v or do, width V) may take the 16-bit
-/// kernel (`linattn_chunk_[grad_]states_mma16`): asked for, f16/bf16 inputs whose products are
-/// exact in their own type (φ identity or relu; the reverse sweep's do/den only with den = 1),
-/// K and V multiples of 8 and both operands 16-byte aligned (whole 16-byte copies per row).
+/// kernel (`linattn_chunk_[grad_]states_mma16`, see [`mma16`]): f16/bf16 inputs, whose products
+/// are then exact in their own type; the reverse sweep's do/den only with den = 1.
 fn sweep16<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, reverse: bool, x: &CudaView<T>, y: &CudaView<T>) -> Result<bool> {
-    Ok(kernel_choice()? == "mma16"
-        && T::DTYPE != crate::DType::F32
-        && (p.feature_map == 0 || p.feature_map == 2)
-        && (!reverse || p.normalize == 0)
-        && p.k % 8 == 0
-        && p.v % 8 == 0
-        && x.device_ptr(&rt.stream).0 % 16 == 0
-        && y.device_ptr(&rt.stream).0 % 16 == 0)
+    mma16(p, T::DTYPE != crate::DType::F32 && (!reverse || p.normalize == 0), || vec![device_addr(rt, x), device_addr(rt, y)])
 }
 
 /// The fused recurrent forward / decode step on the runtime's stream.
@@ -156,7 +148,7 @@ pub fn recurrent<T: CudaElem>(
     // The decode step (one token per sequence): its own kernel, one block per sequence·head,
     // 16-byte state accesses where V and the state's address allow.
     if super::is_decode(p) {
-        let vec = p.v % 4 == 0 && state.device_ptr(&rt.stream).0 % 16 == 0;
+        let vec = p.v % 4 == 0 && device_addr(rt, &*state) % 16 == 0;
         let f = rt.function(FAMILY, Ptx::Base, typed::<T>(if vec { "linattn_decode_vec" } else { "linattn_decode" })?, |_| Ok(()))?;
         // SAFETY: linattn_decode[_vec]_<dtype>(q, k, v, state, z, o, p) reads q, k [B·H·K], v
         // [B·H·V], reads and writes state [B·H·K·V] (VEC: as float4, V % 4 == 0 and the base
@@ -180,8 +172,8 @@ pub fn recurrent<T: CudaElem>(
                 a.arg(k).arg(v).arg(state).arg(&starts_dev).arg(z).arg(p);
             })
         } else {
-            let ptrs = [q.device_ptr(&rt.stream).0, k.device_ptr(&rt.stream).0, v.device_ptr(&rt.stream).0, state.device_ptr(&rt.stream).0, o.device_ptr(&rt.stream).0];
-            let name = if chunk16::<T>(p, true, &ptrs)? { typed::<T>("linattn_chunk_output_mma16")? } else { chunk_kernel::<T>("linattn_chunk_output", "linattn_chunk_output_mma")? };
+            let addrs = || vec![device_addr(rt, q), device_addr(rt, k), device_addr(rt, v), device_addr(rt, &*state), device_addr(rt, &*o)];
+            let name = if chunk16::<T>(p, true, addrs)? { typed::<T>("linattn_chunk_output_mma16")? } else { chunk_kernel::<T>("linattn_chunk_output", "linattn_chunk_output_mma")? };
             let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
             // SAFETY: linattn_chunk_output[_mma|_mma16]_<dtype>(q, k, v, state, starts, z, o, p) reads
             // q, k [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V], z [C·H·K] and starts
@@ -401,10 +393,11 @@ pub fn chunk_grads<T: CudaElem>(
         let [gx, gy, gz] = super::grid(cols, tile, units);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
-    let ptr = |x: &CudaView<T>| x.device_ptr(&rt.stream).0;
-    let common = [ptr(q), ptr(k), ptr(v), ptr(d_o), start[0].device_ptr(&rt.stream).0, end[0].device_ptr(&rt.stream).0];
-    let outs = [dq.device_ptr(&rt.stream).0, dk.device_ptr(&rt.stream).0, dv.device_ptr(&rt.stream).0];
-    let wide = chunk16::<T>(p, false, &[&common[..], &outs[..]].concat())?;
+    let addrs = || {
+        let (ins, states, outs) = ([q, k, v, d_o], [start[0], end[0]], [&*dq, &*dk, &*dv]);
+        ins.iter().map(|x| device_addr(rt, *x)).chain(states.iter().map(|x| device_addr(rt, *x))).chain(outs.iter().map(|x| device_addr(rt, *x))).collect()
+    };
+    let wide = chunk16::<T>(p, false, addrs)?;
     let name = if wide { typed::<T>("linattn_chunk_dv_mma16")? } else { chunk_kernel::<T>("linattn_chunk_dv", "linattn_chunk_dv_mma")? };
     let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
     // SAFETY: linattn_chunk_dv[_mma|_mma16]_<dtype>(q, k, do, bounds, dendd, g, dv, p) reads q, k

@@ -1,9 +1,9 @@
 //! CUDA launchers of the optimizer family (`kernels/optim.cu`) on the caller's views and stream.
 
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::OptimParams;
-use crate::runtime::cuda::{CudaElem, CudaRuntime, Ptx};
+use crate::runtime::cuda::{device_addr, CudaElem, CudaRuntime, Ptx};
 use crate::{DType, Error, Result};
 
 const FAMILY: &str = "optim";
@@ -53,8 +53,7 @@ pub fn step<G: CudaElem>(
         return Ok(());
     }
     let aligned = |ptr: u64| ptr % 16 == 0;
-    let pp = param.device_ptr(&rt.stream).0;
-    if !aligned(pp) || m.as_ref().is_some_and(|x| !aligned(x.device_ptr(&rt.stream).0)) || v.as_ref().is_some_and(|x| !aligned(x.device_ptr(&rt.stream).0)) {
+    if !aligned(device_addr(rt, &*param)) || m.as_ref().is_some_and(|x| !aligned(device_addr(rt, &**x))) || v.as_ref().is_some_and(|x| !aligned(device_addr(rt, &**x))) {
         return Err(Error::Unsupported("optimizer arenas must start 16-byte aligned on CUDA".into()));
     }
     let (update, partial) = names(G::DTYPE);
