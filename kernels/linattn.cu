@@ -356,6 +356,14 @@ __device__ __forceinline__ uint32_t relu2(uint32_t x) {
     return x & ~(neg * 0xFFFFu);
 }
 
+// 16 bytes (8 elements) of a [rows·H, width] operand by cp.async: packed row `row` (position ·
+// heads + head), columns col .. col + 7; zeros unless `in` (past the chunk or the width, which
+// the 16-bit kernels take only as a multiple of 8).
+template <typename T>
+__device__ __forceinline__ void piece16(T* dst, const T* base, size_t row, uint32_t width, uint32_t col, bool in) {
+    mma::cp_async16(dst, in ? base + row * width + col : base, in ? 16 : 0);
+}
+
 template <typename T, bool REVERSE>
 __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, const T* __restrict__ vo, float* __restrict__ state, float* __restrict__ z,
                                                    const uint32_t* __restrict__ table, float* __restrict__ hs, float* __restrict__ zs, const LinAttnParams& p) {
@@ -384,9 +392,8 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
         for (uint32_t u = 0; u < 2; ++u) {
             const uint32_t piece = lid + 256 * u, r = piece / 8, col = 8 * (piece % 8);
             const size_t row = ((size_t)start + r) * p.heads + h;
-            const bool xin = r < len && i0 + col < p.k, yin = r < len && j0 + col < p.v;
-            mma::cp_async16(&xs[st][r * SW_LDS + col], xin ? qk + row * p.k + i0 + col : qk, xin ? 16 : 0);
-            mma::cp_async16(&ys[st][r * SW_LDS + col], yin ? vo + row * p.v + j0 + col : vo, yin ? 16 : 0);
+            piece16(&xs[st][r * SW_LDS + col], qk, row, p.k, i0 + col, r < len && i0 + col < p.k);
+            piece16(&ys[st][r * SW_LDS + col], vo, row, p.v, j0 + col, r < len && j0 + col < p.v);
         }
     };
     if (count > 0) issue(0, 0);
@@ -1188,8 +1195,7 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
     const auto piece = [&](T* dst, uint32_t which, uint32_t r, uint32_t col) {
         const T* base = which == 0 ? q : which == 1 ? k : which == 2 ? v : d_o;
         const uint32_t w = which < 2 ? p.k : p.v;
-        const bool in = r < cr.len && col < w;
-        mma::cp_async16(dst, in ? base + (((size_t)cr.start + r) * p.heads + cr.h) * w + col : base, in ? 16 : 0);
+        piece16(dst, base, ((size_t)cr.start + r) * p.heads + cr.h, w, col, r < cr.len && col < w);
     };
     // relu of fragments that come from q or k.
     const auto phi4 = [&](uint32_t (&f)[4], uint32_t which) {
