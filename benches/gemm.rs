@@ -2,8 +2,9 @@
 //! (small shapes on CPU adapters such as lavapipe). Times are device times (CUDA events / wgpu
 //! timestamp queries) through `iter_custom`.
 
-use std::time::Duration;
+mod common;
 
+use common::{device_timed, group};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ffkern::ops::gemm::GemmInputs;
 use ffkern::{with_backend, Backend, DType, Device};
@@ -11,8 +12,7 @@ use ffkern::{with_backend, Backend, DType, Device};
 fn gemm(c: &mut Criterion) {
     let dev = Device::best();
     let cases = if dev.is_cpu_like() { ffkern::registry::gemm_bench_cases_small() } else { ffkern::registry::gemm_bench_cases() };
-    let mut group = c.benchmark_group(format!("gemm/{}", dev.name()));
-    group.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(2));
+    let mut group = group(c, "gemm", &dev);
     for case in cases {
         for dtype in [DType::F32, DType::BF16] {
             let x = GemmInputs::random(&case.desc, dtype, 42);
@@ -22,14 +22,7 @@ fn gemm(c: &mut Criterion) {
                 let bias = x.bias.as_ref().map(|t| be.upload(t).expect("upload"));
                 let r = x.r.as_ref().map(|t| be.upload(t).expect("upload"));
                 let mut out = be.alloc(dtype, case.desc.c().required_len(1)).expect("alloc");
-                group.bench_function(format!("{} {dtype}", case.name), |bch| {
-                    bch.iter_custom(|iters| {
-                        let t = be
-                            .time_runs(iters as usize, &mut || be.gemm(&case.desc, &a, &b, bias.as_ref(), r.as_ref(), &mut out, None))
-                            .expect("timed gemm");
-                        Duration::from_secs_f64(t.iter().sum())
-                    })
-                });
+                device_timed(&mut group, format!("{} {dtype}", case.name), be, &mut || be.gemm(&case.desc, &a, &b, bias.as_ref(), r.as_ref(), &mut out, None));
             });
         }
     }

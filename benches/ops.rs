@@ -4,26 +4,11 @@
 //! issues' shapes on GPUs. Times are device times (CUDA events / wgpu timestamp queries) through
 //! `iter_custom`; `ffkern bench` reports the same ops with roofline fractions and peers.
 
-use std::time::Duration;
+mod common;
 
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use common::{device_timed, group};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ffkern::{with_backend, Backend, DType, Device, HostTensor};
-
-/// One benchmark whose iterations are `iters` device-timed runs of `f`.
-fn device_timed<Be: Backend>(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, name: String, be: &Be, f: &mut dyn FnMut() -> ffkern::Result<()>) {
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let t = be.time_runs(iters as usize, &mut *f).expect("timed run");
-            Duration::from_secs_f64(t.iter().sum())
-        })
-    });
-}
-
-fn group<'a>(c: &'a mut Criterion, family: &str, dev: &Device) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
-    let mut g = c.benchmark_group(format!("{family}/{}", dev.name()));
-    g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(2));
-    g
-}
 
 fn linear_attention(c: &mut Criterion) {
     use ffkern::ops::linattn::{FeatureMap, LinearAttention, Normalize};
