@@ -41,6 +41,15 @@ def mma(acc, a, b0, b1):
         g, t = lane >> 2, lane & 3
         acc[lane][0:2] = D[g, 2*t:2*t+2]; acc[lane][2:4] = D[g+8, 2*t:2*t+2]
 
+def accumulators(n):
+    """n n-tiles of per-lane C fragments, zeroed."""
+    return [[np.zeros(4) for _ in range(32)] for _ in range(n)]
+
+def mma_ntile(acc, a, b, pair):
+    """acc += A·B for the n-tile whose B registers are b[lane][2·pair], b[lane][2·pair + 1] (an
+    ldmatrix.x4 of B holds two n-tiles)."""
+    mma(acc, a, [b[l][2 * pair] for l in range(32)], [b[l][2 * pair + 1] for l in range(32)])
+
 def frag_to_tile(accs, rw, cw, rows=64, cols=64):
     """accs[m][lane][cc] for n-tile m (cols cw + 8m ..); returns dict of (row,col)->value."""
     out = {}
@@ -55,9 +64,9 @@ def frag_to_tile(accs, rw, cw, rows=64, cols=64):
 A = rng.standard_normal((16, 16)); Bt = rng.standard_normal((16, 16))
 af = ldmatrix_x4(A, lambda lane: (lane % 16, (lane // 16) * 8))
 bf = ldmatrix_x4(Bt, lambda lane: ((lane % 8) + (lane // 16) * 8, ((lane // 8) % 2) * 8))
-accs = [[np.zeros(4) for _ in range(32)] for _ in range(2)]
+accs = accumulators(2)
 for nt in range(2):
-    mma(accs[nt], af, [bf[l][(nt%2)*2] for l in range(32)], [bf[l][(nt%2)*2+1] for l in range(32)])
+    mma_ntile(accs[nt], af, bf, nt % 2)
 tile = frag_to_tile(accs, 0, 0)
 ref = A @ Bt.T
 err = max(abs(tile[(r, c)] - ref[r, c]) for (r, c) in tile)
@@ -77,13 +86,13 @@ X = rng.standard_normal((64, 64)); Y = rng.standard_normal((64, 64))
 full = {}
 for warp in range(8):
     rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
-    accs = [[np.zeros(4) for _ in range(32)] for _ in range(4)]
+    accs = accumulators(4)
     for kk in range(0, 64, 16):
         a = ldmatrix_x4(X, lambda lane: (kk + lane % 8 + 8 * ((lane // 8) // 2), rw + 8 * ((lane // 8) % 2)), trans=True)
         for np_ in range(2):
             b = ldmatrix_x4(Y, lambda lane: (kk + lane % 8 + 8 * ((lane // 8) % 2), cw + 16 * np_ + 8 * ((lane // 8) // 2)), trans=True)
-            mma(accs[2*np_], a, [b[l][0] for l in range(32)], [b[l][1] for l in range(32)])
-            mma(accs[2*np_+1], a, [b[l][2] for l in range(32)], [b[l][3] for l in range(32)])
+            mma_ntile(accs[2*np_], a, b, 0)
+            mma_ntile(accs[2*np_+1], a, b, 1)
     full.update(frag_to_tile(accs, rw, cw))
 ref = X.T @ Y
 err = max(abs(full[(r, c)] - ref[r, c]) for (r, c) in full)
@@ -94,18 +103,18 @@ Xs = rng.standard_normal((64, 32)); Ys = rng.standard_normal((64, 32)); Ms = rng
 W = {}; O = {}
 for warp in range(8):
     rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
-    aw = [[np.zeros(4) for _ in range(32)] for _ in range(4)]
-    ao = [[np.zeros(4) for _ in range(32)] for _ in range(4)]
+    aw = accumulators(4)
+    ao = accumulators(4)
     for ks in (0, 16):
         a = ldmatrix_x4(Xs, lambda lane: (rw + lane % 8 + 8 * ((lane // 8) % 2), ks + 8 * ((lane // 8) // 2)))
         for np_ in range(2):
             n0 = cw + 16 * np_
             b = ldmatrix_x4(Ys, lambda lane: (n0 + lane % 8 + 8 * ((lane // 8) // 2), ks + 8 * ((lane // 8) % 2)))
-            mma(aw[2*np_], a, [b[l][0] for l in range(32)], [b[l][1] for l in range(32)])
-            mma(aw[2*np_+1], a, [b[l][2] for l in range(32)], [b[l][3] for l in range(32)])
+            mma_ntile(aw[2*np_], a, b, 0)
+            mma_ntile(aw[2*np_+1], a, b, 1)
             bm = ldmatrix_x4(Ms, lambda lane: (ks + lane % 8 + 8 * ((lane // 8) % 2), n0 + 8 * ((lane // 8) // 2)), trans=True)
-            mma(ao[2*np_], a, [bm[l][0] for l in range(32)], [bm[l][1] for l in range(32)])
-            mma(ao[2*np_+1], a, [bm[l][2] for l in range(32)], [bm[l][3] for l in range(32)])
+            mma_ntile(ao[2*np_], a, bm, 0)
+            mma_ntile(ao[2*np_+1], a, bm, 1)
     W.update(frag_to_tile(aw, rw, cw)); O.update(frag_to_tile(ao, rw, cw))
 rw_ = Xs @ Ys.T; ro = Xs @ Ms
 e1 = max(abs(W[k] - rw_[k]) for k in W); e2 = max(abs(O[k] - ro[k]) for k in O)
@@ -117,13 +126,13 @@ Wm = rng.standard_normal((64, 64)); F = rng.standard_normal((64, 64))
 O2 = {}
 for warp in range(8):
     rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
-    ao = [[np.zeros(4) for _ in range(32)] for _ in range(4)]
+    ao = accumulators(4)
     for s0 in range(0, 64, 16):
         a = ldmatrix_x4(Wm, lambda lane: (rw + lane % 8 + 8 * ((lane // 8) % 2), s0 + 8 * ((lane // 8) // 2)))
         for np_ in range(2):
             b = ldmatrix_x4(F, lambda lane: (s0 + lane % 8 + 8 * ((lane // 8) % 2), cw + 16 * np_ + 8 * ((lane // 8) // 2)), trans=True)
-            mma(ao[2*np_], a, [b[l][0] for l in range(32)], [b[l][1] for l in range(32)])
-            mma(ao[2*np_+1], a, [b[l][2] for l in range(32)], [b[l][3] for l in range(32)])
+            mma_ntile(ao[2*np_], a, b, 0)
+            mma_ntile(ao[2*np_+1], a, b, 1)
     O2.update(frag_to_tile(ao, rw, cw))
 ref = Wm @ F
 e3 = max(abs(O2[k] - ref[k]) for k in O2)
@@ -135,14 +144,14 @@ At = rng.standard_normal((32, 128)); Bk = rng.standard_normal((32, 128))
 Cg = {}
 for warp in range(8):
     wm, wn = (warp // 4) * 64, (warp % 4) * 32
-    accs = [[[np.zeros(4) for _ in range(32)] for _ in range(4)] for _ in range(4)]
+    accs = [accumulators(4) for _ in range(4)]
     for ks in (0, 16):
         af = [ldmatrix_x4(At, lambda lane: (ks + lane % 8 + 8 * ((lane // 8) // 2), wm + mt * 16 + 8 * ((lane // 8) % 2)), trans=True) for mt in range(4)]
         bf = [ldmatrix_x4(Bk, lambda lane: (ks + lane % 8 + 8 * ((lane // 8) % 2), wn + np_ * 16 + 8 * ((lane // 8) // 2)), trans=True) for np_ in range(2)]
         for mt in range(4):
             for nt in range(4):
                 b = bf[nt // 2]
-                mma(accs[mt][nt], af[mt], [b[l][(nt % 2) * 2] for l in range(32)], [b[l][(nt % 2) * 2 + 1] for l in range(32)])
+                mma_ntile(accs[mt][nt], af[mt], b, nt % 2)
     for mt in range(4):
         Cg.update(frag_to_tile(accs[mt], wm + mt * 16, wn))
 ref = At.T @ Bk
