@@ -12,7 +12,7 @@
 # (the same for FFKERN_GRAPH_KERNEL), KERNELS_TESTS (an FFKERN_GEMM_KERNEL choice for the test
 # binaries that run GEMM backwards; empty skips),
 # WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0 (PEERS_ONLY=gemm,... picks
-# parts), NCU=1, PROFILE=0 / PROFILE_OPS, DETAIL=0, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
+# parts), NCU=1, SANITIZE=0 (no compute-sanitizer reruns of failing tests), PROFILE=0 / PROFILE_OPS, DETAIL=0, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
 set -u
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -88,9 +88,16 @@ enough() { [ "$(left)" -ge "${1:-30}" ] || { log "skipped $2: $(left) s left"; f
 # Correctness first, all at once (they only need to be right, not timed): every test binary with
 # FFKERN_REQUIRE=cuda,wgpu, and `ffkern check` on wgpu and on each CUDA GEMM kernel choice.
 pids=()
-for t in $([ "${TESTS:-1}" = 1 ] && ls $B/tests/*); do
-    FFKERN_REQUIRE=cuda,wgpu timeout "$(lim 180)" "$t" > "$OUT/test-$(basename "$t").log" 2>&1 &
+# Each test run: its log name, then the environment and the binary (kept in tests.manifest so a
+# failing run can be repeated under compute-sanitizer below).
+test_run() { # log name, binary, VAR=value...
+    local name=$1 bin=$2; shift 2
+    echo "$name $bin $*" >> "$OUT/tests.manifest"
+    env "$@" timeout "$(lim 180)" "$bin" > "$OUT/test-$name.log" 2>&1 &
     pids+=($!)
+}
+for t in $([ "${TESTS:-1}" = 1 ] && ls $B/tests/*); do
+    test_run "$(basename "$t")" "$t" FFKERN_REQUIRE=cuda,wgpu
 done
 if [ "${WGPU_CHECK:-1}" = 1 ]; then
     timeout "$(lim 120)" $B/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1 &
@@ -103,22 +110,19 @@ done
 # The linear-attention kernel choices beside the TF32 tensor-core default: the f32-FMA twins
 # (FFKERN_LINATTN_KERNEL=simt) and the 16-bit state sweeps (mma16).
 for lk in ${LINATTN_KERNELS-simt mma16}; do
-    FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda timeout "$(lim 180)" $B/tests/linattn > "$OUT/test-linattn-$lk.log" 2>&1 &
-    pids+=($!)
+    test_run "linattn-$lk" $B/tests/linattn FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda
 done
 # The GEMM backward's K-major operands on 16-byte copies (FFKERN_GEMM_KERNEL=kmajor), through
 # every test that runs a backward.
 if [ -n "${KERNELS_TESTS-kmajor}" ]; then
     for t in gemm ffn structured oneforecast; do
-        FFKERN_GEMM_KERNEL=${KERNELS_TESTS-kmajor} FFKERN_REQUIRE=cuda timeout "$(lim 180)" $B/tests/$t > "$OUT/test-$t-gemm-${KERNELS_TESTS-kmajor}.log" 2>&1 &
-        pids+=($!)
+        test_run "$t-gemm-${KERNELS_TESTS-kmajor}" $B/tests/$t FFKERN_GEMM_KERNEL=${KERNELS_TESTS-kmajor} FFKERN_REQUIRE=cuda
     done
 fi
 # The graph row kernels with one warp per row (FFKERN_GRAPH_KERNEL=warp).
 for gk in ${GRAPH_KERNELS-warp}; do
     for t in graph gnn oneforecast; do
-        FFKERN_GRAPH_KERNEL=$gk FFKERN_REQUIRE=cuda timeout "$(lim 180)" $B/tests/$t > "$OUT/test-$t-$gk.log" 2>&1 &
-        pids+=($!)
+        test_run "$t-$gk" $B/tests/$t FFKERN_GRAPH_KERNEL=$gk FFKERN_REQUIRE=cuda
     done
 done
 for p in "${pids[@]}"; do wait "$p"; done
@@ -130,6 +134,28 @@ for f in "$OUT"/check-*.txt; do
     log "$(basename "$f" .txt): $(tail -1 "$f")"
     grep -E 'FAIL|ERROR' "$f" | head -8 | tee -a "$OUT/summary.txt"
 done
+# A failing test (the first two of each run) again under compute-sanitizer's memcheck, so that a
+# wrong result on a path that has not run before comes back with the access that caused it.
+san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ "${SANITIZE:-1}" = 1 ] && [ -n "$san" ] && [ -f "$OUT/tests.manifest" ]; then
+    while read -r name bin envs; do
+        for t in $(grep -E '^test .* FAILED$' "$OUT/test-$name.log" | awk '{print $2}' | head -2); do
+            enough 40 "sanitize $name $t" || break 2
+            env $envs timeout "$(lim 90)" "$san" --tool memcheck --print-limit 12 "$bin" --exact "$t" --test-threads 1 > "$OUT/sanitize-$name-$t.txt" 2>&1
+            log "sanitize $name $t: rc=$? $(grep -m1 'ERROR SUMMARY' "$OUT/sanitize-$name-$t.txt")"
+            grep -E -m6 'Invalid|Out of bounds|Address|at .*linattn|at .*gemm|at .*graph' "$OUT/sanitize-$name-$t.txt" | tee -a "$OUT/summary.txt"
+        done
+    done < "$OUT/tests.manifest"
+    # The same for a GEMM kernel choice whose `ffkern check` failed: its first failing op and dtype.
+    for f in "$OUT"/check-cuda-*.txt; do
+        k=${f##*/check-cuda-}; k=${k%.txt}
+        read -r op _ dt _ < <(grep -E ' FAIL| ERROR' "$f" | head -1) || continue
+        enough 40 "sanitize check $k" || break
+        FFKERN_GEMM_KERNEL=$k timeout "$(lim 90)" "$san" --tool memcheck --print-limit 12 $B/ffkern check --backend cuda --op "$op" --dtype "$dt" > "$OUT/sanitize-check-$k.txt" 2>&1
+        log "sanitize check $k ($op $dt): rc=$? $(grep -m1 'ERROR SUMMARY' "$OUT/sanitize-check-$k.txt")"
+        grep -E -m6 'Invalid|Out of bounds|Address|at .*gemm' "$OUT/sanitize-check-$k.txt" | tee -a "$OUT/summary.txt"
+    done
+fi
 
 if [ "${NCU:-0}" = 1 ]; then
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
