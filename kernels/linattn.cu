@@ -347,7 +347,10 @@ __device__ __forceinline__ void chunk_sweep_impl(const T* __restrict__ qk, const
 // chunk before multiplies (two stages), and m16n8k16 takes the operands as stored through
 // ldmatrix.trans, so one mma does the work of four TF32 ones and nothing is converted. Same warp
 // tiling and accumulator layout as chunk_outer's MMA form, so move_outer stores the states. The
-// forward's Σ k̃ (z) is a column sum of the staged tile; the reverse's Σ q̃·dd is 0 (dd = 0).
+// per-chunk states hs go out as f32 (S = float) or rounded to T (S = T: when the chunk products
+// that read them take 16-bit states, which halves the largest arrays of the chunked forms); the
+// running and final states stay f32. The forward's Σ k̃ (z) is a column sum of the staged tile;
+// the reverse's Σ q̃·dd is 0 (dd = 0).
 constexpr uint32_t SW_LDS = 72;  // padded 144-byte rows: an ldmatrix phase's 8 rows hit distinct banks
 
 // relu of both 16-bit halves of a fragment register (sign bit set → 0; fmaxf(NaN, 0) is 0 too).
@@ -364,9 +367,30 @@ __device__ __forceinline__ void piece16(T* dst, const T* base, size_t row, uint3
     mma::cp_async16(dst, in ? base + row * width + col : base, in ? 16 : 0);
 }
 
-template <typename T, bool REVERSE>
+// Two adjacent 16-bit values, rounded from f32, in one 4-byte store (dst 4-byte aligned).
+template <typename T>
+__device__ __forceinline__ void store2(T* dst, float a, float b) {
+    alignas(4) T h[2] = {from_f32<T>(a), from_f32<T>(b)};
+    *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(h);
+}
+
+// A chunk_outer MMA tile into slot `slot` of a [slots, K, V] array of 16-bit states: a
+// fragment's two adjacent columns in one store (V is a multiple of 8 on the 16-bit paths).
+template <typename S>
+__device__ __forceinline__ void store_outer16(const float (&acc)[4][4], S* mat, size_t slot, uint32_t i0, uint32_t j0, const LinAttnParams& p) {
+#pragma unroll
+    for (uint32_t m = 0; m < 4; ++m)
+#pragma unroll
+        for (uint32_t half = 0; half < 2; ++half) {
+            const uint2 at = outer_at<true>(m, 2 * half);
+            const uint32_t i = i0 + at.x, col = j0 + at.y;
+            if (i < p.k && col < p.v) store2(mat + (slot * p.k + i) * p.v + col, acc[m][2 * half], acc[m][2 * half + 1]);
+        }
+}
+
+template <typename T, bool REVERSE, typename S>
 __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, const T* __restrict__ vo, float* __restrict__ state, float* __restrict__ z,
-                                                   const uint32_t* __restrict__ table, float* __restrict__ hs, float* __restrict__ zs, const LinAttnParams& p) {
+                                                   const uint32_t* __restrict__ table, S* __restrict__ hs, float* __restrict__ zs, const LinAttnParams& p) {
     __shared__ __align__(16) T xs[2][64 * SW_LDS], ys[2][64 * SW_LDS];
     const uint32_t nh = blockIdx.y + blockIdx.z * gridDim.y;
     if (nh >= p.batch * p.heads) return;
@@ -404,7 +428,8 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
         mma::cp_async_commit();
         // The running state is the state at this chunk's start (forward) or end (reverse).
         const size_t slot = (size_t)c * p.heads + h;
-        move_outer<true, true>(acc, unused, hs, nullptr, slot, i0, j0, p);
+        if constexpr (sizeof(S) == 4) move_outer<true, true>(acc, unused, hs, nullptr, slot, i0, j0, p);
+        else store_outer16(acc, hs, slot, i0, j0, p);
         if (zown) zs[slot * p.k + i0 + zc] = zacc;
         mma::cp_async_wait<1>();
         __syncthreads();
@@ -1160,17 +1185,17 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
 // the launcher checks. Same four modes, operands and warp tiling as chunk_mma_impl. Why it is
 // fast: the chunk's q, k, v, do slabs arrive by 16-byte cp.async as stored (two stages: the next
 // slab lands while this one multiplies, and F's tile while phase 1 runs), m16n8k16 takes them
-// through ldmatrix with nothing converted, and one mma does the work of two TF32 ones. The f32
-// matrix term M (S_c, G_c) and the masked scores W are rounded to bf16 for their products (as
-// flash-linear-attention does); the scale goes in before the rounding: mode 0 stages scale·S_c
-// and scale·W, modes 1 and 3 scale W (their q̃ is a scores operand or F), mode 2 scales the
-// output as chunk_mma_impl does.
+// through ldmatrix with nothing converted, and one mma does the work of two TF32 ones. The
+// matrix term M (S_c, G_c) arrives as bf16 (the 16-bit sweeps store it so, at half the bytes of
+// f32, as flash-linear-attention does) and the masked scores W are rounded to bf16 for their
+// product; mode 0 scales the X·M sums and stages scale·W, modes 1 and 3 scale W (their q̃ is a
+// scores operand or F), mode 2 scales the output as chunk_mma_impl does.
 constexpr uint32_t C16_LX = 40;  // X, Y slab rows: 32 + 8 padding (80 bytes: conflict-free ldmatrix)
 constexpr uint32_t C16_LM = 72;  // M slab, W and F rows: 64 + 8 padding (144 bytes)
 
 template <typename T, int MODE>
 __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ d_o,
-                                             const uint32_t* __restrict__ bounds, const float* __restrict__ m, const float* __restrict__ zv,
+                                             const uint32_t* __restrict__ bounds, const T* __restrict__ m, const float* __restrict__ zv,
                                              T* __restrict__ out, const LinAttnParams& p) {
     constexpr bool LOWER = MODE == 0 || MODE == 2;  // scores kept for s ≤ t (else s ≥ t)
     constexpr bool OUT_K = MODE >= 2;               // output columns index K (else V)
@@ -1189,7 +1214,7 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
     const uint32_t rw = 16 * (warp >> 1), cw = 32 * (warp & 1), c0 = blockIdx.x * 64;
     const uint32_t width = OUT_K ? p.k : p.v, r1 = MODE <= 1 ? p.k : p.v;
     const bool relu = p.feature_map == 2;
-    const float mscale = MODE == 0 ? p.scale : 1.0f, wscale = MODE == 2 ? 1.0f : p.scale;
+    const float wscale = MODE == 2 ? 1.0f : p.scale;
     // A 16-byte piece of operand `which` (0 q, 1 k, 2 v, 3 do): chunk row r, columns col .. col + 7;
     // zero past the chunk or the operand's width (a multiple of 8).
     const auto piece = [&](T* dst, uint32_t which, uint32_t r, uint32_t col) {
@@ -1212,26 +1237,26 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
     }
     mma::cp_async_commit();
     // A slab of 32 of the reduction width: X and Y rows (one piece each a thread) by cp.async; M's
-    // [32][64] f32 slab through registers (two float4 a thread), rounded to T into ms.
+    // [32][64] slab through registers (two 8-byte pieces of 4 values a thread) into ms [k][n].
     const auto issue_xy = [&](uint32_t r0, uint32_t st) {
         const uint32_t r = lid / 4, col = 8 * (lid % 4);
         piece(&xs[(st * 64 + r) * C16_LX + col], XW, r, r0 + col);
         piece(&ys[(st * 64 + r) * C16_LX + col], YW, r, r0 + col);
     };
-    float4 pm[2];
+    uint2 pm[2];  // 4 values of T each
     const auto fetch_m = [&](uint32_t r0) {
 #pragma unroll
         for (uint32_t u = 0; u < 2; ++u) {
             const uint32_t e = lid + 256 * u;
-            float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            uint2 x = make_uint2(0u, 0u);
             if (!OUT_K) {
                 // M = S_c or G_c [K][V]: slab row r, columns 4·(e % 16) .. + 3.
                 const uint32_t r = e / 16, col = 4 * (e % 16);
-                if (r0 + r < r1 && c0 + col < width) x = *reinterpret_cast<const float4*>(m + ((size_t)cr.bh * p.k + r0 + r) * p.v + c0 + col);
+                if (r0 + r < r1 && c0 + col < width) x = *reinterpret_cast<const uint2*>(m + ((size_t)cr.bh * p.k + r0 + r) * p.v + c0 + col);
             } else {
                 // M = S_cᵀ or G_cᵀ: column e / 8 is state row c0 + e / 8, slab rows 4·(e % 8) .. + 3.
                 const uint32_t col = e / 8, r = 4 * (e % 8);
-                if (c0 + col < width && r0 + r < r1) x = *reinterpret_cast<const float4*>(m + ((size_t)cr.bh * p.k + c0 + col) * p.v + r0 + r);
+                if (c0 + col < width && r0 + r < r1) x = *reinterpret_cast<const uint2*>(m + ((size_t)cr.bh * p.k + c0 + col) * p.v + r0 + r);
             }
             pm[u] = x;
         }
@@ -1240,15 +1265,14 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
 #pragma unroll
         for (uint32_t u = 0; u < 2; ++u) {
             const uint32_t e = lid + 256 * u;
-            const float x[4] = {mscale * pm[u].x, mscale * pm[u].y, mscale * pm[u].z, mscale * pm[u].w};
             if (!OUT_K) {
                 const uint32_t r = e / 16, col = 4 * (e % 16);
-                alignas(8) T h[4] = {from_f32<T>(x[0]), from_f32<T>(x[1]), from_f32<T>(x[2]), from_f32<T>(x[3])};
-                *reinterpret_cast<uint2*>(&ms[(st * 32 + r) * C16_LM + col]) = *reinterpret_cast<const uint2*>(h);
+                *reinterpret_cast<uint2*>(&ms[(st * 32 + r) * C16_LM + col]) = pm[u];
             } else {
                 const uint32_t col = e / 8, r = 4 * (e % 8);
+                const T* x = reinterpret_cast<const T*>(&pm[u]);
 #pragma unroll
-                for (uint32_t i = 0; i < 4; ++i) ms[(st * 32 + r + i) * C16_LM + col] = from_f32<T>(x[i]);
+                for (uint32_t i = 0; i < 4; ++i) ms[(st * 32 + r + i) * C16_LM + col] = x[i];
             }
         }
     };
@@ -1296,6 +1320,13 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
         __syncthreads();
     }
     mma::cp_async_wait<0>();
+    if (MODE == 0) {
+        // o = scale·(q̃·S_c) + (scale·W)·V: the X·M sums so far take the scale.
+#pragma unroll
+        for (uint32_t mm = 0; mm < 4; ++mm)
+#pragma unroll
+            for (uint32_t cc = 0; cc < 4; ++cc) acc_o[mm][cc] *= p.scale;
+    }
     // The masked scores times wscale, rounded to T, into ws [t][s] (two columns a store).
 #pragma unroll
     for (uint32_t mm = 0; mm < 4; ++mm)
@@ -1303,8 +1334,7 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
         for (uint32_t half = 0; half < 2; ++half) {
             const uint32_t row = rw + g + 8 * half, s0 = cw + 8 * mm + 2 * tq;
             const bool k0 = LOWER ? s0 <= row : s0 >= row, k1 = LOWER ? s0 + 1 <= row : s0 + 1 >= row;
-            alignas(4) T h[2] = {from_f32<T>(k0 ? wscale * acc_w[mm][2 * half] : 0.0f), from_f32<T>(k1 ? wscale * acc_w[mm][2 * half + 1] : 0.0f)};
-            *reinterpret_cast<uint32_t*>(&ws[row * C16_LM + s0]) = *reinterpret_cast<const uint32_t*>(h);
+            store2(&ws[row * C16_LM + s0], k0 ? wscale * acc_w[mm][2 * half] : 0.0f, k1 ? wscale * acc_w[mm][2 * half + 1] : 0.0f);
         }
     __syncthreads();
     // out += W·F over the score columns s, 16 at a time; blocks wholly in the masked half skipped.
@@ -1337,8 +1367,7 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
                 if (MODE == 2) val[j] *= p.scale * phi_grad(p.feature_map, to_f32(q[at + j]));
                 if (MODE == 3) val[j] = (val[j] + zv[(size_t)cr.bh * p.k + col + j]) * phi_grad(p.feature_map, to_f32(k[at + j]));
             }
-            alignas(4) T h[2] = {from_f32<T>(val[0]), from_f32<T>(val[1])};
-            *reinterpret_cast<uint32_t*>(out + at) = *reinterpret_cast<const uint32_t*>(h);
+            store2(out + at, val[0], val[1]);
         }
 }
 
@@ -1479,40 +1508,43 @@ LINATTN_ENTRIES(f16, __half, 2)
 LINATTN_ENTRIES(bf16, __nv_bfloat16, 2)
 
 // The 16-bit sweeps, with the parameter lists of linattn_chunk_states / linattn_chunk_grad_states
-// (dendd unused: they run with normalize none only).
-#define LINATTN_SWEEP16_ENTRIES(SUFFIX, T)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_states_mma16_##SUFFIX(                              \
-        const T* k, const T* v, float* state, float* z, const uint32_t* table, float* hs, float* zs, LinAttnParams p) {     \
-        chunk_sweep16_impl<T, false>(k, v, state, z, table, hs, zs, p);                                                     \
+// (dendd unused: they run with normalize none only). NAME_mma16: f32 per-chunk states (hs, gs of
+// type S = float); NAME_mma16s: 16-bit ones (S = T), for the 16-bit chunk products.
+#define LINATTN_SWEEP16_ENTRIES(NAME, SUFFIX, T, S)                                                                        \
+    extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_states_##NAME##_##SUFFIX(                           \
+        const T* k, const T* v, float* state, float* z, const uint32_t* table, S* hs, float* zs, LinAttnParams p) {         \
+        chunk_sweep16_impl<T, false, S>(k, v, state, z, table, hs, zs, p);                                                 \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_grad_states_mma16_##SUFFIX(                         \
-        const T* q, const T* d_o, const float* dendd, float* d_state, float* d_z, const uint32_t* table, float* gs,        \
+    extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_grad_states_##NAME##_##SUFFIX(                      \
+        const T* q, const T* d_o, const float* dendd, float* d_state, float* d_z, const uint32_t* table, S* gs,            \
         float* gzs, LinAttnParams p) {                                                                                     \
-        chunk_sweep16_impl<T, true>(q, d_o, d_state, d_z, table, gs, gzs, p);                                              \
+        chunk_sweep16_impl<T, true, S>(q, d_o, d_state, d_z, table, gs, gzs, p);                                           \
     }
-LINATTN_SWEEP16_ENTRIES(f16, __half)
-LINATTN_SWEEP16_ENTRIES(bf16, __nv_bfloat16)
+LINATTN_SWEEP16_ENTRIES(mma16, f16, __half, float)
+LINATTN_SWEEP16_ENTRIES(mma16, bf16, __nv_bfloat16, float)
+LINATTN_SWEEP16_ENTRIES(mma16s, bf16, __nv_bfloat16, __nv_bfloat16)
 
 // The 16-bit chunk products (bf16 only: the rounded state could overflow f16), with the parameter
-// lists of their TF32 twins (dendd unused: normalize none or Count).
+// lists of their TF32 twins but the per-chunk states (state, g, m) in bf16 (dendd unused:
+// normalize none or Count).
 extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_output_mma16_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
-                                                                                     const float* state, const uint32_t* starts, const float* z,
+                                                                                     const __nv_bfloat16* state, const uint32_t* starts, const float* z,
                                                                                      __nv_bfloat16* o, LinAttnParams p) {
     chunk16_impl<__nv_bfloat16, 0>(q, k, v, nullptr, starts, state, z, o, p);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dv_mma16_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* d_o,
-                                                                                 const uint32_t* bounds, const float* dendd, const float* g,
+                                                                                 const uint32_t* bounds, const float* dendd, const __nv_bfloat16* g,
                                                                                  __nv_bfloat16* dv, LinAttnParams p) {
     chunk16_impl<__nv_bfloat16, 1>(q, k, nullptr, d_o, bounds, g, nullptr, dv, p);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dq_mma16_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                                                                  const __nv_bfloat16* d_o, const uint32_t* bounds, const float* dendd,
-                                                                                 const float* m, const float* zv, __nv_bfloat16* out, LinAttnParams p) {
+                                                                                 const __nv_bfloat16* m, const float* zv, __nv_bfloat16* out, LinAttnParams p) {
     chunk16_impl<__nv_bfloat16, 2>(q, k, v, d_o, bounds, m, zv, out, p);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dk_mma16_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                                                                  const __nv_bfloat16* d_o, const uint32_t* bounds, const float* dendd,
-                                                                                 const float* m, const float* zv, __nv_bfloat16* out, LinAttnParams p) {
+                                                                                 const __nv_bfloat16* m, const float* zv, __nv_bfloat16* out, LinAttnParams p) {
     chunk16_impl<__nv_bfloat16, 3>(q, k, v, d_o, bounds, m, zv, out, p);
 }
 LINATTN_MMA_ENTRIES(f32, float)

@@ -79,7 +79,7 @@ pub trait Backend {
     /// of the `p.batch` sequences, its state `state`, `z` carried through its chunks, each chunk's
     /// start state written into `hs`, `zs` and the final state left in `state`, `z`. `table` holds
     /// `[C | chunk bounds (C + 1) | their positions (C) | each sequence's first chunk (p.batch + 1)]`;
-    /// `hs`, `zs` have room for `C + p.batch` slots.
+    /// `hs`, `zs` have room for `C + p.batch` slots; `hs` is of `linattn_snapshot_dtype`'s dtype.
     #[allow(clippy::too_many_arguments)]
     fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &Self::Buf, v: &Self::Buf, state: &mut Self::Buf, z: &mut Self::Buf, hs: &mut Self::Buf, zs: &mut Self::Buf) -> Result<()>;
     /// Its backward (see `ops::linattn::LinearAttention::backward`, which validates):
@@ -106,6 +106,14 @@ pub trait Backend {
     /// chunk's end, writes `[dq, dk, dv]`.
     #[allow(clippy::too_many_arguments)]
     fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&Self::Buf; 5], start: [&Self::Buf; 2], end: [&Self::Buf; 2], scratch: &mut Self::Buf, out: [&mut Self::Buf; 3]) -> Result<()>;
+    /// The dtype of the per-chunk states (`hs` and the backward's `g` states) when one sweep
+    /// carries them (`linattn_chunk_states`, `linattn_chunk_grad_states`), for inputs of `dtype`:
+    /// f32 unless every kernel that writes and reads them takes 16-bit states (CUDA's
+    /// `FFKERN_LINATTN_KERNEL=mma16` for bf16), which halves the chunked forms' largest arrays.
+    /// `backward`: the chunked backward's states. The final state is f32 whatever this says.
+    fn linattn_snapshot_dtype(&self, _p: &LinAttnParams, _dtype: DType, _backward: bool) -> Result<DType> {
+        Ok(DType::F32)
+    }
 
     /// One graph primitive (see `ops::graph`, which checks the buffers; [`GraphKernel`] says
     /// which operands each reads; `g` is None only for LayerNorm, which reads no graph); `arg`

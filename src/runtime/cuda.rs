@@ -16,6 +16,24 @@ use crate::ops::linattn::LinAttnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
+/// The linear-attention family's name in errors.
+const LINATTN: &str = "linear_attn";
+
+/// Calls `go::<T, S>(args)` for inputs of dtype `t` and per-chunk states of dtype `s`: f32, or the
+/// inputs' own 16-bit type (see `Backend::linattn_snapshot_dtype`); anything else is an error.
+macro_rules! with_states {
+    ($t:expr, $s:expr, $go:ident($($arg:expr),*)) => {
+        match ($t, $s) {
+            (DType::F32, DType::F32) => $go::<f32, f32>($($arg),*),
+            (DType::F16, DType::F32) => $go::<f16, f32>($($arg),*),
+            (DType::BF16, DType::F32) => $go::<bf16, f32>($($arg),*),
+            (DType::F16, DType::F16) => $go::<f16, f16>($($arg),*),
+            (DType::BF16, DType::BF16) => $go::<bf16, bf16>($($arg),*),
+            (t, s) => Err(Error::dtype(LINATTN, format!("per-chunk states in {s} for {t} inputs"))),
+        }
+    };
+}
+
 const BACKEND: &str = "cuda";
 
 /// Which PTX of a family a kernel lives in.
@@ -549,7 +567,25 @@ impl Backend for CudaRuntime {
         }
     }
 
+    fn linattn_snapshot_dtype(&self, p: &LinAttnParams, dtype: DType, backward: bool) -> Result<DType> {
+        Ok(if crate::ops::linattn::cuda::snapshot16(p, dtype, backward)? { dtype } else { DType::F32 })
+    }
+
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, starts: &[u32], state: &mut CudaBuf, z: &mut CudaBuf, o: &mut CudaBuf) -> Result<()> {
+        if state.dtype() != DType::F32 {
+            // The chunked output from 16-bit per-chunk start states (the 16-bit sweep's).
+            if p.varlen != 2 || p.aux != 0 {
+                return Err(Error::dtype(LINATTN, "the state must be f32"));
+            }
+            let starts = self.stream.clone_htod(starts).map_err(|e| Error::driver("cuda: uploading the chunk bounds", e))?;
+            let z = z.typed::<f32>()?.as_view();
+            #[allow(clippy::too_many_arguments)]
+            fn go<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, starts: &CudaSlice<u32>, hs: &CudaBuf, z: &CudaView<f32>, o: &mut CudaBuf) -> Result<()> {
+                let (q, k, v) = (q.typed::<T>()?.as_view(), k.typed::<T>()?.as_view(), v.typed::<T>()?.as_view());
+                crate::ops::linattn::cuda::chunk_output::<T, S>(rt, p, &q, &k, &v, starts, &hs.typed::<S>()?.as_view(), z, &mut o.typed_mut::<T>()?.as_view_mut())
+            }
+            return with_states!(q.dtype(), state.dtype(), go(self, p, q, k, v, &starts, state, &z, o));
+        }
         let mut st = state.typed_mut::<f32>()?.as_view_mut();
         let mut zv = z.typed_mut::<f32>()?.as_view_mut();
         #[allow(clippy::too_many_arguments)]
@@ -577,16 +613,12 @@ impl Backend for CudaRuntime {
 
     fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &CudaBuf, v: &CudaBuf, state: &mut CudaBuf, z: &mut CudaBuf, hs: &mut CudaBuf, zs: &mut CudaBuf) -> Result<()> {
         let (mut st, mut zv) = (state.typed_mut::<f32>()?.as_view_mut(), z.typed_mut::<f32>()?.as_view_mut());
-        let (mut h, mut zz) = (hs.typed_mut::<f32>()?.as_view_mut(), zs.typed_mut::<f32>()?.as_view_mut());
+        let mut zz = zs.typed_mut::<f32>()?.as_view_mut();
         #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, table: &[u32], k: &CudaBuf, v: &CudaBuf, st: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, hs: &mut CudaViewMut<f32>, zs: &mut CudaViewMut<f32>) -> Result<()> {
-            crate::ops::linattn::cuda::chunk_states::<T>(rt, p, table, &k.typed::<T>()?.as_view(), &v.typed::<T>()?.as_view(), st, z, hs, zs)
+        fn go<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, table: &[u32], k: &CudaBuf, v: &CudaBuf, st: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, hs: &mut CudaBuf, zs: &mut CudaViewMut<f32>) -> Result<()> {
+            crate::ops::linattn::cuda::chunk_states::<T, S>(rt, p, table, &k.typed::<T>()?.as_view(), &v.typed::<T>()?.as_view(), st, z, &mut hs.typed_mut::<S>()?.as_view_mut(), zs)
         }
-        match k.dtype() {
-            DType::F32 => go::<f32>(self, p, table, k, v, &mut st, &mut zv, &mut h, &mut zz),
-            DType::F16 => go::<f16>(self, p, table, k, v, &mut st, &mut zv, &mut h, &mut zz),
-            DType::BF16 => go::<bf16>(self, p, table, k, v, &mut st, &mut zv, &mut h, &mut zz),
-        }
+        with_states!(k.dtype(), hs.dtype(), go(self, p, table, k, v, &mut st, &mut zv, hs, &mut zz))
     }
 
     fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, z0: &CudaBuf, d_final: [Option<&CudaBuf>; 2], out: [&mut CudaBuf; 5]) -> Result<()> {
@@ -644,37 +676,31 @@ impl Backend for CudaRuntime {
         let dendd = scratch.typed::<f32>()?.slice(dd_off..dd_off + dd_len);
         let ([ds, dz], [gs, gzs]) = (d, g);
         let (mut ds, mut dz) = (ds.typed_mut::<f32>()?.as_view_mut(), dz.typed_mut::<f32>()?.as_view_mut());
-        let (mut gs, mut gzs) = (gs.typed_mut::<f32>()?.as_view_mut(), gzs.typed_mut::<f32>()?.as_view_mut());
+        let mut gzs = gzs.typed_mut::<f32>()?.as_view_mut();
         #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, table: &[u32], x: [&CudaBuf; 5], dendd: &CudaView<f32>, d: [&mut CudaViewMut<f32>; 2], g: [&mut CudaViewMut<f32>; 2]) -> Result<()> {
-            crate::ops::linattn::cuda::chunk_grad_states::<T>(rt, p, table, &x[0].typed::<T>()?.as_view(), &x[4].typed::<T>()?.as_view(), dendd, d, g)
+        fn go<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, table: &[u32], x: [&CudaBuf; 5], dendd: &CudaView<f32>, d: [&mut CudaViewMut<f32>; 2], gs: &mut CudaBuf, gzs: &mut CudaViewMut<f32>) -> Result<()> {
+            crate::ops::linattn::cuda::chunk_grad_states::<T, S>(rt, p, table, &x[0].typed::<T>()?.as_view(), &x[4].typed::<T>()?.as_view(), dendd, d, (&mut gs.typed_mut::<S>()?.as_view_mut(), gzs))
         }
-        let (d, g) = ([&mut ds, &mut dz], [&mut gs, &mut gzs]);
-        match x[0].dtype() {
-            DType::F32 => go::<f32>(self, p, table, x, &dendd, d, g),
-            DType::F16 => go::<f16>(self, p, table, x, &dendd, d, g),
-            DType::BF16 => go::<bf16>(self, p, table, x, &dendd, d, g),
-        }
+        let gs_dtype = gs.dtype();
+        with_states!(x[0].dtype(), gs_dtype, go(self, p, table, x, &dendd, [&mut ds, &mut dz], gs, &mut gzs))
     }
 
     fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: [&CudaBuf; 2], end: [&CudaBuf; 2], scratch: &mut CudaBuf, out: [&mut CudaBuf; 3]) -> Result<()> {
         let (dd_off, dd_len) = chunk_dendd(p, bounds);
         let dendd = scratch.typed::<f32>()?.slice(dd_off..dd_off + dd_len);
-        let start = [start[0].typed::<f32>()?.as_view(), start[1].typed::<f32>()?.as_view()];
-        let end = [end[0].typed::<f32>()?.as_view(), end[1].typed::<f32>()?.as_view()];
+        let (start_z, end_z) = (start[1].typed::<f32>()?.as_view(), end[1].typed::<f32>()?.as_view());
+        if start[0].dtype() != end[0].dtype() {
+            return Err(Error::dtype(LINATTN, "the start states and end gradients differ in dtype"));
+        }
         #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: [&CudaView<f32>; 2], end: [&CudaView<f32>; 2], dendd: &CudaView<f32>, out: [&mut CudaBuf; 3]) -> Result<()> {
+        fn go<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: (&CudaBuf, &CudaView<f32>), end: (&CudaBuf, &CudaView<f32>), dendd: &CudaView<f32>, out: [&mut CudaBuf; 3]) -> Result<()> {
             let v = [x[0].typed::<T>()?.as_view(), x[1].typed::<T>()?.as_view(), x[2].typed::<T>()?.as_view(), x[3].typed::<T>()?.as_view(), x[4].typed::<T>()?.as_view()];
+            let (s, e) = (start.0.typed::<S>()?.as_view(), end.0.typed::<S>()?.as_view());
             let [dq, dk, dv] = out;
             let (mut dq, mut dk, mut dv) = (dq.typed_mut::<T>()?.as_view_mut(), dk.typed_mut::<T>()?.as_view_mut(), dv.typed_mut::<T>()?.as_view_mut());
-            crate::ops::linattn::cuda::chunk_grads::<T>(rt, p, bounds, [&v[0], &v[1], &v[2], &v[3], &v[4]], start, end, dendd, [&mut dq, &mut dk, &mut dv])
+            crate::ops::linattn::cuda::chunk_grads::<T, S>(rt, p, bounds, [&v[0], &v[1], &v[2], &v[3], &v[4]], (&s, start.1), (&e, end.1), dendd, [&mut dq, &mut dk, &mut dv])
         }
-        let (s, e) = ([&start[0], &start[1]], [&end[0], &end[1]]);
-        match x[0].dtype() {
-            DType::F32 => go::<f32>(self, p, bounds, x, s, e, &dendd, out),
-            DType::F16 => go::<f16>(self, p, bounds, x, s, e, &dendd, out),
-            DType::BF16 => go::<bf16>(self, p, bounds, x, s, e, &dendd, out),
-        }
+        with_states!(x[0].dtype(), start[0].dtype(), go(self, p, bounds, x, (start[0], &start_z), (end[0], &end_z), &dendd, out))
     }
 
     fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<CudaBuf>>, a: &GraphArgs<CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {

@@ -4,7 +4,7 @@ use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::LinAttnParams;
 use crate::runtime::cuda::{device_addr, kernel_name, CudaElem, CudaRuntime, Ptx};
-use crate::Result;
+use crate::{DType, Error, Result};
 
 const FAMILY: &str = "linattn";
 
@@ -63,6 +63,8 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_states_mma16_bf16",
     "linattn_chunk_grad_states_mma16_f16",
     "linattn_chunk_grad_states_mma16_bf16",
+    "linattn_chunk_states_mma16s_bf16",
+    "linattn_chunk_grad_states_mma16s_bf16",
     "linattn_chunk_output_mma16_bf16",
     "linattn_chunk_dv_mma16_bf16",
     "linattn_chunk_dq_mma16_bf16",
@@ -113,18 +115,53 @@ fn mma16(p: &LinAttnParams, fits: bool, addrs: impl FnOnce() -> Vec<u64>) -> Res
     Ok(kernel_choice()? == "mma16" && fits && (p.feature_map == 0 || p.feature_map == 2) && p.k % 8 == 0 && p.v % 8 == 0 && addrs().iter().all(|a| a % 16 == 0))
 }
 
-/// Whether the chunk products (output, dv, dq, dk) may take their 16-bit kernels
-/// (`linattn_chunk_*_mma16_bf16`, see [`mma16`]): bf16 only (f16 would round the states into a
-/// narrow range), normalize none (the forward output also Count).
-fn chunk16<T: CudaElem>(p: &LinAttnParams, output: bool, addrs: impl FnOnce() -> Vec<u64>) -> Result<bool> {
-    mma16(p, T::DTYPE == crate::DType::BF16 && (p.normalize == 0 || (output && p.normalize == 2)), addrs)
+/// What the chunk products (output, dv, dq, dk) need for their 16-bit kernels
+/// (`linattn_chunk_*_mma16_bf16`, see [`mma16`]): bf16 (f16 would round the states into a narrow
+/// range), normalize none (the forward output also Count).
+fn chunk16_fits(p: &LinAttnParams, dtype: DType, output: bool) -> bool {
+    dtype == DType::BF16 && (p.normalize == 0 || (output && p.normalize == 2))
 }
 
-/// Whether a state sweep over X (q or k, width K) and Y (v or do, width V) may take the 16-bit
-/// kernel (`linattn_chunk_[grad_]states_mma16`, see [`mma16`]): f16/bf16 inputs, whose products
-/// are then exact in their own type; the reverse sweep's do/den only with den = 1.
-fn sweep16<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, reverse: bool, x: &CudaView<T>, y: &CudaView<T>) -> Result<bool> {
-    mma16(p, T::DTYPE != crate::DType::F32 && (!reverse || p.normalize == 0), || vec![device_addr(rt, x), device_addr(rt, y)])
+/// Whether the chunked forms keep their per-chunk states (`hs`, the backward's `gs`) in bf16
+/// (`Backend::linattn_snapshot_dtype`): exactly when the chunk products that read them take their
+/// 16-bit kernels, which read bf16 states (half the bytes of f32, the largest arrays of the
+/// chunked forms). `backward`: the states of the chunked backward (normalize none only).
+pub fn snapshot16(p: &LinAttnParams, dtype: DType, backward: bool) -> Result<bool> {
+    mma16(p, chunk16_fits(p, dtype, !backward) && (!backward || p.normalize == 0), Vec::new)
+}
+
+/// An error for per-chunk states of dtype `states` that the kernels at hand cannot read.
+fn states_error(states: DType, what: &str) -> Error {
+    Error::Unsupported(format!("linear attention: {what} cannot take {states} per-chunk states (FFKERN_LINATTN_KERNEL=mma16, bf16, φ identity or relu, K and V multiples of 8, 16-byte aligned operands)"))
+}
+
+/// A chunk product's kernel (`base` = linattn_chunk_output, _dv, _dq or _dk): the 16-bit one
+/// exactly when the per-chunk states S are 16-bit (chosen by [`snapshot16`]; its conditions and
+/// the operands' alignment are checked again here, so a mismatch is an error, never a wrong
+/// read), else the TF32 twin (or its f32-FMA one under `simt`).
+fn chunk_product<T: CudaElem, S: CudaElem>(p: &LinAttnParams, output: bool, base: &str, addrs: impl FnOnce() -> Vec<u64>) -> Result<&'static str> {
+    if S::DTYPE == DType::F32 {
+        return chunk_kernel::<T>(base, &format!("{base}_mma"));
+    }
+    if S::DTYPE != T::DTYPE || !mma16(p, chunk16_fits(p, T::DTYPE, output), addrs)? {
+        return Err(states_error(S::DTYPE, base));
+    }
+    typed::<T>(&format!("{base}_mma16"))
+}
+
+/// A state sweep's kernel (`base` = linattn_chunk_states or linattn_chunk_grad_states) over X (q
+/// or k, width K) and Y (v or do, width V) writing per-chunk states of type S: the 16-bit sweep
+/// (see [`mma16`]) for f16/bf16 inputs, whose products are then exact in their own type (the
+/// reverse sweep's do/den only with den = 1) — `_mma16s` when S is 16-bit, which only it writes;
+/// else the TF32 twin (or `simt`).
+fn sweep_kernel<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, reverse: bool, x: &CudaView<T>, y: &CudaView<T>, base: &str) -> Result<&'static str> {
+    let fast = mma16(p, T::DTYPE != DType::F32 && (!reverse || p.normalize == 0), || vec![device_addr(rt, x), device_addr(rt, y)])?;
+    match (S::DTYPE == DType::F32, fast) {
+        (true, true) => typed::<T>(&format!("{base}_mma16")),
+        (true, false) => chunk_kernel::<T>(base, &format!("{base}_mma")),
+        (false, true) if S::DTYPE == T::DTYPE => typed::<T>(&format!("{base}_mma16s")),
+        (false, _) => Err(states_error(S::DTYPE, base)),
+    }
 }
 
 /// The fused recurrent forward / decode step on the runtime's stream.
@@ -172,16 +209,7 @@ pub fn recurrent<T: CudaElem>(
                 a.arg(k).arg(v).arg(state).arg(&starts_dev).arg(z).arg(p);
             })
         } else {
-            let addrs = || vec![device_addr(rt, q), device_addr(rt, k), device_addr(rt, v), device_addr(rt, &*state), device_addr(rt, &*o)];
-            let name = if chunk16::<T>(p, true, addrs)? { typed::<T>("linattn_chunk_output_mma16")? } else { chunk_kernel::<T>("linattn_chunk_output", "linattn_chunk_output_mma")? };
-            let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
-            // SAFETY: linattn_chunk_output[_mma|_mma16]_<dtype>(q, k, v, state, starts, z, o, p) reads
-            // q, k [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V], z [C·H·K] and starts
-            // as above (mma16: whole 16-byte pieces of rows and float4 of state, K and V multiples
-            // of 8, checked by chunk16), and writes o [R·H·V], each element once.
-            rt.launch(&f, cfg(p.v as usize, super::WIDE_TILE), |a| {
-                a.arg(q).arg(k).arg(v).arg(&mut *state).arg(&starts_dev).arg(&mut *z).arg(o).arg(p);
-            })
+            chunk_output(rt, p, q, k, v, &starts_dev, &state.as_view(), &z.as_view(), o)
         };
     }
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_recurrent")?, |_| Ok(()))?;
@@ -195,6 +223,35 @@ pub fn recurrent<T: CudaElem>(
     // (LinearAttention::recurrent) checked every length and K, V ≤ 256.
     rt.launch(&f, cfg(p.v as usize, super::TILE), |a| {
         a.arg(q).arg(k).arg(v).arg(state).arg(&z_init).arg(&starts_dev).arg(z).arg(o).arg(p);
+    })
+}
+
+/// The chunked form's output from each chunk's start state (`p.varlen == 2`, `p.aux == 0`;
+/// `starts` on the device): `state` holds the start states in f32 or, from the 16-bit sweep, bf16.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_output<T: CudaElem, S: CudaElem>(
+    rt: &CudaRuntime,
+    p: &LinAttnParams,
+    q: &CudaView<T>,
+    k: &CudaView<T>,
+    v: &CudaView<T>,
+    starts: &cudarc::driver::CudaSlice<u32>,
+    state: &CudaView<S>,
+    z: &CudaView<f32>,
+    o: &mut CudaViewMut<T>,
+) -> Result<()> {
+    let addrs = || vec![device_addr(rt, q), device_addr(rt, k), device_addr(rt, v), device_addr(rt, state), device_addr(rt, &*o)];
+    let f = rt.function(FAMILY, Ptx::Base, chunk_product::<T, S>(p, true, "linattn_chunk_output", addrs)?, |_| Ok(()))?;
+    let [gx, gy, gz] = super::grid(p.v as usize, super::WIDE_TILE, (p.batch * p.heads) as usize);
+    let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: linattn_chunk_output[_mma|_mma16]_<dtype>(q, k, v, state, starts, z, o, p) reads q, k
+    // [R·H·K], v [R·H·V], the chunk start states state [C·H·K·V] (f32, or bf16 for _mma16 only:
+    // chunk_product matches the kernel to S), z [C·H·K] and starts [2·C + 1] (chunk bounds ending
+    // at R, each chunk ≤ 64 rows, then positions; mma16: whole 16-byte pieces of rows and 8-byte
+    // pieces of state, K and V multiples of 8, checked by chunk_product), and writes o [R·H·V],
+    // each element once.
+    rt.launch(&f, cfg, |a| {
+        a.arg(q).arg(k).arg(v).arg(state).arg(starts).arg(z).arg(o).arg(p);
     })
 }
 
@@ -251,7 +308,7 @@ pub fn backward<T: CudaElem>(
 
 /// The chunk start states in one pass (see `Backend::linattn_chunk_states`).
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_states<T: CudaElem>(
+pub fn chunk_states<T: CudaElem, S: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     table: &[u32],
@@ -259,17 +316,16 @@ pub fn chunk_states<T: CudaElem>(
     v: &CudaView<T>,
     state: &mut CudaViewMut<f32>,
     z: &mut CudaViewMut<f32>,
-    hs: &mut CudaViewMut<f32>,
+    hs: &mut CudaViewMut<S>,
     zs: &mut CudaViewMut<f32>,
 ) -> Result<()> {
-    let name = if sweep16(rt, p, false, k, v)? { typed::<T>("linattn_chunk_states_mma16")? } else { chunk_kernel::<T>("linattn_chunk_states", "linattn_chunk_states_mma")? };
-    let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, sweep_kernel::<T, S>(rt, p, false, k, v, "linattn_chunk_states")?, |_| Ok(()))?;
     let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
     let [gx, gy, gz] = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
     let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: linattn_chunk_states[_mma|_mma16]_<dtype>(k, v, state, z, starts, hs, zs, p) reads k
-    // [R·H·K], v [R·H·V] (mma16: whole 16-byte pieces of rows, K and V multiples of 8, checked by
-    // sweep16) and the table [2·C + 1 + N + 1] (chunk bounds ending at R, each chunk ≤ 64 rows,
+    // SAFETY: linattn_chunk_states[_mma|_mma16|_mma16s]_<dtype>(k, v, state, z, starts, hs, zs, p)
+    // reads k [R·H·K], v [R·H·V] (mma16: whole 16-byte pieces of rows, K and V multiples of 8,
+    // checked by sweep_kernel, which also matches the kernel to hs's type S) and the table [2·C + 1 + N + 1] (chunk bounds ending at R, each chunk ≤ 64 rows,
     // positions, each sequence's chunk range); it reads and writes state [N·H·K·V] and z [N·H·K]
     // (each element by one thread) and writes hs [C·H·K·V], zs [C·H·K]; LinearAttention::chunk
     // sized every buffer.
@@ -342,7 +398,7 @@ const NULL: u64 = 0;
 
 /// The chunked backward's reverse pass in one sweep (see `Backend::linattn_chunk_grad_states`).
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_grad_states<T: CudaElem>(
+pub fn chunk_grad_states<T: CudaElem, S: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     table: &[u32],
@@ -350,21 +406,16 @@ pub fn chunk_grad_states<T: CudaElem>(
     d_o: &CudaView<T>,
     dendd: &CudaView<f32>,
     d: [&mut CudaViewMut<f32>; 2],
-    g: [&mut CudaViewMut<f32>; 2],
+    g: (&mut CudaViewMut<S>, &mut CudaViewMut<f32>),
 ) -> Result<()> {
-    let name = if sweep16(rt, p, true, q, d_o)? {
-        typed::<T>("linattn_chunk_grad_states_mma16")?
-    } else {
-        chunk_kernel::<T>("linattn_chunk_grad_states", "linattn_chunk_grad_states_mma")?
-    };
-    let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, sweep_kernel::<T, S>(rt, p, true, q, d_o, "linattn_chunk_grad_states")?, |_| Ok(()))?;
     let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
     let [gx, gy, gz] = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
     let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let ([ds, dz], [gs, gzs]) = (d, g);
-    // SAFETY: linattn_chunk_grad_states[_mma|_mma16]_<dtype>(q, do, dendd, d_state, d_z, table, gs,
-    // gzs, p) reads q [R·H·K], do [R·H·V] (mma16: whole 16-byte pieces of rows, K and V multiples
-    // of 8, checked by sweep16), dendd [R·H·2] (Normalizer only) and the table [2·C + 1 + N + 2]
+    let ([ds, dz], (gs, gzs)) = (d, g);
+    // SAFETY: linattn_chunk_grad_states[_mma|_mma16|_mma16s]_<dtype>(q, do, dendd, d_state, d_z,
+    // table, gs, gzs, p) reads q [R·H·K], do [R·H·V] (mma16: whole 16-byte pieces of rows, K and V
+    // multiples of 8, checked by sweep_kernel, which also matches the kernel to gs's type S), dendd [R·H·2] (Normalizer only) and the table [2·C + 1 + N + 2]
     // (C, chunk bounds ending at R, each chunk ≤ 64 rows, positions, each sequence's chunk range);
     // it reads and writes d_state [N·H·K·V] and d_z [N·H·K] (each element by one thread) and
     // writes gs [C·H·K·V], gzs [C·H·K]; LinearAttention::chunk_backward sized every buffer.
@@ -375,13 +426,13 @@ pub fn chunk_grad_states<T: CudaElem>(
 
 /// The chunked backward's second pass (see `Backend::linattn_chunk_grads`): dv, then dq and dk.
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_grads<T: CudaElem>(
+pub fn chunk_grads<T: CudaElem, S: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     bounds: &[u32],
     x: [&CudaView<T>; 5],
-    start: [&CudaView<f32>; 2],
-    end: [&CudaView<f32>; 2],
+    start: (&CudaView<S>, &CudaView<f32>),
+    end: (&CudaView<S>, &CudaView<f32>),
     dendd: &CudaView<f32>,
     out: [&mut CudaViewMut<T>; 3],
 ) -> Result<()> {
@@ -393,27 +444,27 @@ pub fn chunk_grads<T: CudaElem>(
         let [gx, gy, gz] = super::grid(cols, tile, units);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
-    let addrs = || {
-        let (ins, states, outs) = ([q, k, v, d_o], [start[0], end[0]], [&*dq, &*dk, &*dv]);
-        ins.iter().map(|x| device_addr(rt, *x)).chain(states.iter().map(|x| device_addr(rt, *x))).chain(outs.iter().map(|x| device_addr(rt, *x))).collect()
+    let [dv_name, dq_name, dk_name] = {
+        let addrs = || {
+            let (ins, states, outs) = ([q, k, v, d_o], [start.0, end.0], [&*dq, &*dk, &*dv]);
+            ins.iter().map(|x| device_addr(rt, *x)).chain(states.iter().map(|x| device_addr(rt, *x))).chain(outs.iter().map(|x| device_addr(rt, *x))).collect::<Vec<u64>>()
+        };
+        ["linattn_chunk_dv", "linattn_chunk_dq", "linattn_chunk_dk"].map(|base| chunk_product::<T, S>(p, false, base, addrs))
     };
-    let wide = chunk16::<T>(p, false, addrs)?;
-    let name = if wide { typed::<T>("linattn_chunk_dv_mma16")? } else { chunk_kernel::<T>("linattn_chunk_dv", "linattn_chunk_dv_mma")? };
-    let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, dv_name?, |_| Ok(()))?;
     // SAFETY: linattn_chunk_dv[_mma|_mma16]_<dtype>(q, k, do, bounds, dendd, g, dv, p) reads q, k
-    // [R·H·K], do [R·H·V], bounds [2·C + 1], dendd [R·H·2] (Normalizer only) and g [C·H·K·V]
-    // (mma16: 16-byte pieces and float4, checked by chunk16), and writes dv [R·H·V], each element
-    // once.
+    // [R·H·K], do [R·H·V], bounds [2·C + 1], dendd [R·H·2] (Normalizer only) and g [C·H·K·V] (f32,
+    // or bf16 for _mma16 only: chunk_product matches the kernel to S and checks mma16's 16-byte and
+    // 8-byte pieces), and writes dv [R·H·V], each element once.
     rt.launch(&f, cfg(p.v as usize, super::WIDE_TILE), |a| {
-        a.arg(q).arg(k).arg(d_o).arg(&bounds_dev).arg(dendd).arg(end[0]).arg(dv).arg(p);
+        a.arg(q).arg(k).arg(d_o).arg(&bounds_dev).arg(dendd).arg(end.0).arg(dv).arg(p);
     })?;
-    for (base, m, zv, target) in [("linattn_chunk_dq", start[0], start[1], dq), ("linattn_chunk_dk", end[0], end[1], dk)] {
-        let name = if wide { typed::<T>(&format!("{base}_mma16"))? } else { chunk_kernel::<T>(base, &format!("{base}_mma"))? };
-        let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
+    for (name, m, zv, target) in [(dq_name, start.0, start.1, dq), (dk_name, end.0, end.1, dk)] {
+        let f = rt.function(FAMILY, Ptx::Base, name?, |_| Ok(()))?;
         // SAFETY: linattn_chunk_dq[_mma|_mma16]_<dtype> and linattn_chunk_dk[_mma|_mma16]_<dtype>
         // (q, k, v, do, bounds, dendd, m, zv, out, p) read q, k [R·H·K], v, do [R·H·V], bounds and
-        // dendd as above, m [C·H·K·V] and zv [C·H·K] (S_c, z_c or G_c, g_c), and write out [R·H·K]
-        // (dq or dk), each element once.
+        // dendd as above, m [C·H·K·V] (S_c or G_c, of type S as chunk_product matched) and zv
+        // [C·H·K] (z_c or g_c), and write out [R·H·K] (dq or dk), each element once.
         rt.launch(&f, cfg(p.k as usize, super::WIDE_TILE), |a| {
             a.arg(q).arg(k).arg(v).arg(d_o).arg(&bounds_dev).arg(dendd).arg(m).arg(zv).arg(target).arg(p);
         })?;

@@ -234,7 +234,7 @@ impl LinearAttention {
         if t.chunks == 0 {
             return Ok(()); // every sequence is empty: the state stays, there is no output
         }
-        let (mut hs, mut zs) = self.chunk_start_states(be, &p, &t, [q, k, v], state, z, o)?;
+        let (mut hs, mut zs) = self.chunk_start_states(be, &p, &t, [q, k, v], state, z, o, false)?;
         let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, aux: 0, ..p };
         be.linattn_recurrent(&pc, q, k, v, &t.bounds, &mut hs, &mut zs, o)
     }
@@ -243,12 +243,13 @@ impl LinearAttention {
     /// each sequence's total), from `state`, `z` (left holding each sequence's final state). With
     /// enough sequences·heads to fill a device ([`FUSED_STATES_MIN_BLOCKS`]) one pass carries each
     /// state through its sequence's chunks; otherwise a state-only pass sums every chunk from zero
-    /// in parallel and the inter-chunk scan adds them up. `o` is not written.
+    /// in parallel and the inter-chunk scan adds them up. `o` is not written. `S_c` is in
+    /// [`Self::snapshot_dtype`]'s dtype (`backward`: for the chunked backward).
     #[allow(clippy::too_many_arguments)]
-    fn chunk_start_states<Be: Backend>(&self, be: &Be, p: &LinAttnParams, t: &ChunkTable, qkv: [&Be::Buf; 3], state: &mut Be::Buf, z: &mut Be::Buf, o: &mut Be::Buf) -> Result<(Be::Buf, Be::Buf)> {
+    fn chunk_start_states<Be: Backend>(&self, be: &Be, p: &LinAttnParams, t: &ChunkTable, qkv: [&Be::Buf; 3], state: &mut Be::Buf, z: &mut Be::Buf, o: &mut Be::Buf, backward: bool) -> Result<(Be::Buf, Be::Buf)> {
         let sequences = p.batch as usize;
         let (kv, k_) = (self.heads * self.k * self.v, self.heads * self.k);
-        let mut hs = be.alloc(DType::F32, (t.chunks + sequences) * kv)?;
+        let mut hs = be.alloc(self.snapshot_dtype(be, p, be.dtype_of(qkv[0]), backward)?, (t.chunks + sequences) * kv)?;
         let mut zs = be.alloc(DType::F32, (t.chunks + sequences) * k_)?;
         if fused_sweep(p, self.heads) {
             be.linattn_chunk_states(p, &t.sweep_table(), qkv[1], qkv[2], state, z, &mut hs, &mut zs)?;
@@ -258,6 +259,16 @@ impl LinearAttention {
             be.linattn_chunk_scan(&LinAttnParams { count0: t.chunks as u32, aux: 0, ..*p }, &t.seq_chunk0, state, z, &mut hs, &mut zs)?;
         }
         Ok((hs, zs))
+    }
+
+    /// The dtype of the per-chunk states `S_c` (and the backward's `G_c`): the backend's choice
+    /// when one sweep carries them (see `Backend::linattn_snapshot_dtype`), else f32.
+    fn snapshot_dtype<Be: Backend>(&self, be: &Be, p: &LinAttnParams, dtype: DType, backward: bool) -> Result<DType> {
+        if fused_sweep(p, self.heads) {
+            be.linattn_snapshot_dtype(p, dtype, backward)
+        } else {
+            Ok(DType::F32)
+        }
     }
 
     /// The backward of [`Self::recurrent`]: dq, dk, dv, dS0 and dz0 from the forward's inputs,
@@ -330,13 +341,13 @@ impl LinearAttention {
         be.copy(s0, &mut s_end)?;
         be.copy(z0, &mut z_end)?;
         let mut o_unused = be.alloc(dtype, 1)?;
-        let (hs, zs) = self.chunk_start_states(be, &p, &t, [x[0], x[1], x[2]], &mut s_end, &mut z_end, &mut o_unused)?;
+        let (hs, zs) = self.chunk_start_states(be, &p, &t, [x[0], x[1], x[2]], &mut s_end, &mut z_end, &mut o_unused, true)?;
         // The gradient at each chunk's end (and dS0, dz0): each chunk's own Σ q̃·dnᵀ and Σ q̃·dd
         // summed from the last chunk back, from dS_T, dz_T (with room after the chunks for each
         // sequence's total, which the wgpu passes leave there).
         let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, ..p };
         let mut scratch = be.alloc(DType::F32, chunk_scratch_len(&pc, starts[sequences] as usize))?;
-        let (mut gs, mut gzs) = (be.alloc(DType::F32, (t.chunks + sequences) * kv)?, be.alloc(DType::F32, (t.chunks + sequences) * k_)?);
+        let (mut gs, mut gzs) = (be.alloc(be.dtype_of(&hs), (t.chunks + sequences) * kv)?, be.alloc(DType::F32, (t.chunks + sequences) * k_)?);
         for (dst, src) in [(&mut g.d_state, d_final[0]), (&mut g.d_z, d_final[1])] {
             if let Some(src) = src {
                 be.copy(src, dst)?;
