@@ -172,23 +172,41 @@ bench() { # name, timeout, args...
     timeout "$(lim "$secs")" $B/ffkern bench "$@" --json --plot "$OUT/bench-$name.svg" > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err"
     log "bench $name: rc=$?"
 }
+# A kernel choice that has not run on a GPU before is timed only if its checks passed: a wrong or
+# hung kernel would otherwise spend the budget that the later rows need.
+checked() { # what, check or test logs...
+    local what=$1 f; shift
+    for f in "$@"; do
+        if [ ! -f "$f" ] || ! grep -qE '^test result: ok|^[0-9]+ passed, 0 failed' "$f" || grep -qE '^test result: FAILED' "$f"; then
+            log "skipped timing $what: $(basename "$f") did not pass"
+            return 1
+        fi
+    done
+}
 if [ "${CUDA_BENCH:-1}" = 1 ]; then
-    for k in ${KERNELS_BENCH-auto pingpong}; do FFKERN_GEMM_KERNEL=$k bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20; done
+    for k in ${KERNELS_BENCH-auto pingpong}; do
+        [ "$k" = auto ] || checked "$k" "$OUT/check-cuda-$k.txt" || continue
+        FFKERN_GEMM_KERNEL=$k bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20
+    done
     for op in ${BENCH_OPS:-repavit structured linear_attn graph}; do
         bench "cuda-$op" 90 --backend cuda --op "$op" --reps 20 --seq 4096,8192
     done
     # The FFN families on the GEMM's ping-pong schedule (FFKERN_GEMM_KERNEL=pingpong).
     for op in ${PINGPONG_OPS-repavit structured}; do
+        checked pingpong "$OUT/check-cuda-pingpong.txt" || break
         FFKERN_GEMM_KERNEL=pingpong bench "cuda-$op-pingpong" 90 --backend cuda --op "$op" --dtype bf16 --reps 20
     done
     for lk in ${LINATTN_KERNELS-simt mma16}; do
+        checked "$lk" "$OUT/test-linattn-$lk.log" || continue
         FFKERN_LINATTN_KERNEL=$lk bench "cuda-linear_attn-$lk" 60 --backend cuda --op linear_attn --reps 10
     done
     for gk in ${GRAPH_KERNELS-warp}; do
+        checked "$gk" "$OUT/test-graph-$gk.log" "$OUT/test-oneforecast-$gk.log" || continue
         FFKERN_GRAPH_KERNEL=$gk bench "cuda-graph-$gk" 90 --backend cuda --op graph --reps 20
     done
     # The OneForecast layer's weight gradients (K = E rows) on the K-major 16-byte loads.
-    [ -n "${KERNELS_TESTS-kmajor}" ] && FFKERN_GEMM_KERNEL=kmajor bench cuda-graph-kmajor 90 --backend cuda --op graph --reps 20
+    [ -n "${KERNELS_TESTS-kmajor}" ] && checked kmajor "$OUT/check-cuda-kmajor.txt" "$OUT/test-oneforecast-gemm-kmajor.log" &&
+        FFKERN_GEMM_KERNEL=kmajor bench cuda-graph-kmajor 90 --backend cuda --op graph --reps 20
 fi
 if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then
     if ls $D/whl/*.whl > /dev/null 2>&1; then
@@ -206,15 +224,20 @@ if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then
     fi
 fi
 # Per-kernel GPU time (ncu, one metric) of the CUDA benches that trail their peers most, so the
-# next change goes where the time is: PROFILE_OPS, default the graph family and linear attention.
+# next change goes where the time is: PROFILE_OPS, default the graph family and linear attention,
+# and linear attention on the 16-bit kernels when they passed (an entry OP:VAR=value sets one
+# kernel choice).
 if [ "${PROFILE:-1}" = 1 ]; then
     ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    for op in ${PROFILE_OPS:-graph linear_attn}; do
-        enough 60 "profile $op" || break
-        timeout "$(lim 150)" "$ncu" --clock-control none --csv --page raw --metrics gpu__time_duration.sum,launch__grid_size,launch__registers_per_thread \
-            $B/ffkern bench --backend cuda --op "$op" --dtype bf16 --seq 1024 --reps 1 > "$OUT/ncu-$op.raw" 2> "$OUT/ncu-$op.err"
-        log "profile $op: rc=$?"
-        python3 - "$OUT/ncu-$op.raw" <<'PY' | tee -a "$OUT/summary.txt"
+    profile_ops=${PROFILE_OPS:-graph linear_attn $(checked mma16 "$OUT/test-linattn-mma16.log" >/dev/null && echo linear_attn:FFKERN_LINATTN_KERNEL=mma16)}
+    for entry in $profile_ops; do
+        op=${entry%%:*}; envs=; [ "$entry" != "$op" ] && envs=${entry#*:}
+        name=$op${envs:+-${envs##*=}}
+        enough 60 "profile $name" || break
+        env $envs timeout "$(lim 150)" "$ncu" --clock-control none --csv --page raw --metrics gpu__time_duration.sum,launch__grid_size,launch__registers_per_thread \
+            $B/ffkern bench --backend cuda --op "$op" --dtype bf16 --seq 1024 --reps 1 > "$OUT/ncu-$name.raw" 2> "$OUT/ncu-$name.err"
+        log "profile $name: rc=$?"
+        python3 - "$OUT/ncu-$name.raw" <<'PY' | tee -a "$OUT/summary.txt"
 import csv, sys, collections
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
 if len(rows) < 3: print("  no kernels profiled"); sys.exit()
