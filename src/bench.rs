@@ -42,24 +42,32 @@ pub fn median(v: &[f64]) -> f64 {
 }
 
 /// Device-to-device copy of `bytes` bytes: the bandwidth ceiling (bytes read + bytes written).
-pub fn bench_copy<Be: Backend>(be: &Be, bytes: usize, reps: usize) -> Result<BenchRecord> {
+/// One record for [`Backend::copy`] and, where the backend has one, one for its copy kernel
+/// (shape `… kernel`); the roofline takes the faster.
+pub fn bench_copy<Be: Backend>(be: &Be, bytes: usize, reps: usize) -> Result<Vec<BenchRecord>> {
     let n = bytes / 4;
     let src = be.upload(&crate::HostTensor::random(DType::F32, vec![n], 77))?;
     let mut dst = be.alloc(DType::F32, n)?;
-    let times = be.time_runs(reps, &mut || be.copy(&src, &mut dst))?;
-    Ok(BenchRecord {
+    let record = |shape: String, times: &[f64]| BenchRecord {
         op: "copy".into(),
         backend: be.name().into(),
         dtype: DType::F32,
-        shape: format!("{} MiB", bytes >> 20),
-        median_s: median(&times),
+        shape,
+        median_s: median(times),
         flops: 0.0,
         bytes: 2.0 * (n * 4) as f64,
         reps,
         roofline_fraction: None,
         baseline: None,
         baseline_s: None,
-    })
+    };
+    let times = be.time_runs(reps, &mut || be.copy(&src, &mut dst))?;
+    let mut out = vec![record(format!("{} MiB", bytes >> 20), &times)];
+    if be.copy_kernel(&src, &mut dst)? {
+        let times = be.time_runs(reps, &mut || be.copy_kernel(&src, &mut dst).map(|_| ()))?;
+        out.push(record(format!("{} MiB kernel", bytes >> 20), &times));
+    }
+    Ok(out)
 }
 
 /// The fused GEMM on the given inputs (seeded random values; see [`GemmInputs::random`]).

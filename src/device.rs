@@ -25,6 +25,13 @@ pub trait Backend {
     fn synchronize(&self) -> Result<()>;
     /// Copies `src` into `dst` on the device (the copy-bandwidth ceiling of the benches).
     fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
+    /// Copies `src` into `dst` with a compute kernel of 16-byte loads and stores where the backend
+    /// has one besides [`Backend::copy`] (wgpu: `copy` is the API's buffer copy, which a GPU may run
+    /// on a copy engine slower than its cores can stream); `Ok(false)`, copying nothing, where it
+    /// has none. The bench takes the faster of the two as the bandwidth ceiling.
+    fn copy_kernel(&self, _src: &Self::Buf, _dst: &mut Self::Buf) -> Result<bool> {
+        Ok(false)
+    }
     /// Device time in seconds of `reps` runs of `f`, after one warm-up run.
     fn time_runs(&self, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>>;
 

