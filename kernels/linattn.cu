@@ -564,13 +564,19 @@ __device__ __forceinline__ float phi_grad(uint32_t map, float x) {
     }
 }
 
-// The decode step (mirrors linattn_decode in shaders/linattn.wgsl; varlen 0, one token per
-// sequence): S += k̃·vᵀ, z += k̃, o = Sᵀ·q̃ / den. Why it is fast: the state is all the traffic, so
-// each warp streams whole rows of 128 columns with 16-byte loads and stores (lane = 4 columns;
-// VEC: V % 4 == 0 and a 16-byte aligned state) and the partial outputs meet once in shared
-// memory. The sums run in the scan's order (row groups i mod 16, each in row order, then the
-// groups in order), so a decode loop equals linattn_recurrent bit for bit. Warp w holds the row
-// groups 2w and 2w + 1. One block per sequence·head.
+// The decode step (the math of linattn_decode in shaders/linattn.wgsl; varlen 0, one token per
+// sequence): S += k̃·vᵀ, z += k̃, o = Sᵀ·q̃ / den. Why it is fast: the state is all the traffic, and
+// each thread issues all its state rows (DECODE_DEPTH of them, 16-byte loads: lane = 4 columns;
+// VEC: V % 4 == 0 and a 16-byte aligned state) before it updates the first, so a block has its
+// whole 64 KiB state in flight and lasts about one memory round trip; short blocks leave no long
+// tail when the last wave only part-fills the device. Warp w owns row group w (rows w, w + 16,
+// …); each group sums in row order, then the groups in order through shared memory — the scan's
+// order, so a decode loop equals linattn_recurrent bit for bit. One block of DECODE_THREADS per
+// sequence·head.
+// Two blocks per SM for the 16-byte form (64 registers); the element-wise fallback (V % 4 != 0)
+// takes one, with room for its per-element addressing.
+constexpr uint32_t DECODE_THREADS = 512, DECODE_DEPTH = 8;  // 16 warps; K ≤ 128 in one round of rows
+
 template <typename T, bool VEC>
 __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state,
                                             float* __restrict__ z, T* __restrict__ o, const LinAttnParams& p) {
@@ -606,23 +612,23 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
                 if (c + e < p.v) row[e] = x[e];
         }
     };
-    // The warp's first two steps (rows i, i + 1 and i + 16, i + 17) are in flight while q̃, k̃, v
-    // and z are staged.
-    const uint32_t i_first = 2 * warp;
-    float n0[4], n1[4], m0[4], m1[4];
-    load_row(i_first, lane * 4, n0);
-    load_row(i_first + 1, lane * 4, n1);
-    load_row(i_first + 16, lane * 4, m0);
-    load_row(i_first + 17, lane * 4, m1);
-    for (uint32_t i = lid; i < p.k; i += 256) {
-        qs[i] = p.scale * phi(p.feature_map, to_f32(q[(size_t)bh * p.k + i]));
-        const float kt = phi(p.feature_map, to_f32(k[(size_t)bh * p.k + i]));
-        ks[i] = kt;
-        const float zn = z[(size_t)bh * p.k + i] + kt;
-        z[(size_t)bh * p.k + i] = zn;
-        zs[i] = zn;
+    // One round: the warp's rows i0, i0 + 16, … (DECODE_DEPTH of them) at columns c.
+    float x[DECODE_DEPTH][4];
+    const auto issue = [&](uint32_t i0, uint32_t c) {
+#pragma unroll
+        for (uint32_t d = 0; d < DECODE_DEPTH; ++d) load_row(i0 + 16 * d, c, x[d]);
+    };
+    // The first round is in flight while q̃, k̃, v and z are staged.
+    issue(warp, lane * 4);
+    if (lid < p.k) {
+        qs[lid] = p.scale * phi(p.feature_map, to_f32(q[(size_t)bh * p.k + lid]));
+        const float kt = phi(p.feature_map, to_f32(k[(size_t)bh * p.k + lid]));
+        ks[lid] = kt;
+        const float zn = z[(size_t)bh * p.k + lid] + kt;
+        z[(size_t)bh * p.k + lid] = zn;
+        zs[lid] = zn;
     }
-    vs[lid] = lid < p.v ? to_f32(v[(size_t)bh * p.v + lid]) : 0.0f;
+    if (lid < 256) vs[lid] = lid < p.v ? to_f32(v[(size_t)bh * p.v + lid]) : 0.0f;
     __syncthreads();
     if (lid < 16) {
         float zp = 0.0f;
@@ -631,40 +637,17 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     }
     for (uint32_t c0 = 0; c0 < p.v; c0 += 128) {
         const uint32_t c = c0 + lane * 4;
-        if (c0 > 0) {
-            load_row(i_first, c, n0);
-            load_row(i_first + 1, c, n1);
-            load_row(i_first + 16, c, m0);
-            load_row(i_first + 17, c, m1);
-        }
-        float acc0[4] = {}, acc1[4] = {};
-        if (c < p.v) {
-            // Each step's rows were loaded two steps earlier (n for the even steps, m for the odd):
-            // four rows a thread are in flight while two update.
-            const auto step = [&](uint32_t i, float (&n)[4], float (&nn)[4]) {
-                float x0[4], x1[4];
+        float acc[4] = {};
+        for (uint32_t i0 = warp; i0 < p.k; i0 += 16 * DECODE_DEPTH) {
+            if (i0 != warp || c0 > 0) issue(i0, c);
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    x0[e] = n[e];
-                    x1[e] = nn[e];
-                }
-                if (i + 32 < p.k) {
-                    load_row(i + 32, c, n);
-                    load_row(i + 33, c, nn);
-                }
-                update_row(i, c, x0, acc0);
-                if (i + 1 < p.k) update_row(i + 1, c, x1, acc1);
-            };
-            for (uint32_t i = i_first; i < p.k; i += 32) {
-                step(i, n0, n1);
-                if (i + 16 < p.k) step(i + 16, m0, m1);
+            for (uint32_t d = 0; d < DECODE_DEPTH; ++d) {
+                const uint32_t i = i0 + 16 * d;
+                if (i < p.k && c < p.v) update_row(i, c, x[d], acc);
             }
         }
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            red[2 * warp][lane * 4 + e] = acc0[e];
-            red[2 * warp + 1][lane * 4 + e] = acc1[e];
-        }
+        for (int e = 0; e < 4; ++e) red[warp][lane * 4 + e] = acc[e];
         __syncthreads();
         if (lid < 128 && c0 + lid < p.v) {
             float n = 0.0f;
@@ -1393,11 +1376,11 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
     }
 
 #define LINATTN_ENTRIES(SUFFIX, T, SWEEP_BLOCKS)                                                                           \
-    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+    extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 1)                                                       \
         linattn_decode_##SUFFIX(const T* q, const T* k, const T* v, float* state, float* z, T* o, LinAttnParams p) {       \
         decode_impl<T, false>(q, k, v, state, z, o, p);                                                                    \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+    extern "C" __global__ void __launch_bounds__(DECODE_THREADS, 2)                                                       \
         linattn_decode_vec_##SUFFIX(const T* q, const T* k, const T* v, float* state, float* z, T* o, LinAttnParams p) {   \
         decode_impl<T, true>(q, k, v, state, z, o, p);                                                                     \
     }                                                                                                                      \

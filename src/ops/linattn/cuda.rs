@@ -7,6 +7,9 @@ use crate::runtime::cuda::{device_addr, kernel_name, CudaElem, CudaRuntime, Ptx}
 use crate::{DType, Error, Result};
 
 const FAMILY: &str = "linattn";
+/// Threads per block of the decode step (`DECODE_THREADS` in kernels/linattn.cu: one warp per row
+/// group of 16).
+const DECODE_THREADS: u32 = 512;
 
 /// Every kernel this file launches (build.rs checks each is an entry of the PTX).
 pub const KERNELS: &[&str] = &[
@@ -182,16 +185,18 @@ pub fn recurrent<T: CudaElem>(
         let [gx, gy, gz] = super::grid(cols, tile, (p.batch * p.heads) as usize);
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
-    // The decode step (one token per sequence): its own kernel, one block per sequence·head,
-    // 16-byte state accesses where V and the state's address allow.
+    // The decode step (one token per sequence): its own kernel, one block of DECODE_THREADS per
+    // sequence·head, 16-byte state accesses where V and the state's address allow.
     if super::is_decode(p) {
         let vec = p.v % 4 == 0 && device_addr(rt, &*state) % 16 == 0;
         let f = rt.function(FAMILY, Ptx::Base, typed::<T>(if vec { "linattn_decode_vec" } else { "linattn_decode" })?, |_| Ok(()))?;
+        let [gx, gy, gz] = super::grid(1, 1, (p.batch * p.heads) as usize);
+        let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (DECODE_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: linattn_decode[_vec]_<dtype>(q, k, v, state, z, o, p) reads q, k [B·H·K], v
         // [B·H·V], reads and writes state [B·H·K·V] (VEC: as float4, V % 4 == 0 and the base
         // 16-byte aligned, checked above) and z [B·H·K], and writes o [B·H·V]; each block touches
         // only its own sequence·head. LinearAttention::recurrent checked every length, K, V ≤ 256.
-        return rt.launch(&f, cfg(1, 1), |a| {
+        return rt.launch(&f, cfg, |a| {
             a.arg(q).arg(k).arg(v).arg(&mut *state).arg(&mut *z).arg(&mut *o).arg(p);
         });
     }
