@@ -224,12 +224,13 @@ if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then
     fi
 fi
 # Per-kernel GPU time (ncu, one metric) of the CUDA benches that trail their peers most, so the
-# next change goes where the time is: PROFILE_OPS, default the graph family and linear attention,
+# next change goes where the time is: PROFILE_OPS, default the graph family, linear attention, the
+# structured FFNs (ncu-structured.raw lists every launch in order: which GEMM shapes trail cuBLAS)
 # and linear attention on the 16-bit kernels when they passed (an entry OP:VAR=value sets one
 # kernel choice).
 if [ "${PROFILE:-1}" = 1 ]; then
     ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    profile_ops=${PROFILE_OPS:-graph linear_attn $(checked mma16 "$OUT/test-linattn-mma16.log" >/dev/null && echo linear_attn:FFKERN_LINATTN_KERNEL=mma16)}
+    profile_ops=${PROFILE_OPS:-graph linear_attn structured $(checked mma16 "$OUT/test-linattn-mma16.log" >/dev/null && echo linear_attn:FFKERN_LINATTN_KERNEL=mma16)}
     for entry in $profile_ops; do
         op=${entry%%:*}; envs=; [ "$entry" != "$op" ] && envs=${entry#*:}
         name=$op${envs:+-${envs##*=}}
