@@ -1,7 +1,8 @@
 // GEMM with fused epilogue (SPEC §1) and the two helpers of its backward.
-// Why it is fast: each workgroup owns a 64×64 tile of C and stages A and B through workgroup
-// memory in 16-deep K slices, so every element loaded from storage is reused 64 times; each
-// invocation keeps a 4×4 register tile and reads vec4s from workgroup memory. Bias, activation,
+// Why it is fast: each workgroup owns a 64×64 tile of C (128×128 in the wide form) and stages A
+// and B through workgroup memory in 16-deep K slices, so every element loaded from storage is
+// reused 64 (128) times; each invocation keeps a 4×4 (8×8) register tile and reads vec4s from
+// workgroup memory. Bias, activation,
 // residual and the saved pre-activation are applied in the same pass that writes C.
 // All buffers are u32 words; 16-bit dtypes hold two elements a word (see _dtype_*.wgsl).
 
@@ -97,6 +98,29 @@ fn b_index(bz: u32, nn: u32, kk: u32) -> u32 {
     return base + kk * p.ldb + nn * p.b_cs;
 }
 
+// Element e of a K slab (BK deep, `rows` wide) of A or B, walking the operand's contiguous
+// dimension so that consecutive invocations load consecutive elements: its row (of M or N) and
+// k inside the slab, and its value (0 past the edges).
+struct SlabElem {
+    row: u32,
+    k: u32,
+    v: f32,
+}
+
+fn a_elem(bz: u32, e: u32, rows: u32, m0: u32, k0: u32, k_hi: u32) -> SlabElem {
+    var x = SlabElem(e / BK, e % BK, 0.0);
+    if (p.a_km != 0u) { x.row = e % rows; x.k = e / rows; }
+    if (m0 + x.row < p.m && k0 + x.k < k_hi) { x.v = ld_a(a_index(bz, m0 + x.row, k0 + x.k)); }
+    return x;
+}
+
+fn b_elem(bz: u32, e: u32, rows: u32, n0: u32, k0: u32, k_hi: u32) -> SlabElem {
+    var x = SlabElem(e / BK, e % BK, 0.0);
+    if (p.b_kn != 0u) { x.row = e % rows; x.k = e / rows; }
+    if (n0 + x.row < p.n && k0 + x.k < k_hi) { x.v = ld_b(b_index(bz, n0 + x.row, k0 + x.k)); }
+    return x;
+}
+
 // The workgroup's 64×64 tile of C over K slice [k_lo, k_hi): invocation (ty, tx) holds rows
 // 4·ty.., columns 4·tx.. in acc.
 fn mainloop(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32) -> array<vec4<f32>, 4> {
@@ -104,21 +128,11 @@ fn mainloop(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32) -> array<
     let ty = lid / 16u;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = k_lo; k0 < k_hi; k0 = k0 + BK) {
-        // Consecutive invocations walk the contiguous dimension of each operand (coalesced).
         for (var i = 0u; i < 4u; i = i + 1u) {
-            let e = lid + i * 256u;
-            var mm = e / BK;
-            var kk = e % BK;
-            if (p.a_km != 0u) { mm = e % BM; kk = e / BM; }
-            var va = 0.0;
-            if (m0 + mm < p.m && k0 + kk < k_hi) { va = ld_a(a_index(bz, m0 + mm, k0 + kk)); }
-            As[kk * 16u + mm / 4u][mm % 4u] = va;
-            var nn = e / BK;
-            var kb = e % BK;
-            if (p.b_kn != 0u) { nn = e % BN; kb = e / BN; }
-            var vb = 0.0;
-            if (n0 + nn < p.n && k0 + kb < k_hi) { vb = ld_b(b_index(bz, n0 + nn, k0 + kb)); }
-            Bs[kb * 16u + nn / 4u][nn % 4u] = vb;
+            let ea = a_elem(bz, lid + i * 256u, BM, m0, k0, k_hi);
+            As[ea.k * 16u + ea.row / 4u][ea.row % 4u] = ea.v;
+            let eb = b_elem(bz, lid + i * 256u, BN, n0, k0, k_hi);
+            Bs[eb.k * 16u + eb.row / 4u][eb.row % 4u] = eb.v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
@@ -161,6 +175,58 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         let gm = wg.y * BM + (lid / 16u) * 4u + i;
         if (gm >= p.m) { break; }
         epilogue(wg.z, gm, gn0, count, acc[i]);
+    }
+}
+
+// The wide form for products with many 128×128 tiles: each invocation keeps an 8×8 register tile
+// (rows 4·ty.. and 64 + 4·ty.., columns 4·tx.. and 64 + 4·tx..), so a K step reads four vec4s
+// from workgroup memory for 64 multiply-adds, twice the reuse of the 4×4 form, and the staging
+// of a 16-deep slab feeds four times the arithmetic.
+const WM: u32 = 128u;
+const WN: u32 = 128u;
+
+var<workgroup> Aw: array<vec4<f32>, 512>; // [BK][WM/4]
+var<workgroup> Bw: array<vec4<f32>, 512>; // [BK][WN/4]
+
+fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32) -> array<vec4<f32>, 16> {
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    var acc: array<vec4<f32>, 16>;
+    for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
+        for (var i = 0u; i < 8u; i = i + 1u) {
+            let ea = a_elem(bz, lid + i * 256u, WM, m0, k0, p.k);
+            Aw[ea.k * 32u + ea.row / 4u][ea.row % 4u] = ea.v;
+            let eb = b_elem(bz, lid + i * 256u, WN, n0, k0, p.k);
+            Bw[eb.k * 32u + eb.row / 4u][eb.row % 4u] = eb.v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk = kk + 1u) {
+            let a0 = Aw[kk * 32u + ty];
+            let a1 = Aw[kk * 32u + 16u + ty];
+            let b0 = Bw[kk * 32u + tx];
+            let b1 = Bw[kk * 32u + 16u + tx];
+            for (var c = 0u; c < 4u; c = c + 1u) {
+                acc[2u * c] = acc[2u * c] + a0[c] * b0;
+                acc[2u * c + 1u] = acc[2u * c + 1u] + a0[c] * b1;
+                acc[8u + 2u * c] = acc[8u + 2u * c] + a1[c] * b0;
+                acc[9u + 2u * c] = acc[9u + 2u * c] + a1[c] * b1;
+            }
+        }
+        workgroupBarrier();
+    }
+    return acc;
+}
+
+@compute @workgroup_size(256)
+fn gemm_wide(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let acc = mainloop_wide(lid, wg.z, wg.y * WM, wg.x * WN);
+    for (var r = 0u; r < 8u; r = r + 1u) {
+        let gm = wg.y * WM + (r / 4u) * 64u + (lid / 16u) * 4u + r % 4u;
+        if (gm >= p.m) { continue; }
+        for (var h = 0u; h < 2u; h = h + 1u) {
+            let gn0 = wg.x * WN + h * 64u + (lid % 16u) * 4u;
+            if (gn0 < p.n) { epilogue(wg.z, gm, gn0, min(4u, p.n - gn0), acc[2u * r + h]); }
+        }
     }
 }
 

@@ -45,6 +45,9 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         // Few tiles and a long K: CUDA splits K over the blocks (16-byte and element-wise loads).
         case("100x70x5000 split-K, all options", Gemm::new(100, 70, 5000).bias(true).act(Activation::GeluErf).act_cols(40).residual(None).alpha(0.75).beta(0.5)),
         case("150x130x4099 km split-K relu", Gemm::new(150, 130, 4099).a_layout(ALayout::KM).bias(true).act(Activation::Relu)),
+        // Enough 128×128 tiles for wgpu's wide kernel (8×8 a thread), with partial edge tiles.
+        case("1030x1100x40 bias gelu_erf residual", Gemm::new(1030, 1100, 40).bias(true).act(Activation::GeluErf).residual(None).beta(0.5)),
+        case("batch 2 of 520x1030x24 km kn relu", Gemm::new(520, 1030, 24).batch(2).a_layout(ALayout::KM).b_layout(BLayout::KN).bias(true).act(Activation::Relu)),
     ]
 }
 

@@ -79,16 +79,6 @@ pub(crate) fn device_addr<T, V: cudarc::driver::DevicePtr<T>>(rt: &CudaRuntime, 
     v.device_ptr(&rt.stream).0
 }
 
-/// A kernel choice read once from environment variable `var` into `cell`: one of `allowed`, the
-/// first when unset; any other value is an error that names the choices (a typo must not
-/// silently run the default).
-pub(crate) fn kernel_env(cell: &'static std::sync::OnceLock<Option<String>>, var: &str, allowed: &[&'static str]) -> Result<&'static str> {
-    match cell.get_or_init(|| std::env::var(var).ok()) {
-        None => Ok(allowed[0]),
-        Some(v) => allowed.iter().copied().find(|a| a == v).ok_or_else(|| Error::Invalid(format!("{var}={v}: expected one of {}", allowed.join(", ")))),
-    }
-}
-
 macro_rules! elem_access {
     ($t:ty, $v:ident) => {
         fn of(buf: &CudaBuf) -> Option<&CudaSlice<$t>> {
