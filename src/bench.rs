@@ -211,7 +211,7 @@ pub fn bench_structured<Be: Backend>(be: &Be, tokens: usize, s1: crate::ops::str
 pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, seqs: &[usize], reps: usize) -> Result<Vec<BenchRecord>> {
     use crate::ops::linattn::{FeatureMap, LinearAttention, Normalize};
     let mut out = Vec::new();
-    let (b, h, kd) = if small { (8, 8, 64) } else { (64, 32, 128) };
+    let (b, h, kd) = crate::registry::linattn_decode_shape(small);
     let d = LinearAttention { batch: b, seq: 1, heads: h, k: kd, v: kd, feature_map: FeatureMap::Identity, scale: None, normalize: Normalize::None };
     let r = |n: usize, dt: DType, s: u64| be.upload(&crate::HostTensor::random(dt, vec![n], s));
     let (q, k, v) = (r(d.qk_len(), DType::BF16, 1)?, r(d.qk_len(), DType::BF16, 2)?, r(d.vo_len(), DType::BF16, 3)?);
@@ -283,7 +283,7 @@ fn bench_linattn_fla<Be: Backend>(be: &Be, seq: usize, reps: usize) -> Result<Ve
 pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize) -> Result<Vec<BenchRecord>> {
     use crate::ops::graph::{DeviceGraph, EdgeMlp, EdgeMlpForm, EdgeMlpWeights, Graph, OneForecastLayer, OneForecastParams};
     use crate::Activation;
-    let (n, e, dim) = if small { (2_000, 16_000, 128) } else { (12_337, 98_296, 512) };
+    let (n, e, dim) = crate::registry::graph_bench_shape(small);
     let g = Graph::random_uniform(n, e, 11)?;
     let dg = DeviceGraph::upload(be, &g)?;
     let r = |len: usize, s: u64| be.upload(&crate::HostTensor::random(dtype, vec![len], s));

@@ -86,3 +86,68 @@ pub fn gemm_bench_cases_small() -> Vec<GemmCase> {
         case("1024x1024x1024 bias gelu_erf", Gemm::new(1024, 1024, 1024).bias(true).act(Activation::GeluErf)),
     ]
 }
+
+/// The RePaViT bench (SPEC §3): `(tokens, C, H, θ)` — ViT-L (128 images × 197 tokens, C = 1024,
+/// H = 4096, θ = 0.75), or ViT-S with 4 images on CPU adapters (`small`).
+pub fn repavit_bench_shape(small: bool) -> (usize, usize, usize, f64) {
+    if small {
+        (4 * 197, 384, 1536, 0.75)
+    } else {
+        (128 * 197, 1024, 4096, 0.75)
+    }
+}
+
+/// The structured FFN benches (SPEC §4): the token count and each block's `(S1, S2, label)` —
+/// d = 2048 and 16,384 tokens (d = 256, 1,024 tokens when `small`), hidden 4d, about a third of
+/// the dense FFN's parameters: LowRank of rank d/4, BlockDense of 4 blocks, BlockShuffle of 4
+/// blocks of inner width d/4.
+pub fn structured_bench_layers(small: bool) -> (usize, Vec<(crate::ops::structured::Structured, crate::ops::structured::Structured, &'static str)>) {
+    use crate::ops::structured::Structured;
+    let (t, d) = if small { (1024, 256) } else { (16384, 2048) };
+    let (h, r) = (4 * d, d / 4);
+    let layers = vec![
+        (Structured::LowRank { inp: d, out: h, rank: r }, Structured::LowRank { inp: h, out: d, rank: r }, "lowrank"),
+        (Structured::BlockDense { inp: d, out: h, rank: 3 * d / 8, blocks: 4 }, Structured::BlockDense { inp: h, out: d, rank: 3 * d / 8, blocks: 4 }, "blockdense"),
+        (Structured::BlockShuffle { inp: d, out: h, blocks: 4, inner: d / 4 }, Structured::BlockShuffle { inp: h, out: d, blocks: 4, inner: d / 4 }, "blockshuffle"),
+    ];
+    (t, layers)
+}
+
+/// The linear-attention decode bench (SPEC §5, issue 4): `(B, H, K = V)` — B 64, H 32, K 128, or
+/// B 8, H 8, K 64 when `small`.
+pub fn linattn_decode_shape(small: bool) -> (usize, usize, usize) {
+    if small {
+        (8, 8, 64)
+    } else {
+        (64, 32, 128)
+    }
+}
+
+/// The sequence lengths of the linear-attention scaling rows (B1 H4 D64) unless `--seq` names
+/// others.
+pub fn linattn_bench_seqs(small: bool) -> &'static [usize] {
+    if small {
+        &[1024, 2048]
+    } else {
+        &[4096, 8192]
+    }
+}
+
+/// The graph benches (SPEC §6): `(N, E, D)` — OneForecast's mesh (12,337 nodes, 98,296 edges,
+/// D = 512), or N 2,000, E 16,000, D 128 when `small`.
+pub fn graph_bench_shape(small: bool) -> (usize, usize, usize) {
+    if small {
+        (2_000, 16_000, 128)
+    } else {
+        (12_337, 98_296, 512)
+    }
+}
+
+/// The noisy-optimizer bench's parameter count: 100 M, or 4 M when `small`.
+pub fn optim_bench_params(small: bool) -> usize {
+    if small {
+        4_000_000
+    } else {
+        100_000_000
+    }
+}

@@ -555,36 +555,20 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
     }
     let ffn_dtypes: Vec<DType> = dtypes.iter().copied().filter(|d| *d != DType::F16).collect();
     if ops.contains(&"repavit") {
-        // ViT-L (SPEC §3): 128 images × 197 tokens, C = 1024, H = 4096, θ = 0.75; ViT-S on CPU adapters.
-        let (t, c, h) = if small { (4 * 197, 384, 1536) } else { (128 * 197, 1024, 4096) };
+        let (t, c, h, theta) = ffkern::registry::repavit_bench_shape(small);
         for &dt in &ffn_dtypes {
-            records.push(with_backend!(&dev, be => bench::bench_repavit(be, t, c, h, 0.75, dt, reps))?);
+            records.push(with_backend!(&dev, be => bench::bench_repavit(be, t, c, h, theta, dt, reps))?);
         }
     }
     if ops.contains(&"structured") {
-        use ffkern::ops::structured::Structured;
-        // SPEC §4: d = 2048, 16384 tokens, about a third of the dense FFN's parameters.
-        let (t, d) = if small { (1024, 256) } else { (16384, 2048) };
-        let (h, r) = (4 * d, d / 4);
-        let lowrank = (Structured::LowRank { inp: d, out: h, rank: r }, Structured::LowRank { inp: h, out: d, rank: r }, "lowrank");
-        let blockdense = (
-            Structured::BlockDense { inp: d, out: h, rank: 3 * d / 8, blocks: 4 },
-            Structured::BlockDense { inp: h, out: d, rank: 3 * d / 8, blocks: 4 },
-            "blockdense",
-        );
-        // Monarch-style with 4 blocks of inner width d/4 (SPEC §4's gather and interleaved store).
-        let blockshuffle = (
-            Structured::BlockShuffle { inp: d, out: h, blocks: 4, inner: d / 4 },
-            Structured::BlockShuffle { inp: h, out: d, blocks: 4, inner: d / 4 },
-            "blockshuffle",
-        );
-        for (s1, s2, label) in [lowrank, blockdense, blockshuffle] {
+        let (t, layers) = ffkern::registry::structured_bench_layers(small);
+        for &(s1, s2, label) in &layers {
             for &dt in &ffn_dtypes {
                 records.push(with_backend!(&dev, be => bench::bench_structured(be, t, s1, s2, label, dt, reps))?);
             }
         }
         // The pre-merge crossover of each first layer on this backend (DEFAULT_CROSSOVER's source).
-        for (s1, _, label) in [lowrank, blockdense, blockshuffle] {
+        for &(s1, _, label) in &layers {
             for &dt in &ffn_dtypes {
                 let c = with_backend!(&dev, be => ffkern::ops::structured::measure_crossover(be, &s1, dt, 4096, reps))?;
                 eprintln!("pre-merge crossover {label} {}→{} {dt} on {}: the structured form wins from {c} tokens", s1.inp(), s1.out(), dev.name());
@@ -592,11 +576,7 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         }
     }
     if ops.contains(&"linear_attn") {
-        let seqs = match seqs {
-            [] if small => &[1024, 2048][..],
-            [] => &[4096, 8192][..],
-            given => given,
-        };
+        let seqs = if seqs.is_empty() { ffkern::registry::linattn_bench_seqs(small) } else { seqs };
         records.extend(with_backend!(&dev, be => bench::bench_linattn(be, small, seqs, reps))?);
     }
     if ops.contains(&"graph") {
@@ -605,7 +585,7 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         }
     }
     if ops.contains(&"noisy_optimizer") {
-        let n = if small { 4_000_000 } else { 100_000_000 };
+        let n = ffkern::registry::optim_bench_params(small);
         for tensors in [1, 1000] {
             records.push(with_backend!(&dev, be => bench::bench_noisy_sgd(be, n, tensors, reps))?);
         }
