@@ -66,21 +66,27 @@ pub fn gemm(
         let groups = ctx.grid_1d(desc.m * desc.n.div_ceil(4));
         return ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&ws, ro, bias, r, c.buffer, z], groups);
     }
-    let tile = if wide(desc)? { 128 } else { 64 };
+    let tile = if wide(ctx, desc)? { 128 } else { 64 };
     let pipe = ctx.pipeline(FAMILY, if tile == 128 { "gemm_wide" } else { "gemm" }, dtype, READ_ONLY, 2)?;
     let groups = [desc.n.div_ceil(tile) as u32, desc.m.div_ceil(tile) as u32, desc.batch as u32];
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, c.buffer, z], groups)
 }
 
 /// Whether a product takes the wide kernel (128×128 tiles, 8×8 a thread): `FFKERN_WGPU_GEMM` =
-/// `auto` (default: when it still makes at least [`WIDE_MIN_TILES`] tiles), `wide` or `narrow`
-/// (64×64, 4×4 a thread) for every product; any other value is an error.
-fn wide(desc: &Gemm) -> Result<bool> {
+/// `auto` (default: when 128×128 tiles pad M and N by little more than 64×64 ones would, and
+/// the product fills the adapter: any tile count on a CPU adapter such as lavapipe, whose few
+/// cores it fills, at least [`WIDE_MIN_TILES`] tiles on a GPU), `wide` or `narrow` (64×64, 4×4 a
+/// thread) for every product; any other value is an error.
+fn wide(ctx: &WgpuContext, desc: &Gemm) -> Result<bool> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     Ok(match crate::runtime::kernel_env(&CHOICE, "FFKERN_WGPU_GEMM", &["auto", "wide", "narrow"])? {
         "wide" => true,
         "narrow" => false,
-        _ => desc.batch * desc.m.div_ceil(128) * desc.n.div_ceil(128) >= WIDE_MIN_TILES,
+        _ => {
+            let padded = |t: usize| desc.m.div_ceil(t) * t * desc.n.div_ceil(t) * t;
+            let tiles = desc.batch * desc.m.div_ceil(128) * desc.n.div_ceil(128);
+            8 * padded(128) <= 9 * padded(64) && (ctx.info.device_type == wgpu::DeviceType::Cpu || tiles >= WIDE_MIN_TILES)
+        }
     })
 }
 
