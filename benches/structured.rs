@@ -25,7 +25,7 @@ fn structured(c: &mut Criterion) {
                 let f = [r(a1, 2), r(b1, 3), r(a2, 4), r(b2, 5)];
                 let (bias1, bias2) = (r(s1.out(), 6), r(s1.inp(), 7));
                 device_timed(&mut g, format!("{label} T{t} d{} {dtype}", s1.inp()), be, &mut || {
-                    block.forward(be, &x, [&f[0], &f[1], &f[2], &f[3]], &bias1, &bias2).map(|_| ())
+                    block.infer(be, &x, [&f[0], &f[1], &f[2], &f[3]], &bias1, &bias2).map(|_| ())
                 });
             });
         }

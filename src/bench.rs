@@ -194,7 +194,7 @@ pub fn bench_structured<Be: Backend>(be: &Be, tokens: usize, s1: crate::ops::str
     let f = [r(a1, 2)?, r(b1, 3)?, r(a2, 4)?, r(b2, 5)?];
     let (bias1, bias2) = (r(h, 6)?, r(c, 7)?);
     let block = StructuredFfn { tokens, s1, s2, act: crate::Activation::GeluErf };
-    let t_s = timed(be, reps, &mut || block.forward(be, &x, [&f[0], &f[1], &f[2], &f[3]], &bias1, &bias2).map(|_| ()))?;
+    let t_s = timed(be, reps, &mut || block.infer(be, &x, [&f[0], &f[1], &f[2], &f[3]], &bias1, &bias2).map(|_| ()))?;
     let dense = DenseFfn { tokens, dim: c, hidden: h, act: crate::Activation::GeluErf, residual: false };
     let w = FfnWeights { w1: r(h * c, 8)?, b1: r(h, 9)?, w2: r(c * h, 10)?, b2: r(c, 11)? };
     let t_d = timed(be, reps, &mut || dense.forward(be, &x, &w, false).map(|_| ()))?;

@@ -96,6 +96,10 @@ fn structured_ffn_block_matches_the_dense_reference() {
                 let (y, saved) = f.forward(be, &xb, fr, &bb1, &bb2).expect("forward");
                 let what = format!("{} {dtype} {s1:?} → {s2:?}", dev.name());
                 assert_close(&format!("{what} y"), &dl(be, &y), &y_ref, dtype);
+                // Inference (no saved pre-activation) computes the same y, bit for bit.
+                let y_inf = f.infer(be, &xb, fr, &bb1, &bb2).expect("infer");
+                let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(dl(be, &y_inf)), bits(dl(be, &y)), "{what}: infer differs from forward");
                 let g = f.backward(be, &xb, fr, &saved, &up(&dy)).expect("backward");
                 assert_close(&format!("{what} dx"), &dl(be, &g[0]), &g_ref.0, dtype);
                 assert_close(&format!("{what} db1"), &dl(be, &g[5]), &g_ref.2, dtype);

@@ -205,19 +205,35 @@ impl StructuredFfn {
         Ok(([a1, b1], [a2, b2]))
     }
 
+    /// The training forward: `y` and what the backward reads (the pre-activation among it).
     pub fn forward<Be: Backend>(&self, be: &Be, x: &Be::Buf, f: [&Be::Buf; 4], b1: &Be::Buf, b2: &Be::Buf) -> Result<(Be::Buf, StructuredSaved<Be::Buf>)> {
+        let (y, h1, u, h2, z) = self.run(be, x, f, b1, b2, true)?;
+        let z = z.ok_or_else(|| Error::Invalid("structured ffn: the pre-activation was not kept".into()))?;
+        Ok((y, StructuredSaved { h1, z, u, h2 }))
+    }
+
+    /// Inference: `y` alone, without writing the pre-activation (one `[tokens, hidden]` write
+    /// fewer than [`Self::forward`]).
+    pub fn infer<Be: Backend>(&self, be: &Be, x: &Be::Buf, f: [&Be::Buf; 4], b1: &Be::Buf, b2: &Be::Buf) -> Result<Be::Buf> {
+        Ok(self.run(be, x, f, b1, b2, false)?.0)
+    }
+
+    /// The four GEMMs: `(y, h1, u, h2, z)`, z (the pre-activation) only when `save`.
+    #[allow(clippy::type_complexity)]
+    fn run<Be: Backend>(&self, be: &Be, x: &Be::Buf, f: [&Be::Buf; 4], b1: &Be::Buf, b2: &Be::Buf, save: bool) -> Result<(Be::Buf, Be::Buf, Be::Buf, Be::Buf, Option<Be::Buf>)> {
         let dtype = be.dtype_of(x);
         let t = self.tokens;
         let ([a1, c1], [a2, c2]) = self.with_epilogues(t)?;
         let mut h1 = be.alloc(dtype, t * a1.width)?;
         be.gemm(&a1.desc, x, f[0], None, None, &mut h1, None)?;
-        let (mut u, mut z) = (be.alloc(dtype, t * c1.width)?, be.alloc(dtype, t * c1.width)?);
-        be.gemm(&c1.desc, &h1, f[1], Some(b1), None, &mut u, Some(&mut z))?;
+        let mut u = be.alloc(dtype, t * c1.width)?;
+        let mut z = if save { Some(be.alloc(dtype, t * c1.width)?) } else { None };
+        be.gemm(&c1.desc, &h1, f[1], Some(b1), None, &mut u, z.as_mut())?;
         let mut h2 = be.alloc(dtype, t * a2.width)?;
         be.gemm(&a2.desc, &u, f[2], None, None, &mut h2, None)?;
         let mut y = be.alloc(dtype, t * c2.width)?;
         be.gemm(&c2.desc, &h2, f[3], Some(b2), None, &mut y, None)?;
-        Ok((y, StructuredSaved { h1, z, u, h2 }))
+        Ok((y, h1, u, h2, z))
     }
 
     /// Gradients `[dx, dF1a, dF1b, dF2a, dF2b, db1, db2]`.
