@@ -99,7 +99,7 @@ fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
 
 /// `FFKERN_LINATTN_KERNEL`: `mma` (default: the TF32 tensor-core chunk kernels), `simt` (their
 /// f32-FMA twins, to compare) or `mma16` (as `mma`, with the state sweeps and the chunk products
-/// on 16-bit tensor cores where [`sweep16`] and [`chunk16`] allow).
+/// on 16-bit tensor cores where [`sweep_kernel`] and [`chunk_product`] allow).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     crate::runtime::kernel_env(&CHOICE, "FFKERN_LINATTN_KERNEL", &["mma", "simt", "mma16"])
