@@ -594,12 +594,14 @@ __device__ __forceinline__ void epilogue_chunk_act(const EpiArgs& p, const T* __
     }
 }
 
-// The activation is chosen once per chunk. Out of line: the unrolled caller would otherwise copy
-// it 4×.
+// The activation is chosen once per chunk: a chunk wholly past act_cols (RePaViT's idle
+// channels, half of its first product's columns) takes the identity instead of evaluating the
+// activation only to discard it — the same values. Out of line: the unrolled caller would
+// otherwise copy it 4×.
 template <typename T>
 __device__ __noinline__ void epilogue_chunk(const EpiArgs p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const float* stage,
                                             uint32_t row0, uint32_t col0, int t) {
-    switch (p.act) {
+    switch (col0 >= p.act_cols ? 0u : p.act) {
     case 1: epilogue_chunk_act<T, 1>(p, R, C, Z, stage, row0, col0, t); break;
     case 2: epilogue_chunk_act<T, 2>(p, R, C, Z, stage, row0, col0, t); break;
     case 3: epilogue_chunk_act<T, 3>(p, R, C, Z, stage, row0, col0, t); break;
