@@ -48,24 +48,12 @@ pub fn bench_copy<Be: Backend>(be: &Be, bytes: usize, reps: usize) -> Result<Vec
     let n = bytes / 4;
     let src = be.upload(&crate::HostTensor::random(DType::F32, vec![n], 77))?;
     let mut dst = be.alloc(DType::F32, n)?;
-    let record = |shape: String, times: &[f64]| BenchRecord {
-        op: "copy".into(),
-        backend: be.name().into(),
-        dtype: DType::F32,
-        shape,
-        median_s: median(times),
-        flops: 0.0,
-        bytes: 2.0 * (n * 4) as f64,
-        reps,
-        roofline_fraction: None,
-        baseline: None,
-        baseline_s: None,
-    };
-    let times = be.time_runs(reps, &mut || be.copy(&src, &mut dst))?;
-    let mut out = vec![record(format!("{} MiB", bytes >> 20), &times)];
+    let copy = |shape: String, t: f64| record("copy", be.name(), DType::F32, shape, t, 0.0, 2.0 * (n * 4) as f64, reps);
+    let t = timed(be, reps, &mut || be.copy(&src, &mut dst))?;
+    let mut out = vec![copy(format!("{} MiB", bytes >> 20), t)];
     if be.copy_kernel(&src, &mut dst)? {
-        let times = be.time_runs(reps, &mut || be.copy_kernel(&src, &mut dst).map(|_| ()))?;
-        out.push(record(format!("{} MiB kernel", bytes >> 20), &times));
+        let t = timed(be, reps, &mut || be.copy_kernel(&src, &mut dst).map(|_| ()))?;
+        out.push(copy(format!("{} MiB kernel", bytes >> 20), t));
     }
     Ok(out)
 }
@@ -77,20 +65,8 @@ pub fn bench_gemm<Be: Backend>(be: &Be, name: &str, desc: &Gemm, x: &GemmInputs,
     let bias = x.bias.as_ref().map(|t| be.upload(t)).transpose()?;
     let r = x.r.as_ref().map(|t| be.upload(t)).transpose()?;
     let mut c = be.alloc(dtype, desc.c().required_len(desc.batch))?;
-    let times = be.time_runs(reps, &mut || be.gemm(desc, &a, &b, bias.as_ref(), r.as_ref(), &mut c, None))?;
-    Ok(BenchRecord {
-        op: "gemm".into(),
-        backend: be.name().into(),
-        dtype,
-        shape: name.into(),
-        median_s: median(&times),
-        flops: desc.flops(),
-        bytes: desc.min_bytes(dtype),
-        reps,
-        roofline_fraction: None,
-        baseline: None,
-        baseline_s: None,
-    })
+    let t = timed(be, reps, &mut || be.gemm(desc, &a, &b, bias.as_ref(), r.as_ref(), &mut c, None))?;
+    Ok(record("gemm", be.name(), dtype, name.into(), t, desc.flops(), desc.min_bytes(dtype), reps))
 }
 
 /// Fills `roofline_fraction` of every record: floor time = max(FLOPs / best matmul rate of that
@@ -132,26 +108,17 @@ pub fn bench_noisy_sgd<Be: Backend>(be: &Be, n: usize, tensors: usize, reps: usi
     let mut param = be.upload(&crate::HostTensor::random(DType::F32, vec![n], 1))?;
     let grad = be.upload(&crate::HostTensor::random(DType::F32, vec![n], 2))?;
     let mut state = vec![be.upload(&crate::HostTensor::random(DType::F32, vec![n], 3))?];
-    let times = be.time_runs(reps, &mut || opt.step(be, &list, &mut param, &grad, &mut state))?;
-    Ok(BenchRecord {
-        op: "noisy_optimizer".into(),
-        backend: be.name().into(),
-        dtype: DType::F32,
-        shape: format!("sgd momentum, {}M params in {tensors} tensors", n / 1_000_000),
-        median_s: median(&times),
-        flops: 0.0,
-        bytes: 20.0 * n as f64,
-        reps,
-        roofline_fraction: None,
-        baseline: None,
-        baseline_s: None,
-    })
+    let t = timed(be, reps, &mut || opt.step(be, &list, &mut param, &grad, &mut state))?;
+    let shape = format!("sgd momentum, {}M params in {tensors} tensors", n / 1_000_000);
+    Ok(record("noisy_optimizer", be.name(), DType::F32, shape, t, 0.0, 20.0 * n as f64, reps))
 }
 
 fn timed<Be: Backend>(be: &Be, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     Ok(median(&be.time_runs(reps, f)?))
 }
 
+/// A record of `op` with no roofline or baseline yet.
+#[allow(clippy::too_many_arguments)]
 fn record(op: &str, be: &str, dtype: DType, shape: String, median_s: f64, flops: f64, bytes: f64, reps: usize) -> BenchRecord {
     BenchRecord { op: op.into(), backend: be.into(), dtype, shape, median_s, flops, bytes, reps, roofline_fraction: None, baseline: None, baseline_s: None }
 }
