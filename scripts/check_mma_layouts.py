@@ -50,6 +50,12 @@ def mma_ntile(acc, a, b, pair):
     ldmatrix.x4 of B holds two n-tiles)."""
     mma(acc, a, [b[l][2 * pair] for l in range(32)], [b[l][2 * pair + 1] for l in range(32)])
 
+def mma_x4(accs, np_, a, b):
+    """Both n-tiles of an ldmatrix.x4 of B (columns 16·np_ ..): accs[2·np_] and accs[2·np_ + 1],
+    as the kernels issue two m16n8k16 per 16 columns."""
+    mma_ntile(accs[2 * np_], a, b, 0)
+    mma_ntile(accs[2 * np_ + 1], a, b, 1)
+
 def frag_to_tile(accs, rw, cw, rows=64, cols=64):
     """accs[m][lane][cc] for n-tile m (cols cw + 8m ..); returns dict of (row,col)->value."""
     out = {}
@@ -91,8 +97,7 @@ for warp in range(8):
         a = ldmatrix_x4(X, lambda lane: (kk + lane % 8 + 8 * ((lane // 8) // 2), rw + 8 * ((lane // 8) % 2)), trans=True)
         for np_ in range(2):
             b = ldmatrix_x4(Y, lambda lane: (kk + lane % 8 + 8 * ((lane // 8) % 2), cw + 16 * np_ + 8 * ((lane // 8) // 2)), trans=True)
-            mma_ntile(accs[2*np_], a, b, 0)
-            mma_ntile(accs[2*np_+1], a, b, 1)
+            mma_x4(accs, np_, a, b)
     full.update(frag_to_tile(accs, rw, cw))
 ref = X.T @ Y
 err = max(abs(full[(r, c)] - ref[r, c]) for (r, c) in full)
@@ -110,11 +115,9 @@ for warp in range(8):
         for np_ in range(2):
             n0 = cw + 16 * np_
             b = ldmatrix_x4(Ys, lambda lane: (n0 + lane % 8 + 8 * ((lane // 8) // 2), ks + 8 * ((lane // 8) % 2)))
-            mma_ntile(aw[2*np_], a, b, 0)
-            mma_ntile(aw[2*np_+1], a, b, 1)
+            mma_x4(aw, np_, a, b)
             bm = ldmatrix_x4(Ms, lambda lane: (ks + lane % 8 + 8 * ((lane // 8) % 2), n0 + 8 * ((lane // 8) // 2)), trans=True)
-            mma_ntile(ao[2*np_], a, bm, 0)
-            mma_ntile(ao[2*np_+1], a, bm, 1)
+            mma_x4(ao, np_, a, bm)
     W.update(frag_to_tile(aw, rw, cw)); O.update(frag_to_tile(ao, rw, cw))
 rw_ = Xs @ Ys.T; ro = Xs @ Ms
 e1 = max(abs(W[k] - rw_[k]) for k in W); e2 = max(abs(O[k] - ro[k]) for k in O)
@@ -131,8 +134,7 @@ for warp in range(8):
         a = ldmatrix_x4(Wm, lambda lane: (rw + lane % 8 + 8 * ((lane // 8) % 2), s0 + 8 * ((lane // 8) // 2)))
         for np_ in range(2):
             b = ldmatrix_x4(F, lambda lane: (s0 + lane % 8 + 8 * ((lane // 8) % 2), cw + 16 * np_ + 8 * ((lane // 8) // 2)), trans=True)
-            mma_ntile(ao[2*np_], a, b, 0)
-            mma_ntile(ao[2*np_+1], a, b, 1)
+            mma_x4(ao, np_, a, b)
     O2.update(frag_to_tile(ao, rw, cw))
 ref = Wm @ F
 e3 = max(abs(O2[k] - ref[k]) for k in O2)
