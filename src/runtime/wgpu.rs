@@ -432,8 +432,6 @@ impl WgpuContext {
         Ok(out)
     }
 
-    /// A buffer for `len` elements of `dtype` (rounded up to whole words), usable as storage,
-    /// copy source and copy destination.
     /// A read-only storage buffer holding `words` (sequence starts, chunk tables).
     pub fn upload_u32(&self, words: &[u32]) -> wgpu::Buffer {
         self.created.fetch_add((words.len() * 4) as u64, std::sync::atomic::Ordering::Relaxed);
@@ -445,6 +443,8 @@ impl WgpuContext {
         self.created.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A buffer for `len` elements of `dtype` (rounded up to whole words), usable as storage,
+    /// copy source and copy destination.
     pub fn create_buffer(&self, dtype: DType, len: usize) -> Result<wgpu::Buffer> {
         let bytes = ((len * dtype.size()).div_ceil(4) * 4).max(4) as u64;
         let max = self.device.limits().max_storage_buffer_binding_size;

@@ -66,8 +66,8 @@ pub fn gemm(
         let groups = ctx.grid_1d(desc.m * desc.n.div_ceil(4));
         return ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&ws, ro, bias, r, c.buffer, z], groups);
     }
-    let tile = if wide(ctx, desc)? { 128 } else { 64 };
-    let pipe = ctx.pipeline(FAMILY, if tile == 128 { "gemm_wide" } else { "gemm" }, dtype, READ_ONLY, 2)?;
+    let (entry, tile) = if wide(ctx, desc)? { ("gemm_wide", 128) } else { ("gemm", 64) };
+    let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 2)?;
     let groups = [desc.n.div_ceil(tile) as u32, desc.m.div_ceil(tile) as u32, desc.batch as u32];
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, c.buffer, z], groups)
 }
