@@ -1,13 +1,14 @@
 //! Criterion bench of the fused GEMM on the best backend present, over the shared shape registry
-//! (small shapes on CPU adapters such as lavapipe). Times are device times (CUDA events / wgpu
-//! timestamp queries) through `iter_custom`.
+//! (small shapes on CPU adapters such as lavapipe), on the inputs `ffkern bench` uses. Times are
+//! device times (CUDA events / wgpu timestamp queries) through `iter_custom`.
 
 mod common;
 
 use common::{device_timed, group};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ffkern::bench::GemmBench;
 use ffkern::ops::gemm::GemmInputs;
-use ffkern::{with_backend, Backend, DType, Device};
+use ffkern::{with_backend, DType, Device};
 
 fn gemm(c: &mut Criterion) {
     let dev = Device::best();
@@ -18,11 +19,8 @@ fn gemm(c: &mut Criterion) {
             let x = GemmInputs::random(&case.desc, dtype, 42);
             group.throughput(Throughput::Elements(case.desc.flops() as u64));
             with_backend!(&dev, be => {
-                let (a, b) = (be.upload(&x.a).expect("upload"), be.upload(&x.b).expect("upload"));
-                let bias = x.bias.as_ref().map(|t| be.upload(t).expect("upload"));
-                let r = x.r.as_ref().map(|t| be.upload(t).expect("upload"));
-                let mut out = be.alloc(dtype, case.desc.c().required_len(1)).expect("alloc");
-                device_timed(&mut group, format!("{} {dtype}", case.name), be, &mut || be.gemm(&case.desc, &a, &b, bias.as_ref(), r.as_ref(), &mut out, None));
+                let mut g = GemmBench::new(be, &case.desc, &x).expect("set-up");
+                device_timed(&mut group, format!("{} {dtype}", case.name), be, &mut || g.run(be, &case.desc));
             });
         }
     }

@@ -58,15 +58,37 @@ pub fn bench_copy<Be: Backend>(be: &Be, bytes: usize, reps: usize) -> Result<Vec
     Ok(out)
 }
 
+/// The fused GEMM's operands and output on a device: the set-up of [`bench_gemm`] and of the
+/// criterion GEMM bench.
+pub struct GemmBench<B> {
+    a: B,
+    b: B,
+    bias: Option<B>,
+    r: Option<B>,
+    c: B,
+}
+
+impl<B> GemmBench<B> {
+    pub fn new<Be: Backend<Buf = B>>(be: &Be, desc: &Gemm, x: &GemmInputs) -> Result<Self> {
+        Ok(Self {
+            a: be.upload(&x.a)?,
+            b: be.upload(&x.b)?,
+            bias: x.bias.as_ref().map(|t| be.upload(t)).transpose()?,
+            r: x.r.as_ref().map(|t| be.upload(t)).transpose()?,
+            c: be.alloc(x.a.dtype, desc.c().required_len(desc.batch))?,
+        })
+    }
+
+    pub fn run<Be: Backend<Buf = B>>(&mut self, be: &Be, desc: &Gemm) -> Result<()> {
+        be.gemm(desc, &self.a, &self.b, self.bias.as_ref(), self.r.as_ref(), &mut self.c, None)
+    }
+}
+
 /// The fused GEMM on the given inputs (seeded random values; see [`GemmInputs::random`]).
 pub fn bench_gemm<Be: Backend>(be: &Be, name: &str, desc: &Gemm, x: &GemmInputs, reps: usize) -> Result<BenchRecord> {
-    let dtype = x.a.dtype;
-    let (a, b) = (be.upload(&x.a)?, be.upload(&x.b)?);
-    let bias = x.bias.as_ref().map(|t| be.upload(t)).transpose()?;
-    let r = x.r.as_ref().map(|t| be.upload(t)).transpose()?;
-    let mut c = be.alloc(dtype, desc.c().required_len(desc.batch))?;
-    let t = timed(be, reps, &mut || be.gemm(desc, &a, &b, bias.as_ref(), r.as_ref(), &mut c, None))?;
-    Ok(record("gemm", be.name(), dtype, name.into(), t, desc.flops(), desc.min_bytes(dtype), reps))
+    let mut g = GemmBench::new(be, desc, x)?;
+    let t = timed(be, reps, &mut || g.run(be, desc))?;
+    Ok(record("gemm", be.name(), x.a.dtype, name.into(), t, desc.flops(), desc.min_bytes(x.a.dtype), reps))
 }
 
 /// Fills `roofline_fraction` of every record: floor time = max(FLOPs / best matmul rate of that
@@ -91,24 +113,42 @@ pub fn fill_roofline(records: &mut [BenchRecord]) {
     }
 }
 
-/// One fused noisy SGD-with-momentum step over `n` f32 parameters split into `tensors` tensors
-/// (f32 gradients; 20 bytes move per parameter: read p, g, m; write p, m).
-pub fn bench_noisy_sgd<Be: Backend>(be: &Be, n: usize, tensors: usize, reps: usize) -> Result<BenchRecord> {
-    use crate::ops::optim::{NoisyOptimizer, TensorList};
-    // Mixed sizes summing to n: tensor k gets a share proportional to (k % 7 + 1).
-    let weights: Vec<usize> = (0..tensors).map(|k| k % 7 + 1).collect();
-    let total_w: usize = weights.iter().sum();
-    let mut lens: Vec<usize> = weights.iter().map(|w| n * w / total_w).collect();
-    let assigned: usize = lens.iter().sum();
-    if let Some(last) = lens.last_mut() {
-        *last += n - assigned;
+/// A fused noisy SGD-with-momentum step over `n` seeded f32 parameters split into `tensors`
+/// tensors of mixed sizes (f32 gradients): the set-up of [`bench_noisy_sgd`] and of the
+/// criterion optimizer bench.
+pub struct SgdBench<B> {
+    list: crate::ops::optim::TensorList,
+    opt: crate::ops::optim::NoisyOptimizer,
+    param: B,
+    grad: B,
+    state: Vec<B>,
+}
+
+impl<B> SgdBench<B> {
+    pub fn new<Be: Backend<Buf = B>>(be: &Be, n: usize, tensors: usize) -> Result<Self> {
+        use crate::ops::optim::{NoisyOptimizer, TensorList};
+        // Mixed sizes summing to n: tensor k gets a share proportional to (k % 7 + 1).
+        let weights: Vec<usize> = (0..tensors).map(|k| k % 7 + 1).collect();
+        let total_w: usize = weights.iter().sum();
+        let mut lens: Vec<usize> = weights.iter().map(|w| n * w / total_w).collect();
+        let assigned: usize = lens.iter().sum();
+        if let Some(last) = lens.last_mut() {
+            *last += n - assigned;
+        }
+        let r = |s: u64| be.upload(&crate::HostTensor::random(DType::F32, vec![n], s));
+        Ok(Self { list: TensorList::new(lens), opt: NoisyOptimizer::sgd(1e-3, 0.9, 42), param: r(1)?, grad: r(2)?, state: vec![r(3)?] })
     }
-    let list = TensorList::new(lens);
-    let mut opt = NoisyOptimizer::sgd(1e-3, 0.9, 42);
-    let mut param = be.upload(&crate::HostTensor::random(DType::F32, vec![n], 1))?;
-    let grad = be.upload(&crate::HostTensor::random(DType::F32, vec![n], 2))?;
-    let mut state = vec![be.upload(&crate::HostTensor::random(DType::F32, vec![n], 3))?];
-    let t = timed(be, reps, &mut || opt.step(be, &list, &mut param, &grad, &mut state))?;
+
+    pub fn step<Be: Backend<Buf = B>>(&mut self, be: &Be) -> Result<()> {
+        self.opt.step(be, &self.list, &mut self.param, &self.grad, &mut self.state)
+    }
+}
+
+/// One fused noisy SGD-with-momentum step over `n` f32 parameters split into `tensors` tensors
+/// (20 bytes move per parameter: read p, g, m; write p, m).
+pub fn bench_noisy_sgd<Be: Backend>(be: &Be, n: usize, tensors: usize, reps: usize) -> Result<BenchRecord> {
+    let mut sgd = SgdBench::new(be, n, tensors)?;
+    let t = timed(be, reps, &mut || sgd.step(be))?;
     let shape = format!("sgd momentum, {}M params in {tensors} tensors", n / 1_000_000);
     Ok(record("noisy_optimizer", be.name(), DType::F32, shape, t, 0.0, 20.0 * n as f64, reps))
 }
@@ -123,82 +163,207 @@ fn record(op: &str, be: &str, dtype: DType, shape: String, median_s: f64, flops:
     BenchRecord { op: op.into(), backend: be.into(), dtype, shape, median_s, flops, bytes, reps, roofline_fraction: None, baseline: None, baseline_s: None }
 }
 
-/// RePaViT merged inference (two fused GEMMs) against the dense FFN it replaces, same backend and
-/// dtype (the dense FFN's time is the record's baseline).
+/// RePaViT's merged inference (two fused GEMMs) and the dense FFN it replaces on the same seeded
+/// input: the set-up of [`bench_repavit`] and of the criterion FFN bench.
+pub struct RepavitBench<B> {
+    pub merged: crate::ops::ffn::RepavitMerged,
+    pub dense: crate::ops::ffn::DenseFfn,
+    x: B,
+    merged_w: [B; 3],
+    dense_w: crate::ops::ffn::FfnWeights<B>,
+}
+
+impl<B> RepavitBench<B> {
+    pub fn new<Be: Backend<Buf = B>>(be: &Be, tokens: usize, c: usize, h: usize, theta: f64, dtype: DType) -> Result<Self> {
+        use crate::ops::ffn::{active_channels, DenseFfn, FfnWeights, RepavitMerged};
+        let a = active_channels(h, theta)?;
+        let r = |n: usize, s: u64| be.upload(&crate::HostTensor::random(dtype, vec![n], s));
+        let merged = RepavitMerged {
+            dim: c,
+            active: a,
+            wu: crate::HostTensor::random(dtype, vec![a + c, c], 2),
+            bu: crate::HostTensor::random(dtype, vec![a + c], 3),
+            wo: crate::HostTensor::random(dtype, vec![c, a], 4),
+        };
+        let merged_w = [be.upload(&merged.wu)?, be.upload(&merged.bu)?, be.upload(&merged.wo)?];
+        let dense = DenseFfn { tokens, dim: c, hidden: h, act: crate::Activation::GeluErf, residual: true };
+        let dense_w = FfnWeights { w1: r(h * c, 5)?, b1: r(h, 6)?, w2: r(c * h, 7)?, b2: r(c, 8)? };
+        Ok(Self { merged, dense, x: r(tokens * c, 1)?, merged_w, dense_w })
+    }
+
+    pub fn run_merged<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
+        let [wu, bu, wo] = &self.merged_w;
+        self.merged.forward(be, self.dense.tokens, &self.x, (wu, bu, wo)).map(|_| ())
+    }
+
+    pub fn run_dense<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
+        self.dense.forward(be, &self.x, &self.dense_w, false).map(|_| ())
+    }
+
+    /// 2·T·C·(2a + C): the merged form's two products.
+    pub fn merged_flops(&self) -> f64 {
+        let (t, c, a) = (self.dense.tokens as f64, self.merged.dim as f64, self.merged.active as f64);
+        2.0 * t * c * (2.0 * a + c)
+    }
+
+    /// 4·T·C·H: the dense FFN's two products.
+    pub fn dense_flops(&self) -> f64 {
+        4.0 * (self.dense.tokens * self.dense.dim * self.dense.hidden) as f64
+    }
+}
+
+/// RePaViT merged inference against the dense FFN it replaces, same backend and dtype (the dense
+/// FFN's time is the record's baseline).
 pub fn bench_repavit<Be: Backend>(be: &Be, tokens: usize, c: usize, h: usize, theta: f64, dtype: DType, reps: usize) -> Result<BenchRecord> {
-    use crate::ops::ffn::{active_channels, DenseFfn, FfnWeights, RepavitMerged};
-    let a = active_channels(h, theta)?;
-    let r = |n: usize, s: u64| be.upload(&crate::HostTensor::random(dtype, vec![n], s));
-    let x = r(tokens * c, 1)?;
-    let merged = RepavitMerged {
-        dim: c,
-        active: a,
-        wu: crate::HostTensor::random(dtype, vec![a + c, c], 2),
-        bu: crate::HostTensor::random(dtype, vec![a + c], 3),
-        wo: crate::HostTensor::random(dtype, vec![c, a], 4),
-    };
-    let (wu, bu, wo) = (be.upload(&merged.wu)?, be.upload(&merged.bu)?, be.upload(&merged.wo)?);
-    let t_merged = timed(be, reps, &mut || merged.forward(be, tokens, &x, (&wu, &bu, &wo)).map(|_| ()))?;
-    let dense = DenseFfn { tokens, dim: c, hidden: h, act: crate::Activation::GeluErf, residual: true };
-    let w = FfnWeights { w1: r(h * c, 5)?, b1: r(h, 6)?, w2: r(c * h, 7)?, b2: r(c, 8)? };
-    let t_dense = timed(be, reps, &mut || dense.forward(be, &x, &w, false).map(|_| ()))?;
-    let flops = 2.0 * tokens as f64 * c as f64 * (2 * a + c) as f64;
+    let f = RepavitBench::new(be, tokens, c, h, theta, dtype)?;
+    let t_merged = timed(be, reps, &mut || f.run_merged(be))?;
+    let t_dense = timed(be, reps, &mut || f.run_dense(be))?;
+    let a = f.merged.active;
     let bytes = (tokens * (c + (a + c) + (a + c) + c) + (a + c) * c + c * a) as f64 * dtype.size() as f64;
-    let mut rec = record("repavit", be.name(), dtype, format!("merged T{tokens} C{c} H{h} θ={theta}"), t_merged, flops, bytes, reps);
+    let mut rec = record("repavit", be.name(), dtype, format!("merged T{tokens} C{c} H{h} θ={theta}"), t_merged, f.merged_flops(), bytes, reps);
     rec.baseline = Some("ffkern dense FFN".into());
     rec.baseline_s = Some(t_dense);
     Ok(rec)
 }
 
-/// A structured FFN block `S2(GELU(S1(x) + b1)) + b2` against the dense FFN of the same sizes.
+/// A structured FFN block `S2(GELU(S1(x) + b1)) + b2` (inference: no pre-activation saved) and the
+/// dense FFN of the same sizes on the same seeded input: the set-up of [`bench_structured`] and
+/// of the criterion structured bench.
+pub struct StructuredBench<B> {
+    pub block: crate::ops::structured::StructuredFfn,
+    pub dense: crate::ops::ffn::DenseFfn,
+    x: B,
+    factors: [B; 4],
+    biases: [B; 2],
+    dense_w: crate::ops::ffn::FfnWeights<B>,
+}
+
+impl<B> StructuredBench<B> {
+    pub fn new<Be: Backend<Buf = B>>(be: &Be, tokens: usize, s1: crate::ops::structured::Structured, s2: crate::ops::structured::Structured, dtype: DType) -> Result<Self> {
+        use crate::ops::ffn::{DenseFfn, FfnWeights};
+        use crate::ops::structured::StructuredFfn;
+        let r = |n: usize, s: u64| be.upload(&crate::HostTensor::random(dtype, vec![n], s));
+        let (c, h) = (s1.inp(), s1.out());
+        let ((a1, b1), (a2, b2)) = (s1.factor_lens(), s2.factor_lens());
+        Ok(Self {
+            block: StructuredFfn { tokens, s1, s2, act: crate::Activation::GeluErf },
+            dense: DenseFfn { tokens, dim: c, hidden: h, act: crate::Activation::GeluErf, residual: false },
+            x: r(tokens * c, 1)?,
+            factors: [r(a1, 2)?, r(b1, 3)?, r(a2, 4)?, r(b2, 5)?],
+            biases: [r(h, 6)?, r(c, 7)?],
+            dense_w: FfnWeights { w1: r(h * c, 8)?, b1: r(h, 9)?, w2: r(c * h, 10)?, b2: r(c, 11)? },
+        })
+    }
+
+    pub fn run_structured<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
+        let [f0, f1, f2, f3] = &self.factors;
+        self.block.infer(be, &self.x, [f0, f1, f2, f3], &self.biases[0], &self.biases[1]).map(|_| ())
+    }
+
+    pub fn run_dense<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
+        self.dense.forward(be, &self.x, &self.dense_w, false).map(|_| ())
+    }
+
+    /// 2·T·(parameters of S1 and S2).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.block.tokens as f64 * (self.block.s1.params() + self.block.s2.params()) as f64
+    }
+}
+
+/// A structured FFN block against the dense FFN of the same sizes.
 pub fn bench_structured<Be: Backend>(be: &Be, tokens: usize, s1: crate::ops::structured::Structured, s2: crate::ops::structured::Structured, label: &str, dtype: DType, reps: usize) -> Result<BenchRecord> {
-    use crate::ops::ffn::{DenseFfn, FfnWeights};
-    use crate::ops::structured::StructuredFfn;
-    let r = |n: usize, s: u64| be.upload(&crate::HostTensor::random(dtype, vec![n], s));
+    let f = StructuredBench::new(be, tokens, s1, s2, dtype)?;
+    let t_s = timed(be, reps, &mut || f.run_structured(be))?;
+    let t_d = timed(be, reps, &mut || f.run_dense(be))?;
     let (c, h) = (s1.inp(), s1.out());
-    let x = r(tokens * c, 1)?;
-    let ((a1, b1), (a2, b2)) = (s1.factor_lens(), s2.factor_lens());
-    let f = [r(a1, 2)?, r(b1, 3)?, r(a2, 4)?, r(b2, 5)?];
-    let (bias1, bias2) = (r(h, 6)?, r(c, 7)?);
-    let block = StructuredFfn { tokens, s1, s2, act: crate::Activation::GeluErf };
-    let t_s = timed(be, reps, &mut || block.infer(be, &x, [&f[0], &f[1], &f[2], &f[3]], &bias1, &bias2).map(|_| ()))?;
-    let dense = DenseFfn { tokens, dim: c, hidden: h, act: crate::Activation::GeluErf, residual: false };
-    let w = FfnWeights { w1: r(h * c, 8)?, b1: r(h, 9)?, w2: r(c * h, 10)?, b2: r(c, 11)? };
-    let t_d = timed(be, reps, &mut || dense.forward(be, &x, &w, false).map(|_| ()))?;
-    let flops = 2.0 * tokens as f64 * (s1.params() + s2.params()) as f64;
     let share = (s1.params() + s2.params()) as f64 / (2 * c * h) as f64;
-    let mut rec = record("structured", be.name(), dtype, format!("{label} T{tokens} d{c} ({:.0}% params)", 100.0 * share), t_s, flops, 0.0, reps);
+    let mut rec = record("structured", be.name(), dtype, format!("{label} T{tokens} d{c} ({:.0}% params)", 100.0 * share), t_s, f.flops(), 0.0, reps);
     rec.baseline = Some("ffkern dense FFN".into());
     rec.baseline_s = Some(t_d);
     Ok(rec)
 }
 
+/// Seeded bf16 q, k, v and do, an f32 state (and z), and the output of one linear-attention
+/// descriptor on a device: the set-up of [`bench_linattn`] and of the criterion bench. The state
+/// is the forward's initial and final state in place; the backward starts from zero states.
+pub struct LinattnBench<B> {
+    pub desc: crate::ops::linattn::LinearAttention,
+    q: B,
+    k: B,
+    v: B,
+    d_o: B,
+    state: B,
+    z: B,
+    o: B,
+    s0: B,
+    z0: B,
+}
+
+impl<B> LinattnBench<B> {
+    pub fn new<Be: Backend<Buf = B>>(be: &Be, desc: crate::ops::linattn::LinearAttention) -> Result<Self> {
+        let d = &desc;
+        let r = |n: usize, dt: DType, s: u64| be.upload(&crate::HostTensor::random(dt, vec![n], s));
+        Ok(Self {
+            q: r(d.qk_len(), DType::BF16, 1)?,
+            k: r(d.qk_len(), DType::BF16, 2)?,
+            v: r(d.vo_len(), DType::BF16, 3)?,
+            d_o: r(d.vo_len(), DType::BF16, 6)?,
+            state: r(d.state_len(), DType::F32, 4)?,
+            z: r(d.z_len(), DType::F32, 5)?,
+            o: be.alloc(DType::BF16, d.vo_len())?,
+            s0: be.alloc(DType::F32, d.state_len())?,
+            z0: be.alloc(DType::F32, d.z_len())?,
+            desc,
+        })
+    }
+
+    /// The fused recurrent forward (with seq 1: the decode step).
+    pub fn recurrent<Be: Backend<Buf = B>>(&mut self, be: &Be) -> Result<()> {
+        self.desc.recurrent(be, &self.q, &self.k, &self.v, &mut self.state, &mut self.z, 0, &mut self.o)
+    }
+
+    pub fn chunk<Be: Backend<Buf = B>>(&mut self, be: &Be) -> Result<()> {
+        self.desc.chunk(be, &self.q, &self.k, &self.v, &mut self.state, &mut self.z, 0, &mut self.o)
+    }
+
+    pub fn backward<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
+        self.desc.backward(be, &self.q, &self.k, &self.v, &self.o, &self.d_o, &self.s0, &self.z0, [None, None], 0).map(|_| ())
+    }
+
+    pub fn chunk_backward<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
+        self.desc.chunk_backward(be, &self.q, &self.k, &self.v, &self.o, &self.d_o, &self.s0, &self.z0, [None, None], 0).map(|_| ())
+    }
+}
+
+/// The decode step of `linattn_decode_shape` (one token per sequence, identity map, no
+/// normalizer).
+pub fn linattn_decode_desc(small: bool) -> crate::ops::linattn::LinearAttention {
+    let (b, h, kd) = crate::registry::linattn_decode_shape(small);
+    linattn_desc(b, 1, h, kd)
+}
+
+/// B × T × H heads of K = V = `d`, identity map, default scale, no normalizer: the bench shapes.
+pub fn linattn_desc(batch: usize, seq: usize, heads: usize, d: usize) -> crate::ops::linattn::LinearAttention {
+    use crate::ops::linattn::{FeatureMap, LinearAttention, Normalize};
+    LinearAttention { batch, seq, heads, k: d, v: d, feature_map: FeatureMap::Identity, scale: None, normalize: Normalize::None }
+}
+
 /// The linear-attention decode step (one token per sequence, state `[B, H, K, V]` f32 read and
 /// written once: the bytes that count) and every form's scaling in T over `seqs` (B1 H4 D64).
 pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, seqs: &[usize], reps: usize) -> Result<Vec<BenchRecord>> {
-    use crate::ops::linattn::{FeatureMap, LinearAttention, Normalize};
     let mut out = Vec::new();
-    let (b, h, kd) = crate::registry::linattn_decode_shape(small);
-    let d = LinearAttention { batch: b, seq: 1, heads: h, k: kd, v: kd, feature_map: FeatureMap::Identity, scale: None, normalize: Normalize::None };
-    let r = |n: usize, dt: DType, s: u64| be.upload(&crate::HostTensor::random(dt, vec![n], s));
-    let (q, k, v) = (r(d.qk_len(), DType::BF16, 1)?, r(d.qk_len(), DType::BF16, 2)?, r(d.vo_len(), DType::BF16, 3)?);
-    let (mut s, mut z, mut o) = (r(d.state_len(), DType::F32, 4)?, r(d.z_len(), DType::F32, 5)?, be.alloc(DType::BF16, d.vo_len())?);
-    let t = timed(be, reps, &mut || d.recurrent(be, &q, &k, &v, &mut s, &mut z, 0, &mut o))?;
-    out.push(record("linear_attn", be.name(), DType::BF16, format!("decode step B{b} H{h} K{kd} V{kd}"), t, 0.0, 2.0 * (d.state_len() * 4) as f64, reps));
+    let mut dec = LinattnBench::new(be, linattn_decode_desc(small))?;
+    let t = timed(be, reps, &mut || dec.recurrent(be))?;
+    let d = &dec.desc;
+    out.push(record("linear_attn", be.name(), DType::BF16, format!("decode step B{} H{} K{} V{}", d.batch, d.heads, d.k, d.v), t, 0.0, 2.0 * (d.state_len() * 4) as f64, reps));
     for &seq in seqs {
-        let d = LinearAttention { batch: 1, seq, heads: 4, k: 64, v: 64, feature_map: FeatureMap::Identity, scale: None, normalize: Normalize::None };
-        let (q, k, v) = (r(d.qk_len(), DType::BF16, 1)?, r(d.qk_len(), DType::BF16, 2)?, r(d.vo_len(), DType::BF16, 3)?);
-        let (mut s, mut z, mut o) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?, be.alloc(DType::BF16, d.vo_len())?);
-        let t = timed(be, reps, &mut || d.recurrent(be, &q, &k, &v, &mut s, &mut z, 0, &mut o))?;
+        let mut l = LinattnBench::new(be, linattn_desc(1, seq, 4, 64))?;
         let flops = 4.0 * (seq * 4 * 64 * 64) as f64;
-        out.push(record("linear_attn", be.name(), DType::BF16, format!("recurrent B1 T{seq} H4 D64"), t, flops, 0.0, reps));
-        let t = timed(be, reps, &mut || d.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o))?;
-        out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk B1 T{seq} H4 D64"), t, flops, 0.0, reps));
-        let (s0, z0, d_o) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?, r(d.vo_len(), DType::BF16, 6)?);
-        let t = timed(be, reps, &mut || d.backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ()))?;
-        out.push(record("linear_attn", be.name(), DType::BF16, format!("recurrent backward B1 T{seq} H4 D64"), t, 2.0 * flops, 0.0, reps));
-        let t = timed(be, reps, &mut || d.chunk_backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ()))?;
-        out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk backward B1 T{seq} H4 D64"), t, 2.0 * flops, 0.0, reps));
+        let row = |form: &str, t: f64, flops: f64| record("linear_attn", be.name(), DType::BF16, format!("{form} B1 T{seq} H4 D64"), t, flops, 0.0, reps);
+        out.push(row("recurrent", timed(be, reps, &mut || l.recurrent(be))?, flops));
+        out.push(row("chunk", timed(be, reps, &mut || l.chunk(be))?, flops));
+        out.push(row("recurrent backward", timed(be, reps, &mut || l.backward(be))?, 2.0 * flops));
+        out.push(row("chunk backward", timed(be, reps, &mut || l.chunk_backward(be))?, 2.0 * flops));
     }
     if !small {
         // flash-linear-attention's shapes (peers.py times its chunk kernel on the same ones; T =
@@ -215,32 +380,70 @@ pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, seqs: &[usize], reps: us
 }
 
 fn bench_linattn_fla<Be: Backend>(be: &Be, seq: usize, reps: usize) -> Result<Vec<BenchRecord>> {
-    use crate::ops::linattn::{FeatureMap, LinearAttention, Normalize};
-    let r = |n: usize, dt: DType, s: u64| be.upload(&crate::HostTensor::random(dt, vec![n], s));
-    let mut out = Vec::new();
+    let mut l = LinattnBench::new(be, linattn_desc(8, seq, 32, 128))?;
     let reps = reps.min(5);
-    let d = LinearAttention { batch: 8, seq, heads: 32, k: 128, v: 128, feature_map: FeatureMap::Identity, scale: None, normalize: Normalize::None };
-    let (q, k, v, d_o) = (r(d.qk_len(), DType::BF16, 1)?, r(d.qk_len(), DType::BF16, 2)?, r(d.vo_len(), DType::BF16, 3)?, r(d.vo_len(), DType::BF16, 6)?);
-    let (s0, z0) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?);
-    let (mut s, mut z, mut o) = (be.alloc(DType::F32, d.state_len())?, be.alloc(DType::F32, d.z_len())?, be.alloc(DType::BF16, d.vo_len())?);
     let flops = 4.0 * (8 * seq * 32 * 128 * 128) as f64;
-    let shape = format!("B8 T{seq} H32 D128");
-    let t = timed(be, reps, &mut || d.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o))?;
-    out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk fwd {shape}"), t, flops, 0.0, reps));
+    let row = |form: &str, t: f64, flops: f64| record("linear_attn", be.name(), DType::BF16, format!("{form} B8 T{seq} H32 D128"), t, flops, 0.0, reps);
+    let mut out = vec![row("chunk fwd", timed(be, reps, &mut || l.chunk(be))?, flops)];
     let t = timed(be, reps, &mut || {
-        d.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o)?;
-        d.chunk_backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ())
+        l.chunk(be)?;
+        l.chunk_backward(be)
     })?;
-    out.push(record("linear_attn", be.name(), DType::BF16, format!("chunk fwd+bwd {shape}"), t, 3.0 * flops, 0.0, reps));
+    out.push(row("chunk fwd+bwd", t, 3.0 * flops));
     // The recurrent form only at the shorter length (its scan is the slow reference here).
     if seq <= 4096 {
         let t = timed(be, reps, &mut || {
-            d.recurrent(be, &q, &k, &v, &mut s, &mut z, 0, &mut o)?;
-            d.backward(be, &q, &k, &v, &o, &d_o, &s0, &z0, [None, None], 0).map(|_| ())
+            l.recurrent(be)?;
+            l.backward(be)
         })?;
-        out.push(record("linear_attn", be.name(), DType::BF16, format!("recurrent fwd+bwd {shape}"), t, 3.0 * flops, 0.0, reps));
+        out.push(row("recurrent fwd+bwd", t, 3.0 * flops));
     }
     Ok(out)
+}
+
+/// Seeded node features `[N, D]` and edge messages `[E, D]` for the graph primitives, each in as
+/// many copies as fit [`ROTATE_BYTES`] (at most 8), so that a bench's repeats read from device
+/// memory, not from a cache warmed by the repeat before: the set-up of [`bench_graph`] and of the
+/// criterion graph bench. Each call takes the next copy.
+pub struct GraphBench<B> {
+    pub dim: usize,
+    xs: Vec<B>,
+    ms: Vec<B>,
+    next: usize,
+}
+
+/// Bytes of input copies that a bench cycles through (over twice an H100's or H200's L2).
+const ROTATE_BYTES: usize = 128 << 20;
+
+impl<B> GraphBench<B> {
+    /// Inputs for `n` nodes and `e` edges; seeds `seed` (features) and `seed + 1` (messages).
+    pub fn new<Be: Backend<Buf = B>>(be: &Be, n: usize, e: usize, dim: usize, dtype: DType, seed: u64) -> Result<Self> {
+        let rotating = |len: usize, seed: u64| -> Result<Vec<B>> {
+            let copies = (ROTATE_BYTES / (len * dtype.size()).max(1)).clamp(1, 8);
+            (0..copies).map(|i| be.upload(&crate::HostTensor::random(dtype, vec![len], seed + 1000 * i as u64))).collect()
+        };
+        Ok(Self { dim, xs: rotating(n * dim, seed)?, ms: rotating(e * dim, seed + 1)?, next: 0 })
+    }
+
+    /// The first copy of the node features and of the edge messages.
+    pub fn first(&self) -> (&B, &B) {
+        (&self.xs[0], &self.ms[0])
+    }
+
+    pub fn spmm<Be: Backend<Buf = B>>(&mut self, be: &Be, g: &crate::ops::graph::DeviceGraph<B>) -> Result<()> {
+        self.next += 1;
+        crate::ops::graph::spmm(be, g, &self.xs[self.next % self.xs.len()], None, self.dim).map(|_| ())
+    }
+
+    pub fn segment_sum<Be: Backend<Buf = B>>(&mut self, be: &Be, g: &crate::ops::graph::DeviceGraph<B>) -> Result<()> {
+        self.next += 1;
+        crate::ops::graph::segment_reduce(be, g, &self.ms[self.next % self.ms.len()], self.dim, crate::ops::graph::Reduce::Sum).map(|_| ())
+    }
+
+    pub fn gather<Be: Backend<Buf = B>>(&mut self, be: &Be, g: &crate::ops::graph::DeviceGraph<B>) -> Result<()> {
+        self.next += 1;
+        crate::ops::graph::gather_rows(be, g, &self.xs[self.next % self.xs.len()], self.dim).map(|_| ())
+    }
 }
 
 /// Graph message passing at OneForecast's mesh size (SPEC §6: 12,337 nodes, 98,296 edges,
@@ -254,10 +457,9 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     let g = Graph::random_uniform(n, e, 11)?;
     let dg = DeviceGraph::upload(be, &g)?;
     let r = |len: usize, s: u64| be.upload(&crate::HostTensor::random(dtype, vec![len], s));
-    let (xs, ms) = (rotating(be, dtype, n * dim, 1)?, rotating(be, dtype, e * dim, 2)?);
-    let (x, m) = (&xs[0], &ms[0]);
+    let mut inputs = GraphBench::new(be, n, e, dim, dtype, 1)?;
     let shape = format!("N{n} E{e} D{dim}");
-    let mut out = graph_rows(be, dtype, &g, &dg, &xs, &ms, dim, true, reps)?;
+    let mut out = graph_rows(be, dtype, &g, &dg, &mut inputs, true, reps)?;
     // The skewed graph: a million edges over 200,000 nodes at D 128 (peers.py's shape).
     // An adapter whose buffers cannot hold it skips these rows, with a note.
     if !small {
@@ -265,8 +467,8 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
         let rows = (|| {
             let g = Graph::random_uniform(n, e, 13)?;
             let dg = DeviceGraph::upload(be, &g)?;
-            let (xs, ms) = (rotating(be, dtype, n * dim, 9)?, rotating(be, dtype, e * dim, 10)?);
-            graph_rows(be, dtype, &g, &dg, &xs, &ms, dim, false, reps)
+            let mut inputs = GraphBench::new(be, n, e, dim, dtype, 9)?;
+            graph_rows(be, dtype, &g, &dg, &mut inputs, false, reps)
         })();
         match rows {
             Ok(rows) => out.extend(rows),
@@ -274,6 +476,7 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
         }
     }
     // The edge MLP with the concat trick against gathering both endpoints and three [E, D] GEMMs.
+    let (x, m) = inputs.first();
     let gt = DeviceGraph::upload(be, &g.transposed())?;
     let mlp = EdgeMlp { edge_dim: dim, node_dim: dim, out_dim: dim, act: Activation::Silu };
     let w = EdgeMlpWeights { w_e: r(dim * dim, 3)?, w_s: r(dim * dim, 4)?, w_d: r(dim * dim, 5)?, b: r(dim, 6)? };
@@ -305,40 +508,21 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     Ok(out)
 }
 
-/// Bytes of input copies that a bench cycles through so that its repeats read from device memory,
-/// not from a cache warmed by the repeat before (over twice an H100's or H200's L2).
-const ROTATE_BYTES: usize = 128 << 20;
-
-/// Seeded random inputs of `len` elements: one copy, or as many as fit ROTATE_BYTES (at most 8)
-/// for a bench to cycle through ([`pick`]).
-fn rotating<Be: Backend>(be: &Be, dtype: DType, len: usize, seed: u64) -> Result<Vec<Be::Buf>> {
-    let copies = (ROTATE_BYTES / (len * dtype.size()).max(1)).clamp(1, 8);
-    (0..copies).map(|i| be.upload(&crate::HostTensor::random(dtype, vec![len], seed + 1000 * i as u64))).collect()
-}
-
-/// The next of `bufs` for a repeat (`k` counts the repeats).
-fn pick<'a, B>(bufs: &'a [B], k: &mut usize) -> &'a B {
-    *k += 1;
-    &bufs[*k % bufs.len()]
-}
-
 /// spmm, segment_sum (and gather) over the uniform graph `g`, then spmm and segment_sum over a
-/// power-law graph with the same N and E against them, each repeat on the next copy of its input
-/// ([`rotating`]). GB/s counts every gathered row as read, as peers.py does.
-#[allow(clippy::too_many_arguments)]
-fn graph_rows<Be: Backend>(be: &Be, dtype: DType, g: &crate::ops::graph::Graph, dg: &crate::ops::graph::DeviceGraph<Be::Buf>, xs: &[Be::Buf], ms: &[Be::Buf], dim: usize, gather: bool, reps: usize) -> Result<Vec<BenchRecord>> {
-    use crate::ops::graph::{self, DeviceGraph, Graph, Reduce};
-    let (n, e) = (g.num_nodes, g.num_edges());
+/// power-law graph with the same N and E against them, each repeat on the next copy of its input.
+/// GB/s counts every gathered row as read, as peers.py does.
+fn graph_rows<Be: Backend>(be: &Be, dtype: DType, g: &crate::ops::graph::Graph, dg: &crate::ops::graph::DeviceGraph<Be::Buf>, inputs: &mut GraphBench<Be::Buf>, gather: bool, reps: usize) -> Result<Vec<BenchRecord>> {
+    use crate::ops::graph::{DeviceGraph, Graph};
+    let (n, e, dim) = (g.num_nodes, g.num_edges(), inputs.dim);
     let bytes = ((e + n) * dim) as f64 * dtype.size() as f64;
     let shape = format!("N{n} E{e} D{dim}");
     let mut out = Vec::new();
-    let mut k = 0;
-    let t_spmm = timed(be, reps, &mut || graph::spmm(be, dg, pick(xs, &mut k), None, dim).map(|_| ()))?;
+    let t_spmm = timed(be, reps, &mut || inputs.spmm(be, dg))?;
     out.push(record("graph", be.name(), dtype, format!("spmm {shape}"), t_spmm, 0.0, bytes, reps));
-    let t_sum = timed(be, reps, &mut || graph::segment_reduce(be, dg, pick(ms, &mut k), dim, Reduce::Sum).map(|_| ()))?;
+    let t_sum = timed(be, reps, &mut || inputs.segment_sum(be, dg))?;
     out.push(record("graph", be.name(), dtype, format!("segment_sum {shape}"), t_sum, 0.0, bytes, reps));
     if gather {
-        let t = timed(be, reps, &mut || graph::gather_rows(be, dg, pick(xs, &mut k), dim).map(|_| ()))?;
+        let t = timed(be, reps, &mut || inputs.gather(be, dg))?;
         out.push(record("graph", be.name(), dtype, format!("gather {shape}"), t, 0.0, bytes, reps));
     }
     // The same N and E with power-law in-degrees (a hub of ~E/ln N edges), against the uniform graph.
@@ -346,10 +530,7 @@ fn graph_rows<Be: Backend>(be: &Be, dtype: DType, g: &crate::ops::graph::Graph, 
     let hub = (0..n).map(|i| gp.row_ptr[i + 1] - gp.row_ptr[i]).max().unwrap_or(0);
     let dgp = DeviceGraph::upload(be, &gp)?;
     for (kind, t_uniform) in [("spmm", t_spmm), ("segment_sum", t_sum)] {
-        let t = timed(be, reps, &mut || match kind {
-            "spmm" => graph::spmm(be, &dgp, pick(xs, &mut k), None, dim).map(|_| ()),
-            _ => graph::segment_reduce(be, &dgp, pick(ms, &mut k), dim, Reduce::Sum).map(|_| ()),
-        })?;
+        let t = timed(be, reps, &mut || if kind == "spmm" { inputs.spmm(be, &dgp) } else { inputs.segment_sum(be, &dgp) })?;
         let mut rec = record("graph", be.name(), dtype, format!("{kind} {shape} power law (hub {hub})"), t, 0.0, bytes, reps);
         rec.baseline = Some("ffkern, uniform in-degree".into());
         rec.baseline_s = Some(t_uniform);
