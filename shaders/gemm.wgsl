@@ -1,9 +1,9 @@
 // GEMM with fused epilogue (SPEC §1) and the two helpers of its backward.
-// Why it is fast: each workgroup owns a 64×64 tile of C (128×128 in the wide form) and stages A
-// and B through workgroup memory in 16-deep K slices, so every element loaded from storage is
-// reused 64 (128) times; each invocation keeps a 4×4 (8×8) register tile and reads vec4s from
-// workgroup memory. Bias, activation,
-// residual and the saved pre-activation are applied in the same pass that writes C.
+// Why it is fast: each workgroup owns a 64×64 tile of C (128×128 or 128×64 in the wide forms)
+// and stages A and B through workgroup memory in 16-deep K slices, so every element loaded from
+// storage is reused 64 (128) times; each invocation keeps a 4×4 (8×8, 8×4) register tile and
+// reads vec4s from workgroup memory. Bias, activation, residual and the saved pre-activation are
+// applied in the same pass that writes C, on accumulators named by constant indices.
 // All buffers are u32 words; 16-bit dtypes hold two elements a word (see _dtype_*.wgsl).
 
 struct Params {
@@ -148,8 +148,44 @@ fn mainloop(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32) -> array<
     return acc;
 }
 
+// Four whole columns: vector arithmetic, constant offsets, whole words. With the generic path
+// below, the run-time count made every value go through a dynamically indexed array.
+fn epilogue4(bz: u32, gm: u32, gn0: u32, sums: vec4<f32>) {
+    var v = p.alpha * sums;
+    if (p.has_bias != 0u) {
+        let b = p.off_bias + bz * p.bias_bs + gn0 * p.bias_cs;
+        v = v + vec4<f32>(ld_bias(b), ld_bias(b + p.bias_cs), ld_bias(b + 2u * p.bias_cs), ld_bias(b + 3u * p.bias_cs));
+    }
+    let pre = v;
+    if (gn0 < p.act_cols) {
+        let a = vec4<f32>(activate(p.act, v.x), activate(p.act, v.y), activate(p.act, v.z), activate(p.act, v.w));
+        v = select(v, a, gn0 + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.act_cols));
+    }
+    if (p.has_r != 0u) {
+        let r = p.off_r + bz * p.sr + gm * p.ldr + gn0;
+        v = v + p.beta * vec4<f32>(ld_r(r), ld_r(r + 1u), ld_r(r + 2u), ld_r(r + 3u));
+    }
+    store4(0u, p.off_c + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, v);
+    if (p.has_z != 0u) { store4(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, pre); }
+}
+
+fn store4(which: u32, base: u32, v: vec4<f32>) {
+    if (ELEM_SHIFT == 0u) {
+        for (var j = 0u; j < 4u; j = j + 1u) { put_word(which, base + j * p.c_cs, pack_elem(v[j])); }
+    } else if (p.c_cs == 1u && (base & 1u) == 0u) {
+        put_word(which, base >> 1u, pack_pair(v.x, v.y));
+        put_word(which, (base >> 1u) + 1u, pack_pair(v.z, v.w));
+    } else {
+        store_run(which, base, 4u, p.c_cs, array<f32, 4>(v.x, v.y, v.z, v.w));
+    }
+}
+
 // Row gm, columns gn0 .. gn0 + count − 1 of C (and Z) from their sums: α, bias, activation, β·R.
 fn epilogue(bz: u32, gm: u32, gn0: u32, count: u32, sums: vec4<f32>) {
+    if (count == 4u) {
+        epilogue4(bz, gm, gn0, sums);
+        return;
+    }
     var outv: array<f32, 4>;
     var pre: array<f32, 4>;
     for (var j = 0u; j < count; j = j + 1u) {
@@ -171,24 +207,36 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let gn0 = wg.x * BN + (lid % 16u) * 4u;
     if (gn0 >= p.n) { return; }
     let count = min(4u, p.n - gn0);
-    for (var i = 0u; i < 4u; i = i + 1u) {
-        let gm = wg.y * BM + (lid / 16u) * 4u + i;
-        if (gm >= p.m) { break; }
-        epilogue(wg.z, gm, gn0, count, acc[i]);
-    }
+    // Constant indices into acc (see wide_row).
+    let gm = wg.y * BM + (lid / 16u) * 4u;
+    if (gm < p.m) { epilogue(wg.z, gm, gn0, count, acc[0]); }
+    if (gm + 1u < p.m) { epilogue(wg.z, gm + 1u, gn0, count, acc[1]); }
+    if (gm + 2u < p.m) { epilogue(wg.z, gm + 2u, gn0, count, acc[2]); }
+    if (gm + 3u < p.m) { epilogue(wg.z, gm + 3u, gn0, count, acc[3]); }
 }
 
-// The wide form for products with many 128×128 tiles: each invocation keeps an 8×8 register tile
-// (rows 4·ty.. and 64 + 4·ty.., columns 4·tx.. and 64 + 4·tx..), so a K step reads four vec4s
-// from workgroup memory for 64 multiply-adds, twice the reuse of the 4×4 form, and the staging
-// of a 16-deep slab feeds four times the arithmetic.
+// The wide forms for products with many 128-row tiles: each invocation keeps an 8×8 register
+// tile (rows 4·ty.. and 64 + 4·ty.., columns 4·tx.. and 64 + 4·tx..) of a 128×128 tile, or 8×4
+// (columns 4·tx..) of a 128×64 tile (`halves` = 1, for products only 64 or fewer columns wide,
+// such as a low-rank factor's), so a K step reads four (three) vec4s from workgroup memory for 64
+// (32) multiply-adds, twice (1.3×) the reuse of the 4×4 form, and the staging of a 16-deep slab
+// feeds four (2.7×) times the arithmetic.
 const WM: u32 = 128u;
 const WN: u32 = 128u;
 
 var<workgroup> Aw: array<vec4<f32>, 512>; // [BK][WM/4]
 var<workgroup> Bw: array<vec4<f32>, 512>; // [BK][WN/4]
 
-fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32) -> array<vec4<f32>, 16> {
+// The multiply-adds of one K step for column half h: a0, a1 the invocation's two groups of four
+// rows, b its four columns of that half.
+fn fma_half(acc: ptr<function, array<vec4<f32>, 16>>, h: u32, a0: vec4<f32>, a1: vec4<f32>, b: vec4<f32>) {
+    for (var c = 0u; c < 4u; c = c + 1u) {
+        (*acc)[2u * c + h] = (*acc)[2u * c + h] + a0[c] * b;
+        (*acc)[8u + 2u * c + h] = (*acc)[8u + 2u * c + h] + a1[c] * b;
+    }
+}
+
+fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32, halves: u32) -> array<vec4<f32>, 16> {
     let tx = lid % 16u;
     let ty = lid / 16u;
     var acc: array<vec4<f32>, 16>;
@@ -196,38 +244,54 @@ fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32) -> array<vec4<f32>, 16> {
         for (var i = 0u; i < 8u; i = i + 1u) {
             let ea = a_elem(bz, lid + i * 256u, WM, m0, k0, p.k);
             Aw[ea.k * 32u + ea.row / 4u][ea.row % 4u] = ea.v;
-            let eb = b_elem(bz, lid + i * 256u, WN, n0, k0, p.k);
+        }
+        for (var i = 0u; i < 4u * halves; i = i + 1u) {
+            let eb = b_elem(bz, lid + i * 256u, 64u * halves, n0, k0, p.k);
             Bw[eb.k * 32u + eb.row / 4u][eb.row % 4u] = eb.v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
             let a0 = Aw[kk * 32u + ty];
             let a1 = Aw[kk * 32u + 16u + ty];
-            let b0 = Bw[kk * 32u + tx];
-            let b1 = Bw[kk * 32u + 16u + tx];
-            for (var c = 0u; c < 4u; c = c + 1u) {
-                acc[2u * c] = acc[2u * c] + a0[c] * b0;
-                acc[2u * c + 1u] = acc[2u * c + 1u] + a0[c] * b1;
-                acc[8u + 2u * c] = acc[8u + 2u * c] + a1[c] * b0;
-                acc[9u + 2u * c] = acc[9u + 2u * c] + a1[c] * b1;
-            }
+            fma_half(&acc, 0u, a0, a1, Bw[kk * 32u + tx]);
+            if (halves == 2u) { fma_half(&acc, 1u, a0, a1, Bw[kk * 32u + 16u + tx]); }
         }
         workgroupBarrier();
     }
     return acc;
 }
 
+fn gemm_wide_tile(lid: u32, wg: vec3<u32>, halves: u32) {
+    let acc = mainloop_wide(lid, wg.z, wg.y * WM, wg.x * 64u * halves, halves);
+    wide_row(lid, wg, halves, 0u, acc[0], acc[1]);
+    wide_row(lid, wg, halves, 1u, acc[2], acc[3]);
+    wide_row(lid, wg, halves, 2u, acc[4], acc[5]);
+    wide_row(lid, wg, halves, 3u, acc[6], acc[7]);
+    wide_row(lid, wg, halves, 4u, acc[8], acc[9]);
+    wide_row(lid, wg, halves, 5u, acc[10], acc[11]);
+    wide_row(lid, wg, halves, 6u, acc[12], acc[13]);
+    wide_row(lid, wg, halves, 7u, acc[14], acc[15]);
+}
+
+// Row r of an invocation's eight (row 4·ty + r % 4 of the tile's upper or lower 64), both column
+// halves. Called with constant r and accumulators: a loop over r would index the accumulators at
+// run time, which a CPU adapter (lavapipe) turns into a walk over all sixteen for every row.
+fn wide_row(lid: u32, wg: vec3<u32>, halves: u32, r: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let gm = wg.y * WM + (r / 4u) * 64u + (lid / 16u) * 4u + r % 4u;
+    let gn0 = wg.x * 64u * halves + (lid % 16u) * 4u;
+    if (gm >= p.m) { return; }
+    if (gn0 < p.n) { epilogue(wg.z, gm, gn0, min(4u, p.n - gn0), lo); }
+    if (halves == 2u && gn0 + 64u < p.n) { epilogue(wg.z, gm, gn0 + 64u, min(4u, p.n - gn0 - 64u), hi); }
+}
+
 @compute @workgroup_size(256)
 fn gemm_wide(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let acc = mainloop_wide(lid, wg.z, wg.y * WM, wg.x * WN);
-    for (var r = 0u; r < 8u; r = r + 1u) {
-        let gm = wg.y * WM + (r / 4u) * 64u + (lid / 16u) * 4u + r % 4u;
-        if (gm >= p.m) { continue; }
-        for (var h = 0u; h < 2u; h = h + 1u) {
-            let gn0 = wg.x * WN + h * 64u + (lid % 16u) * 4u;
-            if (gn0 < p.n) { epilogue(wg.z, gm, gn0, min(4u, p.n - gn0), acc[2u * r + h]); }
-        }
-    }
+    gemm_wide_tile(lid, wg, 2u);
+}
+
+@compute @workgroup_size(256)
+fn gemm_tall(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    gemm_wide_tile(lid, wg, 1u);
 }
 
 // Split-K (mirrors the CUDA split, see ops::gemm::split_k): workgroup z of a single product

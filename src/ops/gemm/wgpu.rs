@@ -66,32 +66,55 @@ pub fn gemm(
         let groups = ctx.grid_1d(desc.m * desc.n.div_ceil(4));
         return ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&ws, ro, bias, r, c.buffer, z], groups);
     }
-    let (entry, tile) = if wide(ctx, desc)? { ("gemm_wide", 128) } else { ("gemm", 64) };
+    let (entry, tile_m, tile_n) = match form(ctx, desc)? {
+        Form::Wide => ("gemm_wide", 128, 128),
+        Form::Tall => ("gemm_tall", 128, 64),
+        Form::Narrow => ("gemm", 64, 64),
+    };
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 2)?;
-    let groups = [desc.n.div_ceil(tile) as u32, desc.m.div_ceil(tile) as u32, desc.batch as u32];
+    let groups = [desc.n.div_ceil(tile_n) as u32, desc.m.div_ceil(tile_m) as u32, desc.batch as u32];
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, c.buffer, z], groups)
 }
 
-/// Whether a product takes the wide kernel (128×128 tiles, 8×8 a thread): `FFKERN_WGPU_GEMM` =
-/// `auto` (default: when 128×128 tiles pad M and N by little more than 64×64 ones would, and
-/// the product fills the adapter: any tile count on a CPU adapter such as lavapipe, whose few
-/// cores it fills, at least [`WIDE_MIN_TILES`] tiles on a GPU), `wide` or `narrow` (64×64, 4×4 a
-/// thread) for every product; any other value is an error.
-fn wide(ctx: &WgpuContext, desc: &Gemm) -> Result<bool> {
+/// The GEMM's tile forms: 128×128 tiles with 8×8 a thread, 128×64 with 8×4, 64×64 with 4×4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Wide,
+    Tall,
+    Narrow,
+}
+
+/// Which form a product takes: `FFKERN_WGPU_GEMM` = `auto` (default: the largest tile that pads M
+/// and N by at most an eighth more than 64×64 tiles would, and of which the product has enough to
+/// fill the adapter: any count on a CPU adapter such as lavapipe, whose few cores it fills, at
+/// least [`WIDE_MIN_TILES`] on a GPU; 128×64 serves products 64 or fewer columns wide, such as a
+/// low-rank factor's), or `wide`, `tall` or `narrow` for every product; any other value is an
+/// error.
+fn form(ctx: &WgpuContext, desc: &Gemm) -> Result<Form> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    Ok(match crate::runtime::kernel_env(&CHOICE, "FFKERN_WGPU_GEMM", &["auto", "wide", "narrow"])? {
-        "wide" => true,
-        "narrow" => false,
+    Ok(match crate::runtime::kernel_env(&CHOICE, "FFKERN_WGPU_GEMM", &["auto", "wide", "tall", "narrow"])? {
+        "wide" => Form::Wide,
+        "tall" => Form::Tall,
+        "narrow" => Form::Narrow,
         _ => {
-            let padded = |t: usize| desc.m.div_ceil(t) * t * desc.n.div_ceil(t) * t;
-            let tiles = desc.batch * desc.m.div_ceil(128) * desc.n.div_ceil(128);
-            8 * padded(128) <= 9 * padded(64) && (ctx.info.device_type == wgpu::DeviceType::Cpu || tiles >= WIDE_MIN_TILES)
+            let padded = |tm: usize, tn: usize| desc.m.div_ceil(tm) * tm * desc.n.div_ceil(tn) * tn;
+            let fits = |tm: usize, tn: usize| {
+                let tiles = desc.batch * desc.m.div_ceil(tm) * desc.n.div_ceil(tn);
+                8 * padded(tm, tn) <= 9 * padded(64, 64) && (ctx.info.device_type == wgpu::DeviceType::Cpu || tiles >= WIDE_MIN_TILES)
+            };
+            if fits(128, 128) {
+                Form::Wide
+            } else if fits(128, 64) {
+                Form::Tall
+            } else {
+                Form::Narrow
+            }
         }
     })
 }
 
-/// The fewest 128×128 tiles for which the auto choice takes the wide kernel: below it the 64×64
-/// tiles keep more of a GPU's cores busy.
+/// The fewest 128-row tiles for which the auto choice takes a wide form: below it the 64×64 tiles
+/// keep more of a GPU's cores busy.
 const WIDE_MIN_TILES: usize = 64;
 
 /// The workgroups a split-K product aims to spread over (a mid-size GPU's worth).
