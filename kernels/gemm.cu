@@ -710,18 +710,33 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
             wgmma_wait<0>();
             if (prev >= 0 && lane == 0) mbar_arrive(bar0 + 8 * (STAGES + prev));
             // Epilogue, 64 columns at a time: α·acc + bias (f32) into the staging tile, then each
-            // thread takes 8 consecutive columns of a row.
+            // thread takes 8 consecutive columns of a row. A chunk's bias loads are all in flight
+            // before the barrier; a chunk wholly inside N of a unit-stride bias with 4-byte-aligned
+            // pairs reads each of its 8 column pairs in one load at a constant offset, otherwise
+            // element by element with the edge checks.
+            const T* bias_b = bias + (size_t)bz * p.bias_bs;
+            const bool bias_pairs = p.has_bias && p.bias_cs == 1 && (reinterpret_cast<uintptr_t>(bias_b) & 3) == 0;
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
+                const uint32_t gc0 = n0 + q * 64 + (lane % 4) * 2;
+                float2 bv[8];
+                if (bias_pairs && n0 + q * 64 + 64 <= p.n) {
+#pragma unroll
+                    for (int jj = 0; jj < 8; ++jj) bv[jj] = to_f32x2(*reinterpret_cast<const typename Pair<T>::type*>(bias_b + gc0 + jj * 8));
+                } else {
+#pragma unroll
+                    for (int jj = 0; jj < 8; ++jj) {
+                        const uint32_t gc = gc0 + jj * 8;
+                        bv[jj].x = (p.has_bias && gc < p.n) ? to_f32(bias_b[(size_t)gc * p.bias_cs]) : 0.0f;
+                        bv[jj].y = (p.has_bias && gc + 1 < p.n) ? to_f32(bias_b[(size_t)(gc + 1) * p.bias_cs]) : 0.0f;
+                    }
+                }
                 named_barrier(1 + cw, 128);
 #pragma unroll
                 for (int jj = 0; jj < 8; ++jj) {
                     const int j = q * 8 + jj;
                     const int lr = warp * 16 + lane / 4, lc = jj * 8 + (lane % 4) * 2;
-                    const uint32_t gc = n0 + j * 8 + (lane % 4) * 2;
-                    const size_t bb = (size_t)bz * p.bias_bs;
-                    const float b0 = (p.has_bias && gc < p.n) ? to_f32(bias[bb + (size_t)gc * p.bias_cs]) : 0.0f;
-                    const float b1 = (p.has_bias && gc + 1 < p.n) ? to_f32(bias[bb + (size_t)(gc + 1) * p.bias_cs]) : 0.0f;
+                    const float b0 = bv[jj].x, b1 = bv[jj].y;
                     // 8-column groups are XOR-permuted by row (bank spread; groups stay contiguous).
                     const int g0 = (lc ^ ((lr & 7) << 3)), g1 = (lc ^ (((lr + 8) & 7) << 3));
                     *reinterpret_cast<float2*>(stage + lr * 64 + g0) = make_float2(p.alpha * d[4 * j] + b0, p.alpha * d[4 * j + 1] + b1);
