@@ -402,9 +402,9 @@ fn bench_linattn_fla<Be: Backend>(be: &Be, seq: usize, reps: usize) -> Result<Ve
 }
 
 /// Seeded node features `[N, D]` and edge messages `[E, D]` for the graph primitives, each in as
-/// many copies as fit [`ROTATE_BYTES`] (at most 8), so that a bench's repeats read from device
-/// memory, not from a cache warmed by the repeat before: the set-up of [`bench_graph`] and of the
-/// criterion graph bench. Each call takes the next copy.
+/// many copies as fit 128 MiB (at most 8), so that a bench's repeats read from device memory, not
+/// from a cache warmed by the repeat before: the set-up of [`bench_graph`] and of the criterion
+/// graph bench. Each call takes the next copy.
 pub struct GraphBench<B> {
     pub dim: usize,
     xs: Vec<B>,
