@@ -148,8 +148,10 @@ fn mainloop(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32) -> array<
     return acc;
 }
 
-// Four whole columns: vector arithmetic, constant offsets, whole words. With the generic path
-// below, the run-time count made every value go through a dynamically indexed array.
+// Four whole columns that fill whole words of C (and Z): vector arithmetic, constant offsets, no
+// per-element stores. With the generic path below, the run-time count made every value go
+// through a dynamically indexed array (and on lavapipe a half-word fallback in the same function
+// slowed the whole-word stores of every 16-bit product by half).
 fn epilogue4(bz: u32, gm: u32, gn0: u32, sums: vec4<f32>) {
     var v = p.alpha * sums;
     if (p.has_bias != 0u) {
@@ -169,20 +171,26 @@ fn epilogue4(bz: u32, gm: u32, gn0: u32, sums: vec4<f32>) {
     if (p.has_z != 0u) { store4(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, pre); }
 }
 
+// Four elements from element `base` (C's column stride apart) in whole words; see whole_words.
 fn store4(which: u32, base: u32, v: vec4<f32>) {
     if (ELEM_SHIFT == 0u) {
         for (var j = 0u; j < 4u; j = j + 1u) { put_word(which, base + j * p.c_cs, pack_elem(v[j])); }
-    } else if (p.c_cs == 1u && (base & 1u) == 0u) {
+    } else {
         put_word(which, base >> 1u, pack_pair(v.x, v.y));
         put_word(which, (base >> 1u) + 1u, pack_pair(v.z, v.w));
-    } else {
-        store_run(which, base, 4u, p.c_cs, array<f32, 4>(v.x, v.y, v.z, v.w));
     }
+}
+
+// Whether four columns from gn0 of row gm fill whole words of C (and Z): always for f32; for
+// 16-bit types when C's columns are adjacent and the run starts a word.
+fn whole_words(bz: u32, gm: u32, gn0: u32) -> bool {
+    let o = bz * p.sc + gm * p.ldc + gn0;
+    return ELEM_SHIFT == 0u || (p.c_cs == 1u && ((p.off_c + o) & 1u) == 0u && (p.has_z == 0u || ((p.off_z + o) & 1u) == 0u));
 }
 
 // Row gm, columns gn0 .. gn0 + count − 1 of C (and Z) from their sums: α, bias, activation, β·R.
 fn epilogue(bz: u32, gm: u32, gn0: u32, count: u32, sums: vec4<f32>) {
-    if (count == 4u) {
+    if (count == 4u && whole_words(bz, gm, gn0)) {
         epilogue4(bz, gm, gn0, sums);
         return;
     }
