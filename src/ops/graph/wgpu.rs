@@ -21,11 +21,19 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
     let go = |entry, arg, threads| dispatch(ctx, entry, dtype, p, g, a, out, arg, threads);
     let scratch = |len: usize| -> Result<WgpuBuffer> { Ok(WgpuBuffer { buffer: ctx.create_buffer(DType::F32, len.max(1))?, dtype: DType::F32, len: len.max(1) }) };
     let segs = p.num_segs as usize;
+    // The row kernels' entries for widths that are a multiple of 4 have no straddling groups.
+    let w4 = dim % 4 == 0;
     match kind {
         // Four outputs per invocation.
-        GraphKernel::Gather => go("graph_gather", arg, (p.num_edges as usize * dim).div_ceil(4)),
+        GraphKernel::Gather => go(if w4 { "graph_gather_w4" } else { "graph_gather" }, arg, (p.num_edges as usize * dim).div_ceil(4)),
         GraphKernel::SegmentReduce | GraphKernel::Spmm => {
-            let (partial, main) = if kind == GraphKernel::Spmm { ("graph_seg_partial_spmm", "graph_spmm") } else { ("graph_seg_partial_reduce", "graph_segment_reduce") };
+            let partial = if kind == GraphKernel::Spmm { "graph_seg_partial_spmm" } else { "graph_seg_partial_reduce" };
+            let main = match (kind == GraphKernel::Spmm, w4) {
+                (true, true) => "graph_spmm_w4",
+                (true, false) => "graph_spmm",
+                (false, true) => "graph_segment_reduce_w4",
+                (false, false) => "graph_segment_reduce",
+            };
             // Four outputs per invocation.
             let groups = (rows * dim).div_ceil(4);
             if segs == 0 {
