@@ -148,27 +148,38 @@ fn mainloop(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32) -> array<
     return acc;
 }
 
+// α·sums + bias, the activation and β·R of four columns from gn0, and the pre-activation; columns
+// past N read column N − 1 (and are never stored).
+struct Epi4 { out: vec4<f32>, pre: vec4<f32> }
+
+fn epi4(bz: u32, gm: u32, gn0: u32, sums: vec4<f32>) -> Epi4 {
+    let offs = vec4<u32>(0u, 1u, 2u, 3u);
+    let cols = min(gn0 + offs, vec4<u32>(p.n - 1u));
+    var v = p.alpha * sums;
+    if (p.has_bias != 0u) {
+        let b = p.off_bias + bz * p.bias_bs;
+        v = v + vec4<f32>(ld_bias(b + cols.x * p.bias_cs), ld_bias(b + cols.y * p.bias_cs), ld_bias(b + cols.z * p.bias_cs), ld_bias(b + cols.w * p.bias_cs));
+    }
+    let pre = v;
+    if (gn0 < p.act_cols) {
+        let a = vec4<f32>(activate(p.act, v.x), activate(p.act, v.y), activate(p.act, v.z), activate(p.act, v.w));
+        v = select(v, a, gn0 + offs < vec4<u32>(p.act_cols));
+    }
+    if (p.has_r != 0u) {
+        let r = p.off_r + bz * p.sr + gm * p.ldr;
+        v = v + p.beta * vec4<f32>(ld_r(r + cols.x), ld_r(r + cols.y), ld_r(r + cols.z), ld_r(r + cols.w));
+    }
+    return Epi4(v, pre);
+}
+
 // Four whole columns that fill whole words of C (and Z): vector arithmetic, constant offsets, no
 // per-element stores. With the generic path below, the run-time count made every value go
 // through a dynamically indexed array (and on lavapipe a half-word fallback in the same function
 // slowed the whole-word stores of every 16-bit product by half).
 fn epilogue4(bz: u32, gm: u32, gn0: u32, sums: vec4<f32>) {
-    var v = p.alpha * sums;
-    if (p.has_bias != 0u) {
-        let b = p.off_bias + bz * p.bias_bs + gn0 * p.bias_cs;
-        v = v + vec4<f32>(ld_bias(b), ld_bias(b + p.bias_cs), ld_bias(b + 2u * p.bias_cs), ld_bias(b + 3u * p.bias_cs));
-    }
-    let pre = v;
-    if (gn0 < p.act_cols) {
-        let a = vec4<f32>(activate(p.act, v.x), activate(p.act, v.y), activate(p.act, v.z), activate(p.act, v.w));
-        v = select(v, a, gn0 + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.act_cols));
-    }
-    if (p.has_r != 0u) {
-        let r = p.off_r + bz * p.sr + gm * p.ldr + gn0;
-        v = v + p.beta * vec4<f32>(ld_r(r), ld_r(r + 1u), ld_r(r + 2u), ld_r(r + 3u));
-    }
-    store4(0u, p.off_c + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, v);
-    if (p.has_z != 0u) { store4(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, pre); }
+    let e = epi4(bz, gm, gn0, sums);
+    store4(0u, p.off_c + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, e.out);
+    if (p.has_z != 0u) { store4(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, e.pre); }
 }
 
 // Four elements from element `base` (C's column stride apart) in whole words; see whole_words.
@@ -221,6 +232,39 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     if (gm + 1u < p.m) { epilogue(wg.z, gm + 1u, gn0, count, acc[1]); }
     if (gm + 2u < p.m) { epilogue(wg.z, gm + 2u, gn0, count, acc[2]); }
     if (gm + 3u < p.m) { epilogue(wg.z, gm + 3u, gn0, count, acc[3]); }
+}
+
+// BlockShuffle's interleaved 16-bit outputs: a batch stride of 1 and an even column stride put
+// batch l's element n at n·cs + l, so the elements of batches 2z and 2z + 1 share each word. The
+// one-batch form writes each of them as a half-word with an atomic and/or pair, because the other
+// half belongs to another workgroup; here one workgroup computes both batches' tiles in turn and
+// writes whole words. The launcher takes it when the offsets and strides keep the pairs aligned.
+@compute @workgroup_size(256)
+fn gemm_pairs(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let bz = 2u * wg.z;
+    let acc0 = mainloop(lid, bz, wg.y * BM, wg.x * BN, 0u, p.k);
+    let acc1 = mainloop(lid, bz + 1u, wg.y * BM, wg.x * BN, 0u, p.k);
+    let gn0 = wg.x * BN + (lid % 16u) * 4u;
+    if (gn0 >= p.n) { return; }
+    let count = min(4u, p.n - gn0);
+    let gm = wg.y * BM + (lid / 16u) * 4u;
+    if (gm < p.m) { epilogue_pairs(bz, gm, gn0, count, acc0[0], acc1[0]); }
+    if (gm + 1u < p.m) { epilogue_pairs(bz, gm + 1u, gn0, count, acc0[1], acc1[1]); }
+    if (gm + 2u < p.m) { epilogue_pairs(bz, gm + 2u, gn0, count, acc0[2], acc1[2]); }
+    if (gm + 3u < p.m) { epilogue_pairs(bz, gm + 3u, gn0, count, acc0[3], acc1[3]); }
+}
+
+// Row gm, columns gn0 .. gn0 + count − 1 of batches bz (even; the low halves) and bz + 1.
+fn epilogue_pairs(bz: u32, gm: u32, gn0: u32, count: u32, s0: vec4<f32>, s1: vec4<f32>) {
+    let lo = epi4(bz, gm, gn0, s0);
+    let hi = epi4(bz + 1u, gm, gn0, s1);
+    let o = bz * p.sc + gm * p.ldc + gn0 * p.c_cs;
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        if (j < count) {
+            put_word(0u, (p.off_c + o + j * p.c_cs) >> 1u, pack_pair(lo.out[j], hi.out[j]));
+            if (p.has_z != 0u) { put_word(1u, (p.off_z + o + j * p.c_cs) >> 1u, pack_pair(lo.pre[j], hi.pre[j])); }
+        }
+    }
 }
 
 // The wide forms for products with many 128-row tiles: each invocation keeps an 8×8 register

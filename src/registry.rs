@@ -48,6 +48,14 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         // Enough 128×128 tiles for wgpu's wide kernel (8×8 a thread), with partial edge tiles.
         case("1030x1100x40 bias gelu_erf residual", Gemm::new(1030, 1100, 40).bias(true).act(Activation::GeluErf).residual(None).beta(0.5)),
         case("batch 2 of 520x1030x24 km kn relu", Gemm::new(520, 1030, 24).batch(2).a_layout(ALayout::KM).b_layout(BLayout::KN).bias(true).act(Activation::Relu)),
+        // BlockShuffle's interleaved store: batch l's column n at n·4 + l (wgpu writes 16-bit
+        // batches in pairs of whole words), partial tiles, with the bias interleaved the same way;
+        // then an odd batch count, which takes the one-batch form.
+        case(
+            "batch 4 of 70x37x24 interleaved C and bias, gelu_erf",
+            Gemm::new(70, 37, 24).batch(4).inner_strides(4, 1, 4).lda(96).ldc(148).strides(1, 37 * 24, 1).bias(true).bias_strides(1, 4).act(Activation::GeluErf),
+        ),
+        case("batch 3 of 20x9x8 interleaved C", Gemm::new(20, 9, 8).batch(3).inner_strides(1, 1, 3).ldc(28).strides(20 * 8, 9 * 8, 1).act(Activation::Relu)),
     ]
 }
 

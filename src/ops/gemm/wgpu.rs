@@ -66,6 +66,11 @@ pub fn gemm(
         let groups = ctx.grid_1d(desc.m * desc.n.div_ceil(4));
         return ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&ws, ro, bias, r, c.buffer, z], groups);
     }
+    if pairs(dtype, &p) {
+        let pipe = ctx.pipeline(FAMILY, "gemm_pairs", dtype, READ_ONLY, 2)?;
+        let groups = [desc.n.div_ceil(64) as u32, desc.m.div_ceil(64) as u32, (desc.batch / 2) as u32];
+        return ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, c.buffer, z], groups);
+    }
     let (entry, tile_m, tile_n) = match form(ctx, desc)? {
         Form::Wide => ("gemm_wide", 128, 128),
         Form::Tall => ("gemm_tall", 128, 64),
@@ -74,6 +79,13 @@ pub fn gemm(
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 2)?;
     let groups = [desc.n.div_ceil(tile_n) as u32, desc.m.div_ceil(tile_m) as u32, desc.batch as u32];
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, c.buffer, z], groups)
+}
+
+/// Whether a 16-bit product's batches go in pairs (`gemm_pairs`: BlockShuffle's interleaved
+/// store): C's batch stride 1 and an even column stride put the elements of batches 2z and 2z + 1
+/// in one word, and even offsets and row strides keep every such pair word-aligned.
+fn pairs(dtype: DType, p: &super::GemmParams) -> bool {
+    dtype != DType::F32 && p.batch % 2 == 0 && p.sc == 1 && p.c_cs % 2 == 0 && p.ldc % 2 == 0 && p.off_c % 2 == 0 && (p.has_z == 0 || p.off_z % 2 == 0)
 }
 
 /// The GEMM's tile forms: 128×128 tiles with 8×8 a thread, 128×64 with 8×4, 64×64 with 4×4.
