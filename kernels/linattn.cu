@@ -409,9 +409,13 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
     move_outer<true, false>(acc, unused, state, nullptr, nh, i0, j0, p);
     if (zown) zacc = z[(size_t)nh * p.k + i0 + zc];
     const auto chunk = [&](uint32_t j) { return REVERSE ? c_hi - 1 - j : c_lo + j; };
-    // Chunk j's rows into stage st: 64 rows × 8 pieces of 16 bytes per operand, 2 pieces a thread.
-    const auto issue = [&](uint32_t j, uint32_t st) {
-        const uint32_t c = chunk(j), start = table[1 + c], len = table[2 + c] - start;
+    // Chunk j's first row and the row after its last, read one step before its copies are issued,
+    // so that the copies do not wait for a dependent table load on the sweep's critical path.
+    const auto bounds = [&](uint32_t j) { return j < count ? make_uint2(table[1 + chunk(j)], table[2 + chunk(j)]) : make_uint2(0, 0); };
+    // Chunk j (rows b.x .. b.y) into stage st: 64 rows × 8 pieces of 16 bytes per operand, 2
+    // pieces a thread.
+    const auto issue = [&](uint2 b, uint32_t st) {
+        const uint32_t start = b.x, len = b.y - b.x;
 #pragma unroll
         for (uint32_t u = 0; u < 2; ++u) {
             const uint32_t piece = lid + 256 * u, r = piece / 8, col = 8 * (piece % 8);
@@ -420,12 +424,14 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
             piece16(&ys[st][r * SW_LDS + col], vo, row, p.v, j0 + col, r < len && j0 + col < p.v);
         }
     };
-    if (count > 0) issue(0, 0);
+    if (count > 0) issue(bounds(0), 0);
     mma::cp_async_commit();
+    uint2 next = bounds(1);
     for (uint32_t j = 0; j < count; ++j) {
         const uint32_t st = j & 1, c = chunk(j);
-        if (j + 1 < count) issue(j + 1, st ^ 1);
+        if (j + 1 < count) issue(next, st ^ 1);
         mma::cp_async_commit();
+        next = bounds(j + 2);
         // The running state is the state at this chunk's start (forward) or end (reverse).
         const size_t slot = (size_t)c * p.heads + h;
         if constexpr (sizeof(S) == 4) move_outer<true, true>(acc, unused, hs, nullptr, slot, i0, j0, p);
