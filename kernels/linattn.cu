@@ -342,9 +342,11 @@ __device__ __forceinline__ void chunk_sweep_impl(const T* __restrict__ qk, const
 
 // The same two sweeps on 16-bit tensor cores (FFKERN_LINATTN_KERNEL=mma16), for f16/bf16 inputs
 // whose products are exact in their own type: φ identity or relu, and (REVERSE) do with den = 1
-// (normalize none) — the launcher checks, and K and V multiples of 8. Why it is fast: each
-// chunk's 64×64 X and Y tiles arrive by 16-byte cp.async, zero-filled past the chunk, while the
-// chunk before multiplies (two stages), and m16n8k16 takes the operands as stored through
+// (normalize none) — the launcher checks, and K and V multiples of 8. Why it is fast: a sweep is
+// a chain of short steps, one per chunk, so its time is the latency of each step's loads: each
+// chunk's 64×64 X and Y tiles arrive by 16-byte cp.async, zero-filled past the chunk, three
+// chunks ahead of the one that multiplies (SW_STAGES stages in dynamic shared memory; the
+// chunks' row bounds are read a step before their copies), and m16n8k16 takes the operands as stored through
 // ldmatrix.trans, so one mma does the work of four TF32 ones and nothing is converted. Same warp
 // tiling and accumulator layout as chunk_outer's MMA form, so move_outer stores the states. The
 // per-chunk states hs go out as f32 (S = float) or rounded to T (S = T: when the chunk products
@@ -352,6 +354,11 @@ __device__ __forceinline__ void chunk_sweep_impl(const T* __restrict__ qk, const
 // running and final states stay f32. The forward's Σ k̃ (z) is a column sum of the staged tile;
 // the reverse's Σ q̃·dd is 0 (dd = 0).
 constexpr uint32_t SW_LDS = 72;  // padded 144-byte rows: an ldmatrix phase's 8 rows hit distinct banks
+constexpr uint32_t SW_STAGES = 4;
+// One stage: the X tile then the Y tile, 64 rows of SW_LDS elements each. Dynamic shared memory of
+// the sweeps: SW_STAGES stages of 16-bit elements (SWEEP16_SMEM in src/ops/linattn/cuda.rs).
+constexpr uint32_t SW_TILE = 64 * SW_LDS;
+constexpr uint32_t SW_SMEM = SW_STAGES * 2 * SW_TILE * 2;
 
 // relu of both 16-bit halves of a fragment register (sign bit set → 0; fmaxf(NaN, 0) is 0 too).
 __device__ __forceinline__ uint32_t relu2(uint32_t x) {
@@ -391,7 +398,16 @@ __device__ __forceinline__ void store_outer16(const float (&acc)[4][4], S* mat, 
 template <typename T, bool REVERSE, typename S>
 __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, const T* __restrict__ vo, float* __restrict__ state, float* __restrict__ z,
                                                    const uint32_t* __restrict__ table, S* __restrict__ hs, float* __restrict__ zs, const LinAttnParams& p) {
-    __shared__ __align__(16) T xs[2][64 * SW_LDS], ys[2][64 * SW_LDS];
+    extern __shared__ __align__(16) unsigned char sw_smem[];
+    {
+        // A launch with less dynamic shared memory than the stages need is a launcher bug: stop.
+        uint32_t have;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(have));
+        if (have < SW_SMEM) __trap();
+    }
+    T* const stages = reinterpret_cast<T*>(sw_smem);
+    const auto xs = [&](uint32_t st) { return stages + st * 2 * SW_TILE; };
+    const auto ys = [&](uint32_t st) { return stages + st * 2 * SW_TILE + SW_TILE; };
     const uint32_t nh = blockIdx.y + blockIdx.z * gridDim.y;
     if (nh >= p.batch * p.heads) return;
     const uint32_t lid = threadIdx.x, lane = lid & 31, warp = lid >> 5;
@@ -420,25 +436,33 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
         for (uint32_t u = 0; u < 2; ++u) {
             const uint32_t piece = lid + 256 * u, r = piece / 8, col = 8 * (piece % 8);
             const size_t row = ((size_t)start + r) * p.heads + h;
-            piece16(&xs[st][r * SW_LDS + col], qk, row, p.k, i0 + col, r < len && i0 + col < p.k);
-            piece16(&ys[st][r * SW_LDS + col], vo, row, p.v, j0 + col, r < len && j0 + col < p.v);
+            piece16(xs(st) + r * SW_LDS + col, qk, row, p.k, i0 + col, r < len && i0 + col < p.k);
+            piece16(ys(st) + r * SW_LDS + col, vo, row, p.v, j0 + col, r < len && j0 + col < p.v);
         }
     };
-    if (count > 0) issue(bounds(0), 0);
-    mma::cp_async_commit();
-    uint2 next = bounds(1);
-    for (uint32_t j = 0; j < count; ++j) {
-        const uint32_t st = j & 1, c = chunk(j);
-        if (j + 1 < count) issue(next, st ^ 1);
+    // Commit group g holds chunk g: the first SW_STAGES − 1 here, then one per step.
+#pragma unroll
+    for (uint32_t g = 0; g + 1 < SW_STAGES; ++g) {
+        if (g < count) issue(bounds(g), g);
         mma::cp_async_commit();
-        next = bounds(j + 2);
+    }
+    uint2 next = bounds(SW_STAGES - 1);
+    for (uint32_t j = 0; j < count; ++j) {
+        const uint32_t st = j % SW_STAGES, c = chunk(j);
+        // Chunk j + SW_STAGES − 1 into the stage that chunk j − 1 used (released by the barrier
+        // that ended the step before).
+        if (j + SW_STAGES - 1 < count) issue(next, (j + SW_STAGES - 1) % SW_STAGES);
+        mma::cp_async_commit();
+        next = bounds(j + SW_STAGES);
         // The running state is the state at this chunk's start (forward) or end (reverse).
         const size_t slot = (size_t)c * p.heads + h;
         if constexpr (sizeof(S) == 4) move_outer<true, true>(acc, unused, hs, nullptr, slot, i0, j0, p);
         else store_outer16(acc, hs, slot, i0, j0, p);
         if (zown) zs[slot * p.k + i0 + zc] = zacc;
-        mma::cp_async_wait<1>();
+        mma::cp_async_wait<SW_STAGES - 1>();  // groups 0 .. j have landed
         __syncthreads();
+        const T* const sx = xs(st);
+        const T* const sy = ys(st);
         float part[4][4] = {};
 #pragma unroll
         for (uint32_t kk = 0; kk < 64; kk += 16) {
@@ -446,7 +470,7 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
             // (i 0–7 | 8–15), lane l addressing row l % 8 of matrix l / 8.
             const uint32_t m = lane / 8, r8 = lane % 8;
             uint32_t a[4];
-            mma::ldmatrix_x4_trans(a, &xs[st][(kk + r8 + 8 * (m / 2)) * SW_LDS + rw + 8 * (m % 2)]);
+            mma::ldmatrix_x4_trans(a, sx + (kk + r8 + 8 * (m / 2)) * SW_LDS + rw + 8 * (m % 2));
             if (relu) {
 #pragma unroll
                 for (int q = 0; q < 4; ++q) a[q] = relu2(a[q]);
@@ -456,7 +480,7 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
                 // B = Y rows (k) × 16 columns from Y stored [r][j]: (k 0–7, n-tile 0), (k 8–15,
                 // n-tile 0), (k 0–7, n-tile 1), (k 8–15, n-tile 1).
                 uint32_t b[4];
-                mma::ldmatrix_x4_trans(b, &ys[st][(kk + r8 + 8 * (m % 2)) * SW_LDS + cw + 16 * np + 8 * (m / 2)]);
+                mma::ldmatrix_x4_trans(b, sy + (kk + r8 + 8 * (m % 2)) * SW_LDS + cw + 16 * np + 8 * (m / 2));
                 mma::mma16816<T>(part[2 * np], a, b[0], b[1]);
                 mma::mma16816<T>(part[2 * np + 1], a, b[2], b[3]);
             }
@@ -466,7 +490,7 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
             float zp = 0.0f;
 #pragma unroll 4
             for (uint32_t r = 16 * zq; r < 16 * zq + 16; ++r) {
-                const float x = to_f32(xs[st][r * SW_LDS + zc]);
+                const float x = to_f32(sx[r * SW_LDS + zc]);
                 zp += relu ? fmaxf(x, 0.0f) : x;
             }
             zp += __shfl_xor_sync(0xffffffffu, zp, 1);

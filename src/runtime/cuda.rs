@@ -239,14 +239,9 @@ impl CudaRuntime {
         self.compute_capability() == (9, 0)
     }
 
-    /// A kernel of `family`, loaded once. `configure` runs once after loading (function attributes).
-    pub(crate) fn function(
-        &self,
-        family: &'static str,
-        ptx: Ptx,
-        name: &'static str,
-        configure: impl FnOnce(&CudaFunction) -> Result<()>,
-    ) -> Result<CudaFunction> {
+    /// A kernel of `family`, loaded once, whose launches take `smem` bytes of dynamic shared
+    /// memory: its limit is raised once, after loading, where that is over the default 48 KiB.
+    pub(crate) fn function(&self, family: &'static str, ptx: Ptx, name: &'static str, smem: u32) -> Result<CudaFunction> {
         if ptx == Ptx::Sm90a && !self.is_sm90a() {
             return Err(Error::Unsupported(format!("{name} needs compute capability 9.0 (Hopper)")));
         }
@@ -268,7 +263,10 @@ impl CudaRuntime {
             }
         };
         let f = module.load_function(name).map_err(drv(name))?;
-        configure(&f)?;
+        if smem > 48 * 1024 {
+            f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                .map_err(drv("raising the shared-memory limit"))?;
+        }
         self.functions.lock().unwrap_or_else(|p| p.into_inner()).insert(name, f.clone());
         Ok(f)
     }

@@ -54,13 +54,13 @@ pub fn batchnorm<T: CudaElem>(
     stats: &mut CudaViewMut<f32>,
     y: &mut CudaViewMut<T>,
 ) -> Result<()> {
-    let f = rt.function(FAMILY, Ptx::Base, name(0, T::DTYPE), |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, name(0, T::DTYPE), 0)?;
     // SAFETY: bn_prepare_<dtype>(x, affine, rm, rv, stats, p) reads x[0..rows·C], affine[0..2C],
     // and reads/writes rm, rv [0..C] and stats[0..4C]; BatchNormState checked every length.
     rt.launch(&f, per_channel(p), |a| {
         a.arg(x).arg(affine).arg(running_mean).arg(running_var).arg(&mut *stats).arg(p);
     })?;
-    let f = rt.function(FAMILY, Ptx::Base, name(1, T::DTYPE), |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, name(1, T::DTYPE), 0)?;
     // SAFETY: bn_apply_<dtype>(x, stats, y, p) reads x and stats[2C..4C], writes y[0..rows·C].
     rt.launch(&f, per_element(rt, p), |a| {
         a.arg(x).arg(&mut *stats).arg(y).arg(p);
@@ -79,13 +79,13 @@ pub fn batchnorm_backward<T: CudaElem>(
     extra: Option<&CudaView<T>>,
     dx: &mut CudaViewMut<T>,
 ) -> Result<()> {
-    let f = rt.function(FAMILY, Ptx::Base, name(2, T::DTYPE), |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, name(2, T::DTYPE), 0)?;
     // SAFETY: bn_backward_reduce_<dtype>(x, dy, stats, p) reads x, dy [0..rows·C] and
     // stats[0..2C], writes stats[4C..6C].
     rt.launch(&f, per_channel(p), |a| {
         a.arg(x).arg(dy).arg(&mut *stats).arg(p);
     })?;
-    let f = rt.function(FAMILY, Ptx::Base, name(3, T::DTYPE), |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, name(3, T::DTYPE), 0)?;
     let null = 0u64;
     // SAFETY: bn_backward_apply_<dtype>(x, dy, affine, stats, extra, dx, p) reads x, dy, extra
     // (only when has_extra; null otherwise) [0..rows·C], affine[0..C], stats; writes dx[0..rows·C].

@@ -130,13 +130,7 @@ fn base_smem(dtype: DType) -> u32 {
 /// A GEMM entry, loaded once, with its dynamic shared-memory limit raised to `smem` where that
 /// is over the default 48 KiB.
 fn function(rt: &CudaRuntime, ptx: Ptx, name: &'static str, smem: u32) -> Result<cudarc::driver::CudaFunction> {
-    rt.function(FAMILY, ptx, name, |f| {
-        if smem > 48 * 1024 {
-            f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(|e| Error::driver("cuda: raising the shared-memory limit", e))?;
-        }
-        Ok(())
-    })
+    rt.function(FAMILY, ptx, name, smem)
 }
 
 /// The mma.sync / SIMT entry for `dtype`: 16-byte loads (`vec`) or any layout, whole or split-K.
@@ -315,7 +309,7 @@ fn gemm_split<T: CudaElem>(
     rt.launch(&func, cfg, |args| {
         args.arg(a).arg(b).arg(p).arg(&kc32).arg(&mut ws);
     })?;
-    let sum = rt.function(FAMILY, Ptx::Base, crate::runtime::cuda::kernel_name::<T>(KERNELS, "gemm_splitk")?, |_| Ok(()))?;
+    let sum = rt.function(FAMILY, Ptx::Base, crate::runtime::cuda::kernel_name::<T>(KERNELS, "gemm_splitk")?, 0)?;
     let pairs = desc.m * desc.n.div_ceil(2);
     let cfg = LaunchConfig { grid_dim: (pairs.div_ceil(256).min(65535 * 8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (s32, null) = (splits as u32, 0u64);
@@ -350,7 +344,7 @@ pub fn act_grad<T: CudaElem>(rt: &CudaRuntime, d: &ActGrad, dc: &CudaSlice<T>, z
     if n == 0 {
         return Ok(());
     }
-    let func = rt.function(FAMILY, Ptx::Base, helper_name("act_grad", T::DTYPE)?, |_| Ok(()))?;
+    let func = rt.function(FAMILY, Ptx::Base, helper_name("act_grad", T::DTYPE)?, 0)?;
     let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).min(65535 * 8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (rows, cols, act, act_cols) = (d.rows as u32, d.cols as u32, d.act as u32, d.act_cols as u32);
     // SAFETY: act_grad_<dtype>(dc, z, out, rows, cols, act, act_cols) touches elements < rows·cols,
@@ -368,7 +362,7 @@ pub fn col_sum<T: CudaElem>(rt: &CudaRuntime, rows: usize, cols: usize, x: &Cuda
     // Chunks of COL_SUM_ROWS rows, summed into f32 partials, then in order.
     let chunks = rows.div_ceil(super::COL_SUM_ROWS).max(1);
     let mut part = rt.stream.alloc_zeros::<f32>(chunks * cols).map_err(|e| Error::driver("cuda: alloc", e))?;
-    let func = rt.function(FAMILY, Ptx::Base, helper_name("col_sum", T::DTYPE)?, |_| Ok(()))?;
+    let func = rt.function(FAMILY, Ptx::Base, helper_name("col_sum", T::DTYPE)?, 0)?;
     let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, chunks as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
     let (r32, c32, n32, chunk_rows) = (rows as u32, cols as u32, chunks as u32, super::COL_SUM_ROWS as u32);
     // SAFETY: col_sum_<dtype>(x, part, rows, cols, chunk_rows) reads rows·cols elements of x, which
@@ -377,7 +371,7 @@ pub fn col_sum<T: CudaElem>(rt: &CudaRuntime, rows: usize, cols: usize, x: &Cuda
     rt.launch(&func, cfg, |args| {
         args.arg(x).arg(&mut part).arg(&r32).arg(&c32).arg(&chunk_rows);
     })?;
-    let finish = rt.function(FAMILY, Ptx::Base, helper_name("col_sum_finish", T::DTYPE)?, |_| Ok(()))?;
+    let finish = rt.function(FAMILY, Ptx::Base, helper_name("col_sum_finish", T::DTYPE)?, 0)?;
     let cfg = LaunchConfig { grid_dim: (cols.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: col_sum_finish_<dtype>(part, out, chunks, cols) reads part [chunks · cols] and writes
     // cols elements of out, which the Backend caller checked.

@@ -103,7 +103,7 @@ pub fn launch<T: CudaElem>(
     arg: Option<&mut CudaViewMut<f32>>,
 ) -> Result<()> {
     // The entry `base` (typed by T where it has a dtype suffix), loaded once.
-    let load = |base: &str| -> Result<cudarc::driver::CudaFunction> { rt.function(FAMILY, Ptx::Base, kernel_name::<T>(KERNELS, base)?, |_| Ok(())) };
+    let load = |base: &str| -> Result<cudarc::driver::CudaFunction> { rt.function(FAMILY, Ptx::Base, kernel_name::<T>(KERNELS, base)?, 0) };
     let cfg = |threads: usize| LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let scratch = |len: usize| rt.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| Error::driver("cuda: alloc", e));
     let (rows, dim, heads, edges) = (p.num_nodes as usize, p.dim as usize, p.heads as usize, p.num_edges as usize);

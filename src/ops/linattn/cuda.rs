@@ -167,6 +167,19 @@ fn sweep_kernel<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, r
     }
 }
 
+/// Dynamic shared memory of the 16-bit sweeps: SW_STAGES (4) stages of a 64-row X and Y tile,
+/// rows of SW_LDS (72) 16-bit elements (SW_SMEM in kernels/linattn.cu; a launch with less traps).
+const SWEEP16_SMEM: u32 = 4 * 2 * 64 * 72 * 2;
+
+/// A state sweep's function and launch: one block of 256 per (sequence·head, 64×64 state tile);
+/// the 16-bit sweeps with their stages in dynamic shared memory, over the default 48 KiB limit.
+fn sweep_launch(rt: &CudaRuntime, p: &LinAttnParams, name: &'static str) -> Result<(cudarc::driver::CudaFunction, LaunchConfig)> {
+    let smem = if name.contains("_mma16") { SWEEP16_SMEM } else { 0 };
+    let f = rt.function(FAMILY, Ptx::Base, name, smem)?;
+    let [gx, gy, gz] = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
+    Ok((f, LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: smem }))
+}
+
 /// The fused recurrent forward / decode step on the runtime's stream.
 #[allow(clippy::too_many_arguments)]
 pub fn recurrent<T: CudaElem>(
@@ -189,7 +202,7 @@ pub fn recurrent<T: CudaElem>(
     // sequence·head, 16-byte state accesses where V and the state's address allow.
     if super::is_decode(p) {
         let vec = p.v % 4 == 0 && device_addr(rt, &*state) % 16 == 0;
-        let f = rt.function(FAMILY, Ptx::Base, typed::<T>(if vec { "linattn_decode_vec" } else { "linattn_decode" })?, |_| Ok(()))?;
+        let f = rt.function(FAMILY, Ptx::Base, typed::<T>(if vec { "linattn_decode_vec" } else { "linattn_decode" })?, 0)?;
         let [gx, gy, gz] = super::grid(1, 1, (p.batch * p.heads) as usize);
         let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (DECODE_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: linattn_decode[_vec]_<dtype>(q, k, v, state, z, o, p) reads q, k [B·H·K], v
@@ -206,7 +219,7 @@ pub fn recurrent<T: CudaElem>(
     // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
     if p.varlen == 2 {
         return if p.aux == 1 {
-            let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_state", "linattn_chunk_state_mma")?, |_| Ok(()))?;
+            let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_state", "linattn_chunk_state_mma")?, 0)?;
             // SAFETY: linattn_chunk_state[_mma]_<dtype>(k, v, state, starts, z, p) reads k [R·H·K], v
             // [R·H·V] and starts [2·C + 1] (chunk bounds, then positions; each chunk ≤ 64 rows) and
             // writes state [C·H·K·V] and z [C·H·K]; LinearAttention::chunk sized every buffer.
@@ -217,7 +230,7 @@ pub fn recurrent<T: CudaElem>(
             chunk_output(rt, p, q, k, v, &starts_dev, &state.as_view(), &z.as_view(), o)
         };
     }
-    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_recurrent")?, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_recurrent")?, 0)?;
     // With the Normalizer every value tile reads the initial normalizer while tile 0 writes the
     // final one: the others read a copy (else only tile 0 reads it, and a one-word stand-in serves).
     let z_init = if p.normalize == 1 { rt.stream.clone_dtod(&*z).map_err(err("cuda: copying z"))? } else { rt.stream.alloc_zeros::<f32>(1).map_err(err("cuda: alloc"))? };
@@ -246,7 +259,7 @@ pub fn chunk_output<T: CudaElem, S: CudaElem>(
     o: &mut CudaViewMut<T>,
 ) -> Result<()> {
     let addrs = || vec![device_addr(rt, q), device_addr(rt, k), device_addr(rt, v), device_addr(rt, state), device_addr(rt, &*o)];
-    let f = rt.function(FAMILY, Ptx::Base, chunk_product::<T, S>(p, true, "linattn_chunk_output", addrs)?, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, chunk_product::<T, S>(p, true, "linattn_chunk_output", addrs)?, 0)?;
     let [gx, gy, gz] = super::grid(p.v as usize, super::WIDE_TILE, (p.batch * p.heads) as usize);
     let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: linattn_chunk_output[_mma|_mma16]_<dtype>(q, k, v, state, starts, z, o, p) reads q, k
@@ -287,7 +300,7 @@ pub fn backward<T: CudaElem>(
     let starts = rt.stream.clone_htod(starts).map_err(err("cuda: uploading the sequence starts"))?;
     let [q, kk, vv, o, d_o] = x;
     let [dq, dk, dv] = out;
-    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_backward")?, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_backward")?, 0)?;
     let [gx, gy, gz] = super::grid(v, super::TILE, (p.batch * p.heads) as usize);
     let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: linattn_backward_<dtype> reads q, k [R·H·K], v, o, do [R·H·V] (T), s0, d_state
@@ -298,7 +311,7 @@ pub fn backward<T: CudaElem>(
     rt.launch(&f, cfg, |a| {
         a.arg(q).arg(kk).arg(vv).arg(o).arg(d_o).arg(s0).arg(z0).arg(d_state).arg(d_z).arg(&starts).arg(&mut dq_part).arg(&mut dk_part).arg(&mut dendd).arg(ds0).arg(dz0).arg(dv).arg(p);
     })?;
-    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_backward_reduce")?, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_backward_reduce")?, 0)?;
     let cfg = LaunchConfig { grid_dim: (rhk.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     for (which, src, part, target) in [(0u32, q, &dq_part, dq), (1, kk, &dk_part, dk)] {
         let pr = LinAttnParams { aux: which, count0: nv as u32, ..*p };
@@ -324,10 +337,8 @@ pub fn chunk_states<T: CudaElem, S: CudaElem>(
     hs: &mut CudaViewMut<S>,
     zs: &mut CudaViewMut<f32>,
 ) -> Result<()> {
-    let f = rt.function(FAMILY, Ptx::Base, sweep_kernel::<T, S>(rt, p, false, k, v, "linattn_chunk_states")?, |_| Ok(()))?;
+    let (f, cfg) = sweep_launch(rt, p, sweep_kernel::<T, S>(rt, p, false, k, v, "linattn_chunk_states")?)?;
     let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
-    let [gx, gy, gz] = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
-    let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: linattn_chunk_states[_mma|_mma16|_mma16s]_<dtype>(k, v, state, z, starts, hs, zs, p)
     // reads k [R·H·K], v [R·H·V] (mma16: whole 16-byte pieces of rows, K and V multiples of 8,
     // checked by sweep_kernel, which also matches the kernel to hs's type S) and the table [2·C + 1 + N + 1] (chunk bounds ending at R, each chunk ≤ 64 rows,
@@ -341,7 +352,7 @@ pub fn chunk_states<T: CudaElem, S: CudaElem>(
 
 /// The chunked form's inter-chunk pass (see `Backend::linattn_chunk_scan`).
 pub fn chunk_scan(rt: &CudaRuntime, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, hs: &mut CudaViewMut<f32>, zs: &mut CudaViewMut<f32>) -> Result<()> {
-    let f = rt.function(FAMILY, Ptx::Base, "linattn_chunk_scan", |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, "linattn_chunk_scan", 0)?;
     let seqs = rt.stream.clone_htod(seq_chunk0).map_err(|e| crate::Error::driver("cuda: uploading the chunk ranges", e))?;
     let threads = (p.batch * p.heads) as usize * (p.k * p.v + p.k) as usize;
     let cfg = LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
@@ -374,7 +385,7 @@ pub fn chunk_dstate<T: CudaElem>(
         LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     };
     if p.normalize == 1 {
-        let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_den")?, |_| Ok(()))?;
+        let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_den")?, 0)?;
         // SAFETY: linattn_chunk_den_<dtype>(q, k, o, do, bounds, z, dendd, hz, p) reads q, k
         // [R·H·K], o, do [R·H·V], bounds [2·C + 1] (chunk boundaries ending at R, each chunk ≤ 64
         // rows, then positions) and z [C·H·K]; it writes dendd [R·H·2] and, unless hz is null
@@ -390,7 +401,7 @@ pub fn chunk_dstate<T: CudaElem>(
         })?;
     }
     let Some([g, _]) = own else { return Ok(()) };
-    let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_dstate", "linattn_chunk_dstate_mma")?, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, chunk_kernel::<T>("linattn_chunk_dstate", "linattn_chunk_dstate_mma")?, 0)?;
     // SAFETY: linattn_chunk_dstate[_mma]_<dtype>(q, do, bounds, dendd, g, p) reads q, do, bounds as above
     // and dendd (Normalizer only), and writes g [C·H·K·V], each element once.
     rt.launch(&f, cfg(super::outer_tiles(p), 1), |a| {
@@ -413,10 +424,8 @@ pub fn chunk_grad_states<T: CudaElem, S: CudaElem>(
     d: [&mut CudaViewMut<f32>; 2],
     g: (&mut CudaViewMut<S>, &mut CudaViewMut<f32>),
 ) -> Result<()> {
-    let f = rt.function(FAMILY, Ptx::Base, sweep_kernel::<T, S>(rt, p, true, q, d_o, "linattn_chunk_grad_states")?, |_| Ok(()))?;
+    let (f, cfg) = sweep_launch(rt, p, sweep_kernel::<T, S>(rt, p, true, q, d_o, "linattn_chunk_grad_states")?)?;
     let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
-    let [gx, gy, gz] = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
-    let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let ([ds, dz], (gs, gzs)) = (d, g);
     // SAFETY: linattn_chunk_grad_states[_mma|_mma16|_mma16s]_<dtype>(q, do, dendd, d_state, d_z,
     // table, gs, gzs, p) reads q [R·H·K], do [R·H·V] (mma16: whole 16-byte pieces of rows, K and V
@@ -456,7 +465,7 @@ pub fn chunk_grads<T: CudaElem, S: CudaElem>(
         };
         ["linattn_chunk_dv", "linattn_chunk_dq", "linattn_chunk_dk"].map(|base| chunk_product::<T, S>(p, false, base, addrs))
     };
-    let f = rt.function(FAMILY, Ptx::Base, dv_name?, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, dv_name?, 0)?;
     // SAFETY: linattn_chunk_dv[_mma|_mma16]_<dtype>(q, k, do, bounds, dendd, g, dv, p) reads q, k
     // [R·H·K], do [R·H·V], bounds [2·C + 1], dendd [R·H·2] (Normalizer only) and g [C·H·K·V] (f32,
     // or bf16 for _mma16 only: chunk_product matches the kernel to S and checks mma16's 16-byte and
@@ -465,7 +474,7 @@ pub fn chunk_grads<T: CudaElem, S: CudaElem>(
         a.arg(q).arg(k).arg(d_o).arg(&bounds_dev).arg(dendd).arg(end.0).arg(dv).arg(p);
     })?;
     for (name, m, zv, target) in [(dq_name, start.0, start.1, dq), (dk_name, end.0, end.1, dk)] {
-        let f = rt.function(FAMILY, Ptx::Base, name?, |_| Ok(()))?;
+        let f = rt.function(FAMILY, Ptx::Base, name?, 0)?;
         // SAFETY: linattn_chunk_dq[_mma|_mma16]_<dtype> and linattn_chunk_dk[_mma|_mma16]_<dtype>
         // (q, k, v, do, bounds, dendd, m, zv, out, p) read q, k [R·H·K], v, do [R·H·V], bounds and
         // dendd as above, m [C·H·K·V] (S_c or G_c, of type S as chunk_product matched) and zv

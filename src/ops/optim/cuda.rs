@@ -60,20 +60,20 @@ pub fn step<G: CudaElem>(
     let partials = n.div_ceil(CHUNK);
     let mut scratch = rt.stream.alloc_zeros::<f32>(if p.clip != 0 { partials + 1 } else { 1 }).map_err(|e| Error::driver("cuda: alloc", e))?;
     if p.clip != 0 {
-        let f = rt.function(FAMILY, Ptx::Base, partial, |_| Ok(()))?;
+        let f = rt.function(FAMILY, Ptx::Base, partial, 0)?;
         let cfg = LaunchConfig { grid_dim: (partials as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: clip_partial_<dtype>(grad, partial, p) reads grad[0..n] and writes partial[0..partials].
         rt.launch(&f, cfg, |a| {
             a.arg(grad).arg(&mut scratch).arg(p);
         })?;
-        let f = rt.function(FAMILY, Ptx::Base, "clip_final", |_| Ok(()))?;
+        let f = rt.function(FAMILY, Ptx::Base, "clip_final", 0)?;
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: clip_final(partial, p) reads partial[0..partials] and writes partial[partials].
         rt.launch(&f, cfg, |a| {
             a.arg(&mut scratch).arg(p);
         })?;
     }
-    let f = rt.function(FAMILY, Ptx::Base, update, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, update, 0)?;
     let null = 0u64;
     let (m, v) = (m, v);
     // SAFETY: optim_update_<dtype>(grad, param, m, v, scratch, p) touches elements 0..n of grad,
@@ -101,7 +101,7 @@ pub fn philox(rt: &CudaRuntime, n: usize, seed: u64, t: u32, words: bool, out: &
     }
     let p = OptimParams { n: n as u32, seed_lo: seed as u32, seed_hi: (seed >> 32) as u32, step: t, ..Default::default() };
     let name = if words { "philox_words" } else { "philox_normal" };
-    let f = rt.function(FAMILY, Ptx::Base, name, |_| Ok(()))?;
+    let f = rt.function(FAMILY, Ptx::Base, name, 0)?;
     // SAFETY: philox_words(out, p) writes out[0..4n]; philox_normal(out, p) writes out[0..n]; the
     // caller checked the length. The uint4 stores need 16-byte alignment: a fresh allocation.
     rt.launch(&f, grid(rt, if words { n } else { n.div_ceil(4) }), |a| {
