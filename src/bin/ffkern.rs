@@ -427,6 +427,11 @@ fn info() -> Result<ExitCode> {
             );
         }
     }
+    println!("kernel choices (environment variable=value in effect; the first listed is the default):");
+    for c in ffkern::runtime::KERNEL_CHOICES {
+        let now = c.current().unwrap_or("invalid");
+        println!("  {}={now:8} [{}] {}", c.var, c.values.join("|"), c.what);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,12 +6,74 @@ pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-/// A kernel choice read once from environment variable `var` into `cell`: one of `allowed`, the
-/// first when unset; any other value is an error that names the choices (a typo must not
-/// silently run the default).
-pub(crate) fn kernel_env(cell: &'static std::sync::OnceLock<Option<String>>, var: &str, allowed: &[&'static str]) -> crate::Result<&'static str> {
-    match cell.get_or_init(|| std::env::var(var).ok()) {
-        None => Ok(allowed[0]),
-        Some(v) => allowed.iter().copied().find(|a| a == v).ok_or_else(|| crate::Error::Invalid(format!("{var}={v}: expected one of {}", allowed.join(", ")))),
+/// A kernel choice made by an environment variable: its name, its values (the first is the
+/// default) and what it chooses between. `ffkern info` lists them with the values in effect.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelChoice {
+    pub var: &'static str,
+    pub values: &'static [&'static str],
+    pub what: &'static str,
+}
+
+/// The CUDA f16/bf16 GEMM kernel (see `ops::gemm::cuda`).
+pub const GEMM_KERNEL: KernelChoice = KernelChoice {
+    var: "FFKERN_GEMM_KERNEL",
+    values: &["auto", "mma", "pingpong", "kmajor"],
+    what: "CUDA f16/bf16 GEMM: wgmma on Hopper else mma.sync; mma.sync everywhere; wgmma ping-pong schedule; auto plus 16-byte K-major backward loads",
+};
+/// The wgpu GEMM's tile form (see `ops::gemm::wgpu`).
+pub const WGPU_GEMM: KernelChoice = KernelChoice {
+    var: "FFKERN_WGPU_GEMM",
+    values: &["auto", "wide", "tall", "narrow"],
+    what: "wgpu GEMM tiles: by shape; 128×128; 128×64; 64×64",
+};
+/// The CUDA linear-attention chunk kernels (see `ops::linattn::cuda`).
+pub const LINATTN_KERNEL: KernelChoice = KernelChoice {
+    var: "FFKERN_LINATTN_KERNEL",
+    values: &["mma", "simt", "mma16"],
+    what: "CUDA linear-attention chunk kernels: TF32 tensor cores; f32 FMA; 16-bit tensor cores for f16/bf16",
+};
+/// The CUDA graph row kernels (see `ops::graph::cuda`).
+pub const GRAPH_KERNEL: KernelChoice = KernelChoice {
+    var: "FFKERN_GRAPH_KERNEL",
+    values: &["thread", "warp"],
+    what: "CUDA spmm and sum/mean reductions: four columns a thread; one warp a row",
+};
+/// Every kernel choice, in the order `ffkern info` lists them.
+pub const KERNEL_CHOICES: [KernelChoice; 4] = [GEMM_KERNEL, WGPU_GEMM, LINATTN_KERNEL, GRAPH_KERNEL];
+
+impl KernelChoice {
+    /// The value in effect: the environment's, checked, or the default when unset; any other value
+    /// is an error that names the choices (a typo must not silently run the default).
+    pub fn current(&self) -> crate::Result<&'static str> {
+        self.parse(std::env::var(self.var).ok().as_deref())
+    }
+
+    fn parse(&self, v: Option<&str>) -> crate::Result<&'static str> {
+        match v {
+            None => Ok(self.values[0]),
+            Some(v) => self.values.iter().copied().find(|a| *a == v).ok_or_else(|| crate::Error::Invalid(format!("{}={v}: expected one of {}", self.var, self.values.join(", ")))),
+        }
+    }
+}
+
+/// A kernel choice read once into `cell` (see [`KernelChoice::current`]).
+pub(crate) fn kernel_env(cell: &'static std::sync::OnceLock<Option<String>>, choice: &KernelChoice) -> crate::Result<&'static str> {
+    choice.parse(cell.get_or_init(|| std::env::var(choice.var).ok()).as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_choice_defaults_to_its_first_value_and_names_the_choices_on_a_typo() {
+        assert_eq!(WGPU_GEMM.parse(None).ok(), Some("auto"));
+        assert_eq!(WGPU_GEMM.parse(Some("tall")).ok(), Some("tall"));
+        let e = WGPU_GEMM.parse(Some("wider")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("FFKERN_WGPU_GEMM=wider") && e.contains("auto, wide, tall, narrow"), "{e}");
+        for c in KERNEL_CHOICES {
+            assert!(!c.values.is_empty() && c.var.starts_with("FFKERN_"), "{c:?}");
+        }
     }
 }

@@ -62,7 +62,7 @@ const WGMMA_SMEM: u32 = 230400;
 /// loads).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    crate::runtime::kernel_env(&CHOICE, "FFKERN_GEMM_KERNEL", &["auto", "mma", "pingpong", "kmajor"])
+    crate::runtime::kernel_env(&CHOICE, &crate::runtime::GEMM_KERNEL)
 }
 
 /// A TMA tensor map, passed to a kernel by value (`__grid_constant__ CUtensorMap`).

@@ -104,7 +104,7 @@ enum Form {
 /// error.
 fn form(ctx: &WgpuContext, desc: &Gemm) -> Result<Form> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    Ok(match crate::runtime::kernel_env(&CHOICE, "FFKERN_WGPU_GEMM", &["auto", "wide", "tall", "narrow"])? {
+    Ok(match crate::runtime::kernel_env(&CHOICE, &crate::runtime::WGPU_GEMM)? {
         "wide" => Form::Wide,
         "tall" => Form::Tall,
         "narrow" => Form::Narrow,

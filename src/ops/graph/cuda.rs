@@ -84,7 +84,7 @@ pub struct CudaGraphArgs<'a, T> {
 /// reductions) or `warp` (one warp per row for spmm and sum/mean where the widths allow).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    crate::runtime::kernel_env(&CHOICE, "FFKERN_GRAPH_KERNEL", &["thread", "warp"])
+    crate::runtime::kernel_env(&CHOICE, &crate::runtime::GRAPH_KERNEL)
 }
 
 fn need<'b, X>(v: &'b Option<X>, what: &str) -> Result<&'b X> {

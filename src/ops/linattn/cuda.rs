@@ -102,7 +102,7 @@ fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
 /// on 16-bit tensor cores where [`sweep_kernel`] and [`chunk_product`] allow).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    crate::runtime::kernel_env(&CHOICE, "FFKERN_LINATTN_KERNEL", &["mma", "simt", "mma16"])
+    crate::runtime::kernel_env(&CHOICE, &crate::runtime::LINATTN_KERNEL)
 }
 
 /// A chunk kernel in T's dtype: its tensor-core twin `mma` (TF32 mma.sync for f16/bf16, 3xTF32 for
