@@ -346,8 +346,9 @@ __device__ __forceinline__ void chunk_sweep_impl(const T* __restrict__ qk, const
 // a chain of short steps, one per chunk, so its time is the latency of each step's loads: each
 // chunk's 64×64 X and Y tiles arrive by 16-byte cp.async, zero-filled past the chunk, three
 // chunks ahead of the one that multiplies (SW_STAGES stages in dynamic shared memory; the
-// chunks' row bounds are read a step before their copies), and m16n8k16 takes the operands as stored through
-// ldmatrix.trans, so one mma does the work of four TF32 ones and nothing is converted. Same warp
+// chunks' row bounds are read a step before their copies), and m16n8k16 takes the operands as
+// stored through ldmatrix.trans, so one mma does the work of four TF32 ones and nothing is
+// converted. Same warp
 // tiling and accumulator layout as chunk_outer's MMA form, so move_outer stores the states. The
 // per-chunk states hs go out as f32 (S = float) or rounded to T (S = T: when the chunk products
 // that read them take 16-bit states, which halves the largest arrays of the chunked forms); the
