@@ -430,13 +430,19 @@ fn decode_serves_more_sequences_than_one_grid_dimension() {
     }
 }
 
-/// One fixed-length case of the one-pass chunked forms: the forward's output and final state and
-/// the backward's gradients against the reference, on every backend.
+/// One fixed-length case of the one-pass chunked forms (T = 2·CHUNK + 3: three chunks, the last
+/// partial): the forward's output and final state and the backward's gradients against the
+/// reference, on every backend.
 #[allow(clippy::too_many_arguments)]
 fn one_pass_case(b: usize, h: usize, k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype: DType, seed: u64) {
-    use ffkern::ops::linattn::{CHUNK, FUSED_STATES_MIN_BLOCKS};
+    one_pass_case_t(b, 2 * ffkern::ops::linattn::CHUNK + 3, h, k, v, fm, n, dtype, seed);
+}
+
+/// [`one_pass_case`] with sequences of `t` positions.
+#[allow(clippy::too_many_arguments)]
+fn one_pass_case_t(b: usize, t: usize, h: usize, k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype: DType, seed: u64) {
+    use ffkern::ops::linattn::FUSED_STATES_MIN_BLOCKS;
     assert!(b * h >= FUSED_STATES_MIN_BLOCKS, "the case must take the one-pass form");
-    let t = 2 * CHUNK + 3;
     let d = desc(b, t, h, k, v, fm, n);
     let (q, kk, vv, s0, z0) = inputs(&d, dtype, seed);
     let d_o = HostTensor::random(dtype, vec![d.vo_len()], seed + 10);
@@ -511,12 +517,14 @@ fn packed_one_pass_case(k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype:
 /// The cases the CUDA 16-bit kernels take (`FFKERN_LINATTN_KERNEL=mma16`): the state sweeps for
 /// f16/bf16 with φ identity or relu and normalize none, the chunk products for bf16 (the forward
 /// output also with Count), K and V multiples of 8 (V 24 leaves most of a 64-column tile empty);
-/// on every other backend the same cases through the default kernels.
+/// on every other backend the same cases through the default kernels. Ten chunks a sequence run
+/// the sweeps' copy pipeline through every stage more than once (four stages, three chunks ahead).
 #[test]
 fn sixteen_bit_kernels_match_the_reference() {
     one_pass_case(64, 4, 32, 24, FeatureMap::Identity, Normalize::None, DType::F16, 760);
     one_pass_case(64, 4, 32, 24, FeatureMap::Relu, Normalize::None, DType::BF16, 770);
     one_pass_case(64, 4, 32, 24, FeatureMap::Identity, Normalize::Count, DType::BF16, 775);
+    one_pass_case_t(64, 9 * ffkern::ops::linattn::CHUNK + 5, 4, 32, 24, FeatureMap::Identity, Normalize::None, DType::BF16, 785);
     packed_one_pass_case(16, 24, FeatureMap::Identity, Normalize::None, DType::BF16, 780);
 }
 
