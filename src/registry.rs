@@ -45,6 +45,10 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         // Few tiles and a long K: CUDA splits K over the blocks (16-byte and element-wise loads).
         case("100x70x5000 split-K, all options", Gemm::new(100, 70, 5000).bias(true).act(Activation::GeluErf).act_cols(40).residual(None).alpha(0.75).beta(0.5)),
         case("150x130x4099 km split-K relu", Gemm::new(150, 130, 4099).a_layout(ALayout::KM).bias(true).act(Activation::Relu)),
+        // Several tiles a block for the persistent Hopper kernels (512 of 128×256, 1024 of 64×256
+        // over a GPU's ~132 blocks): their stage ring and the ping-pong order barriers go round
+        // more than once. K 16 keeps the reference cheap.
+        case("8192x2048x16 bias gelu_erf (several tiles a block)", Gemm::new(8192, 2048, 16).bias(true).act(Activation::GeluErf)),
         // Enough 128×128 tiles for wgpu's wide kernel (8×8 a thread), with partial edge tiles.
         case("1030x1100x40 bias gelu_erf residual", Gemm::new(1030, 1100, 40).bias(true).act(Activation::GeluErf).residual(None).beta(0.5)),
         case("batch 2 of 520x1030x24 km kn relu", Gemm::new(520, 1030, 24).batch(2).a_layout(ALayout::KM).b_layout(BLayout::KN).bias(true).act(Activation::Relu)),
