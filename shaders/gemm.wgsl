@@ -172,16 +172,6 @@ fn epi4(bz: u32, gm: u32, gn0: u32, sums: vec4<f32>) -> Epi4 {
     return Epi4(v, pre);
 }
 
-// Four whole columns that fill whole words of C (and Z): vector arithmetic, constant offsets, no
-// per-element stores. With the generic path below, the run-time count made every value go
-// through a dynamically indexed array (and on lavapipe a half-word fallback in the same function
-// slowed the whole-word stores of every 16-bit product by half).
-fn epilogue4(bz: u32, gm: u32, gn0: u32, sums: vec4<f32>) {
-    let e = epi4(bz, gm, gn0, sums);
-    store4(0u, p.off_c + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, e.out);
-    if (p.has_z != 0u) { store4(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, e.pre); }
-}
-
 // Four elements from element `base` (C's column stride apart) in whole words; see whole_words.
 fn store4(which: u32, base: u32, v: vec4<f32>) {
     if (ELEM_SHIFT == 0u) {
@@ -199,25 +189,20 @@ fn whole_words(bz: u32, gm: u32, gn0: u32) -> bool {
     return ELEM_SHIFT == 0u || (p.c_cs == 1u && ((p.off_c + o) & 1u) == 0u && (p.has_z == 0u || ((p.off_z + o) & 1u) == 0u));
 }
 
-// Row gm, columns gn0 .. gn0 + count − 1 of C (and Z) from their sums: α, bias, activation, β·R.
+// Row gm, columns gn0 .. gn0 + count − 1 of C (and Z) from their sums: four whole columns that
+// fill whole words go out as two vectors; the rest (edges, half-words, strided columns) element by
+// element. The vector path names every value by a constant index: a run-time index into an array
+// there made lavapipe walk the whole array for each value.
 fn epilogue(bz: u32, gm: u32, gn0: u32, count: u32, sums: vec4<f32>) {
+    let e = epi4(bz, gm, gn0, sums);
+    let o = bz * p.sc + gm * p.ldc + gn0 * p.c_cs;
     if (count == 4u && whole_words(bz, gm, gn0)) {
-        epilogue4(bz, gm, gn0, sums);
+        store4(0u, p.off_c + o, e.out);
+        if (p.has_z != 0u) { store4(1u, p.off_z + o, e.pre); }
         return;
     }
-    var outv: array<f32, 4>;
-    var pre: array<f32, 4>;
-    for (var j = 0u; j < count; j = j + 1u) {
-        let gn = gn0 + j;
-        var v = p.alpha * sums[j];
-        if (p.has_bias != 0u) { v = v + ld_bias(p.off_bias + bz * p.bias_bs + gn * p.bias_cs); }
-        pre[j] = v;
-        if (gn < p.act_cols) { v = activate(p.act, v); }
-        if (p.has_r != 0u) { v = v + p.beta * ld_r(p.off_r + bz * p.sr + gm * p.ldr + gn); }
-        outv[j] = v;
-    }
-    store_run(0u, p.off_c + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, count, p.c_cs, outv);
-    if (p.has_z != 0u) { store_run(1u, p.off_z + bz * p.sc + gm * p.ldc + gn0 * p.c_cs, count, p.c_cs, pre); }
+    store_run(0u, p.off_c + o, count, p.c_cs, array<f32, 4>(e.out.x, e.out.y, e.out.z, e.out.w));
+    if (p.has_z != 0u) { store_run(1u, p.off_z + o, count, p.c_cs, array<f32, 4>(e.pre.x, e.pre.y, e.pre.z, e.pre.w)); }
 }
 
 @compute @workgroup_size(256)
