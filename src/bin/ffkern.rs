@@ -28,6 +28,7 @@ enum Cmd {
     },
     /// Every op × backend × dtype × shape against the CPU reference (exit code 1 on any failure).
     Check {
+        /// Op families, comma-separated (default: every one; `ffkern list` names them).
         #[arg(long)]
         op: Option<String>,
         /// cpu, wgpu or cuda (default: every backend present).
@@ -40,6 +41,7 @@ enum Cmd {
     },
     /// Device-timed benchmarks with the run's own ceilings and vendor baselines.
     Bench {
+        /// Op families, comma-separated (default: every one; `ffkern list` names them).
         #[arg(long)]
         op: Option<String>,
         /// cpu, wgpu or cuda (default: the best backend present).
@@ -379,11 +381,14 @@ fn parse_dtypes(d: Option<String>) -> Result<Vec<DType>> {
 fn ops_from(op: Option<String>) -> Result<Vec<&'static str>> {
     match op {
         None => Ok(check::OPS.to_vec()),
-        Some(o) => check::OPS
-            .iter()
-            .find(|x| **x == o)
-            .map(|x| vec![*x])
-            .ok_or_else(|| Error::Invalid(format!("unknown op '{o}' (ffkern list shows them)"))),
+        // One op or several, comma-separated, each named as `ffkern list` names it.
+        Some(o) => o
+            .split(',')
+            .map(|name| {
+                let name = name.trim();
+                check::OPS.iter().copied().find(|x| *x == name).ok_or_else(|| Error::Invalid(format!("unknown op '{name}' (ffkern list shows them)")))
+            })
+            .collect(),
     }
 }
 
@@ -1222,4 +1227,17 @@ fn run_linattn_decode(io: &Io, opts: &LinAttnOpts, position: u32) -> Result<Exit
     s.shape = s0.shape.clone();
     z.shape = z0.shape.clone();
     finish(OP, &dev, &io.output, &[("o", &o), ("state", &s), ("z", &z)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_lists_name_every_op_or_a_comma_separated_few_and_reject_unknown_ones() {
+        assert_eq!(ops_from(None).ok(), Some(check::OPS.to_vec()));
+        assert_eq!(ops_from(Some("gemm, linear_attn".into())).ok(), Some(vec!["gemm", "linear_attn"]));
+        let e = ops_from(Some("gemm,bogus".into())).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("unknown op 'bogus'"), "{e}");
+    }
 }
