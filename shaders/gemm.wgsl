@@ -259,10 +259,9 @@ fn epilogue_pairs(bz: u32, gm: u32, gn0: u32, count: u32, s0: vec4<f32>, s1: vec
 // (32) multiply-adds, twice (1.3×) the reuse of the 4×4 form, and the staging of a 16-deep slab
 // feeds four (2.7×) times the arithmetic.
 const WM: u32 = 128u;
-const WN: u32 = 128u;
 
 var<workgroup> Aw: array<vec4<f32>, 512>; // [BK][WM/4]
-var<workgroup> Bw: array<vec4<f32>, 512>; // [BK][WN/4]
+var<workgroup> Bw: array<vec4<f32>, 512>; // [BK][128/4] (64/4 used by the 128×64 form)
 
 // The multiply-adds of one K step for column half h: a0, a1 the invocation's two groups of four
 // rows, b its four columns of that half.

@@ -127,12 +127,6 @@ fn base_smem(dtype: DType) -> u32 {
     }
 }
 
-/// A GEMM entry, loaded once, with its dynamic shared-memory limit raised to `smem` where that
-/// is over the default 48 KiB.
-fn function(rt: &CudaRuntime, ptx: Ptx, name: &'static str, smem: u32) -> Result<cudarc::driver::CudaFunction> {
-    rt.function(FAMILY, ptx, name, smem)
-}
-
 /// The mma.sync / SIMT entry for `dtype`: 16-byte loads (`vec`) or any layout, whole or split-K.
 /// How the mma.sync / SIMT kernels load their operands (`Load` in kernels/gemm.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,7 +237,7 @@ pub fn gemm<T: CudaElem>(
     } else {
         (kernel_name(dtype, load, false), Ptx::Base, base_smem(dtype))
     };
-    let func = function(rt, ptx, name, smem)?;
+    let func = rt.function(FAMILY, ptx, name, smem)?;
     let cfg = if wgmma {
         // Persistent: one block per multiprocessor walks the tile_m×256 tiles (batch, then M, then N).
         let tiles = desc.batch * desc.m.div_ceil(tile_m) * desc.n.div_ceil(256);
@@ -299,7 +293,7 @@ fn gemm_split<T: CudaElem>(
     z: Option<&mut CudaViewMut<T>>,
 ) -> Result<()> {
     let smem = base_smem(T::DTYPE);
-    let func = function(rt, Ptx::Base, kernel_name(T::DTYPE, load, true), smem)?;
+    let func = rt.function(FAMILY, Ptx::Base, kernel_name(T::DTYPE, load, true), smem)?;
     let mut ws = rt.stream.alloc_zeros::<f32>(splits * desc.m * desc.n).map_err(|e| Error::driver("cuda: alloc", e))?;
     let cfg = LaunchConfig { grid_dim: (desc.n.div_ceil(128) as u32, desc.m.div_ceil(128) as u32, splits as u32), block_dim: (256, 1, 1), shared_mem_bytes: smem };
     let kc32 = kc as u32;

@@ -66,18 +66,18 @@ pub fn gemm(
         let groups = ctx.grid_1d(desc.m * desc.n.div_ceil(4));
         return ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&ws, ro, bias, r, c.buffer, z], groups);
     }
-    if pairs(dtype, &p) {
-        let pipe = ctx.pipeline(FAMILY, "gemm_pairs", dtype, READ_ONLY, 2)?;
-        let groups = [desc.n.div_ceil(64) as u32, desc.m.div_ceil(64) as u32, (desc.batch / 2) as u32];
-        return ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, c.buffer, z], groups);
-    }
-    let (entry, tile_m, tile_n) = match form(ctx, desc)? {
-        Form::Wide => ("gemm_wide", 128, 128),
-        Form::Tall => ("gemm_tall", 128, 64),
-        Form::Narrow => ("gemm", 64, 64),
+    // Entry, tile and batches a workgroup: 64×64 tiles of two batches each for the pairs.
+    let (entry, tile_m, tile_n, per_group) = if pairs(dtype, &p) {
+        ("gemm_pairs", 64, 64, 2)
+    } else {
+        match form(ctx, desc)? {
+            Form::Wide => ("gemm_wide", 128, 128, 1),
+            Form::Tall => ("gemm_tall", 128, 64, 1),
+            Form::Narrow => ("gemm", 64, 64, 1),
+        }
     };
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 2)?;
-    let groups = [desc.n.div_ceil(tile_n) as u32, desc.m.div_ceil(tile_m) as u32, desc.batch as u32];
+    let groups = [desc.n.div_ceil(tile_n) as u32, desc.m.div_ceil(tile_m) as u32, (desc.batch / per_group) as u32];
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, c.buffer, z], groups)
 }
 
