@@ -142,19 +142,21 @@ __device__ __forceinline__ void copy_pieces(T* __restrict__ s, const T* __restri
 
 // Loads rows [r0, r0+128) × K slice [k0, k0+32) of an operand into a shared tile [128][LDS].
 // VEC: 16-byte cp.async of rows with unit K stride (zero-filled past the edges).
-// Otherwise: element loads with strides (rs, ks), consecutive threads along the unit-stride dim.
+// Otherwise: element loads with strides (rs, ks), consecutive threads along the dimension of the
+// smaller stride (BlockShuffle's stride-k gather reads K at stride k: a warp then spans 32·k
+// elements of one row, not 32 rows).
 template <typename T, bool VEC>
 __device__ __forceinline__ void load_tile(T* __restrict__ s, const T* __restrict__ g, uint32_t rows, uint32_t K, uint32_t r0,
                                           uint32_t k0, uint32_t rs, uint32_t ks) {
     if (VEC) {
         copy_pieces<T, BK / 8, LDS>(s, g, rows, K, r0, k0, rs);
     } else {
-        const bool k_unit = ks == 1;
+        const bool k_fast = ks <= rs;
 #pragma unroll 4
         for (int i = 0; i < (BM * BK) / THREADS; ++i) {
             const int e = threadIdx.x + i * THREADS;
-            const int r = k_unit ? e / BK : e % BM;
-            const int kk = k_unit ? e % BK : e / BM;
+            const int r = k_fast ? e / BK : e % BM;
+            const int kk = k_fast ? e % BK : e / BM;
             const uint32_t gr = r0 + r, gk = k0 + kk;
             T v = from_f32<T>(0.0f);
             if (gr < rows && gk < K) v = g[(size_t)gr * rs + (size_t)gk * ks];
@@ -282,12 +284,12 @@ __device__ __forceinline__ void load_regs(float (&v)[4], int (&rr)[4], int (&kk)
             for (int i = 0; i < 4; ++i) v[i] = (gr < rows && gk + i < K) ? g[(size_t)gr * rs + gk + i] : 0.0f;
         }
     } else {
-        const bool k_unit = ks == 1;
+        const bool k_fast = ks <= rs;  // as the tensor-core kernel's load_tile
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int e = t + i * THREADS;
-            const int r = k_unit ? e / BK : e % BM;
-            const int k = k_unit ? e % BK : e / BM;
+            const int r = k_fast ? e / BK : e % BM;
+            const int k = k_fast ? e % BK : e / BM;
             rr[i] = r;
             kk[i] = k;
             const uint32_t gr = r0 + r, gk = k0 + k;

@@ -7,7 +7,7 @@
 #   into .device/ (git-ignored); then run on the GPU machine, carrying .device:
 #   bash scripts/device-check.sh            (writes $OUT/device-check.tgz and $OUT/summary.txt, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
-# PINGPONG_OPS (FFN families timed on the ping-pong GEMM; empty skips), LINATTN_KERNELS
+# PINGPONG_OPS (FFN families timed on the ping-pong GEMM; default none), LINATTN_KERNELS
 # (FFKERN_LINATTN_KERNEL choices tested and timed beside the default; empty skips), GRAPH_KERNELS
 # (the same for FFKERN_GRAPH_KERNEL), KERNELS_TESTS (an FFKERN_GEMM_KERNEL choice for the test
 # binaries that run GEMM backwards; empty skips),
@@ -103,24 +103,24 @@ if [ "${WGPU_CHECK:-1}" = 1 ]; then
     timeout "$(lim 120)" $B/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1 &
     pids+=($!)
 fi
-for k in ${KERNELS-auto mma pingpong kmajor}; do
+for k in ${KERNELS-auto mma pingpong kgen}; do
     FFKERN_GEMM_KERNEL=$k timeout "$(lim 120)" $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1 &
     pids+=($!)
 done
-# The linear-attention kernel choices beside the TF32 tensor-core default: the f32-FMA twins
-# (FFKERN_LINATTN_KERNEL=simt) and the 16-bit state sweeps (mma16).
-for lk in ${LINATTN_KERNELS-simt mma16}; do
+# The linear-attention kernel choices beside the default (16-bit tensor cores where they fit): the
+# TF32 kernels (FFKERN_LINATTN_KERNEL=mma) and their f32-FMA twins (simt).
+for lk in ${LINATTN_KERNELS-mma simt}; do
     test_run "linattn-$lk" $B/tests/linattn FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda
 done
-# The GEMM backward's K-major operands on 16-byte copies (FFKERN_GEMM_KERNEL=kmajor), through
-# every test that runs a backward.
-if [ -n "${KERNELS_TESTS-kmajor}" ]; then
+# The GEMM backward's K-major operands on element loads (FFKERN_GEMM_KERNEL=kgen; the default
+# takes 16-byte copies), through every test that runs a backward.
+if [ -n "${KERNELS_TESTS-kgen}" ]; then
     for t in gemm ffn structured oneforecast; do
-        test_run "$t-gemm-${KERNELS_TESTS-kmajor}" $B/tests/$t FFKERN_GEMM_KERNEL=${KERNELS_TESTS-kmajor} FFKERN_REQUIRE=cuda
+        test_run "$t-gemm-${KERNELS_TESTS-kgen}" $B/tests/$t FFKERN_GEMM_KERNEL=${KERNELS_TESTS-kgen} FFKERN_REQUIRE=cuda
     done
 fi
-# The graph row kernels with one warp per row (FFKERN_GRAPH_KERNEL=warp).
-for gk in ${GRAPH_KERNELS-warp}; do
+# The graph row kernels forced to one form (the default picks one warp a row unless rows are split).
+for gk in ${GRAPH_KERNELS-thread warp}; do
     for t in graph gnn oneforecast; do
         test_run "$t-$gk" $B/tests/$t FFKERN_GRAPH_KERNEL=$gk FFKERN_REQUIRE=cuda
     done
@@ -188,25 +188,24 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
         [ "$k" = auto ] || checked "$k" "$OUT/check-cuda-$k.txt" || continue
         FFKERN_GEMM_KERNEL=$k bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20
     done
+    # structured: three FFN blocks in f32 and bf16 against the dense FFN, then the pre-merge
+    # crossovers (over 90 s on the H100).
     for op in ${BENCH_OPS:-repavit structured linear_attn graph}; do
-        bench "cuda-$op" 90 --backend cuda --op "$op" --reps 20 --seq 4096,8192
+        bench "cuda-$op" "$([ "$op" = structured ] && echo 180 || echo 90)" --backend cuda --op "$op" --reps 20 --seq 4096,8192
     done
     # The FFN families on the GEMM's ping-pong schedule (FFKERN_GEMM_KERNEL=pingpong).
-    for op in ${PINGPONG_OPS-repavit structured}; do
+    for op in ${PINGPONG_OPS-}; do
         checked pingpong "$OUT/check-cuda-pingpong.txt" || break
         FFKERN_GEMM_KERNEL=pingpong bench "cuda-$op-pingpong" 90 --backend cuda --op "$op" --dtype bf16 --reps 20
     done
-    for lk in ${LINATTN_KERNELS-simt mma16}; do
+    for lk in ${LINATTN_KERNELS-mma simt}; do
         checked "$lk" "$OUT/test-linattn-$lk.log" || continue
         FFKERN_LINATTN_KERNEL=$lk bench "cuda-linear_attn-$lk" 60 --backend cuda --op linear_attn --reps 10
     done
-    for gk in ${GRAPH_KERNELS-warp}; do
+    for gk in ${GRAPH_KERNELS-thread warp}; do
         checked "$gk" "$OUT/test-graph-$gk.log" "$OUT/test-oneforecast-$gk.log" || continue
         FFKERN_GRAPH_KERNEL=$gk bench "cuda-graph-$gk" 90 --backend cuda --op graph --reps 20
     done
-    # The OneForecast layer's weight gradients (K = E rows) on the K-major 16-byte loads.
-    [ -n "${KERNELS_TESTS-kmajor}" ] && checked kmajor "$OUT/check-cuda-kmajor.txt" "$OUT/test-oneforecast-gemm-kmajor.log" &&
-        FFKERN_GEMM_KERNEL=kmajor bench cuda-graph-kmajor 90 --backend cuda --op graph --reps 20
 fi
 if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then
     if ls $D/whl/*.whl > /dev/null 2>&1; then
@@ -225,12 +224,11 @@ if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then
 fi
 # Per-kernel GPU time (ncu, one metric) of the CUDA benches that trail their peers most, so the
 # next change goes where the time is: PROFILE_OPS, default the graph family, linear attention, the
-# structured FFNs (ncu-structured.raw lists every launch in order: which GEMM shapes trail cuBLAS)
-# and linear attention on the 16-bit kernels when they passed (an entry OP:VAR=value sets one
-# kernel choice).
+# structured FFNs (ncu-structured.raw lists every launch in order: which GEMM shapes trail cuBLAS);
+# an entry OP:VAR=value sets one kernel choice.
 if [ "${PROFILE:-1}" = 1 ]; then
     ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    profile_ops=${PROFILE_OPS:-graph linear_attn structured $(checked mma16 "$OUT/test-linattn-mma16.log" >/dev/null && echo linear_attn:FFKERN_LINATTN_KERNEL=mma16)}
+    profile_ops=${PROFILE_OPS:-structured linear_attn graph}
     for entry in $profile_ops; do
         op=${entry%%:*}; envs=; [ "$entry" != "$op" ] && envs=${entry#*:}
         name=$op${envs:+-${envs##*=}}
@@ -265,8 +263,8 @@ if [ "${DETAIL:-1}" = 1 ]; then
         log "detail $name: rc=$?"
         grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Eligible Warps|Achieved Occupancy|Registers Per|Est. Speedup|stall" "$OUT/detail-$name.txt" | head -14 | tee -a "$OUT/summary.txt"
     }
-    detail linattn-states 0 linattn_chunk_states_mma_bf16 --op linear_attn --seq 64
-    detail linattn-output 2 linattn_chunk_output_mma_bf16 --op linear_attn --seq 64
+    detail linattn-states 0 linattn_chunk_states_mma16s_bf16 --op linear_attn --seq 64
+    detail linattn-output 2 linattn_chunk_output_mma16_bf16 --op linear_attn --seq 64
     detail gemm-gelu 2 gemm_bf16_wgmma --op gemm --dtype bf16
 fi
 if [ "${WGPU_BENCH:-1}" = 1 ]; then

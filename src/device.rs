@@ -116,7 +116,7 @@ pub trait Backend {
     /// The dtype of the per-chunk states (`hs` and the backward's `g` states) when one sweep
     /// carries them (`linattn_chunk_states`, `linattn_chunk_grad_states`), for inputs of `dtype`:
     /// f32 unless every kernel that writes and reads them takes 16-bit states (CUDA's
-    /// `FFKERN_LINATTN_KERNEL=mma16` for bf16), which halves the chunked forms' largest arrays.
+    /// bf16 under the default `FFKERN_LINATTN_KERNEL=auto`), which halves the chunked forms' largest arrays.
     /// `backward`: the chunked backward's states. The final state is f32 whatever this says.
     fn linattn_snapshot_dtype(&self, _p: &LinAttnParams, _dtype: DType, _backward: bool) -> Result<DType> {
         Ok(DType::F32)

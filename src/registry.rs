@@ -37,7 +37,7 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         case("130x264x64 bias gelu_tanh act_cols=200", Gemm::new(130, 264, 64).bias(true).act(Activation::GeluTanh).act_cols(200)),
         case("72x80x32 relu residual", Gemm::new(72, 80, 32).act(Activation::Relu).residual(None).beta(0.5)),
         case("40x48x16 bias leaky_relu", Gemm::new(40, 48, 16).bias(true).act(Activation::LeakyRelu)),
-        // K-major operands with 16-byte rows (FFKERN_GEMM_KERNEL=kmajor on CUDA): dA = dC·W's and
+        // K-major operands with 16-byte rows (16-byte copies on CUDA unless FFKERN_GEMM_KERNEL=kgen): dA = dC·W's and
         // dW = dCᵀ·X's layouts, partial tiles, and one long enough for split-K.
         case("200x136x96 kn bias gelu_erf", Gemm::new(200, 136, 96).b_layout(BLayout::KN).bias(true).act(Activation::GeluErf)),
         case("96x136x200 km kn residual", Gemm::new(96, 136, 200).a_layout(ALayout::KM).b_layout(BLayout::KN).residual(None).beta(0.5)),

@@ -514,7 +514,7 @@ fn packed_one_pass_case(k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype:
     }
 }
 
-/// The cases the CUDA 16-bit kernels take (`FFKERN_LINATTN_KERNEL=mma16`): the state sweeps for
+/// The cases the CUDA 16-bit kernels take (by default; `FFKERN_LINATTN_KERNEL=mma` keeps TF32): the state sweeps for
 /// f16/bf16 with φ identity or relu and normalize none, the chunk products for bf16 (the forward
 /// output also with Count), K and V multiples of 8 (V 24 leaves most of a 64-column tile empty);
 /// on every other backend the same cases through the default kernels. Ten chunks a sequence run

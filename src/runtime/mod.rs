@@ -18,8 +18,8 @@ pub struct KernelChoice {
 /// The CUDA f16/bf16 GEMM kernel (see `ops::gemm::cuda`).
 pub const GEMM_KERNEL: KernelChoice = KernelChoice {
     var: "FFKERN_GEMM_KERNEL",
-    values: &["auto", "mma", "pingpong", "kmajor"],
-    what: "CUDA f16/bf16 GEMM: wgmma on Hopper else mma.sync; mma.sync everywhere; wgmma ping-pong schedule; auto plus 16-byte K-major backward loads",
+    values: &["auto", "mma", "pingpong", "kgen"],
+    what: "CUDA f16/bf16 GEMM: wgmma on Hopper else mma.sync, K-major operands on 16-byte copies; mma.sync everywhere; wgmma ping-pong schedule; auto with element loads for K-major operands",
 };
 /// The wgpu GEMM's tile form (see `ops::gemm::wgpu`).
 pub const WGPU_GEMM: KernelChoice = KernelChoice {
@@ -30,14 +30,14 @@ pub const WGPU_GEMM: KernelChoice = KernelChoice {
 /// The CUDA linear-attention chunk kernels (see `ops::linattn::cuda`).
 pub const LINATTN_KERNEL: KernelChoice = KernelChoice {
     var: "FFKERN_LINATTN_KERNEL",
-    values: &["mma", "simt", "mma16"],
-    what: "CUDA linear-attention chunk kernels: TF32 tensor cores; f32 FMA; 16-bit tensor cores for f16/bf16",
+    values: &["auto", "mma", "simt"],
+    what: "CUDA linear-attention chunk kernels: 16-bit tensor cores where the inputs allow, else TF32; TF32 tensor cores; f32 FMA",
 };
 /// The CUDA graph row kernels (see `ops::graph::cuda`).
 pub const GRAPH_KERNEL: KernelChoice = KernelChoice {
     var: "FFKERN_GRAPH_KERNEL",
-    values: &["thread", "warp"],
-    what: "CUDA spmm and sum/mean reductions: four columns a thread; one warp a row",
+    values: &["auto", "thread", "warp"],
+    what: "CUDA spmm and sum/mean reductions: one warp a row unless the graph has split rows; four columns a thread; one warp a row",
 };
 /// Every kernel choice, in the order `ffkern info` lists them.
 pub const KERNEL_CHOICES: [KernelChoice; 4] = [GEMM_KERNEL, WGPU_GEMM, LINATTN_KERNEL, GRAPH_KERNEL];
