@@ -140,28 +140,44 @@ __device__ __forceinline__ void copy_pieces(T* __restrict__ s, const T* __restri
     }
 }
 
-// Loads rows [r0, r0+128) × K slice [k0, k0+32) of an operand into a shared tile [128][LDS].
-// VEC: 16-byte cp.async of rows with unit K stride (zero-filled past the edges).
-// Otherwise: element loads with strides (rs, ks), consecutive threads along the dimension of the
-// smaller stride (BlockShuffle's stride-k gather reads K at stride k: a warp then spans 32·k
-// elements of one row, not 32 rows).
-template <typename T, bool VEC>
-__device__ __forceinline__ void load_tile(T* __restrict__ s, const T* __restrict__ g, uint32_t rows, uint32_t K, uint32_t r0,
-                                          uint32_t k0, uint32_t rs, uint32_t ks) {
-    if (VEC) {
-        copy_pieces<T, BK / 8, LDS>(s, g, rows, K, r0, k0, rs);
-    } else {
-        const bool k_fast = ks <= rs;
-#pragma unroll 4
-        for (int i = 0; i < (BM * BK) / THREADS; ++i) {
-            const int e = threadIdx.x + i * THREADS;
-            const int r = k_fast ? e / BK : e % BM;
-            const int kk = k_fast ? e % BK : e / BM;
-            const uint32_t gr = r0 + r, gk = k0 + kk;
-            T v = from_f32<T>(0.0f);
-            if (gr < rows && gk < K) v = g[(size_t)gr * rs + (size_t)gk * ks];
-            s[r * LDS + kk] = v;
-        }
+// The element-load path (any layout and strides): one thread's 16 elements of a 128×32 slice,
+// read into registers by gen_fetch and written to a shared tile [128][LDS] by gen_store, so that
+// the main loop keeps the next slice's loads in flight while the current one multiplies.
+// Consecutive threads go along the dimension of the smaller stride (BlockShuffle's stride-k
+// gather reads K at stride k: a warp then spans 32·k elements of one row, not 32 rows).
+// Elements 2j and 2j+1 packed in one word: half the registers of one element each.
+struct GenSlice {
+    uint32_t w[(BM * BK) / THREADS / 2];
+};
+// Element i of this thread: row r + i·dr, column kk + i·dk of the slice.
+struct GenWalk {
+    int r, kk, dr, dk;
+};
+__device__ __forceinline__ GenWalk gen_walk(uint32_t rs, uint32_t ks) {
+    const int t = threadIdx.x;
+    if (ks <= rs) return {t / BK, t % BK, THREADS / BK, 0};
+    return {t % BM, t / BM, 0, THREADS / BM};
+}
+template <typename T>
+__device__ __forceinline__ void gen_fetch(GenSlice& f, const T* __restrict__ g, uint32_t rows, uint32_t K, uint32_t r0, uint32_t k0,
+                                          uint32_t rs, uint32_t ks) {
+    static_assert(sizeof(T) == 2, "16-bit elements");
+    const GenWalk w = gen_walk(rs, ks);
+    const uint32_t gr = r0 + w.r, gk = k0 + w.kk;
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(g) + (size_t)gr * rs + (size_t)gk * ks;
+    const size_t step = (size_t)w.dr * rs + (size_t)w.dk * ks;
+    auto at = [&](int i) -> uint32_t { return (gr + i * w.dr < rows && gk + i * w.dk < K) ? src[i * step] : 0u; };
+#pragma unroll
+    for (int j = 0; j < (BM * BK) / THREADS / 2; ++j) f.w[j] = at(2 * j) | (at(2 * j + 1) << 16);
+}
+__device__ __forceinline__ void gen_store(void* __restrict__ s, const GenSlice& f, uint32_t rs, uint32_t ks) {
+    const GenWalk w = gen_walk(rs, ks);
+    uint16_t* dst = reinterpret_cast<uint16_t*>(s) + w.r * LDS + w.kk;
+    const int step = w.dr * LDS + w.dk;
+#pragma unroll
+    for (int j = 0; j < (BM * BK) / THREADS / 2; ++j) {
+        dst[2 * j * step] = (uint16_t)f.w[j];
+        dst[(2 * j + 1) * step] = (uint16_t)(f.w[j] >> 16);
     }
 }
 
@@ -198,24 +214,47 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
     const int KT = (kr.k1 - kr.k0 + BK - 1) / BK;
+    // GEN: the slice's elements into registers (fetch), then into the stage (store); the 16-byte
+    // paths copy straight into the stage with cp.async.
+    GenSlice fa, fb;
+    auto fetch_gen = [&](int kt) {
+        gen_fetch<T>(fa, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_rs, a_ks);
+        gen_fetch<T>(fb, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_rs, b_ks);
+    };
+    auto store_gen = [&](int stage) {
+        T* sA = smem + stage * STAGE_ELEMS;
+        gen_store(sA, fa, a_rs, a_ks);
+        gen_store(sA + BM * LDS, fb, b_rs, b_ks);
+    };
     auto load_stage = [&](int stage, int kt) {
         T* sA = smem + stage * STAGE_ELEMS;
         T* sB = sA + BM * LDS;
         if (LOAD == VEC_AKBK) load_tile_kmajor<T>(sA, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_ks);
-        else load_tile<T, LOAD != GEN>(sA, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_rs, a_ks);
+        else copy_pieces<T, BK / 8, LDS>(sA, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_rs);
         if (LOAD >= VEC_BK) load_tile_kmajor<T>(sB, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_ks);
-        else load_tile<T, LOAD != GEN>(sB, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_rs, b_ks);
+        else copy_pieces<T, BK / 8, LDS>(sB, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_rs);
     };
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < KT) load_stage(s, s);
+        if (s < KT) {
+            if (LOAD == GEN) {
+                fetch_gen(s);
+                store_gen(s);
+            } else {
+                load_stage(s, s);
+            }
+        }
         cp_async_commit();
     }
     for (int kt = 0; kt < KT; ++kt) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
+        // Stage next % STAGES was last read in iteration kt − 1, which every thread has left.
         const int next = kt + STAGES - 1;
-        if (next < KT) load_stage(next % STAGES, next);
+        if (next < KT) {
+            if (LOAD == GEN) fetch_gen(next);
+            else load_stage(next % STAGES, next);
+        }
         cp_async_commit();
         const T* sA = smem + (kt % STAGES) * STAGE_ELEMS;
         const T* sB = sA + BM * LDS;
@@ -243,6 +282,7 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
 #pragma unroll
                 for (int nt = 0; nt < 4; ++nt) mma16816<T>(acc[mt][nt], af[mt], bf[nt / 2][(nt % 2) * 2], bf[nt / 2][(nt % 2) * 2 + 1]);
         }
+        if (LOAD == GEN && next < KT) store_gen(next % STAGES);
     }
     cp_async_wait<0>();
 #pragma unroll
@@ -284,7 +324,7 @@ __device__ __forceinline__ void load_regs(float (&v)[4], int (&rr)[4], int (&kk)
             for (int i = 0; i < 4; ++i) v[i] = (gr < rows && gk + i < K) ? g[(size_t)gr * rs + gk + i] : 0.0f;
         }
     } else {
-        const bool k_fast = ks <= rs;  // as the tensor-core kernel's load_tile
+        const bool k_fast = ks <= rs;  // as the tensor-core kernel's gen_fetch
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int e = t + i * THREADS;
