@@ -11,7 +11,8 @@
 // accumulators in registers and written once.
 //
 // `_vec` entries take 16-byte copies and need A as [M,K] and B as [N,K] with 16-byte-aligned rows
-// (the launcher checks); `_gen` entries read any layout and stride element by element.
+// (the launcher checks); `_gen` entries read any layout and stride element by element, `_gen_a`
+// entries A alone (B by 16-byte copies, `_bk` K-major).
 #include "common.cuh"
 #include <cuda.h>  // CUtensorMap
 
@@ -113,8 +114,14 @@ constexpr int LDT = BM + 8;  // a K-major tile's padded row (272 bytes), same re
 static_assert(BM == BN && BK * LDT <= BM * LDS, "a K-major tile fits an operand's share of a stage");
 // How a kernel loads its operands: GEN element loads with any strides; VEC 16-byte copies of A
 // [M,K] and B [N,K] rows; VEC_BK the same with B stored K-major ([K,N], the weights of dA = dC·W);
-// VEC_AKBK with both K-major (A [K,M], B [K,N]: the weight gradient dW = dCᵀ·X).
-enum Load { GEN = 0, VEC = 1, VEC_BK = 2, VEC_AKBK = 3 };
+// VEC_AKBK with both K-major (A [K,M], B [K,N]: the weight gradient dW = dCᵀ·X); GEN_A and
+// GEN_A_BK: A by element loads (any layout and strides, e.g. BlockShuffle's stride-k gather),
+// B as VEC or VEC_BK.
+enum Load { GEN = 0, VEC = 1, VEC_BK = 2, VEC_AKBK = 3, GEN_A = 4, GEN_A_BK = 5 };
+__host__ __device__ constexpr bool a_gen(int load) { return load == GEN || load == GEN_A || load == GEN_A_BK; }
+__host__ __device__ constexpr bool b_gen(int load) { return load == GEN; }
+__host__ __device__ constexpr bool a_kmajor(int load) { return load == VEC_AKBK; }
+__host__ __device__ constexpr bool b_kmajor(int load) { return load == VEC_BK || load == VEC_AKBK || load == GEN_A_BK; }
 constexpr int STAGE_ELEMS = (BM + BN) * LDS;
 constexpr int SMEM_BYTES = STAGES * STAGE_ELEMS * 2;
 static_assert(SMEM_BYTES == 61440, "src/ops/gemm/cuda.rs launches the mma kernels with 61440 bytes of dynamic shared memory");
@@ -214,35 +221,35 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
     const int KT = (kr.k1 - kr.k0 + BK - 1) / BK;
-    // GEN: the slice's elements into registers (fetch), then into the stage (store); the 16-byte
-    // paths copy straight into the stage with cp.async.
+    // An operand on element loads: the slice into registers (fetch), then into the stage
+    // (store, after the current slice's products); the others copy straight into the stage with
+    // cp.async.
     GenSlice fa, fb;
-    auto fetch_gen = [&](int kt) {
-        gen_fetch<T>(fa, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_rs, a_ks);
-        gen_fetch<T>(fb, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_rs, b_ks);
+    auto fetch = [&](int kt) {
+        const uint32_t k0 = kr.k0 + kt * BK;
+        if (a_gen(LOAD)) gen_fetch<T>(fa, Ab, p.m, kr.k1, m0, k0, a_rs, a_ks);
+        if (b_gen(LOAD)) gen_fetch<T>(fb, Bb, p.n, kr.k1, n0, k0, b_rs, b_ks);
     };
-    auto store_gen = [&](int stage) {
+    auto store = [&](int stage) {
         T* sA = smem + stage * STAGE_ELEMS;
-        gen_store(sA, fa, a_rs, a_ks);
-        gen_store(sA + BM * LDS, fb, b_rs, b_ks);
+        if (a_gen(LOAD)) gen_store(sA, fa, a_rs, a_ks);
+        if (b_gen(LOAD)) gen_store(sA + BM * LDS, fb, b_rs, b_ks);
     };
-    auto load_stage = [&](int stage, int kt) {
+    auto copy = [&](int stage, int kt) {
         T* sA = smem + stage * STAGE_ELEMS;
         T* sB = sA + BM * LDS;
-        if (LOAD == VEC_AKBK) load_tile_kmajor<T>(sA, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_ks);
-        else copy_pieces<T, BK / 8, LDS>(sA, Ab, p.m, kr.k1, m0, kr.k0 + kt * BK, a_rs);
-        if (LOAD >= VEC_BK) load_tile_kmajor<T>(sB, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_ks);
-        else copy_pieces<T, BK / 8, LDS>(sB, Bb, p.n, kr.k1, n0, kr.k0 + kt * BK, b_rs);
+        const uint32_t k0 = kr.k0 + kt * BK;
+        if (a_kmajor(LOAD)) load_tile_kmajor<T>(sA, Ab, p.m, kr.k1, m0, k0, a_ks);
+        else if (!a_gen(LOAD)) copy_pieces<T, BK / 8, LDS>(sA, Ab, p.m, kr.k1, m0, k0, a_rs);
+        if (b_kmajor(LOAD)) load_tile_kmajor<T>(sB, Bb, p.n, kr.k1, n0, k0, b_ks);
+        else if (!b_gen(LOAD)) copy_pieces<T, BK / 8, LDS>(sB, Bb, p.n, kr.k1, n0, k0, b_rs);
     };
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < KT) {
-            if (LOAD == GEN) {
-                fetch_gen(s);
-                store_gen(s);
-            } else {
-                load_stage(s, s);
-            }
+            copy(s, s);
+            fetch(s);
+            store(s);
         }
         cp_async_commit();
     }
@@ -252,8 +259,8 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
         // Stage next % STAGES was last read in iteration kt − 1, which every thread has left.
         const int next = kt + STAGES - 1;
         if (next < KT) {
-            if (LOAD == GEN) fetch_gen(next);
-            else load_stage(next % STAGES, next);
+            copy(next % STAGES, next);
+            fetch(next);
         }
         cp_async_commit();
         const T* sA = smem + (kt % STAGES) * STAGE_ELEMS;
@@ -265,14 +272,14 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
             for (int mt = 0; mt < 4; ++mt) {
                 // K-major tiles give the same fragments through ldmatrix.trans (lane l addresses
                 // row l % 8 of matrix l / 8; scripts/check_mma_layouts.py checks both forms).
-                if (LOAD == VEC_AKBK)
+                if (a_kmajor(LOAD))
                     ldmatrix_x4_trans(af[mt], sA + (ks + (lane % 8) + 8 * ((lane / 8) / 2)) * LDT + wm + mt * 16 + 8 * ((lane / 8) % 2));
                 else
                     ldmatrix_x4(af[mt], sA + (wm + mt * 16 + (lane % 16)) * LDS + ks + (lane / 16) * 8);
             }
 #pragma unroll
             for (int np = 0; np < 2; ++np) {
-                if (LOAD >= VEC_BK)
+                if (b_kmajor(LOAD))
                     ldmatrix_x4_trans(bf[np], sB + (ks + (lane % 8) + 8 * ((lane / 8) % 2)) * LDT + wn + np * 16 + 8 * ((lane / 8) / 2));
                 else
                     ldmatrix_x4(bf[np], sB + (wn + np * 16 + (lane % 8) + (lane / 16) * 8) * LDS + ks + ((lane / 8) % 2) * 8);
@@ -282,7 +289,7 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
 #pragma unroll
                 for (int nt = 0; nt < 4; ++nt) mma16816<T>(acc[mt][nt], af[mt], bf[nt / 2][(nt % 2) * 2], bf[nt / 2][(nt % 2) * 2 + 1]);
         }
-        if (LOAD == GEN && next < KT) store_gen(next % STAGES);
+        if (next < KT) store(next % STAGES);
     }
     cp_async_wait<0>();
 #pragma unroll
@@ -424,10 +431,14 @@ GEMM_MMA_ENTRY(gemm_f16_vec, __half, mma::VEC)
 GEMM_MMA_ENTRY(gemm_f16_gen, __half, mma::GEN)
 GEMM_MMA_ENTRY(gemm_f16_vec_bk, __half, mma::VEC_BK)
 GEMM_MMA_ENTRY(gemm_f16_vec_akbk, __half, mma::VEC_AKBK)
+GEMM_MMA_ENTRY(gemm_f16_gen_a, __half, mma::GEN_A)
+GEMM_MMA_ENTRY(gemm_f16_gen_a_bk, __half, mma::GEN_A_BK)
 GEMM_MMA_ENTRY(gemm_bf16_vec, __nv_bfloat16, mma::VEC)
 GEMM_MMA_ENTRY(gemm_bf16_gen, __nv_bfloat16, mma::GEN)
 GEMM_MMA_ENTRY(gemm_bf16_vec_bk, __nv_bfloat16, mma::VEC_BK)
 GEMM_MMA_ENTRY(gemm_bf16_vec_akbk, __nv_bfloat16, mma::VEC_AKBK)
+GEMM_MMA_ENTRY(gemm_bf16_gen_a, __nv_bfloat16, mma::GEN_A)
+GEMM_MMA_ENTRY(gemm_bf16_gen_a_bk, __nv_bfloat16, mma::GEN_A_BK)
 
 #define GEMM_SIMT_ENTRY(NAME, VEC)                                                                                         \
     extern "C" __global__ void __launch_bounds__(simt::THREADS)                                                            \

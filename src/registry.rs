@@ -42,6 +42,10 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         case("200x136x96 kn bias gelu_erf", Gemm::new(200, 136, 96).b_layout(BLayout::KN).bias(true).act(Activation::GeluErf)),
         case("96x136x200 km kn residual", Gemm::new(96, 136, 200).a_layout(ALayout::KM).b_layout(BLayout::KN).residual(None).beta(0.5)),
         case("64x72x4096 km kn split-K", Gemm::new(64, 72, 4096).a_layout(ALayout::KM).b_layout(BLayout::KN).bias(true)),
+        // A by element loads beside B's 16-byte copies on CUDA: A stored K-major against B [N,K],
+        // and A rows that are not 16-byte aligned (lda 41).
+        case("136x72x40 km nk bias relu", Gemm::new(136, 72, 40).a_layout(ALayout::KM).bias(true).act(Activation::Relu)),
+        case("70x72x40 lda 41 gelu_erf", Gemm::new(70, 72, 40).lda(41).bias(true).act(Activation::GeluErf)),
         // Few tiles and a long K: CUDA splits K over the blocks (16-byte and element-wise loads).
         case("100x70x5000 split-K, all options", Gemm::new(100, 70, 5000).bias(true).act(Activation::GeluErf).act_cols(40).residual(None).alpha(0.75).beta(0.5)),
         case("150x130x4099 km split-K relu", Gemm::new(150, 130, 4099).a_layout(ALayout::KM).bias(true).act(Activation::Relu)),

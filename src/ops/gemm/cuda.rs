@@ -32,6 +32,14 @@ pub const KERNELS: &[&str] = &[
     "gemm_f16_vec_akbk_split",
     "gemm_bf16_vec_bk_split",
     "gemm_bf16_vec_akbk_split",
+    "gemm_f16_gen_a",
+    "gemm_f16_gen_a_bk",
+    "gemm_bf16_gen_a",
+    "gemm_bf16_gen_a_bk",
+    "gemm_f16_gen_a_split",
+    "gemm_f16_gen_a_bk_split",
+    "gemm_bf16_gen_a_split",
+    "gemm_bf16_gen_a_bk_split",
     "gemm_splitk_f32",
     "gemm_splitk_f16",
     "gemm_splitk_bf16",
@@ -140,6 +148,11 @@ enum Load {
     VecBk,
     /// 16-byte copies with A and B stored K-major (dW = dCᵀ·X); f16/bf16.
     VecAkBk,
+    /// A by element loads (any layout and strides: BlockShuffle's stride-k gather), B as `Vec`;
+    /// f16/bf16.
+    GenA,
+    /// A by element loads, B as `VecBk`; f16/bf16.
+    GenABk,
 }
 
 /// The mma.sync / SIMT entry for `dtype` and load form, whole or split-K.
@@ -151,10 +164,14 @@ fn kernel_name(dtype: DType, load: Load, split: bool) -> &'static str {
         (DType::F16, Load::Gen) => ["gemm_f16_gen", "gemm_f16_gen_split"],
         (DType::F16, Load::VecBk) => ["gemm_f16_vec_bk", "gemm_f16_vec_bk_split"],
         (DType::F16, Load::VecAkBk) => ["gemm_f16_vec_akbk", "gemm_f16_vec_akbk_split"],
+        (DType::F16, Load::GenA) => ["gemm_f16_gen_a", "gemm_f16_gen_a_split"],
+        (DType::F16, Load::GenABk) => ["gemm_f16_gen_a_bk", "gemm_f16_gen_a_bk_split"],
         (DType::BF16, Load::Vec) => ["gemm_bf16_vec", "gemm_bf16_vec_split"],
         (DType::BF16, Load::Gen) => ["gemm_bf16_gen", "gemm_bf16_gen_split"],
         (DType::BF16, Load::VecBk) => ["gemm_bf16_vec_bk", "gemm_bf16_vec_bk_split"],
         (DType::BF16, Load::VecAkBk) => ["gemm_bf16_vec_akbk", "gemm_bf16_vec_akbk_split"],
+        (DType::BF16, Load::GenA) => ["gemm_bf16_gen_a", "gemm_bf16_gen_a_split"],
+        (DType::BF16, Load::GenABk) => ["gemm_bf16_gen_a_bk", "gemm_bf16_gen_a_bk_split"],
     };
     if split {
         split_k
@@ -209,12 +226,17 @@ pub fn gemm<T: CudaElem>(
     let choice = kernel_choice()?;
     let per16 = (16 / dtype.size()) as u32;
     let aligned = |ptr: u64, ld: u32, stride: u32| ptr % 16 == 0 && ld % per16 == 0 && (desc.batch == 1 || stride % per16 == 0);
-    let units = desc.inner_a == 1 && desc.inner_b == 1 && aligned(device_addr(rt, a), p.lda, p.sa) && aligned(device_addr(rt, b), p.ldb, p.sb);
+    let a_unit = desc.inner_a == 1 && aligned(device_addr(rt, a), p.lda, p.sa);
+    let b_unit = desc.inner_b == 1 && aligned(device_addr(rt, b), p.ldb, p.sb);
     let kmajor = choice != "kgen" && dtype != DType::F32;
-    let load = match (units, desc.a_layout, desc.b_layout) {
+    // An A that takes no 16-byte copies (a gather's stride, an odd alignment) still leaves B's.
+    let b16 = dtype != DType::F32 && b_unit;
+    let load = match (a_unit && b_unit, desc.a_layout, desc.b_layout) {
         (true, ALayout::MK, BLayout::NK) => Load::Vec,
         (true, ALayout::MK, BLayout::KN) if kmajor => Load::VecBk,
         (true, ALayout::KM, BLayout::KN) if kmajor => Load::VecAkBk,
+        (_, _, BLayout::NK) if b16 => Load::GenA,
+        (_, _, BLayout::KN) if b16 && kmajor => Load::GenABk,
         _ => Load::Gen,
     };
     let vec = load == Load::Vec;
@@ -489,7 +511,7 @@ mod tests {
     #[test]
     fn every_entry_the_launcher_names_is_listed() {
         for dtype in DType::ALL {
-            for load in [Load::Gen, Load::Vec, Load::VecBk, Load::VecAkBk] {
+            for load in [Load::Gen, Load::Vec, Load::VecBk, Load::VecAkBk, Load::GenA, Load::GenABk] {
                 for split in [false, true] {
                     let name = kernel_name(dtype, load, split);
                     assert!(KERNELS.contains(&name), "{name} is not in KERNELS (build.rs checks that list against the PTX)");
