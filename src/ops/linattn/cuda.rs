@@ -154,16 +154,16 @@ fn chunk_product<T: CudaElem, S: CudaElem>(p: &LinAttnParams, output: bool, base
 }
 
 /// A state sweep's kernel (`base` = linattn_chunk_states or linattn_chunk_grad_states) over X (q
-/// or k, width K) and Y (v or do, width V) writing per-chunk states of type S: the 16-bit sweep
-/// (see [`mma16`]) for f16/bf16 inputs, whose products are then exact in their own type (the
-/// reverse sweep's do/den only with den = 1) — `_mma16s` when S is 16-bit, which only it writes;
-/// else the TF32 twin (or `simt`).
-fn sweep_kernel<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, reverse: bool, x: &CudaView<T>, y: &CudaView<T>, base: &str) -> Result<&'static str> {
+/// or k, width K) and Y (v or do, width V) writing per-chunk states of type S, with its dynamic
+/// shared memory: the 16-bit sweep (see [`mma16`]) for f16/bf16 inputs, whose products are then
+/// exact in their own type (the reverse sweep's do/den only with den = 1) — `_mma16s` when S is
+/// 16-bit, which only it writes; else the TF32 twin (or `simt`), with none.
+fn sweep_kernel<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, reverse: bool, x: &CudaView<T>, y: &CudaView<T>, base: &str) -> Result<(&'static str, u32)> {
     let fast = mma16(p, T::DTYPE != DType::F32 && (!reverse || p.normalize == 0), || vec![device_addr(rt, x), device_addr(rt, y)])?;
     match (S::DTYPE == DType::F32, fast) {
-        (true, true) => typed::<T>(&format!("{base}_mma16")),
-        (true, false) => chunk_kernel::<T>(base, &format!("{base}_mma")),
-        (false, true) if S::DTYPE == T::DTYPE => typed::<T>(&format!("{base}_mma16s")),
+        (true, true) => Ok((typed::<T>(&format!("{base}_mma16"))?, SWEEP16_SMEM)),
+        (true, false) => Ok((chunk_kernel::<T>(base, &format!("{base}_mma"))?, 0)),
+        (false, true) if S::DTYPE == T::DTYPE => Ok((typed::<T>(&format!("{base}_mma16s"))?, SWEEP16_SMEM)),
         (false, _) => Err(states_error(S::DTYPE, base)),
     }
 }
@@ -172,10 +172,9 @@ fn sweep_kernel<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, r
 /// rows of SW_LDS (72) 16-bit elements (SW_SMEM in kernels/linattn.cu; a launch with less traps).
 const SWEEP16_SMEM: u32 = 4 * 2 * 64 * 72 * 2;
 
-/// A state sweep's function and launch: one block of 256 per (sequence·head, 64×64 state tile);
-/// the 16-bit sweeps with their stages in dynamic shared memory, over the default 48 KiB limit.
-fn sweep_launch(rt: &CudaRuntime, p: &LinAttnParams, name: &'static str) -> Result<(cudarc::driver::CudaFunction, LaunchConfig)> {
-    let smem = if name.contains("_mma16") { SWEEP16_SMEM } else { 0 };
+/// A state sweep's function and launch (kernel and shared memory from [`sweep_kernel`]): one
+/// block of 256 per (sequence·head, 64×64 state tile).
+fn sweep_launch(rt: &CudaRuntime, p: &LinAttnParams, (name, smem): (&'static str, u32)) -> Result<(cudarc::driver::CudaFunction, LaunchConfig)> {
     let f = rt.function(FAMILY, Ptx::Base, name, smem)?;
     let [gx, gy, gz] = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
     Ok((f, LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: smem }))
