@@ -567,7 +567,17 @@ struct EpiArgs {
     uint32_t m, n, ldc, ldr, act, act_cols, has_r, has_z;
     float beta;
     size_t oc, orr;
+    bool vec;  // every 8-column group's C (and R, Z) is 16-byte aligned: see vec_stores
 };
+
+// Whether 8 consecutive columns from a multiple of 8 always start 16 bytes aligned in C, R and Z
+// (bases and row strides), decided once per tile instead of per 8 columns.
+template <typename T>
+__device__ __forceinline__ bool vec_stores(const EpiArgs& p, const T* R, const T* C, const T* Z) {
+    const auto al = [](const T* base, size_t off, uint32_t ld) { return ((reinterpret_cast<uintptr_t>(base + off) & 15) == 0) && ld % 8 == 0; };
+    static_assert(sizeof(T) == 2, "16-bit outputs");
+    return al(C, p.oc, p.ldc) && (!p.has_r || al(R, p.orr, p.ldr)) && (!p.has_z || al(Z, p.oc, p.ldc));
+}
 
 // The activations of the wgmma epilogue, whose outputs are f16/bf16: gelu_tanh takes the hardware
 // tanh (tanh.approx.f32, relative error about 2^-11, within half an f16 ulp) and silu a fast
@@ -606,23 +616,21 @@ __device__ __forceinline__ float act16(float x) {
 // (and Z) where aligned, element stores at the edges. ACT is the activation as a template
 // argument: the 8 columns are then 8 independent branch-free chains that the scheduler
 // interleaves, where a run-time switch per element made each one wait out the last (the
-// epilogue runs while the tensor cores idle, so its latency is the kernel's).
-template <typename T, uint32_t ACT>
+// epilogue runs while the tensor cores idle, so its latency is the kernel's). ALL: every column
+// of the chunk is below act_cols (no per-column test).
+template <typename T, uint32_t ACT, bool ALL>
 __device__ __forceinline__ void epilogue8(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
                                           uint32_t row, uint32_t col, const float (&z)[8]) {
     const size_t o = p.oc + (size_t)row * p.ldc + col;
     const size_t orr = p.orr + (size_t)row * p.ldr + col;
-    const bool full = col + 8 <= p.n;
-    const bool vec = full && ((reinterpret_cast<uintptr_t>(C + o) & 15) == 0) && (!p.has_r || (reinterpret_cast<uintptr_t>(R + orr) & 15) == 0) &&
-                     (!p.has_z || (reinterpret_cast<uintptr_t>(Z + o) & 15) == 0);
     alignas(16) T out[8];
-    if (vec) {
+    if (p.vec && col + 8 <= p.n) {
         alignas(16) T rv[8];
         if (p.has_r) *reinterpret_cast<uint4*>(rv) = *reinterpret_cast<const uint4*>(R + orr);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const float a = act16<ACT>(z[j]);
-            float v = col + j < p.act_cols ? a : z[j];
+            float v = ALL || col + j < p.act_cols ? a : z[j];
             if (p.has_r) v += p.beta * to_f32(rv[j]);
             out[j] = from_f32<T>(v);
         }
@@ -638,7 +646,7 @@ __device__ __forceinline__ void epilogue8(const EpiArgs& p, const T* __restrict_
     for (int j = 0; j < 8; ++j)
         if (col + j < p.n) {
             float v = z[j];
-            if (col + j < p.act_cols) v = act16<ACT>(v);
+            if (ALL || col + j < p.act_cols) v = act16<ACT>(v);
             if (p.has_r) v += p.beta * to_f32(R[orr + j]);
             C[o + j] = from_f32<T>(v);
             if (p.has_z) Z[o + j] = from_f32<T>(z[j]);
@@ -647,7 +655,7 @@ __device__ __forceinline__ void epilogue8(const EpiArgs& p, const T* __restrict_
 
 // One staged 64×64 chunk of a consumer warpgroup's tile, written out by its 128 threads (8
 // columns each, 16 rows per pass).
-template <typename T, uint32_t ACT>
+template <typename T, uint32_t ACT, bool ALL>
 __device__ __forceinline__ void epilogue_chunk_act(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
                                                    const float* stage, uint32_t row0, uint32_t col0, int t) {
 #pragma unroll 1
@@ -659,26 +667,33 @@ __device__ __forceinline__ void epilogue_chunk_act(const EpiArgs& p, const T* __
             const float4 a = *reinterpret_cast<const float4*>(src);
             const float4 b = *reinterpret_cast<const float4*>(src + 4);
             const float z[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-            epilogue8<T, ACT>(p, R, C, Z, grow, gcol, z);
+            epilogue8<T, ACT, ALL>(p, R, C, Z, grow, gcol, z);
         }
     }
 }
 
 // The activation is chosen once per chunk: a chunk wholly past act_cols (RePaViT's idle
 // channels, half of its first product's columns) takes the identity instead of evaluating the
-// activation only to discard it — the same values. Out of line: the unrolled caller would
-// otherwise copy it 4×.
+// activation only to discard it — the same values — and a chunk wholly before it skips the
+// per-column test. Out of line: the unrolled caller would otherwise copy it 4×.
+template <typename T, bool ALL>
+__device__ __forceinline__ void epilogue_chunk_all(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
+                                                   const float* stage, uint32_t row0, uint32_t col0, int t) {
+    switch (p.act) {
+    case 1: epilogue_chunk_act<T, 1, ALL>(p, R, C, Z, stage, row0, col0, t); break;
+    case 2: epilogue_chunk_act<T, 2, ALL>(p, R, C, Z, stage, row0, col0, t); break;
+    case 3: epilogue_chunk_act<T, 3, ALL>(p, R, C, Z, stage, row0, col0, t); break;
+    case 4: epilogue_chunk_act<T, 4, ALL>(p, R, C, Z, stage, row0, col0, t); break;
+    case 5: epilogue_chunk_act<T, 5, ALL>(p, R, C, Z, stage, row0, col0, t); break;
+    default: epilogue_chunk_act<T, 0, true>(p, R, C, Z, stage, row0, col0, t); break;
+    }
+}
 template <typename T>
 __device__ __noinline__ void epilogue_chunk(const EpiArgs p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const float* stage,
                                             uint32_t row0, uint32_t col0, int t) {
-    switch (col0 >= p.act_cols ? 0u : p.act) {
-    case 1: epilogue_chunk_act<T, 1>(p, R, C, Z, stage, row0, col0, t); break;
-    case 2: epilogue_chunk_act<T, 2>(p, R, C, Z, stage, row0, col0, t); break;
-    case 3: epilogue_chunk_act<T, 3>(p, R, C, Z, stage, row0, col0, t); break;
-    case 4: epilogue_chunk_act<T, 4>(p, R, C, Z, stage, row0, col0, t); break;
-    case 5: epilogue_chunk_act<T, 5>(p, R, C, Z, stage, row0, col0, t); break;
-    default: epilogue_chunk_act<T, 0>(p, R, C, Z, stage, row0, col0, t); break;
-    }
+    if (col0 >= p.act_cols) epilogue_chunk_act<T, 0, true>(p, R, C, Z, stage, row0, col0, t);
+    else if (col0 + 64 <= p.act_cols) epilogue_chunk_all<T, true>(p, R, C, Z, stage, row0, col0, t);
+    else epilogue_chunk_all<T, false>(p, R, C, Z, stage, row0, col0, t);
 }
 
 __device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads) {
@@ -739,7 +754,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
             const uint32_t bz = tile / per_batch, rem = tile % per_batch;
             const uint32_t m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
             const uint32_t row0 = m0 + (PP ? 0 : cw * 64);
-            const EpiArgs epi{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.beta, (size_t)bz * p.sc, (size_t)bz * p.sr};
+            EpiArgs epi{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.beta, (size_t)bz * p.sc, (size_t)bz * p.sr, false};
+            epi.vec = vec_stores<T>(epi, R, C, Z);
             // Wait for the other warpgroup to have taken tile i − 1's stages (its ((i − 1) / 2)-th
             // arrival on this barrier).
             if (PP && i > 0) mbar_wait(order0 + 8 * cw, ((i - 1) / 2) & 1);
