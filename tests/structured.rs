@@ -41,6 +41,7 @@ fn layers_forward_backward_and_premerge_match_the_reference() {
             let y_ref = structured::cpu::forward(&layer, tokens, &x.data, &f1.data, &f2.data);
             let (dx_ref, d1_ref, d2_ref) = structured::cpu::backward(&layer, tokens, &x.data, &f1.data, &f2.data, &dy.data);
             let dense = layer.to_dense(&f1.data, &f2.data, dtype).expect("to_dense");
+            let w_ref = structured::cpu::dense_weight(&layer, &f1.data, &f2.data);
             for dev in devices_and_cpu() {
                 let what = format!("{} {dtype} {layer:?}", dev.name());
                 with_backend!(dev, be => {
@@ -56,6 +57,9 @@ fn layers_forward_backward_and_premerge_match_the_reference() {
                     let mut yd = be.alloc(dtype, tokens * layer.out()).expect("alloc");
                     be.gemm(&Gemm::new(tokens, layer.out(), layer.inp()), &xb, &up(&dense), None, None, &mut yd, None).expect("dense");
                     assert_close(&format!("{what} pre-merged"), &dl(be, &yd), &y_ref, dtype);
+                    // The same merge on the device.
+                    let wd = layer.dense_on(be, &f1b, &f2b).expect("dense_on");
+                    assert_close(&format!("{what} dense_on"), &dl(be, &wd), &w_ref, dtype);
                 });
             }
         }

@@ -8,7 +8,7 @@
 
 pub mod cpu;
 
-use crate::ops::gemm::{gemm_backward, gemm_backward_plus, Activation, Gemm};
+use crate::ops::gemm::{gemm_backward, gemm_backward_plus, Activation, BLayout, Gemm, GemmOffsets};
 use crate::{Backend, DType, Error, HostTensor, Result};
 
 const OP: &str = "structured";
@@ -146,8 +146,50 @@ impl Structured {
         Ok((g1.da, g1.db, g2.db))
     }
 
-    /// Pre-merge: the dense `[out, in]` weight of the layer (both permutations included), in f64
-    /// then rounded to `dtype`. Decoding with few tokens runs this as one GEMM.
+    /// Pre-merge on the device: the dense `[out, in]` weight of the layer (both permutations
+    /// included) from the factors `f1`, `f2` in their storage layouts, by the backend's GEMM (f32
+    /// accumulation, rounded once to the factors' dtype). LowRank is `U·V`; BlockDense one batched
+    /// product `L[:, b-th slice]·D[b]`; BlockShuffle one product per (output block l, input block
+    /// kk), over the `j` of D1's block kk that the gather sends to l (`(kk·q + j) mod k = l`).
+    /// [`Self::to_dense`] is the host reference.
+    pub fn dense_on<Be: Backend>(&self, be: &Be, f1: &Be::Buf, f2: &Be::Buf) -> Result<Be::Buf> {
+        self.validate()?;
+        let (inp, out) = (self.inp(), self.out());
+        let mut w = be.alloc(be.dtype_of(f1), out * inp)?;
+        match *self {
+            Structured::LowRank { rank, .. } => {
+                // W[o, i] = Σ_r U[o, r]·V[r, i]: V is B stored K-major.
+                be.gemm(&Gemm::new(out, inp, rank).b_layout(BLayout::KN), f2, f1, None, None, &mut w, None)?;
+            }
+            Structured::BlockDense { rank, blocks, .. } => {
+                // W[o, b·p + i] = Σ_j L[o, b·r + j]·D[b, j, i], blocks as the batch.
+                let (p, r) = (inp / blocks, rank / blocks);
+                let d = Gemm::new(out, p, r).batch(blocks).b_layout(BLayout::KN).lda(rank).ldb(p).ldc(inp).strides(r, r * p, p);
+                be.gemm(&d, f2, f1, None, None, &mut w, None)?;
+            }
+            Structured::BlockShuffle { blocks: k, inner: q, .. } => {
+                // W[s'·k + l, kk·p + i] = Σ_m D2[l, s', r0 + m]·D1[kk, j0 + k·m, i] with j0 the
+                // first j of block kk whose feature kk·q + j lands in z_l, and r0 its place there.
+                let (p, s) = (inp / k, out / k);
+                for l in 0..k {
+                    for kk in 0..k {
+                        let j0 = (l + k - (kk * q) % k) % k;
+                        if j0 >= q {
+                            continue;
+                        }
+                        let (count, r0) = ((q - j0).div_ceil(k), (kk * q + j0) / k);
+                        let offsets = GemmOffsets { a: l * s * q + r0, b: kk * q * p + j0 * p, c: l * inp + kk * p, ..Default::default() };
+                        let d = Gemm::new(s, p, count).b_layout(BLayout::KN).lda(q).ldb(k * p).ldc(k * inp).offsets(offsets);
+                        be.gemm(&d, f2, f1, None, None, &mut w, None)?;
+                    }
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    /// Pre-merge on the host: the dense `[out, in]` weight of the layer (both permutations
+    /// included), in f64 then rounded to `dtype`: the reference of [`Self::dense_on`].
     pub fn to_dense(&self, f1: &[f32], f2: &[f32], dtype: DType) -> Result<HostTensor> {
         self.validate()?;
         let (l1, l2) = self.factor_lens();
@@ -332,9 +374,7 @@ pub fn measure_crossover<Be: Backend>(be: &Be, layer: &Structured, dtype: DType,
     let (l1, l2) = layer.factor_lens();
     let f1 = be.upload(&HostTensor::random(dtype, vec![l1], 1))?;
     let f2 = be.upload(&HostTensor::random(dtype, vec![l2], 2))?;
-    let f1h = HostTensor::random(dtype, vec![l1], 1);
-    let f2h = HostTensor::random(dtype, vec![l2], 2);
-    let w = be.upload(&layer.to_dense(&f1h.data, &f2h.data, dtype)?)?;
+    let w = layer.dense_on(be, &f1, &f2)?;
     let mut tokens = 1;
     while tokens <= max_tokens {
         let x = be.upload(&HostTensor::random(dtype, vec![tokens * layer.inp()], 3))?;
@@ -365,15 +405,17 @@ pub struct PreMerged<B> {
 /// The crossover used before calibration. Measured with `measure_crossover` on lavapipe
 /// (2 cores) for LowRank 256→1024 rank 64, BlockDense 256→1024 rank 96 in 4 blocks and
 /// BlockShuffle 256→256 in 4 blocks of 64: the structured form is faster from 1 token on, so 1.
-/// No GPU measurement yet: on a GPU, where the extra launch costs more than the saved work at
-/// small token counts, run [`PreMerged::calibrate`].
+/// On a GPU the extra launch costs more than the saved work at small token counts: on an H100,
+/// LowRank 2048→8192 in f32 wins from 128 tokens. There, run [`PreMerged::calibrate`].
 pub const DEFAULT_CROSSOVER: usize = 1;
 
 impl<B> PreMerged<B> {
-    /// Uploads the factors and their dense merge (`to_dense`, both permutations included).
+    /// Uploads the factors and merges them on the device ([`Structured::dense_on`], both
+    /// permutations included).
     pub fn new<Be: Backend<Buf = B>>(be: &Be, layer: Structured, f1: &HostTensor, f2: &HostTensor) -> Result<Self> {
-        let dense = layer.to_dense(&f1.data, &f2.data, f1.dtype)?;
-        Ok(PreMerged { layer, f1: be.upload(f1)?, f2: be.upload(f2)?, dense: be.upload(&dense)?, crossover: DEFAULT_CROSSOVER })
+        let (f1, f2) = (be.upload(f1)?, be.upload(f2)?);
+        let dense = layer.dense_on(be, &f1, &f2)?;
+        Ok(PreMerged { layer, f1, f2, dense, crossover: DEFAULT_CROSSOVER })
     }
 
     /// Measures the crossover on `be` (see [`measure_crossover`]) and keeps it.
