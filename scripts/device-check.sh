@@ -107,9 +107,9 @@ for k in ${KERNELS-auto mma pingpong kgen}; do
     FFKERN_GEMM_KERNEL=$k timeout "$(lim 120)" $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1 &
     pids+=($!)
 done
-# The linear-attention kernel choices beside the default (16-bit tensor cores where they fit): the
-# TF32 kernels (FFKERN_LINATTN_KERNEL=mma) and their f32-FMA twins (simt).
-for lk in ${LINATTN_KERNELS-mma simt}; do
+# The linear-attention kernel choice beside the default (16-bit tensor cores where they fit): the
+# TF32 kernels (FFKERN_LINATTN_KERNEL=mma; simt, their f32-FMA twins, on request).
+for lk in ${LINATTN_KERNELS-mma}; do
     test_run "linattn-$lk" $B/tests/linattn FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda
 done
 # The GEMM backward's K-major operands on element loads (FFKERN_GEMM_KERNEL=kgen; the default
@@ -189,16 +189,16 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
         FFKERN_GEMM_KERNEL=$k bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20
     done
     # structured: three FFN blocks in f32 and bf16 against the dense FFN, then the pre-merge
-    # crossovers (over 90 s on the H100).
+    # crossovers.
     for op in ${BENCH_OPS:-repavit structured linear_attn graph}; do
-        bench "cuda-$op" "$([ "$op" = structured ] && echo 180 || echo 90)" --backend cuda --op "$op" --reps 20 --seq 4096,8192
+        bench "cuda-$op" "$([ "$op" = structured ] && echo 120 || echo 90)" --backend cuda --op "$op" --reps 20 --seq 4096,8192
     done
     # The FFN families on the GEMM's ping-pong schedule (FFKERN_GEMM_KERNEL=pingpong).
     for op in ${PINGPONG_OPS-}; do
         checked pingpong "$OUT/check-cuda-pingpong.txt" || break
         FFKERN_GEMM_KERNEL=pingpong bench "cuda-$op-pingpong" 90 --backend cuda --op "$op" --dtype bf16 --reps 20
     done
-    for lk in ${LINATTN_KERNELS-mma simt}; do
+    for lk in ${LINATTN_KERNELS-mma}; do
         checked "$lk" "$OUT/test-linattn-$lk.log" || continue
         FFKERN_LINATTN_KERNEL=$lk bench "cuda-linear_attn-$lk" 60 --backend cuda --op linear_attn --reps 10
     done
