@@ -327,21 +327,25 @@ __device__ __forceinline__ uint4 pack16(const float (&v)[16 / sizeof(T)]) {
     return pk.u;
 }
 
-// spmm and the sum/mean segment reduction with one warp per output row (FFKERN_GRAPH_KERNEL=warp;
-// the width a multiple of 16 bytes, with weights also each head's): lane l takes the row's
-// 16-byte column pieces l, l + 32, …, so each edge's source row is read in whole 512-byte warp
-// accesses and its index once per warp instead of once per four columns; edges go four at a
-// time with their rows in flight. The sums run in row_reduce_impl's order (edge order from 0), so
-// the results are the same; long rows combine their segments' partials, in order, as there.
+// spmm and the sum/mean segment reduction with one warp per 32 16-byte column pieces of an output
+// row (FFKERN_GRAPH_KERNEL=warp or auto; the width a multiple of 16 bytes, with weights also each
+// head's): lane l of the row's w-th warp takes piece 32·w + l, so each edge's source row is read
+// in whole 512-byte warp accesses and its index once per warp instead of once per four columns;
+// edges go four at a time with their rows in flight. A row of D 512 in bf16 (64 pieces) gets two
+// warps: twice the warps of one a row, so the last wave of a small graph leaves less of the GPU
+// idle. The sums run in row_reduce_impl's order (edge order from 0), so the results are the same;
+// long rows combine their segments' partials, in order, as there.
 template <bool SPMM, typename T>
 __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ part,
                                                      T* __restrict__ out, const GraphParams& p) {
     constexpr uint32_t V = 16 / sizeof(T);
     const Csr g(idx, p);
     const uint32_t lane = threadIdx.x & 31;
-    const size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= p.num_nodes) return;
-    const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1], pieces = p.dim / V, dh = p.dim / p.heads;
+    const uint32_t pieces = p.dim / V, dh = p.dim / p.heads, per_row = (pieces + 31) / 32;
+    const size_t gw = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, row = gw / per_row;
+    const uint32_t pc = (uint32_t)(gw % per_row) * 32 + lane;
+    if (row >= p.num_nodes || pc >= pieces) return;
+    const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
     const bool long_row = hi - lo > p.chunk;
     uint32_t k0 = 0, k1 = 0;
     if (long_row) {
@@ -360,38 +364,36 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
     const auto piece = [&](uint32_t q, uint32_t e, uint32_t d0) {
         return *reinterpret_cast<const uint4*>(x + (size_t)(SPMM ? g.src[q] : e) * p.dim + d0);
     };
-    for (uint32_t pc = lane; pc < pieces; pc += 32) {
-        const uint32_t d0 = pc * V;
-        float acc[V];
+    const uint32_t d0 = pc * V;
+    float acc[V];
 #pragma unroll
-        for (uint32_t c = 0; c < V; ++c) acc[c] = 0.0f;
-        if (long_row) {
-            for (uint32_t k = k0; k < k1; ++k)
+    for (uint32_t c = 0; c < V; ++c) acc[c] = 0.0f;
+    if (long_row) {
+        for (uint32_t k = k0; k < k1; ++k)
 #pragma unroll
-                for (uint32_t c = 0; c < V; ++c) acc[c] += part[(size_t)k * p.dim + d0 + c];
-        } else {
-            uint32_t q = lo;
-            for (; q + 4 <= hi; q += 4) {
-                uint32_t e[4];
-                uint4 raw[4];
+            for (uint32_t c = 0; c < V; ++c) acc[c] += part[(size_t)k * p.dim + d0 + c];
+    } else {
+        uint32_t q = lo;
+        for (; q + 4 <= hi; q += 4) {
+            uint32_t e[4];
+            uint4 raw[4];
 #pragma unroll
-                for (int j = 0; j < 4; ++j) e[j] = g.perm[q + j];
+            for (int j = 0; j < 4; ++j) e[j] = g.perm[q + j];
 #pragma unroll
-                for (int j = 0; j < 4; ++j) raw[j] = piece(q + j, e[j], d0);
+            for (int j = 0; j < 4; ++j) raw[j] = piece(q + j, e[j], d0);
 #pragma unroll
-                for (int j = 0; j < 4; ++j) add(acc, e[j], raw[j], d0);
-            }
-            for (; q < hi; ++q) {
-                const uint32_t e = g.perm[q];
-                add(acc, e, piece(q, e, d0), d0);
-            }
+            for (int j = 0; j < 4; ++j) add(acc, e[j], raw[j], d0);
         }
-        if (!SPMM && p.reduce == 1 && hi > lo) {
-#pragma unroll
-            for (uint32_t c = 0; c < V; ++c) acc[c] /= (float)(hi - lo);
+        for (; q < hi; ++q) {
+            const uint32_t e = g.perm[q];
+            add(acc, e, piece(q, e, d0), d0);
         }
-        *reinterpret_cast<uint4*>(out + row * p.dim + d0) = pack16<T>(acc);
     }
+    if (!SPMM && p.reduce == 1 && hi > lo) {
+#pragma unroll
+        for (uint32_t c = 0; c < V; ++c) acc[c] /= (float)(hi - lo);
+    }
+    *reinterpret_cast<uint4*>(out + row * p.dim + d0) = pack16<T>(acc);
 }
 
 // s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩ (f32, COO order), one thread per (edge, head), so

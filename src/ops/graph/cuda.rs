@@ -239,8 +239,8 @@ pub fn launch<T: CudaElem>(
                     l.arg(idx).arg(x).arg(w).arg(&mut part).arg(p);
                 })?;
             }
-            // One warp per row (see `kernel_choice`) for spmm and sum/mean: whole 16-byte pieces
-            // of every row (and of every head's columns with weights).
+            // Warps of 32 16-byte pieces of a row (see `kernel_choice`) for spmm and sum/mean:
+            // whole pieces of every row (and of every head's columns with weights).
             let per16 = 16 / std::mem::size_of::<T>();
             let warp_ok = match kernel_choice()? {
                 "warp" => true,
@@ -254,11 +254,13 @@ pub fn launch<T: CudaElem>(
                 && device_addr(rt, &*out) % 16 == 0;
             if warp_ok {
                 let fw = load(if kind == GraphKernel::Spmm { "graph_spmm_warp" } else { "graph_segment_sum_warp" })?;
-                let cfg_warp = LaunchConfig { grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let warps = rows * (dim / per16).div_ceil(32);
+                let cfg_warp = LaunchConfig { grid_dim: (warps.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
                 // SAFETY: graph_spmm_warp_<dtype> / graph_segment_sum_warp_<dtype>(idx, x, w, part,
                 // out, p): as the row kernels above, with x and out read and written in whole
                 // 16-byte pieces (dim a multiple of 16 bytes, both 16-byte aligned: checked here);
-                // warp r writes row r of out, rows past N return.
+                // warp g writes pieces 32·(g mod W) .. of row g / W of out (W warps a row), pieces
+                // past the row's and rows past N return.
                 return rt.launch(&fw, cfg_warp, |l| {
                     l.arg(idx).arg(x).arg(w).arg(&part).arg(out).arg(p);
                 });
