@@ -476,15 +476,23 @@ GEMM_SPLITK_ENTRY(bf16, __nv_bfloat16)
 // while the consumers run the epilogue, which is staged through shared memory so that C, Z and R
 // move in 16-byte coalesced accesses. setmaxnreg gives the producer's registers to the consumers.
 //
-// Two schedules. Cooperative (PP false): both consumer warpgroups share a 128×256 tile (64 rows
+// Three schedules. Cooperative (PP false): both consumer warpgroups share a 128×256 tile (64 rows
 // each), so they run the epilogue together while the tensor cores wait. Ping-pong (PP true): each
 // warpgroup owns whole 64×256 tiles, alternate tiles of the block's sequence, so one warpgroup's
 // epilogue overlaps the other's products; an "order" mbarrier per warpgroup lets a warpgroup start
 // its products only when the other has taken the stages of the tile before (the ring hands the
 // stages out in tile order, so that is also what keeps each full-barrier wait unambiguous).
+// Epilogue warps (EW true): cooperative tiles, but the consumers only stage α·acc + bias (in T)
+// for the whole tile and go on to the next tile's products; warps 1–3 of the producer's
+// warpgroup, idle otherwise, apply the activation and residual and write C and Z from the staged
+// tile meanwhile (two "staged" mbarriers hand the tile back and forth). The activation then reads
+// the pre-activation rounded to T, as Z stores it.
 #if defined(FFKERN_SM90A)
 namespace hopper {
 constexpr int BN = 256, BK = 64, STAGES = 4, THREADS = 384;
+// The epilogue-warps schedule (EW): a 3-stage ring, then the whole 128×256 tile's pre-activation
+// in T (64 KiB) where the fourth stage and the f32 staging were.
+constexpr int EW_STAGES = 3;
 template <bool PP> __host__ __device__ constexpr int tile_m() { return PP ? 64 : 128; }
 template <bool PP> __host__ __device__ constexpr int stage_bytes() { return (tile_m<PP>() + BN) * BK * 2; }
 // Ring + slack to align it to 1024 B (the swizzle atom) + the epilogue staging (64×64 f32 per
@@ -493,6 +501,7 @@ constexpr int EPI_BYTES = 2 * 64 * 64 * 4;
 constexpr int SMEM_BYTES = STAGES * stage_bytes<false>() + 1024 + EPI_BYTES;
 static_assert(SMEM_BYTES == 230400, "src/ops/gemm/cuda.rs launches the wgmma kernels with 230400 bytes of dynamic shared memory");
 static_assert(STAGES * stage_bytes<true>() + 1024 + EPI_BYTES <= SMEM_BYTES, "the ping-pong ring fits the same allocation");
+static_assert(EW_STAGES * stage_bytes<false>() + 1024 + 128 * BN * 2 <= SMEM_BYTES, "the EW ring and staged tile fit the same allocation");
 
 // Descriptor of a K-major tile with 128-byte rows in the 128-byte swizzle (8-row atoms of 1024 B),
 // starting at `addr`, K step `ks` (16 elements = 32 bytes inside the row).
@@ -696,27 +705,63 @@ __device__ __noinline__ void epilogue_chunk(const EpiArgs p, const T* __restrict
     else epilogue_chunk_all<T, false>(p, R, C, Z, stage, row0, col0, t);
 }
 
+// The epilogue warps' writer (EW): the staged 128×256 tile (pre-activation in T, row r's
+// 16-byte group g at r·512 + (g ^ (r mod 8))·16) by 96 threads, 8 columns each.
+template <typename T, uint32_t ACT>
+__device__ __forceinline__ void epilogue_staged_act(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
+                                                    const unsigned char* st, uint32_t m0, uint32_t n0, int et) {
+#pragma unroll 1
+    for (int g = et; g < 128 * 32; g += 96) {
+        const int r = g / 32, grp = g % 32;
+        const uint32_t grow = m0 + r, gcol = n0 + grp * 8;
+        if (grow < p.m && gcol < p.n) {
+            const uint4 raw = *reinterpret_cast<const uint4*>(st + r * 512 + ((grp ^ (r & 7)) * 16));
+            const T* h = reinterpret_cast<const T*>(&raw);
+            float z[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) z[k] = to_f32(h[k]);
+            epilogue8<T, ACT, false>(p, R, C, Z, grow, gcol, z);
+        }
+    }
+}
+template <typename T>
+__device__ __forceinline__ void epilogue_staged(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const unsigned char* st,
+                                             uint32_t m0, uint32_t n0, int et) {
+    switch (p.act) {
+    case 1: epilogue_staged_act<T, 1>(p, R, C, Z, st, m0, n0, et); break;
+    case 2: epilogue_staged_act<T, 2>(p, R, C, Z, st, m0, n0, et); break;
+    case 3: epilogue_staged_act<T, 3>(p, R, C, Z, st, m0, n0, et); break;
+    case 4: epilogue_staged_act<T, 4>(p, R, C, Z, st, m0, n0, et); break;
+    case 5: epilogue_staged_act<T, 5>(p, R, C, Z, st, m0, n0, et); break;
+    default: epilogue_staged_act<T, 0>(p, R, C, Z, st, m0, n0, et); break;
+    }
+}
+
 __device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-template <typename T, bool PP>
+template <typename T, bool PP, bool EW>
 __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtensorMap* tmB, const T* __restrict__ bias,
                                            const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
-    constexpr int BM = tile_m<PP>(), STAGE_BYTES = stage_bytes<PP>();
+    static_assert(!(PP && EW), "one schedule");
+    constexpr int BM = tile_m<PP>(), STAGE_BYTES = stage_bytes<PP>(), NST = EW ? EW_STAGES : STAGES;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    // full[0, STAGES), empty[STAGES, 2·STAGES), order[2·STAGES + w]: warpgroup w may start its
-    // next tile's products (ping-pong only).
-    __shared__ __align__(8) uint64_t bars[2 * STAGES + 2];
+    // full[0, NST), empty[STAGES, STAGES + NST), order[2·STAGES + w]: warpgroup w may start its
+    // next tile's products (ping-pong only); staged[2·STAGES + 2 + {0, 1}]: the tile's
+    // pre-activation is in the staging tile / the epilogue warps are done with it (EW only).
+    __shared__ __align__(8) uint64_t bars[2 * STAGES + 4];
     const uint32_t base = (mma::smem_addr(smem_raw) + 1023) & ~1023u;
-    const uint32_t bar0 = mma::smem_addr(bars), order0 = bar0 + 8 * (2 * STAGES);
+    const uint32_t bar0 = mma::smem_addr(bars), order0 = bar0 + 8 * (2 * STAGES), staged0 = order0 + 16;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; ++s) {
+        for (int s = 0; s < NST; ++s) {
             mbar_init(bar0 + 8 * s, 1);                        // the producer's arrive.expect_tx
             mbar_init(bar0 + 8 * (STAGES + s), PP ? 4 : 8);  // one arrival per consuming warp
         }
         mbar_init(order0, 1);
         mbar_init(order0 + 8, 1);
+        mbar_init(staged0, 8);      // one arrival per consumer warp
+        mbar_init(staged0 + 8, 3);  // one per epilogue warp
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -725,7 +770,23 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
     const int KT = (p.k + BK - 1) / BK;
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        // EW: 224·256 + 64·128 = 65536, the register file, shared with the epilogue warps.
+        if (EW) asm volatile("setmaxnreg.dec.sync.aligned.u32 80;\n");
+        else asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (EW && threadIdx.x >= 32) {
+            // Warps 1–3: the epilogue of each staged tile while the consumers multiply the next.
+            uint32_t j = 0;
+            for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x, ++j) {
+                const uint32_t bz = tile / per_batch, rem = tile % per_batch;
+                const uint32_t m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
+                EpiArgs epi{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.beta, (size_t)bz * p.sc, (size_t)bz * p.sr, false};
+                epi.vec = vec_stores<T>(epi, R, C, Z);
+                mbar_wait(staged0, j & 1);
+                epilogue_staged<T>(epi, R, C, Z, smem_raw + (base - mma::smem_addr(smem_raw)) + EW_STAGES * STAGE_BYTES, m0, n0, threadIdx.x - 32);
+                __syncwarp();
+                if ((threadIdx.x & 31) == 0) mbar_arrive(staged0 + 8);
+            }
+        }
         if (threadIdx.x == 0) {
             uint32_t it = 0;
             for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x) {
@@ -733,7 +794,7 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
                 const int m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
                 const int za = p.sa ? bz : 0, zb = p.sb ? bz : 0;
                 for (int kt = 0; kt < KT; ++kt, ++it) {
-                    const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
+                    const uint32_t s = it % NST, ph = (it / NST) & 1;
                     mbar_wait(bar0 + 8 * (STAGES + s), ph ^ 1);
                     const uint32_t sA = base + s * STAGE_BYTES, full = bar0 + 8 * s;
                     mbar_expect_tx(full, STAGE_BYTES);
@@ -743,7 +804,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
             }
         }
     } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+        if (EW) asm volatile("setmaxnreg.inc.sync.aligned.u32 216;\n");
+        else asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
         const int cw = wg - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, t = threadIdx.x % 128;
         float* stage = reinterpret_cast<float*>(smem_raw + (base - mma::smem_addr(smem_raw)) + STAGES * stage_bytes<false>()) + cw * 64 * 64;
         // Tile i of the block's sequence is blockIdx.x + i·gridDim.x; cooperative: every i, rows
@@ -765,7 +827,7 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
             int prev = -1;
             uint32_t it = i * KT;
             for (int kt = 0; kt < KT; ++kt, ++it) {
-                const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
+                const uint32_t s = it % NST, ph = (it / NST) & 1;
                 mbar_wait(bar0 + 8 * s, ph);
                 const uint32_t sA = base + s * STAGE_BYTES;
                 const uint32_t sB = sA + BM * BK * 2;
@@ -788,10 +850,9 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
             // element by element with the edge checks.
             const T* bias_b = bias + (size_t)bz * p.bias_bs;
             const bool bias_pairs = p.has_bias && p.bias_cs == 1 && (reinterpret_cast<uintptr_t>(bias_b) & 3) == 0;
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            // This thread's bias pairs of chunk q (columns n0 + 64q + 8jj + 2(lane mod 4), + 1).
+            const auto load_bias = [&](int q, float2 (&bv)[8]) {
                 const uint32_t gc0 = n0 + q * 64 + (lane % 4) * 2;
-                float2 bv[8];
                 if (bias_pairs && n0 + q * 64 + 64 <= p.n) {
 #pragma unroll
                     for (int jj = 0; jj < 8; ++jj) bv[jj] = to_f32x2(*reinterpret_cast<const typename Pair<T>::type*>(bias_b + gc0 + jj * 8));
@@ -803,6 +864,38 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
                         bv[jj].y = (p.has_bias && gc + 1 < p.n) ? to_f32(bias_b[(size_t)(gc + 1) * p.bias_cs]) : 0.0f;
                     }
                 }
+            };
+            if (EW) {
+                // α·acc + bias in T into the staged tile (the epilogue warps have finished the
+                // previous one), then straight on to the next tile's products while the epilogue
+                // warps write this one out.
+                mbar_wait(staged0 + 8, (i & 1) ^ 1);
+                unsigned char* st = smem_raw + (base - mma::smem_addr(smem_raw)) + EW_STAGES * STAGE_BYTES;
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    float2 bv[8];
+                    load_bias(q, bv);
+#pragma unroll
+                    for (int jj = 0; jj < 8; ++jj) {
+                        const int j = q * 8 + jj, lr = cw * 64 + warp * 16 + lane / 4;
+                        unsigned char* at = st + lr * 512 + ((j ^ (lr & 7)) * 16) + (lane % 4) * 4;
+                        typename Pair<T>::type lo, hi;
+                        lo.x = from_f32<T>(p.alpha * d[4 * j] + bv[jj].x);
+                        lo.y = from_f32<T>(p.alpha * d[4 * j + 1] + bv[jj].y);
+                        hi.x = from_f32<T>(p.alpha * d[4 * j + 2] + bv[jj].x);
+                        hi.y = from_f32<T>(p.alpha * d[4 * j + 3] + bv[jj].y);
+                        *reinterpret_cast<typename Pair<T>::type*>(at) = lo;
+                        *reinterpret_cast<typename Pair<T>::type*>(at + 8 * 512) = hi;  // row lr + 8, same (lr mod 8)
+                    }
+                }
+                __syncwarp();
+                if (lane == 0) mbar_arrive(staged0);
+                continue;
+            }
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                float2 bv[8];
+                load_bias(q, bv);
                 named_barrier(1 + cw, 128);
 #pragma unroll
                 for (int jj = 0; jj < 8; ++jj) {
@@ -825,16 +918,18 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
 
 // A and B are passed (unused) so that the launcher records their use on the stream; the kernel
 // reads them through the tensor maps.
-#define GEMM_WGMMA_ENTRY(NAME, T, PP)                                                                                      \
+#define GEMM_WGMMA_ENTRY(NAME, T, PP, EW)                                                                                  \
     extern "C" __global__ void __launch_bounds__(hopper::THREADS, 1)                                                       \
         NAME(const T* A, const T* B, const T* bias, const T* R, T* C, T* Z, GemmParams p,                                   \
              const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB) {                           \
-        hopper::gemm_wgmma<T, PP>(&tmA, &tmB, bias, R, C, Z, p);                                                           \
+        hopper::gemm_wgmma<T, PP, EW>(&tmA, &tmB, bias, R, C, Z, p);                                                       \
     }
-GEMM_WGMMA_ENTRY(gemm_f16_wgmma, __half, false)
-GEMM_WGMMA_ENTRY(gemm_bf16_wgmma, __nv_bfloat16, false)
-GEMM_WGMMA_ENTRY(gemm_f16_wgmma_pp, __half, true)
-GEMM_WGMMA_ENTRY(gemm_bf16_wgmma_pp, __nv_bfloat16, true)
+GEMM_WGMMA_ENTRY(gemm_f16_wgmma, __half, false, false)
+GEMM_WGMMA_ENTRY(gemm_bf16_wgmma, __nv_bfloat16, false, false)
+GEMM_WGMMA_ENTRY(gemm_f16_wgmma_pp, __half, true, false)
+GEMM_WGMMA_ENTRY(gemm_bf16_wgmma_pp, __nv_bfloat16, true, false)
+GEMM_WGMMA_ENTRY(gemm_f16_wgmma_ew, __half, false, true)
+GEMM_WGMMA_ENTRY(gemm_bf16_wgmma_ew, __nv_bfloat16, false, true)
 #endif  // FFKERN_SM90A
 
 // ---------------------------------------------------------------------------------------------

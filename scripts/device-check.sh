@@ -7,7 +7,8 @@
 #   into .device/ (git-ignored); then run on the GPU machine, carrying .device:
 #   bash scripts/device-check.sh            (writes $OUT/device-check.tgz and $OUT/summary.txt, default ./out)
 # Knobs: KERNELS / KERNELS_BENCH (FFKERN_GEMM_KERNEL choices to check / time), TESTS=0,
-# PINGPONG_OPS (FFN families timed on the ping-pong GEMM; default none), LINATTN_KERNELS
+# FFN_KERNEL / FFN_OPS (one more FFKERN_GEMM_KERNEL choice and the FFN families timed on it;
+# empty skips), LINATTN_KERNELS
 # (FFKERN_LINATTN_KERNEL choices tested and timed beside the default; empty skips), GRAPH_KERNELS
 # (the same for FFKERN_GRAPH_KERNEL), KERNELS_TESTS (an FFKERN_GEMM_KERNEL choice for the test
 # binaries that run GEMM backwards; empty skips),
@@ -103,7 +104,7 @@ if [ "${WGPU_CHECK:-1}" = 1 ]; then
     timeout "$(lim 120)" $B/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1 &
     pids+=($!)
 fi
-for k in ${KERNELS-auto mma pingpong kgen}; do
+for k in ${KERNELS-auto mma pingpong kgen epiwarp}; do
     FFKERN_GEMM_KERNEL=$k timeout "$(lim 120)" $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1 &
     pids+=($!)
 done
@@ -184,7 +185,7 @@ checked() { # what, check or test logs...
     done
 }
 if [ "${CUDA_BENCH:-1}" = 1 ]; then
-    for k in ${KERNELS_BENCH-auto pingpong}; do
+    for k in ${KERNELS_BENCH-auto pingpong epiwarp}; do
         [ "$k" = auto ] || checked "$k" "$OUT/check-cuda-$k.txt" || continue
         FFKERN_GEMM_KERNEL=$k bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20
     done
@@ -193,10 +194,11 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
     for op in ${BENCH_OPS:-repavit structured linear_attn graph}; do
         bench "cuda-$op" "$([ "$op" = structured ] && echo 120 || echo 90)" --backend cuda --op "$op" --reps 20 --seq 4096,8192
     done
-    # The FFN families on the GEMM's ping-pong schedule (FFKERN_GEMM_KERNEL=pingpong).
-    for op in ${PINGPONG_OPS-}; do
-        checked pingpong "$OUT/check-cuda-pingpong.txt" || break
-        FFKERN_GEMM_KERNEL=pingpong bench "cuda-$op-pingpong" 90 --backend cuda --op "$op" --dtype bf16 --reps 20
+    # The FFN families on another GEMM schedule (default the epilogue warps), bf16.
+    fk=${FFN_KERNEL-epiwarp}
+    for op in $([ -n "$fk" ] && echo "${FFN_OPS-repavit structured}"); do
+        checked "$fk" "$OUT/check-cuda-$fk.txt" || break
+        FFKERN_GEMM_KERNEL=$fk bench "cuda-$op-$fk" 90 --backend cuda --op "$op" --dtype bf16 --reps 20
     done
     for lk in ${LINATTN_KERNELS-mma}; do
         checked "$lk" "$OUT/test-linattn-$lk.log" || continue

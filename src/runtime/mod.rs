@@ -18,8 +18,8 @@ pub struct KernelChoice {
 /// The CUDA f16/bf16 GEMM kernel (see `ops::gemm::cuda`).
 pub const GEMM_KERNEL: KernelChoice = KernelChoice {
     var: "FFKERN_GEMM_KERNEL",
-    values: &["auto", "mma", "pingpong", "kgen"],
-    what: "CUDA f16/bf16 GEMM: wgmma on Hopper else mma.sync, K-major operands on 16-byte copies; mma.sync everywhere; wgmma ping-pong schedule; auto with element loads for K-major operands",
+    values: &["auto", "mma", "pingpong", "kgen", "epiwarp"],
+    what: "CUDA f16/bf16 GEMM: wgmma on Hopper else mma.sync, K-major operands on 16-byte copies; mma.sync everywhere; wgmma ping-pong schedule; auto with element loads for K-major operands; wgmma with epilogue warps",
 };
 /// The wgpu GEMM's tile form (see `ops::gemm::wgpu`).
 pub const WGPU_GEMM: KernelChoice = KernelChoice {

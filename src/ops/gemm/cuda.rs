@@ -55,7 +55,7 @@ pub const KERNELS: &[&str] = &[
 ];
 
 /// The Hopper-only kernels (in the `compute_90a` PTX).
-pub const KERNELS_SM90A: &[&str] = &["gemm_f16_wgmma", "gemm_bf16_wgmma", "gemm_f16_wgmma_pp", "gemm_bf16_wgmma_pp"];
+pub const KERNELS_SM90A: &[&str] = &["gemm_f16_wgmma", "gemm_bf16_wgmma", "gemm_f16_wgmma_pp", "gemm_bf16_wgmma_pp", "gemm_f16_wgmma_ew", "gemm_bf16_wgmma_ew"];
 
 /// Dynamic shared memory of the wgmma kernels: 4 stages × (128 + 256) rows × 64 × 2 bytes, 1 KiB
 /// of alignment slack and 32 KiB of epilogue staging (the kernel static_asserts the same number).
@@ -67,8 +67,10 @@ const WGMMA_SMEM: u32 = 230400;
 /// ldmatrix.trans: 1.5× faster on the H100's OneForecast layer than element loads), `pingpong`
 /// (the same cases on the wgmma kernel's ping-pong schedule: each consumer warpgroup owns 64×256
 /// tiles and its epilogue overlaps the other's products), `mma` (mma.sync everywhere, e.g. to
-/// compare on a Hopper card) or `kgen` (as `auto`, with the K-major operands loaded element by
-/// element, to compare).
+/// compare on a Hopper card), `kgen` (as `auto`, with the K-major operands loaded element by
+/// element, to compare) or `epiwarp` (the wgmma cases with epilogue warps: the consumers stage
+/// each tile's α·acc + bias in shared memory and go on to the next tile's products while three
+/// warps of the producer's warpgroup write it out).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     crate::runtime::kernel_env(&CHOICE, &crate::runtime::GEMM_KERNEL)
@@ -250,11 +252,13 @@ pub fn gemm<T: CudaElem>(
     // The wgmma kernel's tile rows: a shared 128-row tile, or one warpgroup's 64 (ping-pong).
     let tile_m = if pingpong { 64 } else { 128 };
     let (name, ptx, smem) = if wgmma {
-        let name = match (dtype == DType::F16, pingpong) {
-            (true, false) => "gemm_f16_wgmma",
-            (false, false) => "gemm_bf16_wgmma",
-            (true, true) => "gemm_f16_wgmma_pp",
-            (false, true) => "gemm_bf16_wgmma_pp",
+        let name = match (dtype == DType::F16, choice) {
+            (true, "pingpong") => "gemm_f16_wgmma_pp",
+            (false, "pingpong") => "gemm_bf16_wgmma_pp",
+            (true, "epiwarp") => "gemm_f16_wgmma_ew",
+            (false, "epiwarp") => "gemm_bf16_wgmma_ew",
+            (true, _) => "gemm_f16_wgmma",
+            (false, _) => "gemm_bf16_wgmma",
         };
         (name, Ptx::Sm90a, WGMMA_SMEM)
     } else {
