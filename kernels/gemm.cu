@@ -770,7 +770,7 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
     const int KT = (p.k + BK - 1) / BK;
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
-        // EW: 224·256 + 64·128 = 65536, the register file, shared with the epilogue warps.
+        // EW: 216·256 + 80·128 = 65536, the register file, shared with the epilogue warps.
         if (EW) asm volatile("setmaxnreg.dec.sync.aligned.u32 80;\n");
         else asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         if (EW && threadIdx.x >= 32) {
