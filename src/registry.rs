@@ -53,6 +53,12 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         // over a GPU's ~132 blocks): their stage ring and the ping-pong order barriers go round
         // more than once. K 16 keeps the reference cheap.
         case("8192x2048x16 bias gelu_erf (several tiles a block)", Gemm::new(8192, 2048, 16).bias(true).act(Activation::GeluErf)),
+        // The same with a residual and act_cols inside a 64-column chunk, through the epilogue
+        // paths that read R (and, with FFKERN_GEMM_KERNEL=epiwarp, the staged tile's hand-back).
+        case(
+            "8192x2048x16 bias gelu_tanh act_cols=700 residual (several tiles a block)",
+            Gemm::new(8192, 2048, 16).bias(true).act(Activation::GeluTanh).act_cols(700).residual(None).beta(0.5),
+        ),
         // Enough 128×128 tiles for wgpu's wide kernel (8×8 a thread), with partial edge tiles.
         case("1030x1100x40 bias gelu_erf residual", Gemm::new(1030, 1100, 40).bias(true).act(Activation::GeluErf).residual(None).beta(0.5)),
         case("batch 2 of 520x1030x24 km kn relu", Gemm::new(520, 1030, 24).batch(2).a_layout(ALayout::KM).b_layout(BLayout::KN).bias(true).act(Activation::Relu)),
