@@ -189,10 +189,15 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
         [ "$k" = auto ] || checked "$k" "$OUT/check-cuda-$k.txt" || continue
         FFKERN_GEMM_KERNEL=$k bench "cuda-gemm-$k" 90 --backend cuda --op gemm --dtype bf16 --reps 20
     done
-    # structured: three FFN blocks in f32 and bf16 against the dense FFN, then the pre-merge
-    # crossovers.
+    # structured (three FFN blocks against the dense FFN, then the pre-merge crossovers) runs once
+    # per dtype, so that a slow f32 run cannot cost the bf16 rows.
     for op in ${BENCH_OPS:-repavit structured linear_attn graph}; do
-        bench "cuda-$op" "$([ "$op" = structured ] && echo 120 || echo 90)" --backend cuda --op "$op" --reps 20 --seq 4096,8192
+        if [ "$op" = structured ]; then
+            bench cuda-structured 90 --backend cuda --op structured --dtype bf16 --reps 20
+            bench cuda-structured-f32 90 --backend cuda --op structured --dtype f32 --reps 20
+        else
+            bench "cuda-$op" 90 --backend cuda --op "$op" --reps 20 --seq 4096,8192
+        fi
     done
     # The FFN families on another GEMM schedule (default the epilogue warps), bf16.
     fk=${FFN_KERNEL-epiwarp}
