@@ -576,16 +576,19 @@ struct EpiArgs {
     uint32_t m, n, ldc, ldr, act, act_cols, has_r, has_z;
     float beta;
     size_t oc, orr;
-    bool vec;  // every 8-column group's C (and R, Z) is 16-byte aligned: see vec_stores
+    bool vec;  // every 8-column group's C (and R, Z) is 16-byte aligned: see tile_epi
 };
 
-// Whether 8 consecutive columns from a multiple of 8 always start 16 bytes aligned in C, R and Z
-// (bases and row strides), decided once per tile instead of per 8 columns.
+// The writer's arguments for a tile of batch bz. vec: whether 8 consecutive columns from a
+// multiple of 8 always start 16 bytes aligned in C, R and Z (bases and row strides), decided once
+// per tile instead of per 8 columns.
 template <typename T>
-__device__ __forceinline__ bool vec_stores(const EpiArgs& p, const T* R, const T* C, const T* Z) {
-    const auto al = [](const T* base, size_t off, uint32_t ld) { return ((reinterpret_cast<uintptr_t>(base + off) & 15) == 0) && ld % 8 == 0; };
+__device__ __forceinline__ EpiArgs tile_epi(const GemmParams& p, uint32_t bz, const T* R, const T* C, const T* Z) {
     static_assert(sizeof(T) == 2, "16-bit outputs");
-    return al(C, p.oc, p.ldc) && (!p.has_r || al(R, p.orr, p.ldr)) && (!p.has_z || al(Z, p.oc, p.ldc));
+    const size_t oc = (size_t)bz * p.sc, orr = (size_t)bz * p.sr;
+    const auto al = [](const T* base, size_t off, uint32_t ld) { return ((reinterpret_cast<uintptr_t>(base + off) & 15) == 0) && ld % 8 == 0; };
+    const bool vec = al(C, oc, p.ldc) && (!p.has_r || al(R, orr, p.ldr)) && (!p.has_z || al(Z, oc, p.ldc));
+    return EpiArgs{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.beta, oc, orr, vec};
 }
 
 // The activations of the wgmma epilogue, whose outputs are f16/bf16: gelu_tanh takes the hardware
@@ -681,28 +684,37 @@ __device__ __forceinline__ void epilogue_chunk_act(const EpiArgs& p, const T* __
     }
 }
 
+// Calls f(Act<k>{}) with activation k = act as a compile-time constant (0, the identity, for any
+// other value), so that each activation's writer is instantiated on its own.
+template <uint32_t K>
+struct Act {
+    static constexpr uint32_t value = K;
+};
+template <typename F>
+__device__ __forceinline__ void with_act(uint32_t act, F&& f) {
+    switch (act) {
+    case 1: f(Act<1>{}); break;
+    case 2: f(Act<2>{}); break;
+    case 3: f(Act<3>{}); break;
+    case 4: f(Act<4>{}); break;
+    case 5: f(Act<5>{}); break;
+    default: f(Act<0>{}); break;
+    }
+}
+
 // The activation is chosen once per chunk: a chunk wholly past act_cols (RePaViT's idle
 // channels, half of its first product's columns) takes the identity instead of evaluating the
 // activation only to discard it — the same values — and a chunk wholly before it skips the
 // per-column test. Out of line: the unrolled caller would otherwise copy it 4×.
-template <typename T, bool ALL>
-__device__ __forceinline__ void epilogue_chunk_all(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
-                                                   const float* stage, uint32_t row0, uint32_t col0, int t) {
-    switch (p.act) {
-    case 1: epilogue_chunk_act<T, 1, ALL>(p, R, C, Z, stage, row0, col0, t); break;
-    case 2: epilogue_chunk_act<T, 2, ALL>(p, R, C, Z, stage, row0, col0, t); break;
-    case 3: epilogue_chunk_act<T, 3, ALL>(p, R, C, Z, stage, row0, col0, t); break;
-    case 4: epilogue_chunk_act<T, 4, ALL>(p, R, C, Z, stage, row0, col0, t); break;
-    case 5: epilogue_chunk_act<T, 5, ALL>(p, R, C, Z, stage, row0, col0, t); break;
-    default: epilogue_chunk_act<T, 0, true>(p, R, C, Z, stage, row0, col0, t); break;
-    }
-}
 template <typename T>
 __device__ __noinline__ void epilogue_chunk(const EpiArgs p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const float* stage,
                                             uint32_t row0, uint32_t col0, int t) {
-    if (col0 >= p.act_cols) epilogue_chunk_act<T, 0, true>(p, R, C, Z, stage, row0, col0, t);
-    else if (col0 + 64 <= p.act_cols) epilogue_chunk_all<T, true>(p, R, C, Z, stage, row0, col0, t);
-    else epilogue_chunk_all<T, false>(p, R, C, Z, stage, row0, col0, t);
+    with_act(col0 >= p.act_cols ? 0u : p.act, [&](auto a) {
+        constexpr uint32_t K = decltype(a)::value;
+        if constexpr (K == 0) epilogue_chunk_act<T, 0, true>(p, R, C, Z, stage, row0, col0, t);
+        else if (col0 + 64 <= p.act_cols) epilogue_chunk_act<T, K, true>(p, R, C, Z, stage, row0, col0, t);
+        else epilogue_chunk_act<T, K, false>(p, R, C, Z, stage, row0, col0, t);
+    });
 }
 
 // The epilogue warps' writer (EW): the staged 128×256 tile (pre-activation in T, row r's
@@ -726,15 +738,8 @@ __device__ __forceinline__ void epilogue_staged_act(const EpiArgs& p, const T* _
 }
 template <typename T>
 __device__ __forceinline__ void epilogue_staged(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const unsigned char* st,
-                                             uint32_t m0, uint32_t n0, int et) {
-    switch (p.act) {
-    case 1: epilogue_staged_act<T, 1>(p, R, C, Z, st, m0, n0, et); break;
-    case 2: epilogue_staged_act<T, 2>(p, R, C, Z, st, m0, n0, et); break;
-    case 3: epilogue_staged_act<T, 3>(p, R, C, Z, st, m0, n0, et); break;
-    case 4: epilogue_staged_act<T, 4>(p, R, C, Z, st, m0, n0, et); break;
-    case 5: epilogue_staged_act<T, 5>(p, R, C, Z, st, m0, n0, et); break;
-    default: epilogue_staged_act<T, 0>(p, R, C, Z, st, m0, n0, et); break;
-    }
+                                                uint32_t m0, uint32_t n0, int et) {
+    with_act(p.act, [&](auto a) { epilogue_staged_act<T, decltype(a)::value>(p, R, C, Z, st, m0, n0, et); });
 }
 
 __device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads) {
@@ -779,10 +784,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
             for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x, ++j) {
                 const uint32_t bz = tile / per_batch, rem = tile % per_batch;
                 const uint32_t m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
-                EpiArgs epi{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.beta, (size_t)bz * p.sc, (size_t)bz * p.sr, false};
-                epi.vec = vec_stores<T>(epi, R, C, Z);
                 mbar_wait(staged0, j & 1);
-                epilogue_staged<T>(epi, R, C, Z, smem_raw + (base - mma::smem_addr(smem_raw)) + EW_STAGES * STAGE_BYTES, m0, n0, threadIdx.x - 32);
+                epilogue_staged<T>(tile_epi<T>(p, bz, R, C, Z), R, C, Z, smem_raw + (base - mma::smem_addr(smem_raw)) + EW_STAGES * STAGE_BYTES, m0, n0, threadIdx.x - 32);
                 __syncwarp();
                 if ((threadIdx.x & 31) == 0) mbar_arrive(staged0 + 8);
             }
@@ -816,8 +819,6 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
             const uint32_t bz = tile / per_batch, rem = tile % per_batch;
             const uint32_t m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
             const uint32_t row0 = m0 + (PP ? 0 : cw * 64);
-            EpiArgs epi{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.beta, (size_t)bz * p.sc, (size_t)bz * p.sr, false};
-            epi.vec = vec_stores<T>(epi, R, C, Z);
             // Wait for the other warpgroup to have taken tile i − 1's stages (its ((i − 1) / 2)-th
             // arrival on this barrier).
             if (PP && i > 0) mbar_wait(order0 + 8 * cw, ((i - 1) / 2) & 1);
@@ -892,6 +893,7 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
                 if (lane == 0) mbar_arrive(staged0);
                 continue;
             }
+            const EpiArgs epi = tile_epi<T>(p, bz, R, C, Z);
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
                 float2 bv[8];
