@@ -120,7 +120,7 @@ if [ -n "${KERNELS_TESTS-kgen}" ]; then
         test_run "$t-gemm-${KERNELS_TESTS-kgen}" $B/tests/$t FFKERN_GEMM_KERNEL=${KERNELS_TESTS-kgen} FFKERN_REQUIRE=cuda
     done
 fi
-# The graph row kernels forced to one form (the default picks one warp a row unless rows are split).
+# The graph row kernels forced to one form (the default picks the warp form unless rows are split).
 for gk in ${GRAPH_KERNELS-thread warp}; do
     for t in graph gnn oneforecast; do
         test_run "$t-$gk" $B/tests/$t FFKERN_GRAPH_KERNEL=$gk FFKERN_REQUIRE=cuda

@@ -37,7 +37,7 @@ pub const LINATTN_KERNEL: KernelChoice = KernelChoice {
 pub const GRAPH_KERNEL: KernelChoice = KernelChoice {
     var: "FFKERN_GRAPH_KERNEL",
     values: &["auto", "thread", "warp"],
-    what: "CUDA spmm and sum/mean reductions: one warp a row unless the graph has split rows; four columns a thread; one warp a row",
+    what: "CUDA spmm and sum/mean reductions: warps over a row's 16-byte pieces unless the graph has split rows; four columns a thread; the warp form",
 };
 /// Every kernel choice, in the order `ffkern info` lists them.
 pub const KERNEL_CHOICES: [KernelChoice; 4] = [GEMM_KERNEL, WGPU_GEMM, LINATTN_KERNEL, GRAPH_KERNEL];

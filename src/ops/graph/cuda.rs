@@ -80,10 +80,11 @@ pub struct CudaGraphArgs<'a, T> {
     pub v: Option<CudaView<'a, f32>>,
 }
 
-/// `FFKERN_GRAPH_KERNEL`: `auto` (default: one warp per row for spmm and sum/mean where the
-/// widths allow and the graph has no rows split over segments — on the H100 the warp form was
-/// 1.1–1.2× faster on uniform in-degree and 2–2.3× slower with a power-law hub), `thread` (four
-/// columns per thread) or `warp` (one warp per row wherever the widths allow).
+/// `FFKERN_GRAPH_KERNEL`: `auto` (default: a warp per 32 16-byte pieces of a row for spmm and
+/// sum/mean where the widths allow and the graph has no rows split over segments — on the H100
+/// the warp form, then one warp a row, was 1.1–1.2× faster on uniform in-degree and 2–2.3× slower
+/// with a power-law hub), `thread` (four columns per thread) or `warp` (the warp form wherever
+/// the widths allow).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     crate::runtime::kernel_env(&CHOICE, &crate::runtime::GRAPH_KERNEL)
