@@ -17,6 +17,12 @@ pub trait Backend {
     fn upload(&self, t: &HostTensor) -> Result<Self::Buf>;
     /// A buffer of `len` elements, zero-filled.
     fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buf>;
+    /// A buffer of `len` elements whose values are unspecified until written: for an output or
+    /// scratch buffer that the next launches write in full before anything reads it, which saves
+    /// the zero-filling pass over it. Backends without unset memory zero-fill it.
+    fn alloc_uninit(&self, dtype: DType, len: usize) -> Result<Self::Buf> {
+        self.alloc(dtype, len)
+    }
     /// The buffer's values (shape `[len]`). Waits for queued work.
     fn download(&self, buf: &Self::Buf) -> Result<HostTensor>;
     fn dtype_of(&self, buf: &Self::Buf) -> DType;

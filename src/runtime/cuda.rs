@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchArgs, LaunchConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtrMut, LaunchArgs, LaunchConfig};
 use half::{bf16, f16};
 
 use crate::device::{same_dtype, Backend};
@@ -189,6 +189,26 @@ pub(crate) fn drv(context: &str) -> impl FnOnce(cudarc::driver::DriverError) -> 
     move |e| Error::driver(format!("cuda: {context}"), e)
 }
 
+/// Lets the device's memory pool keep what the runtime frees (release threshold: unlimited), as
+/// a framework's caching allocator does. Buffers are allocated stream-ordered from that pool; with
+/// the driver's default threshold of 0 every synchronisation hands the freed memory back to the
+/// system, so each op's next output or scratch buffer would be mapped afresh, a cost that grows
+/// with its size and that the kernels' timings would include. Only a runtime that opens its own
+/// context does this: one on a caller's stream leaves the caller's pool as it is. Where the device
+/// has no pools nothing changes.
+fn keep_freed_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: both calls take a valid device handle and write (or read) only the local variables
+    // passed by pointer; a failure (no pool support) leaves the pool untouched.
+    unsafe {
+        if sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS && !pool.is_null() {
+            let _ = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&mut threshold as *mut u64).cast());
+        }
+    }
+}
+
 impl CudaRuntime {
     /// Opens GPU `ordinal` with its own stream. A machine without the CUDA driver gives
     /// [`Error::BackendUnavailable`], never a panic.
@@ -199,6 +219,7 @@ impl CudaRuntime {
         }
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::BackendUnavailable { backend: BACKEND, reason: format!("no usable GPU {ordinal}: {e}") })?;
+        keep_freed_memory(&ctx);
         let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
         Ok(Self::from_stream(stream))
     }
@@ -366,7 +387,21 @@ impl CudaRuntime {
     /// `len` zeros. The driver refuses zero-byte allocations, so an empty buffer owns one
     /// element but reports length 0: downloads and shape checks see what the caller asked for.
     fn zeros<T: CudaElem>(&self, len: usize) -> Result<CudaSlice<T>> {
-        let s = self.stream.alloc_zeros::<T>(len.max(1)).map_err(drv("allocating"))?;
+        self.new_slice(len, Some(0))
+    }
+
+    /// `len` elements, each byte set to `fill`, or left as the pool hands them out (`None`).
+    fn new_slice<T: CudaElem>(&self, len: usize, fill: Option<u8>) -> Result<CudaSlice<T>> {
+        // SAFETY: the memory is unset until the memset below (or, with `fill` None, until a kernel
+        // writes it: `Backend::alloc_uninit`'s contract); every bit pattern is a valid f32, f16 or
+        // bf16, so reading it early gives unspecified numbers, never undefined behaviour.
+        let mut s = unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(drv("allocating"))?;
+        if let Some(byte) = fill {
+            let bytes = s.num_bytes();
+            let (ptr, _record) = s.device_ptr_mut(&self.stream);
+            // SAFETY: sets exactly the `bytes` bytes of the allocation just made, in stream order.
+            unsafe { cudarc::driver::result::memset_d8_async(ptr, byte, bytes, self.stream.cu_stream()) }.map_err(drv("filling"))?;
+        }
         if len > 0 {
             return Ok(s);
         }
@@ -374,6 +409,14 @@ impl CudaRuntime {
         // SAFETY: `ptr` is the one-element allocation leaked just above; the new slice owns it
         // again (it is freed when that slice drops) and claims none of it.
         Ok(unsafe { self.stream.upgrade_device_ptr(ptr, 0) })
+    }
+
+    fn alloc_filled(&self, dtype: DType, len: usize, fill: Option<u8>) -> Result<CudaBuf> {
+        Ok(match dtype {
+            DType::F32 => CudaBuf::F32(self.new_slice(len, fill)?),
+            DType::F16 => CudaBuf::F16(self.new_slice(len, fill)?),
+            DType::BF16 => CudaBuf::BF16(self.new_slice(len, fill)?),
+        })
     }
 
     fn download_typed<T: CudaElem>(&self, s: &CudaSlice<T>) -> Result<Vec<f32>> {
@@ -413,11 +456,14 @@ impl Backend for CudaRuntime {
         })
     }
     fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
-        Ok(match dtype {
-            DType::F32 => CudaBuf::F32(self.zeros(len)?),
-            DType::F16 => CudaBuf::F16(self.zeros(len)?),
-            DType::BF16 => CudaBuf::BF16(self.zeros(len)?),
-        })
+        self.alloc_filled(dtype, len, Some(0))
+    }
+    /// Unset memory, or NaN in every element (all bits set) when `FFKERN_CUDA_POISON` is set, so
+    /// that a test run under it fails wherever a kernel leaves part of such a buffer unwritten.
+    fn alloc_uninit(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
+        static POISON: OnceLock<bool> = OnceLock::new();
+        let poison = *POISON.get_or_init(|| std::env::var_os("FFKERN_CUDA_POISON").is_some_and(|v| !v.is_empty() && v != "0"));
+        self.alloc_filled(dtype, len, poison.then_some(0xff))
     }
     fn download(&self, buf: &CudaBuf) -> Result<HostTensor> {
         let data = match buf {

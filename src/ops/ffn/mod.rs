@@ -80,10 +80,10 @@ impl DenseFfn {
     pub fn forward<Be: Backend>(&self, be: &Be, x: &Be::Buf, w: &FfnWeights<Be::Buf>, save: bool) -> Result<(Be::Buf, Option<FfnSaved<Be::Buf>>)> {
         let dtype = self.check(be, x, w)?;
         let (t, c, h) = (self.tokens, self.dim, self.hidden);
-        let mut u = be.alloc(dtype, t * h)?;
-        let mut z1 = if save { Some(be.alloc(dtype, t * h)?) } else { None };
+        let mut u = be.alloc_uninit(dtype, t * h)?;
+        let mut z1 = if save { Some(be.alloc_uninit(dtype, t * h)?) } else { None };
         be.gemm(&self.gemm1(), x, &w.w1, Some(&w.b1), None, &mut u, z1.as_mut())?;
-        let mut y = be.alloc(dtype, t * c)?;
+        let mut y = be.alloc_uninit(dtype, t * c)?;
         be.gemm(&self.gemm2(), &u, &w.w2, Some(&w.b2), self.residual.then_some(x), &mut y, None)?;
         Ok((y, z1.map(|z1| FfnSaved { z1, u })))
     }
@@ -100,8 +100,8 @@ impl DenseFfn {
             Some(s) => s,
             None => {
                 let (t, h) = (self.tokens, self.hidden);
-                let mut u = be.alloc(dtype, t * h)?;
-                let mut z1 = be.alloc(dtype, t * h)?;
+                let mut u = be.alloc_uninit(dtype, t * h)?;
+                let mut z1 = be.alloc_uninit(dtype, t * h)?;
                 be.gemm(&self.gemm1(), x, &w.w1, Some(&w.b1), None, &mut u, Some(&mut z1))?;
                 recomputed = FfnSaved { z1, u };
                 &recomputed
@@ -243,9 +243,9 @@ impl RepavitMerged {
     pub fn forward<Be: Backend>(&self, be: &Be, tokens: usize, x: &Be::Buf, weights: (&Be::Buf, &Be::Buf, &Be::Buf)) -> Result<Be::Buf> {
         let dtype = be.dtype_of(x);
         let (wu, bu, wo) = weights;
-        let mut u = be.alloc(dtype, tokens * (self.active + self.dim))?;
+        let mut u = be.alloc_uninit(dtype, tokens * (self.active + self.dim))?;
         be.gemm(&self.gemm1(tokens), x, wu, Some(bu), None, &mut u, None)?;
-        let mut y = be.alloc(dtype, tokens * self.dim)?;
+        let mut y = be.alloc_uninit(dtype, tokens * self.dim)?;
         be.gemm(&self.gemm2(tokens), &u, wo, None, Some(&u), &mut y, None)?;
         Ok(y)
     }
@@ -329,7 +329,7 @@ impl<B> BatchNormState<B> {
     /// running statistics otherwise.
     pub fn forward<Be: Backend<Buf = B>>(&mut self, be: &Be, d: &BatchNormDesc, x: &B, train: bool) -> Result<B> {
         self.check(be, d, x)?;
-        let mut y = be.alloc(be.dtype_of(x), d.rows * d.channels)?;
+        let mut y = be.alloc_uninit(be.dtype_of(x), d.rows * d.channels)?;
         be.batchnorm(&d.params(train, false)?, x, &self.affine, &mut self.running_mean, &mut self.running_var, &mut self.stats, &mut y)?;
         Ok(y)
     }
@@ -345,7 +345,7 @@ impl<B> BatchNormState<B> {
                 }
             }
         }
-        let mut dx = be.alloc(be.dtype_of(x), d.rows * d.channels)?;
+        let mut dx = be.alloc_uninit(be.dtype_of(x), d.rows * d.channels)?;
         be.batchnorm_backward(&d.params(true, extra.is_some())?, x, dy, &self.affine, &mut self.stats, extra, &mut dx)?;
         Ok(dx)
     }
@@ -420,11 +420,11 @@ impl RepavitFfn {
         let dtype = be.dtype_of(x);
         let (t, h) = (self.tokens, self.hidden);
         let xn = w.bn1.forward(be, &self.bn1(), x, train)?;
-        let mut z = be.alloc(dtype, t * h)?;
-        let mut zpre = be.alloc(dtype, t * h)?;
+        let mut z = be.alloc_uninit(dtype, t * h)?;
+        let mut zpre = be.alloc_uninit(dtype, t * h)?;
         be.gemm(&self.gemm1(), &xn, &w.w1, Some(&w.b1), None, &mut z, Some(&mut zpre))?;
         let zn = w.bn2.forward(be, &self.bn2(), &z, train)?;
-        let mut y = be.alloc(dtype, t * self.dim)?;
+        let mut y = be.alloc_uninit(dtype, t * self.dim)?;
         be.gemm(&self.gemm2(), &zn, &w.w2, Some(&w.b2), Some(x), &mut y, None)?;
         Ok((y, RepavitSaved { xn, zpre, z, zn }))
     }

@@ -90,6 +90,17 @@ pub struct Operand {
     pub batch_stride: usize,
 }
 
+/// A buffer for a gradient written in `op`'s layout over `batch` batches: unset when that layout
+/// covers every element, zero-filled when rows or batches leave gaps (which then read as 0).
+fn alloc_in_layout<Be: Backend>(be: &Be, dtype: DType, op: &Operand, batch: usize) -> Result<Be::Buf> {
+    let len = op.required_len(batch);
+    if len == batch * op.rows * op.cols {
+        be.alloc_uninit(dtype, len)
+    } else {
+        be.alloc(dtype, len)
+    }
+}
+
 impl Operand {
     /// The number of elements a buffer must hold for this operand over `batch` batches.
     pub fn required_len(&self, batch: usize) -> usize {
@@ -635,14 +646,14 @@ pub fn gemm_backward_plus<Be: Backend>(
         if be.len_of(z) < desc.c().required_len(batch) {
             return Err(Error::shape(OP, "Z is shorter than C"));
         }
-        let mut out = be.alloc(dtype, batch * m * n)?;
+        let mut out = be.alloc_uninit(dtype, batch * m * n)?;
         let act_cols_v = if stacked { act_cols } else { cols_v };
         be.act_grad(&ActGrad { rows: rows_v, cols: cols_v, act: desc.act, act_cols: act_cols_v }, dc, z, &mut out)?;
         dcp_owned = out;
         &dcp_owned
     };
     let dbias = if desc.bias {
-        let mut out = be.alloc(dtype, cols_v)?;
+        let mut out = be.alloc_uninit(dtype, cols_v)?;
         be.col_sum(rows_v, cols_v, dcp, &mut out)?;
         Some(out)
     } else {
@@ -653,7 +664,7 @@ pub fn gemm_backward_plus<Be: Backend>(
     let (a_op, b_op) = (desc.a(), desc.b());
     let a_ld = if desc.a_layout == ALayout::MK { a_op.row_stride } else { a_op.col_stride };
     let b_ld = if desc.b_layout == BLayout::NK { b_op.row_stride } else { b_op.col_stride };
-    let mut da = be.alloc(dtype, a_op.required_len(batch))?;
+    let mut da = alloc_in_layout(be, dtype, &a_op, batch)?;
     if desc.a_layout == ALayout::KM {
         // dA stored [K, M]: compute dAᵀ[k,m] = α Σ_n B[n,k]·dC'[m,n].
         let mut d = Gemm::new(k, m, n).batch(batch).alpha(desc.alpha).beta(0.0).b_layout(BLayout::NK);
@@ -684,7 +695,7 @@ pub fn gemm_backward_plus<Be: Backend>(
         be.gemm(&d, dcp, b, None, extra_da, &mut da, None)?;
     }
     // dB: reduction over M; dC' read as KM (its M is the reduction), A read with its own strides.
-    let mut db = be.alloc(dtype, b_op.required_len(batch))?;
+    let mut db = alloc_in_layout(be, dtype, &b_op, batch)?;
     if desc.b_layout == BLayout::NK {
         // dB[n,k] = α Σ_m dC'[m,n]·A[m,k]
         let a_as_b = if desc.a_layout == ALayout::MK { BLayout::KN } else { BLayout::NK };

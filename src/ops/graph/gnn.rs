@@ -23,7 +23,7 @@ fn through_act<Be: Backend>(be: &Be, act: Activation, dy: &Be::Buf, z: Option<&B
     match (act, z) {
         (Activation::Identity, _) => Ok(None),
         (_, Some(z)) => {
-            let mut out = be.alloc(be.dtype_of(dy), rows * cols)?;
+            let mut out = be.alloc_uninit(be.dtype_of(dy), rows * cols)?;
             be.act_grad(&ActGrad { rows, cols, act, act_cols: cols }, dy, z, &mut out)?;
             Ok(Some(out))
         }
@@ -78,8 +78,8 @@ impl GcnLayer {
         check(be, "gcn", "w", w, self.out_dim * self.in_dim, dtype)?;
         check(be, "gcn", "b", b, self.out_dim, dtype)?;
         let agg = spmm(be, g, x, Some(edge_w), self.in_dim)?;
-        let mut out = be.alloc(dtype, n * self.out_dim)?;
-        let mut z = if self.act == Activation::Identity { None } else { Some(be.alloc(dtype, n * self.out_dim)?) };
+        let mut out = be.alloc_uninit(dtype, n * self.out_dim)?;
+        let mut z = if self.act == Activation::Identity { None } else { Some(be.alloc_uninit(dtype, n * self.out_dim)?) };
         be.gemm(&self.gemm(n), &agg, w, Some(b), None, &mut out, z.as_mut())?;
         Ok(GcnState { out, agg, z })
     }
@@ -133,9 +133,9 @@ impl SageLayer {
         check(be, "sage", "b", b, o, dtype)?;
         let agg = spmm(be, g, x, Some(mean_w), i)?;
         // W_s·h as the residual of the aggregation's GEMM; the activation after both.
-        let mut root = be.alloc(dtype, n * o)?;
+        let mut root = be.alloc_uninit(dtype, n * o)?;
         be.gemm(&Gemm::new(n, o, i), x, w_self, None, None, &mut root, None)?;
-        let mut pre = be.alloc(dtype, n * o)?;
+        let mut pre = be.alloc_uninit(dtype, n * o)?;
         be.gemm(&Gemm::new(n, o, i).bias(true).residual(None), &agg, w_neigh, Some(b), Some(&root), &mut pre, None)?;
         Ok(match self.act {
             Activation::Identity => SageState { out: pre, agg, pre: None },
@@ -213,10 +213,10 @@ impl GatLayer {
         for (name, t) in [("a_src", &p.a_src), ("a_dst", &p.a_dst), ("b", &p.b)] {
             check(be, "gat", name, t, hf, dtype)?;
         }
-        let mut z = be.alloc(dtype, n * hf)?;
+        let mut z = be.alloc_uninit(dtype, n * hf)?;
         be.gemm(&Gemm::new(n, hf, self.in_dim), x, &p.w, None, None, &mut z, None)?;
         // [s_src | s_dst] per node, then e = LeakyReLU(s_src[src] + s_dst[dst]) per edge.
-        let mut sd = be.alloc(dtype, n * 2 * h)?;
+        let mut sd = be.alloc_uninit(dtype, n * 2 * h)?;
         be.gemm(&self.head_dot(n, 2 * h, 0), &z, &p.a_src, None, None, &mut sd, None)?;
         be.gemm(&self.head_dot(n, 2 * h, h), &z, &p.a_dst, None, None, &mut sd, None)?;
         let logits_pre = edge_combine(be, g, &be.alloc(dtype, e * h)?, &sd, h, Activation::Identity)?;
@@ -239,13 +239,13 @@ impl GatLayer {
         check(be, "gat", "dy", dy, n * hf, dtype)?;
         let dpre_owned = through_act(be, self.act, dy, st.pre.as_ref(), n, hf)?;
         let dpre = dpre_owned.as_ref().unwrap_or(dy);
-        let mut db = be.alloc(dtype, hf)?;
+        let mut db = be.alloc_uninit(dtype, hf)?;
         be.col_sum(n, hf, dpre, &mut db)?;
         // Through the aggregation: dz over the transposed graph, dα = ⟨dY_i, z_j⟩ per head.
         let (dz_agg, d_alpha) = spmm_backward(be, g, gt, &st.z, Some(&st.alpha), dpre, h, hf)?;
         let d_alpha = d_alpha.ok_or_else(|| Error::Invalid("gat: the attention gradient is missing".into()))?;
         let ds = from_f32(be, &segment_softmax_backward(be, g, &st.alpha, &d_alpha, h)?, dtype, e * h)?;
-        let mut d_logits = be.alloc(dtype, e * h)?;
+        let mut d_logits = be.alloc_uninit(dtype, e * h)?;
         be.act_grad(&ActGrad { rows: e, cols: h, act: Activation::LeakyRelu, act_cols: h }, &ds, &st.logits_pre, &mut d_logits)?;
         // s_src gathers at the source, s_dst at the destination: sums over gt and g.
         let d_src = segment_reduce(be, gt, &d_logits, h, Reduce::Sum)?.0;

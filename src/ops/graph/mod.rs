@@ -385,7 +385,7 @@ fn params<B>(g: &DeviceGraph<B>, dim: usize, heads: usize) -> Result<GraphParams
 /// `out[e] = X[src[e]]` for every edge, in COO order (`X [N, D]` → `[E, D]`).
 pub fn gather_rows<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, dim: usize) -> Result<Be::Buf> {
     let dtype = check_len(be, "X", x, g.num_nodes, dim)?;
-    let mut out = be.alloc(dtype, g.num_edges * dim)?;
+    let mut out = be.alloc_uninit(dtype, g.num_edges * dim)?;
     let a = GraphArgs { x: Some(x), y: None, w: None, v: None };
     be.graph_op(GraphKernel::Gather, &params(g, dim, 1)?, Some(g), &a, &mut out, None)?;
     Ok(out)
@@ -395,8 +395,8 @@ pub fn gather_rows<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, 
 /// For max/min also the first arg (COO edge id; E for empty rows) as raw words.
 pub fn segment_reduce<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, m: &Be::Buf, dim: usize, reduce: Reduce) -> Result<(Be::Buf, Option<Be::Buf>)> {
     let dtype = check_len(be, "M", m, g.num_edges, dim)?;
-    let mut out = be.alloc(dtype, g.num_nodes * dim)?;
-    let mut arg = if matches!(reduce, Reduce::Max | Reduce::Min) { Some(be.alloc(DType::F32, g.num_nodes * dim)?) } else { None };
+    let mut out = be.alloc_uninit(dtype, g.num_nodes * dim)?;
+    let mut arg = if matches!(reduce, Reduce::Max | Reduce::Min) { Some(be.alloc_uninit(DType::F32, g.num_nodes * dim)?) } else { None };
     let p = GraphParams { reduce: reduce as u32, ..params(g, dim, 1)? };
     let a = GraphArgs { x: Some(m), y: None, w: None, v: None };
     be.graph_op(GraphKernel::SegmentReduce, &p, Some(g), &a, &mut out, arg.as_mut())?;
@@ -416,7 +416,7 @@ pub fn spmm_heads<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, w
     if let Some(w) = w {
         check_edge_scalars(be, "w", w, g.num_edges, heads)?;
     }
-    let mut out = be.alloc(dtype, g.num_nodes * dim)?;
+    let mut out = be.alloc_uninit(dtype, g.num_nodes * dim)?;
     be.graph_op(GraphKernel::Spmm, &p, Some(g), &GraphArgs { x: Some(x), y: None, w, v: None }, &mut out, None)?;
     Ok(out)
 }
@@ -425,7 +425,7 @@ pub fn spmm_heads<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, w
 pub fn sddmm<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, a: &Be::Buf, b: &Be::Buf, heads: usize, dim: usize) -> Result<Be::Buf> {
     let p = params(g, dim, heads)?;
     crate::device::same_dtype("graph sddmm", &[("A", check_len(be, "A", a, g.num_nodes, dim)?), ("B", check_len(be, "B", b, g.num_nodes, dim)?)])?;
-    let mut out = be.alloc(DType::F32, g.num_edges * heads)?;
+    let mut out = be.alloc_uninit(DType::F32, g.num_edges * heads)?;
     be.graph_op(GraphKernel::Sddmm, &p, Some(g), &GraphArgs { x: Some(a), y: Some(b), w: None, v: None }, &mut out, None)?;
     Ok(out)
 }
@@ -434,7 +434,7 @@ pub fn sddmm<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, a: &Be::Buf, b: &Be
 pub fn segment_softmax<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, s: &Be::Buf, heads: usize) -> Result<Be::Buf> {
     let p = params(g, heads, heads)?;
     check_edge_scalars(be, "s", s, g.num_edges, heads)?;
-    let mut out = be.alloc(DType::F32, g.num_edges * heads)?;
+    let mut out = be.alloc_uninit(DType::F32, g.num_edges * heads)?;
     be.graph_op(GraphKernel::Softmax, &p, Some(g), &GraphArgs { x: None, y: None, w: Some(s), v: None }, &mut out, None)?;
     Ok(out)
 }
@@ -444,7 +444,7 @@ pub fn segment_softmax_backward<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, 
     let p = params(g, heads, heads)?;
     check_edge_scalars(be, "alpha", alpha, g.num_edges, heads)?;
     check_edge_scalars(be, "d_alpha", d_alpha, g.num_edges, heads)?;
-    let mut out = be.alloc(DType::F32, g.num_edges * heads)?;
+    let mut out = be.alloc_uninit(DType::F32, g.num_edges * heads)?;
     be.graph_op(GraphKernel::SoftmaxBackward, &p, Some(g), &GraphArgs { x: None, y: None, w: Some(alpha), v: Some(d_alpha) }, &mut out, None)?;
     Ok(out)
 }
@@ -474,7 +474,7 @@ pub fn segment_sum_weighted<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, m: &
     let dtype = check_len(be, "M", m, g.num_edges, dim)?;
     let p = GraphParams { has_weight: 1, ..params(g, dim, heads)? };
     check_edge_scalars(be, "w", w, g.num_edges, heads)?;
-    let mut out = be.alloc(dtype, g.num_nodes * dim)?;
+    let mut out = be.alloc_uninit(dtype, g.num_nodes * dim)?;
     be.graph_op(GraphKernel::SegmentReduce, &p, Some(g), &GraphArgs { x: Some(m), y: None, w: Some(w), v: None }, &mut out, None)?;
     Ok(out)
 }
@@ -487,11 +487,11 @@ pub fn segment_sum_weighted_backward<Be: Backend>(be: &Be, gt: &DeviceGraph<Be::
     crate::device::same_dtype("graph", &[("dOut", dtype), ("M", check_len(be, "M", m, gt.num_edges, dim)?)])?;
     check_edge_scalars(be, "w", w, gt.num_edges, heads)?;
     let p = params(gt, dim, heads)?;
-    let mut g_out = be.alloc(dtype, gt.num_edges * dim)?;
+    let mut g_out = be.alloc_uninit(dtype, gt.num_edges * dim)?;
     be.graph_op(GraphKernel::Gather, &p, Some(gt), &GraphArgs { x: Some(d_out), y: None, w: None, v: None }, &mut g_out, None)?;
-    let mut dw = be.alloc(DType::F32, gt.num_edges * heads)?;
+    let mut dw = be.alloc_uninit(DType::F32, gt.num_edges * heads)?;
     be.graph_op(GraphKernel::EdgeDot, &p, Some(gt), &GraphArgs { x: Some(&g_out), y: Some(m), w: None, v: None }, &mut dw, None)?;
-    let mut dm = be.alloc(dtype, gt.num_edges * dim)?;
+    let mut dm = be.alloc_uninit(dtype, gt.num_edges * dim)?;
     be.graph_op(GraphKernel::Gather, &GraphParams { has_weight: 1, ..p }, Some(gt), &GraphArgs { x: Some(d_out), y: None, w: Some(w), v: None }, &mut dm, None)?;
     Ok((dm, dw))
 }
@@ -512,7 +512,7 @@ pub fn segment_sum_backward<Be: Backend>(be: &Be, gt: &DeviceGraph<Be::Buf>, d_o
 /// Returns `y` and the f32 `[mean | rstd]` the backward needs.
 pub fn layer_norm<Be: Backend>(be: &Be, x: &Be::Buf, affine: &Be::Buf, rows: usize, c: usize, eps: f32) -> Result<(Be::Buf, Be::Buf)> {
     let (p, dtype) = layer_norm_setup(be, x, affine, rows, c, eps)?;
-    let mut y = be.alloc(dtype, rows * c)?;
+    let mut y = be.alloc_uninit(dtype, rows * c)?;
     let mut stats = be.alloc(DType::F32, 2 * rows.max(1))?;
     be.graph_op(GraphKernel::LayerNorm, &p, None, &GraphArgs { x: Some(x), y: None, w: Some(affine), v: None }, &mut y, Some(&mut stats))?;
     Ok((y, stats))
@@ -529,7 +529,7 @@ pub fn layer_norm_backward<Be: Backend>(be: &Be, x: &Be::Buf, dy: &Be::Buf, affi
     crate::device::same_dtype("layer_norm", &[("x", dtype), ("dy", check_len(be, "dy", dy, rows, c)?)])?;
     check_edge_scalars(be, "stats", stats, rows, 2)?;
     let a = GraphArgs { x: Some(x), y: Some(dy), w: Some(affine), v: Some(stats) };
-    let mut dx = be.alloc(dtype, rows * c)?;
+    let mut dx = be.alloc_uninit(dtype, rows * c)?;
     be.graph_op(GraphKernel::LayerNormBackward, &p, None, &a, &mut dx, None)?;
     let mut dparams = be.alloc(DType::F32, 2 * c)?;
     let chunks = rows.div_ceil(LN_PARAM_ROWS).max(1);
@@ -572,7 +572,7 @@ pub fn scale_add<Be: Backend>(be: &Be, x: &Be::Buf, scale: Option<&Be::Buf>, y: 
         check_edge_scalars(be, "scale", s, rows, 1)?;
     }
     let p = GraphParams { has_weight: scale.is_some() as u32, has_y: y.is_some() as u32, reduce: act as u32, ..row_params("scale_add", rows, dim)? };
-    let mut out = be.alloc(dtype, rows * dim)?;
+    let mut out = be.alloc_uninit(dtype, rows * dim)?;
     be.graph_op(GraphKernel::ScaleAdd, &p, None, &GraphArgs { x: Some(x), y, w: scale, v: None }, &mut out, None)?;
     Ok(out)
 }
@@ -583,7 +583,7 @@ pub fn bias_act<Be: Backend>(be: &Be, x: &Be::Buf, bias: &Be::Buf, rows: usize, 
     let dtype = check_len(be, "x", x, rows, dim)?;
     crate::device::same_dtype("bias_act", &[("x", dtype), ("bias", check_len(be, "bias", bias, 1, dim)?)])?;
     let p = GraphParams { has_y: 2, reduce: act as u32, ..row_params("bias_act", rows, dim)? };
-    let mut out = be.alloc(dtype, rows * dim)?;
+    let mut out = be.alloc_uninit(dtype, rows * dim)?;
     be.graph_op(GraphKernel::ScaleAdd, &p, None, &GraphArgs { x: Some(x), y: Some(bias), w: None, v: None }, &mut out, None)?;
     Ok(out)
 }
@@ -601,7 +601,7 @@ pub fn gate_mean<Be: Backend>(be: &Be, x: &Be::Buf, rows: usize, k: usize) -> Re
 pub fn gate_mean_backward<Be: Backend>(be: &Be, x: &Be::Buf, dg: &Be::Buf, rows: usize, k: usize) -> Result<Be::Buf> {
     let dtype = check_len(be, "logits", x, rows, k)?;
     check_edge_scalars(be, "dg", dg, rows, 1)?;
-    let mut out = be.alloc(dtype, rows * k)?;
+    let mut out = be.alloc_uninit(dtype, rows * k)?;
     be.graph_op(GraphKernel::GateMeanBackward, &row_params("gate_mean", rows, k)?, None, &GraphArgs { x: Some(x), y: None, w: Some(dg), v: None }, &mut out, None)?;
     Ok(out)
 }
@@ -641,7 +641,7 @@ pub(crate) fn edge_combine<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &B
     let dtype = check_len(be, "x", x, g.num_edges, dim)?;
     crate::device::same_dtype(OP, &[("x", dtype), ("y", check_len(be, "y", y, g.num_nodes, 2 * dim)?)])?;
     let p = GraphParams { reduce: act as u32, ..params(g, dim, 1)? };
-    let mut out = be.alloc(dtype, g.num_edges * dim)?;
+    let mut out = be.alloc_uninit(dtype, g.num_edges * dim)?;
     be.graph_op(GraphKernel::EdgeCombine, &p, Some(g), &GraphArgs { x: Some(x), y: Some(y), w: None, v: None }, &mut out, None)?;
     Ok(out)
 }
@@ -706,11 +706,11 @@ impl EdgeMlp {
 
     fn pre<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, e_feat: &Be::Buf, h: &Be::Buf, w: &EdgeMlpWeights<Be::Buf>, act: Activation) -> Result<Be::Buf> {
         let dtype = self.check(be, g, e_feat, h)?;
-        let mut ee = be.alloc(dtype, g.num_edges * self.out_dim)?;
+        let mut ee = be.alloc_uninit(dtype, g.num_edges * self.out_dim)?;
         if g.num_edges > 0 {
             be.gemm(&self.edge_gemm(g.num_edges), e_feat, &w.w_e, Some(&w.b), None, &mut ee, None)?;
         }
-        let mut pn = be.alloc(dtype, g.num_nodes * 2 * self.out_dim)?;
+        let mut pn = be.alloc_uninit(dtype, g.num_nodes * 2 * self.out_dim)?;
         be.gemm(&self.node_gemm(g.num_nodes, 0), h, &w.w_s, None, None, &mut pn, None)?;
         be.gemm(&self.node_gemm(g.num_nodes, 1), h, &w.w_d, None, None, &mut pn, None)?;
         edge_combine(be, g, &ee, &pn, self.out_dim, act)
@@ -732,7 +732,7 @@ impl EdgeMlp {
         }
         check_len(be, "d_m", d_m, e, d)?;
         let z = self.pre(be, g, e_feat, h, w, Activation::Identity)?;
-        let mut dz = be.alloc(be.dtype_of(&z), e * d)?;
+        let mut dz = be.alloc_uninit(be.dtype_of(&z), e * d)?;
         be.act_grad(&ActGrad { rows: e, cols: d, act: self.act, act_cols: d }, d_m, &z, &mut dz)?;
         let ge = gemm_backward(be, &self.edge_gemm(e), e_feat, &w.w_e, None, &dz)?;
         let dps = segment_reduce(be, gt, &dz, d, Reduce::Sum)?.0;
@@ -754,7 +754,7 @@ impl EdgeMlp {
             return Err(Error::shape("edge_mlp", "gt is not the transposed graph of g"));
         }
         let (hs, hd) = (gather_rows(be, g, h, self.node_dim)?, gather_rows(be, gt, h, self.node_dim)?);
-        let (mut z1, mut z2, mut z3) = (be.alloc(dtype, e * d)?, be.alloc(dtype, e * d)?, be.alloc(dtype, e * d)?);
+        let (mut z1, mut z2, mut z3) = (be.alloc_uninit(dtype, e * d)?, be.alloc_uninit(dtype, e * d)?, be.alloc_uninit(dtype, e * d)?);
         if e > 0 {
             let node = Gemm::new(e, d, self.node_dim).residual(None);
             be.gemm(&self.edge_gemm(e), e_feat, &w.w_e, Some(&w.b), None, &mut z1, None)?;
@@ -783,7 +783,7 @@ impl EdgeMlp {
         let (e, n, d) = (g.num_edges, g.num_nodes, self.out_dim);
         check_len(be, "d_m", d_m, e, d)?;
         let (z, hs, hd) = self.pre_materialized(be, g, gt, e_feat, h, w, Activation::Identity)?;
-        let mut dz = be.alloc(be.dtype_of(&z), e * d)?;
+        let mut dz = be.alloc_uninit(be.dtype_of(&z), e * d)?;
         be.act_grad(&ActGrad { rows: e, cols: d, act: self.act, act_cols: d }, d_m, &z, &mut dz)?;
         let ge = gemm_backward(be, &self.edge_gemm(e), e_feat, &w.w_e, None, &dz)?;
         let node = Gemm::new(e, d, self.node_dim);

@@ -317,28 +317,28 @@ impl OneForecastLayer {
         let (gh, ah) = (self.gate_hidden, self.attn_hidden);
         // Edge block: message, gate, gated residual.
         let u = Self::edge_messages(self.edge_mlp(), form, be, g, gt, e_feat, h, &p.edge)?;
-        let mut v = be.alloc(dtype, e * d)?;
+        let mut v = be.alloc_uninit(dtype, e * d)?;
         be.gemm(&linear(e, d, d), &u, &p.w_b, Some(&p.b_b), None, &mut v, None)?;
         let (m, stats_e) = layer_norm(be, &v, &p.ln_e, e, d, self.eps)?;
         let q = Self::edge_messages(self.gate_mlp(), form, be, g, gt, e_feat, h, &p.gate)?;
-        let mut logits = be.alloc(dtype, e * 3 * heads)?;
+        let mut logits = be.alloc_uninit(dtype, e * 3 * heads)?;
         be.gemm(&linear(e, 3 * heads, gh), &q, &p.w_g2, Some(&p.b_g2), None, &mut logits, None)?;
         let gate = gate_mean(be, &logits, e, 3 * heads)?;
         let e_out = scale_add(be, &m, Some(&gate), Some(e_feat), e, d, Activation::Identity)?;
         // Node block: attention scores per edge and head, softmax over each node's edges.
-        let (mut r, mut z_attn) = (be.alloc(dtype, e * ah)?, be.alloc(dtype, e * ah)?);
+        let (mut r, mut z_attn) = (be.alloc_uninit(dtype, e * ah)?, be.alloc_uninit(dtype, e * ah)?);
         be.gemm(&linear(e, ah, d).act(Activation::Silu), &e_out, &p.w_a1, Some(&p.b_a1), None, &mut r, Some(&mut z_attn))?;
-        let mut s = be.alloc(dtype, e * heads)?;
+        let mut s = be.alloc_uninit(dtype, e * heads)?;
         be.gemm(&linear(e, heads, ah), &r, &p.w_a2, Some(&p.b_a2), None, &mut s, None)?;
         let alpha = segment_softmax(be, g, &to_f32(be, &s, e * heads)?, heads)?;
         let agg = segment_sum_weighted(be, g, &e_out, &alpha, heads, d)?;
         // W_n1·[a; h] as W_n1h·h, then W_n1a·a + b_n1 with it as the GEMM's residual.
-        let mut ph = be.alloc(dtype, n * d)?;
+        let mut ph = be.alloc_uninit(dtype, n * d)?;
         be.gemm(&Gemm::new(n, d, d), h, &p.w_n1_h, None, None, &mut ph, None)?;
-        let mut pre1 = be.alloc(dtype, n * d)?;
+        let mut pre1 = be.alloc_uninit(dtype, n * d)?;
         be.gemm(&linear(n, d, d).residual(None), &agg, &p.w_n1_a, Some(&p.b_n1), Some(&ph), &mut pre1, None)?;
         let t1 = scale_add(be, &pre1, None, None, n, d, Activation::Silu)?;
-        let mut y2 = be.alloc(dtype, n * d)?;
+        let mut y2 = be.alloc_uninit(dtype, n * d)?;
         be.gemm(&linear(n, d, d), &t1, &p.w_n2, Some(&p.b_n2), None, &mut y2, None)?;
         let (ln, stats_n) = layer_norm(be, &y2, &p.ln_n, n, d, self.eps)?;
         let h_out = scale_add(be, &ln, None, Some(h), n, d, Activation::Identity)?;
@@ -394,7 +394,7 @@ impl OneForecastLayer {
         // Node block, from h' = LN(y2) + h.
         let (dy2, ln_n) = layer_norm_backward(be, &st.y2, d_h_out, &p.ln_n, &st.stats_n, n, d, self.eps)?;
         let g2 = gemm_backward(be, &linear(n, d, d), &st.t1, &p.w_n2, None, &dy2)?;
-        let mut dpre1 = be.alloc(dtype, n * d)?;
+        let mut dpre1 = be.alloc_uninit(dtype, n * d)?;
         be.act_grad(&ActGrad { rows: n, cols: d, act: Activation::Silu, act_cols: d }, &g2.da, &st.pre1, &mut dpre1)?;
         let g1a = gemm_backward(be, &linear(n, d, d), &st.agg, &p.w_n1_a, None, &dpre1)?;
         let g1h = gemm_backward_plus(be, &Gemm::new(n, d, d), h, &p.w_n1_h, None, &dpre1, Some(d_h_out))?;

@@ -249,7 +249,7 @@ impl LinearAttention {
     fn chunk_start_states<Be: Backend>(&self, be: &Be, p: &LinAttnParams, t: &ChunkTable, qkv: [&Be::Buf; 3], state: &mut Be::Buf, z: &mut Be::Buf, o: &mut Be::Buf, backward: bool) -> Result<(Be::Buf, Be::Buf)> {
         let sequences = p.batch as usize;
         let (kv, k_) = (self.heads * self.k * self.v, self.heads * self.k);
-        let mut hs = be.alloc(self.snapshot_dtype(be, p, be.dtype_of(qkv[0]), backward)?, (t.chunks + sequences) * kv)?;
+        let mut hs = self.alloc_states(be, p, self.snapshot_dtype(be, p, be.dtype_of(qkv[0]), backward)?, (t.chunks + sequences) * kv)?;
         let mut zs = be.alloc(DType::F32, (t.chunks + sequences) * k_)?;
         if fused_sweep(p, self.heads) {
             be.linattn_chunk_states(p, &t.sweep_table(), qkv[1], qkv[2], state, z, &mut hs, &mut zs)?;
@@ -259,6 +259,16 @@ impl LinearAttention {
             be.linattn_chunk_scan(&LinAttnParams { count0: t.chunks as u32, aux: 0, ..*p }, &t.seq_chunk0, state, z, &mut hs, &mut zs)?;
         }
         Ok((hs, zs))
+    }
+
+    /// The per-chunk matrices `S_c` (or `G_c`): the fused sweep writes every chunk's before any is
+    /// read, so they start unset; the state-only pass adds each chunk to what its slot holds, zero.
+    fn alloc_states<Be: Backend>(&self, be: &Be, p: &LinAttnParams, dtype: DType, len: usize) -> Result<Be::Buf> {
+        if fused_sweep(p, self.heads) {
+            be.alloc_uninit(dtype, len)
+        } else {
+            be.alloc(dtype, len)
+        }
     }
 
     /// The dtype of the per-chunk states `S_c` (and the backward's `G_c`): the backend's choice
@@ -325,9 +335,9 @@ impl LinearAttention {
             }
         }
         let mut g = LinAttnGrads {
-            dq: be.alloc(dtype, self.qk_len())?,
-            dk: be.alloc(dtype, self.qk_len())?,
-            dv: be.alloc(dtype, self.vo_len())?,
+            dq: be.alloc_uninit(dtype, self.qk_len())?,
+            dk: be.alloc_uninit(dtype, self.qk_len())?,
+            dv: be.alloc_uninit(dtype, self.vo_len())?,
             d_state: be.alloc(DType::F32, sequences * kv)?,
             d_z: be.alloc(DType::F32, sequences * k_)?,
         };
@@ -347,7 +357,7 @@ impl LinearAttention {
         // sequence's total, which the wgpu passes leave there).
         let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, ..p };
         let mut scratch = be.alloc(DType::F32, chunk_scratch_len(&pc, starts[sequences] as usize))?;
-        let (mut gs, mut gzs) = (be.alloc(be.dtype_of(&hs), (t.chunks + sequences) * kv)?, be.alloc(DType::F32, (t.chunks + sequences) * k_)?);
+        let (mut gs, mut gzs) = (self.alloc_states(be, &p, be.dtype_of(&hs), (t.chunks + sequences) * kv)?, be.alloc(DType::F32, (t.chunks + sequences) * k_)?);
         for (dst, src) in [(&mut g.d_state, d_final[0]), (&mut g.d_z, d_final[1])] {
             if let Some(src) = src {
                 be.copy(src, dst)?;

@@ -118,9 +118,9 @@ impl Structured {
     pub fn forward<Be: Backend>(&self, be: &Be, tokens: usize, x: &Be::Buf, f1: &Be::Buf, f2: &Be::Buf, alpha: f32) -> Result<(Be::Buf, Be::Buf)> {
         let dtype = be.dtype_of(x);
         let [s1, s2] = self.stages(tokens, alpha)?;
-        let mut h = be.alloc(dtype, tokens * s1.width)?;
+        let mut h = be.alloc_uninit(dtype, tokens * s1.width)?;
         be.gemm(&s1.desc, x, f1, None, None, &mut h, None)?;
-        let mut y = be.alloc(dtype, tokens * s2.width)?;
+        let mut y = be.alloc_uninit(dtype, tokens * s2.width)?;
         be.gemm(&s2.desc, &h, f2, None, None, &mut y, None)?;
         Ok((y, h))
     }
@@ -266,14 +266,14 @@ impl StructuredFfn {
         let dtype = be.dtype_of(x);
         let t = self.tokens;
         let ([a1, c1], [a2, c2]) = self.with_epilogues(t)?;
-        let mut h1 = be.alloc(dtype, t * a1.width)?;
+        let mut h1 = be.alloc_uninit(dtype, t * a1.width)?;
         be.gemm(&a1.desc, x, f[0], None, None, &mut h1, None)?;
-        let mut u = be.alloc(dtype, t * c1.width)?;
-        let mut z = if save { Some(be.alloc(dtype, t * c1.width)?) } else { None };
+        let mut u = be.alloc_uninit(dtype, t * c1.width)?;
+        let mut z = if save { Some(be.alloc_uninit(dtype, t * c1.width)?) } else { None };
         be.gemm(&c1.desc, &h1, f[1], Some(b1), None, &mut u, z.as_mut())?;
-        let mut h2 = be.alloc(dtype, t * a2.width)?;
+        let mut h2 = be.alloc_uninit(dtype, t * a2.width)?;
         be.gemm(&a2.desc, &u, f[2], None, None, &mut h2, None)?;
-        let mut y = be.alloc(dtype, t * c2.width)?;
+        let mut y = be.alloc_uninit(dtype, t * c2.width)?;
         be.gemm(&c2.desc, &h2, f[3], Some(b2), None, &mut y, None)?;
         Ok((y, h1, u, h2, z))
     }
@@ -321,7 +321,7 @@ impl SelfGuided {
         if alpha == 0.0 {
             return Ok((s, h));
         }
-        let mut o = be.alloc(be.dtype_of(x), self.tokens * self.layer.out())?;
+        let mut o = be.alloc_uninit(be.dtype_of(x), self.tokens * self.layer.out())?;
         be.gemm(&self.dense(alpha), x, wg, None, Some(&s), &mut o, None)?;
         Ok((o, h))
     }
@@ -378,7 +378,7 @@ pub fn measure_crossover<Be: Backend>(be: &Be, layer: &Structured, dtype: DType,
     let mut tokens = 1;
     while tokens <= max_tokens {
         let x = be.upload(&HostTensor::random(dtype, vec![tokens * layer.inp()], 3))?;
-        let mut y = be.alloc(dtype, tokens * layer.out())?;
+        let mut y = be.alloc_uninit(dtype, tokens * layer.out())?;
         let dense = Gemm::new(tokens, layer.out(), layer.inp());
         let td = crate::bench::median(&be.time_runs(reps, &mut || be.gemm(&dense, &x, &w, None, None, &mut y, None))?);
         let ts = crate::bench::median(&be.time_runs(reps, &mut || layer.forward(be, tokens, &x, &f1, &f2, 1.0).map(|_| ()))?);
@@ -428,7 +428,7 @@ impl<B> PreMerged<B> {
     pub fn forward<Be: Backend<Buf = B>>(&self, be: &Be, tokens: usize, x: &B) -> Result<(B, Form)> {
         match choose_form(tokens, self.crossover) {
             Form::Dense => {
-                let mut y = be.alloc(be.dtype_of(x), tokens * self.layer.out())?;
+                let mut y = be.alloc_uninit(be.dtype_of(x), tokens * self.layer.out())?;
                 be.gemm(&Gemm::new(tokens, self.layer.out(), self.layer.inp()), x, &self.dense, None, None, &mut y, None)?;
                 Ok((y, Form::Dense))
             }
