@@ -247,6 +247,40 @@ __device__ __forceinline__ void seg_partial_impl(const uint32_t* idx, const T* _
     }
 }
 
+// Columns d .. d + n − 1 (n ≤ 4) of long row `row`: its segments' partials combined in segment
+// order. A hub has hundreds of segments, and one load after another would make its row the
+// critical path (one memory round trip a segment); SEG_BATCH segments' loads go out together
+// before their combines, in the same order, so the sums are the same.
+constexpr uint32_t SEG_BATCH = 4;
+template <bool SPMM>
+__device__ __forceinline__ void combine_segments(const Csr& g, const float* __restrict__ part, uint32_t row, size_t d, uint32_t n, const GraphParams& p,
+                                                 Acc r[4]) {
+    const bool sum = SPMM || p.reduce <= 1;
+    const uint32_t li = g.find_long(row), k0 = g.long_seg_ptr[li], k1 = g.long_seg_ptr[li + 1];
+    const uint32_t* part_arg = reinterpret_cast<const uint32_t*>(part) + (size_t)p.num_segs * p.dim;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) r[c] = {0.0f, p.num_edges};
+    for (uint32_t k = k0; k < k1; k += SEG_BATCH) {
+        Acc v[SEG_BATCH][4];
+#pragma unroll
+        for (uint32_t j = 0; j < SEG_BATCH; ++j) {
+#pragma unroll
+            for (uint32_t c = 0; c < 4; ++c) {
+                const bool in = k + j < k1 && c < n;
+                const size_t t = (size_t)(k + j) * p.dim + d + c;
+                v[j][c] = {in ? part[t] : 0.0f, in && !sum ? part_arg[t] : p.num_edges};
+            }
+        }
+#pragma unroll
+        for (uint32_t j = 0; j < SEG_BATCH; ++j) {
+#pragma unroll
+            for (uint32_t c = 0; c < 4; ++c) {
+                if (k + j < k1) r[c] = combine(sum, p.reduce, r[c], v[j][c], k + j == k0);
+            }
+        }
+    }
+}
+
 // Output element i's reduction over its row; a long row combines its segments' partials.
 template <bool SPMM, typename T>
 __device__ __forceinline__ Acc row_element(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ part, size_t i,
@@ -254,14 +288,9 @@ __device__ __forceinline__ Acc row_element(const Csr& g, const T* __restrict__ x
     const size_t row = i / p.dim, d = i % p.dim;
     const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
     if (hi - lo <= p.chunk) return reduce_range<SPMM>(g, x, w, lo, hi, d, p);
-    const uint32_t li = g.find_long((uint32_t)row), k0 = g.long_seg_ptr[li], k1 = g.long_seg_ptr[li + 1];
-    const uint32_t* part_arg = reinterpret_cast<const uint32_t*>(part) + (size_t)p.num_segs * p.dim;
-    Acc r = {0.0f, p.num_edges};
-    for (uint32_t k = k0; k < k1; ++k) {
-        const size_t t = (size_t)k * p.dim + d;
-        r = combine(SPMM || p.reduce <= 1, p.reduce, r, {part[t], part_arg[t]}, k == k0);
-    }
-    return r;
+    Acc r[4];
+    combine_segments<SPMM>(g, part, (uint32_t)row, d, 1, p, r);
+    return r[0];
 }
 
 // out[i, d] = the row's reduction, four consecutive outputs per thread (groups that straddle a
@@ -276,8 +305,12 @@ __device__ __forceinline__ void row_reduce_impl(const uint32_t* idx, const T* __
         const size_t i0 = gi * 4, row = i0 / p.dim;
         const uint32_t d0 = (uint32_t)(i0 % p.dim), lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
         Acc r[4];
-        if (d0 + 4 <= p.dim && hi - lo <= p.chunk) {
-            reduce4<SPMM>(g, x, w, lo, hi, d0, 4, p, r);
+        if (d0 + 4 <= p.dim) {
+            if (hi - lo <= p.chunk) {
+                reduce4<SPMM>(g, x, w, lo, hi, d0, 4, p, r);
+            } else {
+                combine_segments<SPMM>(g, part, (uint32_t)row, d0, 4, p, r);
+            }
             float v[4];
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
@@ -369,9 +402,25 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
 #pragma unroll
     for (uint32_t c = 0; c < V; ++c) acc[c] = 0.0f;
     if (long_row) {
-        for (uint32_t k = k0; k < k1; ++k)
+        // The segments' partials in order, SEG_BATCH segments' 16-byte loads in flight at once
+        // (see combine_segments; part rows are 16-byte aligned: dim is a multiple of V).
+        for (uint32_t k = k0; k < k1; k += SEG_BATCH) {
+            float4 pv[SEG_BATCH][V / 4];
 #pragma unroll
-            for (uint32_t c = 0; c < V; ++c) acc[c] += part[(size_t)k * p.dim + d0 + c];
+            for (uint32_t j = 0; j < SEG_BATCH; ++j) {
+#pragma unroll
+                for (uint32_t i = 0; i < V / 4; ++i) {
+                    pv[j][i] = k + j < k1 ? *reinterpret_cast<const float4*>(part + (size_t)(k + j) * p.dim + d0 + 4 * i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+            }
+#pragma unroll
+            for (uint32_t j = 0; j < SEG_BATCH; ++j) {
+#pragma unroll
+                for (uint32_t i = 0; i < V / 4; ++i) {
+                    acc[4 * i] += pv[j][i].x, acc[4 * i + 1] += pv[j][i].y, acc[4 * i + 2] += pv[j][i].z, acc[4 * i + 3] += pv[j][i].w;
+                }
+            }
+        }
     } else {
         uint32_t q = lo;
         for (; q + 4 <= hi; q += 4) {
@@ -394,6 +443,32 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
         for (uint32_t c = 0; c < V; ++c) acc[c] /= (float)(hi - lo);
     }
     *reinterpret_cast<uint4*>(out + row * p.dim + d0) = pack16<T>(acc);
+}
+
+// gather_impl in whole 16-byte pieces (the width a multiple of 16 bytes, with weights also each
+// head's; x and out 16-byte aligned; E·pieces < 2³¹: the launcher checks). Why it is fast: a
+// thread moves one 16-byte piece, so a warp copies 512 contiguous bytes of a source row with one
+// load and one store instruction, and the index arithmetic is 32-bit (one division per piece,
+// where the element path divides in 64 bits for every four elements).
+template <typename T>
+__device__ __forceinline__ void gather16_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, T* __restrict__ out,
+                                              const GraphParams& p) {
+    constexpr uint32_t V = 16 / sizeof(T);
+    const Csr g(idx, p);
+    const uint32_t pieces = p.dim / V, dh = p.dim / p.heads, total = p.num_edges * pieces;
+    for (uint32_t t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
+        const uint32_t e = t / pieces, d0 = (t - e * pieces) * V;
+        uint4 raw = *reinterpret_cast<const uint4*>(x + (size_t)g.src_coo[e] * p.dim + d0);
+        if (p.has_weight) {
+            float v[V];
+            unpack16<T>(raw, v);
+            const float wt = w[(size_t)e * p.heads + d0 / dh];
+#pragma unroll
+            for (uint32_t c = 0; c < V; ++c) v[c] *= wt;
+            raw = pack16<T>(v);
+        }
+        *reinterpret_cast<uint4*>(out + (size_t)e * p.dim + d0) = raw;
+    }
 }
 
 // s[e, h] = ⟨A[dst e, h, :], B[src e, h, :]⟩ (f32, COO order), one thread per (edge, head), so
@@ -623,6 +698,9 @@ __device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __
 #define GRAPH_ENTRIES(SUFFIX, T)                                                                                           \
     extern "C" __global__ void __launch_bounds__(256) graph_gather_##SUFFIX(const uint32_t* idx, const T* x, const float* w, T* out, GraphParams p) { \
         gather_impl<T>(idx, x, w, out, p);                                                                                    \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) graph_gather16_##SUFFIX(const uint32_t* idx, const T* x, const float* w, T* out, GraphParams p) { \
+        gather16_impl<T>(idx, x, w, out, p);                                                                                  \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) graph_segment_reduce_##SUFFIX(                                       \
         const uint32_t* idx, const T* m, const float* w, const float* part, T* out, uint32_t* arg, GraphParams p) {        \

@@ -522,8 +522,9 @@ fn graph_rows<Be: Backend>(be: &Be, dtype: DType, g: &crate::ops::graph::Graph, 
     let t_sum = timed(be, reps, &mut || inputs.segment_sum(be, dg))?;
     out.push(record("graph", be.name(), dtype, format!("segment_sum {shape}"), t_sum, 0.0, bytes, reps));
     if gather {
+        // E rows gathered, E rows written.
         let t = timed(be, reps, &mut || inputs.gather(be, dg))?;
-        out.push(record("graph", be.name(), dtype, format!("gather {shape}"), t, 0.0, bytes, reps));
+        out.push(record("graph", be.name(), dtype, format!("gather {shape}"), t, 0.0, (2 * e * dim) as f64 * dtype.size() as f64, reps));
     }
     // The same N and E with power-law in-degrees (a hub of ~E/ln N edges), against the uniform graph.
     let gp = Graph::power_law(n, e, 12)?;

@@ -209,6 +209,14 @@ fn keep_freed_memory(ctx: &CudaContext) {
     }
 }
 
+/// The fill of buffers that a launch writes in full: none, or every bit set (NaN in f32, f16 and
+/// bf16) when `FFKERN_CUDA_POISON` is set, so that a test run under it fails wherever a kernel
+/// leaves part of such a buffer unwritten.
+fn uninit_fill() -> Option<u8> {
+    static POISON: OnceLock<bool> = OnceLock::new();
+    POISON.get_or_init(|| std::env::var_os("FFKERN_CUDA_POISON").is_some_and(|v| !v.is_empty() && v != "0")).then_some(0xff)
+}
+
 impl CudaRuntime {
     /// Opens GPU `ordinal` with its own stream. A machine without the CUDA driver gives
     /// [`Error::BackendUnavailable`], never a panic.
@@ -390,6 +398,12 @@ impl CudaRuntime {
         self.new_slice(len, Some(0))
     }
 
+    /// `len` elements for a launch that writes them all before any is read (see
+    /// `Backend::alloc_uninit`): unset, or NaN under `FFKERN_CUDA_POISON`.
+    pub(crate) fn uninit<T: CudaElem>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.new_slice(len, uninit_fill())
+    }
+
     /// `len` elements, each byte set to `fill`, or left as the pool hands them out (`None`).
     fn new_slice<T: CudaElem>(&self, len: usize, fill: Option<u8>) -> Result<CudaSlice<T>> {
         // SAFETY: the memory is unset until the memset below (or, with `fill` None, until a kernel
@@ -458,12 +472,8 @@ impl Backend for CudaRuntime {
     fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
         self.alloc_filled(dtype, len, Some(0))
     }
-    /// Unset memory, or NaN in every element (all bits set) when `FFKERN_CUDA_POISON` is set, so
-    /// that a test run under it fails wherever a kernel leaves part of such a buffer unwritten.
     fn alloc_uninit(&self, dtype: DType, len: usize) -> Result<CudaBuf> {
-        static POISON: OnceLock<bool> = OnceLock::new();
-        let poison = *POISON.get_or_init(|| std::env::var_os("FFKERN_CUDA_POISON").is_some_and(|v| !v.is_empty() && v != "0"));
-        self.alloc_filled(dtype, len, poison.then_some(0xff))
+        self.alloc_filled(dtype, len, uninit_fill())
     }
     fn download(&self, buf: &CudaBuf) -> Result<HostTensor> {
         let data = match buf {

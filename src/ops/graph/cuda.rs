@@ -13,6 +13,9 @@ pub const KERNELS: &[&str] = &[
     "graph_gather_f32",
     "graph_gather_f16",
     "graph_gather_bf16",
+    "graph_gather16_f32",
+    "graph_gather16_f16",
+    "graph_gather16_bf16",
     "graph_segment_reduce_f32",
     "graph_segment_reduce_f16",
     "graph_segment_reduce_bf16",
@@ -94,6 +97,13 @@ fn need<'b, X>(v: &'b Option<X>, what: &str) -> Result<&'b X> {
     v.as_ref().ok_or_else(|| Error::Invalid(format!("graph: the {what} operand is missing")))
 }
 
+/// Whether the rows of `x` and `out` move in whole 16-byte pieces: the width (and, with weights,
+/// each head's columns) a multiple of 16 bytes, both buffers 16-byte aligned.
+fn whole_pieces<T, X: cudarc::driver::DevicePtr<T>, O: cudarc::driver::DevicePtr<T>>(rt: &CudaRuntime, p: &GraphParams, x: &X, out: &O) -> bool {
+    let per16 = (16 / std::mem::size_of::<T>()) as u32;
+    p.dim % per16 == 0 && (p.has_weight == 0 || (p.dim / p.heads) % per16 == 0) && device_addr(rt, x) % 16 == 0 && device_addr(rt, out) % 16 == 0
+}
+
 /// One graph kernel on the runtime's stream. `out` is `T` for gather / segment_reduce / spmm
 /// and f32 for the per-edge kernels (`out32`).
 pub fn launch<T: CudaElem>(
@@ -108,7 +118,8 @@ pub fn launch<T: CudaElem>(
     // The entry `base` (typed by T where it has a dtype suffix), loaded once.
     let load = |base: &str| -> Result<cudarc::driver::CudaFunction> { rt.function(FAMILY, Ptx::Base, kernel_name::<T>(KERNELS, base)?, 0) };
     let cfg = |threads: usize| LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let scratch = |len: usize| rt.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| Error::driver("cuda: alloc", e));
+    // The long rows' partials and the softmax statistics: written in full before they are read.
+    let scratch = |len: usize| rt.uninit::<f32>(len);
     let (rows, dim, heads, edges) = (p.num_nodes as usize, p.dim as usize, p.heads as usize, p.num_edges as usize);
     let (segs, rows_dim) = (p.num_segs as usize, rows * dim);
     let (name, threads) = match kind {
@@ -224,6 +235,15 @@ pub fn launch<T: CudaElem>(
             let (idx, x) = (need(&a.idx, "graph")?, need(&a.x, "x")?);
             // Without weights the w pointer is idx's and is never read (p.has_weight = 0).
             let w = a.w.as_ref().unwrap_or(idx);
+            let pieces = edges * dim / (16 / std::mem::size_of::<T>());
+            if whole_pieces::<T, _, _>(rt, p, x, &*out) && pieces < 1 << 31 {
+                // SAFETY: graph_gather16_<dtype>(idx, x, w, out, p) as graph_gather below, with x
+                // and out read and written in whole 16-byte pieces (dim a multiple of 16 bytes,
+                // both 16-byte aligned, the piece count below 2³¹: checked here).
+                return rt.launch(&load("graph_gather16")?, cfg(pieces), |l| {
+                    l.arg(idx).arg(x).arg(w).arg(out).arg(p);
+                });
+            }
             rt.launch(&f, cfg_main, |l| {
                 l.arg(idx).arg(x).arg(w).arg(out).arg(p);
             })
@@ -240,8 +260,7 @@ pub fn launch<T: CudaElem>(
                     l.arg(idx).arg(x).arg(w).arg(&mut part).arg(p);
                 })?;
             }
-            // Warps of 32 16-byte pieces of a row (see `kernel_choice`) for spmm and sum/mean:
-            // whole pieces of every row (and of every head's columns with weights).
+            // Warps of 32 16-byte pieces of a row (see `kernel_choice`) for spmm and sum/mean.
             let per16 = 16 / std::mem::size_of::<T>();
             let warp_ok = match kernel_choice()? {
                 "warp" => true,
@@ -249,10 +268,7 @@ pub fn launch<T: CudaElem>(
                 _ => false,
             }
                 && (kind == GraphKernel::Spmm || (p.reduce <= 1 && arg.is_none()))
-                && dim % per16 == 0
-                && (p.has_weight == 0 || (dim / heads) % per16 == 0)
-                && device_addr(rt, x) % 16 == 0
-                && device_addr(rt, &*out) % 16 == 0;
+                && whole_pieces::<T, _, _>(rt, p, x, &*out);
             if warp_ok {
                 let fw = load(if kind == GraphKernel::Spmm { "graph_spmm_warp" } else { "graph_segment_sum_warp" })?;
                 let warps = rows * (dim / per16).div_ceil(32);
