@@ -367,6 +367,23 @@ __device__ __forceinline__ uint32_t relu2(uint32_t x) {
     return x & ~(neg * 0xFFFFu);
 }
 
+// c0, c1 += a·B over rows k0 .. k0 + 15 and the two n-tiles of columns n0 .. n0 + 15 of B stored
+// [k][n] with row stride ld, through ldmatrix.trans (matrices (k 0–7 | 8–15) × (n 0–7 | 8–15)); B's
+// values through relu first when `relu`.
+template <typename T>
+__device__ __forceinline__ void mma_kn16(float (&c0)[4], float (&c1)[4], const uint32_t (&a)[4], const T* b, uint32_t ld, uint32_t k0, uint32_t n0,
+                                         bool relu = false) {
+    const uint32_t lane = threadIdx.x & 31, mi = lane / 8, r8 = lane % 8;
+    uint32_t f[4];
+    mma::ldmatrix_x4_trans(f, b + (k0 + r8 + 8 * (mi % 2)) * ld + n0 + 8 * (mi / 2));
+    if (relu) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) f[i] = relu2(f[i]);
+    }
+    mma::mma16816<T>(c0, a, f[0], f[1]);
+    mma::mma16816<T>(c1, a, f[2], f[3]);
+}
+
 // 16 bytes (8 elements) of a [rows·H, width] operand by cp.async: packed row `row` (position ·
 // heads + head), columns col .. col + 7; zeros unless `in` (past the chunk or the width, which
 // the 16-bit kernels take only as a multiple of 8).
@@ -476,15 +493,9 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
 #pragma unroll
                 for (int q = 0; q < 4; ++q) a[q] = relu2(a[q]);
             }
+            // B = Y rows (k) × 16 columns from Y stored [r][j].
 #pragma unroll
-            for (uint32_t np = 0; np < 2; ++np) {
-                // B = Y rows (k) × 16 columns from Y stored [r][j]: (k 0–7, n-tile 0), (k 8–15,
-                // n-tile 0), (k 0–7, n-tile 1), (k 8–15, n-tile 1).
-                uint32_t b[4];
-                mma::ldmatrix_x4_trans(b, sy + (kk + r8 + 8 * (m % 2)) * SW_LDS + cw + 16 * np + 8 * (m / 2));
-                mma::mma16816<T>(part[2 * np], a, b[0], b[1]);
-                mma::mma16816<T>(part[2 * np + 1], a, b[2], b[3]);
-            }
+            for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(part[2 * np], part[2 * np + 1], a, sy, SW_LDS, kk, cw + 16 * np);
         }
         if (!REVERSE && j0 == 0) {
             // Σ_r φ(k)[r][i0 + zc]: 16 rows a thread, then the four quarters in a fixed order.
@@ -1323,11 +1334,8 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
                     if (need0) mma::mma16816<T>(acc_w[2 * np], a, b[0], b[1]);
                     if (need1) mma::mma16816<T>(acc_w[2 * np + 1], a, b[2], b[3]);
                 }
-                // X·M's B from M stored [k][n]: (k 0–7 | 8–15) × (n-tile 0 | 1), transposed.
-                uint32_t bm[4];
-                mma::ldmatrix_x4_trans(bm, &ms[(st * 32 + ks + r8 + 8 * (mi % 2)) * C16_LM + n0 + 8 * (mi / 2)]);
-                mma::mma16816<T>(acc_o[2 * np], a, bm[0], bm[1]);
-                mma::mma16816<T>(acc_o[2 * np + 1], a, bm[2], bm[3]);
+                // X·M's B from M stored [k][n].
+                mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, &ms[st * 32 * C16_LM], C16_LM, ks, n0);
             }
         }
         if (more) store_m(st ^ 1);
@@ -1358,13 +1366,7 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
         uint32_t a[4];
         mma::ldmatrix_x4(a, &ws[(rw + r8 + 8 * (mi % 2)) * C16_LM + s0 + 8 * (mi / 2)]);
 #pragma unroll
-        for (uint32_t np = 0; np < 2; ++np) {
-            uint32_t b[4];
-            mma::ldmatrix_x4_trans(b, &fs[(s0 + r8 + 8 * (mi % 2)) * C16_LM + cw + 16 * np + 8 * (mi / 2)]);
-            phi4(b, FW);
-            mma::mma16816<T>(acc_o[2 * np], a, b[0], b[1]);
-            mma::mma16816<T>(acc_o[2 * np + 1], a, b[2], b[3]);
-        }
+        for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, fs, C16_LM, s0, cw + 16 * np, relu && FW < 2);
     }
     // Each mode's normalization or φ', two adjacent columns a store.
 #pragma unroll
@@ -1564,4 +1566,224 @@ extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dk_mma16_bf16
 LINATTN_MMA_ENTRIES(f32, float)
 LINATTN_MMA_ENTRIES(f16, __half)
 LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)
+// ---- The chunked forward in one pass (FFKERN_LINATTN_KERNEL=fused; the 16-bit chunk products'
+// conditions: bf16, φ identity or relu, normalize none or Count, K and V multiples of 8, K ≤ 128
+// — the launcher checks). One block per (sequence·head, 64 value columns) carries its [K, 64]
+// slice of the state through the sequence's chunks in f32 registers, as chunk_sweep16_impl carries
+// its tile, and computes each chunk's output from it on the spot, as chunk16_impl's mode 0 does
+// from a stored S_c: o = scale·(q̃·S_c) + mask(scale·q̃k̃ᵀ)·v, with S_c rounded to bf16 in shared
+// memory exactly as the two-pass form stores it; then S += k̃ᵀ·v. Why it is fast: the per-chunk
+// states, the two-pass form's largest array (written by the sweep, read back by the output pass),
+// never leave the SM, and q, k, v are read once, in one kernel; the next two chunks' tiles land
+// by cp.async while this one multiplies (one block per SM: the state and the products need more
+// than half its registers). Warp w owns rows 16⌊w/2⌋ of the chunk (scores, output) and of each
+// 64-row half of the state, columns 32(w % 2) of the 64.
+constexpr uint32_t FU_LQ = 136;  // q, k tile rows: up to 128 + 8 padding (272 bytes: conflict-free ldmatrix)
+constexpr uint32_t FU_LV = 72;   // v, S_c and W rows: 64 + 8 padding (144 bytes)
+constexpr uint32_t FU_STAGES = 3;
+constexpr uint32_t FU_STAGE = 2 * 64 * FU_LQ + 64 * FU_LV;              // one stage's elements: q, k, v tiles
+constexpr uint32_t FU_SMEM = (FU_STAGES * FU_STAGE + 128 * FU_LV) * 2;  // the stages, then S_c [128][FU_LV] (bytes)
+
+template <typename T>
+__device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state,
+                                                 float* __restrict__ z, const uint32_t* __restrict__ table, T* __restrict__ o, const LinAttnParams& p) {
+    extern __shared__ __align__(16) unsigned char fu_smem[];
+    {
+        // A launch with less dynamic shared memory than the stages need is a launcher bug: stop.
+        uint32_t have;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(have));
+        if (have < FU_SMEM) __trap();
+    }
+    T* const smem = reinterpret_cast<T*>(fu_smem);
+    const auto qs = [&](uint32_t st) { return smem + st * FU_STAGE; };
+    const auto ks = [&](uint32_t st) { return smem + st * FU_STAGE + 64 * FU_LQ; };
+    const auto vs = [&](uint32_t st) { return smem + st * FU_STAGE + 2 * 64 * FU_LQ; };
+    T* const ss = smem + FU_STAGES * FU_STAGE;
+    const uint32_t nh = blockIdx.y + blockIdx.z * gridDim.y;
+    if (nh >= p.batch * p.heads) return;
+    const uint32_t lid = threadIdx.x, lane = lid & 31, warp = lid >> 5, g = lane >> 2, tq = lane & 3;
+    const uint32_t mi = lane / 8, r8 = lane % 8;  // ldmatrix: lane addresses row r8 of matrix mi
+    const uint32_t rw = 16 * (warp >> 1), cw = 32 * (warp & 1), j0 = blockIdx.x * 64;
+    const uint32_t h = nh % p.heads, nc = table[0];
+    const uint32_t c_lo = table[2 * nc + 2 + nh / p.heads], count = table[2 * nc + 3 + nh / p.heads] - c_lo;
+    const uint32_t kpad = (p.k + 15) / 16 * 16;
+    const bool relu = p.feature_map == 2;
+    const auto phi4 = [&](uint32_t (&f)[4]) {
+        if (relu) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) f[i] = relu2(f[i]);
+        }
+    };
+    // Chunk j's first row and the row after its last.
+    const auto bounds = [&](uint32_t j) { return j < count ? make_uint2(table[1 + c_lo + j], table[2 + c_lo + j]) : make_uint2(0, 0); };
+    // Chunk rows b.x .. b.y − 1 into stage st: q and k rows of K (≤ 16 pieces of 16 bytes), v's
+    // 64 columns (8 pieces); zeros past the chunk and the widths.
+    const auto issue = [&](uint2 b, uint32_t st) {
+        const uint32_t len = b.y - b.x;
+#pragma unroll
+        for (uint32_t u = 0; u < 4; ++u) {
+            const uint32_t pc = lid + 256 * u, r = pc / 16, col = 8 * (pc % 16);
+            const size_t row = ((size_t)b.x + r) * p.heads + h;
+            piece16(qs(st) + r * FU_LQ + col, q, row, p.k, col, r < len && col < p.k);
+            piece16(ks(st) + r * FU_LQ + col, k, row, p.k, col, r < len && col < p.k);
+        }
+#pragma unroll
+        for (uint32_t u = 0; u < 2; ++u) {
+            const uint32_t pc = lid + 256 * u, r = pc / 8, col = 8 * (pc % 8);
+            piece16(vs(st) + r * FU_LV + col, v, ((size_t)b.x + r) * p.heads + h, p.v, j0 + col, r < len && j0 + col < p.v);
+        }
+    };
+    // Element (rg, m, cc) of the thread's state fragments: row i of S (K), column col of the
+    // block's 64 (fragment rows g, g + 8; two adjacent columns).
+    const auto s_row = [&](uint32_t rg, uint32_t cc) { return rw + 64 * rg + g + 8 * (cc >> 1); };
+    const auto s_col = [&](uint32_t m, uint32_t cc) { return cw + 8 * m + 2 * tq + (cc & 1); };
+    // S_c rounded to T into ss [i][j] (all 128 rows: zero past K), two columns a store.
+    float acc_s[2][4][4];
+    const auto store_ss = [&]() {
+#pragma unroll
+        for (uint32_t rg = 0; rg < 2; ++rg)
+#pragma unroll
+            for (uint32_t m = 0; m < 4; ++m)
+#pragma unroll
+                for (uint32_t half = 0; half < 2; ++half) store2(&ss[s_row(rg, 2 * half) * FU_LV + s_col(m, 0)], acc_s[rg][m][2 * half], acc_s[rg][m][2 * half + 1]);
+    };
+    // The block's columns of the state in `state` (f32) to the fragments, or back (`store`).
+    const auto move_state = [&](bool store) {
+#pragma unroll
+        for (uint32_t rg = 0; rg < 2; ++rg)
+#pragma unroll
+            for (uint32_t m = 0; m < 4; ++m)
+#pragma unroll
+                for (uint32_t cc = 0; cc < 4; ++cc) {
+                    const uint32_t i = s_row(rg, cc), col = j0 + s_col(m, cc);
+                    const bool in = i < p.k && col < p.v;
+                    float* at = state + ((size_t)nh * p.k + i) * p.v + col;
+                    if (store && in) *at = acc_s[rg][m][cc];
+                    if (!store) acc_s[rg][m][cc] = in ? *at : 0.0f;
+                }
+    };
+    // Commit group g holds chunk g: the first FU_STAGES − 1 here, then one per step.
+#pragma unroll
+    for (uint32_t c = 0; c + 1 < FU_STAGES; ++c) {
+        if (c < count) issue(bounds(c), c);
+        mma::cp_async_commit();
+    }
+    move_state(false);
+    store_ss();
+    // Σ k̃ (the normalizer state) in the blocks of column 0: thread (column lid / 2, half lid % 2
+    // of the rows); the half-0 threads hold and write it.
+    const uint32_t zi = lid >> 1, zh = lid & 1;
+    const bool zown = blockIdx.x == 0 && zh == 0 && zi < p.k;
+    float zacc = zown ? z[(size_t)nh * p.k + zi] : 0.0f;
+    uint2 next = bounds(FU_STAGES - 1);
+    for (uint32_t j = 0; j < count; ++j) {
+        const uint32_t st = j % FU_STAGES;
+        // Chunk j + FU_STAGES − 1 into the stage that chunk j − 1 used (released by the barrier
+        // that ended the step before); its bounds were read a step ahead, so the copies wait on no
+        // table load.
+        if (j + FU_STAGES - 1 < count) issue(next, (j + FU_STAGES - 1) % FU_STAGES);
+        mma::cp_async_commit();
+        next = bounds(j + FU_STAGES);
+        const uint2 b = bounds(j);
+        mma::cp_async_wait<FU_STAGES - 1>();  // groups 0 .. j have landed
+        __syncthreads();                      // and ss holds S_c
+        const T* const sq = qs(st);
+        const T* const sk = ks(st);
+        const T* const sv = vs(st);
+        // Scores W = q̃k̃ᵀ (n-tiles wholly above the diagonal skipped) and q̃·S_c over K.
+        float acc_w[4][4] = {}, acc_o[4][4] = {};
+        for (uint32_t kk = 0; kk < kpad; kk += 16) {
+            uint32_t a[4];
+            mma::ldmatrix_x4(a, sq + (rw + r8 + 8 * (mi % 2)) * FU_LQ + kk + 8 * (mi / 2));
+            phi4(a);
+#pragma unroll
+            for (uint32_t np = 0; np < 2; ++np) {
+                const uint32_t n0 = cw + 16 * np;
+                const bool need0 = n0 <= rw + 15, need1 = n0 + 8 <= rw + 15;
+                if (need0 || need1) {
+                    uint32_t b4[4];
+                    mma::ldmatrix_x4(b4, sk + (n0 + r8 + 8 * (mi / 2)) * FU_LQ + kk + 8 * (mi % 2));
+                    phi4(b4);
+                    if (need0) mma::mma16816<T>(acc_w[2 * np], a, b4[0], b4[1]);
+                    if (need1) mma::mma16816<T>(acc_w[2 * np + 1], a, b4[2], b4[3]);
+                }
+                mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, ss, FU_LV, kk, n0);
+            }
+        }
+#pragma unroll
+        for (uint32_t mm = 0; mm < 4; ++mm)
+#pragma unroll
+            for (uint32_t cc = 0; cc < 4; ++cc) acc_o[mm][cc] *= p.scale;
+        __syncthreads();  // every warp is done with q: W goes over it
+        T* const ws = qs(st);
+#pragma unroll
+        for (uint32_t mm = 0; mm < 4; ++mm)
+#pragma unroll
+            for (uint32_t half = 0; half < 2; ++half) {
+                const uint32_t row = rw + g + 8 * half, s0 = cw + 8 * mm + 2 * tq;
+                store2(&ws[row * FU_LV + s0], s0 <= row ? p.scale * acc_w[mm][2 * half] : 0.0f, s0 + 1 <= row ? p.scale * acc_w[mm][2 * half + 1] : 0.0f);
+            }
+        __syncthreads();
+        // o += W·v over the score columns, 16 at a time; blocks wholly above the diagonal skipped.
+#pragma unroll
+        for (uint32_t s0 = 0; s0 < 64; s0 += 16) {
+            if (s0 > rw + 15) continue;
+            uint32_t a[4];
+            mma::ldmatrix_x4(a, ws + (rw + r8 + 8 * (mi % 2)) * FU_LV + s0 + 8 * (mi / 2));
+#pragma unroll
+            for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, sv, FU_LV, s0, cw + 16 * np);
+        }
+        const uint32_t len = b.y - b.x;
+        const float pos = (float)(p.count0 + table[nc + 2 + c_lo + j]);  // the chunk's first row's position (Count)
+#pragma unroll
+        for (uint32_t mm = 0; mm < 4; ++mm)
+#pragma unroll
+            for (uint32_t half = 0; half < 2; ++half) {
+                const uint32_t row = rw + g + 8 * half, col = j0 + cw + 8 * mm + 2 * tq;
+                if (row >= len || col >= p.v) continue;
+                float v0 = acc_o[mm][2 * half], v1 = acc_o[mm][2 * half + 1];
+                if (p.normalize == 2) {
+                    const float n = pos + (float)(row + 1);
+                    v0 /= n, v1 /= n;
+                }
+                store2(o + (((size_t)b.x + row) * p.heads + h) * p.v + col, v0, v1);
+            }
+        // S += k̃ᵀ·v over the chunk's rows: A = the k tileᵀ (rows i, k = chunk rows) from k stored
+        // [r][i], B = v rows from v stored [r][j], both through ldmatrix.trans.
+#pragma unroll
+        for (uint32_t rg = 0; rg < 2; ++rg) {
+            if (rw + 64 * rg >= kpad) continue;
+#pragma unroll
+            for (uint32_t kk = 0; kk < 64; kk += 16) {
+                uint32_t a[4];
+                mma::ldmatrix_x4_trans(a, sk + (kk + r8 + 8 * (mi / 2)) * FU_LQ + rw + 64 * rg + 8 * (mi % 2));
+                phi4(a);
+#pragma unroll
+                for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(acc_s[rg][2 * np], acc_s[rg][2 * np + 1], a, sv, FU_LV, kk, cw + 16 * np);
+            }
+        }
+        if (blockIdx.x == 0) {
+            float zp = 0.0f;
+#pragma unroll 4
+            for (uint32_t r = 32 * zh; r < 32 * zh + 32; ++r) {
+                const float x = to_f32(sk[r * FU_LQ + zi]);
+                zp += relu ? fmaxf(x, 0.0f) : x;
+            }
+            zacc += zp + __shfl_xor_sync(0xffffffffu, zp, 1);
+        }
+        store_ss();  // S_{c+1} for the next chunk: every warp finished reading S_c before W was stored
+        __syncthreads();  // this stage is refilled by the next iteration's issue
+    }
+    mma::cp_async_wait<0>();
+    move_state(true);
+    if (zown) z[(size_t)nh * p.k + zi] = zacc;
+}
+
+// The one-pass chunked forward (linattn_chunk_states' parameters, with q and o): bf16 only, as
+// the 16-bit chunk products.
+extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_fused_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                                                              float* state, float* z, const uint32_t* table, __nv_bfloat16* o,
+                                                                              LinAttnParams p) {
+    chunk_fused_impl<__nv_bfloat16>(q, k, v, state, z, table, o, p);
+}
 #endif

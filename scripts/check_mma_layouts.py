@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Checks the ldmatrix / mma.sync.m16n8k16 fragment addressing of the 16-bit linear-attention
-kernels (kernels/linattn.cu: chunk_sweep16_impl, chunk16_impl) and of the GEMM's K-major loads
+kernels (kernels/linattn.cu: chunk_sweep16_impl, chunk16_impl, chunk_fused_impl) and of the GEMM's K-major loads
 (kernels/gemm.cu, VEC_BK / VEC_AKBK) without a GPU.
 
 It emulates ldmatrix.x4 (with and without .trans) and mma.m16n8k16 per the PTX ISA fragment
@@ -159,4 +159,96 @@ for warp in range(8):
 ref = At.T @ Bk
 e5 = max(abs(Cg[k] - ref[k]) for k in Cg)
 report("gemm K-major A and B (VEC_AKBK):", e5 < 1e-9 and len(Cg) == 128 * 128, e5)
+
+# 6. chunk_fused_impl (kernels/linattn.cu): the one-pass chunked forward of one sequence·head and
+# one 64-column value tile, every product through the kernel's lane addresses: the state slice
+# [K][64] in the warps' fragments (rows rw + 64·rg), stored to ss [i][j], q̃·S_c from ss, the
+# masked scores (n-tiles above the diagonal skipped), W·v, then S += k̃ᵀ·v; against the causal
+# sums computed directly. Chunks of 64 with a short last one, K 128 and K 40 (kpad 48: the second
+# row half of the state idle).
+def lanes(f):
+    return lambda lane: f(lane % 8, lane // 8)
+
+def fused_forward(Q, Kx, V, S0, scale):
+    T, kd = Q.shape
+    kpad = (kd + 15) // 16 * 16
+    acc_s = [[accumulators(4) for _ in range(2)] for _ in range(8)]
+    def state_elems():
+        # Every state fragment element: (warp, rg, m, lane, cc) and its row i, column j.
+        for warp in range(8):
+            rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
+            for rg in range(2):
+                for m in range(4):
+                    for lane in range(32):
+                        g, t = lane >> 2, lane & 3
+                        for cc in range(4):
+                            yield (warp, rg, m, lane, cc), rw + 64 * rg + g + 8 * (cc >> 1), cw + 8 * m + 2 * t + (cc & 1)
+    def state_matrix():
+        S = np.zeros((128, 64))
+        for (warp, rg, m, lane, cc), i, j in state_elems():
+            S[i, j] = acc_s[warp][rg][m][lane][cc]
+        return S
+    for (warp, rg, m, lane, cc), i, j in state_elems():
+        acc_s[warp][rg][m][lane][cc] = S0[i, j] if i < kd else 0.0
+    out = np.zeros((T, 64))
+    for c0 in range(0, T, 64):
+        L = min(64, T - c0)
+        q = np.zeros((64, 128)); k = np.zeros((64, 128)); v = np.zeros((64, 64))
+        q[:L, :kd] = Q[c0:c0 + L]; k[:L, :kd] = Kx[c0:c0 + L]; v[:L] = V[c0:c0 + L]
+        ss = state_matrix()
+        ws = np.zeros((64, 64)); ao_all = {}
+        for warp in range(8):
+            rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
+            aw, ao = accumulators(4), accumulators(4)
+            for kk in range(0, kpad, 16):
+                a = ldmatrix_x4(q, lanes(lambda r8, mi: (rw + r8 + 8 * (mi % 2), kk + 8 * (mi // 2))))
+                for np_ in range(2):
+                    n0 = cw + 16 * np_
+                    need0, need1 = n0 <= rw + 15, n0 + 8 <= rw + 15
+                    if need0 or need1:
+                        b = ldmatrix_x4(k, lanes(lambda r8, mi: (n0 + r8 + 8 * (mi // 2), kk + 8 * (mi % 2))))
+                        if need0: mma_ntile(aw[2 * np_], a, b, 0)
+                        if need1: mma_ntile(aw[2 * np_ + 1], a, b, 1)
+                    bm = ldmatrix_x4(ss, lanes(lambda r8, mi: (kk + r8 + 8 * (mi % 2), n0 + 8 * (mi // 2))), trans=True)
+                    mma_x4(ao, np_, a, bm)
+            for m in range(4):
+                for lane in range(32):
+                    ao[m][lane] *= scale
+            for (r, c), x in frag_to_tile(aw, rw, cw).items():
+                ws[r, c] = scale * x if c <= r else 0.0
+            ao_all[warp] = ao
+        for warp in range(8):
+            rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
+            ao = ao_all[warp]
+            for s0 in range(0, 64, 16):
+                if s0 > rw + 15:
+                    continue
+                a = ldmatrix_x4(ws, lanes(lambda r8, mi: (rw + r8 + 8 * (mi % 2), s0 + 8 * (mi // 2))))
+                for np_ in range(2):
+                    b = ldmatrix_x4(v, lanes(lambda r8, mi: (s0 + r8 + 8 * (mi % 2), cw + 16 * np_ + 8 * (mi // 2))), trans=True)
+                    mma_x4(ao, np_, a, b)
+            for (r, c), x in frag_to_tile(ao, rw, cw).items():
+                if r < L:
+                    out[c0 + r, c] = x
+            for rg in range(2):
+                if rw + 64 * rg >= kpad:
+                    continue
+                for kk in range(0, 64, 16):
+                    a = ldmatrix_x4(k, lanes(lambda r8, mi: (kk + r8 + 8 * (mi // 2), rw + 64 * rg + 8 * (mi % 2))), trans=True)
+                    for np_ in range(2):
+                        b = ldmatrix_x4(v, lanes(lambda r8, mi: (kk + r8 + 8 * (mi % 2), cw + 16 * np_ + 8 * (mi // 2))), trans=True)
+                        mma_x4(acc_s[warp][rg], np_, a, b)
+    return out, state_matrix()[:kd]
+
+for kd, T in ((128, 150), (40, 70)):
+    Q = np.maximum(rng.standard_normal((T, kd)), 0); Kx = np.maximum(rng.standard_normal((T, kd)), 0)
+    V = rng.standard_normal((T, 64)); S0 = rng.standard_normal((kd, 64)); scale = kd ** -0.5
+    out, S = fused_forward(Q, Kx, V, S0, scale)
+    ref = np.zeros((T, 64)); St = S0.copy()
+    for t in range(T):
+        St = St + np.outer(Kx[t], V[t])
+        ref[t] = scale * Q[t] @ St
+    e6, e7 = np.abs(out - ref).max(), np.abs(S - St).max()
+    report(f"chunk_fused output (K {kd}, T {T}):", e6 < 1e-9, e6)
+    report(f"chunk_fused final state (K {kd}, T {T}):", e7 < 1e-9, e7)
 sys.exit(1 if failures else 0)

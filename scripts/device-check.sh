@@ -111,9 +111,10 @@ for k in ${KERNELS-auto mma pingpong kgen epiwarp}; do
     FFKERN_GEMM_KERNEL=$k timeout "$(lim 120)" $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1 &
     pids+=($!)
 done
-# The linear-attention kernel choice beside the default (16-bit tensor cores where they fit): the
-# TF32 kernels (FFKERN_LINATTN_KERNEL=mma; simt, their f32-FMA twins, on request).
-for lk in ${LINATTN_KERNELS-mma}; do
+# The linear-attention kernel choices beside the default (16-bit tensor cores where they fit): the
+# chunked forward in one pass (FFKERN_LINATTN_KERNEL=fused) and the TF32 kernels (mma; simt, their
+# f32-FMA twins, on request).
+for lk in ${LINATTN_KERNELS-fused mma}; do
     test_run "linattn-$lk" $B/tests/linattn FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda
 done
 # The GEMM backward's K-major operands on element loads (FFKERN_GEMM_KERNEL=kgen; the default
@@ -209,7 +210,7 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
         checked "$fk" "$OUT/check-cuda-$fk.txt" || break
         FFKERN_GEMM_KERNEL=$fk bench "cuda-$op-$fk" 90 --backend cuda --op "$op" --dtype bf16 --reps 20
     done
-    for lk in ${LINATTN_KERNELS-mma}; do
+    for lk in ${LINATTN_KERNELS-fused mma}; do
         checked "$lk" "$OUT/test-linattn-$lk.log" || continue
         FFKERN_LINATTN_KERNEL=$lk bench "cuda-linear_attn-$lk" 60 --backend cuda --op linear_attn --reps 10
     done

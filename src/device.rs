@@ -127,6 +127,14 @@ pub trait Backend {
     fn linattn_snapshot_dtype(&self, _p: &LinAttnParams, _dtype: DType, _backward: bool) -> Result<DType> {
         Ok(DType::F32)
     }
+    /// The chunked forward in one pass where the backend has one for these inputs (the arguments
+    /// of [`Backend::linattn_chunk_states`], with `q` and the output `o`): every chunk's output
+    /// from the running state, which `state`, `z` carry in and out. `Ok(false)`, touching nothing,
+    /// where it has none; the caller then runs the two passes.
+    #[allow(clippy::too_many_arguments)]
+    fn linattn_chunk_fused(&self, _p: &LinAttnParams, _table: &[u32], _q: &Self::Buf, _k: &Self::Buf, _v: &Self::Buf, _state: &mut Self::Buf, _z: &mut Self::Buf, _o: &mut Self::Buf) -> Result<bool> {
+        Ok(false)
+    }
 
     /// One graph primitive (see `ops::graph`, which checks the buffers; [`GraphKernel`] says
     /// which operands each reads; `g` is None only for LayerNorm, which reads no graph); `arg`

@@ -264,6 +264,14 @@ impl CudaRuntime {
     }
 
     /// Whether the Hopper-only (`compute_90a`) kernels can run here.
+    /// The most dynamic shared memory one block may take on this GPU (its opt-in limit).
+    pub fn max_block_smem(&self) -> u32 {
+        self.ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map(|n| n.max(0) as u32)
+            .unwrap_or(48 * 1024)
+    }
+
     pub fn is_sm90a(&self) -> bool {
         self.compute_capability() == (9, 0)
     }
@@ -653,6 +661,12 @@ impl Backend for CudaRuntime {
             &mut hs.typed_mut::<f32>()?.as_view_mut(),
             &mut zs.typed_mut::<f32>()?.as_view_mut(),
         )
+    }
+
+    fn linattn_chunk_fused(&self, p: &LinAttnParams, table: &[u32], q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, state: &mut CudaBuf, z: &mut CudaBuf, o: &mut CudaBuf) -> Result<bool> {
+        let (mut st, mut zv) = (state.typed_mut::<f32>()?.as_view_mut(), z.typed_mut::<f32>()?.as_view_mut());
+        use crate::ops::linattn::cuda::chunk_fused;
+        typed!(LINATTN, (q, k, v, o), chunk_fused(self, p, table, &q.as_view(), &k.as_view(), &v.as_view(), &mut st, &mut zv, &mut o.as_view_mut()))
     }
 
     fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &CudaBuf, v: &CudaBuf, state: &mut CudaBuf, z: &mut CudaBuf, hs: &mut CudaBuf, zs: &mut CudaBuf) -> Result<()> {

@@ -30,8 +30,8 @@ pub const WGPU_GEMM: KernelChoice = KernelChoice {
 /// The CUDA linear-attention chunk kernels (see `ops::linattn::cuda`).
 pub const LINATTN_KERNEL: KernelChoice = KernelChoice {
     var: "FFKERN_LINATTN_KERNEL",
-    values: &["auto", "mma", "simt"],
-    what: "CUDA linear-attention chunk kernels: 16-bit tensor cores where the inputs allow, else TF32; TF32 tensor cores; f32 FMA",
+    values: &["auto", "mma", "simt", "fused"],
+    what: "CUDA linear-attention chunk kernels: 16-bit tensor cores where the inputs allow, else TF32; TF32 tensor cores; f32 FMA; auto with the chunked forward in one pass where it fits",
 };
 /// The CUDA graph row kernels (see `ops::graph::cuda`).
 pub const GRAPH_KERNEL: KernelChoice = KernelChoice {

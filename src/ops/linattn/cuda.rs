@@ -69,6 +69,7 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_states_mma16s_bf16",
     "linattn_chunk_grad_states_mma16s_bf16",
     "linattn_chunk_output_mma16_bf16",
+    "linattn_chunk_fused_bf16",
     "linattn_chunk_dv_mma16_bf16",
     "linattn_chunk_dq_mma16_bf16",
     "linattn_chunk_dk_mma16_bf16",
@@ -100,7 +101,8 @@ fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
 /// `FFKERN_LINATTN_KERNEL`: `auto` (default: the state sweeps and the chunk products on 16-bit
 /// tensor cores where [`sweep_kernel`] and [`chunk_product`] allow — 3.5× faster than TF32 for
 /// bf16 fwd+bwd at flash-linear-attention's shape on the H100 — else the TF32 tensor-core chunk
-/// kernels), `mma` (the TF32 kernels for every dtype, to compare) or `simt` (their f32-FMA twins).
+/// kernels), `mma` (the TF32 kernels for every dtype, to compare), `simt` (their f32-FMA twins) or
+/// `fused` (`auto`, with the chunked forward in one pass where [`chunk_fused`] takes it).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     crate::runtime::kernel_env(&CHOICE, &crate::runtime::LINATTN_KERNEL)
@@ -116,7 +118,7 @@ fn chunk_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
 /// it takes (`fits`), φ identity or relu, K and V multiples of 8 (whole 16-byte copies per row),
 /// and every operand 16-byte aligned (`addrs`, read only when the rest holds).
 fn mma16(p: &LinAttnParams, fits: bool, addrs: impl FnOnce() -> Vec<u64>) -> Result<bool> {
-    Ok(kernel_choice()? == "auto" && fits && (p.feature_map == 0 || p.feature_map == 2) && p.k % 8 == 0 && p.v % 8 == 0 && addrs().iter().all(|a| a % 16 == 0))
+    Ok(matches!(kernel_choice()?, "auto" | "fused") && fits && (p.feature_map == 0 || p.feature_map == 2) && p.k % 8 == 0 && p.v % 8 == 0 && addrs().iter().all(|a| a % 16 == 0))
 }
 
 /// What the chunk products (output, dv, dq, dk) need for their 16-bit kernels
@@ -348,6 +350,47 @@ pub fn chunk_states<T: CudaElem, S: CudaElem>(
     rt.launch(&f, cfg, |a| {
         a.arg(k).arg(v).arg(state).arg(z).arg(&table).arg(hs).arg(zs).arg(p);
     })
+}
+
+/// Dynamic shared memory of the one-pass chunked forward: three stages of the q, k (rows of 136)
+/// and v (rows of 72) tiles, then S_c [128][72], 16-bit elements (FU_SMEM in kernels/linattn.cu;
+/// a launch with less traps).
+const FUSED_SMEM: u32 = (3 * (2 * 64 * 136 + 64 * 72) + 128 * 72) * 2;
+
+/// The chunked forward in one pass (see `Backend::linattn_chunk_fused`) where
+/// `FFKERN_LINATTN_KERNEL=fused` and the inputs take it: those of the 16-bit chunk products (see
+/// [`mma16`]: bf16, φ identity or relu, normalize none or Count, K and V multiples of 8, 16-byte
+/// aligned operands), K ≤ 128 (the block's state slice in registers) and a GPU whose blocks may
+/// take [`FUSED_SMEM`]. `Ok(false)`, launching nothing, otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_fused<T: CudaElem>(
+    rt: &CudaRuntime,
+    p: &LinAttnParams,
+    table: &[u32],
+    q: &CudaView<T>,
+    k: &CudaView<T>,
+    v: &CudaView<T>,
+    state: &mut CudaViewMut<f32>,
+    z: &mut CudaViewMut<f32>,
+    o: &mut CudaViewMut<T>,
+) -> Result<bool> {
+    if kernel_choice()? != "fused" || p.k > 128 || rt.max_block_smem() < FUSED_SMEM || !mma16(p, chunk16_fits(p, T::DTYPE, true), || vec![device_addr(rt, q), device_addr(rt, k), device_addr(rt, v), device_addr(rt, &*o)])? {
+        return Ok(false);
+    }
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_chunk_fused")?, FUSED_SMEM)?;
+    let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
+    let [gx, gy, gz] = super::grid(p.v as usize, super::WIDE_TILE, (p.batch * p.heads) as usize);
+    let cfg = LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: FUSED_SMEM };
+    // SAFETY: linattn_chunk_fused_bf16(q, k, v, state, z, table, o, p) reads q, k [R·H·K] and v
+    // [R·H·V] in whole 16-byte pieces (K, V multiples of 8, 16-byte aligned, K ≤ 128: checked above)
+    // and the table [2·C + 1 + N + 1] (chunk bounds ending at R, each chunk ≤ 64 rows, positions,
+    // each sequence's chunk range); block (x, n·H + h) reads and writes columns 64x.. of state
+    // [N·H·K·V] of its sequence·head (and the blocks of x = 0 its z [N·H·K]) and writes those columns
+    // of o [R·H·V] for its sequence's rows; LinearAttention::chunk sized every buffer.
+    rt.launch(&f, cfg, |a| {
+        a.arg(q).arg(k).arg(v).arg(state).arg(z).arg(&table).arg(o).arg(p);
+    })?;
+    Ok(true)
 }
 
 /// The chunked form's inter-chunk pass (see `Backend::linattn_chunk_scan`).

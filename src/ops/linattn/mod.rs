@@ -234,6 +234,10 @@ impl LinearAttention {
         if t.chunks == 0 {
             return Ok(()); // every sequence is empty: the state stays, there is no output
         }
+        // Many sequences·heads: one pass where the backend has it (no per-chunk states at all).
+        if fused_sweep(&p, self.heads) && be.linattn_chunk_fused(&p, &t.sweep_table(), q, k, v, state, z, o)? {
+            return Ok(());
+        }
         let (mut hs, mut zs) = self.chunk_start_states(be, &p, &t, [q, k, v], state, z, o, false)?;
         let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, aux: 0, ..p };
         be.linattn_recurrent(&pc, q, k, v, &t.bounds, &mut hs, &mut zs, o)
