@@ -1566,27 +1566,32 @@ extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dk_mma16_bf16
 LINATTN_MMA_ENTRIES(f32, float)
 LINATTN_MMA_ENTRIES(f16, __half)
 LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)
-// ---- The chunked forward in one pass (FFKERN_LINATTN_KERNEL=fused; the 16-bit chunk products'
-// conditions: bf16, φ identity or relu, normalize none or Count, K and V multiples of 8, K ≤ 128
-// — the launcher checks). One block per (sequence·head, 64 value columns) carries its [K, 64]
-// slice of the state through the sequence's chunks in f32 registers, as chunk_sweep16_impl carries
-// its tile, and computes each chunk's output from it on the spot, as chunk16_impl's mode 0 does
-// from a stored S_c: o = scale·(q̃·S_c) + mask(scale·q̃k̃ᵀ)·v, with S_c rounded to bf16 in shared
-// memory exactly as the two-pass form stores it; then S += k̃ᵀ·v. Why it is fast: the per-chunk
-// states, the two-pass form's largest array (written by the sweep, read back by the output pass),
-// never leave the SM, and q, k, v are read once, in one kernel; the next two chunks' tiles land
-// by cp.async while this one multiplies (one block per SM: the state and the products need more
-// than half its registers). Warp w owns rows 16⌊w/2⌋ of the chunk (scores, output) and of each
-// 64-row half of the state, columns 32(w % 2) of the 64.
-constexpr uint32_t FU_LQ = 136;  // q, k tile rows: up to 128 + 8 padding (272 bytes: conflict-free ldmatrix)
-constexpr uint32_t FU_LV = 72;   // v, S_c and W rows: 64 + 8 padding (144 bytes)
+// ---- The chunked forward, and the chunked backward's dq, in one pass each
+// (FFKERN_LINATTN_KERNEL=fused; the 16-bit chunk products' conditions: bf16, φ identity or relu,
+// normalize none (the forward also Count), K and V multiples of 8, the wide width below ≤ 128 —
+// the launcher checks). One block per (sequence·head, 64 output columns) carries its slice M of
+// the running state S through the sequence's chunks in f32 registers, as chunk_sweep16_impl
+// carries its tile, and computes each chunk's output from it on the spot, as chunk16_impl's modes
+// 0 and 2 do from a stored S_c (rounded to bf16 in shared memory exactly as the two-pass form
+// stores it), then M += Yᵀ·F over the chunk's rows:
+//   forward (DQ false): X = q̃, Y = k̃, F = v, M = S[:, c], o = scale·(X·M) + mask(scale·X·Yᵀ)·F;
+//   dq (DQ true):       X = do, Y = v, F = k̃, M = Sᵀ[:, c], dq = scale·φ'(q)·(X·M + mask(X·Yᵀ)·F),
+// with X and Y as wide as K (forward) or V (dq) and F's 64 columns those of the output. Why it is
+// fast: the per-chunk states, the two-pass form's largest array (written by a sweep, read back by
+// the products), never leave the SM, and the inputs are read once, in one kernel; the next two
+// chunks' tiles land by cp.async while this one multiplies (one block per SM: the state and the
+// products need more than half its registers). Warp w owns rows 16⌊w/2⌋ of the chunk (scores,
+// output) and of each 64-row half of M, columns 32(w % 2) of the 64.
+constexpr uint32_t FU_LQ = 136;  // X, Y tile rows: up to 128 + 8 padding (272 bytes: conflict-free ldmatrix)
+constexpr uint32_t FU_LV = 72;   // F, M and W rows: 64 + 8 padding (144 bytes)
 constexpr uint32_t FU_STAGES = 3;
-constexpr uint32_t FU_STAGE = 2 * 64 * FU_LQ + 64 * FU_LV;              // one stage's elements: q, k, v tiles
-constexpr uint32_t FU_SMEM = (FU_STAGES * FU_STAGE + 128 * FU_LV) * 2;  // the stages, then S_c [128][FU_LV] (bytes)
+constexpr uint32_t FU_STAGE = 2 * 64 * FU_LQ + 64 * FU_LV;              // one stage's elements: X, Y, F tiles
+constexpr uint32_t FU_SMEM = (FU_STAGES * FU_STAGE + 128 * FU_LV) * 2;  // the stages, then M_c [128][FU_LV] (bytes)
 
-template <typename T>
-__device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ state,
-                                                 float* __restrict__ z, const uint32_t* __restrict__ table, T* __restrict__ o, const LinAttnParams& p) {
+template <typename T, bool DQ>
+__device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ f, const T* __restrict__ q,
+                                                 float* __restrict__ state, float* __restrict__ z, const uint32_t* __restrict__ table, T* __restrict__ out,
+                                                 const LinAttnParams& p) {
     extern __shared__ __align__(16) unsigned char fu_smem[];
     {
         // A launch with less dynamic shared memory than the stages need is a launcher bug: stop.
@@ -1595,59 +1600,62 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ q, const 
         if (have < FU_SMEM) __trap();
     }
     T* const smem = reinterpret_cast<T*>(fu_smem);
-    const auto qs = [&](uint32_t st) { return smem + st * FU_STAGE; };
-    const auto ks = [&](uint32_t st) { return smem + st * FU_STAGE + 64 * FU_LQ; };
-    const auto vs = [&](uint32_t st) { return smem + st * FU_STAGE + 2 * 64 * FU_LQ; };
-    T* const ss = smem + FU_STAGES * FU_STAGE;
+    const auto xs = [&](uint32_t st) { return smem + st * FU_STAGE; };
+    const auto ys = [&](uint32_t st) { return smem + st * FU_STAGE + 64 * FU_LQ; };
+    const auto fs = [&](uint32_t st) { return smem + st * FU_STAGE + 2 * 64 * FU_LQ; };
+    T* const ms = smem + FU_STAGES * FU_STAGE;
     const uint32_t nh = blockIdx.y + blockIdx.z * gridDim.y;
     if (nh >= p.batch * p.heads) return;
     const uint32_t lid = threadIdx.x, lane = lid & 31, warp = lid >> 5, g = lane >> 2, tq = lane & 3;
     const uint32_t mi = lane / 8, r8 = lane % 8;  // ldmatrix: lane addresses row r8 of matrix mi
-    const uint32_t rw = 16 * (warp >> 1), cw = 32 * (warp & 1), j0 = blockIdx.x * 64;
+    const uint32_t rw = 16 * (warp >> 1), cw = 32 * (warp & 1), c0 = blockIdx.x * 64;
     const uint32_t h = nh % p.heads, nc = table[0];
     const uint32_t c_lo = table[2 * nc + 2 + nh / p.heads], count = table[2 * nc + 3 + nh / p.heads] - c_lo;
-    const uint32_t kpad = (p.k + 15) / 16 * 16;
-    const bool relu = p.feature_map == 2;
-    const auto phi4 = [&](uint32_t (&f)[4]) {
-        if (relu) {
+    const uint32_t wide = DQ ? p.v : p.k, width = DQ ? p.k : p.v;  // X and Y; F and the output
+    const uint32_t wpad = (wide + 15) / 16 * 16;
+    // φ = relu on the fragments of q̃ and k̃: X and Y forward, F for dq.
+    const bool relu_xy = p.feature_map == 2 && !DQ, relu_f = p.feature_map == 2 && DQ;
+    const auto phi4 = [&](uint32_t (&fr)[4], bool on) {
+        if (on) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) f[i] = relu2(f[i]);
+            for (int i = 0; i < 4; ++i) fr[i] = relu2(fr[i]);
         }
     };
     // Chunk j's first row and the row after its last.
     const auto bounds = [&](uint32_t j) { return j < count ? make_uint2(table[1 + c_lo + j], table[2 + c_lo + j]) : make_uint2(0, 0); };
-    // Chunk rows b.x .. b.y − 1 into stage st: q and k rows of K (≤ 16 pieces of 16 bytes), v's
-    // 64 columns (8 pieces); zeros past the chunk and the widths.
+    // Chunk rows b.x .. b.y − 1 into stage st: X and Y rows of `wide` (≤ 16 pieces of 16 bytes),
+    // F's 64 columns (8 pieces); zeros past the chunk and the widths.
     const auto issue = [&](uint2 b, uint32_t st) {
         const uint32_t len = b.y - b.x;
 #pragma unroll
         for (uint32_t u = 0; u < 4; ++u) {
             const uint32_t pc = lid + 256 * u, r = pc / 16, col = 8 * (pc % 16);
             const size_t row = ((size_t)b.x + r) * p.heads + h;
-            piece16(qs(st) + r * FU_LQ + col, q, row, p.k, col, r < len && col < p.k);
-            piece16(ks(st) + r * FU_LQ + col, k, row, p.k, col, r < len && col < p.k);
+            piece16(xs(st) + r * FU_LQ + col, x, row, wide, col, r < len && col < wide);
+            piece16(ys(st) + r * FU_LQ + col, y, row, wide, col, r < len && col < wide);
         }
 #pragma unroll
         for (uint32_t u = 0; u < 2; ++u) {
             const uint32_t pc = lid + 256 * u, r = pc / 8, col = 8 * (pc % 8);
-            piece16(vs(st) + r * FU_LV + col, v, ((size_t)b.x + r) * p.heads + h, p.v, j0 + col, r < len && j0 + col < p.v);
+            piece16(fs(st) + r * FU_LV + col, f, ((size_t)b.x + r) * p.heads + h, width, c0 + col, r < len && c0 + col < width);
         }
     };
-    // Element (rg, m, cc) of the thread's state fragments: row i of S (K), column col of the
-    // block's 64 (fragment rows g, g + 8; two adjacent columns).
-    const auto s_row = [&](uint32_t rg, uint32_t cc) { return rw + 64 * rg + g + 8 * (cc >> 1); };
-    const auto s_col = [&](uint32_t m, uint32_t cc) { return cw + 8 * m + 2 * tq + (cc & 1); };
-    // S_c rounded to T into ss [i][j] (all 128 rows: zero past K), two columns a store.
-    float acc_s[2][4][4];
-    const auto store_ss = [&]() {
+    // Element (rg, m, cc) of the thread's fragments of M: row w (of the wide width), column c of
+    // the block's 64 (fragment rows g, g + 8; two adjacent columns).
+    const auto m_row = [&](uint32_t rg, uint32_t cc) { return rw + 64 * rg + g + 8 * (cc >> 1); };
+    const auto m_col = [&](uint32_t m, uint32_t cc) { return cw + 8 * m + 2 * tq + (cc & 1); };
+    float acc_m[2][4][4];
+    // M_c rounded to T into ms [w][c] (all 128 rows: zero past the wide width), two columns a store.
+    const auto store_ms = [&]() {
 #pragma unroll
         for (uint32_t rg = 0; rg < 2; ++rg)
 #pragma unroll
             for (uint32_t m = 0; m < 4; ++m)
 #pragma unroll
-                for (uint32_t half = 0; half < 2; ++half) store2(&ss[s_row(rg, 2 * half) * FU_LV + s_col(m, 0)], acc_s[rg][m][2 * half], acc_s[rg][m][2 * half + 1]);
+                for (uint32_t half = 0; half < 2; ++half) store2(&ms[m_row(rg, 2 * half) * FU_LV + m_col(m, 0)], acc_m[rg][m][2 * half], acc_m[rg][m][2 * half + 1]);
     };
-    // The block's columns of the state in `state` (f32) to the fragments, or back (`store`).
+    // The block's part of the state [K][V] (f32) to the fragments, or back (`store`): forward M[w][c]
+    // is S[w][c0 + c], dq's is S[c0 + c][w].
     const auto move_state = [&](bool store) {
 #pragma unroll
         for (uint32_t rg = 0; rg < 2; ++rg)
@@ -1655,11 +1663,11 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ q, const 
             for (uint32_t m = 0; m < 4; ++m)
 #pragma unroll
                 for (uint32_t cc = 0; cc < 4; ++cc) {
-                    const uint32_t i = s_row(rg, cc), col = j0 + s_col(m, cc);
-                    const bool in = i < p.k && col < p.v;
-                    float* at = state + ((size_t)nh * p.k + i) * p.v + col;
-                    if (store && in) *at = acc_s[rg][m][cc];
-                    if (!store) acc_s[rg][m][cc] = in ? *at : 0.0f;
+                    const uint32_t w = m_row(rg, cc), c = c0 + m_col(m, cc);
+                    const bool in = w < wide && c < width;
+                    float* at = state + (size_t)nh * p.k * p.v + (DQ ? (size_t)c * p.v + w : (size_t)w * p.v + c);
+                    if (store && in) *at = acc_m[rg][m][cc];
+                    if (!store) acc_m[rg][m][cc] = in ? *at : 0.0f;
                 }
     };
     // Commit group g holds chunk g: the first FU_STAGES − 1 here, then one per step.
@@ -1669,11 +1677,11 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ q, const 
         mma::cp_async_commit();
     }
     move_state(false);
-    store_ss();
-    // Σ k̃ (the normalizer state) in the blocks of column 0: thread (column lid / 2, half lid % 2
-    // of the rows); the half-0 threads hold and write it.
+    store_ms();
+    // Forward: Σ k̃ (the normalizer state) in the blocks of column 0: thread (column lid / 2, half
+    // lid % 2 of the rows); the half-0 threads hold and write it.
     const uint32_t zi = lid >> 1, zh = lid & 1;
-    const bool zown = blockIdx.x == 0 && zh == 0 && zi < p.k;
+    const bool zsum = !DQ && blockIdx.x == 0, zown = zsum && zh == 0 && zi < p.k;
     float zacc = zown ? z[(size_t)nh * p.k + zi] : 0.0f;
     uint2 next = bounds(FU_STAGES - 1);
     for (uint32_t j = 0; j < count; ++j) {
@@ -1686,52 +1694,56 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ q, const 
         next = bounds(j + FU_STAGES);
         const uint2 b = bounds(j);
         mma::cp_async_wait<FU_STAGES - 1>();  // groups 0 .. j have landed
-        __syncthreads();                      // and ss holds S_c
-        const T* const sq = qs(st);
-        const T* const sk = ks(st);
-        const T* const sv = vs(st);
-        // Scores W = q̃k̃ᵀ (n-tiles wholly above the diagonal skipped) and q̃·S_c over K.
+        __syncthreads();                      // and ms holds M_c
+        const T* const sx = xs(st);
+        const T* const sy = ys(st);
+        const T* const sf = fs(st);
+        // Scores W = X·Yᵀ (n-tiles wholly above the diagonal skipped) and X·M_c over the wide width.
         float acc_w[4][4] = {}, acc_o[4][4] = {};
-        for (uint32_t kk = 0; kk < kpad; kk += 16) {
+        for (uint32_t kk = 0; kk < wpad; kk += 16) {
             uint32_t a[4];
-            mma::ldmatrix_x4(a, sq + (rw + r8 + 8 * (mi % 2)) * FU_LQ + kk + 8 * (mi / 2));
-            phi4(a);
+            mma::ldmatrix_x4(a, sx + (rw + r8 + 8 * (mi % 2)) * FU_LQ + kk + 8 * (mi / 2));
+            phi4(a, relu_xy);
 #pragma unroll
             for (uint32_t np = 0; np < 2; ++np) {
                 const uint32_t n0 = cw + 16 * np;
                 const bool need0 = n0 <= rw + 15, need1 = n0 + 8 <= rw + 15;
                 if (need0 || need1) {
                     uint32_t b4[4];
-                    mma::ldmatrix_x4(b4, sk + (n0 + r8 + 8 * (mi / 2)) * FU_LQ + kk + 8 * (mi % 2));
-                    phi4(b4);
+                    mma::ldmatrix_x4(b4, sy + (n0 + r8 + 8 * (mi / 2)) * FU_LQ + kk + 8 * (mi % 2));
+                    phi4(b4, relu_xy);
                     if (need0) mma::mma16816<T>(acc_w[2 * np], a, b4[0], b4[1]);
                     if (need1) mma::mma16816<T>(acc_w[2 * np + 1], a, b4[2], b4[3]);
                 }
-                mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, ss, FU_LV, kk, n0);
+                mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, ms, FU_LV, kk, n0);
             }
         }
+        // The forward scales X·M and W; dq scales its output at the end.
+        const float wscale = DQ ? 1.0f : p.scale;
+        if (!DQ) {
 #pragma unroll
-        for (uint32_t mm = 0; mm < 4; ++mm)
+            for (uint32_t mm = 0; mm < 4; ++mm)
 #pragma unroll
-            for (uint32_t cc = 0; cc < 4; ++cc) acc_o[mm][cc] *= p.scale;
-        __syncthreads();  // every warp is done with q: W goes over it
-        T* const ws = qs(st);
+                for (uint32_t cc = 0; cc < 4; ++cc) acc_o[mm][cc] *= p.scale;
+        }
+        __syncthreads();  // every warp is done with X: W goes over it
+        T* const ws = xs(st);
 #pragma unroll
         for (uint32_t mm = 0; mm < 4; ++mm)
 #pragma unroll
             for (uint32_t half = 0; half < 2; ++half) {
                 const uint32_t row = rw + g + 8 * half, s0 = cw + 8 * mm + 2 * tq;
-                store2(&ws[row * FU_LV + s0], s0 <= row ? p.scale * acc_w[mm][2 * half] : 0.0f, s0 + 1 <= row ? p.scale * acc_w[mm][2 * half + 1] : 0.0f);
+                store2(&ws[row * FU_LV + s0], s0 <= row ? wscale * acc_w[mm][2 * half] : 0.0f, s0 + 1 <= row ? wscale * acc_w[mm][2 * half + 1] : 0.0f);
             }
         __syncthreads();
-        // o += W·v over the score columns, 16 at a time; blocks wholly above the diagonal skipped.
+        // out += W·F over the score columns, 16 at a time; blocks wholly above the diagonal skipped.
 #pragma unroll
         for (uint32_t s0 = 0; s0 < 64; s0 += 16) {
             if (s0 > rw + 15) continue;
             uint32_t a[4];
             mma::ldmatrix_x4(a, ws + (rw + r8 + 8 * (mi % 2)) * FU_LV + s0 + 8 * (mi / 2));
 #pragma unroll
-            for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, sv, FU_LV, s0, cw + 16 * np);
+            for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, sf, FU_LV, s0, cw + 16 * np, relu_f);
         }
         const uint32_t len = b.y - b.x;
         const float pos = (float)(p.count0 + table[nc + 2 + c_lo + j]);  // the chunk's first row's position (Count)
@@ -1739,44 +1751,50 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ q, const 
         for (uint32_t mm = 0; mm < 4; ++mm)
 #pragma unroll
             for (uint32_t half = 0; half < 2; ++half) {
-                const uint32_t row = rw + g + 8 * half, col = j0 + cw + 8 * mm + 2 * tq;
-                if (row >= len || col >= p.v) continue;
+                const uint32_t row = rw + g + 8 * half, col = c0 + cw + 8 * mm + 2 * tq;
+                if (row >= len || col >= width) continue;
+                const size_t at = (((size_t)b.x + row) * p.heads + h) * width + col;
                 float v0 = acc_o[mm][2 * half], v1 = acc_o[mm][2 * half + 1];
-                if (p.normalize == 2) {
+                if (DQ) {
+                    v0 *= p.scale * phi_grad(p.feature_map, to_f32(q[at]));
+                    v1 *= p.scale * phi_grad(p.feature_map, to_f32(q[at + 1]));
+                } else if (p.normalize == 2) {
                     const float n = pos + (float)(row + 1);
                     v0 /= n, v1 /= n;
                 }
-                store2(o + (((size_t)b.x + row) * p.heads + h) * p.v + col, v0, v1);
+                store2(out + at, v0, v1);
             }
-        // S += k̃ᵀ·v over the chunk's rows: A = the k tileᵀ (rows i, k = chunk rows) from k stored
-        // [r][i], B = v rows from v stored [r][j], both through ldmatrix.trans.
+        // M += Yᵀ·F over the chunk's rows: A = the Y tileᵀ (rows w, k = chunk rows) from Y stored
+        // [r][w], B = F rows from F stored [r][c], both through ldmatrix.trans.
 #pragma unroll
         for (uint32_t rg = 0; rg < 2; ++rg) {
-            if (rw + 64 * rg >= kpad) continue;
+            if (rw + 64 * rg >= wpad) continue;
 #pragma unroll
             for (uint32_t kk = 0; kk < 64; kk += 16) {
                 uint32_t a[4];
-                mma::ldmatrix_x4_trans(a, sk + (kk + r8 + 8 * (mi / 2)) * FU_LQ + rw + 64 * rg + 8 * (mi % 2));
-                phi4(a);
+                mma::ldmatrix_x4_trans(a, sy + (kk + r8 + 8 * (mi / 2)) * FU_LQ + rw + 64 * rg + 8 * (mi % 2));
+                phi4(a, relu_xy);
 #pragma unroll
-                for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(acc_s[rg][2 * np], acc_s[rg][2 * np + 1], a, sv, FU_LV, kk, cw + 16 * np);
+                for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(acc_m[rg][2 * np], acc_m[rg][2 * np + 1], a, sf, FU_LV, kk, cw + 16 * np, relu_f);
             }
         }
-        if (blockIdx.x == 0) {
+        if (zsum) {
             float zp = 0.0f;
 #pragma unroll 4
             for (uint32_t r = 32 * zh; r < 32 * zh + 32; ++r) {
-                const float x = to_f32(sk[r * FU_LQ + zi]);
-                zp += relu ? fmaxf(x, 0.0f) : x;
+                const float kv = to_f32(sy[r * FU_LQ + zi]);
+                zp += relu_xy ? fmaxf(kv, 0.0f) : kv;
             }
             zacc += zp + __shfl_xor_sync(0xffffffffu, zp, 1);
         }
-        store_ss();  // S_{c+1} for the next chunk: every warp finished reading S_c before W was stored
+        store_ms();       // M_{c+1} for the next chunk: every warp finished reading M_c before W was stored
         __syncthreads();  // this stage is refilled by the next iteration's issue
     }
     mma::cp_async_wait<0>();
-    move_state(true);
-    if (zown) z[(size_t)nh * p.k + zi] = zacc;
+    if (!DQ) {
+        move_state(true);
+        if (zown) z[(size_t)nh * p.k + zi] = zacc;
+    }
 }
 
 // The one-pass chunked forward (linattn_chunk_states' parameters, with q and o): bf16 only, as
@@ -1784,6 +1802,13 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ q, const 
 extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_fused_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                                                               float* state, float* z, const uint32_t* table, __nv_bfloat16* o,
                                                                               LinAttnParams p) {
-    chunk_fused_impl<__nv_bfloat16>(q, k, v, state, z, table, o, p);
+    chunk_fused_impl<__nv_bfloat16, false>(q, k, v, nullptr, state, z, table, o, p);
+}
+// The chunked backward's dq in one pass from the initial state s0 (read only) and do (normalize
+// none: dN = do).
+extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_fused_dq_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                                                                 const __nv_bfloat16* d_o, float* s0, const uint32_t* table,
+                                                                                 __nv_bfloat16* dq, LinAttnParams p) {
+    chunk_fused_impl<__nv_bfloat16, true>(d_o, v, k, q, s0, nullptr, table, dq, p);
 }
 #endif

@@ -160,8 +160,8 @@ ref = At.T @ Bk
 e5 = max(abs(Cg[k] - ref[k]) for k in Cg)
 report("gemm K-major A and B (VEC_AKBK):", e5 < 1e-9 and len(Cg) == 128 * 128, e5)
 
-# 6. chunk_fused_impl (kernels/linattn.cu): the one-pass chunked forward of one sequence·head and
-# one 64-column value tile, every product through the kernel's lane addresses: the state slice
+# 6. chunk_fused_impl (kernels/linattn.cu): the one-pass chunked forward (and dq, the same pass on
+# other operands) of one sequence·head and one 64-column output tile, every product through the kernel's lane addresses: the state slice
 # [K][64] in the warps' fragments (rows rw + 64·rg), stored to ss [i][j], q̃·S_c from ss, the
 # masked scores (n-tiles above the diagonal skipped), W·v, then S += k̃ᵀ·v; against the causal
 # sums computed directly. Chunks of 64 with a short last one, K 128 and K 40 (kpad 48: the second
@@ -240,7 +240,9 @@ def fused_forward(Q, Kx, V, S0, scale):
                         mma_x4(acc_s[warp][rg], np_, a, b)
     return out, state_matrix()[:kd]
 
-for kd, T in ((128, 150), (40, 70)):
+# (dq runs the same pass with X = do, Y = v, F = k̃, M = Sᵀ and scale 1: wide 72 covers a wide
+# width past 64 that is not a multiple of 16.)
+for kd, T in ((128, 150), (40, 70), (72, 100)):
     Q = np.maximum(rng.standard_normal((T, kd)), 0); Kx = np.maximum(rng.standard_normal((T, kd)), 0)
     V = rng.standard_normal((T, 64)); S0 = rng.standard_normal((kd, 64)); scale = kd ** -0.5
     out, S = fused_forward(Q, Kx, V, S0, scale)

@@ -350,12 +350,20 @@ impl LinearAttention {
             be.linattn_backward(&p, &starts, x, s0, z0, d_final, [&mut g.dq, &mut g.dk, &mut g.dv, &mut g.d_state, &mut g.d_z])?;
             return Ok(g);
         };
-        // The forward's state at every chunk's start (the final state goes to copies).
-        let (mut s_end, mut z_end) = (be.alloc(DType::F32, be.len_of(s0))?, be.alloc(DType::F32, be.len_of(z0))?);
-        be.copy(s0, &mut s_end)?;
-        be.copy(z0, &mut z_end)?;
-        let mut o_unused = be.alloc(dtype, 1)?;
-        let (hs, zs) = self.chunk_start_states(be, &p, &t, [x[0], x[1], x[2]], &mut s_end, &mut z_end, &mut o_unused, true)?;
+        // Many sequences·heads: dq in one pass where the backend has it, which rebuilds the
+        // forward's states on the way, so that no per-chunk state is stored (dk and dv read only
+        // the gradients at each chunk's end); otherwise the forward's state at every chunk's start
+        // (the final state goes to copies).
+        let dq_done = fused_sweep(&p, self.heads) && be.linattn_chunk_dq_fused(&p, &t.sweep_table(), x, s0, &mut g.dq)?;
+        let (hs, zs) = if dq_done {
+            (be.alloc(self.snapshot_dtype(be, &p, dtype, true)?, 0)?, be.alloc(DType::F32, 0)?)
+        } else {
+            let (mut s_end, mut z_end) = (be.alloc(DType::F32, be.len_of(s0))?, be.alloc(DType::F32, be.len_of(z0))?);
+            be.copy(s0, &mut s_end)?;
+            be.copy(z0, &mut z_end)?;
+            let mut o_unused = be.alloc(dtype, 1)?;
+            self.chunk_start_states(be, &p, &t, [x[0], x[1], x[2]], &mut s_end, &mut z_end, &mut o_unused, true)?
+        };
         // The gradient at each chunk's end (and dS0, dz0): each chunk's own Σ q̃·dnᵀ and Σ q̃·dd
         // summed from the last chunk back, from dS_T, dz_T (with room after the chunks for each
         // sequence's total, which the wgpu passes leave there).
@@ -374,7 +382,7 @@ impl LinearAttention {
             be.linattn_chunk_dstate(&pc, &t.bounds, x, [&hs, &zs], &mut scratch, Some([&mut gs, &mut gzs]))?;
             be.linattn_chunk_scan(&LinAttnParams { count0: t.chunks as u32, aux: 1, ..p }, &t.seq_chunk0, &mut g.d_state, &mut g.d_z, &mut gs, &mut gzs)?;
         }
-        be.linattn_chunk_grads(&pc, &t.bounds, x, [&hs, &zs], [&gs, &gzs], &mut scratch, [&mut g.dq, &mut g.dk, &mut g.dv])?;
+        be.linattn_chunk_grads(&pc, &t.bounds, x, [&hs, &zs], [&gs, &gzs], &mut scratch, [&mut g.dq, &mut g.dk, &mut g.dv], !dq_done)?;
         Ok(g)
     }
 
