@@ -1566,32 +1566,40 @@ extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dk_mma16_bf16
 LINATTN_MMA_ENTRIES(f32, float)
 LINATTN_MMA_ENTRIES(f16, __half)
 LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)
-// ---- The chunked forward, and the chunked backward's dq, in one pass each
+// ---- The chunked forward and the chunked backward's dq, dv and dk, each in one pass
 // (FFKERN_LINATTN_KERNEL=fused; the 16-bit chunk products' conditions: bf16, φ identity or relu,
 // normalize none (the forward also Count), K and V multiples of 8, the wide width below ≤ 128 —
 // the launcher checks). One block per (sequence·head, 64 output columns) carries its slice M of
-// the running state S through the sequence's chunks in f32 registers, as chunk_sweep16_impl
-// carries its tile, and computes each chunk's output from it on the spot, as chunk16_impl's modes
-// 0 and 2 do from a stored S_c (rounded to bf16 in shared memory exactly as the two-pass form
-// stores it), then M += Yᵀ·F over the chunk's rows:
-//   forward (DQ false): X = q̃, Y = k̃, F = v, M = S[:, c], o = scale·(X·M) + mask(scale·X·Yᵀ)·F;
-//   dq (DQ true):       X = do, Y = v, F = k̃, M = Sᵀ[:, c], dq = scale·φ'(q)·(X·M + mask(X·Yᵀ)·F),
-// with X and Y as wide as K (forward) or V (dq) and F's 64 columns those of the output. Why it is
-// fast: the per-chunk states, the two-pass form's largest array (written by a sweep, read back by
-// the products), never leave the SM, and the inputs are read once, in one kernel; the next two
-// chunks' tiles land by cp.async while this one multiplies (one block per SM: the state and the
-// products need more than half its registers). Warp w owns rows 16⌊w/2⌋ of the chunk (scores,
-// output) and of each 64-row half of M, columns 32(w % 2) of the 64.
+// a running state through the sequence's chunks in f32 registers, as chunk_sweep16_impl carries
+// its tile, and computes each chunk's output from it on the spot, as chunk16_impl does from a
+// stored one (rounded to bf16 in shared memory exactly as the two-pass form stores it), then adds
+// the chunk to M. chunk16_impl's four modes, with its operands:
+//   0 forward, chunks in order:  X = q̃, Y = k̃, F = v,  M = S[:, c],  out = scale·X·M + mask≤(scale·X·Yᵀ)·F, M += Yᵀ·F;
+//   2 dq, in order:              X = do, Y = v, F = k̃, M = Sᵀ[:, c], out = scale·φ'(q)·(X·M + mask≤(X·Yᵀ)·F), M += Yᵀ·F;
+//   1 dv, last chunk first:      X = k̃, Y = q̃, F = do, M = G[:, c],  out = X·M + mask≥(scale·X·Yᵀ)·F, M += scale·Yᵀ·F;
+//   3 dk, last chunk first:      X = v, Y = do, F = q̃, M = Gᵀ[:, c], out = φ'(k)·(X·M + mask≥(scale·X·Yᵀ)·F + dz_T), M += scale·Yᵀ·F;
+// where S starts at the initial state and G, the gradient of the state at a chunk's end, at dS_T
+// (normalize none: the normalizer's gradient stays dz_T). X and Y are as wide as K (modes 0, 1)
+// or V (2, 3), F's 64 columns are the output's. Mode 0 leaves the final state (and z) in
+// state, mode 1 dS0 in it. Why it is fast: the per-chunk states, the two-pass form's largest
+// arrays (written by a sweep, read back by the products), never leave the SM, and the inputs are
+// read once, in one kernel; the next two chunks' tiles land by cp.async while this one multiplies
+// (one block per SM: the state and the products need more than half its registers). Warp w owns
+// rows 16⌊w/2⌋ of the chunk (scores, output) and of each 64-row half of M, columns 32(w % 2).
 constexpr uint32_t FU_LQ = 136;  // X, Y tile rows: up to 128 + 8 padding (272 bytes: conflict-free ldmatrix)
 constexpr uint32_t FU_LV = 72;   // F, M and W rows: 64 + 8 padding (144 bytes)
 constexpr uint32_t FU_STAGES = 3;
 constexpr uint32_t FU_STAGE = 2 * 64 * FU_LQ + 64 * FU_LV;              // one stage's elements: X, Y, F tiles
 constexpr uint32_t FU_SMEM = (FU_STAGES * FU_STAGE + 128 * FU_LV) * 2;  // the stages, then M_c [128][FU_LV] (bytes)
 
-template <typename T, bool DQ>
-__device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ f, const T* __restrict__ q,
-                                                 float* __restrict__ state, float* __restrict__ z, const uint32_t* __restrict__ table, T* __restrict__ out,
+// g: the input whose φ' scales the output (q for dq, k for dk); zv: z (forward, in and out) or
+// dz_T (dk, read).
+template <typename T, int MODE>
+__device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ f, const T* __restrict__ g_in,
+                                                 float* __restrict__ state, float* __restrict__ zv, const uint32_t* __restrict__ table, T* __restrict__ out,
                                                  const LinAttnParams& p) {
+    constexpr bool REV = MODE == 1 || MODE == 3;    // chunks from the last; scores kept for s ≥ t
+    constexpr bool KWIDE = MODE == 0 || MODE == 1;  // X and Y as wide as K (M = S or G), else V (M transposed)
     extern __shared__ __align__(16) unsigned char fu_smem[];
     {
         // A launch with less dynamic shared memory than the stages need is a launcher bug: stop.
@@ -1611,18 +1619,19 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
     const uint32_t rw = 16 * (warp >> 1), cw = 32 * (warp & 1), c0 = blockIdx.x * 64;
     const uint32_t h = nh % p.heads, nc = table[0];
     const uint32_t c_lo = table[2 * nc + 2 + nh / p.heads], count = table[2 * nc + 3 + nh / p.heads] - c_lo;
-    const uint32_t wide = DQ ? p.v : p.k, width = DQ ? p.k : p.v;  // X and Y; F and the output
+    const uint32_t wide = KWIDE ? p.k : p.v, width = KWIDE ? p.v : p.k;  // X and Y; F and the output
     const uint32_t wpad = (wide + 15) / 16 * 16;
-    // φ = relu on the fragments of q̃ and k̃: X and Y forward, F for dq.
-    const bool relu_xy = p.feature_map == 2 && !DQ, relu_f = p.feature_map == 2 && DQ;
+    // φ = relu on the fragments of q̃ and k̃: X and Y in modes 0 and 1, F in 2 and 3.
+    const bool relu_xy = p.feature_map == 2 && KWIDE, relu_f = p.feature_map == 2 && !KWIDE;
     const auto phi4 = [&](uint32_t (&fr)[4], bool on) {
         if (on) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) fr[i] = relu2(fr[i]);
         }
     };
-    // Chunk j's first row and the row after its last.
-    const auto bounds = [&](uint32_t j) { return j < count ? make_uint2(table[1 + c_lo + j], table[2 + c_lo + j]) : make_uint2(0, 0); };
+    // Step j's chunk, its first row and the row after its last.
+    const auto chunk = [&](uint32_t j) { return REV ? c_lo + count - 1 - j : c_lo + j; };
+    const auto bounds = [&](uint32_t j) { return j < count ? make_uint2(table[1 + chunk(j)], table[2 + chunk(j)]) : make_uint2(0, 0); };
     // Chunk rows b.x .. b.y − 1 into stage st: X and Y rows of `wide` (≤ 16 pieces of 16 bytes),
     // F's 64 columns (8 pieces); zeros past the chunk and the widths.
     const auto issue = [&](uint2 b, uint32_t st) {
@@ -1654,8 +1663,8 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
 #pragma unroll
                 for (uint32_t half = 0; half < 2; ++half) store2(&ms[m_row(rg, 2 * half) * FU_LV + m_col(m, 0)], acc_m[rg][m][2 * half], acc_m[rg][m][2 * half + 1]);
     };
-    // The block's part of the state [K][V] (f32) to the fragments, or back (`store`): forward M[w][c]
-    // is S[w][c0 + c], dq's is S[c0 + c][w].
+    // The block's part of `state` [K][V] (f32) to the fragments, or back (`store`): M[w][c] is
+    // state[w][c0 + c] in modes 0 and 1, state[c0 + c][w] in 2 and 3.
     const auto move_state = [&](bool store) {
 #pragma unroll
         for (uint32_t rg = 0; rg < 2; ++rg)
@@ -1665,12 +1674,12 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
                 for (uint32_t cc = 0; cc < 4; ++cc) {
                     const uint32_t w = m_row(rg, cc), c = c0 + m_col(m, cc);
                     const bool in = w < wide && c < width;
-                    float* at = state + (size_t)nh * p.k * p.v + (DQ ? (size_t)c * p.v + w : (size_t)w * p.v + c);
+                    float* at = state + (size_t)nh * p.k * p.v + (KWIDE ? (size_t)w * p.v + c : (size_t)c * p.v + w);
                     if (store && in) *at = acc_m[rg][m][cc];
                     if (!store) acc_m[rg][m][cc] = in ? *at : 0.0f;
                 }
     };
-    // Commit group g holds chunk g: the first FU_STAGES − 1 here, then one per step.
+    // Commit group g holds step g's chunk: the first FU_STAGES − 1 here, then one per step.
 #pragma unroll
     for (uint32_t c = 0; c + 1 < FU_STAGES; ++c) {
         if (c < count) issue(bounds(c), c);
@@ -1681,13 +1690,15 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
     // Forward: Σ k̃ (the normalizer state) in the blocks of column 0: thread (column lid / 2, half
     // lid % 2 of the rows); the half-0 threads hold and write it.
     const uint32_t zi = lid >> 1, zh = lid & 1;
-    const bool zsum = !DQ && blockIdx.x == 0, zown = zsum && zh == 0 && zi < p.k;
-    float zacc = zown ? z[(size_t)nh * p.k + zi] : 0.0f;
+    const bool zsum = MODE == 0 && blockIdx.x == 0, zown = zsum && zh == 0 && zi < p.k;
+    float zacc = zown ? zv[(size_t)nh * p.k + zi] : 0.0f;
+    // The scores' scale: all but dq take it on W (dq scales its output).
+    const float wscale = MODE == 2 ? 1.0f : p.scale;
     uint2 next = bounds(FU_STAGES - 1);
     for (uint32_t j = 0; j < count; ++j) {
         const uint32_t st = j % FU_STAGES;
-        // Chunk j + FU_STAGES − 1 into the stage that chunk j − 1 used (released by the barrier
-        // that ended the step before); its bounds were read a step ahead, so the copies wait on no
+        // Step j + FU_STAGES − 1 into the stage that step j − 1 used (released by the barrier that
+        // ended the step before); its bounds were read a step ahead, so the copies wait on no
         // table load.
         if (j + FU_STAGES - 1 < count) issue(next, (j + FU_STAGES - 1) % FU_STAGES);
         mma::cp_async_commit();
@@ -1698,7 +1709,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
         const T* const sx = xs(st);
         const T* const sy = ys(st);
         const T* const sf = fs(st);
-        // Scores W = X·Yᵀ (n-tiles wholly above the diagonal skipped) and X·M_c over the wide width.
+        // Scores W = X·Yᵀ (n-tiles wholly in the masked half skipped) and X·M_c over the wide width.
         float acc_w[4][4] = {}, acc_o[4][4] = {};
         for (uint32_t kk = 0; kk < wpad; kk += 16) {
             uint32_t a[4];
@@ -1707,7 +1718,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
 #pragma unroll
             for (uint32_t np = 0; np < 2; ++np) {
                 const uint32_t n0 = cw + 16 * np;
-                const bool need0 = n0 <= rw + 15, need1 = n0 + 8 <= rw + 15;
+                const bool need0 = REV ? n0 + 7 >= rw : n0 <= rw + 15, need1 = REV ? n0 + 15 >= rw : n0 + 8 <= rw + 15;
                 if (need0 || need1) {
                     uint32_t b4[4];
                     mma::ldmatrix_x4(b4, sy + (n0 + r8 + 8 * (mi / 2)) * FU_LQ + kk + 8 * (mi % 2));
@@ -1718,9 +1729,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
                 mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, ms, FU_LV, kk, n0);
             }
         }
-        // The forward scales X·M and W; dq scales its output at the end.
-        const float wscale = DQ ? 1.0f : p.scale;
-        if (!DQ) {
+        if (MODE == 0) {
 #pragma unroll
             for (uint32_t mm = 0; mm < 4; ++mm)
 #pragma unroll
@@ -1733,20 +1742,21 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
 #pragma unroll
             for (uint32_t half = 0; half < 2; ++half) {
                 const uint32_t row = rw + g + 8 * half, s0 = cw + 8 * mm + 2 * tq;
-                store2(&ws[row * FU_LV + s0], s0 <= row ? wscale * acc_w[mm][2 * half] : 0.0f, s0 + 1 <= row ? wscale * acc_w[mm][2 * half + 1] : 0.0f);
+                const bool k0 = REV ? s0 >= row : s0 <= row, k1 = REV ? s0 + 1 >= row : s0 + 1 <= row;
+                store2(&ws[row * FU_LV + s0], k0 ? wscale * acc_w[mm][2 * half] : 0.0f, k1 ? wscale * acc_w[mm][2 * half + 1] : 0.0f);
             }
         __syncthreads();
-        // out += W·F over the score columns, 16 at a time; blocks wholly above the diagonal skipped.
+        // out += W·F over the score columns, 16 at a time; blocks wholly in the masked half skipped.
 #pragma unroll
         for (uint32_t s0 = 0; s0 < 64; s0 += 16) {
-            if (s0 > rw + 15) continue;
+            if (REV ? s0 + 15 < rw : s0 > rw + 15) continue;
             uint32_t a[4];
             mma::ldmatrix_x4(a, ws + (rw + r8 + 8 * (mi % 2)) * FU_LV + s0 + 8 * (mi / 2));
 #pragma unroll
             for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, sf, FU_LV, s0, cw + 16 * np, relu_f);
         }
         const uint32_t len = b.y - b.x;
-        const float pos = (float)(p.count0 + table[nc + 2 + c_lo + j]);  // the chunk's first row's position (Count)
+        const float pos = (float)(p.count0 + table[nc + 2 + chunk(j)]);  // the chunk's first row's position (Count)
 #pragma unroll
         for (uint32_t mm = 0; mm < 4; ++mm)
 #pragma unroll
@@ -1755,27 +1765,38 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
                 if (row >= len || col >= width) continue;
                 const size_t at = (((size_t)b.x + row) * p.heads + h) * width + col;
                 float v0 = acc_o[mm][2 * half], v1 = acc_o[mm][2 * half + 1];
-                if (DQ) {
-                    v0 *= p.scale * phi_grad(p.feature_map, to_f32(q[at]));
-                    v1 *= p.scale * phi_grad(p.feature_map, to_f32(q[at + 1]));
-                } else if (p.normalize == 2) {
+                if (MODE == 2) {
+                    v0 *= p.scale * phi_grad(p.feature_map, to_f32(g_in[at]));
+                    v1 *= p.scale * phi_grad(p.feature_map, to_f32(g_in[at + 1]));
+                } else if (MODE == 3) {
+                    v0 = (v0 + zv[(size_t)nh * p.k + col]) * phi_grad(p.feature_map, to_f32(g_in[at]));
+                    v1 = (v1 + zv[(size_t)nh * p.k + col + 1]) * phi_grad(p.feature_map, to_f32(g_in[at + 1]));
+                } else if (MODE == 0 && p.normalize == 2) {
                     const float n = pos + (float)(row + 1);
                     v0 /= n, v1 /= n;
                 }
                 store2(out + at, v0, v1);
             }
-        // M += Yᵀ·F over the chunk's rows: A = the Y tileᵀ (rows w, k = chunk rows) from Y stored
-        // [r][w], B = F rows from F stored [r][c], both through ldmatrix.trans.
+        // M += Yᵀ·F (times scale in the reverse modes) over the chunk's rows: A = the Y tileᵀ
+        // (rows w, k = chunk rows) from Y stored [r][w], B = F rows from F stored [r][c], both
+        // through ldmatrix.trans.
 #pragma unroll
         for (uint32_t rg = 0; rg < 2; ++rg) {
             if (rw + 64 * rg >= wpad) continue;
+            float part[4][4] = {};
 #pragma unroll
             for (uint32_t kk = 0; kk < 64; kk += 16) {
                 uint32_t a[4];
                 mma::ldmatrix_x4_trans(a, sy + (kk + r8 + 8 * (mi / 2)) * FU_LQ + rw + 64 * rg + 8 * (mi % 2));
                 phi4(a, relu_xy);
 #pragma unroll
-                for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(acc_m[rg][2 * np], acc_m[rg][2 * np + 1], a, sf, FU_LV, kk, cw + 16 * np, relu_f);
+                for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(REV ? part[2 * np] : acc_m[rg][2 * np], REV ? part[2 * np + 1] : acc_m[rg][2 * np + 1], a, sf, FU_LV, kk, cw + 16 * np, relu_f);
+            }
+            if (REV) {
+#pragma unroll
+                for (uint32_t m = 0; m < 4; ++m)
+#pragma unroll
+                    for (uint32_t cc = 0; cc < 4; ++cc) acc_m[rg][m][cc] += p.scale * part[m][cc];
             }
         }
         if (zsum) {
@@ -1791,10 +1812,8 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
         __syncthreads();  // this stage is refilled by the next iteration's issue
     }
     mma::cp_async_wait<0>();
-    if (!DQ) {
-        move_state(true);
-        if (zown) z[(size_t)nh * p.k + zi] = zacc;
-    }
+    if (MODE <= 1) move_state(true);
+    if (zown) zv[(size_t)nh * p.k + zi] = zacc;
 }
 
 // The one-pass chunked forward (linattn_chunk_states' parameters, with q and o): bf16 only, as
@@ -1802,13 +1821,18 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
 extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_fused_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                                                               float* state, float* z, const uint32_t* table, __nv_bfloat16* o,
                                                                               LinAttnParams p) {
-    chunk_fused_impl<__nv_bfloat16, false>(q, k, v, nullptr, state, z, table, o, p);
+    chunk_fused_impl<__nv_bfloat16, 0>(q, k, v, nullptr, state, z, table, o, p);
 }
-// The chunked backward's dq in one pass from the initial state s0 (read only) and do (normalize
-// none: dN = do).
-extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_fused_dq_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
-                                                                                 const __nv_bfloat16* d_o, float* s0, const uint32_t* table,
-                                                                                 __nv_bfloat16* dq, LinAttnParams p) {
-    chunk_fused_impl<__nv_bfloat16, true>(d_o, v, k, q, s0, nullptr, table, dq, p);
+// The chunked backward in one pass per gradient (normalize none: dN = do, the normalizer's
+// gradient dz_T throughout): dq from the initial state s0, dk and dv from the state's gradient
+// dS_T, in that order, the dv pass turning it into dS0; `state` is s0 (dq, read) or d_state (dk:
+// read; dv: in and out).
+extern "C" __global__ void __launch_bounds__(256, 1) linattn_chunk_fused_grad_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                                                                   const __nv_bfloat16* d_o, float* state, float* dz,
+                                                                                   const uint32_t* table, __nv_bfloat16* out, LinAttnParams p) {
+    // p.aux: 2 dq, 1 dv, 3 dk (chunk16_impl's mode numbers).
+    if (p.aux == 2) chunk_fused_impl<__nv_bfloat16, 2>(d_o, v, k, q, state, nullptr, table, out, p);
+    else if (p.aux == 1) chunk_fused_impl<__nv_bfloat16, 1>(k, q, d_o, nullptr, state, nullptr, table, out, p);
+    else chunk_fused_impl<__nv_bfloat16, 3>(v, d_o, q, k, state, dz, table, out, p);
 }
 #endif

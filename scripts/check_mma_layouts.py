@@ -160,21 +160,26 @@ ref = At.T @ Bk
 e5 = max(abs(Cg[k] - ref[k]) for k in Cg)
 report("gemm K-major A and B (VEC_AKBK):", e5 < 1e-9 and len(Cg) == 128 * 128, e5)
 
-# 6. chunk_fused_impl (kernels/linattn.cu): the one-pass chunked forward (and dq, the same pass on
-# other operands) of one sequence·head and one 64-column output tile, every product through the kernel's lane addresses: the state slice
-# [K][64] in the warps' fragments (rows rw + 64·rg), stored to ss [i][j], q̃·S_c from ss, the
-# masked scores (n-tiles above the diagonal skipped), W·v, then S += k̃ᵀ·v; against the causal
-# sums computed directly. Chunks of 64 with a short last one, K 128 and K 40 (kpad 48: the second
-# row half of the state idle).
+# 6. chunk_fused_impl (kernels/linattn.cu): the one-pass chunked forward and backward passes of
+# one sequence·head and one 64-column output tile, every product through the kernel's lane
+# addresses: the state slice M [wide][64] in the warps' fragments (rows rw + 64·rg), stored to ms,
+# X·M_c from ms, the masked scores (n-tiles in the masked half skipped), W·F, then M += Yᵀ·F
+# (scaled in the reverse passes, through a separate accumulator); against the same chunked sums
+# computed directly. Chunks of 64 with a short last one; wide 128, 40 (the second row half of M
+# idle) and 72 (past 64, not a multiple of 16).
 def lanes(f):
     return lambda lane: f(lane % 8, lane // 8)
 
-def fused_forward(Q, Kx, V, S0, scale):
-    T, kd = Q.shape
-    kpad = (kd + 15) // 16 * 16
-    acc_s = [[accumulators(4) for _ in range(2)] for _ in range(8)]
-    def state_elems():
-        # Every state fragment element: (warp, rg, m, lane, cc) and its row i, column j.
+def chunk_ranges(T, rev):
+    r = [(c0, min(64, T - c0)) for c0 in range(0, T, 64)]
+    return r[::-1] if rev else r
+
+def fused_pass(X, Y, F, M0, rev, wscale, oscale, mscale):
+    T, wide = X.shape
+    wpad = (wide + 15) // 16 * 16
+    acc_m = [[accumulators(4) for _ in range(2)] for _ in range(8)]
+    def m_elems():
+        # Every fragment element of M: (warp, rg, m, lane, cc) and its row w, column c.
         for warp in range(8):
             rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
             for rg in range(2):
@@ -183,74 +188,104 @@ def fused_forward(Q, Kx, V, S0, scale):
                         g, t = lane >> 2, lane & 3
                         for cc in range(4):
                             yield (warp, rg, m, lane, cc), rw + 64 * rg + g + 8 * (cc >> 1), cw + 8 * m + 2 * t + (cc & 1)
-    def state_matrix():
-        S = np.zeros((128, 64))
-        for (warp, rg, m, lane, cc), i, j in state_elems():
-            S[i, j] = acc_s[warp][rg][m][lane][cc]
-        return S
-    for (warp, rg, m, lane, cc), i, j in state_elems():
-        acc_s[warp][rg][m][lane][cc] = S0[i, j] if i < kd else 0.0
+    def m_matrix():
+        M = np.zeros((128, 64))
+        for (warp, rg, m, lane, cc), w, c in m_elems():
+            M[w, c] = acc_m[warp][rg][m][lane][cc]
+        return M
+    for (warp, rg, m, lane, cc), w, c in m_elems():
+        acc_m[warp][rg][m][lane][cc] = M0[w, c] if w < wide else 0.0
     out = np.zeros((T, 64))
-    for c0 in range(0, T, 64):
-        L = min(64, T - c0)
-        q = np.zeros((64, 128)); k = np.zeros((64, 128)); v = np.zeros((64, 64))
-        q[:L, :kd] = Q[c0:c0 + L]; k[:L, :kd] = Kx[c0:c0 + L]; v[:L] = V[c0:c0 + L]
-        ss = state_matrix()
+    keep = (lambda s, t: s >= t) if rev else (lambda s, t: s <= t)
+    for c0, L in chunk_ranges(T, rev):
+        x = np.zeros((64, 128)); y = np.zeros((64, 128)); f = np.zeros((64, 64))
+        x[:L, :wide] = X[c0:c0 + L]; y[:L, :wide] = Y[c0:c0 + L]; f[:L] = F[c0:c0 + L]
+        ms = m_matrix()
         ws = np.zeros((64, 64)); ao_all = {}
         for warp in range(8):
             rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
             aw, ao = accumulators(4), accumulators(4)
-            for kk in range(0, kpad, 16):
-                a = ldmatrix_x4(q, lanes(lambda r8, mi: (rw + r8 + 8 * (mi % 2), kk + 8 * (mi // 2))))
+            for kk in range(0, wpad, 16):
+                a = ldmatrix_x4(x, lanes(lambda r8, mi: (rw + r8 + 8 * (mi % 2), kk + 8 * (mi // 2))))
                 for np_ in range(2):
                     n0 = cw + 16 * np_
-                    need0, need1 = n0 <= rw + 15, n0 + 8 <= rw + 15
+                    need0, need1 = (n0 + 7 >= rw, n0 + 15 >= rw) if rev else (n0 <= rw + 15, n0 + 8 <= rw + 15)
                     if need0 or need1:
-                        b = ldmatrix_x4(k, lanes(lambda r8, mi: (n0 + r8 + 8 * (mi // 2), kk + 8 * (mi % 2))))
+                        b = ldmatrix_x4(y, lanes(lambda r8, mi: (n0 + r8 + 8 * (mi // 2), kk + 8 * (mi % 2))))
                         if need0: mma_ntile(aw[2 * np_], a, b, 0)
                         if need1: mma_ntile(aw[2 * np_ + 1], a, b, 1)
-                    bm = ldmatrix_x4(ss, lanes(lambda r8, mi: (kk + r8 + 8 * (mi % 2), n0 + 8 * (mi // 2))), trans=True)
+                    bm = ldmatrix_x4(ms, lanes(lambda r8, mi: (kk + r8 + 8 * (mi % 2), n0 + 8 * (mi // 2))), trans=True)
                     mma_x4(ao, np_, a, bm)
             for m in range(4):
                 for lane in range(32):
-                    ao[m][lane] *= scale
-            for (r, c), x in frag_to_tile(aw, rw, cw).items():
-                ws[r, c] = scale * x if c <= r else 0.0
+                    ao[m][lane] *= oscale
+            for (r, c), v in frag_to_tile(aw, rw, cw).items():
+                ws[r, c] = wscale * v if keep(c, r) else 0.0
             ao_all[warp] = ao
         for warp in range(8):
             rw, cw = 16 * (warp >> 1), 32 * (warp & 1)
             ao = ao_all[warp]
             for s0 in range(0, 64, 16):
-                if s0 > rw + 15:
+                if (s0 + 15 < rw) if rev else (s0 > rw + 15):
                     continue
                 a = ldmatrix_x4(ws, lanes(lambda r8, mi: (rw + r8 + 8 * (mi % 2), s0 + 8 * (mi // 2))))
                 for np_ in range(2):
-                    b = ldmatrix_x4(v, lanes(lambda r8, mi: (s0 + r8 + 8 * (mi % 2), cw + 16 * np_ + 8 * (mi // 2))), trans=True)
+                    b = ldmatrix_x4(f, lanes(lambda r8, mi: (s0 + r8 + 8 * (mi % 2), cw + 16 * np_ + 8 * (mi // 2))), trans=True)
                     mma_x4(ao, np_, a, b)
-            for (r, c), x in frag_to_tile(ao, rw, cw).items():
+            for (r, c), v in frag_to_tile(ao, rw, cw).items():
                 if r < L:
-                    out[c0 + r, c] = x
+                    out[c0 + r, c] = v
             for rg in range(2):
-                if rw + 64 * rg >= kpad:
+                if rw + 64 * rg >= wpad:
                     continue
+                part = accumulators(4)
                 for kk in range(0, 64, 16):
-                    a = ldmatrix_x4(k, lanes(lambda r8, mi: (kk + r8 + 8 * (mi // 2), rw + 64 * rg + 8 * (mi % 2))), trans=True)
+                    a = ldmatrix_x4(y, lanes(lambda r8, mi: (kk + r8 + 8 * (mi // 2), rw + 64 * rg + 8 * (mi % 2))), trans=True)
                     for np_ in range(2):
-                        b = ldmatrix_x4(v, lanes(lambda r8, mi: (kk + r8 + 8 * (mi % 2), cw + 16 * np_ + 8 * (mi // 2))), trans=True)
-                        mma_x4(acc_s[warp][rg], np_, a, b)
-    return out, state_matrix()[:kd]
+                        b = ldmatrix_x4(f, lanes(lambda r8, mi: (kk + r8 + 8 * (mi % 2), cw + 16 * np_ + 8 * (mi // 2))), trans=True)
+                        mma_x4(part, np_, a, b)
+                for m in range(4):
+                    for lane in range(32):
+                        acc_m[warp][rg][m][lane] += mscale * part[m][lane]
+    return out, m_matrix()[:wide]
 
-# (dq runs the same pass with X = do, Y = v, F = k̃, M = Sᵀ and scale 1: wide 72 covers a wide
-# width past 64 that is not a multiple of 16.)
-for kd, T in ((128, 150), (40, 70), (72, 100)):
-    Q = np.maximum(rng.standard_normal((T, kd)), 0); Kx = np.maximum(rng.standard_normal((T, kd)), 0)
-    V = rng.standard_normal((T, 64)); S0 = rng.standard_normal((kd, 64)); scale = kd ** -0.5
-    out, S = fused_forward(Q, Kx, V, S0, scale)
-    ref = np.zeros((T, 64)); St = S0.copy()
-    for t in range(T):
-        St = St + np.outer(Kx[t], V[t])
-        ref[t] = scale * Q[t] @ St
-    e6, e7 = np.abs(out - ref).max(), np.abs(S - St).max()
-    report(f"chunk_fused output (K {kd}, T {T}):", e6 < 1e-9, e6)
-    report(f"chunk_fused final state (K {kd}, T {T}):", e7 < 1e-9, e7)
+def fused_reference(X, Y, F, M0, rev, wscale, oscale, mscale):
+    # Chunk c sees M0 plus the chunks before it (forward) or after it (reverse); the final state
+    # has every chunk.
+    T = X.shape[0]
+    out = np.zeros((T, 64))
+    for c0 in range(0, T, 64):
+        L = min(64, T - c0)
+        seen = slice(c0 + L, T) if rev else slice(0, c0)
+        M = M0 + mscale * (Y[seen].T @ F[seen])
+        x, y, f = X[c0:c0 + L], Y[c0:c0 + L], F[c0:c0 + L]
+        W = wscale * (x @ y.T)
+        W = np.triu(W) if rev else np.tril(W)
+        out[c0:c0 + L] = oscale * (x @ M) + W @ f
+    return out, M0 + mscale * (Y.T @ F)
+
+# The kernel's modes as (rev, wscale, oscale, mscale): forward, dq, and dv / dk.
+for name, rev, ws_, os_, mscale in (("forward", False, None, None, 1.0), ("dq", False, 1.0, 1.0, 1.0), ("dv/dk", True, None, 1.0, None)):
+    for wide, T in ((128, 150), (40, 70), (72, 100)):
+        scale = wide ** -0.5
+        X = np.maximum(rng.standard_normal((T, wide)), 0); Y = np.maximum(rng.standard_normal((T, wide)), 0)
+        F = rng.standard_normal((T, 64)); M0 = rng.standard_normal((wide, 64))
+        args = (rev, scale if ws_ is None else ws_, scale if os_ is None else os_, scale if mscale is None else mscale)
+        out, M = fused_pass(X, Y, F, M0, *args)
+        ref, Mref = fused_reference(X, Y, F, M0, *args)
+        e6, e7 = np.abs(out - ref).max(), np.abs(M - Mref).max()
+        report(f"chunk_fused {name} output (wide {wide}, T {T}):", e6 < 1e-9, e6)
+        report(f"chunk_fused {name} final state (wide {wide}, T {T}):", e7 < 1e-9, e7)
+
+# The forward against the causal sums themselves: o_t = scale·q_t·(S0 + Σ_{s≤t} k_s v_sᵀ).
+T, kd = 150, 128
+Q = np.maximum(rng.standard_normal((T, kd)), 0); Kx = np.maximum(rng.standard_normal((T, kd)), 0)
+V = rng.standard_normal((T, 64)); S0 = rng.standard_normal((kd, 64)); scale = kd ** -0.5
+out, S = fused_pass(Q, Kx, V, S0, False, scale, scale, 1.0)
+ref = np.zeros((T, 64)); St = S0.copy()
+for t in range(T):
+    St = St + np.outer(Kx[t], V[t])
+    ref[t] = scale * Q[t] @ St
+e8 = max(np.abs(out - ref).max(), np.abs(S - St).max())
+report("chunk_fused forward against the causal sums:", e8 < 1e-9, e8)
 sys.exit(1 if failures else 0)

@@ -116,11 +116,9 @@ pub trait Backend {
     #[allow(clippy::too_many_arguments)]
     fn linattn_chunk_grad_states(&self, p: &LinAttnParams, table: &[u32], x: [&Self::Buf; 5], start: [&Self::Buf; 2], scratch: &Self::Buf, d: [&mut Self::Buf; 2], g: [&mut Self::Buf; 2]) -> Result<()>;
     /// The second: with `end = [G_c, g_c]`, the gradients of the state and normalizer at each
-    /// chunk's end, writes `[dq, dk, dv]` — dk and dv only, leaving dq as it is, when `with_dq`
-    /// is false (dq came from [`Backend::linattn_chunk_dq_fused`], and `start` is then empty; a
-    /// backend without that pass never gets false).
+    /// chunk's end, writes `[dq, dk, dv]`.
     #[allow(clippy::too_many_arguments)]
-    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&Self::Buf; 5], start: [&Self::Buf; 2], end: [&Self::Buf; 2], scratch: &mut Self::Buf, out: [&mut Self::Buf; 3], with_dq: bool) -> Result<()>;
+    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&Self::Buf; 5], start: [&Self::Buf; 2], end: [&Self::Buf; 2], scratch: &mut Self::Buf, out: [&mut Self::Buf; 3]) -> Result<()>;
     /// The dtype of the per-chunk states (`hs` and the backward's `g` states) when one sweep
     /// carries them (`linattn_chunk_states`, `linattn_chunk_grad_states`), for inputs of `dtype`:
     /// f32 unless every kernel that writes and reads them takes 16-bit states (CUDA's
@@ -137,11 +135,12 @@ pub trait Backend {
     fn linattn_chunk_fused(&self, _p: &LinAttnParams, _table: &[u32], _q: &Self::Buf, _k: &Self::Buf, _v: &Self::Buf, _state: &mut Self::Buf, _z: &mut Self::Buf, _o: &mut Self::Buf) -> Result<bool> {
         Ok(false)
     }
-    /// The chunked backward's dq in one pass where the backend has one for these inputs (the
-    /// table of [`Backend::linattn_chunk_states`], `x = [q, k, v, o, do]`, the initial state `s0`,
-    /// read only): the forward's state is rebuilt chunk by chunk on the way, so the per-chunk
-    /// states are not needed. `Ok(false)`, touching nothing, where it has none.
-    fn linattn_chunk_dq_fused(&self, _p: &LinAttnParams, _table: &[u32], _x: [&Self::Buf; 5], _s0: &Self::Buf, _dq: &mut Self::Buf) -> Result<bool> {
+    /// The chunked backward in one pass per gradient where the backend has them for these inputs
+    /// (the table of [`Backend::linattn_chunk_states`], `x = [q, k, v, o, do]`, the initial state
+    /// `s0`): dq rebuilds the forward's state chunk by chunk, dk and dv carry the state's gradient
+    /// back from `d = [dS_T, dz_T]`, which leaves `[dS0, dz0]` there, so no per-chunk state is
+    /// stored at all. Writes `out = [dq, dk, dv]`. `Ok(false)`, touching nothing, where it has none.
+    fn linattn_chunk_backward_fused(&self, _p: &LinAttnParams, _table: &[u32], _x: [&Self::Buf; 5], _s0: &Self::Buf, _d: [&mut Self::Buf; 2], _out: [&mut Self::Buf; 3]) -> Result<bool> {
         Ok(false)
     }
 

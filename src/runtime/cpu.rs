@@ -205,10 +205,7 @@ impl Backend for Cpu {
         self.linattn_backward(p, bounds, x, start[0], start[1], [None, None], [&mut a, &mut b, &mut c, g, gz])
     }
 
-    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&HostTensor; 5], start: [&HostTensor; 2], end: [&HostTensor; 2], _scratch: &mut HostTensor, out: [&mut HostTensor; 3], with_dq: bool) -> Result<()> {
-        if !with_dq {
-            return Err(Error::Unsupported("linear attention: the CPU reference has no one-pass dq".into()));
-        }
+    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&HostTensor; 5], start: [&HostTensor; 2], end: [&HostTensor; 2], _scratch: &mut HostTensor, out: [&mut HostTensor; 3]) -> Result<()> {
         let [dq, dk, dv] = out;
         let [mut ds, mut dz] = [(); 2].map(|_| HostTensor { dtype: DType::F32, shape: vec![0], data: Vec::new() });
         self.linattn_backward(p, bounds, x, start[0], start[1], [Some(end[0]), Some(end[1])], [dq, dk, dv, &mut ds, &mut dz])

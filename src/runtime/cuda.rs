@@ -669,11 +669,17 @@ impl Backend for CudaRuntime {
         typed!(LINATTN, (q, k, v, o), chunk_fused(self, p, table, &q.as_view(), &k.as_view(), &v.as_view(), &mut st, &mut zv, &mut o.as_view_mut()))
     }
 
-    fn linattn_chunk_dq_fused(&self, p: &LinAttnParams, table: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, dq: &mut CudaBuf) -> Result<bool> {
+    fn linattn_chunk_backward_fused(&self, p: &LinAttnParams, table: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, d: [&mut CudaBuf; 2], out: [&mut CudaBuf; 3]) -> Result<bool> {
         let s0 = s0.typed::<f32>()?.as_view();
-        let [q, k, v, _, d_o] = x;
-        use crate::ops::linattn::cuda::chunk_fused_dq;
-        typed!(LINATTN, (q, k, v, d_o, dq), chunk_fused_dq(self, p, table, [&q.as_view(), &k.as_view(), &v.as_view(), &d_o.as_view()], &s0, &mut dq.as_view_mut()))
+        let [ds, dz] = d;
+        let (mut ds, dz) = (ds.typed_mut::<f32>()?.as_view_mut(), dz.typed::<f32>()?.as_view());
+        let ([q, k, v, _, d_o], [dq, dk, dv]) = (x, out);
+        use crate::ops::linattn::cuda::chunk_fused_grads;
+        typed!(
+            LINATTN,
+            (q, k, v, d_o, dq, dk, dv),
+            chunk_fused_grads(self, p, table, [&q.as_view(), &k.as_view(), &v.as_view(), &d_o.as_view()], &s0, (&mut ds, &dz), [&mut dq.as_view_mut(), &mut dk.as_view_mut(), &mut dv.as_view_mut()])
+        )
     }
 
     fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &CudaBuf, v: &CudaBuf, state: &mut CudaBuf, z: &mut CudaBuf, hs: &mut CudaBuf, zs: &mut CudaBuf) -> Result<()> {
@@ -750,7 +756,7 @@ impl Backend for CudaRuntime {
         with_states!(x[0].dtype(), gs_dtype, go(self, p, table, x, &dendd, [&mut ds, &mut dz], gs, &mut gzs))
     }
 
-    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: [&CudaBuf; 2], end: [&CudaBuf; 2], scratch: &mut CudaBuf, out: [&mut CudaBuf; 3], with_dq: bool) -> Result<()> {
+    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: [&CudaBuf; 2], end: [&CudaBuf; 2], scratch: &mut CudaBuf, out: [&mut CudaBuf; 3]) -> Result<()> {
         let (dd_off, dd_len) = chunk_dendd(p, bounds);
         let dendd = scratch.typed::<f32>()?.slice(dd_off..dd_off + dd_len);
         let (start_z, end_z) = (start[1].typed::<f32>()?.as_view(), end[1].typed::<f32>()?.as_view());
@@ -758,14 +764,14 @@ impl Backend for CudaRuntime {
             return Err(Error::dtype(LINATTN, "the start states and end gradients differ in dtype"));
         }
         #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: (&CudaBuf, &CudaView<f32>), end: (&CudaBuf, &CudaView<f32>), dendd: &CudaView<f32>, out: [&mut CudaBuf; 3], with_dq: bool) -> Result<()> {
+        fn go<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, bounds: &[u32], x: [&CudaBuf; 5], start: (&CudaBuf, &CudaView<f32>), end: (&CudaBuf, &CudaView<f32>), dendd: &CudaView<f32>, out: [&mut CudaBuf; 3]) -> Result<()> {
             let v = [x[0].typed::<T>()?.as_view(), x[1].typed::<T>()?.as_view(), x[2].typed::<T>()?.as_view(), x[3].typed::<T>()?.as_view(), x[4].typed::<T>()?.as_view()];
             let (s, e) = (start.0.typed::<S>()?.as_view(), end.0.typed::<S>()?.as_view());
             let [dq, dk, dv] = out;
             let (mut dq, mut dk, mut dv) = (dq.typed_mut::<T>()?.as_view_mut(), dk.typed_mut::<T>()?.as_view_mut(), dv.typed_mut::<T>()?.as_view_mut());
-            crate::ops::linattn::cuda::chunk_grads::<T, S>(rt, p, bounds, [&v[0], &v[1], &v[2], &v[3], &v[4]], (&s, start.1), (&e, end.1), dendd, [&mut dq, &mut dk, &mut dv], with_dq)
+            crate::ops::linattn::cuda::chunk_grads::<T, S>(rt, p, bounds, [&v[0], &v[1], &v[2], &v[3], &v[4]], (&s, start.1), (&e, end.1), dendd, [&mut dq, &mut dk, &mut dv])
         }
-        with_states!(x[0].dtype(), start[0].dtype(), go(self, p, bounds, x, (start[0], &start_z), (end[0], &end_z), &dendd, out, with_dq))
+        with_states!(x[0].dtype(), start[0].dtype(), go(self, p, bounds, x, (start[0], &start_z), (end[0], &end_z), &dendd, out))
     }
 
     fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<CudaBuf>>, a: &GraphArgs<CudaBuf>, out: &mut CudaBuf, arg: Option<&mut CudaBuf>) -> Result<()> {

@@ -31,7 +31,7 @@ pub const WGPU_GEMM: KernelChoice = KernelChoice {
 pub const LINATTN_KERNEL: KernelChoice = KernelChoice {
     var: "FFKERN_LINATTN_KERNEL",
     values: &["auto", "mma", "simt", "fused"],
-    what: "CUDA linear-attention chunk kernels: 16-bit tensor cores where the inputs allow, else TF32; TF32 tensor cores; f32 FMA; auto with the chunked forward and the backward's dq in one pass where they fit",
+    what: "CUDA linear-attention chunk kernels: 16-bit tensor cores where the inputs allow, else TF32; TF32 tensor cores; f32 FMA; auto with the chunked forward and backward in one pass per output where they fit",
 };
 /// The CUDA graph row kernels (see `ops::graph::cuda`).
 pub const GRAPH_KERNEL: KernelChoice = KernelChoice {

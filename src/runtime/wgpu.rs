@@ -650,10 +650,7 @@ impl Backend for WgpuContext {
         crate::ops::linattn::wgpu::chunk_grad_states(self, p, dtype, table, &x[0].buffer, &x[4].buffer, &scratch.buffer, [&ds.buffer, &dz.buffer], [&gs.buffer, &gzs.buffer])
     }
 
-    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&WgpuBuffer; 5], start: [&WgpuBuffer; 2], end: [&WgpuBuffer; 2], scratch: &mut WgpuBuffer, out: [&mut WgpuBuffer; 3], with_dq: bool) -> Result<()> {
-        if !with_dq {
-            return Err(Error::Unsupported("linear attention: wgpu has no one-pass dq".into()));
-        }
+    fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&WgpuBuffer; 5], start: [&WgpuBuffer; 2], end: [&WgpuBuffer; 2], scratch: &mut WgpuBuffer, out: [&mut WgpuBuffer; 3]) -> Result<()> {
         let [dq, dk, dv] = out;
         let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype), ("dq", dq.dtype), ("dk", dk.dtype), ("dv", dv.dtype)])?;
         let outs = [&dq.buffer, &dk.buffer, &dv.buffer];

@@ -70,7 +70,7 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_grad_states_mma16s_bf16",
     "linattn_chunk_output_mma16_bf16",
     "linattn_chunk_fused_bf16",
-    "linattn_chunk_fused_dq_bf16",
+    "linattn_chunk_fused_grad_bf16",
     "linattn_chunk_dv_mma16_bf16",
     "linattn_chunk_dq_mma16_bf16",
     "linattn_chunk_dk_mma16_bf16",
@@ -103,8 +103,8 @@ fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
 /// tensor cores where [`sweep_kernel`] and [`chunk_product`] allow — 3.5× faster than TF32 for
 /// bf16 fwd+bwd at flash-linear-attention's shape on the H100 — else the TF32 tensor-core chunk
 /// kernels), `mma` (the TF32 kernels for every dtype, to compare), `simt` (their f32-FMA twins) or
-/// `fused` (`auto`, with the chunked forward and the backward's dq in one pass where
-/// [`chunk_fused`] and [`chunk_fused_dq`] take them).
+/// `fused` (`auto`, with the chunked forward and backward in one pass per output where
+/// [`chunk_fused`] and [`chunk_fused_grads`] take them).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     crate::runtime::kernel_env(&CHOICE, &crate::runtime::LINATTN_KERNEL)
@@ -359,32 +359,36 @@ pub fn chunk_states<T: CudaElem, S: CudaElem>(
 /// a launch with less traps).
 const FUSED_SMEM: u32 = (3 * (2 * 64 * 136 + 64 * 72) + 128 * 72) * 2;
 
-/// A one-pass kernel's function, chunk table on the device and launch (one block of 256 per
-/// sequence·head and 64 of the output's `cols`), or None where it may not run: unless
-/// `FFKERN_LINATTN_KERNEL=fused`, the inputs take the 16-bit products (`output`: the forward's,
-/// else dq's; see [`mma16`]: bf16, φ identity or relu, normalize none (the forward also Count), K
-/// and V multiples of 8, the operands at `addrs` 16-byte aligned), the wide width (X and Y: K for
-/// the forward, V for dq) is at most 128 (the block's state slice in registers) and the GPU's
-/// blocks may take [`FUSED_SMEM`].
-fn fused_launch<T: CudaElem>(
+/// A one-pass kernel's function and chunk table on the device, or None where it may not run:
+/// unless `FFKERN_LINATTN_KERNEL=fused`, the inputs take the 16-bit products (`output`: the
+/// forward's, else the backward's; see [`mma16`]: bf16, φ identity or relu, normalize none (the
+/// forward also Count), K and V multiples of 8, the operands at `addrs` 16-byte aligned), the
+/// widths its passes carry whole (`wide`: the block's state slice in registers) are at most 128 and
+/// the GPU's blocks may take [`FUSED_SMEM`].
+fn fused_function<T: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     output: bool,
+    wide: u32,
     table: &[u32],
     addrs: impl FnOnce() -> Vec<u64>,
-) -> Result<Option<(cudarc::driver::CudaFunction, cudarc::driver::CudaSlice<u32>, LaunchConfig)>> {
-    let (wide, cols, base) = if output { (p.k, p.v, "linattn_chunk_fused") } else { (p.v, p.k, "linattn_chunk_fused_dq") };
+) -> Result<Option<(cudarc::driver::CudaFunction, cudarc::driver::CudaSlice<u32>)>> {
     if kernel_choice()? != "fused" || wide > 128 || rt.max_block_smem() < FUSED_SMEM || !mma16(p, chunk16_fits(p, T::DTYPE, output), addrs)? {
         return Ok(None);
     }
-    let f = rt.function(FAMILY, Ptx::Base, typed::<T>(base)?, FUSED_SMEM)?;
+    let f = rt.function(FAMILY, Ptx::Base, typed::<T>(if output { "linattn_chunk_fused" } else { "linattn_chunk_fused_grad" })?, FUSED_SMEM)?;
     let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
-    let [gx, gy, gz] = super::grid(cols as usize, super::WIDE_TILE, (p.batch * p.heads) as usize);
-    Ok(Some((f, table, LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: FUSED_SMEM })))
+    Ok(Some((f, table)))
 }
 
-/// The chunked forward in one pass (see `Backend::linattn_chunk_fused`) where [`fused_launch`]
-/// allows; `Ok(false)`, launching nothing, otherwise.
+/// A one-pass kernel's launch: one block of 256 per sequence·head and 64 of the output's `cols`.
+fn fused_cfg(p: &LinAttnParams, cols: u32) -> LaunchConfig {
+    let [gx, gy, gz] = super::grid(cols as usize, super::WIDE_TILE, (p.batch * p.heads) as usize);
+    LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: FUSED_SMEM }
+}
+
+/// The chunked forward in one pass (see `Backend::linattn_chunk_fused`) where [`fused_function`]
+/// allows (K ≤ 128); `Ok(false)`, launching nothing, otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_fused<T: CudaElem>(
     rt: &CudaRuntime,
@@ -397,36 +401,61 @@ pub fn chunk_fused<T: CudaElem>(
     z: &mut CudaViewMut<f32>,
     o: &mut CudaViewMut<T>,
 ) -> Result<bool> {
-    let Some((f, table, cfg)) = fused_launch::<T>(rt, p, true, table, || vec![device_addr(rt, q), device_addr(rt, k), device_addr(rt, v), device_addr(rt, &*o)])? else {
+    let Some((f, table)) = fused_function::<T>(rt, p, true, p.k, table, || vec![device_addr(rt, q), device_addr(rt, k), device_addr(rt, v), device_addr(rt, &*o)])? else {
         return Ok(false);
     };
     // SAFETY: linattn_chunk_fused_bf16(q, k, v, state, z, table, o, p) reads q, k [R·H·K] and v
     // [R·H·V] in whole 16-byte pieces (K, V multiples of 8, 16-byte aligned, K ≤ 128: checked by
-    // fused_launch) and the table [2·C + 1 + N + 1] (chunk bounds ending at R, each chunk ≤ 64 rows,
-    // positions, each sequence's chunk range); block (x, n·H + h) reads and writes columns 64x.. of
-    // state [N·H·K·V] of its sequence·head (and the blocks of x = 0 its z [N·H·K]) and writes those
-    // columns of o [R·H·V] for its sequence's rows; LinearAttention::chunk sized every buffer.
-    rt.launch(&f, cfg, |a| {
+    // fused_function) and the table [2·C + 1 + N + 1] (chunk bounds ending at R, each chunk ≤ 64
+    // rows, positions, each sequence's chunk range); block (x, n·H + h) reads and writes columns
+    // 64x.. of state [N·H·K·V] of its sequence·head (and the blocks of x = 0 its z [N·H·K]) and
+    // writes those columns of o [R·H·V] for its sequence's rows; LinearAttention::chunk sized
+    // every buffer.
+    rt.launch(&f, fused_cfg(p, p.v), |a| {
         a.arg(q).arg(k).arg(v).arg(state).arg(z).arg(&table).arg(o).arg(p);
     })?;
     Ok(true)
 }
 
-/// The chunked backward's dq in one pass (see `Backend::linattn_chunk_dq_fused`) where
-/// [`fused_launch`] allows; `Ok(false)`, launching nothing, otherwise.
-pub fn chunk_fused_dq<T: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, table: &[u32], x: [&CudaView<T>; 4], s0: &CudaView<f32>, dq: &mut CudaViewMut<T>) -> Result<bool> {
-    let [q, k, v, d_o] = x;
-    let addrs = || vec![device_addr(rt, q), device_addr(rt, k), device_addr(rt, v), device_addr(rt, d_o), device_addr(rt, &*dq)];
-    let Some((f, table, cfg)) = fused_launch::<T>(rt, p, false, table, addrs)? else {
+/// The chunked backward in one pass per gradient (see `Backend::linattn_chunk_backward_fused`)
+/// where [`fused_function`] allows (K and V ≤ 128): dq from `s0`, then dk and dv from the state's
+/// gradient `d.0` (dS_T), which the dv pass turns into dS0; `d.1` is dz_T. `Ok(false)`, launching
+/// nothing, otherwise.
+pub fn chunk_fused_grads<T: CudaElem>(
+    rt: &CudaRuntime,
+    p: &LinAttnParams,
+    table: &[u32],
+    x: [&CudaView<T>; 4],
+    s0: &CudaView<f32>,
+    d: (&mut CudaViewMut<f32>, &CudaView<f32>),
+    out: [&mut CudaViewMut<T>; 3],
+) -> Result<bool> {
+    let ([q, k, v, d_o], [dq, dk, dv], (ds, dz)) = (x, out, d);
+    let addrs = || [device_addr(rt, q), device_addr(rt, k), device_addr(rt, v), device_addr(rt, d_o), device_addr(rt, &*dq), device_addr(rt, &*dk), device_addr(rt, &*dv)].to_vec();
+    let Some((f, table)) = fused_function::<T>(rt, p, false, p.k.max(p.v), table, addrs)? else {
         return Ok(false);
     };
-    // SAFETY: linattn_chunk_fused_dq_bf16(q, k, v, do, s0, table, dq, p) reads q, k [R·H·K] and v,
-    // do [R·H·V] in whole 16-byte pieces (K, V multiples of 8, 16-byte aligned, V ≤ 128: checked by
-    // fused_launch), the table as linattn_chunk_fused and s0 [N·H·K·V] (f32, read only); block
-    // (x, n·H + h) writes columns 64x.. of dq [R·H·K] for its sequence's rows and head;
-    // LinearAttention::chunk_backward sized every buffer.
-    rt.launch(&f, cfg, |a| {
-        a.arg(q).arg(k).arg(v).arg(d_o).arg(s0).arg(&table).arg(dq).arg(p);
+    // SAFETY: linattn_chunk_fused_grad_bf16(q, k, v, do, state, dz, table, out, p) reads q, k [R·H·K]
+    // and v, do [R·H·V] in whole 16-byte pieces (K, V multiples of 8, 16-byte aligned, both ≤ 128:
+    // checked by fused_function), the table as linattn_chunk_fused, dz [N·H·K] (f32, dk only) and
+    // state [N·H·K·V] (f32: s0 for dq and ds for dk, read; ds for dv, whose block (x, n·H + h) reads
+    // and writes columns 64x.. of its sequence·head's); block (x, n·H + h) writes columns 64x.. of
+    // out (dq, dk [R·H·K] or dv [R·H·V]) for its sequence's rows and head. The dk pass reads ds
+    // before the dv pass, later on the same stream, writes it. LinearAttention::chunk_backward sized
+    // every buffer.
+    // p.aux picks the pass: chunk16_impl's mode numbers.
+    let [p_dq, p_dk, p_dv] = [2, 3, 1].map(|aux| LinAttnParams { aux, ..*p });
+    rt.launch(&f, fused_cfg(p, p.k), |a| {
+        a.arg(q).arg(k).arg(v).arg(d_o).arg(s0).arg(dz).arg(&table).arg(dq).arg(&p_dq);
+    })?;
+    {
+        let ds_in = ds.as_view();
+        rt.launch(&f, fused_cfg(p, p.k), |a| {
+            a.arg(q).arg(k).arg(v).arg(d_o).arg(&ds_in).arg(dz).arg(&table).arg(dk).arg(&p_dk);
+        })?;
+    }
+    rt.launch(&f, fused_cfg(p, p.v), |a| {
+        a.arg(q).arg(k).arg(v).arg(d_o).arg(ds).arg(dz).arg(&table).arg(dv).arg(&p_dv);
     })?;
     Ok(true)
 }
@@ -530,7 +559,6 @@ pub fn chunk_grads<T: CudaElem, S: CudaElem>(
     end: (&CudaView<S>, &CudaView<f32>),
     dendd: &CudaView<f32>,
     out: [&mut CudaViewMut<T>; 3],
-    with_dq: bool,
 ) -> Result<()> {
     let bounds_dev = rt.stream.clone_htod(bounds).map_err(|e| crate::Error::driver("cuda: uploading the chunk bounds", e))?;
     let [q, k, v, _, d_o] = x;
@@ -555,9 +583,7 @@ pub fn chunk_grads<T: CudaElem, S: CudaElem>(
     rt.launch(&f, cfg(p.v as usize, super::WIDE_TILE), |a| {
         a.arg(q).arg(k).arg(d_o).arg(&bounds_dev).arg(dendd).arg(end.0).arg(dv).arg(p);
     })?;
-    // dq unless the one-pass kernel wrote it (start is then empty and unread).
-    let dq_pass = with_dq.then_some((dq_name, start.0, start.1, dq));
-    for (name, m, zv, target) in dq_pass.into_iter().chain([(dk_name, end.0, end.1, dk)]) {
+    for (name, m, zv, target) in [(dq_name, start.0, start.1, dq), (dk_name, end.0, end.1, dk)] {
         let f = rt.function(FAMILY, Ptx::Base, name?, 0)?;
         // SAFETY: linattn_chunk_dq[_mma|_mma16]_<dtype> and linattn_chunk_dk[_mma|_mma16]_<dtype>
         // (q, k, v, do, bounds, dendd, m, zv, out, p) read q, k [R·H·K], v, do [R·H·V], bounds and

@@ -350,31 +350,29 @@ impl LinearAttention {
             be.linattn_backward(&p, &starts, x, s0, z0, d_final, [&mut g.dq, &mut g.dk, &mut g.dv, &mut g.d_state, &mut g.d_z])?;
             return Ok(g);
         };
-        // Many sequences·heads: dq in one pass where the backend has it, which rebuilds the
-        // forward's states on the way, so that no per-chunk state is stored (dk and dv read only
-        // the gradients at each chunk's end); otherwise the forward's state at every chunk's start
-        // (the final state goes to copies).
-        let dq_done = fused_sweep(&p, self.heads) && be.linattn_chunk_dq_fused(&p, &t.sweep_table(), x, s0, &mut g.dq)?;
-        let (hs, zs) = if dq_done {
-            (be.alloc(self.snapshot_dtype(be, &p, dtype, true)?, 0)?, be.alloc(DType::F32, 0)?)
-        } else {
-            let (mut s_end, mut z_end) = (be.alloc(DType::F32, be.len_of(s0))?, be.alloc(DType::F32, be.len_of(z0))?);
-            be.copy(s0, &mut s_end)?;
-            be.copy(z0, &mut z_end)?;
-            let mut o_unused = be.alloc(dtype, 1)?;
-            self.chunk_start_states(be, &p, &t, [x[0], x[1], x[2]], &mut s_end, &mut z_end, &mut o_unused, true)?
-        };
+        // dS_T, dz_T (else zeros) into dS0, dz0, which the passes below turn into the gradients.
+        for (dst, src) in [(&mut g.d_state, d_final[0]), (&mut g.d_z, d_final[1])] {
+            if let Some(src) = src {
+                be.copy(src, dst)?;
+            }
+        }
+        // Many sequences·heads: one pass per gradient where the backend has them (no per-chunk
+        // state stored at all).
+        if fused_sweep(&p, self.heads) && be.linattn_chunk_backward_fused(&p, &t.sweep_table(), x, s0, [&mut g.d_state, &mut g.d_z], [&mut g.dq, &mut g.dk, &mut g.dv])? {
+            return Ok(g);
+        }
+        // The forward's state at every chunk's start (the final state goes to copies).
+        let (mut s_end, mut z_end) = (be.alloc(DType::F32, be.len_of(s0))?, be.alloc(DType::F32, be.len_of(z0))?);
+        be.copy(s0, &mut s_end)?;
+        be.copy(z0, &mut z_end)?;
+        let mut o_unused = be.alloc(dtype, 1)?;
+        let (hs, zs) = self.chunk_start_states(be, &p, &t, [x[0], x[1], x[2]], &mut s_end, &mut z_end, &mut o_unused, true)?;
         // The gradient at each chunk's end (and dS0, dz0): each chunk's own Σ q̃·dnᵀ and Σ q̃·dd
         // summed from the last chunk back, from dS_T, dz_T (with room after the chunks for each
         // sequence's total, which the wgpu passes leave there).
         let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, ..p };
         let mut scratch = be.alloc(DType::F32, chunk_scratch_len(&pc, starts[sequences] as usize))?;
         let (mut gs, mut gzs) = (self.alloc_states(be, &p, be.dtype_of(&hs), (t.chunks + sequences) * kv)?, be.alloc(DType::F32, (t.chunks + sequences) * k_)?);
-        for (dst, src) in [(&mut g.d_state, d_final[0]), (&mut g.d_z, d_final[1])] {
-            if let Some(src) = src {
-                be.copy(src, dst)?;
-            }
-        }
         if fused_sweep(&p, self.heads) {
             be.linattn_chunk_dstate(&pc, &t.bounds, x, [&hs, &zs], &mut scratch, None)?;
             be.linattn_chunk_grad_states(&p, &t.sweep_table(), x, [&hs, &zs], &scratch, [&mut g.d_state, &mut g.d_z], [&mut gs, &mut gzs])?;
@@ -382,7 +380,7 @@ impl LinearAttention {
             be.linattn_chunk_dstate(&pc, &t.bounds, x, [&hs, &zs], &mut scratch, Some([&mut gs, &mut gzs]))?;
             be.linattn_chunk_scan(&LinAttnParams { count0: t.chunks as u32, aux: 1, ..p }, &t.seq_chunk0, &mut g.d_state, &mut g.d_z, &mut gs, &mut gzs)?;
         }
-        be.linattn_chunk_grads(&pc, &t.bounds, x, [&hs, &zs], [&gs, &gzs], &mut scratch, [&mut g.dq, &mut g.dk, &mut g.dv], !dq_done)?;
+        be.linattn_chunk_grads(&pc, &t.bounds, x, [&hs, &zs], [&gs, &gzs], &mut scratch, [&mut g.dq, &mut g.dk, &mut g.dv])?;
         Ok(g)
     }
 
