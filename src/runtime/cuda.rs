@@ -263,7 +263,6 @@ impl CudaRuntime {
             .unwrap_or(1)
     }
 
-    /// Whether the Hopper-only (`compute_90a`) kernels can run here.
     /// The most dynamic shared memory one block may take on this GPU (its opt-in limit).
     pub fn max_block_smem(&self) -> u32 {
         self.ctx
@@ -272,6 +271,7 @@ impl CudaRuntime {
             .unwrap_or(48 * 1024)
     }
 
+    /// Whether the Hopper-only (`compute_90a`) kernels can run here.
     pub fn is_sm90a(&self) -> bool {
         self.compute_capability() == (9, 0)
     }
