@@ -321,7 +321,8 @@ fn gemm_split<T: CudaElem>(
 ) -> Result<()> {
     let smem = base_smem(T::DTYPE);
     let func = rt.function(FAMILY, Ptx::Base, kernel_name(T::DTYPE, load, true), smem)?;
-    let mut ws = rt.stream.alloc_zeros::<f32>(splits * desc.m * desc.n).map_err(|e| Error::driver("cuda: alloc", e))?;
+    // Every block writes its whole tile's slice sums (zeros for an empty slice): no fill needed.
+    let mut ws = rt.uninit::<f32>(splits * desc.m * desc.n)?;
     let cfg = LaunchConfig { grid_dim: (desc.n.div_ceil(128) as u32, desc.m.div_ceil(128) as u32, splits as u32), block_dim: (256, 1, 1), shared_mem_bytes: smem };
     let kc32 = kc as u32;
     // SAFETY: gemm_<dtype>_<load>_split(A, B, GemmParams, kc, ws): block z reads the K slice
@@ -382,7 +383,7 @@ pub fn col_sum<T: CudaElem>(rt: &CudaRuntime, rows: usize, cols: usize, x: &Cuda
     }
     // Chunks of COL_SUM_ROWS rows, summed into f32 partials, then in order.
     let chunks = rows.div_ceil(super::COL_SUM_ROWS).max(1);
-    let mut part = rt.stream.alloc_zeros::<f32>(chunks * cols).map_err(|e| Error::driver("cuda: alloc", e))?;
+    let mut part = rt.uninit::<f32>(chunks * cols)?;  // every (chunk, column) written below
     let func = rt.function(FAMILY, Ptx::Base, helper_name("col_sum", T::DTYPE)?, 0)?;
     let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, chunks as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
     let (r32, c32, n32, chunk_rows) = (rows as u32, cols as u32, chunks as u32, super::COL_SUM_ROWS as u32);
