@@ -88,9 +88,9 @@ enough() { [ "$(left)" -ge "${1:-30}" ] || { log "skipped $2: $(left) s left"; f
 
 # Correctness first, all at once (they only need to be right, not timed): every test binary with
 # FFKERN_REQUIRE=cuda,wgpu, and `ffkern check` on wgpu and on each CUDA GEMM kernel choice. The
-# ops' unset output and scratch buffers start as NaN here (FFKERN_CUDA_POISON), so any element a
+# ops' unset output and scratch buffers start as NaN here (FFKERN_POISON), so any element a
 # kernel leaves unwritten fails the comparison; the benches run without it.
-export FFKERN_CUDA_POISON=1
+export FFKERN_POISON=1
 pids=()
 # Each test run: its log name, then the environment and the binary (kept in tests.manifest so a
 # failing run can be repeated under compute-sanitizer below).
@@ -170,7 +170,7 @@ if [ "${NCU:-0}" = 1 ]; then
     log "ncu: rc=$?"
     grep -E "Duration|Compute \(SM\) Throughput|L2 Cache Throughput|Issue Slots Busy|Eligible Warps|Est. Speedup|stalled" "$OUT/ncu.txt" | head -12 | tee -a "$OUT/summary.txt"
 fi
-unset FFKERN_CUDA_POISON
+unset FFKERN_POISON
 # Then the timings, one op family per process so that one failure costs only its own rows.
 bench() { # name, timeout, args...
     local name=$1 secs=$2; shift 2

@@ -92,7 +92,8 @@ pub trait Backend {
     /// of the `p.batch` sequences, its state `state`, `z` carried through its chunks, each chunk's
     /// start state written into `hs`, `zs` and the final state left in `state`, `z`. `table` holds
     /// `[C | chunk bounds (C + 1) | their positions (C) | each sequence's first chunk (p.batch + 1)]`;
-    /// `hs`, `zs` have room for `C + p.batch` slots; `hs` is of `linattn_snapshot_dtype`'s dtype.
+    /// `hs`, `zs` have room for `C + p.batch` slots; `hs` is of `linattn_snapshot_dtype`'s dtype
+    /// and may arrive unset: every chunk's slot is written before any is read.
     #[allow(clippy::too_many_arguments)]
     fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &Self::Buf, v: &Self::Buf, state: &mut Self::Buf, z: &mut Self::Buf, hs: &mut Self::Buf, zs: &mut Self::Buf) -> Result<()>;
     /// Its backward (see `ops::linattn::LinearAttention::backward`, which validates):
@@ -111,8 +112,9 @@ pub trait Backend {
     /// The chunked backward's reverse pass in one sweep (many sequences·heads; the twin of
     /// `linattn_chunk_states`, same `table` and parameters): for each sequence, the gradient of
     /// the state and normalizer `d` (in: dS_T, dz_T; out: dS0, dz0) carried back through its
-    /// chunks, each chunk's end gradient written into `g` (`C + p.batch` slots). `x`, `start` and
-    /// `scratch` as for `linattn_chunk_dstate`, which filled `scratch`.
+    /// chunks, each chunk's end gradient written into `g` (`C + p.batch` slots; `g[0]` may arrive
+    /// unset, as `hs` there). `x`, `start` and `scratch` as for `linattn_chunk_dstate`, which
+    /// filled `scratch`.
     #[allow(clippy::too_many_arguments)]
     fn linattn_chunk_grad_states(&self, p: &LinAttnParams, table: &[u32], x: [&Self::Buf; 5], start: [&Self::Buf; 2], scratch: &Self::Buf, d: [&mut Self::Buf; 2], g: [&mut Self::Buf; 2]) -> Result<()>;
     /// The second: with `end = [G_c, g_c]`, the gradients of the state and normalizer at each

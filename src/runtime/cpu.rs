@@ -29,6 +29,10 @@ impl Backend for Cpu {
     fn alloc(&self, dtype: DType, len: usize) -> Result<HostTensor> {
         Ok(HostTensor { dtype, shape: vec![len], data: vec![0.0; len] })
     }
+    /// Zeros, or NaN under `FFKERN_POISON` (see `runtime::poison`).
+    fn alloc_uninit(&self, dtype: DType, len: usize) -> Result<HostTensor> {
+        Ok(HostTensor { dtype, shape: vec![len], data: vec![if super::poison() { f32::NAN } else { 0.0 }; len] })
+    }
     fn download(&self, buf: &HostTensor) -> Result<HostTensor> {
         self.upload(buf)
     }
@@ -212,17 +216,23 @@ impl Backend for Cpu {
     }
 
     fn linattn_chunk_states(&self, p: &LinAttnParams, table: &[u32], k: &HostTensor, v: &HostTensor, state: &mut HostTensor, z: &mut HostTensor, hs: &mut HostTensor, zs: &mut HostTensor) -> Result<()> {
-        // The reference's two passes: each chunk's own sums, then the scan.
+        // The reference's two passes: each chunk's own sums (added to its slot, which starts at 0:
+        // the caller's buffer may be unset), then the scan.
         let (pc, bounds, seq_chunk0) = chunk_table(p, table);
+        hs.data.fill(0.0);
+        zs.data.fill(0.0);
         let mut o = HostTensor { dtype: k.dtype, shape: vec![0], data: Vec::new() };
         self.linattn_recurrent(&LinAttnParams { aux: 1, ..pc }, k, k, v, bounds, hs, zs, &mut o)?;
         self.linattn_chunk_scan(&LinAttnParams { aux: 0, count0: pc.batch, ..*p }, seq_chunk0, state, z, hs, zs)
     }
 
     fn linattn_chunk_grad_states(&self, p: &LinAttnParams, table: &[u32], x: [&HostTensor; 5], start: [&HostTensor; 2], scratch: &HostTensor, d: [&mut HostTensor; 2], g: [&mut HostTensor; 2]) -> Result<()> {
-        // The reference's two passes: each chunk's own sums, then the reverse scan.
+        // The reference's two passes: each chunk's own sums (into slots that start at 0: the
+        // caller's buffer may be unset), then the reverse scan.
         let (pc, bounds, seq_chunk0) = chunk_table(p, table);
         let [gs, gzs] = g;
+        gs.data.fill(0.0);
+        gzs.data.fill(0.0);
         let mut scratch = scratch.clone();
         self.linattn_chunk_dstate(&pc, bounds, x, start, &mut scratch, Some([&mut *gs, &mut *gzs]))?;
         let [ds, dz] = d;

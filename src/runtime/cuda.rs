@@ -210,11 +210,9 @@ fn keep_freed_memory(ctx: &CudaContext) {
 }
 
 /// The fill of buffers that a launch writes in full: none, or every bit set (NaN in f32, f16 and
-/// bf16) when `FFKERN_CUDA_POISON` is set, so that a test run under it fails wherever a kernel
-/// leaves part of such a buffer unwritten.
+/// bf16) under `FFKERN_POISON` (see `runtime::poison`).
 fn uninit_fill() -> Option<u8> {
-    static POISON: OnceLock<bool> = OnceLock::new();
-    POISON.get_or_init(|| std::env::var_os("FFKERN_CUDA_POISON").is_some_and(|v| !v.is_empty() && v != "0")).then_some(0xff)
+    super::poison().then_some(0xff)
 }
 
 impl CudaRuntime {
@@ -407,7 +405,7 @@ impl CudaRuntime {
     }
 
     /// `len` elements for a launch that writes them all before any is read (see
-    /// `Backend::alloc_uninit`): unset, or NaN under `FFKERN_CUDA_POISON`.
+    /// `Backend::alloc_uninit`): unset, or NaN under `FFKERN_POISON`.
     pub(crate) fn uninit<T: CudaElem>(&self, len: usize) -> Result<CudaSlice<T>> {
         self.new_slice(len, uninit_fill())
     }

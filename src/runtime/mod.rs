@@ -6,6 +6,14 @@ pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
+/// Whether `FFKERN_POISON` is set (non-empty, not `0`): then the buffers of
+/// `Backend::alloc_uninit` start as NaN on every backend (every bit set on the GPUs), so that a
+/// test run under it fails wherever a launch leaves part of one unwritten.
+pub(crate) fn poison() -> bool {
+    static POISON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *POISON.get_or_init(|| std::env::var_os("FFKERN_POISON").is_some_and(|v| !v.is_empty() && v != "0"))
+}
+
 /// A kernel choice made by an environment variable: its name, its values (the first is the
 /// default) and what it chooses between. `ffkern info` lists them with the values in effect.
 #[derive(Clone, Copy, Debug)]

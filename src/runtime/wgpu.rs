@@ -481,6 +481,15 @@ impl Backend for WgpuContext {
     fn alloc(&self, dtype: DType, len: usize) -> Result<WgpuBuffer> {
         Ok(WgpuBuffer { buffer: self.create_buffer(dtype, len)?, dtype, len })
     }
+    /// Zeros (wgpu zero-fills every new buffer), or every bit set (NaN) under `FFKERN_POISON`
+    /// (see `runtime::poison`).
+    fn alloc_uninit(&self, dtype: DType, len: usize) -> Result<WgpuBuffer> {
+        let buf = self.alloc(dtype, len)?;
+        if super::poison() {
+            self.queue.write_buffer(&buf.buffer, 0, &vec![0xffu8; buf.buffer.size() as usize]);
+        }
+        Ok(buf)
+    }
     fn download(&self, buf: &WgpuBuffer) -> Result<HostTensor> {
         let bytes = self.read_bytes(&buf.buffer, 0, (buf.len * buf.dtype.size()) as u64)?;
         Ok(HostTensor { dtype: buf.dtype, shape: vec![buf.len], data: buf.dtype.decode(&bytes) })
