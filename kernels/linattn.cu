@@ -1687,10 +1687,12 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
     }
     move_state(false);
     store_ms();
-    // Forward: Σ k̃ (the normalizer state) in the blocks of column 0: thread (column lid / 2, half
-    // lid % 2 of the rows); the half-0 threads hold and write it.
-    const uint32_t zi = lid >> 1, zh = lid & 1;
-    const bool zsum = MODE == 0 && blockIdx.x == 0, zown = zsum && zh == 0 && zi < p.k;
+    // Forward: Σ k̃ (the normalizer state), its columns shared out among the column blocks so that
+    // none carries the whole sum on its path: block x takes zcols columns from x·zcols, zt
+    // threads a column (lanes zt apart sum 64 / zt rows each), the first of which holds and writes it.
+    const uint32_t zcols = (p.k + gridDim.x - 1) / gridDim.x, zt = zcols <= 64 ? 4 : 2;
+    const uint32_t zi = blockIdx.x * zcols + lid / zt, zh = lid % zt;
+    const bool zmine = MODE == 0 && lid / zt < zcols && zi < p.k, zown = zmine && zh == 0;
     float zacc = zown ? zv[(size_t)nh * p.k + zi] : 0.0f;
     // The scores' scale: all but dq take it on W (dq scales its output).
     const float wscale = MODE == 2 ? 1.0f : p.scale;
@@ -1799,14 +1801,20 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
                     for (uint32_t cc = 0; cc < 4; ++cc) acc_m[rg][m][cc] += p.scale * part[m][cc];
             }
         }
-        if (zsum) {
+        if (MODE == 0) {
+            // Every lane takes part in the shuffles; those without a column add nothing.
             float zp = 0.0f;
+            const uint32_t rows = 64 / zt;
+            if (zmine) {
 #pragma unroll 4
-            for (uint32_t r = 32 * zh; r < 32 * zh + 32; ++r) {
-                const float kv = to_f32(sy[r * FU_LQ + zi]);
-                zp += relu_xy ? fmaxf(kv, 0.0f) : kv;
+                for (uint32_t r = rows * zh; r < rows * zh + rows; ++r) {
+                    const float kv = to_f32(sy[r * FU_LQ + zi]);
+                    zp += relu_xy ? fmaxf(kv, 0.0f) : kv;
+                }
             }
-            zacc += zp + __shfl_xor_sync(0xffffffffu, zp, 1);
+            zp += __shfl_xor_sync(0xffffffffu, zp, 1);
+            if (zt == 4) zp += __shfl_xor_sync(0xffffffffu, zp, 2);
+            zacc += zp;
         }
         store_ms();       // M_{c+1} for the next chunk: every warp finished reading M_c before W was stored
         __syncthreads();  // this stage is refilled by the next iteration's issue
