@@ -240,7 +240,7 @@ fi
 # an entry OP:VAR=value sets one kernel choice.
 if [ "${PROFILE:-1}" = 1 ]; then
     ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    profile_ops=${PROFILE_OPS:-structured linear_attn graph}
+    profile_ops=${PROFILE_OPS:-structured linear_attn linear_attn:FFKERN_LINATTN_KERNEL=fused graph}
     for entry in $profile_ops; do
         op=${entry%%:*}; envs=; [ "$entry" != "$op" ] && envs=${entry#*:}
         name=$op${envs:+-${envs##*=}}
