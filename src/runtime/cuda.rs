@@ -627,7 +627,7 @@ impl Backend for CudaRuntime {
             if p.varlen != 2 || p.aux != 0 {
                 return Err(Error::dtype(LINATTN, "the state must be f32"));
             }
-            let starts = self.stream.clone_htod(starts).map_err(|e| Error::driver("cuda: uploading the chunk bounds", e))?;
+            let starts = crate::ops::linattn::cuda::upload_words(self, starts, "the chunk bounds")?;
             let z = z.typed::<f32>()?.as_view();
             #[allow(clippy::too_many_arguments)]
             fn go<T: CudaElem, S: CudaElem>(rt: &CudaRuntime, p: &LinAttnParams, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, starts: &CudaSlice<u32>, hs: &CudaBuf, z: &CudaView<f32>, o: &mut CudaBuf) -> Result<()> {

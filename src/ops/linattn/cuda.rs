@@ -94,6 +94,11 @@ pub const KERNELS: &[&str] = &[
     "linattn_chunk_dk_mma_bf16",
 ];
 
+/// `words` (sequence starts, chunk tables and bounds) on the device; `what` names them in errors.
+pub(crate) fn upload_words(rt: &CudaRuntime, words: &[u32], what: &str) -> Result<cudarc::driver::CudaSlice<u32>> {
+    rt.stream.clone_htod(words).map_err(|e| crate::Error::driver(format!("cuda: uploading {what}"), e))
+}
+
 /// The `base` kernel in T's dtype.
 fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
     kernel_name::<T>(KERNELS, base)
@@ -219,7 +224,7 @@ pub fn recurrent<T: CudaElem>(
     }
     // Fixed-length batches need no sequence starts (the kernel computes them): a one-word stand-in
     // spares a host-to-device copy.
-    let starts_dev = if p.varlen == 0 { rt.stream.alloc_zeros::<u32>(1).map_err(err("cuda: alloc"))? } else { rt.stream.clone_htod(starts).map_err(err("cuda: uploading the sequence starts"))? };
+    let starts_dev = if p.varlen == 0 { rt.stream.alloc_zeros::<u32>(1).map_err(err("cuda: alloc"))? } else { upload_words(rt, starts, "the sequence starts")? };
     // Chunks (varlen 2, at most 64 rows each) take the matrix-product kernels.
     if p.varlen == 2 {
         return if p.aux == 1 {
@@ -301,7 +306,7 @@ pub fn backward<T: CudaElem>(
     let zero_view = zeros.as_view();
     let (d_state, d_z) = (d_final[0].unwrap_or(&zero_view), d_final[1].unwrap_or(&zero_view));
     let [ds0, dz0] = d_init;
-    let starts = rt.stream.clone_htod(starts).map_err(err("cuda: uploading the sequence starts"))?;
+    let starts = upload_words(rt, starts, "the sequence starts")?;
     let [q, kk, vv, o, d_o] = x;
     let [dq, dk, dv] = out;
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_backward")?, 0)?;
@@ -342,7 +347,7 @@ pub fn chunk_states<T: CudaElem, S: CudaElem>(
     zs: &mut CudaViewMut<f32>,
 ) -> Result<()> {
     let (f, cfg) = sweep_launch(rt, p, sweep_kernel::<T, S>(rt, p, false, k, v, "linattn_chunk_states")?)?;
-    let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
+    let table = upload_words(rt, table, "the chunk table")?;
     // SAFETY: linattn_chunk_states[_mma|_mma16|_mma16s]_<dtype>(k, v, state, z, starts, hs, zs, p)
     // reads k [R·H·K], v [R·H·V] (mma16: whole 16-byte pieces of rows, K and V multiples of 8,
     // checked by sweep_kernel, which also matches the kernel to hs's type S) and the table [2·C + 1 + N + 1] (chunk bounds ending at R, each chunk ≤ 64 rows,
@@ -377,7 +382,7 @@ fn fused_function<T: CudaElem>(
         return Ok(None);
     }
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>(if output { "linattn_chunk_fused" } else { "linattn_chunk_fused_grad" })?, FUSED_SMEM)?;
-    let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
+    let table = upload_words(rt, table, "the chunk table")?;
     Ok(Some((f, table)))
 }
 
@@ -463,7 +468,7 @@ pub fn chunk_fused_grads<T: CudaElem>(
 /// The chunked form's inter-chunk pass (see `Backend::linattn_chunk_scan`).
 pub fn chunk_scan(rt: &CudaRuntime, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, hs: &mut CudaViewMut<f32>, zs: &mut CudaViewMut<f32>) -> Result<()> {
     let f = rt.function(FAMILY, Ptx::Base, "linattn_chunk_scan", 0)?;
-    let seqs = rt.stream.clone_htod(seq_chunk0).map_err(|e| crate::Error::driver("cuda: uploading the chunk ranges", e))?;
+    let seqs = upload_words(rt, seq_chunk0, "the chunk ranges")?;
     let threads = (p.batch * p.heads) as usize * (p.k * p.v + p.k) as usize;
     let cfg = LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: linattn_chunk_scan reads and writes state [N·H·K·V], z [N·H·K] (each element by its
@@ -487,7 +492,7 @@ pub fn chunk_dstate<T: CudaElem>(
     dendd: &mut CudaViewMut<f32>,
     mut own: Option<[&mut CudaViewMut<f32>; 2]>,
 ) -> Result<()> {
-    let bounds_dev = rt.stream.clone_htod(bounds).map_err(|e| crate::Error::driver("cuda: uploading the chunk bounds", e))?;
+    let bounds_dev = upload_words(rt, bounds, "the chunk bounds")?;
     let [q, k, _, o, d_o] = x;
     let units = (p.batch * p.heads) as usize;
     let cfg = |cols: usize, tile: usize| {
@@ -535,7 +540,7 @@ pub fn chunk_grad_states<T: CudaElem, S: CudaElem>(
     g: (&mut CudaViewMut<S>, &mut CudaViewMut<f32>),
 ) -> Result<()> {
     let (f, cfg) = sweep_launch(rt, p, sweep_kernel::<T, S>(rt, p, true, q, d_o, "linattn_chunk_grad_states")?)?;
-    let table = rt.stream.clone_htod(table).map_err(|e| crate::Error::driver("cuda: uploading the chunk table", e))?;
+    let table = upload_words(rt, table, "the chunk table")?;
     let ([ds, dz], (gs, gzs)) = (d, g);
     // SAFETY: linattn_chunk_grad_states[_mma|_mma16|_mma16s]_<dtype>(q, do, dendd, d_state, d_z,
     // table, gs, gzs, p) reads q [R·H·K], do [R·H·V] (mma16: whole 16-byte pieces of rows, K and V
@@ -560,7 +565,7 @@ pub fn chunk_grads<T: CudaElem, S: CudaElem>(
     dendd: &CudaView<f32>,
     out: [&mut CudaViewMut<T>; 3],
 ) -> Result<()> {
-    let bounds_dev = rt.stream.clone_htod(bounds).map_err(|e| crate::Error::driver("cuda: uploading the chunk bounds", e))?;
+    let bounds_dev = upload_words(rt, bounds, "the chunk bounds")?;
     let [q, k, v, _, d_o] = x;
     let [dq, dk, dv] = out;
     let units = (p.batch * p.heads) as usize;
