@@ -367,6 +367,14 @@ __device__ __forceinline__ uint32_t relu2(uint32_t x) {
     return x & ~(neg * 0xFFFFu);
 }
 
+// relu2 on each of a fragment's four registers where `on` (φ = relu on fragments of q̃ or k̃).
+__device__ __forceinline__ void relu_frag(uint32_t (&f)[4], bool on) {
+    if (on) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) f[i] = relu2(f[i]);
+    }
+}
+
 // c0, c1 += a·B over rows k0 .. k0 + 15 and the two n-tiles of columns n0 .. n0 + 15 of B stored
 // [k][n] with row stride ld, through ldmatrix.trans (matrices (k 0–7 | 8–15) × (n 0–7 | 8–15)); B's
 // values through relu first when `relu`.
@@ -376,10 +384,7 @@ __device__ __forceinline__ void mma_kn16(float (&c0)[4], float (&c1)[4], const u
     const uint32_t lane = threadIdx.x & 31, mi = lane / 8, r8 = lane % 8;
     uint32_t f[4];
     mma::ldmatrix_x4_trans(f, b + (k0 + r8 + 8 * (mi % 2)) * ld + n0 + 8 * (mi / 2));
-    if (relu) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) f[i] = relu2(f[i]);
-    }
+    relu_frag(f, relu);
     mma::mma16816<T>(c0, a, f[0], f[1]);
     mma::mma16816<T>(c1, a, f[2], f[3]);
 }
@@ -489,10 +494,7 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
             const uint32_t m = lane / 8, r8 = lane % 8;
             uint32_t a[4];
             mma::ldmatrix_x4_trans(a, sx + (kk + r8 + 8 * (m / 2)) * SW_LDS + rw + 8 * (m % 2));
-            if (relu) {
-#pragma unroll
-                for (int q = 0; q < 4; ++q) a[q] = relu2(a[q]);
-            }
+            relu_frag(a, relu);
             // B = Y rows (k) × 16 columns from Y stored [r][j].
 #pragma unroll
             for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(part[2 * np], part[2 * np + 1], a, sy, SW_LDS, kk, cw + 16 * np);
@@ -1247,13 +1249,6 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
         const uint32_t w = which < 2 ? p.k : p.v;
         piece16(dst, base, ((size_t)cr.start + r) * p.heads + cr.h, w, col, r < cr.len && col < w);
     };
-    // relu of fragments that come from q or k.
-    const auto phi4 = [&](uint32_t (&f)[4], uint32_t which) {
-        if (relu && which < 2) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) f[i] = relu2(f[i]);
-        }
-    };
     // F's [64][64] tile first (two pieces a thread): it lands while phase 1 runs.
 #pragma unroll
     for (uint32_t u = 0; u < 2; ++u) {
@@ -1320,7 +1315,7 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
             // A: the warp's 16 rows of X, k = ks .. ks + 15 (matrices rows 0–7 | 8–15 × k 0–7 | 8–15).
             uint32_t a[4];
             mma::ldmatrix_x4(a, &xs[(st * 64 + rw + r8 + 8 * (mi % 2)) * C16_LX + ks + 8 * (mi / 2)]);
-            phi4(a, XW);
+            relu_frag(a, relu && XW < 2);  // operands 0 and 1 are q̃ and k̃
 #pragma unroll
             for (uint32_t np = 0; np < 2; ++np) {
                 const uint32_t n0 = cw + 16 * np;
@@ -1330,7 +1325,7 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
                 if (need0 || need1) {
                     uint32_t b[4];
                     mma::ldmatrix_x4(b, &ys[(st * 64 + n0 + r8 + 8 * (mi / 2)) * C16_LX + ks + 8 * (mi % 2)]);
-                    phi4(b, YW);
+                    relu_frag(b, relu && YW < 2);
                     if (need0) mma::mma16816<T>(acc_w[2 * np], a, b[0], b[1]);
                     if (need1) mma::mma16816<T>(acc_w[2 * np + 1], a, b[2], b[3]);
                 }
@@ -1623,12 +1618,6 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
     const uint32_t wpad = (wide + 15) / 16 * 16;
     // φ = relu on the fragments of q̃ and k̃: X and Y in modes 0 and 1, F in 2 and 3.
     const bool relu_xy = p.feature_map == 2 && KWIDE, relu_f = p.feature_map == 2 && !KWIDE;
-    const auto phi4 = [&](uint32_t (&fr)[4], bool on) {
-        if (on) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) fr[i] = relu2(fr[i]);
-        }
-    };
     // Step j's chunk, its first row and the row after its last.
     const auto chunk = [&](uint32_t j) { return REV ? c_lo + count - 1 - j : c_lo + j; };
     const auto bounds = [&](uint32_t j) { return j < count ? make_uint2(table[1 + chunk(j)], table[2 + chunk(j)]) : make_uint2(0, 0); };
@@ -1716,7 +1705,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
         for (uint32_t kk = 0; kk < wpad; kk += 16) {
             uint32_t a[4];
             mma::ldmatrix_x4(a, sx + (rw + r8 + 8 * (mi % 2)) * FU_LQ + kk + 8 * (mi / 2));
-            phi4(a, relu_xy);
+            relu_frag(a, relu_xy);
 #pragma unroll
             for (uint32_t np = 0; np < 2; ++np) {
                 const uint32_t n0 = cw + 16 * np;
@@ -1724,7 +1713,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
                 if (need0 || need1) {
                     uint32_t b4[4];
                     mma::ldmatrix_x4(b4, sy + (n0 + r8 + 8 * (mi / 2)) * FU_LQ + kk + 8 * (mi % 2));
-                    phi4(b4, relu_xy);
+                    relu_frag(b4, relu_xy);
                     if (need0) mma::mma16816<T>(acc_w[2 * np], a, b4[0], b4[1]);
                     if (need1) mma::mma16816<T>(acc_w[2 * np + 1], a, b4[2], b4[3]);
                 }
@@ -1790,7 +1779,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
             for (uint32_t kk = 0; kk < 64; kk += 16) {
                 uint32_t a[4];
                 mma::ldmatrix_x4_trans(a, sy + (kk + r8 + 8 * (mi / 2)) * FU_LQ + rw + 64 * rg + 8 * (mi % 2));
-                phi4(a, relu_xy);
+                relu_frag(a, relu_xy);
 #pragma unroll
                 for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(REV ? part[2 * np] : acc_m[rg][2 * np], REV ? part[2 * np + 1] : acc_m[rg][2 * np + 1], a, sf, FU_LV, kk, cw + 16 * np, relu_f);
             }
