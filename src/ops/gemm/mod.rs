@@ -604,7 +604,30 @@ pub fn gemm_backward_plus<Be: Backend>(
     dc: &Be::Buf,
     extra_da: Option<&Be::Buf>,
 ) -> Result<GemmGrads<Be::Buf>> {
+    gemm_backward_da_in(be, desc, desc, a, b, z, dc, extra_da)
+}
+
+/// [`gemm_backward_plus`] for a product whose A the forward read in one layout (`desc`'s, which
+/// the dB product reads `a` in) while dA is wanted in another: `da_layout`'s A (same M, K, batch
+/// and A layout, other strides). BlockShuffle's second product reads the middle activation
+/// gathered per output block, and the first product's backward wants its gradient in the order
+/// the first product's blocks produce it.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_backward_da_in<Be: Backend>(
+    be: &Be,
+    desc: &Gemm,
+    da_layout: &Gemm,
+    a: &Be::Buf,
+    b: &Be::Buf,
+    z: Option<&Be::Buf>,
+    dc: &Be::Buf,
+    extra_da: Option<&Be::Buf>,
+) -> Result<GemmGrads<Be::Buf>> {
     desc.validate()?;
+    da_layout.validate()?;
+    if (da_layout.m, da_layout.k, da_layout.batch, da_layout.a_layout) != (desc.m, desc.k, desc.batch, desc.a_layout) {
+        return Err(Error::shape(OP, "gemm backward: dA's layout must describe an A of the same shape"));
+    }
     if extra_da.is_some() && desc.a_layout != ALayout::MK {
         return Err(Error::Unsupported("gemm backward: an extra dA term needs A stored [M, K]".into()));
     }
@@ -661,10 +684,11 @@ pub fn gemm_backward_plus<Be: Backend>(
     };
     // dA and dB are written in exactly the layouts of A and B (strides, inner strides, batches),
     // so a layer whose operands are slices of larger tensors gets its gradients in place.
-    let (a_op, b_op) = (desc.a(), desc.b());
+    let (a_op, b_op, da_op) = (desc.a(), desc.b(), da_layout.a());
     let a_ld = if desc.a_layout == ALayout::MK { a_op.row_stride } else { a_op.col_stride };
+    let da_ld = if desc.a_layout == ALayout::MK { da_op.row_stride } else { da_op.col_stride };
     let b_ld = if desc.b_layout == BLayout::NK { b_op.row_stride } else { b_op.col_stride };
-    let mut da = alloc_in_layout(be, dtype, &a_op, batch)?;
+    let mut da = alloc_in_layout(be, dtype, &da_op, batch)?;
     if desc.a_layout == ALayout::KM {
         // dA stored [K, M]: compute dAᵀ[k,m] = α Σ_n B[n,k]·dC'[m,n].
         let mut d = Gemm::new(k, m, n).batch(batch).alpha(desc.alpha).beta(0.0).b_layout(BLayout::NK);
@@ -674,7 +698,7 @@ pub fn gemm_backward_plus<Be: Backend>(
         d.stride_a = Some(b_op.batch_stride);
         d.offsets.a = desc.offsets.b;
         (d.ldb, d.inner_b, d.stride_b) = (Some(dc_ld), dc_inner, Some(dc_bs));
-        (d.ldc, d.inner_c, d.stride_c) = (Some(a_ld), desc.inner_a, Some(a_op.batch_stride));
+        (d.ldc, d.inner_c, d.stride_c) = (Some(da_ld), da_layout.inner_a, Some(da_op.batch_stride));
         be.gemm(&d, b, dcp, None, None, &mut da, None)?;
     } else {
         // dA[m,k] = α Σ_n dC'[m,n]·B[n,k]: B read with its layout flipped (its N is the reduction).
@@ -685,12 +709,12 @@ pub fn gemm_backward_plus<Be: Backend>(
         d.stride_b = Some(b_op.batch_stride);
         d.offsets.b = desc.offsets.b;
         (d.lda, d.inner_a, d.stride_a) = (Some(dc_ld), dc_inner, Some(dc_bs));
-        (d.ldc, d.inner_c, d.stride_c) = (Some(a_ld), desc.inner_a, Some(a_op.batch_stride));
+        (d.ldc, d.inner_c, d.stride_c) = (Some(da_ld), da_layout.inner_a, Some(da_op.batch_stride));
         if extra_da.is_some() {
-            if desc.inner_a != 1 {
+            if da_layout.inner_a != 1 {
                 return Err(Error::Unsupported("gemm backward: an extra dA term needs A's rows contiguous".into()));
             }
-            d = d.residual(Some(a_ld)).stride_r(a_op.batch_stride).beta(1.0);
+            d = d.residual(Some(da_ld)).stride_r(da_op.batch_stride).beta(1.0);
         }
         be.gemm(&d, dcp, b, None, extra_da, &mut da, None)?;
     }

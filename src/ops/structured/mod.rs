@@ -1,14 +1,16 @@
 //! Structured linear layers (SPEC §4; Wei et al., StructuredFFN): LowRank, BlockDense and
-//! BlockShuffle, each `in → out` with no bias inside, as one or two fused GEMM launches:
-//! block-diagonal products are one batched launch (blocks are the batch) and BlockShuffle's
-//! stride-k gather and interleaved store are GEMM strides (the operands are read and written in
-//! place, no permutation pass). Forward, backward and [`Structured::to_dense`] (pre-merge) on
-//! every backend; the reference is [`cpu`]. The structured FFN block and self-guided training are
-//! built from these in [`StructuredFfn`] and [`SelfGuided`].
+//! BlockShuffle, each `in → out` with no bias inside, as fused GEMM launches: block-diagonal
+//! products are batched launches (blocks are the batch). BlockShuffle's stride-k gather is fused
+//! into its first product's stores: each launch writes one block z_l of the middle activation,
+//! the gathered order that the second product reads with contiguous rows, and the interleaved
+//! output is the second product's store stride. No permutation pass. Forward, backward and
+//! [`Structured::to_dense`] (pre-merge) on every backend; the reference is [`cpu`]. The
+//! structured FFN block and self-guided training are built from these in [`StructuredFfn`] and
+//! [`SelfGuided`].
 
 pub mod cpu;
 
-use crate::ops::gemm::{gemm_backward, gemm_backward_plus, Activation, BLayout, Gemm, GemmOffsets};
+use crate::ops::gemm::{gemm_backward_da_in, gemm_backward_plus, Activation, BLayout, Gemm, GemmGrads, GemmOffsets};
 use crate::{Backend, DType, Error, HostTensor, Result};
 
 const OP: &str = "structured";
@@ -26,9 +28,47 @@ pub enum Structured {
 
 /// One stage of a structured layer: a (possibly batched) GEMM from the previous stage's output.
 struct Stage {
-    desc: Gemm,
+    /// The product as the backward differentiates it, with the middle activation in the order
+    /// the first stage's blocks produce it (h of SPEC §4).
+    prod: Gemm,
+    /// The forward's launches when they differ from `prod`: BlockShuffle's first stage, one
+    /// launch per block z_l of the gathered middle activation, and its second stage, which reads
+    /// that gathered layout. Empty: `prod` itself.
+    launches: Vec<Gemm>,
     /// Elements of this stage's output per token.
     width: usize,
+}
+
+impl Stage {
+    fn one(prod: Gemm, width: usize) -> Self {
+        Stage { prod, launches: Vec::new(), width }
+    }
+
+    fn launches(&self) -> &[Gemm] {
+        if self.launches.is_empty() {
+            std::slice::from_ref(&self.prod)
+        } else {
+            &self.launches
+        }
+    }
+
+    /// Runs the forward launches into a fresh `[tokens, width]` output (and the pre-activation
+    /// `z` when given; only single-launch stages carry an epilogue).
+    fn run<Be: Backend>(&self, be: &Be, tokens: usize, a: &Be::Buf, b: &Be::Buf, bias: Option<&Be::Buf>, z: Option<&mut Be::Buf>) -> Result<Be::Buf> {
+        let mut out = be.alloc_uninit(be.dtype_of(a), tokens * self.width)?;
+        let mut z = z;
+        for d in self.launches() {
+            be.gemm(d, a, b, bias, None, &mut out, z.as_deref_mut())?;
+        }
+        Ok(out)
+    }
+
+    /// The backward of a second stage: reads A in the layout its forward launch read (the
+    /// gathered middle activation for BlockShuffle) and writes dA in `prod`'s layout.
+    fn backward<Be: Backend>(&self, be: &Be, a: &Be::Buf, b: &Be::Buf, z: Option<&Be::Buf>, dc: &Be::Buf) -> Result<GemmGrads<Be::Buf>> {
+        let read = self.launches.first().unwrap_or(&self.prod);
+        gemm_backward_da_in(be, read, &self.prod, a, b, z, dc, None)
+    }
 }
 
 impl Structured {
@@ -85,27 +125,48 @@ impl Structured {
         self.validate()?;
         let t = tokens;
         Ok(match *self {
-            Structured::LowRank { inp, out, rank } => [
-                Stage { desc: Gemm::new(t, rank, inp), width: rank },
-                Stage { desc: Gemm::new(t, out, rank).alpha(alpha), width: out },
-            ],
+            Structured::LowRank { inp, out, rank } => [Stage::one(Gemm::new(t, rank, inp), rank), Stage::one(Gemm::new(t, out, rank).alpha(alpha), out)],
             Structured::BlockDense { inp, out, rank, blocks } => {
                 let (p, r) = (inp / blocks, rank / blocks);
                 [
                     // h[:, b·r + j] = Σ_i D[b, j, i]·x[:, b·p + i]: blocks are the batch.
-                    Stage { desc: Gemm::new(t, r, p).batch(blocks).lda(inp).ldc(rank).strides(p, r * p, r), width: rank },
-                    Stage { desc: Gemm::new(t, out, rank).alpha(alpha), width: out },
+                    Stage::one(Gemm::new(t, r, p).batch(blocks).lda(inp).ldc(rank).strides(p, r * p, r), rank),
+                    Stage::one(Gemm::new(t, out, rank).alpha(alpha), out),
                 ]
             }
             Structured::BlockShuffle { inp, out, blocks: k, inner: q } => {
                 let (p, s) = (inp / k, out / k);
+                // The forward keeps the middle activation gathered: z[:, l·q + r] = z_l[r] =
+                // h[:, r·k + l]. Block kk of h sends its rows j ≡ j0 (mod k) to z_l, in order,
+                // from z_l[r0] on (r0 = (kk·q + j0)/k): one launch per (l, kk) reading D1's rows
+                // j0, j0 + k, … (row stride k·p), batched over kk when k divides q (then j0 = l
+                // and r0 = kk·q/k for every kk).
+                let mut launches = Vec::new();
+                for l in 0..k {
+                    if q % k == 0 {
+                        let o = GemmOffsets { b: l * p, c: l * q, ..Default::default() };
+                        launches.push(Gemm::new(t, q / k, p).batch(k).lda(inp).ldb(k * p).ldc(k * q).strides(p, q * p, q / k).offsets(o));
+                        continue;
+                    }
+                    for kk in 0..k {
+                        let j0 = (l + k - (kk * q) % k) % k;
+                        if j0 >= q {
+                            continue;
+                        }
+                        let (count, r0) = ((q - j0).div_ceil(k), (kk * q + j0) / k);
+                        let o = GemmOffsets { a: kk * p, b: kk * q * p + j0 * p, c: l * q + r0, ..Default::default() };
+                        launches.push(Gemm::new(t, count, p).lda(inp).ldb(k * p).ldc(k * q).offsets(o));
+                    }
+                }
                 [
                     // h[:, kk·q + j] = Σ_i D1[kk, j, i]·x[:, kk·p + i]
-                    Stage { desc: Gemm::new(t, q, p).batch(k).lda(inp).ldc(k * q).strides(p, q * p, q), width: k * q },
-                    // y[:, s'·k + l] = Σ_r D2[l, s', r]·h[:, r·k + l]: the stride-k gather is A's
-                    // inner stride, the interleaved store C's; block l starts at element l.
+                    Stage { prod: Gemm::new(t, q, p).batch(k).lda(inp).ldc(k * q).strides(p, q * p, q), launches, width: k * q },
+                    // y[:, s'·k + l] = Σ_r D2[l, s', r]·z_l[r]: in h's order the gather is A's
+                    // inner stride k (block l starts at element l); the forward reads z_l with
+                    // contiguous rows. The interleaved store is C's inner stride.
                     Stage {
-                        desc: Gemm::new(t, s, q).batch(k).inner_strides(k, 1, k).lda(k * q).ldc(out).strides(1, s * q, 1).alpha(alpha),
+                        prod: Gemm::new(t, s, q).batch(k).inner_strides(k, 1, k).lda(k * q).ldc(out).strides(1, s * q, 1).alpha(alpha),
+                        launches: vec![Gemm::new(t, s, q).batch(k).inner_strides(1, 1, k).lda(k * q).ldc(out).strides(q, s * q, 1).alpha(alpha)],
                         width: out,
                     },
                 ]
@@ -114,14 +175,11 @@ impl Structured {
     }
 
     /// `y = S(x)` (scaled by `alpha`) for `x [tokens, in]`; also returns the middle activation
-    /// for the backward.
+    /// for the backward (BlockShuffle's in the gathered order z).
     pub fn forward<Be: Backend>(&self, be: &Be, tokens: usize, x: &Be::Buf, f1: &Be::Buf, f2: &Be::Buf, alpha: f32) -> Result<(Be::Buf, Be::Buf)> {
-        let dtype = be.dtype_of(x);
         let [s1, s2] = self.stages(tokens, alpha)?;
-        let mut h = be.alloc_uninit(dtype, tokens * s1.width)?;
-        be.gemm(&s1.desc, x, f1, None, None, &mut h, None)?;
-        let mut y = be.alloc_uninit(dtype, tokens * s2.width)?;
-        be.gemm(&s2.desc, &h, f2, None, None, &mut y, None)?;
+        let h = s1.run(be, tokens, x, f1, None, None)?;
+        let y = s2.run(be, tokens, &h, f2, None, None)?;
         Ok((y, h))
     }
 
@@ -141,8 +199,8 @@ impl Structured {
         extra_dx: Option<&Be::Buf>,
     ) -> Result<(Be::Buf, Be::Buf, Be::Buf)> {
         let [s1, s2] = self.stages(tokens, alpha)?;
-        let g2 = gemm_backward(be, &s2.desc, h, f2, None, dy)?;
-        let g1 = gemm_backward_plus(be, &s1.desc, x, f1, None, &g2.da, extra_dx)?;
+        let g2 = s2.backward(be, h, f2, None, dy)?;
+        let g1 = gemm_backward_plus(be, &s1.prod, x, f1, None, &g2.da, extra_dx)?;
         Ok((g1.da, g1.db, g2.db))
     }
 
@@ -242,8 +300,13 @@ impl StructuredFfn {
                 d
             }
         };
-        b1.desc = with_bias(b1.desc).act(self.act);
-        b2.desc = with_bias(b2.desc);
+        let act = self.act;
+        for d in std::iter::once(&mut b1.prod).chain(b1.launches.iter_mut()) {
+            *d = with_bias(d.clone()).act(act);
+        }
+        for d in std::iter::once(&mut b2.prod).chain(b2.launches.iter_mut()) {
+            *d = with_bias(d.clone());
+        }
         Ok(([a1, b1], [a2, b2]))
     }
 
@@ -263,18 +326,13 @@ impl StructuredFfn {
     /// The four GEMMs: `(y, h1, u, h2, z)`, z (the pre-activation) only when `save`.
     #[allow(clippy::type_complexity)]
     fn run<Be: Backend>(&self, be: &Be, x: &Be::Buf, f: [&Be::Buf; 4], b1: &Be::Buf, b2: &Be::Buf, save: bool) -> Result<(Be::Buf, Be::Buf, Be::Buf, Be::Buf, Option<Be::Buf>)> {
-        let dtype = be.dtype_of(x);
         let t = self.tokens;
         let ([a1, c1], [a2, c2]) = self.with_epilogues(t)?;
-        let mut h1 = be.alloc_uninit(dtype, t * a1.width)?;
-        be.gemm(&a1.desc, x, f[0], None, None, &mut h1, None)?;
-        let mut u = be.alloc_uninit(dtype, t * c1.width)?;
-        let mut z = if save { Some(be.alloc_uninit(dtype, t * c1.width)?) } else { None };
-        be.gemm(&c1.desc, &h1, f[1], Some(b1), None, &mut u, z.as_mut())?;
-        let mut h2 = be.alloc_uninit(dtype, t * a2.width)?;
-        be.gemm(&a2.desc, &u, f[2], None, None, &mut h2, None)?;
-        let mut y = be.alloc_uninit(dtype, t * c2.width)?;
-        be.gemm(&c2.desc, &h2, f[3], Some(b2), None, &mut y, None)?;
+        let h1 = a1.run(be, t, x, f[0], None, None)?;
+        let mut z = if save { Some(be.alloc_uninit(be.dtype_of(x), t * c1.width)?) } else { None };
+        let u = c1.run(be, t, &h1, f[1], Some(b1), z.as_mut())?;
+        let h2 = a2.run(be, t, &u, f[2], None, None)?;
+        let y = c2.run(be, t, &h2, f[3], Some(b2), None)?;
         Ok((y, h1, u, h2, z))
     }
 
@@ -283,10 +341,10 @@ impl StructuredFfn {
         let t = self.tokens;
         let ([a1, c1], [a2, c2]) = self.with_epilogues(t)?;
         let missing = || Error::Invalid("structured ffn: a bias gradient is missing".into());
-        let g4 = gemm_backward(be, &c2.desc, &saved.h2, f[3], None, dy)?;
-        let g3 = gemm_backward(be, &a2.desc, &saved.u, f[2], None, &g4.da)?;
-        let g2 = gemm_backward(be, &c1.desc, &saved.h1, f[1], Some(&saved.z), &g3.da)?;
-        let g1 = gemm_backward(be, &a1.desc, x, f[0], None, &g2.da)?;
+        let g4 = c2.backward(be, &saved.h2, f[3], None, dy)?;
+        let g3 = gemm_backward_plus(be, &a2.prod, &saved.u, f[2], None, &g4.da, None)?;
+        let g2 = c1.backward(be, &saved.h1, f[1], Some(&saved.z), &g3.da)?;
+        let g1 = gemm_backward_plus(be, &a1.prod, x, f[0], None, &g2.da, None)?;
         Ok(vec![g1.da, g1.db, g2.db, g3.db, g4.db, g2.dbias.ok_or_else(missing)?, g4.dbias.ok_or_else(missing)?])
     }
 }
