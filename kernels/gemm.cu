@@ -574,6 +574,7 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, i
 // the batch's offsets into C (and Z) and R.
 struct EpiArgs {
     uint32_t m, n, ldc, ldr, act, act_cols, has_r, has_z;
+    uint32_t cs;  // C's (and Z's) inner stride: column c of a row at c·cs
     float beta;
     size_t oc, orr;
     bool vec;  // every 8-column group's C (and R, Z) is 16-byte aligned: see tile_epi
@@ -587,8 +588,8 @@ __device__ __forceinline__ EpiArgs tile_epi(const GemmParams& p, uint32_t bz, co
     static_assert(sizeof(T) == 2, "16-bit outputs");
     const size_t oc = (size_t)bz * p.sc, orr = (size_t)bz * p.sr;
     const auto al = [](const T* base, size_t off, uint32_t ld) { return ((reinterpret_cast<uintptr_t>(base + off) & 15) == 0) && ld % 8 == 0; };
-    const bool vec = al(C, oc, p.ldc) && (!p.has_r || al(R, orr, p.ldr)) && (!p.has_z || al(Z, oc, p.ldc));
-    return EpiArgs{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.beta, oc, orr, vec};
+    const bool vec = p.c_cs == 1 && al(C, oc, p.ldc) && (!p.has_r || al(R, orr, p.ldr)) && (!p.has_z || al(Z, oc, p.ldc));
+    return EpiArgs{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.c_cs, p.beta, oc, orr, vec};
 }
 
 // The activations of the wgmma epilogue, whose outputs are f16/bf16: gelu_tanh takes the hardware
@@ -633,7 +634,7 @@ __device__ __forceinline__ float act16(float x) {
 template <typename T, uint32_t ACT, bool ALL>
 __device__ __forceinline__ void epilogue8(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
                                           uint32_t row, uint32_t col, const float (&z)[8]) {
-    const size_t o = p.oc + (size_t)row * p.ldc + col;
+    const size_t o = p.oc + (size_t)row * p.ldc + (size_t)col * p.cs;
     const size_t orr = p.orr + (size_t)row * p.ldr + col;
     alignas(16) T out[8];
     if (p.vec && col + 8 <= p.n) {
@@ -660,8 +661,8 @@ __device__ __forceinline__ void epilogue8(const EpiArgs& p, const T* __restrict_
             float v = z[j];
             if (ALL || col + j < p.act_cols) v = act16<ACT>(v);
             if (p.has_r) v += p.beta * to_f32(R[orr + j]);
-            C[o + j] = from_f32<T>(v);
-            if (p.has_z) Z[o + j] = from_f32<T>(z[j]);
+            C[o + j * p.cs] = from_f32<T>(v);
+            if (p.has_z) Z[o + j * p.cs] = from_f32<T>(z[j]);
         }
 }
 
@@ -681,6 +682,30 @@ __device__ __forceinline__ void epilogue_chunk_act(const EpiArgs& p, const T* __
             const float z[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
             epilogue8<T, ACT, ALL>(p, R, C, Z, grow, gcol, z);
         }
+    }
+}
+
+// A staged 64×64 chunk for a C with an inner stride (BlockShuffle's interleaved output, columns
+// cs elements apart), where there are no 16-byte groups to store: each warp takes 32 consecutive
+// columns of one row, so that a store instruction spans 32·cs elements (the fewest sectors a
+// strided row allows), where 8 columns of 4 rows each would touch 4× as many.
+template <typename T, uint32_t ACT>
+__device__ __forceinline__ void epilogue_chunk_strided(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
+                                                       const float* stage, uint32_t row0, uint32_t col0, int t) {
+    const int lc = t % 64;
+    const uint32_t gcol = col0 + lc;
+    if (gcol >= p.n) return;
+    const bool act = gcol < p.act_cols;
+#pragma unroll 4
+    for (int lr = t / 64; lr < 64; lr += 2) {
+        const uint32_t grow = row0 + lr;
+        if (grow >= p.m) break;
+        const float z = stage[lr * 64 + (lc ^ ((lr & 7) << 3))];
+        float v = act ? act16<ACT>(z) : z;
+        if (p.has_r) v += p.beta * to_f32(R[p.orr + (size_t)grow * p.ldr + gcol]);
+        const size_t o = p.oc + (size_t)grow * p.ldc + (size_t)gcol * p.cs;
+        C[o] = from_f32<T>(v);
+        if (p.has_z) Z[o] = from_f32<T>(z);
     }
 }
 
@@ -711,7 +736,8 @@ __device__ __noinline__ void epilogue_chunk(const EpiArgs p, const T* __restrict
                                             uint32_t row0, uint32_t col0, int t) {
     with_act(col0 >= p.act_cols ? 0u : p.act, [&](auto a) {
         constexpr uint32_t K = decltype(a)::value;
-        if constexpr (K == 0) epilogue_chunk_act<T, 0, true>(p, R, C, Z, stage, row0, col0, t);
+        if (p.cs != 1) epilogue_chunk_strided<T, K>(p, R, C, Z, stage, row0, col0, t);
+        else if constexpr (K == 0) epilogue_chunk_act<T, 0, true>(p, R, C, Z, stage, row0, col0, t);
         else if (col0 + 64 <= p.act_cols) epilogue_chunk_act<T, K, true>(p, R, C, Z, stage, row0, col0, t);
         else epilogue_chunk_act<T, K, false>(p, R, C, Z, stage, row0, col0, t);
     });

@@ -70,6 +70,13 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
             Gemm::new(70, 37, 24).batch(4).inner_strides(4, 1, 4).lda(96).ldc(148).strides(1, 37 * 24, 1).bias(true).bias_strides(1, 4).act(Activation::GeluErf),
         ),
         case("batch 3 of 20x9x8 interleaved C", Gemm::new(20, 9, 8).batch(3).inner_strides(1, 1, 3).ldc(28).strides(20 * 8, 9 * 8, 1).act(Activation::Relu)),
+        // BlockShuffle's second product as the forward runs it: A the gathered blocks z_l side by
+        // side (contiguous rows, 16-byte aligned), C and bias interleaved. On Hopper the wgmma
+        // kernel with its strided-column writer, partial 128×256 tiles, act_cols inside a chunk.
+        case(
+            "batch 4 of 300x264x32 gathered A, interleaved C and bias, gelu_erf act_cols=100",
+            Gemm::new(300, 264, 32).batch(4).inner_strides(1, 1, 4).lda(128).ldc(4 * 264).strides(32, 264 * 32, 1).bias(true).bias_strides(1, 4).act(Activation::GeluErf).act_cols(100),
+        ),
     ]
 }
 

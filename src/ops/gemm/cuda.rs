@@ -247,7 +247,7 @@ pub fn gemm<T: CudaElem>(
     if splits > 1 {
         return gemm_split(rt, desc, &p, load, kc, splits, a, b, bias, r, c, z);
     }
-    let wgmma = dtype != DType::F32 && vec && desc.inner_c == 1 && desc.k > 0 && rt.is_sm90a() && choice != "mma";
+    let wgmma = dtype != DType::F32 && vec && desc.k > 0 && rt.is_sm90a() && choice != "mma";
     let pingpong = choice == "pingpong";
     // The wgmma kernel's tile rows: a shared 128-row tile, or one warpgroup's 64 (ping-pong).
     let tile_m = if pingpong { 64 } else { 128 };
