@@ -124,6 +124,9 @@ if [ -n "${KERNELS_TESTS-kgen}" ]; then
         test_run "$t-gemm-${KERNELS_TESTS-kgen}" $B/tests/$t FFKERN_GEMM_KERNEL=${KERNELS_TESTS-kgen} FFKERN_REQUIRE=cuda
     done
 fi
+# BlockShuffle's gathered middle activation (the CUDA default only where each block is 64 or more
+# wide, wider than the tests' layers), through the Hopper GEMM's strided-column writer.
+test_run "structured-gathered" $B/tests/structured FFKERN_SHUFFLE=gathered FFKERN_REQUIRE=cuda
 # The graph row kernels forced to one form (the default picks the warp form unless rows are split).
 for gk in ${GRAPH_KERNELS-thread warp}; do
     for t in graph gnn oneforecast; do
@@ -203,6 +206,11 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
         else
             bench "cuda-$op" 90 --backend cuda --op "$op" --reps 20 --seq 4096,8192
         fi
+    done
+    # BlockShuffle with its middle activation in h's order (the second product gathering at stride
+    # k, on element loads) against the gathered default of the row above.
+    for sf in ${SHUFFLE_FORMS-strided}; do
+        FFKERN_SHUFFLE=$sf bench "cuda-structured-$sf" 90 --backend cuda --op structured --dtype bf16 --reps 20
     done
     # The FFN families on another GEMM schedule (default the epilogue warps), bf16.
     fk=${FFN_KERNEL-epiwarp}

@@ -38,6 +38,13 @@ pub trait Backend {
     fn copy_kernel(&self, _src: &Self::Buf, _dst: &mut Self::Buf) -> Result<bool> {
         Ok(false)
     }
+    /// Whether the backend's GEMM reads an operand with an inner stride (a gather) much slower
+    /// than one with contiguous rows, so that an op with a choice should write its intermediate
+    /// in the order the next product reads it (BlockShuffle's gathered middle activation). CUDA:
+    /// its 16-byte copies and tensor-map loads need contiguous rows; elsewhere `false`.
+    fn gemm_prefers_contiguous(&self) -> bool {
+        false
+    }
     /// Device time in seconds of `reps` runs of `f`, after one warm-up run.
     fn time_runs(&self, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>>;
 

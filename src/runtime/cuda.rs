@@ -661,6 +661,10 @@ impl Backend for CudaRuntime {
         )
     }
 
+    fn gemm_prefers_contiguous(&self) -> bool {
+        true
+    }
+
     fn linattn_chunk_fused(&self, p: &LinAttnParams, table: &[u32], q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, state: &mut CudaBuf, z: &mut CudaBuf, o: &mut CudaBuf) -> Result<bool> {
         let (mut st, mut zv) = (state.typed_mut::<f32>()?.as_view_mut(), z.typed_mut::<f32>()?.as_view_mut());
         use crate::ops::linattn::cuda::chunk_fused;

@@ -47,8 +47,14 @@ pub const GRAPH_KERNEL: KernelChoice = KernelChoice {
     values: &["auto", "thread", "warp"],
     what: "CUDA spmm and sum/mean reductions: warps over a row's 16-byte pieces unless the graph has split rows; four columns a thread; the warp form",
 };
+/// BlockShuffle's middle activation (see `ops::structured`).
+pub const SHUFFLE_FORM: KernelChoice = KernelChoice {
+    var: "FFKERN_SHUFFLE",
+    values: &["auto", "gathered", "strided"],
+    what: "BlockShuffle's middle activation: gathered (blocks z_l side by side, written by one launch each) where the backend's GEMM prefers contiguous rows, k divides the inner width and each z_l is at least 64 wide, else in h's order; always gathered; always in h's order (the second product gathers at stride k)",
+};
 /// Every kernel choice, in the order `ffkern info` lists them.
-pub const KERNEL_CHOICES: [KernelChoice; 4] = [GEMM_KERNEL, WGPU_GEMM, LINATTN_KERNEL, GRAPH_KERNEL];
+pub const KERNEL_CHOICES: [KernelChoice; 5] = [GEMM_KERNEL, WGPU_GEMM, LINATTN_KERNEL, GRAPH_KERNEL, SHUFFLE_FORM];
 
 impl KernelChoice {
     /// The value in effect: the environment's, checked, or the default when unset; any other value

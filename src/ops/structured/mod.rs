@@ -1,9 +1,10 @@
 //! Structured linear layers (SPEC §4; Wei et al., StructuredFFN): LowRank, BlockDense and
 //! BlockShuffle, each `in → out` with no bias inside, as fused GEMM launches: block-diagonal
 //! products are batched launches (blocks are the batch). BlockShuffle's stride-k gather is fused
-//! into its first product's stores: each launch writes one block z_l of the middle activation,
-//! the gathered order that the second product reads with contiguous rows, and the interleaved
-//! output is the second product's store stride. No permutation pass. Forward, backward and
+//! either into its second product's loads (A's inner stride) or, where the backend's GEMM prefers
+//! contiguous rows, into its first product's stores (one launch per block z_l of the middle
+//! activation, which the second product then reads with contiguous rows); the interleaved output
+//! is the second product's store stride. No permutation pass. Forward, backward and
 //! [`Structured::to_dense`] (pre-merge) on every backend; the reference is [`cpu`]. The
 //! structured FFN block and self-guided training are built from these in [`StructuredFfn`] and
 //! [`SelfGuided`].
@@ -119,9 +120,25 @@ impl Structured {
         }
     }
 
+    /// Whether BlockShuffle keeps its middle activation gathered on `be` (`FFKERN_SHUFFLE`): by
+    /// default where the backend's GEMM prefers contiguous rows and the launches per block are
+    /// wide enough (k divides q, q/k ≥ 64 columns) to fill its tiles. In h's order the first
+    /// product is one batched launch and the second gathers at stride k, which costs a CPU
+    /// adapter little; on CUDA it takes the element-load path.
+    fn gathered<Be: Backend>(&self, be: &Be) -> Result<bool> {
+        static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let Structured::BlockShuffle { blocks: k, inner: q, .. } = *self else { return Ok(false) };
+        Ok(match crate::runtime::kernel_env(&CHOICE, &crate::runtime::SHUFFLE_FORM)? {
+            "gathered" => true,
+            "strided" => false,
+            _ => be.gemm_prefers_contiguous() && q % k == 0 && q / k >= 64,
+        })
+    }
+
     /// The two GEMM stages for `tokens` rows: stage 1 reads x `[tokens, in]`, stage 2 reads stage
-    /// 1's output and writes y `[tokens, out]`. `alpha` scales the output (self-guided mixing).
-    fn stages(&self, tokens: usize, alpha: f32) -> Result<[Stage; 2]> {
+    /// 1's output and writes y `[tokens, out]`. `alpha` scales the output (self-guided mixing);
+    /// `gathered`: BlockShuffle's middle activation in the gathered order (see [`Self::gathered`]).
+    fn stages(&self, tokens: usize, alpha: f32, gathered: bool) -> Result<[Stage; 2]> {
         self.validate()?;
         let t = tokens;
         Ok(match *self {
@@ -136,37 +153,20 @@ impl Structured {
             }
             Structured::BlockShuffle { inp, out, blocks: k, inner: q } => {
                 let (p, s) = (inp / k, out / k);
-                // The forward keeps the middle activation gathered: z[:, l·q + r] = z_l[r] =
-                // h[:, r·k + l]. Block kk of h sends its rows j ≡ j0 (mod k) to z_l, in order,
-                // from z_l[r0] on (r0 = (kk·q + j0)/k): one launch per (l, kk) reading D1's rows
-                // j0, j0 + k, … (row stride k·p), batched over kk when k divides q (then j0 = l
-                // and r0 = kk·q/k for every kk).
-                let mut launches = Vec::new();
-                for l in 0..k {
-                    if q % k == 0 {
-                        let o = GemmOffsets { b: l * p, c: l * q, ..Default::default() };
-                        launches.push(Gemm::new(t, q / k, p).batch(k).lda(inp).ldb(k * p).ldc(k * q).strides(p, q * p, q / k).offsets(o));
-                        continue;
-                    }
-                    for kk in 0..k {
-                        let j0 = (l + k - (kk * q) % k) % k;
-                        if j0 >= q {
-                            continue;
-                        }
-                        let (count, r0) = ((q - j0).div_ceil(k), (kk * q + j0) / k);
-                        let o = GemmOffsets { a: kk * p, b: kk * q * p + j0 * p, c: l * q + r0, ..Default::default() };
-                        launches.push(Gemm::new(t, count, p).lda(inp).ldb(k * p).ldc(k * q).offsets(o));
-                    }
-                }
+                let launches = if gathered { gather_launches(t, p, k, q) } else { Vec::new() };
                 [
                     // h[:, kk·q + j] = Σ_i D1[kk, j, i]·x[:, kk·p + i]
                     Stage { prod: Gemm::new(t, q, p).batch(k).lda(inp).ldc(k * q).strides(p, q * p, q), launches, width: k * q },
                     // y[:, s'·k + l] = Σ_r D2[l, s', r]·z_l[r]: in h's order the gather is A's
-                    // inner stride k (block l starts at element l); the forward reads z_l with
-                    // contiguous rows. The interleaved store is C's inner stride.
+                    // inner stride k (block l starts at element l); gathered, the forward reads
+                    // z_l with contiguous rows. The interleaved store is C's inner stride.
                     Stage {
                         prod: Gemm::new(t, s, q).batch(k).inner_strides(k, 1, k).lda(k * q).ldc(out).strides(1, s * q, 1).alpha(alpha),
-                        launches: vec![Gemm::new(t, s, q).batch(k).inner_strides(1, 1, k).lda(k * q).ldc(out).strides(q, s * q, 1).alpha(alpha)],
+                        launches: if gathered {
+                            vec![Gemm::new(t, s, q).batch(k).inner_strides(1, 1, k).lda(k * q).ldc(out).strides(q, s * q, 1).alpha(alpha)]
+                        } else {
+                            Vec::new()
+                        },
                         width: out,
                     },
                 ]
@@ -177,7 +177,7 @@ impl Structured {
     /// `y = S(x)` (scaled by `alpha`) for `x [tokens, in]`; also returns the middle activation
     /// for the backward (BlockShuffle's in the gathered order z).
     pub fn forward<Be: Backend>(&self, be: &Be, tokens: usize, x: &Be::Buf, f1: &Be::Buf, f2: &Be::Buf, alpha: f32) -> Result<(Be::Buf, Be::Buf)> {
-        let [s1, s2] = self.stages(tokens, alpha)?;
+        let [s1, s2] = self.stages(tokens, alpha, self.gathered(be)?)?;
         let h = s1.run(be, tokens, x, f1, None, None)?;
         let y = s2.run(be, tokens, &h, f2, None, None)?;
         Ok((y, h))
@@ -198,7 +198,7 @@ impl Structured {
         alpha: f32,
         extra_dx: Option<&Be::Buf>,
     ) -> Result<(Be::Buf, Be::Buf, Be::Buf)> {
-        let [s1, s2] = self.stages(tokens, alpha)?;
+        let [s1, s2] = self.stages(tokens, alpha, self.gathered(be)?)?;
         let g2 = s2.backward(be, h, f2, None, dy)?;
         let g1 = gemm_backward_plus(be, &s1.prod, x, f1, None, &g2.da, extra_dx)?;
         Ok((g1.da, g1.db, g2.db))
@@ -259,6 +259,32 @@ impl Structured {
     }
 }
 
+/// BlockShuffle's first product writing the middle activation gathered, z[:, l·q + r] = z_l[r] =
+/// h[:, r·k + l], for x `[t, k·p]` and D1 `[k, q, p]`. Block kk of h sends its rows j ≡ j0
+/// (mod k) to z_l, in order, from z_l[r0] on (r0 = (kk·q + j0)/k): one launch per (l, kk) reading
+/// D1's rows j0, j0 + k, … (row stride k·p), batched over kk when k divides q (then j0 = l and
+/// r0 = kk·q/k for every kk).
+fn gather_launches(t: usize, p: usize, k: usize, q: usize) -> Vec<Gemm> {
+    let mut launches = Vec::new();
+    for l in 0..k {
+        if q % k == 0 {
+            let o = GemmOffsets { b: l * p, c: l * q, ..Default::default() };
+            launches.push(Gemm::new(t, q / k, p).batch(k).lda(k * p).ldb(k * p).ldc(k * q).strides(p, q * p, q / k).offsets(o));
+            continue;
+        }
+        for kk in 0..k {
+            let j0 = (l + k - (kk * q) % k) % k;
+            if j0 >= q {
+                continue;
+            }
+            let (count, r0) = ((q - j0).div_ceil(k), (kk * q + j0) / k);
+            let o = GemmOffsets { a: kk * p, b: kk * q * p + j0 * p, c: l * q + r0, ..Default::default() };
+            launches.push(Gemm::new(t, count, p).lda(k * p).ldb(k * p).ldc(k * q).offsets(o));
+        }
+    }
+    launches
+}
+
 /// The structured FFN block `y = S2(act(S1(x) + b1)) + b2` with any layer types.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StructuredFfn {
@@ -285,10 +311,10 @@ impl StructuredFfn {
     }
 
     /// Bias and activation fused into S1's second GEMM; b2 into S2's.
-    fn with_epilogues(&self, tokens: usize) -> Result<([Stage; 2], [Stage; 2])> {
+    fn with_epilogues<Be: Backend>(&self, be: &Be, tokens: usize) -> Result<([Stage; 2], [Stage; 2])> {
         self.check()?;
-        let [a1, mut b1] = self.s1.stages(tokens, 1.0)?;
-        let [a2, mut b2] = self.s2.stages(tokens, 1.0)?;
+        let [a1, mut b1] = self.s1.stages(tokens, 1.0, self.s1.gathered(be)?)?;
+        let [a2, mut b2] = self.s2.stages(tokens, 1.0, self.s2.gathered(be)?)?;
         // The bias follows the output's interleave (BlockShuffle stores feature s'·k + l from
         // batch l, column s'), so feature f always gets bias[f].
         let with_bias = |d: Gemm| {
@@ -327,7 +353,7 @@ impl StructuredFfn {
     #[allow(clippy::type_complexity)]
     fn run<Be: Backend>(&self, be: &Be, x: &Be::Buf, f: [&Be::Buf; 4], b1: &Be::Buf, b2: &Be::Buf, save: bool) -> Result<(Be::Buf, Be::Buf, Be::Buf, Be::Buf, Option<Be::Buf>)> {
         let t = self.tokens;
-        let ([a1, c1], [a2, c2]) = self.with_epilogues(t)?;
+        let ([a1, c1], [a2, c2]) = self.with_epilogues(be, t)?;
         let h1 = a1.run(be, t, x, f[0], None, None)?;
         let mut z = if save { Some(be.alloc_uninit(be.dtype_of(x), t * c1.width)?) } else { None };
         let u = c1.run(be, t, &h1, f[1], Some(b1), z.as_mut())?;
@@ -339,7 +365,7 @@ impl StructuredFfn {
     /// Gradients `[dx, dF1a, dF1b, dF2a, dF2b, db1, db2]`.
     pub fn backward<Be: Backend>(&self, be: &Be, x: &Be::Buf, f: [&Be::Buf; 4], saved: &StructuredSaved<Be::Buf>, dy: &Be::Buf) -> Result<Vec<Be::Buf>> {
         let t = self.tokens;
-        let ([a1, c1], [a2, c2]) = self.with_epilogues(t)?;
+        let ([a1, c1], [a2, c2]) = self.with_epilogues(be, t)?;
         let missing = || Error::Invalid("structured ffn: a bias gradient is missing".into());
         let g4 = c2.backward(be, &saved.h2, f[3], None, dy)?;
         let g3 = gemm_backward_plus(be, &a2.prod, &saved.u, f[2], None, &g4.da, None)?;
