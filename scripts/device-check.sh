@@ -202,7 +202,7 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
     for op in ${BENCH_OPS:-repavit structured linear_attn graph}; do
         if [ "$op" = structured ]; then
             bench cuda-structured 90 --backend cuda --op structured --dtype bf16 --reps 20
-            bench cuda-structured-f32 90 --backend cuda --op structured --dtype f32 --reps 20
+            bench cuda-structured-f32 90 --backend cuda --op structured --dtype f32 --reps 20 --no-crossover
         else
             bench "cuda-$op" 90 --backend cuda --op "$op" --reps 20 --seq 4096,8192
         fi
@@ -210,13 +210,13 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
     # BlockShuffle with its middle activation in h's order (the second product gathering at stride
     # k, on element loads) against the gathered default of the row above.
     for sf in ${SHUFFLE_FORMS-strided}; do
-        FFKERN_SHUFFLE=$sf bench "cuda-structured-$sf" 90 --backend cuda --op structured --dtype bf16 --reps 20
+        FFKERN_SHUFFLE=$sf bench "cuda-structured-$sf" 90 --backend cuda --op structured --dtype bf16 --reps 20 --no-crossover
     done
     # The FFN families on another GEMM schedule (default the epilogue warps), bf16.
     fk=${FFN_KERNEL-epiwarp}
     for op in $([ -n "$fk" ] && echo "${FFN_OPS-repavit structured}"); do
         checked "$fk" "$OUT/check-cuda-$fk.txt" || break
-        FFKERN_GEMM_KERNEL=$fk bench "cuda-$op-$fk" 90 --backend cuda --op "$op" --dtype bf16 --reps 20
+        FFKERN_GEMM_KERNEL=$fk bench "cuda-$op-$fk" 90 --backend cuda --op "$op" --dtype bf16 --reps 20 $([ "$op" = structured ] && echo --no-crossover)
     done
     for lk in ${LINATTN_KERNELS-fused mma}; do
         checked "$lk" "$OUT/test-linattn-$lk.log" || continue

@@ -68,6 +68,9 @@ enum Cmd {
         /// baseline beside it) to this file.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<std::path::PathBuf>,
+        /// Skip the structured op's pre-merge crossover measurement (the FFN rows alone).
+        #[arg(long)]
+        no_crossover: bool,
     },
     /// Runs one op on tensors from a safetensors file and writes the result to another.
     Run(RunArgs),
@@ -359,7 +362,7 @@ fn main() -> ExitCode {
         Cmd::Info => info(),
         Cmd::List { json } => list(json),
         Cmd::Check { op, backend, dtype, json } => run_check(op, backend, dtype, json),
-        Cmd::Bench { op, backend, dtype, reps, quick, full, seq, json, plot } => run_bench(op, backend, dtype, reps, quick, full, &seq, json, plot),
+        Cmd::Bench { op, backend, dtype, reps, quick, full, seq, json, plot, no_crossover } => run_bench(op, backend, dtype, reps, quick, full, &seq, json, plot, !no_crossover),
         Cmd::Run(args) => run_op(args.op),
     };
     match r {
@@ -524,7 +527,8 @@ fn bench_json(r: &BenchRecord) -> serde_json::Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>, reps: usize, quick: bool, full: bool, seqs: &[usize], as_json: bool, plot: Option<std::path::PathBuf>) -> Result<ExitCode> {
+#[allow(clippy::too_many_arguments)]
+fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>, reps: usize, quick: bool, full: bool, seqs: &[usize], as_json: bool, plot: Option<std::path::PathBuf>, crossover: bool) -> Result<ExitCode> {
     let ops = ops_from(op)?;
     let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
     let small = quick || (dev.is_cpu_like() && !full);
@@ -574,11 +578,14 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         let (t, layers) = ffkern::registry::structured_bench_layers(small);
         for &(s1, s2, label) in &layers {
             for &dt in &ffn_dtypes {
-                records.push(with_backend!(&dev, be => bench::bench_structured(be, t, s1, s2, label, dt, reps))?);
+                let rec = with_backend!(&dev, be => bench::bench_structured(be, t, s1, s2, label, dt, reps))?;
+                // Each row as it is measured, so that a run cut short still reports the rows it had.
+                eprintln!("{} {}: {:.4} ms, {} {:.4} ms", rec.shape, rec.dtype, 1e3 * rec.median_s, rec.baseline.as_deref().unwrap_or(""), 1e3 * rec.baseline_s.unwrap_or(0.0));
+                records.push(rec);
             }
         }
         // The pre-merge crossover of each first layer on this backend (DEFAULT_CROSSOVER's source).
-        for &(s1, _, label) in &layers {
+        for &(s1, _, label) in layers.iter().filter(|_| crossover) {
             for &dt in &ffn_dtypes {
                 let c = with_backend!(&dev, be => ffkern::ops::structured::measure_crossover(be, &s1, dt, 4096, reps))?;
                 eprintln!("pre-merge crossover {label} {}→{} {dt} on {}: the structured form wins from {c} tokens", s1.inp(), s1.out(), dev.name());
