@@ -686,22 +686,21 @@ __device__ __forceinline__ void epilogue_chunk_act(const EpiArgs& p, const T* __
 }
 
 // A staged 64×64 chunk for a C with an inner stride (BlockShuffle's interleaved output, columns
-// cs elements apart), where there are no 16-byte groups to store: each warp takes 32 consecutive
-// columns of one row, so that a store instruction spans 32·cs elements (the fewest sectors a
-// strided row allows), where 8 columns of 4 rows each would touch 4× as many.
+// cs elements apart, or its transposed first product, rows 1 apart), where there are no 16-byte
+// groups to store: consecutive threads walk the nearer of rows and columns, so that a warp's store
+// spans 32 elements that stride apart (the fewest sectors such a C allows), where 8 columns of 4
+// rows each would touch 4× as many or, transposed, 32 scattered ones.
 template <typename T, uint32_t ACT>
 __device__ __forceinline__ void epilogue_chunk_strided(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
                                                        const float* stage, uint32_t row0, uint32_t col0, int t) {
-    const int lc = t % 64;
-    const uint32_t gcol = col0 + lc;
-    if (gcol >= p.n) return;
-    const bool act = gcol < p.act_cols;
+    const bool down = p.ldc < p.cs;
 #pragma unroll 4
-    for (int lr = t / 64; lr < 64; lr += 2) {
-        const uint32_t grow = row0 + lr;
-        if (grow >= p.m) break;
+    for (int e = t; e < 64 * 64; e += 128) {
+        const int lr = down ? e % 64 : e / 64, lc = down ? e / 64 : e % 64;
+        const uint32_t grow = row0 + lr, gcol = col0 + lc;
+        if (grow >= p.m || gcol >= p.n) continue;
         const float z = stage[lr * 64 + (lc ^ ((lr & 7) << 3))];
-        float v = act ? act16<ACT>(z) : z;
+        float v = gcol < p.act_cols ? act16<ACT>(z) : z;
         if (p.has_r) v += p.beta * to_f32(R[p.orr + (size_t)grow * p.ldr + gcol]);
         const size_t o = p.oc + (size_t)grow * p.ldc + (size_t)gcol * p.cs;
         C[o] = from_f32<T>(v);

@@ -36,13 +36,15 @@ struct Stage {
     /// launch per block z_l of the gathered middle activation, and its second stage, which reads
     /// that gathered layout. Empty: `prod` itself.
     launches: Vec<Gemm>,
+    /// The launches compute the transposed product (the factor as A, the input as B).
+    transposed: bool,
     /// Elements of this stage's output per token.
     width: usize,
 }
 
 impl Stage {
     fn one(prod: Gemm, width: usize) -> Self {
-        Stage { prod, launches: Vec::new(), width }
+        Stage { prod, launches: Vec::new(), transposed: false, width }
     }
 
     fn launches(&self) -> &[Gemm] {
@@ -58,6 +60,7 @@ impl Stage {
     fn run<Be: Backend>(&self, be: &Be, tokens: usize, a: &Be::Buf, b: &Be::Buf, bias: Option<&Be::Buf>, z: Option<&mut Be::Buf>) -> Result<Be::Buf> {
         let mut out = be.alloc_uninit(be.dtype_of(a), tokens * self.width)?;
         let mut z = z;
+        let (a, b) = if self.transposed { (b, a) } else { (a, b) };
         for d in self.launches() {
             be.gemm(d, a, b, bias, None, &mut out, z.as_deref_mut())?;
         }
@@ -156,7 +159,7 @@ impl Structured {
                 let launches = if gathered { gather_launches(t, p, k, q) } else { Vec::new() };
                 [
                     // h[:, kk·q + j] = Σ_i D1[kk, j, i]·x[:, kk·p + i]
-                    Stage { prod: Gemm::new(t, q, p).batch(k).lda(inp).ldc(k * q).strides(p, q * p, q), launches, width: k * q },
+                    Stage { prod: Gemm::new(t, q, p).batch(k).lda(inp).ldc(k * q).strides(p, q * p, q), launches, transposed: gathered, width: k * q },
                     // y[:, s'·k + l] = Σ_r D2[l, s', r]·z_l[r]: in h's order the gather is A's
                     // inner stride k (block l starts at element l); gathered, the forward reads
                     // z_l with contiguous rows. The interleaved store is C's inner stride.
@@ -167,6 +170,7 @@ impl Structured {
                         } else {
                             Vec::new()
                         },
+                        transposed: false,
                         width: out,
                     },
                 ]
@@ -263,13 +267,17 @@ impl Structured {
 /// h[:, r·k + l], for x `[t, k·p]` and D1 `[k, q, p]`. Block kk of h sends its rows j ≡ j0
 /// (mod k) to z_l, in order, from z_l[r0] on (r0 = (kk·q + j0)/k): one launch per (l, kk) reading
 /// D1's rows j0, j0 + k, … (row stride k·p), batched over kk when k divides q (then j0 = l and
-/// r0 = kk·q/k for every kk).
+/// r0 = kk·q/k for every kk). Each launch computes the transposed product zᵀ = D1-rows·xᵀ (C
+/// stored with rows 1 apart and columns k·q apart): its M is the block's q/k rows and its N the
+/// t tokens, so that a narrow block still fills whole tiles (as N it would fill a 256-wide tile
+/// by half at q/k = 128).
 fn gather_launches(t: usize, p: usize, k: usize, q: usize) -> Vec<Gemm> {
+    let zt = |rows: usize| Gemm::new(rows, t, p).lda(k * p).ldb(k * p).ldc(1).inner_strides(1, 1, k * q);
     let mut launches = Vec::new();
     for l in 0..k {
         if q % k == 0 {
-            let o = GemmOffsets { b: l * p, c: l * q, ..Default::default() };
-            launches.push(Gemm::new(t, q / k, p).batch(k).lda(k * p).ldb(k * p).ldc(k * q).strides(p, q * p, q / k).offsets(o));
+            let o = GemmOffsets { a: l * p, c: l * q, ..Default::default() };
+            launches.push(zt(q / k).batch(k).strides(q * p, p, q / k).offsets(o));
             continue;
         }
         for kk in 0..k {
@@ -278,8 +286,8 @@ fn gather_launches(t: usize, p: usize, k: usize, q: usize) -> Vec<Gemm> {
                 continue;
             }
             let (count, r0) = ((q - j0).div_ceil(k), (kk * q + j0) / k);
-            let o = GemmOffsets { a: kk * p, b: kk * q * p + j0 * p, c: l * q + r0, ..Default::default() };
-            launches.push(Gemm::new(t, count, p).lda(k * p).ldb(k * p).ldc(k * q).offsets(o));
+            let o = GemmOffsets { a: kk * q * p + j0 * p, b: kk * p, c: l * q + r0, ..Default::default() };
+            launches.push(zt(count).offsets(o));
         }
     }
     launches
