@@ -47,6 +47,13 @@ impl Stage {
         Stage { prod, launches: Vec::new(), transposed: false, width }
     }
 
+    /// The stage with `f` applied to its product and to every forward launch (an epilogue).
+    fn with(mut self, f: impl Fn(Gemm) -> Gemm) -> Self {
+        self.prod = f(self.prod);
+        self.launches = self.launches.into_iter().map(&f).collect();
+        self
+    }
+
     fn launches(&self) -> &[Gemm] {
         if self.launches.is_empty() {
             std::slice::from_ref(&self.prod)
@@ -321,8 +328,8 @@ impl StructuredFfn {
     /// Bias and activation fused into S1's second GEMM; b2 into S2's.
     fn with_epilogues<Be: Backend>(&self, be: &Be, tokens: usize) -> Result<([Stage; 2], [Stage; 2])> {
         self.check()?;
-        let [a1, mut b1] = self.s1.stages(tokens, 1.0, self.s1.gathered(be)?)?;
-        let [a2, mut b2] = self.s2.stages(tokens, 1.0, self.s2.gathered(be)?)?;
+        let [a1, b1] = self.s1.stages(tokens, 1.0, self.s1.gathered(be)?)?;
+        let [a2, b2] = self.s2.stages(tokens, 1.0, self.s2.gathered(be)?)?;
         // The bias follows the output's interleave (BlockShuffle stores feature s'·k + l from
         // batch l, column s'), so feature f always gets bias[f].
         let with_bias = |d: Gemm| {
@@ -335,13 +342,7 @@ impl StructuredFfn {
             }
         };
         let act = self.act;
-        for d in std::iter::once(&mut b1.prod).chain(b1.launches.iter_mut()) {
-            *d = with_bias(d.clone()).act(act);
-        }
-        for d in std::iter::once(&mut b2.prod).chain(b2.launches.iter_mut()) {
-            *d = with_bias(d.clone());
-        }
-        Ok(([a1, b1], [a2, b2]))
+        Ok(([a1, b1.with(|d| with_bias(d).act(act))], [a2, b2.with(with_bias)]))
     }
 
     /// The training forward: `y` and what the backward reads (the pre-activation among it).
