@@ -527,7 +527,6 @@ fn bench_json(r: &BenchRecord) -> serde_json::Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>, reps: usize, quick: bool, full: bool, seqs: &[usize], as_json: bool, plot: Option<std::path::PathBuf>, crossover: bool) -> Result<ExitCode> {
     let ops = ops_from(op)?;
     let dev = devices(backend, false)?.into_iter().next().unwrap_or(Device::Cpu(ffkern::Cpu));
