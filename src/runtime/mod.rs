@@ -53,8 +53,14 @@ pub const SHUFFLE_FORM: KernelChoice = KernelChoice {
     values: &["auto", "gathered", "strided"],
     what: "BlockShuffle's middle activation: gathered (blocks z_l side by side, written by one launch each) where the backend's GEMM prefers contiguous rows, k divides the inner width and each z_l is at least 64 wide, else in h's order; always gathered; always in h's order (the second product gathers at stride k)",
 };
+/// wgpu's subgroup operations (see `runtime::wgpu`).
+pub const WGPU_SUBGROUPS: KernelChoice = KernelChoice {
+    var: "FFKERN_WGPU_SUBGROUPS",
+    values: &["auto", "off"],
+    what: "wgpu subgroup operations (the graph family's per-edge dot products, one subgroup per edge and head): where the adapter has them; never",
+};
 /// Every kernel choice, in the order `ffkern info` lists them.
-pub const KERNEL_CHOICES: [KernelChoice; 5] = [GEMM_KERNEL, WGPU_GEMM, LINATTN_KERNEL, GRAPH_KERNEL, SHUFFLE_FORM];
+pub const KERNEL_CHOICES: [KernelChoice; 6] = [GEMM_KERNEL, WGPU_GEMM, WGPU_SUBGROUPS, LINATTN_KERNEL, GRAPH_KERNEL, SHUFFLE_FORM];
 
 impl KernelChoice {
     /// The value in effect: the environment's, checked, or the default when unset; any other value

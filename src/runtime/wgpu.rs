@@ -110,11 +110,13 @@ pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
         "linattn" => include_str!("../../shaders/linattn.wgsl"),
         "linattn_bwd" => include_str!("../../shaders/linattn_bwd.wgsl"),
         "graph" => include_str!("../../shaders/graph.wgsl"),
+        "graph_sg" => include_str!("../../shaders/graph_sg.wgsl"),
         "copy" => include_str!("../../shaders/copy.wgsl"),
         other => return Err(Error::Unsupported(format!("no WGSL family '{other}'"))),
     };
     let snippet = match family {
         "linattn" | "linattn_bwd" => include_str!("../../shaders/_linattn.wgsl"),
+        "graph" | "graph_sg" => include_str!("../../shaders/_graph.wgsl"),
         _ => "",
     };
     Ok(format!("{dt}\n{}\n{snippet}\n{body}", include_str!("../../shaders/_common.wgsl")))
@@ -154,7 +156,10 @@ impl WgpuContext {
                 None => "no adapter found (on a machine without a GPU: apt-get install mesa-vulkan-drivers for lavapipe)".into(),
             },
         })?;
-        let mut features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
+        let mut features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        if crate::runtime::WGPU_SUBGROUPS.current()? == "off" {
+            features.remove(wgpu::Features::SUBGROUP);
+        }
         if opts.without_shader_f16 {
             features.remove(wgpu::Features::SHADER_F16);
         }
@@ -193,6 +198,14 @@ impl WgpuContext {
 
     pub fn describe(&self) -> String {
         format!("{} ({:?}, {:?}, driver {} {})", self.info.name, self.info.backend, self.info.device_type, self.info.driver, self.info.driver_info)
+    }
+
+    /// The adapter's smallest subgroup size where the device has subgroup operations and
+    /// `FFKERN_WGPU_SUBGROUPS` allows them (kernels with a subgroup form then take it).
+    pub fn subgroups(&self) -> Result<Option<u32>> {
+        static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let on = self.device.features().contains(wgpu::Features::SUBGROUP) && crate::runtime::kernel_env(&CHOICE, &crate::runtime::WGPU_SUBGROUPS)? != "off";
+        Ok(on.then_some(self.info.subgroup_min_size.max(1)))
     }
 
     pub fn has_timestamps(&self) -> bool {

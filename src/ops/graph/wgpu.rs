@@ -5,6 +5,7 @@ use crate::runtime::wgpu::{WgpuBuffer, WgpuContext};
 use crate::{DType, Result};
 
 const FAMILY: &str = "graph";
+const FAMILY_SG: &str = "graph_sg";
 /// Binding order: the index words, x, y, w, v (read-only), then out, arg.
 const READ_ONLY: usize = 5;
 
@@ -43,8 +44,16 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
             dispatch(ctx, partial, dtype, p, g, a, &parts, None, segs * dim.div_ceil(4))?;
             dispatch(ctx, main, dtype, p, g, &GraphArgs { y: Some(&parts), ..*a }, out, arg, groups)
         }
-        GraphKernel::Sddmm => go("graph_sddmm", arg, p.num_edges as usize * heads),
-        GraphKernel::EdgeDot => go("graph_edge_dot", arg, p.num_edges as usize * heads),
+        // One subgroup per (edge, head) where the adapter has subgroups (shaders/graph_sg.wgsl),
+        // dispatched for subgroups of its smallest size; else one invocation each.
+        GraphKernel::Sddmm | GraphKernel::EdgeDot => {
+            let tasks = p.num_edges as usize * heads;
+            let sddmm = kind == GraphKernel::Sddmm;
+            match ctx.subgroups()? {
+                Some(lanes) => go(if sddmm { "graph_sddmm_sg" } else { "graph_edge_dot_sg" }, arg, tasks * lanes as usize),
+                None => go(if sddmm { "graph_sddmm" } else { "graph_edge_dot" }, arg, tasks),
+            }
+        }
         GraphKernel::Softmax | GraphKernel::SoftmaxBackward => {
             let p = &GraphParams { reduce: (kind == GraphKernel::SoftmaxBackward) as u32, ..*p };
             // Long rows' partials (none without long rows: the stats pass then binds a placeholder).
@@ -83,8 +92,11 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
 /// for LayerNorm) bind the context's dummy buffers.
 #[allow(clippy::too_many_arguments)]
 fn dispatch<'a>(ctx: &'a WgpuContext, entry: &'static str, dtype: DType, p: &GraphParams, g: Option<&'a DeviceGraph<WgpuBuffer>>, a: &GraphArgs<'a, WgpuBuffer>, out: &WgpuBuffer, arg: Option<&'a WgpuBuffer>, threads: usize) -> Result<()> {
-    let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 2)?;
+    // The `_sg` entries live in their own module (shaders/graph_sg.wgsl), which only a device
+    // with subgroup operations can build.
+    let family = if entry.ends_with("_sg") { FAMILY_SG } else { FAMILY };
+    let pipe = ctx.pipeline(family, entry, dtype, READ_ONLY, 2)?;
     let buf = |b: Option<&'a WgpuBuffer>, writable: bool| b.map_or(ctx.dummy(writable), |b| &b.buffer);
     let bufs = [buf(g.map(|g| &g.words), false), buf(a.x, false), buf(a.y, false), buf(a.w, false), buf(a.v, false), &out.buffer, buf(arg, true)];
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &bufs, ctx.grid_1d(threads))
+    ctx.dispatch(&pipe, family, READ_ONLY, bytemuck::bytes_of(p), &bufs, ctx.grid_1d(threads))
 }

@@ -1,0 +1,42 @@
+// The per-edge dot products of graph.wgsl (sddmm, edge_dot) on subgroup operations, for adapters
+// that have them (FFKERN_WGPU_SUBGROUPS=auto). Why it is faster: one subgroup per (edge, head)
+// reads the two head rows with its lanes side by side (coalesced, where one invocation per
+// (edge, head) walks both rows alone and neighbouring invocations read unrelated rows), then
+// subgroupAdd sums the lanes' partials. The dispatch counts subgroups of the adapter's smallest
+// size; larger subgroups take the remaining tasks in a grid-stride loop. The sum's order is fixed
+// by the subgroup size, so a run repeats bit for bit on one adapter.
+
+// Task t = (e, h) of kind 0 (sddmm: A[dst e] · B[src e]) or 1 (edge_dot: x[e] · y[e]), f32 out.
+fn dot_tasks(kind: u32, lane: u32, sgs: u32, first: u32, stride: u32) {
+    let dh = p.dim / p.heads;
+    for (var t = first; t < p.num_edges * p.heads; t += stride) {
+        let e = t / p.heads;
+        let h = (t % p.heads) * dh;
+        var a0 = e * p.dim + h;
+        var b0 = a0;
+        if (kind == 0u) {
+            a0 = dst_coo(e) * p.dim + h;
+            b0 = src_coo(e) * p.dim + h;
+        }
+        var acc = 0.0;
+        for (var k = lane; k < dh; k += sgs) {
+            acc += ld(a0 + k) * ld_y(b0 + k);
+        }
+        let s = subgroupAdd(acc);
+        if (lane == 0u) { out_buf[t] = bitcast<u32>(s); }
+    }
+}
+
+@compute @workgroup_size(256)
+fn graph_sddmm_sg(@builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32, @builtin(subgroup_id) sid: u32,
+                  @builtin(num_subgroups) ns: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = wg.x + wg.y * nwg.x;
+    dot_tasks(0u, lane, sgs, w * ns + sid, nwg.x * nwg.y * ns);
+}
+
+@compute @workgroup_size(256)
+fn graph_edge_dot_sg(@builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32, @builtin(subgroup_id) sid: u32,
+                     @builtin(num_subgroups) ns: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = wg.x + wg.y * nwg.x;
+    dot_tasks(1u, lane, sgs, w * ns + sid, nwg.x * nwg.y * ns);
+}
