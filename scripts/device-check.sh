@@ -209,7 +209,9 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
     done
     # BlockShuffle with its middle activation in h's order (the second product gathering at stride
     # k, on element loads) against the gathered default of the row above.
+    # Only with time to spare for the peers after it.
     for sf in ${SHUFFLE_FORMS-strided}; do
+        enough 240 "bench structured-$sf" || break
         FFKERN_SHUFFLE=$sf bench "cuda-structured-$sf" 90 --backend cuda --op structured --dtype bf16 --reps 20 --no-crossover
     done
     # The FFN families on another GEMM schedule (default the epilogue warps), bf16.
@@ -254,7 +256,7 @@ if [ "${PROFILE:-1}" = 1 ]; then
         name=$op${envs:+-${envs##*=}}
         enough 60 "profile $name" || break
         env $envs timeout "$(lim 150)" "$ncu" --clock-control none --csv --page raw --metrics gpu__time_duration.sum,launch__grid_size,launch__registers_per_thread \
-            $B/ffkern bench --backend cuda --op "$op" --dtype bf16 --seq 1024 --reps 1 > "$OUT/ncu-$name.raw" 2> "$OUT/ncu-$name.err"
+            $B/ffkern bench --backend cuda --op "$op" --dtype bf16 --seq 1024 --reps 1 --no-crossover > "$OUT/ncu-$name.raw" 2> "$OUT/ncu-$name.err"
         log "profile $name: rc=$?"
         python3 - "$OUT/ncu-$name.raw" <<'PY' | tee -a "$OUT/summary.txt"
 import csv, sys, collections
