@@ -37,6 +37,12 @@ pub const KERNELS: &[&str] = &[
     "graph_sddmm_f32",
     "graph_sddmm_f16",
     "graph_sddmm_bf16",
+    "graph_sddmm16_f32",
+    "graph_sddmm16_f16",
+    "graph_sddmm16_bf16",
+    "graph_edge_dot16_f32",
+    "graph_edge_dot16_f16",
+    "graph_edge_dot16_bf16",
     "graph_ln_forward_f32",
     "graph_ln_forward_f16",
     "graph_ln_forward_bf16",
@@ -315,15 +321,27 @@ pub fn launch<T: CudaElem>(
         }
         _ => {
             let out = out32.ok_or_else(|| Error::Invalid("graph: an f32 output is needed".into()))?;
+            let (x, y) = (need(&a.x, "x or A")?, need(&a.y, "y or B")?);
+            // Groups of lanes per (edge, head) on 16-byte pieces where each head's columns are whole
+            // pieces and both operands 16-byte aligned: the power of two at or above the pieces of
+            // a head (at most 32) lanes each.
+            let per16 = 16 / std::mem::size_of::<T>();
+            let dh = dim / heads.max(1);
+            let (f, cfg_main) = if dh % per16 == 0 && device_addr(rt, x) % 16 == 0 && device_addr(rt, y) % 16 == 0 {
+                let lanes = (dh / per16).next_power_of_two().min(32);
+                (load(if kind == GraphKernel::EdgeDot { "graph_edge_dot16" } else { "graph_sddmm16" })?, cfg(edges * heads * lanes))
+            } else {
+                (f, cfg_main)
+            };
             match kind {
-                GraphKernel::EdgeDot => {
-                    let (x, y) = (need(&a.x, "x")?, need(&a.y, "y")?);
-                    rt.launch(&f, cfg_main, |l| {
-                        l.arg(x).arg(y).arg(out).arg(p);
-                    })
-                }
+                // SAFETY (the 16-byte forms): as below, with x and y (A and B) read in whole 16-byte
+                // pieces of one head's columns (checked above); lane group j of a warp writes
+                // out[t] for its task t alone, tasks past E · heads write nothing.
+                GraphKernel::EdgeDot => rt.launch(&f, cfg_main, |l| {
+                    l.arg(x).arg(y).arg(out).arg(p);
+                }),
                 _ => {
-                    let (idx, x, y) = (need(&a.idx, "graph")?, need(&a.x, "A")?, need(&a.y, "B")?);
+                    let idx = need(&a.idx, "graph")?;
                     rt.launch(&f, cfg_main, |l| {
                         l.arg(idx).arg(x).arg(y).arg(out).arg(p);
                     })
