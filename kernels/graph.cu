@@ -664,6 +664,108 @@ __device__ __forceinline__ void ln_backward_impl(const T* __restrict__ x, const 
     }
 }
 
+// LayerNorm with one warp per row in 16-byte pieces (the row at most 512 elements in whole pieces,
+// 16 floats a lane; x, y, dy, dx 16-byte aligned: the launcher checks). Why it is fast: the row stays in registers
+// between its passes (read once, where the block form above reads it three times) and the sums
+// are shuffles within the warp instead of barriers across a block of 256; a 512-wide bf16 row is
+// two pieces a lane, eight rows a block. Lanes sum their elements in order, then a fixed
+// butterfly: the same result on every run.
+template <typename T>
+constexpr uint32_t LN_PIECES = 16 / (16 / sizeof(T));  // pieces a lane: 16 floats
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (uint32_t o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+// The lane's pieces lane, lane + 32, … of row r of `src` (zeros past the row).
+template <typename T>
+__device__ __forceinline__ void ln_load(const T* __restrict__ src, size_t r, uint32_t lane, const GraphParams& p, float (&v)[LN_PIECES<T>][16 / sizeof(T)]) {
+    constexpr uint32_t V = 16 / sizeof(T);
+#pragma unroll
+    for (uint32_t i = 0; i < LN_PIECES<T>; ++i) {
+        const uint32_t q = lane + 32 * i;
+        if (q * V < p.dim) unpack16<T>(*reinterpret_cast<const uint4*>(src + r * p.dim + q * V), v[i]);
+        else
+#pragma unroll
+            for (uint32_t c = 0; c < V; ++c) v[i][c] = 0.0f;
+    }
+}
+template <typename T>
+__device__ __forceinline__ void ln_forward16_impl(const T* __restrict__ x, const float* __restrict__ affine, T* __restrict__ y,
+                                                  float* __restrict__ stats, const GraphParams& p) {
+    constexpr uint32_t V = 16 / sizeof(T);
+    const float *gamma = affine, *beta = affine + p.dim;
+    const uint32_t lane = threadIdx.x & 31;
+    const size_t warps = (size_t)gridDim.x * (blockDim.x / 32);
+    for (size_t r = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < p.num_nodes; r += warps) {
+        float v[LN_PIECES<T>][V];
+        ln_load<T>(x, r, lane, p, v);
+        float s = 0.0f;
+#pragma unroll
+        for (uint32_t i = 0; i < LN_PIECES<T>; ++i)
+#pragma unroll
+            for (uint32_t c = 0; c < V; ++c) s += v[i][c];
+        const float mu = warp_sum(s) / (float)p.dim;
+        float ss = 0.0f;
+#pragma unroll
+        for (uint32_t i = 0; i < LN_PIECES<T>; ++i)
+#pragma unroll
+            for (uint32_t c = 0; c < V; ++c) {
+                const float d = (lane + 32 * i) * V < p.dim ? v[i][c] - mu : 0.0f;
+                ss += d * d;
+            }
+        const float rs = rsqrtf(warp_sum(ss) / (float)p.dim + p.eps);
+#pragma unroll
+        for (uint32_t i = 0; i < LN_PIECES<T>; ++i) {
+            const uint32_t k0 = (lane + 32 * i) * V;
+            if (k0 >= p.dim) break;
+            float o[V];
+#pragma unroll
+            for (uint32_t c = 0; c < V; ++c) o[c] = (v[i][c] - mu) * rs * gamma[k0 + c] + beta[k0 + c];
+            *reinterpret_cast<uint4*>(y + r * p.dim + k0) = pack16<T>(o);
+        }
+        if (lane == 0) {
+            stats[r] = mu;
+            stats[p.num_nodes + r] = rs;
+        }
+    }
+}
+template <typename T>
+__device__ __forceinline__ void ln_backward16_impl(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ gamma,
+                                                   const float* __restrict__ stats, T* __restrict__ dx, const GraphParams& p) {
+    constexpr uint32_t V = 16 / sizeof(T);
+    const uint32_t lane = threadIdx.x & 31;
+    const size_t warps = (size_t)gridDim.x * (blockDim.x / 32);
+    for (size_t r = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < p.num_nodes; r += warps) {
+        const float mu = stats[r], rs = stats[p.num_nodes + r];
+        float xv[LN_PIECES<T>][V], g[LN_PIECES<T>][V];
+        ln_load<T>(x, r, lane, p, xv);
+        ln_load<T>(dy, r, lane, p, g);
+        float a = 0.0f, b = 0.0f;
+#pragma unroll
+        for (uint32_t i = 0; i < LN_PIECES<T>; ++i) {
+            const uint32_t k0 = (lane + 32 * i) * V;
+#pragma unroll
+            for (uint32_t c = 0; c < V; ++c) {
+                g[i][c] *= k0 < p.dim ? gamma[k0 + c] : 0.0f;
+                xv[i][c] = (xv[i][c] - mu) * rs;
+                a += g[i][c];
+                b += g[i][c] * xv[i][c];
+            }
+        }
+        const float mg = warp_sum(a) / (float)p.dim, mgx = warp_sum(b) / (float)p.dim;
+#pragma unroll
+        for (uint32_t i = 0; i < LN_PIECES<T>; ++i) {
+            const uint32_t k0 = (lane + 32 * i) * V;
+            if (k0 >= p.dim) break;
+            float o[V];
+#pragma unroll
+            for (uint32_t c = 0; c < V; ++c) o[c] = rs * (g[i][c] - mg - xv[i][c] * mgx);
+            *reinterpret_cast<uint4*>(dx + r * p.dim + k0) = pack16<T>(o);
+        }
+    }
+}
+
 // LayerNorm's [dγ | dβ] in two fixed-order passes: partial sums over chunks of `chunk` rows, one
 // thread per (chunk, column), then the chunk sum. A column's rows spread over many blocks instead
 // of one thread walking all of them (E = 61,440 edge rows serialised one thread for 60 ms).
@@ -796,6 +898,14 @@ __device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __
     extern "C" __global__ void __launch_bounds__(256) graph_ln_backward_##SUFFIX(                                          \
         const T* x, const T* dy, const float* gamma, const float* stats, T* dx, GraphParams p) {                           \
         ln_backward_impl<T>(x, dy, gamma, stats, dx, p);                                                                   \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) graph_ln_forward16_##SUFFIX(                                         \
+        const T* x, const float* affine, T* y, float* stats, GraphParams p) {                                              \
+        ln_forward16_impl<T>(x, affine, y, stats, p);                                                                      \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) graph_ln_backward16_##SUFFIX(                                        \
+        const T* x, const T* dy, const float* gamma, const float* stats, T* dx, GraphParams p) {                           \
+        ln_backward16_impl<T>(x, dy, gamma, stats, dx, p);                                                                 \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_ln_params_##SUFFIX(const T* x, const T* dy, const float* stats, float* part, GraphParams p) {               \

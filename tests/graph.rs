@@ -178,7 +178,9 @@ fn bad_input_is_an_error() {
 fn attention_primitives_match_the_reference_on_every_backend() {
     for dev in devices_and_cpu() {
         for dtype in DType::ALL {
-            for (n, e, heads, dh) in [(23usize, 90usize, 3usize, 5usize), (300, 2400, 4, 16)] {
+            // Heads of 16 and 520 columns take CUDA's 16-byte lane groups (520 bf16: 65 pieces, more
+            // than a warp's lanes); 5 the one-thread form.
+            for (n, e, heads, dh) in [(23usize, 90usize, 3usize, 5usize), (300, 2400, 4, 16), (40, 200, 1, 520)] {
                 let g = random_graph(n, e, 5 + n as u64);
                 let gt = g.transposed();
                 let (ec, dim) = (g.num_edges(), heads * dh);
@@ -266,7 +268,8 @@ fn layer_norm_matches_the_reference_on_every_backend() {
     for dev in devices_and_cpu() {
         for dtype in DType::ALL {
             // 700 rows: three chunks of the parameter gradients' first pass, the last one partial.
-            for (rows, c) in [(1usize, 7usize), (37, 33), (5, 600), (700, 9)] {
+            // Widths 264 and 512 take CUDA's warp-per-row form (whole 16-byte pieces, ≤ 512).
+            for (rows, c) in [(1usize, 7usize), (37, 33), (5, 600), (700, 9), (67, 264), (9, 512)] {
                 // An offset mean, so a one-pass variance would lose digits.
                 let x = HostTensor::new(dtype, vec![rows * c], HostTensor::random(DType::F32, vec![rows * c], 50).data.iter().map(|v| dtype.round(3.0 + v)).collect()).expect("x");
                 let dy = HostTensor::random(dtype, vec![rows * c], 51);

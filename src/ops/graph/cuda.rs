@@ -49,6 +49,12 @@ pub const KERNELS: &[&str] = &[
     "graph_ln_backward_f32",
     "graph_ln_backward_f16",
     "graph_ln_backward_bf16",
+    "graph_ln_forward16_f32",
+    "graph_ln_forward16_f16",
+    "graph_ln_forward16_bf16",
+    "graph_ln_backward16_f32",
+    "graph_ln_backward16_f16",
+    "graph_ln_backward16_bf16",
     "graph_ln_params_f32",
     "graph_ln_params_f16",
     "graph_ln_params_bf16",
@@ -205,6 +211,21 @@ pub fn launch<T: CudaElem>(
         GraphKernel::LayerNorm | GraphKernel::LayerNormBackward => {
             let out = out.ok_or_else(|| Error::Invalid("layer_norm: a typed output is needed".into()))?;
             let (x, affine) = (need(&a.x, "x")?, need(&a.w, "affine")?);
+            // One warp per row on 16-byte pieces where the row is at most 512 elements in whole
+            // pieces and x, dy and the output are 16-byte aligned (LN_PIECES in kernels/graph.cu).
+            let per16 = 16 / std::mem::size_of::<T>();
+            let warp_rows = dim % per16 == 0
+                && dim <= 512
+                && device_addr(rt, x) % 16 == 0
+                && device_addr(rt, &*out) % 16 == 0
+                && a.y.as_ref().is_none_or(|dy| device_addr(rt, dy) % 16 == 0);
+            let (f, cfg_main) = if warp_rows {
+                (load(if kind == GraphKernel::LayerNorm { "graph_ln_forward16" } else { "graph_ln_backward16" })?, cfg(rows * 32))
+            } else {
+                (f, cfg_main)
+            };
+            // SAFETY (the warp forms): as below, rows read and written in whole 16-byte pieces
+            // (checked above); warp w handles rows w, w + warps, … alone.
             if kind == GraphKernel::LayerNorm {
                 let stats = arg.ok_or_else(|| Error::Invalid("layer_norm: the stats output is missing".into()))?;
                 rt.launch(&f, cfg_main, |l| {
