@@ -605,6 +605,29 @@ __device__ __forceinline__ void edge_combine_impl(const uint32_t* idx, const T* 
     }
 }
 
+// edge_combine in whole 16-byte pieces (dim a multiple of 16 bytes; Ee, P and m 16-byte aligned;
+// E·dim/V < 2³¹: the launcher checks), the same sums in the same order. Why it is faster: a thread
+// moves V elements with three 16-byte loads and one store and divides in 32 bits once per piece,
+// where the element form divided in 64 bits and loaded two bytes per element.
+template <typename T>
+__device__ __forceinline__ void edge_combine16_impl(const uint32_t* idx, const T* __restrict__ ee, const T* __restrict__ pn, T* __restrict__ m,
+                                                    const GraphParams& p) {
+    constexpr uint32_t V = 16 / sizeof(T);
+    const Csr g(idx, p);
+    const uint32_t pieces = p.dim / V, total = p.num_edges * pieces;
+    const size_t w = 2 * (size_t)p.dim;
+    for (uint32_t t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
+        const uint32_t e = t / pieces, d0 = (t - e * pieces) * V;
+        float z[V], s[V], r[V];
+        unpack16<T>(*reinterpret_cast<const uint4*>(ee + (size_t)e * p.dim + d0), z);
+        unpack16<T>(*reinterpret_cast<const uint4*>(pn + g.src_coo[e] * w + d0), s);
+        unpack16<T>(*reinterpret_cast<const uint4*>(pn + g.dst_coo[e] * w + p.dim + d0), r);
+#pragma unroll
+        for (uint32_t c = 0; c < V; ++c) z[c] = act_eval(p.reduce, z[c] + s[c] + r[c]);
+        *reinterpret_cast<uint4*>(m + (size_t)e * p.dim + d0) = pack16<T>(z);
+    }
+}
+
 // LayerNorm (SPEC §6): one block per row reduces in shared memory (two passes: the variance
 // of x − μ); the parameter gradients take one thread per column summing its rows in order.
 __device__ __forceinline__ float block_sum(float v, float* red) {
@@ -811,6 +834,30 @@ __device__ __forceinline__ void scale_add_impl(const T* __restrict__ x, const T*
     }
 }
 
+// scale_add in whole 16-byte pieces (dim a multiple of 16 bytes; x, y and out 16-byte aligned;
+// rows·dim/V < 2³¹: the launcher checks), the same operations in the same order, for the reason
+// edge_combine16 gives.
+template <typename T>
+__device__ __forceinline__ void scale_add16_impl(const T* __restrict__ x, const T* __restrict__ y, const float* __restrict__ w, T* __restrict__ out,
+                                                 const GraphParams& p) {
+    constexpr uint32_t V = 16 / sizeof(T);
+    const uint32_t pieces = p.dim / V, total = p.num_nodes * pieces;
+    for (uint32_t t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
+        const uint32_t r = t / pieces, d0 = (t - r * pieces) * V;
+        const size_t i = (size_t)r * p.dim + d0;
+        float z[V], a[V];
+        unpack16<T>(*reinterpret_cast<const uint4*>(x + i), z);
+        if (p.has_y) unpack16<T>(*reinterpret_cast<const uint4*>(y + (p.has_y == 2 ? d0 : i)), a);
+#pragma unroll
+        for (uint32_t c = 0; c < V; ++c) {
+            if (p.has_weight) z[c] *= w[r];
+            if (p.has_y) z[c] += a[c];
+            z[c] = act_eval(p.reduce, z[c]);
+        }
+        *reinterpret_cast<uint4*>(out + i) = pack16<T>(z);
+    }
+}
+
 // g[r] = mean_k σ(x[r, k]) (f32), one thread per row.
 template <typename T>
 __device__ __forceinline__ void gate_mean_impl(const T* __restrict__ x, float* __restrict__ out, const GraphParams& p) {
@@ -880,6 +927,10 @@ __device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __
         edge_combine_impl<T>(idx, ee, pn, m, p);                                                                           \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_edge_combine16_##SUFFIX(const uint32_t* idx, const T* ee, const T* pn, T* m, GraphParams p) {                \
+        edge_combine16_impl<T>(idx, ee, pn, m, p);                                                                         \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_edge_dot_##SUFFIX(const T* x, const T* y, float* out, GraphParams p) {                                       \
         edge_dot_impl<T>(x, y, out, p);                                                                                    \
     }                                                                                                                      \
@@ -914,6 +965,10 @@ __device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_scale_add_##SUFFIX(const T* x, const T* y, const float* w, T* out, GraphParams p) {                          \
         scale_add_impl<T>(x, y, w, out, p);                                                                                \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                                      \
+        graph_scale_add16_##SUFFIX(const T* x, const T* y, const float* w, T* out, GraphParams p) {                        \
+        scale_add16_impl<T>(x, y, w, out, p);                                                                              \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256) graph_gate_mean_##SUFFIX(const T* x, float* out, GraphParams p) {   \
         gate_mean_impl<T>(x, out, p);                                                                                      \

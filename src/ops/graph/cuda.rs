@@ -68,6 +68,12 @@ pub const KERNELS: &[&str] = &[
     "graph_scale_add_f32",
     "graph_scale_add_f16",
     "graph_scale_add_bf16",
+    "graph_scale_add16_f32",
+    "graph_scale_add16_f16",
+    "graph_scale_add16_bf16",
+    "graph_edge_combine16_f32",
+    "graph_edge_combine16_f16",
+    "graph_edge_combine16_bf16",
     "graph_gate_mean_f32",
     "graph_gate_mean_f16",
     "graph_gate_mean_bf16",
@@ -113,7 +119,16 @@ fn need<'b, X>(v: &'b Option<X>, what: &str) -> Result<&'b X> {
 /// each head's columns) a multiple of 16 bytes, both buffers 16-byte aligned.
 fn whole_pieces<T, X: cudarc::driver::DevicePtr<T>, O: cudarc::driver::DevicePtr<T>>(rt: &CudaRuntime, p: &GraphParams, x: &X, out: &O) -> bool {
     let per16 = (16 / std::mem::size_of::<T>()) as u32;
-    p.dim % per16 == 0 && (p.has_weight == 0 || (p.dim / p.heads) % per16 == 0) && device_addr(rt, x) % 16 == 0 && device_addr(rt, out) % 16 == 0
+    pieces16::<T>(p.dim, 0, &[device_addr(rt, x), device_addr(rt, out)]).is_some() && (p.has_weight == 0 || (p.dim / p.heads) % per16 == 0)
+}
+
+/// The piece count of an element-wise pass over `len` elements of rows `dim` wide in whole 16-byte
+/// pieces, where it can take them: `dim` a multiple of 16 bytes, every operand 16-byte aligned,
+/// fewer than 2³¹ pieces (the kernels index pieces in 32 bits).
+fn pieces16<T>(p_dim: u32, len: usize, addrs: &[u64]) -> Option<usize> {
+    let per16 = 16 / std::mem::size_of::<T>();
+    let n = len / per16;
+    (p_dim as usize % per16 == 0 && addrs.iter().all(|a| a % 16 == 0) && n < 1 << 31).then_some(n)
 }
 
 /// One graph kernel on the runtime's stream. `out` is `T` for gather / segment_reduce / spmm
@@ -190,6 +205,12 @@ pub fn launch<T: CudaElem>(
                     let x = need(&a.x, "x")?;
                     // Absent operands pass x's pointer; has_y / has_weight say they are not read.
                     let y = a.y.as_ref().unwrap_or(x);
+                    // SAFETY (graph_scale_add16): as graph_scale_add, in whole 16-byte pieces of
+                    // x, y and out (checked by pieces16).
+                    let (f, cfg_main) = match pieces16::<T>(p.dim, rows_dim, &[device_addr(rt, x), device_addr(rt, y), device_addr(rt, &*out)]) {
+                        Some(n) => (load("graph_scale_add16")?, cfg(n)),
+                        None => (f, cfg_main),
+                    };
                     match &a.w {
                         Some(w) => rt.launch(&f, cfg_main, |l| {
                             l.arg(x).arg(y).arg(w).arg(out).arg(p);
@@ -253,6 +274,12 @@ pub fn launch<T: CudaElem>(
         GraphKernel::EdgeCombine => {
             let out = out.ok_or_else(|| Error::Invalid("edge_mlp: a typed output is needed".into()))?;
             let (idx, ee, pn) = (need(&a.idx, "graph")?, need(&a.x, "Ee")?, need(&a.y, "P")?);
+            // SAFETY (graph_edge_combine16): as graph_edge_combine, in whole 16-byte pieces of Ee,
+            // P and m (checked by pieces16).
+            let (f, cfg_main) = match pieces16::<T>(p.dim, edges * dim, &[device_addr(rt, ee), device_addr(rt, pn), device_addr(rt, &*out)]) {
+                Some(n) => (load("graph_edge_combine16")?, cfg(n)),
+                None => (f, cfg_main),
+            };
             rt.launch(&f, cfg_main, |l| {
                 l.arg(idx).arg(ee).arg(pn).arg(out).arg(p);
             })
