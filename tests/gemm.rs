@@ -189,6 +189,11 @@ fn bad_input_checks<Be: Backend>(be: &Be) {
     expect_shape(be.gemm(&desc.clone().act_cols(9), &a, &b, Some(&bias), None, &mut c, None), "act_cols > N");
     // ldc less than N.
     expect_shape(be.gemm(&desc.clone().ldc(4), &a, &b, Some(&bias), None, &mut c, None), "ldc < N");
+    // A C stored transposed is legal only where no two elements share an address.
+    expect_shape(be.gemm(&desc.clone().ldc(1).inner_strides(1, 1, 4), &a, &b, Some(&bias), None, &mut c, None), "overlapping transposed C");
+    // A backward whose dA layout describes another shape.
+    let dc = t(64, DType::F32);
+    expect_shape(ffkern::ops::gemm::gemm_backward_da_in(be, &desc, &Gemm::new(8, 8, 4).bias(true), &a, &b, None, &dc, None).map(|_| ()), "dA layout of another shape");
     // Mixed dtypes.
     let b16 = t(64, DType::BF16);
     match be.gemm(&desc, &a, &b16, Some(&bias), None, &mut c, None) {
