@@ -122,9 +122,9 @@ fn whole_pieces<T, X: cudarc::driver::DevicePtr<T>, O: cudarc::driver::DevicePtr
     pieces16::<T>(p.dim, 0, &[device_addr(rt, x), device_addr(rt, out)]).is_some() && (p.has_weight == 0 || (p.dim / p.heads) % per16 == 0)
 }
 
-/// The piece count of an element-wise pass over `len` elements of rows `dim` wide in whole 16-byte
-/// pieces, where it can take them: `dim` a multiple of 16 bytes, every operand 16-byte aligned,
-/// fewer than 2³¹ pieces (the kernels index pieces in 32 bits).
+/// The piece count of a pass over `len` elements in rows (or heads) `dim` wide in whole 16-byte
+/// pieces, where it can take them: `dim` a multiple of 16 bytes, every operand address 16-byte
+/// aligned, fewer than 2³¹ pieces (the kernels index pieces in 32 bits).
 fn pieces16<T>(p_dim: u32, len: usize, addrs: &[u64]) -> Option<usize> {
     let per16 = 16 / std::mem::size_of::<T>();
     let n = len / per16;
@@ -234,12 +234,8 @@ pub fn launch<T: CudaElem>(
             let (x, affine) = (need(&a.x, "x")?, need(&a.w, "affine")?);
             // One warp per row on 16-byte pieces where the row is at most 512 elements in whole
             // pieces and x, dy and the output are 16-byte aligned (LN_PIECES in kernels/graph.cu).
-            let per16 = 16 / std::mem::size_of::<T>();
-            let warp_rows = dim % per16 == 0
-                && dim <= 512
-                && device_addr(rt, x) % 16 == 0
-                && device_addr(rt, &*out) % 16 == 0
-                && a.y.as_ref().is_none_or(|dy| device_addr(rt, dy) % 16 == 0);
+            let dy_addr = a.y.as_ref().map_or(0, |dy| device_addr(rt, dy));
+            let warp_rows = dim <= 512 && pieces16::<T>(p.dim, 0, &[device_addr(rt, x), device_addr(rt, &*out), dy_addr]).is_some();
             let (f, cfg_main) = if warp_rows {
                 (load(if kind == GraphKernel::LayerNorm { "graph_ln_forward16" } else { "graph_ln_backward16" })?, cfg(rows * 32))
             } else {
@@ -373,10 +369,9 @@ pub fn launch<T: CudaElem>(
             // Groups of lanes per (edge, head) on 16-byte pieces where each head's columns are whole
             // pieces and both operands 16-byte aligned: the power of two at or above the pieces of
             // a head (at most 32) lanes each.
-            let per16 = 16 / std::mem::size_of::<T>();
             let dh = dim / heads.max(1);
-            let (f, cfg_main) = if dh % per16 == 0 && device_addr(rt, x) % 16 == 0 && device_addr(rt, y) % 16 == 0 {
-                let lanes = (dh / per16).next_power_of_two().min(32);
+            let (f, cfg_main) = if pieces16::<T>(dh as u32, 0, &[device_addr(rt, x), device_addr(rt, y)]).is_some() {
+                let lanes = (dh / (16 / std::mem::size_of::<T>())).next_power_of_two().min(32);
                 (load(if kind == GraphKernel::EdgeDot { "graph_edge_dot16" } else { "graph_sddmm16" })?, cfg(edges * heads * lanes))
             } else {
                 (f, cfg_main)
