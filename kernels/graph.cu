@@ -813,6 +813,8 @@ __device__ __forceinline__ void ln_params_impl(const T* __restrict__ x, const T*
 __device__ __forceinline__ void ln_params_sum_impl(const float* __restrict__ part, float* __restrict__ out, const GraphParams& p) {
     GRID_STRIDE(j, 2 * (size_t)p.dim) {
         float acc = 0.0f;
+        // 2·dim threads each walk every chunk: 16 loads in flight at a time, summed in order.
+#pragma unroll 16
         for (size_t c = 0; c < p.num_segs; ++c) acc += part[c * 2 * p.dim + j];
         out[j] = acc;
     }
