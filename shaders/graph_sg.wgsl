@@ -1,10 +1,11 @@
-// The per-edge dot products of graph.wgsl (sddmm, edge_dot) on subgroup operations, for adapters
-// that have them (FFKERN_WGPU_SUBGROUPS=auto). Why it is faster: one subgroup per (edge, head)
-// reads the two head rows with its lanes side by side (coalesced, where one invocation per
-// (edge, head) walks both rows alone and neighbouring invocations read unrelated rows), then
-// subgroupAdd sums the lanes' partials. The dispatch counts subgroups of the adapter's smallest
-// size; larger subgroups take the remaining tasks in a grid-stride loop. The sum's order is fixed
-// by the subgroup size, so a run repeats bit for bit on one adapter.
+// Kernels of graph.wgsl on subgroup operations, for adapters that have them
+// (FFKERN_WGPU_SUBGROUPS=auto): the per-edge dot products (sddmm, edge_dot) and LayerNorm's row
+// statistics. Why it is faster: one subgroup per (edge, head) or row reads it with its lanes side
+// by side (coalesced, where one invocation per (edge, head) walks both rows alone and neighbouring
+// invocations read unrelated rows; for LayerNorm, no workgroup barriers), then subgroupAdd sums
+// the lanes' partials. The dispatch counts subgroups of the adapter's smallest size; larger
+// subgroups take the remaining tasks in a grid-stride loop. The sum's order is fixed by the
+// subgroup size, so a run repeats bit for bit on one adapter.
 
 // Task t = (e, h) of kind 0 (sddmm: A[dst e] · B[src e]) or 1 (edge_dot: x[e] · y[e]), f32 out.
 fn dot_tasks(kind: u32, lane: u32, sgs: u32, first: u32, stride: u32) {
@@ -39,4 +40,52 @@ fn graph_edge_dot_sg(@builtin(subgroup_invocation_id) lane: u32, @builtin(subgro
                      @builtin(num_subgroups) ns: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let w = wg.x + wg.y * nwg.x;
     dot_tasks(1u, lane, sgs, w * ns + sid, nwg.x * nwg.y * ns);
+}
+
+// LayerNorm's row statistics (graph_ln_stats, graph_ln_bwd_stats), one subgroup per row: kind 0
+// μ and rstd (two passes: the variance of x − μ), kind 1 mean(dy·γ) and mean(dy·γ·x̂).
+fn ln_rows(kind: u32, lane: u32, sgs: u32, first: u32, stride: u32) {
+    for (var r = first; r < p.num_nodes; r += stride) {
+        let base = r * p.dim;
+        var a = 0.0;
+        var b = 0.0;
+        if (kind == 0u) {
+            for (var k = lane; k < p.dim; k += sgs) { a += ld(base + k); }
+            let mu = subgroupAdd(a) / f32(p.dim);
+            for (var k = lane; k < p.dim; k += sgs) {
+                let c = ld(base + k) - mu;
+                b += c * c;
+            }
+            a = mu;
+            b = 1.0 / sqrt(subgroupAdd(b) / f32(p.dim) + p.eps);
+        } else {
+            let mu = v_buf[r];
+            let rs = v_buf[p.num_nodes + r];
+            for (var k = lane; k < p.dim; k += sgs) {
+                let g = ld_y(base + k) * w_buf[k];
+                a += g;
+                b += g * (ld(base + k) - mu) * rs;
+            }
+            a = subgroupAdd(a) / f32(p.dim);
+            b = subgroupAdd(b) / f32(p.dim);
+        }
+        if (lane == 0u) {
+            arg_buf[r] = bitcast<u32>(a);
+            arg_buf[p.num_nodes + r] = bitcast<u32>(b);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn graph_ln_stats_sg(@builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32, @builtin(subgroup_id) sid: u32,
+                     @builtin(num_subgroups) ns: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = wg.x + wg.y * nwg.x;
+    ln_rows(0u, lane, sgs, w * ns + sid, nwg.x * nwg.y * ns);
+}
+
+@compute @workgroup_size(256)
+fn graph_ln_bwd_stats_sg(@builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32, @builtin(subgroup_id) sid: u32,
+                         @builtin(num_subgroups) ns: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = wg.x + wg.y * nwg.x;
+    ln_rows(1u, lane, sgs, w * ns + sid, nwg.x * nwg.y * ns);
 }

@@ -65,13 +65,21 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
             dispatch(ctx, "graph_softmax_stats", dtype, p, g, &GraphArgs { y: parts.as_ref(), ..*a }, out, Some(&stats), rows * heads)?;
             dispatch(ctx, "graph_softmax_write", dtype, p, g, a, out, Some(&stats), p.num_edges as usize * heads)
         }
+        // The row statistics: one subgroup per row where the adapter has subgroups, else one
+        // workgroup of 256.
         GraphKernel::LayerNorm => {
-            go("graph_ln_stats", arg, rows * 256)?;
+            match ctx.subgroups()? {
+                Some(lanes) => go("graph_ln_stats_sg", arg, rows * lanes as usize)?,
+                None => go("graph_ln_stats", arg, rows * 256)?,
+            }
             go("graph_ln_apply", arg, words(rows))
         }
         GraphKernel::LayerNormBackward => {
             let stats = scratch(2 * rows)?;
-            go("graph_ln_bwd_stats", Some(&stats), rows * 256)?;
+            match ctx.subgroups()? {
+                Some(lanes) => go("graph_ln_bwd_stats_sg", Some(&stats), rows * lanes as usize)?,
+                None => go("graph_ln_bwd_stats", Some(&stats), rows * 256)?,
+            }
             go("graph_ln_bwd_apply", Some(&stats), words(rows))
         }
         GraphKernel::LayerNormParams => {
