@@ -14,7 +14,8 @@
 struct GraphParams {
     uint32_t num_nodes, num_edges, dim, reduce, has_weight, heads;
     float eps;
-    uint32_t has_y, num_long, num_segs, chunk, pad;
+    uint32_t has_y, num_long, num_segs, chunk;
+    uint32_t folded;  // long rows' partials folded into each row's first segment (seg_fold_impl)
 };
 
 struct Csr {
@@ -247,6 +248,49 @@ __device__ __forceinline__ void seg_partial_impl(const uint32_t* idx, const T* _
     }
 }
 
+// Each long row's segment partials folded into its first segment's slot (p.folded then tells
+// the row kernels to combine that one partial): block (column group of 32, long row), its eight
+// warps each combining a contiguous eighth of the row's segments in order, then warp 0 the eight
+// results in order. Why: a hub's hundreds of partials combined by the row's own thread were one
+// chain of memory round trips (the critical path of a power-law graph); here each chain is an
+// eighth as long and runs beside the others. A fixed partition, so the sums repeat bit for bit.
+// p.reduce: 0 or 1 sums (spmm folds with 0), 2 max, 3 min (the first arg kept on ties).
+__device__ __forceinline__ void seg_fold_impl(const uint32_t* idx, float* __restrict__ part, const GraphParams& p) {
+    __shared__ Acc red[8][32];
+    __shared__ bool any[8];
+    const Csr g(idx, p);
+    const bool sum = p.reduce <= 1;
+    uint32_t* part_arg = reinterpret_cast<uint32_t*>(part) + (size_t)p.num_segs * p.dim;
+    const uint32_t w = threadIdx.x / 32, c = blockIdx.x * 32 + (threadIdx.x & 31);
+    for (uint32_t li = blockIdx.y; li < p.num_long; li += gridDim.y) {
+        const uint32_t k0 = g.long_seg_ptr[li], n = g.long_seg_ptr[li + 1] - k0;
+        const uint32_t a = k0 + w * n / 8, b = k0 + (w + 1) * n / 8;
+        Acc r = {0.0f, p.num_edges};
+        if (c < p.dim) {
+#pragma unroll 8
+            for (uint32_t k = a; k < b; ++k) {
+                const size_t t = (size_t)k * p.dim + c;
+                r = combine(sum, p.reduce, r, {part[t], sum ? p.num_edges : part_arg[t]}, k == a);
+            }
+        }
+        red[w][threadIdx.x & 31] = r;
+        if ((threadIdx.x & 31) == 0) any[w] = b > a;
+        __syncthreads();
+        if (w == 0 && c < p.dim) {
+            Acc total = {0.0f, p.num_edges};
+            bool first = true;
+            for (uint32_t j = 0; j < 8; ++j) {
+                if (!any[j]) continue;
+                total = combine(sum, p.reduce, total, red[j][threadIdx.x], first);
+                first = false;
+            }
+            part[(size_t)k0 * p.dim + c] = total.v;
+            if (!sum) part_arg[(size_t)k0 * p.dim + c] = total.arg;
+        }
+        __syncthreads();
+    }
+}
+
 // Columns d .. d + n − 1 (n ≤ 4) of long row `row`: its segments' partials combined in segment
 // order. A hub has hundreds of segments, and one load after another would make its row the
 // critical path (one memory round trip a segment); SEG_BATCH segments' loads go out together
@@ -256,7 +300,7 @@ template <bool SPMM>
 __device__ __forceinline__ void combine_segments(const Csr& g, const float* __restrict__ part, uint32_t row, size_t d, uint32_t n, const GraphParams& p,
                                                  Acc r[4]) {
     const bool sum = SPMM || p.reduce <= 1;
-    const uint32_t li = g.find_long(row), k0 = g.long_seg_ptr[li], k1 = g.long_seg_ptr[li + 1];
+    const uint32_t li = g.find_long(row), k0 = g.long_seg_ptr[li], k1 = p.folded ? k0 + 1 : g.long_seg_ptr[li + 1];
     const uint32_t* part_arg = reinterpret_cast<const uint32_t*>(part) + (size_t)p.num_segs * p.dim;
 #pragma unroll
     for (int c = 0; c < 4; ++c) r[c] = {0.0f, p.num_edges};
@@ -384,7 +428,7 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
     if (long_row) {
         const uint32_t li = g.find_long((uint32_t)row);
         k0 = g.long_seg_ptr[li];
-        k1 = g.long_seg_ptr[li + 1];
+        k1 = p.folded ? k0 + 1 : g.long_seg_ptr[li + 1];
     }
     // One edge's piece: its source (spmm) or edge row (reduction), times its head's weight.
     const auto add = [&](float (&acc)[V], uint32_t e, uint4 raw, uint32_t d0) {
@@ -991,6 +1035,9 @@ GRAPH_ENTRIES(f16, __half)
 GRAPH_ENTRIES(bf16, __nv_bfloat16)
 extern "C" __global__ void __launch_bounds__(256) graph_ln_params_sum(const float* part, float* out, GraphParams p) {
     ln_params_sum_impl(part, out, p);
+}
+extern "C" __global__ void __launch_bounds__(256) graph_seg_fold(const uint32_t* idx, float* part, GraphParams p) {
+    seg_fold_impl(idx, part, p);
 }
 extern "C" __global__ void __launch_bounds__(256)
     graph_softmax_partial(const uint32_t* idx, const float* w, const float* v, float2* part, GraphParams p) {

@@ -6,7 +6,7 @@
 struct Params {
     num_nodes: u32, num_edges: u32, dim: u32, reduce: u32,
     has_weight: u32, heads: u32, eps: f32, has_y: u32,
-    num_long: u32, num_segs: u32, chunk: u32, pad: u32,
+    num_long: u32, num_segs: u32, chunk: u32, folded: u32,  // folded: CUDA only
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -59,6 +59,7 @@ pub const KERNELS: &[&str] = &[
     "graph_ln_params_f16",
     "graph_ln_params_bf16",
     "graph_ln_params_sum",
+    "graph_seg_fold",
     "graph_edge_combine_f32",
     "graph_edge_combine_f16",
     "graph_edge_combine_bf16",
@@ -304,12 +305,27 @@ pub fn launch<T: CudaElem>(
             let w = a.w.as_ref().unwrap_or(idx);
             // Long rows first: their segments' partials, which the row pass combines.
             let mut part = scratch(2 * segs * dim)?;
-            if segs > 0 {
+            let folded;
+            let p = if segs > 0 {
                 let fp = load(if kind == GraphKernel::Spmm { "graph_seg_partial_spmm" } else { "graph_seg_partial_reduce" })?;
                 rt.launch(&fp, cfg(segs * dim.div_ceil(4)), |l| {
                     l.arg(idx).arg(x).arg(w).arg(&mut part).arg(p);
                 })?;
-            }
+                // Each long row's partials folded into its first segment (spmm's are sums).
+                let fold = GraphParams { reduce: if kind == GraphKernel::Spmm { 0 } else { p.reduce }, ..*p };
+                let grid = (dim.div_ceil(32) as u32, (p.num_long as usize).clamp(1, 65535) as u32, 1);
+                // SAFETY: graph_seg_fold(idx, part, p) reads the long rows' segment lists (idx, built
+                // with the graph) and part [2 · S · dim], and rewrites each long row's first
+                // segment's values (and args) after every read of them in its block (a barrier
+                // between); blocks own disjoint (row, column) slots.
+                rt.launch(&rt.function(FAMILY, Ptx::Base, "graph_seg_fold", 0)?, LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 0 }, |l| {
+                    l.arg(idx).arg(&mut part).arg(&fold);
+                })?;
+                folded = GraphParams { folded: 1, ..*p };
+                &folded
+            } else {
+                p
+            };
             // Warps of 32 16-byte pieces of a row (see `kernel_choice`) for spmm and sum/mean.
             let per16 = 16 / std::mem::size_of::<T>();
             let warp_ok = match kernel_choice()? {

@@ -291,7 +291,9 @@ pub struct GraphParams {
     pub num_long: u32,
     pub num_segs: u32,
     pub chunk: u32,
-    pub pad: u32,
+    /// CUDA: the long rows' partials were folded into each row's first segment before the row
+    /// pass (`graph_seg_fold`); the backends' callers leave it 0.
+    pub folded: u32,
 }
 
 // SAFETY: GraphParams is repr(C) plain old data (u32 fields), laid out like the CUDA struct.
