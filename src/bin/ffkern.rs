@@ -578,8 +578,21 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         for &(s1, s2, label) in &layers {
             for &dt in &ffn_dtypes {
                 let rec = with_backend!(&dev, be => bench::bench_structured(be, t, s1, s2, label, dt, reps))?;
-                // Each row as it is measured, so that a run cut short still reports the rows it had.
-                eprintln!("{} {}: {:.4} ms, {} {:.4} ms", rec.shape, rec.dtype, 1e3 * rec.median_s, rec.baseline.as_deref().unwrap_or(""), 1e3 * rec.baseline_s.unwrap_or(0.0));
+                // Each row as it is measured, so that a run cut short still reports the rows it had,
+                // with the share of its FLOP reduction the time realises (time saved over FLOPs
+                // saved against the dense FFN, whose FLOPs the parameter share scales).
+                let (flop_share, t_dense) = ((s1.params() + s2.params()) as f64 / (2 * s1.inp() * s1.out()) as f64, rec.baseline_s.unwrap_or(0.0));
+                let realised = (1.0 - rec.median_s / t_dense) / (1.0 - flop_share);
+                eprintln!(
+                    "{} {}: {:.4} ms, {} {:.4} ms: realises {:.0} % of its {:.2}x FLOP reduction",
+                    rec.shape,
+                    rec.dtype,
+                    1e3 * rec.median_s,
+                    rec.baseline.as_deref().unwrap_or(""),
+                    1e3 * t_dense,
+                    100.0 * realised,
+                    1.0 / flop_share
+                );
                 records.push(rec);
             }
         }
