@@ -173,6 +173,7 @@ fn self_guided_mix_and_schedule() {
 fn form_choice_and_crossover_measurement() {
     assert_eq!(choose_form(1, 64), Form::Dense);
     assert_eq!(choose_form(64, 64), Form::Structured);
+    assert_eq!(structured::default_crossover(&ffkern::Cpu), structured::DEFAULT_CROSSOVER);
     let layer = Structured::LowRank { inp: 64, out: 64, rank: 8 };
     for dev in common::device_backends() {
         let c = with_backend!(dev, be => structured::measure_crossover(be, &layer, DType::F32, 256, 3)).expect("crossover");

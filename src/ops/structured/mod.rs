@@ -486,7 +486,7 @@ pub fn measure_crossover<Be: Backend>(be: &Be, layer: &Structured, dtype: DType,
 /// A structured layer kept in both forms on one backend: the factors and the pre-merged dense
 /// weight, with the form for each call chosen by token count against `crossover`
 /// ([`choose_form`]). Calibrate the crossover on the backend in use with [`Self::calibrate`];
-/// until then it is `DEFAULT_CROSSOVER`.
+/// until then it is the measured default for the backend ([`default_crossover`]).
 pub struct PreMerged<B> {
     pub layer: Structured,
     pub f1: B,
@@ -495,12 +495,24 @@ pub struct PreMerged<B> {
     pub crossover: usize,
 }
 
-/// The crossover used before calibration. Measured with `measure_crossover` on lavapipe
-/// (2 cores) for LowRank 256→1024 rank 64, BlockDense 256→1024 rank 96 in 4 blocks and
-/// BlockShuffle 256→256 in 4 blocks of 64: the structured form is faster from 1 token on, so 1.
-/// On a GPU the extra launch costs more than the saved work at small token counts: on an H100,
-/// LowRank 2048→8192 in f32 wins from 128 tokens. There, run [`PreMerged::calibrate`].
+/// The crossover used before calibration on a CPU adapter or the CPU: measured with
+/// `measure_crossover` on lavapipe (2 cores) for LowRank 256→1024 rank 64, BlockDense 256→1024
+/// rank 96 in 4 blocks and BlockShuffle 256→256 in 4 blocks of 64, the structured form is faster
+/// from 1 token on, so 1.
 pub const DEFAULT_CROSSOVER: usize = 1;
+/// The crossover used before calibration on CUDA: on an H100, LowRank 2048→8192 in f32 wins from
+/// 128 tokens (the extra launch costs more than the saved work below that). Run
+/// [`PreMerged::calibrate`] for the layer and card in use.
+pub const DEFAULT_CROSSOVER_CUDA: usize = 128;
+
+/// The measured default crossover for `be` (see [`DEFAULT_CROSSOVER`], [`DEFAULT_CROSSOVER_CUDA`]).
+pub fn default_crossover<Be: Backend>(be: &Be) -> usize {
+    if be.name() == "cuda" {
+        DEFAULT_CROSSOVER_CUDA
+    } else {
+        DEFAULT_CROSSOVER
+    }
+}
 
 impl<B> PreMerged<B> {
     /// Uploads the factors and merges them on the device ([`Structured::dense_on`], both
@@ -508,7 +520,7 @@ impl<B> PreMerged<B> {
     pub fn new<Be: Backend<Buf = B>>(be: &Be, layer: Structured, f1: &HostTensor, f2: &HostTensor) -> Result<Self> {
         let (f1, f2) = (be.upload(f1)?, be.upload(f2)?);
         let dense = layer.dense_on(be, &f1, &f2)?;
-        Ok(PreMerged { layer, f1, f2, dense, crossover: DEFAULT_CROSSOVER })
+        Ok(PreMerged { layer, f1, f2, dense, crossover: default_crossover(be) })
     }
 
     /// Measures the crossover on `be` (see [`measure_crossover`]) and keeps it.
