@@ -616,8 +616,11 @@ __device__ __forceinline__ void softmax_stats_impl(const uint32_t* idx, const fl
         }
         // M = max m_k, L = Σ l_k·exp(m_k − M) over the segments in order.
         const uint32_t li = g.find_long((uint32_t)i), k0 = g.long_seg_ptr[li], k1 = g.long_seg_ptr[li + 1];
+        // A hub's hundreds of partials: 16 loads in flight at a time (the same order of operations).
         float m = -3.4028235e38f, l = 0.0f;
+#pragma unroll 16
         for (uint32_t k = k0; k < k1; ++k) m = fmaxf(m, part[(size_t)k * p.heads + h].x);
+#pragma unroll 16
         for (uint32_t k = k0; k < k1; ++k) {
             const float2 s = part[(size_t)k * p.heads + h];
             l += p.reduce == 1 ? s.y : s.y * expf(s.x - m);
