@@ -255,8 +255,10 @@ pub fn gemm<T: CudaElem>(
         let name = match (dtype == DType::F16, choice) {
             (true, "pingpong") => "gemm_f16_wgmma_pp",
             (false, "pingpong") => "gemm_bf16_wgmma_pp",
-            (true, "epiwarp") => "gemm_f16_wgmma_ew",
-            (false, "epiwarp") => "gemm_bf16_wgmma_ew",
+            // The epilogue warps write 8 columns a thread, a poor fit for a C with an inner
+            // stride, which the cooperative kernel's strided writer takes instead.
+            (true, "epiwarp") if desc.inner_c == 1 => "gemm_f16_wgmma_ew",
+            (false, "epiwarp") if desc.inner_c == 1 => "gemm_bf16_wgmma_ew",
             (true, _) => "gemm_f16_wgmma",
             (false, _) => "gemm_bf16_wgmma",
         };
