@@ -386,11 +386,12 @@ pub fn launch<T: CudaElem>(
             // pieces and both operands 16-byte aligned: the power of two at or above the pieces of
             // a head (at most 32) lanes each.
             let dh = dim / heads.max(1);
-            let (f, cfg_main) = if pieces16::<T>(dh as u32, 0, &[device_addr(rt, x), device_addr(rt, y)]).is_some() {
-                let lanes = (dh / (16 / std::mem::size_of::<T>())).next_power_of_two().min(32);
-                (load(if kind == GraphKernel::EdgeDot { "graph_edge_dot16" } else { "graph_sddmm16" })?, cfg(edges * heads * lanes))
-            } else {
-                (f, cfg_main)
+            let (f, cfg_main) = match pieces16::<T>(dh as u32, dh, &[device_addr(rt, x), device_addr(rt, y)]) {
+                Some(head_pieces) => {
+                    let lanes = head_pieces.next_power_of_two().min(32);
+                    (load(if kind == GraphKernel::EdgeDot { "graph_edge_dot16" } else { "graph_sddmm16" })?, cfg(edges * heads * lanes))
+                }
+                None => (f, cfg_main),
             };
             match kind {
                 // SAFETY (the 16-byte forms): as below, with x and y (A and B) read in whole 16-byte

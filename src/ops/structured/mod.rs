@@ -64,9 +64,8 @@ impl Stage {
 
     /// Runs the forward launches into a fresh `[tokens, width]` output (and the pre-activation
     /// `z` when given; only single-launch stages carry an epilogue).
-    fn run<Be: Backend>(&self, be: &Be, tokens: usize, a: &Be::Buf, b: &Be::Buf, bias: Option<&Be::Buf>, z: Option<&mut Be::Buf>) -> Result<Be::Buf> {
+    fn run<Be: Backend>(&self, be: &Be, tokens: usize, a: &Be::Buf, b: &Be::Buf, bias: Option<&Be::Buf>, mut z: Option<&mut Be::Buf>) -> Result<Be::Buf> {
         let mut out = be.alloc_uninit(be.dtype_of(a), tokens * self.width)?;
-        let mut z = z;
         let (a, b) = if self.transposed { (b, a) } else { (a, b) };
         for d in self.launches() {
             be.gemm(d, a, b, bias, None, &mut out, z.as_deref_mut())?;
