@@ -14,6 +14,11 @@ pub enum DType {
 impl DType {
     pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
+    /// The bytes of `len` elements, or a limit error where that passes 2^64.
+    pub fn bytes(self, len: usize) -> Result<usize> {
+        len.checked_mul(self.size()).ok_or_else(|| Error::Limit(format!("{len} elements of {self} pass 2^64 bytes")))
+    }
+
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -95,9 +100,10 @@ pub struct HostTensor {
 impl HostTensor {
     /// Builds a tensor, rounding every value to `dtype`.
     pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(Error::shape("tensor", format!("shape {shape:?} holds {n} values, got {}", data.len())));
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(data.len()) {
+            let holds = n.map_or("more than 2^64".to_string(), |n| n.to_string());
+            return Err(Error::shape("tensor", format!("shape {shape:?} holds {holds} values, got {}", data.len())));
         }
         let data = data.into_iter().map(|v| dtype.round(v)).collect();
         Ok(HostTensor { dtype, shape, data })

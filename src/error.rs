@@ -49,3 +49,23 @@ impl Error {
         Error::Driver { context: context.into(), message: err.to_string() }
     }
 }
+
+/// The elements of a tensor of `dims`, or a limit error where they (or any one dimension, as an
+/// empty tensor's other dimensions still reach the kernels) pass 2^32 − 1: the kernels index
+/// with 32 bits.
+pub(crate) fn elems(op: &str, dims: &[usize]) -> Result<usize> {
+    let within = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d.max(1))).is_some_and(|n| n <= u32::MAX as usize);
+    if !within {
+        return Err(Error::Limit(format!("{op}: a tensor of {dims:?} holds more than 2^32 − 1 elements")));
+    }
+    Ok(dims.iter().product())
+}
+
+/// `len` copies of `value` on the host, or a limit error where the host cannot hold them
+/// (instead of the allocator's abort).
+pub(crate) fn filled<T: Clone>(len: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|e| Error::Limit(format!("{len} host values: {e}")))?;
+    v.resize(len, value);
+    Ok(v)
+}

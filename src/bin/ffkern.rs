@@ -685,6 +685,11 @@ fn read_tensors(path: &std::path::Path) -> Result<Tensors> {
         }
         let dt = st_dtype(v.dtype()).map_err(|e| Error::Invalid(format!("{}: tensor '{name}': {e}", path.display())))?;
         let shape = v.shape().to_vec();
+        // Every op's dimensions fit 32 bits; larger ones (possible only beside a zero) would
+        // overflow the shape arithmetic below.
+        if shape.iter().any(|&d| d > u32::MAX as usize) {
+            return Err(Error::Limit(format!("{}: tensor '{name}' has a dimension over 2^32 − 1: {shape:?}", path.display())));
+        }
         let data = dt.decode(v.data());
         out.insert(name, HostTensor::new(dt, shape, data)?);
     }

@@ -27,11 +27,11 @@ impl Backend for Cpu {
         Ok(HostTensor { dtype: t.dtype, shape: vec![t.len()], data: t.data.clone() })
     }
     fn alloc(&self, dtype: DType, len: usize) -> Result<HostTensor> {
-        Ok(HostTensor { dtype, shape: vec![len], data: vec![0.0; len] })
+        Ok(HostTensor { dtype, shape: vec![len], data: crate::error::filled(len, 0.0)? })
     }
     /// Zeros, or NaN under `FFKERN_POISON` (see `runtime::poison`).
     fn alloc_uninit(&self, dtype: DType, len: usize) -> Result<HostTensor> {
-        Ok(HostTensor { dtype, shape: vec![len], data: vec![if super::poison() { f32::NAN } else { 0.0 }; len] })
+        Ok(HostTensor { dtype, shape: vec![len], data: crate::error::filled(len, if super::poison() { f32::NAN } else { 0.0 })? })
     }
     fn download(&self, buf: &HostTensor) -> Result<HostTensor> {
         self.upload(buf)

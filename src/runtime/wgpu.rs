@@ -459,7 +459,7 @@ impl WgpuContext {
     /// A buffer for `len` elements of `dtype` (rounded up to whole words), usable as storage,
     /// copy source and copy destination.
     pub fn create_buffer(&self, dtype: DType, len: usize) -> Result<wgpu::Buffer> {
-        let bytes = ((len * dtype.size()).div_ceil(4) * 4).max(4) as u64;
+        let bytes = dtype.bytes(len)?.div_ceil(4).saturating_mul(4).max(4) as u64;
         let max = self.device.limits().max_storage_buffer_binding_size;
         if bytes > max || bytes > self.device.limits().max_buffer_size {
             return Err(Error::Limit(format!("wgpu: a buffer of {bytes} bytes exceeds the adapter's binding limit of {max}")));

@@ -64,6 +64,9 @@ impl DenseFfn {
 
     fn check<Be: Backend>(&self, be: &Be, x: &Be::Buf, w: &FfnWeights<Be::Buf>) -> Result<DType> {
         let dtype = be.dtype_of(x);
+        // Both products within the GEMM's limits (which bounds every product of sizes below).
+        self.gemm1().validate()?;
+        self.gemm2().validate()?;
         let (t, c, h) = (self.tokens, self.dim, self.hidden);
         for (name, buf, len) in [("x", x, t * c), ("w1", &w.w1, h * c), ("b1", &w.b1, h), ("w2", &w.w2, c * h), ("b2", &w.b2, c)] {
             if be.dtype_of(buf) != dtype {
@@ -243,6 +246,9 @@ impl RepavitMerged {
     pub fn forward<Be: Backend>(&self, be: &Be, tokens: usize, x: &Be::Buf, weights: (&Be::Buf, &Be::Buf, &Be::Buf)) -> Result<Be::Buf> {
         let dtype = be.dtype_of(x);
         let (wu, bu, wo) = weights;
+        // Both products within the GEMM's limits before their outputs are allocated.
+        self.gemm1(tokens).validate()?;
+        self.gemm2(tokens).validate()?;
         let mut u = be.alloc_uninit(dtype, tokens * (self.active + self.dim))?;
         be.gemm(&self.gemm1(tokens), x, wu, Some(bu), None, &mut u, None)?;
         let mut y = be.alloc_uninit(dtype, tokens * self.dim)?;
@@ -270,7 +276,7 @@ impl BatchNormDesc {
             return Err(Error::shape("batchnorm", "training statistics need at least one row"));
         }
         let u = |v: usize| u32::try_from(v).map_err(|_| Error::Limit("batchnorm: more than 2^32 rows or channels".into()));
-        u(self.rows * self.channels)?;
+        crate::error::elems("batchnorm", &[self.rows, self.channels])?;
         Ok(BnParams {
             rows: u(self.rows)?,
             channels: u(self.channels)?,
@@ -329,8 +335,9 @@ impl<B> BatchNormState<B> {
     /// running statistics otherwise.
     pub fn forward<Be: Backend<Buf = B>>(&mut self, be: &Be, d: &BatchNormDesc, x: &B, train: bool) -> Result<B> {
         self.check(be, d, x)?;
+        let p = d.params(train, false)?;
         let mut y = be.alloc_uninit(be.dtype_of(x), d.rows * d.channels)?;
-        be.batchnorm(&d.params(train, false)?, x, &self.affine, &mut self.running_mean, &mut self.running_var, &mut self.stats, &mut y)?;
+        be.batchnorm(&p, x, &self.affine, &mut self.running_mean, &mut self.running_var, &mut self.stats, &mut y)?;
         Ok(y)
     }
 
@@ -352,6 +359,7 @@ impl<B> BatchNormState<B> {
 
     fn check<Be: Backend<Buf = B>>(&self, be: &Be, d: &BatchNormDesc, x: &B) -> Result<()> {
         let c = d.channels;
+        crate::error::elems("batchnorm", &[d.rows, c.saturating_mul(6)])?;
         if be.len_of(x) < d.rows * c {
             return Err(Error::shape("batchnorm", format!("x holds {} elements, needs {}", be.len_of(x), d.rows * c)));
         }
@@ -418,6 +426,8 @@ impl RepavitFfn {
             return Err(Error::shape("repavit", format!("{} active channels of {}", self.active, self.hidden)));
         }
         let dtype = be.dtype_of(x);
+        self.gemm1().validate()?;
+        self.gemm2().validate()?;
         let (t, h) = (self.tokens, self.hidden);
         let xn = w.bn1.forward(be, &self.bn1(), x, train)?;
         let mut z = be.alloc_uninit(dtype, t * h)?;

@@ -107,7 +107,9 @@ impl Operand {
         if self.rows == 0 || self.cols == 0 || batch == 0 {
             return 0;
         }
-        (batch - 1) * self.batch_stride + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+        // Saturating: a span past 2^64 reads as usize::MAX, which every length check refuses.
+        let span = |n: usize, stride: usize| (n - 1).saturating_mul(stride);
+        span(batch, self.batch_stride).saturating_add(span(self.rows, self.row_stride)).saturating_add(span(self.cols, self.col_stride)).saturating_add(1)
     }
     pub fn index(&self, b: usize, row: usize, col: usize) -> usize {
         b * self.batch_stride + row * self.row_stride + col * self.col_stride
@@ -291,7 +293,7 @@ impl Gemm {
         if self.n == 0 || self.batch == 0 {
             return 0;
         }
-        (self.batch - 1) * self.bias_batch_stride + (self.n - 1) * self.bias_inner.max(1) + 1
+        (self.batch - 1).saturating_mul(self.bias_batch_stride).saturating_add((self.n - 1).saturating_mul(self.bias_inner.max(1))).saturating_add(1)
     }
     pub fn stride_r(mut self, r: usize) -> Self {
         self.stride_r = Some(r);
@@ -309,8 +311,8 @@ impl Gemm {
             ALayout::KM => (self.k, self.m),
         };
         let inner = self.inner_a.max(1);
-        let ld = self.lda.unwrap_or(cols_stored * inner);
-        let batch_stride = self.stride_a.unwrap_or(rows_stored * ld);
+        let ld = self.lda.unwrap_or(cols_stored.saturating_mul(inner));
+        let batch_stride = self.stride_a.unwrap_or(rows_stored.saturating_mul(ld));
         match self.a_layout {
             ALayout::MK => Operand { rows: self.m, cols: self.k, row_stride: ld, col_stride: inner, batch_stride },
             ALayout::KM => Operand { rows: self.m, cols: self.k, row_stride: inner, col_stride: ld, batch_stride },
@@ -323,8 +325,8 @@ impl Gemm {
             BLayout::KN => (self.k, self.n),
         };
         let inner = self.inner_b.max(1);
-        let ld = self.ldb.unwrap_or(cols_stored * inner);
-        let batch_stride = self.stride_b.unwrap_or(rows_stored * ld);
+        let ld = self.ldb.unwrap_or(cols_stored.saturating_mul(inner));
+        let batch_stride = self.stride_b.unwrap_or(rows_stored.saturating_mul(ld));
         match self.b_layout {
             BLayout::NK => Operand { rows: self.n, cols: self.k, row_stride: ld, col_stride: inner, batch_stride },
             BLayout::KN => Operand { rows: self.n, cols: self.k, row_stride: inner, col_stride: ld, batch_stride },
@@ -333,13 +335,13 @@ impl Gemm {
     /// C (and the saved pre-activation Z, which shares its layout) indexed `(m, n)`.
     pub fn c(&self) -> Operand {
         let inner = self.inner_c.max(1);
-        let ld = self.ldc.unwrap_or(self.n * inner);
-        Operand { rows: self.m, cols: self.n, row_stride: ld, col_stride: inner, batch_stride: self.stride_c.unwrap_or(self.m * ld) }
+        let ld = self.ldc.unwrap_or(self.n.saturating_mul(inner));
+        Operand { rows: self.m, cols: self.n, row_stride: ld, col_stride: inner, batch_stride: self.stride_c.unwrap_or(self.m.saturating_mul(ld)) }
     }
     /// R indexed `(m, n)`.
     pub fn r(&self) -> Operand {
         let ld = self.ldr.unwrap_or(self.n);
-        Operand { rows: self.m, cols: self.n, row_stride: ld, col_stride: 1, batch_stride: self.stride_r.unwrap_or(self.m * ld) }
+        Operand { rows: self.m, cols: self.n, row_stride: ld, col_stride: 1, batch_stride: self.stride_r.unwrap_or(self.m.saturating_mul(ld)) }
     }
 
     pub fn flops(&self) -> f64 {
@@ -371,7 +373,7 @@ impl Gemm {
             return Err(Error::shape(OP, "inner strides must be at least 1"));
         }
         let check_ld = |name: &str, ld: Option<usize>, len: usize, inner: usize| -> Result<()> {
-            let min = (len.max(1) - 1) * inner + 1;
+            let min = (len.max(1) - 1).saturating_mul(inner).saturating_add(1);
             match ld {
                 Some(ld) if ld < min => Err(Error::shape(OP, format!("{name} = {ld} is less than the row span {min}"))),
                 _ => Ok(()),
@@ -399,7 +401,7 @@ impl Gemm {
             if stride <= span {
                 return Err(Error::shape(OP, format!("the strides of C ({}, {}, {}) make elements overlap", c.batch_stride, c.row_stride, c.col_stride)));
             }
-            span += stride * (extent - 1);
+            span = span.saturating_add(stride.saturating_mul(extent - 1));
         }
         let max = u32::MAX as usize;
         for (name, op) in [("A", self.a()), ("B", self.b()), ("C", self.c()), ("R", self.r())] {
@@ -407,8 +409,8 @@ impl Gemm {
                 return Err(Error::Limit(format!("gemm: operand {name} spans more than 2^32 elements")));
             }
         }
-        if self.m > 65535 * 128 || self.n > 65535 * 128 || self.batch > 65535 {
-            return Err(Error::Limit("gemm: M, N over 8M or batch over 65535".into()));
+        if self.m > 65535 * 128 || self.n > 65535 * 128 || self.batch > 65535 || self.k > max {
+            return Err(Error::Limit("gemm: M, N over 8M, K over 2^32 or batch over 65535".into()));
         }
         Ok(())
     }

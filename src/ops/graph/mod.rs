@@ -58,7 +58,7 @@ impl Graph {
         let d: Vec<u32> = dst.iter().enumerate().map(|(e, &v)| check("dst", e, v)).collect::<Result<_>>()?;
         let mut order: Vec<u32> = (0..s.len() as u32).collect();
         order.sort_by_key(|&e| d[e as usize]); // stable
-        let mut row_ptr = vec![0u32; num_nodes + 1];
+        let mut row_ptr = crate::error::filled(num_nodes + 1, 0u32)?;
         for &v in &d {
             row_ptr[v as usize + 1] += 1;
         }
@@ -354,7 +354,7 @@ pub struct GraphArgs<'a, B> {
 }
 
 fn check_len<Be: Backend>(be: &Be, name: &str, x: &Be::Buf, rows: usize, dim: usize) -> Result<DType> {
-    if be.len_of(x) < rows * dim {
+    if be.len_of(x) < crate::error::elems(OP, &[rows, dim])? {
         return Err(Error::shape(OP, format!("{name} holds {} elements, needs {rows}·{dim}", be.len_of(x))));
     }
     Ok(be.dtype_of(x))
@@ -372,6 +372,8 @@ fn params<B>(g: &DeviceGraph<B>, dim: usize, heads: usize) -> Result<GraphParams
     if heads == 0 || dim % heads != 0 {
         return Err(Error::shape(OP, format!("dim {dim} is not a multiple of heads {heads}")));
     }
+    // Node and edge feature tensors within the kernels' 32-bit indexing.
+    crate::error::elems(OP, &[g.num_nodes.max(g.num_edges), dim])?;
     Ok(GraphParams {
         num_nodes: g.num_nodes as u32,
         num_edges: g.num_edges as u32,
@@ -544,9 +546,7 @@ fn layer_norm_setup<Be: Backend>(be: &Be, x: &Be::Buf, affine: &Be::Buf, rows: u
     if c == 0 || eps.is_nan() || eps <= 0.0 {
         return Err(Error::Invalid(format!("layer_norm: needs c > 0 and eps > 0 (c = {c}, eps = {eps})")));
     }
-    if rows > u32::MAX as usize || rows * c > u32::MAX as usize {
-        return Err(Error::Limit("layer_norm: more than 2^32 elements".into()));
-    }
+    crate::error::elems("layer_norm", &[rows, c])?;
     let dtype = check_len(be, "x", x, rows, c)?;
     check_edge_scalars(be, "affine [γ | β]", affine, c, 2)?;
     let p = GraphParams { num_nodes: rows as u32, dim: c as u32, heads: 1, eps, ..Default::default() };
@@ -555,9 +555,7 @@ fn layer_norm_setup<Be: Backend>(be: &Be, x: &Be::Buf, affine: &Be::Buf, rows: u
 
 /// The parameter block of a row-wise kernel over `rows` rows of `dim` (no graph).
 fn row_params(op: &str, rows: usize, dim: usize) -> Result<GraphParams> {
-    if rows.checked_mul(dim).is_none_or(|n| n > u32::MAX as usize) {
-        return Err(Error::Limit(format!("{op}: more than 2^32 elements")));
-    }
+    crate::error::elems(op, &[rows, dim])?;
     Ok(GraphParams { num_nodes: rows as u32, dim: dim as u32, heads: 1, ..Default::default() })
 }
 

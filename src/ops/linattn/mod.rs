@@ -155,8 +155,8 @@ impl LinearAttention {
                 return Err(Error::Invalid(format!("linear attention: eps {eps} must be finite and ≥ 0")));
             }
         }
-        let total = self.batch * self.seq * self.heads * self.k.max(self.v);
-        u32::try_from(total).map_err(|_| Error::Limit("linear attention: more than 2^32 elements".into()))?;
+        crate::error::elems("linear attention", &[self.batch, self.seq, self.heads, self.k.max(self.v)])?;
+        crate::error::elems("linear attention", &[self.batch, self.heads, self.k, self.v])?;
         Ok(())
     }
 

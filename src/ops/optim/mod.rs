@@ -28,15 +28,15 @@ impl TensorList {
     pub fn new(lens: Vec<usize>) -> Self {
         TensorList { lens }
     }
-    /// Total elements (the arena length).
+    /// Total elements (the arena length; usize::MAX past 2^64, which a step refuses).
     pub fn total(&self) -> usize {
-        self.lens.iter().sum()
+        self.lens.iter().fold(0, |a, &l| a.saturating_add(l))
     }
     /// Arena offset of each tensor.
     pub fn offsets(&self) -> Vec<usize> {
-        self.lens.iter().scan(0, |acc, &l| {
+        self.lens.iter().scan(0usize, |acc, &l| {
             let o = *acc;
-            *acc += l;
+            *acc = acc.saturating_add(l);
             Some(o)
         })
         .collect()

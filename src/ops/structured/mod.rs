@@ -93,12 +93,15 @@ impl Structured {
         }
     }
 
-    /// The lengths of the two factor tensors (first stage, second stage).
+    /// The lengths of the two factor tensors (first stage, second stage); usize::MAX where a
+    /// length passes 2^64 (which [`Self::validate`] refuses).
     pub fn factor_lens(&self) -> (usize, usize) {
+        let mul = |a: usize, b: usize| a.saturating_mul(b);
+        let nb = self.blocks();
         match *self {
-            Structured::LowRank { inp, out, rank } => (rank * inp, out * rank),
-            Structured::BlockDense { inp, out, rank, .. } => (rank * (inp / self.blocks()), out * rank),
-            Structured::BlockShuffle { inp, out, blocks, inner } => (blocks * inner * (inp / blocks), blocks * (out / blocks) * inner),
+            Structured::LowRank { inp, out, rank } => (mul(rank, inp), mul(out, rank)),
+            Structured::BlockDense { inp, out, rank, .. } => (mul(rank, inp / nb), mul(out, rank)),
+            Structured::BlockShuffle { inp, out, inner, .. } => (mul(mul(nb, inner), inp / nb), mul(mul(nb, out / nb), inner)),
         }
     }
 
@@ -112,7 +115,7 @@ impl Structured {
     /// Parameters of the structured layer (for the "x % of the dense parameters" comparisons).
     pub fn params(&self) -> usize {
         let (a, b) = self.factor_lens();
-        a + b
+        a.saturating_add(b)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -125,7 +128,17 @@ impl Structured {
             Structured::BlockShuffle { inp, out, blocks, inner } if blocks == 0 || inp % blocks != 0 || out % blocks != 0 || inner == 0 => {
                 bad(format!("BlockShuffle: {blocks} blocks must divide in = {inp} and out = {out}, inner > 0"))
             }
-            _ => Ok(()),
+            _ => {
+                // Factors within the kernels' 32-bit indexing, blocks within the GEMM's batch.
+                let (l1, l2) = self.factor_lens();
+                crate::error::elems(OP, &[l1])?;
+                crate::error::elems(OP, &[l2])?;
+                crate::error::elems(OP, &[self.inp().max(self.out())])?;
+                if self.blocks() > 65535 {
+                    return Err(Error::Limit(format!("{OP}: {} blocks, at most 65535", self.blocks())));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -150,7 +163,7 @@ impl Structured {
     fn stages(&self, tokens: usize, alpha: f32, gathered: bool) -> Result<[Stage; 2]> {
         self.validate()?;
         let t = tokens;
-        Ok(match *self {
+        let stages = match *self {
             Structured::LowRank { inp, out, rank } => [Stage::one(Gemm::new(t, rank, inp), rank), Stage::one(Gemm::new(t, out, rank).alpha(alpha), out)],
             Structured::BlockDense { inp, out, rank, blocks } => {
                 let (p, r) = (inp / blocks, rank / blocks);
@@ -181,7 +194,12 @@ impl Structured {
                     },
                 ]
             }
-        })
+        };
+        // Every launch within the GEMM's limits before any output is allocated for it.
+        for st in &stages {
+            st.launches().iter().chain([&st.prod]).try_for_each(Gemm::validate)?;
+        }
+        Ok(stages)
     }
 
     /// `y = S(x)` (scaled by `alpha`) for `x [tokens, in]`; also returns the middle activation
@@ -223,7 +241,7 @@ impl Structured {
     pub fn dense_on<Be: Backend>(&self, be: &Be, f1: &Be::Buf, f2: &Be::Buf) -> Result<Be::Buf> {
         self.validate()?;
         let (inp, out) = (self.inp(), self.out());
-        let mut w = be.alloc(be.dtype_of(f1), out * inp)?;
+        let mut w = be.alloc(be.dtype_of(f1), crate::error::elems(OP, &[out, inp])?)?;
         match *self {
             Structured::LowRank { rank, .. } => {
                 // W[o, i] = Σ_r U[o, r]·V[r, i]: V is B stored K-major.

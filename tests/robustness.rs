@@ -1,0 +1,365 @@
+//! Bad input never panics: seeded random descriptors, sizes drawn from a palette that mixes
+//! small legal values with ones whose products overflow 32 and 64 bits, and buffers either of
+//! the length the descriptor needs or of an unrelated small length, through every op family on
+//! every backend. Each call must return (`Ok` or a typed error); a panic or a driver error (a
+//! check missing before a launch) fails the test and names the case. `FUZZ_TRACE=1` prints every
+//! case and the error it gave.
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use common::devices_and_cpu;
+use ffkern::ops::ffn::{BatchNorm, BatchNormDesc, BatchNormState, DenseFfn, FfnWeights};
+use ffkern::ops::graph::{self, DeviceGraph, Graph, Reduce};
+use ffkern::ops::linattn::{FeatureMap, LinearAttention, Normalize};
+use ffkern::ops::optim::{NoisyOptimizer, TensorList};
+use ffkern::ops::structured::Structured;
+use ffkern::{with_backend, ALayout, Activation, BLayout, Backend, DType, Error, Gemm, HostTensor, Result, SplitMix64};
+
+/// Sizes: mostly small, sometimes past 2^31, 2^32 and 2^64 once multiplied.
+const HUGE: [usize; 7] = [1 << 31, 1 << 32, (1 << 32) + 1, 1 << 40, 1 << 62, usize::MAX / 2, usize::MAX];
+
+struct Gen(SplitMix64);
+
+impl Gen {
+    fn below(&mut self, n: usize) -> usize {
+        (self.0.next_u64() % n as u64) as usize
+    }
+    fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+    /// A size: 0–9 or 16–70 most of the time, one of [`HUGE`] one time in twelve.
+    fn size(&mut self) -> usize {
+        match self.below(12) {
+            0 => HUGE[self.below(HUGE.len())],
+            1..=3 => 16 + self.below(55),
+            _ => self.below(10),
+        }
+    }
+    fn opt_size(&mut self) -> Option<usize> {
+        self.chance(4).then(|| self.size())
+    }
+    fn dtype(&mut self) -> DType {
+        [DType::F32, DType::F16, DType::BF16][self.below(3)]
+    }
+    /// A buffer length: what the op needs (when that is small enough to allocate), else a small
+    /// unrelated length.
+    fn len(&mut self, need: Option<usize>) -> usize {
+        match need {
+            Some(n) if n <= 1 << 14 && !self.chance(6) => n,
+            _ => [0, 1, 7, 64, 300][self.below(5)],
+        }
+    }
+}
+
+/// The checked product, None past 64 bits.
+fn prod(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
+fn buf<Be: Backend>(be: &Be, g: &mut Gen, dtype: DType, need: Option<usize>) -> Result<Be::Buf> {
+    let n = g.len(need);
+    be.upload(&HostTensor::random(dtype, vec![n], g.0.next_u64()))
+}
+
+/// Runs one case: its description and outcome, or the panic's message.
+fn call(f: impl FnOnce() -> (String, Result<()>)) -> std::result::Result<(String, Result<()>), String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|e| e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
+}
+
+fn gemm_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+    let mut d = Gemm::new(g.size(), g.size(), g.size()).batch(if g.chance(3) { g.size() } else { 1 });
+    if g.chance(2) {
+        d = d.a_layout(ALayout::KM);
+    }
+    if g.chance(2) {
+        d = d.b_layout(BLayout::KN);
+    }
+    // Leading dimensions: the compact one plus a little (legal) or any size.
+    let (a_row, b_row) = (if d.a_layout == ALayout::MK { d.k } else { d.m }, if d.b_layout == BLayout::NK { d.k } else { d.n });
+    if let Some(ld) = g.opt_size() {
+        d = d.lda(if g.chance(2) { a_row.saturating_add(ld % 4) } else { ld });
+    }
+    if let Some(ld) = g.opt_size() {
+        d = d.ldb(if g.chance(2) { b_row.saturating_add(ld % 4) } else { ld });
+    }
+    if let Some(ld) = g.opt_size() {
+        let ld = if g.chance(2) { d.n.saturating_add(ld % 4) } else { ld };
+        d = d.ldc(ld);
+    }
+    if g.chance(4) {
+        d = d.strides(g.size(), g.size(), g.size());
+    }
+    if g.chance(6) {
+        d = d.inner_strides(g.size(), g.size(), g.size());
+    }
+    if g.chance(2) {
+        d = d.bias(true);
+    }
+    if g.chance(3) {
+        d = d.residual(g.opt_size());
+    }
+    if g.chance(4) {
+        let cols = if g.chance(3) { g.size() } else { g.below(d.n.saturating_add(1)) };
+        d = d.act(Activation::GeluErf).act_cols(cols);
+    }
+    let what = format!("{d:?}");
+    let dtype = g.dtype();
+    let r = (|| {
+        let a = buf(be, g, dtype, Some(d.a().required_len(d.batch)))?;
+        let b = buf(be, g, dtype, Some(d.b().required_len(d.batch)))?;
+        let bias = buf(be, g, dtype, Some(d.bias_len()))?;
+        let r = buf(be, g, dtype, Some(d.r().required_len(d.batch)))?;
+        let mut c = buf(be, g, dtype, Some(d.c().required_len(d.batch)))?;
+        be.gemm(&d, &a, &b, d.bias.then_some(&bias), d.residual.then_some(&r), &mut c, None)?;
+        if g.chance(2) {
+            ffkern::ops::gemm::gemm_backward(be, &d, &a, &b, None, &c)?;
+        }
+        Ok(())
+    })();
+    (what, r)
+}
+
+fn ffn_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+    let f = DenseFfn { tokens: g.size(), dim: g.size(), hidden: g.size(), act: Activation::Relu, residual: g.chance(2) };
+    let dtype = g.dtype();
+    let r = (|| {
+        let x = buf(be, g, dtype, prod(&[f.tokens, f.dim]))?;
+        let w = FfnWeights {
+            w1: buf(be, g, dtype, prod(&[f.hidden, f.dim]))?,
+            b1: buf(be, g, dtype, Some(f.hidden))?,
+            w2: buf(be, g, dtype, prod(&[f.hidden, f.dim]))?,
+            b2: buf(be, g, dtype, Some(f.dim))?,
+        };
+        let (y, saved) = f.forward(be, &x, &w, g.chance(2))?;
+        f.backward(be, &x, &w, saved.as_ref(), &y)?;
+        Ok(())
+    })();
+    (format!("{f:?}"), r)
+}
+
+fn structured_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+    // Widths that the block count divides, most of the time.
+    let blocks = g.size();
+    let width = |g: &mut Gen| if g.chance(3) { g.size() } else { blocks.saturating_mul(1 + g.below(4)) };
+    let s = match g.below(3) {
+        0 => Structured::LowRank { inp: g.size(), out: g.size(), rank: g.size() },
+        1 => Structured::BlockDense { inp: width(g), out: g.size(), rank: width(g), blocks },
+        _ => Structured::BlockShuffle { inp: width(g), out: width(g), blocks, inner: g.size() },
+    };
+    let tokens = g.size();
+    let dtype = g.dtype();
+    let r = (|| {
+        let x = buf(be, g, dtype, prod(&[tokens, s.inp()]))?;
+        let (n1, n2) = (s.factor_lens().0, s.factor_lens().1);
+        let f1 = buf(be, g, dtype, Some(n1))?;
+        let f2 = buf(be, g, dtype, Some(n2))?;
+        let (y, h) = s.forward(be, tokens, &x, &f1, &f2, 1.0)?;
+        s.backward(be, tokens, &x, &f1, &f2, &h, &y, 1.0, None)?;
+        Ok(())
+    })();
+    (format!("{s:?} tokens {tokens}"), r)
+}
+
+fn linattn_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+    // Mostly small legal shapes (batch and heads 1–4, K and V 1–70), sometimes any size.
+    let small = |g: &mut Gen, max: usize| if g.chance(5) { g.size() } else { 1 + g.below(max) };
+    let mut la = LinearAttention {
+        batch: small(g, 4),
+        seq: small(g, 70),
+        heads: small(g, 4),
+        k: small(g, 70),
+        v: small(g, 70),
+        feature_map: [FeatureMap::Identity, FeatureMap::Elu1, FeatureMap::Relu][g.below(3)],
+        scale: None,
+        normalize: [Normalize::None, Normalize::Normalizer { eps: 1e-6 }, Normalize::Count][g.below(3)],
+    };
+    let dtype = g.dtype();
+    let varlen = g.chance(3);
+    if varlen && !g.chance(4) {
+        la.batch = 1; // packed sequences
+    }
+    // Sequence bounds: increasing to T, or broken (decreasing, or not ending at T).
+    let mut cu: Vec<u32> = vec![0];
+    for _ in 0..g.below(3) {
+        let last = *cu.last().unwrap_or(&0);
+        cu.push(last + g.below(la.seq.min(70) + 1) as u32);
+    }
+    cu.push(la.seq.min(u32::MAX as usize) as u32);
+    match g.below(6) {
+        0 => cu.reverse(),
+        1 => cu.push(1),
+        _ => cu.sort(),
+    }
+    let r = (|| {
+        let qk = prod(&[la.batch, la.seq, la.heads, la.k]);
+        let vo = prod(&[la.batch, la.seq, la.heads, la.v]);
+        let q = buf(be, g, dtype, qk)?;
+        let k = buf(be, g, dtype, qk)?;
+        let v = buf(be, g, dtype, vo)?;
+        let mut o = buf(be, g, dtype, vo)?;
+        let mut s = buf(be, g, DType::F32, prod(&[la.batch, la.heads, la.k, la.v]))?;
+        let mut z = buf(be, g, DType::F32, prod(&[la.batch, la.heads, la.k]))?;
+        match (varlen, g.below(3)) {
+            (true, 0) => la.recurrent_varlen(be, &q, &k, &v, &cu, &mut s, &mut z, &mut o),
+            (true, _) => la.chunk_varlen(be, &q, &k, &v, &cu, &mut s, &mut z, &mut o),
+            (false, 0) => la.recurrent(be, &q, &k, &v, &mut s, &mut z, 0, &mut o),
+            (false, 1) => la.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o),
+            (false, _) => la.chunk_backward(be, &q, &k, &v, &o, &o, &s, &z, [None, None], 0).map(|_| ()),
+        }
+    })();
+    (format!("{la:?} varlen {varlen} cu {cu:?}"), r)
+}
+
+fn graph_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+    // Past 2^32 nodes is a limit error (2^31 nodes are legal, and need gigabytes).
+    let n = if g.chance(8) { HUGE[2 + g.below(HUGE.len() - 2)] } else { g.below(40) };
+    let e = g.below(60);
+    let mut src: Vec<i64> = (0..e).map(|_| g.below(n.max(1)) as i64).collect();
+    let mut dst: Vec<i64> = (0..e).map(|_| g.below(n.max(1)) as i64).collect();
+    // One graph in four has a bad index or an extra dst.
+    match g.below(16) {
+        0 if e > 0 => src[g.below(e)] = -1,
+        1 if e > 0 => dst[g.below(e)] = n as i64,
+        2 if e > 0 => src[g.below(e)] = i64::MAX,
+        3 => dst.push(0),
+        _ => {}
+    }
+    let (dim, heads) = (g.size(), if g.chance(2) { 1 } else { g.size() });
+    let dtype = g.dtype();
+    let what = format!("graph n {n} e {e} dim {dim} heads {heads}");
+    let r = (|| {
+        let graph = Graph::from_coo(n, &src, &dst)?;
+        let dg = DeviceGraph::upload(be, &graph)?;
+        let gt = DeviceGraph::upload(be, &graph.transposed())?;
+        let (ne, nn) = (graph.num_edges(), graph.num_nodes);
+        match g.below(8) {
+            0 => graph::gather_rows(be, &dg, &buf(be, g, dtype, prod(&[nn, dim]))?, dim).map(|_| ()),
+            1 => graph::segment_reduce(be, &dg, &buf(be, g, dtype, prod(&[ne, dim]))?, dim, [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min][g.below(4)]).map(|_| ()),
+            2 => graph::spmm(be, &dg, &buf(be, g, dtype, prod(&[nn, dim]))?, Some(&buf(be, g, DType::F32, Some(ne))?), dim).map(|_| ()),
+            3 => graph::sddmm(be, &dg, &buf(be, g, dtype, prod(&[nn, heads, dim]))?, &buf(be, g, dtype, prod(&[nn, heads, dim]))?, heads, dim).map(|_| ()),
+            4 => graph::segment_softmax(be, &dg, &buf(be, g, DType::F32, prod(&[ne, heads]))?, heads).map(|_| ()),
+            5 => {
+                let x = buf(be, g, dtype, prod(&[nn, heads, dim]))?;
+                let dy = buf(be, g, dtype, prod(&[nn, heads, dim]))?;
+                graph::spmm_backward(be, &dg, &gt, &x, None, &dy, heads, dim).map(|_| ())
+            }
+            6 => {
+                let (rows, c) = (g.size(), g.size());
+                let x = buf(be, g, dtype, prod(&[rows, c]))?;
+                let affine = buf(be, g, DType::F32, prod(&[2, c]))?;
+                graph::layer_norm(be, &x, &affine, rows, c, 1e-5).map(|_| ())
+            }
+            _ => {
+                let (rows, d) = (g.size(), g.size());
+                let x = buf(be, g, dtype, prod(&[rows, d]))?;
+                graph::scale_add(be, &x, None, Some(&x), rows, d, Activation::Silu).map(|_| ())
+            }
+        }
+    })();
+    (what, r)
+}
+
+fn misc_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+    match g.below(5) {
+        0 => {
+            let lens: Vec<usize> = (0..g.below(4)).map(|_| g.size()).collect();
+            let what = format!("optimizer list {lens:?}");
+            let r = (|| {
+                let total = lens.iter().try_fold(0usize, |a, &l| a.checked_add(l));
+                let list = TensorList::new(lens);
+                let mut p = buf(be, g, DType::F32, total)?;
+                let gr = buf(be, g, DType::F32, total)?;
+                let mut m = [buf(be, g, DType::F32, total)?];
+                NoisyOptimizer::sgd(0.01, 0.9, 7).step(be, &list, &mut p, &gr, &mut m)
+            })();
+            (what, r)
+        }
+        1 => {
+            let n = g.size();
+            let r = buf(be, g, DType::F32, Some(n)).and_then(|mut out| be.philox_normal(n, 3, 1, &mut out));
+            (format!("philox_normal n {n}"), r)
+        }
+        2 => {
+            let (rows, channels) = (g.size(), g.size());
+            let d = BatchNormDesc { rows, channels, eps: 1e-5, momentum: 0.1 };
+            let r = (|| {
+                let c = channels.min(1 << 14);
+                let bn = BatchNorm { gamma: vec![1.0; c], beta: vec![0.0; c], mean: vec![0.0; c], var: vec![1.0; c], eps: 1e-5 };
+                let mut st = BatchNormState::upload(be, &bn)?;
+                let x = buf(be, g, DType::F32, prod(&[rows, channels]))?;
+                let y = st.forward(be, &d, &x, true)?;
+                st.backward(be, &d, &x, &y, None).map(|_| ())
+            })();
+            (format!("{d:?}"), r)
+        }
+        3 => {
+            let shape = vec![g.size(), g.size()];
+            let r = HostTensor::new(DType::F32, shape.clone(), vec![0.5; 6]).map(|_| ());
+            (format!("HostTensor shape {shape:?}"), r)
+        }
+        _ => {
+            // Lengths no host or device holds (2^62 elements and up, whose bytes may pass 2^64):
+            // an error, not the allocator's abort.
+            let (dtype, len) = (g.dtype(), HUGE[4 + g.below(3)]);
+            let r = be.alloc(dtype, len).map(|_| panic!("an alloc of {len} elements succeeded"));
+            (format!("alloc {dtype} × {len}"), r)
+        }
+    }
+}
+
+/// `cases` seeded cases of one family: (ran, typed errors, failures). A failure is a panic or a
+/// driver error (a check missing before a launch).
+fn fuzz<Be: Backend>(be: &Be, cases: usize, seed: u64, case: fn(&Be, &mut Gen) -> (String, Result<()>)) -> (usize, usize, Vec<String>) {
+    let mut g = Gen(SplitMix64::new(seed));
+    let (mut ok, mut typed, mut failed) = (0, 0, Vec::new());
+    for i in 0..cases {
+        if std::env::var_os("FUZZ_TRACE").is_some() {
+            eprintln!("{} case {i}", be.name());
+        }
+        match call(|| case(be, &mut g)) {
+            Ok((_, Ok(()))) => ok += 1,
+            Ok((what, Err(e @ Error::Driver { .. }))) => failed.push(format!("case {i} ({what}): {e}")),
+            Ok((what, Err(e))) => {
+                if std::env::var_os("FUZZ_TRACE").is_some() {
+                    eprintln!("  {what}: {e}");
+                }
+                typed += 1
+            }
+            Err(msg) => failed.push(format!("case {i}: panicked: {msg}")),
+        }
+    }
+    (ok, typed, failed)
+}
+
+#[test]
+fn bad_sizes_give_typed_errors_not_panics() {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {})); // the panics are collected and reported below
+    let mut failures = Vec::new();
+    for dev in devices_and_cpu() {
+        with_backend!(dev, be => {
+            // The CPU reference runs many cases quickly; device backends fewer.
+            let n = if be.name() == "cpu" { 600 } else { 120 };
+            for (family, case, seed) in [
+                ("gemm", gemm_case as fn(&_, &mut Gen) -> _, 1),
+                ("ffn", ffn_case, 2),
+                ("structured", structured_case, 3),
+                ("linear_attn", linattn_case, 4),
+                ("graph", graph_case, 5),
+                ("misc", misc_case, 6),
+            ] {
+                let (ok, typed, failed) = fuzz(be, n, seed, case);
+                eprintln!("{} {family}: {ok} ran, {typed} typed errors, {} failures", be.name(), failed.len());
+                failures.extend(failed.into_iter().map(|f| format!("{} {family} {f}", be.name())));
+                // Both outcomes must occur, or the palette is not reaching one side of the checks.
+                if ok == 0 || typed == 0 {
+                    failures.push(format!("{} {family}: {ok} ran, {typed} typed errors", be.name()));
+                }
+            }
+        });
+    }
+    std::panic::set_hook(hook);
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
