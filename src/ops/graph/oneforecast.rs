@@ -189,13 +189,13 @@ impl OneForecastLayer {
             (vec![d], false),
             (vec![d, d], false),
             (vec![d], false),
-            (vec![2 * d], true),
+            (vec![d.saturating_mul(2)], true),
             (vec![gh, d], false),
             (vec![gh, d], false),
             (vec![gh, d], false),
             (vec![gh], false),
-            (vec![3 * h, gh], false),
-            (vec![3 * h], false),
+            (vec![h.saturating_mul(3), gh], false),
+            (vec![h.saturating_mul(3)], false),
             (vec![ah, d], false),
             (vec![ah], false),
             (vec![h, ah], false),
@@ -205,7 +205,7 @@ impl OneForecastLayer {
             (vec![d], false),
             (vec![d, d], false),
             (vec![d], false),
-            (vec![2 * d], true),
+            (vec![d.saturating_mul(2)], true),
         ];
         PARAM_NAMES.iter().zip(shapes).map(|(n, (s, f))| (*n, s, f)).collect()
     }
@@ -256,10 +256,10 @@ impl OneForecastLayer {
             }
             Ok(())
         };
-        need("edge features", g.num_edges * d, e_feat, dtype)?;
-        need("node features", g.num_nodes * d, h, dtype)?;
+        need("edge features", crate::error::elems(OP, &[g.num_edges, d])?, e_feat, dtype)?;
+        need("node features", crate::error::elems(OP, &[g.num_nodes, d])?, h, dtype)?;
         for ((name, shape, f32_param), t) in self.param_shapes().into_iter().zip(p.tensors()) {
-            need(name, shape.iter().product(), t, if f32_param { DType::F32 } else { dtype })?;
+            need(name, crate::error::elems(OP, &shape)?, t, if f32_param { DType::F32 } else { dtype })?;
         }
         Ok(dtype)
     }
