@@ -101,7 +101,7 @@ test_run() { # log name, binary, VAR=value...
     pids+=($!)
 }
 for t in $([ "${TESTS:-1}" = 1 ] && ls $B/tests/*); do
-    test_run "$(basename "$t")" "$t" FFKERN_REQUIRE=cuda,wgpu
+    test_run "$(basename "$t")" "$t" FFKERN_REQUIRE=cuda,wgpu FFKERN_BIN=$B/ffkern
 done
 if [ "${WGPU_CHECK:-1}" = 1 ]; then
     timeout "$(lim 120)" $B/ffkern check --backend wgpu > "$OUT/check-wgpu.txt" 2>&1 &
@@ -127,6 +127,7 @@ fi
 # BlockShuffle's gathered middle activation (the CUDA default only where each block is 64 or more
 # wide, wider than the tests' layers), through the Hopper GEMM's strided-column writer.
 test_run "structured-gathered" $B/tests/structured FFKERN_SHUFFLE=gathered FFKERN_REQUIRE=cuda
+test_run "robustness-gathered" $B/tests/robustness FFKERN_SHUFFLE=gathered FFKERN_REQUIRE=cuda
 # The graph row kernels forced to one form (the default picks the warp form unless rows are split).
 for gk in ${GRAPH_KERNELS-thread warp}; do
     for t in graph gnn oneforecast; do

@@ -20,9 +20,11 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
-/// (exit code, stdout, stderr) of `ffkern args…`.
+/// (exit code, stdout, stderr) of `ffkern args…`: the binary this build made, or `FFKERN_BIN`
+/// (where the test binary runs on another machine, as in scripts/device-check.sh).
 fn ffkern(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ffkern")).args(args).output().expect("running ffkern");
+    let bin = std::env::var_os("FFKERN_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ffkern")));
+    let out = Command::new(bin).args(args).output().expect("running ffkern");
     let (so, se) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(!se.contains("panicked"), "ffkern {args:?} panicked:\n{se}");
     (out.status.code().unwrap_or(-1), so, se)

@@ -1,9 +1,11 @@
-//! Bad input never panics: seeded random descriptors, sizes drawn from a palette that mixes
-//! small legal values with ones whose products overflow 32 and 64 bits, and buffers either of
-//! the length the descriptor needs or of an unrelated small length, through every op family on
-//! every backend. Each call must return (`Ok` or a typed error); a panic or a driver error (a
-//! check missing before a launch) fails the test and names the case. `FUZZ_TRACE=1` prints every
-//! case and the error it gave.
+//! Random descriptors through every op family on every backend: seeded sizes drawn from a palette
+//! that mixes small legal values with ones whose products overflow 32 and 64 bits, random layouts,
+//! strides and epilogues, and buffers either of the length the descriptor needs or of an
+//! unrelated small length. Each call must return a typed error or run; a panic or a driver error
+//! (a check missing before a launch) fails the test and names the case. On a device backend every
+//! case also runs on the CPU reference, and the two must agree: the same outputs within the
+//! dtype's budget (every element of each output buffer, so also the gaps a strided output leaves
+//! alone), and the same inputs refused. `FUZZ_TRACE=1` prints every error case.
 
 mod common;
 
@@ -15,7 +17,7 @@ use ffkern::ops::graph::{self, DeviceGraph, Graph, Reduce};
 use ffkern::ops::linattn::{FeatureMap, LinearAttention, Normalize};
 use ffkern::ops::optim::{NoisyOptimizer, TensorList};
 use ffkern::ops::structured::Structured;
-use ffkern::{with_backend, ALayout, Activation, BLayout, Backend, DType, Error, Gemm, HostTensor, Result, SplitMix64};
+use ffkern::{with_backend, ALayout, Activation, BLayout, Backend, Compare, Cpu, DType, Error, Gemm, HostTensor, Result, SplitMix64};
 
 /// Sizes: mostly small, sometimes past 2^31, 2^32 and 2^64 once multiplied.
 const HUGE: [usize; 7] = [1 << 31, 1 << 32, (1 << 32) + 1, 1 << 40, 1 << 62, usize::MAX / 2, usize::MAX];
@@ -64,11 +66,11 @@ fn buf<Be: Backend>(be: &Be, g: &mut Gen, dtype: DType, need: Option<usize>) -> 
 }
 
 /// Runs one case: its description and outcome, or the panic's message.
-fn call(f: impl FnOnce() -> (String, Result<()>)) -> std::result::Result<(String, Result<()>), String> {
+fn call(f: impl FnOnce() -> (String, Result<Vec<HostTensor>>)) -> std::result::Result<(String, Result<Vec<HostTensor>>), String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|e| e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
 }
 
-fn gemm_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+fn gemm_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTensor>>) {
     let mut d = Gemm::new(g.size(), g.size(), g.size()).batch(if g.chance(3) { g.size() } else { 1 });
     if g.chance(2) {
         d = d.a_layout(ALayout::KM);
@@ -113,15 +115,17 @@ fn gemm_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
         let r = buf(be, g, dtype, Some(d.r().required_len(d.batch)))?;
         let mut c = buf(be, g, dtype, Some(d.c().required_len(d.batch)))?;
         be.gemm(&d, &a, &b, d.bias.then_some(&bias), d.residual.then_some(&r), &mut c, None)?;
+        let mut out = vec![be.download(&c)?];
         if g.chance(2) {
-            ffkern::ops::gemm::gemm_backward(be, &d, &a, &b, None, &c)?;
+            let gr = ffkern::ops::gemm::gemm_backward(be, &d, &a, &b, None, &c)?;
+            out.extend([be.download(&gr.da)?, be.download(&gr.db)?]);
         }
-        Ok(())
+        Ok(out)
     })();
     (what, r)
 }
 
-fn ffn_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+fn ffn_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTensor>>) {
     let f = DenseFfn { tokens: g.size(), dim: g.size(), hidden: g.size(), act: Activation::Relu, residual: g.chance(2) };
     let dtype = g.dtype();
     let r = (|| {
@@ -133,13 +137,13 @@ fn ffn_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
             b2: buf(be, g, dtype, Some(f.dim))?,
         };
         let (y, saved) = f.forward(be, &x, &w, g.chance(2))?;
-        f.backward(be, &x, &w, saved.as_ref(), &y)?;
-        Ok(())
+        let gr = f.backward(be, &x, &w, saved.as_ref(), &y)?;
+        [&y, &gr.dx, &gr.dw1, &gr.db1, &gr.dw2, &gr.db2].into_iter().map(|t| be.download(t)).collect()
     })();
     (format!("{f:?}"), r)
 }
 
-fn structured_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+fn structured_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTensor>>) {
     // Widths that the block count divides, most of the time.
     let blocks = g.size();
     let width = |g: &mut Gen| if g.chance(3) { g.size() } else { blocks.saturating_mul(1 + g.below(4)) };
@@ -156,13 +160,13 @@ fn structured_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
         let f1 = buf(be, g, dtype, Some(n1))?;
         let f2 = buf(be, g, dtype, Some(n2))?;
         let (y, h) = s.forward(be, tokens, &x, &f1, &f2, 1.0)?;
-        s.backward(be, tokens, &x, &f1, &f2, &h, &y, 1.0, None)?;
-        Ok(())
+        let (dx, d1, d2) = s.backward(be, tokens, &x, &f1, &f2, &h, &y, 1.0, None)?;
+        [&y, &dx, &d1, &d2].into_iter().map(|t| be.download(t)).collect()
     })();
     (format!("{s:?} tokens {tokens}"), r)
 }
 
-fn linattn_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+fn linattn_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTensor>>) {
     // Mostly small legal shapes (batch and heads 1–4, K and V 1–70), sometimes any size.
     let small = |g: &mut Gen, max: usize| if g.chance(5) { g.size() } else { 1 + g.below(max) };
     let mut la = LinearAttention {
@@ -175,6 +179,9 @@ fn linattn_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
         scale: None,
         normalize: [Normalize::None, Normalize::Normalizer { eps: 1e-6 }, Normalize::Count][g.below(3)],
     };
+    if matches!(la.normalize, Normalize::Normalizer { .. }) {
+        la.feature_map = FeatureMap::Elu1; // positive features: a denominator far from 0
+    }
     let dtype = g.dtype();
     let varlen = g.chance(3);
     if varlen && !g.chance(4) {
@@ -200,19 +207,37 @@ fn linattn_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
         let v = buf(be, g, dtype, vo)?;
         let mut o = buf(be, g, dtype, vo)?;
         let mut s = buf(be, g, DType::F32, prod(&[la.batch, la.heads, la.k, la.v]))?;
-        let mut z = buf(be, g, DType::F32, prod(&[la.batch, la.heads, la.k]))?;
+        // The normalizer's initial sums as a run would leave them (positive, as φ = elu + 1 is),
+        // so that the denominators stay far from 0.
+        let mut z = match la.normalize {
+            Normalize::Normalizer { .. } => {
+                let n = g.len(prod(&[la.batch, la.heads, la.k]));
+                be.upload(&HostTensor::new(DType::F32, vec![n], (0..n).map(|i| 1.0 + (i % 7) as f32).collect())?)?
+            }
+            _ => buf(be, g, DType::F32, prod(&[la.batch, la.heads, la.k]))?,
+        };
         match (varlen, g.below(3)) {
-            (true, 0) => la.recurrent_varlen(be, &q, &k, &v, &cu, &mut s, &mut z, &mut o),
-            (true, _) => la.chunk_varlen(be, &q, &k, &v, &cu, &mut s, &mut z, &mut o),
-            (false, 0) => la.recurrent(be, &q, &k, &v, &mut s, &mut z, 0, &mut o),
-            (false, 1) => la.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o),
-            (false, _) => la.chunk_backward(be, &q, &k, &v, &o, &o, &s, &z, [None, None], 0).map(|_| ()),
+            (true, 0) => la.recurrent_varlen(be, &q, &k, &v, &cu, &mut s, &mut z, &mut o)?,
+            (true, _) => la.chunk_varlen(be, &q, &k, &v, &cu, &mut s, &mut z, &mut o)?,
+            (false, 0) => la.recurrent(be, &q, &k, &v, &mut s, &mut z, 0, &mut o)?,
+            (false, 1) => la.chunk(be, &q, &k, &v, &mut s, &mut z, 0, &mut o)?,
+            (false, _) => {
+                // The backward reads the forward's output: run it from copies of the start state.
+                let (mut s1, mut z1) = (be.alloc(DType::F32, be.len_of(&s))?, be.alloc(DType::F32, be.len_of(&z))?);
+                be.copy(&s, &mut s1)?;
+                be.copy(&z, &mut z1)?;
+                la.chunk(be, &q, &k, &v, &mut s1, &mut z1, 0, &mut o)?;
+                let d_o = buf(be, g, dtype, vo)?;
+                let gr = la.chunk_backward(be, &q, &k, &v, &o, &d_o, &s, &z, [None, None], 0)?;
+                return [&gr.dq, &gr.dk, &gr.dv].into_iter().map(|t| be.download(t)).collect();
+            }
         }
+        [&o, &s, &z].into_iter().map(|t| be.download(t)).collect()
     })();
     (format!("{la:?} varlen {varlen} cu {cu:?}"), r)
 }
 
-fn graph_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+fn graph_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTensor>>) {
     // Past 2^32 nodes is a limit error (2^31 nodes are legal, and need gigabytes).
     let n = if g.chance(8) { HUGE[2 + g.below(HUGE.len() - 2)] } else { g.below(40) };
     let e = g.below(60);
@@ -234,34 +259,41 @@ fn graph_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
         let dg = DeviceGraph::upload(be, &graph)?;
         let gt = DeviceGraph::upload(be, &graph.transposed())?;
         let (ne, nn) = (graph.num_edges(), graph.num_nodes);
-        match g.below(8) {
-            0 => graph::gather_rows(be, &dg, &buf(be, g, dtype, prod(&[nn, dim]))?, dim).map(|_| ()),
-            1 => graph::segment_reduce(be, &dg, &buf(be, g, dtype, prod(&[ne, dim]))?, dim, [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min][g.below(4)]).map(|_| ()),
-            2 => graph::spmm(be, &dg, &buf(be, g, dtype, prod(&[nn, dim]))?, Some(&buf(be, g, DType::F32, Some(ne))?), dim).map(|_| ()),
-            3 => graph::sddmm(be, &dg, &buf(be, g, dtype, prod(&[nn, heads, dim]))?, &buf(be, g, dtype, prod(&[nn, heads, dim]))?, heads, dim).map(|_| ()),
-            4 => graph::segment_softmax(be, &dg, &buf(be, g, DType::F32, prod(&[ne, heads]))?, heads).map(|_| ()),
+        let outs = match g.below(8) {
+            0 => vec![graph::gather_rows(be, &dg, &buf(be, g, dtype, prod(&[nn, dim]))?, dim)?],
+            1 => {
+                let reduce = [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min][g.below(4)];
+                let (out, arg) = graph::segment_reduce(be, &dg, &buf(be, g, dtype, prod(&[ne, dim]))?, dim, reduce)?;
+                [Some(out), arg].into_iter().flatten().collect()
+            }
+            2 => vec![graph::spmm(be, &dg, &buf(be, g, dtype, prod(&[nn, dim]))?, Some(&buf(be, g, DType::F32, Some(ne))?), dim)?],
+            3 => vec![graph::sddmm(be, &dg, &buf(be, g, dtype, prod(&[nn, heads, dim]))?, &buf(be, g, dtype, prod(&[nn, heads, dim]))?, heads, dim)?],
+            4 => vec![graph::segment_softmax(be, &dg, &buf(be, g, DType::F32, prod(&[ne, heads]))?, heads)?],
             5 => {
                 let x = buf(be, g, dtype, prod(&[nn, heads, dim]))?;
                 let dy = buf(be, g, dtype, prod(&[nn, heads, dim]))?;
-                graph::spmm_backward(be, &dg, &gt, &x, None, &dy, heads, dim).map(|_| ())
+                let (dx, dw) = graph::spmm_backward(be, &dg, &gt, &x, None, &dy, heads, dim)?;
+                [Some(dx), dw].into_iter().flatten().collect()
             }
             6 => {
                 let (rows, c) = (g.size(), g.size());
                 let x = buf(be, g, dtype, prod(&[rows, c]))?;
                 let affine = buf(be, g, DType::F32, prod(&[2, c]))?;
-                graph::layer_norm(be, &x, &affine, rows, c, 1e-5).map(|_| ())
+                let (y, stats) = graph::layer_norm(be, &x, &affine, rows, c, 1e-5)?;
+                vec![y, stats]
             }
             _ => {
                 let (rows, d) = (g.size(), g.size());
                 let x = buf(be, g, dtype, prod(&[rows, d]))?;
-                graph::scale_add(be, &x, None, Some(&x), rows, d, Activation::Silu).map(|_| ())
+                vec![graph::scale_add(be, &x, None, Some(&x), rows, d, Activation::Silu)?]
             }
-        }
+        };
+        outs.iter().map(|t| be.download(t)).collect()
     })();
     (what, r)
 }
 
-fn misc_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
+fn misc_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTensor>>) {
     match g.below(5) {
         0 => {
             let lens: Vec<usize> = (0..g.below(4)).map(|_| g.size()).collect();
@@ -272,13 +304,17 @@ fn misc_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
                 let mut p = buf(be, g, DType::F32, total)?;
                 let gr = buf(be, g, DType::F32, total)?;
                 let mut m = [buf(be, g, DType::F32, total)?];
-                NoisyOptimizer::sgd(0.01, 0.9, 7).step(be, &list, &mut p, &gr, &mut m)
+                NoisyOptimizer::sgd(0.01, 0.9, 7).step(be, &list, &mut p, &gr, &mut m)?;
+                Ok(vec![be.download(&p)?, be.download(&m[0])?])
             })();
             (what, r)
         }
         1 => {
             let n = g.size();
-            let r = buf(be, g, DType::F32, Some(n)).and_then(|mut out| be.philox_normal(n, 3, 1, &mut out));
+            let r = buf(be, g, DType::F32, Some(n)).and_then(|mut out| {
+                be.philox_normal(n, 3, 1, &mut out)?;
+                Ok(vec![be.download(&out)?])
+            });
             (format!("philox_normal n {n}"), r)
         }
         2 => {
@@ -290,13 +326,16 @@ fn misc_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
                 let mut st = BatchNormState::upload(be, &bn)?;
                 let x = buf(be, g, DType::F32, prod(&[rows, channels]))?;
                 let y = st.forward(be, &d, &x, true)?;
-                st.backward(be, &d, &x, &y, None).map(|_| ())
+                // dy unrelated to y (dy = y would make dx vanish analytically, leaving rounding noise).
+                let dy = buf(be, g, DType::F32, prod(&[rows, channels]))?;
+                let dx = st.backward(be, &d, &x, &dy, None)?;
+                Ok(vec![be.download(&y)?, be.download(&dx)?])
             })();
             (format!("{d:?}"), r)
         }
         3 => {
             let shape = vec![g.size(), g.size()];
-            let r = HostTensor::new(DType::F32, shape.clone(), vec![0.5; 6]).map(|_| ());
+            let r = HostTensor::new(DType::F32, shape.clone(), vec![0.5; 6]).map(|t| vec![t]);
             (format!("HostTensor shape {shape:?}"), r)
         }
         _ => {
@@ -309,48 +348,76 @@ fn misc_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<()>) {
     }
 }
 
-/// `cases` seeded cases of one family: (ran, typed errors, failures). A failure is a panic or a
-/// driver error (a check missing before a launch).
-fn fuzz<Be: Backend>(be: &Be, cases: usize, seed: u64, case: fn(&Be, &mut Gen) -> (String, Result<()>)) -> (usize, usize, Vec<String>) {
+/// One case of a family: its description and outcome (the outputs, downloaded).
+type Case<Be> = fn(&Be, &mut Gen) -> (String, Result<Vec<HostTensor>>);
+
+/// `cases` seeded cases of one family: (ran, typed errors, failures). A failure is a panic, a
+/// driver error (a check missing before a launch) or, on a device backend, a disagreement with
+/// the CPU reference run from the same generator state: an output outside its dtype's budget, an
+/// input one refuses and the other runs (a device may refuse more only with a limit or an
+/// unsupported feature).
+fn fuzz<Be: Backend>(be: &Be, cases: usize, seed: u64, case: Case<Be>, reference: Option<Case<Cpu>>) -> (usize, usize, Vec<String>) {
+    let trace = std::env::var_os("FUZZ_TRACE").is_some();
     let mut g = Gen(SplitMix64::new(seed));
     let (mut ok, mut typed, mut failed) = (0, 0, Vec::new());
     for i in 0..cases {
-        if std::env::var_os("FUZZ_TRACE").is_some() {
-            eprintln!("{} case {i}", be.name());
-        }
-        match call(|| case(be, &mut g)) {
-            Ok((_, Ok(()))) => ok += 1,
+        let start = g.0.clone();
+        let got = call(|| case(be, &mut g));
+        let want = reference.map(|r| call(|| r(&Cpu, &mut Gen(start))));
+        match got {
+            Err(msg) => failed.push(format!("case {i}: panicked: {msg}")),
             Ok((what, Err(e @ Error::Driver { .. }))) => failed.push(format!("case {i} ({what}): {e}")),
             Ok((what, Err(e))) => {
-                if std::env::var_os("FUZZ_TRACE").is_some() {
-                    eprintln!("  {what}: {e}");
+                if trace {
+                    eprintln!("case {i} {what}: {e}");
                 }
-                typed += 1
+                typed += 1;
+                if matches!(want, Some(Ok((_, Ok(_))))) && !matches!(e, Error::Unsupported(_) | Error::Limit(_)) {
+                    failed.push(format!("case {i} ({what}): the reference runs it, this backend refuses it: {e}"));
+                }
             }
-            Err(msg) => failed.push(format!("case {i}: panicked: {msg}")),
+            Ok((what, Ok(outs))) => {
+                ok += 1;
+                match want {
+                    Some(Ok((_, Ok(refs)))) => {
+                        for (k, (o, r)) in outs.iter().zip(&refs).enumerate() {
+                            let reference: Vec<f64> = r.data.iter().map(|&v| v as f64).collect();
+                            let c = Compare::new(&o.data, &reference, o.dtype);
+                            if o.len() != r.len() || !c.passes(o.dtype.budget()) {
+                                failed.push(format!("case {i} ({what}): output {k} ({} of {}) against the reference: rms_ratio {:.2e}", o.dtype, o.len(), c.rms_ratio));
+                            }
+                        }
+                    }
+                    Some(Ok((_, Err(e)))) => failed.push(format!("case {i} ({what}): the reference refuses it ({e}), this backend runs it")),
+                    Some(Err(msg)) => failed.push(format!("case {i} ({what}): the reference panicked: {msg}")),
+                    None => {}
+                }
+            }
         }
     }
     (ok, typed, failed)
 }
 
 #[test]
-fn bad_sizes_give_typed_errors_not_panics() {
+fn random_descriptors_give_typed_errors_or_agree_with_the_reference() {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {})); // the panics are collected and reported below
     let mut failures = Vec::new();
     for dev in devices_and_cpu() {
         with_backend!(dev, be => {
-            // The CPU reference runs many cases quickly; device backends fewer.
-            let n = if be.name() == "cpu" { 600 } else { 120 };
-            for (family, case, seed) in [
-                ("gemm", gemm_case as fn(&_, &mut Gen) -> _, 1),
-                ("ffn", ffn_case, 2),
-                ("structured", structured_case, 3),
-                ("linear_attn", linattn_case, 4),
-                ("graph", graph_case, 5),
-                ("misc", misc_case, 6),
+            // The CPU reference runs many cases quickly; device backends fewer, each checked
+            // against the reference.
+            let on_cpu = be.name() == "cpu";
+            let n = if on_cpu { 600 } else { 300 };
+            for (family, case, reference, seed) in [
+                ("gemm", gemm_case as Case<_>, gemm_case as Case<Cpu>, 1),
+                ("ffn", ffn_case, ffn_case, 2),
+                ("structured", structured_case, structured_case, 3),
+                ("linear_attn", linattn_case, linattn_case, 4),
+                ("graph", graph_case, graph_case, 5),
+                ("misc", misc_case, misc_case, 6),
             ] {
-                let (ok, typed, failed) = fuzz(be, n, seed, case);
+                let (ok, typed, failed) = fuzz(be, n, seed, case, (!on_cpu).then_some(reference));
                 eprintln!("{} {family}: {ok} ran, {typed} typed errors, {} failures", be.name(), failed.len());
                 failures.extend(failed.into_iter().map(|f| format!("{} {family} {f}", be.name())));
                 // Both outcomes must occur, or the palette is not reaching one side of the checks.
