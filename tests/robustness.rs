@@ -5,7 +5,7 @@
 //! (a check missing before a launch) fails the test and names the case. On a device backend every
 //! case also runs on the CPU reference, and the two must agree: the same outputs within the
 //! dtype's budget (every element of each output buffer, so also the gaps a strided output leaves
-//! alone), and the same inputs refused. `FUZZ_TRACE=1` prints every error case.
+//! alone), and the same inputs refused; and it runs twice, with the same bits. `FUZZ_TRACE=1` prints every error case.
 
 mod common;
 
@@ -482,10 +482,10 @@ fn agree(out: &HostTensor, reference: &HostTensor, budget: f64) -> Option<String
 type Case<Be> = fn(&Be, &mut Gen) -> (String, Result<Vec<HostTensor>>);
 
 /// `cases` seeded cases of one family: (ran, typed errors, failures). A failure is a panic, a
-/// driver error (a check missing before a launch) or, on a device backend, a disagreement with
-/// the CPU reference run from the same generator state: an output outside its dtype's budget, an
-/// input one refuses and the other runs (a device may refuse more only with a limit or an
-/// unsupported feature).
+/// driver error (a check missing before a launch) or, on a device backend, a second run that
+/// gives other bits, or a disagreement with the CPU reference run from the same generator state:
+/// an output outside its budget, an input one refuses and the other runs (a device may refuse
+/// more only with a limit or an unsupported feature).
 fn fuzz<Be: Backend>(be: &Be, cases: usize, seed: u64, case: Case<Be>, reference: Option<Case<Cpu>>) -> (usize, usize, Vec<String>) {
     let trace = std::env::var_os("FUZZ_TRACE").is_some();
     let mut g = Gen(SplitMix64::new(seed));
@@ -493,7 +493,14 @@ fn fuzz<Be: Backend>(be: &Be, cases: usize, seed: u64, case: Case<Be>, reference
     for i in 0..cases {
         let start = g.0.clone();
         let got = call(|| case(be, &mut g));
-        let want = reference.map(|r| call(|| r(&Cpu, &mut Gen(start))));
+        let want = reference.map(|r| call(|| r(&Cpu, &mut Gen(start.clone()))));
+        // On a device backend a second run of a case that ran gives the same bits.
+        if let (Some(_), Ok((what, Ok(first)))) = (reference, &got) {
+            match call(|| case(be, &mut Gen(start))) {
+                Ok((_, Ok(again))) if again.len() == first.len() && again.iter().zip(first).all(|(a, b)| a.data.iter().map(|v| v.to_bits()).eq(b.data.iter().map(|v| v.to_bits()))) => {}
+                _ => failed.push(format!("case {i} ({what}): a second run gives other bits")),
+            }
+        }
         match got {
             Err(msg) => failed.push(format!("case {i}: panicked: {msg}")),
             Ok((what, Err(e @ Error::Driver { .. }))) => failed.push(format!("case {i} ({what}): {e}")),
