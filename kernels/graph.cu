@@ -407,8 +407,8 @@ __device__ __forceinline__ uint4 pack16(const float (&v)[16 / sizeof(T)]) {
 // spmm and the sum/mean segment reduction with one warp per 32 16-byte column pieces of an output
 // row (FFKERN_GRAPH_KERNEL=warp or auto; the width a multiple of 16 bytes, with weights also each
 // head's): lane l of the row's w-th warp takes piece 32·w + l, so each edge's source row is read
-// in whole 512-byte warp accesses and its index once per warp instead of once per four columns;
-// edges go four at a time with their rows in flight. A row of D 512 in bf16 (64 pieces) gets two
+// in whole 512-byte warp accesses, and the row's indices arrive in one coalesced load (a lane an
+// edge) and go round by shuffles; edges go four at a time with their rows in flight. A row of D 512 in bf16 (64 pieces) gets two
 // warps: twice the warps of one a row, so the last wave of a small graph leaves less of the GPU
 // idle. The sums run in row_reduce_impl's order (edge order from 0), so the results are the same;
 // long rows combine their segments' partials, in order, as there.
@@ -421,7 +421,8 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
     const uint32_t pieces = p.dim / V, dh = p.dim / p.heads, per_row = (pieces + 31) / 32;
     const size_t gw = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, row = gw / per_row;
     const uint32_t pc = (uint32_t)(gw % per_row) * 32 + lane;
-    if (row >= p.num_nodes || pc >= pieces) return;
+    if (row >= p.num_nodes) return;  // the whole warp: the short rows' shuffles need every lane
+    const bool live = pc < pieces;
     const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
     const bool long_row = hi - lo > p.chunk;
     uint32_t k0 = 0, k1 = 0;
@@ -438,14 +439,12 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
 #pragma unroll
         for (uint32_t c = 0; c < V; ++c) acc[c] += p.has_weight ? wt * xv[c] : xv[c];
     };
-    const auto piece = [&](uint32_t q, uint32_t e, uint32_t d0) {
-        return *reinterpret_cast<const uint4*>(x + (size_t)(SPMM ? g.src[q] : e) * p.dim + d0);
-    };
     const uint32_t d0 = pc * V;
     float acc[V];
 #pragma unroll
     for (uint32_t c = 0; c < V; ++c) acc[c] = 0.0f;
     if (long_row) {
+        if (!live) return;
         // The segments' partials in order, SEG_BATCH segments' 16-byte loads in flight at once
         // (see combine_segments; part rows are 16-byte aligned: dim is a multiple of V).
         for (uint32_t k = k0; k < k1; k += SEG_BATCH) {
@@ -466,21 +465,30 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
             }
         }
     } else {
-        uint32_t q = lo;
-        for (; q + 4 <= hi; q += 4) {
-            uint32_t e[4];
-            uint4 raw[4];
+        // The row's CSR positions 32 at a time: lane l loads position base + l's edge id (and
+        // source row), so one coalesced load brings a short row's indices to the warp, where
+        // each group of edges waited on its own index loads before its rows; then four edges'
+        // pieces at a time, their rows broadcast by shuffles, all four loads in flight before
+        // the adds (in edge order, as ever). Eight in flight spill on sm_90a.
+        for (uint32_t base = lo; base < hi; base += 32) {
+            const uint32_t n = min(32u, hi - base);  // uniform over the warp
+            const uint32_t my_e = lane < n ? g.perm[base + lane] : 0u;
+            const uint32_t my_r = SPMM ? (lane < n ? g.src[base + lane] : 0u) : my_e;
+            for (uint32_t j = 0; j < n; j += 4) {  // j ≤ 28: every source lane below 32
+                uint4 raw[4];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) e[j] = g.perm[q + j];
+                for (uint32_t t = 0; t < 4; ++t) {
+                    const uint32_t r = __shfl_sync(0xffffffffu, my_r, j + t);
+                    if (live && j + t < n) raw[t] = *reinterpret_cast<const uint4*>(x + (size_t)r * p.dim + d0);
+                }
 #pragma unroll
-            for (int j = 0; j < 4; ++j) raw[j] = piece(q + j, e[j], d0);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) add(acc, e[j], raw[j], d0);
+                for (uint32_t t = 0; t < 4; ++t) {
+                    const uint32_t e = __shfl_sync(0xffffffffu, my_e, j + t);
+                    if (live && j + t < n) add(acc, e, raw[t], d0);
+                }
+            }
         }
-        for (; q < hi; ++q) {
-            const uint32_t e = g.perm[q];
-            add(acc, e, piece(q, e, d0), d0);
-        }
+        if (!live) return;
     }
     if (!SPMM && p.reduce == 1 && hi > lo) {
 #pragma unroll
