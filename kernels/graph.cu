@@ -180,16 +180,17 @@ __device__ __forceinline__ Acc reduce_range(const Csr& g, const T* __restrict__ 
 // Columns d0 .. d0 + n − 1 (n ≤ 4, within one row) of reduce_range: each edge's indices and
 // weight are read once for the four. Edges go four at a time — their indices, then their rows,
 // then the combines in edge order — so four row loads are in flight instead of one dependent
-// index-then-row chain per edge.
-template <bool SPMM, typename T>
+// index-then-row chain per edge; with WARP_RANGE a warp whose lanes share one range takes its
+// indices in one load.
+template <bool SPMM, bool WARP_RANGE = false, typename T>
 __device__ __forceinline__ void reduce4(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, uint32_t lo, uint32_t hi, uint32_t d0,
                                         uint32_t n, const GraphParams& p, Acc r[4]) {
     const uint32_t dh = p.dim / p.heads;
     const bool vec = p.dim % 4 == 0;
 #pragma unroll
     for (int c = 0; c < 4; ++c) r[c] = {0.0f, p.num_edges};
-    const auto row_of = [&](uint32_t q, uint32_t e, float (&xv)[4]) {
-        const T* row = x + (size_t)(SPMM ? g.src[q] : e) * p.dim + d0;
+    const auto load_row = [&](uint32_t src_row, float (&xv)[4]) {
+        const T* row = x + (size_t)src_row * p.dim + d0;
         if (n == 4) {
             load4(row, vec, xv);
         } else {
@@ -204,6 +205,32 @@ __device__ __forceinline__ void reduce4(const Csr& g, const T* __restrict__ x, c
             r[c] = combine(SPMM || p.reduce <= 1, p.reduce, r[c], {v, e}, q == lo);
         }
     };
+    const auto row_of = [&](uint32_t q, uint32_t e, float (&xv)[4]) { load_row(SPMM ? g.src[q] : e, xv); };
+    // WARP_RANGE (the long rows' segments, D ≥ 128): a whole warp on one range of at most 32
+    // edges loads position lo + l's edge id and source in lane l, once for the warp, and the
+    // edges' rows go out four at a time behind shuffles instead of behind each group's own index
+    // loads (a segment of 32 edges was 8 such chains, 16 round trips for spmm, on a hub's
+    // critical path). Not in the row kernel: its registers would go from 54 to 89.
+    const uint32_t all = 0xffffffffu, lane = threadIdx.x & 31;
+    if (WARP_RANGE && hi - lo <= 32 && __activemask() == all && __match_any_sync(all, lo) == all && __match_any_sync(all, hi) == all) {
+        const uint32_t m = hi - lo;  // uniform over the warp
+        const uint32_t my_e = lane < m ? g.perm[lo + lane] : 0u;
+        const uint32_t my_r = SPMM ? (lane < m ? g.src[lo + lane] : 0u) : my_e;
+        for (uint32_t j = 0; j < m; j += 4) {  // j ≤ 28: every source lane below 32
+            float xv[4][4];
+#pragma unroll
+            for (uint32_t t = 0; t < 4; ++t) {
+                const uint32_t src_row = __shfl_sync(all, my_r, j + t);
+                if (j + t < m) load_row(src_row, xv[t]);
+            }
+#pragma unroll
+            for (uint32_t t = 0; t < 4; ++t) {
+                const uint32_t e = __shfl_sync(all, my_e, j + t);
+                if (j + t < m) add(lo + j + t, e, xv[t]);
+            }
+        }
+        return;
+    }
     uint32_t q = lo;
     for (; q + 4 <= hi; q += 4) {
         uint32_t e[4];
@@ -237,7 +264,7 @@ __device__ __forceinline__ void seg_partial_impl(const uint32_t* idx, const T* _
         const uint2 range = g.seg_range(k);
         const uint32_t n = min(4u, p.dim - d0);
         Acc r[4];
-        reduce4<SPMM>(g, x, w, range.x, range.y, d0, n, p, r);
+        reduce4<SPMM, true>(g, x, w, range.x, range.y, d0, n, p, r);
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
             if ((uint32_t)c < n) {
