@@ -1,4 +1,4 @@
-//! The `ffkern` binary's contracts: `list --json` and `check --json` records, `ffkern run` on
+//! The `ffkern` binary's contracts: `list --json`, `check --json` and `bench --json` records, `ffkern run` on
 //! every op name with the tensors its `--help` documents (results against host computations
 //! where they are short to write), and bad files, missing tensors, mismatched shapes and bad
 //! indices giving a clear error and a non-zero exit, never a panic.
@@ -100,7 +100,7 @@ fn s(p: &Path) -> &str {
 }
 
 #[test]
-fn list_and_check_json_follow_the_contract() {
+fn list_check_and_bench_json_follow_the_contract() {
     let (code, out, _) = ffkern(&["list", "--json"]);
     assert_eq!(code, 0);
     let list: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");
@@ -125,6 +125,17 @@ fn list_and_check_json_follow_the_contract() {
         assert_eq!(r["backend"], "cpu");
     }
     run_err(&["check", "--op", "nosuch"], "unknown op");
+    let (code, out, err) = ffkern(&["bench", "--op", "noisy_optimizer", "--backend", "cpu", "--reps", "1", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let recs: serde_json::Value = serde_json::from_str(&out).expect("bench --json is JSON");
+    let recs = recs.as_array().expect("an array");
+    assert!(recs.iter().any(|r| r["op"] == "noisy_optimizer"), "{out}");
+    for r in recs {
+        for key in ["op", "backend", "dtype", "shape", "median_s", "gflops", "gbps", "roofline_fraction"] {
+            assert!(r.get(key).is_some(), "bench record without {key}: {r}");
+        }
+        assert!(r["median_s"].as_f64().is_some_and(|t| t > 0.0), "{r}");
+    }
 }
 
 #[test]
