@@ -359,7 +359,9 @@ impl<B> BatchNormState<B> {
 
     fn check<Be: Backend<Buf = B>>(&self, be: &Be, d: &BatchNormDesc, x: &B) -> Result<()> {
         let c = d.channels;
-        crate::error::elems("batchnorm", &[d.rows, c.saturating_mul(6)])?;
+        // x [rows, C] and the statistics [6C] within 32-bit indexing (so the products below fit).
+        crate::error::elems("batchnorm", &[d.rows, c])?;
+        crate::error::elems("batchnorm", &[6, c])?;
         if be.len_of(x) < d.rows * c {
             return Err(Error::shape("batchnorm", format!("x holds {} elements, needs {}", be.len_of(x), d.rows * c)));
         }

@@ -131,9 +131,9 @@ impl Structured {
             _ => {
                 // Factors within the kernels' 32-bit indexing, blocks within the GEMM's batch.
                 let (l1, l2) = self.factor_lens();
-                crate::error::elems(OP, &[l1])?;
-                crate::error::elems(OP, &[l2])?;
-                crate::error::elems(OP, &[self.inp().max(self.out())])?;
+                for n in [l1, l2, self.inp(), self.out()] {
+                    crate::error::elems(OP, &[n])?;
+                }
                 if self.blocks() > 65535 {
                     return Err(Error::Limit(format!("{OP}: {} blocks, at most 65535", self.blocks())));
                 }
@@ -151,7 +151,8 @@ impl Structured {
         static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
         let Structured::BlockShuffle { blocks: k, inner: q, .. } = *self else { return Ok(false) };
         Ok(match crate::runtime::kernel_env(&CHOICE, &crate::runtime::SHUFFLE_FORM)? {
-            "gathered" => true,
+            // Where k does not divide q the gathered form takes k² launches: up to 64 blocks.
+            "gathered" => q % k == 0 || k <= 64,
             "strided" => false,
             _ => be.gemm_prefers_contiguous() && q % k == 0 && q / k >= 64,
         })
