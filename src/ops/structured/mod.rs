@@ -150,6 +150,9 @@ impl Structured {
     fn gathered<Be: Backend>(&self, be: &Be) -> Result<bool> {
         static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
         let Structured::BlockShuffle { blocks: k, inner: q, .. } = *self else { return Ok(false) };
+        if k == 0 {
+            return Ok(false); // refused by validate
+        }
         Ok(match crate::runtime::kernel_env(&CHOICE, &crate::runtime::SHUFFLE_FORM)? {
             // Where k does not divide q the gathered form takes k² launches: up to 64 blocks.
             "gathered" => q % k == 0 || k <= 64,
