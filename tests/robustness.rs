@@ -5,7 +5,8 @@
 //! (a check missing before a launch) fails the test and names the case. On a device backend every
 //! case also runs on the CPU reference, and the two must agree: the same outputs within the
 //! dtype's budget (every element of each output buffer, so also the gaps a strided output leaves
-//! alone), and the same inputs refused; and it runs twice, with the same bits. `FUZZ_TRACE=1` prints every error case.
+//! alone), and the same inputs refused; and it runs twice, with the same bits. `FUZZ_TRACE=1` prints every error case and
+//! each panic where it happens.
 
 mod common;
 
@@ -539,7 +540,9 @@ fn fuzz<Be: Backend>(be: &Be, cases: usize, seed: u64, case: Case<Be>, reference
 #[test]
 fn random_descriptors_give_typed_errors_or_agree_with_the_reference() {
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {})); // the panics are collected and reported below
+    if std::env::var_os("FUZZ_TRACE").is_none() {
+        std::panic::set_hook(Box::new(|_| {})); // the panics are collected and reported below
+    }
     let mut failures = Vec::new();
     for dev in devices_and_cpu() {
         with_backend!(dev, be => {

@@ -11,7 +11,9 @@ use super::{
 use crate::ops::gemm::{gemm_backward, gemm_backward_plus, ActGrad, Gemm, GemmOffsets};
 use crate::{Activation, Backend, DType, Error, Result};
 
-fn check<Be: Backend>(be: &Be, op: &str, name: &str, t: &Be::Buf, len: usize, dtype: DType) -> Result<()> {
+/// `t` holds a `dims` tensor of `dtype` (its element count within 32 bits).
+fn check<Be: Backend>(be: &Be, op: &str, name: &str, t: &Be::Buf, dims: &[usize], dtype: DType) -> Result<()> {
+    let len = crate::error::elems(op, dims)?;
     if be.len_of(t) < len || be.dtype_of(t) != dtype {
         return Err(Error::Shape { op: "gnn", msg: format!("{op}: {name} must be {dtype} with {len} elements, is {} with {}", be.dtype_of(t), be.len_of(t)) });
     }
@@ -74,9 +76,9 @@ impl GcnLayer {
     /// `x [N, in]`, `w [out, in]`, `b [out]`; `g` and `edge_w` from [`GcnLayer::normalize`].
     pub fn forward<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, edge_w: &Be::Buf, x: &Be::Buf, w: &Be::Buf, b: &Be::Buf) -> Result<GcnState<Be::Buf>> {
         let (n, dtype) = (g.num_nodes, be.dtype_of(x));
-        check(be, "gcn", "x", x, n * self.in_dim, dtype)?;
-        check(be, "gcn", "w", w, self.out_dim * self.in_dim, dtype)?;
-        check(be, "gcn", "b", b, self.out_dim, dtype)?;
+        check(be, "gcn", "x", x, &[n, self.in_dim], dtype)?;
+        check(be, "gcn", "w", w, &[self.out_dim, self.in_dim], dtype)?;
+        check(be, "gcn", "b", b, &[self.out_dim], dtype)?;
         let agg = spmm(be, g, x, Some(edge_w), self.in_dim)?;
         let mut out = be.alloc_uninit(dtype, n * self.out_dim)?;
         let mut z = if self.act == Activation::Identity { None } else { Some(be.alloc_uninit(dtype, n * self.out_dim)?) };
@@ -88,7 +90,7 @@ impl GcnLayer {
     #[allow(clippy::too_many_arguments)]
     pub fn backward<Be: Backend>(&self, be: &Be, gt: &DeviceGraph<Be::Buf>, edge_w: &Be::Buf, w: &Be::Buf, st: &GcnState<Be::Buf>, dy: &Be::Buf) -> Result<GcnGrads<Be::Buf>> {
         let n = gt.num_nodes;
-        check(be, "gcn", "dy", dy, n * self.out_dim, be.dtype_of(&st.out))?;
+        check(be, "gcn", "dy", dy, &[n, self.out_dim], be.dtype_of(&st.out))?;
         let gg = gemm_backward(be, &self.gemm(n), &st.agg, w, st.z.as_ref(), dy)?;
         let dx = spmm(be, gt, &gg.da, Some(edge_w), self.in_dim)?;
         Ok(GcnGrads { dx, w: gg.db, b: gg.dbias.ok_or_else(|| Error::Invalid("gcn: the bias gradient is missing".into()))? })
@@ -127,10 +129,10 @@ impl SageLayer {
     #[allow(clippy::too_many_arguments)]
     pub fn forward<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, mean_w: &Be::Buf, x: &Be::Buf, w_neigh: &Be::Buf, w_self: &Be::Buf, b: &Be::Buf) -> Result<SageState<Be::Buf>> {
         let (n, dtype, (o, i)) = (g.num_nodes, be.dtype_of(x), (self.out_dim, self.in_dim));
-        check(be, "sage", "x", x, n * i, dtype)?;
-        check(be, "sage", "w_neigh", w_neigh, o * i, dtype)?;
-        check(be, "sage", "w_self", w_self, o * i, dtype)?;
-        check(be, "sage", "b", b, o, dtype)?;
+        check(be, "sage", "x", x, &[n, i], dtype)?;
+        check(be, "sage", "w_neigh", w_neigh, &[o, i], dtype)?;
+        check(be, "sage", "w_self", w_self, &[o, i], dtype)?;
+        check(be, "sage", "b", b, &[o], dtype)?;
         let agg = spmm(be, g, x, Some(mean_w), i)?;
         // W_s·h as the residual of the aggregation's GEMM; the activation after both.
         let mut root = be.alloc_uninit(dtype, n * o)?;
@@ -147,7 +149,7 @@ impl SageLayer {
     #[allow(clippy::too_many_arguments)]
     pub fn backward<Be: Backend>(&self, be: &Be, gt: &DeviceGraph<Be::Buf>, mean_w: &Be::Buf, x: &Be::Buf, w_neigh: &Be::Buf, w_self: &Be::Buf, st: &SageState<Be::Buf>, dy: &Be::Buf) -> Result<SageGrads<Be::Buf>> {
         let (n, (o, i)) = (gt.num_nodes, (self.out_dim, self.in_dim));
-        check(be, "sage", "dy", dy, n * o, be.dtype_of(x))?;
+        check(be, "sage", "dy", dy, &[n, o], be.dtype_of(x))?;
         let dpre_owned = through_act(be, self.act, dy, st.pre.as_ref(), n, o)?;
         let dpre = dpre_owned.as_ref().unwrap_or(dy);
         let gn = gemm_backward(be, &Gemm::new(n, o, i).bias(true), &st.agg, w_neigh, None, dpre)?;
@@ -192,8 +194,9 @@ pub struct GatGrads<B> {
 }
 
 impl GatLayer {
+    /// H·F (usize::MAX past 2^64, which the forward's checks refuse).
     fn width(&self) -> usize {
-        self.heads * self.head_dim
+        self.heads.saturating_mul(self.head_dim)
     }
 
     /// Per-node, per-head `⟨z_i,h, a_h⟩` as a GEMM batched over heads (K = F, one output column
@@ -208,10 +211,10 @@ impl GatLayer {
         if hf == 0 || self.in_dim == 0 {
             return Err(Error::Invalid(format!("gat: dimensions must be positive: {self:?}")));
         }
-        check(be, "gat", "x", x, n * self.in_dim, dtype)?;
-        check(be, "gat", "w", &p.w, hf * self.in_dim, dtype)?;
+        check(be, "gat", "x", x, &[n, self.in_dim], dtype)?;
+        check(be, "gat", "w", &p.w, &[hf, self.in_dim], dtype)?;
         for (name, t) in [("a_src", &p.a_src), ("a_dst", &p.a_dst), ("b", &p.b)] {
-            check(be, "gat", name, t, hf, dtype)?;
+            check(be, "gat", name, t, &[hf], dtype)?;
         }
         let mut z = be.alloc_uninit(dtype, n * hf)?;
         be.gemm(&Gemm::new(n, hf, self.in_dim), x, &p.w, None, None, &mut z, None)?;
@@ -236,7 +239,7 @@ impl GatLayer {
     #[allow(clippy::too_many_arguments)]
     pub fn backward<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, gt: &DeviceGraph<Be::Buf>, x: &Be::Buf, p: &GatParams<Be::Buf>, st: &GatState<Be::Buf>, dy: &Be::Buf) -> Result<GatGrads<Be::Buf>> {
         let (n, e, h, hf, dtype) = (g.num_nodes, g.num_edges, self.heads, self.width(), be.dtype_of(x));
-        check(be, "gat", "dy", dy, n * hf, dtype)?;
+        check(be, "gat", "dy", dy, &[n, hf], dtype)?;
         let dpre_owned = through_act(be, self.act, dy, st.pre.as_ref(), n, hf)?;
         let dpre = dpre_owned.as_ref().unwrap_or(dy);
         let mut db = be.alloc_uninit(dtype, hf)?;

@@ -372,8 +372,9 @@ fn params<B>(g: &DeviceGraph<B>, dim: usize, heads: usize) -> Result<GraphParams
     if heads == 0 || dim % heads != 0 {
         return Err(Error::shape(OP, format!("dim {dim} is not a multiple of heads {heads}")));
     }
-    // Node and edge feature tensors within the kernels' 32-bit indexing.
+    // Node and edge feature tensors, and edge scalars [E, heads], within 32-bit indexing.
     crate::error::elems(OP, &[g.num_nodes.max(g.num_edges), dim])?;
+    crate::error::elems(OP, &[g.num_edges, heads])?;
     Ok(GraphParams {
         num_nodes: g.num_nodes as u32,
         num_edges: g.num_edges as u32,

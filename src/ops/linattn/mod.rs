@@ -94,6 +94,11 @@ pub struct LinearAttention {
     pub normalize: Normalize,
 }
 
+/// The saturating product of `dims`.
+fn count(dims: &[usize]) -> usize {
+    dims.iter().fold(1, |a: usize, &d| a.saturating_mul(d))
+}
+
 /// Whether the launch is the decode step (one token of fixed-length sequences, the output
 /// wanted), which both device backends run with their own kernel.
 pub fn is_decode(p: &LinAttnParams) -> bool {
@@ -160,17 +165,19 @@ impl LinearAttention {
         Ok(())
     }
 
+    /// Elements of q and k (the lengths saturate at usize::MAX, which [`Self::validate`] and
+    /// every length check refuse).
     pub fn qk_len(&self) -> usize {
-        self.batch * self.seq * self.heads * self.k
+        count(&[self.batch, self.seq, self.heads, self.k])
     }
     pub fn vo_len(&self) -> usize {
-        self.batch * self.seq * self.heads * self.v
+        count(&[self.batch, self.seq, self.heads, self.v])
     }
     pub fn state_len(&self) -> usize {
-        self.batch * self.heads * self.k * self.v
+        count(&[self.batch, self.heads, self.k, self.v])
     }
     pub fn z_len(&self) -> usize {
-        self.batch * self.heads * self.k
+        count(&[self.batch, self.heads, self.k])
     }
 
     /// The kernel parameter block.
