@@ -17,7 +17,7 @@ use ffkern::ops::ffn::{BatchNorm, BatchNormDesc, BatchNormState, DenseFfn, FfnWe
 use ffkern::ops::graph::{self, DeviceGraph, Graph, Reduce};
 use ffkern::ops::linattn::{FeatureMap, LinearAttention, Normalize};
 use ffkern::ops::optim::{NoisyOptimizer, TensorList};
-use ffkern::ops::structured::{Structured, StructuredFfn};
+use ffkern::ops::structured::{SelfGuided, Structured, StructuredFfn};
 use ffkern::{with_backend, ALayout, Activation, BLayout, Backend, Compare, Cpu, DType, Error, Gemm, HostTensor, Result, SplitMix64};
 
 /// Sizes: mostly small, sometimes past 2^31, 2^32 and 2^64 once multiplied.
@@ -160,9 +160,24 @@ fn structured_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<Hos
         let (n1, n2) = (s.factor_lens().0, s.factor_lens().1);
         let f1 = buf(be, g, dtype, Some(n1))?;
         let f2 = buf(be, g, dtype, Some(n2))?;
-        let (y, h) = s.forward(be, tokens, &x, &f1, &f2, 1.0)?;
-        let (dx, d1, d2) = s.backward(be, tokens, &x, &f1, &f2, &h, &y, 1.0, None)?;
-        [&y, &dx, &d1, &d2].into_iter().map(|t| be.download(t)).collect()
+        match g.below(3) {
+            0 => {
+                let (y, h) = s.forward(be, tokens, &x, &f1, &f2, 1.0)?;
+                let (dx, d1, d2) = s.backward(be, tokens, &x, &f1, &f2, &h, &y, 1.0, None)?;
+                [&y, &dx, &d1, &d2].into_iter().map(|t| be.download(t)).collect()
+            }
+            1 => {
+                // Self-guided mixing with the dense branch (α in (0, 1)).
+                let sg = SelfGuided { tokens, layer: s };
+                let wg = buf(be, g, dtype, prod(&[s.out(), s.inp()]))?;
+                let alpha = 0.25 + 0.5 * g.0.uniform();
+                let (o, h) = sg.forward(be, &x, &wg, &f1, &f2, alpha)?;
+                let dy = buf(be, g, dtype, prod(&[tokens, s.out()]))?;
+                let (dx, dwg, d1, d2) = sg.backward(be, &x, &wg, &f1, &f2, &h, &dy, alpha)?;
+                [Some(&o), Some(&dx), dwg.as_ref(), Some(&d1), Some(&d2)].into_iter().flatten().map(|t| be.download(t)).collect()
+            }
+            _ => Ok(vec![be.download(&s.dense_on(be, &f1, &f2)?)?]), // the pre-merged dense weight
+        }
     })();
     (format!("{s:?} tokens {tokens}"), r)
 }
