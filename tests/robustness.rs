@@ -18,6 +18,7 @@ use ffkern::ops::graph::{self, DeviceGraph, Graph, Reduce};
 use ffkern::ops::linattn::{FeatureMap, LinearAttention, Normalize};
 use ffkern::ops::optim::{NoisyOptimizer, TensorList};
 use ffkern::ops::structured::{SelfGuided, Structured, StructuredFfn};
+use ffkern::ops::gemm::GemmOffsets;
 use ffkern::{with_backend, ALayout, Activation, BLayout, Backend, Compare, Cpu, DType, Error, Gemm, HostTensor, Result, SplitMix64};
 
 /// Sizes: mostly small, sometimes past 2^31, 2^32 and 2^64 once multiplied.
@@ -107,17 +108,22 @@ fn gemm_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTenso
         let cols = if g.chance(3) { g.size() } else { g.below(d.n.saturating_add(1)) };
         d = d.act(Activation::GeluErf).act_cols(cols);
     }
+    // Operands at element offsets inside their buffers, one case in three.
+    if g.chance(3) {
+        d = d.offsets(GemmOffsets { a: g.below(5), b: g.below(5), bias: g.below(5), r: g.below(5), c: g.below(5) });
+    }
     let what = format!("{d:?}");
     let dtype = g.dtype();
+    let o = d.offsets;
     let r = (|| {
-        let a = buf(be, g, dtype, Some(d.a().required_len(d.batch)))?;
-        let b = buf(be, g, dtype, Some(d.b().required_len(d.batch)))?;
-        let bias = buf(be, g, dtype, Some(d.bias_len()))?;
-        let r = buf(be, g, dtype, Some(d.r().required_len(d.batch)))?;
-        let mut c = buf(be, g, dtype, Some(d.c().required_len(d.batch)))?;
+        let a = buf(be, g, dtype, Some(d.a().required_len(d.batch).saturating_add(o.a)))?;
+        let b = buf(be, g, dtype, Some(d.b().required_len(d.batch).saturating_add(o.b)))?;
+        let bias = buf(be, g, dtype, Some(d.bias_len().saturating_add(o.bias)))?;
+        let r = buf(be, g, dtype, Some(d.r().required_len(d.batch).saturating_add(o.r)))?;
+        let mut c = buf(be, g, dtype, Some(d.c().required_len(d.batch).saturating_add(o.c)))?;
         be.gemm(&d, &a, &b, d.bias.then_some(&bias), d.residual.then_some(&r), &mut c, None)?;
         let mut out = vec![be.download(&c)?];
-        if g.chance(2) {
+        if g.chance(2) && o == GemmOffsets::default() {
             let gr = ffkern::ops::gemm::gemm_backward(be, &d, &a, &b, None, &c)?;
             out.extend([be.download(&gr.da)?, be.download(&gr.db)?]);
         }
