@@ -5,8 +5,8 @@
 //! (a check missing before a launch) fails the test and names the case. On a device backend every
 //! case also runs on the CPU reference, and the two must agree: the same outputs within the
 //! dtype's budget (every element of each output buffer, so also the gaps a strided output leaves
-//! alone), and the same inputs refused; and it runs twice, with the same bits. `FUZZ_TRACE=1` prints every error case and
-//! each panic where it happens.
+//! alone), and the same inputs refused; and it runs twice, with the same bits. `FUZZ_TRACE=1`
+//! prints every error case and each panic where it happens.
 
 mod common;
 
@@ -14,11 +14,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::devices_and_cpu;
 use ffkern::ops::ffn::{BatchNorm, BatchNormDesc, BatchNormState, DenseFfn, FfnWeights, RepavitFfn, RepavitTrain};
+use ffkern::ops::gemm::GemmOffsets;
 use ffkern::ops::graph::{self, DeviceGraph, Graph, Reduce};
 use ffkern::ops::linattn::{FeatureMap, LinearAttention, Normalize};
 use ffkern::ops::optim::{NoisyOptimizer, TensorList};
 use ffkern::ops::structured::{SelfGuided, Structured, StructuredFfn};
-use ffkern::ops::gemm::GemmOffsets;
 use ffkern::{with_backend, ALayout, Activation, BLayout, Backend, Compare, Cpu, DType, Error, Gemm, HostTensor, Result, SplitMix64};
 
 /// Sizes: mostly small, sometimes past 2^31, 2^32 and 2^64 once multiplied.
