@@ -43,6 +43,20 @@ struct Csr {
     }
 };
 
+// Up to 32 consecutive CSR positions lo .. lo + n − 1 of one warp (n uniform over it): lane l
+// loads position lo + l's edge id and row (the source row for spmm, else the edge's own), once
+// for the warp, and edge(j) / row(j) broadcast position lo + j's (j < 32) by shuffles.
+template <bool SPMM>
+struct WarpEdges {
+    uint32_t e, r;
+    __device__ __forceinline__ WarpEdges(const Csr& g, uint32_t lo, uint32_t n, uint32_t lane) {
+        e = lane < n ? g.perm[lo + lane] : 0u;
+        r = SPMM ? (lane < n ? g.src[lo + lane] : 0u) : e;
+    }
+    __device__ __forceinline__ uint32_t edge(uint32_t j) const { return __shfl_sync(0xffffffffu, e, j); }
+    __device__ __forceinline__ uint32_t row(uint32_t j) const { return __shfl_sync(0xffffffffu, r, j); }
+};
+
 // A running reduction and its first arg (max/min). `a` then `b` in CSR order: sums add (spmm
 // and reduce 0/1); max/min keep the earlier arg on ties.
 struct Acc {
@@ -214,18 +228,17 @@ __device__ __forceinline__ void reduce4(const Csr& g, const T* __restrict__ x, c
     const uint32_t all = 0xffffffffu, lane = threadIdx.x & 31;
     if (WARP_RANGE && hi - lo <= 32 && __activemask() == all && __match_any_sync(all, lo) == all && __match_any_sync(all, hi) == all) {
         const uint32_t m = hi - lo;  // uniform over the warp
-        const uint32_t my_e = lane < m ? g.perm[lo + lane] : 0u;
-        const uint32_t my_r = SPMM ? (lane < m ? g.src[lo + lane] : 0u) : my_e;
+        const WarpEdges<SPMM> we(g, lo, m, lane);
         for (uint32_t j = 0; j < m; j += 4) {  // j ≤ 28: every source lane below 32
             float xv[4][4];
 #pragma unroll
             for (uint32_t t = 0; t < 4; ++t) {
-                const uint32_t src_row = __shfl_sync(all, my_r, j + t);
+                const uint32_t src_row = we.row(j + t);
                 if (j + t < m) load_row(src_row, xv[t]);
             }
 #pragma unroll
             for (uint32_t t = 0; t < 4; ++t) {
-                const uint32_t e = __shfl_sync(all, my_e, j + t);
+                const uint32_t e = we.edge(j + t);
                 if (j + t < m) add(lo + j + t, e, xv[t]);
             }
         }
@@ -499,18 +512,17 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
         // the adds (in edge order, as ever). Eight in flight spill on sm_90a.
         for (uint32_t base = lo; base < hi; base += 32) {
             const uint32_t n = min(32u, hi - base);  // uniform over the warp
-            const uint32_t my_e = lane < n ? g.perm[base + lane] : 0u;
-            const uint32_t my_r = SPMM ? (lane < n ? g.src[base + lane] : 0u) : my_e;
+            const WarpEdges<SPMM> we(g, base, n, lane);
             for (uint32_t j = 0; j < n; j += 4) {  // j ≤ 28: every source lane below 32
                 uint4 raw[4];
 #pragma unroll
                 for (uint32_t t = 0; t < 4; ++t) {
-                    const uint32_t r = __shfl_sync(0xffffffffu, my_r, j + t);
+                    const uint32_t r = we.row(j + t);
                     if (live && j + t < n) raw[t] = *reinterpret_cast<const uint4*>(x + (size_t)r * p.dim + d0);
                 }
 #pragma unroll
                 for (uint32_t t = 0; t < 4; ++t) {
-                    const uint32_t e = __shfl_sync(0xffffffffu, my_e, j + t);
+                    const uint32_t e = we.edge(j + t);
                     if (live && j + t < n) add(acc, e, raw[t], d0);
                 }
             }
