@@ -12,7 +12,7 @@
 # (FFKERN_LINATTN_KERNEL choices tested and timed beside the default; empty skips), GRAPH_KERNELS
 # (the same for FFKERN_GRAPH_KERNEL), KERNELS_TESTS (an FFKERN_GEMM_KERNEL choice for the test
 # binaries that run GEMM backwards; empty skips),
-# WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0 (PEERS_ONLY=gemm,... picks
+# ROBUSTNESS_KERNELS (VAR=value list; empty skips), WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0 (PEERS_ONLY=gemm,... picks
 # parts), NCU=1, SANITIZE=0 (no compute-sanitizer reruns of failing tests), PROFILE=0 / PROFILE_OPS, DETAIL=0, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
 set -u
 shopt -s nullglob
@@ -128,6 +128,12 @@ fi
 # wide, wider than the tests' layers), through the Hopper GEMM's strided-column writer.
 test_run "structured-gathered" $B/tests/structured FFKERN_SHUFFLE=gathered FFKERN_REQUIRE=cuda
 test_run "robustness-gathered" $B/tests/robustness FFKERN_SHUFFLE=gathered FFKERN_REQUIRE=cuda
+# Random descriptors against the CPU reference under each other kernel choice: the opt-in GEMMs
+# and the one-pass linear attention before either can become a default, and both graph forms.
+for kv in ${ROBUSTNESS_KERNELS-FFKERN_GEMM_KERNEL=epiwarp FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=mma FFKERN_LINATTN_KERNEL=fused FFKERN_GRAPH_KERNEL=thread FFKERN_GRAPH_KERNEL=warp}; do
+    name=${kv#FFKERN_}
+    test_run "robustness-${name//=/-}" $B/tests/robustness "$kv" FFKERN_REQUIRE=cuda
+done
 # The graph row kernels forced to one form (the default picks the warp form unless rows are split).
 for gk in ${GRAPH_KERNELS-thread warp}; do
     for t in graph gnn oneforecast; do

@@ -21,10 +21,14 @@ use ffkern::ops::optim::{NoisyOptimizer, TensorList};
 use ffkern::ops::structured::{SelfGuided, Structured, StructuredFfn};
 use ffkern::{with_backend, ALayout, Activation, BLayout, Backend, Compare, Cpu, DType, Error, Gemm, HostTensor, Result, SplitMix64};
 
+/// The largest buffer a case allocates at the length it needs, unless it asks for more.
+const SMALL: usize = 1 << 14;
+
 /// Sizes: mostly small, sometimes past 2^31, 2^32 and 2^64 once multiplied.
 const HUGE: [usize; 7] = [1 << 31, 1 << 32, (1 << 32) + 1, 1 << 40, 1 << 62, usize::MAX / 2, usize::MAX];
 
-struct Gen(SplitMix64);
+/// The case generator: seeded draws, and the largest buffer it allocates at a needed length.
+struct Gen(SplitMix64, usize);
 
 impl Gen {
     fn below(&mut self, n: usize) -> usize {
@@ -47,11 +51,11 @@ impl Gen {
     fn dtype(&mut self) -> DType {
         [DType::F32, DType::F16, DType::BF16][self.below(3)]
     }
-    /// A buffer length: what the op needs (when that is small enough to allocate), else a small
-    /// unrelated length.
+    /// A buffer length: what the op needs (when that is at most `self.1` elements), else a
+    /// small unrelated length.
     fn len(&mut self, need: Option<usize>) -> usize {
         match need {
-            Some(n) if n <= 1 << 14 && !self.chance(6) => n,
+            Some(n) if n <= self.1 && !self.chance(6) => n,
             _ => [0, 1, 7, 64, 300][self.below(5)],
         }
     }
@@ -210,8 +214,17 @@ fn linattn_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTe
     if matches!(la.normalize, Normalize::Normalizer { .. }) {
         la.feature_map = FeatureMap::Elu1; // positive features: a denominator far from 0
     }
-    let dtype = g.dtype();
-    let varlen = g.chance(3);
+    let mut dtype = g.dtype();
+    // One case in six has many sequences·heads (the chunked forms' one-sweep paths, and on CUDA
+    // the one-pass kernels where the 16-bit ones fit: bf16, K and V multiples of 8).
+    let many = g.chance(6);
+    if many {
+        (la.batch, la.heads, la.seq) = (64 + g.below(8), 4, 1 + g.below(40));
+        (la.k, la.v) = (8 * (1 + g.below(8)), 8 * (1 + g.below(8)));
+        dtype = if g.chance(3) { dtype } else { DType::BF16 };
+        g.1 = 1 << 21;
+    }
+    let varlen = !many && g.chance(3);
     if varlen && !g.chance(4) {
         la.batch = 1; // packed sequences
     }
@@ -516,15 +529,16 @@ type Case<Be> = fn(&Be, &mut Gen) -> (String, Result<Vec<HostTensor>>);
 /// more only with a limit or an unsupported feature).
 fn fuzz<Be: Backend>(be: &Be, cases: usize, seed: u64, case: Case<Be>, reference: Option<Case<Cpu>>) -> (usize, usize, Vec<String>) {
     let trace = std::env::var_os("FUZZ_TRACE").is_some();
-    let mut g = Gen(SplitMix64::new(seed));
+    let mut g = Gen(SplitMix64::new(seed), SMALL);
     let (mut ok, mut typed, mut failed) = (0, 0, Vec::new());
     for i in 0..cases {
         let start = g.0.clone();
+        g.1 = SMALL; // a case may raise it for itself
         let got = call(|| case(be, &mut g));
-        let want = reference.map(|r| call(|| r(&Cpu, &mut Gen(start.clone()))));
+        let want = reference.map(|r| call(|| r(&Cpu, &mut Gen(start.clone(), SMALL))));
         // On a device backend a second run of a case that ran gives the same bits.
         if let (Some(_), Ok((what, Ok(first)))) = (reference, &got) {
-            match call(|| case(be, &mut Gen(start))) {
+            match call(|| case(be, &mut Gen(start, SMALL))) {
                 Ok((_, Ok(again))) if again.len() == first.len() && again.iter().zip(first).all(|(a, b)| a.data.iter().map(|v| v.to_bits()).eq(b.data.iter().map(|v| v.to_bits()))) => {}
                 _ => failed.push(format!("case {i} ({what}): a second run gives other bits")),
             }
