@@ -1,7 +1,7 @@
-//! The `ffkern` binary's contracts: `list --json`, `check --json` and `bench --json` records, `ffkern run` on
-//! every op name with the tensors its `--help` documents (results against host computations
-//! where they are short to write), and bad files, missing tensors, mismatched shapes and bad
-//! indices giving a clear error and a non-zero exit, never a panic.
+//! The `ffkern` binary's contracts: `list --json`, `check --json` and `bench --json` records,
+//! `ffkern run` on every op name with the tensors its `--help` documents (results against host
+//! computations where they are short to write), and bad files, missing tensors, mismatched
+//! shapes and bad indices giving a clear error and a non-zero exit, never a panic.
 
 #![cfg(feature = "cli")]
 
@@ -44,6 +44,7 @@ fn run_err(args: &[&str], needle: &str) {
     assert!(err.contains(needle), "ffkern {args:?}: the error should mention {needle:?}:\n{err}");
 }
 
+/// A tensor to write: f32 with its shape, a 1-D I64 index tensor, or raw bytes of any dtype.
 enum T {
     F32(Vec<usize>, Vec<f32>),
     I64(Vec<i64>),
