@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::devices_and_cpu;
 use ffkern::ops::ffn::{BatchNorm, BatchNormDesc, BatchNormState, DenseFfn, FfnWeights, RepavitFfn, RepavitTrain};
-use ffkern::ops::gemm::GemmOffsets;
+use ffkern::ops::gemm::{ActGrad, GemmOffsets};
 use ffkern::ops::graph::{self, DeviceGraph, Graph, Reduce};
 use ffkern::ops::linattn::{FeatureMap, LinearAttention, Normalize};
 use ffkern::ops::optim::{NoisyOptimizer, TensorList};
@@ -406,7 +406,7 @@ fn layers_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTen
             }
             4 => {
                 // At least 8 tokens: BatchNorm statistics over 2 or 3 leave gradients that cancel.
-                let (tokens, hidden) = (if g.chance(4) { g.size() } else { 8 + g.below(60) }, g.size());
+                let (tokens, hidden) = (if g.chance(6) { HUGE[g.below(HUGE.len())] } else { 8 + g.below(60) }, g.size());
                 let f = RepavitFfn { tokens, dim: din, hidden, active: g.below(hidden.saturating_add(1)), eps: 1e-5, momentum: 0.1 };
                 let bn = |c: usize| BatchNorm { gamma: vec![1.1; c], beta: vec![0.1; c], mean: vec![0.0; c], var: vec![1.0; c], eps: 1e-5 };
                 let mut w = RepavitTrain {
@@ -445,7 +445,30 @@ fn layers_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTen
 }
 
 fn misc_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTensor>>) {
-    match g.below(5) {
+    match g.below(7) {
+        5 => {
+            // The GEMM backward's element-wise pass, on its own.
+            let (rows, cols, dtype) = (g.size(), g.size(), g.dtype());
+            let d = ActGrad { rows, cols, act: [Activation::Relu, Activation::GeluErf, Activation::Silu][g.below(3)], act_cols: g.below(cols.saturating_add(1)) };
+            let r = (|| {
+                let (dc, z) = (buf(be, g, dtype, prod(&[rows, cols]))?, buf(be, g, dtype, prod(&[rows, cols]))?);
+                let mut out = buf(be, g, dtype, prod(&[rows, cols]))?;
+                be.act_grad(&d, &dc, &z, &mut out)?;
+                Ok(vec![be.download(&out)?])
+            })();
+            (format!("{d:?}"), r)
+        }
+        6 => {
+            // The bias gradient's column sums, on their own.
+            let (rows, cols, dtype) = (g.size(), g.size(), g.dtype());
+            let r = (|| {
+                let x = buf(be, g, dtype, prod(&[rows, cols]))?;
+                let mut out = buf(be, g, dtype, Some(cols))?;
+                be.col_sum(rows, cols, &x, &mut out)?;
+                Ok(vec![be.download(&out)?])
+            })();
+            (format!("col_sum {rows}×{cols}"), r)
+        }
         0 => {
             let lens: Vec<usize> = (0..g.below(4)).map(|_| g.size()).collect();
             let what = format!("optimizer list {lens:?}");
@@ -469,7 +492,13 @@ fn misc_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTenso
             (format!("philox_normal n {n}"), r)
         }
         2 => {
-            let (rows, channels) = (g.size(), g.size());
+            // No rows, too many, or at least 8: statistics over 2 or 3 leave gradients that cancel.
+            let rows = match g.below(8) {
+                0 => 0,
+                1 => HUGE[g.below(HUGE.len())],
+                _ => 8 + g.below(60),
+            };
+            let channels = g.size();
             let d = BatchNormDesc { rows, channels, eps: 1e-5, momentum: 0.1 };
             let r = (|| {
                 let c = channels.min(1 << 14);

@@ -99,10 +99,7 @@ impl Backend for Cpu {
 
     fn act_grad(&self, d: &ActGrad, dc: &HostTensor, z: &HostTensor, out: &mut HostTensor) -> Result<()> {
         let dtype = same_dtype("act_grad", &[("dC", dc.dtype), ("Z", z.dtype), ("out", out.dtype)])?;
-        let n = d.rows * d.cols;
-        if dc.len() < n || z.len() < n || out.len() < n {
-            return Err(Error::shape("act_grad", format!("buffers must hold {n} elements")));
-        }
+        let n = d.check_lens(dc.len(), z.len(), out.len())?;
         let g = gemm::cpu::act_grad(d, &f64s(dc)[..n], &f64s(z)[..n]);
         for (o, v) in out.data.iter_mut().zip(g) {
             *o = dtype.round(v as f32);
@@ -112,9 +109,7 @@ impl Backend for Cpu {
 
     fn col_sum(&self, rows: usize, cols: usize, x: &HostTensor, out: &mut HostTensor) -> Result<()> {
         let dtype = same_dtype("col_sum", &[("x", x.dtype), ("out", out.dtype)])?;
-        if x.len() < rows * cols || out.len() < cols {
-            return Err(Error::shape("col_sum", "buffers too small"));
-        }
+        gemm::check_col_sum(rows, cols, x.len(), out.len())?;
         for j in 0..cols {
             let s: f64 = (0..rows).map(|i| x.data[i * cols + j] as f64).sum();
             out.data[j] = dtype.round(s as f32);

@@ -540,17 +540,12 @@ impl Backend for CudaRuntime {
     }
 
     fn act_grad(&self, d: &ActGrad, dc: &CudaBuf, z: &CudaBuf, out: &mut CudaBuf) -> Result<()> {
-        let n = d.rows * d.cols;
-        if dc.len() < n || z.len() < n || out.len() < n {
-            return Err(Error::shape("act_grad", format!("buffers must hold {n} elements")));
-        }
+        d.check_lens(dc.len(), z.len(), out.len())?;
         typed!("act_grad", (dc, z, out), crate::ops::gemm::cuda::act_grad(self, d, dc, z, out))
     }
 
     fn col_sum(&self, rows: usize, cols: usize, x: &CudaBuf, out: &mut CudaBuf) -> Result<()> {
-        if x.len() < rows * cols || out.len() < cols {
-            return Err(Error::shape("col_sum", "buffers too small"));
-        }
+        crate::ops::gemm::check_col_sum(rows, cols, x.len(), out.len())?;
         typed!("col_sum", (x, out), crate::ops::gemm::cuda::col_sum(self, rows, cols, x, out))
     }
 

@@ -590,18 +590,13 @@ impl Backend for WgpuContext {
 
     fn act_grad(&self, d: &ActGrad, dc: &WgpuBuffer, z: &WgpuBuffer, out: &mut WgpuBuffer) -> Result<()> {
         let dtype = same_dtype("act_grad", &[("dC", dc.dtype), ("Z", z.dtype), ("out", out.dtype)])?;
-        let n = d.rows * d.cols;
-        if dc.len < n || z.len < n || out.len < n {
-            return Err(Error::shape("act_grad", format!("buffers must hold {n} elements")));
-        }
+        d.check_lens(dc.len, z.len, out.len)?;
         crate::ops::gemm::wgpu::act_grad(self, d, dtype, &dc.buffer, &z.buffer, &out.buffer)
     }
 
     fn col_sum(&self, rows: usize, cols: usize, x: &WgpuBuffer, out: &mut WgpuBuffer) -> Result<()> {
         let dtype = same_dtype("col_sum", &[("x", x.dtype), ("out", out.dtype)])?;
-        if x.len < rows * cols || out.len < cols {
-            return Err(Error::shape("col_sum", "buffers too small"));
-        }
+        crate::ops::gemm::check_col_sum(rows, cols, x.len, out.len)?;
         crate::ops::gemm::wgpu::col_sum(self, rows, cols, dtype, &x.buffer, &out.buffer)
     }
 

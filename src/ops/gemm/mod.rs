@@ -581,6 +581,28 @@ pub struct ActGrad {
     pub act_cols: usize,
 }
 
+impl ActGrad {
+    /// Checks the lengths of dC, Z and the output (each compact `[rows, cols]`, within 32-bit
+    /// indexing); returns the element count.
+    pub fn check_lens(&self, dc: usize, z: usize, out: usize) -> Result<usize> {
+        let n = crate::error::elems("act_grad", &[self.rows, self.cols])?;
+        if dc < n || z < n || out < n {
+            return Err(Error::shape("act_grad", format!("buffers must hold {n} elements")));
+        }
+        Ok(n)
+    }
+}
+
+/// Checks the lengths of a column sum's `x` (compact `[rows, cols]`, within 32-bit indexing) and
+/// `out` (`[cols]`).
+pub fn check_col_sum(rows: usize, cols: usize, x: usize, out: usize) -> Result<()> {
+    let n = crate::error::elems("col_sum", &[rows, cols])?;
+    if x < n || out < cols {
+        return Err(Error::shape("col_sum", format!("x must hold {n} elements and out {cols}")));
+    }
+    Ok(())
+}
+
 /// Backward of [`Gemm`] (SPEC §1 backward helpers): `dC' = dC ⊙ act'(Z)`, then
 /// `dA = α·dC'·B`, `dB = α·dC'ᵀ·A`, `dbias = Σ dC'`. `z` is the pre-activation saved by the
 /// forward (needed unless the activation is identity); `dc` has C's layout (compact `[batch, M, N]`
