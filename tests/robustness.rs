@@ -334,6 +334,83 @@ fn graph_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTens
     (what, r)
 }
 
+/// The other graph primitives and backward passes: softmax, sddmm, weighted segment sums, gather
+/// and segment-sum backward, LayerNorm backward, the gate, row dots, bias + activation and the edge
+/// MLP (concat trick), on a random graph (hubs past one segment of 32 edges, one case in four).
+fn graph2_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTensor>>) {
+    use ffkern::ops::graph::{EdgeMlp, EdgeMlpWeights};
+    let n = 1 + g.below(40);
+    let e = if g.chance(4) { 40 + g.below(120) } else { g.below(60) };
+    let hub = g.chance(2);
+    let src: Vec<i64> = (0..e).map(|_| g.below(n) as i64).collect();
+    let dst: Vec<i64> = (0..e).map(|_| if hub && g.chance(2) { 0 } else { g.below(n) as i64 }).collect();
+    let heads = 1 + g.below(4);
+    let dim = heads * if g.chance(8) { g.size() } else { 1 + g.below(24) };
+    let (dtype, kind) = (g.dtype(), g.below(9));
+    let what = format!("graph2 {kind}: n {n} e {e} hub {hub} dim {dim} heads {heads} {dtype}");
+    let r = (|| {
+        let graph = Graph::from_coo(n, &src, &dst)?;
+        let (dg, dgt) = (DeviceGraph::upload(be, &graph)?, DeviceGraph::upload(be, &graph.transposed())?);
+        let f32s = |g: &mut Gen, dims: &[usize]| buf(be, g, DType::F32, prod(dims));
+        let outs: Vec<Be::Buf> = match kind {
+            0 => {
+                let alpha = graph::segment_softmax(be, &dg, &f32s(g, &[e, heads])?, heads)?;
+                let d_alpha = f32s(g, &[e, heads])?;
+                vec![graph::segment_softmax_backward(be, &dg, &alpha, &d_alpha, heads)?]
+            }
+            1 => {
+                let (a, b, ds) = (buf(be, g, dtype, prod(&[n, dim]))?, buf(be, g, dtype, prod(&[n, dim]))?, f32s(g, &[e, heads])?);
+                let (da, db) = graph::sddmm_backward(be, &dg, &dgt, &a, &b, &ds, heads, dim)?;
+                vec![da, db]
+            }
+            2 => {
+                let (m, w) = (buf(be, g, dtype, prod(&[e, dim]))?, f32s(g, &[e, heads])?);
+                let out = graph::segment_sum_weighted(be, &dg, &m, &w, heads, dim)?;
+                let d_out = buf(be, g, dtype, prod(&[n, dim]))?;
+                let (dm, dw) = graph::segment_sum_weighted_backward(be, &dgt, &m, &w, &d_out, heads, dim)?;
+                vec![out, dm, dw]
+            }
+            3 => vec![graph::gather_rows_backward(be, &dgt, &buf(be, g, dtype, prod(&[e, dim]))?, dim)?],
+            4 => vec![graph::segment_sum_backward(be, &dgt, &buf(be, g, dtype, prod(&[n, dim]))?, dim)?],
+            5 => {
+                let rows = g.size();
+                let (x, dy, affine) = (buf(be, g, dtype, prod(&[rows, dim]))?, buf(be, g, dtype, prod(&[rows, dim]))?, f32s(g, &[2, dim])?);
+                let (y, stats) = graph::layer_norm(be, &x, &affine, rows, dim, 1e-5)?;
+                let (dx, dparams) = graph::layer_norm_backward(be, &x, &dy, &affine, &stats, rows, dim, 1e-5)?;
+                vec![y, dx, dparams]
+            }
+            6 => {
+                let rows = g.size();
+                let x = buf(be, g, dtype, prod(&[rows, heads]))?;
+                let gate = graph::gate_mean(be, &x, rows, heads)?;
+                let dx = graph::gate_mean_backward(be, &x, &f32s(g, &[rows])?, rows, heads)?;
+                let (u, v) = (buf(be, g, dtype, prod(&[rows, dim]))?, buf(be, g, dtype, prod(&[rows, dim]))?);
+                vec![gate, dx, graph::row_dot(be, &u, &v, rows, dim, heads)?]
+            }
+            7 => {
+                let rows = g.size();
+                let (x, bias) = (buf(be, g, dtype, prod(&[rows, dim]))?, buf(be, g, dtype, Some(dim))?);
+                vec![graph::bias_act(be, &x, &bias, rows, dim, [Activation::Relu, Activation::Silu, Activation::GeluErf][g.below(3)])?]
+            }
+            _ => {
+                let mlp = EdgeMlp { edge_dim: 1 + g.below(20), node_dim: 1 + g.below(20), out_dim: dim, act: Activation::Silu };
+                let (ef, h) = (buf(be, g, dtype, prod(&[e, mlp.edge_dim]))?, buf(be, g, dtype, prod(&[n, mlp.node_dim]))?);
+                let w = EdgeMlpWeights {
+                    w_e: buf(be, g, dtype, prod(&[dim, mlp.edge_dim]))?,
+                    w_s: buf(be, g, dtype, prod(&[dim, mlp.node_dim]))?,
+                    w_d: buf(be, g, dtype, prod(&[dim, mlp.node_dim]))?,
+                    b: buf(be, g, dtype, Some(dim))?,
+                };
+                let m = mlp.forward(be, &dg, &ef, &h, &w)?;
+                let gr = mlp.backward(be, &dg, &dgt, &ef, &h, &w, &buf(be, g, dtype, prod(&[e, dim]))?)?;
+                vec![m, gr.d_edge, gr.d_node, gr.w_e, gr.w_s, gr.w_d, gr.b]
+            }
+        };
+        outs.iter().map(|t| be.download(t)).collect()
+    })();
+    (what, r)
+}
+
 /// The layers built from the primitives: GCN, GraphSAGE-mean, GAT and the OneForecast layer on a
 /// random graph, the RePaViT training form and the structured FFN block, forward and backward.
 fn layers_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTensor>>) {
@@ -626,6 +703,7 @@ fn random_descriptors_give_typed_errors_or_agree_with_the_reference() {
                 ("structured", structured_case, structured_case, 3),
                 ("linear_attn", linattn_case, linattn_case, 4),
                 ("graph", graph_case, graph_case, 5),
+                ("graph2", graph2_case, graph2_case, 8),
                 ("layers", layers_case, layers_case, 7),
                 ("misc", misc_case, misc_case, 6),
             ] {
