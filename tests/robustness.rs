@@ -17,7 +17,7 @@ use ffkern::ops::ffn::{BatchNorm, BatchNormDesc, BatchNormState, DenseFfn, FfnWe
 use ffkern::ops::gemm::{ActGrad, GemmOffsets};
 use ffkern::ops::graph::{self, DeviceGraph, Graph, Reduce};
 use ffkern::ops::linattn::{FeatureMap, LinearAttention, Normalize};
-use ffkern::ops::optim::{NoisyOptimizer, TensorList};
+use ffkern::ops::optim::{Clip, ClipOrder, NoisyOptimizer, TensorList};
 use ffkern::ops::structured::{SelfGuided, Structured, StructuredFfn};
 use ffkern::{with_backend, ALayout, Activation, BLayout, Backend, Compare, Cpu, DType, Error, Gemm, HostTensor, Result, SplitMix64};
 
@@ -548,15 +548,28 @@ fn misc_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTenso
         }
         0 => {
             let lens: Vec<usize> = (0..g.below(4)).map(|_| g.size()).collect();
-            let what = format!("optimizer list {lens:?}");
+            // SGD with momentum or Adam, at a later step, with clipping by global norm or not.
+            let mut opt = if g.chance(2) { NoisyOptimizer::sgd(0.01, 0.9, 7) } else { NoisyOptimizer::adam(0.01, 7) };
+            opt.step = g.below(100) as u64;
+            if g.chance(2) {
+                opt.clip = Some(Clip { max_norm: 0.5, order: if g.chance(2) { ClipOrder::ClipThenNoise } else { ClipOrder::NoiseThenClip } });
+            }
+            let grad_dtype = g.dtype();
+            let what = format!("optimizer list {lens:?} {:?} clip {:?} grads {grad_dtype}", opt.rule, opt.clip);
             let r = (|| {
                 let total = lens.iter().try_fold(0usize, |a, &l| a.checked_add(l));
                 let list = TensorList::new(lens);
                 let mut p = buf(be, g, DType::F32, total)?;
-                let gr = buf(be, g, DType::F32, total)?;
-                let mut m = [buf(be, g, DType::F32, total)?];
-                NoisyOptimizer::sgd(0.01, 0.9, 7).step(be, &list, &mut p, &gr, &mut m)?;
-                Ok(vec![be.download(&p)?, be.download(&m[0])?])
+                let gr = buf(be, g, grad_dtype, total)?;
+                let mut state = (0..opt.state_count()).map(|_| buf(be, g, DType::F32, total)).collect::<Result<Vec<_>>>()?;
+                if let [_, v] = &mut state[..] {
+                    // Adam's second moments are never negative.
+                    let mut host = be.download(v)?;
+                    host.data.iter_mut().for_each(|x| *x = x.abs());
+                    *v = be.upload(&host)?;
+                }
+                opt.step(be, &list, &mut p, &gr, &mut state)?;
+                [&p].into_iter().chain(&state).map(|t| be.download(t)).collect()
             })();
             (what, r)
         }
