@@ -345,7 +345,7 @@ fn graph2_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTen
     let src: Vec<i64> = (0..e).map(|_| g.below(n) as i64).collect();
     let dst: Vec<i64> = (0..e).map(|_| if hub && g.chance(2) { 0 } else { g.below(n) as i64 }).collect();
     let heads = 1 + g.below(4);
-    let dim = heads * if g.chance(8) { g.size() } else { 1 + g.below(24) };
+    let dim = heads.saturating_mul(if g.chance(8) { g.size() } else { 1 + g.below(24) });
     let (dtype, kind) = (g.dtype(), g.below(9));
     let what = format!("graph2 {kind}: n {n} e {e} hub {hub} dim {dim} heads {heads} {dtype}");
     let r = (|| {
