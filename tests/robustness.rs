@@ -61,6 +61,13 @@ impl Gen {
     }
 }
 
+/// BatchNorm parameters of `c` channels: seeded γ in 1 ± 0.3, β and running mean in ±0.3, running
+/// variance in [0.5, 1.5] (never zeros).
+fn batchnorm(c: usize, g: &mut Gen) -> BatchNorm {
+    let mut v = |scale: f32, shift: f32| HostTensor::random(DType::F32, vec![c], g.0.next_u64()).data.iter().map(|x| shift + scale * x).collect::<Vec<f32>>();
+    BatchNorm { gamma: v(0.3, 1.0), beta: v(0.3, 0.0), mean: v(0.3, 0.0), var: v(0.5, 1.0), eps: 1e-5 }
+}
+
 /// The checked product, None past 64 bits.
 fn prod(dims: &[usize]) -> Option<usize> {
     dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -485,14 +492,13 @@ fn layers_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTen
                 // At least 8 tokens: BatchNorm statistics over 2 or 3 leave gradients that cancel.
                 let (tokens, hidden) = (if g.chance(6) { HUGE[g.below(HUGE.len())] } else { 8 + g.below(60) }, g.size());
                 let f = RepavitFfn { tokens, dim: din, hidden, active: g.below(hidden.saturating_add(1)), eps: 1e-5, momentum: 0.1 };
-                let bn = |c: usize| BatchNorm { gamma: vec![1.1; c], beta: vec![0.1; c], mean: vec![0.0; c], var: vec![1.0; c], eps: 1e-5 };
                 let mut w = RepavitTrain {
                     w1: buf(be, g, dtype, prod(&[hidden, din]))?,
                     b1: buf(be, g, dtype, Some(hidden))?,
                     w2: buf(be, g, dtype, prod(&[din, hidden]))?,
                     b2: buf(be, g, dtype, Some(din))?,
-                    bn1: BatchNormState::upload(be, &bn(din.min(1 << 14)))?,
-                    bn2: BatchNormState::upload(be, &bn(hidden.min(1 << 14)))?,
+                    bn1: BatchNormState::upload(be, &batchnorm(din.min(1 << 14), g))?,
+                    bn2: BatchNormState::upload(be, &batchnorm(hidden.min(1 << 14), g))?,
                 };
                 let x = buf(be, g, dtype, prod(&[tokens, din]))?;
                 let (y, saved) = f.forward(be, &x, &mut w, true)?;
@@ -592,8 +598,7 @@ fn misc_case<Be: Backend>(be: &Be, g: &mut Gen) -> (String, Result<Vec<HostTenso
             let d = BatchNormDesc { rows, channels, eps: 1e-5, momentum: 0.1 };
             let r = (|| {
                 let c = channels.min(1 << 14);
-                let bn = BatchNorm { gamma: vec![1.0; c], beta: vec![0.0; c], mean: vec![0.0; c], var: vec![1.0; c], eps: 1e-5 };
-                let mut st = BatchNormState::upload(be, &bn)?;
+                let mut st = BatchNormState::upload(be, &batchnorm(c, g))?;
                 let x = buf(be, g, DType::F32, prod(&[rows, channels]))?;
                 let y = st.forward(be, &d, &x, true)?;
                 // dy unrelated to y (dy = y would make dx vanish analytically, leaving rounding noise).
