@@ -51,13 +51,13 @@ pub const GRAPH_KERNEL: KernelChoice = KernelChoice {
 pub const SHUFFLE_FORM: KernelChoice = KernelChoice {
     var: "FFKERN_SHUFFLE",
     values: &["auto", "gathered", "strided"],
-    what: "BlockShuffle's middle activation: gathered (blocks z_l side by side, written by one launch each) where the backend's GEMM prefers contiguous rows, k divides the inner width and each z_l is at least 64 wide, else in h's order; always gathered; always in h's order (the second product gathers at stride k)",
+    what: "BlockShuffle's middle activation: gathered (blocks z_l side by side, written by one launch each) where the backend's GEMM prefers contiguous rows, k divides the inner width and each z_l is at least 64 wide, else in h's order; gathered (where k does not divide the inner width, up to 64 blocks: k² launches); always in h's order (the second product gathers at stride k)",
 };
 /// wgpu's subgroup operations (see `runtime::wgpu`).
 pub const WGPU_SUBGROUPS: KernelChoice = KernelChoice {
     var: "FFKERN_WGPU_SUBGROUPS",
     values: &["auto", "off"],
-    what: "wgpu subgroup operations (the graph family's per-edge dot products, one subgroup per edge and head): where the adapter has them; never",
+    what: "wgpu subgroup operations (the graph family's per-edge dot products and LayerNorm row statistics, one subgroup per edge and head or per row): where the adapter has them; never",
 };
 /// Every kernel choice, in the order `ffkern info` lists them.
 pub const KERNEL_CHOICES: [KernelChoice; 6] = [GEMM_KERNEL, WGPU_GEMM, WGPU_SUBGROUPS, LINATTN_KERNEL, GRAPH_KERNEL, SHUFFLE_FORM];

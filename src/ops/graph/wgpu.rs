@@ -20,6 +20,13 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
     // The feature kernels take one invocation per output word (two 16-bit elements).
     let words = |rows: usize| (rows * dim).div_ceil(if dtype == DType::F32 { 1 } else { 2 });
     let go = |entry, arg, threads| dispatch(ctx, entry, dtype, p, g, a, out, arg, threads);
+    // `tasks` of a per-task entry: one subgroup each where the adapter has subgroups (the `_sg`
+    // entry of shaders/graph_sg.wgsl, dispatched for its smallest subgroup size), else `width`
+    // invocations each of the plain entry.
+    let per_task = |plain: &'static str, sg: &'static str, arg, tasks: usize, width: usize| match ctx.subgroups()? {
+        Some(lanes) => go(sg, arg, tasks * lanes as usize),
+        None => go(plain, arg, tasks * width),
+    };
     let scratch = |len: usize| -> Result<WgpuBuffer> { Ok(WgpuBuffer { buffer: ctx.create_buffer(DType::F32, len.max(1))?, dtype: DType::F32, len: len.max(1) }) };
     let segs = p.num_segs as usize;
     // The row kernels' entries for widths that are a multiple of 4 have no straddling groups.
@@ -44,16 +51,9 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
             dispatch(ctx, partial, dtype, p, g, a, &parts, None, segs * dim.div_ceil(4))?;
             dispatch(ctx, main, dtype, p, g, &GraphArgs { y: Some(&parts), ..*a }, out, arg, groups)
         }
-        // One subgroup per (edge, head) where the adapter has subgroups (shaders/graph_sg.wgsl),
-        // dispatched for subgroups of its smallest size; else one invocation each.
-        GraphKernel::Sddmm | GraphKernel::EdgeDot => {
-            let tasks = p.num_edges as usize * heads;
-            let sddmm = kind == GraphKernel::Sddmm;
-            match ctx.subgroups()? {
-                Some(lanes) => go(if sddmm { "graph_sddmm_sg" } else { "graph_edge_dot_sg" }, arg, tasks * lanes as usize),
-                None => go(if sddmm { "graph_sddmm" } else { "graph_edge_dot" }, arg, tasks),
-            }
-        }
+        // A subgroup or one invocation per (edge, head).
+        GraphKernel::Sddmm => per_task("graph_sddmm", "graph_sddmm_sg", arg, p.num_edges as usize * heads, 1),
+        GraphKernel::EdgeDot => per_task("graph_edge_dot", "graph_edge_dot_sg", arg, p.num_edges as usize * heads, 1),
         GraphKernel::Softmax | GraphKernel::SoftmaxBackward => {
             let p = &GraphParams { reduce: (kind == GraphKernel::SoftmaxBackward) as u32, ..*p };
             // Long rows' partials (none without long rows: the stats pass then binds a placeholder).
@@ -65,21 +65,14 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
             dispatch(ctx, "graph_softmax_stats", dtype, p, g, &GraphArgs { y: parts.as_ref(), ..*a }, out, Some(&stats), rows * heads)?;
             dispatch(ctx, "graph_softmax_write", dtype, p, g, a, out, Some(&stats), p.num_edges as usize * heads)
         }
-        // The row statistics: one subgroup per row where the adapter has subgroups, else one
-        // workgroup of 256.
+        // The row statistics: a subgroup or a workgroup of 256 per row.
         GraphKernel::LayerNorm => {
-            match ctx.subgroups()? {
-                Some(lanes) => go("graph_ln_stats_sg", arg, rows * lanes as usize)?,
-                None => go("graph_ln_stats", arg, rows * 256)?,
-            }
+            per_task("graph_ln_stats", "graph_ln_stats_sg", arg, rows, 256)?;
             go("graph_ln_apply", arg, words(rows))
         }
         GraphKernel::LayerNormBackward => {
             let stats = scratch(2 * rows)?;
-            match ctx.subgroups()? {
-                Some(lanes) => go("graph_ln_bwd_stats_sg", Some(&stats), rows * lanes as usize)?,
-                None => go("graph_ln_bwd_stats", Some(&stats), rows * 256)?,
-            }
+            per_task("graph_ln_bwd_stats", "graph_ln_bwd_stats_sg", Some(&stats), rows, 256)?;
             go("graph_ln_bwd_apply", Some(&stats), words(rows))
         }
         GraphKernel::LayerNormParams => {
