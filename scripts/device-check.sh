@@ -116,6 +116,7 @@ done
 # f32-FMA twins, on request).
 for lk in ${LINATTN_KERNELS-fused mma}; do
     test_run "linattn-$lk" $B/tests/linattn FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda
+    test_run "memory-$lk" $B/tests/memory FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda
 done
 # The GEMM backward's K-major operands on element loads (FFKERN_GEMM_KERNEL=kgen; the default
 # takes 16-byte copies), through every test that runs a backward.

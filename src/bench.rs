@@ -20,6 +20,10 @@ pub struct BenchRecord {
     pub roofline_fraction: Option<f64>,
     pub baseline: Option<String>,
     pub baseline_s: Option<f64>,
+    /// Device memory the measured call took at its peak beyond what was held before it (its
+    /// outputs and scratch; the inputs were held before), where the backend counts it (see
+    /// [`Backend::memory_use`]).
+    pub peak_mem_bytes: Option<u64>,
 }
 
 impl BenchRecord {
@@ -48,7 +52,7 @@ pub fn bench_copy<Be: Backend>(be: &Be, bytes: usize, reps: usize) -> Result<Vec
     let n = bytes / 4;
     let src = be.upload(&crate::HostTensor::random(DType::F32, vec![n], 77))?;
     let mut dst = be.alloc(DType::F32, n)?;
-    let copy = |shape: String, t: f64| record("copy", be.name(), DType::F32, shape, t, 0.0, 2.0 * (n * 4) as f64, reps);
+    let copy = |shape: String, t: Timed| record("copy", be.name(), DType::F32, shape, t, 0.0, 2.0 * (n * 4) as f64, reps);
     let t = timed(be, reps, &mut || be.copy(&src, &mut dst))?;
     let mut out = vec![copy(format!("{} MiB", bytes >> 20), t)];
     if be.copy_kernel(&src, &mut dst)? {
@@ -153,14 +157,26 @@ pub fn bench_noisy_sgd<Be: Backend>(be: &Be, n: usize, tensors: usize, reps: usi
     Ok(record("noisy_optimizer", be.name(), DType::F32, shape, t, 0.0, 20.0 * n as f64, reps))
 }
 
-fn timed<Be: Backend>(be: &Be, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
-    Ok(median(&be.time_runs(reps, f)?))
+/// The median device time of a call and the device memory it took at its peak.
+#[derive(Clone, Copy, Debug)]
+struct Timed {
+    median_s: f64,
+    peak_mem_bytes: Option<u64>,
+}
+
+fn timed<Be: Backend>(be: &Be, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Timed> {
+    let before = be.memory_use();
+    be.reset_peak_memory();
+    let median_s = median(&be.time_runs(reps, f)?);
+    let peak_mem_bytes = before.zip(be.memory_use()).map(|(b, a)| a.peak.saturating_sub(b.current));
+    Ok(Timed { median_s, peak_mem_bytes })
 }
 
 /// A record of `op` with no roofline or baseline yet.
 #[allow(clippy::too_many_arguments)]
-fn record(op: &str, be: &str, dtype: DType, shape: String, median_s: f64, flops: f64, bytes: f64, reps: usize) -> BenchRecord {
-    BenchRecord { op: op.into(), backend: be.into(), dtype, shape, median_s, flops, bytes, reps, roofline_fraction: None, baseline: None, baseline_s: None }
+fn record(op: &str, be: &str, dtype: DType, shape: String, t: Timed, flops: f64, bytes: f64, reps: usize) -> BenchRecord {
+    let Timed { median_s, peak_mem_bytes } = t;
+    BenchRecord { op: op.into(), backend: be.into(), dtype, shape, median_s, flops, bytes, reps, roofline_fraction: None, baseline: None, baseline_s: None, peak_mem_bytes }
 }
 
 /// RePaViT's merged inference (two fused GEMMs) and the dense FFN it replaces on the same seeded
@@ -222,7 +238,7 @@ pub fn bench_repavit<Be: Backend>(be: &Be, tokens: usize, c: usize, h: usize, th
     let bytes = (tokens * (c + (a + c) + (a + c) + c) + (a + c) * c + c * a) as f64 * dtype.size() as f64;
     let mut rec = record("repavit", be.name(), dtype, format!("merged T{tokens} C{c} H{h} θ={theta}"), t_merged, f.merged_flops(), bytes, reps);
     rec.baseline = Some("ffkern dense FFN".into());
-    rec.baseline_s = Some(t_dense);
+    rec.baseline_s = Some(t_dense.median_s);
     Ok(rec)
 }
 
@@ -279,7 +295,7 @@ pub fn bench_structured<Be: Backend>(be: &Be, tokens: usize, s1: crate::ops::str
     let share = (s1.params() + s2.params()) as f64 / (2 * c * h) as f64;
     let mut rec = record("structured", be.name(), dtype, format!("{label} T{tokens} d{c} ({:.0}% params)", 100.0 * share), t_s, f.flops(), 0.0, reps);
     rec.baseline = Some("ffkern dense FFN".into());
-    rec.baseline_s = Some(t_d);
+    rec.baseline_s = Some(t_d.median_s);
     Ok(rec)
 }
 
@@ -356,14 +372,33 @@ pub fn bench_linattn<Be: Backend>(be: &Be, small: bool, seqs: &[usize], reps: us
     let t = timed(be, reps, &mut || dec.recurrent(be))?;
     let d = &dec.desc;
     out.push(record("linear_attn", be.name(), DType::BF16, format!("decode step B{} H{} K{} V{}", d.batch, d.heads, d.k, d.v), t, 0.0, 2.0 * (d.state_len() * 4) as f64, reps));
+    let forms = ["recurrent", "chunk", "recurrent backward", "chunk backward"];
+    let mut scaling: Vec<[Timed; 4]> = Vec::new();
     for &seq in seqs {
         let mut l = LinattnBench::new(be, linattn_desc(1, seq, 4, 64))?;
         let flops = 4.0 * (seq * 4 * 64 * 64) as f64;
-        let row = |form: &str, t: f64, flops: f64| record("linear_attn", be.name(), DType::BF16, format!("{form} B1 T{seq} H4 D64"), t, flops, 0.0, reps);
-        out.push(row("recurrent", timed(be, reps, &mut || l.recurrent(be))?, flops));
-        out.push(row("chunk", timed(be, reps, &mut || l.chunk(be))?, flops));
-        out.push(row("recurrent backward", timed(be, reps, &mut || l.backward(be))?, 2.0 * flops));
-        out.push(row("chunk backward", timed(be, reps, &mut || l.chunk_backward(be))?, 2.0 * flops));
+        let t = [
+            timed(be, reps, &mut || l.recurrent(be))?,
+            timed(be, reps, &mut || l.chunk(be))?,
+            timed(be, reps, &mut || l.backward(be))?,
+            timed(be, reps, &mut || l.chunk_backward(be))?,
+        ];
+        for (i, (form, t)) in forms.iter().zip(t).enumerate() {
+            let flops = if i < 2 { flops } else { 2.0 * flops };
+            out.push(record("linear_attn", be.name(), DType::BF16, format!("{form} B1 T{seq} H4 D64"), t, flops, 0.0, reps));
+        }
+        scaling.push(t);
+    }
+    // The scaling criteria: time and peak device memory linear in T (ratios ≤ 2.3 when T
+    // doubles).
+    for (w, s) in scaling.windows(2).zip(seqs.windows(2)) {
+        for (i, form) in forms.iter().enumerate() {
+            let mem = match (w[0][i].peak_mem_bytes, w[1][i].peak_mem_bytes) {
+                (Some(a), Some(b)) if a > 0 => format!(", peak memory {:.2}x", b as f64 / a as f64),
+                _ => String::new(),
+            };
+            eprintln!("linear_attn {form} on {}, T {} -> {}: time {:.2}x{mem}", be.name(), s[0], s[1], w[1][i].median_s / w[0][i].median_s);
+        }
     }
     if !small {
         // flash-linear-attention's shapes (peers.py times its chunk kernel on the same ones; T =
@@ -383,7 +418,7 @@ fn bench_linattn_fla<Be: Backend>(be: &Be, seq: usize, reps: usize) -> Result<Ve
     let mut l = LinattnBench::new(be, linattn_desc(8, seq, 32, 128))?;
     let reps = reps.min(5);
     let flops = 4.0 * (8 * seq * 32 * 128 * 128) as f64;
-    let row = |form: &str, t: f64, flops: f64| record("linear_attn", be.name(), DType::BF16, format!("{form} B8 T{seq} H32 D128"), t, flops, 0.0, reps);
+    let row = |form: &str, t: Timed, flops: f64| record("linear_attn", be.name(), DType::BF16, format!("{form} B8 T{seq} H32 D128"), t, flops, 0.0, reps);
     let mut out = vec![row("chunk fwd", timed(be, reps, &mut || l.chunk(be))?, flops)];
     let t = timed(be, reps, &mut || {
         l.chunk(be)?;
@@ -484,7 +519,7 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     let t_unfused = timed(be, reps, &mut || mlp.forward_as(EdgeMlpForm::Materialized, be, &dg, &gt, m, x, &w).map(|_| ()))?;
     let mut rec = record("graph", be.name(), dtype, format!("edge_mlp_sum {shape}"), t_fused, 2.0 * (e + 2 * n) as f64 * (dim * dim) as f64, 0.0, reps);
     rec.baseline = Some("ffkern gather + [E, 3D]·W GEMMs".into());
-    rec.baseline_s = Some(t_unfused);
+    rec.baseline_s = Some(t_unfused.median_s);
     out.push(rec);
     // The OneForecast gated layer, forward and backward, on an icosahedral mesh.
     let layer = OneForecastLayer { dim, ..OneForecastLayer::default() };
@@ -503,7 +538,7 @@ pub fn bench_graph<Be: Backend>(be: &Be, small: bool, dtype: DType, reps: usize)
     let (t, t_unfused) = (fwd_bwd(EdgeMlpForm::ConcatTrick)?, fwd_bwd(EdgeMlpForm::Materialized)?);
     let mut rec = record("graph", be.name(), dtype, format!("oneforecast_layer fwd+bwd N{mn} E{me} D{dim} H{}", layer.heads), t, 0.0, 0.0, reps);
     rec.baseline = Some("ffkern unfused composition (gathered endpoints, [E, ·] GEMMs)".into());
-    rec.baseline_s = Some(t_unfused);
+    rec.baseline_s = Some(t_unfused.median_s);
     out.push(rec);
     Ok(out)
 }
@@ -534,7 +569,7 @@ fn graph_rows<Be: Backend>(be: &Be, dtype: DType, g: &crate::ops::graph::Graph, 
         let t = timed(be, reps, &mut || if kind == "spmm" { inputs.spmm(be, &dgp) } else { inputs.segment_sum(be, &dgp) })?;
         let mut rec = record("graph", be.name(), dtype, format!("{kind} {shape} power law (hub {hub})"), t, 0.0, bytes, reps);
         rec.baseline = Some("ffkern, uniform in-degree".into());
-        rec.baseline_s = Some(t_uniform);
+        rec.baseline_s = Some(t_uniform.median_s);
         out.push(rec);
     }
     Ok(out)
@@ -611,6 +646,7 @@ mod tests {
             roofline_fraction: frac,
             baseline: baseline_s.map(|_| "cuBLAS".into()),
             baseline_s,
+            peak_mem_bytes: None,
         }
     }
 

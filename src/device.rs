@@ -8,6 +8,15 @@ use crate::ops::linattn::LinAttnParams;
 use crate::ops::optim::OptimParams;
 use crate::{DType, Error, HostTensor, Result};
 
+/// Device memory held by a backend's buffers, in bytes (see [`Backend::memory_use`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Held now.
+    pub current: u64,
+    /// The most held at once since the last reset.
+    pub peak: u64,
+}
+
 /// Owned buffers and the primitive launches of one backend. Op compositions (backward passes,
 /// FFN blocks) are written once over this trait.
 pub trait Backend {
@@ -45,6 +54,17 @@ pub trait Backend {
     fn gemm_prefers_contiguous(&self) -> bool {
         false
     }
+    /// Bytes of device memory held now by the buffers this backend allocates (tensors, outputs,
+    /// scratch, index tables) and the most held at once since the last
+    /// [`Backend::reset_peak_memory`]; `None` where the backend does not count them (the CPU
+    /// reference). CUDA reads the counters of the memory pool its stream allocates from (shared
+    /// with whatever else allocates there; a buffer counts from its allocation to its free, both
+    /// in stream order); wgpu counts the storage buffers it creates, from creation to drop.
+    fn memory_use(&self) -> Option<MemoryUse> {
+        None
+    }
+    /// Starts a new peak for [`Backend::memory_use`] at the bytes held now.
+    fn reset_peak_memory(&self) {}
     /// Device time in seconds of `reps` runs of `f`, after one warm-up run.
     fn time_runs(&self, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>>;
 

@@ -35,7 +35,7 @@ pub mod ops;
 pub mod registry;
 pub mod runtime;
 
-pub use device::{Backend, Device};
+pub use device::{Backend, Device, MemoryUse};
 pub use dtype::{Compare, DType, HostTensor, SplitMix64};
 pub use error::{Error, Result};
 pub use ops::gemm::{ALayout, Activation, BLayout, Gemm, GemmGrads};

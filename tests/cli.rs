@@ -132,7 +132,7 @@ fn list_check_and_bench_json_follow_the_contract() {
     let recs = recs.as_array().expect("an array");
     assert!(recs.iter().any(|r| r["op"] == "noisy_optimizer"), "{out}");
     for r in recs {
-        for key in ["op", "backend", "dtype", "shape", "median_s", "gflops", "gbps", "roofline_fraction"] {
+        for key in ["op", "backend", "dtype", "shape", "median_s", "gflops", "gbps", "roofline_fraction", "peak_mem_bytes"] {
             assert!(r.get(key).is_some(), "bench record without {key}: {r}");
         }
         assert!(r["median_s"].as_f64().is_some_and(|t| t > 0.0), "{r}");

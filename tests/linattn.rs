@@ -532,33 +532,3 @@ fn sixteen_bit_kernels_match_the_reference() {
     one_pass_case_t(64, 9 * ffkern::ops::linattn::CHUNK + 5, 4, 32, 24, FeatureMap::Identity, Normalize::None, DType::BF16, 785);
     packed_one_pass_case(16, 24, FeatureMap::Identity, Normalize::None, DType::BF16, 780);
 }
-
-/// The chunked forms' device memory is linear in T (no T×T matrix, one state per chunk): of the
-/// storage a forward and a backward call create on wgpu (workspaces, chunk tables, gradients), the
-/// part that grows with T doubles, within a few percent, from T = 2048 → 4096 against 1024 → 2048
-/// (a T² term would make it grow up to 4×).
-#[cfg(feature = "wgpu")]
-#[test]
-fn chunked_forms_take_memory_linear_in_t() {
-    let Some(be) = common::wgpu() else { return };
-    let created = |t: usize| -> (u64, u64) {
-        let d = desc(1, t, 2, 16, 16, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
-        let (q, k, v, s0, z0) = inputs(&d, DType::BF16, 3);
-        let d_o = HostTensor::random(DType::BF16, vec![d.vo_len()], 9);
-        let up = |t: &HostTensor| be.upload(t).expect("upload");
-        let (qb, kb, vb, dob, s0b, z0b) = (up(&q), up(&k), up(&v), up(&d_o), up(&s0), up(&z0));
-        let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(DType::BF16, d.vo_len()).expect("o"));
-        let before = be.storage_bytes_created();
-        d.chunk(&be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o).expect("chunk");
-        let forward = be.storage_bytes_created() - before;
-        let before = be.storage_bytes_created();
-        d.chunk_backward(&be, &qb, &kb, &vb, &o, &dob, &s0b, &z0b, [None, None], 0).expect("chunk backward");
-        (forward, be.storage_bytes_created() - before)
-    };
-    let [s1, s2, s4] = [1024, 2048, 4096].map(created);
-    for (what, a, b, c) in [("forward", s1.0, s2.0, s4.0), ("backward", s1.1, s2.1, s4.1)] {
-        assert!(a < b && b < c, "{what}: {a}, {b}, {c} bytes at T = 1024, 2048, 4096");
-        let ratio = (c - b) as f64 / (b - a) as f64;
-        assert!((1.9..=2.1).contains(&ratio), "{what}: {a}, {b}, {c} bytes at T = 1024, 2048, 4096 (growth ratio {ratio:.3})");
-    }
-}

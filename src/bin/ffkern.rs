@@ -522,7 +522,7 @@ fn run_check(op: Option<String>, backend: Option<String>, dtype: Option<String>,
 fn bench_json(r: &BenchRecord) -> serde_json::Value {
     json!({"op": r.op, "backend": r.backend, "dtype": r.dtype.name(), "shape": r.shape, "median_s": r.median_s,
            "gflops": r.gflops(), "gbps": r.gbps(), "roofline_fraction": r.roofline_fraction, "reps": r.reps,
-           "baseline": r.baseline, "baseline_s": r.baseline_s,
+           "baseline": r.baseline, "baseline_s": r.baseline_s, "peak_mem_bytes": r.peak_mem_bytes,
            "vs_baseline": r.baseline_s.map(|b| b / r.median_s)})
 }
 
@@ -630,8 +630,8 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         println!(
-            "{:6} {:6} {:5} {:34} {:>11} {:>10} {:>9} {:>9}  baseline",
-            "op", "backend", "dtype", "shape", "median_ms", "GFLOP/s", "GB/s", "roofline"
+            "{:6} {:6} {:5} {:34} {:>11} {:>10} {:>9} {:>9} {:>9}  baseline",
+            "op", "backend", "dtype", "shape", "median_ms", "GFLOP/s", "GB/s", "roofline", "peak_MiB"
         );
         for r in &records {
             let base = match (&r.baseline, r.baseline_s) {
@@ -639,7 +639,7 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
                 _ => String::new(),
             };
             println!(
-                "{:6} {:6} {:5} {:34} {:>11.4} {:>10.1} {:>9.1} {:>9}  {}",
+                "{:6} {:6} {:5} {:34} {:>11.4} {:>10.1} {:>9.1} {:>9} {:>9}  {}",
                 r.op,
                 r.backend,
                 r.dtype.name(),
@@ -648,6 +648,7 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
                 r.gflops(),
                 r.gbps(),
                 r.roofline_fraction.map(|f| format!("{:.1}%", f * 100.0)).unwrap_or_default(),
+                r.peak_mem_bytes.map(|b| format!("{:.1}", b as f64 / (1u64 << 20) as f64)).unwrap_or_default(),
                 base
             );
         }

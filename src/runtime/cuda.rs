@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtrMut, LaunchArgs, LaunchConfig};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtrMut, LaunchArgs, LaunchConfig};
 use half::{bf16, f16};
 
 use crate::device::{same_dtype, Backend};
@@ -197,16 +197,25 @@ pub(crate) fn drv(context: &str) -> impl FnOnce(cudarc::driver::DriverError) -> 
 /// context does this: one on a caller's stream leaves the caller's pool as it is. Where the device
 /// has no pools nothing changes.
 fn keep_freed_memory(ctx: &CudaContext) {
-    use cudarc::driver::sys;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let Some(pool) = alloc_pool(ctx) else { return };
     let mut threshold = u64::MAX;
-    // SAFETY: both calls take a valid device handle and write (or read) only the local variables
-    // passed by pointer; a failure (no pool support) leaves the pool untouched.
+    // SAFETY: `pool` is the device's live pool; the call reads only the local passed by pointer,
+    // and a failure leaves the pool as it was.
     unsafe {
-        if sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS && !pool.is_null() {
-            let _ = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&mut threshold as *mut u64).cast());
-        }
+        let _ = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&mut threshold as *mut u64).cast());
     }
+}
+
+/// The memory pool that stream-ordered allocations on `ctx`'s device come from (the device's
+/// current pool), or `None` where buffers are not allocated from a pool.
+fn alloc_pool(ctx: &CudaContext) -> Option<sys::CUmemoryPool> {
+    if !ctx.has_async_alloc() {
+        return None;
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: takes a valid device handle and writes only the local handle.
+    let ok = unsafe { sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device()) } == sys::CUresult::CUDA_SUCCESS;
+    (ok && !pool.is_null()).then_some(pool)
 }
 
 /// The fill of buffers that a launch writes in full: none, or every bit set (NaN in f32, f16 and
@@ -659,6 +668,28 @@ impl Backend for CudaRuntime {
 
     fn gemm_prefers_contiguous(&self) -> bool {
         true
+    }
+
+    fn memory_use(&self) -> Option<crate::MemoryUse> {
+        use cudarc::driver::sys::CUmemPool_attribute::{CU_MEMPOOL_ATTR_USED_MEM_CURRENT, CU_MEMPOOL_ATTR_USED_MEM_HIGH};
+        let pool = alloc_pool(&self.ctx)?;
+        let (mut current, mut peak) = (0u64, 0u64);
+        // SAFETY: `pool` is the device's live pool; each call writes one u64 through the pointer
+        // to a local.
+        let ok = unsafe {
+            sys::cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, (&mut current as *mut u64).cast()) == sys::CUresult::CUDA_SUCCESS
+                && sys::cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut peak as *mut u64).cast()) == sys::CUresult::CUDA_SUCCESS
+        };
+        ok.then_some(crate::MemoryUse { current, peak })
+    }
+
+    fn reset_peak_memory(&self) {
+        if let Some(pool) = alloc_pool(&self.ctx) {
+            let mut zero = 0u64;
+            // SAFETY: as in `memory_use`; setting the high watermark to 0 restarts it at the bytes
+            // in use (the only value the driver accepts), reading only the local.
+            let _ = unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut zero as *mut u64).cast()) };
+        }
     }
 
     fn linattn_chunk_fused(&self, p: &LinAttnParams, table: &[u32], q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, state: &mut CudaBuf, z: &mut CudaBuf, o: &mut CudaBuf) -> Result<bool> {

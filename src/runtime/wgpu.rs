@@ -3,6 +3,7 @@
 //! the adapter has them, otherwise wall clock around a waited submission).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -47,9 +48,44 @@ impl WgpuOptions {
     }
 }
 
+/// Live and peak bytes of the storage buffers a context created (see [`Backend::memory_use`]).
+#[derive(Default)]
+struct Meter {
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// A storage buffer that its context's meter counts from creation to drop; it dereferences to
+/// the `wgpu::Buffer`.
+pub struct MeteredBuffer {
+    buffer: wgpu::Buffer,
+    meter: Arc<Meter>,
+}
+
+impl MeteredBuffer {
+    fn new(buffer: wgpu::Buffer, meter: &Arc<Meter>) -> Self {
+        let now = meter.live.fetch_add(buffer.size(), Ordering::Relaxed) + buffer.size();
+        meter.peak.fetch_max(now, Ordering::Relaxed);
+        MeteredBuffer { buffer, meter: meter.clone() }
+    }
+}
+
+impl std::ops::Deref for MeteredBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for MeteredBuffer {
+    fn drop(&mut self) {
+        self.meter.live.fetch_sub(self.buffer.size(), Ordering::Relaxed);
+    }
+}
+
 /// An owned buffer on a wgpu device: `len` elements of `dtype`, stored as u32 words.
 pub struct WgpuBuffer {
-    pub buffer: wgpu::Buffer,
+    pub buffer: MeteredBuffer,
     pub dtype: DType,
     pub len: usize,
 }
@@ -89,9 +125,8 @@ pub struct WgpuContext {
     dummy_ro: wgpu::Buffer,
     dummy_rw: wgpu::Buffer,
     timing: Mutex<Option<Timing>>,
-    /// Bytes of the storage buffers created through this context so far (tensors, workspaces,
-    /// index tables): the difference around a call bounds the device memory the call took.
-    created: std::sync::atomic::AtomicU64,
+    /// The storage buffers created through this context (tensors, workspaces, index tables).
+    meter: Arc<Meter>,
 }
 
 /// A WGSL family shader assembled for one dtype: `_dtype_<dtype>.wgsl + _common.wgsl +
@@ -192,7 +227,7 @@ impl WgpuContext {
             dummy_ro,
             dummy_rw,
             timing: Mutex::new(None),
-            created: std::sync::atomic::AtomicU64::new(0),
+            meter: Arc::default(),
         }
     }
 
@@ -446,31 +481,26 @@ impl WgpuContext {
     }
 
     /// A read-only storage buffer holding `words` (sequence starts, chunk tables).
-    pub fn upload_u32(&self, words: &[u32]) -> wgpu::Buffer {
-        self.created.fetch_add((words.len() * 4) as u64, std::sync::atomic::Ordering::Relaxed);
-        wgpu::util::DeviceExt::create_buffer_init(&self.device, &wgpu::util::BufferInitDescriptor { label: Some("ffkern u32 table"), contents: bytemuck::cast_slice(words), usage: wgpu::BufferUsages::STORAGE })
-    }
-
-    /// Bytes of the storage buffers created through this context so far (see `created`).
-    pub fn storage_bytes_created(&self) -> u64 {
-        self.created.load(std::sync::atomic::Ordering::Relaxed)
+    pub fn upload_u32(&self, words: &[u32]) -> MeteredBuffer {
+        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("ffkern u32 table"), contents: bytemuck::cast_slice(words), usage: wgpu::BufferUsages::STORAGE });
+        MeteredBuffer::new(buffer, &self.meter)
     }
 
     /// A buffer for `len` elements of `dtype` (rounded up to whole words), usable as storage,
     /// copy source and copy destination.
-    pub fn create_buffer(&self, dtype: DType, len: usize) -> Result<wgpu::Buffer> {
+    pub fn create_buffer(&self, dtype: DType, len: usize) -> Result<MeteredBuffer> {
         let bytes = dtype.bytes(len)?.div_ceil(4).saturating_mul(4).max(4) as u64;
         let max = self.device.limits().max_storage_buffer_binding_size;
         if bytes > max || bytes > self.device.limits().max_buffer_size {
             return Err(Error::Limit(format!("wgpu: a buffer of {bytes} bytes exceeds the adapter's binding limit of {max}")));
         }
-        self.created.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("ffkern tensor"),
             size: bytes,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        }))
+        });
+        Ok(MeteredBuffer::new(buffer, &self.meter))
     }
 }
 
@@ -541,13 +571,19 @@ impl Backend for WgpuContext {
         self.queue.submit([enc.finish()]);
         Ok(())
     }
+    fn memory_use(&self) -> Option<crate::MemoryUse> {
+        Some(crate::MemoryUse { current: self.meter.live.load(Ordering::Relaxed), peak: self.meter.peak.load(Ordering::Relaxed) })
+    }
+    fn reset_peak_memory(&self) {
+        self.meter.peak.store(self.meter.live.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
     fn copy_kernel(&self, src: &WgpuBuffer, dst: &mut WgpuBuffer) -> Result<bool> {
         // Whole 16-byte pieces of the shorter buffer (a tail under 16 bytes is not copied: the
         // bench's buffers are whole MiB).
         let pieces = (src.buffer.size().min(dst.buffer.size()) / 16) as usize;
         let pipe = self.pipeline("copy", "copy16", DType::F32, 1, 1)?;
         let params = [pieces as u32, 0, 0, 0];
-        self.dispatch(&pipe, "copy", 1, bytemuck::cast_slice(&params), &[&src.buffer, &dst.buffer], self.grid_1d(pieces))?;
+        self.dispatch(&pipe, "copy", 1, bytemuck::cast_slice(&params), &[&*src.buffer, &*dst.buffer], self.grid_1d(pieces))?;
         Ok(true)
     }
     fn time_runs(&self, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>> {
@@ -603,8 +639,8 @@ impl Backend for WgpuContext {
     fn optim_step(&self, p: &OptimParams, param: &mut WgpuBuffer, grad: &WgpuBuffer, state: &mut [WgpuBuffer]) -> Result<()> {
         let (m, v) = match state {
             [] => (None, None),
-            [m] => (Some(&m.buffer), None),
-            [m, v, ..] => (Some(&m.buffer), Some(&v.buffer)),
+            [m] => (Some(&*m.buffer), None),
+            [m, v, ..] => (Some(&*m.buffer), Some(&*v.buffer)),
         };
         crate::ops::optim::wgpu::step(self, p, grad.dtype, &grad.buffer, &param.buffer, m, v)
     }
@@ -630,7 +666,7 @@ impl Backend for WgpuContext {
 
     fn batchnorm_backward(&self, p: &BnParams, x: &WgpuBuffer, dy: &WgpuBuffer, affine: &WgpuBuffer, stats: &mut WgpuBuffer, extra: Option<&WgpuBuffer>, dx: &mut WgpuBuffer) -> Result<()> {
         same_dtype("batchnorm", &[("x", x.dtype), ("dy", dy.dtype), ("dx", dx.dtype)])?;
-        crate::ops::ffn::wgpu::batchnorm_backward(self, p, x.dtype, &x.buffer, &dy.buffer, &affine.buffer, &stats.buffer, extra.map(|t| &t.buffer), &dx.buffer)
+        crate::ops::ffn::wgpu::batchnorm_backward(self, p, x.dtype, &x.buffer, &dy.buffer, &affine.buffer, &stats.buffer, extra.map(|t| &*t.buffer), &dx.buffer)
     }
 
     fn linattn_recurrent(&self, p: &LinAttnParams, q: &WgpuBuffer, k: &WgpuBuffer, v: &WgpuBuffer, starts: &[u32], state: &mut WgpuBuffer, z: &mut WgpuBuffer, o: &mut WgpuBuffer) -> Result<()> {
@@ -650,28 +686,28 @@ impl Backend for WgpuContext {
     fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&WgpuBuffer; 5], s0: &WgpuBuffer, z0: &WgpuBuffer, d_final: [Option<&WgpuBuffer>; 2], out: [&mut WgpuBuffer; 5]) -> Result<()> {
         let [dq, dk, dv, ds0, dz0] = out;
         let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype), ("dq", dq.dtype), ("dk", dk.dtype), ("dv", dv.dtype)])?;
-        let xb = x.map(|b| &b.buffer);
-        let outs = [&dq.buffer, &dk.buffer, &dv.buffer, &ds0.buffer, &dz0.buffer];
-        crate::ops::linattn::wgpu::backward(self, p, dtype, starts, xb, &s0.buffer, &z0.buffer, d_final.map(|b| b.map(|b| &b.buffer)), outs)
+        let xb = x.map(|b| &*b.buffer);
+        let outs = [&*dq.buffer, &*dk.buffer, &*dv.buffer, &*ds0.buffer, &*dz0.buffer];
+        crate::ops::linattn::wgpu::backward(self, p, dtype, starts, xb, &s0.buffer, &z0.buffer, d_final.map(|b| b.map(|b| &*b.buffer)), outs)
     }
 
     fn linattn_chunk_dstate(&self, p: &LinAttnParams, bounds: &[u32], x: [&WgpuBuffer; 5], start: [&WgpuBuffer; 2], scratch: &mut WgpuBuffer, own: Option<[&mut WgpuBuffer; 2]>) -> Result<()> {
         let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype)])?;
-        let own = own.map(|[g, gz]| [&g.buffer, &gz.buffer]);
-        crate::ops::linattn::wgpu::chunk_dstate(self, p, dtype, bounds, x.map(|b| &b.buffer), &start[1].buffer, &scratch.buffer, own)
+        let own = own.map(|[g, gz]| [&*g.buffer, &*gz.buffer]);
+        crate::ops::linattn::wgpu::chunk_dstate(self, p, dtype, bounds, x.map(|b| &*b.buffer), &start[1].buffer, &scratch.buffer, own)
     }
 
     fn linattn_chunk_grad_states(&self, p: &LinAttnParams, table: &[u32], x: [&WgpuBuffer; 5], _start: [&WgpuBuffer; 2], scratch: &WgpuBuffer, d: [&mut WgpuBuffer; 2], g: [&mut WgpuBuffer; 2]) -> Result<()> {
         let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("do", x[4].dtype)])?;
         let ([ds, dz], [gs, gzs]) = (d, g);
-        crate::ops::linattn::wgpu::chunk_grad_states(self, p, dtype, table, &x[0].buffer, &x[4].buffer, &scratch.buffer, [&ds.buffer, &dz.buffer], [&gs.buffer, &gzs.buffer])
+        crate::ops::linattn::wgpu::chunk_grad_states(self, p, dtype, table, &x[0].buffer, &x[4].buffer, &scratch.buffer, [&*ds.buffer, &*dz.buffer], [&*gs.buffer, &*gzs.buffer])
     }
 
     fn linattn_chunk_grads(&self, p: &LinAttnParams, bounds: &[u32], x: [&WgpuBuffer; 5], start: [&WgpuBuffer; 2], end: [&WgpuBuffer; 2], scratch: &mut WgpuBuffer, out: [&mut WgpuBuffer; 3]) -> Result<()> {
         let [dq, dk, dv] = out;
         let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype), ("dq", dq.dtype), ("dk", dk.dtype), ("dv", dv.dtype)])?;
-        let outs = [&dq.buffer, &dk.buffer, &dv.buffer];
-        crate::ops::linattn::wgpu::chunk_grads(self, p, dtype, bounds, x.map(|b| &b.buffer), start.map(|b| &b.buffer), end.map(|b| &b.buffer), &scratch.buffer, outs)
+        let outs = [&*dq.buffer, &*dk.buffer, &*dv.buffer];
+        crate::ops::linattn::wgpu::chunk_grads(self, p, dtype, bounds, x.map(|b| &*b.buffer), start.map(|b| &*b.buffer), end.map(|b| &*b.buffer), &scratch.buffer, outs)
     }
 
     fn graph_op(&self, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<WgpuBuffer>>, a: &GraphArgs<WgpuBuffer>, out: &mut WgpuBuffer, arg: Option<&mut WgpuBuffer>) -> Result<()> {

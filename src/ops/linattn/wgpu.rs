@@ -47,7 +47,7 @@ pub fn recurrent(
     } else {
         None
     };
-    let z_init = z_copy.as_ref().unwrap_or(ctx.dummy(false));
+    let z_init = z_copy.as_deref().unwrap_or(ctx.dummy(false));
     let starts = ctx.upload_u32(starts);
     let units = (p.batch * p.heads) as usize;
     let groups = match entry {

@@ -29,7 +29,7 @@ pub fn step(
     let rw = ctx.dummy(true);
     let partials = n.div_ceil(CHUNK);
     let scratch = if p.clip != 0 { Some(ctx.create_buffer(DType::F32, partials + 1)?) } else { None };
-    let sc = scratch.as_ref().unwrap_or(rw);
+    let sc = scratch.as_deref().unwrap_or(rw);
     let (m, v) = (m.unwrap_or(rw), v.unwrap_or(rw));
     let params = bytemuck::bytes_of(p);
     let buffers = [grad, param, m, v, sc];
