@@ -171,6 +171,9 @@ pub fn launch<T: CudaElem>(
         GraphKernel::FromF32 => ("graph_from_f32", rows_dim),
     };
     let (f, cfg_main) = (load(name)?, cfg(threads));
+    // The 16-byte entry `name16` over `len` elements where its operands take whole pieces (see
+    // [`pieces16`]), one thread per piece; `None` keeps the element entry.
+    let entry16 = |name16: &str, len: usize, addrs: &[u64]| pieces16::<T>(p.dim, len, addrs).map(|n| Ok((load(name16)?, cfg(n)))).transpose();
     // SAFETY: the graph entries read the index words idx [N + 1 + 4E + 2L + 1 + S] (each index
     // checked < N, resp. ≤ E, when the Graph was built, and the segment lists derived from it;
     // only DeviceGraph::upload makes them) and their operands, whose lengths ops::graph checked:
@@ -208,10 +211,7 @@ pub fn launch<T: CudaElem>(
                     let y = a.y.as_ref().unwrap_or(x);
                     // SAFETY (graph_scale_add16): as graph_scale_add, in whole 16-byte pieces of
                     // x, y and out (checked by pieces16).
-                    let (f, cfg_main) = match pieces16::<T>(p.dim, rows_dim, &[device_addr(rt, x), device_addr(rt, y), device_addr(rt, &*out)]) {
-                        Some(n) => (load("graph_scale_add16")?, cfg(n)),
-                        None => (f, cfg_main),
-                    };
+                    let (f, cfg_main) = entry16("graph_scale_add16", rows_dim, &[device_addr(rt, x), device_addr(rt, y), device_addr(rt, &*out)])?.unwrap_or((f, cfg_main));
                     match &a.w {
                         Some(w) => rt.launch(&f, cfg_main, |l| {
                             l.arg(x).arg(y).arg(w).arg(out).arg(p);
@@ -273,10 +273,7 @@ pub fn launch<T: CudaElem>(
             let (idx, ee, pn) = (need(&a.idx, "graph")?, need(&a.x, "Ee")?, need(&a.y, "P")?);
             // SAFETY (graph_edge_combine16): as graph_edge_combine, in whole 16-byte pieces of Ee,
             // P and m (checked by pieces16).
-            let (f, cfg_main) = match pieces16::<T>(p.dim, edges * dim, &[device_addr(rt, ee), device_addr(rt, pn), device_addr(rt, &*out)]) {
-                Some(n) => (load("graph_edge_combine16")?, cfg(n)),
-                None => (f, cfg_main),
-            };
+            let (f, cfg_main) = entry16("graph_edge_combine16", edges * dim, &[device_addr(rt, ee), device_addr(rt, pn), device_addr(rt, &*out)])?.unwrap_or((f, cfg_main));
             rt.launch(&f, cfg_main, |l| {
                 l.arg(idx).arg(ee).arg(pn).arg(out).arg(p);
             })
@@ -286,15 +283,11 @@ pub fn launch<T: CudaElem>(
             let (idx, x) = (need(&a.idx, "graph")?, need(&a.x, "x")?);
             // Without weights the w pointer is idx's and is never read (p.has_weight = 0).
             let w = a.w.as_ref().unwrap_or(idx);
-            let pieces = edges * dim / (16 / std::mem::size_of::<T>());
-            if whole_pieces::<T, _, _>(rt, p, x, &*out) && pieces < 1 << 31 {
-                // SAFETY: graph_gather16_<dtype>(idx, x, w, out, p) as graph_gather below, with x
-                // and out read and written in whole 16-byte pieces (dim a multiple of 16 bytes,
-                // both 16-byte aligned, the piece count below 2³¹: checked here).
-                return rt.launch(&load("graph_gather16")?, cfg(pieces), |l| {
-                    l.arg(idx).arg(x).arg(w).arg(out).arg(p);
-                });
-            }
+            // SAFETY (graph_gather16): as graph_gather, with x and out read and written in whole
+            // 16-byte pieces (dim and, with weights, each head's columns a multiple of 16 bytes,
+            // both 16-byte aligned, the piece count below 2³¹: checked by whole_pieces and pieces16).
+            let entry = if whole_pieces::<T, _, _>(rt, p, x, &*out) { entry16("graph_gather16", edges * dim, &[device_addr(rt, x), device_addr(rt, &*out)])? } else { None };
+            let (f, cfg_main) = entry.unwrap_or((f, cfg_main));
             rt.launch(&f, cfg_main, |l| {
                 l.arg(idx).arg(x).arg(w).arg(out).arg(p);
             })
