@@ -19,40 +19,58 @@ const OP: &str = "ffn";
 /// Weights use the `[out, in]` layout: `w1 [hidden, dim]`, `b1 [hidden]`, `w2 [dim, hidden]`, `b2 [dim]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DenseFfn {
+    /// Rows of x and y.
     pub tokens: usize,
+    /// The model width C (x, y).
     pub dim: usize,
+    /// The hidden width H.
     pub hidden: usize,
+    /// The activation between the products.
     pub act: Activation,
+    /// Whether x is added to the output (`dim` in and out).
     pub residual: bool,
 }
 
 /// The four weight tensors of a dense FFN on one backend.
 pub struct FfnWeights<B> {
+    /// `[hidden, dim]`.
     pub w1: B,
+    /// `[hidden]`.
     pub b1: B,
+    /// `[dim, hidden]`.
     pub w2: B,
+    /// `[dim]`.
     pub b2: B,
 }
 
 /// What the forward keeps for the backward: the pre-activation and the hidden activation.
 pub struct FfnSaved<B> {
+    /// `W1·x + b1`, `[tokens, hidden]`.
     pub z1: B,
+    /// `act(z1)`, `[tokens, hidden]`.
     pub u: B,
 }
 
 /// Gradients of a dense FFN.
 pub struct FfnGrads<B> {
+    /// `[tokens, dim]`.
     pub dx: B,
+    /// `[hidden, dim]`.
     pub dw1: B,
+    /// `[hidden]`.
     pub db1: B,
+    /// `[dim, hidden]`.
     pub dw2: B,
+    /// `[dim]`.
     pub db2: B,
 }
 
 impl DenseFfn {
+    /// The first product with its fused epilogue: `u = act(x·W1ᵀ + b1)`.
     pub fn gemm1(&self) -> Gemm {
         Gemm::new(self.tokens, self.hidden, self.dim).bias(true).act(self.act)
     }
+    /// The second product: `y = u·W2ᵀ + b2 (+ x)`.
     pub fn gemm2(&self) -> Gemm {
         let g = Gemm::new(self.tokens, self.dim, self.hidden).bias(true);
         if self.residual {
@@ -121,10 +139,15 @@ impl DenseFfn {
 /// BatchNorm parameters of one layer (eval mode uses the running statistics).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchNorm {
+    /// γ, per channel.
     pub gamma: Vec<f32>,
+    /// β, per channel.
     pub beta: Vec<f32>,
+    /// The running mean, per channel.
     pub mean: Vec<f32>,
+    /// The running (unbiased) variance, per channel.
     pub var: Vec<f32>,
+    /// Added to the variance under the square root.
     pub eps: f32,
 }
 
@@ -141,11 +164,17 @@ impl BatchNorm {
 /// `w2 [C, H]`, `b2 [C]`, BN1 over the C input channels, BN2 over the H hidden channels.
 #[derive(Clone, Debug)]
 pub struct RepavitWeights {
+    /// `[H, C]`.
     pub w1: HostTensor,
+    /// `[H]`.
     pub b1: HostTensor,
+    /// `[C, H]`.
     pub w2: HostTensor,
+    /// `[C]`.
     pub b2: HostTensor,
+    /// Over the C input channels.
     pub bn1: BatchNorm,
+    /// Over the H hidden channels.
     pub bn2: BatchNorm,
 }
 
@@ -183,10 +212,15 @@ pub fn active_channels(hidden: usize, theta: f64) -> Result<usize> {
 /// `wu = [W1f[:a, :]; M]` (`[a + C, C]`), `bu = [b1f[:a]; c]`, `wo = W2f[:, :a]` (`[C, a]`).
 #[derive(Clone, Debug)]
 pub struct RepavitMerged {
+    /// C.
     pub dim: usize,
+    /// a, the active hidden channels.
     pub active: usize,
+    /// `[a + C, C]`.
     pub wu: HostTensor,
+    /// `[a + C]`.
     pub bu: HostTensor,
+    /// `[C, a]`.
     pub wo: HostTensor,
 }
 
@@ -260,14 +294,18 @@ impl RepavitMerged {
 /// One BatchNorm over `rows` tokens of `channels` features.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormDesc {
+    /// Tokens normalised over.
     pub rows: usize,
+    /// Features, each with its own statistics.
     pub channels: usize,
+    /// Added to the variance under the square root.
     pub eps: f32,
     /// Running statistics: `running = (1 − momentum)·running + momentum·batch` (PyTorch's convention).
     pub momentum: f32,
 }
 
 impl BatchNormDesc {
+    /// The kernels' parameter block, after checking eps, momentum and sizes; `train` uses batch statistics and updates the running ones, `has_extra`: the backward adds a given tensor to dx.
     pub fn params(&self, train: bool, has_extra: bool) -> Result<BnParams> {
         if !(self.eps > 0.0 && self.eps.is_finite()) || !(0.0..=1.0).contains(&self.momentum) {
             return Err(Error::Invalid(format!("batchnorm: eps {} must be > 0 and momentum {} in [0, 1]", self.eps, self.momentum)));
@@ -293,12 +331,19 @@ impl BatchNormDesc {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BnParams {
+    /// Rows.
     pub rows: u32,
+    /// Channels.
     pub channels: u32,
+    /// 1 in train mode.
     pub train: u32,
+    /// 1 when the backward adds a given tensor to dx.
     pub has_extra: u32,
+    /// eps.
     pub eps: f32,
+    /// momentum.
     pub momentum: f32,
+    /// Padding to 32 bytes.
     pub pad: [u32; 2],
 }
 
@@ -310,9 +355,13 @@ unsafe impl cudarc::driver::DeviceRepr for BnParams {}
 /// `stats` (f32, 6·C): `[mean | rstd | scale | shift]` written by the forward for the backward,
 /// then `[dγ | dβ]` written by the backward.
 pub struct BatchNormState<B> {
+    /// `[γ | β]`, f32, 2·C.
     pub affine: B,
+    /// f32, C.
     pub running_mean: B,
+    /// f32, C.
     pub running_var: B,
+    /// f32, 6·C (see the type's description).
     pub stats: B,
 }
 
@@ -378,37 +427,54 @@ impl<B> BatchNormState<B> {
 /// `z = W1·BN1(x) + b1; z[:a] = GELU(z[:a]); y = W2·BN2(z) + b2 + x`, BatchNorm over all tokens.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RepavitFfn {
+    /// Rows of x and y.
     pub tokens: usize,
+    /// C.
     pub dim: usize,
+    /// H.
     pub hidden: usize,
     /// The number of active hidden channels (see [`active_channels`]).
     pub active: usize,
+    /// The BatchNorms' eps.
     pub eps: f32,
+    /// The BatchNorms' running-statistics momentum.
     pub momentum: f32,
 }
 
 /// The training-form parameters on one backend.
 pub struct RepavitTrain<B> {
+    /// `[H, C]`.
     pub w1: B,
+    /// `[H]`.
     pub b1: B,
+    /// `[C, H]`.
     pub w2: B,
+    /// `[C]`.
     pub b2: B,
+    /// BN1, over C.
     pub bn1: BatchNormState<B>,
+    /// BN2, over H.
     pub bn2: BatchNormState<B>,
 }
 
 /// What the training forward keeps for the backward.
 pub struct RepavitSaved<B> {
+    /// `BN1(x)`, `[tokens, C]`.
     pub xn: B,
+    /// `W1·xn + b1` before the activation, `[tokens, H]`.
     pub zpre: B,
+    /// `zpre` with GELU on the first a channels.
     pub z: B,
+    /// `BN2(z)`, `[tokens, H]`.
     pub zn: B,
 }
 
 impl RepavitFfn {
+    /// BN1's descriptor (over C).
     pub fn bn1(&self) -> BatchNormDesc {
         BatchNormDesc { rows: self.tokens, channels: self.dim, eps: self.eps, momentum: self.momentum }
     }
+    /// BN2's descriptor (over H).
     pub fn bn2(&self) -> BatchNormDesc {
         BatchNormDesc { rows: self.tokens, channels: self.hidden, eps: self.eps, momentum: self.momentum }
     }

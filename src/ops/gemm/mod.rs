@@ -19,19 +19,26 @@ const OP: &str = "gemm";
 /// Activation of the epilogue (and its derivative in the backward helpers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Activation {
+    /// `x`.
     Identity = 0,
+    /// `max(x, 0)`.
     Relu = 1,
+    /// `x·σ(x)`.
     Silu = 2,
+    /// `x·Φ(x)`, the exact GELU (normal CDF through erf).
     GeluErf = 3,
+    /// The tanh approximation of GELU.
     GeluTanh = 4,
     /// `max(x, 0.2·x)`: GAT's attention logits.
     LeakyRelu = 5,
 }
 
 impl Activation {
+    /// Every activation, in discriminant order.
     pub const ALL: [Activation; 6] =
         [Activation::Identity, Activation::Relu, Activation::Silu, Activation::GeluErf, Activation::GeluTanh, Activation::LeakyRelu];
 
+    /// The name that `FromStr`, the CLI's `--act` and the bench records use.
     pub fn name(self) -> &'static str {
         match self {
             Activation::Identity => "identity",
@@ -57,14 +64,18 @@ impl std::str::FromStr for Activation {
 /// How A is stored: `MK` = `[M, K]` row-major (K contiguous), `KM` = `[K, M]` (A transposed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ALayout {
+    /// `[M, K]`, K contiguous.
     MK,
+    /// `[K, M]`, M contiguous (A transposed).
     KM,
 }
 
 /// How B is stored: `NK` = `[N, K]` (the PyTorch weight layout), `KN` = `[K, N]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BLayout {
+    /// `[N, K]`, K contiguous (the `[out, in]` weight layout).
     NK,
+    /// `[K, N]`, N contiguous.
     KN,
 }
 
@@ -83,10 +94,15 @@ impl std::str::FromStr for BLayout {
 /// is at `b·batch_stride + row·row_stride + col·col_stride` (one of the two strides is 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Operand {
+    /// Rows of one batch.
     pub rows: usize,
+    /// Columns of one batch.
     pub cols: usize,
+    /// Elements from one row to the next.
     pub row_stride: usize,
+    /// Elements from one column to the next.
     pub col_stride: usize,
+    /// Elements from one batch to the next (0 broadcasts one matrix to every batch).
     pub batch_stride: usize,
 }
 
@@ -111,6 +127,7 @@ impl Operand {
         let span = |n: usize, stride: usize| (n - 1).saturating_mul(stride);
         span(batch, self.batch_stride).saturating_add(span(self.rows, self.row_stride)).saturating_add(span(self.cols, self.col_stride)).saturating_add(1)
     }
+    /// The element index of `(row, col)` of batch `b`.
     pub fn index(&self, b: usize, row: usize, col: usize) -> usize {
         b * self.batch_stride + row * self.row_stride + col * self.col_stride
     }
@@ -120,38 +137,58 @@ impl Operand {
 /// [`Gemm::validate`]. Leading dimensions and batch strides default to the compact layout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gemm {
+    /// Rows of A, C and R.
     pub m: usize,
+    /// Columns of B (as `[N, K]`), C and R.
     pub n: usize,
+    /// The reduction length.
     pub k: usize,
+    /// Independent products, each operand at its batch stride.
     pub batch: usize,
+    /// How A is stored.
     pub a_layout: ALayout,
+    /// How B is stored.
     pub b_layout: BLayout,
     /// Row strides (elements) of A, B, C and R as stored; `None` = compact.
     pub lda: Option<usize>,
+    /// B's row stride as stored; `None` = compact.
     pub ldb: Option<usize>,
+    /// C's (and Z's) row stride; `None` = compact.
     pub ldc: Option<usize>,
+    /// R's row stride; `None` = compact (N).
     pub ldr: Option<usize>,
     /// Element strides of the dimension that is contiguous by default (K of A in `MK`, M in `KM`;
     /// likewise for B; N of C and Z). 1 = contiguous. Larger values read and write interleaved
     /// data in place (BlockShuffle's stride-k gather and interleaved store).
     pub inner_a: usize,
+    /// B's inner stride (see `inner_a`).
     pub inner_b: usize,
+    /// C's and Z's inner stride (see `inner_a`).
     pub inner_c: usize,
     /// Bias element `n` of batch `b` is at `b·bias_batch_stride + n·bias_inner` (defaults 0 and 1:
     /// one `[N]` bias for every batch). An interleaved C takes a bias with the same interleave.
     pub bias_batch_stride: usize,
+    /// Bias element stride within one batch's `[N]` (see `bias_batch_stride`).
     pub bias_inner: usize,
     /// Batch strides (elements); `None` = compact. A stride of 0 broadcasts the operand.
     pub stride_a: Option<usize>,
+    /// B's batch stride; `None` = compact.
     pub stride_b: Option<usize>,
+    /// C's (and Z's) batch stride; `None` = compact.
     pub stride_c: Option<usize>,
+    /// R's batch stride; `None` = compact.
     pub stride_r: Option<usize>,
+    /// The epilogue activation (on columns `< act_cols`).
     pub act: Activation,
     /// The activation applies to columns `n < act_cols` only; `None` = all columns.
     pub act_cols: Option<usize>,
+    /// Scales the product before the bias: `α·A·B + bias`.
     pub alpha: f32,
+    /// Scales the residual: `… + β·R`.
     pub beta: f32,
+    /// Whether a bias `[N]` is added before the activation.
     pub bias: bool,
+    /// Whether `β·R` is added after the activation.
     pub residual: bool,
     /// Element offsets of the operands inside the buffers handed to [`Backend::gemm`] (owned
     /// buffers). The low-level launchers take offsets through `BufferRef` / cudarc views instead.
@@ -161,10 +198,15 @@ pub struct Gemm {
 /// Where each operand starts inside its buffer, in elements (Z shares C's offset).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GemmOffsets {
+    /// A's offset.
     pub a: usize,
+    /// B's offset.
     pub b: usize,
+    /// The bias's offset.
     pub bias: usize,
+    /// R's offset.
     pub r: usize,
+    /// C's (and Z's) offset.
     pub c: usize,
 }
 
@@ -185,6 +227,7 @@ impl GemmOffsets {
 }
 
 impl Gemm {
+    /// `C [M, N] = A [M, K] · B [N, K]ᵀ`, one batch, compact layouts, identity epilogue, no bias or residual, α = β = 1.
     pub fn new(m: usize, n: usize, k: usize) -> Self {
         Gemm {
             m,
@@ -215,38 +258,47 @@ impl Gemm {
             offsets: GemmOffsets::default(),
         }
     }
+    /// Sets where each operand starts inside the buffers of [`Backend::gemm`].
     pub fn offsets(mut self, offsets: GemmOffsets) -> Self {
         self.offsets = offsets;
         self
     }
+    /// Sets the batch count (compact batch strides unless [`Gemm::strides`] says otherwise).
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch;
         self
     }
+    /// Sets A's layout.
     pub fn a_layout(mut self, l: ALayout) -> Self {
         self.a_layout = l;
         self
     }
+    /// Sets B's layout.
     pub fn b_layout(mut self, l: BLayout) -> Self {
         self.b_layout = l;
         self
     }
+    /// Sets the epilogue activation.
     pub fn act(mut self, act: Activation) -> Self {
         self.act = act;
         self
     }
+    /// Applies the activation to columns `< cols` only (RePaViT's partial activation).
     pub fn act_cols(mut self, cols: usize) -> Self {
         self.act_cols = Some(cols);
         self
     }
+    /// Sets α.
     pub fn alpha(mut self, alpha: f32) -> Self {
         self.alpha = alpha;
         self
     }
+    /// Sets β (with [`Gemm::residual`]).
     pub fn beta(mut self, beta: f32) -> Self {
         self.beta = beta;
         self
     }
+    /// Adds a bias `[N]` before the activation.
     pub fn bias(mut self, on: bool) -> Self {
         self.bias = on;
         self
@@ -257,18 +309,22 @@ impl Gemm {
         self.ldr = ldr;
         self
     }
+    /// Sets A's row stride.
     pub fn lda(mut self, ld: usize) -> Self {
         self.lda = Some(ld);
         self
     }
+    /// Sets B's row stride.
     pub fn ldb(mut self, ld: usize) -> Self {
         self.ldb = Some(ld);
         self
     }
+    /// Sets C's row stride.
     pub fn ldc(mut self, ld: usize) -> Self {
         self.ldc = Some(ld);
         self
     }
+    /// Sets the batch strides of A, B and C.
     pub fn strides(mut self, a: usize, b: usize, c: usize) -> Self {
         self.stride_a = Some(a);
         self.stride_b = Some(b);
@@ -295,11 +351,13 @@ impl Gemm {
         }
         (self.batch - 1).saturating_mul(self.bias_batch_stride).saturating_add((self.n - 1).saturating_mul(self.bias_inner.max(1))).saturating_add(1)
     }
+    /// Sets R's batch stride.
     pub fn stride_r(mut self, r: usize) -> Self {
         self.stride_r = Some(r);
         self
     }
 
+    /// The columns the activation applies to (`act_cols`, or N).
     pub fn act_cols_or_n(&self) -> usize {
         self.act_cols.unwrap_or(self.n)
     }
@@ -344,6 +402,7 @@ impl Gemm {
         Operand { rows: self.m, cols: self.n, row_stride: ld, col_stride: 1, batch_stride: self.stride_r.unwrap_or(self.m.saturating_mul(ld)) }
     }
 
+    /// `2·batch·M·N·K`: the product's floating-point operations.
     pub fn flops(&self) -> f64 {
         2.0 * self.batch as f64 * self.m as f64 * self.n as f64 * self.k as f64
     }
@@ -521,45 +580,78 @@ pub fn split_k(desc: &Gemm, tile: usize, target: usize) -> (usize, usize) {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GemmParams {
+    /// M.
     pub m: u32,
+    /// N.
     pub n: u32,
+    /// K.
     pub k: u32,
+    /// The batch count.
     pub batch: u32,
+    /// A's row stride.
     pub lda: u32,
+    /// B's row stride.
     pub ldb: u32,
+    /// C's and Z's row stride.
     pub ldc: u32,
+    /// R's row stride.
     pub ldr: u32,
+    /// A's batch stride.
     pub sa: u32,
+    /// B's batch stride.
     pub sb: u32,
+    /// C's and Z's batch stride.
     pub sc: u32,
+    /// R's batch stride.
     pub sr: u32,
+    /// 1 when A is stored `[K, M]`.
     pub a_km: u32,
+    /// 1 when B is stored `[K, N]`.
     pub b_kn: u32,
+    /// The activation's discriminant.
     pub act: u32,
+    /// The activation applies to columns `< act_cols`.
     pub act_cols: u32,
+    /// 1 with a bias.
     pub has_bias: u32,
+    /// 1 with a residual.
     pub has_r: u32,
+    /// 1 when the pre-activation Z is written.
     pub has_z: u32,
+    /// α.
     pub alpha: f32,
+    /// β.
     pub beta: f32,
+    /// A's offset.
     pub off_a: u32,
+    /// B's offset.
     pub off_b: u32,
+    /// The bias's offset.
     pub off_bias: u32,
+    /// R's offset.
     pub off_r: u32,
+    /// C's offset.
     pub off_c: u32,
+    /// Z's offset.
     pub off_z: u32,
     /// Inner (default-contiguous dimension) element strides of A, B and C.
     pub a_cs: u32,
+    /// B's inner stride.
     pub b_cs: u32,
+    /// C's and Z's inner stride.
     pub c_cs: u32,
     /// Bias batch stride and inner stride.
     pub bias_bs: u32,
+    /// The bias's inner stride.
     pub bias_cs: u32,
     /// Split-K (WGSL; CUDA passes them as kernel arguments): the K slice length and the slice
     /// count, 0 without a split. Then padding to 16 bytes.
     pub kc: u32,
+    /// The split-K slice count.
     pub splits: u32,
+    /// Padding.
     pub pad0: u32,
+    /// Padding.
     pub pad1: u32,
 }
 
@@ -567,17 +659,24 @@ pub struct GemmParams {
 /// strides, inner strides and batch strides, at offset 0; elements outside the operand are zero);
 /// `dbias` is `[N]` summed over batches and rows; `dr = β·dC` is left to the caller.
 pub struct GemmGrads<T> {
+    /// dA, in A's layout.
     pub da: T,
+    /// dB, in B's layout.
     pub db: T,
+    /// dbias `[N]`, where the forward had a bias.
     pub dbias: Option<T>,
 }
 
 /// The descriptor of the element-wise `dC' = dC ⊙ act'(Z)` pass on columns `< act_cols`.
 #[derive(Clone, Copy, Debug)]
 pub struct ActGrad {
+    /// Rows of dC and Z.
     pub rows: usize,
+    /// Columns of dC and Z.
     pub cols: usize,
+    /// The forward's activation.
     pub act: Activation,
+    /// Columns `< act_cols` take the derivative; the rest pass dC through.
     pub act_cols: usize,
 }
 
@@ -777,9 +876,13 @@ pub fn gemm_backward_da_in<Be: Backend>(
 /// Host-side inputs of one GEMM call (what tests, `ffkern check` and `ffkern run` use).
 #[derive(Clone, Debug)]
 pub struct GemmInputs {
+    /// A in its layout.
     pub a: crate::HostTensor,
+    /// B in its layout.
     pub b: crate::HostTensor,
+    /// The bias, where the descriptor has one.
     pub bias: Option<crate::HostTensor>,
+    /// R, where the descriptor has a residual.
     pub r: Option<crate::HostTensor>,
 }
 
@@ -822,8 +925,11 @@ impl GemmInputs {
 /// What [`run_host`] returns: C and Z compact `[batch, M, N]`, and the whole C buffer as left by
 /// the kernel (its gaps, if `ldc > N`, must still hold the NaN poison).
 pub struct GemmOutputs {
+    /// C, compact `[batch, M, N]`.
     pub c: Vec<f32>,
+    /// Z, compact, when it was requested.
     pub z: Option<Vec<f32>>,
+    /// The whole C buffer as the kernel left it.
     pub c_buffer: Vec<f32>,
 }
 

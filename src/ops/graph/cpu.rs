@@ -2,6 +2,7 @@
 
 use super::{Graph, Reduce};
 
+/// `out[e] = x[src e]` for every edge in COO order (`[E, dim]`).
 pub fn gather_rows(g: &Graph, x: &[f32], dim: usize) -> Vec<f64> {
     g.src_coo.iter().flat_map(|&s| (0..dim).map(move |d| x[s as usize * dim + d] as f64)).collect()
 }

@@ -96,9 +96,13 @@ pub const KERNELS: &[&str] = &[
 pub struct CudaGraphArgs<'a, T> {
     /// The graph's index words; None for LayerNorm, which reads no graph.
     pub idx: Option<CudaView<'a, f32>>,
+    /// The first feature operand (see `GraphKernel`).
     pub x: Option<CudaView<'a, T>>,
+    /// The second feature operand.
     pub y: Option<CudaView<'a, T>>,
+    /// An f32 operand: edge weights or per-row factors.
     pub w: Option<CudaView<'a, f32>>,
+    /// A second f32 operand: statistics or an f32 input.
     pub v: Option<CudaView<'a, f32>>,
 }
 

@@ -37,21 +37,29 @@ fn through_act<Be: Backend>(be: &Be, act: Activation, dy: &Be::Buf, z: Option<&B
 /// aggregates first, `act((Â·H)·Wᵀ + b)`, so the bias and activation ride the GEMM's epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GcnLayer {
+    /// Input width.
     pub in_dim: usize,
+    /// Output width.
     pub out_dim: usize,
+    /// The activation of the GEMM's epilogue.
     pub act: Activation,
 }
 
 /// What the GCN forward keeps: the output, the aggregation and the GEMM's pre-activation.
 pub struct GcnState<B> {
+    /// `[N, out_dim]`.
     pub out: B,
     agg: B,
     z: Option<B>,
 }
 
+/// Gradients of a GCN layer.
 pub struct GcnGrads<B> {
+    /// `[N, in_dim]`.
     pub dx: B,
+    /// dW `[out_dim, in_dim]`.
     pub w: B,
+    /// db `[out_dim]`.
     pub b: B,
 }
 
@@ -101,21 +109,31 @@ impl GcnLayer {
 /// `h'_i = act(W_n·mean_{j→i} h_j + W_s·h_i + b)`; a node without in-edges aggregates 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SageLayer {
+    /// Input width.
     pub in_dim: usize,
+    /// Output width.
     pub out_dim: usize,
+    /// The activation of the GEMM's epilogue.
     pub act: Activation,
 }
 
+/// What the GraphSAGE forward keeps: the output, the mean aggregation and the pre-activation.
 pub struct SageState<B> {
+    /// `[N, out_dim]`.
     pub out: B,
     agg: B,
     pre: Option<B>,
 }
 
+/// Gradients of a GraphSAGE layer.
 pub struct SageGrads<B> {
+    /// `[N, in_dim]`.
     pub dx: B,
+    /// dW_n `[out_dim, in_dim]`.
     pub w_neigh: B,
+    /// dW_s `[out_dim, in_dim]`.
     pub w_self: B,
+    /// db `[out_dim]`.
     pub b: B,
 }
 
@@ -165,21 +183,31 @@ impl SageLayer {
 /// caller's choice (build them into the graph).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GatLayer {
+    /// Input width.
     pub in_dim: usize,
+    /// H, the attention heads.
     pub heads: usize,
+    /// F, each head's width (the output is `[N, H·F]`).
     pub head_dim: usize,
+    /// Applied after the aggregation and bias.
     pub act: Activation,
 }
 
 /// GAT weights: `w [H·F, in]`, `a_src`, `a_dst` `[H·F]` (head-major), `b [H·F]`.
 pub struct GatParams<B> {
+    /// `[H·F, in_dim]`.
     pub w: B,
+    /// `[H·F]`, head-major.
     pub a_src: B,
+    /// `[H·F]`, head-major.
     pub a_dst: B,
+    /// `[H·F]`.
     pub b: B,
 }
 
+/// What the GAT forward keeps for the backward.
 pub struct GatState<B> {
+    /// `[N, H·F]`.
     pub out: B,
     /// The attention coefficients, f32 `[E, H]` in COO order.
     pub alpha: B,
@@ -188,8 +216,11 @@ pub struct GatState<B> {
     pre: Option<B>,
 }
 
+/// Gradients of a GAT layer.
 pub struct GatGrads<B> {
+    /// `[N, in_dim]`.
     pub dx: B,
+    /// The parameters' gradients, in their shapes.
     pub params: GatParams<B>,
 }
 
@@ -206,6 +237,7 @@ impl GatLayer {
         Gemm::new(rows, 1, f).batch(self.heads).lda(self.width()).strides(f, f, 1).ldc(ldc).offsets(GemmOffsets { c: col, ..Default::default() })
     }
 
+    /// The layer on `x [N, in_dim]` over the graph `g` (CSR by destination).
     pub fn forward<Be: Backend>(&self, be: &Be, g: &DeviceGraph<Be::Buf>, x: &Be::Buf, p: &GatParams<Be::Buf>) -> Result<GatState<Be::Buf>> {
         let (n, e, h, hf, dtype) = (g.num_nodes, g.num_edges, self.heads, self.width(), be.dtype_of(x));
         if hf == 0 || self.in_dim == 0 {

@@ -25,7 +25,9 @@ const OP: &str = "graph";
 /// order among edges of one destination).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Graph {
+    /// N; nodes without edges are legal.
     pub num_nodes: usize,
+    /// `[N + 1]`: the CSR positions of node i's incoming edges are `row_ptr[i]..row_ptr[i + 1]`.
     pub row_ptr: Vec<u32>,
     /// Source node of each CSR position.
     pub src: Vec<u32>,
@@ -68,6 +70,7 @@ impl Graph {
         Ok(Graph { num_nodes, row_ptr, src: order.iter().map(|&e| s[e as usize]).collect(), perm: order, src_coo: s, dst_coo: d })
     }
 
+    /// E.
     pub fn num_edges(&self) -> usize {
         self.src.len()
     }
@@ -213,9 +216,13 @@ fn splitmix(seed: u64) -> impl FnMut(usize) -> usize {
 /// The reduction of [`segment_reduce`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reduce {
+    /// The sum (empty rows give 0).
     Sum = 0,
+    /// The sum over the row's edge count (empty rows give 0).
     Mean = 1,
+    /// The maximum, with the first edge that attains it (empty rows give 0).
     Max = 2,
+    /// The minimum, with the first edge that attains it (empty rows give 0).
     Min = 3,
 }
 
@@ -255,13 +262,16 @@ pub struct DeviceGraph<B> {
 }
 
 impl<B> DeviceGraph<B> {
+    /// N.
     pub fn num_nodes(&self) -> usize {
         self.num_nodes
     }
+    /// E.
     pub fn num_edges(&self) -> usize {
         self.num_edges
     }
 
+    /// Uploads a checked graph's index arrays and its long-row segments.
     pub fn upload<Be: Backend<Buf = B>>(be: &Be, g: &Graph) -> Result<Self> {
         let (long_rows, long_seg_ptr, seg_long) = g.segments();
         let data: Vec<f32> =
@@ -275,12 +285,17 @@ impl<B> DeviceGraph<B> {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GraphParams {
+    /// N.
     pub num_nodes: u32,
+    /// E.
     pub num_edges: u32,
     /// Feature width `heads·Dh`.
     pub dim: u32,
+    /// The [`Reduce`] discriminant.
     pub reduce: u32,
+    /// 1 when the `w` operand (edge weights) is read.
     pub has_weight: u32,
+    /// Heads (per-head kernels; 1 elsewhere).
     pub heads: u32,
     /// LayerNorm's ε.
     pub eps: f32,
@@ -289,7 +304,9 @@ pub struct GraphParams {
     pub has_y: u32,
     /// The graph's long rows and their segments (see [`DeviceGraph`]), and [`SEGMENT_EDGES`].
     pub num_long: u32,
+    /// S, the long rows' segments (LayerNormParams: its partial-sum chunks).
     pub num_segs: u32,
+    /// [`SEGMENT_EDGES`] (LayerNormParams: rows per chunk).
     pub chunk: u32,
     /// CUDA: the long rows' partials were folded into each row's first segment before the row
     /// pass (`graph_seg_fold`); the backends' callers leave it 0.
@@ -347,9 +364,13 @@ pub enum GraphKernel {
 
 /// The operands of one [`Backend::graph_op`] call (see [`GraphKernel`] for which each uses).
 pub struct GraphArgs<'a, B> {
+    /// The first feature operand (see [`GraphKernel`]).
     pub x: Option<&'a B>,
+    /// The second feature operand.
     pub y: Option<&'a B>,
+    /// An f32 operand: edge weights or per-row factors.
     pub w: Option<&'a B>,
+    /// A second f32 operand: statistics or an f32 input.
     pub v: Option<&'a B>,
 }
 
@@ -653,9 +674,13 @@ pub(crate) fn edge_combine<Be: Backend>(be: &Be, g: &DeviceGraph<Be::Buf>, x: &B
 /// `[E, 3D]` concatenation is never materialised. Weights are `[out, in]` in the features' dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EdgeMlp {
+    /// Width of the edge features.
     pub edge_dim: usize,
+    /// Width of the node features.
     pub node_dim: usize,
+    /// Width of the messages m.
     pub out_dim: usize,
+    /// The activation of the fused edge pass.
     pub act: Activation,
 }
 
@@ -665,26 +690,38 @@ pub struct EdgeMlp {
 /// as a second derivation of the same numbers. The unfused form needs the transposed graph.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EdgeMlpForm {
+    /// Per-node projections, then one fused gather-add-bias-activation pass over the edges.
     #[default]
     ConcatTrick,
+    /// Both endpoints gathered and three `[E, ·]` GEMMs (the composition the concat trick replaces).
     Materialized,
 }
 
 /// The edge MLP's weights: `w_e [out, edge_dim]`, `w_s`, `w_d [out, node_dim]`, `b [out]`.
 pub struct EdgeMlpWeights<B> {
+    /// `[out, edge_dim]`.
     pub w_e: B,
+    /// `[out, node_dim]`, applied to the source node.
     pub w_s: B,
+    /// `[out, node_dim]`, applied to the destination node.
     pub w_d: B,
+    /// `[out]`.
     pub b: B,
 }
 
 /// The edge MLP's gradients.
 pub struct EdgeMlpGrads<B> {
+    /// `[E, edge_dim]`.
     pub d_edge: B,
+    /// `[N, node_dim]` (from both endpoints).
     pub d_node: B,
+    /// dW_e.
     pub w_e: B,
+    /// dW_s.
     pub w_s: B,
+    /// dW_d.
     pub w_d: B,
+    /// db.
     pub b: B,
 }
 

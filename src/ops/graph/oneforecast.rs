@@ -60,25 +60,37 @@ pub const PARAM_NAMES: [&str; 23] = [
 pub struct OneForecastParams<B> {
     /// The edge MLP `W_e, W_s, W_d [D, D]`, `b [D]`.
     pub edge: EdgeMlpWeights<B>,
+    /// `W_b [D, D]`.
     pub w_b: B,
+    /// `b_b [D]`.
     pub b_b: B,
+    /// The edge LayerNorm's `[γ | β]`, f32 `[2D]`.
     pub ln_e: B,
     /// The gate MLP's first layer `W_g1_e, W_g1_s, W_g1_d [Gh, D]`, `b_g1 [Gh]`.
     pub gate: EdgeMlpWeights<B>,
     /// `[3H, Gh]`, `[3H]`.
     pub w_g2: B,
+    /// `b_g2 [3H]`.
     pub b_g2: B,
     /// `[Ah, D]`, `[Ah]`.
     pub w_a1: B,
+    /// `b_a1 [Ah]`.
     pub b_a1: B,
     /// `[H, Ah]`, `[H]`.
     pub w_a2: B,
+    /// `b_a2 [H]`.
     pub b_a2: B,
+    /// `W_n1a [D, D]`, applied to the aggregation a.
     pub w_n1_a: B,
+    /// `W_n1h [D, D]`, applied to h.
     pub w_n1_h: B,
+    /// `b_n1 [D]`.
     pub b_n1: B,
+    /// `W_n2 [D, D]`.
     pub w_n2: B,
+    /// `b_n2 [D]`.
     pub b_n2: B,
+    /// The node LayerNorm's `[γ | β]`, f32 `[2D]`.
     pub ln_n: B,
 }
 
@@ -146,7 +158,9 @@ impl<B> OneForecastParams<B> {
 
 /// What the forward keeps for the backward, with the outputs `e_out` (`e'`) and `h_out` (`h'`).
 pub struct OneForecastState<B> {
+    /// e' `[E, D]`.
     pub e_out: B,
+    /// h' `[N, D]`.
     pub h_out: B,
     u: B,
     v: B,
@@ -167,8 +181,11 @@ pub struct OneForecastState<B> {
 
 /// Gradients of the layer's inputs and parameters.
 pub struct OneForecastGrads<B> {
+    /// `[E, D]`.
     pub d_edge: B,
+    /// `[N, D]`.
     pub d_node: B,
+    /// The parameters' gradients, in their shapes.
     pub params: OneForecastParams<B>,
 }
 
