@@ -3,6 +3,7 @@
 
 use super::{FeatureMap, LinearAttention, Normalize};
 
+/// φ(x) of the feature map.
 pub fn phi(map: FeatureMap, x: f64) -> f64 {
     match map {
         FeatureMap::Identity => x,
@@ -17,6 +18,7 @@ pub fn phi(map: FeatureMap, x: f64) -> f64 {
     }
 }
 
+/// φ'(x) of the feature map.
 pub fn phi_grad(map: FeatureMap, x: f64) -> f64 {
     match map {
         FeatureMap::Identity => 1.0,
@@ -205,9 +207,13 @@ pub fn backward(
 
 /// The gradients of [`backward_varlen`].
 pub struct Grads {
+    /// `[B, T, H, K]`.
     pub dq: Vec<f64>,
+    /// `[B, T, H, K]`.
     pub dk: Vec<f64>,
+    /// `[B, T, H, V]`.
     pub dv: Vec<f64>,
+    /// The initial state's gradient, `[B, H, K, V]`.
     pub ds0: Vec<f64>,
     /// The initial normalizer's gradient (Normalizer mode; 0 otherwise).
     pub dz0: Vec<f64>,

@@ -23,9 +23,11 @@ const OP: &str = "linear_attn";
 /// The feature map φ applied to q and k.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FeatureMap {
+    /// `φ(x) = x`.
     Identity = 0,
     /// `elu(x) + 1`
     Elu1 = 1,
+    /// `φ(x) = max(x, 0)`.
     Relu = 2,
 }
 
@@ -44,9 +46,13 @@ impl std::str::FromStr for FeatureMap {
 /// How outputs are normalized.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Normalize {
+    /// `o_t = q̃_t·S_t` as is.
     None,
     /// `o_t /= (q̃_t·z_t + eps)`, `z_t = z_{t−1} + k̃_t`.
-    Normalizer { eps: f32 },
+    Normalizer {
+        /// Added to the denominator.
+        eps: f32,
+    },
     /// `o_t /= (number of positions attended)` (the mesa-optimization 1/t form).
     Count,
 }
@@ -60,6 +66,7 @@ impl Normalize {
             Normalize::Count => (2, 0.0),
         }
     }
+    /// The mode of the kernels' codes (see [`Normalize::code`]).
     pub fn from_code(code: u32, eps: f32) -> Normalize {
         match code {
             1 => Normalize::Normalizer { eps },
@@ -83,14 +90,21 @@ impl FeatureMap {
 /// The descriptor of one linear-attention call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinearAttention {
+    /// B, sequences (1 with packed sequences).
     pub batch: usize,
+    /// T, positions per sequence (all positions when packed).
     pub seq: usize,
+    /// H, heads.
     pub heads: usize,
+    /// K, the width of q and k per head.
     pub k: usize,
+    /// V, the width of v and o per head.
     pub v: usize,
+    /// φ, applied to q and k.
     pub feature_map: FeatureMap,
     /// `None` = K^-½.
     pub scale: Option<f32>,
+    /// How the output is normalized.
     pub normalize: Normalize,
 }
 
@@ -115,6 +129,7 @@ pub fn grid(cols: usize, tile: usize, units: usize) -> [u32; 3] {
 /// Columns per workgroup of the scan and state kernels (16) and of the chunked kernels that
 /// multiply by a chunk's 64×64 masked scores (64: the scores are computed once per 64 columns).
 pub const TILE: usize = 16;
+/// See [`TILE`].
 pub const WIDE_TILE: usize = 64;
 
 /// The workgroups (sequences·heads·[`outer_tiles`]) from which the chunked forms carry the state
@@ -141,10 +156,12 @@ pub const CHUNK: usize = 64;
 pub const MAX_DIM: usize = 256;
 
 impl LinearAttention {
+    /// The scale applied to q (`scale`, or K^-½).
     pub fn scale(&self) -> f32 {
         self.scale.unwrap_or(1.0 / (self.k as f32).sqrt())
     }
 
+    /// Checks the sizes, K and V against [`MAX_DIM`], the scale and eps, and the 32-bit element counts.
     pub fn validate(&self) -> Result<()> {
         if self.k == 0 || self.v == 0 || self.heads == 0 || self.batch == 0 {
             return Err(Error::shape(OP, "batch, heads, K and V must be positive"));
@@ -170,12 +187,15 @@ impl LinearAttention {
     pub fn qk_len(&self) -> usize {
         count(&[self.batch, self.seq, self.heads, self.k])
     }
+    /// Elements of v and o.
     pub fn vo_len(&self) -> usize {
         count(&[self.batch, self.seq, self.heads, self.v])
     }
+    /// Elements of the state S `[B, H, K, V]`.
     pub fn state_len(&self) -> usize {
         count(&[self.batch, self.heads, self.k, self.v])
     }
+    /// Elements of the normalizer z `[B, H, K]`.
     pub fn z_len(&self) -> usize {
         count(&[self.batch, self.heads, self.k])
     }
@@ -450,10 +470,15 @@ impl LinearAttention {
 /// The gradients of [`LinearAttention::backward`]: dq, dk, dv in the inputs' dtype and the
 /// initial state's and normalizer's gradients (f32 `[B, H, K, V]`, `[B, H, K]`, one per sequence).
 pub struct LinAttnGrads<B> {
+    /// `[B, T, H, K]`.
     pub dq: B,
+    /// `[B, T, H, K]`.
     pub dk: B,
+    /// `[B, T, H, V]`.
     pub dv: B,
+    /// `[B, H, K, V]`, f32.
     pub d_state: B,
+    /// `[B, H, K]`, f32.
     pub d_z: B,
 }
 
@@ -499,14 +524,23 @@ impl ChunkTable {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LinAttnParams {
+    /// B (sequences when packed).
     pub batch: u32,
+    /// T.
     pub seq: u32,
+    /// H.
     pub heads: u32,
+    /// K.
     pub k: u32,
+    /// V.
     pub v: u32,
+    /// The [`FeatureMap`] discriminant.
     pub feature_map: u32,
+    /// The [`Normalize::code`].
     pub normalize: u32,
+    /// The normalizer's eps.
     pub eps: f32,
+    /// The scale applied to q.
     pub scale: f32,
     /// Positions attended before this call (Count mode); the inter-chunk scan's chunk count.
     pub count0: u32,

@@ -21,10 +21,12 @@ const OP: &str = "optim";
 /// The lengths of the tensors of one parameter list, laid out back to back in each arena.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorList {
+    /// Each tensor's element count, in arena order.
     pub lens: Vec<usize>,
 }
 
 impl TensorList {
+    /// A list of tensors of these lengths.
     pub fn new(lens: Vec<usize>) -> Self {
         TensorList { lens }
     }
@@ -46,7 +48,9 @@ impl TensorList {
 /// The annealed noise schedule `σ_t² = η / (1 + t)^γ` (optax's `add_noise`). η = 0 disables noise.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NoiseSchedule {
+    /// η, the variance at step 0.
     pub eta: f64,
+    /// γ, the decay exponent.
     pub gamma: f64,
 }
 
@@ -67,9 +71,21 @@ impl NoiseSchedule {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Rule {
     /// `m = μ·m + g; d = nesterov ? g + μ·m : m` (plain SGD when μ = 0; no momentum buffer then).
-    Sgd { momentum: f32, nesterov: bool },
+    Sgd {
+        /// μ; 0 keeps no momentum buffer.
+        momentum: f32,
+        /// Nesterov's look-ahead step.
+        nesterov: bool,
+    },
     /// Adam with bias correction; with `decoupled_weight_decay` it is AdamW.
-    Adam { beta1: f32, beta2: f32, eps: f32 },
+    Adam {
+        /// The first moment's decay.
+        beta1: f32,
+        /// The second moment's decay.
+        beta2: f32,
+        /// Added to the second moment's square root.
+        eps: f32,
+    },
 }
 
 /// Where clipping by global norm happens relative to the noise.
@@ -85,7 +101,9 @@ pub enum ClipOrder {
 /// taken over the whole list with a deterministic reduction.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Clip {
+    /// The largest global norm let through.
     pub max_norm: f32,
+    /// Before or after the noise.
     pub order: ClipOrder,
 }
 
@@ -93,18 +111,26 @@ pub struct Clip {
 /// it and `seed` are the whole RNG state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NoisyOptimizer {
+    /// SGD (with momentum) or Adam.
     pub rule: Rule,
+    /// The learning rate.
     pub lr: f32,
+    /// The weight decay (see `decoupled_weight_decay`).
     pub weight_decay: f32,
     /// Decoupled weight decay `p -= lr·wd·p` (SGDW / AdamW) instead of adding `wd·p` to the gradient.
     pub decoupled_weight_decay: bool,
+    /// The gradient noise's schedule.
     pub noise: NoiseSchedule,
+    /// Clipping by global norm, if any.
     pub clip: Option<Clip>,
+    /// The Philox key of the noise.
     pub seed: u64,
+    /// Steps taken (the Philox counter's step word).
     pub step: u64,
 }
 
 impl NoisyOptimizer {
+    /// SGD with momentum μ (no Nesterov, no weight decay) and the default noise schedule.
     pub fn sgd(lr: f32, momentum: f32, seed: u64) -> Self {
         NoisyOptimizer {
             rule: Rule::Sgd { momentum, nesterov: false },
@@ -118,6 +144,7 @@ impl NoisyOptimizer {
         }
     }
 
+    /// Adam (β₁ 0.9, β₂ 0.999, ε 1e-8, no weight decay) and the default noise schedule.
     pub fn adam(lr: f32, seed: u64) -> Self {
         NoisyOptimizer {
             rule: Rule::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
@@ -278,25 +305,43 @@ impl NoisyOptimizer {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct OptimParams {
+    /// Elements in this launch.
     pub n: u32,
+    /// 0: SGD, 1: Adam.
     pub rule: u32,
+    /// 1 when SGD keeps a momentum buffer.
     pub has_momentum: u32,
+    /// 1 for Nesterov momentum.
     pub nesterov: u32,
+    /// The learning rate.
     pub lr: f32,
+    /// The weight decay.
     pub wd: f32,
+    /// 1 for decoupled weight decay.
     pub decoupled: u32,
+    /// μ, SGD's momentum.
     pub mu: f32,
+    /// σ_t, the noise's standard deviation this step.
     pub sigma: f32,
+    /// The Philox key's low word.
     pub seed_lo: u32,
+    /// The Philox key's high word.
     pub seed_hi: u32,
+    /// The step (the Philox counter's step word).
     pub step: u32,
+    /// Adam's β₁.
     pub beta1: f32,
+    /// Adam's β₂.
     pub beta2: f32,
+    /// Adam's ε.
     pub eps: f32,
+    /// Adam's bias correction `1 / (1 − β₁^(t+1))`.
     pub bc1: f32,
+    /// Adam's bias correction `1 / (1 − β₂^(t+1))`.
     pub bc2: f32,
     /// 0: none, 1: clip then noise, 2: noise then clip.
     pub clip: u32,
+    /// The clipping norm.
     pub max_norm: f32,
     /// List index of this launch's first element (0 when the launch covers the whole list).
     pub base: u32,

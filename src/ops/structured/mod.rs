@@ -20,11 +20,36 @@ const OP: &str = "structured";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Structured {
     /// `V [rank, in]`, `U [out, rank]`; `y = U·(V·x)`.
-    LowRank { inp: usize, out: usize, rank: usize },
+    LowRank {
+        /// The input width.
+        inp: usize,
+        /// The output width.
+        out: usize,
+        /// r, the inner width.
+        rank: usize,
+    },
     /// `D [blocks, rank/blocks, in/blocks]`, `L [out, rank]`; `h_b = D[b]·x_b`, `y = L·h`.
-    BlockDense { inp: usize, out: usize, rank: usize, blocks: usize },
+    BlockDense {
+        /// The input width (a multiple of `blocks`).
+        inp: usize,
+        /// The output width.
+        out: usize,
+        /// r, the concatenated width of the blocks' outputs (a multiple of `blocks`).
+        rank: usize,
+        /// The diagonal blocks.
+        blocks: usize,
+    },
     /// Monarch-style: `D1 [k, q, in/k]`, `D2 [k, out/k, q]` (SPEC §4's gather and interleaved store).
-    BlockShuffle { inp: usize, out: usize, blocks: usize, inner: usize },
+    BlockShuffle {
+        /// The input width (a multiple of `blocks`).
+        inp: usize,
+        /// The output width (a multiple of `blocks`).
+        out: usize,
+        /// k, the blocks of each factor.
+        blocks: usize,
+        /// q, each first-stage block's output width.
+        inner: usize,
+    },
 }
 
 /// One stage of a structured layer: a (possibly batched) GEMM from the previous stage's output.
@@ -82,11 +107,13 @@ impl Stage {
 }
 
 impl Structured {
+    /// The input width.
     pub fn inp(&self) -> usize {
         match *self {
             Structured::LowRank { inp, .. } | Structured::BlockDense { inp, .. } | Structured::BlockShuffle { inp, .. } => inp,
         }
     }
+    /// The output width.
     pub fn out(&self) -> usize {
         match *self {
             Structured::LowRank { out, .. } | Structured::BlockDense { out, .. } | Structured::BlockShuffle { out, .. } => out,
@@ -118,6 +145,7 @@ impl Structured {
         a.saturating_add(b)
     }
 
+    /// Checks that sizes are positive, that the block count divides the widths it splits, and the 32-bit limits.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::shape(OP, m));
         match *self {
@@ -324,17 +352,25 @@ fn gather_launches(t: usize, p: usize, k: usize, q: usize) -> Vec<Gemm> {
 /// The structured FFN block `y = S2(act(S1(x) + b1)) + b2` with any layer types.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StructuredFfn {
+    /// Rows of x and y.
     pub tokens: usize,
+    /// The first layer (`dim → hidden`).
     pub s1: Structured,
+    /// The second layer (`hidden → dim`).
     pub s2: Structured,
+    /// The activation between them.
     pub act: Activation,
 }
 
 /// What the structured FFN's forward keeps for the backward.
 pub struct StructuredSaved<B> {
+    /// S1's middle activation (its first stage's output).
     pub h1: B,
+    /// `S1(x) + b1` before the activation.
     pub z: B,
+    /// `act(z)`.
     pub u: B,
+    /// S2's middle activation.
     pub h2: B,
 }
 
@@ -409,7 +445,9 @@ impl StructuredFfn {
 /// dense GEMM's epilogue (`β·R` with `R = (1 − α)·S(x)`, the `(1 − α)` in S's last GEMM).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SelfGuided {
+    /// Rows of x and o.
     pub tokens: usize,
+    /// The structured layer S.
     pub layer: Structured,
 }
 
@@ -509,10 +547,15 @@ pub fn measure_crossover<Be: Backend>(be: &Be, layer: &Structured, dtype: DType,
 /// ([`choose_form`]). Calibrate the crossover on the backend in use with [`Self::calibrate`];
 /// until then it is the measured default for the backend ([`default_crossover`]).
 pub struct PreMerged<B> {
+    /// The layer's shape.
     pub layer: Structured,
+    /// The first stage's factor.
     pub f1: B,
+    /// The second stage's factor.
     pub f2: B,
+    /// The pre-merged `[out, in]` weight.
     pub dense: B,
+    /// Token counts from this one up take the structured form; fewer, the dense weight.
     pub crossover: usize,
 }
 
