@@ -8,17 +8,27 @@ use crate::{Backend, DType, Result};
 /// One benchmark result.
 #[derive(Clone, Debug)]
 pub struct BenchRecord {
+    /// The op family (`ffkern list`'s names, or `copy` for the bandwidth ceiling).
     pub op: String,
+    /// The backend that ran it.
     pub backend: String,
+    /// The operands' dtype.
     pub dtype: DType,
+    /// The case: shape and variant.
     pub shape: String,
+    /// The median device time of one call, in seconds.
     pub median_s: f64,
+    /// Floating-point operations of one call (0 where bytes set the floor).
     pub flops: f64,
+    /// Bytes one call must move (0 where FLOPs set the floor).
     pub bytes: f64,
+    /// Timed repeats.
     pub reps: usize,
     /// Filled in once the run's ceilings are known.
     pub roofline_fraction: Option<f64>,
+    /// What the baseline is.
     pub baseline: Option<String>,
+    /// The baseline's median time, in seconds.
     pub baseline_s: Option<f64>,
     /// Device memory the measured call took at its peak beyond what was held before it (its
     /// outputs and scratch; the inputs were held before), where the backend counts it (see
@@ -27,14 +37,17 @@ pub struct BenchRecord {
 }
 
 impl BenchRecord {
+    /// GFLOP/s at the median time.
     pub fn gflops(&self) -> f64 {
         self.flops / self.median_s / 1e9
     }
+    /// GB/s at the median time.
     pub fn gbps(&self) -> f64 {
         self.bytes / self.median_s / 1e9
     }
 }
 
+/// The median of `v` (NaN when empty).
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -73,6 +86,7 @@ pub struct GemmBench<B> {
 }
 
 impl<B> GemmBench<B> {
+    /// Uploads the inputs and allocates C.
     pub fn new<Be: Backend<Buf = B>>(be: &Be, desc: &Gemm, x: &GemmInputs) -> Result<Self> {
         Ok(Self {
             a: be.upload(&x.a)?,
@@ -83,6 +97,7 @@ impl<B> GemmBench<B> {
         })
     }
 
+    /// One call of the GEMM.
     pub fn run<Be: Backend<Buf = B>>(&mut self, be: &Be, desc: &Gemm) -> Result<()> {
         be.gemm(desc, &self.a, &self.b, self.bias.as_ref(), self.r.as_ref(), &mut self.c, None)
     }
@@ -129,6 +144,7 @@ pub struct SgdBench<B> {
 }
 
 impl<B> SgdBench<B> {
+    /// `n` seeded parameters, gradients and momenta in `tensors` tensors of mixed sizes.
     pub fn new<Be: Backend<Buf = B>>(be: &Be, n: usize, tensors: usize) -> Result<Self> {
         use crate::ops::optim::{NoisyOptimizer, TensorList};
         // Mixed sizes summing to n: tensor k gets a share proportional to (k % 7 + 1).
@@ -143,6 +159,7 @@ impl<B> SgdBench<B> {
         Ok(Self { list: TensorList::new(lens), opt: NoisyOptimizer::sgd(1e-3, 0.9, 42), param: r(1)?, grad: r(2)?, state: vec![r(3)?] })
     }
 
+    /// One fused optimizer step over the list.
     pub fn step<Be: Backend<Buf = B>>(&mut self, be: &Be) -> Result<()> {
         self.opt.step(be, &self.list, &mut self.param, &self.grad, &mut self.state)
     }
@@ -182,7 +199,9 @@ fn record(op: &str, be: &str, dtype: DType, shape: String, t: Timed, flops: f64,
 /// RePaViT's merged inference (two fused GEMMs) and the dense FFN it replaces on the same seeded
 /// input: the set-up of [`bench_repavit`] and of the criterion FFN bench.
 pub struct RepavitBench<B> {
+    /// The merged inference.
     pub merged: crate::ops::ffn::RepavitMerged,
+    /// The dense FFN of the same sizes.
     pub dense: crate::ops::ffn::DenseFfn,
     x: B,
     merged_w: [B; 3],
@@ -190,6 +209,7 @@ pub struct RepavitBench<B> {
 }
 
 impl<B> RepavitBench<B> {
+    /// Seeded weights and input; `theta` the idle ratio.
     pub fn new<Be: Backend<Buf = B>>(be: &Be, tokens: usize, c: usize, h: usize, theta: f64, dtype: DType) -> Result<Self> {
         use crate::ops::ffn::{active_channels, DenseFfn, FfnWeights, RepavitMerged};
         let a = active_channels(h, theta)?;
@@ -207,11 +227,13 @@ impl<B> RepavitBench<B> {
         Ok(Self { merged, dense, x: r(tokens * c, 1)?, merged_w, dense_w })
     }
 
+    /// One merged inference call.
     pub fn run_merged<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
         let [wu, bu, wo] = &self.merged_w;
         self.merged.forward(be, self.dense.tokens, &self.x, (wu, bu, wo)).map(|_| ())
     }
 
+    /// One dense FFN call.
     pub fn run_dense<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
         self.dense.forward(be, &self.x, &self.dense_w, false).map(|_| ())
     }
@@ -246,7 +268,9 @@ pub fn bench_repavit<Be: Backend>(be: &Be, tokens: usize, c: usize, h: usize, th
 /// dense FFN of the same sizes on the same seeded input: the set-up of [`bench_structured`] and
 /// of the criterion structured bench.
 pub struct StructuredBench<B> {
+    /// The structured FFN block.
     pub block: crate::ops::structured::StructuredFfn,
+    /// The dense FFN of the same sizes.
     pub dense: crate::ops::ffn::DenseFfn,
     x: B,
     factors: [B; 4],
@@ -255,6 +279,7 @@ pub struct StructuredBench<B> {
 }
 
 impl<B> StructuredBench<B> {
+    /// Seeded factors, biases and input, and the dense weights of the same sizes.
     pub fn new<Be: Backend<Buf = B>>(be: &Be, tokens: usize, s1: crate::ops::structured::Structured, s2: crate::ops::structured::Structured, dtype: DType) -> Result<Self> {
         use crate::ops::ffn::{DenseFfn, FfnWeights};
         use crate::ops::structured::StructuredFfn;
@@ -271,11 +296,13 @@ impl<B> StructuredBench<B> {
         })
     }
 
+    /// One structured FFN call.
     pub fn run_structured<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
         let [f0, f1, f2, f3] = &self.factors;
         self.block.infer(be, &self.x, [f0, f1, f2, f3], &self.biases[0], &self.biases[1]).map(|_| ())
     }
 
+    /// One dense FFN call.
     pub fn run_dense<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
         self.dense.forward(be, &self.x, &self.dense_w, false).map(|_| ())
     }
@@ -303,6 +330,7 @@ pub fn bench_structured<Be: Backend>(be: &Be, tokens: usize, s1: crate::ops::str
 /// descriptor on a device: the set-up of [`bench_linattn`] and of the criterion bench. The state
 /// is the forward's initial and final state in place; the backward starts from zero states.
 pub struct LinattnBench<B> {
+    /// The shape.
     pub desc: crate::ops::linattn::LinearAttention,
     q: B,
     k: B,
@@ -316,6 +344,7 @@ pub struct LinattnBench<B> {
 }
 
 impl<B> LinattnBench<B> {
+    /// Seeded inputs for `desc`.
     pub fn new<Be: Backend<Buf = B>>(be: &Be, desc: crate::ops::linattn::LinearAttention) -> Result<Self> {
         let d = &desc;
         let r = |n: usize, dt: DType, s: u64| be.upload(&crate::HostTensor::random(dt, vec![n], s));
@@ -338,14 +367,17 @@ impl<B> LinattnBench<B> {
         self.desc.recurrent(be, &self.q, &self.k, &self.v, &mut self.state, &mut self.z, 0, &mut self.o)
     }
 
+    /// The chunked forward.
     pub fn chunk<Be: Backend<Buf = B>>(&mut self, be: &Be) -> Result<()> {
         self.desc.chunk(be, &self.q, &self.k, &self.v, &mut self.state, &mut self.z, 0, &mut self.o)
     }
 
+    /// The fused recurrent backward from zero initial states.
     pub fn backward<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
         self.desc.backward(be, &self.q, &self.k, &self.v, &self.o, &self.d_o, &self.s0, &self.z0, [None, None], 0).map(|_| ())
     }
 
+    /// The chunked backward from zero initial states.
     pub fn chunk_backward<Be: Backend<Buf = B>>(&self, be: &Be) -> Result<()> {
         self.desc.chunk_backward(be, &self.q, &self.k, &self.v, &self.o, &self.d_o, &self.s0, &self.z0, [None, None], 0).map(|_| ())
     }
@@ -441,6 +473,7 @@ fn bench_linattn_fla<Be: Backend>(be: &Be, seq: usize, reps: usize) -> Result<Ve
 /// from a cache warmed by the repeat before: the set-up of [`bench_graph`] and of the criterion
 /// graph bench. Each call takes the next copy.
 pub struct GraphBench<B> {
+    /// D, the feature width.
     pub dim: usize,
     xs: Vec<B>,
     ms: Vec<B>,
@@ -465,16 +498,19 @@ impl<B> GraphBench<B> {
         (&self.xs[0], &self.ms[0])
     }
 
+    /// spmm on the next copy of the node features.
     pub fn spmm<Be: Backend<Buf = B>>(&mut self, be: &Be, g: &crate::ops::graph::DeviceGraph<B>) -> Result<()> {
         self.next += 1;
         crate::ops::graph::spmm(be, g, &self.xs[self.next % self.xs.len()], None, self.dim).map(|_| ())
     }
 
+    /// segment_sum on the next copy of the edge messages.
     pub fn segment_sum<Be: Backend<Buf = B>>(&mut self, be: &Be, g: &crate::ops::graph::DeviceGraph<B>) -> Result<()> {
         self.next += 1;
         crate::ops::graph::segment_reduce(be, g, &self.ms[self.next % self.ms.len()], self.dim, crate::ops::graph::Reduce::Sum).map(|_| ())
     }
 
+    /// gather_rows on the next copy of the node features.
     pub fn gather<Be: Backend<Buf = B>>(&mut self, be: &Be, g: &crate::ops::graph::DeviceGraph<B>) -> Result<()> {
         self.next += 1;
         crate::ops::graph::gather_rows(be, g, &self.xs[self.next % self.xs.len()], self.dim).map(|_| ())

@@ -9,13 +9,21 @@ use crate::{Activation, Backend, Compare, DType, HostTensor};
 /// One checked output.
 #[derive(Clone, Debug)]
 pub struct CheckRecord {
+    /// The op.
     pub op: String,
+    /// The backend checked.
     pub backend: String,
+    /// The dtype checked.
     pub dtype: DType,
+    /// The case.
     pub shape: String,
+    /// RMS error over the reference's RMS (see [`crate::Compare`]).
     pub rms_ratio: f64,
+    /// The largest absolute error.
     pub max_abs: f64,
+    /// The SPEC budget of the dtype for `rms_ratio`.
     pub budget: f64,
+    /// Whether the case is within its budget.
     pub pass: bool,
     /// The error, when the op could not run at all (a failure).
     pub error: Option<String>,

@@ -22,7 +22,9 @@ pub struct MemoryUse {
 pub trait Backend {
     /// An owned 1-D device buffer of one dtype.
     type Buf;
+    /// The backend's name (`cpu`, `wgpu`, `cuda`).
     fn name(&self) -> &'static str;
+    /// A buffer holding `t`'s values in its dtype.
     fn upload(&self, t: &HostTensor) -> Result<Self::Buf>;
     /// A buffer of `len` elements, zero-filled.
     fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buf>;
@@ -34,7 +36,9 @@ pub trait Backend {
     }
     /// The buffer's values (shape `[len]`). Waits for queued work.
     fn download(&self, buf: &Self::Buf) -> Result<HostTensor>;
+    /// The buffer's dtype.
     fn dtype_of(&self, buf: &Self::Buf) -> DType;
+    /// The buffer's length in elements.
     fn len_of(&self, buf: &Self::Buf) -> usize;
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<()>;
@@ -192,9 +196,12 @@ pub(crate) fn same_dtype(op: &'static str, dtypes: &[(&str, DType)]) -> Result<D
 
 /// A backend picked at run time.
 pub enum Device {
+    /// The CPU reference.
     Cpu(crate::Cpu),
+    /// A wgpu adapter.
     #[cfg(feature = "wgpu")]
     Wgpu(std::sync::Arc<crate::WgpuContext>),
+    /// A CUDA GPU.
     #[cfg(feature = "cuda")]
     Cuda(std::sync::Arc<crate::CudaRuntime>),
 }
@@ -226,6 +233,7 @@ impl Device {
         Device::Cpu(crate::Cpu)
     }
 
+    /// The backend's name.
     pub fn name(&self) -> &'static str {
         match self {
             Device::Cpu(_) => "cpu",

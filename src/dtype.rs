@@ -6,12 +6,16 @@ use half::{bf16, f16};
 /// A storage dtype. Arithmetic always accumulates in f32 on devices and f64 in the reference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// IEEE single precision.
     F32,
+    /// IEEE half precision.
     F16,
+    /// bfloat16 (f32's exponent, 8 significand bits).
     BF16,
 }
 
 impl DType {
+    /// Every dtype.
     pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
     /// The bytes of `len` elements, or a limit error where that passes 2^64.
@@ -19,6 +23,7 @@ impl DType {
         len.checked_mul(self.size()).ok_or_else(|| Error::Limit(format!("{len} elements of {self} pass 2^64 bytes")))
     }
 
+    /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -26,6 +31,7 @@ impl DType {
         }
     }
 
+    /// `f32`, `f16` or `bf16`.
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -92,8 +98,11 @@ impl std::fmt::Display for DType {
 /// A tensor on the host: values held as f32 but always exactly representable in `dtype`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
+    /// The storage dtype (values are held as f32, rounded to it).
     pub dtype: DType,
+    /// The shape (its product is `data.len()`).
     pub shape: Vec<usize>,
+    /// The values, row-major.
     pub data: Vec<f32>,
 }
 
@@ -117,14 +126,17 @@ impl HostTensor {
         HostTensor { dtype, shape, data }
     }
 
+    /// Elements.
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// Whether it holds no element.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
 
+    /// The values encoded in the dtype, little-endian.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.dtype.encode(&self.data)
     }
@@ -135,9 +147,11 @@ impl HostTensor {
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
+    /// The next 64-bit word.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -156,11 +170,14 @@ impl SplitMix64 {
 /// `rms_ratio` infinite.
 #[derive(Clone, Copy, Debug)]
 pub struct Compare {
+    /// RMS error over the reference's RMS.
     pub rms_ratio: f64,
+    /// The largest absolute error.
     pub max_abs: f64,
 }
 
 impl Compare {
+    /// Compares `out` with the f64 `reference` (rounded to a 16-bit `dtype` first); different lengths, or a non-finite output where the reference is finite, give infinity.
     pub fn new(out: &[f32], reference: &[f64], dtype: DType) -> Compare {
         let mut num = 0.0f64;
         let mut den = 0.0f64;
@@ -187,6 +204,7 @@ impl Compare {
         Compare { rms_ratio, max_abs: if bad { f64::INFINITY } else { max_abs } }
     }
 
+    /// Whether `rms_ratio` is within `budget`.
     pub fn passes(&self, budget: f64) -> bool {
         self.rms_ratio <= budget
     }

@@ -7,10 +7,20 @@ use std::fmt;
 pub enum Error {
     /// Shapes, strides or buffer lengths that do not fit the op's descriptor.
     #[error("{op}: shape error: {msg}")]
-    Shape { op: &'static str, msg: String },
+    Shape {
+        /// The op.
+        op: &'static str,
+        /// What does not fit.
+        msg: String,
+    },
     /// A dtype that does not match the descriptor or the other operands.
     #[error("{op}: dtype error: {msg}")]
-    Dtype { op: &'static str, msg: String },
+    Dtype {
+        /// The op.
+        op: &'static str,
+        /// Which dtypes disagree.
+        msg: String,
+    },
     /// The backend or device lacks something this call needs (named in the message).
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -22,16 +32,31 @@ pub enum Error {
     Index(String),
     /// The backend is not present on this machine (no adapter, no driver, feature off).
     #[error("backend {backend} unavailable: {reason}")]
-    BackendUnavailable { backend: &'static str, reason: String },
+    BackendUnavailable {
+        /// `cuda` or `wgpu`.
+        backend: &'static str,
+        /// Why it could not open.
+        reason: String,
+    },
     /// An error reported by the driver or the GPU API, with what ffkern was doing.
     #[error("{context}: {message}")]
-    Driver { context: String, message: String },
+    Driver {
+        /// What ffkern was doing.
+        context: String,
+        /// The driver's or API's message.
+        message: String,
+    },
     /// Bad argument values (NaN scalars, unknown names, ...).
     #[error("invalid argument: {0}")]
     Invalid(String),
     /// File input/output (safetensors files of `ffkern run`).
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        /// The file and what was done with it.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }
 
 /// `Result` with ffkern's [`Error`].

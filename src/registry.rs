@@ -5,7 +5,9 @@ use crate::ops::gemm::{ALayout, Activation, BLayout, Gemm};
 /// A named GEMM case.
 #[derive(Clone, Debug)]
 pub struct GemmCase {
+    /// The case's name in `ffkern check` / `bench` output.
     pub name: String,
+    /// The descriptor.
     pub desc: Gemm,
 }
 

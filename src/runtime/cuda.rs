@@ -60,10 +60,15 @@ fn family_ptx(family: &str, ptx: Ptx) -> Result<&'static str> {
 
 /// A storage element the CUDA kernels take.
 pub trait CudaElem: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + Unpin + 'static {
+    /// The dtype this element stores.
     const DTYPE: DType;
+    /// Rounds an f32 to this element.
     fn from_f32(x: f32) -> Self;
+    /// Widens to f32.
     fn to_f32(self) -> f32;
+    /// The typed slice of a buffer holding this element.
     fn of(buf: &CudaBuf) -> Option<&CudaSlice<Self>>;
+    /// The typed slice, mutable, of a buffer holding this element.
     fn of_mut(buf: &mut CudaBuf) -> Option<&mut CudaSlice<Self>>;
 }
 
@@ -129,8 +134,11 @@ impl CudaElem for bf16 {
 /// An owned device buffer of one dtype.
 #[derive(Debug)]
 pub enum CudaBuf {
+    /// f32 elements.
     F32(CudaSlice<f32>),
+    /// f16 elements.
     F16(CudaSlice<f16>),
+    /// bf16 elements.
     BF16(CudaSlice<bf16>),
 }
 
@@ -144,6 +152,7 @@ impl CudaBuf {
         let dtype = self.dtype();
         T::of_mut(self).ok_or_else(|| Error::dtype("cuda", format!("a {dtype} buffer where {} was expected", T::DTYPE)))
     }
+    /// The element dtype.
     pub fn dtype(&self) -> DType {
         match self {
             CudaBuf::F32(_) => DType::F32,
@@ -151,6 +160,7 @@ impl CudaBuf {
             CudaBuf::BF16(_) => DType::BF16,
         }
     }
+    /// Elements.
     pub fn len(&self) -> usize {
         match self {
             CudaBuf::F32(s) => s.len(),
@@ -158,6 +168,7 @@ impl CudaBuf {
             CudaBuf::BF16(s) => s.len(),
         }
     }
+    /// Whether it holds no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -165,7 +176,9 @@ impl CudaBuf {
 
 /// A CUDA device context and stream with ffkern's module and function caches.
 pub struct CudaRuntime {
+    /// The context (a caller's, or the device's primary context).
     pub ctx: Arc<CudaContext>,
+    /// The stream every launch, copy and allocation goes to.
     pub stream: Arc<CudaStream>,
     modules: Mutex<HashMap<(&'static str, Ptx), Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
@@ -251,10 +264,12 @@ impl CudaRuntime {
         }
     }
 
+    /// The GPU's compute capability, `(0, 0)` where the driver does not say.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.ctx.compute_capability().unwrap_or((0, 0))
     }
 
+    /// The GPU's name, architecture and memory, for reports.
     pub fn describe(&self) -> String {
         let (maj, min) = self.compute_capability();
         let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());

@@ -18,8 +18,11 @@ pub(crate) fn poison() -> bool {
 /// default) and what it chooses between. `ffkern info` lists them with the values in effect.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelChoice {
+    /// The environment variable.
     pub var: &'static str,
+    /// Its values; the first is the default.
     pub values: &'static [&'static str],
+    /// What it chooses between.
     pub what: &'static str,
 }
 

@@ -33,6 +33,7 @@ pub struct WgpuOptions {
 }
 
 impl WgpuOptions {
+    /// `FFKERN_WGPU_ADAPTER` and `FFKERN_WGPU_BACKEND` as options.
     pub fn from_env() -> Result<Self> {
         let mut o = WgpuOptions { adapter: std::env::var("FFKERN_WGPU_ADAPTER").ok().filter(|s| !s.is_empty()), ..Default::default() };
         if let Ok(b) = std::env::var("FFKERN_WGPU_BACKEND") {
@@ -85,8 +86,11 @@ impl Drop for MeteredBuffer {
 
 /// An owned buffer on a wgpu device: `len` elements of `dtype`, stored as u32 words.
 pub struct WgpuBuffer {
+    /// The metered storage buffer.
     pub buffer: MeteredBuffer,
+    /// The element dtype.
     pub dtype: DType,
+    /// Elements (the buffer is rounded up to whole words).
     pub len: usize,
 }
 
@@ -94,11 +98,14 @@ pub struct WgpuBuffer {
 /// index by element, so a column slice of a wider matrix needs no copy).
 #[derive(Clone, Copy)]
 pub struct BufferRef<'a> {
+    /// The caller's buffer.
     pub buffer: &'a wgpu::Buffer,
+    /// The element offset of the operand's first element.
     pub offset: u64,
 }
 
 impl<'a> BufferRef<'a> {
+    /// A binding of `buffer` from element `offset` on.
     pub fn new(buffer: &'a wgpu::Buffer, offset: u64) -> Self {
         BufferRef { buffer, offset }
     }
@@ -116,8 +123,11 @@ struct Timing {
 
 /// A wgpu device and queue with ffkern's caches.
 pub struct WgpuContext {
+    /// The device every buffer and pipeline belongs to.
     pub device: wgpu::Device,
+    /// The queue every pass is submitted to.
     pub queue: wgpu::Queue,
+    /// The adapter's description.
     pub info: wgpu::AdapterInfo,
     layouts: Mutex<HashMap<(&'static str, usize), Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str, DType), Arc<wgpu::ComputePipeline>>>,
@@ -164,6 +174,7 @@ impl WgpuContext {
         Self::with_options(&WgpuOptions::from_env()?)
     }
 
+    /// The first adapter that `opts` allow, best first (see [`WgpuContext::new`]).
     pub fn with_options(opts: &WgpuOptions) -> Result<Self> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
@@ -231,6 +242,7 @@ impl WgpuContext {
         }
     }
 
+    /// The adapter's name, graphics API, type and driver, for reports.
     pub fn describe(&self) -> String {
         format!("{} ({:?}, {:?}, driver {} {})", self.info.name, self.info.backend, self.info.device_type, self.info.driver, self.info.driver_info)
     }
@@ -243,6 +255,7 @@ impl WgpuContext {
         Ok(on.then_some(self.info.subgroup_min_size.max(1)))
     }
 
+    /// Whether passes can be timed with timestamp queries.
     pub fn has_timestamps(&self) -> bool {
         self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
     }

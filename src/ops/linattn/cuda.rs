@@ -392,7 +392,7 @@ fn fused_cfg(p: &LinAttnParams, cols: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (gx, gy, gz), block_dim: (256, 1, 1), shared_mem_bytes: FUSED_SMEM }
 }
 
-/// The chunked forward in one pass (see `Backend::linattn_chunk_fused`) where [`fused_function`]
+/// The chunked forward in one pass (see `Backend::linattn_chunk_fused`) where `fused_function`
 /// allows (K ≤ 128); `Ok(false)`, launching nothing, otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_fused<T: CudaElem>(
@@ -423,7 +423,7 @@ pub fn chunk_fused<T: CudaElem>(
 }
 
 /// The chunked backward in one pass per gradient (see `Backend::linattn_chunk_backward_fused`)
-/// where [`fused_function`] allows (K and V ≤ 128): dq from `s0`, then dk and dv from the state's
+/// where `fused_function` allows (K and V ≤ 128): dq from `s0`, then dk and dv from the state's
 /// gradient `d.0` (dS_T), which the dv pass turns into dS0; `d.1` is dz_T. `Ok(false)`, launching
 /// nothing, otherwise.
 pub fn chunk_fused_grads<T: CudaElem>(
