@@ -278,6 +278,32 @@ fn wgpu_low_level_offsets() {
     assert_close("wgpu low-level offsets", &out, &c_ref, DType::BF16);
 }
 
+/// A framework's own wgpu buffers adopted as owned buffers (`WgpuContext::adopt`): the Backend
+/// GEMM runs on them, the meter counts them, and a buffer too small or without STORAGE usage is a
+/// typed error.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_adopted_buffers() {
+    let Some(ctx) = common::wgpu() else { return };
+    let desc = Gemm::new(13, 21, 17).bias(true).act(Activation::Relu);
+    let x = GemmInputs::random(&desc, DType::F32, 31);
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let raw = |bytes: u64, usage| ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("framework"), size: bytes, usage, mapped_at_creation: false });
+    let own = |t: &HostTensor| {
+        let b = raw(4 * t.len() as u64, usage);
+        ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(&t.data));
+        ctx.adopt(b, DType::F32, t.len()).expect("adopt")
+    };
+    let before = ctx.memory_use().expect("wgpu counts").current;
+    let (a, b, bias) = (own(&x.a), own(&x.b), own(x.bias.as_ref().expect("bias")));
+    let mut c = ctx.adopt(raw(4 * 13 * 21, usage), DType::F32, 13 * 21).expect("adopt c");
+    assert_eq!(ctx.memory_use().expect("wgpu counts").current - before, 4 * (x.a.len() + x.b.len() + 21 + 13 * 21) as u64);
+    ctx.gemm(&desc, &a, &b, Some(&bias), None, &mut c, None).expect("gemm on adopted buffers");
+    assert_close("wgpu adopted buffers", &ctx.download(&c).expect("download").data, &x.reference(&desc).0, DType::F32);
+    assert!(matches!(ctx.adopt(raw(16, usage), DType::F32, 5), Err(Error::Shape { .. })));
+    assert!(matches!(ctx.adopt(raw(16, wgpu::BufferUsages::COPY_DST), DType::F32, 4), Err(Error::Invalid(_))));
+}
+
 /// More output tiles than a GPU has multiprocessors, in several batches: the persistent kernels
 /// walk many tiles per block (and every ring stage is reused across tiles).
 #[test]

@@ -499,6 +499,21 @@ impl WgpuContext {
         MeteredBuffer::new(buffer, &self.meter)
     }
 
+    /// A caller's storage buffer as an owned [`WgpuBuffer`] of `len` elements of `dtype` (for the
+    /// [`Backend`] calls on a framework's own memory), metered like the buffers ffkern creates.
+    /// The buffer must have `STORAGE` usage (`COPY_SRC` to download it) and hold the elements in
+    /// whole words; it should come from this context's device.
+    pub fn adopt(&self, buffer: wgpu::Buffer, dtype: DType, len: usize) -> Result<WgpuBuffer> {
+        let need = dtype.bytes(len)?.div_ceil(4).saturating_mul(4) as u64;
+        if buffer.size() < need {
+            return Err(Error::shape("wgpu", format!("a buffer of {} bytes cannot hold {len} {dtype} elements ({need} bytes)", buffer.size())));
+        }
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::Invalid("wgpu: an adopted buffer needs STORAGE usage".into()));
+        }
+        Ok(WgpuBuffer { buffer: MeteredBuffer::new(buffer, &self.meter), dtype, len })
+    }
+
     /// A buffer for `len` elements of `dtype` (rounded up to whole words), usable as storage,
     /// copy source and copy destination.
     pub fn create_buffer(&self, dtype: DType, len: usize) -> Result<MeteredBuffer> {
