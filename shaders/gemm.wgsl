@@ -83,8 +83,7 @@ const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 
-var<workgroup> As: array<vec4<f32>, 256>; // [BK][BM/4]
-var<workgroup> Bs: array<vec4<f32>, 256>; // [BK][BN/4]
+var<workgroup> Bs: array<vec4<f32>, 256>; // [BK][BN/4] (the 4×4 forms; A's slab is in Aw)
 
 fn a_index(bz: u32, mm: u32, kk: u32) -> u32 {
     let base = p.off_a + bz * p.sa;
@@ -121,23 +120,26 @@ fn b_elem(bz: u32, e: u32, rows: u32, n0: u32, k0: u32, k_hi: u32) -> SlabElem {
     return x;
 }
 
-// The workgroup's 64×64 tile of C over K slice [k_lo, k_hi): invocation (ty, tx) holds rows
-// 4·ty.., columns 4·tx.. in acc.
-fn mainloop(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32) -> array<vec4<f32>, 4> {
-    let tx = lid % 16u;
-    let ty = lid / 16u;
+// The workgroup's wm×wn tile of C (64×64, or 128×32 for the skinny form) over K slice
+// [k_lo, k_hi), one 4×4 register tile an invocation: (ty, tx) = (lid / (wn/4), lid % (wn/4))
+// holds rows 4·ty.., columns 4·tx.. in acc. A's slab is staged in Aw, B's in Bs.
+fn mainloop4x4(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32, wm: u32, wn: u32) -> array<vec4<f32>, 4> {
+    let tx = lid % (wn / 4u);
+    let ty = lid / (wn / 4u);
     var acc: array<vec4<f32>, 4>;
     for (var k0 = k_lo; k0 < k_hi; k0 = k0 + BK) {
-        for (var i = 0u; i < 4u; i = i + 1u) {
-            let ea = a_elem(bz, lid + i * 256u, BM, m0, k0, k_hi);
-            As[ea.k * 16u + ea.row / 4u][ea.row % 4u] = ea.v;
-            let eb = b_elem(bz, lid + i * 256u, BN, n0, k0, k_hi);
-            Bs[eb.k * 16u + eb.row / 4u][eb.row % 4u] = eb.v;
+        for (var i = 0u; i < wm / 16u; i = i + 1u) {
+            let ea = a_elem(bz, lid + i * 256u, wm, m0, k0, k_hi);
+            Aw[ea.k * (wm / 4u) + ea.row / 4u][ea.row % 4u] = ea.v;
+        }
+        for (var i = 0u; i < wn / 16u; i = i + 1u) {
+            let eb = b_elem(bz, lid + i * 256u, wn, n0, k0, k_hi);
+            Bs[eb.k * (wn / 4u) + eb.row / 4u][eb.row % 4u] = eb.v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
-            let av = As[kk * 16u + ty];
-            let bv = Bs[kk * 16u + tx];
+            let av = Aw[kk * (wm / 4u) + ty];
+            let bv = Bs[kk * (wn / 4u) + tx];
             acc[0] = acc[0] + av.x * bv;
             acc[1] = acc[1] + av.y * bv;
             acc[2] = acc[2] + av.z * bv;
@@ -146,6 +148,10 @@ fn mainloop(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32) -> array<
         workgroupBarrier();
     }
     return acc;
+}
+
+fn mainloop(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32) -> array<vec4<f32>, 4> {
+    return mainloop4x4(lid, bz, m0, n0, k_lo, k_hi, BM, BN);
 }
 
 // α·sums + bias, the activation and β·R of four columns from gn0, and the pre-activation; columns
@@ -208,15 +214,18 @@ fn epilogue(bz: u32, gm: u32, gn0: u32, count: u32, sums: vec4<f32>) {
 @compute @workgroup_size(256)
 fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let acc = mainloop(lid, wg.z, wg.y * BM, wg.x * BN, 0u, p.k);
-    let gn0 = wg.x * BN + (lid % 16u) * 4u;
+    epilogue4x4(wg.z, wg.y * BM + (lid / 16u) * 4u, wg.x * BN + (lid % 16u) * 4u, acc);
+}
+
+// Rows gm .. gm + 3, columns gn0 .. gn0 + 3 of C from a 4×4 register tile, named by constant
+// indices (see wide_row).
+fn epilogue4x4(bz: u32, gm: u32, gn0: u32, acc: array<vec4<f32>, 4>) {
     if (gn0 >= p.n) { return; }
     let count = min(4u, p.n - gn0);
-    // Constant indices into acc (see wide_row).
-    let gm = wg.y * BM + (lid / 16u) * 4u;
-    if (gm < p.m) { epilogue(wg.z, gm, gn0, count, acc[0]); }
-    if (gm + 1u < p.m) { epilogue(wg.z, gm + 1u, gn0, count, acc[1]); }
-    if (gm + 2u < p.m) { epilogue(wg.z, gm + 2u, gn0, count, acc[2]); }
-    if (gm + 3u < p.m) { epilogue(wg.z, gm + 3u, gn0, count, acc[3]); }
+    if (gm < p.m) { epilogue(bz, gm, gn0, count, acc[0]); }
+    if (gm + 1u < p.m) { epilogue(bz, gm + 1u, gn0, count, acc[1]); }
+    if (gm + 2u < p.m) { epilogue(bz, gm + 2u, gn0, count, acc[2]); }
+    if (gm + 3u < p.m) { epilogue(bz, gm + 3u, gn0, count, acc[3]); }
 }
 
 // BlockShuffle's interleaved 16-bit outputs: a batch stride of 1 and an even column stride put
@@ -328,6 +337,17 @@ fn gemm_wide(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
 @compute @workgroup_size(256)
 fn gemm_tall(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     gemm_wide_tile(lid, wg, 1u);
+}
+
+// The skinny form for products 32 or fewer columns wide (block-diagonal stages with narrow
+// blocks, a per-head dot product's single column): 128×32 tiles, invocation (ty, tx) = (lid / 8,
+// lid % 8) holding rows 4·ty.., columns 4·tx.. — the 64×64 form's 4×4 register tile and K step,
+// on a tile that pads N to 32 instead of 64, so a 24-wide block wastes a quarter of its loads and
+// multiply-adds instead of five eighths.
+@compute @workgroup_size(256)
+fn gemm_skinny(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let acc = mainloop4x4(lid, wg.z, wg.y * WM, wg.x * 32u, 0u, p.k, WM, 32u);
+    epilogue4x4(wg.z, wg.y * WM + (lid / 8u) * 4u, wg.x * 32u + (lid % 8u) * 4u, acc);
 }
 
 // Split-K (mirrors the CUDA split, see ops::gemm::split_k): workgroup z of a single product

@@ -35,8 +35,8 @@ pub const GEMM_KERNEL: KernelChoice = KernelChoice {
 /// The wgpu GEMM's tile form (see `ops::gemm::wgpu`).
 pub const WGPU_GEMM: KernelChoice = KernelChoice {
     var: "FFKERN_WGPU_GEMM",
-    values: &["auto", "wide", "tall", "narrow"],
-    what: "wgpu GEMM tiles: by shape; 128×128; 128×64; 64×64",
+    values: &["auto", "wide", "tall", "skinny", "narrow"],
+    what: "wgpu GEMM tiles: by shape; 128×128; 128×64; 128×32; 64×64",
 };
 /// The CUDA linear-attention chunk kernels (see `ops::linattn::cuda`).
 pub const LINATTN_KERNEL: KernelChoice = KernelChoice {
@@ -94,7 +94,7 @@ mod tests {
         assert_eq!(WGPU_GEMM.parse(None).ok(), Some("auto"));
         assert_eq!(WGPU_GEMM.parse(Some("tall")).ok(), Some("tall"));
         let e = WGPU_GEMM.parse(Some("wider")).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("FFKERN_WGPU_GEMM=wider") && e.contains("auto, wide, tall, narrow"), "{e}");
+        assert!(e.contains("FFKERN_WGPU_GEMM=wider") && e.contains("auto, wide, tall, skinny, narrow"), "{e}");
         for c in KERNEL_CHOICES {
             assert!(!c.values.is_empty() && c.var.starts_with("FFKERN_"), "{c:?}");
         }

@@ -73,6 +73,7 @@ pub fn gemm(
         match form(ctx, desc)? {
             Form::Wide => ("gemm_wide", 128, 128, 1),
             Form::Tall => ("gemm_tall", 128, 64, 1),
+            Form::Skinny => ("gemm_skinny", 128, 32, 1),
             Form::Narrow => ("gemm", 64, 64, 1),
         }
     };
@@ -88,11 +89,13 @@ fn pairs(dtype: DType, p: &super::GemmParams) -> bool {
     dtype != DType::F32 && p.batch % 2 == 0 && p.sc == 1 && p.c_cs % 2 == 0 && p.ldc % 2 == 0 && p.off_c % 2 == 0 && (p.has_z == 0 || p.off_z % 2 == 0)
 }
 
-/// The GEMM's tile forms: 128×128 tiles with 8×8 a thread, 128×64 with 8×4, 64×64 with 4×4.
+/// The GEMM's tile forms: 128×128 tiles with 8×8 a thread, 128×64 with 8×4, 128×32 and 64×64
+/// with 4×4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Form {
     Wide,
     Tall,
+    Skinny,
     Narrow,
 }
 
@@ -100,13 +103,15 @@ enum Form {
 /// and N by at most an eighth more than 64×64 tiles would, and of which the product has enough to
 /// fill the adapter: any count on a CPU adapter such as lavapipe, whose few cores it fills, at
 /// least [`WIDE_MIN_TILES`] on a GPU; 128×64 serves products 64 or fewer columns wide, such as a
-/// low-rank factor's), or `wide`, `tall` or `narrow` for every product; any other value is an
-/// error.
+/// low-rank factor's, and 128×32 those 32 or fewer wide, such as a block-diagonal stage with
+/// narrow blocks), or `wide`, `tall`, `skinny` or `narrow` for every product; any other value is
+/// an error.
 fn form(ctx: &WgpuContext, desc: &Gemm) -> Result<Form> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     Ok(match crate::runtime::kernel_env(&CHOICE, &crate::runtime::WGPU_GEMM)? {
         "wide" => Form::Wide,
         "tall" => Form::Tall,
+        "skinny" => Form::Skinny,
         "narrow" => Form::Narrow,
         _ => {
             let padded = |tm: usize, tn: usize| desc.m.div_ceil(tm) * tm * desc.n.div_ceil(tn) * tn;
@@ -116,6 +121,8 @@ fn form(ctx: &WgpuContext, desc: &Gemm) -> Result<Form> {
             };
             if fits(128, 128) {
                 Form::Wide
+            } else if desc.n <= 32 && fits(128, 32) {
+                Form::Skinny
             } else if fits(128, 64) {
                 Form::Tall
             } else {
