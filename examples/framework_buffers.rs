@@ -158,10 +158,23 @@ fn on_cuda() -> Result<()> {
     check(&format!("cuda ({})", rt.describe()), &down_host(&act)?, &down_host(&y)?)
 }
 
-fn main() -> Result<()> {
+/// Each backend on its own: one that fails does not keep the other from running.
+fn main() -> std::process::ExitCode {
+    let mut runs: Vec<(&str, Result<()>)> = Vec::new();
     #[cfg(feature = "wgpu")]
-    on_wgpu()?;
+    runs.push(("wgpu", on_wgpu()));
     #[cfg(feature = "cuda")]
-    on_cuda()?;
-    Ok(())
+    runs.push(("cuda", on_cuda()));
+    let mut failed = false;
+    for (name, r) in runs {
+        if let Err(e) = r {
+            eprintln!("{name}: {e}");
+            failed = true;
+        }
+    }
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
 }
