@@ -160,11 +160,12 @@ fn on_cuda() -> Result<()> {
 
 /// Each backend on its own: one that fails does not keep the other from running.
 fn main() -> std::process::ExitCode {
-    let mut runs: Vec<(&str, Result<()>)> = Vec::new();
-    #[cfg(feature = "wgpu")]
-    runs.push(("wgpu", on_wgpu()));
-    #[cfg(feature = "cuda")]
-    runs.push(("cuda", on_cuda()));
+    let runs: Vec<(&str, Result<()>)> = vec![
+        #[cfg(feature = "wgpu")]
+        ("wgpu", on_wgpu()),
+        #[cfg(feature = "cuda")]
+        ("cuda", on_cuda()),
+    ];
     let mut failed = false;
     for (name, r) in runs {
         if let Err(e) = r {

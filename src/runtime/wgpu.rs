@@ -121,6 +121,11 @@ struct Timing {
     next: u32,
 }
 
+/// The bind-group and pipeline layouts of one family and binding count.
+type Layouts = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
+/// A cached pipeline: family, entry point, dtype.
+type PipelineKey = (&'static str, &'static str, DType);
+
 /// A wgpu device and queue with ffkern's caches.
 pub struct WgpuContext {
     /// The device every buffer and pipeline belongs to.
@@ -129,8 +134,8 @@ pub struct WgpuContext {
     pub queue: wgpu::Queue,
     /// The adapter's description.
     pub info: wgpu::AdapterInfo,
-    layouts: Mutex<HashMap<(&'static str, usize), Arc<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>>>,
-    pipelines: Mutex<HashMap<(&'static str, &'static str, DType), Arc<wgpu::ComputePipeline>>>,
+    layouts: Mutex<HashMap<(&'static str, usize), Arc<Layouts>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     staging: Mutex<Option<wgpu::Buffer>>,
     dummy_ro: wgpu::Buffer,
     dummy_rw: wgpu::Buffer,

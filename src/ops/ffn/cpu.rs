@@ -5,6 +5,9 @@ use super::{DenseFfn, RepavitWeights};
 use crate::ops::gemm::cpu::{act_f64, act_grad_f64};
 use crate::{Activation, DType};
 
+/// Five f64 arrays, in the order the function that returns them names.
+pub type Vecs5 = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
 fn linear(x: &[f64], w: &[f64], b: &[f64], rows: usize, inp: usize, out: usize) -> Vec<f64> {
     let mut y = vec![0.0; rows * out];
     for r in 0..rows {
@@ -45,7 +48,7 @@ pub fn dense_backward(
     w2: &[f32],
     b2: &[f32],
     dy: &[f32],
-) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+) -> Vecs5 {
     let (t, c, h) = (f.tokens, f.dim, f.hidden);
     let (_, z1, u) = dense_forward(f, dtype, x, w1, b1, w2, b2);
     let z1r: Vec<f64> = z1.iter().map(|&z| dtype.round(z as f32) as f64).collect();
@@ -106,7 +109,7 @@ pub fn repavit_eval(w: &RepavitWeights, active: usize, tokens: usize, x: &[f32])
 
 /// BatchNorm forward reference: `(y, mean, var, new running mean, new running var)`; train mode
 /// uses the batch statistics (biased variance; unbiased in the running update).
-pub fn batchnorm_forward(d: &super::BatchNormDesc, train: bool, x: &[f32], bn: &super::BatchNorm) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn batchnorm_forward(d: &super::BatchNormDesc, train: bool, x: &[f32], bn: &super::BatchNorm) -> Vecs5 {
     let (r, c) = (d.rows, d.channels);
     let mut mean: Vec<f64> = bn.mean.iter().map(|&v| v as f64).collect();
     let mut var: Vec<f64> = bn.var.iter().map(|&v| v as f64).collect();

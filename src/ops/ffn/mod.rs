@@ -98,6 +98,7 @@ impl DenseFfn {
     }
 
     /// The forward; with `save`, also the pre-activation `z1` and hidden activation `u`.
+    #[allow(clippy::type_complexity)]
     pub fn forward<Be: Backend>(&self, be: &Be, x: &Be::Buf, w: &FfnWeights<Be::Buf>, save: bool) -> Result<(Be::Buf, Option<FfnSaved<Be::Buf>>)> {
         let dtype = self.check(be, x, w)?;
         let (t, c, h) = (self.tokens, self.dim, self.hidden);
@@ -180,6 +181,7 @@ pub struct RepavitWeights {
 
 impl RepavitWeights {
     /// (C, H) after checking every shape.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(x > 0)` refuses NaN too
     pub fn dims(&self) -> Result<(usize, usize)> {
         let h = self.b1.len();
         let c = self.b2.len();
@@ -305,7 +307,10 @@ pub struct BatchNormDesc {
 }
 
 impl BatchNormDesc {
-    /// The kernels' parameter block, after checking eps, momentum and sizes; `train` uses batch statistics and updates the running ones, `has_extra`: the backward adds a given tensor to dx.
+    /// The kernels' parameter block, after checking eps, momentum and sizes. `train` uses the batch
+    /// statistics and updates the running ones; with `has_extra` the backward adds a given tensor
+    /// to dx.
+    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)] // `!(x > 0)` refuses NaN too
     pub fn params(&self, train: bool, has_extra: bool) -> Result<BnParams> {
         if !(self.eps > 0.0 && self.eps.is_finite()) || !(0.0..=1.0).contains(&self.momentum) {
             return Err(Error::Invalid(format!("batchnorm: eps {} must be > 0 and momentum {} in [0, 1]", self.eps, self.momentum)));

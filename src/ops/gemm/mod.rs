@@ -212,6 +212,7 @@ pub struct GemmOffsets {
 
 impl GemmOffsets {
     /// The lengths left after each offset, or a shape error naming the operand.
+    #[allow(clippy::type_complexity)]
     pub(crate) fn remaining(&self, a: usize, b: usize, bias: Option<usize>, r: Option<usize>, c: usize) -> Result<(usize, usize, Option<usize>, Option<usize>, usize)> {
         let rest = |name: &str, len: usize, off: usize| {
             len.checked_sub(off).ok_or_else(|| Error::shape(OP, format!("{name} offset {off} is beyond its buffer of {len} elements")))
@@ -965,6 +966,7 @@ pub fn run_host<Be: Backend>(be: &Be, desc: &Gemm, x: &GemmInputs, save_z: bool)
 }
 
 /// Runs forward (saving Z) then [`gemm_backward`] on `be`; returns `(dA, dB, dbias)` as host values.
+#[allow(clippy::type_complexity)]
 pub fn backward_host<Be: Backend>(
     be: &Be,
     desc: &Gemm,

@@ -479,7 +479,7 @@ impl SelfGuided {
     }
 
     /// Gradients `(dx, dW_g, d_factor1, d_factor2)`; `dW_g` is `None` when `alpha = 0`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     pub fn backward<Be: Backend>(
         &self,
         be: &Be,
