@@ -182,6 +182,8 @@ struct Timed {
 }
 
 fn timed<Be: Backend>(be: &Be, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Timed> {
+    // Earlier work's frees settle first (CUDA's are stream-ordered).
+    be.synchronize()?;
     let before = be.memory_use();
     be.reset_peak_memory();
     let median_s = median(&be.time_runs(reps, f)?);
