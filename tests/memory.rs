@@ -9,6 +9,20 @@ use ffkern::{with_backend, Backend, DType, HostTensor};
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// `f` run once on `be` with earlier work (and its frees) settled before and after: the bytes held
+/// before it, after it, and at its peak.
+fn measured<Be: Backend>(be: &Be, f: &mut dyn FnMut()) -> (u64, u64, u64) {
+    let held = || {
+        be.synchronize().expect("sync");
+        be.memory_use().expect("a device backend counts its memory").current
+    };
+    let before = held();
+    be.reset_peak_memory();
+    f();
+    let after = held();
+    (before, after, be.memory_use().expect("memory").peak)
+}
+
 /// Every form's device memory is linear in T (no T×T matrix; at most one state per chunk), on
 /// every device backend: the peak memory a call takes beyond what was held before it (scratch,
 /// chunk states and tables; the backward also its gradients) at most doubles, within 5 %, when T
@@ -28,12 +42,8 @@ fn every_form_takes_memory_linear_in_t() {
                 let (qb, kb, vb, dob, s0b, z0b) = (up(&q), up(&k), up(&v), up(&d_o), up(&s0), up(&z0));
                 let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(DType::BF16, d.vo_len()).expect("o"));
                 let taken = |f: &mut dyn FnMut()| {
-                    be.synchronize().expect("sync");
-                    be.reset_peak_memory();
-                    let before = be.memory_use().expect("a device backend counts its memory").current;
-                    f();
-                    be.synchronize().expect("sync");
-                    be.memory_use().expect("memory").peak - before
+                    let (before, _, peak) = measured(be, f);
+                    peak - before
                 };
                 let chunk = taken(&mut || d.chunk(be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o).expect("chunk"));
                 let chunk_bwd = taken(&mut || drop(d.chunk_backward(be, &qb, &kb, &vb, &o, &dob, &s0b, &z0b, [None, None], 0).expect("chunk backward")));
@@ -65,15 +75,8 @@ fn calls_release_their_scratch() {
     use ffkern::{Activation, Gemm};
     for dev in common::device_backends() {
         with_backend!(dev, be => {
-            let held = || {
-                be.synchronize().expect("sync");
-                be.memory_use().expect("a device backend counts its memory").current
-            };
             let check = |what: &str, f: &mut dyn FnMut()| {
-                let before = held();
-                be.reset_peak_memory();
-                f();
-                let (after, peak) = (held(), be.memory_use().expect("memory").peak);
+                let (before, after, peak) = measured(be, f);
                 assert!(peak > before, "{}: {what} took no memory (peak {peak}, held {before})", dev.name());
                 assert_eq!(after, before, "{}: {what} left {} bytes behind", dev.name(), after as i64 - before as i64);
             };

@@ -210,13 +210,23 @@ pub(crate) fn drv(context: &str) -> impl FnOnce(cudarc::driver::DriverError) -> 
 /// context does this: one on a caller's stream leaves the caller's pool as it is. Where the device
 /// has no pools nothing changes.
 fn keep_freed_memory(ctx: &CudaContext) {
-    let Some(pool) = alloc_pool(ctx) else { return };
-    let mut threshold = u64::MAX;
-    // SAFETY: `pool` is the device's live pool; the call reads only the local passed by pointer,
-    // and a failure leaves the pool as it was.
-    unsafe {
-        let _ = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&mut threshold as *mut u64).cast());
+    if let Some(pool) = alloc_pool(ctx) {
+        set_pool_attr(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, u64::MAX);
     }
+}
+
+/// A u64 attribute of a live pool, `None` where the driver refuses.
+fn pool_attr(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute) -> Option<u64> {
+    let mut v = 0u64;
+    // SAFETY: `pool` is a live pool; the call writes one u64 through the pointer to the local.
+    let ok = unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast()) } == sys::CUresult::CUDA_SUCCESS;
+    ok.then_some(v)
+}
+
+/// Sets a u64 attribute of a live pool; a refusal leaves the pool as it was.
+fn set_pool_attr(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute, mut v: u64) {
+    // SAFETY: `pool` is a live pool; the call reads only the local passed by pointer.
+    let _ = unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut v as *mut u64).cast()) };
 }
 
 /// The memory pool that stream-ordered allocations on `ctx`'s device come from (the device's
@@ -690,22 +700,14 @@ impl Backend for CudaRuntime {
     fn memory_use(&self) -> Option<crate::MemoryUse> {
         use cudarc::driver::sys::CUmemPool_attribute::{CU_MEMPOOL_ATTR_USED_MEM_CURRENT, CU_MEMPOOL_ATTR_USED_MEM_HIGH};
         let pool = alloc_pool(&self.ctx)?;
-        let (mut current, mut peak) = (0u64, 0u64);
-        // SAFETY: `pool` is the device's live pool; each call writes one u64 through the pointer
-        // to a local.
-        let ok = unsafe {
-            sys::cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, (&mut current as *mut u64).cast()) == sys::CUresult::CUDA_SUCCESS
-                && sys::cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut peak as *mut u64).cast()) == sys::CUresult::CUDA_SUCCESS
-        };
-        ok.then_some(crate::MemoryUse { current, peak })
+        Some(crate::MemoryUse { current: pool_attr(pool, CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?, peak: pool_attr(pool, CU_MEMPOOL_ATTR_USED_MEM_HIGH)? })
     }
 
     fn reset_peak_memory(&self) {
+        // The high watermark set to 0 (the only value the driver accepts) restarts at the bytes
+        // in use.
         if let Some(pool) = alloc_pool(&self.ctx) {
-            let mut zero = 0u64;
-            // SAFETY: as in `memory_use`; setting the high watermark to 0 restarts it at the bytes
-            // in use (the only value the driver accepts), reading only the local.
-            let _ = unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut zero as *mut u64).cast()) };
+            set_pool_attr(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0);
         }
     }
 

@@ -509,7 +509,7 @@ impl WgpuContext {
     /// The buffer must have `STORAGE` usage (`COPY_SRC` to download it) and hold the elements in
     /// whole words; it should come from this context's device.
     pub fn adopt(&self, buffer: wgpu::Buffer, dtype: DType, len: usize) -> Result<WgpuBuffer> {
-        let need = dtype.bytes(len)?.div_ceil(4).saturating_mul(4) as u64;
+        let need = word_bytes(dtype, len)?;
         if buffer.size() < need {
             return Err(Error::shape("wgpu", format!("a buffer of {} bytes cannot hold {len} {dtype} elements ({need} bytes)", buffer.size())));
         }
@@ -522,7 +522,7 @@ impl WgpuContext {
     /// A buffer for `len` elements of `dtype` (rounded up to whole words), usable as storage,
     /// copy source and copy destination.
     pub fn create_buffer(&self, dtype: DType, len: usize) -> Result<MeteredBuffer> {
-        let bytes = dtype.bytes(len)?.div_ceil(4).saturating_mul(4).max(4) as u64;
+        let bytes = word_bytes(dtype, len)?.max(4);
         let max = self.device.limits().max_storage_buffer_binding_size;
         if bytes > max || bytes > self.device.limits().max_buffer_size {
             return Err(Error::Limit(format!("wgpu: a buffer of {bytes} bytes exceeds the adapter's binding limit of {max}")));
@@ -535,6 +535,12 @@ impl WgpuContext {
         });
         Ok(MeteredBuffer::new(buffer, &self.meter))
     }
+}
+
+/// The bytes of `len` elements of `dtype` rounded up to whole 4-byte words (every buffer is read as
+/// u32 words).
+fn word_bytes(dtype: DType, len: usize) -> Result<u64> {
+    Ok(dtype.bytes(len)?.div_ceil(4).saturating_mul(4) as u64)
 }
 
 fn desc_backends(opts: &WgpuOptions) -> wgpu::Backends {
