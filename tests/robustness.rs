@@ -738,3 +738,26 @@ fn random_descriptors_give_typed_errors_or_agree_with_the_reference() {
     std::panic::set_hook(hook);
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// A framework shares one context, its buffers and its graphs across threads: every backend's
+/// public handle types stay `Send + Sync` (this fails to compile the day one stops being so).
+#[test]
+fn backends_and_buffers_are_send_and_sync() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Cpu>();
+    shareable::<<Cpu as Backend>::Buf>();
+    shareable::<ffkern::Device>();
+    shareable::<Error>();
+    shareable::<Graph>();
+    shareable::<DeviceGraph<<Cpu as Backend>::Buf>>();
+    #[cfg(feature = "wgpu")]
+    {
+        shareable::<ffkern::WgpuContext>();
+        shareable::<<ffkern::WgpuContext as Backend>::Buf>();
+    }
+    #[cfg(feature = "cuda")]
+    {
+        shareable::<ffkern::CudaRuntime>();
+        shareable::<<ffkern::CudaRuntime as Backend>::Buf>();
+    }
+}

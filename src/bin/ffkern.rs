@@ -433,6 +433,14 @@ fn info() -> Result<ExitCode> {
                 l.max_storage_buffer_binding_size >> 20,
                 l.max_compute_invocations_per_workgroup
             );
+            let coop: Vec<String> = a
+                .cooperative_matrix_properties()
+                .iter()
+                .map(|p| format!("{}x{}x{} {:?}->{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
+                .collect();
+            if !coop.is_empty() {
+                println!("    cooperative matrices: {}", coop.join(", "));
+            }
         }
     }
     println!("kernel choices (environment variable=value in effect; the first listed is the default):");
