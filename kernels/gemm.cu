@@ -26,7 +26,7 @@ struct GemmParams {
     uint32_t off_a, off_b, off_bias, off_r, off_c, off_z;  // offsets: WGSL only (CUDA takes views)
     uint32_t a_cs, b_cs, c_cs;                             // inner strides (1 = contiguous)
     uint32_t bias_bs, bias_cs;                            // bias element (b, n) at b·bias_bs + n·bias_cs
-    uint32_t kc, splits, pad0, pad1;                      // split-K: WGSL only (CUDA takes kernel arguments)
+    uint32_t kc, splits, vec_a, vec_b;                    // split-K, 16-byte slab loads: WGSL only
 };
 
 // ---------------------------------------------------------------------------------------------

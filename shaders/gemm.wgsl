@@ -1,8 +1,8 @@
 // GEMM with fused epilogue (SPEC §1) and the two helpers of its backward.
 // Why it is fast: each workgroup owns a 64×64 tile of C (128×128 or 128×64 in the wide forms)
-// and stages A and B through workgroup memory in 16-deep K slices, so every element loaded from
-// storage is reused 64 (128) times; each invocation keeps a 4×4 (8×8, 8×4) register tile and
-// reads vec4s from workgroup memory. Bias, activation, residual and the saved pre-activation are
+// and stages A and B through workgroup memory in 16-deep K slices (by 16-byte loads where the
+// layout allows), so every element loaded from storage is reused 64 (128) times; each invocation
+// keeps a 4×4 (8×8, 8×4) register tile and reads vec4s from workgroup memory. Bias, activation, residual and the saved pre-activation are
 // applied in the same pass that writes C, on accumulators named by constant indices.
 // All buffers are u32 words; 16-bit dtypes hold two elements a word (see _dtype_*.wgsl).
 
@@ -15,7 +15,7 @@ struct Params {
     beta: f32, off_a: u32, off_b: u32, off_bias: u32,
     off_r: u32, off_c: u32, off_z: u32, a_cs: u32,
     b_cs: u32, c_cs: u32, bias_bs: u32, bias_cs: u32,
-    kc: u32, splits: u32, pad0: u32, pad1: u32,
+    kc: u32, splits: u32, vec_a: u32, vec_b: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,8 +23,11 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b_buf: array<u32>;
 @group(0) @binding(3) var<storage, read> bias_buf: array<u32>;
 @group(0) @binding(4) var<storage, read> r_buf: array<u32>;
-@group(0) @binding(5) var<storage, read_write> c_buf: array<atomic<u32>>;
-@group(0) @binding(6) var<storage, read_write> z_buf: array<atomic<u32>>;
+// A and B again as 16-byte words, for the K slabs' 16-byte loads (vec_a / vec_b).
+@group(0) @binding(5) var<storage, read> a_vec: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> b_vec: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read_write> c_buf: array<atomic<u32>>;
+@group(0) @binding(8) var<storage, read_write> z_buf: array<atomic<u32>>;
 
 fn ld_a(i: u32) -> f32 { return unpack_elem(a_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT); }
 fn ld_b(i: u32) -> f32 { return unpack_elem(b_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT); }
@@ -83,8 +86,6 @@ const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 
-var<workgroup> Bs: array<vec4<f32>, 256>; // [BK][BN/4] (the 4×4 forms; A's slab is in Aw)
-
 fn a_index(bz: u32, mm: u32, kk: u32) -> u32 {
     let base = p.off_a + bz * p.sa;
     if (p.a_km == 0u) { return base + mm * p.lda + kk * p.a_cs; }
@@ -120,26 +121,110 @@ fn b_elem(bz: u32, e: u32, rows: u32, n0: u32, k0: u32, k_hi: u32) -> SlabElem {
     return x;
 }
 
+// Staging a K slab into workgroup memory: element (row, k) of operand op's slab goes to
+// component row % 4 of entry k·stride + row / 4 of Aw (A) or Bw (B).
+// Elements in one 16-byte load.
+const VEC: u32 = 4u << ELEM_SHIFT;
+
+fn put_slab(op: u32, i: u32, c: u32, v: f32) {
+    if (op == 0u) { Aw[i][c] = v; } else { Bw[i][c] = v; }
+}
+
+fn put_slab4(op: u32, i: u32, v: vec4<f32>) {
+    if (op == 0u) { Aw[i] = v; } else { Bw[i] = v; }
+}
+
+// VEC consecutive elements of operand `op` (0 A, 1 B) from element index e (a multiple of VEC):
+// one 16-byte load, or its words one by one where the 16-byte view ends before the buffer does.
+fn load_vec(op: u32, e: u32) -> array<vec4<f32>, 2> {
+    let w = e >> ELEM_SHIFT;
+    var u: vec4<u32>;
+    if (op == 0u) {
+        if ((w >> 2u) < arrayLength(&a_vec)) { u = a_vec[w >> 2u]; } else {
+            let last = arrayLength(&a_buf) - 1u;
+            u = vec4<u32>(a_buf[min(w, last)], a_buf[min(w + 1u, last)], a_buf[min(w + 2u, last)], a_buf[min(w + 3u, last)]);
+        }
+    } else {
+        if ((w >> 2u) < arrayLength(&b_vec)) { u = b_vec[w >> 2u]; } else {
+            let last = arrayLength(&b_buf) - 1u;
+            u = vec4<u32>(b_buf[min(w, last)], b_buf[min(w + 1u, last)], b_buf[min(w + 2u, last)], b_buf[min(w + 3u, last)]);
+        }
+    }
+    if (ELEM_SHIFT == 0u) { return array<vec4<f32>, 2>(bitcast<vec4<f32>>(u), vec4<f32>(0.0)); }
+    return array<vec4<f32>, 2>(
+        vec4<f32>(unpack_elem(u.x, 0u), unpack_elem(u.x, 1u), unpack_elem(u.y, 0u), unpack_elem(u.y, 1u)),
+        vec4<f32>(unpack_elem(u.z, 0u), unpack_elem(u.z, 1u), unpack_elem(u.w, 0u), unpack_elem(u.w, 1u)));
+}
+
+// Operand op's K slab [k0, k0 + BK) ∩ [.., k_hi) of rows r0 .. r0 + rows − 1 into workgroup
+// memory, rows past M or N and k past k_hi as 0. With vec_a / vec_b (the launcher's check: the
+// operand's contiguous dimension has stride 1 and its row stride, batch stride and offset are
+// multiples of VEC) each invocation takes VEC consecutive elements along that dimension in one
+// 16-byte load: a quarter (for 16-bit types an eighth) of the loads of one element at a time.
+fn stage_slab(op: u32, lid: u32, bz: u32, rows: u32, r0: u32, k0: u32, k_hi: u32, stride: u32) {
+    let vec = select(p.vec_a, p.vec_b, op == 1u) != 0u;
+    if (!vec) {
+        for (var e = lid; e < rows * BK; e = e + 256u) {
+            var x: SlabElem;
+            if (op == 0u) { x = a_elem(bz, e, rows, r0, k0, k_hi); } else { x = b_elem(bz, e, rows, r0, k0, k_hi); }
+            put_slab(op, x.k * stride + x.row / 4u, x.row % 4u, x.v);
+        }
+        return;
+    }
+    // The slab walks K first for [rows, K] storage (VEC values of k in one row, stored as
+    // scalars), else rows first (VEC rows at one k, whole vec4s: rows is a multiple of 4).
+    let kfast = select(p.a_km, p.b_kn, op == 1u) == 0u;
+    let lim = select(p.m, p.n, op == 1u);
+    let offs = vec4<u32>(0u, 1u, 2u, 3u);
+    for (var g = lid; g < rows * BK / VEC; g = g + 256u) {
+        let e = g * VEC;
+        let row = select(e % rows, e / BK, kfast);
+        let k = select(e / rows, e % BK, kfast);
+        var v = array<vec4<f32>, 2>(vec4<f32>(0.0), vec4<f32>(0.0));
+        if (r0 + row < lim && k0 + k < k_hi) {
+            var idx: u32;
+            if (op == 0u) { idx = a_index(bz, r0 + row, k0 + k); } else { idx = b_index(bz, r0 + row, k0 + k); }
+            v = load_vec(op, idx);
+            // Zeros past the walked dimension's end (K's, or M's / N's).
+            let first = select(r0 + row, k0 + k, kfast);
+            let end = select(lim, k_hi, kfast);
+            v[0] = select(vec4<f32>(0.0), v[0], vec4<u32>(first) + offs < vec4<u32>(end));
+            v[1] = select(vec4<f32>(0.0), v[1], vec4<u32>(first + 4u) + offs < vec4<u32>(end));
+        }
+        if (kfast) {
+            let i = k * stride + row / 4u;
+            let c = row % 4u;
+            put_slab(op, i, c, v[0].x);
+            put_slab(op, i + stride, c, v[0].y);
+            put_slab(op, i + 2u * stride, c, v[0].z);
+            put_slab(op, i + 3u * stride, c, v[0].w);
+            if (ELEM_SHIFT != 0u) {
+                put_slab(op, i + 4u * stride, c, v[1].x);
+                put_slab(op, i + 5u * stride, c, v[1].y);
+                put_slab(op, i + 6u * stride, c, v[1].z);
+                put_slab(op, i + 7u * stride, c, v[1].w);
+            }
+        } else {
+            put_slab4(op, k * stride + row / 4u, v[0]);
+            if (ELEM_SHIFT != 0u) { put_slab4(op, k * stride + row / 4u + 1u, v[1]); }
+        }
+    }
+}
+
 // The workgroup's wm×wn tile of C (64×64, or 128×32 for the skinny form) over K slice
 // [k_lo, k_hi), one 4×4 register tile an invocation: (ty, tx) = (lid / (wn/4), lid % (wn/4))
-// holds rows 4·ty.., columns 4·tx.. in acc. A's slab is staged in Aw, B's in Bs.
+// holds rows 4·ty.., columns 4·tx.. in acc. A's slab is staged in Aw, B's in Bw.
 fn mainloop4x4(lid: u32, bz: u32, m0: u32, n0: u32, k_lo: u32, k_hi: u32, wm: u32, wn: u32) -> array<vec4<f32>, 4> {
     let tx = lid % (wn / 4u);
     let ty = lid / (wn / 4u);
     var acc: array<vec4<f32>, 4>;
     for (var k0 = k_lo; k0 < k_hi; k0 = k0 + BK) {
-        for (var i = 0u; i < wm / 16u; i = i + 1u) {
-            let ea = a_elem(bz, lid + i * 256u, wm, m0, k0, k_hi);
-            Aw[ea.k * (wm / 4u) + ea.row / 4u][ea.row % 4u] = ea.v;
-        }
-        for (var i = 0u; i < wn / 16u; i = i + 1u) {
-            let eb = b_elem(bz, lid + i * 256u, wn, n0, k0, k_hi);
-            Bs[eb.k * (wn / 4u) + eb.row / 4u][eb.row % 4u] = eb.v;
-        }
+        stage_slab(0u, lid, bz, wm, m0, k0, k_hi, wm / 4u);
+        stage_slab(1u, lid, bz, wn, n0, k0, k_hi, wn / 4u);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
             let av = Aw[kk * (wm / 4u) + ty];
-            let bv = Bs[kk * (wn / 4u) + tx];
+            let bv = Bw[kk * (wn / 4u) + tx];
             acc[0] = acc[0] + av.x * bv;
             acc[1] = acc[1] + av.y * bv;
             acc[2] = acc[2] + av.z * bv;
@@ -286,14 +371,8 @@ fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32, halves: u32) -> array<vec4
     let ty = lid / 16u;
     var acc: array<vec4<f32>, 16>;
     for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
-        for (var i = 0u; i < 8u; i = i + 1u) {
-            let ea = a_elem(bz, lid + i * 256u, WM, m0, k0, p.k);
-            Aw[ea.k * 32u + ea.row / 4u][ea.row % 4u] = ea.v;
-        }
-        for (var i = 0u; i < 4u * halves; i = i + 1u) {
-            let eb = b_elem(bz, lid + i * 256u, 64u * halves, n0, k0, p.k);
-            Bw[eb.k * 32u + eb.row / 4u][eb.row % 4u] = eb.v;
-        }
+        stage_slab(0u, lid, bz, WM, m0, k0, p.k, 32u);
+        stage_slab(1u, lid, bz, 64u * halves, n0, k0, p.k, 32u);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
             let a0 = Aw[kk * 32u + ty];

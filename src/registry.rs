@@ -27,6 +27,9 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         case("batch 3 of 17x24x31 kn", Gemm::new(17, 24, 31).batch(3).b_layout(BLayout::KN).bias(true).act(Activation::GeluErf)),
         case("batch 4 of 8x9x10 shared B (stride 0)", Gemm::new(8, 9, 10).batch(4).strides(8 * 10, 0, 8 * 9)),
         case("31x23x19 lda=40 ldc=29", Gemm::new(31, 23, 19).lda(40).ldc(29).bias(true).act(Activation::Relu)),
+        // Both operands' rows padded to 16 bytes (wgpu stages both by 16-byte loads): the K tail
+        // (19 of a 24-element row) is read as zeros from each operand, whatever the padding holds.
+        case("37x29x19 lda=24 ldb=32", Gemm::new(37, 29, 19).lda(24).ldb(32).bias(true)),
         case("257x520x512 bias gelu_erf (several tiles each way)", Gemm::new(257, 520, 512).bias(true).act(Activation::GeluErf)),
         case("interleaved: A inner 3, C inner 2, batches 1 apart (BlockShuffle's gather/store)",
             Gemm::new(9, 11, 6).batch(2).inner_strides(3, 1, 2).lda(3 * 6 + 1).strides(1, 11 * 6, 1).ldc(2 * 11 + 1).bias(true).act(Activation::Silu)),

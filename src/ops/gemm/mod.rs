@@ -550,8 +550,8 @@ impl Gemm {
             bias_cs: self.bias_inner as u32,
             kc: 0,
             splits: 0,
-            pad0: 0,
-            pad1: 0,
+            vec_a: 0,
+            vec_b: 0,
         }
     }
 }
@@ -646,14 +646,15 @@ pub struct GemmParams {
     /// The bias's inner stride.
     pub bias_cs: u32,
     /// Split-K (WGSL; CUDA passes them as kernel arguments): the K slice length and the slice
-    /// count, 0 without a split. Then padding to 16 bytes.
+    /// count, 0 without a split.
     pub kc: u32,
     /// The split-K slice count.
     pub splits: u32,
-    /// Padding.
-    pub pad0: u32,
-    /// Padding.
-    pub pad1: u32,
+    /// WGSL: 1 when A's K slabs take 16-byte loads (set by the wgpu launcher; see
+    /// `stage_slab` in `shaders/gemm.wgsl`). Unused by CUDA.
+    pub vec_a: u32,
+    /// The same for B.
+    pub vec_b: u32,
 }
 
 /// Gradients from [`gemm_backward`]. `da` and `db` have exactly the layouts of A and B (their

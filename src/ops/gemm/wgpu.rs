@@ -6,8 +6,8 @@ use crate::runtime::wgpu::{BufferRef, WgpuContext};
 use crate::{DType, Error, Result};
 
 const FAMILY: &str = "gemm";
-/// Binding order: A, B, bias, R (read-only), then C, Z (written).
-const READ_ONLY: usize = 4;
+/// Binding order: A, B, bias, R, A and B again as 16-byte words (read-only), then C, Z (written).
+const READ_ONLY: usize = 6;
 
 /// Launches the fused GEMM. `c` and the optional `z` (pre-activation) are written; the others are
 /// read. Offsets are in elements.
@@ -52,6 +52,9 @@ pub fn gemm(
         return Ok(());
     }
     let ro = ctx.dummy(false);
+    p.vec_a = vec_loads(dtype, &p, false, a.buffer) as u32;
+    p.vec_b = vec_loads(dtype, &p, true, b.buffer) as u32;
+    let (av, bv) = (if p.vec_a != 0 { a.buffer } else { ro }, if p.vec_b != 0 { b.buffer } else { ro });
     let (bias, r, z) = (bias.map_or(ro, |t| t.buffer), r.map_or(ro, |t| t.buffer), z.map_or(ctx.dummy(true), |t| t.buffer));
     // Few 64×64 tiles and a long K: the K slices' sums into an f32 workspace (bound as C), then
     // their ordered sum through the epilogue (the workspace bound as A).
@@ -61,10 +64,10 @@ pub fn gemm(
         let ws = ctx.create_buffer(DType::F32, splits * desc.m * desc.n)?;
         let pipe = ctx.pipeline(FAMILY, "gemm_split", dtype, READ_ONLY, 2)?;
         let groups = [desc.n.div_ceil(64) as u32, desc.m.div_ceil(64) as u32, splits as u32];
-        ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, ro, ro, &ws, ctx.dummy(true)], groups)?;
+        ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, ro, ro, av, bv, &ws, ctx.dummy(true)], groups)?;
         let pipe = ctx.pipeline(FAMILY, "gemm_splitk", dtype, READ_ONLY, 2)?;
         let groups = ctx.grid_1d(desc.m * desc.n.div_ceil(4));
-        return ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&ws, ro, bias, r, c.buffer, z], groups);
+        return ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&ws, ro, bias, r, ro, ro, c.buffer, z], groups);
     }
     // Entry, tile and batches a workgroup: 64×64 tiles of two batches each for the pairs.
     let (entry, tile_m, tile_n, per_group) = if pairs(dtype, &p) {
@@ -79,7 +82,18 @@ pub fn gemm(
     };
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 2)?;
     let groups = [desc.n.div_ceil(tile_n) as u32, desc.m.div_ceil(tile_m) as u32, (desc.batch / per_group) as u32];
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, c.buffer, z], groups)
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, av, bv, c.buffer, z], groups)
+}
+
+/// Whether operand A (`b` false) or B can stage its K slabs with 16-byte loads: the dimension
+/// the slab walks first (K for `[M, K]` / `[N, K]` storage, M or N for `[K, M]` / `[K, N]`) has
+/// stride 1, and the row stride, the batch stride (with more than one batch) and the offset are
+/// multiples of the elements in 16 bytes, so every load starts a 16-byte word; and the buffer
+/// holds at least one such word (a binding of 16-byte words cannot be smaller).
+fn vec_loads(dtype: DType, p: &super::GemmParams, b: bool, buffer: &wgpu::Buffer) -> bool {
+    let vec = 16 / dtype.size() as u32;
+    let (inner, ld, stride, off) = if b { (p.b_cs, p.ldb, p.sb, p.off_b) } else { (p.a_cs, p.lda, p.sa, p.off_a) };
+    inner == 1 && ld % vec == 0 && (p.batch == 1 || stride % vec == 0) && off % vec == 0 && buffer.size() >= 16
 }
 
 /// Whether a 16-bit product's batches go in pairs (`gemm_pairs`: BlockShuffle's interleaved
@@ -147,7 +161,7 @@ pub fn act_grad(ctx: &WgpuContext, d: &ActGrad, dtype: DType, dc: &wgpu::Buffer,
     let pipe = ctx.pipeline(FAMILY, "act_grad", dtype, READ_ONLY, 2)?;
     let ro = ctx.dummy(false);
     let groups = ctx.grid_1d((d.rows * d.cols).div_ceil(2));
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[dc, z, ro, ro, out, ctx.dummy(true)], groups)
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[dc, z, ro, ro, ro, ro, out, ctx.dummy(true)], groups)
 }
 
 /// `out[j] = Σ_i x[i, j]` over compact `[rows, cols]`, deterministic.
@@ -159,7 +173,7 @@ pub fn col_sum(ctx: &WgpuContext, rows: usize, cols: usize, dtype: DType, x: &wg
     let part = ctx.create_buffer(DType::F32, chunks * cols)?;
     let ro = ctx.dummy(false);
     let pipe = ctx.pipeline(FAMILY, "col_sum", dtype, READ_ONLY, 2)?;
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[x, ro, ro, ro, &part, ctx.dummy(true)], ctx.grid_1d(chunks * cols.div_ceil(2)))?;
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[x, ro, ro, ro, ro, ro, &part, ctx.dummy(true)], ctx.grid_1d(chunks * cols.div_ceil(2)))?;
     let pipe = ctx.pipeline(FAMILY, "col_sum_finish", dtype, READ_ONLY, 2)?;
-    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&part, ro, ro, ro, out, ctx.dummy(true)], ctx.grid_1d(cols.div_ceil(2)))
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&part, ro, ro, ro, ro, ro, out, ctx.dummy(true)], ctx.grid_1d(cols.div_ceil(2)))
 }
