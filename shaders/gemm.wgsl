@@ -55,30 +55,35 @@ fn put_half(which: u32, e: u32, v: f32) {
     }
 }
 
-// Stores `count` (≤ 4) elements starting at element index `base`, `stride` apart; for
-// consecutive elements, whole words wherever this invocation owns both halves.
-fn store_run(which: u32, base: u32, count: u32, stride: u32, v: array<f32, 4>) {
-    if (stride != 1u) {
-        for (var j = 0u; j < count; j = j + 1u) {
-            let e = base + j * stride;
-            if (ELEM_SHIFT == 0u) { put_word(which, e, pack_elem(v[j])); } else { put_half(which, e, v[j]); }
-        }
-        return;
-    }
-    var j = 0u;
-    loop {
-        if (j >= count) { break; }
-        let e = base + j;
-        if (ELEM_SHIFT == 0u) {
-            put_word(which, e, pack_elem(v[j]));
-            j = j + 1u;
-        } else if ((e & 1u) == 0u && j + 1u < count) {
-            put_word(which, e >> 1u, pack_pair(v[j], v[j + 1u]));
-            j = j + 2u;
-        } else {
-            put_half(which, e, v[j]);
-            j = j + 1u;
-        }
+// Element `base` alone: a whole word for f32, else a half-word.
+fn put_one(which: u32, e: u32, v: f32) {
+    if (ELEM_SHIFT == 0u) { put_word(which, e, pack_elem(v)); } else { put_half(which, e, v); }
+}
+
+// Elements e and e + 1 (e even, 16-bit, both this invocation's): one whole word.
+fn put_two(which: u32, e: u32, lo: f32, hi: f32) {
+    put_word(which, e >> 1u, pack_pair(lo, hi));
+}
+
+// Stores the first `count` (≤ 4) elements of v from element index `base`, `stride` apart; for
+// consecutive 16-bit elements, whole words wherever this invocation owns both halves. Every
+// element is named by a constant index: a loop indexing an array at run time here (even one
+// never entered) cost lavapipe a third of a small GEMM's time.
+fn store_run(which: u32, base: u32, count: u32, stride: u32, v: vec4<f32>) {
+    if (ELEM_SHIFT == 0u || stride != 1u) {
+        if (count > 0u) { put_one(which, base, v.x); }
+        if (count > 1u) { put_one(which, base + stride, v.y); }
+        if (count > 2u) { put_one(which, base + 2u * stride, v.z); }
+        if (count > 3u) { put_one(which, base + 3u * stride, v.w); }
+    } else if ((base & 1u) == 0u) {
+        // Pairs (0, 1) and (2, 3); a lone last element as a half-word.
+        if (count > 1u) { put_two(which, base, v.x, v.y); } else if (count == 1u) { put_one(which, base, v.x); }
+        if (count > 3u) { put_two(which, base + 2u, v.z, v.w); } else if (count == 3u) { put_one(which, base + 2u, v.z); }
+    } else {
+        // Element 0 ends a word, (1, 2) fill the next, 3 starts another.
+        if (count > 0u) { put_one(which, base, v.x); }
+        if (count > 2u) { put_two(which, base + 1u, v.y, v.z); } else if (count == 2u) { put_one(which, base + 1u, v.y); }
+        if (count > 3u) { put_one(which, base + 3u, v.w); }
     }
 }
 
@@ -263,37 +268,12 @@ fn epi4(bz: u32, gm: u32, gn0: u32, sums: vec4<f32>) -> Epi4 {
     return Epi4(v, pre);
 }
 
-// Four elements from element `base` (C's column stride apart) in whole words; see whole_words.
-fn store4(which: u32, base: u32, v: vec4<f32>) {
-    if (ELEM_SHIFT == 0u) {
-        for (var j = 0u; j < 4u; j = j + 1u) { put_word(which, base + j * p.c_cs, pack_elem(v[j])); }
-    } else {
-        put_word(which, base >> 1u, pack_pair(v.x, v.y));
-        put_word(which, (base >> 1u) + 1u, pack_pair(v.z, v.w));
-    }
-}
-
-// Whether four columns from gn0 of row gm fill whole words of C (and Z): always for f32; for
-// 16-bit types when C's columns are adjacent and the run starts a word.
-fn whole_words(bz: u32, gm: u32, gn0: u32) -> bool {
-    let o = bz * p.sc + gm * p.ldc + gn0;
-    return ELEM_SHIFT == 0u || (p.c_cs == 1u && ((p.off_c + o) & 1u) == 0u && (p.has_z == 0u || ((p.off_z + o) & 1u) == 0u));
-}
-
-// Row gm, columns gn0 .. gn0 + count − 1 of C (and Z) from their sums: four whole columns that
-// fill whole words go out as two vectors; the rest (edges, half-words, strided columns) element by
-// element. The vector path names every value by a constant index: a run-time index into an array
-// there made lavapipe walk the whole array for each value.
+// Row gm, columns gn0 .. gn0 + count − 1 of C (and Z) from their sums (see store_run).
 fn epilogue(bz: u32, gm: u32, gn0: u32, count: u32, sums: vec4<f32>) {
     let e = epi4(bz, gm, gn0, sums);
     let o = bz * p.sc + gm * p.ldc + gn0 * p.c_cs;
-    if (count == 4u && whole_words(bz, gm, gn0)) {
-        store4(0u, p.off_c + o, e.out);
-        if (p.has_z != 0u) { store4(1u, p.off_z + o, e.pre); }
-        return;
-    }
-    store_run(0u, p.off_c + o, count, p.c_cs, array<f32, 4>(e.out.x, e.out.y, e.out.z, e.out.w));
-    if (p.has_z != 0u) { store_run(1u, p.off_z + o, count, p.c_cs, array<f32, 4>(e.pre.x, e.pre.y, e.pre.z, e.pre.w)); }
+    store_run(0u, p.off_c + o, count, p.c_cs, e.out);
+    if (p.has_z != 0u) { store_run(1u, p.off_z + o, count, p.c_cs, e.pre); }
 }
 
 @compute @workgroup_size(256)
@@ -477,14 +457,14 @@ fn act_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let total = p.m * p.n;
     if (e0 >= total) { return; }
     let count = min(2u, total - e0);
-    var outv: array<f32, 4>;
+    var g = vec4<f32>(0.0);
     for (var j = 0u; j < count; j = j + 1u) {
         let e = e0 + j;
-        var g = ld_a(e);
-        if (e % p.n < p.act_cols) { g = g * activate_grad(p.act, ld_b(e)); }
-        outv[j] = g;
+        var x = ld_a(e);
+        if (e % p.n < p.act_cols) { x = x * activate_grad(p.act, ld_b(e)); }
+        g = select(g, vec4<f32>(x), vec4<u32>(0u, 1u, 2u, 3u) == vec4<u32>(j));
     }
-    store_run(0u, e0, count, 1u, outv);
+    store_run(0u, e0, count, 1u, g);
 }
 
 // out[j] = Σ_i x[i, j] over compact [m, n] in two fixed-order passes (deterministic), each with
@@ -533,8 +513,5 @@ fn col_sum_finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         if (count == 2u) { x.y = bitcast<f32>(a_buf[k * p.n + j0 + 1u]); }
         kahan_add(&s, &c, x);
     }
-    var outv: array<f32, 4>;
-    outv[0] = s.x;
-    outv[1] = s.y;
-    store_run(0u, j0, count, 1u, outv);
+    store_run(0u, j0, count, 1u, vec4<f32>(s, 0.0, 0.0));
 }
