@@ -308,6 +308,9 @@ if [ "${WGPU_BENCH:-1}" = 1 ]; then
     bench wgpu 120 --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16
     # The WGSL GEMM's 64×64 form beside the wide one that the run above takes on large products.
     FFKERN_WGPU_GEMM=narrow bench wgpu-gemm-narrow 60 --backend wgpu --op gemm --reps 10 --full --dtype f32,bf16
+else
+    # The WGSL GEMM alone (16-byte slab loads, tenth session): seconds, so it runs in every call.
+    bench wgpu-gemm 60 --backend wgpu --op gemm --reps 10 --full --dtype f32,bf16
 fi
 python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys, os
