@@ -318,12 +318,17 @@ fn epilogue_pairs(bz: u32, gm: u32, gn0: u32, count: u32, s0: vec4<f32>, s1: vec
     let lo = epi4(bz, gm, gn0, s0);
     let hi = epi4(bz + 1u, gm, gn0, s1);
     let o = bz * p.sc + gm * p.ldc + gn0 * p.c_cs;
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        if (j < count) {
-            put_word(0u, (p.off_c + o + j * p.c_cs) >> 1u, pack_pair(lo.out[j], hi.out[j]));
-            if (p.has_z != 0u) { put_word(1u, (p.off_z + o + j * p.c_cs) >> 1u, pack_pair(lo.pre[j], hi.pre[j])); }
-        }
-    }
+    store_pairs(0u, p.off_c + o, count, lo.out, hi.out);
+    if (p.has_z != 0u) { store_pairs(1u, p.off_z + o, count, lo.pre, hi.pre); }
+}
+
+// The first `count` columns from element `base` (C's column stride apart): column j's word holds
+// lo[j] and hi[j]. Constant indices, as in store_run.
+fn store_pairs(which: u32, base: u32, count: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if (count > 0u) { put_word(which, base >> 1u, pack_pair(lo.x, hi.x)); }
+    if (count > 1u) { put_word(which, (base + p.c_cs) >> 1u, pack_pair(lo.y, hi.y)); }
+    if (count > 2u) { put_word(which, (base + 2u * p.c_cs) >> 1u, pack_pair(lo.z, hi.z)); }
+    if (count > 3u) { put_word(which, (base + 3u * p.c_cs) >> 1u, pack_pair(lo.w, hi.w)); }
 }
 
 // The wide forms for products with many 128-row tiles: each invocation keeps an 8×8 register
