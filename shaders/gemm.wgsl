@@ -2,8 +2,9 @@
 // Why it is fast: each workgroup owns a 64×64 tile of C (128×128 or 128×64 in the wide forms)
 // and stages A and B through workgroup memory in 16-deep K slices (by 16-byte loads where the
 // layout allows), so every element loaded from storage is reused 64 (128) times; each invocation
-// keeps a 4×4 (8×8, 8×4) register tile and reads vec4s from workgroup memory. Bias, activation, residual and the saved pre-activation are
-// applied in the same pass that writes C, on accumulators named by constant indices.
+// keeps a 4×4 (8×8, 8×4) register tile and reads vec4s from workgroup memory. Bias, activation,
+// residual and the saved pre-activation are applied in the same pass that writes C, on
+// accumulators named by constant indices.
 // All buffers are u32 words; 16-bit dtypes hold two elements a word (see _dtype_*.wgsl).
 
 struct Params {
@@ -68,7 +69,7 @@ fn put_two(which: u32, e: u32, lo: f32, hi: f32) {
 // Stores the first `count` (≤ 4) elements of v from element index `base`, `stride` apart; for
 // consecutive 16-bit elements, whole words wherever this invocation owns both halves. Every
 // element is named by a constant index: a loop indexing an array at run time here (even one
-// never entered) cost lavapipe a third of a small GEMM's time.
+// never entered) cost lavapipe a quarter of a small GEMM's time.
 fn store_run(which: u32, base: u32, count: u32, stride: u32, v: vec4<f32>) {
     if (ELEM_SHIFT == 0u || stride != 1u) {
         if (count > 0u) { put_one(which, base, v.x); }
@@ -126,10 +127,11 @@ fn b_elem(bz: u32, e: u32, rows: u32, n0: u32, k0: u32, k_hi: u32) -> SlabElem {
     return x;
 }
 
-// Staging a K slab into workgroup memory: element (row, k) of operand op's slab goes to
-// component row % 4 of entry k·stride + row / 4 of Aw (A) or Bw (B).
 // Elements in one 16-byte load.
 const VEC: u32 = 4u << ELEM_SHIFT;
+
+// Staging a K slab into workgroup memory: element (row, k) of operand op's slab goes to
+// component row % 4 of entry k·stride + row / 4 of Aw (A) or Bw (B).
 
 fn put_slab(op: u32, i: u32, c: u32, v: f32) {
     if (op == 0u) { Aw[i][c] = v; } else { Bw[i][c] = v; }
