@@ -226,10 +226,8 @@ pub fn gemm<T: CudaElem>(
     // aligned; A [M,K] and B [N,K] (K contiguous), and for f16/bf16 (unless FFKERN_GEMM_KERNEL=kgen)
     // also B [K,N], or A [K,M] and B [K,N] (the backward's products).
     let choice = kernel_choice()?;
-    let per16 = (16 / dtype.size()) as u32;
-    let aligned = |ptr: u64, ld: u32, stride: u32| ptr % 16 == 0 && ld % per16 == 0 && (desc.batch == 1 || stride % per16 == 0);
-    let a_unit = desc.inner_a == 1 && aligned(device_addr(rt, a), p.lda, p.sa);
-    let b_unit = desc.inner_b == 1 && aligned(device_addr(rt, b), p.ldb, p.sb);
+    let a_unit = p.rows_16b(false, dtype) && device_addr(rt, a) % 16 == 0;
+    let b_unit = p.rows_16b(true, dtype) && device_addr(rt, b) % 16 == 0;
     let kmajor = choice != "kgen" && dtype != DType::F32;
     // An A that takes no 16-byte copies (a gather's stride, an odd alignment) still leaves B's.
     let b16 = dtype != DType::F32 && b_unit;

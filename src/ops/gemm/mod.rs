@@ -657,6 +657,19 @@ pub struct GemmParams {
     pub vec_b: u32,
 }
 
+impl GemmParams {
+    /// Whether every row of operand A (`b` false) or B starts a 16-byte word, given that the
+    /// operand itself does: the dimension stored contiguously by default (K for `[M, K]` /
+    /// `[N, K]`, M or N for `[K, M]` / `[K, N]`) has stride 1, and the row stride and, with more
+    /// than one batch, the batch stride are multiples of the elements in 16 bytes. Both backends'
+    /// 16-byte operand loads take this rule (CUDA's copies, wgpu's slab loads).
+    pub fn rows_16b(&self, b: bool, dtype: DType) -> bool {
+        let per16 = (16 / dtype.size()) as u32;
+        let (inner, ld, stride) = if b { (self.b_cs, self.ldb, self.sb) } else { (self.a_cs, self.lda, self.sa) };
+        inner == 1 && ld % per16 == 0 && (self.batch == 1 || stride % per16 == 0)
+    }
+}
+
 /// Gradients from [`gemm_backward`]. `da` and `db` have exactly the layouts of A and B (their
 /// strides, inner strides and batch strides, at offset 0; elements outside the operand are zero);
 /// `dbias` is `[N]` summed over batches and rows; `dr = β·dC` is left to the caller.

@@ -85,15 +85,12 @@ pub fn gemm(
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[a.buffer, b.buffer, bias, r, av, bv, c.buffer, z], groups)
 }
 
-/// Whether operand A (`b` false) or B can stage its K slabs with 16-byte loads: the dimension
-/// the slab walks first (K for `[M, K]` / `[N, K]` storage, M or N for `[K, M]` / `[K, N]`) has
-/// stride 1, and the row stride, the batch stride (with more than one batch) and the offset are
-/// multiples of the elements in 16 bytes, so every load starts a 16-byte word; and the buffer
-/// holds at least one such word (a binding of 16-byte words cannot be smaller).
+/// Whether operand A (`b` false) or B can stage its K slabs with 16-byte loads: its rows start
+/// 16-byte words ([`super::GemmParams::rows_16b`]) from an offset that is a multiple of 16 bytes,
+/// and the buffer holds at least one such word (a binding of 16-byte words cannot be smaller).
 fn vec_loads(dtype: DType, p: &super::GemmParams, b: bool, buffer: &wgpu::Buffer) -> bool {
-    let vec = 16 / dtype.size() as u32;
-    let (inner, ld, stride, off) = if b { (p.b_cs, p.ldb, p.sb, p.off_b) } else { (p.a_cs, p.lda, p.sa, p.off_a) };
-    inner == 1 && ld % vec == 0 && (p.batch == 1 || stride % vec == 0) && off % vec == 0 && buffer.size() >= 16
+    let off = if b { p.off_b } else { p.off_a };
+    p.rows_16b(b, dtype) && off as usize % (16 / dtype.size()) == 0 && buffer.size() >= 16
 }
 
 /// Whether a 16-bit product's batches go in pairs (`gemm_pairs`: BlockShuffle's interleaved
