@@ -1561,7 +1561,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) linattn_chunk_dk_mma16_bf16
 LINATTN_MMA_ENTRIES(f32, float)
 LINATTN_MMA_ENTRIES(f16, __half)
 LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)
-// ---- The chunked forward and the chunked backward's dq, dv and dk, each in one pass
+// ---- The chunked forward and the chunked backward's dq, dv and dk, each in one pass (mirror
+// linattn_chunk_fused in shaders/linattn.wgsl and linattn_chunk_fused_grad in linattn_bwd.wgsl)
 // (FFKERN_LINATTN_KERNEL=fused; the 16-bit chunk products' conditions: bf16, φ identity or relu,
 // normalize none (the forward also Count), K and V multiples of 8, the wide width below ≤ 128 —
 // the launcher checks). One block per (sequence·head, 64 output columns) carries its slice M of

@@ -101,9 +101,8 @@ fn chunk_ld(which: u32, start: u32, len: u32, h: u32, r: u32, col: u32) -> f32 {
 // rows, X = operand xw, Y = operand yw (as chunk_ld): invocation (i, quarter) = (lid / 4, lid % 4)
 // gets row i0 + i, columns j0 + 16m + 4·quarter + (0..3) in acc[m], and xsum = Σ_r X[r][i0 + i]
 // (weighted by the family's `row_weight(r)` when `weighted`).
-// Rows are staged 16 at a time; every invocation is busy whatever K is.
-var<workgroup> ox: array<f32, 1024>; // [16 rows][64]
-var<workgroup> oy: array<f32, 1024>; // [16 rows][64]
+// Rows are staged 16 at a time ([16 rows][64] in sa and sb, which chunk_slabs also uses); every
+// invocation is busy whatever K is.
 
 struct Outer {
     acc: array<vec4<f32>, 4>,
@@ -116,16 +115,16 @@ fn chunk_outer(lid: u32, xw: u32, yw: u32, start: u32, len: u32, h: u32, i0: u32
     let quarter = lid % 4u;
     for (var r0 = 0u; r0 < 64u; r0 += 16u) {
         for (var e = lid; e < 1024u; e += 256u) {
-            ox[e] = chunk_ld(xw, start, len, h, r0 + e / 64u, i0 + e % 64u);
-            oy[e] = chunk_ld(yw, start, len, h, r0 + e / 64u, j0 + e % 64u);
+            sa[e] = chunk_ld(xw, start, len, h, r0 + e / 64u, i0 + e % 64u);
+            sb[e] = chunk_ld(yw, start, len, h, r0 + e / 64u, j0 + e % 64u);
         }
         workgroupBarrier();
         for (var rr = 0u; rr < 16u; rr++) {
-            let xv = ox[rr * 64u + i];
+            let xv = sa[rr * 64u + i];
             o.xsum += xv * select(1.0, row_weight(r0 + rr), weighted);
             for (var m = 0u; m < 4u; m++) {
                 let b = rr * 64u + m * 16u + quarter * 4u;
-                o.acc[m] += xv * vec4<f32>(oy[b], oy[b + 1u], oy[b + 2u], oy[b + 3u]);
+                o.acc[m] += xv * vec4<f32>(sb[b], sb[b + 1u], sb[b + 2u], sb[b + 3u]);
             }
         }
         workgroupBarrier();

@@ -348,30 +348,25 @@ fn linattn_chunk_grad_states(@builtin(local_invocation_index) lid: u32, @builtin
 
 // linattn_chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start
 // state S_c, z_c (state, z_buf). chunk_slabs accumulates the masked scores A = Q̃·K̃ᵀ and the S_c
-// term for the workgroup's 64 value columns; then A·V, 16 columns at a time. Invocation (t,
-// quarter) owns row t and columns 16j + 4·quarter + (0..3), j < 4.
+// term for the workgroup's 64 value columns; then A·V, 16 columns at a time (chunk_output_rows).
+// Invocation (t, quarter) owns row t and columns 16j + 4·quarter + (0..3), j < 4.
 fn slab_m(bh: u32, row: u32, col: u32) -> f32 {
     return state[(bh * p.k + row) * p.v + col];
 }
 
+// chunk_slabs' z: z_c, which the caller stages in zc (K ≤ 256).
+var<workgroup> zc: array<f32, 256>;
+
 fn slab_z(bh: u32, i: u32) -> f32 {
-    return z_buf[bh * p.k + i];
+    return zc[i];
 }
 
-@compute @workgroup_size(256)
-fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let bh = seq_head(wg, nwg);
-    if (bh >= p.batch * p.heads) { return; }
-    let c = bh / p.heads;
-    let h = bh % p.heads;
-    let start = starts[c];
-    let len = starts[c + 1u] - start;
-    let pos0 = starts[p.batch + 1u + c];
-    let c0 = wg.x * 64u;
+// The second half of a chunk's output, after chunk_slabs (`sl`): the masked scores into cw, then
+// o = (sl.acc + A·V) / den for the workgroup's 64 value columns from c0; pos0 is the position of
+// the chunk's first row in its sequence (Count).
+fn chunk_output_rows(lid: u32, sl: Slabs, start: u32, len: u32, h: u32, pos0: u32, c0: u32) {
     let t = lid / 4u;
     let quarter = lid % 4u;
-    let sl = chunk_slabs(lid, 0u, 1u, start, len, h, bh, p.k, c0, p.v, false, p.normalize == 1u);
-    let qz = sl.xz;
     var asum = 0.0;
     for (var m = 0u; m < 16u; m++) {
         let s = quarter + 4u * m;
@@ -399,7 +394,7 @@ fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(work
             }
             if (j == 0u) {
                 if (p.normalize == 1u) {
-                    den = p.eps + qz + asum;
+                    den = p.eps + sl.xz + asum;
                 } else if (p.normalize == 2u) {
                     den = f32(p.count0 + pos0 + t + 1u);
                 }
@@ -411,4 +406,61 @@ fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(work
         }
         workgroupBarrier();
     }
+}
+
+@compute @workgroup_size(256)
+fn linattn_chunk_output(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let bh = seq_head(wg, nwg);
+    if (bh >= p.batch * p.heads) { return; }
+    let c = bh / p.heads;
+    let h = bh % p.heads;
+    let start = starts[c];
+    let len = starts[c + 1u] - start;
+    if (p.normalize == 1u && lid < p.k) { zc[lid] = z_buf[bh * p.k + lid]; }
+    let sl = chunk_slabs(lid, 0u, 1u, start, len, h, bh, p.k, wg.x * 64u, p.v, false, p.normalize == 1u);
+    chunk_output_rows(lid, sl, start, len, h, starts[p.batch + 1u + c], wg.x * 64u);
+}
+
+// The chunked forward in one pass (FFKERN_LINATTN_KERNEL=fused; the twin of linattn_chunk_fused
+// in kernels/linattn.cu): one workgroup per (sequence·head, 64 value columns) carries its slice
+// S[:, c0 .. c0 + 63] of the running state through the sequence's chunks (the table of
+// linattn_chunk_states), in `state` itself, which holds the initial state and is left holding the
+// final one, and its own copy of z in zc (z_init: a copy of the initial z, which the workgroups
+// of value columns 0 overwrite with the final one). Each chunk's output comes from them as
+// linattn_chunk_output's does from a stored S_c, z_c; then the chunk's K̃ᵀ·V and Σ k̃ are added.
+// Why it is fast: the per-chunk states, the two-pass form's largest arrays (C·H·K·V, written by
+// one pass and read back by the next), are never stored: the slice a workgroup updates is the one
+// it reads next, from cache.
+@compute @workgroup_size(256)
+fn linattn_chunk_fused(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let nh = seq_head(wg, nwg);
+    if (nh >= p.batch * p.heads) { return; }
+    let h = nh % p.heads;
+    let nc = starts[0];
+    let range = sweep_range(lid, nh);
+    let c0 = wg.x * 64u;
+    if (lid < p.k) { zc[lid] = z_init[nh * p.k + lid]; }
+    for (var c = range.x; c < range.y; c++) {
+        let start = starts[1u + c];
+        let len = starts[2u + c] - start;
+        let sl = chunk_slabs(lid, 0u, 1u, start, len, h, nh, p.k, c0, p.v, false, p.normalize == 1u);
+        chunk_output_rows(lid, sl, start, len, h, starts[nc + 2u + c], c0);
+        // Every read of S_c and z_c is done (chunk_slabs' last barrier): add the chunk.
+        for (var i0 = 0u; i0 < p.k; i0 += 64u) {
+            let o = chunk_outer(lid, 1u, 2u, start, len, h, i0, c0, false);
+            let i = i0 + lid / 4u;
+            if (i < p.k) {
+                for (var m = 0u; m < 4u; m++) {
+                    for (var cc = 0u; cc < 4u; cc++) {
+                        let col = c0 + m * 16u + (lid % 4u) * 4u + cc;
+                        if (col < p.v) { state[(nh * p.k + i) * p.v + col] += o.acc[m][cc]; }
+                    }
+                }
+                if (lid % 4u == 0u) { zc[i] += o.xsum; }
+            }
+        }
+        storageBarrier(); // the next chunk's slabs read the updated slice
+    }
+    workgroupBarrier();
+    if (wg.x == 0u && lid < p.k) { z_buf[nh * p.k + lid] = zc[lid]; }
 }

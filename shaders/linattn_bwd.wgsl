@@ -266,6 +266,7 @@ struct ChunkRow {
     start: u32,
     len: u32,
     rows: u32,
+    pos: u32, // the position of the chunk's first row in its sequence
 }
 
 fn chunk_row(wg: vec3<u32>, nwg: vec3<u32>, in_part: bool) -> ChunkRow {
@@ -275,11 +276,12 @@ fn chunk_row(wg: vec3<u32>, nwg: vec3<u32>, in_part: bool) -> ChunkRow {
     if (!r.ok) { return r; }
     r.c = r.bh / p.heads;
     r.h = r.bh % p.heads;
-    var b = vec3<u32>(bitcast<u32>(fin[r.c]), bitcast<u32>(fin[r.c + 1u]), bitcast<u32>(fin[p.batch]));
-    if (in_part) { b = vec3<u32>(bitcast<u32>(part[r.c]), bitcast<u32>(part[r.c + 1u]), bitcast<u32>(part[p.batch])); }
+    var b = vec4<u32>(bitcast<u32>(fin[r.c]), bitcast<u32>(fin[r.c + 1u]), bitcast<u32>(fin[p.batch]), bitcast<u32>(fin[p.batch + 1u + r.c]));
+    if (in_part) { b = vec4<u32>(bitcast<u32>(part[r.c]), bitcast<u32>(part[r.c + 1u]), bitcast<u32>(part[p.batch]), bitcast<u32>(part[p.batch + 1u + r.c])); }
     r.start = b.x;
     r.len = b.y - b.x;
     r.rows = b.z;
+    r.pos = b.w;
     return r;
 }
 
@@ -294,7 +296,7 @@ fn cb_stage_den(lid: u32, cr: ChunkRow) {
                 den = fin[cb_dd_off() + 2u * row];
                 dd = fin[cb_dd_off() + 2u * row + 1u];
             } else if (p.normalize == 2u) {
-                den = f32(p.count0 + bitcast<u32>(fin[p.batch + 1u + cr.c]) + lid + 1u);
+                den = f32(p.count0 + cr.pos + lid + 1u);
             }
         }
         cden[lid] = den;
@@ -382,12 +384,10 @@ fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(work
 //   dv: W[t][s] = k̃_t·q̃_s (s ≥ t),      X = K̃,  M = G_c,  then + W·dN
 //   dq: W[t][s] = dn_t·v_s + dd_t (s ≤ t), X = dN, M = S_cᵀ, then + dd_t·z_c + W·K̃
 //   dk: W[t][s] = v_t·dn_s + dd_s (s ≥ t), X = V,  M = G_cᵀ, then + g_c + W·Q̃
-// and dq, dk are multiplied by scale·φ'(q) or φ'(k).
-fn chunk_grad(lid: u32, wg: vec3<u32>, nwg: vec3<u32>, mode: u32) {
-    let cr = chunk_row(wg, nwg, false);
-    if (!cr.ok) { return; }
+// and dq, dk are multiplied by scale·φ'(q) or φ'(k). M is slot cr.bh of part; z_c (dq) or g_c
+// (dk) is fin[z_at ..] when `with_z` (else 0).
+fn chunk_grad(lid: u32, cr: ChunkRow, c0: u32, mode: u32, z_at: u32, with_z: bool) {
     let dv = mode == 2u;
-    let c0 = wg.x * 64u;
     let t = lid / 4u;
     let quarter = lid % 4u;
     // cb_ld operands (0 q̃, 1 k̃, 2 v, 3 dn) of X, Y (the scores' columns) and F (after the mask).
@@ -414,7 +414,7 @@ fn chunk_grad(lid: u32, wg: vec3<u32>, nwg: vec3<u32>, mode: u32) {
         for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(fw, cr, e / 16u, cj + e % 16u); }
         if (lid < 16u) {
             var zv = 0.0;
-            if (!dv && cj + lid < p.k) { zv = fin[cb_z_off(cr.rows, mode) + cr.bh * p.k + cj + lid]; }
+            if (with_z && !dv && cj + lid < p.k) { zv = fin[z_at + cj + lid]; }
             cz[lid] = zv;
         }
         workgroupBarrier();
@@ -443,13 +443,77 @@ fn chunk_grad(lid: u32, wg: vec3<u32>, nwg: vec3<u32>, mode: u32) {
     }
 }
 
+// One chunk·head's dv, dq or dk (mode 2, 0, 1) from its S_c or G_c in part and the table in fin.
+fn chunk_grad_stored(lid: u32, wg: vec3<u32>, nwg: vec3<u32>, mode: u32) {
+    let cr = chunk_row(wg, nwg, false);
+    if (!cr.ok) { return; }
+    chunk_grad(lid, cr, wg.x * 64u, mode, cb_z_off(cr.rows, min(mode, 1u)) + cr.bh * p.k, true);
+}
+
 @compute @workgroup_size(256)
 fn linattn_chunk_dv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    chunk_grad(lid, wg, nwg, 2u);
+    chunk_grad_stored(lid, wg, nwg, 2u);
 }
 
 // dq (aux 0) or dk (aux 1).
 @compute @workgroup_size(256)
 fn linattn_chunk_dqk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    chunk_grad(lid, wg, nwg, p.aux);
+    chunk_grad_stored(lid, wg, nwg, p.aux);
+}
+
+// The chunked backward in one pass per gradient (FFKERN_LINATTN_KERNEL=fused, normalize none or
+// Count, where dd = 0; the twin of linattn_chunk_fused_grad in kernels/linattn.cu): one workgroup
+// per (sequence·head, 64 output columns) carries its slice of a running matrix M (slot nh of
+// part) through the sequence's chunks and computes each chunk's gradient from it as chunk_grad
+// does from a stored one, then adds the chunk to M:
+//   dq (aux 0), chunks in order:     M = S from S_0, rows c0.. of K;   S += K̃ᵀ·V
+//   dk (aux 1), from the last chunk: M = G from dS_T, rows c0.. of K;  G += Q̃ᵀ·dN  (g_c = dz_T)
+//   dv (aux 2), from the last chunk: M = G from dS_T, columns c0.. of V; G += Q̃ᵀ·dN
+// part holds a copy of S_0 (dq) or dS_T (dk), or dS_T itself (dv, left holding dS0); fin the
+// table of linattn_chunk_states ([C | bounds (C + 1) | positions (C) | each sequence's first
+// chunk (N + 1)], u32 bits), then dz_T (N·H·K). Why it is fast: as linattn_chunk_fused, no
+// per-chunk state or gradient is ever stored.
+fn fused_add(lid: u32, cr: ChunkRow, xw: u32, yw: u32, i0: u32, j0: u32) {
+    let o = chunk_outer(lid, xw, yw, cr.start, cr.len, cr.h, i0, j0, false);
+    let i = i0 + lid / 4u;
+    if (i >= p.k) { return; }
+    for (var m = 0u; m < 4u; m++) {
+        for (var cc = 0u; cc < 4u; cc++) {
+            let col = j0 + m * 16u + (lid % 4u) * 4u + cc;
+            if (col < p.v) { part[(cr.bh * p.k + i) * p.v + col] += o.acc[m][cc]; }
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn linattn_chunk_fused_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let nh = seq_head(wg, nwg);
+    if (nh >= p.batch * p.heads) { return; }
+    let mode = p.aux;
+    let nc = bitcast<u32>(fin[0]);
+    let first = bitcast<u32>(fin[2u * nc + 2u + nh / p.heads]);
+    let count = bitcast<u32>(fin[2u * nc + 3u + nh / p.heads]) - first;
+    let c0 = wg.x * 64u;
+    let z_at = 2u * nc + 3u + p.batch + nh * p.k;
+    // The operands of M's update (chunk_ld's 0 q̃, 1 k̃, 2 v, 3 dn).
+    let xw = select(0u, 1u, mode == 0u);
+    let yw = select(3u, 2u, mode == 0u);
+    var cr: ChunkRow;
+    cr.ok = true;
+    cr.h = nh % p.heads;
+    cr.bh = nh;
+    for (var j = 0u; j < count; j++) {
+        let c = select(first + count - 1u - j, first + j, mode == 0u);
+        cr.start = bitcast<u32>(fin[1u + c]);
+        cr.len = bitcast<u32>(fin[2u + c]) - cr.start;
+        cr.pos = bitcast<u32>(fin[nc + 2u + c]);
+        chunk_grad(lid, cr, c0, mode, z_at, mode == 1u);
+        // Every read of M is done (chunk_slabs' last barrier); dn's den stays staged.
+        if (mode == 2u) {
+            for (var i0 = 0u; i0 < p.k; i0 += 64u) { fused_add(lid, cr, xw, yw, i0, c0); }
+        } else {
+            for (var j0 = 0u; j0 < p.v; j0 += 64u) { fused_add(lid, cr, xw, yw, c0, j0); }
+        }
+        storageBarrier(); // the next chunk's slabs read the updated slice
+    }
 }

@@ -38,11 +38,11 @@ pub const WGPU_GEMM: KernelChoice = KernelChoice {
     values: &["auto", "wide", "tall", "skinny", "narrow"],
     what: "wgpu GEMM tiles: by shape; 128×128; 128×64; 128×32; 64×64",
 };
-/// The CUDA linear-attention chunk kernels (see `ops::linattn::cuda`).
+/// The linear-attention chunk kernels (see `ops::linattn::kernel_choice`).
 pub const LINATTN_KERNEL: KernelChoice = KernelChoice {
     var: "FFKERN_LINATTN_KERNEL",
     values: &["auto", "mma", "simt", "fused"],
-    what: "CUDA linear-attention chunk kernels: 16-bit tensor cores where the inputs allow, else TF32; TF32 tensor cores; f32 FMA; auto with the chunked forward and backward in one pass per output where they fit",
+    what: "CUDA linear-attention chunk kernels: 16-bit tensor cores where the inputs allow, else TF32; TF32 tensor cores; f32 FMA; auto with the chunked forward and backward in one pass per output where they fit (on wgpu too)",
 };
 /// The CUDA graph row kernels (see `ops::graph::cuda`).
 pub const GRAPH_KERNEL: KernelChoice = KernelChoice {

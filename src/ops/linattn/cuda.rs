@@ -104,16 +104,7 @@ fn typed<T: CudaElem>(base: &str) -> Result<&'static str> {
     kernel_name::<T>(KERNELS, base)
 }
 
-/// `FFKERN_LINATTN_KERNEL`: `auto` (default: the state sweeps and the chunk products on 16-bit
-/// tensor cores where [`sweep_kernel`] and [`chunk_product`] allow — 3.5× faster than TF32 for
-/// bf16 fwd+bwd at flash-linear-attention's shape on the H100 — else the TF32 tensor-core chunk
-/// kernels), `mma` (the TF32 kernels for every dtype, to compare), `simt` (their f32-FMA twins) or
-/// `fused` (`auto`, with the chunked forward and backward in one pass per output where
-/// [`chunk_fused`] and [`chunk_fused_grads`] take them).
-fn kernel_choice() -> Result<&'static str> {
-    static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    crate::runtime::kernel_env(&CHOICE, &crate::runtime::LINATTN_KERNEL)
-}
+use super::kernel_choice;
 
 /// A chunk kernel in T's dtype: its tensor-core twin `mma` (TF32 mma.sync for f16/bf16, 3xTF32 for
 /// f32) unless the f32-FMA kernel `simt` is forced.

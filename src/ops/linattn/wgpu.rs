@@ -122,6 +122,67 @@ fn through_chunks(ctx: &WgpuContext, p: &LinAttnParams, entry: &'static str, chu
     Ok(())
 }
 
+/// Workgroup memory of the one-pass chunked kernels (bytes), the larger of the two entries:
+/// chunk_slabs' slabs and z (sa, sb, sm, sz), the masked scores cw, the forward's running z (zc)
+/// and chunk range.
+const FUSED_SHARED_BYTES: u32 = 4 * (3 * 1024 + 16 + 4160 + 256 + 2);
+
+/// Whether the one-pass chunked kernels run: `FFKERN_LINATTN_KERNEL=fused` and an adapter whose
+/// workgroups hold [`FUSED_SHARED_BYTES`].
+fn fused(ctx: &WgpuContext) -> Result<bool> {
+    Ok(super::kernel_choice()? == "fused" && ctx.device.limits().max_compute_workgroup_storage_size >= FUSED_SHARED_BYTES)
+}
+
+/// The chunked forward in one pass (`linattn_chunk_fused`, see `Backend::linattn_chunk_fused`)
+/// where [`fused`] allows; `Ok(false)`, touching nothing, otherwise. Every value tile reads the
+/// initial normalizer state while tile 0 writes the final one, so it binds a copy of `z`.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_fused(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, state: &wgpu::Buffer, z: &wgpu::Buffer, o: &wgpu::Buffer) -> Result<bool> {
+    if !fused(ctx)? {
+        return Ok(false);
+    }
+    let n = (p.batch * p.heads * p.k) as usize;
+    let z_init = ctx.create_buffer(DType::F32, n)?;
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern z copy") });
+    enc.copy_buffer_to_buffer(z, 0, &z_init, 0, (n * 4) as u64);
+    ctx.queue.submit([enc.finish()]);
+    let pipe = ctx.pipeline(FAMILY, "linattn_chunk_fused", dtype, READ_ONLY, 3)?;
+    let t = ctx.upload_u32(table);
+    let groups = super::grid(p.v as usize, super::WIDE_TILE, (p.batch * p.heads) as usize);
+    ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, &z_init, &t, state, z, o], groups)?;
+    Ok(true)
+}
+
+/// The chunked backward in one pass per gradient (`linattn_chunk_fused_grad`, see
+/// `Backend::linattn_chunk_backward_fused`) where [`fused`] allows and dd = 0 (normalize none or
+/// Count); `Ok(false)`, touching nothing, otherwise. dq runs through a copy of `s0`, dk through a
+/// copy of dS_T (`d[0]`), and dv through `d[0]` itself, which it leaves holding dS0; the table
+/// binds with dz_T (`d[1]`) after it.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_fused_grads(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], x: [&wgpu::Buffer; 5], s0: &wgpu::Buffer, d: [&wgpu::Buffer; 2], out: [&wgpu::Buffer; 3]) -> Result<bool> {
+    if p.normalize == 1 || !fused(ctx)? {
+        return Ok(false);
+    }
+    let (s_len, z_len) = ((p.batch * p.heads * p.k * p.v) as usize, (p.batch * p.heads * p.k) as usize);
+    let fin = ctx.create_buffer(DType::F32, table.len() + z_len)?;
+    ctx.queue.write_buffer(&fin, 0, bytemuck::cast_slice(table));
+    let (s_run, g_run) = (ctx.create_buffer(DType::F32, s_len)?, ctx.create_buffer(DType::F32, s_len)?);
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn one-pass inputs") });
+    enc.copy_buffer_to_buffer(d[1], 0, &fin, (table.len() * 4) as u64, (z_len * 4) as u64);
+    enc.copy_buffer_to_buffer(s0, 0, &s_run, 0, (s_len * 4) as u64);
+    enc.copy_buffer_to_buffer(d[0], 0, &g_run, 0, (s_len * 4) as u64);
+    ctx.queue.submit([enc.finish()]);
+    let pipe = ctx.pipeline(BWD, "linattn_chunk_fused_grad", dtype, 6, 2)?;
+    let [q, k, v, o, d_o] = x;
+    let [dq, dk, dv] = out;
+    let units = (p.batch * p.heads) as usize;
+    for (aux, running, target, cols) in [(0u32, &*s_run, dq, p.k), (1, &*g_run, dk, p.k), (2, d[0], dv, p.v)] {
+        let pa = LinAttnParams { aux, ..*p };
+        ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(&pa), &[q, k, v, o, d_o, &fin, running, target], super::grid(cols as usize, super::WIDE_TILE, units))?;
+    }
+    Ok(true)
+}
+
 /// Workgroup memory of `linattn_bwd` (bytes): q̃, k̃, z, the [K][16] products and small arrays.
 const BWD_SHARED_BYTES: u32 = 4 * (3 * 256 + 16 + 16 + 272 + 4096 + 2 + 1);
 
