@@ -97,35 +97,52 @@ fn chunk_ld(which: u32, start: u32, len: u32, h: u32, r: u32, col: u32) -> f32 {
     }
 }
 
-// The workgroup's 64×64 tile (rows i0.. of K, columns j0.. of V) of Xᵀ·Y over the chunk's 64
-// rows, X = operand xw, Y = operand yw (as chunk_ld): invocation (i, quarter) = (lid / 4, lid % 4)
-// gets row i0 + i, columns j0 + 16m + 4·quarter + (0..3) in acc[m], and xsum = Σ_r X[r][i0 + i]
-// (weighted by the family's `row_weight(r)` when `weighted`).
-// Rows are staged 16 at a time ([16 rows][64] in sa and sb, which chunk_slabs also uses); every
-// invocation is busy whatever K is.
+// Four consecutive elements col .. col + 3 of chunk_ld's operand `which` at local row r.
+fn chunk_ld4(which: u32, start: u32, len: u32, h: u32, r: u32, col: u32) -> vec4<f32> {
+    return vec4<f32>(chunk_ld(which, start, len, h, r, col), chunk_ld(which, start, len, h, r, col + 1u),
+                     chunk_ld(which, start, len, h, r, col + 2u), chunk_ld(which, start, len, h, r, col + 3u));
+}
 
+// The chunk products give each invocation a 4×4 block of a 64×64 tile: rows tile_row(lid, a),
+// columns tile_col(lid, b), element [a][b] of an array<vec4<f32>, 4>. Their operands are staged
+// in slabs of 16 steps of the reduction, four consecutive rows or columns a vec4 ([16][64] as
+// [16][16] vec4), so that each step of a block takes one vec4 per operand for 16 products.
+fn tile_row(lid: u32, a: u32) -> u32 {
+    return 4u * (lid / 16u) + a;
+}
+fn tile_col(lid: u32, b: u32) -> u32 {
+    return 4u * (lid % 16u) + b;
+}
+
+var<workgroup> slab_x: array<vec4<f32>, 256>;
+var<workgroup> slab_y: array<vec4<f32>, 256>;
+var<workgroup> slab_s: array<vec4<f32>, 256>;
+
+// acc[a] + x[a]·y: the 4×4 block's step.
+fn outer4(acc: array<vec4<f32>, 4>, x: vec4<f32>, y: vec4<f32>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(acc[0] + x.x * y, acc[1] + x.y * y, acc[2] + x.z * y, acc[3] + x.w * y);
+}
+
+// The workgroup's 64×64 tile (rows i0.. of K, columns j0.. of V) of Xᵀ·Y over the chunk's 64
+// rows, X = operand xw, Y = operand yw (as chunk_ld): invocation lid gets rows i0 +
+// tile_row(lid, a), columns j0 + tile_col(lid, b) in acc, and xsum[a] = Σ_r X[r][i0 +
+// tile_row(lid, a)] (weighted by the family's `row_weight(r)` when `weighted`). Rows are staged 16
+// at a time; every invocation is busy whatever K is.
 struct Outer {
     acc: array<vec4<f32>, 4>,
-    xsum: f32,
+    xsum: vec4<f32>,
 }
 
 fn chunk_outer(lid: u32, xw: u32, yw: u32, start: u32, len: u32, h: u32, i0: u32, j0: u32, weighted: bool) -> Outer {
     var o: Outer;
-    let i = lid / 4u;
-    let quarter = lid % 4u;
     for (var r0 = 0u; r0 < 64u; r0 += 16u) {
-        for (var e = lid; e < 1024u; e += 256u) {
-            sa[e] = chunk_ld(xw, start, len, h, r0 + e / 64u, i0 + e % 64u);
-            sb[e] = chunk_ld(yw, start, len, h, r0 + e / 64u, j0 + e % 64u);
-        }
+        slab_x[lid] = chunk_ld4(xw, start, len, h, r0 + lid / 16u, i0 + tile_col(lid, 0u));
+        slab_y[lid] = chunk_ld4(yw, start, len, h, r0 + lid / 16u, j0 + tile_col(lid, 0u));
         workgroupBarrier();
         for (var rr = 0u; rr < 16u; rr++) {
-            let xv = sa[rr * 64u + i];
-            o.xsum += xv * select(1.0, row_weight(r0 + rr), weighted);
-            for (var m = 0u; m < 4u; m++) {
-                let b = rr * 64u + m * 16u + quarter * 4u;
-                o.acc[m] += xv * vec4<f32>(sb[b], sb[b + 1u], sb[b + 2u], sb[b + 3u]);
-            }
+            let x = slab_x[rr * 16u + lid / 16u];
+            o.xsum += x * select(1.0, row_weight(r0 + rr), weighted);
+            o.acc = outer4(o.acc, x, slab_y[rr * 16u + lid % 16u]);
         }
         workgroupBarrier();
     }
@@ -139,41 +156,42 @@ fn outer_tile(x: u32) -> vec2<u32> {
 }
 
 // ---- The per-chunk products' first pass (linattn_chunk_output; chunk_grad in linattn_bwd).
-// Over slabs of 16 of the reduction width r1, invocation (t, quarter) = (lid / 4, lid % 4)
-// accumulates the scores w[m] = X[t]·Y[quarter + 4m] and acc[j] = X[t]·M[·][c0 + 16j +
-// 4·quarter + (0..3)], with X, Y the chunk operands xw, yw (chunk_ld) and M the family's [K, V]
-// matrix of head bh (`slab_m`), read transposed when `m_t` (the output columns index K); with
-// `with_z` also xz = X[t]·z (z from the family's `slab_z`). The scores are computed once per 64
-// output columns. After it, sa and cw are free for the caller's second pass.
-var<workgroup> sa: array<f32, 1024>; // [64 rows][16] row-operand slab (X), then 16 columns of F
-var<workgroup> sb: array<f32, 1024>; // [64 rows][16] column-operand slab (Y)
-var<workgroup> sm: array<f32, 1024>; // [16][64] slab of M
+// Over slabs of 16 of the reduction width r1, invocation lid accumulates, for the chunk's rows
+// t = tile_row(lid, a) and the columns tile_col(lid, b), the scores w[a][b] = X[t]·Y[tile_col]
+// and acc[a][b] = X[t]·M[·][c0 + tile_col], with X, Y the chunk operands xw, yw (chunk_ld) and
+// M the family's [K, V] matrix of head bh (`slab_m`), read transposed when `m_t` (the output
+// columns index K); with `with_z` also xz[a] = X[t]·z (z from the family's `slab_z`). The scores
+// are computed once per 64 output columns. X and Y go into their slabs transposed (step, row), a
+// component at a time, from loads of four consecutive elements of a row.
 var<workgroup> sz: array<f32, 16>;
-var<workgroup> cw: array<f32, 4160>; // [64][65] masked scores (the caller's)
 
 struct Slabs {
-    w: array<f32, 16>,
+    w: array<vec4<f32>, 4>,
     acc: array<vec4<f32>, 4>,
-    xz: f32,
+    xz: vec4<f32>,
 }
 
 fn chunk_slabs(lid: u32, xw: u32, yw: u32, start: u32, len: u32, h: u32, bh: u32, r1: u32, c0: u32, width: u32, m_t: bool, with_z: bool) -> Slabs {
     var o: Slabs;
     let t = lid / 4u;
-    let quarter = lid % 4u;
+    let f0 = 4u * (lid % 4u);
     for (var r0 = 0u; r0 < r1; r0 += 16u) {
         workgroupBarrier(); // the caller's staging done; the previous slab read
-        for (var e = lid; e < 1024u; e += 256u) {
-            sa[e] = chunk_ld(xw, start, len, h, e / 16u, r0 + e % 16u);
-            sb[e] = chunk_ld(yw, start, len, h, e / 16u, r0 + e % 16u);
-            let r = e / 64u;
-            let col = e % 64u;
-            var mv = 0.0;
-            if (r0 + r < r1 && c0 + col < width) {
-                if (m_t) { mv = slab_m(bh, c0 + col, r0 + r); } else { mv = slab_m(bh, r0 + r, c0 + col); }
-            }
-            sm[e] = mv;
+        let xv = chunk_ld4(xw, start, len, h, t, r0 + f0);
+        let yv = chunk_ld4(yw, start, len, h, t, r0 + f0);
+        for (var c = 0u; c < 4u; c++) {
+            slab_x[(f0 + c) * 16u + t / 4u][t % 4u] = xv[c];
+            slab_y[(f0 + c) * 16u + t / 4u][t % 4u] = yv[c];
         }
+        var mv = vec4<f32>(0.0);
+        let mr = r0 + lid / 16u;
+        for (var b = 0u; b < 4u; b++) {
+            let col = c0 + tile_col(lid, b);
+            if (mr < r1 && col < width) {
+                if (m_t) { mv[b] = slab_m(bh, col, mr); } else { mv[b] = slab_m(bh, mr, col); }
+            }
+        }
+        slab_s[lid] = mv;
         if (with_z && lid < 16u) {
             var zv = 0.0;
             if (r0 + lid < r1) { zv = slab_z(bh, r0 + lid); }
@@ -181,13 +199,54 @@ fn chunk_slabs(lid: u32, xw: u32, yw: u32, start: u32, len: u32, h: u32, bh: u32
         }
         workgroupBarrier();
         for (var rr = 0u; rr < 16u; rr++) {
-            let xv = sa[t * 16u + rr];
-            for (var m = 0u; m < 16u; m++) { o.w[m] += xv * sb[(quarter + 4u * m) * 16u + rr]; }
-            for (var j = 0u; j < 4u; j++) {
-                let mb = rr * 64u + j * 16u + quarter * 4u;
-                o.acc[j] += xv * vec4<f32>(sm[mb], sm[mb + 1u], sm[mb + 2u], sm[mb + 3u]);
+            let x = slab_x[rr * 16u + lid / 16u];
+            o.w = outer4(o.w, x, slab_y[rr * 16u + lid % 16u]);
+            o.acc = outer4(o.acc, x, slab_s[rr * 16u + lid % 16u]);
+            if (with_z) { o.xz += x * sz[rr]; }
+        }
+    }
+    workgroupBarrier();
+    return o;
+}
+
+// ---- The per-chunk products' second pass: the masked scores W (from chunk_slabs, with the
+// caller's additions) in cw transposed, cw[s·16 + ⌊t/4⌋][t % 4] = W[t][s], then acc += W·F over
+// the chunk's rows s, F (chunk_ld's operand fw, columns f0 + tile_col) staged 16 rows at a time.
+// `lower`: W is kept for s ≤ t, else for s ≥ t. Also wsum[a] = Σ_s W[t][s] for the rows t.
+var<workgroup> cw: array<vec4<f32>, 1024>; // [64 s][16]
+
+fn put_scores(lid: u32, w: array<vec4<f32>, 4>, lower: bool) {
+    for (var b = 0u; b < 4u; b++) {
+        let s = tile_col(lid, b);
+        var col = vec4<f32>(w[0][b], w[1][b], w[2][b], w[3][b]);
+        for (var a = 0u; a < 4u; a++) {
+            let t = tile_row(lid, a);
+            if ((lower && s > t) || (!lower && s < t)) { col[a] = 0.0; }
+        }
+        cw[s * 16u + lid / 16u] = col;
+    }
+}
+
+struct Scored {
+    acc: array<vec4<f32>, 4>,
+    wsum: vec4<f32>,
+}
+
+fn scores_times(lid: u32, acc: array<vec4<f32>, 4>, fw: u32, start: u32, len: u32, h: u32, f0: u32, lower: bool) -> Scored {
+    var o: Scored;
+    o.acc = acc;
+    let t0 = tile_row(lid, 0u);
+    for (var s0 = 0u; s0 < 64u; s0 += 16u) {
+        workgroupBarrier(); // the scores stored; the previous rows of F read
+        slab_x[lid] = chunk_ld4(fw, start, len, h, s0 + lid / 16u, f0 + tile_col(lid, 0u));
+        workgroupBarrier();
+        // Rows s wholly masked for the block's four rows are skipped.
+        if (select(s0 + 15u >= t0, s0 <= t0 + 3u, lower)) {
+            for (var rr = 0u; rr < 16u; rr++) {
+                let wv = cw[(s0 + rr) * 16u + lid / 16u];
+                o.wsum += wv;
+                o.acc = outer4(o.acc, wv, slab_x[rr * 16u + lid % 16u]);
             }
-            if (with_z) { o.xz += xv * sz[rr]; }
         }
     }
     workgroupBarrier();

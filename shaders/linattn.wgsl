@@ -241,16 +241,16 @@ fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workg
 }
 
 // Invocation lid's part of a chunk_outer tile into slot `slot` (chunk·head) of state and z_buf.
-fn chunk_put(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, xsum: f32) {
-    let i = tile.x + lid / 4u;
-    if (i >= p.k) { return; }
-    for (var m = 0u; m < 4u; m++) {
-        for (var cc = 0u; cc < 4u; cc++) {
-            let col = tile.y + m * 16u + (lid % 4u) * 4u + cc;
-            if (col < p.v) { state[(slot * p.k + i) * p.v + col] = acc[m][cc]; }
+fn chunk_put(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, xsum: vec4<f32>) {
+    for (var a = 0u; a < 4u; a++) {
+        let i = tile.x + tile_row(lid, a);
+        if (i >= p.k) { return; }
+        for (var b = 0u; b < 4u; b++) {
+            let col = tile.y + tile_col(lid, b);
+            if (col < p.v) { state[(slot * p.k + i) * p.v + col] = acc[a][b]; }
         }
+        if (tile.y == 0u && lid % 16u == 0u) { z_buf[slot * p.k + i] = xsum[a]; }
     }
-    if (tile.y == 0u && lid % 4u == 0u) { z_buf[slot * p.k + i] = xsum; }
 }
 
 // Chunked form, the start states in one pass (for many sequences·heads): one workgroup per
@@ -266,15 +266,14 @@ var<workgroup> chunk_range: vec2<u32>;
 // head nh in z_init.
 fn sweep_init(lid: u32, nh: u32, tile: vec2<u32>) -> Outer {
     var o: Outer;
-    let i = tile.x + lid / 4u;
-    if (i < p.k) {
-        for (var m = 0u; m < 4u; m++) {
-            for (var cc = 0u; cc < 4u; cc++) {
-                let col = tile.y + m * 16u + (lid % 4u) * 4u + cc;
-                if (col < p.v) { o.acc[m][cc] = z_init[(nh * p.k + i) * p.v + col]; }
-            }
+    for (var a = 0u; a < 4u; a++) {
+        let i = tile.x + tile_row(lid, a);
+        if (i >= p.k) { break; }
+        for (var b = 0u; b < 4u; b++) {
+            let col = tile.y + tile_col(lid, b);
+            if (col < p.v) { o.acc[a][b] = z_init[(nh * p.k + i) * p.v + col]; }
         }
-        o.xsum = z_init[p.batch * p.heads * p.k * p.v + nh * p.k + i];
+        o.xsum[a] = z_init[p.batch * p.heads * p.k * p.v + nh * p.k + i];
     }
     return o;
 }
@@ -348,8 +347,8 @@ fn linattn_chunk_grad_states(@builtin(local_invocation_index) lid: u32, @builtin
 
 // linattn_chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start
 // state S_c, z_c (state, z_buf). chunk_slabs accumulates the masked scores A = Q̃·K̃ᵀ and the S_c
-// term for the workgroup's 64 value columns; then A·V, 16 columns at a time (chunk_output_rows).
-// Invocation (t, quarter) owns row t and columns 16j + 4·quarter + (0..3), j < 4.
+// term for the workgroup's 64 value columns; then A·V (chunk_output_rows). Invocation lid owns
+// the chunk's rows tile_row(lid, ·) and the columns c0 + tile_col(lid, ·).
 fn slab_m(bh: u32, row: u32, col: u32) -> f32 {
     return state[(bh * p.k + row) * p.v + col];
 }
@@ -361,50 +360,26 @@ fn slab_z(bh: u32, i: u32) -> f32 {
     return zc[i];
 }
 
-// The second half of a chunk's output, after chunk_slabs (`sl`): the masked scores into cw, then
-// o = (sl.acc + A·V) / den for the workgroup's 64 value columns from c0; pos0 is the position of
-// the chunk's first row in its sequence (Count).
+// The second half of a chunk's output, after chunk_slabs (`sl`): o = (sl.acc + A·V) / den for the
+// masked scores A and the workgroup's 64 value columns from c0; pos0 is the position of the
+// chunk's first row in its sequence (Count).
 fn chunk_output_rows(lid: u32, sl: Slabs, start: u32, len: u32, h: u32, pos0: u32, c0: u32) {
-    let t = lid / 4u;
-    let quarter = lid % 4u;
-    var asum = 0.0;
-    for (var m = 0u; m < 16u; m++) {
-        let s = quarter + 4u * m;
-        cw[t * 65u + s] = select(0.0, sl.w[m], s <= t);
-    }
-    var den = 1.0;
-    let row = (start + t) * p.heads + h;
-    for (var j = 0u; j < 4u; j++) {
-        let cj = c0 + j * 16u;
-        if (cj >= p.v) { break; }
-        for (var e = lid; e < 1024u; e += 256u) {
-            let r = e / 16u;
-            var vv = 0.0;
-            if (r < len && cj + e % 16u < p.v) { vv = ld(2u, ((start + r) * p.heads + h) * p.v + cj + e % 16u); }
-            sa[e] = vv;
+    put_scores(lid, sl.w, true);
+    let sc = scores_times(lid, sl.acc, 2u, start, len, h, c0, true);
+    for (var a = 0u; a < 4u; a++) {
+        let t = tile_row(lid, a);
+        if (t >= len) { break; }
+        var den = 1.0;
+        if (p.normalize == 1u) {
+            den = p.eps + sl.xz[a] + sc.wsum[a];
+        } else if (p.normalize == 2u) {
+            den = f32(p.count0 + pos0 + t + 1u);
         }
-        workgroupBarrier();
-        if (t < len) {
-            var acc = sl.acc[j];
-            for (var s = 0u; s <= t; s++) {
-                let w = cw[t * 65u + s];
-                if (j == 0u) { asum += w; }
-                let vb = s * 16u + quarter * 4u;
-                acc += w * vec4<f32>(sa[vb], sa[vb + 1u], sa[vb + 2u], sa[vb + 3u]);
-            }
-            if (j == 0u) {
-                if (p.normalize == 1u) {
-                    den = p.eps + sl.xz + asum;
-                } else if (p.normalize == 2u) {
-                    den = f32(p.count0 + pos0 + t + 1u);
-                }
-            }
-            for (var cc = 0u; cc < 4u; cc++) {
-                let col = cj + quarter * 4u + cc;
-                if (col < p.v) { put_out(row * p.v + col, acc[cc] / den); }
-            }
+        let row = (start + t) * p.heads + h;
+        for (var b = 0u; b < 4u; b++) {
+            let col = c0 + tile_col(lid, b);
+            if (col < p.v) { put_out(row * p.v + col, sc.acc[a][b] / den); }
         }
-        workgroupBarrier();
     }
 }
 
@@ -448,15 +423,14 @@ fn linattn_chunk_fused(@builtin(local_invocation_index) lid: u32, @builtin(workg
         // Every read of S_c and z_c is done (chunk_slabs' last barrier): add the chunk.
         for (var i0 = 0u; i0 < p.k; i0 += 64u) {
             let o = chunk_outer(lid, 1u, 2u, start, len, h, i0, c0, false);
-            let i = i0 + lid / 4u;
-            if (i < p.k) {
-                for (var m = 0u; m < 4u; m++) {
-                    for (var cc = 0u; cc < 4u; cc++) {
-                        let col = c0 + m * 16u + (lid % 4u) * 4u + cc;
-                        if (col < p.v) { state[(nh * p.k + i) * p.v + col] += o.acc[m][cc]; }
-                    }
+            for (var a = 0u; a < 4u; a++) {
+                let i = i0 + tile_row(lid, a);
+                if (i >= p.k) { break; }
+                for (var b = 0u; b < 4u; b++) {
+                    let col = c0 + tile_col(lid, b);
+                    if (col < p.v) { state[(nh * p.k + i) * p.v + col] += o.acc[a][b]; }
                 }
-                if (lid % 4u == 0u) { zc[i] += o.xsum; }
+                if (lid % 16u == 0u) { zc[i] += o.xsum[a]; }
             }
         }
         storageBarrier(); // the next chunk's slabs read the updated slice

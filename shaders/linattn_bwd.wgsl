@@ -229,7 +229,6 @@ fn cb_z_off(rows: u32, which: u32) -> u32 {
     return cb_dd_off() + 2u * cb_rows_heads(rows) + which * p.batch * p.heads * p.k;
 }
 
-var<workgroup> cz: array<f32, 16>;
 var<workgroup> cden: array<f32, 64>;
 var<workgroup> cdd: array<f32, 64>;
 
@@ -313,35 +312,37 @@ fn linattn_chunk_den(@builtin(local_invocation_index) lid: u32, @builtin(workgro
     let t = lid / 4u;
     let quarter = lid % 4u;
     var qz = 0.0;
+    // Rows of q̃ and k̃ 16 features at a time (row t, features 4·quarter.. in slot lid); k̃'s
+    // columns summed down the rows from z_c.
     for (var i0 = 0u; i0 < p.k; i0 += 16u) {
-        for (var e = lid; e < 1024u; e += 256u) {
-            sa[e] = cb_ld(0u, cr, e / 16u, i0 + e % 16u);
-            sb[e] = cb_ld(1u, cr, e / 16u, i0 + e % 16u);
-        }
+        slab_x[lid] = chunk_ld4(0u, cr.start, cr.len, cr.h, t, i0 + 4u * quarter);
+        slab_y[lid] = chunk_ld4(1u, cr.start, cr.len, cr.h, t, i0 + 4u * quarter);
         workgroupBarrier();
-        if (lid < 16u) {
-            var run = 0.0;
-            if (i0 + lid < p.k) { run = part[cb_z_off(cr.rows, 0u) + cr.bh * p.k + i0 + lid]; }
+        if (lid < 4u) {
+            var run = vec4<f32>(0.0);
+            for (var c = 0u; c < 4u; c++) {
+                let i = i0 + 4u * lid + c;
+                if (i < p.k) { run[c] = part[cb_z_off(cr.rows, 0u) + cr.bh * p.k + i]; }
+            }
             for (var r = 0u; r < 64u; r++) {
-                run += sb[r * 16u + lid];
-                sb[r * 16u + lid] = run;
+                run += slab_y[r * 4u + lid];
+                slab_y[r * 4u + lid] = run;
             }
         }
         workgroupBarrier();
-        for (var cc = 0u; cc < 4u; cc++) { qz += sa[t * 16u + quarter * 4u + cc] * sb[t * 16u + quarter * 4u + cc]; }
+        qz += dot(slab_x[lid], slab_y[lid]);
         workgroupBarrier();
     }
-    var dot = 0.0;
+    var od = 0.0;
     if (t < cr.len) {
         let row = (cr.start + t) * p.heads + cr.h;
-        for (var j = quarter; j < p.v; j += 4u) { dot += ld_od(1u, row * p.v + j) * ld_od(0u, row * p.v + j); }
+        for (var j = quarter; j < p.v; j += 4u) { od += ld_od(1u, row * p.v + j) * ld_od(0u, row * p.v + j); }
     }
-    cw[lid] = qz;
-    cw[256u + lid] = dot;
+    cw[lid] = vec4<f32>(qz, od, 0.0, 0.0);
     workgroupBarrier();
     if (lid < 64u) {
-        let den = p.eps + cw[4u * lid] + cw[4u * lid + 1u] + cw[4u * lid + 2u] + cw[4u * lid + 3u];
-        let dd = -(cw[256u + 4u * lid] + cw[257u + 4u * lid] + cw[258u + 4u * lid] + cw[259u + 4u * lid]) / den;
+        let den = p.eps + cw[4u * lid].x + cw[4u * lid + 1u].x + cw[4u * lid + 2u].x + cw[4u * lid + 3u].x;
+        let dd = -(cw[4u * lid].y + cw[4u * lid + 1u].y + cw[4u * lid + 2u].y + cw[4u * lid + 3u].y) / den;
         cdd[lid] = select(0.0, dd, lid < cr.len);
         if (lid < cr.len) {
             let row = (cr.start + lid) * p.heads + cr.h;
@@ -366,19 +367,18 @@ fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(work
     workgroupBarrier();
     let tile = outer_tile(wg.x);
     let o = chunk_outer(lid, 0u, 3u, cr.start, cr.len, cr.h, tile.x, tile.y, false);
-    let i = tile.x + lid / 4u;
-    if (i < p.k) {
-        for (var m = 0u; m < 4u; m++) {
-            for (var cc = 0u; cc < 4u; cc++) {
-                let col = tile.y + m * 16u + (lid % 4u) * 4u + cc;
-                if (col < p.v) { part[(cr.bh * p.k + i) * p.v + col] = o.acc[m][cc]; }
-            }
+    for (var a = 0u; a < 4u; a++) {
+        let i = tile.x + tile_row(lid, a);
+        if (i >= p.k) { break; }
+        for (var b = 0u; b < 4u; b++) {
+            let col = tile.y + tile_col(lid, b);
+            if (col < p.v) { part[(cr.bh * p.k + i) * p.v + col] = o.acc[a][b]; }
         }
     }
 }
 
 // dv, dq or dk (mode 2, 0, 1), the workgroup's 64 output columns (of V for dv, of K for dq and
-// dk); invocation (t, quarter) owns row t and columns 16j + 4·quarter + (0..3), j < 4. One pass
+// dk); invocation lid owns the chunk's rows tile_row(lid, ·) and columns c0 + tile_col(lid, ·). One pass
 // over slabs of 16 of the reduction width (K for dv, V for dq and dk) accumulates the chunk's
 // masked scores W once per 64 columns, together with the matrix term X·M:
 //   dv: W[t][s] = k̃_t·q̃_s (s ≥ t),      X = K̃,  M = G_c,  then + W·dN
@@ -388,8 +388,6 @@ fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(work
 // (dk) is fin[z_at ..] when `with_z` (else 0).
 fn chunk_grad(lid: u32, cr: ChunkRow, c0: u32, mode: u32, z_at: u32, with_z: bool) {
     let dv = mode == 2u;
-    let t = lid / 4u;
-    let quarter = lid % 4u;
     // cb_ld operands (0 q̃, 1 k̃, 2 v, 3 dn) of X, Y (the scores' columns) and F (after the mask).
     let xw = select(select(3u, 2u, mode == 1u), 1u, dv);
     let yw = select(select(2u, 3u, mode == 1u), 0u, dv);
@@ -398,48 +396,34 @@ fn chunk_grad(lid: u32, cr: ChunkRow, c0: u32, mode: u32, z_at: u32, with_z: boo
     let r1 = select(p.v, p.k, dv);
     cb_stage_den(lid, cr);
     let sl = chunk_slabs(lid, xw, yw, cr.start, cr.len, cr.h, cr.bh, r1, c0, width, !dv, false);
-    var acc = sl.acc;
-    let lower = mode == 0u;
-    for (var m = 0u; m < 16u; m++) {
-        let s = quarter + 4u * m;
-        var v = sl.w[m];
-        if (mode == 0u) { v += cdd[t]; }
-        if (mode == 1u) { v += cdd[s]; }
-        cw[t * 65u + s] = select(0.0, v, select(s >= t, s <= t, lower));
+    // The scores plus dd_t (dq) or dd_s (dk), masked.
+    var w = sl.w;
+    for (var a = 0u; a < 4u; a++) {
+        let t = tile_row(lid, a);
+        for (var b = 0u; b < 4u; b++) {
+            if (mode == 0u) { w[a][b] += cdd[t]; }
+            if (mode == 1u) { w[a][b] += cdd[tile_col(lid, b)]; }
+        }
     }
-    let row = (cr.start + t) * p.heads + cr.h;
-    for (var j = 0u; j < 4u; j++) {
-        let cj = c0 + j * 16u;
-        if (cj >= width) { break; }
-        for (var e = lid; e < 1024u; e += 256u) { sa[e] = cb_ld(fw, cr, e / 16u, cj + e % 16u); }
-        if (lid < 16u) {
-            var zv = 0.0;
-            if (with_z && !dv && cj + lid < p.k) { zv = fin[z_at + cj + lid]; }
-            cz[lid] = zv;
-        }
-        workgroupBarrier();
-        if (t < cr.len) {
-            // The z term: dd_t·z_c (dq), g_c (dk), none (dv: cz is 0).
-            var g = acc[j] + select(1.0, cdd[t], mode == 0u) * vec4<f32>(cz[quarter * 4u], cz[quarter * 4u + 1u], cz[quarter * 4u + 2u], cz[quarter * 4u + 3u]);
-            let lo = select(t, 0u, lower);
-            let hi = select(cr.len, t + 1u, lower);
-            for (var s = lo; s < hi; s++) {
-                let fb = s * 16u + quarter * 4u;
-                g += cw[t * 65u + s] * vec4<f32>(sa[fb], sa[fb + 1u], sa[fb + 2u], sa[fb + 3u]);
-            }
-            for (var cc = 0u; cc < 4u; cc++) {
-                let col = cj + quarter * 4u + cc;
-                if (col < width) {
-                    if (dv) {
-                        put_out(row * p.v + col, g[cc]);
-                    } else {
-                        let x = ld(mode, row * p.k + col);
-                        put_out(row * p.k + col, g[cc] * select(p.scale * phi_grad(x), phi_grad(x), mode == 1u));
-                    }
-                }
+    put_scores(lid, w, mode == 0u);
+    let g = scores_times(lid, sl.acc, fw, cr.start, cr.len, cr.h, c0, mode == 0u).acc;
+    for (var a = 0u; a < 4u; a++) {
+        let t = tile_row(lid, a);
+        if (t >= cr.len) { break; }
+        let row = (cr.start + t) * p.heads + cr.h;
+        for (var b = 0u; b < 4u; b++) {
+            let col = c0 + tile_col(lid, b);
+            if (col >= width) { break; }
+            // The z term: dd_t·z_c (dq), g_c (dk), none (dv).
+            var gv = g[a][b];
+            if (with_z && !dv) { gv += select(1.0, cdd[t], mode == 0u) * fin[z_at + col]; }
+            if (dv) {
+                put_out(row * p.v + col, gv);
+            } else {
+                let x = ld(mode, row * p.k + col);
+                put_out(row * p.k + col, gv * select(p.scale * phi_grad(x), phi_grad(x), mode == 1u));
             }
         }
-        workgroupBarrier();
     }
 }
 
@@ -475,12 +459,12 @@ fn linattn_chunk_dqk(@builtin(local_invocation_index) lid: u32, @builtin(workgro
 // per-chunk state or gradient is ever stored.
 fn fused_add(lid: u32, cr: ChunkRow, xw: u32, yw: u32, i0: u32, j0: u32) {
     let o = chunk_outer(lid, xw, yw, cr.start, cr.len, cr.h, i0, j0, false);
-    let i = i0 + lid / 4u;
-    if (i >= p.k) { return; }
-    for (var m = 0u; m < 4u; m++) {
-        for (var cc = 0u; cc < 4u; cc++) {
-            let col = j0 + m * 16u + (lid % 4u) * 4u + cc;
-            if (col < p.v) { part[(cr.bh * p.k + i) * p.v + col] += o.acc[m][cc]; }
+    for (var a = 0u; a < 4u; a++) {
+        let i = i0 + tile_row(lid, a);
+        if (i >= p.k) { return; }
+        for (var b = 0u; b < 4u; b++) {
+            let col = j0 + tile_col(lid, b);
+            if (col < p.v) { part[(cr.bh * p.k + i) * p.v + col] += o.acc[a][b]; }
         }
     }
 }

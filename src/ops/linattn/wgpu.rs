@@ -122,10 +122,10 @@ fn through_chunks(ctx: &WgpuContext, p: &LinAttnParams, entry: &'static str, chu
     Ok(())
 }
 
-/// Workgroup memory of the one-pass chunked kernels (bytes), the larger of the two entries:
-/// chunk_slabs' slabs and z (sa, sb, sm, sz), the masked scores cw, the forward's running z (zc)
+/// Workgroup memory of the one-pass chunked kernels (bytes), the larger of the two entries: the
+/// slabs (slab_x, slab_y, slab_s) and z (sz), the masked scores cw, the forward's running z (zc)
 /// and chunk range.
-const FUSED_SHARED_BYTES: u32 = 4 * (3 * 1024 + 16 + 4160 + 256 + 2);
+const FUSED_SHARED_BYTES: u32 = 4 * (3 * 1024 + 16 + 4096 + 256 + 2);
 
 /// Whether the one-pass chunked kernels run: `FFKERN_LINATTN_KERNEL=fused` and an adapter whose
 /// workgroups hold [`FUSED_SHARED_BYTES`].
