@@ -2,6 +2,8 @@
 //! - Every WGSL family shader is assembled exactly as the runtime assembles it
 //!   (`_dtype_<dtype>.wgsl + _common.wgsl + <family>.wgsl`, see `src/runtime/wgpu.rs`) for each
 //!   dtype, then parsed and validated by naga; an error fails the build with `file:line: message`.
+//!   Each validated module then goes through naga's SPIR-V writer (what wgpu runs on Vulkan), so a
+//!   shader that validates but cannot be translated fails the build too, naming the file.
 //! - With feature `cuda`: every `kernels/*.cu` is compiled by nvcc twice: to `<family>.ptx`
 //!   (`compute_80`, runs on Ampere and Hopper) and to `<family>.sm90a.ptx` (`compute_90a` with
 //!   `FFKERN_SM90A` defined: the Hopper-only wgmma entries). Every kernel name listed in
@@ -93,9 +95,21 @@ fn check_shaders() {
                 }
             };
             let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
-            if let Err(e) = validator.validate(&module) {
-                let (file, line) = e.location(&source).map(|l| locate(&parts, l.line_number as usize)).unwrap_or(("?".into(), 0));
-                fail(&format!("{file}:{line}: (dtype {dtype}) {}", e.emit_to_string(&source).trim()));
+            let info = match validator.validate(&module) {
+                Ok(info) => info,
+                Err(e) => {
+                    let (file, line) = e.location(&source).map(|l| locate(&parts, l.line_number as usize)).unwrap_or(("?".into(), 0));
+                    fail(&format!("{file}:{line}: (dtype {dtype}) {}", e.emit_to_string(&source).trim()));
+                }
+            };
+            // Then through naga's SPIR-V writer, which wgpu runs on Vulkan when it builds a
+            // pipeline: a construct that validates but that the writer cannot translate (or
+            // panics on) fails here rather than in a user's process.
+            let options = naga::back::spv::Options { lang_version: (1, 3), ..Default::default() };
+            match std::panic::catch_unwind(|| naga::back::spv::write_vec(&module, &info, &options, None)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => fail(&format!("shaders/{name}: (dtype {dtype}) naga's SPIR-V writer: {e}")),
+                Err(_) => fail(&format!("shaders/{name}: (dtype {dtype}) naga's SPIR-V writer panicked (see the message above)")),
             }
         }
     }
