@@ -312,6 +312,10 @@ else
     # The WGSL GEMM alone (16-byte slab loads, tenth session): seconds, so it runs in every call.
     bench wgpu-gemm 60 --backend wgpu --op gemm --reps 10 --full --dtype f32,bf16
 fi
+# The WGSL linear-attention chunk kernels (4×4 blocks over vec4 slabs, eleventh session), two-pass
+# and one-pass, at flash-linear-attention's shapes beside the CUDA rows.
+bench wgpu-linear_attn 90 --backend wgpu --op linear_attn --reps 5 --seq 4096,8192
+FFKERN_LINATTN_KERNEL=fused bench wgpu-linear_attn-fused 90 --backend wgpu --op linear_attn --reps 5 --seq 4096,8192
 python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys, os
 names = sorted(f[6:-5] for f in os.listdir(sys.argv[1]) if f.startswith("bench-") and f.endswith(".json"))

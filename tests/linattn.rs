@@ -414,6 +414,29 @@ fn chunked_forward_matches_the_reference_on_every_backend() {
     }
 }
 
+/// A chunked forward whose two-pass form would need per-chunk states past one buffer binding
+/// (here (C + N)·H·K·V f32 = 1,024 · 65,536 · 4 bytes = 256 MiB; lavapipe binds at most 128 MiB):
+/// wgpu takes the one-pass kernel instead, whatever FFKERN_LINATTN_KERNEL says, and matches the
+/// reference; CUDA runs either form. Device backends only (the CPU reference is the check).
+#[test]
+fn chunked_forward_past_the_binding_limit_takes_one_pass() {
+    use ffkern::ops::linattn::{CHUNK, FUSED_STATES_MIN_BLOCKS, MAX_DIM};
+    let (b, t, k, v) = (FUSED_STATES_MIN_BLOCKS, 2 * CHUNK + 1, MAX_DIM, MAX_DIM);
+    let d = desc(b, t, 1, k, v, FeatureMap::Identity, Normalize::None);
+    let (q, kk, vv, s0, z0) = inputs(&d, DType::BF16, 800);
+    let (o_ref, s_ref, _) = cpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+    for dev in common::device_backends() {
+        with_backend!(dev, be => {
+            let up = |x: &HostTensor| be.upload(x).expect("upload");
+            let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(DType::BF16, d.vo_len()).expect("o"));
+            d.chunk(be, &up(&q), &up(&kk), &up(&vv), &mut s, &mut z, 0, &mut o).expect("chunk");
+            let what = format!("{} bf16 B{b} T{t} K{k} V{v} chunked past the binding limit", dev.name());
+            assert_close(&format!("{what} o"), &be.download(&o).expect("o").data, &o_ref, DType::BF16);
+            assert_close(&format!("{what} final S"), &be.download(&s).expect("s").data, &s_ref, DType::F32);
+        });
+    }
+}
+
 /// A decode step for more sequence·heads than one grid dimension holds (65535): the grid folds
 /// into y·z and every sequence is updated.
 #[test]

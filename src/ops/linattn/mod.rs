@@ -155,7 +155,8 @@ pub fn outer_tiles(p: &LinAttnParams) -> usize {
 /// (the TF32 kernels for every dtype, to compare), `simt` (their f32-FMA twins) or `fused` (`auto`,
 /// with the chunked forward and backward in one pass per output where `cuda::chunk_fused` and
 /// `cuda::chunk_fused_grads` take them). wgpu: `fused` takes `wgpu::chunk_fused` and
-/// `wgpu::chunk_fused_grads` where they fit; any other value the two-pass kernels.
+/// `wgpu::chunk_fused_grads` where they fit; any other value the two-pass kernels, unless their
+/// per-chunk states would not fit one buffer binding.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub(crate) fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();

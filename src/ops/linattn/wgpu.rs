@@ -127,18 +127,24 @@ fn through_chunks(ctx: &WgpuContext, p: &LinAttnParams, entry: &'static str, chu
 /// and chunk range.
 const FUSED_SHARED_BYTES: u32 = 4 * (3 * 1024 + 16 + 4096 + 256 + 2);
 
-/// Whether the one-pass chunked kernels run: `FFKERN_LINATTN_KERNEL=fused` and an adapter whose
-/// workgroups hold [`FUSED_SHARED_BYTES`].
-fn fused(ctx: &WgpuContext) -> Result<bool> {
-    Ok(super::kernel_choice()? == "fused" && ctx.device.limits().max_compute_workgroup_storage_size >= FUSED_SHARED_BYTES)
+/// Whether the one-pass chunked kernels run, for the chunk table `table` ([C | …]): where the
+/// adapter's workgroups hold [`FUSED_SHARED_BYTES`], with `FFKERN_LINATTN_KERNEL=fused`, and
+/// otherwise where the two-pass form's per-chunk states (`(C + N)·H·K·V` f32) would not fit one
+/// buffer binding (at flash-linear-attention's B8 T16384 H32 D128, 4.3 GB).
+fn fused(ctx: &WgpuContext, p: &LinAttnParams, table: &[u32]) -> Result<bool> {
+    let limits = ctx.device.limits();
+    let chunks = table.first().copied().unwrap_or(0) as u64;
+    let states = (chunks + p.batch as u64) * (p.heads * p.k * p.v) as u64 * 4;
+    let wanted = super::kernel_choice()? == "fused" || states > limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+    Ok(wanted && limits.max_compute_workgroup_storage_size >= FUSED_SHARED_BYTES)
 }
 
 /// The chunked forward in one pass (`linattn_chunk_fused`, see `Backend::linattn_chunk_fused`)
-/// where [`fused`] allows; `Ok(false)`, touching nothing, otherwise. Every value tile reads the
+/// where [`fused`] takes it; `Ok(false)`, touching nothing, otherwise. Every value tile reads the
 /// initial normalizer state while tile 0 writes the final one, so it binds a copy of `z`.
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_fused(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, state: &wgpu::Buffer, z: &wgpu::Buffer, o: &wgpu::Buffer) -> Result<bool> {
-    if !fused(ctx)? {
+    if !fused(ctx, p, table)? {
         return Ok(false);
     }
     let n = (p.batch * p.heads * p.k) as usize;
@@ -154,13 +160,13 @@ pub fn chunk_fused(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[
 }
 
 /// The chunked backward in one pass per gradient (`linattn_chunk_fused_grad`, see
-/// `Backend::linattn_chunk_backward_fused`) where [`fused`] allows and dd = 0 (normalize none or
+/// `Backend::linattn_chunk_backward_fused`) where [`fused`] takes it and dd = 0 (normalize none or
 /// Count); `Ok(false)`, touching nothing, otherwise. dq runs through a copy of `s0`, dk through a
 /// copy of dS_T (`d[0]`), and dv through `d[0]` itself, which it leaves holding dS0; the table
 /// binds with dz_T (`d[1]`) after it.
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_fused_grads(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], x: [&wgpu::Buffer; 5], s0: &wgpu::Buffer, d: [&wgpu::Buffer; 2], out: [&wgpu::Buffer; 3]) -> Result<bool> {
-    if p.normalize == 1 || !fused(ctx)? {
+    if p.normalize == 1 || !fused(ctx, p, table)? {
         return Ok(false);
     }
     let (s_len, z_len) = ((p.batch * p.heads * p.k * p.v) as usize, (p.batch * p.heads * p.k) as usize);
