@@ -140,7 +140,7 @@ fn fused(ctx: &WgpuContext, p: &LinAttnParams, table: &[u32]) -> Result<bool> {
 }
 
 /// The chunked forward in one pass (`linattn_chunk_fused`, see `Backend::linattn_chunk_fused`)
-/// where [`fused`] takes it; `Ok(false)`, touching nothing, otherwise. Every value tile reads the
+/// where `fused` takes it; `Ok(false)`, touching nothing, otherwise. Every value tile reads the
 /// initial normalizer state while tile 0 writes the final one, so it binds a copy of `z`.
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_fused(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, state: &wgpu::Buffer, z: &wgpu::Buffer, o: &wgpu::Buffer) -> Result<bool> {
@@ -160,7 +160,7 @@ pub fn chunk_fused(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[
 }
 
 /// The chunked backward in one pass per gradient (`linattn_chunk_fused_grad`, see
-/// `Backend::linattn_chunk_backward_fused`) where [`fused`] takes it and dd = 0 (normalize none or
+/// `Backend::linattn_chunk_backward_fused`) where `fused` takes it and dd = 0 (normalize none or
 /// Count); `Ok(false)`, touching nothing, otherwise. dq runs through a copy of `s0`, dk through a
 /// copy of dS_T (`d[0]`), and dv through `d[0]` itself, which it leaves holding dS0; the table
 /// binds with dz_T (`d[1]`) after it.
