@@ -308,12 +308,13 @@ impl LinearAttention {
 
     /// The per-chunk matrices `S_c` (or `G_c`): the fused sweep writes every chunk's before any is
     /// read, so they start unset; the state-only pass adds each chunk to what its slot holds, zero.
+    /// A device that cannot hold them says which form keeps none.
     fn alloc_states<Be: Backend>(&self, be: &Be, p: &LinAttnParams, dtype: DType, len: usize) -> Result<Be::Buf> {
-        if fused_sweep(p, self.heads) {
-            be.alloc_uninit(dtype, len)
-        } else {
-            be.alloc(dtype, len)
-        }
+        let states = if fused_sweep(p, self.heads) { be.alloc_uninit(dtype, len) } else { be.alloc(dtype, len) };
+        states.map_err(|e| match e {
+            Error::Limit(m) => Error::Limit(format!("linear attention: the chunked form's per-chunk states ({len} {dtype} values): {m}; the recurrent form keeps none")),
+            e => e,
+        })
     }
 
     /// The dtype of the per-chunk states `S_c` (and the backward's `G_c`): the backend's choice
