@@ -37,17 +37,8 @@ pub fn recurrent(
     // With the Normalizer (the scan only) every value tile reads the initial normalizer while
     // tile 0 writes the final one: the others read a copy, queued before the dispatch so that it
     // sees the state as the caller left it. Otherwise a placeholder binds there.
-    let n = (p.batch * p.heads * p.k) as usize;
-    let z_copy = if p.normalize == 1 && entry == "linattn_recurrent" {
-        let z_init = ctx.create_buffer(DType::F32, n)?;
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern z copy") });
-        enc.copy_buffer_to_buffer(z, 0, &z_init, 0, (n * 4) as u64);
-        ctx.queue.submit([enc.finish()]);
-        Some(z_init)
-    } else {
-        None
-    };
-    let z_init = z_copy.as_deref().unwrap_or(ctx.dummy(false));
+    let copy = if p.normalize == 1 && entry == "linattn_recurrent" { Some(z_copy(ctx, p, z)?) } else { None };
+    let z_init = copy.as_deref().unwrap_or(ctx.dummy(false));
     let starts = ctx.upload_u32(starts);
     let units = (p.batch * p.heads) as usize;
     let groups = match entry {
@@ -57,6 +48,17 @@ pub fn recurrent(
         _ => super::grid(p.v as usize, super::TILE, units),
     };
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, z_init, &starts, state, z, o], groups)
+}
+
+/// A copy of the normalizer state `z` (N·H·K f32), queued before the dispatches that follow, so
+/// that they read it as the caller left it while one workgroup per sequence·head writes `z`.
+fn z_copy(ctx: &WgpuContext, p: &LinAttnParams, z: &wgpu::Buffer) -> Result<crate::runtime::wgpu::MeteredBuffer> {
+    let n = (p.batch * p.heads * p.k) as usize;
+    let z_init = ctx.create_buffer(DType::F32, n)?;
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern z copy") });
+    enc.copy_buffer_to_buffer(z, 0, &z_init, 0, (n * 4) as u64);
+    ctx.queue.submit([enc.finish()]);
+    Ok(z_init)
 }
 
 /// The chunked form's inter-chunk pass (`linattn_chunk_scan`): `[S_0 | z_0]` go in as a copy
@@ -147,11 +149,7 @@ pub fn chunk_fused(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[
     if !fused(ctx, p, table)? {
         return Ok(false);
     }
-    let n = (p.batch * p.heads * p.k) as usize;
-    let z_init = ctx.create_buffer(DType::F32, n)?;
-    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern z copy") });
-    enc.copy_buffer_to_buffer(z, 0, &z_init, 0, (n * 4) as u64);
-    ctx.queue.submit([enc.finish()]);
+    let z_init = z_copy(ctx, p, z)?;
     let pipe = ctx.pipeline(FAMILY, "linattn_chunk_fused", dtype, READ_ONLY, 3)?;
     let t = ctx.upload_u32(table);
     let groups = super::grid(p.v as usize, super::WIDE_TILE, (p.batch * p.heads) as usize);
