@@ -8,7 +8,10 @@
 //! (`kernels/linattn.cu`, `shaders/linattn_bwd.wgsl`), and the chunked forms: chunks of
 //! [`CHUNK`] rows run in parallel from start states that an inter-chunk scan passes along, as
 //! masked matrix products per chunk (`shaders/linattn.wgsl` forward, `shaders/linattn_bwd.wgsl`
-//! backward, and their `kernels/linattn.cu` twins).
+//! backward, and their `kernels/linattn.cu` twins). With many sequences·heads the chunked forms
+//! carry each state through its sequence's chunks instead: a sweep that stores every chunk's
+//! start state for the products, or (`linattn_chunk_fused`, `linattn_chunk_fused_grad` on both
+//! device backends; see `FFKERN_LINATTN_KERNEL` in the README) one pass per output that stores none.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
