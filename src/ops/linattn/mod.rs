@@ -11,7 +11,8 @@
 //! backward, and their `kernels/linattn.cu` twins). With many sequences·heads the chunked forms
 //! carry each state through its sequence's chunks instead: a sweep that stores every chunk's
 //! start state for the products, or (`linattn_chunk_fused`, `linattn_chunk_fused_grad` on both
-//! device backends; see `FFKERN_LINATTN_KERNEL` in the README) one pass per output that stores none.
+//! device backends; see `FFKERN_LINATTN_KERNEL` in the README) one pass per output that stores
+//! none.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
