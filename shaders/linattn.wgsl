@@ -240,16 +240,29 @@ fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workg
     chunk_put(bh, lid, tile, o.acc, o.xsum);
 }
 
-// Invocation lid's part of a chunk_outer tile into slot `slot` (chunk·head) of state and z_buf.
-fn chunk_put(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, xsum: vec4<f32>) {
+// Invocation lid's 4×4 block of a chunk_outer tile (rows tile.x.., columns tile.y..) into slot
+// `slot` of state: stored, or added to it when `add`.
+fn state_tile(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, add: bool) {
     for (var a = 0u; a < 4u; a++) {
         let i = tile.x + tile_row(lid, a);
         if (i >= p.k) { return; }
         for (var b = 0u; b < 4u; b++) {
             let col = tile.y + tile_col(lid, b);
-            if (col < p.v) { state[(slot * p.k + i) * p.v + col] = acc[a][b]; }
+            if (col < p.v) {
+                let at = (slot * p.k + i) * p.v + col;
+                if (add) { state[at] += acc[a][b]; } else { state[at] = acc[a][b]; }
+            }
         }
-        if (tile.y == 0u && lid % 16u == 0u) { z_buf[slot * p.k + i] = xsum[a]; }
+    }
+}
+
+// Invocation lid's part of a chunk_outer tile into slot `slot` (chunk·head) of state and z_buf.
+fn chunk_put(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, xsum: vec4<f32>) {
+    state_tile(slot, lid, tile, acc, false);
+    if (tile.y != 0u || lid % 16u != 0u) { return; }
+    for (var a = 0u; a < 4u; a++) {
+        let i = tile.x + tile_row(lid, a);
+        if (i < p.k) { z_buf[slot * p.k + i] = xsum[a]; }
     }
 }
 
@@ -423,14 +436,10 @@ fn linattn_chunk_fused(@builtin(local_invocation_index) lid: u32, @builtin(workg
         // Every read of S_c and z_c is done (chunk_slabs' last barrier): add the chunk.
         for (var i0 = 0u; i0 < p.k; i0 += 64u) {
             let o = chunk_outer(lid, 1u, 2u, start, len, h, i0, c0, false);
+            state_tile(nh, lid, vec2<u32>(i0, c0), o.acc, true);
             for (var a = 0u; a < 4u; a++) {
                 let i = i0 + tile_row(lid, a);
-                if (i >= p.k) { break; }
-                for (var b = 0u; b < 4u; b++) {
-                    let col = c0 + tile_col(lid, b);
-                    if (col < p.v) { state[(nh * p.k + i) * p.v + col] += o.acc[a][b]; }
-                }
-                if (lid % 16u == 0u) { zc[i] += o.xsum[a]; }
+                if (lid % 16u == 0u && i < p.k) { zc[i] += o.xsum[a]; }
             }
         }
         storageBarrier(); // the next chunk's slabs read the updated slice

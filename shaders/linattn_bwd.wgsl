@@ -367,12 +367,21 @@ fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(work
     workgroupBarrier();
     let tile = outer_tile(wg.x);
     let o = chunk_outer(lid, 0u, 3u, cr.start, cr.len, cr.h, tile.x, tile.y, false);
+    part_tile(cr.bh, lid, tile, o.acc, false);
+}
+
+// Invocation lid's 4×4 block of a chunk_outer tile (rows tile.x.., columns tile.y..) into slot
+// `slot` of part's K×V matrices: stored, or added to it when `add`.
+fn part_tile(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, add: bool) {
     for (var a = 0u; a < 4u; a++) {
         let i = tile.x + tile_row(lid, a);
-        if (i >= p.k) { break; }
+        if (i >= p.k) { return; }
         for (var b = 0u; b < 4u; b++) {
             let col = tile.y + tile_col(lid, b);
-            if (col < p.v) { part[(cr.bh * p.k + i) * p.v + col] = o.acc[a][b]; }
+            if (col < p.v) {
+                let at = (slot * p.k + i) * p.v + col;
+                if (add) { part[at] += acc[a][b]; } else { part[at] = acc[a][b]; }
+            }
         }
     }
 }
@@ -459,14 +468,7 @@ fn linattn_chunk_dqk(@builtin(local_invocation_index) lid: u32, @builtin(workgro
 // per-chunk state or gradient is ever stored.
 fn fused_add(lid: u32, cr: ChunkRow, xw: u32, yw: u32, i0: u32, j0: u32) {
     let o = chunk_outer(lid, xw, yw, cr.start, cr.len, cr.h, i0, j0, false);
-    for (var a = 0u; a < 4u; a++) {
-        let i = i0 + tile_row(lid, a);
-        if (i >= p.k) { return; }
-        for (var b = 0u; b < 4u; b++) {
-            let col = j0 + tile_col(lid, b);
-            if (col < p.v) { part[(cr.bh * p.k + i) * p.v + col] += o.acc[a][b]; }
-        }
-    }
+    part_tile(cr.bh, lid, vec2<u32>(i0, j0), o.acc, true);
 }
 
 @compute @workgroup_size(256)
