@@ -284,16 +284,16 @@ fn chunk_row(wg: vec3<u32>, nwg: vec3<u32>, in_part: bool) -> ChunkRow {
     return r;
 }
 
-// Stages den and dd of the chunk's rows (invocations below 64) from the table in fin.
-fn cb_stage_den(lid: u32, cr: ChunkRow) {
+// Stages den and dd of the chunk's rows (invocations below 64) from fin[dd_at + 2·row ..].
+fn cb_stage_den(lid: u32, cr: ChunkRow, dd_at: u32) {
     if (lid < 64u) {
         var den = 1.0;
         var dd = 0.0;
         if (lid < cr.len) {
             if (p.normalize == 1u) {
                 let row = (cr.start + lid) * p.heads + cr.h;
-                den = fin[cb_dd_off() + 2u * row];
-                dd = fin[cb_dd_off() + 2u * row + 1u];
+                den = fin[dd_at + 2u * row];
+                dd = fin[dd_at + 2u * row + 1u];
             } else if (p.normalize == 2u) {
                 den = f32(p.count0 + cr.pos + lid + 1u);
             }
@@ -303,17 +303,16 @@ fn cb_stage_den(lid: u32, cr: ChunkRow) {
     }
 }
 
-// Normalizer only, one workgroup per chunk·head: den_t = eps + q̃_t·(z_c + Σ_{s≤t} k̃_s) (prefix
-// sums of k̃ down each slab's columns), dd_t, and the chunk's own Q̃ᵀ·dd into g_c's slot.
-@compute @workgroup_size(256)
-fn linattn_chunk_den(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let cr = chunk_row(wg, nwg, true);
-    if (!cr.ok) { return; }
+// The normalizer's den_t = eps + q̃_t·z_t, z_t = z_c + Σ_{s≤t} k̃_s (prefix sums of k̃ down each
+// slab's columns from z_c in zrun), and dd_t of the chunk's rows: into cdd, and with den into
+// part[dd_at + 2·row ..]. zrun is left holding z_c + Σ k̃, the next chunk's z_c.
+var<workgroup> zrun: array<f32, 256>;
+
+fn chunk_den_rows(lid: u32, cr: ChunkRow, dd_at: u32) {
     let t = lid / 4u;
     let quarter = lid % 4u;
     var qz = 0.0;
-    // Rows of q̃ and k̃ 16 features at a time (row t, features 4·quarter.. in slot lid); k̃'s
-    // columns summed down the rows from z_c.
+    // Rows of q̃ and k̃ 16 features at a time (row t, features 4·quarter.. in slot lid).
     for (var i0 = 0u; i0 < p.k; i0 += 16u) {
         slab_x[lid] = chunk_ld4(0u, cr.start, cr.len, cr.h, t, i0 + 4u * quarter);
         slab_y[lid] = chunk_ld4(1u, cr.start, cr.len, cr.h, t, i0 + 4u * quarter);
@@ -322,11 +321,15 @@ fn linattn_chunk_den(@builtin(local_invocation_index) lid: u32, @builtin(workgro
             var run = vec4<f32>(0.0);
             for (var c = 0u; c < 4u; c++) {
                 let i = i0 + 4u * lid + c;
-                if (i < p.k) { run[c] = part[cb_z_off(cr.rows, 0u) + cr.bh * p.k + i]; }
+                if (i < p.k) { run[c] = zrun[i]; }
             }
             for (var r = 0u; r < 64u; r++) {
                 run += slab_y[r * 4u + lid];
                 slab_y[r * 4u + lid] = run;
+            }
+            for (var c = 0u; c < 4u; c++) {
+                let i = i0 + 4u * lid + c;
+                if (i < p.k) { zrun[i] = run[c]; }
             }
         }
         workgroupBarrier();
@@ -346,11 +349,22 @@ fn linattn_chunk_den(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         cdd[lid] = select(0.0, dd, lid < cr.len);
         if (lid < cr.len) {
             let row = (cr.start + lid) * p.heads + cr.h;
-            part[cb_dd_off() + 2u * row] = den;
-            part[cb_dd_off() + 2u * row + 1u] = dd;
+            part[dd_at + 2u * row] = den;
+            part[dd_at + 2u * row + 1u] = dd;
         }
     }
     workgroupBarrier();
+}
+
+// Normalizer only, one workgroup per chunk·head: den and dd of its rows (z_c from the table in
+// part), and the chunk's own Q̃ᵀ·dd into g_c's slot.
+@compute @workgroup_size(256)
+fn linattn_chunk_den(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let cr = chunk_row(wg, nwg, true);
+    if (!cr.ok) { return; }
+    if (lid < p.k) { zrun[lid] = part[cb_z_off(cr.rows, 0u) + cr.bh * p.k + lid]; }
+    workgroupBarrier();
+    chunk_den_rows(lid, cr, cb_dd_off());
     if (lid < p.k) {
         var hz = 0.0;
         for (var r = 0u; r < 64u; r++) { hz += cb_ld(0u, cr, r, lid) * cdd[r]; }
@@ -363,7 +377,7 @@ fn linattn_chunk_den(@builtin(local_invocation_index) lid: u32, @builtin(workgro
 fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let cr = chunk_row(wg, nwg, false);
     if (!cr.ok) { return; }
-    cb_stage_den(lid, cr);
+    cb_stage_den(lid, cr, cb_dd_off());
     workgroupBarrier();
     let tile = outer_tile(wg.x);
     let o = chunk_outer(lid, 0u, 3u, cr.start, cr.len, cr.h, tile.x, tile.y, false);
@@ -393,9 +407,9 @@ fn part_tile(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, add
 //   dv: W[t][s] = k̃_t·q̃_s (s ≥ t),      X = K̃,  M = G_c,  then + W·dN
 //   dq: W[t][s] = dn_t·v_s + dd_t (s ≤ t), X = dN, M = S_cᵀ, then + dd_t·z_c + W·K̃
 //   dk: W[t][s] = v_t·dn_s + dd_s (s ≥ t), X = V,  M = G_cᵀ, then + g_c + W·Q̃
-// and dq, dk are multiplied by scale·φ'(q) or φ'(k). M is slot cr.bh of part; z_c (dq) or g_c
-// (dk) is fin[z_at ..] when `with_z` (else 0).
-fn chunk_grad(lid: u32, cr: ChunkRow, c0: u32, mode: u32, z_at: u32, with_z: bool) {
+// and dq, dk are multiplied by scale·φ'(q) or φ'(k). M is slot cr.bh of part; den and dd are at
+// fin[dd_at ..] (cb_stage_den); zq[b] is z_c (dq) or g_c (dk) at column c0 + tile_col(lid, b).
+fn chunk_grad(lid: u32, cr: ChunkRow, c0: u32, mode: u32, dd_at: u32, zq: vec4<f32>) {
     let dv = mode == 2u;
     // cb_ld operands (0 q̃, 1 k̃, 2 v, 3 dn) of X, Y (the scores' columns) and F (after the mask).
     let xw = select(select(3u, 2u, mode == 1u), 1u, dv);
@@ -403,7 +417,7 @@ fn chunk_grad(lid: u32, cr: ChunkRow, c0: u32, mode: u32, z_at: u32, with_z: boo
     let fw = select(select(1u, 0u, mode == 1u), 3u, dv);
     let width = select(p.k, p.v, dv);
     let r1 = select(p.v, p.k, dv);
-    cb_stage_den(lid, cr);
+    cb_stage_den(lid, cr, dd_at);
     let sl = chunk_slabs(lid, xw, yw, cr.start, cr.len, cr.h, cr.bh, r1, c0, width, !dv, false);
     // The scores plus dd_t (dq) or dd_s (dk), masked.
     var w = sl.w;
@@ -425,7 +439,7 @@ fn chunk_grad(lid: u32, cr: ChunkRow, c0: u32, mode: u32, z_at: u32, with_z: boo
             if (col >= width) { break; }
             // The z term: dd_t·z_c (dq), g_c (dk), none (dv).
             var gv = g[a][b];
-            if (with_z && !dv) { gv += select(1.0, cdd[t], mode == 0u) * fin[z_at + col]; }
+            if (!dv) { gv += select(1.0, cdd[t], mode == 0u) * zq[b]; }
             if (dv) {
                 put_out(row * p.v + col, gv);
             } else {
@@ -440,7 +454,14 @@ fn chunk_grad(lid: u32, cr: ChunkRow, c0: u32, mode: u32, z_at: u32, with_z: boo
 fn chunk_grad_stored(lid: u32, wg: vec3<u32>, nwg: vec3<u32>, mode: u32) {
     let cr = chunk_row(wg, nwg, false);
     if (!cr.ok) { return; }
-    chunk_grad(lid, cr, wg.x * 64u, mode, cb_z_off(cr.rows, min(mode, 1u)) + cr.bh * p.k, true);
+    let c0 = wg.x * 64u;
+    let z_at = cb_z_off(cr.rows, min(mode, 1u)) + cr.bh * p.k;
+    var zq = vec4<f32>(0.0);
+    for (var b = 0u; b < 4u; b++) {
+        let col = c0 + tile_col(lid, b);
+        if (mode != 2u && col < p.k) { zq[b] = fin[z_at + col]; }
+    }
+    chunk_grad(lid, cr, c0, mode, cb_dd_off(), zq);
 }
 
 @compute @workgroup_size(256)
@@ -454,21 +475,33 @@ fn linattn_chunk_dqk(@builtin(local_invocation_index) lid: u32, @builtin(workgro
     chunk_grad_stored(lid, wg, nwg, p.aux);
 }
 
-// The chunked backward in one pass per gradient (FFKERN_LINATTN_KERNEL=fused, normalize none or
-// Count, where dd = 0; the twin of linattn_chunk_fused_grad in kernels/linattn.cu): one workgroup
+// The chunked backward in one pass per gradient (FFKERN_LINATTN_KERNEL=fused; the twin of
+// linattn_chunk_fused_grad in kernels/linattn.cu, which takes normalize none only): one workgroup
 // per (sequence·head, 64 output columns) carries its slice of a running matrix M (slot nh of
-// part) through the sequence's chunks and computes each chunk's gradient from it as chunk_grad
-// does from a stored one, then adds the chunk to M:
-//   dq (aux 0), chunks in order:     M = S from S_0, rows c0.. of K;   S += K̃ᵀ·V
-//   dk (aux 1), from the last chunk: M = G from dS_T, rows c0.. of K;  G += Q̃ᵀ·dN  (g_c = dz_T)
+// part) and of a running vector m (registers) through the sequence's chunks and computes each
+// chunk's gradient from them as chunk_grad does from stored ones, then adds the chunk to both:
+//   dq (aux 0), chunks in order:     M = S from S_0, rows c0.. of K;    S += K̃ᵀ·V,  m = z += K̃ᵀ·1
+//   dk (aux 1), from the last chunk: M = G from dS_T, rows c0.. of K;   G += Q̃ᵀ·dN, m = g += Q̃ᵀ·dd
 //   dv (aux 2), from the last chunk: M = G from dS_T, columns c0.. of V; G += Q̃ᵀ·dN
-// part holds a copy of S_0 (dq) or dS_T (dk), or dS_T itself (dv, left holding dS0); fin the
-// table of linattn_chunk_states ([C | bounds (C + 1) | positions (C) | each sequence's first
-// chunk (N + 1)], u32 bits), then dz_T (N·H·K). Why it is fast: as linattn_chunk_fused, no
-// per-chunk state or gradient is ever stored.
-fn fused_add(lid: u32, cr: ChunkRow, xw: u32, yw: u32, i0: u32, j0: u32) {
-    let o = chunk_outer(lid, xw, yw, cr.start, cr.len, cr.h, i0, j0, false);
+// part holds a copy of S_0 (dq) or dS_T (dk), or dS_T itself (dv, left holding dS0); dk leaves
+// g (dz0) after the N·H·K·V matrix. fin holds the table of linattn_chunk_states ([C | bounds
+// (C + 1) | positions (C) | each sequence's first chunk (N + 1)], u32 bits), then dz_T, z_0 (N·H·K
+// each), then den, dd per packed row (R·H·2, from linattn_chunk_fused_den; Normalizer only). Why
+// it is fast: as linattn_chunk_fused, no per-chunk state or gradient is ever stored.
+fn fused_tables(nc: u32) -> u32 {
+    return 2u * nc + 3u + p.batch;
+}
+
+var<workgroup> msum: array<f32, 64>;
+
+// One chunk's tile of M's update (rows i0.. of K, columns j0..) added to M; its row sums (X's
+// column sums over the chunk, weighted by dd for q̃) into msum when `sums`.
+fn fused_add(lid: u32, cr: ChunkRow, xw: u32, yw: u32, i0: u32, j0: u32, sums: bool) {
+    let o = chunk_outer(lid, xw, yw, cr.start, cr.len, cr.h, i0, j0, xw == 0u);
     part_tile(cr.bh, lid, vec2<u32>(i0, j0), o.acc, true);
+    if (sums && lid % 16u == 0u) {
+        for (var a = 0u; a < 4u; a++) { msum[tile_row(lid, a)] = o.xsum[a]; }
+    }
 }
 
 @compute @workgroup_size(256)
@@ -480,7 +513,14 @@ fn linattn_chunk_fused_grad(@builtin(local_invocation_index) lid: u32, @builtin(
     let first = bitcast<u32>(fin[2u * nc + 2u + nh / p.heads]);
     let count = bitcast<u32>(fin[2u * nc + 3u + nh / p.heads]) - first;
     let c0 = wg.x * 64u;
-    let z_at = 2u * nc + 3u + p.batch + nh * p.k;
+    let nhk = p.batch * p.heads * p.k;
+    // m's slice at this invocation's columns c0 + tile_col(lid, ·): z from z_0 (dq), g from dz_T (dk).
+    let m_at = fused_tables(nc) + select(0u, nhk, mode == 0u) + nh * p.k;
+    var m = vec4<f32>(0.0);
+    for (var b = 0u; b < 4u; b++) {
+        let col = c0 + tile_col(lid, b);
+        if (mode != 2u && col < p.k) { m[b] = fin[m_at + col]; }
+    }
     // The operands of M's update (chunk_ld's 0 q̃, 1 k̃, 2 v, 3 dn).
     let xw = select(0u, 1u, mode == 0u);
     let yw = select(3u, 2u, mode == 0u);
@@ -493,13 +533,44 @@ fn linattn_chunk_fused_grad(@builtin(local_invocation_index) lid: u32, @builtin(
         cr.start = bitcast<u32>(fin[1u + c]);
         cr.len = bitcast<u32>(fin[2u + c]) - cr.start;
         cr.pos = bitcast<u32>(fin[nc + 2u + c]);
-        chunk_grad(lid, cr, c0, mode, z_at, mode == 1u);
-        // Every read of M is done (chunk_slabs' last barrier); dn's den stays staged.
+        chunk_grad(lid, cr, c0, mode, fused_tables(nc) + 2u * nhk, m);
+        // Every read of M is done (chunk_slabs' last barrier); den and dd stay staged.
         if (mode == 2u) {
-            for (var i0 = 0u; i0 < p.k; i0 += 64u) { fused_add(lid, cr, xw, yw, i0, c0); }
+            for (var i0 = 0u; i0 < p.k; i0 += 64u) { fused_add(lid, cr, xw, yw, i0, c0, false); }
         } else {
-            for (var j0 = 0u; j0 < p.v; j0 += 64u) { fused_add(lid, cr, xw, yw, c0, j0); }
+            for (var j0 = 0u; j0 < p.v; j0 += 64u) { fused_add(lid, cr, xw, yw, c0, j0, j0 == 0u); }
+            workgroupBarrier();
+            for (var b = 0u; b < 4u; b++) { m[b] += msum[tile_col(lid, b)]; }
         }
         storageBarrier(); // the next chunk's slabs read the updated slice
+    }
+    if (mode == 1u) {
+        for (var b = 0u; b < 4u; b++) {
+            let col = c0 + tile_col(lid, b);
+            if (lid < 16u && col < p.k) { part[state_len() + nh * p.k + col] = m[b]; }
+        }
+    }
+}
+
+// Normalizer, before linattn_chunk_fused_grad: one workgroup per sequence·head walks its chunks in
+// order with z in zrun (from z_0), and writes den, dd of every row into part[2·row ..]. fin as
+// linattn_chunk_fused_grad's.
+@compute @workgroup_size(256)
+fn linattn_chunk_fused_den(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let nh = seq_head(wg, nwg);
+    if (nh >= p.batch * p.heads) { return; }
+    let nc = bitcast<u32>(fin[0]);
+    let first = bitcast<u32>(fin[2u * nc + 2u + nh / p.heads]);
+    let count = bitcast<u32>(fin[2u * nc + 3u + nh / p.heads]) - first;
+    if (lid < p.k) { zrun[lid] = fin[fused_tables(nc) + p.batch * p.heads * p.k + nh * p.k + lid]; }
+    workgroupBarrier();
+    var cr: ChunkRow;
+    cr.ok = true;
+    cr.h = nh % p.heads;
+    cr.bh = nh;
+    for (var c = first; c < first + count; c++) {
+        cr.start = bitcast<u32>(fin[1u + c]);
+        cr.len = bitcast<u32>(fin[2u + c]) - cr.start;
+        chunk_den_rows(lid, cr, 0u);
     }
 }

@@ -170,10 +170,12 @@ pub trait Backend {
     }
     /// The chunked backward in one pass per gradient where the backend has them for these inputs
     /// (the table of [`Backend::linattn_chunk_states`], `x = [q, k, v, o, do]`, the initial state
-    /// `s0`): dq rebuilds the forward's state chunk by chunk, dk and dv carry the state's gradient
-    /// back from `d = [dS_T, dz_T]`, which leaves `[dS0, dz0]` there, so no per-chunk state is
-    /// stored at all. Writes `out = [dq, dk, dv]`. `Ok(false)`, touching nothing, where it has none.
-    fn linattn_chunk_backward_fused(&self, _p: &LinAttnParams, _table: &[u32], _x: [&Self::Buf; 5], _s0: &Self::Buf, _d: [&mut Self::Buf; 2], _out: [&mut Self::Buf; 3]) -> Result<bool> {
+    /// `s0`, `z0`): dq rebuilds the forward's state chunk by chunk, dk and dv carry the state's
+    /// gradient back from `d = [dS_T, dz_T]`, which leaves `[dS0, dz0]` there, so no per-chunk
+    /// state is stored at all. Writes `out = [dq, dk, dv]`. `Ok(false)`, touching nothing, where it
+    /// has none.
+    #[allow(clippy::too_many_arguments)]
+    fn linattn_chunk_backward_fused(&self, _p: &LinAttnParams, _table: &[u32], _x: [&Self::Buf; 5], _s0: &Self::Buf, _z0: &Self::Buf, _d: [&mut Self::Buf; 2], _out: [&mut Self::Buf; 3]) -> Result<bool> {
         Ok(false)
     }
 

@@ -717,7 +717,7 @@ impl Backend for CudaRuntime {
         typed!(LINATTN, (q, k, v, o), chunk_fused(self, p, table, &q.as_view(), &k.as_view(), &v.as_view(), &mut st, &mut zv, &mut o.as_view_mut()))
     }
 
-    fn linattn_chunk_backward_fused(&self, p: &LinAttnParams, table: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, d: [&mut CudaBuf; 2], out: [&mut CudaBuf; 3]) -> Result<bool> {
+    fn linattn_chunk_backward_fused(&self, p: &LinAttnParams, table: &[u32], x: [&CudaBuf; 5], s0: &CudaBuf, _z0: &CudaBuf, d: [&mut CudaBuf; 2], out: [&mut CudaBuf; 3]) -> Result<bool> {
         let s0 = s0.typed::<f32>()?.as_view();
         let [ds, dz] = d;
         let (mut ds, dz) = (ds.typed_mut::<f32>()?.as_view_mut(), dz.typed::<f32>()?.as_view());

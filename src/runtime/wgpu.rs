@@ -727,11 +727,11 @@ impl Backend for WgpuContext {
         crate::ops::linattn::wgpu::chunk_fused(self, p, dtype, table, &q.buffer, &k.buffer, &v.buffer, &state.buffer, &z.buffer, &o.buffer)
     }
 
-    fn linattn_chunk_backward_fused(&self, p: &LinAttnParams, table: &[u32], x: [&WgpuBuffer; 5], s0: &WgpuBuffer, d: [&mut WgpuBuffer; 2], out: [&mut WgpuBuffer; 3]) -> Result<bool> {
+    fn linattn_chunk_backward_fused(&self, p: &LinAttnParams, table: &[u32], x: [&WgpuBuffer; 5], s0: &WgpuBuffer, z0: &WgpuBuffer, d: [&mut WgpuBuffer; 2], out: [&mut WgpuBuffer; 3]) -> Result<bool> {
         let [dq, dk, dv] = out;
         let dtype = same_dtype("linear_attn", &[("q", x[0].dtype), ("k", x[1].dtype), ("v", x[2].dtype), ("o", x[3].dtype), ("do", x[4].dtype), ("dq", dq.dtype), ("dk", dk.dtype), ("dv", dv.dtype)])?;
         let [ds, dz] = d;
-        crate::ops::linattn::wgpu::chunk_fused_grads(self, p, dtype, table, x.map(|b| &*b.buffer), &s0.buffer, [&*ds.buffer, &*dz.buffer], [&*dq.buffer, &*dk.buffer, &*dv.buffer])
+        crate::ops::linattn::wgpu::chunk_fused_grads(self, p, dtype, table, x.map(|b| &*b.buffer), &s0.buffer, &z0.buffer, [&*ds.buffer, &*dz.buffer], [&*dq.buffer, &*dk.buffer, &*dv.buffer])
     }
 
     fn linattn_backward(&self, p: &LinAttnParams, starts: &[u32], x: [&WgpuBuffer; 5], s0: &WgpuBuffer, z0: &WgpuBuffer, d_final: [Option<&WgpuBuffer>; 2], out: [&mut WgpuBuffer; 5]) -> Result<()> {

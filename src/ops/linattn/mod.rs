@@ -404,7 +404,7 @@ impl LinearAttention {
         }
         // Many sequences·heads: one pass per gradient where the backend has them (no per-chunk
         // state stored at all).
-        if fused_sweep(&p, self.heads) && be.linattn_chunk_backward_fused(&p, &t.sweep_table(), x, s0, [&mut g.d_state, &mut g.d_z], [&mut g.dq, &mut g.dk, &mut g.dv])? {
+        if fused_sweep(&p, self.heads) && be.linattn_chunk_backward_fused(&p, &t.sweep_table(), x, s0, z0, [&mut g.d_state, &mut g.d_z], [&mut g.dq, &mut g.dk, &mut g.dv])? {
             return Ok(g);
         }
         // The forward's state at every chunk's start (the final state goes to copies).

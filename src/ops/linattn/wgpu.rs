@@ -124,9 +124,9 @@ fn through_chunks(ctx: &WgpuContext, p: &LinAttnParams, entry: &'static str, chu
     Ok(())
 }
 
-/// Workgroup memory of the one-pass chunked kernels (bytes), the larger of the two entries: the
+/// Workgroup memory of the one-pass chunked kernels (bytes), the largest of their entries: the
 /// slabs (slab_x, slab_y, slab_s) and z (sz), the masked scores cw, the forward's running z (zc)
-/// and chunk range.
+/// and chunk range (the backward's den, dd and row sums, and its first pass's z, take less).
 const FUSED_SHARED_BYTES: u32 = 4 * (3 * 1024 + 16 + 4096 + 256 + 2);
 
 /// Whether the one-pass chunked kernels run, for the chunk table `table` ([C | …]): where the
@@ -158,32 +158,48 @@ pub fn chunk_fused(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[
 }
 
 /// The chunked backward in one pass per gradient (`linattn_chunk_fused_grad`, see
-/// `Backend::linattn_chunk_backward_fused`) where `fused` takes it and dd = 0 (normalize none or
-/// Count); `Ok(false)`, touching nothing, otherwise. dq runs through a copy of `s0`, dk through a
-/// copy of dS_T (`d[0]`), and dv through `d[0]` itself, which it leaves holding dS0; the table
-/// binds with dz_T (`d[1]`) after it.
+/// `Backend::linattn_chunk_backward_fused`) where `fused` takes it; `Ok(false)`, touching
+/// nothing, otherwise. dq runs through a copy of `s0`, dk through a copy of dS_T (`d[0]`) with
+/// room for dz0 after it, and dv through `d[0]` itself, which it leaves holding dS0. The table
+/// binds with dz_T (`d[1]`), `z0` and, for the normalizer, every row's den and dd after it
+/// (`linattn_chunk_fused_den`, a first pass).
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_fused_grads(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], x: [&wgpu::Buffer; 5], s0: &wgpu::Buffer, d: [&wgpu::Buffer; 2], out: [&wgpu::Buffer; 3]) -> Result<bool> {
-    if p.normalize == 1 || !fused(ctx, p, table)? {
+pub fn chunk_fused_grads(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], x: [&wgpu::Buffer; 5], s0: &wgpu::Buffer, z0: &wgpu::Buffer, d: [&wgpu::Buffer; 2], out: [&wgpu::Buffer; 3]) -> Result<bool> {
+    if !fused(ctx, p, table)? {
         return Ok(false);
     }
     let (s_len, z_len) = ((p.batch * p.heads * p.k * p.v) as usize, (p.batch * p.heads * p.k) as usize);
-    let fin = ctx.create_buffer(DType::F32, table.len() + z_len)?;
+    let rows = table[1 + table[0] as usize] as usize;
+    let dd_len = if p.normalize == 1 { 2 * rows * p.heads as usize } else { 0 };
+    let fin = ctx.create_buffer(DType::F32, table.len() + 2 * z_len + dd_len)?;
     ctx.queue.write_buffer(&fin, 0, bytemuck::cast_slice(table));
-    let (s_run, g_run) = (ctx.create_buffer(DType::F32, s_len)?, ctx.create_buffer(DType::F32, s_len)?);
+    let (s_run, g_run) = (ctx.create_buffer(DType::F32, s_len)?, ctx.create_buffer(DType::F32, s_len + z_len)?);
+    let (t_bytes, s_bytes, z_bytes) = ((table.len() * 4) as u64, (s_len * 4) as u64, (z_len * 4) as u64);
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn one-pass inputs") });
-    enc.copy_buffer_to_buffer(d[1], 0, &fin, (table.len() * 4) as u64, (z_len * 4) as u64);
-    enc.copy_buffer_to_buffer(s0, 0, &s_run, 0, (s_len * 4) as u64);
-    enc.copy_buffer_to_buffer(d[0], 0, &g_run, 0, (s_len * 4) as u64);
+    enc.copy_buffer_to_buffer(d[1], 0, &fin, t_bytes, z_bytes);
+    enc.copy_buffer_to_buffer(z0, 0, &fin, t_bytes + z_bytes, z_bytes);
+    enc.copy_buffer_to_buffer(s0, 0, &s_run, 0, s_bytes);
+    enc.copy_buffer_to_buffer(d[0], 0, &g_run, 0, s_bytes);
     ctx.queue.submit([enc.finish()]);
-    let pipe = ctx.pipeline(BWD, "linattn_chunk_fused_grad", dtype, 6, 2)?;
     let [q, k, v, o, d_o] = x;
-    let [dq, dk, dv] = out;
     let units = (p.batch * p.heads) as usize;
+    if dd_len > 0 {
+        let dd = ctx.create_buffer(DType::F32, dd_len)?;
+        let pipe = ctx.pipeline(BWD, "linattn_chunk_fused_den", dtype, 6, 2)?;
+        ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(p), &[q, k, v, o, d_o, &fin, &dd, ctx.dummy(true)], super::grid(1, super::TILE, units))?;
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn den, dd") });
+        enc.copy_buffer_to_buffer(&dd, 0, &fin, t_bytes + 2 * z_bytes, (dd_len * 4) as u64);
+        ctx.queue.submit([enc.finish()]);
+    }
+    let pipe = ctx.pipeline(BWD, "linattn_chunk_fused_grad", dtype, 6, 2)?;
+    let [dq, dk, dv] = out;
     for (aux, running, target, cols) in [(0u32, &*s_run, dq, p.k), (1, &*g_run, dk, p.k), (2, d[0], dv, p.v)] {
         let pa = LinAttnParams { aux, ..*p };
         ctx.dispatch(&pipe, BWD, 6, bytemuck::bytes_of(&pa), &[q, k, v, o, d_o, &fin, running, target], super::grid(cols as usize, super::WIDE_TILE, units))?;
     }
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn dz0") });
+    enc.copy_buffer_to_buffer(&g_run, s_bytes, d[1], 0, z_bytes);
+    ctx.queue.submit([enc.finish()]);
     Ok(true)
 }
 
