@@ -298,7 +298,7 @@ impl LinearAttention {
     fn chunk_start_states<Be: Backend>(&self, be: &Be, p: &LinAttnParams, t: &ChunkTable, qkv: [&Be::Buf; 3], state: &mut Be::Buf, z: &mut Be::Buf, o: &mut Be::Buf, backward: bool) -> Result<(Be::Buf, Be::Buf)> {
         let sequences = p.batch as usize;
         let (kv, k_) = (self.heads * self.k * self.v, self.heads * self.k);
-        let mut hs = self.alloc_states(be, p, self.snapshot_dtype(be, p, be.dtype_of(qkv[0]), backward)?, (t.chunks + sequences) * kv)?;
+        let mut hs = self.alloc_states(be, p, self.snapshot_dtype(be, p, be.dtype_of(qkv[0]), backward)?, (t.chunks + sequences) * kv, backward)?;
         let mut zs = be.alloc(DType::F32, (t.chunks + sequences) * k_)?;
         if fused_sweep(p, self.heads) {
             be.linattn_chunk_states(p, &t.sweep_table(), qkv[1], qkv[2], state, z, &mut hs, &mut zs)?;
@@ -312,11 +312,14 @@ impl LinearAttention {
 
     /// The per-chunk matrices `S_c` (or `G_c`): the fused sweep writes every chunk's before any is
     /// read, so they start unset; the state-only pass adds each chunk to what its slot holds, zero.
-    /// A device that cannot hold them says which form keeps none.
-    fn alloc_states<Be: Backend>(&self, be: &Be, p: &LinAttnParams, dtype: DType, len: usize) -> Result<Be::Buf> {
+    /// A device that cannot hold them says so (and, for the forward, which form keeps none).
+    fn alloc_states<Be: Backend>(&self, be: &Be, p: &LinAttnParams, dtype: DType, len: usize, backward: bool) -> Result<Be::Buf> {
         let states = if fused_sweep(p, self.heads) { be.alloc_uninit(dtype, len) } else { be.alloc(dtype, len) };
         states.map_err(|e| match e {
-            Error::Limit(m) => Error::Limit(format!("linear attention: the chunked form's per-chunk states ({len} {dtype} values): {m}; the recurrent form keeps none")),
+            Error::Limit(m) => {
+                let hint = if backward { "" } else { "; the recurrent form keeps none" };
+                Error::Limit(format!("linear attention: the chunked form's per-chunk states ({len} {dtype} values): {m}{hint}"))
+            }
             e => e,
         })
     }
@@ -418,7 +421,7 @@ impl LinearAttention {
         // sequence's total, which the wgpu passes leave there).
         let pc = LinAttnParams { batch: t.chunks as u32, varlen: 2, ..p };
         let mut scratch = be.alloc(DType::F32, chunk_scratch_len(&pc, starts[sequences] as usize))?;
-        let (mut gs, mut gzs) = (self.alloc_states(be, &p, be.dtype_of(&hs), (t.chunks + sequences) * kv)?, be.alloc(DType::F32, (t.chunks + sequences) * k_)?);
+        let (mut gs, mut gzs) = (self.alloc_states(be, &p, be.dtype_of(&hs), (t.chunks + sequences) * kv, true)?, be.alloc(DType::F32, (t.chunks + sequences) * k_)?);
         if fused_sweep(&p, self.heads) {
             be.linattn_chunk_dstate(&pc, &t.bounds, x, [&hs, &zs], &mut scratch, None)?;
             be.linattn_chunk_grad_states(&p, &t.sweep_table(), x, [&hs, &zs], &scratch, [&mut g.d_state, &mut g.d_z], [&mut gs, &mut gzs])?;
