@@ -522,7 +522,8 @@ fn chunked_forms_carry_many_sequences_in_one_pass() {
     packed_one_pass_case(k, v, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 }, DType::F32, 720);
 }
 
-/// The one-pass chunked forward over 256 packed sequences of lengths 0 .. 2·CHUNK + 2 (one head).
+/// The one-pass chunked forward and backward over 256 packed sequences of lengths 0 .. 2·CHUNK + 2
+/// (one head).
 fn packed_one_pass_case(k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype: DType, seed: u64) {
     use ffkern::ops::linattn::{CHUNK, FUSED_STATES_MIN_BLOCKS};
     let lens: Vec<u32> = (0..FUSED_STATES_MIN_BLOCKS as u32).map(|i| (i * 37) % (2 * CHUNK as u32 + 3)).collect();
@@ -537,14 +538,26 @@ fn packed_one_pass_case(k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype:
     let (_, _, _, s0, z0) = inputs(&seqs, dtype, seed + 10);
     let starts: Vec<usize> = cu.iter().map(|&c| c as usize).collect();
     let (o_ref, s_ref, _) = cpu::forward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+    let d_o = HostTensor::random(dtype, vec![d.vo_len()], seed + 20);
+    let (d_s, d_z) = (HostTensor::random(DType::F32, vec![seqs.state_len()], seed + 30), HostTensor::random(DType::F32, vec![seqs.z_len()], seed + 40));
+    let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [Some(&d_s.data), Some(&d_z.data)], 0);
     for dev in devices_and_cpu() {
         with_backend!(dev, be => {
             let up = |x: &HostTensor| be.upload(x).expect("upload");
+            let down = |x: &_| be.download(x).expect("download").data;
+            let (qb, kb, vb) = (up(&q), up(&kk), up(&vv));
             let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(dtype, d.vo_len()).expect("o"));
-            d.chunk_varlen(be, &up(&q), &up(&kk), &up(&vv), &cu, &mut s, &mut z, &mut o).expect("chunk varlen");
+            d.chunk_varlen(be, &qb, &kb, &vb, &cu, &mut s, &mut z, &mut o).expect("chunk varlen");
             let what = format!("{} {dtype} {fm:?} {n:?} packed one-pass chunked", dev.name());
-            assert_close(&format!("{what} o"), &be.download(&o).expect("o").data, &o_ref, dtype);
-            assert_close(&format!("{what} final S"), &be.download(&s).expect("s").data, &s_ref, DType::F32);
+            assert_close(&format!("{what} o"), &down(&o), &o_ref, dtype);
+            assert_close(&format!("{what} final S"), &down(&s), &s_ref, DType::F32);
+            let g = d.chunk_backward_varlen(be, &qb, &kb, &vb, &o, &up(&d_o), &cu, &up(&s0), &up(&z0), [Some(&up(&d_s)), Some(&up(&d_z))]).expect("chunk backward varlen");
+            assert_close(&format!("{what} dq"), &down(&g.dq), &g_ref.dq, dtype);
+            assert_close(&format!("{what} dk"), &down(&g.dk), &g_ref.dk, dtype);
+            assert_close(&format!("{what} dv"), &down(&g.dv), &g_ref.dv, dtype);
+            assert_close(&format!("{what} dS0"), &down(&g.d_state), &g_ref.ds0, DType::F32);
+            // dz0 reads the forward's output o, stored in the inputs' dtype.
+            assert_close(&format!("{what} dz0"), &down(&g.d_z), &g_ref.dz0, dtype);
         });
     }
 }
