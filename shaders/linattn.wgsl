@@ -62,9 +62,10 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         workgroupBarrier();
         var part = 0.0;
         var zp = 0.0;
-        for (var i = 0u; i < nk; i = i + 1u) {
+        // A constant trip count (the compiler unrolls it; s stays in registers).
+        for (var i = 0u; i < 16u; i = i + 1u) {
             let ki = kl + 16u * i;
-            if (ki < p.k) {
+            if (i < nk && ki < p.k) {
                 s[i] = s[i] + ks[ki] * vs[vl];
                 part = part + s[i] * qs[ki];
                 zp = zp + qs[ki] * zs[ki];

@@ -5,7 +5,9 @@
 // of dq_t = S_t·dn_t (+ z_t·dd_t), then a reverse scan carries G = Σ_{τ≥t} q̃_τ·dn_τᵀ + dS_T in
 // the same registers and writes this tile's part of dk_t = G·v_t (+ Σ q̃·dd) and all of dv_t's
 // 16 columns = Gᵀ·k̃_t. A second entry sums the tiles' parts of dq and dk (deterministic, no
-// atomics) and applies φ'. The state is read once per scan; memory is linear in T.
+// atomics) and applies φ'. The state is read once per scan; memory is linear in T. Where the
+// tiles' parts would not fit one binding, the tiles run one dispatch each in order instead
+// (p.aux = tile + 1), adding their parts to one running sum: the same sums in the same order.
 
 @group(0) @binding(4) var<storage, read> o_buf: array<u32>;
 @group(0) @binding(5) var<storage, read> do_buf: array<u32>;
@@ -53,7 +55,10 @@ fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     let start = seq_start(b);
     if (lid == 0u) { seq_len = seq_start(b + 1u) - start; }
     let len = workgroupUniformLoad(&seq_len);
-    let c0 = wg.x * 16u;
+    // One dispatch per tile (p.aux = tile + 1, one workgroup column) or all tiles at once.
+    let serial = p.aux > 0u;
+    let tile = select(wg.x, p.aux - 1u, serial);
+    let c0 = tile * 16u;
     let nv = nwg.x;
     let mine = lid < p.k;
     let dq_off = wg.x * rhk();
@@ -77,10 +82,17 @@ fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         workgroupBarrier();
         if (lid < 16u) {
             var qz = 0.0;
-            for (var r = lid; r < p.k; r += 16u) { qz += qs[r] * zs[r]; }
+            // Constant trip counts here and below: the compiler unrolls them.
+            for (var i = 0u; i < 16u; i++) {
+                let r = lid + 16u * i;
+                if (r < p.k) { qz += qs[r] * zs[r]; }
+            }
             var dot = 0.0;
             if (p.normalize == 1u) {
-                for (var c = lid; c < p.v; c += 16u) { dot += ld_od(1u, row * p.v + c) * ld_od(0u, row * p.v + c); }
+                for (var i = 0u; i < 16u; i++) {
+                    let c = lid + 16u * i;
+                    if (c < p.v) { dot += ld_od(1u, row * p.v + c) * ld_od(0u, row * p.v + c); }
+                }
             }
             red[lid] = qz;
             red[16u + lid] = dot;
@@ -118,8 +130,9 @@ fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
                 s[j] += ks[lid] * vs[j];
                 acc += s[j] * dns[j];
             }
-            if (wg.x == 0u) { acc += zs[lid] * scal[1]; }
-            part[dq_off + row * p.k + lid] = acc;
+            if (tile == 0u) { acc += zs[lid] * scal[1]; }
+            let at = dq_off + row * p.k + lid;
+            part[at] = select(0.0, part[at], serial && tile > 0u) + acc;
         }
         workgroupBarrier();
     }
@@ -151,15 +164,19 @@ fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
                 acc += s[j] * vs[j];
                 prod[lid * 16u + j] = s[j] * ks[lid];
             }
-            if (wg.x == 0u) { acc += hz; }
-            part[dk_off + row * p.k + lid] = acc;
+            if (tile == 0u) { acc += hz; }
+            let at = dk_off + row * p.k + lid;
+            part[at] = select(0.0, part[at], serial && tile > 0u) + acc;
         }
         workgroupBarrier();
         // dv_t[j] = Σ_i G[i, j]·k̃_t[i]: 16 partial sums per column, then one per column.
         let g = lid / 16u;
         let j = lid % 16u;
         var r = 0.0;
-        for (var i = g; i < p.k; i += 16u) { r += prod[i * 16u + j]; }
+        for (var ii = 0u; ii < 16u; ii++) {
+            let i = g + 16u * ii;
+            if (i < p.k) { r += prod[i * 16u + j]; }
+        }
         red[g * 17u + j] = r;
         workgroupBarrier();
         if (lid < 16u && c0 + lid < p.v) {
@@ -173,7 +190,7 @@ fn linattn_bwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         for (var j = 0u; j < 16u; j++) {
             if (c0 + j < p.v) { part[ds0_off + (bh * p.k + lid) * p.v + c0 + j] = s[j]; }
         }
-        if (wg.x == 0u) { part[dz0_off + bh * p.k + lid] = hz; }
+        if (tile == 0u) { part[dz0_off + bh * p.k + lid] = hz; }
     }
 }
 

@@ -236,3 +236,31 @@ fn repavit_eval_form_equals_merged_on_device() {
         assert_close(&format!("{} eval-mode training form", dev.name()), &y, &reference, DType::F32);
     }
 }
+
+/// llvmpipe ends a shader invocation's loops once they have run 65,535 iterations in all, and the
+/// batch statistics loop over the rows twice in one invocation per channel: there BatchNorm over
+/// as many rows as `LLVMPIPE_LOOP_BUDGET` allows matches the reference, and one row more is an
+/// unsupported error instead of statistics cut short. Other adapters run both.
+#[cfg(feature = "wgpu")]
+#[test]
+fn batchnorm_stays_within_llvmpipes_loop_budget() {
+    use ffkern::runtime::wgpu::LLVMPIPE_LOOP_BUDGET;
+    let Some(be) = common::wgpu() else { return };
+    let llvmpipe = be.info.name.contains("llvmpipe");
+    let (channels, room) = (3usize, LLVMPIPE_LOOP_BUDGET as usize / 2);
+    let bn = batchnorm(channels, &mut SplitMix64::new(31));
+    for rows in [room, room + 1] {
+        let d = ffn::BatchNormDesc { rows, channels, eps: bn.eps, momentum: 0.1 };
+        let x = scaled(DType::F32, rows * channels, 1.0, 32);
+        let mut state = ffn::BatchNormState::upload(&be, &bn).expect("bn");
+        match state.forward(&be, &d, &be.upload(&x).expect("x"), true) {
+            Err(Error::Unsupported(m)) if llvmpipe && rows > room => assert!(m.contains("BatchNorm"), "{m}"),
+            Err(e) => panic!("BatchNorm over {rows} rows: {e}"),
+            Ok(y) => {
+                assert!(!llvmpipe || rows == room, "llvmpipe ran BatchNorm past its loop budget");
+                let (y_ref, ..) = ffn::cpu::batchnorm_forward(&d, true, &x.data, &bn);
+                assert_close(&format!("wgpu BatchNorm over {rows} rows"), &dl(&be, &y), &y_ref, DType::F32);
+            }
+        }
+    }
+}

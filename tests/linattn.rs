@@ -447,6 +447,86 @@ fn chunked_backward_past_the_binding_limit_takes_one_pass() {
     one_pass_case_t(1152, 2, 1, 128, 128, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 }, DType::BF16, 810);
 }
 
+/// The recurrent backward where its 16-column value tiles' parts of dq and dk would not fit one
+/// binding (lavapipe's 128 MiB against 157 MB here: 8 tiles of 16·300 rows·4 heads·128 features,
+/// twice): wgpu runs the tiles one dispatch after another into one running part, where it stopped
+/// with a limit error before. Gradients against the reference on every backend.
+#[test]
+fn recurrent_backward_past_the_binding_limit_runs_tile_by_tile() {
+    let (b, t, h, k, v) = (16, 300, 4, 128, 128);
+    let d = desc(b, t, h, k, v, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
+    let (q, kk, vv, s0, z0) = inputs(&d, DType::BF16, 830);
+    let d_o = HostTensor::random(DType::BF16, vec![d.vo_len()], 840);
+    let (d_s, d_z) = (HostTensor::random(DType::F32, vec![d.state_len()], 850), HostTensor::random(DType::F32, vec![d.z_len()], 860));
+    let starts: Vec<usize> = (0..=b).map(|i| i * t).collect();
+    let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [Some(&d_s.data), Some(&d_z.data)], 0);
+    for dev in common::device_backends() {
+        with_backend!(dev, be => {
+            let up = |x: &HostTensor| be.upload(x).expect("upload");
+            let down = |x: &_| be.download(x).expect("download").data;
+            let (qb, kb, vb) = (up(&q), up(&kk), up(&vv));
+            let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(DType::BF16, d.vo_len()).expect("o"));
+            d.recurrent(be, &qb, &kb, &vb, &mut s, &mut z, 0, &mut o).expect("recurrent");
+            let g = d.backward(be, &qb, &kb, &vb, &o, &up(&d_o), &up(&s0), &up(&z0), [Some(&up(&d_s)), Some(&up(&d_z))], 0).expect("recurrent backward");
+            let what = format!("{} bf16 B{b} T{t} H{h} K{k} V{v} recurrent backward past the binding limit", dev.name());
+            assert_close(&format!("{what} dq"), &down(&g.dq), &g_ref.dq, DType::BF16);
+            assert_close(&format!("{what} dk"), &down(&g.dk), &g_ref.dk, DType::BF16);
+            assert_close(&format!("{what} dv"), &down(&g.dv), &g_ref.dv, DType::BF16);
+            assert_close(&format!("{what} dS0"), &down(&g.d_state), &g_ref.ds0, DType::F32);
+            assert_close(&format!("{what} dz0"), &down(&g.d_z), &g_ref.dz0, DType::BF16);
+        });
+    }
+}
+
+/// llvmpipe ends a shader invocation's loops once they have run 65,535 iterations in all: the
+/// recurrent scans there (one loop iteration a step forward, two for the backward's two scans)
+/// take sequences as long as `LLVMPIPE_LOOP_BUDGET` allows and match the reference, and one step
+/// more is an unsupported error naming the chunked form instead of a silently cut scan. Other
+/// adapters run both lengths.
+#[cfg(feature = "wgpu")]
+#[test]
+fn recurrent_scans_stay_within_llvmpipes_loop_budget() {
+    use ffkern::runtime::wgpu::LLVMPIPE_LOOP_BUDGET;
+    let Some(be) = common::wgpu() else { return };
+    let llvmpipe = be.info.name.contains("llvmpipe");
+    let k = 64;
+    let up = |x: &HostTensor| be.upload(x).expect("upload");
+    let room = LLVMPIPE_LOOP_BUDGET as usize - 2 * k / 16;
+    for t in [room, room + 1] {
+        let d = desc(1, t, 1, k, k, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
+        let (q, kk, vv, s0, z0) = inputs(&d, DType::F32, 870);
+        let (mut s, mut z, mut o) = (up(&s0), up(&z0), be.alloc(DType::F32, d.vo_len()).expect("o"));
+        match d.recurrent(&be, &up(&q), &up(&kk), &up(&vv), &mut s, &mut z, 0, &mut o) {
+            Err(Error::Unsupported(m)) if llvmpipe && t > room => assert!(m.contains("chunked form"), "{m}"),
+            Err(e) => panic!("recurrent forward T{t}: {e}"),
+            Ok(()) => {
+                assert!(!llvmpipe || t == room, "llvmpipe ran a scan past its loop budget");
+                let (o_ref, _, _) = cpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+                assert_close(&format!("wgpu T{t} K{k} recurrent forward"), &be.download(&o).expect("o").data, &o_ref, DType::F32);
+            }
+        }
+    }
+    for t in [room / 2, room / 2 + 1] {
+        let d = desc(1, t, 1, k, k, FeatureMap::Elu1, Normalize::Normalizer { eps: 1e-6 });
+        let (q, kk, vv, s0, z0) = inputs(&d, DType::F32, 880);
+        let d_o = HostTensor::random(DType::F32, vec![d.vo_len()], 890);
+        let (o_ref, _, _) = cpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
+        let o = HostTensor::new(DType::F32, vec![d.vo_len()], o_ref.iter().map(|&x| x as f32).collect()).expect("o");
+        match d.backward(&be, &up(&q), &up(&kk), &up(&vv), &up(&o), &up(&d_o), &up(&s0), &up(&z0), [None, None], 0) {
+            Err(Error::Unsupported(m)) if llvmpipe && t > room / 2 => assert!(m.contains("chunked form"), "{m}"),
+            Err(e) => panic!("recurrent backward T{t}: {e}"),
+            Ok(g) => {
+                assert!(!llvmpipe || t == room / 2, "llvmpipe ran a scan past its loop budget");
+                let g_ref = cpu::backward_varlen(&d, &[0, t], None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [None, None], 0);
+                let what = format!("wgpu T{t} K{k} recurrent backward");
+                assert_close(&format!("{what} dq"), &be.download(&g.dq).expect("dq").data, &g_ref.dq, DType::F32);
+                assert_close(&format!("{what} dk"), &be.download(&g.dk).expect("dk").data, &g_ref.dk, DType::F32);
+                assert_close(&format!("{what} dv"), &be.download(&g.dv).expect("dv").data, &g_ref.dv, DType::F32);
+            }
+        }
+    }
+}
+
 /// A decode step for more sequence·heads than one grid dimension holds (65535): the grid folds
 /// into y·z and every sequence is updated.
 #[test]

@@ -172,7 +172,26 @@ pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
     Ok(format!("{dt}\n{}\n{snippet}\n{body}", include_str!("../../shaders/_common.wgsl")))
 }
 
+/// The loop iterations one shader invocation may plan on under llvmpipe. Mesa's llvmpipe (the
+/// driver behind lavapipe) ends every loop of an invocation, silently, once its loops together have
+/// run 65,535 iterations (gallivm's loop limiter); the margin covers the loops a launch does not
+/// count. Loops with a constant trip count are unrolled there and do not count.
+pub const LLVMPIPE_LOOP_BUDGET: u64 = 60_000;
+
 impl WgpuContext {
+    /// Refuses, on llvmpipe, a launch whose invocations would loop `iterations` times in all (see
+    /// [`LLVMPIPE_LOOP_BUDGET`]): an unsupported error saying `what` and what runs it instead
+    /// (`instead`), where the driver would return results cut short. Other adapters have no such
+    /// limit.
+    pub fn within_loop_budget(&self, iterations: u64, what: &str, instead: &str) -> Result<()> {
+        if iterations > LLVMPIPE_LOOP_BUDGET && self.info.name.contains("llvmpipe") {
+            return Err(Error::Unsupported(format!(
+                "{what} on llvmpipe: it would run {iterations} loop iterations in one shader invocation, and llvmpipe ends them all after 65,535 (planned budget {LLVMPIPE_LOOP_BUDGET}); {instead}"
+            )));
+        }
+        Ok(())
+    }
+
     /// The best adapter (a discrete or integrated GPU before a CPU adapter such as lavapipe),
     /// honouring `FFKERN_WGPU_ADAPTER` / `FFKERN_WGPU_BACKEND`.
     pub fn new() -> Result<Self> {

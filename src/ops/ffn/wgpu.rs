@@ -22,6 +22,10 @@ pub fn batchnorm(
     stats: &wgpu::Buffer,
     y: &wgpu::Buffer,
 ) -> Result<()> {
+    // Batch statistics loop over the rows twice in one invocation per channel.
+    if p.train != 0 {
+        ctx.within_loop_budget(2 * p.rows as u64, &format!("BatchNorm's batch statistics over {} rows", p.rows), "the CPU backend or a GPU adapter runs it")?;
+    }
     let ro = ctx.dummy(false);
     let buffers = [x, ro, affine, ro, running_mean, running_var, stats, y];
     let prepare = ctx.pipeline(FAMILY, "bn_prepare", dtype, READ_ONLY, 4)?;
@@ -43,6 +47,7 @@ pub fn batchnorm_backward(
     extra: Option<&wgpu::Buffer>,
     dx: &wgpu::Buffer,
 ) -> Result<()> {
+    ctx.within_loop_budget(p.rows as u64, &format!("BatchNorm's backward over {} rows", p.rows), "the CPU backend or a GPU adapter runs it")?;
     let (ro, rw) = (ctx.dummy(false), ctx.dummy(true));
     let buffers = [x, dy, affine, extra.unwrap_or(ro), rw, rw, stats, dx];
     let reduce = ctx.pipeline(FAMILY, "bn_backward_reduce", dtype, READ_ONLY, 4)?;

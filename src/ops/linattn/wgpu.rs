@@ -33,6 +33,9 @@ pub fn recurrent(
         _ if super::is_decode(p) => "linattn_decode",
         _ => "linattn_recurrent",
     };
+    if entry == "linattn_recurrent" {
+        scan_fits(ctx, p, starts, 1, "forward")?;
+    }
     let pipe = ctx.pipeline(FAMILY, entry, dtype, READ_ONLY, 3)?;
     // With the Normalizer (the scan only) every value tile reads the initial normalizer while
     // tile 0 writes the final one: the others read a copy, queued before the dispatch so that it
@@ -48,6 +51,14 @@ pub fn recurrent(
         _ => super::grid(p.v as usize, super::TILE, units),
     };
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(p), &[q, k, v, z_init, &starts, state, z, o], groups)
+}
+
+/// A recurrent scan's loop iterations in one invocation, `per_step` a step of its longest
+/// sequence (after the constant-trip loops unroll: the step loop itself, once a scan), against
+/// llvmpipe's loop limit (`WgpuContext::within_loop_budget`).
+fn scan_fits(ctx: &WgpuContext, p: &LinAttnParams, starts: &[u32], per_step: u64, what: &str) -> Result<()> {
+    let longest = starts.windows(2).map(|w| w[1].saturating_sub(w[0])).max().unwrap_or(0) as u64;
+    ctx.within_loop_budget(per_step * longest + 2 * p.k.div_ceil(16) as u64, &format!("linear attention's recurrent {what} over {longest} steps"), "the chunked form loops over chunks instead")
 }
 
 /// A copy of the normalizer state `z` (N·H·K f32), queued before the dispatches that follow, so
@@ -208,7 +219,10 @@ const BWD_SHARED_BYTES: u32 = 4 * (3 * 256 + 16 + 16 + 272 + 4096 + 2 + 1);
 
 /// The fused recurrent backward (`shaders/linattn_bwd.wgsl`): `x = [q, k, v, o, do]`; writes dq,
 /// dk, dv, dS0 and dz0. The f32 inputs travel in one buffer `[S0 | z0 | dS_T | dz_T | starts]`
-/// and the f32 scratch in another (the shader stays within 8 storage bindings).
+/// and the f32 scratch in another (the shader stays within 8 storage bindings). The scratch
+/// holds each 16-column value tile's part of dq and dk; where those would not fit one binding
+/// (lavapipe's 128 MiB at H4, K = V = 128 from about 4,000 rows), the tiles run one dispatch each
+/// in order and add to one running part instead (the same sums in the same order).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     ctx: &WgpuContext,
@@ -225,6 +239,7 @@ pub fn backward(
     if limit < BWD_SHARED_BYTES {
         return Err(crate::Error::Unsupported(format!("linear attention backward: needs {BWD_SHARED_BYTES} bytes of workgroup memory, the adapter has {limit}")));
     }
+    scan_fits(ctx, p, starts, 2, "backward")?;
     let (n, h, k, v) = (p.batch as usize, p.heads as usize, p.k as usize, p.v as usize);
     let rows = starts[n] as usize;
     let (state, zl, nv) = (n * h * k * v, n * h * k, v.div_ceil(16));
@@ -242,20 +257,32 @@ pub fn backward(
     ctx.queue.write_buffer(&fin, ((2 * state + 2 * zl) * 4) as u64, bytemuck::cast_slice(starts));
     ctx.queue.submit([enc.finish()]);
     let rhk = rows * h * k;
-    let part = ctx.create_buffer(DType::F32, 2 * nv * rhk + state + zl + nv * 2 * rows * h)?;
+    let part_len = |tiles: usize| 2 * tiles * rhk + state + zl + tiles * 2 * rows * h;
+    let limits = ctx.device.limits();
+    let serial = part_len(nv) as u64 * 4 > limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+    let slots = if serial { 1 } else { nv };
+    let part = ctx.create_buffer(DType::F32, part_len(slots))?;
     let [q, kb, vb, o, d_o] = x;
     let [dq, dk, dv, ds0, dz0] = out;
     let main = ctx.pipeline(BWD, "linattn_bwd", dtype, 6, 2)?;
-    ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(p), &[q, kb, vb, o, d_o, &fin, &part, dv], super::grid(v, super::TILE, (p.batch * p.heads) as usize))?;
+    let units = (p.batch * p.heads) as usize;
+    if serial {
+        for tile in 0..nv as u32 {
+            let pt = LinAttnParams { aux: tile + 1, ..*p };
+            ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(&pt), &[q, kb, vb, o, d_o, &fin, &part, dv], super::grid(1, super::TILE, units))?;
+        }
+    } else {
+        ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(p), &[q, kb, vb, o, d_o, &fin, &part, dv], super::grid(v, super::TILE, units))?;
+    }
     let reduce = ctx.pipeline(BWD, "linattn_bwd_reduce", dtype, 6, 2)?;
     let words = rhk.div_ceil(if dtype == DType::F32 { 1 } else { 2 });
     for (which, target) in [(0u32, dq), (1, dk)] {
-        let pr = LinAttnParams { aux: which, count0: nv as u32, ..*p };
+        let pr = LinAttnParams { aux: which, count0: slots as u32, ..*p };
         ctx.dispatch(&reduce, BWD, 6, bytemuck::bytes_of(&pr), &[q, kb, vb, o, d_o, &fin, &part, target], ctx.grid_1d(words))?;
     }
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ffkern linattn dS0") });
-    enc.copy_buffer_to_buffer(&part, (2 * nv * rhk * 4) as u64, ds0, 0, (state * 4) as u64);
-    enc.copy_buffer_to_buffer(&part, ((2 * nv * rhk + state) * 4) as u64, dz0, 0, (zl * 4) as u64);
+    enc.copy_buffer_to_buffer(&part, (2 * slots * rhk * 4) as u64, ds0, 0, (state * 4) as u64);
+    enc.copy_buffer_to_buffer(&part, ((2 * slots * rhk + state) * 4) as u64, dz0, 0, (zl * 4) as u64);
     ctx.queue.submit([enc.finish()]);
     Ok(())
 }
