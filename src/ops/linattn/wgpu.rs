@@ -272,7 +272,8 @@ pub fn backward(
             ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(&pt), &[q, kb, vb, o, d_o, &fin, &part, dv], super::grid(1, super::TILE, units))?;
         }
     } else {
-        ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(p), &[q, kb, vb, o, d_o, &fin, &part, dv], super::grid(v, super::TILE, units))?;
+        let pa = LinAttnParams { aux: 0, ..*p };
+        ctx.dispatch(&main, BWD, 6, bytemuck::bytes_of(&pa), &[q, kb, vb, o, d_o, &fin, &part, dv], super::grid(v, super::TILE, units))?;
     }
     let reduce = ctx.pipeline(BWD, "linattn_bwd_reduce", dtype, 6, 2)?;
     let words = rhk.div_ceil(if dtype == DType::F32 { 1 } else { 2 });
