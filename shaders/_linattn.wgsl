@@ -149,6 +149,19 @@ fn chunk_outer(lid: u32, xw: u32, yw: u32, start: u32, len: u32, h: u32, i0: u32
     return o;
 }
 
+// Invocation lid's 4×4 block of a chunk_outer tile (rows tile.x.., columns tile.y..) into slot
+// `slot` of the family's K×V matrices (`mat_put`): stored, or added to them when `add`.
+fn tile_put(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, add: bool) {
+    for (var a = 0u; a < 4u; a++) {
+        let i = tile.x + tile_row(lid, a);
+        if (i >= p.k) { return; }
+        for (var b = 0u; b < 4u; b++) {
+            let col = tile.y + tile_col(lid, b);
+            if (col < p.v) { mat_put((slot * p.k + i) * p.v + col, acc[a][b], add); }
+        }
+    }
+}
+
 // The 64×64 tile of a chunk_outer workgroup: (i0, j0) from wg.x over ceil(K/64)·ceil(V/64) tiles.
 fn outer_tile(x: u32) -> vec2<u32> {
     let nvt = (p.v + 63u) / 64u;

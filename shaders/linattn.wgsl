@@ -65,7 +65,7 @@ fn linattn_recurrent(@builtin(local_invocation_index) lid: u32, @builtin(workgro
         // A constant trip count (the compiler unrolls it; s stays in registers).
         for (var i = 0u; i < 16u; i = i + 1u) {
             let ki = kl + 16u * i;
-            if (i < nk && ki < p.k) {
+            if (ki < p.k) {
                 s[i] = s[i] + ks[ki] * vs[vl];
                 part = part + s[i] * qs[ki];
                 zp = zp + qs[ki] * zs[ki];
@@ -241,25 +241,14 @@ fn linattn_chunk_state(@builtin(local_invocation_index) lid: u32, @builtin(workg
     chunk_put(bh, lid, tile, o.acc, o.xsum);
 }
 
-// Invocation lid's 4×4 block of a chunk_outer tile (rows tile.x.., columns tile.y..) into slot
-// `slot` of state: stored, or added to it when `add`.
-fn state_tile(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, add: bool) {
-    for (var a = 0u; a < 4u; a++) {
-        let i = tile.x + tile_row(lid, a);
-        if (i >= p.k) { return; }
-        for (var b = 0u; b < 4u; b++) {
-            let col = tile.y + tile_col(lid, b);
-            if (col < p.v) {
-                let at = (slot * p.k + i) * p.v + col;
-                if (add) { state[at] += acc[a][b]; } else { state[at] = acc[a][b]; }
-            }
-        }
-    }
+// tile_put's matrices: the states in state.
+fn mat_put(at: u32, v: f32, add: bool) {
+    if (add) { state[at] += v; } else { state[at] = v; }
 }
 
 // Invocation lid's part of a chunk_outer tile into slot `slot` (chunk·head) of state and z_buf.
 fn chunk_put(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, xsum: vec4<f32>) {
-    state_tile(slot, lid, tile, acc, false);
+    tile_put(slot, lid, tile, acc, false);
     if (tile.y != 0u || lid % 16u != 0u) { return; }
     for (var a = 0u; a < 4u; a++) {
         let i = tile.x + tile_row(lid, a);
@@ -437,7 +426,7 @@ fn linattn_chunk_fused(@builtin(local_invocation_index) lid: u32, @builtin(workg
         // Every read of S_c and z_c is done (chunk_slabs' last barrier): add the chunk.
         for (var i0 = 0u; i0 < p.k; i0 += 64u) {
             let o = chunk_outer(lid, 1u, 2u, start, len, h, i0, c0, false);
-            state_tile(nh, lid, vec2<u32>(i0, c0), o.acc, true);
+            tile_put(nh, lid, vec2<u32>(i0, c0), o.acc, true);
             for (var a = 0u; a < 4u; a++) {
                 let i = i0 + tile_row(lid, a);
                 if (lid % 16u == 0u && i < p.k) { zc[i] += o.xsum[a]; }

@@ -398,23 +398,12 @@ fn linattn_chunk_dstate(@builtin(local_invocation_index) lid: u32, @builtin(work
     workgroupBarrier();
     let tile = outer_tile(wg.x);
     let o = chunk_outer(lid, 0u, 3u, cr.start, cr.len, cr.h, tile.x, tile.y, false);
-    part_tile(cr.bh, lid, tile, o.acc, false);
+    tile_put(cr.bh, lid, tile, o.acc, false);
 }
 
-// Invocation lid's 4×4 block of a chunk_outer tile (rows tile.x.., columns tile.y..) into slot
-// `slot` of part's K×V matrices: stored, or added to it when `add`.
-fn part_tile(slot: u32, lid: u32, tile: vec2<u32>, acc: array<vec4<f32>, 4>, add: bool) {
-    for (var a = 0u; a < 4u; a++) {
-        let i = tile.x + tile_row(lid, a);
-        if (i >= p.k) { return; }
-        for (var b = 0u; b < 4u; b++) {
-            let col = tile.y + tile_col(lid, b);
-            if (col < p.v) {
-                let at = (slot * p.k + i) * p.v + col;
-                if (add) { part[at] += acc[a][b]; } else { part[at] = acc[a][b]; }
-            }
-        }
-    }
+// tile_put's matrices: the K×V matrices of part.
+fn mat_put(at: u32, v: f32, add: bool) {
+    if (add) { part[at] += v; } else { part[at] = v; }
 }
 
 // dv, dq or dk (mode 2, 0, 1), the workgroup's 64 output columns (of V for dv, of K for dq and
@@ -509,13 +498,32 @@ fn fused_tables(nc: u32) -> u32 {
     return 2u * nc + 3u + p.batch;
 }
 
+// Sequence·head nh's chunks in that table: (C, its first chunk, its chunk count).
+fn fused_chunks(nh: u32) -> vec3<u32> {
+    let nc = bitcast<u32>(fin[0]);
+    let first = bitcast<u32>(fin[2u * nc + 2u + nh / p.heads]);
+    return vec3<u32>(nc, first, bitcast<u32>(fin[2u * nc + 3u + nh / p.heads]) - first);
+}
+
+// Chunk c of sequence·head nh, C = nc chunks in the table.
+fn fused_chunk(nh: u32, nc: u32, c: u32) -> ChunkRow {
+    var cr: ChunkRow;
+    cr.ok = true;
+    cr.h = nh % p.heads;
+    cr.bh = nh;
+    cr.start = bitcast<u32>(fin[1u + c]);
+    cr.len = bitcast<u32>(fin[2u + c]) - cr.start;
+    cr.pos = bitcast<u32>(fin[nc + 2u + c]);
+    return cr;
+}
+
 var<workgroup> msum: array<f32, 64>;
 
 // One chunk's tile of M's update (rows i0.. of K, columns j0..) added to M; its row sums (X's
 // column sums over the chunk, weighted by dd for q̃) into msum when `sums`.
 fn fused_add(lid: u32, cr: ChunkRow, xw: u32, yw: u32, i0: u32, j0: u32, sums: bool) {
     let o = chunk_outer(lid, xw, yw, cr.start, cr.len, cr.h, i0, j0, xw == 0u);
-    part_tile(cr.bh, lid, vec2<u32>(i0, j0), o.acc, true);
+    tile_put(cr.bh, lid, vec2<u32>(i0, j0), o.acc, true);
     if (sums && lid % 16u == 0u) {
         for (var a = 0u; a < 4u; a++) { msum[tile_row(lid, a)] = o.xsum[a]; }
     }
@@ -526,9 +534,8 @@ fn linattn_chunk_fused_grad(@builtin(local_invocation_index) lid: u32, @builtin(
     let nh = seq_head(wg, nwg);
     if (nh >= p.batch * p.heads) { return; }
     let mode = p.aux;
-    let nc = bitcast<u32>(fin[0]);
-    let first = bitcast<u32>(fin[2u * nc + 2u + nh / p.heads]);
-    let count = bitcast<u32>(fin[2u * nc + 3u + nh / p.heads]) - first;
+    let chunks = fused_chunks(nh);
+    let nc = chunks.x;
     let c0 = wg.x * 64u;
     let nhk = p.batch * p.heads * p.k;
     // m's slice at this invocation's columns c0 + tile_col(lid, ·): z from z_0 (dq), g from dz_T (dk).
@@ -541,15 +548,8 @@ fn linattn_chunk_fused_grad(@builtin(local_invocation_index) lid: u32, @builtin(
     // The operands of M's update (chunk_ld's 0 q̃, 1 k̃, 2 v, 3 dn).
     let xw = select(0u, 1u, mode == 0u);
     let yw = select(3u, 2u, mode == 0u);
-    var cr: ChunkRow;
-    cr.ok = true;
-    cr.h = nh % p.heads;
-    cr.bh = nh;
-    for (var j = 0u; j < count; j++) {
-        let c = select(first + count - 1u - j, first + j, mode == 0u);
-        cr.start = bitcast<u32>(fin[1u + c]);
-        cr.len = bitcast<u32>(fin[2u + c]) - cr.start;
-        cr.pos = bitcast<u32>(fin[nc + 2u + c]);
+    for (var j = 0u; j < chunks.z; j++) {
+        let cr = fused_chunk(nh, nc, select(chunks.y + chunks.z - 1u - j, chunks.y + j, mode == 0u));
         chunk_grad(lid, cr, c0, mode, fused_tables(nc) + 2u * nhk, m);
         // Every read of M is done (chunk_slabs' last barrier); den and dd stay staged.
         if (mode == 2u) {
@@ -576,18 +576,10 @@ fn linattn_chunk_fused_grad(@builtin(local_invocation_index) lid: u32, @builtin(
 fn linattn_chunk_fused_den(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let nh = seq_head(wg, nwg);
     if (nh >= p.batch * p.heads) { return; }
-    let nc = bitcast<u32>(fin[0]);
-    let first = bitcast<u32>(fin[2u * nc + 2u + nh / p.heads]);
-    let count = bitcast<u32>(fin[2u * nc + 3u + nh / p.heads]) - first;
-    if (lid < p.k) { zrun[lid] = fin[fused_tables(nc) + p.batch * p.heads * p.k + nh * p.k + lid]; }
+    let chunks = fused_chunks(nh);
+    if (lid < p.k) { zrun[lid] = fin[fused_tables(chunks.x) + p.batch * p.heads * p.k + nh * p.k + lid]; }
     workgroupBarrier();
-    var cr: ChunkRow;
-    cr.ok = true;
-    cr.h = nh % p.heads;
-    cr.bh = nh;
-    for (var c = first; c < first + count; c++) {
-        cr.start = bitcast<u32>(fin[1u + c]);
-        cr.len = bitcast<u32>(fin[2u + c]) - cr.start;
-        chunk_den_rows(lid, cr, 0u);
+    for (var c = chunks.y; c < chunks.y + chunks.z; c++) {
+        chunk_den_rows(lid, fused_chunk(nh, chunks.x, c), 0u);
     }
 }
