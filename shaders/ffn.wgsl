@@ -1,12 +1,15 @@
 // BatchNorm over tokens (the RePaViT FFN's norm, SPEC §3): per-channel statistics, the affine
 // apply, and the backward. Activations use the dtype snippet; parameters and statistics are f32.
-// Why it is fast enough: every pass reads the activations once with consecutive invocations on
-// consecutive channels (coalesced rows); the per-channel reductions run in row order (fixed,
-// deterministic) and the element-wise passes write whole words.
+// Why it is fast: the per-channel reductions run in two levels (BN_TILE_CHANNELS in
+// src/ops/ffn/mod.rs), so a batch of many rows fills the GPU with (channel tile × row chunk)
+// workgroups whose rows of invocations each read 32 consecutive channels, instead of one
+// invocation per channel walking every row (which llvmpipe's loop limit would also cut short).
+// Both levels add in a fixed order: deterministic, no atomics. The element-wise passes write
+// whole words.
 
 struct Params {
     rows: u32, channels: u32, train: u32, has_extra: u32,
-    eps: f32, momentum: f32, pad0: u32, pad1: u32,
+    eps: f32, momentum: f32, chunk_rows: u32, chunks: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,6 +23,41 @@ struct Params {
 // [mean | rstd | scale | shift] from the forward, then [dgamma | dbeta] from the backward.
 @group(0) @binding(7) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out_buf: array<u32>;
+// Per chunk and channel partials: [mean | M2] (forward) or [dgamma | dbeta] (backward),
+// chunks·C f32 each.
+@group(0) @binding(9) var<storage, read_write> part: array<f32>;
+
+const BN_TILE: u32 = 32u;
+const BN_LANES: u32 = 8u;
+var<workgroup> red: array<array<f32, 32>, 8>;
+
+// The sum of a column's BN_LANES row-lane values in lane order, returned to every lane.
+fn lane_sum(v: f32, lid: vec3<u32>) -> f32 {
+    red[lid.y][lid.x] = v;
+    workgroupBarrier();
+    var s = 0.0;
+    for (var l = 0u; l < BN_LANES; l = l + 1u) { s = s + red[l][lid.x]; }
+    workgroupBarrier();
+    return s;
+}
+
+// Workgroup (BN_TILE, BN_LANES) on (tile of channels, chunk of rows): this invocation's
+// channel, whether it is one, and the chunk's rows [r0, r1).
+struct Chunk { c: u32, live: bool, r0: u32, r1: u32 }
+
+fn bn_chunk(wid: vec3<u32>, lid: vec3<u32>) -> Chunk {
+    let c = wid.x * BN_TILE + lid.x;
+    let r0 = wid.y * p.chunk_rows;
+    return Chunk(c, c < p.channels, r0, min(p.rows, r0 + p.chunk_rows));
+}
+
+// The chunk's two partials for its channel, from row lane 0.
+fn put_partials(b: Chunk, wid: vec3<u32>, lid: vec3<u32>, first: f32, second: f32) {
+    if (b.live && lid.y == 0u) {
+        part[wid.y * p.channels + b.c] = first;
+        part[(p.chunks + wid.y) * p.channels + b.c] = second;
+    }
+}
 
 fn ld_x(i: u32) -> f32 { return unpack_elem(x_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT); }
 fn ld_dy(i: u32) -> f32 { return unpack_elem(dy_buf[i >> ELEM_SHIFT], i & ELEM_SHIFT); }
@@ -29,9 +67,30 @@ fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
 }
 
-// Per channel: batch mean and (biased) variance in two passes, the running-statistics update
-// (unbiased variance, momentum), or the running statistics in eval mode; then
-// scale = γ·rstd and shift = β − mean·scale.
+// Per chunk and channel: the chunk's mean and centred sum of squares M2 (two sweeps over the
+// chunk) into part.
+@compute @workgroup_size(32, 8)
+fn bn_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let n = p.channels;
+    let b = bn_chunk(wid, lid);
+    var s = 0.0;
+    if (b.live) {
+        for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_LANES) { s = s + ld_x(r * n + b.c); }
+    }
+    let mean = lane_sum(s, lid) / f32(b.r1 - b.r0);
+    var q = 0.0;
+    if (b.live) {
+        for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_LANES) {
+            let d = ld_x(r * n + b.c) - mean;
+            q = q + d * d;
+        }
+    }
+    put_partials(b, wid, lid, mean, lane_sum(q, lid));
+}
+
+// Per channel: in train mode the chunks' (mean, M2) combined in chunk order (Chan et al.'s
+// pairwise update), the biased variance for the batch and the unbiased one for the running
+// update; in eval mode the running statistics. Then scale = γ·rstd and shift = β − mean·scale.
 @compute @workgroup_size(256)
 fn bn_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_id(gid, nwg);
@@ -40,14 +99,18 @@ fn bn_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     var mean = running_mean[c];
     var var_ = running_var[c];
     if (p.train != 0u) {
-        var s = 0.0;
-        for (var r = 0u; r < p.rows; r = r + 1u) { s = s + ld_x(r * n + c); }
-        mean = s / f32(p.rows);
+        var m = 0.0;
         var q = 0.0;
-        for (var r = 0u; r < p.rows; r = r + 1u) {
-            let d = ld_x(r * n + c) - mean;
-            q = q + d * d;
+        var count = 0.0;
+        for (var j = 0u; j < p.chunks; j = j + 1u) {
+            let nb = f32(min(p.chunk_rows, p.rows - j * p.chunk_rows));
+            let total = count + nb;
+            let delta = part[j * n + c] - m;
+            m = m + delta * (nb / total);
+            q = q + part[(p.chunks + j) * n + c] + delta * delta * (count * nb / total);
+            count = total;
         }
+        mean = m;
         var_ = q / f32(p.rows);
         let unbiased = select(var_, q / f32(p.rows - 1u), p.rows > 1u);
         running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
@@ -73,7 +136,7 @@ fn store_pair(e0: u32, count: u32, v0: f32, v1: f32) {
     }
 }
 
-// y = x·scale + shift.
+// y = (x − mean)·scale + β: centred first, so a mean large against the spread does not cancel.
 @compute @workgroup_size(256)
 fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e0 = flat_id(gid, nwg) * 2u;
@@ -83,26 +146,44 @@ fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     var v = vec2<f32>(0.0, 0.0);
     for (var j = 0u; j < count; j = j + 1u) {
         let c = (e0 + j) % p.channels;
-        v[j] = ld_x(e0 + j) * stats[2u * p.channels + c] + stats[3u * p.channels + c];
+        v[j] = (ld_x(e0 + j) - stats[c]) * stats[2u * p.channels + c] + affine[p.channels + c];
     }
     store_pair(e0, count, v.x, v.y);
 }
 
-// Per channel: dβ = Σ dy, dγ = Σ dy·x̂ (x̂ = (x − mean)·rstd, batch statistics), in row order.
+// Per chunk and channel: Σ dy·x̂ and Σ dy (x̂ = (x − mean)·rstd, batch statistics) into part.
 // `stats` holds [mean | rstd | scale | shift | dgamma | dbeta].
+@compute @workgroup_size(32, 8)
+fn bn_backward_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let n = p.channels;
+    let b = bn_chunk(wid, lid);
+    var db = 0.0;
+    var dg = 0.0;
+    var rstd = 0.0;
+    if (b.live) {
+        let mean = stats[b.c];
+        rstd = stats[n + b.c];
+        for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_LANES) {
+            let g = ld_dy(r * n + b.c);
+            db = db + g;
+            dg = dg + g * (ld_x(r * n + b.c) - mean);
+        }
+    }
+    dg = lane_sum(dg, lid) * rstd;
+    put_partials(b, wid, lid, dg, lane_sum(db, lid));
+}
+
+// Per channel: the chunks' dγ and dβ summed in chunk order into stats[4C..6C].
 @compute @workgroup_size(256)
 fn bn_backward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_id(gid, nwg);
     let n = p.channels;
     if (c >= n) { return; }
-    let mean = stats[c];
-    let rstd = stats[n + c];
-    var db = 0.0;
     var dg = 0.0;
-    for (var r = 0u; r < p.rows; r = r + 1u) {
-        let g = ld_dy(r * n + c);
-        db = db + g;
-        dg = dg + g * (ld_x(r * n + c) - mean) * rstd;
+    var db = 0.0;
+    for (var j = 0u; j < p.chunks; j = j + 1u) {
+        dg = dg + part[j * n + c];
+        db = db + part[(p.chunks + j) * n + c];
     }
     stats[4u * n + c] = dg;
     stats[5u * n + c] = db;

@@ -237,29 +237,50 @@ fn repavit_eval_form_equals_merged_on_device() {
     }
 }
 
-/// llvmpipe ends a shader invocation's loops once they have run 65,535 iterations in all, and the
-/// batch statistics loop over the rows twice in one invocation per channel: there BatchNorm over
-/// as many rows as `LLVMPIPE_LOOP_BUDGET` allows matches the reference, and one row more is an
-/// unsupported error instead of statistics cut short. Other adapters run both.
-#[cfg(feature = "wgpu")]
+/// BatchNorm alone, train forward (y, batch and running statistics) and backward (dx with and
+/// without an added tensor, dγ, dβ), on every backend and dtype, at row counts around the GPU
+/// reductions' chunk of rows (`BN_CHUNK_ROWS`): one row, under one chunk, exactly one, one row
+/// over, many chunks with a ragged last one, and more rows than llvmpipe's loop limit lets one
+/// invocation walk. Activations drift along the rows on top of a per-channel offset, so chunks
+/// have different means and combining them wrongly shows.
 #[test]
-fn batchnorm_stays_within_llvmpipes_loop_budget() {
-    use ffkern::runtime::wgpu::LLVMPIPE_LOOP_BUDGET;
-    let Some(be) = common::wgpu() else { return };
-    let llvmpipe = be.info.name.contains("llvmpipe");
-    let (channels, room) = (3usize, LLVMPIPE_LOOP_BUDGET as usize / 2);
-    let bn = batchnorm(channels, &mut SplitMix64::new(31));
-    for rows in [room, room + 1] {
+fn batchnorm_matches_the_reference_across_row_chunks() {
+    use ffn::BN_CHUNK_ROWS as CH;
+    for (rows, channels) in [(1usize, 7usize), (CH - 1, 33), (CH, 64), (CH + 1, 33), (7 * CH + 13, 40), (70_001, 3)] {
+        let bn = batchnorm(channels, &mut SplitMix64::new(rows as u64));
         let d = ffn::BatchNormDesc { rows, channels, eps: bn.eps, momentum: 0.1 };
-        let x = scaled(DType::F32, rows * channels, 1.0, 32);
-        let mut state = ffn::BatchNormState::upload(&be, &bn).expect("bn");
-        match state.forward(&be, &d, &be.upload(&x).expect("x"), true) {
-            Err(Error::Unsupported(m)) if llvmpipe && rows > room => assert!(m.contains("BatchNorm"), "{m}"),
-            Err(e) => panic!("BatchNorm over {rows} rows: {e}"),
-            Ok(y) => {
-                assert!(!llvmpipe || rows == room, "llvmpipe ran BatchNorm past its loop budget");
-                let (y_ref, ..) = ffn::cpu::batchnorm_forward(&d, true, &x.data, &bn);
-                assert_close(&format!("wgpu BatchNorm over {rows} rows"), &dl(&be, &y), &y_ref, DType::F32);
+        let noise = scaled(DType::F32, rows * channels, 1.0, 40);
+        let drift: Vec<f32> = noise.data.iter().enumerate().map(|(i, v)| v + 3.0 + (i % channels) as f32 + ((i / channels) % 997) as f32 / 300.0).collect();
+        for dtype in DType::ALL {
+            let x = HostTensor::new(dtype, vec![rows * channels], drift.clone()).expect("x");
+            let dy = scaled(dtype, rows * channels, 1.0, 41);
+            let extra = scaled(dtype, rows * channels, 0.5, 42);
+            let (y_ref, mean, var, rm, rv) = ffn::cpu::batchnorm_forward(&d, true, &x.data, &bn);
+            let (dx_ref, dg_ref, db_ref) = ffn::cpu::batchnorm_backward(&d, &x.data, &dy.data, &bn);
+            let dxe_ref: Vec<f64> = dx_ref.iter().zip(&extra.data).map(|(a, &e)| a + e as f64).collect();
+            let rstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + bn.eps as f64).sqrt()).collect();
+            for dev in devices_and_cpu() {
+                let what = format!("{} {dtype} BatchNorm rows {rows} C {channels}", dev.name());
+                with_backend!(dev, be => {
+                    let mut state = ffn::BatchNormState::upload(be, &bn).expect("bn");
+                    let xb = be.upload(&x).expect("x");
+                    let y = state.forward(be, &d, &xb, true).expect("forward");
+                    assert_close(&format!("{what} y"), &dl(be, &y), &y_ref, dtype);
+                    // Statistics and running updates are f32 from the (rounded) input: the f32 budget.
+                    let st = dl(be, &state.stats);
+                    assert_close(&format!("{what} mean"), &st[..channels], &mean, DType::F32);
+                    assert_close(&format!("{what} rstd"), &st[channels..2 * channels], &rstd, DType::F32);
+                    assert_close(&format!("{what} running mean"), &dl(be, &state.running_mean), &rm, DType::F32);
+                    assert_close(&format!("{what} running var"), &dl(be, &state.running_var), &rv, DType::F32);
+                    let dyb = be.upload(&dy).expect("dy");
+                    let dx = state.backward(be, &d, &xb, &dyb, None).expect("backward");
+                    assert_close(&format!("{what} dx"), &dl(be, &dx), &dx_ref, dtype);
+                    let st = dl(be, &state.stats);
+                    assert_close(&format!("{what} dγ"), &st[4 * channels..5 * channels], &dg_ref, DType::F32);
+                    assert_close(&format!("{what} dβ"), &st[5 * channels..], &db_ref, DType::F32);
+                    let dx = state.backward(be, &d, &xb, &dyb, Some(&be.upload(&extra).expect("extra"))).expect("backward + extra");
+                    assert_close(&format!("{what} dx + extra"), &dl(be, &dx), &dxe_ref, dtype);
+                });
             }
         }
     }

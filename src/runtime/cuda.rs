@@ -623,29 +623,33 @@ impl Backend for CudaRuntime {
         let mut rm = running_mean.typed_mut::<f32>()?.as_view_mut();
         let mut rv = running_var.typed_mut::<f32>()?.as_view_mut();
         let mut st = stats.typed_mut::<f32>()?.as_view_mut();
+        let mut scratch = self.alloc_uninit(DType::F32, if p.train != 0 { p.partials_len() } else { 1 })?;
+        let mut part = scratch.typed_mut::<f32>()?.as_view_mut();
         #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaElem>(rt: &CudaRuntime, p: &BnParams, x: &CudaBuf, a: &CudaView<f32>, rm: &mut CudaViewMut<f32>, rv: &mut CudaViewMut<f32>, st: &mut CudaViewMut<f32>, y: &mut CudaBuf) -> Result<()> {
-            crate::ops::ffn::cuda::batchnorm::<T>(rt, p, &x.typed::<T>()?.as_view(), a, rm, rv, st, &mut y.typed_mut::<T>()?.as_view_mut())
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &BnParams, x: &CudaBuf, a: &CudaView<f32>, rm: &mut CudaViewMut<f32>, rv: &mut CudaViewMut<f32>, st: &mut CudaViewMut<f32>, part: &mut CudaViewMut<f32>, y: &mut CudaBuf) -> Result<()> {
+            crate::ops::ffn::cuda::batchnorm::<T>(rt, p, &x.typed::<T>()?.as_view(), a, rm, rv, st, part, &mut y.typed_mut::<T>()?.as_view_mut())
         }
         match x.dtype() {
-            DType::F32 => go::<f32>(self, p, x, &affine, &mut rm, &mut rv, &mut st, y),
-            DType::F16 => go::<f16>(self, p, x, &affine, &mut rm, &mut rv, &mut st, y),
-            DType::BF16 => go::<bf16>(self, p, x, &affine, &mut rm, &mut rv, &mut st, y),
+            DType::F32 => go::<f32>(self, p, x, &affine, &mut rm, &mut rv, &mut st, &mut part, y),
+            DType::F16 => go::<f16>(self, p, x, &affine, &mut rm, &mut rv, &mut st, &mut part, y),
+            DType::BF16 => go::<bf16>(self, p, x, &affine, &mut rm, &mut rv, &mut st, &mut part, y),
         }
     }
 
     fn batchnorm_backward(&self, p: &BnParams, x: &CudaBuf, dy: &CudaBuf, affine: &CudaBuf, stats: &mut CudaBuf, extra: Option<&CudaBuf>, dx: &mut CudaBuf) -> Result<()> {
         let affine = affine.typed::<f32>()?.as_view();
         let mut st = stats.typed_mut::<f32>()?.as_view_mut();
+        let mut scratch = self.alloc_uninit(DType::F32, p.partials_len())?;
+        let mut part = scratch.typed_mut::<f32>()?.as_view_mut();
         #[allow(clippy::too_many_arguments)]
-        fn go<T: CudaElem>(rt: &CudaRuntime, p: &BnParams, x: &CudaBuf, dy: &CudaBuf, a: &CudaView<f32>, st: &mut CudaViewMut<f32>, extra: Option<&CudaBuf>, dx: &mut CudaBuf) -> Result<()> {
+        fn go<T: CudaElem>(rt: &CudaRuntime, p: &BnParams, x: &CudaBuf, dy: &CudaBuf, a: &CudaView<f32>, st: &mut CudaViewMut<f32>, part: &mut CudaViewMut<f32>, extra: Option<&CudaBuf>, dx: &mut CudaBuf) -> Result<()> {
             let extra = extra.map(|e| e.typed::<T>().map(|s| s.as_view())).transpose()?;
-            crate::ops::ffn::cuda::batchnorm_backward::<T>(rt, p, &x.typed::<T>()?.as_view(), &dy.typed::<T>()?.as_view(), a, st, extra.as_ref(), &mut dx.typed_mut::<T>()?.as_view_mut())
+            crate::ops::ffn::cuda::batchnorm_backward::<T>(rt, p, &x.typed::<T>()?.as_view(), &dy.typed::<T>()?.as_view(), a, st, part, extra.as_ref(), &mut dx.typed_mut::<T>()?.as_view_mut())
         }
         match x.dtype() {
-            DType::F32 => go::<f32>(self, p, x, dy, &affine, &mut st, extra, dx),
-            DType::F16 => go::<f16>(self, p, x, dy, &affine, &mut st, extra, dx),
-            DType::BF16 => go::<bf16>(self, p, x, dy, &affine, &mut st, extra, dx),
+            DType::F32 => go::<f32>(self, p, x, dy, &affine, &mut st, &mut part, extra, dx),
+            DType::F16 => go::<f16>(self, p, x, dy, &affine, &mut st, &mut part, extra, dx),
+            DType::BF16 => go::<bf16>(self, p, x, dy, &affine, &mut st, &mut part, extra, dx),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::BnParams;
+use super::{BnParams, BN_ROW_LANES, BN_TILE_CHANNELS};
 use crate::runtime::cuda::{CudaElem, CudaRuntime, Ptx};
 use crate::{DType, Result};
 
@@ -10,18 +10,20 @@ const FAMILY: &str = "ffn";
 
 /// Every kernel this file launches (build.rs checks each is an entry of the PTX).
 pub const KERNELS: &[&str] = &[
-    "bn_prepare_f32",
-    "bn_prepare_f16",
-    "bn_prepare_bf16",
+    "bn_partials_f32",
+    "bn_partials_f16",
+    "bn_partials_bf16",
     "bn_apply_f32",
     "bn_apply_f16",
     "bn_apply_bf16",
-    "bn_backward_reduce_f32",
-    "bn_backward_reduce_f16",
-    "bn_backward_reduce_bf16",
+    "bn_backward_partials_f32",
+    "bn_backward_partials_f16",
+    "bn_backward_partials_bf16",
     "bn_backward_apply_f32",
     "bn_backward_apply_f16",
     "bn_backward_apply_bf16",
+    "bn_prepare",
+    "bn_backward_reduce",
 ];
 
 fn name(kind: usize, dtype: DType) -> &'static str {
@@ -33,6 +35,15 @@ fn name(kind: usize, dtype: DType) -> &'static str {
     KERNELS[kind * 3 + d]
 }
 
+/// One block per (tile of channels, chunk of rows): the reductions' first level.
+fn per_chunk(p: &BnParams) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((p.channels as usize).div_ceil(BN_TILE_CHANNELS) as u32, p.chunks, 1),
+        block_dim: (BN_TILE_CHANNELS as u32, BN_ROW_LANES as u32, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 fn per_channel(p: &BnParams) -> LaunchConfig {
     LaunchConfig { grid_dim: ((p.channels as usize).div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
@@ -42,7 +53,8 @@ fn per_element(rt: &CudaRuntime, p: &BnParams) -> LaunchConfig {
     LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, rt.sm_count() as usize * 16) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// BatchNorm forward (statistics, running update in train mode, apply).
+/// BatchNorm forward (statistics, running update in train mode, apply). `part` is scratch of
+/// [`BnParams::partials_len`] f32s.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm<T: CudaElem>(
     rt: &CudaRuntime,
@@ -52,22 +64,32 @@ pub fn batchnorm<T: CudaElem>(
     running_mean: &mut CudaViewMut<f32>,
     running_var: &mut CudaViewMut<f32>,
     stats: &mut CudaViewMut<f32>,
+    part: &mut CudaViewMut<f32>,
     y: &mut CudaViewMut<T>,
 ) -> Result<()> {
-    let f = rt.function(FAMILY, Ptx::Base, name(0, T::DTYPE), 0)?;
-    // SAFETY: bn_prepare_<dtype>(x, affine, rm, rv, stats, p) reads x[0..rows·C], affine[0..2C],
-    // and reads/writes rm, rv [0..C] and stats[0..4C]; BatchNormState checked every length.
+    if p.train != 0 {
+        let f = rt.function(FAMILY, Ptx::Base, name(0, T::DTYPE), 0)?;
+        // SAFETY: bn_partials_<dtype>(x, part, p) reads x[0..rows·C] and writes part[0..2·chunks·C];
+        // BatchNormState checked x's length and the caller sized part by partials_len.
+        rt.launch(&f, per_chunk(p), |a| {
+            a.arg(x).arg(&mut *part).arg(p);
+        })?;
+    }
+    let f = rt.function(FAMILY, Ptx::Base, KERNELS[12], 0)?;
+    // SAFETY: bn_prepare(part, affine, rm, rv, stats, p) reads part (train mode only) and
+    // affine[0..2C], reads/writes rm, rv [0..C] and writes stats[0..4C]; lengths checked as above.
     rt.launch(&f, per_channel(p), |a| {
-        a.arg(x).arg(affine).arg(running_mean).arg(running_var).arg(&mut *stats).arg(p);
+        a.arg(&mut *part).arg(affine).arg(running_mean).arg(running_var).arg(&mut *stats).arg(p);
     })?;
     let f = rt.function(FAMILY, Ptx::Base, name(1, T::DTYPE), 0)?;
-    // SAFETY: bn_apply_<dtype>(x, stats, y, p) reads x and stats[2C..4C], writes y[0..rows·C].
+    // SAFETY: bn_apply_<dtype>(x, stats, affine, y, p) reads x, stats[0..3C] and affine[C..2C],
+    // writes y[0..rows·C].
     rt.launch(&f, per_element(rt, p), |a| {
-        a.arg(x).arg(&mut *stats).arg(y).arg(p);
+        a.arg(x).arg(&mut *stats).arg(affine).arg(y).arg(p);
     })
 }
 
-/// BatchNorm backward: dγ, dβ into `stats[4C..6C]`, then dx (+ extra).
+/// BatchNorm backward: dγ, dβ into `stats[4C..6C]`, then dx (+ extra). `part` as in [`batchnorm`].
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward<T: CudaElem>(
     rt: &CudaRuntime,
@@ -76,14 +98,20 @@ pub fn batchnorm_backward<T: CudaElem>(
     dy: &CudaView<T>,
     affine: &CudaView<f32>,
     stats: &mut CudaViewMut<f32>,
+    part: &mut CudaViewMut<f32>,
     extra: Option<&CudaView<T>>,
     dx: &mut CudaViewMut<T>,
 ) -> Result<()> {
     let f = rt.function(FAMILY, Ptx::Base, name(2, T::DTYPE), 0)?;
-    // SAFETY: bn_backward_reduce_<dtype>(x, dy, stats, p) reads x, dy [0..rows·C] and
-    // stats[0..2C], writes stats[4C..6C].
+    // SAFETY: bn_backward_partials_<dtype>(x, dy, stats, part, p) reads x, dy [0..rows·C] and
+    // stats[0..2C], writes part[0..2·chunks·C].
+    rt.launch(&f, per_chunk(p), |a| {
+        a.arg(x).arg(dy).arg(&mut *stats).arg(&mut *part).arg(p);
+    })?;
+    let f = rt.function(FAMILY, Ptx::Base, KERNELS[13], 0)?;
+    // SAFETY: bn_backward_reduce(part, stats, p) reads part[0..2·chunks·C], writes stats[4C..6C].
     rt.launch(&f, per_channel(p), |a| {
-        a.arg(x).arg(dy).arg(&mut *stats).arg(p);
+        a.arg(&mut *part).arg(&mut *stats).arg(p);
     })?;
     let f = rt.function(FAMILY, Ptx::Base, name(3, T::DTYPE), 0)?;
     let null = 0u64;

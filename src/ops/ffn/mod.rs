@@ -320,6 +320,12 @@ impl BatchNormDesc {
         }
         let u = |v: usize| u32::try_from(v).map_err(|_| Error::Limit("batchnorm: more than 2^32 rows or channels".into()));
         crate::error::elems("batchnorm", &[self.rows, self.channels])?;
+        if self.channels.div_ceil(BN_TILE_CHANNELS) > 65_535 {
+            return Err(Error::Limit(format!("batchnorm: {} channels, at most {} (65,535 tiles of {BN_TILE_CHANNELS})", self.channels, 65_535 * BN_TILE_CHANNELS)));
+        }
+        // Chunks of BN_CHUNK_ROWS rows, grown (by whole row lanes) where there would be more than
+        // 32,768 of them, so the chunk grid stays within every backend's 65,535 limit.
+        let chunk_rows = BN_CHUNK_ROWS.max(self.rows.div_ceil(32_768).next_multiple_of(BN_ROW_LANES));
         Ok(BnParams {
             rows: u(self.rows)?,
             channels: u(self.channels)?,
@@ -327,7 +333,8 @@ impl BatchNormDesc {
             has_extra: has_extra as u32,
             eps: self.eps,
             momentum: self.momentum,
-            pad: [0; 2],
+            chunk_rows: u(chunk_rows)?,
+            chunks: u(self.rows.div_ceil(chunk_rows).max(1))?,
         })
     }
 }
@@ -348,8 +355,28 @@ pub struct BnParams {
     pub eps: f32,
     /// momentum.
     pub momentum: f32,
-    /// Padding to 32 bytes.
-    pub pad: [u32; 2],
+    /// Rows per chunk of the two-level statistics (a multiple of [`BN_ROW_LANES`]).
+    pub chunk_rows: u32,
+    /// `ceil(rows / chunk_rows)`, at least 1.
+    pub chunks: u32,
+}
+
+/// The GPU BatchNorm reductions' shape. Per-channel sums run in two levels, both in a fixed
+/// order (deterministic, no atomics): one workgroup per tile of BN_TILE_CHANNELS channels and
+/// chunk of rows reduces its chunk (each of BN_ROW_LANES row lanes takes every
+/// BN_ROW_LANES-th row, then the lanes combine in lane order) into per-chunk partials, and one
+/// invocation per channel combines the chunks' partials in chunk order.
+pub const BN_TILE_CHANNELS: usize = 32;
+/// Row lanes per workgroup (see [`BN_TILE_CHANNELS`]).
+pub const BN_ROW_LANES: usize = 8;
+/// Rows per chunk (see [`BN_TILE_CHANNELS`]); more where a batch would have over 32,768 chunks.
+pub const BN_CHUNK_ROWS: usize = 256;
+
+impl BnParams {
+    /// f32 elements of the per-chunk partials' scratch: two per chunk and channel.
+    pub fn partials_len(&self) -> usize {
+        2 * self.chunks as usize * self.channels as usize
+    }
 }
 
 // SAFETY: BnParams is repr(C) plain old data (u32 and f32 fields), laid out like the CUDA struct.
