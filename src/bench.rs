@@ -266,6 +266,48 @@ pub fn bench_repavit<Be: Backend>(be: &Be, tokens: usize, c: usize, h: usize, th
     Ok(rec)
 }
 
+/// BatchNorm over tokens in training, the RePaViT training form's norm: the forward with batch
+/// statistics and the running update, then the backward (dx, dγ, dβ), on seeded inputs: the
+/// set-up of [`bench_batchnorm`] and of the criterion FFN bench.
+pub struct BatchNormBench<B> {
+    /// Rows and channels.
+    pub desc: crate::ops::ffn::BatchNormDesc,
+    state: crate::ops::ffn::BatchNormState<B>,
+    x: B,
+    dy: B,
+}
+
+impl<B> BatchNormBench<B> {
+    /// Seeded γ, β, running statistics, input and output gradient.
+    pub fn new<Be: Backend<Buf = B>>(be: &Be, rows: usize, channels: usize, dtype: DType) -> Result<Self> {
+        let r = |s: u64| crate::HostTensor::random(DType::F32, vec![channels], s).data;
+        let bn = crate::ops::ffn::BatchNorm { gamma: r(11), beta: r(12), mean: r(13), var: vec![1.0; channels], eps: 1e-5 };
+        let desc = crate::ops::ffn::BatchNormDesc { rows, channels, eps: bn.eps, momentum: 0.1 };
+        let t = |s: u64| be.upload(&crate::HostTensor::random(dtype, vec![rows * channels], s));
+        Ok(Self { desc, state: crate::ops::ffn::BatchNormState::upload(be, &bn)?, x: t(14)?, dy: t(15)? })
+    }
+
+    /// One training forward and its backward.
+    pub fn step<Be: Backend<Buf = B>>(&mut self, be: &Be) -> Result<()> {
+        self.state.forward(be, &self.desc, &self.x, true)?;
+        self.state.backward(be, &self.desc, &self.x, &self.dy, None).map(|_| ())
+    }
+
+    /// The bytes a step must move at least: x read and y written by the forward, x and dy read
+    /// and dx written by the backward.
+    pub fn bytes(&self, dtype: DType) -> f64 {
+        5.0 * (self.desc.rows * self.desc.channels * dtype.size()) as f64
+    }
+}
+
+/// BatchNorm's training forward and backward (see [`BatchNormBench`]); the roofline is the copy
+/// bandwidth.
+pub fn bench_batchnorm<Be: Backend>(be: &Be, rows: usize, channels: usize, dtype: DType, reps: usize) -> Result<BenchRecord> {
+    let mut f = BatchNormBench::new(be, rows, channels, dtype)?;
+    let t = timed(be, reps, &mut || f.step(be))?;
+    Ok(record("batchnorm", be.name(), dtype, format!("train fwd+bwd R{rows} C{channels}"), t, 0.0, f.bytes(dtype), reps))
+}
+
 /// A structured FFN block `S2(GELU(S1(x) + b1)) + b2` (inference: no pre-activation saved) and the
 /// dense FFN of the same sizes on the same seeded input: the set-up of [`bench_structured`] and
 /// of the criterion structured bench.

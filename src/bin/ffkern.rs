@@ -580,6 +580,12 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         for &dt in &ffn_dtypes {
             records.push(with_backend!(&dev, be => bench::bench_repavit(be, t, c, h, theta, dt, reps))?);
         }
+        // The training form's two BatchNorms: BN1 over C, BN2 over H.
+        for ch in [c, h] {
+            for &dt in &ffn_dtypes {
+                records.push(with_backend!(&dev, be => bench::bench_batchnorm(be, t, ch, dt, reps))?);
+            }
+        }
     }
     if ops.contains(&"structured") {
         let (t, layers) = ffkern::registry::structured_bench_layers(small);
@@ -637,8 +643,11 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
         let v: Vec<_> = records.iter().map(bench_json).collect();
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
+        // Columns as wide as their longest entry.
+        let w_op = records.iter().map(|r| r.op.len()).max().unwrap_or(0).max(2);
+        let w_shape = records.iter().map(|r| r.shape.chars().count()).max().unwrap_or(0).max(5);
         println!(
-            "{:6} {:6} {:5} {:34} {:>11} {:>10} {:>9} {:>9} {:>9}  baseline",
+            "{:w_op$} {:7} {:5} {:w_shape$} {:>11} {:>10} {:>9} {:>9} {:>9}  baseline",
             "op", "backend", "dtype", "shape", "median_ms", "GFLOP/s", "GB/s", "roofline", "peak_MiB"
         );
         for r in &records {
@@ -647,7 +656,7 @@ fn run_bench(op: Option<String>, backend: Option<String>, dtype: Option<String>,
                 _ => String::new(),
             };
             println!(
-                "{:6} {:6} {:5} {:34} {:>11.4} {:>10.1} {:>9.1} {:>9} {:>9}  {}",
+                "{:w_op$} {:7} {:5} {:w_shape$} {:>11.4} {:>10.1} {:>9.1} {:>9} {:>9}  {}",
                 r.op,
                 r.backend,
                 r.dtype.name(),
