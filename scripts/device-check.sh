@@ -258,6 +258,12 @@ if [ -f $D/peers.py ] && [ "${PEERS:-1}" = 1 ] && enough 40 peers; then
         log "peers layer: rc=$?"
         tail -4 "$OUT/peers-layer.txt" | tee -a "$OUT/summary.txt"
     fi
+    # BatchNorm's training forward+backward in PyTorch, beside `ffkern bench --op repavit`'s rows.
+    if enough 15 "peers batchnorm"; then
+        timeout "$(lim 60)" python3 scripts/peers_batchnorm.py --json "$OUT/peers-batchnorm.json" > "$OUT/peers-batchnorm.txt" 2>&1
+        log "peers batchnorm: rc=$?"
+        tail -4 "$OUT/peers-batchnorm.txt" | tee -a "$OUT/summary.txt"
+    fi
 fi
 # Per-kernel GPU time (ncu, one metric) of the CUDA benches that trail their peers most, so the
 # next change goes where the time is: PROFILE_OPS, default the graph family, linear attention, the
