@@ -20,6 +20,44 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// A 16-bit element from its bits.
+template <typename T>
+__device__ __forceinline__ float bits16_to_f32(uint32_t b);
+template <>
+__device__ __forceinline__ float bits16_to_f32<__half>(uint32_t b) {
+    return __half2float(__ushort_as_half((unsigned short)b));
+}
+template <>
+__device__ __forceinline__ float bits16_to_f32<__nv_bfloat16>(uint32_t b) {
+    return __bfloat162float(__ushort_as_bfloat16((unsigned short)b));
+}
+template <>
+__device__ __forceinline__ float bits16_to_f32<float>(uint32_t b) {
+    return __uint_as_float(b);
+}
+
+// 16 bytes of a row as f32 (eight f16/bf16 or four f32 values), and back.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4 u, float (&out)[16 / sizeof(T)]) {
+    if constexpr (sizeof(T) == 4) {
+        out[0] = __uint_as_float(u.x), out[1] = __uint_as_float(u.y), out[2] = __uint_as_float(u.z), out[3] = __uint_as_float(u.w);
+    } else {
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) out[2 * i] = bits16_to_f32<T>(w[i] & 0xffffu), out[2 * i + 1] = bits16_to_f32<T>(w[i] >> 16);
+    }
+}
+template <typename T>
+__device__ __forceinline__ uint4 pack16(const float (&v)[16 / sizeof(T)]) {
+    union {
+        T h[16 / sizeof(T)];
+        uint4 u;
+    } pk;
+#pragma unroll
+    for (uint32_t i = 0; i < 16 / sizeof(T); ++i) pk.h[i] = from_f32<T>(v[i]);
+    return pk.u;
+}
+
 __device__ __forceinline__ float act_eval(uint32_t act, float x) {
     switch (act) {
     case 1: return fmaxf(x, 0.0f);

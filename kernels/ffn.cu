@@ -4,7 +4,7 @@
 // src/ops/ffn/mod.rs), so a batch of many rows fills the GPU with (channel tile × row chunk)
 // blocks whose warps each read one row's 32 consecutive channels (coalesced), instead of one
 // thread per channel walking every row. Both levels add in a fixed order: deterministic, no
-// atomics. The element-wise passes are grid-stride loops.
+// atomics. The element-wise passes are grid-stride loops over 16-byte pieces.
 #include "common.cuh"
 
 struct BnParams {
@@ -104,15 +104,45 @@ __device__ __forceinline__ void bn_prepare_impl(const float* __restrict__ part, 
     stats[3 * n + c] = affine[n + c] - mean * scale;
 }
 
+// Whether every row is whole 16-byte pieces and each pointer 16-byte aligned (null: absent).
+template <typename T>
+__device__ __forceinline__ bool bn_pieces(const BnParams& p, const void* a, const void* b, const void* c, const void* d) {
+    const auto ok = [](const void* q) { return ((uintptr_t)q & 15) == 0; };
+    return p.channels % (16 / sizeof(T)) == 0 && ok(a) && ok(b) && ok(c) && ok(d);
+}
+
+// The element-wise passes' walk: f(i0, n) for each 16-byte piece of n = 16/sizeof(T) elements
+// from i0 (all within one row), or for each element (n = 1) where the rows are not whole pieces.
+template <typename T, typename F>
+__device__ __forceinline__ void bn_walk(const BnParams& p, bool pieces, F&& f) {
+    const size_t total = (size_t)p.rows * p.channels, step = (size_t)gridDim.x * blockDim.x;
+    constexpr uint32_t V = 16 / sizeof(T);
+    if (pieces) {
+        for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total / V; t += step) f(t * V, V);
+    } else {
+        for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += step) f(i, 1u);
+    }
+}
+
 // y = (x − mean)·scale + β: centred first, so a mean large against the spread does not cancel.
+// Why it is fast: 16-byte loads and stores where the rows are whole pieces.
 template <typename T>
 __device__ __forceinline__ void bn_apply_impl(const T* __restrict__ x, const float* __restrict__ stats, const float* __restrict__ affine,
                                               T* __restrict__ y, const BnParams& p) {
-    const size_t total = (size_t)p.rows * p.channels;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        const uint32_t c = i % p.channels;
-        y[i] = from_f32<T>((to_f32(x[i]) - stats[c]) * stats[2 * p.channels + c] + affine[p.channels + c]);
-    }
+    constexpr uint32_t V = 16 / sizeof(T);
+    const uint32_t n = p.channels;
+    bn_walk<T>(p, bn_pieces<T>(p, x, y, nullptr, nullptr), [&](size_t i0, uint32_t count) {
+        const uint32_t c0 = i0 % n;
+        if (count == V) {
+            float v[V];
+            unpack16<T>(*reinterpret_cast<const uint4*>(x + i0), v);
+#pragma unroll
+            for (uint32_t e = 0; e < V; ++e) v[e] = (v[e] - stats[c0 + e]) * stats[2 * n + c0 + e] + affine[n + c0 + e];
+            *reinterpret_cast<uint4*>(y + i0) = pack16<T>(v);
+        } else {
+            y[i0] = from_f32<T>((to_f32(x[i0]) - stats[c0]) * stats[2 * n + c0] + affine[n + c0]);
+        }
+    });
 }
 
 // Per chunk and channel: Σ dy·x̂ and Σ dy (x̂ = (x − mean)·rstd) into part = [dγ | dβ].
@@ -150,21 +180,35 @@ __device__ __forceinline__ void bn_backward_reduce_impl(const float* __restrict_
     stats[5 * n + c] = db;
 }
 
+// dx = γ·rstd/R · (R·dy − dβ − x̂·dγ) (+ extra), in 16-byte pieces where the rows allow.
 template <typename T>
 __device__ __forceinline__ void bn_backward_apply_impl(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ affine,
                                                        const float* __restrict__ stats, const T* __restrict__ extra, T* __restrict__ dx,
                                                        const BnParams& p) {
+    constexpr uint32_t V = 16 / sizeof(T);
     const uint32_t n = p.channels;
-    const size_t total = (size_t)p.rows * n;
     const float rows = (float)p.rows;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        const uint32_t c = i % n;
+    const auto grad = [&](uint32_t c, float xv, float g) {
         const float rstd = stats[n + c];
-        const float xhat = (to_f32(x[i]) - stats[c]) * rstd;
-        float d = affine[c] * rstd / rows * (rows * to_f32(dy[i]) - stats[5 * n + c] - xhat * stats[4 * n + c]);
-        if (p.has_extra) d += to_f32(extra[i]);
-        dx[i] = from_f32<T>(d);
-    }
+        const float xhat = (xv - stats[c]) * rstd;
+        return affine[c] * rstd / rows * (rows * g - stats[5 * n + c] - xhat * stats[4 * n + c]);
+    };
+    bn_walk<T>(p, bn_pieces<T>(p, x, dy, dx, p.has_extra ? extra : nullptr), [&](size_t i0, uint32_t count) {
+        const uint32_t c0 = i0 % n;
+        if (count == V) {
+            float xv[V], g[V], e[V] = {};
+            unpack16<T>(*reinterpret_cast<const uint4*>(x + i0), xv);
+            unpack16<T>(*reinterpret_cast<const uint4*>(dy + i0), g);
+            if (p.has_extra) unpack16<T>(*reinterpret_cast<const uint4*>(extra + i0), e);
+#pragma unroll
+            for (uint32_t j = 0; j < V; ++j) xv[j] = grad(c0 + j, xv[j], g[j]) + (p.has_extra ? e[j] : 0.0f);
+            *reinterpret_cast<uint4*>(dx + i0) = pack16<T>(xv);
+        } else {
+            float d = grad(c0, to_f32(x[i0]), to_f32(dy[i0]));
+            if (p.has_extra) d += to_f32(extra[i0]);
+            dx[i0] = from_f32<T>(d);
+        }
+    });
 }
 
 #define BN_ENTRIES(SUFFIX, T)                                                                                              \
