@@ -518,3 +518,40 @@ fn long_rows_split_into_segments_match_the_reference() {
         }
     }
 }
+
+/// llvmpipe ends a shader invocation's loops once they have run 65,535 iterations in all, and a
+/// long row's segments are combined in one invocation (the softmax statistics walk them twice):
+/// there a softmax over a row of as many segments as `LLVMPIPE_LOOP_BUDGET` allows matches the
+/// reference and one segment more is an unsupported error instead of a sum cut short, while spmm
+/// (one walk) runs both. Other adapters run all of them.
+#[cfg(feature = "wgpu")]
+#[test]
+fn long_row_combines_stay_within_llvmpipes_loop_budget() {
+    use ffkern::ops::graph::SEGMENT_EDGES as C;
+    use ffkern::runtime::wgpu::LLVMPIPE_LOOP_BUDGET;
+    let Some(be) = common::wgpu() else { return };
+    let llvmpipe = be.info.name.contains("llvmpipe");
+    // The segments softmax may combine: two walks and the binary search's 32 steps.
+    let room = (LLVMPIPE_LOOP_BUDGET as usize - 32) / 2;
+    for segs in [room, room + 1] {
+        let deg = segs * C;
+        let src: Vec<i64> = (0..deg).map(|e| (e % 3) as i64).collect();
+        let g = Graph::from_coo(3, &src, &vec![1; deg]).expect("hub");
+        let dg = DeviceGraph::upload(&be, &g).expect("graph");
+        let s = HostTensor::new(DType::F32, vec![deg], HostTensor::random(DType::F32, vec![deg], 7).data.iter().map(|v| 6.0 * v).collect()).expect("scores");
+        let what = format!("wgpu hub of {segs} segments");
+        match graph::segment_softmax(&be, &dg, &be.upload(&s).expect("s"), 1) {
+            Err(Error::Unsupported(m)) if llvmpipe && segs > room => assert!(m.contains("segments"), "{m}"),
+            Err(e) => panic!("{what} softmax: {e}"),
+            Ok(alpha) => {
+                assert!(!llvmpipe || segs == room, "llvmpipe combined {segs} segments past its loop budget");
+                assert_close(&format!("{what} softmax"), &be.download(&alpha).expect("alpha").data, &cpu::segment_softmax(&g, &s.data, 1), DType::F32);
+            }
+        }
+        // Values on a grid of quarters: every partial sum is exact in f32, so the long sum's order
+        // costs nothing and the comparison sees only a cut-short walk.
+        let x = HostTensor::new(DType::F32, vec![3 * 2], HostTensor::random(DType::F32, vec![3 * 2], 8).data.iter().map(|v| (4.0 * v).round() / 4.0 + 0.25).collect()).expect("x");
+        let y = graph::spmm(&be, &dg, &be.upload(&x).expect("x"), None, 2).expect("spmm walks the segments once");
+        assert_close(&format!("{what} spmm"), &be.download(&y).expect("y").data, &cpu::spmm(&g, &x.data, None, 1, 2), DType::F32);
+    }
+}

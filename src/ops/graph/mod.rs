@@ -258,6 +258,9 @@ pub struct DeviceGraph<B> {
     pub(crate) num_edges: usize,
     pub(crate) num_long: usize,
     pub(crate) num_segs: usize,
+    /// The most segments one row has (0 without long rows): the longest loop of the kernels
+    /// that combine a long row's segments.
+    pub(crate) max_row_segs: usize,
     pub(crate) words: B,
 }
 
@@ -277,7 +280,8 @@ impl<B> DeviceGraph<B> {
         let data: Vec<f32> =
             [&g.row_ptr, &g.src, &g.perm, &g.src_coo, &g.dst_coo, &long_rows, &long_seg_ptr, &seg_long].into_iter().flatten().map(|&x| f32::from_bits(x)).collect();
         let words = be.upload(&HostTensor { dtype: DType::F32, shape: vec![data.len()], data })?;
-        Ok(DeviceGraph { num_nodes: g.num_nodes, num_edges: g.num_edges(), num_long: long_rows.len(), num_segs: seg_long.len(), words })
+        let max_row_segs = long_seg_ptr.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        Ok(DeviceGraph { num_nodes: g.num_nodes, num_edges: g.num_edges(), num_long: long_rows.len(), num_segs: seg_long.len(), max_row_segs, words })
     }
 }
 

@@ -29,6 +29,16 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
     };
     let scratch = |len: usize| -> Result<WgpuBuffer> { Ok(WgpuBuffer { buffer: ctx.create_buffer(DType::F32, len.max(1))?, dtype: DType::F32, len: len.max(1) }) };
     let segs = p.num_segs as usize;
+    // A long row's combine walks its segments in one invocation (the softmax statistics twice),
+    // after a binary search over the long rows.
+    let combine_budget = |walks: u64| match g {
+        Some(g) if segs > 0 => ctx.within_loop_budget(
+            walks * g.max_row_segs as u64 + 32,
+            &format!("combining a row of {} segments of {} edges", g.max_row_segs, super::SEGMENT_EDGES),
+            "the CPU backend or a GPU adapter runs it",
+        ),
+        _ => Ok(()),
+    };
     // The row kernels' entries for widths that are a multiple of 4 have no straddling groups.
     let w4 = dim % 4 == 0;
     match kind {
@@ -42,6 +52,7 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
                 (false, true) => "graph_segment_reduce_w4",
                 (false, false) => "graph_segment_reduce",
             };
+            combine_budget(1)?;
             // Four outputs per invocation.
             let groups = (rows * dim).div_ceil(4);
             if segs == 0 {
@@ -55,6 +66,7 @@ pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&
         GraphKernel::Sddmm => per_task("graph_sddmm", "graph_sddmm_sg", arg, p.num_edges as usize * heads, 1),
         GraphKernel::EdgeDot => per_task("graph_edge_dot", "graph_edge_dot_sg", arg, p.num_edges as usize * heads, 1),
         GraphKernel::Softmax | GraphKernel::SoftmaxBackward => {
+            combine_budget(2)?;
             let p = &GraphParams { reduce: (kind == GraphKernel::SoftmaxBackward) as u32, ..*p };
             // Long rows' partials (none without long rows: the stats pass then binds a placeholder).
             let parts = if segs > 0 { Some(scratch(2 * segs * heads)?) } else { None };
