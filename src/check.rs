@@ -187,6 +187,49 @@ pub fn check_op<Be: Backend>(be: &Be, op: &str, dtype: DType, progress: &mut dyn
                     Err(e) => out.push(failed(op, name, dtype, shape, e)),
                 }
             }
+            // The training form in training mode (batch statistics; 300 tokens span two of the
+            // GPU BatchNorm's row chunks): y and the gradients against the reference, which
+            // sees the weights rounded to the dtype like the device.
+            for (c, h, tokens, theta) in [(7usize, 28usize, 5usize, 0.75), (16, 64, 300, 0.5)] {
+                use crate::ops::ffn::{active_channels, RepavitFfn, RepavitTrain};
+                let mut w = repavit_weights(c, h);
+                for t in [&mut w.w1, &mut w.b1, &mut w.w2, &mut w.b2] {
+                    t.data.iter_mut().for_each(|v| *v = dtype.round(*v));
+                }
+                let shape = format!("train C{c} H{h} T{tokens} θ={theta}");
+                let (x, dy) = (scaled(dtype, tokens * c, 1.0, 8), scaled(dtype, tokens * c, 1.0, 9));
+                let f = match active_channels(h, theta) {
+                    Ok(active) => RepavitFfn { tokens, dim: c, hidden: h, active, eps: 1e-5, momentum: 0.1 },
+                    Err(e) => {
+                        out.push(failed(op, name, dtype, shape, e));
+                        continue;
+                    }
+                };
+                let res = (|| -> crate::Result<Vec<Vec<f32>>> {
+                    let mut tw = RepavitTrain::upload(be, &w, dtype)?;
+                    let xb = be.upload(&x)?;
+                    let (y, saved) = f.forward(be, &xb, &mut tw, true)?;
+                    let g = f.backward(be, &xb, &mut tw, &saved, &be.upload(&dy)?)?;
+                    let (s1, s2) = (be.download(&tw.bn1.stats)?.data, be.download(&tw.bn2.stats)?.data);
+                    let mut got = vec![be.download(&y)?.data];
+                    for t in [&g.dx, &g.dw1, &g.dw2] {
+                        got.push(be.download(t)?.data);
+                    }
+                    got.push(s1[4 * c..5 * c].to_vec());
+                    got.push(s2[5 * h..6 * h].to_vec());
+                    Ok(got)
+                })();
+                match res {
+                    Ok(got) => {
+                        let (y_ref, g_ref) = fcpu::repavit_train(&f, dtype, &w, &x.data, &dy.data);
+                        let refs = [&y_ref, &g_ref[0], &g_ref[1], &g_ref[3], &g_ref[5], &g_ref[8]];
+                        for ((label, got), r) in ["y", "dx", "dW1", "dW2", "dγ1", "dβ2"].iter().zip(&got).zip(refs) {
+                            out.push(record(op, name, dtype, format!("{shape} {label}"), got, r));
+                        }
+                    }
+                    Err(e) => out.push(failed(op, name, dtype, shape, e)),
+                }
+            }
             progress();
         }
         "structured" => {

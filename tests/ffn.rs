@@ -157,18 +157,6 @@ fn bad_input_gives_typed_errors() {
     assert!(matches!(f.forward(&be, &t(32, DType::BF16), &w, false), Err(Error::Dtype { .. })), "dtype mix");
 }
 
-fn upload_train<Be: Backend>(be: &Be, w: &RepavitWeights, dtype: DType) -> ffn::RepavitTrain<Be::Buf> {
-    let up = |t: &HostTensor| be.upload(&HostTensor::new(dtype, t.shape.clone(), t.data.clone()).expect("cast")).expect("upload");
-    ffn::RepavitTrain {
-        w1: up(&w.w1),
-        b1: up(&w.b1),
-        w2: up(&w.w2),
-        b2: up(&w.b2),
-        bn1: ffn::BatchNormState::upload(be, &w.bn1).expect("bn1"),
-        bn2: ffn::BatchNormState::upload(be, &w.bn2).expect("bn2"),
-    }
-}
-
 /// Training form, training mode: forward and every gradient (weights, biases, both
 /// BatchNorms' γ and β, and dx through BN1 plus the shortcut) against the reference; the running
 /// statistics move by the momentum rule.
@@ -189,7 +177,7 @@ fn repavit_training_form_forward_and_backward() {
                 let (y_ref, g_ref) = ffn::cpu::repavit_train(&f, dtype, &w, &x.data, &dy.data);
                 let what = format!("{} {dtype} C={c} H={h} T={tokens} θ={theta}", dev.name());
                 with_backend!(dev, be => {
-                    let mut tw = upload_train(be, &w, dtype);
+                    let mut tw = ffn::RepavitTrain::upload(be, &w, dtype).expect("weights");
                     let (xb, dyb) = (be.upload(&x).expect("x"), be.upload(&dy).expect("dy"));
                     let (y, saved) = f.forward(be, &xb, &mut tw, true).expect("forward");
                     assert_close(&format!("{what} y"), &dl(be, &y), &y_ref, dtype);
@@ -229,7 +217,7 @@ fn repavit_eval_form_equals_merged_on_device() {
     for dev in devices_and_cpu() {
         let x = scaled(DType::F32, tokens * c, 1.0, 7);
         let y = with_backend!(dev, be => {
-            let mut tw = upload_train(be, &w, DType::F32);
+            let mut tw = ffn::RepavitTrain::upload(be, &w, DType::F32).expect("weights");
             let (y, _) = f.forward(be, &be.upload(&x).expect("x"), &mut tw, false).expect("eval forward");
             dl(be, &y)
         });

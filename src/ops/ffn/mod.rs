@@ -489,6 +489,23 @@ pub struct RepavitTrain<B> {
     pub bn2: BatchNormState<B>,
 }
 
+impl<B> RepavitTrain<B> {
+    /// Uploads host weights for training: W1, b1, W2, b2 rounded to `dtype` (the activations'
+    /// dtype), both BatchNorms' parameters and running statistics in f32.
+    pub fn upload<Be: Backend<Buf = B>>(be: &Be, w: &RepavitWeights, dtype: DType) -> Result<Self> {
+        w.dims()?;
+        let up = |t: &HostTensor| be.upload(&HostTensor::new(dtype, t.shape.clone(), t.data.clone())?);
+        Ok(RepavitTrain {
+            w1: up(&w.w1)?,
+            b1: up(&w.b1)?,
+            w2: up(&w.w2)?,
+            b2: up(&w.b2)?,
+            bn1: BatchNormState::upload(be, &w.bn1)?,
+            bn2: BatchNormState::upload(be, &w.bn2)?,
+        })
+    }
+}
+
 /// What the training forward keeps for the backward.
 pub struct RepavitSaved<B> {
     /// `BN1(x)`, `[tokens, C]`.
