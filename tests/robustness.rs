@@ -761,3 +761,30 @@ fn backends_and_buffers_are_send_and_sync() {
         shareable::<<ffkern::CudaRuntime as Backend>::Buf>();
     }
 }
+
+/// The low-level CUDA launchers check the caller's views: one shorter than the launch reaches is
+/// a shape error naming it, never a write past its end.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_launchers_refuse_short_views() {
+    use ffkern::ops::{ffn, optim};
+    let Some(ffkern::Device::Cuda(rt)) = common::device_backends().into_iter().find(|d| d.name() == "cuda") else { return };
+    let zeros = |n: usize| rt.stream.alloc_zeros::<f32>(n).expect("alloc");
+    let short = |r: Result<()>, name: &str| match r {
+        Err(Error::Shape { msg, .. }) => assert!(msg.starts_with(name), "{msg}"),
+        other => panic!("{name} one element short: {other:?}"),
+    };
+    let (rows, c) = (300, 16);
+    let p = BatchNormDesc { rows, channels: c, eps: 1e-5, momentum: 0.1 }.params(true, false).expect("params");
+    let (x, affine) = (zeros(rows * c), zeros(2 * c));
+    let (mut rm, mut rv, mut stats, mut part) = (zeros(c), zeros(c), zeros(6 * c), zeros(p.partials_len()));
+    let mut y = zeros(rows * c - 1);
+    let r = ffn::cuda::batchnorm::<f32>(rt, &p, &x.as_view(), &affine.as_view(), &mut rm.as_view_mut(), &mut rv.as_view_mut(), &mut stats.as_view_mut(), &mut part.as_view_mut(), &mut y.as_view_mut());
+    short(r, "y");
+    let mut small = zeros(p.partials_len() - 1);
+    let mut y = zeros(rows * c);
+    let r = ffn::cuda::batchnorm::<f32>(rt, &p, &x.as_view(), &affine.as_view(), &mut rm.as_view_mut(), &mut rv.as_view_mut(), &mut stats.as_view_mut(), &mut small.as_view_mut(), &mut y.as_view_mut());
+    short(r, "part");
+    let mut out = zeros(4 * 10 - 1);
+    short(optim::cuda::philox(rt, 10, 1, 0, true, &mut out.as_view_mut()), "out");
+}

@@ -84,6 +84,15 @@ pub(crate) fn device_addr<T, V: cudarc::driver::DevicePtr<T>>(rt: &CudaRuntime, 
     v.device_ptr(&rt.stream).0
 }
 
+/// A launcher's length checks on the caller's views, `(name, elements held, elements read or
+/// written)` each: a kernel must not reach past a view, so a short one is a shape error.
+pub(crate) fn check_lens(op: &'static str, views: &[(&str, usize, usize)]) -> Result<()> {
+    match views.iter().find(|(_, have, need)| have < need) {
+        Some((name, have, need)) => Err(Error::shape(op, format!("{name} holds {have} elements, the launch reaches {need}"))),
+        None => Ok(()),
+    }
+}
+
 macro_rules! elem_access {
     ($t:ty, $v:ident) => {
         fn of(buf: &CudaBuf) -> Option<&CudaSlice<$t>> {

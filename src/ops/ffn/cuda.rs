@@ -3,7 +3,7 @@
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::{BnParams, BN_ROW_LANES, BN_TILE_CHANNELS};
-use crate::runtime::cuda::{CudaElem, CudaRuntime, Ptx};
+use crate::runtime::cuda::{check_lens, CudaElem, CudaRuntime, Ptx};
 use crate::{DType, Result};
 
 const FAMILY: &str = "ffn";
@@ -67,17 +67,23 @@ pub fn batchnorm<T: CudaElem>(
     part: &mut CudaViewMut<f32>,
     y: &mut CudaViewMut<T>,
 ) -> Result<()> {
+    let (n, c) = (p.rows as usize * p.channels as usize, p.channels as usize);
+    let part_len = if p.train != 0 { p.partials_len() } else { 0 };
+    check_lens(
+        "batchnorm",
+        &[("x", x.len(), n), ("y", y.len(), n), ("affine", affine.len(), 2 * c), ("running_mean", running_mean.len(), c), ("running_var", running_var.len(), c), ("stats", stats.len(), 6 * c), ("part", part.len(), part_len)],
+    )?;
     if p.train != 0 {
         let f = rt.function(FAMILY, Ptx::Base, name(0, T::DTYPE), 0)?;
         // SAFETY: bn_partials_<dtype>(x, part, p) reads x[0..rows·C] and writes part[0..2·chunks·C];
-        // BatchNormState checked x's length and the caller sized part by partials_len.
+        // every view's length is checked above.
         rt.launch(&f, per_chunk(p), |a| {
             a.arg(x).arg(&mut *part).arg(p);
         })?;
     }
     let f = rt.function(FAMILY, Ptx::Base, KERNELS[12], 0)?;
     // SAFETY: bn_prepare(part, affine, rm, rv, stats, p) reads part (train mode only) and
-    // affine[0..2C], reads/writes rm, rv [0..C] and writes stats[0..4C]; lengths checked as above.
+    // affine[0..2C], reads/writes rm, rv [0..C] and writes stats[0..4C]; lengths checked above.
     rt.launch(&f, per_channel(p), |a| {
         a.arg(&mut *part).arg(affine).arg(running_mean).arg(running_var).arg(&mut *stats).arg(p);
     })?;
@@ -102,6 +108,12 @@ pub fn batchnorm_backward<T: CudaElem>(
     extra: Option<&CudaView<T>>,
     dx: &mut CudaViewMut<T>,
 ) -> Result<()> {
+    let (n, c) = (p.rows as usize * p.channels as usize, p.channels as usize);
+    let extra_len = if p.has_extra != 0 { extra.map_or(0, |e| e.len()) } else { n };
+    check_lens(
+        "batchnorm",
+        &[("x", x.len(), n), ("dy", dy.len(), n), ("extra", extra_len, n), ("dx", dx.len(), n), ("affine", affine.len(), 2 * c), ("stats", stats.len(), 6 * c), ("part", part.len(), p.partials_len())],
+    )?;
     let f = rt.function(FAMILY, Ptx::Base, name(2, T::DTYPE), 0)?;
     // SAFETY: bn_backward_partials_<dtype>(x, dy, stats, part, p) reads x, dy [0..rows·C] and
     // stats[0..2C], writes part[0..2·chunks·C].

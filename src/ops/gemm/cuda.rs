@@ -5,7 +5,7 @@
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::{ALayout, ActGrad, BLayout, Gemm};
-use crate::runtime::cuda::{device_addr, CudaElem, CudaRuntime, Ptx};
+use crate::runtime::cuda::{check_lens, device_addr, CudaElem, CudaRuntime, Ptx};
 use crate::{DType, Error, Result};
 
 const FAMILY: &str = "gemm";
@@ -366,11 +366,12 @@ pub fn act_grad<T: CudaElem>(rt: &CudaRuntime, d: &ActGrad, dc: &CudaSlice<T>, z
     if n == 0 {
         return Ok(());
     }
+    check_lens("act_grad", &[("dc", dc.len(), n), ("z", z.len(), n), ("out", out.len(), n)])?;
     let func = rt.function(FAMILY, Ptx::Base, helper_name("act_grad", T::DTYPE)?, 0)?;
     let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).min(65535 * 8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (rows, cols, act, act_cols) = (d.rows as u32, d.cols as u32, d.act as u32, d.act_cols as u32);
     // SAFETY: act_grad_<dtype>(dc, z, out, rows, cols, act, act_cols) touches elements < rows·cols,
-    // which the Backend caller checked all three buffers hold.
+    // which all three buffers hold (checked above).
     rt.launch(&func, cfg, |args| {
         args.arg(dc).arg(z).arg(out).arg(&rows).arg(&cols).arg(&act).arg(&act_cols);
     })
@@ -381,22 +382,22 @@ pub fn col_sum<T: CudaElem>(rt: &CudaRuntime, rows: usize, cols: usize, x: &Cuda
     if cols == 0 {
         return Ok(());
     }
+    check_lens("col_sum", &[("x", x.len(), rows * cols), ("out", out.len(), cols)])?;
     // Chunks of COL_SUM_ROWS rows, summed into f32 partials, then in order.
     let chunks = rows.div_ceil(super::COL_SUM_ROWS).max(1);
     let mut part = rt.uninit::<f32>(chunks * cols)?;  // every (chunk, column) written below
     let func = rt.function(FAMILY, Ptx::Base, helper_name("col_sum", T::DTYPE)?, 0)?;
     let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, chunks as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
     let (r32, c32, n32, chunk_rows) = (rows as u32, cols as u32, chunks as u32, super::COL_SUM_ROWS as u32);
-    // SAFETY: col_sum_<dtype>(x, part, rows, cols, chunk_rows) reads rows·cols elements of x, which
-    // the Backend caller checked, and writes part [chunks · cols] (f32, allocated above;
-    // blockIdx.y < chunks).
+    // SAFETY: col_sum_<dtype>(x, part, rows, cols, chunk_rows) reads rows·cols elements of x
+    // (checked above) and writes part [chunks · cols] (f32, allocated above; blockIdx.y < chunks).
     rt.launch(&func, cfg, |args| {
         args.arg(x).arg(&mut part).arg(&r32).arg(&c32).arg(&chunk_rows);
     })?;
     let finish = rt.function(FAMILY, Ptx::Base, helper_name("col_sum_finish", T::DTYPE)?, 0)?;
     let cfg = LaunchConfig { grid_dim: (cols.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: col_sum_finish_<dtype>(part, out, chunks, cols) reads part [chunks · cols] and writes
-    // cols elements of out, which the Backend caller checked.
+    // cols elements of out (checked above).
     rt.launch(&finish, cfg, |args| {
         args.arg(&part).arg(out).arg(&n32).arg(&c32);
     })
@@ -425,6 +426,8 @@ where
         return Ok(None);
     }
     let (m, n, k) = (desc.m, desc.n, desc.k);
+    let bias_len = if desc.bias { bias.map_or(0, |t| t.len()) } else { n };
+    check_lens("vendor_baseline", &[("a", a.len(), m * k), ("b", b.len(), n * k), ("bias", bias_len, n), ("c", c.len(), m * n)])?;
     if desc.bias {
         let act = match desc.act {
             Activation::Identity => None,

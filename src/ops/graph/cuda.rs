@@ -1,4 +1,5 @@
-//! CUDA launcher of the graph family (`kernels/graph.cu`).
+//! CUDA launcher of the graph family (`kernels/graph.cu`). Crate-internal: the kernels trust the
+//! index words of a checked `DeviceGraph` and lengths that `ops::graph` validated.
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -93,7 +94,7 @@ pub const KERNELS: &[&str] = &[
 ];
 
 /// The typed operands of one launch (see `GraphKernel` for which each kernel reads).
-pub struct CudaGraphArgs<'a, T> {
+pub(crate) struct CudaGraphArgs<'a, T> {
     /// The graph's index words; None for LayerNorm, which reads no graph.
     pub idx: Option<CudaView<'a, f32>>,
     /// The first feature operand (see `GraphKernel`).
@@ -138,7 +139,7 @@ fn pieces16<T>(p_dim: u32, len: usize, addrs: &[u64]) -> Option<usize> {
 
 /// One graph kernel on the runtime's stream. `out` is `T` for gather / segment_reduce / spmm
 /// and f32 for the per-edge kernels (`out32`).
-pub fn launch<T: CudaElem>(
+pub(crate) fn launch<T: CudaElem>(
     rt: &CudaRuntime,
     kind: GraphKernel,
     p: &GraphParams,

@@ -1,4 +1,5 @@
-//! CUDA launcher of the linear-attention family (`kernels/linattn.cu`).
+//! CUDA launchers of the linear-attention family (`kernels/linattn.cu`). Crate-internal: they
+//! are the steps of the forms `ops::linattn` composes, on lengths and tables it validated.
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -130,7 +131,7 @@ fn chunk16_fits(p: &LinAttnParams, dtype: DType, output: bool) -> bool {
 /// (`Backend::linattn_snapshot_dtype`): exactly when the chunk products that read them take their
 /// 16-bit kernels, which read bf16 states (half the bytes of f32, the largest arrays of the
 /// chunked forms). `backward`: the states of the chunked backward (normalize none only).
-pub fn snapshot16(p: &LinAttnParams, dtype: DType, backward: bool) -> Result<bool> {
+pub(crate) fn snapshot16(p: &LinAttnParams, dtype: DType, backward: bool) -> Result<bool> {
     mma16(p, chunk16_fits(p, dtype, !backward) && (!backward || p.normalize == 0), Vec::new)
 }
 
@@ -182,7 +183,7 @@ fn sweep_launch(rt: &CudaRuntime, p: &LinAttnParams, (name, smem): (&'static str
 
 /// The fused recurrent forward / decode step on the runtime's stream.
 #[allow(clippy::too_many_arguments)]
-pub fn recurrent<T: CudaElem>(
+pub(crate) fn recurrent<T: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     q: &CudaView<T>,
@@ -247,7 +248,7 @@ pub fn recurrent<T: CudaElem>(
 /// The chunked form's output from each chunk's start state (`p.varlen == 2`, `p.aux == 0`;
 /// `starts` on the device): `state` holds the start states in f32 or, from the 16-bit sweep, bf16.
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_output<T: CudaElem, S: CudaElem>(
+pub(crate) fn chunk_output<T: CudaElem, S: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     q: &CudaView<T>,
@@ -275,7 +276,7 @@ pub fn chunk_output<T: CudaElem, S: CudaElem>(
 
 /// The fused recurrent backward: `x = [q, k, v, o, do]`; writes dq, dk, dv (T) and dS0 (f32).
 #[allow(clippy::too_many_arguments)]
-pub fn backward<T: CudaElem>(
+pub(crate) fn backward<T: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     starts: &[u32],
@@ -326,7 +327,7 @@ pub fn backward<T: CudaElem>(
 
 /// The chunk start states in one pass (see `Backend::linattn_chunk_states`).
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_states<T: CudaElem, S: CudaElem>(
+pub(crate) fn chunk_states<T: CudaElem, S: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     table: &[u32],
@@ -386,7 +387,7 @@ fn fused_cfg(p: &LinAttnParams, cols: u32) -> LaunchConfig {
 /// The chunked forward in one pass (see `Backend::linattn_chunk_fused`) where `fused_function`
 /// allows (K ≤ 128); `Ok(false)`, launching nothing, otherwise.
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_fused<T: CudaElem>(
+pub(crate) fn chunk_fused<T: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     table: &[u32],
@@ -417,7 +418,7 @@ pub fn chunk_fused<T: CudaElem>(
 /// where `fused_function` allows (K and V ≤ 128): dq from `s0`, then dk and dv from the state's
 /// gradient `d.0` (dS_T), which the dv pass turns into dS0; `d.1` is dz_T. `Ok(false)`, launching
 /// nothing, otherwise.
-pub fn chunk_fused_grads<T: CudaElem>(
+pub(crate) fn chunk_fused_grads<T: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     table: &[u32],
@@ -457,7 +458,7 @@ pub fn chunk_fused_grads<T: CudaElem>(
 }
 
 /// The chunked form's inter-chunk pass (see `Backend::linattn_chunk_scan`).
-pub fn chunk_scan(rt: &CudaRuntime, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, hs: &mut CudaViewMut<f32>, zs: &mut CudaViewMut<f32>) -> Result<()> {
+pub(crate) fn chunk_scan(rt: &CudaRuntime, p: &LinAttnParams, seq_chunk0: &[u32], state: &mut CudaViewMut<f32>, z: &mut CudaViewMut<f32>, hs: &mut CudaViewMut<f32>, zs: &mut CudaViewMut<f32>) -> Result<()> {
     let f = rt.function(FAMILY, Ptx::Base, "linattn_chunk_scan", 0)?;
     let seqs = upload_words(rt, seq_chunk0, "the chunk ranges")?;
     let threads = (p.batch * p.heads) as usize * (p.k * p.v + p.k) as usize;
@@ -474,7 +475,7 @@ pub fn chunk_scan(rt: &CudaRuntime, p: &LinAttnParams, seq_chunk0: &[u32], state
 /// The chunked backward's first pass (see `Backend::linattn_chunk_dstate`): den and dd of every row
 /// and each chunk's own Σ q̃·dd (Normalizer only), then each chunk's own Σ q̃·dnᵀ.
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_dstate<T: CudaElem>(
+pub(crate) fn chunk_dstate<T: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     bounds: &[u32],
@@ -520,7 +521,7 @@ const NULL: u64 = 0;
 
 /// The chunked backward's reverse pass in one sweep (see `Backend::linattn_chunk_grad_states`).
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_grad_states<T: CudaElem, S: CudaElem>(
+pub(crate) fn chunk_grad_states<T: CudaElem, S: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     table: &[u32],
@@ -546,7 +547,7 @@ pub fn chunk_grad_states<T: CudaElem, S: CudaElem>(
 
 /// The chunked backward's second pass (see `Backend::linattn_chunk_grads`): dv, then dq and dk.
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_grads<T: CudaElem, S: CudaElem>(
+pub(crate) fn chunk_grads<T: CudaElem, S: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
     bounds: &[u32],

@@ -3,7 +3,7 @@
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::OptimParams;
-use crate::runtime::cuda::{device_addr, CudaElem, CudaRuntime, Ptx};
+use crate::runtime::cuda::{check_lens, device_addr, CudaElem, CudaRuntime, Ptx};
 use crate::{DType, Error, Result};
 
 const FAMILY: &str = "optim";
@@ -52,6 +52,9 @@ pub fn step<G: CudaElem>(
     if n == 0 {
         return Ok(());
     }
+    // The state the kernel touches: m with momentum (and Adam's first moment), v with Adam.
+    let state = |x: &Option<&mut CudaViewMut<f32>>, used: bool| if used { x.as_ref().map_or(0, |x| x.len()) } else { n };
+    check_lens("noisy_optimizer", &[("grad", grad.len(), n), ("param", param.len(), n), ("m", state(&m, p.has_momentum != 0), n), ("v", state(&v, p.rule == 1), n)])?;
     let aligned = |ptr: u64| ptr % 16 == 0;
     if !aligned(device_addr(rt, &*param)) || m.as_ref().is_some_and(|x| !aligned(device_addr(rt, &**x))) || v.as_ref().is_some_and(|x| !aligned(device_addr(rt, &**x))) {
         return Err(Error::Unsupported("optimizer arenas must start 16-byte aligned on CUDA".into()));
@@ -77,8 +80,8 @@ pub fn step<G: CudaElem>(
     let null = 0u64;
     let (m, v) = (m, v);
     // SAFETY: optim_update_<dtype>(grad, param, m, v, scratch, p) touches elements 0..n of grad,
-    // param and of m / v only when the rule keeps them (has_momentum, rule); the caller checked
-    // those lengths. Absent state is null and never read.
+    // param and of m / v only when the rule keeps them (has_momentum, rule); those lengths are
+    // checked above. Absent state is null and never read.
     rt.launch(&f, grid(rt, n.div_ceil(4)), |a| {
         a.arg(grad).arg(param);
         match m {
@@ -99,11 +102,16 @@ pub fn philox(rt: &CudaRuntime, n: usize, seed: u64, t: u32, words: bool, out: &
     if n == 0 {
         return Ok(());
     }
-    let p = OptimParams { n: n as u32, seed_lo: seed as u32, seed_hi: (seed >> 32) as u32, step: t, ..Default::default() };
+    check_lens("philox", &[("out", out.len(), if words { 4 * n } else { n })])?;
+    if device_addr(rt, &*out) % 16 != 0 {
+        return Err(Error::Unsupported("philox output must start 16-byte aligned on CUDA".into()));
+    }
+    let n32 = u32::try_from(n).map_err(|_| Error::Limit(format!("philox: {n} values, at most 2^32 - 1")))?;
+    let p = OptimParams { n: n32, seed_lo: seed as u32, seed_hi: (seed >> 32) as u32, step: t, ..Default::default() };
     let name = if words { "philox_words" } else { "philox_normal" };
     let f = rt.function(FAMILY, Ptx::Base, name, 0)?;
     // SAFETY: philox_words(out, p) writes out[0..4n]; philox_normal(out, p) writes out[0..n]; the
-    // caller checked the length. The uint4 stores need 16-byte alignment: a fresh allocation.
+    // length and the uint4 stores' 16-byte alignment are checked above.
     rt.launch(&f, grid(rt, if words { n } else { n.div_ceil(4) }), |a| {
         a.arg(out).arg(&p);
     })
