@@ -788,3 +788,28 @@ fn cuda_launchers_refuse_short_views() {
     let mut out = zeros(4 * 10 - 1);
     short(optim::cuda::philox(rt, 10, 1, 0, true, &mut out.as_view_mut()), "out");
 }
+
+/// The low-level wgpu launchers check the caller's buffers: one shorter than the launch reaches
+/// (whose accesses past the end the shader would clamp or drop) is a shape error naming it.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_launchers_refuse_short_buffers() {
+    use ffkern::ops::{ffn, optim};
+    let Some(ctx) = common::wgpu() else { return };
+    let buf = |n: usize| ctx.create_buffer(DType::F32, n).expect("buffer");
+    let short = |r: Result<()>, name: &str| match r {
+        Err(Error::Shape { msg, .. }) => assert!(msg.starts_with(name), "{msg}"),
+        other => panic!("{name} short: {other:?}"),
+    };
+    let (rows, c) = (300, 16);
+    let p = BatchNormDesc { rows, channels: c, eps: 1e-5, momentum: 0.1 }.params(true, false).expect("params");
+    let (x, affine, rm, rv, stats) = (buf(rows * c), buf(2 * c), buf(c), buf(c), buf(6 * c));
+    short(ffn::wgpu::batchnorm(&ctx, &p, DType::F32, &x, &affine, &rm, &rv, &stats, &buf(rows * c - 1)), "y");
+    short(ffn::wgpu::batchnorm(&ctx, &p, DType::F32, &x, &affine, &rm, &buf(c - 1), &stats, &buf(rows * c)), "running_var");
+    let pe = BatchNormDesc { rows, channels: c, eps: 1e-5, momentum: 0.1 }.params(true, true).expect("params");
+    short(ffn::wgpu::batchnorm_backward(&ctx, &pe, DType::F32, &x, &x, &affine, &stats, None, &buf(rows * c)), "extra");
+    short(optim::wgpu::philox(&ctx, 10, 1, 0, true, &buf(4 * 10 - 1)), "out");
+    let sgd = optim::OptimParams { n: 100, has_momentum: 1, ..Default::default() };
+    short(optim::wgpu::step(&ctx, &sgd, DType::F32, &buf(100), &buf(100), None, None), "m");
+    short(optim::wgpu::step(&ctx, &sgd, DType::F32, &buf(99), &buf(100), Some(&buf(100)), None), "grad");
+}

@@ -172,6 +172,16 @@ pub fn shader_source(family: &str, dtype: DType) -> Result<String> {
     Ok(format!("{dt}\n{}\n{snippet}\n{body}", include_str!("../../shaders/_common.wgsl")))
 }
 
+/// A launcher's size checks on the caller's buffers, `(name, buffer, elements, dtype)` each: a
+/// shader's accesses past a binding's end are clamped or dropped, so a buffer shorter than the
+/// launch reaches is a shape error instead of a silently wrong result.
+pub(crate) fn check_sizes(op: &'static str, bufs: &[(&str, &wgpu::Buffer, usize, DType)]) -> Result<()> {
+    match bufs.iter().find(|(_, b, n, dt)| b.size() < (n * dt.size()) as u64) {
+        Some((name, b, n, dt)) => Err(Error::shape(op, format!("{name} holds {} bytes, the launch reaches {n} {dt} elements", b.size()))),
+        None => Ok(()),
+    }
+}
+
 /// The loop iterations one shader invocation may plan on under llvmpipe. Mesa's llvmpipe (the
 /// driver behind lavapipe) ends every loop of an invocation, silently, once its loops together have
 /// run 65,535 iterations (gallivm's loop limiter); the margin covers the loops a launch does not

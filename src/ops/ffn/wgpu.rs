@@ -1,7 +1,7 @@
 //! wgpu launchers of the FFN family's BatchNorm (`shaders/ffn.wgsl`).
 
 use super::{BnParams, BN_ROW_LANES, BN_TILE_CHANNELS};
-use crate::runtime::wgpu::WgpuContext;
+use crate::runtime::wgpu::{check_sizes, WgpuContext};
 use crate::{DType, Result};
 
 const FAMILY: &str = "ffn";
@@ -32,6 +32,11 @@ pub fn batchnorm(
     stats: &wgpu::Buffer,
     y: &wgpu::Buffer,
 ) -> Result<()> {
+    let (n, c, f32) = (p.rows as usize * p.channels as usize, p.channels as usize, DType::F32);
+    check_sizes(
+        "batchnorm",
+        &[("x", x, n, dtype), ("y", y, n, dtype), ("affine", affine, 2 * c, f32), ("running_mean", running_mean, c, f32), ("running_var", running_var, c, f32), ("stats", stats, 6 * c, f32)],
+    )?;
     let ro = ctx.dummy(false);
     let part = if p.train != 0 { Some(ctx.create_buffer(DType::F32, p.partials_len())?) } else { None };
     let buffers = [x, ro, affine, ro, running_mean, running_var, stats, y, part.as_deref().unwrap_or(ctx.dummy(true))];
@@ -59,6 +64,12 @@ pub fn batchnorm_backward(
     extra: Option<&wgpu::Buffer>,
     dx: &wgpu::Buffer,
 ) -> Result<()> {
+    let (n, c, f32) = (p.rows as usize * p.channels as usize, p.channels as usize, DType::F32);
+    let extra_n = if p.has_extra != 0 { n } else { 0 };
+    check_sizes(
+        "batchnorm",
+        &[("x", x, n, dtype), ("dy", dy, n, dtype), ("extra", extra.unwrap_or(ctx.dummy(false)), extra_n, dtype), ("dx", dx, n, dtype), ("affine", affine, 2 * c, f32), ("stats", stats, 6 * c, f32)],
+    )?;
     let groups = per_chunk(ctx, p, &format!("BatchNorm's backward over {} rows", p.rows))?;
     let (ro, rw) = (ctx.dummy(false), ctx.dummy(true));
     let part = ctx.create_buffer(DType::F32, p.partials_len())?;

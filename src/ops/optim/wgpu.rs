@@ -1,7 +1,7 @@
 //! wgpu launchers of the optimizer family (`shaders/optim.wgsl`) on the caller's buffers.
 
 use super::OptimParams;
-use crate::runtime::wgpu::WgpuContext;
+use crate::runtime::wgpu::{check_sizes, WgpuContext};
 use crate::{DType, Result};
 
 const FAMILY: &str = "optim";
@@ -26,11 +26,14 @@ pub fn step(
     if n == 0 {
         return Ok(());
     }
+    // The state the shader touches: m with momentum (and Adam's first moment), v with Adam.
     let rw = ctx.dummy(true);
+    let (m, v) = (m.unwrap_or(rw), v.unwrap_or(rw));
+    let (mn, vn) = (if p.has_momentum != 0 { n } else { 0 }, if p.rule == 1 { n } else { 0 });
+    check_sizes("noisy_optimizer", &[("grad", grad, n, grad_dtype), ("param", param, n, DType::F32), ("m", m, mn, DType::F32), ("v", v, vn, DType::F32)])?;
     let partials = n.div_ceil(CHUNK);
     let scratch = if p.clip != 0 { Some(ctx.create_buffer(DType::F32, partials + 1)?) } else { None };
     let sc = scratch.as_deref().unwrap_or(rw);
-    let (m, v) = (m.unwrap_or(rw), v.unwrap_or(rw));
     let params = bytemuck::bytes_of(p);
     let buffers = [grad, param, m, v, sc];
     if p.clip != 0 {
@@ -46,7 +49,9 @@ pub fn step(
 /// Standard normals 0..n of step `t` into `out` (f32 words), or the raw Philox words of blocks
 /// 0..n (`words`, 4 per block).
 pub fn philox(ctx: &WgpuContext, n: usize, seed: u64, t: u32, words: bool, out: &wgpu::Buffer) -> Result<()> {
-    let p = OptimParams { n: n as u32, seed_lo: seed as u32, seed_hi: (seed >> 32) as u32, step: t, ..Default::default() };
+    check_sizes("philox", &[("out", out, if words { 4 * n } else { n }, DType::F32)])?;
+    let n32 = u32::try_from(n).map_err(|_| crate::Error::Limit(format!("philox: {n} values, at most 2^32 - 1")))?;
+    let p = OptimParams { n: n32, seed_lo: seed as u32, seed_hi: (seed >> 32) as u32, step: t, ..Default::default() };
     let entry = if words { "philox_words" } else { "philox_normal" };
     let pipe = ctx.pipeline(FAMILY, entry, DType::F32, READ_ONLY, 4)?;
     let (ro, rw) = (ctx.dummy(false), ctx.dummy(true));
