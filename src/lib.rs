@@ -6,9 +6,10 @@
 //! - low level, for frameworks: the launchers in `ops::<family>::{wgpu,cuda}` run on memory the
 //!   caller owns (`wgpu::Buffer` + element offsets on the caller's device and queue, cudarc views
 //!   on the caller's stream) with no copies and no hidden synchronisation, and check every length
-//!   they are given (the linear-attention and graph CUDA launchers are steps of multi-kernel
-//!   forms over tables only `ops` builds, so they stay inside the crate: frameworks reach those
-//!   families through [`Backend`], e.g. on a `CudaRuntime` made from their stream);
+//!   they are given (the linear-attention and graph launchers are steps of multi-kernel forms
+//!   over tables only `ops` builds, so they stay inside the crate: frameworks reach those
+//!   families through [`Backend`], e.g. on a `CudaRuntime` made from their stream or on buffers
+//!   `WgpuContext::adopt` wraps);
 //! - convenience, for people and tests: the [`Backend`] trait with owned buffers
 //!   (`upload`/`download`) implemented by [`Cpu`], `WgpuContext` and `CudaRuntime`, and the
 //!   [`Device`] enum that picks the best backend present.

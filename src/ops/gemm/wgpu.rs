@@ -2,7 +2,7 @@
 //! element offsets and record on the caller's device and queue; no copies, no waits.
 
 use super::{ActGrad, Gemm};
-use crate::runtime::wgpu::{BufferRef, WgpuContext};
+use crate::runtime::wgpu::{check_sizes, BufferRef, WgpuContext};
 use crate::{DType, Error, Result};
 
 const FAMILY: &str = "gemm";
@@ -152,6 +152,8 @@ const SPLIT_TARGET: usize = 256;
 
 /// `out = dc ⊙ act'(z)` over compact `[rows, cols]` (element offsets 0).
 pub fn act_grad(ctx: &WgpuContext, d: &ActGrad, dtype: DType, dc: &wgpu::Buffer, z: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
+    let n = d.rows * d.cols;
+    check_sizes("act_grad", &[("dc", dc, n, dtype), ("z", z, n, dtype), ("out", out, n, dtype)])?;
     let mut p = Gemm::new(d.rows, d.cols, 1).params();
     p.act = d.act as u32;
     p.act_cols = d.act_cols as u32;
@@ -163,6 +165,7 @@ pub fn act_grad(ctx: &WgpuContext, d: &ActGrad, dtype: DType, dc: &wgpu::Buffer,
 
 /// `out[j] = Σ_i x[i, j]` over compact `[rows, cols]`, deterministic.
 pub fn col_sum(ctx: &WgpuContext, rows: usize, cols: usize, dtype: DType, x: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
+    check_sizes("col_sum", &[("x", x, rows * cols, dtype), ("out", out, cols, dtype)])?;
     let mut p = Gemm::new(rows, cols, 1).params();
     // Chunks of COL_SUM_ROWS rows (p.kc in the shader) into f32 partials, then summed in order.
     p.kc = super::COL_SUM_ROWS as u32;

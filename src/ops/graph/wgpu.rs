@@ -1,4 +1,5 @@
-//! wgpu launcher of the graph family (`shaders/graph.wgsl`).
+//! wgpu launcher of the graph family (`shaders/graph.wgsl`). Crate-internal, like the CUDA one:
+//! `ops::graph` validates the operands it is given.
 
 use super::{DeviceGraph, GraphArgs, GraphKernel, GraphParams};
 use crate::runtime::wgpu::{WgpuBuffer, WgpuContext};
@@ -14,7 +15,7 @@ const READ_ONLY: usize = 5;
 /// Segment reductions and spmm first reduce the segments of long rows into a scratch buffer that
 /// the main pass combines; the softmax kernels run partial statistics (long rows only), row
 /// statistics, then one pass over the edges.
-pub fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<WgpuBuffer>>, a: &GraphArgs<WgpuBuffer>, out: &WgpuBuffer, arg: Option<&WgpuBuffer>) -> Result<()> {
+pub(crate) fn launch(ctx: &WgpuContext, kind: GraphKernel, p: &GraphParams, g: Option<&DeviceGraph<WgpuBuffer>>, a: &GraphArgs<WgpuBuffer>, out: &WgpuBuffer, arg: Option<&WgpuBuffer>) -> Result<()> {
     let dtype = a.x.map_or(out.dtype, |x| x.dtype);
     let (rows, dim, heads) = (p.num_nodes as usize, p.dim as usize, p.heads as usize);
     // The feature kernels take one invocation per output word (two 16-bit elements).

@@ -1,4 +1,5 @@
-//! wgpu launcher of the linear-attention family (`shaders/linattn.wgsl`).
+//! wgpu launchers of the linear-attention family (`shaders/linattn.wgsl`). Crate-internal, like
+//! the CUDA ones: steps of the forms `ops::linattn` composes, on lengths and tables it validated.
 
 use super::LinAttnParams;
 use crate::runtime::wgpu::WgpuContext;
@@ -14,7 +15,7 @@ const READ_ONLY: usize = 5;
 /// The fused recurrent forward / decode step: reads q, k, v; updates `state` and `z` in place;
 /// writes `o`.
 #[allow(clippy::too_many_arguments)]
-pub fn recurrent(
+pub(crate) fn recurrent(
     ctx: &WgpuContext,
     p: &LinAttnParams,
     dtype: DType,
@@ -75,7 +76,7 @@ fn z_copy(ctx: &WgpuContext, p: &LinAttnParams, z: &wgpu::Buffer) -> Result<crat
 /// The chunked form's inter-chunk pass (`linattn_chunk_scan`): `[S_0 | z_0]` go in as a copy
 /// (the z_init binding); the chunk sums in `hs`, `zs` become the chunk start states, and the final
 /// states, which the kernel leaves after the chunks, are copied back into `state`, `z`.
-pub fn chunk_scan(ctx: &WgpuContext, p: &LinAttnParams, seq_chunk0: &[u32], state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
+pub(crate) fn chunk_scan(ctx: &WgpuContext, p: &LinAttnParams, seq_chunk0: &[u32], state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
     let threads = (p.batch * p.heads * (p.k * p.v + p.k)) as usize;
     let table = ctx.upload_u32(seq_chunk0);
     through_chunks(ctx, p, "linattn_chunk_scan", p.count0, &table, [None; 3], [state, z, hs, zs], ctx.grid_1d(threads))
@@ -83,7 +84,7 @@ pub fn chunk_scan(ctx: &WgpuContext, p: &LinAttnParams, seq_chunk0: &[u32], stat
 
 /// The chunk start states in one pass (`linattn_chunk_states`, see `Backend::linattn_chunk_states`).
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], k: &wgpu::Buffer, v: &wgpu::Buffer, state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
+pub(crate) fn chunk_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], k: &wgpu::Buffer, v: &wgpu::Buffer, state: &wgpu::Buffer, z: &wgpu::Buffer, hs: &wgpu::Buffer, zs: &wgpu::Buffer) -> Result<()> {
     let groups = super::grid(super::outer_tiles(p), 1, (p.batch * p.heads) as usize);
     let t = ctx.upload_u32(table);
     through_chunks(ctx, p, "linattn_chunk_states", table[0], &t, [None, Some((k, dtype)), Some((v, dtype))], [state, z, hs, zs], groups)
@@ -93,7 +94,7 @@ pub fn chunk_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &
 /// `Backend::linattn_chunk_grad_states`): the table continues with den, dd of every row, copied
 /// from `scratch` (Normalizer), and do binds where the forward reads v.
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_grad_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], q: &wgpu::Buffer, d_o: &wgpu::Buffer, scratch: &wgpu::Buffer, d: [&wgpu::Buffer; 2], g: [&wgpu::Buffer; 2]) -> Result<()> {
+pub(crate) fn chunk_grad_states(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], q: &wgpu::Buffer, d_o: &wgpu::Buffer, scratch: &wgpu::Buffer, d: [&wgpu::Buffer; 2], g: [&wgpu::Buffer; 2]) -> Result<()> {
     let (c, rows) = (table[0] as u64, table[1 + table[0] as usize] as u64);
     let dd_len = if p.normalize == 1 { 2 * rows * p.heads as u64 } else { 0 };
     let t = ctx.create_buffer(DType::F32, table.len() + dd_len as usize)?;
@@ -156,7 +157,7 @@ fn fused(ctx: &WgpuContext, p: &LinAttnParams, table: &[u32]) -> Result<bool> {
 /// where `fused` takes it; `Ok(false)`, touching nothing, otherwise. Every value tile reads the
 /// initial normalizer state while tile 0 writes the final one, so it binds a copy of `z`.
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_fused(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, state: &wgpu::Buffer, z: &wgpu::Buffer, o: &wgpu::Buffer) -> Result<bool> {
+pub(crate) fn chunk_fused(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, state: &wgpu::Buffer, z: &wgpu::Buffer, o: &wgpu::Buffer) -> Result<bool> {
     if !fused(ctx, p, table)? {
         return Ok(false);
     }
@@ -175,7 +176,7 @@ pub fn chunk_fused(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[
 /// binds with dz_T (`d[1]`), `z0` and, for the normalizer, every row's den and dd after it
 /// (`linattn_chunk_fused_den`, a first pass).
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_fused_grads(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], x: [&wgpu::Buffer; 5], s0: &wgpu::Buffer, z0: &wgpu::Buffer, d: [&wgpu::Buffer; 2], out: [&wgpu::Buffer; 3]) -> Result<bool> {
+pub(crate) fn chunk_fused_grads(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, table: &[u32], x: [&wgpu::Buffer; 5], s0: &wgpu::Buffer, z0: &wgpu::Buffer, d: [&wgpu::Buffer; 2], out: [&wgpu::Buffer; 3]) -> Result<bool> {
     if !fused(ctx, p, table)? {
         return Ok(false);
     }
@@ -224,7 +225,7 @@ const BWD_SHARED_BYTES: u32 = 4 * (3 * 256 + 16 + 16 + 272 + 4096 + 2 + 1);
 /// (lavapipe's 128 MiB at H4, K = V = 128 from about 4,000 rows), the tiles run one dispatch each
 /// in order and add to one running part instead (the same sums in the same order).
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub(crate) fn backward(
     ctx: &WgpuContext,
     p: &LinAttnParams,
     dtype: DType,
@@ -307,7 +308,7 @@ fn chunk_table(ctx: &WgpuContext, p: &LinAttnParams, bounds: &[u32], scratch: &w
 /// row and each chunk's own Σ q̃·dd (Normalizer only, `linattn_chunk_den`), then, with `own`,
 /// each chunk's own Σ q̃·dnᵀ (`linattn_chunk_dstate`).
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_dstate(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, bounds: &[u32], x: [&wgpu::Buffer; 5], z_start: &wgpu::Buffer, scratch: &wgpu::Buffer, own: Option<[&wgpu::Buffer; 2]>) -> Result<()> {
+pub(crate) fn chunk_dstate(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, bounds: &[u32], x: [&wgpu::Buffer; 5], z_start: &wgpu::Buffer, scratch: &wgpu::Buffer, own: Option<[&wgpu::Buffer; 2]>) -> Result<()> {
     chunk_table(ctx, p, bounds, scratch, &[z_start]);
     let [q, k, v, o, d_o] = x;
     let units = (p.batch * p.heads) as usize;
@@ -331,7 +332,7 @@ pub fn chunk_dstate(ctx: &WgpuContext, p: &LinAttnParams, dtype: DType, bounds: 
 /// The chunked backward's second pass (see `Backend::linattn_chunk_grads`): dv
 /// (`linattn_chunk_dv`), then dq and dk (`linattn_chunk_dqk`, aux 0 and 1).
 #[allow(clippy::too_many_arguments)]
-pub fn chunk_grads(
+pub(crate) fn chunk_grads(
     ctx: &WgpuContext,
     p: &LinAttnParams,
     dtype: DType,
