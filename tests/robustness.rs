@@ -806,6 +806,9 @@ fn wgpu_launchers_refuse_short_buffers() {
     let (x, affine, rm, rv, stats) = (buf(rows * c), buf(2 * c), buf(c), buf(c), buf(6 * c));
     short(ffn::wgpu::batchnorm(&ctx, &p, DType::F32, &x, &affine, &rm, &rv, &stats, &buf(rows * c - 1)), "y");
     short(ffn::wgpu::batchnorm(&ctx, &p, DType::F32, &x, &affine, &rm, &buf(c - 1), &stats, &buf(rows * c)), "running_var");
+    // A hand-made block whose chunks do not cover the rows.
+    let skewed = ffn::BnParams { chunks: p.chunks - 1, ..p };
+    assert!(matches!(ffn::wgpu::batchnorm(&ctx, &skewed, DType::F32, &x, &affine, &rm, &rv, &stats, &buf(rows * c)), Err(Error::Invalid(_))), "chunks short of the rows");
     let pe = BatchNormDesc { rows, channels: c, eps: 1e-5, momentum: 0.1 }.params(true, true).expect("params");
     short(ffn::wgpu::batchnorm_backward(&ctx, &pe, DType::F32, &x, &x, &affine, &stats, None, &buf(rows * c)), "extra");
     short(optim::wgpu::philox(&ctx, 10, 1, 0, true, &buf(4 * 10 - 1)), "out");

@@ -67,6 +67,7 @@ pub fn batchnorm<T: CudaElem>(
     part: &mut CudaViewMut<f32>,
     y: &mut CudaViewMut<T>,
 ) -> Result<()> {
+    p.check()?;
     let (n, c) = (p.rows as usize * p.channels as usize, p.channels as usize);
     let part_len = if p.train != 0 { p.partials_len() } else { 0 };
     check_lens(
@@ -108,6 +109,7 @@ pub fn batchnorm_backward<T: CudaElem>(
     extra: Option<&CudaView<T>>,
     dx: &mut CudaViewMut<T>,
 ) -> Result<()> {
+    p.check()?;
     let (n, c) = (p.rows as usize * p.channels as usize, p.channels as usize);
     let extra_len = if p.has_extra != 0 { extra.map_or(0, |e| e.len()) } else { n };
     check_lens(

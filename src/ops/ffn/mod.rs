@@ -377,6 +377,19 @@ impl BnParams {
     pub fn partials_len(&self) -> usize {
         2 * self.chunks as usize * self.channels as usize
     }
+
+    /// The launchers' check of a parameter block made by hand rather than by
+    /// [`BatchNormDesc::params`]: chunks that cover the rows exactly, grids within 65,535.
+    pub fn check(&self) -> Result<()> {
+        let cover = (self.rows as usize).div_ceil((self.chunk_rows as usize).max(1)).max(1);
+        if self.chunk_rows == 0 || self.chunks as usize != cover || cover > 65_535 || (self.channels as usize).div_ceil(BN_TILE_CHANNELS) > 65_535 {
+            return Err(Error::Invalid(format!(
+                "batchnorm: {} chunks of {} rows for {} rows and {} channels (BatchNormDesc::params makes a consistent block)",
+                self.chunks, self.chunk_rows, self.rows, self.channels
+            )));
+        }
+        Ok(())
+    }
 }
 
 // SAFETY: BnParams is repr(C) plain old data (u32 and f32 fields), laid out like the CUDA struct.

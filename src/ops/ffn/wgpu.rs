@@ -32,6 +32,7 @@ pub fn batchnorm(
     stats: &wgpu::Buffer,
     y: &wgpu::Buffer,
 ) -> Result<()> {
+    p.check()?;
     let (n, c, f32) = (p.rows as usize * p.channels as usize, p.channels as usize, DType::F32);
     check_sizes(
         "batchnorm",
@@ -64,6 +65,7 @@ pub fn batchnorm_backward(
     extra: Option<&wgpu::Buffer>,
     dx: &wgpu::Buffer,
 ) -> Result<()> {
+    p.check()?;
     let (n, c, f32) = (p.rows as usize * p.channels as usize, p.channels as usize, DType::F32);
     let extra_n = if p.has_extra != 0 { n } else { 0 };
     check_sizes(
