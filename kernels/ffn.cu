@@ -2,8 +2,8 @@
 // apply, and the backward. Activations are f32/f16/bf16; parameters and statistics are f32.
 // Why it is fast: the per-channel reductions run in two levels (BN_TILE_CHANNELS in
 // src/ops/ffn/mod.rs), so a batch of many rows fills the GPU with (channel tile × row chunk)
-// blocks whose warps each read one row's 32 consecutive channels (coalesced), instead of one
-// thread per channel walking every row. Both levels add in a fixed order: deterministic, no
+// blocks whose warps each read one row's 32 consecutive channels (coalesced, four rows' loads in
+// flight a thread), instead of one thread per channel walking every row. Both levels add in a fixed order: deterministic, no
 // atomics. The element-wise passes are grid-stride loops over 16-byte pieces.
 #include "common.cuh"
 
@@ -29,6 +29,18 @@ __device__ __forceinline__ BnChunk bn_chunk(const BnParams& p) {
     b.r1 = min(p.rows, b.r0 + p.chunk_rows);
     b.live = b.c < p.channels;
     return b;
+}
+
+// BN_STEP of this thread's rows of its chunk at once from r (every BN_LANES-th row), their loads
+// issued together so that a thread keeps BN_STEP in flight; rows past the chunk read as `pad`.
+constexpr uint32_t BN_STEP = 4;
+template <typename T>
+__device__ __forceinline__ void bn_load_step(const T* __restrict__ x, const BnChunk& b, uint32_t n, uint32_t r, float pad, float (&v)[BN_STEP]) {
+#pragma unroll
+    for (uint32_t u = 0; u < BN_STEP; ++u) {
+        const uint32_t row = r + u * BN_LANES;
+        v[u] = row < b.r1 ? to_f32(x[(size_t)row * n + b.c]) : pad;
+    }
 }
 
 // The chunk's two partials for this thread's channel, from row lane 0.
@@ -57,15 +69,20 @@ __device__ __forceinline__ void bn_partials_impl(const T* __restrict__ x, float*
     __shared__ float red[BN_LANES][BN_TILE];
     const BnChunk b = bn_chunk(p);
     const uint32_t n = p.channels;
-    float s = 0.0f;
+    float s = 0.0f, v[BN_STEP];
     if (b.live)
-        for (uint32_t r = b.r0 + threadIdx.y; r < b.r1; r += BN_LANES) s += to_f32(x[(size_t)r * n + b.c]);
+        for (uint32_t r = b.r0 + threadIdx.y; r < b.r1; r += BN_STEP * BN_LANES) {
+            bn_load_step(x, b, n, r, 0.0f, v);
+#pragma unroll
+            for (uint32_t u = 0; u < BN_STEP; ++u) s += v[u];
+        }
     const float mean = bn_lane_sum(s, red) / (float)(b.r1 - b.r0);
     float q = 0.0f;
     if (b.live)
-        for (uint32_t r = b.r0 + threadIdx.y; r < b.r1; r += BN_LANES) {
-            const float d = to_f32(x[(size_t)r * n + b.c]) - mean;
-            q += d * d;
+        for (uint32_t r = b.r0 + threadIdx.y; r < b.r1; r += BN_STEP * BN_LANES) {
+            bn_load_step(x, b, n, r, mean, v);
+#pragma unroll
+            for (uint32_t u = 0; u < BN_STEP; ++u) q += (v[u] - mean) * (v[u] - mean);
         }
     bn_put_partials(b, part, mean, bn_lane_sum(q, red), p);
 }
@@ -156,10 +173,15 @@ __device__ __forceinline__ void bn_backward_partials_impl(const T* __restrict__ 
     if (b.live) {
         const float mean = stats[b.c];
         rstd = stats[n + b.c];
-        for (uint32_t r = b.r0 + threadIdx.y; r < b.r1; r += BN_LANES) {
-            const float g = to_f32(dy[(size_t)r * n + b.c]);
-            db += g;
-            dg += g * (to_f32(x[(size_t)r * n + b.c]) - mean);
+        float g[BN_STEP], xv[BN_STEP];
+        for (uint32_t r = b.r0 + threadIdx.y; r < b.r1; r += BN_STEP * BN_LANES) {
+            bn_load_step(dy, b, n, r, 0.0f, g);
+            bn_load_step(x, b, n, r, mean, xv);
+#pragma unroll
+            for (uint32_t u = 0; u < BN_STEP; ++u) {
+                db += g[u];
+                dg += g[u] * (xv[u] - mean);
+            }
         }
     }
     dg = bn_lane_sum(dg, red) * rstd;
