@@ -51,6 +51,26 @@ fn bn_chunk(wid: vec3<u32>, lid: vec3<u32>) -> Chunk {
     return Chunk(c, c < p.channels, r0, min(p.rows, r0 + p.chunk_rows));
 }
 
+// BN_STEP of this invocation's rows of its chunk from r (every BN_LANES-th row), loaded together
+// so that an invocation keeps BN_STEP in flight; rows past the chunk read as `pad`.
+const BN_STEP: u32 = 4u;
+fn x_step(b: Chunk, r: u32, pad: f32) -> vec4<f32> {
+    var v = vec4<f32>(pad);
+    for (var u = 0u; u < BN_STEP; u++) {
+        let row = r + u * BN_LANES;
+        if (row < b.r1) { v[u] = ld_x(row * p.channels + b.c); }
+    }
+    return v;
+}
+fn dy_step(b: Chunk, r: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    for (var u = 0u; u < BN_STEP; u++) {
+        let row = r + u * BN_LANES;
+        if (row < b.r1) { v[u] = ld_dy(row * p.channels + b.c); }
+    }
+    return v;
+}
+
 // The chunk's two partials for its channel, from row lane 0.
 fn put_partials(b: Chunk, wid: vec3<u32>, lid: vec3<u32>, first: f32, second: f32) {
     if (b.live && lid.y == 0u) {
@@ -71,18 +91,20 @@ fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 // chunk) into part.
 @compute @workgroup_size(32, 8)
 fn bn_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let n = p.channels;
     let b = bn_chunk(wid, lid);
     var s = 0.0;
     if (b.live) {
-        for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_LANES) { s = s + ld_x(r * n + b.c); }
+        for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_STEP * BN_LANES) {
+            let v = x_step(b, r, 0.0);
+            s = s + v.x + v.y + v.z + v.w;
+        }
     }
     let mean = lane_sum(s, lid) / f32(b.r1 - b.r0);
     var q = 0.0;
     if (b.live) {
-        for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_LANES) {
-            let d = ld_x(r * n + b.c) - mean;
-            q = q + d * d;
+        for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_STEP * BN_LANES) {
+            let d = x_step(b, r, mean) - vec4<f32>(mean);
+            q = q + d.x * d.x + d.y * d.y + d.z * d.z + d.w * d.w;
         }
     }
     put_partials(b, wid, lid, mean, lane_sum(q, lid));
@@ -163,10 +185,11 @@ fn bn_backward_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
     if (b.live) {
         let mean = stats[b.c];
         rstd = stats[n + b.c];
-        for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_LANES) {
-            let g = ld_dy(r * n + b.c);
-            db = db + g;
-            dg = dg + g * (ld_x(r * n + b.c) - mean);
+        for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_STEP * BN_LANES) {
+            let g = dy_step(b, r);
+            let d = g * (x_step(b, r, mean) - vec4<f32>(mean));
+            db = db + g.x + g.y + g.z + g.w;
+            dg = dg + d.x + d.y + d.z + d.w;
         }
     }
     dg = lane_sum(dg, lid) * rstd;

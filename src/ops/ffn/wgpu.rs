@@ -12,8 +12,9 @@ const WRITABLE: usize = 5;
 
 /// The reductions' first level: one workgroup per (tile of channels, chunk of rows).
 fn per_chunk(ctx: &WgpuContext, p: &BnParams, what: &str) -> Result<[u32; 3]> {
-    // Two sweeps over a thread's rows of its chunk, then one invocation per channel walks the chunks.
-    let sweeps = 2 * (p.chunk_rows as u64).div_ceil(BN_ROW_LANES as u64);
+    // Two sweeps over a thread's rows of its chunk, four rows a step (the step's own loop is
+    // unrolled), then one invocation per channel walks the chunks.
+    let sweeps = 2 * (p.chunk_rows as u64).div_ceil(4 * BN_ROW_LANES as u64);
     ctx.within_loop_budget(sweeps.max(p.chunks as u64), what, "the CPU backend or a GPU adapter runs it")?;
     Ok([(p.channels as usize).div_ceil(BN_TILE_CHANNELS) as u32, p.chunks, 1])
 }
