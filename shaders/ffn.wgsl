@@ -53,20 +53,16 @@ fn bn_chunk(wid: vec3<u32>, lid: vec3<u32>) -> Chunk {
 
 // BN_STEP of this invocation's rows of its chunk from r (every BN_LANES-th row), loaded together
 // so that an invocation keeps BN_STEP in flight; rows past the chunk read as `pad`.
+// `of_dy` reads dy instead of x.
 const BN_STEP: u32 = 4u;
-fn x_step(b: Chunk, r: u32, pad: f32) -> vec4<f32> {
+fn row_step(b: Chunk, r: u32, pad: f32, of_dy: bool) -> vec4<f32> {
     var v = vec4<f32>(pad);
     for (var u = 0u; u < BN_STEP; u++) {
         let row = r + u * BN_LANES;
-        if (row < b.r1) { v[u] = ld_x(row * p.channels + b.c); }
-    }
-    return v;
-}
-fn dy_step(b: Chunk, r: u32) -> vec4<f32> {
-    var v = vec4<f32>(0.0);
-    for (var u = 0u; u < BN_STEP; u++) {
-        let row = r + u * BN_LANES;
-        if (row < b.r1) { v[u] = ld_dy(row * p.channels + b.c); }
+        let i = row * p.channels + b.c;
+        if (row < b.r1) {
+            if (of_dy) { v[u] = ld_dy(i); } else { v[u] = ld_x(i); }
+        }
     }
     return v;
 }
@@ -95,7 +91,7 @@ fn bn_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var s = 0.0;
     if (b.live) {
         for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_STEP * BN_LANES) {
-            let v = x_step(b, r, 0.0);
+            let v = row_step(b, r, 0.0, false);
             s = s + v.x + v.y + v.z + v.w;
         }
     }
@@ -103,7 +99,7 @@ fn bn_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var q = 0.0;
     if (b.live) {
         for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_STEP * BN_LANES) {
-            let d = x_step(b, r, mean) - vec4<f32>(mean);
+            let d = row_step(b, r, mean, false) - vec4<f32>(mean);
             q = q + d.x * d.x + d.y * d.y + d.z * d.z + d.w * d.w;
         }
     }
@@ -186,8 +182,8 @@ fn bn_backward_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
         let mean = stats[b.c];
         rstd = stats[n + b.c];
         for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_STEP * BN_LANES) {
-            let g = dy_step(b, r);
-            let d = g * (x_step(b, r, mean) - vec4<f32>(mean));
+            let g = row_step(b, r, 0.0, true);
+            let d = g * (row_step(b, r, mean, false) - vec4<f32>(mean));
             db = db + g.x + g.y + g.z + g.w;
             dg = dg + d.x + d.y + d.z + d.w;
         }
