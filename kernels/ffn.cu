@@ -3,8 +3,9 @@
 // Why it is fast: the per-channel reductions run in two levels (BN_TILE_CHANNELS in
 // src/ops/ffn/mod.rs), so a batch of many rows fills the GPU with (channel tile × row chunk)
 // blocks whose warps each read one row's 32 consecutive channels (coalesced, four rows' loads in
-// flight a thread), instead of one thread per channel walking every row. Both levels add in a fixed order: deterministic, no
-// atomics. The element-wise passes are grid-stride loops over 16-byte pieces.
+// flight a thread), instead of one thread per channel walking every row. Both levels add in a
+// fixed order: deterministic, no atomics. The element-wise passes are grid-stride loops over
+// 16-byte pieces.
 #include "common.cuh"
 
 struct BnParams {
