@@ -9,27 +9,12 @@ usage: python3 scripts/peers_batchnorm.py [--json out.json]      (needs a CUDA G
 """
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
 
-dev = "cuda"
-
-
-def timeit(fn, reps=20, warm=3):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+# The same CUDA-event timing (warm-up, median) as the OneForecast layer's peer.
+from peers_layer import dev, timeit
 
 
 def main():
@@ -51,7 +36,7 @@ def main():
                 y = F.batch_norm(x, rm, rv, gamma, beta, training=True, momentum=0.1, eps=1e-5)
                 torch.autograd.grad([y], [x, gamma, beta], [dy])
 
-            ms = timeit(fwd_bwd)
+            ms = timeit(fwd_bwd, reps=20)
             shape = f"train fwd+bwd R{tokens} C{channels}"
             name = str(dtype).replace("torch.", "")
             records.append(dict(workload="batchnorm", shape=shape, dtype=name, median_ms=round(ms, 4), impl="torch F.batch_norm"))
