@@ -260,7 +260,7 @@ fn backward_matches_the_reference_on_every_backend() {
                 let d_s = HostTensor::random(DType::F32, vec![d.state_len()], 320);
                 let d_z = HostTensor::random(DType::F32, vec![d.z_len()], 330);
                 let starts: Vec<usize> = (0..=b).map(|x| x * t).collect();
-                let r = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [Some(&d_s.data), Some(&d_z.data)], 0);
+                let r = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), None, &d_o.data, [Some(&d_s.data), Some(&d_z.data)], 0);
                 with_backend!(dev, be => {
                     let up = |x: &HostTensor| be.upload(x).expect("upload");
                     let down = |x: &_| be.download(x).expect("download").data;
@@ -301,7 +301,7 @@ fn backward_matches_the_reference_on_every_backend() {
             let (_, _, _, s0, z0) = inputs(&seqs, DType::F32, 410);
             let d_o = HostTensor::random(DType::F32, vec![d.vo_len()], 420);
             let starts: Vec<usize> = cu.iter().map(|&c| c as usize).collect();
-            let r = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [None, None], 0);
+            let r = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), None, &d_o.data, [None, None], 0);
             with_backend!(dev, be => {
                 let up = |x: &HostTensor| be.upload(x).expect("upload");
                 let down = |x: &_| be.download(x).expect("download").data;
@@ -340,7 +340,7 @@ fn reference_normalizer_gradient_matches_finite_differences() {
         dot(&o, &c) + dot(&sf, &a) + dot(&zf, &bz)
     };
     let starts = [0usize, d.seq];
-    let g = cpu::backward_varlen(&d, &starts, None, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), &c, [Some(&a), Some(&bz)], 0);
+    let g = cpu::backward_varlen(&d, &starts, None, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), None, &c, [Some(&a), Some(&bz)], 0);
     let h = 1e-3f32;
     for i in 0..d.z_len() {
         let (mut zp, mut zm) = (z0.data.clone(), z0.data.clone());
@@ -459,7 +459,7 @@ fn recurrent_backward_past_the_binding_limit_runs_tile_by_tile() {
     let d_o = HostTensor::random(DType::BF16, vec![d.vo_len()], 840);
     let (d_s, d_z) = (HostTensor::random(DType::F32, vec![d.state_len()], 850), HostTensor::random(DType::F32, vec![d.z_len()], 860));
     let starts: Vec<usize> = (0..=b).map(|i| i * t).collect();
-    let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [Some(&d_s.data), Some(&d_z.data)], 0);
+    let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), None, &d_o.data, [Some(&d_s.data), Some(&d_z.data)], 0);
     for dev in common::device_backends() {
         with_backend!(dev, be => {
             let up = |x: &HostTensor| be.upload(x).expect("upload");
@@ -517,7 +517,7 @@ fn recurrent_scans_stay_within_llvmpipes_loop_budget() {
             Err(e) => panic!("recurrent backward T{t}: {e}"),
             Ok(g) => {
                 assert!(!llvmpipe || t == room / 2, "llvmpipe ran a scan past its loop budget");
-                let g_ref = cpu::backward_varlen(&d, &[0, t], None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [None, None], 0);
+                let g_ref = cpu::backward_varlen(&d, &[0, t], None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), None, &d_o.data, [None, None], 0);
                 let what = format!("wgpu T{t} K{k} recurrent backward");
                 assert_close(&format!("{what} dq"), &be.download(&g.dq).expect("dq").data, &g_ref.dq, DType::F32);
                 assert_close(&format!("{what} dk"), &be.download(&g.dk).expect("dk").data, &g_ref.dk, DType::F32);
@@ -564,7 +564,7 @@ fn one_pass_case_t(b: usize, t: usize, h: usize, k: usize, v: usize, fm: Feature
     let (o_ref, s_ref, z_ref) = cpu::forward(&d, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), count0);
     let starts: Vec<usize> = (0..=b).map(|x| x * t).collect();
     let (d_s, d_z) = (HostTensor::random(DType::F32, vec![d.state_len()], seed + 40), HostTensor::random(DType::F32, vec![d.z_len()], seed + 50));
-    let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [Some(&d_s.data), Some(&d_z.data)], count0);
+    let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), None, &d_o.data, [Some(&d_s.data), Some(&d_z.data)], count0);
     for dev in devices_and_cpu() {
         let what = format!("{} {dtype} B{b} T{t} H{h} K{k} V{v} {fm:?} {n:?} one-pass chunked", dev.name());
         with_backend!(dev, be => {
@@ -620,7 +620,7 @@ fn packed_one_pass_case(k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype:
     let (o_ref, s_ref, _) = cpu::forward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), 0);
     let d_o = HostTensor::random(dtype, vec![d.vo_len()], seed + 20);
     let (d_s, d_z) = (HostTensor::random(DType::F32, vec![seqs.state_len()], seed + 30), HostTensor::random(DType::F32, vec![seqs.z_len()], seed + 40));
-    let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), &d_o.data, [Some(&d_s.data), Some(&d_z.data)], 0);
+    let g_ref = cpu::backward_varlen(&d, &starts, None, &q.data, &kk.data, &vv.data, Some(&s0.data), Some(&z0.data), None, &d_o.data, [Some(&d_s.data), Some(&d_z.data)], 0);
     for dev in devices_and_cpu() {
         with_backend!(dev, be => {
             let up = |x: &HostTensor| be.upload(x).expect("upload");

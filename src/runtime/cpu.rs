@@ -183,9 +183,10 @@ impl Backend for Cpu {
         let n = p.batch as usize;
         let all: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
         let offsets = (p.varlen == 2).then(|| &all[n + 1..2 * n + 1]);
-        let [q, k, v, _, d_o] = x;
+        let [q, k, v, o, d_o] = x;
         let d_final = d_final.map(|t| t.map(|t| &t.data[..]));
-        let g = linattn::cpu::backward_varlen(&d, &all[..=n], offsets, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), &d_o.data, d_final, p.count0 as usize);
+        // The stored o, as the device passes read it.
+        let g = linattn::cpu::backward_varlen(&d, &all[..=n], offsets, &q.data, &k.data, &v.data, Some(&s0.data), Some(&z0.data), Some(&o.data), &d_o.data, d_final, p.count0 as usize);
         let [dq, dk, dv, ds0, dz0] = out;
         for (t, g) in [dq, dk, dv, ds0, dz0].into_iter().zip([g.dq, g.dk, g.dv, g.ds0, g.dz0]) {
             for (dst, x) in t.data.iter_mut().zip(g) {

@@ -201,7 +201,7 @@ pub fn backward(
     ds_t: Option<&[f32]>,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
     let starts: Vec<usize> = (0..=d.batch).map(|b| b * d.seq).collect();
-    let g = backward_varlen(d, &starts, None, q, k, v, s0, z0, dout, [ds_t, None], 0);
+    let g = backward_varlen(d, &starts, None, q, k, v, s0, z0, None, dout, [ds_t, None], 0);
     (g.dq, g.dk, g.dv, g.ds0)
 }
 
@@ -222,6 +222,9 @@ pub struct Grads {
 /// [`backward`] over sequences `starts[n] .. starts[n + 1]` of the `[rows, H, ·]` tensors, one
 /// state per sequence, with the gradients of the final state and normalizer `d_final`; sequence
 /// n's positions start after `count0 + offsets[n]` (Count mode; chunks of longer sequences).
+/// `o`: the forward's output as the caller stored it, which the Normalizer's
+/// `dd_t = −(do_t·o_t)/den_t` then reads, as the device backward passes do (a 16-bit o carries
+/// its rounding into dd); `None` takes o from this forward in f64 (the exact gradient).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_varlen(
     d: &LinearAttention,
@@ -232,6 +235,7 @@ pub fn backward_varlen(
     v: &[f32],
     s0: Option<&[f32]>,
     z0: Option<&[f32]>,
+    o: Option<&[f32]>,
     dout: &[f32],
     d_final: [Option<&[f32]>; 2],
     count0: usize,
@@ -269,7 +273,10 @@ pub fn backward_varlen(
                 let den = dens[t];
                 let dn: Vec<f64> = dout_t.iter().map(|x| x / den).collect();
                 let dd = match d.normalize {
-                    Normalize::Normalizer { .. } => -dout_t.iter().zip(&ns[t]).map(|(a, b)| a * b).sum::<f64>() / (den * den),
+                    Normalize::Normalizer { .. } => match o {
+                        Some(o) => -(0..vd).map(|j| dout_t[j] * o[o_idx(j)] as f64).sum::<f64>() / den,
+                        None => -dout_t.iter().zip(&ns[t]).map(|(a, b)| a * b).sum::<f64>() / (den * den),
+                    },
                     _ => 0.0,
                 };
                 let (st, zt) = &states[t];
