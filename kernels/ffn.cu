@@ -64,7 +64,10 @@ __device__ __forceinline__ float bn_lane_sum(float v, float (*red)[BN_TILE]) {
 }
 
 // Per chunk and channel: the chunk's mean and centred sum of squares M2 (two sweeps over the
-// chunk, the second from cache), into part = [mean | M2], chunks·C floats each.
+// chunk, the second from cache), into part = [mean | M2], chunks·C floats each. Corrected two-pass
+// algorithm: the second sweep also sums the deviations e = Σ(x − mean), the first sweep's rounding
+// error, so that mean + e/n is good to about an ulp however large the mean is against the spread
+// (and M2 − e²/n the matching M2).
 template <typename T>
 __device__ __forceinline__ void bn_partials_impl(const T* __restrict__ x, float* __restrict__ part, const BnParams& p) {
     __shared__ float red[BN_LANES][BN_TILE];
@@ -77,15 +80,21 @@ __device__ __forceinline__ void bn_partials_impl(const T* __restrict__ x, float*
 #pragma unroll
             for (uint32_t u = 0; u < BN_STEP; ++u) s += v[u];
         }
-    const float mean = bn_lane_sum(s, red) / (float)(b.r1 - b.r0);
-    float q = 0.0f;
+    const float rows = (float)(b.r1 - b.r0);
+    const float mean = bn_lane_sum(s, red) / rows;
+    float e = 0.0f, q = 0.0f;
     if (b.live)
         for (uint32_t r = b.r0 + threadIdx.y; r < b.r1; r += BN_STEP * BN_LANES) {
             bn_load_step(x, b, n, r, mean, v);
 #pragma unroll
-            for (uint32_t u = 0; u < BN_STEP; ++u) q += (v[u] - mean) * (v[u] - mean);
+            for (uint32_t u = 0; u < BN_STEP; ++u) {
+                const float d = v[u] - mean;
+                e += d;
+                q += d * d;
+            }
         }
-    bn_put_partials(b, part, mean, bn_lane_sum(q, red), p);
+    const float es = bn_lane_sum(e, red);
+    bn_put_partials(b, part, mean + es / rows, bn_lane_sum(q, red) - es * es / rows, p);
 }
 
 // stats = [mean | rstd | scale | shift | dgamma | dbeta], C floats each; affine = [gamma | beta].

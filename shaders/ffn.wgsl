@@ -83,8 +83,10 @@ fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
 }
 
-// Per chunk and channel: the chunk's mean and centred sum of squares M2 (two sweeps over the
-// chunk) into part.
+// Per chunk and channel: the chunk's mean and centred sum of squares M2 into part, by the
+// corrected two-pass algorithm: the second sweep also sums the deviations e = Σ(x − mean), which
+// are the first sweep's rounding error, so that mean + e/n is good to about an ulp however large
+// the mean is against the spread (and M2 − e²/n the matching M2).
 @compute @workgroup_size(32, 8)
 fn bn_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let b = bn_chunk(wid, lid);
@@ -95,15 +97,19 @@ fn bn_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             s = s + v.x + v.y + v.z + v.w;
         }
     }
-    let mean = lane_sum(s, lid) / f32(b.r1 - b.r0);
+    let rows = f32(b.r1 - b.r0);
+    let mean = lane_sum(s, lid) / rows;
+    var e = 0.0;
     var q = 0.0;
     if (b.live) {
         for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_STEP * BN_LANES) {
             let d = row_step(b, r, mean, false) - vec4<f32>(mean);
+            e = e + d.x + d.y + d.z + d.w;
             q = q + d.x * d.x + d.y * d.y + d.z * d.z + d.w * d.w;
         }
     }
-    put_partials(b, wid, lid, mean, lane_sum(q, lid));
+    let es = lane_sum(e, lid);
+    put_partials(b, wid, lid, mean + es / rows, lane_sum(q, lid) - es * es / rows);
 }
 
 // Per channel: in train mode the chunks' (mean, M2) combined in chunk order (Chan et al.'s

@@ -3,7 +3,9 @@
 
 mod common;
 
-use ffkern::ops::ffn::{self, active_channels, reparameterize, BatchNorm, DenseFfn, FfnWeights, RepavitWeights};
+use common::{batchnorm, repavit_weights, scaled};
+
+use ffkern::ops::ffn::{self, active_channels, reparameterize, DenseFfn, FfnWeights, RepavitWeights};
 use ffkern::{with_backend, Activation, Backend, Compare, DType, Device, Error, HostTensor, SplitMix64};
 
 fn assert_close(what: &str, out: &[f32], reference: &[f64], dtype: DType) {
@@ -33,11 +35,6 @@ fn devices_and_cpu() -> Vec<&'static Device> {
     let mut d = common::device_backends();
     d.push(&CPU);
     d
-}
-
-fn scaled(dtype: DType, n: usize, scale: f32, seed: u64) -> HostTensor {
-    let t = HostTensor::random(DType::F32, vec![n], seed);
-    HostTensor::new(dtype, vec![n], t.data.iter().map(|v| v * scale).collect()).expect("tensor")
 }
 
 #[test]
@@ -76,24 +73,6 @@ fn dense_ffn_forward_and_backward_match_the_reference() {
                 });
             }
         }
-    }
-}
-
-fn batchnorm(n: usize, rng: &mut SplitMix64) -> BatchNorm {
-    let mut v = |lo: f32, hi: f32| (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect::<Vec<f32>>();
-    BatchNorm { gamma: v(0.5, 1.5), beta: v(-0.5, 0.5), mean: v(-0.3, 0.3), var: v(0.5, 2.0), eps: 1e-5 }
-}
-
-fn repavit_weights(c: usize, h: usize, seed: u64) -> RepavitWeights {
-    let mut rng = SplitMix64::new(seed);
-    let f = |n: usize, scale: f32, s: u64| scaled(DType::F32, n, scale, seed * 10 + s);
-    RepavitWeights {
-        w1: f(h * c, 1.0 / (c as f32).sqrt(), 1),
-        b1: f(h, 0.2, 2),
-        w2: f(c * h, 1.0 / (h as f32).sqrt(), 3),
-        b2: f(c, 0.2, 4),
-        bn1: batchnorm(c, &mut rng),
-        bn2: batchnorm(h, &mut rng),
     }
 }
 
@@ -270,6 +249,32 @@ fn batchnorm_matches_the_reference_across_row_chunks() {
                     assert_close(&format!("{what} dx + extra"), &dl(be, &dx), &dxe_ref, dtype);
                 });
             }
+        }
+    }
+}
+
+/// The batch mean of a chunk of rows is good to half an ulp or so, though the channel's offset
+/// (40 to 80) dwarfs its spread (0.58): the second sweep sums the deviations from the first
+/// sweep's mean and corrects it. The f32 sum alone leaves 1.5–2 ulp, which y = (x − mean)·scale
+/// carries times mean/spread.
+#[test]
+fn batchnorm_mean_of_a_chunk_is_good_to_an_ulp() {
+    let (rows, c) = (ffn::BN_CHUNK_ROWS, 64);
+    let bn = batchnorm(c, &mut SplitMix64::new(3));
+    let d = ffn::BatchNormDesc { rows, channels: c, eps: bn.eps, momentum: 0.1 };
+    let x: Vec<f32> = scaled(DType::F32, rows * c, 1.0, 7).data.iter().enumerate().map(|(i, v)| v + 40.0 * (1.0 + (i % c) as f32 / c as f32)).collect();
+    let x = HostTensor::new(DType::F32, vec![rows * c], x).expect("x");
+    let (_, mean, ..) = ffn::cpu::batchnorm_forward(&d, true, &x.data, &bn);
+    for dev in common::device_backends() {
+        let got = with_backend!(dev, be => {
+            let mut state = ffn::BatchNormState::upload(be, &bn).expect("bn");
+            state.forward(be, &d, &be.upload(&x).expect("x"), true).expect("forward");
+            dl(be, &state.stats)
+        });
+        for (ch, (&m, &exact)) in got.iter().zip(&mean).enumerate() {
+            let ulp = (f32::from_bits((exact as f32).to_bits() + 1) - exact as f32) as f64;
+            let err = (m as f64 - exact).abs() / ulp;
+            assert!(err <= 0.75, "{}: channel {ch}'s mean is {err:.2} ulp off", dev.name());
         }
     }
 }
