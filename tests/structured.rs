@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, devices_and_cpu};
+use common::{assert_close, devices_and_cpu, scaled};
 
 use ffkern::ops::structured::{self, choose_form, guide_alpha, Form, SelfGuided, Structured, StructuredFfn};
 use ffkern::{with_backend, Activation, Backend, DType, Error, Gemm, HostTensor};
@@ -21,11 +21,6 @@ fn layers() -> Vec<Structured> {
     }
     v.push(Structured::BlockShuffle { inp: 21, out: 15, blocks: 3, inner: 5 });
     v
-}
-
-fn scaled(dtype: DType, n: usize, scale: f32, seed: u64) -> HostTensor {
-    let t = HostTensor::random(DType::F32, vec![n], seed);
-    HostTensor::new(dtype, vec![n], t.data.iter().map(|v| v * scale).collect()).expect("tensor")
 }
 
 #[test]

@@ -3,7 +3,8 @@
 
 #![allow(dead_code)]
 
-use ffkern::{Compare, DType, Device};
+use ffkern::ops::ffn::{BatchNorm, RepavitWeights};
+use ffkern::{Compare, DType, Device, HostTensor, SplitMix64};
 
 pub fn required() -> Vec<String> {
     std::env::var("FFKERN_REQUIRE")
@@ -63,4 +64,30 @@ pub fn devices_and_cpu() -> Vec<&'static Device> {
 pub fn assert_close(what: &str, out: &[f32], reference: &[f64], dtype: DType) {
     let c = Compare::new(out, reference, dtype);
     assert!(c.passes(dtype.budget()), "{what}: rms_ratio {:.3e} max_abs {:.3e} over the {dtype} budget", c.rms_ratio, c.max_abs);
+}
+
+/// Seeded values in [-scale, scale) (never zeros), rounded to `dtype`.
+pub fn scaled(dtype: DType, n: usize, scale: f32, seed: u64) -> HostTensor {
+    let t = HostTensor::random(DType::F32, vec![n], seed);
+    HostTensor { dtype, shape: vec![n], data: t.data.iter().map(|v| dtype.round(v * scale)).collect() }
+}
+
+/// A BatchNorm over `n` channels with parameters and running statistics away from 0 and 1.
+pub fn batchnorm(n: usize, rng: &mut SplitMix64) -> BatchNorm {
+    let mut v = |lo: f32, hi: f32| (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect::<Vec<f32>>();
+    BatchNorm { gamma: v(0.5, 1.5), beta: v(-0.5, 0.5), mean: v(-0.3, 0.3), var: v(0.5, 2.0), eps: 1e-5 }
+}
+
+/// Seeded f32 weights of a RePaViT FFN (C → H → C), scaled by fan-in, with both BatchNorms.
+pub fn repavit_weights(c: usize, h: usize, seed: u64) -> RepavitWeights {
+    let mut rng = SplitMix64::new(seed);
+    let f = |n: usize, scale: f32, s: u64| scaled(DType::F32, n, scale, seed.wrapping_mul(10).wrapping_add(s));
+    RepavitWeights {
+        w1: f(h * c, 1.0 / (c as f32).sqrt(), 1),
+        b1: f(h, 0.2, 2),
+        w2: f(c * h, 1.0 / (h as f32).sqrt(), 3),
+        b2: f(c, 0.2, 4),
+        bn1: batchnorm(c, &mut rng),
+        bn2: batchnorm(h, &mut rng),
+    }
 }
