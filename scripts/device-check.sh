@@ -12,7 +12,7 @@
 # (FFKERN_LINATTN_KERNEL choices tested and timed beside the default; empty skips), GRAPH_KERNELS
 # (the same for FFKERN_GRAPH_KERNEL), KERNELS_TESTS (an FFKERN_GEMM_KERNEL choice for the test
 # binaries that run GEMM backwards; empty skips),
-# ROBUSTNESS_KERNELS (VAR=value list; empty skips), WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0 (PEERS_ONLY=gemm,... picks
+# ROBUSTNESS_KERNELS and PROPERTIES_KERNELS (VAR=value lists; empty skips), WGPU_CHECK=0, CUDA_BENCH=0, WGPU_BENCH=0, PEERS=0 (PEERS_ONLY=gemm,... picks
 # parts), NCU=1, SANITIZE=0 (no compute-sanitizer reruns of failing tests), PROFILE=0 / PROFILE_OPS, DETAIL=0, BUDGET_S (seconds for the whole run), BENCH_OPS (CUDA op families to time).
 set -u
 shopt -s nullglob
@@ -136,6 +136,13 @@ test_run "robustness-gathered" $B/tests/robustness FFKERN_SHUFFLE=gathered FFKER
 for kv in ${ROBUSTNESS_KERNELS-FFKERN_GEMM_KERNEL=epiwarp FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=mma FFKERN_LINATTN_KERNEL=fused FFKERN_GRAPH_KERNEL=thread FFKERN_GRAPH_KERNEL=warp}; do
     name=${kv#FFKERN_}
     test_run "robustness-${name//=/-}" $B/tests/robustness "$kv" FFKERN_REQUIRE=cuda
+done
+# Random problems of every family (tests/properties.rs): another, larger draw, and the default
+# draw under each opt-in kernel choice.
+test_run "properties-seed1" $B/tests/properties FFKERN_PROPTEST_SEED=1 FFKERN_PROPTEST_CASES=64 FFKERN_REQUIRE=cuda
+for kv in ${PROPERTIES_KERNELS-FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=epiwarp FFKERN_GEMM_KERNEL=kgen FFKERN_LINATTN_KERNEL=fused FFKERN_SHUFFLE=gathered FFKERN_GRAPH_KERNEL=thread}; do
+    name=${kv#FFKERN_}
+    test_run "properties-${name//=/-}" $B/tests/properties "$kv" FFKERN_REQUIRE=cuda
 done
 # The graph row kernels forced to one form (the default picks the warp form unless rows are split).
 for gk in ${GRAPH_KERNELS-thread warp}; do
