@@ -3,7 +3,7 @@
 //! SPEC budgets. The fixed cases of the other test files cover the edges we thought of; these
 //! draw combinations nobody listed. A failure is shrunk to a small problem and reported with it.
 //! The seed is fixed (`FFKERN_PROPTEST_SEED` picks another), so a run is reproducible; the number
-//! of problems per property is `FFKERN_PROPTEST_CASES` (default 24).
+//! of problems per property is `FFKERN_PROPTEST_CASES` (default 24, 128 for the cheap ones).
 
 mod common;
 
@@ -19,14 +19,15 @@ use ffkern::ops::linattn::{cpu as linattn_cpu, FeatureMap, LinearAttention, Norm
 use ffkern::ops::structured::{self, Structured};
 use ffkern::{with_backend, Activation, Backend, Compare, DType, Gemm, HostTensor, SplitMix64};
 
-/// Runs `test` on `cases` values of `strategy` drawn from a fixed seed (per property, so that
-/// adding one does not change the others' problems); a failure panics with the shrunk value.
-fn check<S: Strategy>(property: &str, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+/// Runs `test` on `cases` values of `strategy` (or `FFKERN_PROPTEST_CASES`) drawn from a fixed
+/// seed (per property, so that adding one does not change the others' problems); a failure
+/// panics with the shrunk value.
+fn check<S: Strategy>(property: &str, cases: u32, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
 where
     S::Value: std::fmt::Debug,
 {
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-    let cases = env("FFKERN_PROPTEST_CASES").unwrap_or(24) as u32;
+    let cases = env("FFKERN_PROPTEST_CASES").map_or(cases, |c| c as u32);
     let base = env("FFKERN_PROPTEST_SEED").unwrap_or(0x5eed_f4e2);
     let mut seed = [0u8; 32];
     let name_hash = property.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
@@ -146,7 +147,7 @@ fn gemm_cases(compact_c: bool) -> impl Strategy<Value = GemmCase> {
 #[test]
 fn gemm_forward_matches_the_reference_on_random_problems() {
     let devices = common::device_backends();
-    check("gemm forward", gemm_cases(false), |case| {
+    check("gemm forward", 24, gemm_cases(false), |case| {
         let (d, dtype) = (&case.desc, case.dtype);
         ok("validate", d.validate())?;
         let x = GemmInputs::random(d, dtype, case.seed);
@@ -168,7 +169,7 @@ fn gemm_forward_matches_the_reference_on_random_problems() {
 #[test]
 fn gemm_backward_matches_the_reference_on_random_problems() {
     let devices = common::device_backends();
-    check("gemm backward", gemm_cases(true), |case| {
+    check("gemm backward", 24, gemm_cases(true), |case| {
         let (d, dtype) = (&case.desc, case.dtype);
         ok("validate", d.validate())?;
         let x = GemmInputs::random(d, dtype, case.seed);
@@ -217,7 +218,7 @@ fn structured_cases() -> impl Strategy<Value = StructuredCase> {
 #[test]
 fn structured_layers_match_the_reference_on_random_problems() {
     let devices = common::device_backends();
-    check("structured layers", structured_cases(), |case| {
+    check("structured layers", 24, structured_cases(), |case| {
         let (layer, t, dtype, s) = (&case.layer, case.tokens, case.dtype, case.seed);
         ok("validate", layer.validate())?;
         let (l1, l2) = layer.factor_lens();
@@ -289,7 +290,7 @@ fn linattn_cases() -> impl Strategy<Value = LinAttnCase> {
 #[test]
 fn linear_attention_matches_the_reference_on_random_problems() {
     let devices = common::device_backends();
-    check("linear attention", linattn_cases(), |case| {
+    check("linear attention", 24, linattn_cases(), |case| {
         let (d, dtype, s) = (&case.desc, case.dtype, case.seed);
         ok("validate", d.validate())?;
         // Packed sequences: the lengths become cu_seqlens, the last one stretched to cover a
@@ -407,7 +408,7 @@ fn graph_cases() -> impl Strategy<Value = GraphCase> {
 #[test]
 fn graph_primitives_match_the_reference_on_random_graphs() {
     let devices = common::device_backends();
-    check("graph primitives", graph_cases(), |case| {
+    check("graph primitives", 24, graph_cases(), |case| {
         let g = ok("graph", Graph::from_coo(case.nodes, &case.src, &case.dst))?;
         let gt = g.transposed();
         let (n, e, heads, dtype, s) = (case.nodes, g.num_edges(), case.heads, case.dtype, case.seed);
@@ -488,7 +489,7 @@ fn ffn_cases() -> impl Strategy<Value = FfnCase> {
 #[test]
 fn dense_ffn_matches_the_reference_on_random_problems() {
     let devices = common::device_backends();
-    check("dense ffn", ffn_cases(), |case| {
+    check("dense ffn", 24, ffn_cases(), |case| {
         let (f, dtype, s) = (&case.ffn, case.dtype, case.seed);
         let (t, c, h) = (f.tokens, f.dim, f.hidden);
         let x = scaled(dtype, t * c, 1.0, s);
@@ -543,7 +544,7 @@ fn batchnorm_cases() -> impl Strategy<Value = BatchNormCase> {
 #[test]
 fn batchnorm_matches_the_reference_on_random_problems() {
     let devices = common::device_backends();
-    check("batchnorm", batchnorm_cases(), |case| {
+    check("batchnorm", 128, batchnorm_cases(), |case| {
         let (rows, c, dtype, s) = (case.rows, case.channels, case.dtype, case.seed);
         let bn = batchnorm(c, &mut SplitMix64::new(s));
         let d = BatchNormDesc { rows, channels: c, eps: bn.eps, momentum: 0.1 };
@@ -615,7 +616,7 @@ fn repavit_cases() -> impl Strategy<Value = RepavitCase> {
 #[test]
 fn repavit_matches_the_reference_on_random_problems() {
     let devices = common::device_backends();
-    check("repavit", repavit_cases(), |case| {
+    check("repavit", 24, repavit_cases(), |case| {
         let (c, h, t, dtype, s) = (case.dim, case.hidden, case.tokens, case.dtype, case.seed);
         let w32 = repavit_weights(c, h, s);
         // The training-form reference sees the weights rounded to the dtype, like the device.
@@ -674,7 +675,7 @@ fn edge_mlp_and_layer_norm_match_the_reference_on_random_graphs() {
     use ffkern::ops::gemm::cpu::act_grad_f64;
     use ffkern::ops::graph::{EdgeMlp, EdgeMlpWeights};
     let devices = common::device_backends();
-    check("edge mlp and layer norm", edge_cases(), |case| {
+    check("edge mlp and layer norm", 24, edge_cases(), |case| {
         let gc = &case.graph;
         let g = ok("graph", Graph::from_coo(gc.nodes, &gc.src, &gc.dst))?;
         let gt = g.transposed();
@@ -763,6 +764,76 @@ fn edge_mlp_and_layer_norm_match_the_reference_on_random_graphs() {
                     close(&format!("{name} layer norm dβ"), &down(&dparams)?[lw..], &ln_db, dtype)?;
                 }
             });
+        }
+        Ok(())
+    });
+}
+
+/// A noisy optimizer on a random list of tensors (lengths that miss every vector width and
+/// block), with a random rule, weight decay, clipping and noise, over a few steps.
+#[derive(Clone, Debug)]
+struct OptimCase {
+    lens: Vec<usize>,
+    opt: ffkern::ops::optim::NoisyOptimizer,
+    grad_dtype: DType,
+    steps: usize,
+    seed: u64,
+}
+
+fn optim_cases() -> impl Strategy<Value = OptimCase> {
+    use ffkern::ops::optim::{Clip, ClipOrder, NoiseSchedule, NoisyOptimizer, Rule};
+    let lens = prop::collection::vec(prop_oneof![2 => 1..=9usize, 2 => 1..=5000usize], 1..=6);
+    let rule = prop_oneof![
+        (prop::sample::select(vec![0.0f32, 0.5, 0.9]), prop::bool::ANY).prop_map(|(momentum, nesterov)| Rule::Sgd { momentum, nesterov: nesterov && momentum > 0.0 }),
+        Just(Rule::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }),
+    ];
+    let clip = prop::option::of((prop::sample::select(vec![0.5f32, 5.0, 1e4]), prop::bool::ANY));
+    let extras = (prop::sample::select(vec![0.0f32, 0.01, 0.1]), prop::bool::ANY, prop::sample::select(vec![0.0f64, 0.3]), 0..=1000u64);
+    (lens, rule, clip, extras, dtypes(), 1..=3usize, any::<u64>()).prop_map(|(lens, rule, clip, (weight_decay, decoupled, eta, step), grad_dtype, steps, seed)| {
+        let mut opt = NoisyOptimizer::sgd(0.05, 0.0, seed);
+        opt.rule = rule;
+        opt.weight_decay = weight_decay;
+        opt.decoupled_weight_decay = decoupled;
+        opt.noise = NoiseSchedule { eta, gamma: 0.55 };
+        opt.clip = clip.map(|(max_norm, first)| Clip { max_norm, order: if first { ClipOrder::ClipThenNoise } else { ClipOrder::NoiseThenClip } });
+        opt.step = step;
+        OptimCase { lens, opt, grad_dtype, steps, seed }
+    })
+}
+
+#[test]
+fn optimizers_match_the_reference_on_random_problems() {
+    use ffkern::ops::optim::{Rule, TensorList};
+    fn run<Be: Backend>(be: &Be, case: &OptimCase) -> ffkern::Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let list = TensorList::new(case.lens.clone());
+        let n = list.total();
+        let mut opt = case.opt.clone();
+        let mut param = be.upload(&HostTensor::random(DType::F32, vec![n], case.seed))?;
+        let mut state = Vec::new();
+        for k in 0..opt.state_count() {
+            let mut s = HostTensor::random(DType::F32, vec![n], case.seed ^ (10 + k as u64));
+            if matches!(opt.rule, Rule::Adam { .. }) && k == 1 {
+                s.data.iter_mut().for_each(|v| *v = v.abs()); // a second moment is positive
+            }
+            state.push(be.upload(&s)?);
+        }
+        for step in 0..case.steps {
+            let grad = be.upload(&HostTensor::random(case.grad_dtype, vec![n], case.seed ^ (100 + step as u64)))?;
+            opt.step(be, &list, &mut param, &grad, &mut state)?;
+        }
+        let state = state.iter().map(|s| be.download(s).map(|h| h.data)).collect::<ffkern::Result<Vec<_>>>()?;
+        Ok((be.download(&param)?.data, state))
+    }
+    let devices = common::device_backends();
+    check("optimizers", 128, optim_cases(), |case| {
+        let (p_ref, s_ref) = ok("reference", run(&ffkern::Cpu, &case))?;
+        let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        for dev in &devices {
+            let (p, s) = ok(dev.name(), with_backend!(dev, be => run(be, &case)))?;
+            close(&format!("{} params", dev.name()), &p, &to64(&p_ref), DType::F32)?;
+            for (k, (a, b)) in s.iter().zip(&s_ref).enumerate() {
+                close(&format!("{} state {k}", dev.name()), a, &to64(b), DType::F32)?;
+            }
         }
         Ok(())
     });
