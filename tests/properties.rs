@@ -838,3 +838,82 @@ fn optimizers_match_the_reference_on_random_problems() {
         Ok(())
     });
 }
+
+/// The OneForecast gated layer on a random graph: widths, heads and hidden sizes.
+#[derive(Clone, Debug)]
+struct LayerCase {
+    graph: GraphCase,
+    layer: ffkern::ops::graph::OneForecastLayer,
+}
+
+fn layer_cases() -> impl Strategy<Value = LayerCase> {
+    use ffkern::ops::graph::OneForecastLayer;
+    // LayerNorms over rows of D: at least 8 wide (see the edge-MLP property). Hidden widths of
+    // 8 or more and 2 or more heads: each bias gradient is that many sums over the edges, whose
+    // rms a single cancelling sum would decide (see structured_cases).
+    (graph_cases(), 2..=4usize, 2..=12usize, 8..=20usize, 8..=12usize).prop_map(|(graph, heads, head_dim, gate_hidden, attn_hidden)| LayerCase {
+        layer: OneForecastLayer { dim: (heads * head_dim).max(8).div_ceil(heads) * heads, heads, gate_hidden, attn_hidden, eps: 1e-5 },
+        graph,
+    })
+}
+
+#[test]
+fn oneforecast_layer_matches_the_reference_on_random_graphs() {
+    use ffkern::ops::graph::{OneForecastParams, ONEFORECAST_PARAMS};
+    let devices = common::device_backends();
+    check("oneforecast layer", 32, layer_cases(), |case| {
+        let (gc, l) = (&case.graph, &case.layer);
+        let g = ok("graph", Graph::from_coo(gc.nodes, &gc.src, &gc.dst))?;
+        let gt = g.transposed();
+        let (e, n, d, dtype, s) = (g.num_edges(), gc.nodes, l.dim, gc.dtype, gc.seed);
+        let e_feat = HostTensor::random(dtype, vec![e.max(1) * d], s);
+        let h = HostTensor::random(dtype, vec![n * d], s ^ 1);
+        let p = l.seeded_params(dtype, s ^ 2);
+        let de = HostTensor::random(dtype, vec![e.max(1) * d], s ^ 3);
+        let dh = HostTensor::random(dtype, vec![n * d], s ^ 4);
+        let f64s = |t: &HostTensor| t.data.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        let p64: Vec<Vec<f64>> = p.iter().map(f64s).collect();
+        let (e_ref, h_ref) = graph_cpu::oneforecast_layer(&g, l, &f64s(&e_feat)[..e * d], &f64s(&h), &p64);
+        // The gradients' reference: the composition on the CPU backend, each step the f64
+        // reference rounded where the kernels store (tests/oneforecast.rs checks it against
+        // finite differences).
+        let grads_ref: Vec<(String, Vec<f64>)> = {
+            let be = &ffkern::Cpu;
+            let pb = ok("params", OneForecastParams::from_tensors(p.clone()))?;
+            let (dg, dgt) = (ok("g", DeviceGraph::upload(be, &g))?, ok("gt", DeviceGraph::upload(be, &gt))?);
+            let st = ok("cpu forward", l.forward(be, &dg, &e_feat, &h, &pb))?;
+            let gr = ok("cpu backward", l.backward(be, &dg, &dgt, &e_feat, &h, &pb, &st, &de, &dh))?;
+            let mut all = vec![("d_edge".to_string(), f64s(&gr.d_edge)), ("d_node".to_string(), f64s(&gr.d_node))];
+            all.extend(ONEFORECAST_PARAMS.iter().zip(gr.params.tensors()).map(|(name, t)| (format!("d{name}"), f64s(t))));
+            all
+        };
+        for dev in &devices {
+            let name = dev.name();
+            with_backend!(dev, be => {
+                let up = |t: &HostTensor| ok("upload", be.upload(t));
+                let down = |b: &_| ok("download", be.download(b)).map(|h| h.data);
+                let (dg, dgt) = (ok("g", DeviceGraph::upload(be, &g))?, ok("gt", DeviceGraph::upload(be, &gt))?);
+                let pb = ok("params", OneForecastParams::from_tensors(p.iter().map(up).collect::<Result<Vec<_>, _>>()?))?;
+                let (eb, hb) = (up(&e_feat)?, up(&h)?);
+                let st = ok(name, l.forward(be, &dg, &eb, &hb, &pb))?;
+                close(&format!("{name} e'"), &down(&st.e_out)?[..e * d], &e_ref, dtype)?;
+                close(&format!("{name} h'"), &down(&st.h_out)?, &h_ref, dtype)?;
+                let gr = ok(name, l.backward(be, &dg, &dgt, &eb, &hb, &pb, &st, &up(&de)?, &up(&dh)?))?;
+                let mut got = vec![down(&gr.d_edge)?, down(&gr.d_node)?];
+                for t in gr.params.tensors() {
+                    got.push(down(t)?);
+                }
+                for ((what, want), t) in grads_ref.iter().zip(&got) {
+                    // db_a2 is 0 up to rounding (a per-head shift of the scores leaves the softmax
+                    // unchanged): compared as a vanishing gradient.
+                    if what == "db_a2" {
+                        close_or_vanishing(&format!("{name} {what}"), t, want, dtype)?;
+                    } else {
+                        close(&format!("{name} {what}"), &t[..want.len()], want, dtype)?;
+                    }
+                }
+            });
+        }
+        Ok(())
+    });
+}
