@@ -99,7 +99,7 @@ __device__ __forceinline__ void bn_partials_impl(const T* __restrict__ x, float*
 
 // stats = [mean | rstd | scale | shift | dgamma | dbeta], C floats each; affine = [gamma | beta].
 // Per channel: in train mode the chunks' (mean, M2) combined in chunk order (Chan et al.'s
-// pairwise update), the biased variance for the batch and the unbiased one for the running
+// pairwise update for M2), the biased variance for the batch and the unbiased one for the running
 // update; in eval mode the running statistics. Then scale = γ·rstd and shift = β − mean·scale.
 __device__ __forceinline__ void bn_prepare_impl(const float* __restrict__ part, const float* __restrict__ affine, float* running_mean,
                                                 float* running_var, float* __restrict__ stats, const BnParams& p) {
@@ -109,15 +109,20 @@ __device__ __forceinline__ void bn_prepare_impl(const float* __restrict__ part, 
     float mean = running_mean[c], var = running_var[c];
     if (p.train) {
         float m = 0.0f, q = 0.0f, count = 0.0f;
+        // The mean itself as the first chunk's plus the row-weighted sum of the others' small
+        // differences from it: no bigger error than the chunks' own, however many there are.
+        const float pivot = part[c];
+        float shift = 0.0f;
         for (uint32_t j = 0; j < p.chunks; ++j) {
             const float nb = (float)min(p.chunk_rows, p.rows - j * p.chunk_rows);
             const float total = count + nb;
             const float delta = part[(size_t)j * n + c] - m;
             m += delta * (nb / total);
             q += part[((size_t)p.chunks + j) * n + c] + delta * delta * (count * nb / total);
+            shift += nb * (part[(size_t)j * n + c] - pivot);
             count = total;
         }
-        mean = m;
+        mean = pivot + shift / (float)p.rows;
         var = q / (float)p.rows;
         const float unbiased = p.rows > 1 ? q / (float)(p.rows - 1) : var;
         running_mean[c] = (1.0f - p.momentum) * running_mean[c] + p.momentum * mean;

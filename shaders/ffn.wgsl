@@ -113,7 +113,7 @@ fn bn_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 }
 
 // Per channel: in train mode the chunks' (mean, M2) combined in chunk order (Chan et al.'s
-// pairwise update), the biased variance for the batch and the unbiased one for the running
+// pairwise update for M2), the biased variance for the batch and the unbiased one for the running
 // update; in eval mode the running statistics. Then scale = γ·rstd and shift = β − mean·scale.
 @compute @workgroup_size(256)
 fn bn_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -126,15 +126,20 @@ fn bn_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         var m = 0.0;
         var q = 0.0;
         var count = 0.0;
+        // The mean itself as the first chunk's plus the row-weighted sum of the others' small
+        // differences from it: no bigger error than the chunks' own, however many there are.
+        let pivot = part[c];
+        var shift = 0.0;
         for (var j = 0u; j < p.chunks; j = j + 1u) {
             let nb = f32(min(p.chunk_rows, p.rows - j * p.chunk_rows));
             let total = count + nb;
             let delta = part[j * n + c] - m;
             m = m + delta * (nb / total);
             q = q + part[(p.chunks + j) * n + c] + delta * delta * (count * nb / total);
+            shift = shift + nb * (part[j * n + c] - pivot);
             count = total;
         }
-        mean = m;
+        mean = pivot + shift / f32(p.rows);
         var_ = q / f32(p.rows);
         let unbiased = select(var_, q / f32(p.rows - 1u), p.rows > 1u);
         running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
