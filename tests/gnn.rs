@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, devices_and_cpu};
+use common::{assert_close, devices_and_cpu, GnnLayers};
 
 use ffkern::ops::graph::{cpu, DeviceGraph, GatLayer, GatParams, GcnLayer, Graph, SageLayer};
 use ffkern::{with_backend, Activation, Backend, Cpu, DType, HostTensor};
@@ -122,51 +122,13 @@ fn words(t: &HostTensor) -> Vec<u32> {
 /// differences), a second run bitwise equal.
 #[test]
 fn layers_match_the_reference_on_every_backend() {
-    let g = graph(150, 900, 7);
-    let gt = g.transposed();
-    let (gl, ew) = GcnLayer::normalize(&g).expect("normalize");
-    let glt = gl.transposed();
-    let mw = f32_tensor(SageLayer::mean_weights(&g));
-    let ew = f32_tensor(ew);
-    let (n, i, o) = (150, 24, 20);
-    let gcn = GcnLayer { in_dim: i, out_dim: o, act: Activation::Relu };
-    let sage = SageLayer { in_dim: i, out_dim: o, act: Activation::GeluErf };
-    let gat = GatLayer { in_dim: i, heads: 4, head_dim: 5, act: Activation::GeluTanh };
+    let acts = [Activation::Relu, Activation::GeluErf, Activation::GeluTanh];
     for dtype in DType::ALL {
-        let x = tensor(dtype, n * i, 1.0, 1);
-        let dy = tensor(dtype, n * o, 1.0, 2);
-        let (w, wn, b) = (tensor(dtype, o * i, 0.4, 3), tensor(dtype, o * i, 0.4, 4), tensor(dtype, o, 0.5, 5));
-        let pg = [tensor(dtype, o * i, 0.4, 6), tensor(dtype, o, 1.0, 7), tensor(dtype, o, 1.0, 8), tensor(dtype, o, 0.5, 9)];
-        let refs = [
-            cpu::gcn_layer(&g, &f64s(&x), &f64s(&w), &f64s(&b), gcn.act),
-            cpu::sage_layer(&g, &f64s(&x), &f64s(&wn), &f64s(&w), &f64s(&b), sage.act),
-            cpu::gat_layer(&g, &f64s(&x), &f64s(&pg[0]), &f64s(&pg[1]), &f64s(&pg[2]), &f64s(&pg[3]), gat.heads, gat.act),
-        ];
-        // Every layer's outputs and gradients on one backend, in a fixed order.
-        let run = |dev: &ffkern::Device| -> Vec<(String, HostTensor)> {
-            with_backend!(dev, be => {
-                let up = |t: &HostTensor| be.upload(t).expect("upload");
-                let down = |b: &_| be.download(b).expect("download");
-                let (xb, dyb, wb, wnb, bb) = (up(&x), up(&dy), up(&w), up(&wn), up(&b));
-                let (dgl, dglt, ewb) = (DeviceGraph::upload(be, &gl).expect("g"), DeviceGraph::upload(be, &glt).expect("gt"), up(&ew));
-                let st = gcn.forward(be, &dgl, &ewb, &xb, &wb, &bb).expect("gcn");
-                let gr = gcn.backward(be, &dglt, &ewb, &wb, &st, &dyb).expect("gcn backward");
-                let mut out = vec![("gcn y".to_string(), down(&st.out)), ("gcn dx".into(), down(&gr.dx)), ("gcn dw".into(), down(&gr.w)), ("gcn db".into(), down(&gr.b))];
-                let (dg, dgt, mwb) = (DeviceGraph::upload(be, &g).expect("g"), DeviceGraph::upload(be, &gt).expect("gt"), up(&mw));
-                let st = sage.forward(be, &dg, &mwb, &xb, &wnb, &wb, &bb).expect("sage");
-                let gr = sage.backward(be, &dgt, &mwb, &xb, &wnb, &wb, &st, &dyb).expect("sage backward");
-                out.extend([("sage y".to_string(), down(&st.out)), ("sage dx".into(), down(&gr.dx)), ("sage dw_neigh".into(), down(&gr.w_neigh)), ("sage dw_self".into(), down(&gr.w_self)), ("sage db".into(), down(&gr.b))]);
-                let p = GatParams { w: up(&pg[0]), a_src: up(&pg[1]), a_dst: up(&pg[2]), b: up(&pg[3]) };
-                let st = gat.forward(be, &dg, &xb, &p).expect("gat");
-                let gr = gat.backward(be, &dg, &dgt, &xb, &p, &st, &dyb).expect("gat backward");
-                out.extend([("gat y".to_string(), down(&st.out)), ("gat dx".into(), down(&gr.dx)), ("gat dw".into(), down(&gr.params.w)), ("gat da_src".into(), down(&gr.params.a_src)), ("gat da_dst".into(), down(&gr.params.a_dst)), ("gat db".into(), down(&gr.params.b))]);
-                out
-            })
-        };
-        let cpu_dev = ffkern::Device::Cpu(Cpu);
-        let want = run(&cpu_dev);
+        let layers = GnnLayers::new(graph(150, 900, 7), 24, 20, 4, acts, dtype, 0);
+        let refs = layers.references();
+        let want = layers.run(&ffkern::Device::Cpu(Cpu)).expect("cpu");
         for dev in devices_and_cpu() {
-            let got = run(dev);
+            let got = layers.run(dev).expect("layers");
             for ((name, t), (_, r)) in got.iter().zip(&want) {
                 let what = format!("{} {dtype} {name}", dev.name());
                 match name.as_str() {
@@ -176,7 +138,7 @@ fn layers_match_the_reference_on_every_backend() {
                     _ => assert_close(&what, &t.data, &f64s(r), dtype),
                 }
             }
-            let again = run(dev);
+            let again = layers.run(dev).expect("layers");
             for ((name, a), (_, b)) in got.iter().zip(&again) {
                 assert_eq!(words(a), words(b), "{} {dtype} {name}: two runs differ", dev.name());
             }

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use ffkern::ops::ffn::{BatchNorm, RepavitWeights};
+use ffkern::ops::graph::{cpu as graph_cpu, DeviceGraph, GatLayer, GatParams, GcnLayer, Graph, SageLayer};
+use ffkern::{with_backend, Activation, Backend};
 use ffkern::{Compare, DType, Device, HostTensor, SplitMix64};
 
 pub fn required() -> Vec<String> {
@@ -89,5 +91,94 @@ pub fn repavit_weights(c: usize, h: usize, seed: u64) -> RepavitWeights {
         b2: f(c, 0.2, 4),
         bn1: batchnorm(c, &mut rng),
         bn2: batchnorm(h, &mut rng),
+    }
+}
+
+/// A GCN, a GraphSAGE-mean and a GAT layer (`in_dim` → `out_dim`, GAT's heads dividing
+/// `out_dim`) on one graph with seeded inputs, weights and output gradient: what tests/gnn.rs
+/// and the property tests run on every backend.
+pub struct GnnLayers {
+    pub g: Graph,
+    pub gcn: GcnLayer,
+    pub sage: SageLayer,
+    pub gat: GatLayer,
+    pub x: HostTensor,
+    pub dy: HostTensor,
+    /// GCN's W and SAGE's W_self.
+    pub w: HostTensor,
+    /// SAGE's W_neigh.
+    pub wn: HostTensor,
+    pub b: HostTensor,
+    /// GAT's W, a_src, a_dst, b.
+    pub pg: [HostTensor; 4],
+}
+
+impl GnnLayers {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(g: Graph, in_dim: usize, out_dim: usize, heads: usize, acts: [Activation; 3], dtype: DType, seed: u64) -> Self {
+        let (n, i, o) = (g.num_nodes, in_dim, out_dim);
+        let t = |len: usize, scale: f32, k: u64| scaled(dtype, len, scale, seed.wrapping_add(k));
+        GnnLayers {
+            gcn: GcnLayer { in_dim: i, out_dim: o, act: acts[0] },
+            sage: SageLayer { in_dim: i, out_dim: o, act: acts[1] },
+            gat: GatLayer { in_dim: i, heads, head_dim: o / heads, act: acts[2] },
+            x: t(n * i, 1.0, 1),
+            dy: t(n * o, 1.0, 2),
+            w: t(o * i, 0.4, 3),
+            wn: t(o * i, 0.4, 4),
+            b: t(o, 0.5, 5),
+            pg: [t(o * i, 0.4, 6), t(o, 1.0, 7), t(o, 1.0, 8), t(o, 0.5, 9)],
+            g,
+        }
+    }
+
+    /// The f64 references of the three forward outputs.
+    pub fn references(&self) -> [Vec<f64>; 3] {
+        let f = |t: &HostTensor| t.data.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        let (g, pg) = (&self.g, &self.pg);
+        [
+            graph_cpu::gcn_layer(g, &f(&self.x), &f(&self.w), &f(&self.b), self.gcn.act),
+            graph_cpu::sage_layer(g, &f(&self.x), &f(&self.wn), &f(&self.w), &f(&self.b), self.sage.act),
+            graph_cpu::gat_layer(g, &f(&self.x), &f(&pg[0]), &f(&pg[1]), &f(&pg[2]), &f(&pg[3]), self.gat.heads, self.gat.act),
+        ]
+    }
+
+    /// Every layer's output and gradients on `dev`, named, in a fixed order (each layer's output
+    /// first).
+    pub fn run(&self, dev: &Device) -> ffkern::Result<Vec<(String, HostTensor)>> {
+        let (gl, ew) = GcnLayer::normalize(&self.g)?;
+        let ew = HostTensor::new(DType::F32, vec![ew.len()], ew)?;
+        let mw = SageLayer::mean_weights(&self.g);
+        let mw = HostTensor::new(DType::F32, vec![mw.len()], mw)?;
+        with_backend!(dev, be => {
+            let up = |t: &HostTensor| be.upload(t);
+            let (xb, dyb, wb, wnb, bb) = (up(&self.x)?, up(&self.dy)?, up(&self.w)?, up(&self.wn)?, up(&self.b)?);
+            let (dgl, dglt, ewb) = (DeviceGraph::upload(be, &gl)?, DeviceGraph::upload(be, &gl.transposed())?, up(&ew)?);
+            let st = self.gcn.forward(be, &dgl, &ewb, &xb, &wb, &bb)?;
+            let gr = self.gcn.backward(be, &dglt, &ewb, &wb, &st, &dyb)?;
+            let mut out = vec![("gcn y".to_string(), be.download(&st.out)?), ("gcn dx".into(), be.download(&gr.dx)?), ("gcn dw".into(), be.download(&gr.w)?), ("gcn db".into(), be.download(&gr.b)?)];
+            let (dg, dgt, mwb) = (DeviceGraph::upload(be, &self.g)?, DeviceGraph::upload(be, &self.g.transposed())?, up(&mw)?);
+            let st = self.sage.forward(be, &dg, &mwb, &xb, &wnb, &wb, &bb)?;
+            let gr = self.sage.backward(be, &dgt, &mwb, &xb, &wnb, &wb, &st, &dyb)?;
+            out.extend([
+                ("sage y".to_string(), be.download(&st.out)?),
+                ("sage dx".into(), be.download(&gr.dx)?),
+                ("sage dw_neigh".into(), be.download(&gr.w_neigh)?),
+                ("sage dw_self".into(), be.download(&gr.w_self)?),
+                ("sage db".into(), be.download(&gr.b)?),
+            ]);
+            let p = GatParams { w: up(&self.pg[0])?, a_src: up(&self.pg[1])?, a_dst: up(&self.pg[2])?, b: up(&self.pg[3])? };
+            let st = self.gat.forward(be, &dg, &xb, &p)?;
+            let gr = self.gat.backward(be, &dg, &dgt, &xb, &p, &st, &dyb)?;
+            out.extend([
+                ("gat y".to_string(), be.download(&st.out)?),
+                ("gat dx".into(), be.download(&gr.dx)?),
+                ("gat dw".into(), be.download(&gr.params.w)?),
+                ("gat da_src".into(), be.download(&gr.params.a_src)?),
+                ("gat da_dst".into(), be.download(&gr.params.a_dst)?),
+                ("gat db".into(), be.download(&gr.params.b)?),
+            ]);
+            Ok(out)
+        })
     }
 }
