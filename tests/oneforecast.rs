@@ -181,6 +181,44 @@ fn bad_input_is_an_error() {
     assert!(matches!(run(good.clone(), &HostTensor::random(DType::F32, vec![5], 6), &l), Err(Error::Shape { .. })));
     assert!(matches!(run(good.clone(), &e_feat, &OneForecastLayer { heads: 3, ..l }), Err(Error::Invalid(_))));
     assert!(OneForecastParams::from_tensors(good[..22].to_vec()).is_err());
-    let empty = DeviceGraph::upload(be, &Graph::from_coo(3, &[], &[]).expect("graph")).expect("graph");
-    assert!(matches!(l.forward(be, &empty, &e_feat, &h, &OneForecastParams::from_tensors(good).expect("params")), Err(Error::Unsupported(_))));
+}
+
+/// A graph without edges: the edge block has nothing to do, each node aggregates nothing, and
+/// the node block still runs: h' against the reference on every backend, and the backward
+/// against the composition on the CPU backend (every edge-side weight gradient exactly 0).
+#[test]
+fn layer_runs_on_a_graph_without_edges() {
+    let l = TINY;
+    let (n, d) = (3, l.dim);
+    let g = Graph::from_coo(n, &[], &[]).expect("graph");
+    let gt = g.transposed();
+    let e_feat = HostTensor::random(DType::F32, vec![d], 1);
+    let h = HostTensor::random(DType::F32, vec![n * d], 2);
+    let p = l.seeded_params(DType::F32, 3);
+    let (de, dh) = (HostTensor::random(DType::F32, vec![d], 4), HostTensor::random(DType::F32, vec![n * d], 5));
+    let (_, h_ref) = cpu::oneforecast_layer(&g, &l, &[], &f64s(&h), &p.iter().map(f64s).collect::<Vec<_>>());
+    let run = |dev: &ffkern::Device| -> Vec<HostTensor> {
+        with_backend!(dev, be => {
+            let up = |t: &HostTensor| be.upload(t).expect("upload");
+            let down = |b: &_| be.download(b).expect("download");
+            let (dg, dgt) = (DeviceGraph::upload(be, &g).expect("g"), DeviceGraph::upload(be, &gt).expect("gt"));
+            let pb = OneForecastParams::from_tensors(p.iter().map(up).collect()).expect("params");
+            let (eb, hb) = (up(&e_feat), up(&h));
+            let st = l.forward(be, &dg, &eb, &hb, &pb).expect("forward");
+            let gr = l.backward(be, &dg, &dgt, &eb, &hb, &pb, &st, &up(&de), &up(&dh)).expect("backward");
+            let mut out = vec![down(&st.h_out), down(&gr.d_node)];
+            out.extend(gr.params.tensors().into_iter().map(down));
+            out
+        })
+    };
+    let want = run(&ffkern::Device::Cpu(Cpu));
+    assert!(want[2..].iter().any(|t| t.data.iter().any(|&v| v != 0.0)), "the node block's weights get gradients");
+    for dev in devices_and_cpu() {
+        let got = run(dev);
+        assert_close(&format!("{} h'", dev.name()), &got[0].data, &h_ref, DType::F32);
+        let names = ["d_node".to_string()].into_iter().chain(ffkern::ops::graph::ONEFORECAST_PARAMS.iter().map(|p| format!("d{p}")));
+        for ((name, a), b) in names.zip(&got[1..]).zip(&want[1..]) {
+            assert_close(&format!("{} {name}", dev.name()), &a.data, &f64s(b), DType::F32);
+        }
+    }
 }

@@ -260,9 +260,6 @@ impl OneForecastLayer {
         if d == 0 || heads == 0 || d % heads != 0 || self.gate_hidden == 0 || self.attn_hidden == 0 || self.eps.is_nan() || self.eps <= 0.0 {
             return Err(Error::Invalid(format!("{OP}: needs D a positive multiple of heads, positive hidden sizes and eps > 0 ({self:?})")));
         }
-        if g.num_edges == 0 {
-            return Err(Error::Unsupported(format!("{OP}: a graph with no edges")));
-        }
         let dtype = be.dtype_of(e_feat);
         let need = |name: &str, len: usize, have: &Be::Buf, want: DType| -> Result<()> {
             if be.len_of(have) < len {
