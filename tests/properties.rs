@@ -393,6 +393,12 @@ struct GraphCase {
     seed: u64,
 }
 
+impl GraphCase {
+    fn build(&self) -> Result<Graph, TestCaseError> {
+        ok("graph", Graph::from_coo(self.nodes, &self.src, &self.dst))
+    }
+}
+
 fn graph_cases() -> impl Strategy<Value = GraphCase> {
     (1..=60usize, 0..=250usize, prop_oneof![2 => Just(0usize), 1 => 33..=400usize], 1..=4usize, size(70), dtypes(), any::<u64>()).prop_flat_map(
         |(nodes, uniform, hub_edges, heads, head_dim, dtype, seed)| {
@@ -413,7 +419,7 @@ fn graph_cases() -> impl Strategy<Value = GraphCase> {
 fn graph_primitives_match_the_reference_on_random_graphs() {
     let devices = common::device_backends();
     check("graph primitives", 24, graph_cases(), |case| {
-        let g = ok("graph", Graph::from_coo(case.nodes, &case.src, &case.dst))?;
+        let g = case.build()?;
         let gt = g.transposed();
         let (n, e, heads, dtype, s) = (case.nodes, g.num_edges(), case.heads, case.dtype, case.seed);
         let dim = heads * case.head_dim;
@@ -683,7 +689,7 @@ fn edge_mlp_and_layer_norm_match_the_reference_on_random_graphs() {
     let devices = common::device_backends();
     check("edge mlp and layer norm", 24, edge_cases(), |case| {
         let gc = &case.graph;
-        let g = ok("graph", Graph::from_coo(gc.nodes, &gc.src, &gc.dst))?;
+        let g = gc.build()?;
         let gt = g.transposed();
         let (n, e, de, dh, dout, dtype, s) = (gc.nodes, g.num_edges(), case.edge_dim, gc.head_dim, case.out_dim, gc.dtype, gc.seed);
         let mlp = EdgeMlp { edge_dim: de, node_dim: dh, out_dim: dout, act: case.act };
@@ -869,7 +875,7 @@ fn oneforecast_layer_matches_the_reference_on_random_graphs() {
     let devices = common::device_backends();
     check("oneforecast layer", 32, layer_cases(), |case| {
         let (gc, l) = (&case.graph, &case.layer);
-        let g = ok("graph", Graph::from_coo(gc.nodes, &gc.src, &gc.dst))?;
+        let g = gc.build()?;
         let gt = g.transposed();
         let (e, n, d, dtype, s) = (g.num_edges(), gc.nodes, l.dim, gc.dtype, gc.seed);
         let e_feat = HostTensor::random(dtype, vec![e.max(1) * d], s);
@@ -946,7 +952,7 @@ fn gnn_layers_match_the_reference_on_random_graphs() {
     let devices = common::device_backends();
     check("gnn layers", 24, gnn_cases(), |case| {
         let gc = &case.graph;
-        let g = ok("graph", Graph::from_coo(gc.nodes, &gc.src, &gc.dst))?;
+        let g = gc.build()?;
         let layers = common::GnnLayers::new(g, case.in_dim, case.out_dim, case.heads, case.acts, gc.dtype, gc.seed);
         let refs = layers.references();
         // The gradients' reference: the composition on the CPU backend (tests/gnn.rs checks it
