@@ -91,6 +91,15 @@ __device__ __forceinline__ float act_grad_apply(uint32_t act, float x) {
     }
 }
 
+// Dynamic shared memory: the array, and its size in bytes as launched.
+#if !defined(FFKERN_EMU)  // scripts/cuda-emu/emu.h supplies these and the mma helpers on the host
+#define FFKERN_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+__device__ __forceinline__ uint32_t dynamic_smem_bytes() {
+    uint32_t have;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(have));
+    return have;
+}
+
 // Tensor-core helpers (sm_80+): 16-byte cp.async (zero-filled past src_bytes), ldmatrix and
 // mma.sync.m16n8k16 with f32 accumulation.
 namespace mma {
@@ -126,3 +135,4 @@ template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 }  // namespace mma
+#endif

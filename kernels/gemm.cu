@@ -201,7 +201,7 @@ template <typename T, int LOAD, bool SPLIT>
 __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias,
                                          const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p, uint32_t kc,
                                          float* __restrict__ ws) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    FFKERN_DYNAMIC_SMEM(smem_raw);
     T* smem = reinterpret_cast<T*>(smem_raw);
     const KRange kr = k_range<SPLIT>(p, kc);
     const uint32_t bz = kr.bz, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;

@@ -20,6 +20,7 @@ __device__ __forceinline__ float phi(uint32_t map, float x) {
 
 // Tensor-core helpers of the chunk kernels: TF32 conversion, mma.sync.m16n8k8 (TF32 in, f32
 // accumulate) and its A fragment from shared memory.
+#if !defined(FFKERN_EMU)
 __device__ __forceinline__ uint32_t tf32(float x) {
     uint32_t r;
     asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
@@ -31,6 +32,7 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], 
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
 // c += a·b on tensor cores from f32 fragments: TF32 (SPLIT false) or 3xTF32 (true: each operand
 // split into a TF32 head and tail, tail·head + head·tail + head·head, f32-accurate).
@@ -421,13 +423,9 @@ __device__ __forceinline__ void store_outer16(const float (&acc)[4][4], S* mat, 
 template <typename T, bool REVERSE, typename S>
 __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, const T* __restrict__ vo, float* __restrict__ state, float* __restrict__ z,
                                                    const uint32_t* __restrict__ table, S* __restrict__ hs, float* __restrict__ zs, const LinAttnParams& p) {
-    extern __shared__ __align__(16) unsigned char sw_smem[];
-    {
-        // A launch with less dynamic shared memory than the stages need is a launcher bug: stop.
-        uint32_t have;
-        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(have));
-        if (have < SW_SMEM) __trap();
-    }
+    FFKERN_DYNAMIC_SMEM(sw_smem);
+    // A launch with less dynamic shared memory than the stages need is a launcher bug: stop.
+    if (dynamic_smem_bytes() < SW_SMEM) __trap();
     T* const stages = reinterpret_cast<T*>(sw_smem);
     const auto xs = [&](uint32_t st) { return stages + st * 2 * SW_TILE; };
     const auto ys = [&](uint32_t st) { return stages + st * 2 * SW_TILE + SW_TILE; };
@@ -1596,13 +1594,9 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
                                                  const LinAttnParams& p) {
     constexpr bool REV = MODE == 1 || MODE == 3;    // chunks from the last; scores kept for s ≥ t
     constexpr bool KWIDE = MODE == 0 || MODE == 1;  // X and Y as wide as K (M = S or G), else V (M transposed)
-    extern __shared__ __align__(16) unsigned char fu_smem[];
-    {
-        // A launch with less dynamic shared memory than the stages need is a launcher bug: stop.
-        uint32_t have;
-        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(have));
-        if (have < FU_SMEM) __trap();
-    }
+    FFKERN_DYNAMIC_SMEM(fu_smem);
+    // A launch with less dynamic shared memory than the stages need is a launcher bug: stop.
+    if (dynamic_smem_bytes() < FU_SMEM) __trap();
     T* const smem = reinterpret_cast<T*>(fu_smem);
     const auto xs = [&](uint32_t st) { return smem + st * FU_STAGE; };
     const auto ys = [&](uint32_t st) { return smem + st * FU_STAGE + 64 * FU_LQ; };

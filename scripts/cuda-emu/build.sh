@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds target/cuda-emu/libcuda.so.1: ffkern's sm_80 kernels (kernels/*.cu) compiled for the CPU
+# under emu.h, behind the driver API calls that cudarc makes (emu.cpp). Then, on a machine
+# without a GPU:
+#   scripts/cuda-emu/build.sh
+#   LD_LIBRARY_PATH=$PWD/target/cuda-emu FFKERN_REQUIRE=cuda cargo test --release --features cuda --test graph
+# runs the CUDA backend's launchers and kernels (not the Hopper ones) against the CPU reference.
+# It checks what a kernel computes and which memory it touches, not how fast or how it schedules
+# (one block at a time, a block's threads interleaved only at barriers and warp collectives).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${CUDA_EMU_OUT:-target/cuda-emu}
+mkdir -p "$out/include" "$out/obj"
+# The kernels include these; emu.h has what the sm_80 kernels use of them.
+: > "$out/include/cuda_fp16.h"
+: > "$out/include/cuda_bf16.h"
+: > "$out/include/cuda.h"  # gemm.cu: CUtensorMap, used by the Hopper entries only
+flags=(-std=c++20 -O2 -g -fPIC -DFFKERN_EMU -I"$out/include" -Ikernels -Iscripts/cuda-emu -include emu.h -Wno-unknown-pragmas)
+# CUDA_EMU_ASAN=1: the kernels under AddressSanitizer, so that a read or write past a device
+# buffer stops with the kernel's line (run with LD_PRELOAD="$(g++ -print-file-name=libasan.so)").
+if [ "${CUDA_EMU_ASAN:-0}" = 1 ]; then flags+=(-fsanitize=address -fno-omit-frame-pointer); fi
+objs=()
+for cu in kernels/*.cu; do
+    f=$(basename "$cu" .cu)
+    # Each kernel file with its entries registered by name (the extern "C" functions of the file).
+    names=$(g++ "${flags[@]}" -E -x c++ "$cu" | tr "\n" " " | grep -oE 'extern "C" +void +[A-Za-z0-9_]+ *\(' | sed -E 's/.*void +([A-Za-z0-9_]+).*/\1/' | sort -u)
+    {
+        echo "#include \"$f.cu\""
+        echo '#include "register.h"'
+        for n in $names; do echo "EMU_REGISTER($n)"; done
+    } > "$out/obj/$f.cpp"
+    g++ "${flags[@]}" -c "$out/obj/$f.cpp" -o "$out/obj/$f.o" &
+    objs+=("$out/obj/$f.o")
+done
+g++ "${flags[@]}" -c scripts/cuda-emu/emu.cpp -o "$out/obj/emu.o" &
+wait
+g++ "${flags[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$out/libcuda.so.1" "$out/obj/emu.o" "${objs[@]}" -lpthread
+ln -sf libcuda.so.1 "$out/libcuda.so"
+echo "$out/libcuda.so.1: $(cat "$out"/obj/*.cpp | grep -c EMU_REGISTER) kernels"
