@@ -1,5 +1,6 @@
 //! Shared test setup: the device backends present, with `FFKERN_REQUIRE` (e.g. `wgpu` or
-//! `wgpu,cuda`) turning a missing backend into a failure instead of a skip.
+//! `wgpu,cuda`) turning a missing backend into a failure instead of a skip, and
+//! `FFKERN_TEST_BACKENDS` (e.g. `cuda`) limiting the device backends tested to those named.
 
 #![allow(dead_code)]
 
@@ -8,13 +9,18 @@ use ffkern::ops::graph::{cpu as graph_cpu, DeviceGraph, GatLayer, GatParams, Gcn
 use ffkern::{with_backend, Activation, Backend};
 use ffkern::{Compare, DType, Device, HostTensor, SplitMix64};
 
+fn env_list(var: &str) -> Option<Vec<String>> {
+    let v = std::env::var(var).ok()?;
+    Some(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+}
+
 pub fn required() -> Vec<String> {
-    std::env::var("FFKERN_REQUIRE")
-        .unwrap_or_default()
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
+    env_list("FFKERN_REQUIRE").unwrap_or_default()
+}
+
+/// Whether `FFKERN_TEST_BACKENDS` (unset: every backend) lets the tests use backend `name`.
+pub fn tested(name: &str) -> bool {
+    env_list("FFKERN_TEST_BACKENDS").is_none_or(|l| l.iter().any(|b| b == name))
 }
 
 /// The GPU backends to test (wgpu, cuda), opened once per test process and shared by every
@@ -22,7 +28,7 @@ pub fn required() -> Vec<String> {
 /// unless `FFKERN_REQUIRE` names it, in which case this panics (the test fails).
 pub fn device_backends() -> Vec<&'static Device> {
     static DEVICES: std::sync::OnceLock<Vec<(&'static str, Result<Device, String>)>> = std::sync::OnceLock::new();
-    let devices = DEVICES.get_or_init(|| ["wgpu", "cuda"].into_iter().map(|n| (n, Device::open(n).map_err(|e| e.to_string()))).collect());
+    let devices = DEVICES.get_or_init(|| ["wgpu", "cuda"].into_iter().filter(|n| tested(n)).map(|n| (n, Device::open(n).map_err(|e| e.to_string()))).collect());
     let req = required();
     let mut out = Vec::new();
     for (name, dev) in devices {
@@ -42,6 +48,10 @@ pub fn device_backends() -> Vec<&'static Device> {
 /// The wgpu context alone, or None (skipped unless required).
 #[cfg(feature = "wgpu")]
 pub fn wgpu() -> Option<ffkern::WgpuContext> {
+    if !tested("wgpu") {
+        eprintln!("skipping wgpu: not in FFKERN_TEST_BACKENDS");
+        return None;
+    }
     match ffkern::WgpuContext::new() {
         Ok(c) => Some(c),
         Err(e) => {
