@@ -300,6 +300,11 @@ pub(crate) fn launch<T: CudaElem>(
         GraphKernel::SegmentReduce | GraphKernel::Spmm => {
             let out = out.ok_or_else(|| Error::Invalid("graph: a typed output is needed".into()))?;
             let (idx, x) = (need(&a.idx, "graph")?, need(&a.x, "x")?);
+            if dim == 0 {
+                // Nothing to write, and the warp form's pieces per row would be 0 (a division by
+                // zero, whose result the GPU leaves unspecified, before its row test).
+                return Ok(());
+            }
             let w = a.w.as_ref().unwrap_or(idx);
             // Long rows first: their segments' partials, which the row pass combines.
             let mut part = scratch(2 * segs * dim)?;
