@@ -455,7 +455,12 @@ impl CudaRuntime {
 
     /// `len` elements, each byte set to `fill`, or left as the pool hands them out (`None`).
     fn new_slice<T: CudaElem>(&self, len: usize, fill: Option<u8>) -> Result<CudaSlice<T>> {
-        T::DTYPE.bytes(len)?;
+        let bytes = T::DTYPE.bytes(len)?;
+        // More than the device holds is a limit of the device, not a driver failure.
+        let total = self.ctx.total_mem().unwrap_or(usize::MAX);
+        if bytes > total {
+            return Err(Error::Limit(format!("{len} elements of {} ({bytes} bytes) exceed the device's {total} bytes", T::DTYPE)));
+        }
         // SAFETY: the memory is unset until the memset below (or, with `fill` None, until a kernel
         // writes it: `Backend::alloc_uninit`'s contract); every bit pattern is a valid f32, f16 or
         // bf16, so reading it early gives unspecified numbers, never undefined behaviour.
