@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds target/cuda-emu/libcuda.so.1: ffkern's sm_80 kernels (kernels/*.cu) compiled for the CPU
-# under emu.h, behind the driver API calls that cudarc makes (emu.cpp). Then, on a machine
-# without a GPU:
+# Builds target/cuda-emu/libcuda.so.1 (CUDA_EMU_OUT: another folder): ffkern's sm_80 kernels
+# (kernels/*.cu) compiled for the CPU under emu.h, behind the driver API calls that cudarc makes
+# (emu.cpp). Then, on a machine without a GPU:
 #   scripts/cuda-emu/build.sh
-#   LD_LIBRARY_PATH=$PWD/target/cuda-emu FFKERN_REQUIRE=cuda cargo test --release --features cuda --test graph
+#   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$PWD/scripts/cuda-emu/run FFKERN_REQUIRE=cuda \
+#     FFKERN_TEST_BACKENDS=cuda cargo test --release --features cuda --test graph
 # runs the CUDA backend's launchers and kernels (not the Hopper ones) against the CPU reference.
 # It checks what a kernel computes and which memory it touches, not how fast or how it schedules
 # (one block at a time, a block's threads interleaved only at barriers and warp collectives).
@@ -36,4 +37,6 @@ g++ "${flags[@]}" -c scripts/cuda-emu/emu.cpp -o "$out/obj/emu.o" &
 wait
 g++ "${flags[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$out/libcuda.so.1" "$out/obj/emu.o" "${objs[@]}" -lpthread
 ln -sf libcuda.so.1 "$out/libcuda.so"
+# scripts/cuda-emu/run preloads AddressSanitizer's runtime where this marker is.
+if [ "${CUDA_EMU_ASAN:-0}" = 1 ]; then : > "$out/asan"; else rm -f "$out/asan"; fi
 echo "$out/libcuda.so.1: $(cat "$out"/obj/*.cpp | grep -c EMU_REGISTER) kernels"
