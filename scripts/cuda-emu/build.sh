@@ -24,16 +24,20 @@ objs=()
 for cu in kernels/*.cu; do
     f=$(basename "$cu" .cu)
     # Each kernel file with its entries registered by name (the extern "C" functions of the file).
-    names=$(g++ "${flags[@]}" -E -x c++ "$cu" | tr "\n" " " | grep -oE 'extern "C" +void +[A-Za-z0-9_]+ *\(' | sed -E 's/.*void +([A-Za-z0-9_]+).*/\1/' | sort -u)
+    names=$(g++ "${flags[@]}" -DEMU_SHARED_SECTION="emu_shared_$f" -E -x c++ "$cu" | tr "\n" " " | grep -oE 'extern "C" +void +[A-Za-z0-9_]+ *\(' | sed -E 's/.*void +([A-Za-z0-9_]+).*/\1/' | sort -u)
     {
         echo "#include \"$f.cu\""
         echo '#include "register.h"'
         for n in $names; do echo "EMU_REGISTER($n)"; done
     } > "$out/obj/$f.cpp"
-    g++ "${flags[@]}" -c "$out/obj/$f.cpp" -o "$out/obj/$f.o" &
+    # The file's function-local statics (its __shared__ arrays, emu.h) each get a section of their
+    # own (.bss._ZZ…, -fdata-sections), renamed after compiling to the one section whose
+    # bounds the linker publishes, so that emu.cpp can poison them before each block.
+    (g++ "${flags[@]}" -fdata-sections -DEMU_SHARED_SECTION="emu_shared_$f" -c "$out/obj/$f.cpp" -o "$out/obj/$f.o" &&
+        objcopy $(readelf -S -W "$out/obj/$f.o" | grep -oE '\.(bss|data)\._ZZ[^ ]+' | sort -u | sed "s/.*/--rename-section &=emu_shared_$f/") "$out/obj/$f.o") &
     objs+=("$out/obj/$f.o")
 done
-g++ "${flags[@]}" -c scripts/cuda-emu/emu.cpp -o "$out/obj/emu.o" &
+g++ "${flags[@]}" -DEMU_SHARED_SECTION=emu_shared_runtime -c scripts/cuda-emu/emu.cpp -o "$out/obj/emu.o" &
 wait
 g++ "${flags[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$out/libcuda.so.1" "$out/obj/emu.o" "${objs[@]}" -lpthread
 ln -sf libcuda.so.1 "$out/libcuda.so"

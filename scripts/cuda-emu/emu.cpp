@@ -27,11 +27,15 @@ dim3 block_idx, block_dim, grid_dim;
 unsigned char* dyn_smem = nullptr;
 uint32_t dyn_smem_bytes = 0;
 
-std::map<std::string, std::function<void(void**)>>& registry() {
-    static std::map<std::string, std::function<void(void**)>> r;
+struct Kernel {
+    std::function<void(void**)> fn;
+    SharedSection shared;
+};
+std::map<std::string, Kernel>& registry() {
+    static std::map<std::string, Kernel> r;
     return r;
 }
-void add_kernel(const char* name, std::function<void(void**)> f) { registry()[name] = std::move(f); }
+void add_kernel(const char* name, std::function<void(void**)> f, SharedSection shared) { registry()[name] = {std::move(f), shared}; }
 
 enum State { RUNNABLE, WAIT_BAR, WAIT_COLL, DONE };
 struct Copy {
@@ -77,7 +81,7 @@ constexpr size_t STACK = 512 << 10;
 static std::vector<Fiber> fibers;
 static void* sched_sp = nullptr;
 static const char* kernel_name = "";
-static std::function<void(void**)>* kernel_fn = nullptr;
+static const Kernel* kernel = nullptr;
 static void** kernel_params = nullptr;
 
 [[noreturn]] void trap(const char* what) {
@@ -124,7 +128,7 @@ void cp_wait(int pending) {
 
 // A fiber's first frame: the kernel, then back to the scheduler for good.
 static void entry() {
-    (*kernel_fn)(kernel_params);
+    kernel->fn(kernel_params);
     Fiber& f = me();
     f.state = DONE;
     emu_switch(&f.sp, sched_sp);
@@ -319,7 +323,7 @@ static void run_block(uint32_t nthreads) {
 }
 
 static std::mutex launch_lock;
-int launch(const char* name, std::function<void(void**)>* fn, dim3 grid, dim3 block, uint32_t smem, void** params) {
+int launch(const char* name, const Kernel* k, dim3 grid, dim3 block, uint32_t smem, void** params) {
     std::lock_guard<std::mutex> g(launch_lock);
     const uint32_t nthreads = block.x * block.y * block.z;
     if (nthreads == 0 || nthreads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535) return 1;  // invalid value
@@ -329,7 +333,7 @@ int launch(const char* name, std::function<void(void**)>* fn, dim3 grid, dim3 bl
         if (s == MAP_FAILED) return 2;
         fibers.back().stack = (char*)s;
     }
-    kernel_name = name, kernel_fn = fn, kernel_params = params;
+    kernel_name = name, kernel = k, kernel_params = params;
     grid_dim = grid, block_dim = block;
     std::vector<unsigned char> dyn(smem + 16);
     dyn_smem = (unsigned char*)(((uintptr_t)dyn.data() + 15) & ~(uintptr_t)15);
@@ -338,7 +342,9 @@ int launch(const char* name, std::function<void(void**)>* fn, dim3 grid, dim3 bl
         for (uint32_t y = 0; y < grid.y; ++y)
             for (uint32_t x = 0; x < grid.x; ++x) {
                 block_idx = {x, y, z};
-                std::memset(dyn_smem, 0xff, smem);  // NaN in every float type: unwritten stages show
+                // NaN in every float type, so that what a block reads before writing shows.
+                std::memset(dyn_smem, 0xff, smem);
+                std::memset(k->shared.begin, 0xff, (size_t)(k->shared.end - k->shared.begin));
                 run_block(nthreads);
             }
     dyn_smem = nullptr;
@@ -385,7 +391,7 @@ struct Event {
 };
 struct Func {
     std::string name;
-    std::function<void(void**)>* fn;
+    const emu::Kernel* fn;
     int max_dynamic_smem = 48 << 10;  // raised by cuFuncSetAttribute, as on a GPU
 };
 static int dummy_ctx, dummy_pool;

@@ -18,6 +18,8 @@
 #define __noinline__ __attribute__((noinline)) inline
 #define __launch_bounds__(...)
 // One block runs at a time, so a function's static locals are exactly its block's shared memory.
+// build.sh gathers them into one section per kernel file (EMU_SHARED_SECTION), which emu.cpp
+// fills with NaN before each block, as it does the dynamic shared memory.
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 
@@ -152,6 +154,10 @@ struct Coll {
     float d[4];
 };
 void collective(Coll& c);
+// A kernel file's static shared memory: [begin, end) of its section.
+struct SharedSection {
+    unsigned char *begin, *end;
+};
 // cp.async: copies queued in commit groups, done when a wait lets them (not earlier), so a read
 // of a stage before its wait sees the poison or the previous stage.
 void cp_async(void* dst, const void* src, int src_bytes);
