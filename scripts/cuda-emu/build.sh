@@ -20,11 +20,12 @@ flags=(-std=c++20 -O2 -g -fPIC -DFFKERN_EMU -I"$out/include" -Ikernels -Iscripts
 # CUDA_EMU_ASAN=1: the kernels under AddressSanitizer, so that a read or write past a device
 # buffer stops with the kernel's line (run with LD_PRELOAD="$(g++ -print-file-name=libasan.so)").
 if [ "${CUDA_EMU_ASAN:-0}" = 1 ]; then flags+=(-fsanitize=address -fno-omit-frame-pointer); fi
-objs=()
+objs=() pids=()
+rm -f "$out"/obj/*.o "$out"/obj/*.cpp
 for cu in kernels/*.cu; do
     f=$(basename "$cu" .cu)
     # Each kernel file with its entries registered by name (the extern "C" functions of the file).
-    names=$(g++ "${flags[@]}" -DEMU_SHARED_SECTION="emu_shared_$f" -E -x c++ "$cu" | tr "\n" " " | grep -oE 'extern "C" +void +[A-Za-z0-9_]+ *\(' | sed -E 's/.*void +([A-Za-z0-9_]+).*/\1/' | sort -u)
+    names=$(g++ "${flags[@]}" -E -x c++ "$cu" | tr "\n" " " | grep -oE 'extern "C" +void +[A-Za-z0-9_]+ *\(' | sed -E 's/.*void +([A-Za-z0-9_]+).*/\1/' | sort -u)
     {
         echo "#include \"$f.cu\""
         echo '#include "register.h"'
@@ -35,10 +36,11 @@ for cu in kernels/*.cu; do
     # bounds the linker publishes, so that emu.cpp can poison them before each block.
     (g++ "${flags[@]}" -fdata-sections -DEMU_SHARED_SECTION="emu_shared_$f" -c "$out/obj/$f.cpp" -o "$out/obj/$f.o" &&
         objcopy $(readelf -S -W "$out/obj/$f.o" | grep -oE '\.(bss|data)\._ZZ[^ ]+' | sort -u | sed "s/.*/--rename-section &=emu_shared_$f/") "$out/obj/$f.o") &
-    objs+=("$out/obj/$f.o")
+    pids+=($!) objs+=("$out/obj/$f.o")
 done
-g++ "${flags[@]}" -DEMU_SHARED_SECTION=emu_shared_runtime -c scripts/cuda-emu/emu.cpp -o "$out/obj/emu.o" &
-wait
+g++ "${flags[@]}" -c scripts/cuda-emu/emu.cpp -o "$out/obj/emu.o" &
+pids+=($!)
+for p in "${pids[@]}"; do wait "$p"; done  # a failed compile stops the build here
 g++ "${flags[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$out/libcuda.so.1" "$out/obj/emu.o" "${objs[@]}" -lpthread
 ln -sf libcuda.so.1 "$out/libcuda.so"
 # scripts/cuda-emu/run preloads AddressSanitizer's runtime where this marker is.

@@ -273,7 +273,6 @@ static void run_block(uint32_t nthreads) {
     for (uint32_t i = 0; i < nthreads; ++i) {
         Fiber& f = fibers[i];
         f.tid = {i % block_dim.x, i / block_dim.x % block_dim.y, i / (block_dim.x * block_dim.y)};
-        f.lane = i % 32;
         f.state = RUNNABLE;
         f.groups.clear();
         f.open.clear();

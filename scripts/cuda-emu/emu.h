@@ -132,7 +132,6 @@ namespace emu {
 struct Coll;  // one lane's part of a warp collective
 struct Thread {
     dim3 tid;
-    uint32_t lane;
 };
 extern Thread* cur;
 extern dim3 block_idx, block_dim, grid_dim;
