@@ -193,6 +193,9 @@ pub struct CudaRuntime {
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     blas: OnceLock<std::result::Result<cudarc::cublas::CudaBlas, String>>,
     blas_lt: OnceLock<std::result::Result<cudarc::cublaslt::CudaBlasLT, String>>,
+    /// The device's memory in bytes, asked of the driver once (every allocation is checked
+    /// against it).
+    total_mem: OnceLock<usize>,
 }
 
 /// A vendor-library handle created once (or the reason it could not be), as a typed error.
@@ -280,6 +283,7 @@ impl CudaRuntime {
             functions: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
             blas_lt: OnceLock::new(),
+            total_mem: OnceLock::new(),
         }
     }
 
@@ -457,7 +461,7 @@ impl CudaRuntime {
     fn new_slice<T: CudaElem>(&self, len: usize, fill: Option<u8>) -> Result<CudaSlice<T>> {
         let bytes = T::DTYPE.bytes(len)?;
         // More than the device holds is a limit of the device, not a driver failure.
-        let total = self.ctx.total_mem().unwrap_or(usize::MAX);
+        let total = *self.total_mem.get_or_init(|| self.ctx.total_mem().unwrap_or(usize::MAX));
         if bytes > total {
             return Err(Error::Limit(format!("{len} elements of {} ({bytes} bytes) exceed the device's {total} bytes", T::DTYPE)));
         }
