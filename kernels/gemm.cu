@@ -513,6 +513,7 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t addr, int ks) {
     return d;
 }
 
+#if !defined(FFKERN_EMU)  // scripts/cuda-emu/emu.h supplies the PTX below on the host (sm_90 emulation)
 template <typename T> __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db);
 template <> __device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64_t da, uint64_t db) {
     asm volatile(
@@ -552,10 +553,6 @@ __device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
                  : "memory");
     return ok != 0;
 }
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-    while (!mbar_try_wait(bar, parity)) {
-    }
-}
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
@@ -568,6 +565,33 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, i
         "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
         : "memory");
+}
+__device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+// The special-function unit's approximations (rcp and ex2 flush subnormals).
+__device__ __forceinline__ float rcp_approx(float x) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ float ex2_approx(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ float tanh_approx(float x) {
+    float r;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+#endif  // !FFKERN_EMU
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    while (!mbar_try_wait(bar, parity)) {
+    }
 }
 
 // What the writer reads of GemmParams, small enough to pass to it in registers; oc and orr are
@@ -606,16 +630,14 @@ __device__ __forceinline__ float act16(float x) {
         // erf(u) at u = x/√2, with 1/√2 folded into the constants (one multiply fewer).
         // rcp and ex2 flush subnormals: the divisor is ≥ 1, and e^(−u²) below 2^-126 is 0 here.
         const float a = fabsf(x);
-        float t, e;
-        asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(t) : "f"(fmaf(0.3275911f * 0.70710678118654752f, a, 1.0f)));
-        asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(a * a * (-0.5f * 1.4426950408889634f)));
+        const float t = rcp_approx(fmaf(0.3275911f * 0.70710678118654752f, a, 1.0f));
+        const float e = ex2_approx(a * a * (-0.5f * 1.4426950408889634f));
         const float p = t * fmaf(fmaf(fmaf(fmaf(1.061405429f, t, -1.453152027f), t, 1.421413741f), t, -0.284496736f), t, 0.254829592f);
         const float erf = copysignf(fmaf(-p, e, 1.0f), x);
         const float h = 0.5f * x;
         return fmaf(h, erf, h);
     } else if constexpr (ACT == 4) {
-        float t;
-        asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+        const float t = tanh_approx(0.79788456080286536f * (x + 0.044715f * x * x * x));
         return 0.5f * x * (1.0f + t);
     } else if constexpr (ACT == 2) {
         return __fdividef(x, 1.0f + __expf(-fmaxf(x, -80.0f)));
@@ -767,16 +789,12 @@ __device__ __forceinline__ void epilogue_staged(const EpiArgs& p, const T* __res
     with_act(p.act, [&](auto a) { epilogue_staged_act<T, decltype(a)::value>(p, R, C, Z, st, m0, n0, et); });
 }
 
-__device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads) {
-    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-
 template <typename T, bool PP, bool EW>
 __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtensorMap* tmB, const T* __restrict__ bias,
                                            const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z, const GemmParams& p) {
     static_assert(!(PP && EW), "one schedule");
     constexpr int BM = tile_m<PP>(), STAGE_BYTES = stage_bytes<PP>(), NST = EW ? EW_STAGES : STAGES;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    FFKERN_DYNAMIC_SMEM(smem_raw);
     // full[0, NST), empty[STAGES, STAGES + NST), order[2·STAGES + w]: warpgroup w may start its
     // next tile's products (ping-pong only); staged[2·STAGES + 2 + {0, 1}]: the tile's
     // pre-activation is in the staging tile / the epilogue warps are done with it (EW only).
@@ -792,7 +810,7 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
         mbar_init(order0 + 8, 1);
         mbar_init(staged0, 8);      // one arrival per consumer warp
         mbar_init(staged0 + 8, 3);  // one per epilogue warp
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        fence_mbarrier_init();
     }
     __syncthreads();
     const uint32_t tiles_m = (p.m + BM - 1) / BM, tiles_n = (p.n + BN - 1) / BN;
@@ -801,8 +819,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
         // EW: 216·256 + 80·128 = 65536, the register file, shared with the epilogue warps.
-        if (EW) asm volatile("setmaxnreg.dec.sync.aligned.u32 80;\n");
-        else asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (EW) setmaxnreg_dec<80>();
+        else setmaxnreg_dec<40>();
         if (EW && threadIdx.x >= 32) {
             // Warps 1–3: the epilogue of each staged tile while the consumers multiply the next.
             uint32_t j = 0;
@@ -832,8 +850,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
             }
         }
     } else {
-        if (EW) asm volatile("setmaxnreg.inc.sync.aligned.u32 216;\n");
-        else asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+        if (EW) setmaxnreg_inc<216>();
+        else setmaxnreg_inc<232>();
         const int cw = wg - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, t = threadIdx.x % 128;
         float* stage = reinterpret_cast<float*>(smem_raw + (base - mma::smem_addr(smem_raw)) + STAGES * stage_bytes<false>()) + cw * 64 * 64;
         // Tile i of the block's sequence is blockIdx.x + i·gridDim.x; cooperative: every i, rows

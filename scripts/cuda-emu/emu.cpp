@@ -3,7 +3,8 @@
 // and each launch run block by block, a block's threads as fibers (see emu.h). Kernels are
 // looked up by name among the kernel files compiled into this library; PTX is not read. Every
 // call is synchronous, so streams and events only keep order trivially. It reports compute
-// capability 8.0, so the Hopper (sm_90a) kernels are never asked for.
+// capability 8.0, or with CUDA_EMU_SM=90 9.0, where the launchers take the Hopper (sm_90a)
+// kernels: wgmma, tensor-memory copies and mbarriers as emu.h describes them.
 #include "emu.h"
 
 #include <sys/mman.h>
@@ -37,7 +38,7 @@ std::map<std::string, Kernel>& registry() {
 }
 void add_kernel(const char* name, std::function<void(void**)> f, SharedSection shared) { registry()[name] = {std::move(f), shared}; }
 
-enum State { RUNNABLE, WAIT_BAR, WAIT_COLL, DONE };
+enum State { RUNNABLE, WAIT_BAR, WAIT_COLL, WAIT_MBAR, WAIT_NBAR, DONE };
 struct Copy {
     void* dst;
     const void* src;
@@ -76,6 +77,15 @@ struct Fiber : Thread {
     Coll* coll = nullptr;
     std::vector<std::vector<Copy>> groups;  // committed cp.async groups, oldest first
     std::vector<Copy> open;                 // copies since the last commit
+    uint32_t wait_on = 0, wait_arg = 0;     // WAIT_MBAR: barrier, parity; WAIT_NBAR: id, threads
+    struct Wgmma {
+        float* d;
+        uint32_t n;
+        uint64_t da, db;
+        WgmmaType type;
+    };
+    std::vector<std::vector<Wgmma>> wg_groups;  // committed wgmma groups, oldest first
+    std::vector<Wgmma> wg_open;
 };
 constexpr size_t STACK = 512 << 10;
 static std::vector<Fiber> fibers;
@@ -124,6 +134,193 @@ void cp_wait(int pending) {
         for (const Copy& c : f.groups.front()) do_copy(c);
         f.groups.erase(f.groups.begin());
     }
+}
+
+// ---- Hopper ----
+// The block's dynamic shared memory: `window` is 1024-byte aligned and dyn_smem starts 128 bytes
+// into it (as after a little static shared memory), so a kernel that needs its swizzled tiles
+// 1024-byte aligned must align them itself.
+static unsigned char* window = nullptr;
+static uint32_t window_bytes = 0;
+uint32_t smem_addr(const void* p) {
+    const auto* q = static_cast<const unsigned char*>(p);
+    if (q >= window && q < window + window_bytes) return (uint32_t)(q - window);
+    if (kernel && q >= kernel->shared.begin && q < kernel->shared.end) return STATIC_SMEM + (uint32_t)(q - kernel->shared.begin);
+    trap("a shared-memory address of memory that is not shared");
+}
+static unsigned char* smem_ptr(uint32_t a, uint32_t bytes) {
+    if (a < window_bytes && bytes <= window_bytes - a) return window + a;
+    const size_t st = kernel ? (size_t)(kernel->shared.end - kernel->shared.begin) : 0;
+    if (a >= STATIC_SMEM && a - STATIC_SMEM < st && bytes <= st - (a - STATIC_SMEM)) return kernel->shared.begin + (a - STATIC_SMEM);
+    trap("a shared-memory access outside the block's shared memory");
+}
+
+struct Mbar {
+    uint32_t expected, pending, phase;
+    int64_t tx;
+};
+static std::unordered_map<uint32_t, Mbar> mbars;
+static Mbar& mbar_at(uint32_t bar) {
+    auto it = mbars.find(bar);
+    if (it == mbars.end()) trap("mbarrier used before mbarrier.init");
+    return it->second;
+}
+// Completes the phase when nothing is outstanding, releasing the threads that wait on it.
+static void mbar_settle(uint32_t bar, Mbar& m) {
+    if (m.pending != 0 || m.tx != 0) return;
+    for (Fiber& f : fibers)
+        if (f.state == WAIT_MBAR && f.wait_on == bar && f.wait_arg == (m.phase & 1)) f.state = RUNNABLE;
+    m.phase ^= 1;
+    m.pending = m.expected;
+}
+void mbar_init(uint32_t bar, uint32_t count) {
+    if (bar % 8) trap("mbarrier not 8-byte aligned");
+    if (count == 0) trap("mbarrier.init with count 0");
+    smem_ptr(bar, 8);
+    mbars[bar] = {count, count, 0, 0};
+}
+void mbar_arrive(uint32_t bar, uint32_t expect_tx_bytes) {
+    Mbar& m = mbar_at(bar);
+    if (m.pending == 0) trap("mbarrier arrival past its expected count");
+    m.tx += expect_tx_bytes;
+    --m.pending;
+    mbar_settle(bar, m);
+}
+bool mbar_wait(uint32_t bar, uint32_t parity) {
+    Mbar& m = mbar_at(bar);
+    if ((m.phase & 1) != (parity & 1)) return true;  // that phase has completed
+    Fiber& f = me();
+    f.wait_on = bar, f.wait_arg = parity & 1;
+    yield_as(WAIT_MBAR);
+    return true;
+}
+void named_barrier(uint32_t id, uint32_t threads) {
+    if (id >= 16 || threads == 0 || threads % 32) trap("bar.sync with a bad barrier or thread count");
+    Fiber& f = me();
+    f.wait_on = id, f.wait_arg = threads;
+    yield_as(WAIT_NBAR);
+}
+
+// What cuTensorMapEncodeTiled (below) writes into the driver's opaque 128 bytes.
+struct TensorMap {
+    uint64_t magic, addr;
+    uint32_t rank, elsize, swizzle;
+    uint32_t dims[5];
+    uint64_t strides[4];  // bytes, dimensions 1 .. rank - 1
+    uint16_t box[5];
+};
+static_assert(sizeof(TensorMap) <= 128, "fits a CUtensorMap");
+constexpr uint64_t MAP_MAGIC = 0x70616d736e6574ull;
+struct Bulk {
+    uint32_t dst, bar;
+    TensorMap map;
+    int c[5];
+};
+static std::vector<Bulk> bulks;
+void tma_load(uint32_t dst, const void* map, const int* coords, int rank, uint32_t bar) {
+    Bulk b{dst, bar, {}, {}};
+    std::memcpy(&b.map, map, sizeof(TensorMap));
+    if (b.map.magic != MAP_MAGIC) trap("cp.async.bulk.tensor with a tensor map that cuTensorMapEncodeTiled did not write");
+    if ((int)b.map.rank != rank) trap("cp.async.bulk.tensor of another rank than its tensor map's");
+    if (dst % 128) trap("cp.async.bulk.tensor to shared memory not 128-byte aligned");
+    mbar_at(bar);
+    for (int i = 0; i < rank; ++i) b.c[i] = coords[i];
+    bulks.push_back(b);
+}
+// Lands the queued tensor copies: the box, zero past the tensor's edges, into shared memory in
+// the map's swizzle (16-byte chunk j of a 128-byte row at j ^ (address bits 7..9) for 128 bytes),
+// then its bytes counted on the barrier.
+static bool land_bulks() {
+    if (bulks.empty()) return false;
+    std::vector<Bulk> now;
+    now.swap(bulks);
+    for (const Bulk& b : now) {
+        const TensorMap& m = b.map;
+        uint64_t total = 1;
+        for (uint32_t i = 0; i < m.rank; ++i) total *= m.box[i];
+        const uint32_t bytes = (uint32_t)(total * m.elsize);
+        unsigned char* dst = smem_ptr(b.dst, bytes);
+        const uint32_t sw = m.swizzle == 3 ? 7 : m.swizzle == 2 ? 3 : m.swizzle == 1 ? 1 : 0;
+        for (uint64_t e = 0; e < total; ++e) {
+            uint64_t rest = e, off = 0;
+            bool inside = true;
+            for (uint32_t i = 0; i < m.rank; ++i) {
+                const int64_t g = (int64_t)b.c[i] + (int64_t)(rest % m.box[i]);
+                rest /= m.box[i];
+                inside &= g >= 0 && g < (int64_t)m.dims[i];
+                off += i == 0 ? (uint64_t)g * m.elsize : (uint64_t)g * m.strides[i - 1];
+            }
+            uint32_t a = b.dst + (uint32_t)(e * m.elsize);
+            a ^= ((a >> 7) & sw) << 4;
+            unsigned char* out = dst + (a - b.dst);
+            if (inside) std::memcpy(out, (const unsigned char*)(uintptr_t)m.addr + off, m.elsize);
+            else std::memset(out, 0, m.elsize);
+        }
+        Mbar& bar = mbar_at(b.bar);
+        bar.tx -= bytes;
+        mbar_settle(b.bar, bar);
+    }
+    return true;
+}
+
+void wgmma(float* d, uint32_t n, uint64_t desc_a, uint64_t desc_b, WgmmaType type) { me().wg_open.push_back({d, n, desc_a, desc_b, type}); }
+void wgmma_commit() {
+    Fiber& f = me();
+    f.wg_groups.push_back(std::move(f.wg_open));
+    f.wg_open.clear();
+}
+// Element (row, k) of a K-major operand: 8-row atoms `stride` bytes apart (the descriptor's
+// stride byte offset), 128-byte rows, the 128-byte swizzle by address bits.
+static float operand(uint64_t desc, uint32_t row, uint32_t k, WgmmaType type) {
+    if (desc >> 62 != 1) trap("wgmma descriptor: only the 128-byte swizzle is emulated");
+    const uint32_t start = (uint32_t)(desc & 0x3fff) << 4, stride = (uint32_t)((desc >> 32) & 0x3fff) << 4;
+    uint32_t a = start + (row / 8) * stride + (row % 8) * 128 + k * 2;
+    a ^= ((a >> 7) & 7) << 4;
+    uint16_t h;
+    std::memcpy(&h, smem_ptr(a, 2), 2);
+    return type == WG_F16 ? __half2float(__half{h}) : __bfloat162float(__nv_bfloat16{h});
+}
+// This thread's accumulators of m64nNk16: warp w of the warpgroup holds rows 16w + lane/4 (+ 8),
+// columns 8j + 2(lane mod 4) (+ 1) in d[4j .. 4j + 3].
+static void run_wgmma(const Fiber::Wgmma& op, uint32_t t) {
+    const uint32_t w = (t % 128) / 32, l = t % 32, r0 = 16 * w + l / 4;
+    float A[2][16], B[2][16];
+    for (uint32_t k = 0; k < 16; ++k) A[0][k] = operand(op.da, r0, k, op.type), A[1][k] = operand(op.da, r0 + 8, k, op.type);
+    for (uint32_t j = 0; j < op.n / 8; ++j) {
+        const uint32_t c0 = 8 * j + 2 * (l % 4);
+        for (uint32_t k = 0; k < 16; ++k) B[0][k] = operand(op.db, c0, k, op.type), B[1][k] = operand(op.db, c0 + 1, k, op.type);
+        for (int i = 0; i < 4; ++i) {
+            double s = 0;
+            for (uint32_t k = 0; k < 16; ++k) s += (double)A[i / 2][k] * B[i % 2][k];
+            op.d[4 * j + i] = (float)(op.d[4 * j + i] + s);
+        }
+    }
+}
+void wgmma_wait(int pending) {
+    Fiber& f = me();
+    while ((int)f.wg_groups.size() > pending) {
+        for (const Fiber::Wgmma& op : f.wg_groups.front()) run_wgmma(op, f.tid.x);
+        f.wg_groups.erase(f.wg_groups.begin());
+    }
+}
+
+// Releases the threads at a named barrier once as many have arrived as it counts.
+static bool release_named(uint32_t nthreads) {
+    bool progress = false;
+    for (uint32_t id = 0; id < 16; ++id) {
+        uint32_t at = 0, count = 0;
+        for (uint32_t i = 0; i < nthreads; ++i)
+            if (fibers[i].state == WAIT_NBAR && fibers[i].wait_on == id) {
+                if (count && fibers[i].wait_arg != count) trap("bar.sync with different thread counts for one barrier");
+                count = fibers[i].wait_arg, ++at;
+            }
+        if (at == 0 || at < count) continue;
+        if (at > count) trap("more threads at a named barrier than it counts");
+        for (uint32_t i = 0; i < nthreads; ++i)
+            if (fibers[i].state == WAIT_NBAR && fibers[i].wait_on == id) fibers[i].state = RUNNABLE;
+        progress = true;
+    }
+    return progress;
 }
 
 // A fiber's first frame: the kernel, then back to the scheduler for good.
@@ -276,6 +473,8 @@ static void run_block(uint32_t nthreads) {
         f.state = RUNNABLE;
         f.groups.clear();
         f.open.clear();
+        f.wg_groups.clear();
+        f.wg_open.clear();
         // emu_switch's frame on the new stack: six registers, then entry as the return address,
         // placed so that entry starts with the stack aligned as after a call.
 #if defined(__SANITIZE_ADDRESS__)
@@ -288,6 +487,8 @@ static void run_block(uint32_t nthreads) {
         for (int r = 3; r <= 8; ++r) top[-r] = nullptr;
         f.sp = &top[-8];
     }
+    mbars.clear();
+    bulks.clear();
     const uint32_t warps = (nthreads + 31) / 32;
     for (;;) {
         for (uint32_t n = 0; n < nthreads; ++n) {
@@ -303,6 +504,9 @@ static void run_block(uint32_t nthreads) {
             all_bar &= fibers[i].state == DONE || fibers[i].state == WAIT_BAR;
         }
         if (all_done) return;
+        progress |= land_bulks();
+        progress |= release_named(nthreads);
+        for (uint32_t i = 0; i < nthreads; ++i) progress |= fibers[i].state == RUNNABLE;  // released by an mbarrier
         for (uint32_t w = 0; w < warps; ++w) progress |= resolve_warp(w, nthreads, false);
         if (progress) continue;
         if (all_bar) {
@@ -312,11 +516,16 @@ static void run_block(uint32_t nthreads) {
         }
         for (uint32_t w = 0; w < warps; ++w) progress |= resolve_warp(w, nthreads, true);
         if (progress) continue;
-        uint32_t bar = 0, coll = 0;
-        for (uint32_t i = 0; i < nthreads; ++i) bar += fibers[i].state == WAIT_BAR, coll += fibers[i].state == WAIT_COLL;
+        uint32_t bar = 0, coll = 0, mbar = 0, named = 0;
+        for (uint32_t i = 0; i < nthreads; ++i) {
+            const State s = fibers[i].state;
+            bar += s == WAIT_BAR, coll += s == WAIT_COLL, mbar += s == WAIT_MBAR, named += s == WAIT_NBAR;
+        }
         cur = nullptr;
-        std::fprintf(stderr, "cuda-emu: deadlock in %s block (%u,%u,%u): %u threads at __syncthreads, %u at a warp collective\n", kernel_name,
-                     block_idx.x, block_idx.y, block_idx.z, bar, coll);
+        std::fprintf(stderr,
+                     "cuda-emu: deadlock in %s block (%u,%u,%u): %u threads at __syncthreads, %u at a warp collective, %u at an mbarrier, %u at a "
+                     "named barrier\n",
+                     kernel_name, block_idx.x, block_idx.y, block_idx.z, bar, coll, mbar, named);
         std::abort();
     }
 }
@@ -338,8 +547,11 @@ static void poison(unsigned char* begin, unsigned char* end) {
 }
 
 static std::mutex launch_lock;
+// CUDA_EMU_TRACE=1: each launch's kernel, grid, block and dynamic shared memory on stderr.
+static const bool trace = std::getenv("CUDA_EMU_TRACE") != nullptr;
 int launch(const char* name, const Kernel* k, dim3 grid, dim3 block, uint32_t smem, void** params) {
     std::lock_guard<std::mutex> g(launch_lock);
+    if (trace) std::fprintf(stderr, "cuda-emu: %s <<<(%u,%u,%u), (%u,%u,%u), %u>>>\n", name, grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
     const uint32_t nthreads = block.x * block.y * block.z;
     if (nthreads == 0 || nthreads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535) return 1;  // invalid value
     while (fibers.size() < nthreads) {
@@ -350,8 +562,10 @@ int launch(const char* name, const Kernel* k, dim3 grid, dim3 block, uint32_t sm
     }
     kernel_name = name, kernel = k, kernel_params = params;
     grid_dim = grid, block_dim = block;
-    std::vector<unsigned char> dyn(smem + 16);
-    dyn_smem = (unsigned char*)(((uintptr_t)dyn.data() + 15) & ~(uintptr_t)15);
+    std::vector<unsigned char> dyn(smem + 128 + 1024);
+    window = (unsigned char*)(((uintptr_t)dyn.data() + 1023) & ~(uintptr_t)1023);
+    window_bytes = smem + 128;
+    dyn_smem = window + 128;
     dyn_smem_bytes = smem;
     for (uint32_t z = 0; z < grid.z; ++z)
         for (uint32_t y = 0; y < grid.y; ++y)
@@ -362,7 +576,8 @@ int launch(const char* name, const Kernel* k, dim3 grid, dim3 block, uint32_t sm
                 poison(k->shared.begin, k->shared.end);
                 run_block(nthreads);
             }
-    dyn_smem = nullptr;
+    dyn_smem = window = nullptr;
+    window_bytes = 0;
     return 0;
 }
 }  // namespace emu
@@ -410,6 +625,12 @@ struct Func {
     int max_dynamic_smem = 48 << 10;  // raised by cuFuncSetAttribute, as on a GPU
 };
 static int dummy_ctx, dummy_pool;
+// CUDA_EMU_SM=90: a Hopper (compute capability 9.0, 227 KiB of shared memory a block).
+static const bool hopper = [] {
+    const char* s = std::getenv("CUDA_EMU_SM");
+    return s && std::string(s) == "90";
+}();
+static const int max_block_smem = hopper ? 232448 : 166912;
 
 extern "C" {
 CUresult cuInit(unsigned) { return OK; }
@@ -417,7 +638,7 @@ CUresult cuDriverGetVersion(int* v) { return *v = 13000, OK; }
 CUresult cuDeviceGetCount(int* n) { return *n = 1, OK; }
 CUresult cuDeviceGet(int* d, int ordinal) { return ordinal == 0 ? (*d = 0, OK) : INVALID_VALUE; }
 CUresult cuDeviceGetName(char* name, int len, int) {
-    std::snprintf(name, (size_t)len, "cuda-emu (CPU, sm_80)");
+    std::snprintf(name, (size_t)len, hopper ? "cuda-emu (CPU, sm_90)" : "cuda-emu (CPU, sm_80)");
     return OK;
 }
 CUresult cuDeviceTotalMem_v2(size_t* b, int) { return *b = DEVICE_BYTES, OK; }
@@ -439,11 +660,11 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int) {
     case 10: *v = 32; break;                 // warp size
     case 12: *v = 65536; break;              // registers per block
     case 16: *v = 4; break;                  // multiprocessors
-    case 75: *v = 8; break;                  // compute capability major
+    case 75: *v = hopper ? 9 : 8; break;     // compute capability major
     case 76: *v = 0; break;                  // minor
-    case 81: *v = 166912; break;             // shared memory per multiprocessor
+    case 81: *v = max_block_smem + 1024; break;  // shared memory per multiprocessor
     case 82: *v = 65536; break;              // registers per multiprocessor
-    case 97: *v = 166912; break;             // max shared memory per block, opt-in
+    case 97: *v = max_block_smem; break;     // max shared memory per block, opt-in
     case 115: *v = 1; break;                 // memory pools supported
     default: *v = 0;
     }
@@ -524,7 +745,7 @@ CUresult cuModuleGetFunction(void** f, void*, const char* name) {
 }
 CUresult cuFuncSetAttribute(void* f, int attr, int v) {
     if (attr == 8) {  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        if (v < 0 || v > 166912) return INVALID_VALUE;
+        if (v < 0 || v > max_block_smem) return INVALID_VALUE;
         ((Func*)f)->max_dynamic_smem = v;
     }
     return OK;
@@ -536,6 +757,25 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     Func* fn = (Func*)f;
     if ((int)smem > fn->max_dynamic_smem || bz > 64) return INVALID_VALUE;
     return emu::launch(fn->name.c_str(), fn->fn, {gx, gy, gz}, {bx, by, bz}, smem, params);
+}
+// The checks the driver makes of a tiled map that the kernels' maps could fail: a 16-byte aligned
+// address, strides that are multiples of 16 bytes, boxes of at most 256 elements a dimension
+// whose inner extent fits the swizzle span, unit element strides (all that tma_load copies).
+CUresult cuTensorMapEncodeTiled(CUtensorMap* map, int type, uint32_t rank, void* addr, const uint64_t* dims, const uint64_t* strides,
+                                const uint32_t* box, const uint32_t* elem_strides, int interleave, int swizzle, int, int oob_fill) {
+    const uint32_t elsize = type == 0 ? 1 : type == 1 || type == 6 || type == 9 ? 2 : type == 2 || type == 3 || type == 7 ? 4 : 8;
+    if (rank < 1 || rank > 5 || (uintptr_t)addr % 16 || interleave != 0 || oob_fill != 0 || swizzle < 0 || swizzle > 3) return INVALID_VALUE;
+    emu::TensorMap m{emu::MAP_MAGIC, (uint64_t)(uintptr_t)addr, rank, elsize, (uint32_t)swizzle, {}, {}, {}};
+    for (uint32_t i = 0; i < rank; ++i) {
+        if (dims[i] == 0 || dims[i] > 0xffffffffull || box[i] == 0 || box[i] > 256 || elem_strides[i] != 1) return INVALID_VALUE;
+        if (i > 0 && (strides[i - 1] % 16 || strides[i - 1] >= (1ull << 40))) return INVALID_VALUE;
+        m.dims[i] = (uint32_t)dims[i], m.box[i] = (uint16_t)box[i];
+        if (i > 0) m.strides[i - 1] = strides[i - 1];
+    }
+    if (swizzle != 0 && box[0] * elsize > (16u << swizzle)) return INVALID_VALUE;
+    std::memset(map, 0, sizeof(CUtensorMap));
+    std::memcpy(map, &m, sizeof m);
+    return OK;
 }
 CUresult cuGetErrorName(int e, const char** s) {
     *s = e == 0 ? "CUDA_SUCCESS" : e == 1 ? "CUDA_ERROR_INVALID_VALUE" : e == 2 ? "CUDA_ERROR_OUT_OF_MEMORY" : e == 500 ? "CUDA_ERROR_NOT_FOUND"

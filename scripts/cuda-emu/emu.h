@@ -5,6 +5,7 @@
 // a kernel that would deadlock or read a lane that never came stops with a message instead.
 // Fragment layouts are the PTX ISA's (the same tables as scripts/check_mma_layouts.py).
 #pragma once
+#include <cstdio>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -162,6 +163,27 @@ struct SharedSection {
 void cp_async(void* dst, const void* src, int src_bytes);
 void cp_commit();
 void cp_wait(int pending);
+// Hopper (sm_90a). Shared memory by 32-bit address, as the kernels pass it to PTX: the dynamic
+// shared memory from 0, the kernel file's static shared memory from STATIC_SMEM.
+constexpr uint32_t STATIC_SMEM = 1u << 20;
+uint32_t smem_addr(const void* p);
+// mbarrier: phases complete when every expected arrival came and every byte of the
+// transactions announced to it (expect_tx) has landed; a wait returns once the phase of the
+// given parity has completed, and blocks (never spins) until then.
+void mbar_init(uint32_t bar, uint32_t count);
+void mbar_arrive(uint32_t bar, uint32_t expect_tx_bytes);
+bool mbar_wait(uint32_t bar, uint32_t parity);
+void named_barrier(uint32_t id, uint32_t threads);
+// cp.async.bulk.tensor: queued, and landed (with its bytes counted on `bar`) only when every
+// thread of the block has blocked, so that what a thread reads before its wait is stale.
+void tma_load(uint32_t dst, const void* map, const int* coords, int rank, uint32_t bar);
+// wgmma.mma_async m64nNk16 (f32 accumulators, A and B K-major in shared memory by descriptor):
+// each thread's part of D, done when a wgmma.wait_group retires its commit group, reading the
+// shared memory then — a stage handed back too early shows as the next stage's data.
+enum WgmmaType : uint32_t { WG_F16, WG_BF16 };
+void wgmma(float* d, uint32_t n, uint64_t desc_a, uint64_t desc_b, WgmmaType type);
+void wgmma_commit();
+void wgmma_wait(int pending);
 }  // namespace emu
 #define threadIdx (emu::cur->tid)
 #define blockIdx (emu::block_idx)
@@ -224,6 +246,7 @@ inline void emu_mma(emu::Kind k, float (&d)[4], const uint32_t (&a)[4], uint32_t
 template <typename T> inline void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     emu_mma(std::is_same_v<T, __half> ? emu::MMA_F16 : emu::MMA_BF16, d, a, b0, b1);
 }
+inline uint32_t smem_addr(const void* p) { return emu::smem_addr(p); }
 }  // namespace mma
 // cvt.rna.tf32.f32: 10 mantissa bits, ties away from zero.
 inline uint32_t tf32(float x) {
@@ -232,3 +255,37 @@ inline uint32_t tf32(float x) {
     return (u + 0x1000u) & 0xffffe000u;
 }
 inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { mma::emu_mma(emu::MMA_TF32, c, a, b0, b1); }
+
+// ---- Hopper: what gemm.cu's sm_90a kernels take from inline PTX (CUDA_EMU_SM=90) ----
+#define __grid_constant__
+struct alignas(64) CUtensorMap {
+    uint64_t opaque[16];
+};
+#if defined(FFKERN_SM90A)
+namespace hopper {
+template <typename T> inline void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db) {
+    emu::wgmma(d, 256, da, db, std::is_same_v<T, __half> ? emu::WG_F16 : emu::WG_BF16);
+}
+inline void wgmma_fence() {}
+inline void wgmma_commit() { emu::wgmma_commit(); }
+template <int N> inline void wgmma_wait() { emu::wgmma_wait(N); }
+inline void mbar_init(uint32_t bar, uint32_t count) { emu::mbar_init(bar, count); }
+inline bool mbar_try_wait(uint32_t bar, uint32_t parity) { return emu::mbar_wait(bar, parity); }
+inline void mbar_arrive(uint32_t bar) { emu::mbar_arrive(bar, 0); }
+inline void mbar_expect_tx(uint32_t bar, uint32_t bytes) { emu::mbar_arrive(bar, bytes); }
+inline void tma_load(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
+    const int c[3] = {c0, c1, c2};
+    emu::tma_load(dst, map, c, 3, bar);
+}
+inline void named_barrier(uint32_t id, uint32_t threads) { emu::named_barrier(id, threads); }
+inline void fence_mbarrier_init() {}
+template <int N> inline void setmaxnreg_dec() {}
+template <int N> inline void setmaxnreg_inc() {}
+// The special-function unit: subnormals flushed (.ftz); tanh.approx's relative error (about
+// 2^-11) as the mantissa cut to 11 bits.
+inline float ftz(float x) { return std::fabs(x) < 1.17549435e-38f ? std::copysign(0.0f, x) : x; }
+inline float rcp_approx(float x) { return ftz(1.0f / ftz(x)); }
+inline float ex2_approx(float x) { return ftz(std::exp2(ftz(x))); }
+inline float tanh_approx(float x) { return __uint_as_float(__float_as_uint(std::tanh(x)) & 0xfffff000u); }
+}  // namespace hopper
+#endif
