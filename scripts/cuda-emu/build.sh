@@ -23,6 +23,15 @@ flags=(-std=c++20 -O2 -g -fPIC -DFFKERN_EMU -I"$out/include" -Ikernels -Iscripts
 # CUDA_EMU_ASAN=1: the kernels under AddressSanitizer, so that a read or write past a device
 # buffer stops with the kernel's line (run with LD_PRELOAD="$(g++ -print-file-name=libasan.so)").
 if [ "${CUDA_EMU_ASAN:-0}" = 1 ]; then flags+=(-fsanitize=address -fno-omit-frame-pointer); fi
+# CUDA_EMU_PROFILE=1: the memory profile of profile.cpp (the kernels' loads and stores reported
+# through GCC's ThreadSanitizer hooks; its runtime is not linked), written at exit to
+# $CUDA_EMU_PROFILE_OUT or stderr.
+kflags=() extra=()
+if [ "${CUDA_EMU_PROFILE:-0}" = 1 ]; then
+    kflags=(-fsanitize=thread --param tsan-instrument-func-entry-exit=0)
+    flags+=(-DEMU_PROFILE)
+    extra=("$out/obj/profile.o")
+fi
 objs=() pids=()
 rm -f "$out"/obj/*.o "$out"/obj/*.cpp
 # Each kernel file twice: its sm_80 entries, and its Hopper ones (FFKERN_SM90A, the sm90a PTX's
@@ -42,15 +51,19 @@ for cu in kernels/*.cu; do
         # The file's function-local statics (its __shared__ arrays, emu.h) each get a section of
         # their own (.bss._ZZ…, -fdata-sections), renamed after compiling to the one section whose
         # bounds the linker publishes, so that emu.cpp can poison them before each block.
-        (g++ "${flags[@]}" "${defs[@]}" -fdata-sections -DEMU_SHARED_SECTION="emu_shared_$f" -c "$out/obj/$f.cpp" -o "$out/obj/$f.o" &&
+        (g++ "${flags[@]}" "${kflags[@]}" "${defs[@]}" -fdata-sections -DEMU_SHARED_SECTION="emu_shared_$f" -c "$out/obj/$f.cpp" -o "$out/obj/$f.o" &&
             objcopy $(readelf -S -W "$out/obj/$f.o" | grep -oE '\.(bss|data)\._ZZ[^ ]+' | sort -u | sed "s/.*/--rename-section &=emu_shared_$f/") "$out/obj/$f.o") &
         pids+=($!) objs+=("$out/obj/$f.o")
     done
 done
 g++ "${flags[@]}" -c scripts/cuda-emu/emu.cpp -o "$out/obj/emu.o" &
 pids+=($!)
+if [ ${#extra[@]} -gt 0 ]; then
+    g++ "${flags[@]}" -c scripts/cuda-emu/profile.cpp -o "$out/obj/profile.o" &
+    pids+=($!)
+fi
 for p in "${pids[@]}"; do wait "$p"; done  # a failed compile stops the build here
-g++ "${flags[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$out/libcuda.so.1" "$out/obj/emu.o" "${objs[@]}" -lpthread
+g++ "${flags[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$out/libcuda.so.1" "$out/obj/emu.o" "${extra[@]}" "${objs[@]}" -lpthread -ldl
 ln -sf libcuda.so.1 "$out/libcuda.so"
 # scripts/cuda-emu/run preloads AddressSanitizer's runtime where this marker is.
 if [ "${CUDA_EMU_ASAN:-0}" = 1 ]; then : > "$out/asan"; else rm -f "$out/asan"; fi

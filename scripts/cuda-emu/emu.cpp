@@ -101,6 +101,20 @@ static void** kernel_params = nullptr;
 }
 
 static Fiber& me() { return *static_cast<Fiber*>(cur); }
+#if defined(EMU_PROFILE)
+// profile.cpp's hooks and what it asks of the running block.
+void profile_access(const void* p, uint32_t size, bool write, const void* pc, uint32_t thread);
+void profile_flush();
+bool in_device_memory(const void* p);
+static uint32_t thread_index() { return (uint32_t)(&me() - fibers.data()); }
+static uint32_t block_threads = 0;
+bool in_fiber_stack(const void* p) { return (uintptr_t)p - (uintptr_t)me().stack < STACK; }
+uint32_t lane_count() { return block_threads; }
+const char* running_kernel() { return kernel_name; }
+void note_shared_read(const void* p, uint32_t size) { profile_access(p, size, false, __builtin_return_address(0), thread_index()); }
+#else
+void note_shared_read(const void*, uint32_t) {}
+#endif
 static void yield_as(State s) {
     Fiber& f = me();
     f.state = s;
@@ -119,6 +133,10 @@ static void do_copy(const Copy& c) {
     std::memset((char*)c.dst + c.bytes, 0, 16 - (size_t)c.bytes);
 }
 void cp_async(void* dst, const void* src, int src_bytes) {
+#if defined(EMU_PROFILE)
+    if (src_bytes > 0) profile_access(src, 16, false, __builtin_return_address(0), thread_index());
+    profile_access(dst, 16, true, __builtin_return_address(0), thread_index());
+#endif
     if (src_bytes < 0 || src_bytes > 16) trap("cp.async of more than 16 bytes");
     if ((uintptr_t)dst % 16 || (src_bytes && (uintptr_t)src % 16)) trap("cp.async of a misaligned 16-byte piece");
     me().open.push_back({dst, src, src_bytes});
@@ -148,6 +166,12 @@ uint32_t smem_addr(const void* p) {
     if (kernel && q >= kernel->shared.begin && q < kernel->shared.end) return STATIC_SMEM + (uint32_t)(q - kernel->shared.begin);
     trap("a shared-memory address of memory that is not shared");
 }
+#if defined(EMU_PROFILE)
+bool in_shared(const void* p) {
+    const auto* q = static_cast<const unsigned char*>(p);
+    return (q >= window && q < window + window_bytes) || (kernel && q >= kernel->shared.begin && q < kernel->shared.end);
+}
+#endif
 static unsigned char* smem_ptr(uint32_t a, uint32_t bytes) {
     if (a < window_bytes && bytes <= window_bytes - a) return window + a;
     const size_t st = kernel ? (size_t)(kernel->shared.end - kernel->shared.begin) : 0;
@@ -489,6 +513,9 @@ static void run_block(uint32_t nthreads) {
     }
     mbars.clear();
     bulks.clear();
+#if defined(EMU_PROFILE)
+    block_threads = nthreads;
+#endif
     const uint32_t warps = (nthreads + 31) / 32;
     for (;;) {
         for (uint32_t n = 0; n < nthreads; ++n) {
@@ -498,6 +525,9 @@ static void run_block(uint32_t nthreads) {
             emu_switch(&sched_sp, fibers[i].sp);
             cur = nullptr;
         }
+#if defined(EMU_PROFILE)
+        profile_flush();
+#endif
         bool all_done = true, all_bar = true, progress = false;
         for (uint32_t i = 0; i < nthreads; ++i) {
             all_done &= fibers[i].state == DONE;
@@ -588,7 +618,7 @@ using CUdeviceptr = unsigned long long;
 enum : int { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_FOUND = 500, NOT_SUPPORTED = 801 };
 
 static std::mutex mem_lock;
-static std::unordered_map<uintptr_t, size_t> sizes;
+static std::map<uintptr_t, size_t> sizes;  // the allocations, by address
 static uint64_t used = 0, high = 0;
 // The emulated device's memory: host memory, up to this much at a time.
 constexpr uint64_t DEVICE_BYTES = (uint64_t)4 << 30;
@@ -605,6 +635,17 @@ static CUresult mem_alloc(CUdeviceptr* p, size_t bytes) {
     *p = (CUdeviceptr)(uintptr_t)q;
     return OK;
 }
+#if defined(EMU_PROFILE)
+// Whether p lies in a device allocation (for the memory profile: global memory, as against the
+// emulator's own state that the kernels' threadIdx and blockIdx read).
+bool emu::in_device_memory(const void* p) {
+    std::lock_guard<std::mutex> g(mem_lock);
+    auto it = sizes.upper_bound((uintptr_t)p);
+    if (it == sizes.begin()) return false;
+    --it;
+    return (uintptr_t)p - it->first < it->second;
+}
+#endif
 static CUresult mem_free(CUdeviceptr p) {
     if (!p) return OK;
     std::lock_guard<std::mutex> g(mem_lock);
@@ -789,3 +830,10 @@ CUresult cuPointerGetAttribute(void* data, int attr, CUdeviceptr) {
     return OK;
 }
 }
+
+#if defined(EMU_PROFILE)
+// A global or shared access of the running kernel's thread (profile.cpp's __tsan_* entries).
+void emu_profile_access(const void* p, uint32_t size, bool write, const void* pc) {
+    if (emu::cur) emu::profile_access(p, size, write, pc, emu::thread_index());
+}
+#endif

@@ -163,6 +163,9 @@ struct SharedSection {
 void cp_async(void* dst, const void* src, int src_bytes);
 void cp_commit();
 void cp_wait(int pending);
+// A shared-memory read that the kernel makes through the emulator (ldmatrix), for the memory
+// profile of a CUDA_EMU_PROFILE build (nothing otherwise).
+void note_shared_read(const void* p, uint32_t size);
 // Hopper (sm_90a). Shared memory by 32-bit address, as the kernels pass it to PTX: the dynamic
 // shared memory from 0, the kernel file's static shared memory from STATIC_SMEM.
 constexpr uint32_t STATIC_SMEM = 1u << 20;
@@ -224,17 +227,18 @@ inline void __syncwarp(uint32_t m = 0xffffffffu) { emu_vote(emu::SYNCWARP, m, 0)
 #define FFKERN_DYNAMIC_SMEM(name) unsigned char* const name = emu::dyn_smem
 inline uint32_t dynamic_smem_bytes() { return emu::dyn_smem_bytes; }
 namespace mma {
-inline void cp_async16(void* dst, const void* src, int src_bytes) { emu::cp_async(dst, src, src_bytes); }
+__attribute__((always_inline)) inline void cp_async16(void* dst, const void* src, int src_bytes) { emu::cp_async(dst, src, src_bytes); }
 inline void cp_async_commit() { emu::cp_commit(); }
 template <int N> inline void cp_async_wait() { emu::cp_wait(N); }
-inline void emu_ldmatrix(emu::Kind k, uint32_t (&r)[4], const void* p) {
+__attribute__((always_inline)) inline void emu_ldmatrix(emu::Kind k, uint32_t (&r)[4], const void* p) {
+    emu::note_shared_read(p, 16);  // for the memory profile: each lane's 16-byte row
     emu::Coll c{};
     c.kind = k, c.mask = 0xffffffffu, c.value = (uint64_t)(uintptr_t)p;
     emu::collective(c);
     for (int i = 0; i < 4; ++i) r[i] = c.r[i];
 }
-inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) { emu_ldmatrix(emu::LDMATRIX, r, p); }
-inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) { emu_ldmatrix(emu::LDMATRIX_T, r, p); }
+__attribute__((always_inline)) inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) { emu_ldmatrix(emu::LDMATRIX, r, p); }
+__attribute__((always_inline)) inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) { emu_ldmatrix(emu::LDMATRIX_T, r, p); }
 inline void emu_mma(emu::Kind k, float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     emu::Coll c{};
     c.kind = k, c.mask = 0xffffffffu;
