@@ -601,19 +601,22 @@ struct EpiArgs {
     uint32_t cs;  // C's (and Z's) inner stride: column c of a row at c·cs
     float beta;
     size_t oc, orr;
-    bool vec;  // every 8-column group's C (and R, Z) is 16-byte aligned: see tile_epi
+    bool vec;   // every 8-column group's C (and R, Z) is 16-byte aligned: see tile_epi
+    bool tvec;  // C (and Z) transposed (rows 1 apart) with every 8-row group 16-byte aligned
 };
 
 // The writer's arguments for a tile of batch bz. vec: whether 8 consecutive columns from a
 // multiple of 8 always start 16 bytes aligned in C, R and Z (bases and row strides), decided once
-// per tile instead of per 8 columns.
+// per tile instead of per 8 columns; tvec: the same of 8 consecutive rows in a C (and Z) stored
+// transposed (BlockShuffle's gathered first product).
 template <typename T>
 __device__ __forceinline__ EpiArgs tile_epi(const GemmParams& p, uint32_t bz, const T* R, const T* C, const T* Z) {
     static_assert(sizeof(T) == 2, "16-bit outputs");
     const size_t oc = (size_t)bz * p.sc, orr = (size_t)bz * p.sr;
     const auto al = [](const T* base, size_t off, uint32_t ld) { return ((reinterpret_cast<uintptr_t>(base + off) & 15) == 0) && ld % 8 == 0; };
     const bool vec = p.c_cs == 1 && al(C, oc, p.ldc) && (!p.has_r || al(R, orr, p.ldr)) && (!p.has_z || al(Z, oc, p.ldc));
-    return EpiArgs{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.c_cs, p.beta, oc, orr, vec};
+    const bool tvec = p.ldc == 1 && al(C, oc, p.c_cs) && (!p.has_z || al(Z, oc, p.c_cs));
+    return EpiArgs{p.m, p.n, p.ldc, p.ldr, p.act, p.act_cols, p.has_r, p.has_z, p.c_cs, p.beta, oc, orr, vec, tvec};
 }
 
 // The activations of the wgmma epilogue, whose outputs are f16/bf16: gelu_tanh takes the hardware
@@ -712,9 +715,50 @@ __device__ __forceinline__ void epilogue_chunk_act(const EpiArgs& p, const T* __
 // groups to store: consecutive threads walk the nearer of rows and columns, so that a warp's store
 // spans 32 elements that stride apart (the fewest sectors such a C allows), where 8 columns of 4
 // rows each would touch 4× as many or, transposed, 32 scattered ones.
+// A C stored transposed with aligned 8-row groups (tvec) takes them as 16-byte stores instead:
+// a warp's lanes take 16 columns × 2 adjacent row groups, so each column's 32 bytes are one whole
+// sector and the staged reads (the swizzle spreads a row group's 8 rows over 8 bank groups) meet
+// at most 2 to a bank.
 template <typename T, uint32_t ACT>
 __device__ __forceinline__ void epilogue_chunk_strided(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
                                                        const float* stage, uint32_t row0, uint32_t col0, int t) {
+    if (p.tvec) {
+        const int lane = t % 32;
+#pragma unroll 1
+        for (int u = t / 32; u < 16; u += 4) {
+            const int lc = 16 * (u % 4) + lane % 16, lr0 = 8 * (2 * (u / 4) + lane / 16);
+            const uint32_t grow = row0 + lr0, gcol = col0 + lc;
+            if (grow >= p.m || gcol >= p.n) continue;
+            float z[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) z[j] = stage[(lr0 + j) * 64 + (lc ^ (j << 3))];  // (lr0 + j) mod 8 = j
+            const bool a = gcol < p.act_cols, whole = grow + 8 <= p.m;
+            alignas(16) T out[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                float v = a ? act16<ACT>(z[j]) : z[j];
+                if (p.has_r && (whole || grow + j < p.m)) v += p.beta * to_f32(R[p.orr + (size_t)(grow + j) * p.ldr + gcol]);
+                out[j] = from_f32<T>(v);
+            }
+            const size_t o = p.oc + grow + (size_t)gcol * p.cs;  // ldc = 1
+            if (whole) {
+                *reinterpret_cast<uint4*>(C + o) = *reinterpret_cast<const uint4*>(out);
+                if (p.has_z) {
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) out[j] = from_f32<T>(z[j]);
+                    *reinterpret_cast<uint4*>(Z + o) = *reinterpret_cast<const uint4*>(out);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+                    if (grow + j < p.m) {
+                        C[o + j] = out[j];
+                        if (p.has_z) Z[o + j] = from_f32<T>(z[j]);
+                    }
+            }
+        }
+        return;
+    }
     const bool down = p.ldc < p.cs;
 #pragma unroll 4
     for (int e = t; e < 64 * 64; e += 128) {
