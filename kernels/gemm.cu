@@ -701,10 +701,15 @@ __device__ __forceinline__ void epilogue_chunk_act(const EpiArgs& p, const T* __
         const int lr = pass * 16 + t / 8, lc = (t % 8) * 8;
         const uint32_t grow = row0 + lr, gcol = col0 + lc;
         if (grow < p.m && gcol < p.n) {
-            const float* src = stage + lr * 64 + (lc ^ ((lr & 7) << 3));
-            const float4 a = *reinterpret_cast<const float4*>(src);
-            const float4 b = *reinterpret_cast<const float4*>(src + 4);
-            const float z[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+            // The 8 lanes of a quarter-warp read the 8 groups of one staged row; groups 4–7 take
+            // their upper half first, so that each 16-byte load meets every bank once (in order,
+            // groups g and g + 4 would share banks: two wavefronts a load).
+            const int g = (t % 8) ^ (lr & 7), h = (g >> 2) & 1;
+            const float* src = stage + lr * 64 + g * 8;
+            const float4 a = *reinterpret_cast<const float4*>(src + 4 * h);
+            const float4 b = *reinterpret_cast<const float4*>(src + 4 - 4 * h);
+            const float4 lo = h ? b : a, hi = h ? a : b;
+            const float z[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
             epilogue8<T, ACT, ALL>(p, R, C, Z, grow, gcol, z);
         }
     }

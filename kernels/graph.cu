@@ -744,7 +744,7 @@ __device__ __forceinline__ void ln_backward_impl(const T* __restrict__ x, const 
 }
 
 // LayerNorm with one warp per row in 16-byte pieces (the row at most 512 elements in whole pieces,
-// 16 floats a lane; x, y, dy, dx 16-byte aligned: the launcher checks). Why it is fast: the row stays in registers
+// 16 floats a lane; x, y, dy, dx and γ, β 16-byte aligned: the launcher checks). Why it is fast: the row stays in registers
 // between its passes (read once, where the block form above reads it three times) and the sums
 // are shuffles within the warp instead of barriers across a block of 256; a 512-wide bf16 row is
 // two pieces a lane, eight rows a block. Lanes sum their elements in order, then a fixed
@@ -755,6 +755,16 @@ __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (uint32_t o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+// N floats from 16-byte aligned `src`, 4 a load: a lane's γ or β for one piece, where element
+// loads would ask 8 floats apart of every lane (a sector a lane per request, 8 requests a piece).
+template <uint32_t N>
+__device__ __forceinline__ void load_f32s(const float* __restrict__ src, float (&out)[N]) {
+#pragma unroll
+    for (uint32_t c = 0; c < N; c += 4) {
+        const float4 f = *reinterpret_cast<const float4*>(src + c);
+        out[c] = f.x, out[c + 1] = f.y, out[c + 2] = f.z, out[c + 3] = f.w;
+    }
 }
 // The lane's pieces lane, lane + 32, … of row r of `src` (zeros past the row).
 template <typename T>
@@ -798,9 +808,11 @@ __device__ __forceinline__ void ln_forward16_impl(const T* __restrict__ x, const
         for (uint32_t i = 0; i < LN_PIECES<T>; ++i) {
             const uint32_t k0 = (lane + 32 * i) * V;
             if (k0 >= p.dim) break;
-            float o[V];
+            float o[V], gm[V], bt[V];
+            load_f32s(gamma + k0, gm);
+            load_f32s(beta + k0, bt);
 #pragma unroll
-            for (uint32_t c = 0; c < V; ++c) o[c] = (v[i][c] - mu) * rs * gamma[k0 + c] + beta[k0 + c];
+            for (uint32_t c = 0; c < V; ++c) o[c] = (v[i][c] - mu) * rs * gm[c] + bt[c];
             *reinterpret_cast<uint4*>(y + r * p.dim + k0) = pack16<T>(o);
         }
         if (lane == 0) {
@@ -824,9 +836,11 @@ __device__ __forceinline__ void ln_backward16_impl(const T* __restrict__ x, cons
 #pragma unroll
         for (uint32_t i = 0; i < LN_PIECES<T>; ++i) {
             const uint32_t k0 = (lane + 32 * i) * V;
+            float gm[V] = {};
+            if (k0 < p.dim) load_f32s(gamma + k0, gm);
 #pragma unroll
             for (uint32_t c = 0; c < V; ++c) {
-                g[i][c] *= k0 < p.dim ? gamma[k0 + c] : 0.0f;
+                g[i][c] *= gm[c];
                 xv[i][c] = (xv[i][c] - mu) * rs;
                 a += g[i][c];
                 b += g[i][c] * xv[i][c];

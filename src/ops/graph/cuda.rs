@@ -239,9 +239,11 @@ pub(crate) fn launch<T: CudaElem>(
             let out = out.ok_or_else(|| Error::Invalid("layer_norm: a typed output is needed".into()))?;
             let (x, affine) = (need(&a.x, "x")?, need(&a.w, "affine")?);
             // One warp per row on 16-byte pieces where the row is at most 512 elements in whole
-            // pieces and x, dy and the output are 16-byte aligned (LN_PIECES in kernels/graph.cu).
+            // pieces and x, dy, the output and γ, β are 16-byte aligned (LN_PIECES in
+            // kernels/graph.cu; β follows γ, dim floats on, a multiple of 16 bytes with the pieces).
             let dy_addr = a.y.as_ref().map_or(0, |dy| device_addr(rt, dy));
-            let warp_rows = dim <= 512 && pieces16::<T>(p.dim, 0, &[device_addr(rt, x), device_addr(rt, &*out), dy_addr]).is_some();
+            let addrs = [device_addr(rt, x), device_addr(rt, &*out), dy_addr, device_addr(rt, affine)];
+            let warp_rows = dim <= 512 && pieces16::<T>(p.dim, 0, &addrs).is_some();
             let (f, cfg_main) = if warp_rows {
                 (load(if kind == GraphKernel::LayerNorm { "graph_ln_forward16" } else { "graph_ln_backward16" })?, cfg(rows * 32))
             } else {
