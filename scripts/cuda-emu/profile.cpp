@@ -12,6 +12,8 @@
 // At exit it writes, per kernel, the totals and the instructions that waste the most, as
 // file:line of kernels/*.cu, to the file CUDA_EMU_PROFILE_OUT names (stderr if none).
 // A model of the memory system's request counts, not a timing: no caches, no overlap.
+// CUDA_EMU_PROFILE_DUMP=kernel prints the lanes' addresses of the first requests of each of its
+// instructions to stderr.
 #include "emu.h"
 
 #include <dlfcn.h>
@@ -119,6 +121,12 @@ void profile_flush() {
             const Access& a = *first[key];
             Site& s = ks[key.first];
             s.shared = a.shared, s.write = a.write, s.size = std::max(s.size, a.size);
+            static const char* dump = std::getenv("CUDA_EMU_PROFILE_DUMP");
+            if (dump && std::string(dump) == running_kernel() && s.requests < 3) {
+                std::fprintf(stderr, "request %p #%u:", site_pc(key.first), key.second);
+                for (size_t i = 0; i < r.first.size(); ++i) std::fprintf(stderr, " %u:%lx+%u", r.second[i], (unsigned long)r.first[i].first, r.first[i].second);
+                std::fprintf(stderr, "\n");
+            }
             score(s, r.first, r.second);
         }
     }
