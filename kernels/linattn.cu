@@ -1287,10 +1287,15 @@ __device__ __forceinline__ void chunk16_impl(const T* __restrict__ q, const T* _
                 const uint32_t r = e / 16, col = 4 * (e % 16);
                 *reinterpret_cast<uint2*>(&ms[(st * 32 + r) * C16_LM + col]) = pm[u];
             } else {
+                // Row r + ρ at step i, ρ = (i + (e mod 8) / 2) mod 4: the 8 lanes of a column
+                // (rows 4 apart, 144 bytes each: two bank offsets) then meet 8 bank offsets,
+                // where in row order four of them met at each (four wavefronts a store).
                 const uint32_t col = e / 8, r = 4 * (e % 8);
-                const T* x = reinterpret_cast<const T*>(&pm[u]);
 #pragma unroll
-                for (uint32_t i = 0; i < 4; ++i) ms[(st * 32 + r + i) * C16_LM + col] = x[i];
+                for (uint32_t i = 0; i < 4; ++i) {
+                    const uint32_t rho = (i + (e % 8) / 2) % 4, w = rho & 2 ? pm[u].y : pm[u].x;
+                    reinterpret_cast<uint16_t*>(ms)[(st * 32 + r + rho) * C16_LM + col] = (uint16_t)(rho & 1 ? w >> 16 : w & 0xffffu);
+                }
             }
         }
     };
