@@ -36,6 +36,19 @@ __device__ __forceinline__ float bits16_to_f32<float>(uint32_t b) {
     return __uint_as_float(b);
 }
 
+// N floats from 16-byte aligned `src`, 4 a load: a lane's per-channel parameters for one 16-byte
+// piece of a row (LayerNorm's γ, β; BatchNorm's statistics), where element loads would ask
+// floats 4 or 8 apart of every lane (a sector a lane per request, one request a float).
+template <uint32_t N>
+__device__ __forceinline__ void load_f32s(const float* __restrict__ src, float (&out)[N]) {
+    static_assert(N % 4 == 0, "whole float4s");
+#pragma unroll
+    for (uint32_t c = 0; c < N; c += 4) {
+        const float4 f = *reinterpret_cast<const float4*>(src + c);
+        out[c] = f.x, out[c + 1] = f.y, out[c + 2] = f.z, out[c + 3] = f.w;
+    }
+}
+
 // 16 bytes of a row as f32 (eight f16/bf16 or four f32 values), and back.
 template <typename T>
 __device__ __forceinline__ void unpack16(const uint4 u, float (&out)[16 / sizeof(T)]) {

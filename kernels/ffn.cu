@@ -136,11 +136,13 @@ __device__ __forceinline__ void bn_prepare_impl(const float* __restrict__ part, 
     stats[3 * n + c] = affine[n + c] - mean * scale;
 }
 
-// Whether every row is whole 16-byte pieces and each pointer 16-byte aligned (null: absent).
-template <typename T>
-__device__ __forceinline__ bool bn_pieces(const BnParams& p, const void* a, const void* b, const void* c, const void* d) {
-    const auto ok = [](const void* q) { return ((uintptr_t)q & 15) == 0; };
-    return p.channels % (16 / sizeof(T)) == 0 && ok(a) && ok(b) && ok(c) && ok(d);
+// Whether every row is whole 16-byte pieces and each pointer 16-byte aligned (null: absent). The
+// statistics and affine arrays are among them: their per-channel runs (C apart, C a multiple of
+// 4 then) are read 16 bytes at a time too.
+template <typename T, typename... P>
+__device__ __forceinline__ bool bn_pieces(const BnParams& p, P... q) {
+    const auto ok = [](const void* a) { return ((uintptr_t)a & 15) == 0; };
+    return p.channels % (16 / sizeof(T)) == 0 && (ok(q) && ...);
 }
 
 // The element-wise passes' walk: f(i0, n) for each 16-byte piece of n = 16/sizeof(T) elements
@@ -163,13 +165,16 @@ __device__ __forceinline__ void bn_apply_impl(const T* __restrict__ x, const flo
                                               T* __restrict__ y, const BnParams& p) {
     constexpr uint32_t V = 16 / sizeof(T);
     const uint32_t n = p.channels;
-    bn_walk<T>(p, bn_pieces<T>(p, x, y, nullptr, nullptr), [&](size_t i0, uint32_t count) {
+    bn_walk<T>(p, bn_pieces<T>(p, x, y, stats, affine), [&](size_t i0, uint32_t count) {
         const uint32_t c0 = i0 % n;
         if (count == V) {
-            float v[V];
+            float v[V], mean[V], scale[V], beta[V];
             unpack16<T>(*reinterpret_cast<const uint4*>(x + i0), v);
+            load_f32s(stats + c0, mean);
+            load_f32s(stats + 2 * n + c0, scale);
+            load_f32s(affine + n + c0, beta);
 #pragma unroll
-            for (uint32_t e = 0; e < V; ++e) v[e] = (v[e] - stats[c0 + e]) * stats[2 * n + c0 + e] + affine[n + c0 + e];
+            for (uint32_t e = 0; e < V; ++e) v[e] = (v[e] - mean[e]) * scale[e] + beta[e];
             *reinterpret_cast<uint4*>(y + i0) = pack16<T>(v);
         } else {
             y[i0] = from_f32<T>((to_f32(x[i0]) - stats[c0]) * stats[2 * n + c0] + affine[n + c0]);
@@ -225,23 +230,28 @@ __device__ __forceinline__ void bn_backward_apply_impl(const T* __restrict__ x, 
     constexpr uint32_t V = 16 / sizeof(T);
     const uint32_t n = p.channels;
     const float rows = (float)p.rows;
-    const auto grad = [&](uint32_t c, float xv, float g) {
-        const float rstd = stats[n + c];
-        const float xhat = (xv - stats[c]) * rstd;
-        return affine[c] * rstd / rows * (rows * g - stats[5 * n + c] - xhat * stats[4 * n + c]);
+    // From the channel's mean, rstd, γ, dβ and dγ.
+    const auto grad = [&](float mean, float rstd, float gamma, float dbeta, float dgamma, float xv, float g) {
+        const float xhat = (xv - mean) * rstd;
+        return gamma * rstd / rows * (rows * g - dbeta - xhat * dgamma);
     };
-    bn_walk<T>(p, bn_pieces<T>(p, x, dy, dx, p.has_extra ? extra : nullptr), [&](size_t i0, uint32_t count) {
+    bn_walk<T>(p, bn_pieces<T>(p, x, dy, dx, p.has_extra ? extra : nullptr, stats, affine), [&](size_t i0, uint32_t count) {
         const uint32_t c0 = i0 % n;
         if (count == V) {
-            float xv[V], g[V], e[V] = {};
+            float xv[V], g[V], e[V] = {}, mean[V], rstd[V], gamma[V], dbeta[V], dgamma[V];
             unpack16<T>(*reinterpret_cast<const uint4*>(x + i0), xv);
             unpack16<T>(*reinterpret_cast<const uint4*>(dy + i0), g);
             if (p.has_extra) unpack16<T>(*reinterpret_cast<const uint4*>(extra + i0), e);
+            load_f32s(stats + c0, mean);
+            load_f32s(stats + n + c0, rstd);
+            load_f32s(affine + c0, gamma);
+            load_f32s(stats + 5 * n + c0, dbeta);
+            load_f32s(stats + 4 * n + c0, dgamma);
 #pragma unroll
-            for (uint32_t j = 0; j < V; ++j) xv[j] = grad(c0 + j, xv[j], g[j]) + (p.has_extra ? e[j] : 0.0f);
+            for (uint32_t j = 0; j < V; ++j) xv[j] = grad(mean[j], rstd[j], gamma[j], dbeta[j], dgamma[j], xv[j], g[j]) + (p.has_extra ? e[j] : 0.0f);
             *reinterpret_cast<uint4*>(dx + i0) = pack16<T>(xv);
         } else {
-            float d = grad(c0, to_f32(x[i0]), to_f32(dy[i0]));
+            float d = grad(stats[c0], stats[n + c0], affine[c0], stats[5 * n + c0], stats[4 * n + c0], to_f32(x[i0]), to_f32(dy[i0]));
             if (p.has_extra) d += to_f32(extra[i0]);
             dx[i0] = from_f32<T>(d);
         }

@@ -756,16 +756,6 @@ __device__ __forceinline__ float warp_sum(float v) {
     for (uint32_t o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
-// N floats from 16-byte aligned `src`, 4 a load: a lane's γ or β for one piece, where element
-// loads would ask 8 floats apart of every lane (a sector a lane per request, 8 requests a piece).
-template <uint32_t N>
-__device__ __forceinline__ void load_f32s(const float* __restrict__ src, float (&out)[N]) {
-#pragma unroll
-    for (uint32_t c = 0; c < N; c += 4) {
-        const float4 f = *reinterpret_cast<const float4*>(src + c);
-        out[c] = f.x, out[c + 1] = f.y, out[c + 2] = f.z, out[c + 3] = f.w;
-    }
-}
 // The lane's pieces lane, lane + 32, … of row r of `src` (zeros past the row).
 template <typename T>
 __device__ __forceinline__ void ln_load(const T* __restrict__ src, size_t r, uint32_t lane, const GraphParams& p, float (&v)[LN_PIECES<T>][16 / sizeof(T)]) {
