@@ -160,17 +160,21 @@ void cp_wait(int pending) {
 // 1024-byte aligned must align them itself.
 static unsigned char* window = nullptr;
 static uint32_t window_bytes = 0;
-uint32_t smem_addr(const void* p) {
+constexpr uint32_t NOT_SHARED = ~0u;
+// p's 32-bit shared address, or NOT_SHARED where p is not in the block's shared memory.
+static uint32_t shared_offset(const void* p) {
     const auto* q = static_cast<const unsigned char*>(p);
     if (q >= window && q < window + window_bytes) return (uint32_t)(q - window);
     if (kernel && q >= kernel->shared.begin && q < kernel->shared.end) return STATIC_SMEM + (uint32_t)(q - kernel->shared.begin);
-    trap("a shared-memory address of memory that is not shared");
+    return NOT_SHARED;
+}
+uint32_t smem_addr(const void* p) {
+    const uint32_t a = shared_offset(p);
+    if (a == NOT_SHARED) trap("a shared-memory address of memory that is not shared");
+    return a;
 }
 #if defined(EMU_PROFILE)
-bool in_shared(const void* p) {
-    const auto* q = static_cast<const unsigned char*>(p);
-    return (q >= window && q < window + window_bytes) || (kernel && q >= kernel->shared.begin && q < kernel->shared.end);
-}
+bool in_shared(const void* p) { return shared_offset(p) != NOT_SHARED; }
 #endif
 static unsigned char* smem_ptr(uint32_t a, uint32_t bytes) {
     if (a < window_bytes && bytes <= window_bytes - a) return window + a;
