@@ -867,8 +867,10 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
     const int KT = (p.k + BK - 1) / BK;
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
-        // EW: 216·256 + 80·128 = 65536, the register file, shared with the epilogue warps.
-        if (EW) setmaxnreg_dec<80>();
+        // The block holds 384 · 168 = 64512 registers (__launch_bounds__(384, 1)), never more:
+        // 40·128 + 232·256, or EW, 72·128 + 216·256 with the epilogue warps. An inc past the
+        // pool waits for ever.
+        if (EW) setmaxnreg_dec<72>();
         else setmaxnreg_dec<40>();
         if (EW && threadIdx.x >= 32) {
             // Warps 1–3: the epilogue of each staged tile while the consumers multiply the next.

@@ -12,6 +12,7 @@
 #include <sanitizer/asan_interface.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -38,7 +39,7 @@ std::map<std::string, Kernel>& registry() {
 }
 void add_kernel(const char* name, std::function<void(void**)> f, SharedSection shared) { registry()[name] = {std::move(f), shared}; }
 
-enum State { RUNNABLE, WAIT_BAR, WAIT_COLL, WAIT_MBAR, WAIT_NBAR, DONE };
+enum State { RUNNABLE, WAIT_BAR, WAIT_COLL, WAIT_MBAR, WAIT_NBAR, WAIT_REG, DONE };
 struct Copy {
     void* dst;
     const void* src;
@@ -77,7 +78,8 @@ struct Fiber : Thread {
     Coll* coll = nullptr;
     std::vector<std::vector<Copy>> groups;  // committed cp.async groups, oldest first
     std::vector<Copy> open;                 // copies since the last commit
-    uint32_t wait_on = 0, wait_arg = 0;     // WAIT_MBAR: barrier, parity; WAIT_NBAR: id, threads
+    uint32_t wait_on = 0, wait_arg = 0;     // WAIT_MBAR: barrier, parity; WAIT_NBAR: id, threads; WAIT_REG: registers
+    uint32_t regs = 0;                      // this thread's registers (setmaxnreg)
     struct Wgmma {
         float* d;
         uint32_t n;
@@ -227,6 +229,33 @@ void named_barrier(uint32_t id, uint32_t threads) {
     Fiber& f = me();
     f.wait_on = id, f.wait_arg = threads;
     yield_as(WAIT_NBAR);
+}
+// The block's registers that no thread holds (setmaxnreg.dec returns them, .inc takes them).
+static uint64_t regs_free = 0;
+void setmaxnreg(uint32_t regs, bool inc) {
+    Fiber& f = me();
+    if (regs < 24 || regs > 256 || regs % 8) trap("setmaxnreg outside 24..256 or not a multiple of 8");
+    if (inc ? regs < f.regs : regs > f.regs) trap(inc ? "setmaxnreg.inc below the thread's registers" : "setmaxnreg.dec above the thread's registers");
+    if (!inc) {
+        regs_free += f.regs - regs;
+        f.regs = regs;
+        return;
+    }
+    f.wait_arg = regs;
+    yield_as(WAIT_REG);
+}
+// Gives each thread blocked in setmaxnreg.inc its registers while the pool holds them.
+static bool release_regs(uint32_t nthreads) {
+    bool progress = false;
+    for (uint32_t i = 0; i < nthreads; ++i) {
+        Fiber& f = fibers[i];
+        if (f.state != WAIT_REG || regs_free < f.wait_arg - f.regs) continue;
+        regs_free -= f.wait_arg - f.regs;
+        f.regs = f.wait_arg;
+        f.state = RUNNABLE;
+        progress = true;
+    }
+    return progress;
 }
 
 // What cuTensorMapEncodeTiled (below) writes into the driver's opaque 128 bytes.
@@ -517,6 +546,10 @@ static void run_block(uint32_t nthreads) {
     }
     mbars.clear();
     bulks.clear();
+    // The registers each thread starts with: __launch_bounds__(nthreads, 1)'s most.
+    const uint32_t start_regs = std::min<uint32_t>(255, 65536 / (32 * ((nthreads + 31) / 32)) / 8 * 8);
+    for (uint32_t i = 0; i < nthreads; ++i) fibers[i].regs = start_regs;
+    regs_free = 0;
 #if defined(EMU_PROFILE)
     block_threads = nthreads;
 #endif
@@ -540,6 +573,7 @@ static void run_block(uint32_t nthreads) {
         if (all_done) return;
         progress |= land_bulks();
         progress |= release_named(nthreads);
+        progress |= release_regs(nthreads);
         for (uint32_t i = 0; i < nthreads; ++i) progress |= fibers[i].state == RUNNABLE;  // released by an mbarrier
         for (uint32_t w = 0; w < warps; ++w) progress |= resolve_warp(w, nthreads, false);
         if (progress) continue;
@@ -550,16 +584,16 @@ static void run_block(uint32_t nthreads) {
         }
         for (uint32_t w = 0; w < warps; ++w) progress |= resolve_warp(w, nthreads, true);
         if (progress) continue;
-        uint32_t bar = 0, coll = 0, mbar = 0, named = 0;
+        uint32_t bar = 0, coll = 0, mbar = 0, named = 0, reg = 0;
         for (uint32_t i = 0; i < nthreads; ++i) {
             const State s = fibers[i].state;
-            bar += s == WAIT_BAR, coll += s == WAIT_COLL, mbar += s == WAIT_MBAR, named += s == WAIT_NBAR;
+            bar += s == WAIT_BAR, coll += s == WAIT_COLL, mbar += s == WAIT_MBAR, named += s == WAIT_NBAR, reg += s == WAIT_REG;
         }
         cur = nullptr;
         std::fprintf(stderr,
                      "cuda-emu: deadlock in %s block (%u,%u,%u): %u threads at __syncthreads, %u at a warp collective, %u at an mbarrier, %u at a "
-                     "named barrier\n",
-                     kernel_name, block_idx.x, block_idx.y, block_idx.z, bar, coll, mbar, named);
+                     "named barrier, %u at setmaxnreg.inc (%llu registers free)\n",
+                     kernel_name, block_idx.x, block_idx.y, block_idx.z, bar, coll, mbar, named, reg, (unsigned long long)regs_free);
         std::abort();
     }
 }

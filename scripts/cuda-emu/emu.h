@@ -177,6 +177,11 @@ void mbar_init(uint32_t bar, uint32_t count);
 void mbar_arrive(uint32_t bar, uint32_t expect_tx_bytes);
 bool mbar_wait(uint32_t bar, uint32_t parity);
 void named_barrier(uint32_t id, uint32_t threads);
+// setmaxnreg: the block starts with each thread at the registers its launch bounds allow (65536
+// over the threads, down to a multiple of 8; what ptxas gives a kernel that uses setmaxnreg), and
+// the pool is never more: a dec returns registers to it, an inc blocks until the pool holds what
+// it asks — for ever, as on the GPU, where the warpgroups ask for more than the block has.
+void setmaxnreg(uint32_t regs, bool inc);
 // cp.async.bulk.tensor: queued, and landed (with its bytes counted on `bar`) only when every
 // thread of the block has blocked, so that what a thread reads before its wait is stale.
 void tma_load(uint32_t dst, const void* map, const int* coords, int rank, uint32_t bar);
@@ -283,8 +288,8 @@ inline void tma_load(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c
 }
 inline void named_barrier(uint32_t id, uint32_t threads) { emu::named_barrier(id, threads); }
 inline void fence_mbarrier_init() {}
-template <int N> inline void setmaxnreg_dec() {}
-template <int N> inline void setmaxnreg_inc() {}
+template <int N> inline void setmaxnreg_dec() { emu::setmaxnreg(N, false); }
+template <int N> inline void setmaxnreg_inc() { emu::setmaxnreg(N, true); }
 // The special-function unit: subnormals flushed (.ftz); tanh.approx's relative error (about
 // 2^-11) as the mantissa cut to 11 bits.
 inline float ftz(float x) { return std::fabs(x) < 1.17549435e-38f ? std::copysign(0.0f, x) : x; }
