@@ -344,18 +344,11 @@ const WM: u32 = 128u;
 var<workgroup> Aw: array<vec4<f32>, 512>; // [BK][WM/4]
 var<workgroup> Bw: array<vec4<f32>, 512>; // [BK][128/4] (64/4 used by the 128×64 form)
 
-// The multiply-adds of one K step for column half h: a0, a1 the invocation's two groups of four
-// rows, b its four columns of that half.
-fn fma_half(acc: ptr<function, array<vec4<f32>, 16>>, h: u32, a0: vec4<f32>, a1: vec4<f32>, b: vec4<f32>) {
-    for (var c = 0u; c < 4u; c = c + 1u) {
-        (*acc)[2u * c + h] = (*acc)[2u * c + h] + a0[c] * b;
-        (*acc)[8u + 2u * c + h] = (*acc)[8u + 2u * c + h] + a1[c] * b;
-    }
-}
-
 fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32, halves: u32) -> array<vec4<f32>, 16> {
     let tx = lid % 16u;
     let ty = lid / 16u;
+    // acc[2r + h]: row r of the eight (a0's four, then a1's), column half h. Every index is a
+    // constant: an array indexed at run time leaves registers for local memory on a GPU.
     var acc: array<vec4<f32>, 16>;
     for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
         stage_slab(0u, lid, bz, WM, m0, k0, p.k, 32u);
@@ -364,8 +357,26 @@ fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32, halves: u32) -> array<vec4
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
             let a0 = Aw[kk * 32u + ty];
             let a1 = Aw[kk * 32u + 16u + ty];
-            fma_half(&acc, 0u, a0, a1, Bw[kk * 32u + tx]);
-            if (halves == 2u) { fma_half(&acc, 1u, a0, a1, Bw[kk * 32u + 16u + tx]); }
+            let b = Bw[kk * 32u + tx];
+            acc[0] = acc[0] + a0.x * b;
+            acc[2] = acc[2] + a0.y * b;
+            acc[4] = acc[4] + a0.z * b;
+            acc[6] = acc[6] + a0.w * b;
+            acc[8] = acc[8] + a1.x * b;
+            acc[10] = acc[10] + a1.y * b;
+            acc[12] = acc[12] + a1.z * b;
+            acc[14] = acc[14] + a1.w * b;
+            if (halves == 2u) {
+                let c = Bw[kk * 32u + 16u + tx];
+                acc[1] = acc[1] + a0.x * c;
+                acc[3] = acc[3] + a0.y * c;
+                acc[5] = acc[5] + a0.z * c;
+                acc[7] = acc[7] + a0.w * c;
+                acc[9] = acc[9] + a1.x * c;
+                acc[11] = acc[11] + a1.y * c;
+                acc[13] = acc[13] + a1.z * c;
+                acc[15] = acc[15] + a1.w * c;
+            }
         }
         workgroupBarrier();
     }
