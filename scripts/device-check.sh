@@ -113,10 +113,10 @@ for k in ${KERNELS-auto mma pingpong kgen epiwarp}; do
     FFKERN_GEMM_KERNEL=$k timeout "$(lim 120)" $B/ffkern check --backend cuda > "$OUT/check-cuda-$k.txt" 2>&1 &
     pids+=($!)
 done
-# The linear-attention kernel choices beside the default (16-bit tensor cores where they fit): the
-# chunked forward in one pass (FFKERN_LINATTN_KERNEL=fused) and the TF32 kernels (mma; simt, their
-# f32-FMA twins, on request).
-for lk in ${LINATTN_KERNELS-fused mma}; do
+# The linear-attention kernel choices beside the default (16-bit tensor cores where they fit, the
+# chunked forms in one pass where they fit): per-chunk states and a scan (FFKERN_LINATTN_KERNEL=twopass)
+# and the TF32 kernels (mma; simt, their f32-FMA twins, on request).
+for lk in ${LINATTN_KERNELS-twopass mma}; do
     test_run "linattn-$lk" $B/tests/linattn FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda
     test_run "memory-$lk" $B/tests/memory FFKERN_LINATTN_KERNEL=$lk FFKERN_REQUIRE=cuda
 done
@@ -133,14 +133,14 @@ test_run "structured-gathered" $B/tests/structured FFKERN_SHUFFLE=gathered FFKER
 test_run "robustness-gathered" $B/tests/robustness FFKERN_SHUFFLE=gathered FFKERN_REQUIRE=cuda
 # Random descriptors against the CPU reference under each other kernel choice: the opt-in GEMMs
 # and the one-pass linear attention before either can become a default, and both graph forms.
-for kv in ${ROBUSTNESS_KERNELS-FFKERN_GEMM_KERNEL=epiwarp FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=mma FFKERN_LINATTN_KERNEL=fused FFKERN_GRAPH_KERNEL=thread FFKERN_GRAPH_KERNEL=warp}; do
+for kv in ${ROBUSTNESS_KERNELS-FFKERN_GEMM_KERNEL=epiwarp FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=mma FFKERN_LINATTN_KERNEL=twopass FFKERN_GRAPH_KERNEL=thread FFKERN_GRAPH_KERNEL=warp}; do
     name=${kv#FFKERN_}
     test_run "robustness-${name//=/-}" $B/tests/robustness "$kv" FFKERN_REQUIRE=cuda
 done
 # Random problems of every family (tests/properties.rs): another, larger draw, and the default
 # draw under each opt-in kernel choice.
 test_run "properties-seed1" $B/tests/properties FFKERN_PROPTEST_SEED=1 FFKERN_PROPTEST_CASES=64 FFKERN_REQUIRE=cuda
-for kv in ${PROPERTIES_KERNELS-FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=epiwarp FFKERN_GEMM_KERNEL=kgen FFKERN_LINATTN_KERNEL=fused FFKERN_SHUFFLE=gathered FFKERN_GRAPH_KERNEL=thread}; do
+for kv in ${PROPERTIES_KERNELS-FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=epiwarp FFKERN_GEMM_KERNEL=kgen FFKERN_LINATTN_KERNEL=twopass FFKERN_SHUFFLE=gathered FFKERN_GRAPH_KERNEL=thread}; do
     name=${kv#FFKERN_}
     test_run "properties-${name//=/-}" $B/tests/properties "$kv" FFKERN_REQUIRE=cuda
 done
@@ -242,7 +242,7 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
         checked "$fk" "$OUT/check-cuda-$fk.txt" || break
         FFKERN_GEMM_KERNEL=$fk bench "cuda-$op-$fk" 90 --backend cuda --op "$op" --dtype bf16 --reps 20 $([ "$op" = structured ] && echo --no-crossover)
     done
-    for lk in ${LINATTN_KERNELS-fused mma}; do
+    for lk in ${LINATTN_KERNELS-twopass mma}; do
         checked "$lk" "$OUT/test-linattn-$lk.log" || continue
         FFKERN_LINATTN_KERNEL=$lk bench "cuda-linear_attn-$lk" 60 --backend cuda --op linear_attn --reps 10
     done
@@ -278,7 +278,7 @@ fi
 # an entry OP:VAR=value sets one kernel choice.
 if [ "${PROFILE:-1}" = 1 ]; then
     ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    profile_ops=${PROFILE_OPS:-structured linear_attn linear_attn:FFKERN_LINATTN_KERNEL=fused graph}
+    profile_ops=${PROFILE_OPS:-structured linear_attn linear_attn:FFKERN_LINATTN_KERNEL=twopass graph}
     for entry in $profile_ops; do
         op=${entry%%:*}; envs=; [ "$entry" != "$op" ] && envs=${entry#*:}
         name=$op${envs:+-${envs##*=}}
@@ -300,8 +300,8 @@ PY
     done
 fi
 # Stall reasons and memory traffic of one launch of each kernel furthest from its peer (DETAIL=1):
-# the linear-attention state sweep and chunk output at flash-linear-attention's shape (the first
-# launches at that shape after --seq 64's two), and the bias+GELU wgmma GEMM (after 4096³'s two).
+# the one-pass linear-attention forward and backward at flash-linear-attention's shape (the first
+# shape that fills the GPU enough for them), and the bias+GELU wgmma GEMM (after 4096³'s two).
 if [ "${DETAIL:-1}" = 1 ]; then
     ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     detail() { # name, skip, kernel regex, bench args...
@@ -313,8 +313,8 @@ if [ "${DETAIL:-1}" = 1 ]; then
         log "detail $name: rc=$?"
         grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Eligible Warps|Achieved Occupancy|Registers Per|Est. Speedup|stall" "$OUT/detail-$name.txt" | head -14 | tee -a "$OUT/summary.txt"
     }
-    detail linattn-states 0 linattn_chunk_states_mma16s_bf16 --op linear_attn --seq 64
-    detail linattn-output 2 linattn_chunk_output_mma16_bf16 --op linear_attn --seq 64
+    detail linattn-fused 0 linattn_chunk_fused_bf16 --op linear_attn --seq 64
+    detail linattn-fused-grad 0 linattn_chunk_fused_grad_bf16 --op linear_attn --seq 64
     detail gemm-gelu 2 gemm_bf16_wgmma --op gemm --dtype bf16
 fi
 if [ "${WGPU_BENCH:-1}" = 1 ]; then

@@ -647,8 +647,9 @@ fn packed_one_pass_case(k: usize, v: usize, fm: FeatureMap, n: Normalize, dtype:
 /// output also with Count), K and V multiples of 8 (V 24 leaves most of a 64-column tile empty);
 /// on every other backend the same cases through the default kernels. Ten chunks a sequence run
 /// the sweeps' copy pipeline through every stage more than once (four stages, three chunks ahead).
-/// Under `FFKERN_LINATTN_KERNEL=fused` the forwards, and the backwards with normalize none (dq, dk,
-/// dv), take the one-pass kernels: K 128 fills both row halves of the forward's and dv's state
+/// On CUDA by default (`FFKERN_LINATTN_KERNEL=twopass` keeps the per-chunk states), and on wgpu
+/// under `FFKERN_LINATTN_KERNEL=fused`, the forwards, and the backwards with normalize none (dq,
+/// dk, dv), take the one-pass kernels: K 128 fills both row halves of the forward's and dv's state
 /// slices, V 72 those of dq's and dk's (partly) and gives the forward and dv a second, mostly empty
 /// output tile.
 #[test]

@@ -41,8 +41,8 @@ pub const WGPU_GEMM: KernelChoice = KernelChoice {
 /// The linear-attention chunk kernels (see `ops::linattn::kernel_choice`).
 pub const LINATTN_KERNEL: KernelChoice = KernelChoice {
     var: "FFKERN_LINATTN_KERNEL",
-    values: &["auto", "mma", "simt", "fused"],
-    what: "CUDA linear-attention chunk kernels: 16-bit tensor cores where the inputs allow, else TF32; TF32 tensor cores; f32 FMA; auto with the chunked forward and backward in one pass per output where they fit (on wgpu too)",
+    values: &["auto", "mma", "simt", "fused", "twopass"],
+    what: "CUDA linear-attention chunk kernels: 16-bit tensor cores where the inputs allow, else TF32, with the chunked forward and backward of many sequences·heads in one pass per output where they fit; TF32 tensor cores; f32 FMA; auto (on wgpu too: the WGSL one-pass kernels); auto with per-chunk states and a scan instead of the one-pass kernels",
 };
 /// The CUDA graph row kernels (see `ops::graph::cuda`).
 pub const GRAPH_KERNEL: KernelChoice = KernelChoice {
