@@ -133,7 +133,7 @@ test_run "structured-gathered" $B/tests/structured FFKERN_SHUFFLE=gathered FFKER
 test_run "robustness-gathered" $B/tests/robustness FFKERN_SHUFFLE=gathered FFKERN_REQUIRE=cuda
 # Random descriptors against the CPU reference under each other kernel choice: the opt-in GEMMs
 # and the one-pass linear attention before either can become a default, and both graph forms.
-for kv in ${ROBUSTNESS_KERNELS-FFKERN_GEMM_KERNEL=epiwarp FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=mma FFKERN_LINATTN_KERNEL=twopass FFKERN_GRAPH_KERNEL=thread FFKERN_GRAPH_KERNEL=warp}; do
+for kv in ${ROBUSTNESS_KERNELS-FFKERN_GEMM_KERNEL=epiwarp FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=mma FFKERN_LINATTN_KERNEL=twopass FFKERN_GRAPH_KERNEL=thread}; do
     name=${kv#FFKERN_}
     test_run "robustness-${name//=/-}" $B/tests/robustness "$kv" FFKERN_REQUIRE=cuda
 done
@@ -144,8 +144,8 @@ for kv in ${PROPERTIES_KERNELS-FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=ep
     name=${kv#FFKERN_}
     test_run "properties-${name//=/-}" $B/tests/properties "$kv" FFKERN_REQUIRE=cuda
 done
-# The graph row kernels forced to one form (the default picks the warp form unless rows are split).
-for gk in ${GRAPH_KERNELS-thread warp}; do
+# The graph row kernels on four columns a thread (the default takes the warp form where the widths allow).
+for gk in ${GRAPH_KERNELS-thread}; do
     for t in graph gnn oneforecast; do
         test_run "$t-$gk" $B/tests/$t FFKERN_GRAPH_KERNEL=$gk FFKERN_REQUIRE=cuda
     done
@@ -246,7 +246,7 @@ if [ "${CUDA_BENCH:-1}" = 1 ]; then
         checked "$lk" "$OUT/test-linattn-$lk.log" || continue
         FFKERN_LINATTN_KERNEL=$lk bench "cuda-linear_attn-$lk" 60 --backend cuda --op linear_attn --reps 10
     done
-    for gk in ${GRAPH_KERNELS-thread warp}; do
+    for gk in ${GRAPH_KERNELS-thread}; do
         checked "$gk" "$OUT/test-graph-$gk.log" "$OUT/test-oneforecast-$gk.log" || continue
         FFKERN_GRAPH_KERNEL=$gk bench "cuda-graph-$gk" 90 --backend cuda --op graph --reps 20
     done

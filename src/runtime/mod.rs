@@ -48,7 +48,7 @@ pub const LINATTN_KERNEL: KernelChoice = KernelChoice {
 pub const GRAPH_KERNEL: KernelChoice = KernelChoice {
     var: "FFKERN_GRAPH_KERNEL",
     values: &["auto", "thread", "warp"],
-    what: "CUDA spmm and sum/mean reductions: warps over a row's 16-byte pieces unless the graph has split rows; four columns a thread; the warp form",
+    what: "CUDA spmm and sum/mean reductions: warps over a row's 16-byte pieces where the widths allow; four columns a thread; the same as auto",
 };
 /// BlockShuffle's middle activation (see `ops::structured`).
 pub const SHUFFLE_FORM: KernelChoice = KernelChoice {

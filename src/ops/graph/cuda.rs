@@ -107,11 +107,10 @@ pub(crate) struct CudaGraphArgs<'a, T> {
     pub v: Option<CudaView<'a, f32>>,
 }
 
-/// `FFKERN_GRAPH_KERNEL`: `auto` (default: a warp per 32 16-byte pieces of a row for spmm and
-/// sum/mean where the widths allow and the graph has no rows split over segments — on the H100
-/// the warp form, then one warp a row, was 1.1–1.2× faster on uniform in-degree and 2–2.3× slower
-/// with a power-law hub), `thread` (four columns per thread) or `warp` (the warp form wherever
-/// the widths allow).
+/// `FFKERN_GRAPH_KERNEL`: `auto` (default) or `warp` (a warp per 32 16-byte pieces of a row for
+/// spmm and sum/mean where the widths allow, the long rows' segment partials folded first; on the
+/// H200's power-law graphs, where the thread form ran before, 0.88–0.89× its time on the bf16
+/// mesh, 0.91–1.07× on the rest) or `thread` (four columns per thread).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     crate::runtime::kernel_env(&CHOICE, &crate::runtime::GRAPH_KERNEL)
@@ -333,11 +332,7 @@ pub(crate) fn launch<T: CudaElem>(
             };
             // Warps of 32 16-byte pieces of a row (see `kernel_choice`) for spmm and sum/mean.
             let per16 = 16 / std::mem::size_of::<T>();
-            let warp_ok = match kernel_choice()? {
-                "warp" => true,
-                "auto" => p.num_long == 0,
-                _ => false,
-            }
+            let warp_ok = kernel_choice()? != "thread"
                 && (kind == GraphKernel::Spmm || (p.reduce <= 1 && arg.is_none()))
                 && whole_pieces::<T, _, _>(rt, p, x, &*out);
             if warp_ok {
