@@ -99,7 +99,8 @@ pids=()
 test_run() { # log name, binary, VAR=value...
     local name=$1 bin=$2; shift 2
     echo "$name $bin $*" >> "$OUT/tests.manifest"
-    env "$@" timeout "$(lim 180)" "$bin" > "$OUT/test-$name.log" 2>&1 &
+    # 240 s: with every run at once on 16 cores, the GEMM test's CPU references took over 180.
+    env "$@" timeout "$(lim 240)" "$bin" > "$OUT/test-$name.log" 2>&1 &
     pids+=($!)
 }
 for t in $([ "${TESTS:-1}" = 1 ] && ls $B/tests/*); do
@@ -322,8 +323,10 @@ if [ "${WGPU_BENCH:-1}" = 1 ]; then
     # The WGSL GEMM's 64×64 form beside the wide one that the run above takes on large products.
     FFKERN_WGPU_GEMM=narrow bench wgpu-gemm-narrow 60 --backend wgpu --op gemm --reps 10 --full --dtype f32,bf16
 else
-    # The WGSL GEMM alone (16-byte slab loads, tenth session): seconds, so it runs in every call.
+    # The WGSL GEMM alone (16-byte slab loads, tenth session): seconds, so it runs in every call,
+    # its 128×128 form (what auto takes here) beside the 64×64 one.
     bench wgpu-gemm 60 --backend wgpu --op gemm --reps 10 --full --dtype f32,bf16
+    FFKERN_WGPU_GEMM=narrow bench wgpu-gemm-narrow 60 --backend wgpu --op gemm --reps 10 --full --dtype f32
 fi
 # The WGSL linear-attention chunk kernels (4×4 blocks over vec4 slabs, eleventh session), two-pass
 # and one-pass, at flash-linear-attention's shapes beside the CUDA rows.
