@@ -344,12 +344,24 @@ const WM: u32 = 128u;
 var<workgroup> Aw: array<vec4<f32>, 512>; // [BK][WM/4]
 var<workgroup> Bw: array<vec4<f32>, 512>; // [BK][128/4] (64/4 used by the 128×64 form)
 
-fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32, halves: u32) -> array<vec4<f32>, 16> {
+// An invocation's eight rows (a0's four, then a1's) of one column half: lo the first 64 columns'
+// four, hi the second 64's.
+struct WideAcc {
+    lo: array<vec4<f32>, 8>,
+    hi: array<vec4<f32>, 8>,
+}
+
+// One K step of one column half: row r + a_r · b. Values in and out, every index a constant: an
+// array indexed at run time leaves registers for local memory on a GPU.
+fn fma_rows(acc: array<vec4<f32>, 8>, a0: vec4<f32>, a1: vec4<f32>, b: vec4<f32>) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(acc[0] + a0.x * b, acc[1] + a0.y * b, acc[2] + a0.z * b, acc[3] + a0.w * b,
+                               acc[4] + a1.x * b, acc[5] + a1.y * b, acc[6] + a1.z * b, acc[7] + a1.w * b);
+}
+
+fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32, halves: u32) -> WideAcc {
     let tx = lid % 16u;
     let ty = lid / 16u;
-    // acc[2r + h]: row r of the eight (a0's four, then a1's), column half h. Every index is a
-    // constant: an array indexed at run time leaves registers for local memory on a GPU.
-    var acc: array<vec4<f32>, 16>;
+    var acc: WideAcc;
     for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
         stage_slab(0u, lid, bz, WM, m0, k0, p.k, 32u);
         stage_slab(1u, lid, bz, 64u * halves, n0, k0, p.k, 32u);
@@ -357,26 +369,8 @@ fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32, halves: u32) -> array<vec4
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
             let a0 = Aw[kk * 32u + ty];
             let a1 = Aw[kk * 32u + 16u + ty];
-            let b = Bw[kk * 32u + tx];
-            acc[0] = acc[0] + a0.x * b;
-            acc[2] = acc[2] + a0.y * b;
-            acc[4] = acc[4] + a0.z * b;
-            acc[6] = acc[6] + a0.w * b;
-            acc[8] = acc[8] + a1.x * b;
-            acc[10] = acc[10] + a1.y * b;
-            acc[12] = acc[12] + a1.z * b;
-            acc[14] = acc[14] + a1.w * b;
-            if (halves == 2u) {
-                let c = Bw[kk * 32u + 16u + tx];
-                acc[1] = acc[1] + a0.x * c;
-                acc[3] = acc[3] + a0.y * c;
-                acc[5] = acc[5] + a0.z * c;
-                acc[7] = acc[7] + a0.w * c;
-                acc[9] = acc[9] + a1.x * c;
-                acc[11] = acc[11] + a1.y * c;
-                acc[13] = acc[13] + a1.z * c;
-                acc[15] = acc[15] + a1.w * c;
-            }
+            acc.lo = fma_rows(acc.lo, a0, a1, Bw[kk * 32u + tx]);
+            if (halves == 2u) { acc.hi = fma_rows(acc.hi, a0, a1, Bw[kk * 32u + 16u + tx]); }
         }
         workgroupBarrier();
     }
@@ -385,14 +379,14 @@ fn mainloop_wide(lid: u32, bz: u32, m0: u32, n0: u32, halves: u32) -> array<vec4
 
 fn gemm_wide_tile(lid: u32, wg: vec3<u32>, halves: u32) {
     let acc = mainloop_wide(lid, wg.z, wg.y * WM, wg.x * 64u * halves, halves);
-    wide_row(lid, wg, halves, 0u, acc[0], acc[1]);
-    wide_row(lid, wg, halves, 1u, acc[2], acc[3]);
-    wide_row(lid, wg, halves, 2u, acc[4], acc[5]);
-    wide_row(lid, wg, halves, 3u, acc[6], acc[7]);
-    wide_row(lid, wg, halves, 4u, acc[8], acc[9]);
-    wide_row(lid, wg, halves, 5u, acc[10], acc[11]);
-    wide_row(lid, wg, halves, 6u, acc[12], acc[13]);
-    wide_row(lid, wg, halves, 7u, acc[14], acc[15]);
+    wide_row(lid, wg, halves, 0u, acc.lo[0], acc.hi[0]);
+    wide_row(lid, wg, halves, 1u, acc.lo[1], acc.hi[1]);
+    wide_row(lid, wg, halves, 2u, acc.lo[2], acc.hi[2]);
+    wide_row(lid, wg, halves, 3u, acc.lo[3], acc.hi[3]);
+    wide_row(lid, wg, halves, 4u, acc.lo[4], acc.hi[4]);
+    wide_row(lid, wg, halves, 5u, acc.lo[5], acc.hi[5]);
+    wide_row(lid, wg, halves, 6u, acc.lo[6], acc.hi[6]);
+    wide_row(lid, wg, halves, 7u, acc.lo[7], acc.hi[7]);
 }
 
 // Row r of an invocation's eight (row 4·ty + r % 4 of the tile's upper or lower 64), both column
