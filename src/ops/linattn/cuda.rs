@@ -113,9 +113,9 @@ fn chunk_kernel<T: CudaElem>(simt: &str, mma: &str) -> Result<&'static str> {
     typed::<T>(if kernel_choice()? == "simt" { simt } else { mma })
 }
 
-/// Whether a 16-bit kernel may run: `FFKERN_LINATTN_KERNEL` auto, fused or twopass, the dtype and normalize mode
-/// it takes (`fits`), φ identity or relu, K and V multiples of 8 (whole 16-byte copies per row),
-/// and every operand 16-byte aligned (`addrs`, read only when the rest holds).
+/// Whether a 16-bit kernel may run: `FFKERN_LINATTN_KERNEL` auto, fused or twopass, the dtype and
+/// normalize mode it takes (`fits`), φ identity or relu, K and V multiples of 8 (whole 16-byte
+/// copies per row), and every operand 16-byte aligned (`addrs`, read only when the rest holds).
 fn mma16(p: &LinAttnParams, fits: bool, addrs: impl FnOnce() -> Vec<u64>) -> Result<bool> {
     Ok(matches!(kernel_choice()?, "auto" | "fused" | "twopass") && fits && (p.feature_map == 0 || p.feature_map == 2) && p.k % 8 == 0 && p.v % 8 == 0 && addrs().iter().all(|a| a % 16 == 0))
 }
@@ -357,11 +357,11 @@ pub(crate) fn chunk_states<T: CudaElem, S: CudaElem>(
 const FUSED_SMEM: u32 = (3 * (2 * 64 * 136 + 64 * 72) + 128 * 72) * 2;
 
 /// A one-pass kernel's function and chunk table on the device, or None where it may not run:
-/// under `FFKERN_LINATTN_KERNEL=auto` (the default) or `fused`, the inputs take the 16-bit products (`output`: the
-/// forward's, else the backward's; see [`mma16`]: bf16, φ identity or relu, normalize none (the
-/// forward also Count), K and V multiples of 8, the operands at `addrs` 16-byte aligned), the
-/// widths its passes carry whole (`wide`: the block's state slice in registers) are at most 128 and
-/// the GPU's blocks may take [`FUSED_SMEM`].
+/// under `FFKERN_LINATTN_KERNEL=auto` (the default) or `fused`, the inputs take the 16-bit
+/// products (`output`: the forward's, else the backward's; see [`mma16`]: bf16, φ identity or
+/// relu, normalize none (the forward also Count), K and V multiples of 8, the operands at `addrs`
+/// 16-byte aligned), the widths its passes carry whole (`wide`: the block's state slice in
+/// registers) are at most 128 and the GPU's blocks may take [`FUSED_SMEM`].
 fn fused_function<T: CudaElem>(
     rt: &CudaRuntime,
     p: &LinAttnParams,
