@@ -62,14 +62,27 @@ __device__ __forceinline__ void epilogue2(const GemmParams& p, const T* __restri
 // only K slice [z·kc, (z + 1)·kc) of a single matrix (batch 1) and leaves its raw f32 tile in
 // ws[z]; gemm_splitk_<dtype> then adds the slices in order (deterministic) and applies the
 // epilogue.
+// Whether the batches interleave in C (inner stride above 1, batches closer than it: BlockShuffle's
+// output), so that each batch writes only part of every 32-byte sector. Such products take their
+// tiles batch fastest, so that neighbouring blocks fill each sector together while L2 holds it,
+// where in batch-major order each part would reach memory on its own.
+__device__ __forceinline__ bool batches_interleave(const GemmParams& p) { return p.c_cs > 1 && p.sc < p.c_cs; }
+
+// A block's tile (grid x: column tiles, y: row tiles, z: batches or K slices): its batch, first
+// row and column, and K range.
 struct KRange {
-    uint32_t bz, k0, k1;
+    uint32_t bz, m0, n0, k0, k1;
 };
-template <bool SPLIT>
+template <bool SPLIT, int BM, int BN>
 __device__ __forceinline__ KRange k_range(const GemmParams& p, uint32_t kc) {
-    if (!SPLIT) return {blockIdx.z, 0, p.k};
-    const uint32_t k0 = blockIdx.z * kc;
-    return {0, k0, min(p.k, k0 + kc)};
+    if (SPLIT) {
+        const uint32_t k0 = blockIdx.z * kc;
+        return {0, blockIdx.y * BM, blockIdx.x * BN, k0, min(p.k, k0 + kc)};
+    }
+    if (!batches_interleave(p)) return {blockIdx.z, blockIdx.y * BM, blockIdx.x * BN, 0, p.k};
+    // Blocks start in launch order (x fastest): renumber them batch fastest.
+    const uint32_t b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), tile = b / gridDim.z;
+    return {b % gridDim.z, tile / gridDim.x * BM, tile % gridDim.x * BN, 0, p.k};
 }
 
 // One or two adjacent columns of one row: the epilogue, or (SPLIT) the raw sums into ws[z].
@@ -203,8 +216,8 @@ __device__ __forceinline__ void gemm_mma(const T* __restrict__ A, const T* __res
                                          float* __restrict__ ws) {
     FFKERN_DYNAMIC_SMEM(smem_raw);
     T* smem = reinterpret_cast<T*>(smem_raw);
-    const KRange kr = k_range<SPLIT>(p, kc);
-    const uint32_t bz = kr.bz, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const KRange kr = k_range<SPLIT, BM, BN>(p, kc);
+    const uint32_t bz = kr.bz, m0 = kr.m0, n0 = kr.n0;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
     const T* Ab = A + (size_t)bz * p.sa;
@@ -351,8 +364,8 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ A, const flo
                                           const GemmParams& p, uint32_t kc, float* __restrict__ ws) {
     __shared__ __align__(16) float As[2][BK][BM];
     __shared__ __align__(16) float Bs[2][BK][BN];
-    const KRange kr = k_range<SPLIT>(p, kc);
-    const uint32_t bz = kr.bz, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const KRange kr = k_range<SPLIT, BM, BN>(p, kc);
+    const uint32_t bz = kr.bz, m0 = kr.m0, n0 = kr.n0;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const float* Ab = A + (size_t)bz * p.sa;
     const float* Bb = B + (size_t)bz * p.sb;
@@ -864,6 +877,16 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
     __syncthreads();
     const uint32_t tiles_m = (p.m + BM - 1) / BM, tiles_n = (p.n + BN - 1) / BN;
     const uint32_t per_batch = tiles_m * tiles_n, total = per_batch * p.batch;
+    // Tile `tile` of the sequence: (batch, first row, first column), batch-major unless
+    // batches_interleave.
+    const bool interleaved = batches_interleave(p);
+    struct Origin {
+        uint32_t bz, m0, n0;
+    };
+    const auto origin = [&](uint32_t tile) {
+        const uint32_t bz = interleaved ? tile % p.batch : tile / per_batch, rem = interleaved ? tile / p.batch : tile % per_batch;
+        return Origin{bz, (rem / tiles_n) * BM, (rem % tiles_n) * BN};
+    };
     const int KT = (p.k + BK - 1) / BK;
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
@@ -876,8 +899,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
             // Warps 1–3: the epilogue of each staged tile while the consumers multiply the next.
             uint32_t j = 0;
             for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x, ++j) {
-                const uint32_t bz = tile / per_batch, rem = tile % per_batch;
-                const uint32_t m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
+                const Origin o = origin(tile);
+                const uint32_t bz = o.bz, m0 = o.m0, n0 = o.n0;
                 mbar_wait(staged0, j & 1);
                 epilogue_staged<T>(tile_epi<T>(p, bz, R, C, Z), R, C, Z, smem_raw + (base - mma::smem_addr(smem_raw)) + EW_STAGES * STAGE_BYTES, m0, n0, threadIdx.x - 32);
                 __syncwarp();
@@ -887,8 +910,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
         if (threadIdx.x == 0) {
             uint32_t it = 0;
             for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x) {
-                const uint32_t bz = tile / per_batch, rem = tile % per_batch;
-                const int m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
+                const Origin o = origin(tile);
+                const int bz = o.bz, m0 = o.m0, n0 = o.n0;
                 const int za = p.sa ? bz : 0, zb = p.sb ? bz : 0;
                 for (int kt = 0; kt < KT; ++kt, ++it) {
                     const uint32_t s = it % NST, ph = (it / NST) & 1;
@@ -910,8 +933,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
         for (uint32_t i = PP ? cw : 0;; i += PP ? 2 : 1) {
             const uint32_t tile = blockIdx.x + i * gridDim.x;
             if (tile >= total) break;
-            const uint32_t bz = tile / per_batch, rem = tile % per_batch;
-            const uint32_t m0 = (rem / tiles_n) * BM, n0 = (rem % tiles_n) * BN;
+            const Origin o = origin(tile);
+            const uint32_t bz = o.bz, m0 = o.m0, n0 = o.n0;
             const uint32_t row0 = m0 + (PP ? 0 : cw * 64);
             // Wait for the other warpgroup to have taken tile i − 1's stages (its ((i − 1) / 2)-th
             // arrival on this barrier).
