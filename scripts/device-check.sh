@@ -133,7 +133,7 @@ fi
 test_run "structured-gathered" $B/tests/structured FFKERN_SHUFFLE=gathered FFKERN_REQUIRE=cuda
 test_run "robustness-gathered" $B/tests/robustness FFKERN_SHUFFLE=gathered FFKERN_REQUIRE=cuda
 # Random descriptors against the CPU reference under each other kernel choice: the opt-in GEMMs
-# and the one-pass linear attention before either can become a default, and both graph forms.
+# before any can become a default, the two-pass linear attention and the thread graph form.
 for kv in ${ROBUSTNESS_KERNELS-FFKERN_GEMM_KERNEL=epiwarp FFKERN_GEMM_KERNEL=pingpong FFKERN_GEMM_KERNEL=mma FFKERN_LINATTN_KERNEL=twopass FFKERN_GRAPH_KERNEL=thread}; do
     name=${kv#FFKERN_}
     test_run "robustness-${name//=/-}" $B/tests/robustness "$kv" FFKERN_REQUIRE=cuda
