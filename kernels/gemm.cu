@@ -68,6 +68,17 @@ __device__ __forceinline__ void epilogue2(const GemmParams& p, const T* __restri
 // where in batch-major order each part would reach memory on its own.
 __device__ __forceinline__ bool batches_interleave(const GemmParams& p) { return p.c_cs > 1 && p.sc < p.c_cs; }
 
+// Tile t of a product's `batches` × `tiles` tiles (`tiles_n` to a row of tiles) in the order the
+// blocks take them: batch-major, or batch fastest where batches_interleave.
+struct TileAt {
+    uint32_t bz, tm, tn;
+};
+__device__ __forceinline__ TileAt tile_at(const GemmParams& p, uint32_t t, uint32_t batches, uint32_t tiles, uint32_t tiles_n) {
+    const bool fast = batches_interleave(p);
+    const uint32_t bz = fast ? t % batches : t / tiles, rem = fast ? t / batches : t % tiles;
+    return {bz, rem / tiles_n, rem % tiles_n};
+}
+
 // A block's tile (grid x: column tiles, y: row tiles, z: batches or K slices): its batch, first
 // row and column, and K range.
 struct KRange {
@@ -79,10 +90,9 @@ __device__ __forceinline__ KRange k_range(const GemmParams& p, uint32_t kc) {
         const uint32_t k0 = blockIdx.z * kc;
         return {0, blockIdx.y * BM, blockIdx.x * BN, k0, min(p.k, k0 + kc)};
     }
-    if (!batches_interleave(p)) return {blockIdx.z, blockIdx.y * BM, blockIdx.x * BN, 0, p.k};
-    // Blocks start in launch order (x fastest): renumber them batch fastest.
-    const uint32_t b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), tile = b / gridDim.z;
-    return {b % gridDim.z, tile / gridDim.x * BM, tile % gridDim.x * BN, 0, p.k};
+    // Blocks start in launch order (x fastest).
+    const TileAt t = tile_at(p, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), gridDim.z, gridDim.x * gridDim.y, gridDim.x);
+    return {t.bz, t.tm * BM, t.tn * BN, 0, p.k};
 }
 
 // One or two adjacent columns of one row: the epilogue, or (SPLIT) the raw sums into ws[z].
@@ -877,16 +887,6 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
     __syncthreads();
     const uint32_t tiles_m = (p.m + BM - 1) / BM, tiles_n = (p.n + BN - 1) / BN;
     const uint32_t per_batch = tiles_m * tiles_n, total = per_batch * p.batch;
-    // Tile `tile` of the sequence: (batch, first row, first column), batch-major unless
-    // batches_interleave.
-    const bool interleaved = batches_interleave(p);
-    struct Origin {
-        uint32_t bz, m0, n0;
-    };
-    const auto origin = [&](uint32_t tile) {
-        const uint32_t bz = interleaved ? tile % p.batch : tile / per_batch, rem = interleaved ? tile / p.batch : tile % per_batch;
-        return Origin{bz, (rem / tiles_n) * BM, (rem % tiles_n) * BN};
-    };
     const int KT = (p.k + BK - 1) / BK;
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
@@ -899,8 +899,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
             // Warps 1–3: the epilogue of each staged tile while the consumers multiply the next.
             uint32_t j = 0;
             for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x, ++j) {
-                const Origin o = origin(tile);
-                const uint32_t bz = o.bz, m0 = o.m0, n0 = o.n0;
+                const TileAt o = tile_at(p, tile, p.batch, per_batch, tiles_n);
+                const uint32_t bz = o.bz, m0 = o.tm * BM, n0 = o.tn * BN;
                 mbar_wait(staged0, j & 1);
                 epilogue_staged<T>(tile_epi<T>(p, bz, R, C, Z), R, C, Z, smem_raw + (base - mma::smem_addr(smem_raw)) + EW_STAGES * STAGE_BYTES, m0, n0, threadIdx.x - 32);
                 __syncwarp();
@@ -910,8 +910,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
         if (threadIdx.x == 0) {
             uint32_t it = 0;
             for (uint32_t tile = blockIdx.x; tile < total; tile += gridDim.x) {
-                const Origin o = origin(tile);
-                const int bz = o.bz, m0 = o.m0, n0 = o.n0;
+                const TileAt o = tile_at(p, tile, p.batch, per_batch, tiles_n);
+                const int bz = o.bz, m0 = o.tm * BM, n0 = o.tn * BN;
                 const int za = p.sa ? bz : 0, zb = p.sb ? bz : 0;
                 for (int kt = 0; kt < KT; ++kt, ++it) {
                     const uint32_t s = it % NST, ph = (it / NST) & 1;
@@ -933,8 +933,8 @@ __device__ __forceinline__ void gemm_wgmma(const CUtensorMap* tmA, const CUtenso
         for (uint32_t i = PP ? cw : 0;; i += PP ? 2 : 1) {
             const uint32_t tile = blockIdx.x + i * gridDim.x;
             if (tile >= total) break;
-            const Origin o = origin(tile);
-            const uint32_t bz = o.bz, m0 = o.m0, n0 = o.n0;
+            const TileAt o = tile_at(p, tile, p.batch, per_batch, tiles_n);
+            const uint32_t bz = o.bz, m0 = o.tm * BM, n0 = o.tn * BN;
             const uint32_t row0 = m0 + (PP ? 0 : cw * 64);
             // Wait for the other warpgroup to have taken tile i − 1's stages (its ((i − 1) / 2)-th
             // arrival on this barrier).
