@@ -320,13 +320,14 @@ if [ "${DETAIL:-1}" = 1 ]; then
 fi
 if [ "${WGPU_BENCH:-1}" = 1 ]; then
     bench wgpu 120 --backend wgpu ${BENCH_OP:+--op $BENCH_OP} --reps 10 --full --dtype f32,bf16
-    # The WGSL GEMM's 64×64 form beside the wide one that the run above takes on large products.
-    FFKERN_WGPU_GEMM=narrow bench wgpu-gemm-narrow 60 --backend wgpu --op gemm --reps 10 --full --dtype f32,bf16
+    # The WGSL GEMM's 128×128 form (opt-in on a GPU) beside the 64×64 one that the run above takes.
+    FFKERN_WGPU_GEMM=wide bench wgpu-gemm-wide 60 --backend wgpu --op gemm --reps 10 --full --dtype f32,bf16
 else
     # The WGSL GEMM alone (16-byte slab loads, tenth session): seconds, so it runs in every call,
-    # its 128×128 form (what auto takes here) beside the 64×64 one.
+    # its 64×64 form (what auto takes on a GPU) beside the 128×128 one (7a5233e: its accumulators at
+    # constant indices, after 63 ms against 9.3 for f32 4096³ on the H200).
     bench wgpu-gemm 60 --backend wgpu --op gemm --reps 10 --full --dtype f32,bf16
-    FFKERN_WGPU_GEMM=narrow bench wgpu-gemm-narrow 60 --backend wgpu --op gemm --reps 10 --full --dtype f32
+    FFKERN_WGPU_GEMM=wide bench wgpu-gemm-wide 60 --backend wgpu --op gemm --reps 10 --full --dtype f32
 fi
 # The WGSL linear-attention chunk kernels (4×4 blocks over vec4 slabs, eleventh session), two-pass
 # and one-pass, at flash-linear-attention's shapes beside the CUDA rows.

@@ -116,7 +116,10 @@ enum Form {
 /// least [`WIDE_MIN_TILES`] on a GPU; 128×64 serves products 64 or fewer columns wide, such as a
 /// low-rank factor's, and 128×32 those 32 or fewer wide, such as a block-diagonal stage with
 /// narrow blocks), or `wide`, `tall`, `skinny` or `narrow` for every product; any other value is
-/// an error.
+/// an error. On a GPU adapter `auto` takes only the forms with the 4×4 main loop (128×32 and
+/// 64×64): the one GPU measurement of the 8×8 form (H200, Vulkan, BENCHMARKS.md) ran f32 4096³
+/// in 63 ms, where the 64×64 form had taken 9.3 ms, so the 8×8 and 8×4 forms stay opt-in there
+/// until a GPU run times them faster.
 fn form(ctx: &WgpuContext, desc: &Gemm) -> Result<Form> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     Ok(match crate::runtime::kernel_env(&CHOICE, &crate::runtime::WGPU_GEMM)? {
@@ -124,27 +127,30 @@ fn form(ctx: &WgpuContext, desc: &Gemm) -> Result<Form> {
         "tall" => Form::Tall,
         "skinny" => Form::Skinny,
         "narrow" => Form::Narrow,
-        _ => {
-            let padded = |tm: usize, tn: usize| desc.m.div_ceil(tm) * tm * desc.n.div_ceil(tn) * tn;
-            let fits = |tm: usize, tn: usize| {
-                let tiles = desc.batch * desc.m.div_ceil(tm) * desc.n.div_ceil(tn);
-                8 * padded(tm, tn) <= 9 * padded(64, 64) && (ctx.info.device_type == wgpu::DeviceType::Cpu || tiles >= WIDE_MIN_TILES)
-            };
-            if fits(128, 128) {
-                Form::Wide
-            } else if desc.n <= 32 && fits(128, 32) {
-                Form::Skinny
-            } else if fits(128, 64) {
-                Form::Tall
-            } else {
-                Form::Narrow
-            }
-        }
+        _ => auto_form(ctx.info.device_type == wgpu::DeviceType::Cpu, desc),
     })
 }
 
-/// The fewest 128-row tiles for which the auto choice takes a wide form: below it the 64×64 tiles
-/// keep more of a GPU's cores busy.
+/// `auto`'s choice on a CPU adapter (`cpu`) or a GPU (see [`form`]).
+fn auto_form(cpu: bool, desc: &Gemm) -> Form {
+    let padded = |tm: usize, tn: usize| desc.m.div_ceil(tm) * tm * desc.n.div_ceil(tn) * tn;
+    let fits = |tm: usize, tn: usize| {
+        let tiles = desc.batch * desc.m.div_ceil(tm) * desc.n.div_ceil(tn);
+        8 * padded(tm, tn) <= 9 * padded(64, 64) && (cpu || tiles >= WIDE_MIN_TILES)
+    };
+    if cpu && fits(128, 128) {
+        Form::Wide
+    } else if desc.n <= 32 && fits(128, 32) {
+        Form::Skinny
+    } else if cpu && fits(128, 64) {
+        Form::Tall
+    } else {
+        Form::Narrow
+    }
+}
+
+/// The fewest 128-row tiles for which the auto choice takes a 128-row form on a GPU: below it the
+/// 64×64 tiles keep more of its cores busy.
 const WIDE_MIN_TILES: usize = 64;
 
 /// The workgroups a split-K product aims to spread over (a mid-size GPU's worth).
@@ -176,4 +182,26 @@ pub fn col_sum(ctx: &WgpuContext, rows: usize, cols: usize, dtype: DType, x: &wg
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[x, ro, ro, ro, ro, ro, &part, ctx.dummy(true)], ctx.grid_1d(chunks * cols.div_ceil(2)))?;
     let pipe = ctx.pipeline(FAMILY, "col_sum_finish", dtype, READ_ONLY, 2)?;
     ctx.dispatch(&pipe, FAMILY, READ_ONLY, bytemuck::bytes_of(&p), &[&part, ro, ro, ro, ro, ro, out, ctx.dummy(true)], ctx.grid_1d(cols.div_ceil(2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_keeps_the_8x8_and_8x4_forms_to_cpu_adapters() {
+        let gemm = |m, n, batch| Gemm { batch, ..Gemm::new(m, n, 256) };
+        // Large square: 128×128 on a CPU adapter, 64×64 on a GPU.
+        assert_eq!(auto_form(true, &gemm(4096, 4096, 1)), Form::Wide);
+        assert_eq!(auto_form(false, &gemm(4096, 4096, 1)), Form::Narrow);
+        // 64 columns (a low-rank factor): 128×64 on a CPU adapter only.
+        assert_eq!(auto_form(true, &gemm(8192, 64, 1)), Form::Tall);
+        assert_eq!(auto_form(false, &gemm(8192, 64, 1)), Form::Narrow);
+        // 24 columns (a narrow block stage): 128×32 on both, given enough tiles on a GPU.
+        assert_eq!(auto_form(true, &gemm(8192, 24, 4)), Form::Skinny);
+        assert_eq!(auto_form(false, &gemm(8192, 24, 4)), Form::Skinny);
+        assert_eq!(auto_form(false, &gemm(256, 24, 1)), Form::Narrow);
+        // Rows that a 128-row tile would pad by more than an eighth: 64×64 everywhere.
+        assert_eq!(auto_form(true, &gemm(129, 4096, 1)), Form::Narrow);
+    }
 }
