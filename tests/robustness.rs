@@ -766,6 +766,19 @@ fn backends_and_buffers_are_send_and_sync() {
     }
 }
 
+/// A runtime that opens its own context runs everything on its one stream, so cudarc's
+/// cross-stream event tracking (a wait and a record per buffer of every launch) is off there; a
+/// runtime on a caller's stream leaves the caller's context as it was.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_own_context_skips_event_tracking() {
+    let Some(ffkern::Device::Cuda(rt)) = common::device_backends().into_iter().find(|d| d.name() == "cuda") else { return };
+    assert!(!rt.ctx.is_event_tracking(), "the runtime's own context tracks events");
+    let ctx = cudarc::driver::CudaContext::new(0).expect("context");
+    let caller = ffkern::CudaRuntime::from_stream(ctx.new_stream().expect("stream"));
+    assert!(caller.ctx.is_event_tracking(), "a caller's context lost its event tracking");
+}
+
 /// The low-level CUDA launchers check the caller's views: one shorter than the launch reaches is
 /// a shape error naming it, never a write past its end.
 #[cfg(feature = "cuda")]

@@ -185,7 +185,9 @@ impl CudaBuf {
 
 /// A CUDA device context and stream with ffkern's module and function caches.
 pub struct CudaRuntime {
-    /// The context (a caller's, or the device's primary context).
+    /// The context (a caller's, or the device's primary context). One that [`CudaRuntime::new`]
+    /// opened has cudarc's event tracking off (its one stream orders every use): work on other
+    /// streams of it must be ordered against that stream by the caller.
     pub ctx: Arc<CudaContext>,
     /// The stream every launch, copy and allocation goes to.
     pub stream: Arc<CudaStream>,
@@ -270,11 +272,22 @@ impl CudaRuntime {
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::BackendUnavailable { backend: BACKEND, reason: format!("no usable GPU {ordinal}: {e}") })?;
         keep_freed_memory(&ctx);
+        // cudarc orders each buffer's uses across streams by events: a wait and a record for every
+        // buffer a launch takes, two events made and waited on for every allocation. This context
+        // is ours and has one stream, whose order already orders every use, so that is only host
+        // time: about twenty driver calls an op, which a short op (the decode step, a graph
+        // primitive) paid in every call before its kernel could start.
+        // SAFETY: every buffer of this runtime is allocated, used and freed on its one stream,
+        // created just below; a caller that adds streams to `ctx` orders them itself (see `ctx`).
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
         Ok(Self::from_stream(stream))
     }
 
-    /// Runs on the caller's stream (a framework's own); nothing else is synchronised.
+    /// Runs on the caller's stream (a framework's own); nothing else is synchronised. The caller's
+    /// context keeps its own event-tracking setting (cudarc's default, on, costs a few driver
+    /// calls per buffer of each launch; a framework that orders its streams itself may turn it
+    /// off).
     pub fn from_stream(stream: Arc<CudaStream>) -> Self {
         CudaRuntime {
             ctx: stream.context().clone(),

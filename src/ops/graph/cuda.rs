@@ -116,6 +116,15 @@ fn kernel_choice() -> Result<&'static str> {
     crate::runtime::kernel_env(&CHOICE, &crate::runtime::GRAPH_KERNEL)
 }
 
+/// Pushes the long rows' partials, or (a graph without long rows, whose kernels never read them)
+/// the index words in their place.
+fn part_arg<'l, 'b: 'l>(l: &'l mut cudarc::driver::LaunchArgs<'b>, part: &'b Option<cudarc::driver::CudaSlice<f32>>, idx: &'b CudaView<'_, f32>) -> &'l mut cudarc::driver::LaunchArgs<'b> {
+    match part {
+        Some(part) => l.arg(part),
+        None => l.arg(idx),
+    }
+}
+
 fn need<'b, X>(v: &'b Option<X>, what: &str) -> Result<&'b X> {
     v.as_ref().ok_or_else(|| Error::Invalid(format!("graph: the {what} operand is missing")))
 }
@@ -183,7 +192,8 @@ pub(crate) fn launch<T: CudaElem>(
     // only DeviceGraph::upload makes them) and their operands, whose lengths ops::graph checked:
     // x, y [rows · dim] in T, w, v [E · heads] f32. Gather writes out [E · dim], segment_reduce
     // and spmm out [N · dim] (T), after the segment partials write part [2 · S · dim] (f32,
-    // allocated here) which they then read; segment_reduce writes arg [N · dim] only for
+    // allocated here) which they then read (with S = 0 part is idx's pointer, never read; the row
+    // kernels read part only for long rows); segment_reduce writes arg [N · dim] only for
     // max/min (otherwise the pointer is idx's and is never written); sddmm writes out32
     // [E · heads]. The softmax passes write part [S · heads] and stats [N · heads] (float2,
     // allocated here), then out32 [E · heads], each element once.
@@ -307,13 +317,15 @@ pub(crate) fn launch<T: CudaElem>(
                 return Ok(());
             }
             let w = a.w.as_ref().unwrap_or(idx);
-            // Long rows first: their segments' partials, which the row pass combines.
-            let mut part = scratch(2 * segs * dim)?;
+            // Long rows first: their segments' partials, which the row pass combines. Without
+            // long rows the part pointer is idx's and is never read (no allocation: a short op's
+            // host time counts).
+            let mut part = if segs > 0 { Some(scratch(2 * segs * dim)?) } else { None };
             let folded;
-            let p = if segs > 0 {
+            let p = if let Some(part) = part.as_mut() {
                 let fp = load(if kind == GraphKernel::Spmm { "graph_seg_partial_spmm" } else { "graph_seg_partial_reduce" })?;
                 rt.launch(&fp, cfg(segs * dim.div_ceil(4)), |l| {
-                    l.arg(idx).arg(x).arg(w).arg(&mut part).arg(p);
+                    l.arg(idx).arg(x).arg(w).arg(&mut *part).arg(p);
                 })?;
                 // Each long row's partials folded into its first segment (spmm's are sums).
                 let fold = GraphParams { reduce: if kind == GraphKernel::Spmm { 0 } else { p.reduce }, ..*p };
@@ -323,7 +335,7 @@ pub(crate) fn launch<T: CudaElem>(
                 // segment's values (and args) after every read of them in its block (a barrier
                 // between); blocks own disjoint (row, column) slots.
                 rt.launch(&rt.function(FAMILY, Ptx::Base, "graph_seg_fold", 0)?, LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 0 }, |l| {
-                    l.arg(idx).arg(&mut part).arg(&fold);
+                    l.arg(idx).arg(&mut *part).arg(&fold);
                 })?;
                 folded = GraphParams { folded: 1, ..*p };
                 &folded
@@ -345,18 +357,22 @@ pub(crate) fn launch<T: CudaElem>(
                 // warp g writes pieces 32·(g mod W) .. of row g / W of out (W warps a row), pieces
                 // past the row's and rows past N return.
                 return rt.launch(&fw, cfg_warp, |l| {
-                    l.arg(idx).arg(x).arg(w).arg(&part).arg(out).arg(p);
+                    l.arg(idx).arg(x).arg(w);
+                    part_arg(l, &part, idx).arg(out).arg(p);
                 });
             }
             match (kind, arg) {
                 (GraphKernel::SegmentReduce, Some(arg)) => rt.launch(&f, cfg_main, |l| {
-                    l.arg(idx).arg(x).arg(w).arg(&part).arg(out).arg(arg).arg(p);
+                    l.arg(idx).arg(x).arg(w);
+                    part_arg(l, &part, idx).arg(out).arg(arg).arg(p);
                 }),
                 (GraphKernel::SegmentReduce, None) => rt.launch(&f, cfg_main, |l| {
-                    l.arg(idx).arg(x).arg(w).arg(&part).arg(out).arg(idx).arg(p);
+                    l.arg(idx).arg(x).arg(w);
+                    part_arg(l, &part, idx).arg(out).arg(idx).arg(p);
                 }),
                 _ => rt.launch(&f, cfg_main, |l| {
-                    l.arg(idx).arg(x).arg(w).arg(&part).arg(out).arg(p);
+                    l.arg(idx).arg(x).arg(w);
+                    part_arg(l, &part, idx).arg(out).arg(p);
                 }),
             }
         }
