@@ -44,11 +44,13 @@ __device__ __forceinline__ void bn_load_step(const T* __restrict__ x, const BnCh
     }
 }
 
-// The chunk's two partials for this thread's channel, from row lane 0.
-__device__ __forceinline__ void bn_put_partials(const BnChunk& b, float* __restrict__ part, float first, float second, const BnParams& p) {
+// The chunk's N partials for this thread's channel (array i at part[i·chunks·C ..]), from row
+// lane 0.
+template <uint32_t N>
+__device__ __forceinline__ void bn_put_partials(const BnChunk& b, float* __restrict__ part, const float (&v)[N], const BnParams& p) {
     if (b.live && threadIdx.y == 0) {
-        part[(size_t)blockIdx.y * p.channels + b.c] = first;
-        part[((size_t)p.chunks + blockIdx.y) * p.channels + b.c] = second;
+#pragma unroll
+        for (uint32_t i = 0; i < N; ++i) part[((size_t)i * p.chunks + blockIdx.y) * p.channels + b.c] = v[i];
     }
 }
 
@@ -64,10 +66,11 @@ __device__ __forceinline__ float bn_lane_sum(float v, float (*red)[BN_TILE]) {
 }
 
 // Per chunk and channel: the chunk's mean and centred sum of squares M2 (two sweeps over the
-// chunk, the second from cache), into part = [mean | M2], chunks·C floats each. Corrected two-pass
-// algorithm: the second sweep also sums the deviations e = Σ(x − mean), the first sweep's rounding
-// error, so that mean + e/n is good to about an ulp however large the mean is against the spread
-// (and M2 − e²/n the matching M2).
+// chunk, the second from cache), into part = [mean | M2 | mean_lo], chunks·C floats each.
+// Corrected two-pass algorithm: the second sweep also sums the deviations e = Σ(x − mean), the
+// first sweep's rounding error, so that mean + e/n is the mean to far below an ulp however large it
+// is against the spread; both go to part unadded, as the chunk's mean and mean_lo (and M2 − e²/n
+// is the matching M2).
 template <typename T>
 __device__ __forceinline__ void bn_partials_impl(const T* __restrict__ x, float* __restrict__ part, const BnParams& p) {
     __shared__ float red[BN_LANES][BN_TILE];
@@ -94,19 +97,24 @@ __device__ __forceinline__ void bn_partials_impl(const T* __restrict__ x, float*
             }
         }
     const float es = bn_lane_sum(e, red);
-    bn_put_partials(b, part, mean + es / rows, bn_lane_sum(q, red) - es * es / rows, p);
+    const float out[3] = {mean, bn_lane_sum(q, red) - es * es / rows, es / rows};
+    bn_put_partials(b, part, out, p);
 }
 
-// stats = [mean | rstd | scale | shift | dgamma | dbeta], C floats each; affine = [gamma | beta].
-// Per channel: in train mode the chunks' (mean, M2) combined in chunk order (Chan et al.'s
-// pairwise update for M2), the biased variance for the batch and the unbiased one for the running
-// update; in eval mode the running statistics. Then scale = γ·rstd and shift = β − mean·scale.
+// stats = [mean | rstd | scale | shift | dgamma | dbeta | mean_lo], C floats each; affine =
+// [gamma | beta]. Per channel: in train mode the chunks' (mean, M2, mean_lo) combined in chunk
+// order (Chan et al.'s pairwise update for M2), the biased variance for the batch and the unbiased
+// one for the running update; in eval mode the running statistics (mean_lo 0). Then scale =
+// γ·rstd and shift = β − mean·scale. The batch mean is kept as mean + mean_lo, its f32 rounding
+// and the remainder: x − mean is exact where x is near the mean, so (x − mean) − mean_lo centres
+// x as well as f32 holds the deviation, where an f32 mean alone would leave its rounding, up to
+// half an ulp of the mean, in every deviation (a mean large against a small spread).
 __device__ __forceinline__ void bn_prepare_impl(const float* __restrict__ part, const float* __restrict__ affine, float* running_mean,
                                                 float* running_var, float* __restrict__ stats, const BnParams& p) {
     const uint32_t n = p.channels;
     const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= n) return;
-    float mean = running_mean[c], var = running_var[c];
+    float mean = running_mean[c], var = running_var[c], mean_lo = 0.0f;
     if (p.train) {
         float m = 0.0f, q = 0.0f, count = 0.0f;
         // The mean itself as the first chunk's plus the row-weighted sum of the others' small
@@ -116,13 +124,18 @@ __device__ __forceinline__ void bn_prepare_impl(const float* __restrict__ part, 
         for (uint32_t j = 0; j < p.chunks; ++j) {
             const float nb = (float)min(p.chunk_rows, p.rows - j * p.chunk_rows);
             const float total = count + nb;
-            const float delta = part[(size_t)j * n + c] - m;
+            const float hi = part[(size_t)j * n + c], lo = part[((size_t)2 * p.chunks + j) * n + c];
+            const float delta = (hi + lo) - m;
             m += delta * (nb / total);
             q += part[((size_t)p.chunks + j) * n + c] + delta * delta * (count * nb / total);
-            shift += nb * (part[(size_t)j * n + c] - pivot);
+            shift += nb * ((hi - pivot) + lo);
             count = total;
         }
-        mean = pivot + shift / (float)p.rows;
+        // mean_lo: what the rounding of pivot + t left out (exact where |t| ≤ |pivot|, the case
+        // that needs it).
+        const float t = shift / (float)p.rows;
+        mean = pivot + t;
+        mean_lo = (pivot - mean) + t;
         var = q / (float)p.rows;
         const float unbiased = p.rows > 1 ? q / (float)(p.rows - 1) : var;
         running_mean[c] = (1.0f - p.momentum) * running_mean[c] + p.momentum * mean;
@@ -134,6 +147,7 @@ __device__ __forceinline__ void bn_prepare_impl(const float* __restrict__ part, 
     stats[n + c] = rstd;
     stats[2 * n + c] = scale;
     stats[3 * n + c] = affine[n + c] - mean * scale;
+    stats[6 * n + c] = mean_lo;
 }
 
 // Whether every row is whole 16-byte pieces and each pointer 16-byte aligned (null: absent). The
@@ -158,7 +172,8 @@ __device__ __forceinline__ void bn_walk(const BnParams& p, bool pieces, F&& f) {
     }
 }
 
-// y = (x − mean)·scale + β: centred first, so a mean large against the spread does not cancel.
+// y = ((x − mean) − mean_lo)·scale + β: centred first, so a mean large against the spread does
+// not cancel.
 // Why it is fast: 16-byte loads and stores where the rows are whole pieces.
 template <typename T>
 __device__ __forceinline__ void bn_apply_impl(const T* __restrict__ x, const float* __restrict__ stats, const float* __restrict__ affine,
@@ -168,21 +183,22 @@ __device__ __forceinline__ void bn_apply_impl(const T* __restrict__ x, const flo
     bn_walk<T>(p, bn_pieces<T>(p, x, y, stats, affine), [&](size_t i0, uint32_t count) {
         const uint32_t c0 = i0 % n;
         if (count == V) {
-            float v[V], mean[V], scale[V], beta[V];
+            float v[V], mean[V], lo[V], scale[V], beta[V];
             unpack16<T>(*reinterpret_cast<const uint4*>(x + i0), v);
             load_f32s(stats + c0, mean);
+            load_f32s(stats + 6 * n + c0, lo);
             load_f32s(stats + 2 * n + c0, scale);
             load_f32s(affine + n + c0, beta);
 #pragma unroll
-            for (uint32_t e = 0; e < V; ++e) v[e] = (v[e] - mean[e]) * scale[e] + beta[e];
+            for (uint32_t e = 0; e < V; ++e) v[e] = ((v[e] - mean[e]) - lo[e]) * scale[e] + beta[e];
             *reinterpret_cast<uint4*>(y + i0) = pack16<T>(v);
         } else {
-            y[i0] = from_f32<T>((to_f32(x[i0]) - stats[c0]) * stats[2 * n + c0] + affine[n + c0]);
+            y[i0] = from_f32<T>(((to_f32(x[i0]) - stats[c0]) - stats[6 * n + c0]) * stats[2 * n + c0] + affine[n + c0]);
         }
     });
 }
 
-// Per chunk and channel: Σ dy·x̂ and Σ dy (x̂ = (x − mean)·rstd) into part = [dγ | dβ].
+// Per chunk and channel: Σ dy·x̂ and Σ dy (x̂ = ((x − mean) − mean_lo)·rstd) into part = [dγ | dβ].
 template <typename T>
 __device__ __forceinline__ void bn_backward_partials_impl(const T* __restrict__ x, const T* __restrict__ dy, const float* __restrict__ stats,
                                                           float* __restrict__ part, const BnParams& p) {
@@ -191,7 +207,7 @@ __device__ __forceinline__ void bn_backward_partials_impl(const T* __restrict__ 
     const uint32_t n = p.channels;
     float db = 0.0f, dg = 0.0f, rstd = 0.0f;
     if (b.live) {
-        const float mean = stats[b.c];
+        const float mean = stats[b.c], lo = stats[6 * n + b.c];
         rstd = stats[n + b.c];
         float g[BN_STEP], xv[BN_STEP];
         for (uint32_t r = b.r0 + threadIdx.y; r < b.r1; r += BN_STEP * BN_LANES) {
@@ -200,12 +216,12 @@ __device__ __forceinline__ void bn_backward_partials_impl(const T* __restrict__ 
 #pragma unroll
             for (uint32_t u = 0; u < BN_STEP; ++u) {
                 db += g[u];
-                dg += g[u] * (xv[u] - mean);
+                dg += g[u] * ((xv[u] - mean) - lo);
             }
         }
     }
-    dg = bn_lane_sum(dg, red) * rstd;
-    bn_put_partials(b, part, dg, bn_lane_sum(db, red), p);
+    const float v[2] = {bn_lane_sum(dg, red) * rstd, bn_lane_sum(db, red)};
+    bn_put_partials(b, part, v, p);
 }
 
 // Per channel: the chunks' dγ and dβ summed in chunk order into stats[4C..6C].
@@ -230,28 +246,29 @@ __device__ __forceinline__ void bn_backward_apply_impl(const T* __restrict__ x, 
     constexpr uint32_t V = 16 / sizeof(T);
     const uint32_t n = p.channels;
     const float rows = (float)p.rows;
-    // From the channel's mean, rstd, γ, dβ and dγ.
-    const auto grad = [&](float mean, float rstd, float gamma, float dbeta, float dgamma, float xv, float g) {
-        const float xhat = (xv - mean) * rstd;
+    // From the channel's mean (and its remainder lo), rstd, γ, dβ and dγ.
+    const auto grad = [&](float mean, float lo, float rstd, float gamma, float dbeta, float dgamma, float xv, float g) {
+        const float xhat = ((xv - mean) - lo) * rstd;
         return gamma * rstd / rows * (rows * g - dbeta - xhat * dgamma);
     };
     bn_walk<T>(p, bn_pieces<T>(p, x, dy, dx, p.has_extra ? extra : nullptr, stats, affine), [&](size_t i0, uint32_t count) {
         const uint32_t c0 = i0 % n;
         if (count == V) {
-            float xv[V], g[V], e[V] = {}, mean[V], rstd[V], gamma[V], dbeta[V], dgamma[V];
+            float xv[V], g[V], e[V] = {}, mean[V], lo[V], rstd[V], gamma[V], dbeta[V], dgamma[V];
             unpack16<T>(*reinterpret_cast<const uint4*>(x + i0), xv);
             unpack16<T>(*reinterpret_cast<const uint4*>(dy + i0), g);
             if (p.has_extra) unpack16<T>(*reinterpret_cast<const uint4*>(extra + i0), e);
             load_f32s(stats + c0, mean);
+            load_f32s(stats + 6 * n + c0, lo);
             load_f32s(stats + n + c0, rstd);
             load_f32s(affine + c0, gamma);
             load_f32s(stats + 5 * n + c0, dbeta);
             load_f32s(stats + 4 * n + c0, dgamma);
 #pragma unroll
-            for (uint32_t j = 0; j < V; ++j) xv[j] = grad(mean[j], rstd[j], gamma[j], dbeta[j], dgamma[j], xv[j], g[j]) + (p.has_extra ? e[j] : 0.0f);
+            for (uint32_t j = 0; j < V; ++j) xv[j] = grad(mean[j], lo[j], rstd[j], gamma[j], dbeta[j], dgamma[j], xv[j], g[j]) + (p.has_extra ? e[j] : 0.0f);
             *reinterpret_cast<uint4*>(dx + i0) = pack16<T>(xv);
         } else {
-            float d = grad(stats[c0], stats[n + c0], affine[c0], stats[5 * n + c0], stats[4 * n + c0], to_f32(x[i0]), to_f32(dy[i0]));
+            float d = grad(stats[c0], stats[6 * n + c0], stats[n + c0], affine[c0], stats[5 * n + c0], stats[4 * n + c0], to_f32(x[i0]), to_f32(dy[i0]));
             if (p.has_extra) d += to_f32(extra[i0]);
             dx[i0] = from_f32<T>(d);
         }

@@ -20,11 +20,12 @@ struct Params {
 @group(0) @binding(4) var<storage, read> extra_buf: array<u32>;
 @group(0) @binding(5) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(6) var<storage, read_write> running_var: array<f32>;
-// [mean | rstd | scale | shift] from the forward, then [dgamma | dbeta] from the backward.
+// [mean | rstd | scale | shift] from the forward, then [dgamma | dbeta] from the backward, then
+// mean_lo from the forward (see bn_prepare).
 @group(0) @binding(7) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out_buf: array<u32>;
-// Per chunk and channel partials: [mean | M2] (forward) or [dgamma | dbeta] (backward),
-// chunks·C f32 each.
+// Per chunk and channel partials: [mean | M2 | mean_lo] (forward) or [dgamma | dbeta]
+// (backward), chunks·C f32 each.
 @group(0) @binding(9) var<storage, read_write> part: array<f32>;
 
 const BN_TILE: u32 = 32u;
@@ -67,11 +68,13 @@ fn row_step(b: Chunk, r: u32, pad: f32, of_dy: bool) -> vec4<f32> {
     return v;
 }
 
-// The chunk's two partials for its channel, from row lane 0.
-fn put_partials(b: Chunk, wid: vec3<u32>, lid: vec3<u32>, first: f32, second: f32) {
+// The chunk's partials for its channel (array i at part[i·chunks·C ..]; the third only where
+// `count` is 3), from row lane 0.
+fn put_partials(b: Chunk, wid: vec3<u32>, lid: vec3<u32>, v: vec3<f32>, count: u32) {
     if (b.live && lid.y == 0u) {
-        part[wid.y * p.channels + b.c] = first;
-        part[(p.chunks + wid.y) * p.channels + b.c] = second;
+        part[wid.y * p.channels + b.c] = v.x;
+        part[(p.chunks + wid.y) * p.channels + b.c] = v.y;
+        if (count == 3u) { part[(2u * p.chunks + wid.y) * p.channels + b.c] = v.z; }
     }
 }
 
@@ -85,8 +88,9 @@ fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 // Per chunk and channel: the chunk's mean and centred sum of squares M2 into part, by the
 // corrected two-pass algorithm: the second sweep also sums the deviations e = Σ(x − mean), which
-// are the first sweep's rounding error, so that mean + e/n is good to about an ulp however large
-// the mean is against the spread (and M2 − e²/n the matching M2).
+// are the first sweep's rounding error, so that mean + e/n is the mean to far below an ulp however
+// large it is against the spread; both go to part unadded, as the chunk's mean and mean_lo (and
+// M2 − e²/n is the matching M2).
 @compute @workgroup_size(32, 8)
 fn bn_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let b = bn_chunk(wid, lid);
@@ -109,12 +113,16 @@ fn bn_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         }
     }
     let es = lane_sum(e, lid);
-    put_partials(b, wid, lid, mean + es / rows, lane_sum(q, lid) - es * es / rows);
+    put_partials(b, wid, lid, vec3<f32>(mean, lane_sum(q, lid) - es * es / rows, es / rows), 3u);
 }
 
-// Per channel: in train mode the chunks' (mean, M2) combined in chunk order (Chan et al.'s
-// pairwise update for M2), the biased variance for the batch and the unbiased one for the running
-// update; in eval mode the running statistics. Then scale = γ·rstd and shift = β − mean·scale.
+// Per channel: in train mode the chunks' (mean, M2, mean_lo) combined in chunk order (Chan et
+// al.'s pairwise update for M2), the biased variance for the batch and the unbiased one for the
+// running update; in eval mode the running statistics (mean_lo 0). Then scale = γ·rstd and
+// shift = β − mean·scale. The batch mean is kept as mean + mean_lo, its f32 rounding and the
+// remainder: x − mean is exact where x is near the mean, so (x − mean) − mean_lo centres x as well
+// as f32 holds the deviation, where an f32 mean alone would leave its rounding, up to half an ulp
+// of the mean, in every deviation (a mean large against a small spread).
 @compute @workgroup_size(256)
 fn bn_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let c = flat_id(gid, nwg);
@@ -122,6 +130,7 @@ fn bn_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (c >= n) { return; }
     var mean = running_mean[c];
     var var_ = running_var[c];
+    var mean_lo = 0.0;
     if (p.train != 0u) {
         var m = 0.0;
         var q = 0.0;
@@ -133,13 +142,20 @@ fn bn_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         for (var j = 0u; j < p.chunks; j = j + 1u) {
             let nb = f32(min(p.chunk_rows, p.rows - j * p.chunk_rows));
             let total = count + nb;
-            let delta = part[j * n + c] - m;
+            let hi = part[j * n + c];
+            let lo = part[(2u * p.chunks + j) * n + c];
+            let delta = (hi + lo) - m;
             m = m + delta * (nb / total);
             q = q + part[(p.chunks + j) * n + c] + delta * delta * (count * nb / total);
-            shift = shift + nb * (part[j * n + c] - pivot);
+            shift = shift + nb * ((hi - pivot) + lo);
             count = total;
         }
-        mean = pivot + shift / f32(p.rows);
+        // mean_lo: what the rounding of pivot + t left out (exact where |t| ≤ |pivot|, the case
+        // that needs it). Written out, not as a TwoSum helper: llvmpipe's optimiser cancelled that
+        // helper's s − a against a + b and left a remainder of 0.
+        let t = shift / f32(p.rows);
+        mean = pivot + t;
+        mean_lo = (pivot - mean) + t;
         var_ = q / f32(p.rows);
         let unbiased = select(var_, q / f32(p.rows - 1u), p.rows > 1u);
         running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
@@ -151,6 +167,7 @@ fn bn_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     stats[n + c] = rstd;
     stats[2u * n + c] = scale;
     stats[3u * n + c] = affine[n + c] - mean * scale;
+    stats[6u * n + c] = mean_lo;
 }
 
 // Stores `count` (1 or 2) elements from `e0` (even): one invocation owns each output word.
@@ -165,7 +182,8 @@ fn store_pair(e0: u32, count: u32, v0: f32, v1: f32) {
     }
 }
 
-// y = (x − mean)·scale + β: centred first, so a mean large against the spread does not cancel.
+// y = ((x − mean) − mean_lo)·scale + β: centred first, so a mean large against the spread does
+// not cancel.
 @compute @workgroup_size(256)
 fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e0 = flat_id(gid, nwg) * 2u;
@@ -175,13 +193,13 @@ fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     var v = vec2<f32>(0.0, 0.0);
     for (var j = 0u; j < count; j = j + 1u) {
         let c = (e0 + j) % p.channels;
-        v[j] = (ld_x(e0 + j) - stats[c]) * stats[2u * p.channels + c] + affine[p.channels + c];
+        v[j] = ((ld_x(e0 + j) - stats[c]) - stats[6u * p.channels + c]) * stats[2u * p.channels + c] + affine[p.channels + c];
     }
     store_pair(e0, count, v.x, v.y);
 }
 
-// Per chunk and channel: Σ dy·x̂ and Σ dy (x̂ = (x − mean)·rstd, batch statistics) into part.
-// `stats` holds [mean | rstd | scale | shift | dgamma | dbeta].
+// Per chunk and channel: Σ dy·x̂ and Σ dy (x̂ = ((x − mean) − mean_lo)·rstd, batch statistics)
+// into part. `stats` holds [mean | rstd | scale | shift | dgamma | dbeta | mean_lo].
 @compute @workgroup_size(32, 8)
 fn bn_backward_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let n = p.channels;
@@ -191,16 +209,17 @@ fn bn_backward_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
     var rstd = 0.0;
     if (b.live) {
         let mean = stats[b.c];
+        let lo = stats[6u * n + b.c];
         rstd = stats[n + b.c];
         for (var r = b.r0 + lid.y; r < b.r1; r = r + BN_STEP * BN_LANES) {
             let g = row_step(b, r, 0.0, true);
-            let d = g * (row_step(b, r, mean, false) - vec4<f32>(mean));
+            let d = g * ((row_step(b, r, mean, false) - vec4<f32>(mean)) - vec4<f32>(lo));
             db = db + g.x + g.y + g.z + g.w;
             dg = dg + d.x + d.y + d.z + d.w;
         }
     }
     dg = lane_sum(dg, lid) * rstd;
-    put_partials(b, wid, lid, dg, lane_sum(db, lid));
+    put_partials(b, wid, lid, vec3<f32>(dg, lane_sum(db, lid), 0.0), 2u);
 }
 
 // Per channel: the chunks' dγ and dβ summed in chunk order into stats[4C..6C].
@@ -233,7 +252,7 @@ fn bn_backward_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
         let i = e0 + j;
         let c = i % n;
         let rstd = stats[n + c];
-        let xhat = (ld_x(i) - stats[c]) * rstd;
+        let xhat = ((ld_x(i) - stats[c]) - stats[6u * n + c]) * rstd;
         var d = affine[c] * rstd / rows * (rows * ld_dy(i) - stats[5u * n + c] - xhat * stats[4u * n + c]);
         if (p.has_extra != 0u) { d = d + ld_extra(i); }
         v[j] = d;

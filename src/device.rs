@@ -101,7 +101,7 @@ pub trait Backend {
 
     /// BatchNorm forward over `[rows, channels]` (see `ops::ffn::BatchNormState`, which checks
     /// the buffers): `affine = [γ | β]`, running statistics updated in train mode, `stats`
-    /// receives `[mean | rstd | scale | shift]`.
+    /// receives `[mean | rstd | scale | shift]` and `mean_lo` (at 6C).
     #[allow(clippy::too_many_arguments)]
     fn batchnorm(&self, p: &BnParams, x: &Self::Buf, affine: &Self::Buf, running_mean: &mut Self::Buf, running_var: &mut Self::Buf, stats: &mut Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// BatchNorm backward (training mode) from the forward's `stats`: `dx` (+ `extra`), and

@@ -244,11 +244,45 @@ fn batchnorm_matches_the_reference_across_row_chunks() {
                     assert_close(&format!("{what} dx"), &dl(be, &dx), &dx_ref, dtype);
                     let st = dl(be, &state.stats);
                     assert_close(&format!("{what} dγ"), &st[4 * channels..5 * channels], &dg_ref, DType::F32);
-                    assert_close(&format!("{what} dβ"), &st[5 * channels..], &db_ref, DType::F32);
+                    assert_close(&format!("{what} dβ"), &st[5 * channels..6 * channels], &db_ref, DType::F32);
                     let dx = state.backward(be, &d, &xb, &dyb, Some(&be.upload(&extra).expect("extra"))).expect("backward + extra");
                     assert_close(&format!("{what} dx + extra"), &dl(be, &dx), &dxe_ref, dtype);
                 });
             }
+        }
+    }
+}
+
+/// A channel whose mean (60 to 120) is a thousand times its spread (0.05, f32): an f32 mean alone
+/// leaves up to half an ulp of the mean (3.8e-6) in every deviation x − mean, about 1e-4 of the
+/// spread and ten times the budget of y; the kernels centre on the mean and then on its remainder
+/// (`stats[6C..7C]`), in one chunk of rows and across several.
+#[test]
+fn batchnorm_centres_past_the_means_rounding() {
+    let c = 16;
+    for rows in [5, 3 * ffn::BN_CHUNK_ROWS + 17] {
+        let bn = batchnorm(c, &mut SplitMix64::new(5));
+        let d = ffn::BatchNormDesc { rows, channels: c, eps: 1e-9, momentum: 0.1 };
+        let x: Vec<f32> = scaled(DType::F32, rows * c, 0.05, 9).data.iter().enumerate().map(|(i, v)| v + 60.0 + 60.0 * (i % c) as f32 / c as f32).collect();
+        let x = HostTensor::new(DType::F32, vec![rows * c], x).expect("x");
+        let dy = scaled(DType::F32, rows * c, 1.0, 10);
+        let (y_ref, mean, ..) = ffn::cpu::batchnorm_forward(&d, true, &x.data, &bn);
+        let (dx_ref, ..) = ffn::cpu::batchnorm_backward(&d, &x.data, &dy.data, &bn);
+        for dev in common::device_backends() {
+            let what = format!("{} rows {rows}", dev.name());
+            with_backend!(dev, be => {
+                let mut state = ffn::BatchNormState::upload(be, &bn).expect("bn");
+                let xb = be.upload(&x).expect("x");
+                let y = state.forward(be, &d, &xb, true).expect("forward");
+                assert_close(&format!("{what} y"), &dl(be, &y), &y_ref, DType::F32);
+                let st = dl(be, &state.stats);
+                let centre: Vec<f64> = (0..c).map(|ch| st[ch] as f64 + st[6 * c + ch] as f64).collect();
+                for (ch, (&got, &exact)) in centre.iter().zip(&mean).enumerate() {
+                    assert!((got - exact).abs() <= 1e-9 * exact.abs(), "{what}: channel {ch}'s mean + mean_lo is {got}, the mean {exact}");
+                }
+                let dx = state.backward(be, &d, &xb, &be.upload(&dy).expect("dy"), None).expect("backward");
+                assert_close(&format!("{what} dx"), &dl(be, &dx), &dx_ref, DType::F32);
+            });
         }
     }
 }

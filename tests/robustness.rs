@@ -794,7 +794,7 @@ fn cuda_launchers_refuse_short_views() {
     let (rows, c) = (300, 16);
     let p = BatchNormDesc { rows, channels: c, eps: 1e-5, momentum: 0.1 }.params(true, false).expect("params");
     let (x, affine) = (zeros(rows * c), zeros(2 * c));
-    let (mut rm, mut rv, mut stats, mut part) = (zeros(c), zeros(c), zeros(6 * c), zeros(p.partials_len()));
+    let (mut rm, mut rv, mut stats, mut part) = (zeros(c), zeros(c), zeros(ffkern::ops::ffn::BN_STATS * c), zeros(p.partials_len()));
     let mut y = zeros(rows * c - 1);
     let r = ffn::cuda::batchnorm::<f32>(rt, &p, &x.as_view(), &affine.as_view(), &mut rm.as_view_mut(), &mut rv.as_view_mut(), &mut stats.as_view_mut(), &mut part.as_view_mut(), &mut y.as_view_mut());
     short(r, "y");

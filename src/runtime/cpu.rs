@@ -174,6 +174,7 @@ impl Backend for Cpu {
             stats.data[c + ch] = rstd as f32;
             stats.data[2 * c + ch] = scale as f32;
             stats.data[3 * c + ch] = (bn.beta[ch] as f64 - mean[ch] * scale) as f32;
+            stats.data[6 * c + ch] = (mean[ch] - mean[ch] as f32 as f64) as f32;
         }
         Ok(())
     }

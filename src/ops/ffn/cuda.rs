@@ -72,11 +72,11 @@ pub fn batchnorm<T: CudaElem>(
     let part_len = if p.train != 0 { p.partials_len() } else { 0 };
     check_lens(
         "batchnorm",
-        &[("x", x.len(), n), ("y", y.len(), n), ("affine", affine.len(), 2 * c), ("running_mean", running_mean.len(), c), ("running_var", running_var.len(), c), ("stats", stats.len(), 6 * c), ("part", part.len(), part_len)],
+        &[("x", x.len(), n), ("y", y.len(), n), ("affine", affine.len(), 2 * c), ("running_mean", running_mean.len(), c), ("running_var", running_var.len(), c), ("stats", stats.len(), super::BN_STATS * c), ("part", part.len(), part_len)],
     )?;
     if p.train != 0 {
         let f = rt.function(FAMILY, Ptx::Base, name(0, T::DTYPE), 0)?;
-        // SAFETY: bn_partials_<dtype>(x, part, p) reads x[0..rows·C] and writes part[0..2·chunks·C];
+        // SAFETY: bn_partials_<dtype>(x, part, p) reads x[0..rows·C] and writes part[0..3·chunks·C];
         // every view's length is checked above.
         rt.launch(&f, per_chunk(p), |a| {
             a.arg(x).arg(&mut *part).arg(p);
@@ -84,13 +84,14 @@ pub fn batchnorm<T: CudaElem>(
     }
     let f = rt.function(FAMILY, Ptx::Base, KERNELS[12], 0)?;
     // SAFETY: bn_prepare(part, affine, rm, rv, stats, p) reads part (train mode only) and
-    // affine[0..2C], reads/writes rm, rv [0..C] and writes stats[0..4C]; lengths checked above.
+    // affine[0..2C], reads/writes rm, rv [0..C] and writes stats[0..4C] and stats[6C..7C];
+    // lengths checked above.
     rt.launch(&f, per_channel(p), |a| {
         a.arg(&mut *part).arg(affine).arg(running_mean).arg(running_var).arg(&mut *stats).arg(p);
     })?;
     let f = rt.function(FAMILY, Ptx::Base, name(1, T::DTYPE), 0)?;
-    // SAFETY: bn_apply_<dtype>(x, stats, affine, y, p) reads x, stats[0..3C] and affine[C..2C],
-    // writes y[0..rows·C].
+    // SAFETY: bn_apply_<dtype>(x, stats, affine, y, p) reads x, stats[0..3C], stats[6C..7C] and
+    // affine[C..2C], writes y[0..rows·C].
     rt.launch(&f, per_element(rt, p), |a| {
         a.arg(x).arg(&mut *stats).arg(affine).arg(y).arg(p);
     })
@@ -114,11 +115,11 @@ pub fn batchnorm_backward<T: CudaElem>(
     let extra_len = if p.has_extra != 0 { extra.map_or(0, |e| e.len()) } else { n };
     check_lens(
         "batchnorm",
-        &[("x", x.len(), n), ("dy", dy.len(), n), ("extra", extra_len, n), ("dx", dx.len(), n), ("affine", affine.len(), 2 * c), ("stats", stats.len(), 6 * c), ("part", part.len(), p.partials_len())],
+        &[("x", x.len(), n), ("dy", dy.len(), n), ("extra", extra_len, n), ("dx", dx.len(), n), ("affine", affine.len(), 2 * c), ("stats", stats.len(), super::BN_STATS * c), ("part", part.len(), p.partials_len())],
     )?;
     let f = rt.function(FAMILY, Ptx::Base, name(2, T::DTYPE), 0)?;
-    // SAFETY: bn_backward_partials_<dtype>(x, dy, stats, part, p) reads x, dy [0..rows·C] and
-    // stats[0..2C], writes part[0..2·chunks·C].
+    // SAFETY: bn_backward_partials_<dtype>(x, dy, stats, part, p) reads x, dy [0..rows·C],
+    // stats[0..2C] and stats[6C..7C], writes part[0..2·chunks·C].
     rt.launch(&f, per_chunk(p), |a| {
         a.arg(x).arg(dy).arg(&mut *stats).arg(&mut *part).arg(p);
     })?;

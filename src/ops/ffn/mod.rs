@@ -371,11 +371,14 @@ pub const BN_TILE_CHANNELS: usize = 32;
 pub const BN_ROW_LANES: usize = 8;
 /// Rows per chunk (see [`BN_TILE_CHANNELS`]); more where a batch would have over 32,768 chunks.
 pub const BN_CHUNK_ROWS: usize = 256;
+/// f32 statistics per channel in a BatchNorm's `stats` (see [`BatchNormState`]).
+pub const BN_STATS: usize = 7;
 
 impl BnParams {
-    /// f32 elements of the per-chunk partials' scratch: two per chunk and channel.
+    /// f32 elements of the per-chunk partials' scratch: three per chunk and channel (the
+    /// forward's mean, M2 and the mean's remainder; the backward uses two).
     pub fn partials_len(&self) -> usize {
-        2 * self.chunks as usize * self.channels as usize
+        3 * self.chunks as usize * self.channels as usize
     }
 
     /// The launchers' check of a parameter block made by hand rather than by
@@ -397,8 +400,10 @@ impl BnParams {
 unsafe impl cudarc::driver::DeviceRepr for BnParams {}
 
 /// A BatchNorm layer's device state: `affine = [γ | β]` and the running statistics (f32), plus
-/// `stats` (f32, 6·C): `[mean | rstd | scale | shift]` written by the forward for the backward,
-/// then `[dγ | dβ]` written by the backward.
+/// `stats` (f32, [`BN_STATS`]·C): `[mean | rstd | scale | shift]` written by the forward for the
+/// backward, then `[dγ | dβ]` written by the backward, then `mean_lo`, written by the forward:
+/// the batch mean's remainder past its f32 rounding `mean` (0 in eval mode), which the kernels
+/// subtract after `mean` so that a mean large against the spread leaves no rounding in x − mean.
 pub struct BatchNormState<B> {
     /// `[γ | β]`, f32, 2·C.
     pub affine: B,
@@ -406,7 +411,7 @@ pub struct BatchNormState<B> {
     pub running_mean: B,
     /// f32, C.
     pub running_var: B,
-    /// f32, 6·C (see the type's description).
+    /// f32, [`BN_STATS`]·C (see the type's description).
     pub stats: B,
 }
 
@@ -421,7 +426,7 @@ impl<B> BatchNormState<B> {
             affine: be.upload(&t(affine)?)?,
             running_mean: be.upload(&t(bn.mean.clone())?)?,
             running_var: be.upload(&t(bn.var.clone())?)?,
-            stats: be.alloc(DType::F32, 6 * c)?,
+            stats: be.alloc(DType::F32, BN_STATS * c)?,
         })
     }
 
@@ -455,11 +460,11 @@ impl<B> BatchNormState<B> {
         let c = d.channels;
         // x [rows, C] and the statistics [6C] within 32-bit indexing (so the products below fit).
         crate::error::elems("batchnorm", &[d.rows, c])?;
-        crate::error::elems("batchnorm", &[6, c])?;
+        crate::error::elems("batchnorm", &[BN_STATS, c])?;
         if be.len_of(x) < d.rows * c {
             return Err(Error::shape("batchnorm", format!("x holds {} elements, needs {}", be.len_of(x), d.rows * c)));
         }
-        for (name, t, n) in [("affine", &self.affine, 2 * c), ("running_mean", &self.running_mean, c), ("running_var", &self.running_var, c), ("stats", &self.stats, 6 * c)] {
+        for (name, t, n) in [("affine", &self.affine, 2 * c), ("running_mean", &self.running_mean, c), ("running_var", &self.running_var, c), ("stats", &self.stats, BN_STATS * c)] {
             if be.dtype_of(t) != DType::F32 || be.len_of(t) < n {
                 return Err(Error::shape("batchnorm", format!("{name} must be f32 with {n} elements")));
             }

@@ -37,7 +37,7 @@ pub fn batchnorm(
     let (n, c, f32) = (p.rows as usize * p.channels as usize, p.channels as usize, DType::F32);
     check_sizes(
         "batchnorm",
-        &[("x", x, n, dtype), ("y", y, n, dtype), ("affine", affine, 2 * c, f32), ("running_mean", running_mean, c, f32), ("running_var", running_var, c, f32), ("stats", stats, 6 * c, f32)],
+        &[("x", x, n, dtype), ("y", y, n, dtype), ("affine", affine, 2 * c, f32), ("running_mean", running_mean, c, f32), ("running_var", running_var, c, f32), ("stats", stats, super::BN_STATS * c, f32)],
     )?;
     let ro = ctx.dummy(false);
     let part = if p.train != 0 { Some(ctx.create_buffer(DType::F32, p.partials_len())?) } else { None };
@@ -71,7 +71,7 @@ pub fn batchnorm_backward(
     let extra_n = if p.has_extra != 0 { n } else { 0 };
     check_sizes(
         "batchnorm",
-        &[("x", x, n, dtype), ("dy", dy, n, dtype), ("extra", extra.unwrap_or(ctx.dummy(false)), extra_n, dtype), ("dx", dx, n, dtype), ("affine", affine, 2 * c, f32), ("stats", stats, 6 * c, f32)],
+        &[("x", x, n, dtype), ("dy", dy, n, dtype), ("extra", extra.unwrap_or(ctx.dummy(false)), extra_n, dtype), ("dx", dx, n, dtype), ("affine", affine, 2 * c, f32), ("stats", stats, super::BN_STATS * c, f32)],
     )?;
     let groups = per_chunk(ctx, p, &format!("BatchNorm's backward over {} rows", p.rows))?;
     let (ro, rw) = (ctx.dummy(false), ctx.dummy(true));
