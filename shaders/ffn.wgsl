@@ -151,8 +151,8 @@ fn bn_prepare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
             count = total;
         }
         // mean_lo: what the rounding of pivot + t left out (exact where |t| ≤ |pivot|, the case
-        // that needs it). Written out, not as a TwoSum helper: llvmpipe's optimiser cancelled that
-        // helper's s − a against a + b and left a remainder of 0.
+        // that needs it). Written out: a TwoSum helper's remainder came out 0 on llvmpipe, whose
+        // optimiser simplifies such sums.
         let t = shift / f32(p.rows);
         mean = pivot + t;
         mean_lo = (pivot - mean) + t;
