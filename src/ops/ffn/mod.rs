@@ -458,7 +458,7 @@ impl<B> BatchNormState<B> {
 
     fn check<Be: Backend<Buf = B>>(&self, be: &Be, d: &BatchNormDesc, x: &B) -> Result<()> {
         let c = d.channels;
-        // x [rows, C] and the statistics [6C] within 32-bit indexing (so the products below fit).
+        // x [rows, C] and the statistics [BN_STATS·C] within 32-bit indexing (so the products below fit).
         crate::error::elems("batchnorm", &[d.rows, c])?;
         crate::error::elems("batchnorm", &[BN_STATS, c])?;
         if be.len_of(x) < d.rows * c {
