@@ -377,16 +377,29 @@ __device__ __forceinline__ void relu_frag(uint32_t (&f)[4], bool on) {
     }
 }
 
-// c0, c1 += a·B over rows k0 .. k0 + 15 and the two n-tiles of columns n0 .. n0 + 15 of B stored
-// [k][n] with row stride ld, through ldmatrix.trans (matrices (k 0–7 | 8–15) × (n 0–7 | 8–15)); B's
-// values through relu first when `relu`.
+// The sum of a fragment register's two 16-bit values.
+template <typename T>
+__device__ __forceinline__ float pair_sum(uint32_t u) {
+    const float2 f = to_f32x2(*reinterpret_cast<const typename Pair<T>::type*>(&u));
+    return f.x + f.y;
+}
+
+// The B fragments of rows k0 .. k0 + 15 and the two n-tiles of columns n0 .. n0 + 15 of B stored
+// [k][n] with row stride ld, through ldmatrix.trans (matrices (k 0–7 | 8–15) × (n 0–7 | 8–15)):
+// f[0], f[1] the first n-tile's, f[2], f[3] the second's; through relu first when `relu`.
+template <typename T>
+__device__ __forceinline__ void frag_kn16(uint32_t (&f)[4], const T* b, uint32_t ld, uint32_t k0, uint32_t n0, bool relu = false) {
+    const uint32_t lane = threadIdx.x & 31, mi = lane / 8, r8 = lane % 8;
+    mma::ldmatrix_x4_trans(f, b + (k0 + r8 + 8 * (mi % 2)) * ld + n0 + 8 * (mi / 2));
+    relu_frag(f, relu);
+}
+
+// c0, c1 += a·B over those rows and n-tiles (frag_kn16).
 template <typename T>
 __device__ __forceinline__ void mma_kn16(float (&c0)[4], float (&c1)[4], const uint32_t (&a)[4], const T* b, uint32_t ld, uint32_t k0, uint32_t n0,
                                          bool relu = false) {
-    const uint32_t lane = threadIdx.x & 31, mi = lane / 8, r8 = lane % 8;
     uint32_t f[4];
-    mma::ldmatrix_x4_trans(f, b + (k0 + r8 + 8 * (mi % 2)) * ld + n0 + 8 * (mi / 2));
-    relu_frag(f, relu);
+    frag_kn16<T>(f, b, ld, k0, n0, relu);
     mma::mma16816<T>(c0, a, f[0], f[1]);
     mma::mma16816<T>(c1, a, f[2], f[3]);
 }
@@ -1583,7 +1596,10 @@ LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)
 // state, mode 1 dS0 in it. Why it is fast: the per-chunk states, the two-pass form's largest
 // arrays (written by a sweep, read back by the products), never leave the SM, and the inputs are
 // read once, in one kernel; the next two chunks' tiles land by cp.async while this one multiplies
-// (one block per SM: the state and the products need more than half its registers). Warp w owns
+// (one block per SM: the state and the products need more than half its registers). A block runs
+// its chunks one after another, so a step's time is its critical path: no global load waits in
+// it (what the epilogue reads is loaded as the step starts) and no shared-memory pass beyond the
+// products (Σ k̃ comes from the fragments M's update loads). Warp w owns
 // rows 16⌊w/2⌋ of the chunk (scores, output) and of each 64-row half of M, columns 32(w % 2).
 constexpr uint32_t FU_LQ = 136;  // X, Y tile rows: up to 128 + 8 padding (272 bytes: conflict-free ldmatrix)
 constexpr uint32_t FU_LV = 72;   // F, M and W rows: 64 + 8 padding (144 bytes)
@@ -1676,15 +1692,24 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
     }
     move_state(false);
     store_ms();
-    // Forward: Σ k̃ (the normalizer state), its columns shared out among the column blocks so that
-    // none carries the whole sum on its path: block x takes zcols columns from x·zcols, zt
-    // threads a column (lanes zt apart sum 64 / zt rows each), the first of which holds and writes it.
-    const uint32_t zcols = (p.k + gridDim.x - 1) / gridDim.x, zt = zcols <= 64 ? 4 : 2;
-    const uint32_t zi = blockIdx.x * zcols + lid / zt, zh = lid % zt;
-    const bool zmine = MODE == 0 && lid / zt < zcols && zi < p.k, zown = zmine && zh == 0;
-    float zacc = zown ? zv[(size_t)nh * p.k + zi] : 0.0f;
+    // Forward: Σ k̃ (the normalizer state) from the k̃ᵀ fragments that M's update loads anyway
+    // (A of Yᵀ·F: rows g, g + 8 of the warp's 16 state rows, chunk rows 2tq.. and 2tq + 8..), so
+    // it costs no shared-memory reads. Each thread sums its fragments over the whole sequence:
+    // the warps of columns cw = 0 and 32 take k-steps 0–31 and 32–63 of each chunk, block x the
+    // row groups rg ≡ x (mod gridDim.x); lanes and warps are added once, after the last chunk.
+    float zr[2][2] = {};
+    const auto zsum = [&](uint32_t rg, uint32_t kk) { return MODE == 0 && rg % gridDim.x == blockIdx.x && kk / 32 == (warp & 1); };
     // The scores' scale: all but dq take it on W (dq scales its output).
     const float wscale = MODE == 2 ? 1.0f : p.scale;
+    // dk: dz_T at the thread's output columns, the same in every chunk.
+    float dz[4][2] = {};
+    if (MODE == 3) {
+#pragma unroll
+        for (uint32_t mm = 0; mm < 4; ++mm) {
+            const uint32_t col = c0 + cw + 8 * mm + 2 * tq;
+            if (col < width) dz[mm][0] = zv[(size_t)nh * p.k + col], dz[mm][1] = zv[(size_t)nh * p.k + col + 1];
+        }
+    }
     uint2 next = bounds(FU_STAGES - 1);
     for (uint32_t j = 0; j < count; ++j) {
         const uint32_t st = j % FU_STAGES;
@@ -1695,6 +1720,21 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
         mma::cp_async_commit();
         next = bounds(j + FU_STAGES);
         const uint2 b = bounds(j);
+        const uint32_t len = b.y - b.x;
+        // What the output's epilogue reads from global memory, loaded now so that the loads pass
+        // under the products: the chunk's first position (Count) and the pairs of q or k whose φ'
+        // scales dq or dk (φ ≠ identity; as a 4-byte pair: the width is a multiple of 8).
+        const float pos = MODE == 0 && p.normalize == 2 ? (float)(p.count0 + table[nc + 2 + chunk(j)]) : 0.0f;
+        uint32_t gpair[4][2] = {};
+        if ((MODE == 2 || MODE == 3) && p.feature_map != 0) {
+#pragma unroll
+            for (uint32_t mm = 0; mm < 4; ++mm)
+#pragma unroll
+                for (uint32_t half = 0; half < 2; ++half) {
+                    const uint32_t row = rw + g + 8 * half, col = c0 + cw + 8 * mm + 2 * tq;
+                    if (row < len && col < width) gpair[mm][half] = *reinterpret_cast<const uint32_t*>(g_in + (((size_t)b.x + row) * p.heads + h) * width + col);
+                }
+        }
         mma::cp_async_wait<FU_STAGES - 1>();  // groups 0 .. j have landed
         __syncthreads();                      // and ms holds M_c
         const T* const sx = xs(st);
@@ -1746,8 +1786,6 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
 #pragma unroll
             for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, sf, FU_LV, s0, cw + 16 * np, relu_f);
         }
-        const uint32_t len = b.y - b.x;
-        const float pos = (float)(p.count0 + table[nc + 2 + chunk(j)]);  // the chunk's first row's position (Count)
 #pragma unroll
         for (uint32_t mm = 0; mm < 4; ++mm)
 #pragma unroll
@@ -1756,12 +1794,13 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
                 if (row >= len || col >= width) continue;
                 const size_t at = (((size_t)b.x + row) * p.heads + h) * width + col;
                 float v0 = acc_o[mm][2 * half], v1 = acc_o[mm][2 * half + 1];
+                const float2 gv = to_f32x2(*reinterpret_cast<const typename Pair<T>::type*>(&gpair[mm][half]));
                 if (MODE == 2) {
-                    v0 *= p.scale * phi_grad(p.feature_map, to_f32(g_in[at]));
-                    v1 *= p.scale * phi_grad(p.feature_map, to_f32(g_in[at + 1]));
+                    v0 *= p.scale * phi_grad(p.feature_map, gv.x);
+                    v1 *= p.scale * phi_grad(p.feature_map, gv.y);
                 } else if (MODE == 3) {
-                    v0 = (v0 + zv[(size_t)nh * p.k + col]) * phi_grad(p.feature_map, to_f32(g_in[at]));
-                    v1 = (v1 + zv[(size_t)nh * p.k + col + 1]) * phi_grad(p.feature_map, to_f32(g_in[at + 1]));
+                    v0 = (v0 + dz[mm][0]) * phi_grad(p.feature_map, gv.x);
+                    v1 = (v1 + dz[mm][1]) * phi_grad(p.feature_map, gv.y);
                 } else if (MODE == 0 && p.normalize == 2) {
                     const float n = pos + (float)(row + 1);
                     v0 /= n, v1 /= n;
@@ -1770,47 +1809,66 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
             }
         // M += Yᵀ·F (times scale in the reverse modes) over the chunk's rows: A = the Y tileᵀ
         // (rows w, k = chunk rows) from Y stored [r][w], B = F rows from F stored [r][c], both
-        // through ldmatrix.trans.
+        // through ldmatrix.trans; each k-step's F fragments serve both row groups of M.
+        float part[2][4][4] = {};  // the reverse modes: the chunk's own sum, scaled into M after
 #pragma unroll
-        for (uint32_t rg = 0; rg < 2; ++rg) {
-            if (rw + 64 * rg >= wpad) continue;
-            float part[4][4] = {};
+        for (uint32_t kk = 0; kk < 64; kk += 16) {
+            uint32_t fb[2][4];
 #pragma unroll
-            for (uint32_t kk = 0; kk < 64; kk += 16) {
+            for (uint32_t np = 0; np < 2; ++np) frag_kn16<T>(fb[np], sf, FU_LV, kk, cw + 16 * np, relu_f);
+#pragma unroll
+            for (uint32_t rg = 0; rg < 2; ++rg) {
+                if (rw + 64 * rg >= wpad) continue;
                 uint32_t a[4];
                 mma::ldmatrix_x4_trans(a, sy + (kk + r8 + 8 * (mi / 2)) * FU_LQ + rw + 64 * rg + 8 * (mi % 2));
                 relu_frag(a, relu_xy);
+                if (zsum(rg, kk)) {
+                    zr[rg][0] += pair_sum<T>(a[0]) + pair_sum<T>(a[2]);
+                    zr[rg][1] += pair_sum<T>(a[1]) + pair_sum<T>(a[3]);
+                }
 #pragma unroll
-                for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(REV ? part[2 * np] : acc_m[rg][2 * np], REV ? part[2 * np + 1] : acc_m[rg][2 * np + 1], a, sf, FU_LV, kk, cw + 16 * np, relu_f);
+                for (uint32_t n = 0; n < 4; ++n) mma::mma16816<T>(REV ? part[rg][n] : acc_m[rg][n], a, fb[n / 2][2 * (n % 2)], fb[n / 2][2 * (n % 2) + 1]);
             }
-            if (REV) {
+        }
+        if (REV) {
+#pragma unroll
+            for (uint32_t rg = 0; rg < 2; ++rg)
 #pragma unroll
                 for (uint32_t m = 0; m < 4; ++m)
 #pragma unroll
-                    for (uint32_t cc = 0; cc < 4; ++cc) acc_m[rg][m][cc] += p.scale * part[m][cc];
-            }
-        }
-        if (MODE == 0) {
-            // Every lane takes part in the shuffles; those without a column add nothing.
-            float zp = 0.0f;
-            const uint32_t rows = 64 / zt;
-            if (zmine) {
-#pragma unroll 4
-                for (uint32_t r = rows * zh; r < rows * zh + rows; ++r) {
-                    const float kv = to_f32(sy[r * FU_LQ + zi]);
-                    zp += relu_xy ? fmaxf(kv, 0.0f) : kv;
-                }
-            }
-            zp += __shfl_xor_sync(0xffffffffu, zp, 1);
-            if (zt == 4) zp += __shfl_xor_sync(0xffffffffu, zp, 2);
-            zacc += zp;
+                    for (uint32_t cc = 0; cc < 4; ++cc) acc_m[rg][m][cc] += p.scale * part[rg][m][cc];
         }
         store_ms();       // M_{c+1} for the next chunk: every warp finished reading M_c before W was stored
         __syncthreads();  // this stage is refilled by the next iteration's issue
     }
     mma::cp_async_wait<0>();
     if (MODE <= 1) move_state(true);
-    if (zown) zv[(size_t)nh * p.k + zi] = zacc;
+    if (MODE == 0) {
+        // The four lanes of a fragment row, then the two warps of a row group (their k-step
+        // halves), through the first stage's memory: zpart[warp][rg][row 0–15].
+#pragma unroll
+        for (uint32_t rg = 0; rg < 2; ++rg)
+#pragma unroll
+            for (uint32_t half = 0; half < 2; ++half) {
+                zr[rg][half] += __shfl_xor_sync(0xffffffffu, zr[rg][half], 1);
+                zr[rg][half] += __shfl_xor_sync(0xffffffffu, zr[rg][half], 2);
+            }
+        float* const zpart = reinterpret_cast<float*>(fu_smem);
+        __syncthreads();  // (count 0: no chunk loop and its barriers ran)
+        if (tq == 0) {
+#pragma unroll
+            for (uint32_t rg = 0; rg < 2; ++rg)
+#pragma unroll
+                for (uint32_t half = 0; half < 2; ++half) zpart[(warp * 2 + rg) * 16 + g + 8 * half] = zr[rg][half];
+        }
+        __syncthreads();
+        // Thread w < 128: state row w, in row group w / 64, from the warps 2·wp and 2·wp + 1.
+        const uint32_t rg = lid / 64, wp = lid % 64 / 16, r16 = lid % 16;
+        if (lid < 128 && lid < p.k && count > 0 && rg % gridDim.x == blockIdx.x) {
+            const float s = zpart[(4 * wp + rg) * 16 + r16] + zpart[(4 * wp + 2 + rg) * 16 + r16];
+            zv[(size_t)nh * p.k + lid] += s;
+        }
+    }
 }
 
 // The one-pass chunked forward (linattn_chunk_states' parameters, with q and o): bf16 only, as
