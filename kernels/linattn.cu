@@ -1604,8 +1604,9 @@ LINATTN_MMA_ENTRIES(bf16, __nv_bfloat16)
 constexpr uint32_t FU_LQ = 136;  // X, Y tile rows: up to 128 + 8 padding (272 bytes: conflict-free ldmatrix)
 constexpr uint32_t FU_LV = 72;   // F, M and W rows: 64 + 8 padding (144 bytes)
 constexpr uint32_t FU_STAGES = 3;
-constexpr uint32_t FU_STAGE = 2 * 64 * FU_LQ + 64 * FU_LV;              // one stage's elements: X, Y, F tiles
-constexpr uint32_t FU_SMEM = (FU_STAGES * FU_STAGE + 128 * FU_LV) * 2;  // the stages, then M_c [128][FU_LV] (bytes)
+constexpr uint32_t FU_STAGE = 2 * 64 * FU_LQ + 64 * FU_LV;  // one stage's elements: X, Y, F tiles
+// The stages, then M_c [128][FU_LV], then W [64][FU_LV] (bytes; within an A100's 163 KB a block).
+constexpr uint32_t FU_SMEM = (FU_STAGES * FU_STAGE + 128 * FU_LV + 64 * FU_LV) * 2;
 
 // g: the input whose φ' scales the output (q for dq, k for dk); zv: z (forward, in and out) or
 // dz_T (dk, read).
@@ -1623,6 +1624,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
     const auto ys = [&](uint32_t st) { return smem + st * FU_STAGE + 64 * FU_LQ; };
     const auto fs = [&](uint32_t st) { return smem + st * FU_STAGE + 2 * 64 * FU_LQ; };
     T* const ms = smem + FU_STAGES * FU_STAGE;
+    T* const ws = ms + 128 * FU_LV;
     const uint32_t nh = blockIdx.y + blockIdx.z * gridDim.y;
     if (nh >= p.batch * p.heads) return;
     const uint32_t lid = threadIdx.x, lane = lid & 31, warp = lid >> 5, g = lane >> 2, tq = lane & 3;
@@ -1711,14 +1713,11 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
         }
     }
     uint2 next = bounds(FU_STAGES - 1);
+    // Two block barriers a step: one as it starts (step j − 1 is over in every warp: its stage
+    // may be refilled, M_c is in ms, W may be overwritten) and one before W·F (W is complete and
+    // every warp is done reading M_c, which the step's end overwrites).
     for (uint32_t j = 0; j < count; ++j) {
         const uint32_t st = j % FU_STAGES;
-        // Step j + FU_STAGES − 1 into the stage that step j − 1 used (released by the barrier that
-        // ended the step before); its bounds were read a step ahead, so the copies wait on no
-        // table load.
-        if (j + FU_STAGES - 1 < count) issue(next, (j + FU_STAGES - 1) % FU_STAGES);
-        mma::cp_async_commit();
-        next = bounds(j + FU_STAGES);
         const uint2 b = bounds(j);
         const uint32_t len = b.y - b.x;
         // What the output's epilogue reads from global memory, loaded now so that the loads pass
@@ -1735,8 +1734,13 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
                     if (row < len && col < width) gpair[mm][half] = *reinterpret_cast<const uint32_t*>(g_in + (((size_t)b.x + row) * p.heads + h) * width + col);
                 }
         }
-        mma::cp_async_wait<FU_STAGES - 1>();  // groups 0 .. j have landed
-        __syncthreads();                      // and ms holds M_c
+        mma::cp_async_wait<FU_STAGES - 2>();  // groups 0 .. j have landed
+        __syncthreads();
+        // Step j + FU_STAGES − 1 into the stage that step j − 1 used; its bounds were read a step
+        // ahead, so the copies wait on no table load.
+        if (j + FU_STAGES - 1 < count) issue(next, (j + FU_STAGES - 1) % FU_STAGES);
+        mma::cp_async_commit();
+        next = bounds(j + FU_STAGES);
         const T* const sx = xs(st);
         const T* const sy = ys(st);
         const T* const sf = fs(st);
@@ -1766,8 +1770,6 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
 #pragma unroll
                 for (uint32_t cc = 0; cc < 4; ++cc) acc_o[mm][cc] *= p.scale;
         }
-        __syncthreads();  // every warp is done with X: W goes over it
-        T* const ws = xs(st);
 #pragma unroll
         for (uint32_t mm = 0; mm < 4; ++mm)
 #pragma unroll
@@ -1838,8 +1840,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
 #pragma unroll
                     for (uint32_t cc = 0; cc < 4; ++cc) acc_m[rg][m][cc] += p.scale * part[rg][m][cc];
         }
-        store_ms();       // M_{c+1} for the next chunk: every warp finished reading M_c before W was stored
-        __syncthreads();  // this stage is refilled by the next iteration's issue
+        store_ms();  // M_{c+1} for the next chunk (every warp finished reading M_c before W·F)
     }
     mma::cp_async_wait<0>();
     if (MODE <= 1) move_state(true);
@@ -1854,7 +1855,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
                 zr[rg][half] += __shfl_xor_sync(0xffffffffu, zr[rg][half], 2);
             }
         float* const zpart = reinterpret_cast<float*>(fu_smem);
-        __syncthreads();  // (count 0: no chunk loop and its barriers ran)
+        __syncthreads();  // every warp is done with the last step's stage
         if (tq == 0) {
 #pragma unroll
             for (uint32_t rg = 0; rg < 2; ++rg)

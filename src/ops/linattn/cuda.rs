@@ -352,9 +352,9 @@ pub(crate) fn chunk_states<T: CudaElem, S: CudaElem>(
 }
 
 /// Dynamic shared memory of the one-pass chunked forward: three stages of the q, k (rows of 136)
-/// and v (rows of 72) tiles, then S_c [128][72], 16-bit elements (FU_SMEM in kernels/linattn.cu;
-/// a launch with less traps).
-const FUSED_SMEM: u32 = (3 * (2 * 64 * 136 + 64 * 72) + 128 * 72) * 2;
+/// and v (rows of 72) tiles, then S_c [128][72] and the masked scores [64][72], 16-bit elements
+/// (FU_SMEM in kernels/linattn.cu; a launch with less traps): 156 KiB, within an A100's blocks.
+const FUSED_SMEM: u32 = (3 * (2 * 64 * 136 + 64 * 72) + 128 * 72 + 64 * 72) * 2;
 
 /// A one-pass kernel's function and chunk table on the device, or None where it may not run:
 /// under `FFKERN_LINATTN_KERNEL=auto` (the default) or `fused`, the inputs take the 16-bit
