@@ -369,12 +369,12 @@ __device__ __forceinline__ uint32_t relu2(uint32_t x) {
     return x & ~(neg * 0xFFFFu);
 }
 
-// relu2 on each of a fragment's four registers where `on` (φ = relu on fragments of q̃ or k̃).
+// relu2 on each of a fragment's four registers where `on` (φ = relu on fragments of q̃ or k̃);
+// without a branch, so that the fragment loads around it can be scheduled across it.
 __device__ __forceinline__ void relu_frag(uint32_t (&f)[4], bool on) {
-    if (on) {
+    const uint32_t keep = on ? 0u : 0xFFFFFFFFu;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) f[i] = relu2(f[i]);
-    }
+    for (int i = 0; i < 4; ++i) f[i] = relu2(f[i]) | (f[i] & keep);
 }
 
 // The sum of a fragment register's two 16-bit values.
@@ -1608,6 +1608,11 @@ constexpr uint32_t FU_STAGE = 2 * 64 * FU_LQ + 64 * FU_LV;  // one stage's eleme
 // The stages, then M_c [128][FU_LV], then W [64][FU_LV] (bytes; within an A100's 163 KB a block).
 constexpr uint32_t FU_SMEM = (FU_STAGES * FU_STAGE + 128 * FU_LV + 64 * FU_LV) * 2;
 
+// One k-step's fragments of the scores and X·M_c: X (A), Y's two n-tile pairs and M_c's (B).
+struct ScoreFrags {
+    uint32_t a[4], y[2][4], m[2][4];
+};
+
 // g: the input whose φ' scales the output (q for dq, k for dk); zv: z (forward, in and out) or
 // dz_T (dk, read).
 template <typename T, int MODE>
@@ -1703,6 +1708,15 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
     const auto zsum = [&](uint32_t rg, uint32_t kk) { return MODE == 0 && rg % gridDim.x == blockIdx.x && kk / 32 == (warp & 1); };
     // The scores' scale: all but dq take it on W (dq scales its output).
     const float wscale = MODE == 2 ? 1.0f : p.scale;
+    // Which of the warp's score n-tiles (pair np, tile 0 or 1: columns cw + 16np + 8·tile ..) hold
+    // unmasked scores in its rows: the rest are skipped.
+    bool need[2][2];
+#pragma unroll
+    for (uint32_t np = 0; np < 2; ++np) {
+        const uint32_t n0 = cw + 16 * np;
+        need[np][0] = REV ? n0 + 7 >= rw : n0 <= rw + 15;
+        need[np][1] = REV ? n0 + 15 >= rw : n0 + 8 <= rw + 15;
+    }
     // dk: dz_T at the thread's output columns, the same in every chunk.
     float dz[4][2] = {};
     if (MODE == 3) {
@@ -1745,24 +1759,40 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
         const T* const sy = ys(st);
         const T* const sf = fs(st);
         // Scores W = X·Yᵀ (n-tiles wholly in the masked half skipped) and X·M_c over the wide width.
+        // The next k-step's fragments load while this one's products run (one k-step of fragments
+        // in flight per warp: two warps a scheduler leave the loads' latency exposed otherwise).
         float acc_w[4][4] = {}, acc_o[4][4] = {};
-        for (uint32_t kk = 0; kk < wpad; kk += 16) {
-            uint32_t a[4];
-            mma::ldmatrix_x4(a, sx + (rw + r8 + 8 * (mi % 2)) * FU_LQ + kk + 8 * (mi / 2));
-            relu_frag(a, relu_xy);
+        const auto load_a = [&](uint32_t kk, ScoreFrags& fr) {
+            mma::ldmatrix_x4(fr.a, sx + (rw + r8 + 8 * (mi % 2)) * FU_LQ + kk + 8 * (mi / 2));
+            relu_frag(fr.a, relu_xy);
 #pragma unroll
             for (uint32_t np = 0; np < 2; ++np) {
                 const uint32_t n0 = cw + 16 * np;
-                const bool need0 = REV ? n0 + 7 >= rw : n0 <= rw + 15, need1 = REV ? n0 + 15 >= rw : n0 + 8 <= rw + 15;
-                if (need0 || need1) {
-                    uint32_t b4[4];
-                    mma::ldmatrix_x4(b4, sy + (n0 + r8 + 8 * (mi / 2)) * FU_LQ + kk + 8 * (mi % 2));
-                    relu_frag(b4, relu_xy);
-                    if (need0) mma::mma16816<T>(acc_w[2 * np], a, b4[0], b4[1]);
-                    if (need1) mma::mma16816<T>(acc_w[2 * np + 1], a, b4[2], b4[3]);
+                if (need[np][0] || need[np][1]) {
+                    mma::ldmatrix_x4(fr.y[np], sy + (n0 + r8 + 8 * (mi / 2)) * FU_LQ + kk + 8 * (mi % 2));
+                    relu_frag(fr.y[np], relu_xy);
                 }
-                mma_kn16<T>(acc_o[2 * np], acc_o[2 * np + 1], a, ms, FU_LV, kk, n0);
+                frag_kn16<T>(fr.m[np], ms, FU_LV, kk, n0);
             }
+        };
+        const auto mma_step = [&](const ScoreFrags& cur) {
+#pragma unroll
+            for (uint32_t np = 0; np < 2; ++np) {
+                if (need[np][0]) mma::mma16816<T>(acc_w[2 * np], cur.a, cur.y[np][0], cur.y[np][1]);
+                if (need[np][1]) mma::mma16816<T>(acc_w[2 * np + 1], cur.a, cur.y[np][2], cur.y[np][3]);
+                mma::mma16816<T>(acc_o[2 * np], cur.a, cur.m[np][0], cur.m[np][1]);
+                mma::mma16816<T>(acc_o[2 * np + 1], cur.a, cur.m[np][2], cur.m[np][3]);
+            }
+        };
+        // Two k-steps an iteration, f0 and f1 taking turns (named, so they stay in registers).
+        ScoreFrags f0, f1;
+        load_a(0, f0);
+        for (uint32_t kk = 0; kk < wpad; kk += 32) {
+            if (kk + 16 < wpad) load_a(kk + 16, f1);
+            mma_step(f0);
+            if (kk + 16 >= wpad) break;
+            if (kk + 32 < wpad) load_a(kk + 32, f0);
+            mma_step(f1);
         }
         if (MODE == 0) {
 #pragma unroll
