@@ -451,13 +451,19 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
     const uint32_t c_lo = table[2 * nc + 2 + nh / p.heads], c_hi = table[2 * nc + 3 + nh / p.heads], count = c_hi - c_lo;
     const bool relu = p.feature_map == 2;
     const float scale = REVERSE ? p.scale : 1.0f;  // applied to each chunk's sums
-    // Thread (column lid / 4 of the tile, quarter lid % 4 of the rows) for the z column sums;
-    // z (and zs) move with the tiles of column 0, held by the threads of quarter 0.
-    const uint32_t zc = lid / 4, zq = lid % 4;
-    const bool zown = j0 == 0 && zq == 0 && i0 + zc < p.k;
-    float acc[4][4] = {}, zacc = 0.0f, unused = 0.0f;
+    // z (and zs) move with the tiles of column 0, rows rw + g and rw + g + 8 (g = lane / 4) held
+    // by lane 4g of the warps of columns 0–31. Forward, those warps sum Σ φ(k) from the k̃ᵀ
+    // fragments they load for the state update; the four lanes of a row combine by shuffles each
+    // chunk. Reverse, z is d_z, which every chunk's zs receives unchanged.
+    const bool zrows = j0 == 0 && cw == 0, zsum = !REVERSE && zrows;
+    const uint32_t zg = lane / 4;
+    const auto zown = [&](uint32_t half) { return zrows && lane % 4 == 0 && i0 + rw + zg + 8 * half < p.k; };
+    const auto zat = [&](uint32_t half) { return i0 + rw + zg + 8 * half; };
+    float acc[4][4] = {}, zacc[2] = {}, unused = 0.0f;
     move_outer<true, false>(acc, unused, state, nullptr, nh, i0, j0, p);
-    if (zown) zacc = z[(size_t)nh * p.k + i0 + zc];
+#pragma unroll
+    for (uint32_t half = 0; half < 2; ++half)
+        if (zown(half)) zacc[half] = z[(size_t)nh * p.k + zat(half)];
     const auto chunk = [&](uint32_t j) { return REVERSE ? c_hi - 1 - j : c_lo + j; };
     // Chunk j's first row and the row after its last, read one step before its copies are issued,
     // so that the copies do not wait for a dependent table load on the sweep's critical path.
@@ -492,12 +498,14 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
         const size_t slot = (size_t)c * p.heads + h;
         if constexpr (sizeof(S) == 4) move_outer<true, true>(acc, unused, hs, nullptr, slot, i0, j0, p);
         else store_outer16(acc, hs, slot, i0, j0, p);
-        if (zown) zs[slot * p.k + i0 + zc] = zacc;
+#pragma unroll
+        for (uint32_t half = 0; half < 2; ++half)
+            if (zown(half)) zs[slot * p.k + zat(half)] = zacc[half];
         mma::cp_async_wait<SW_STAGES - 1>();  // groups 0 .. j have landed
         __syncthreads();
         const T* const sx = xs(st);
         const T* const sy = ys(st);
-        float part[4][4] = {};
+        float part[4][4] = {}, zp[2] = {};
 #pragma unroll
         for (uint32_t kk = 0; kk < 64; kk += 16) {
             // A = X tileᵀ (rows i, k = chunk rows) from X stored [r][i]: matrices (k 0–7 | 8–15) ×
@@ -506,21 +514,18 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
             uint32_t a[4];
             mma::ldmatrix_x4_trans(a, sx + (kk + r8 + 8 * (m / 2)) * SW_LDS + rw + 8 * (m % 2));
             relu_frag(a, relu);
+            if (zsum) zp[0] += pair_sum<T>(a[0]) + pair_sum<T>(a[2]), zp[1] += pair_sum<T>(a[1]) + pair_sum<T>(a[3]);
             // B = Y rows (k) × 16 columns from Y stored [r][j].
 #pragma unroll
             for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(part[2 * np], part[2 * np + 1], a, sy, SW_LDS, kk, cw + 16 * np);
         }
-        if (!REVERSE && j0 == 0) {
-            // Σ_r φ(k)[r][i0 + zc]: 16 rows a thread, then the four quarters in a fixed order.
-            float zp = 0.0f;
-#pragma unroll 4
-            for (uint32_t r = 16 * zq; r < 16 * zq + 16; ++r) {
-                const float x = to_f32(sx[r * SW_LDS + zc]);
-                zp += relu ? fmaxf(x, 0.0f) : x;
+        if (zsum) {
+#pragma unroll
+            for (uint32_t half = 0; half < 2; ++half) {
+                zp[half] += __shfl_xor_sync(0xffffffffu, zp[half], 1);
+                zp[half] += __shfl_xor_sync(0xffffffffu, zp[half], 2);
+                zacc[half] += zp[half];
             }
-            zp += __shfl_xor_sync(0xffffffffu, zp, 1);
-            zp += __shfl_xor_sync(0xffffffffu, zp, 2);
-            zacc += zp;
         }
 #pragma unroll
         for (int mm = 0; mm < 4; ++mm)
@@ -530,7 +535,9 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
     }
     mma::cp_async_wait<0>();
     move_outer<true, true>(acc, unused, state, nullptr, nh, i0, j0, p);
-    if (zown) z[(size_t)nh * p.k + i0 + zc] = zacc;
+#pragma unroll
+    for (uint32_t half = 0; half < 2; ++half)
+        if (zown(half)) z[(size_t)nh * p.k + zat(half)] = zacc[half];
 }
 
 // chunk_output (aux 0): o_t = S_cᵀ·q̃_t + Σ_{s≤t} (q̃_t·k̃_s)·v_s from the chunk's start state S_c,
@@ -1762,7 +1769,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
         // The next k-step's fragments load while this one's products run (one k-step of fragments
         // in flight per warp: two warps a scheduler leave the loads' latency exposed otherwise).
         float acc_w[4][4] = {}, acc_o[4][4] = {};
-        const auto load_a = [&](uint32_t kk, ScoreFrags& fr) {
+        const auto load_frags = [&](uint32_t kk, ScoreFrags& fr) {
             mma::ldmatrix_x4(fr.a, sx + (rw + r8 + 8 * (mi % 2)) * FU_LQ + kk + 8 * (mi / 2));
             relu_frag(fr.a, relu_xy);
 #pragma unroll
@@ -1786,12 +1793,12 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
         };
         // Two k-steps an iteration, f0 and f1 taking turns (named, so they stay in registers).
         ScoreFrags f0, f1;
-        load_a(0, f0);
+        load_frags(0, f0);
         for (uint32_t kk = 0; kk < wpad; kk += 32) {
-            if (kk + 16 < wpad) load_a(kk + 16, f1);
+            if (kk + 16 < wpad) load_frags(kk + 16, f1);
             mma_step(f0);
             if (kk + 16 >= wpad) break;
-            if (kk + 32 < wpad) load_a(kk + 32, f0);
+            if (kk + 32 < wpad) load_frags(kk + 32, f0);
             mma_step(f1);
         }
         if (MODE == 0) {
