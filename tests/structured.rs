@@ -20,6 +20,8 @@ fn layers() -> Vec<Structured> {
         v.push(Structured::BlockShuffle { inp: 48, out: 32, blocks, inner: 6 });
     }
     v.push(Structured::BlockShuffle { inp: 21, out: 15, blocks: 3, inner: 5 });
+    // Wide enough blocks (q/k = 64) for CUDA to keep the middle activation gathered by default.
+    v.push(Structured::BlockShuffle { inp: 64, out: 48, blocks: 4, inner: 256 });
     v
 }
 

@@ -322,20 +322,26 @@ impl Structured {
 /// BlockShuffle's first product writing the middle activation gathered, z[:, l·q + r] = z_l[r] =
 /// h[:, r·k + l], for x `[t, k·p]` and D1 `[k, q, p]`. Block kk of h sends its rows j ≡ j0
 /// (mod k) to z_l, in order, from z_l[r0] on (r0 = (kk·q + j0)/k): one launch per (l, kk) reading
-/// D1's rows j0, j0 + k, … (row stride k·p), batched over kk when k divides q (then j0 = l and
-/// r0 = kk·q/k for every kk). Each launch computes the transposed product zᵀ = D1-rows·xᵀ (C
-/// stored with rows 1 apart and columns k·q apart): its M is the block's q/k rows and its N the
-/// t tokens, so that a narrow block still fills whole tiles (as N it would fill a 256-wide tile
-/// by half at q/k = 128).
+/// D1's rows j0, j0 + k, … (row stride k·p). Each launch computes the transposed product zᵀ =
+/// D1-rows·xᵀ (C stored with rows 1 apart and columns k·q apart): its M is the block's q/k rows
+/// and its N the t tokens, so that a narrow block still fills whole tiles (as N it would fill a
+/// 256-wide tile by half at q/k = 128).
+/// When k divides q (then j0 = l and r0 = kk·q/k for every kk), one launch per input block kk,
+/// batched over l: the batches share B, x's block kk, and the GEMM takes the tiles of such a C
+/// batch fastest, so the k batches of a tile read its slice of x together, once from memory,
+/// where a launch per l batched over kk read all of x k times.
 fn gather_launches(t: usize, p: usize, k: usize, q: usize) -> Vec<Gemm> {
     let zt = |rows: usize| Gemm::new(rows, t, p).lda(k * p).ldb(k * p).ldc(1).inner_strides(1, 1, k * q);
+    if q % k == 0 {
+        return (0..k)
+            .map(|kk| {
+                let o = GemmOffsets { a: kk * q * p, b: kk * p, c: kk * (q / k), ..Default::default() };
+                zt(q / k).batch(k).strides(p, 0, q).offsets(o)
+            })
+            .collect();
+    }
     let mut launches = Vec::new();
     for l in 0..k {
-        if q % k == 0 {
-            let o = GemmOffsets { a: l * p, c: l * q, ..Default::default() };
-            launches.push(zt(q / k).batch(k).strides(q * p, p, q / k).offsets(o));
-            continue;
-        }
         for kk in 0..k {
             let j0 = (l + k - (kk * q) % k) % k;
             if j0 >= q {
