@@ -738,6 +738,44 @@ __device__ __forceinline__ void epilogue_chunk_act(const EpiArgs& p, const T* __
     }
 }
 
+// The element writer of epilogue_chunk_strided: thread t keeps column t mod 64 of the chunk and
+// walks every second row from row t / 64 (DOWN: keeps a row and walks columns), so that its
+// addresses in the stage, C, R and Z each advance by a constant and its edge test is a trip count;
+// four staged values are read before the first is used, and the activation is a select, not a
+// branch. EXTRA: R or Z is present (without, their tests leave the loop). Per element, the index
+// arithmetic, predicated R and Z accesses and branches had cost more than the activation.
+template <typename T, uint32_t ACT, bool DOWN, bool EXTRA>
+__device__ __forceinline__ void epilogue_chunk_walk(const EpiArgs& p, const T* __restrict__ R, T* __restrict__ C, T* __restrict__ Z,
+                                                    const float* stage, uint32_t row0, uint32_t col0, int t) {
+    const uint32_t fixed = t % 64, first = t / 64;
+    const uint32_t lr = DOWN ? fixed : first, lc = DOWN ? first : fixed;
+    const uint32_t grow = row0 + lr, gcol = col0 + lc;
+    if (grow >= p.m || gcol >= p.n) return;
+    const uint32_t edge = DOWN ? min(64u, p.n - col0) : min(64u, p.m - row0), steps = (edge - first + 1) / 2;
+    size_t o = p.oc + (size_t)grow * p.ldc + (size_t)gcol * p.cs, orr = p.orr + (size_t)grow * p.ldr + gcol;
+    const size_t dc = 2 * (size_t)(DOWN ? p.cs : p.ldc), dr = DOWN ? 2 : 2 * (size_t)p.ldr;
+#pragma unroll 1
+    for (uint32_t i = 0; i < steps; i += 4) {
+        float z[4];
+#pragma unroll
+        for (uint32_t j = 0; j < 4; ++j) {
+            const uint32_t w = first + 2 * (i + j), r = DOWN ? fixed : w, c = DOWN ? w : fixed;
+            z[j] = i + j < steps ? stage[r * 64 + (c ^ ((r & 7) << 3))] : 0.0f;
+        }
+#pragma unroll
+        for (uint32_t j = 0; j < 4; ++j) {
+            if (i + j >= steps) break;
+            const bool on = (DOWN ? gcol + 2 * (i + j) : gcol) < p.act_cols;
+            const float a = act16<ACT>(z[j]);
+            float v = on ? a : z[j];
+            if (EXTRA && p.has_r) v += p.beta * to_f32(R[orr + j * dr]);
+            C[o + j * dc] = from_f32<T>(v);
+            if (EXTRA && p.has_z) Z[o + j * dc] = from_f32<T>(z[j]);
+        }
+        o += 4 * dc, orr += 4 * dr;
+    }
+}
+
 // A staged 64×64 chunk for a C with an inner stride (BlockShuffle's interleaved output, columns
 // cs elements apart, or its transposed first product, rows 1 apart), where there are no 16-byte
 // groups to store: consecutive threads walk the nearer of rows and columns, so that a warp's store
@@ -787,19 +825,10 @@ __device__ __forceinline__ void epilogue_chunk_strided(const EpiArgs& p, const T
         }
         return;
     }
-    const bool down = p.ldc < p.cs;
-#pragma unroll 4
-    for (int e = t; e < 64 * 64; e += 128) {
-        const int lr = down ? e % 64 : e / 64, lc = down ? e / 64 : e % 64;
-        const uint32_t grow = row0 + lr, gcol = col0 + lc;
-        if (grow >= p.m || gcol >= p.n) continue;
-        const float z = stage[lr * 64 + (lc ^ ((lr & 7) << 3))];
-        float v = gcol < p.act_cols ? act16<ACT>(z) : z;
-        if (p.has_r) v += p.beta * to_f32(R[p.orr + (size_t)grow * p.ldr + gcol]);
-        const size_t o = p.oc + (size_t)grow * p.ldc + (size_t)gcol * p.cs;
-        C[o] = from_f32<T>(v);
-        if (p.has_z) Z[o] = from_f32<T>(z);
-    }
+    // A C with rows closer than its columns (transposed, not in 8-row groups) is rare: one form.
+    if (p.ldc < p.cs) epilogue_chunk_walk<T, ACT, true, true>(p, R, C, Z, stage, row0, col0, t);
+    else if (p.has_r || p.has_z) epilogue_chunk_walk<T, ACT, false, true>(p, R, C, Z, stage, row0, col0, t);
+    else epilogue_chunk_walk<T, ACT, false, false>(p, R, C, Z, stage, row0, col0, t);
 }
 
 // Calls f(Act<k>{}) with activation k = act as a compile-time constant (0, the identity, for any

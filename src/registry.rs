@@ -85,6 +85,16 @@ pub fn gemm_check_cases() -> Vec<GemmCase> {
         // Its first product as the gathered form runs it: C stored transposed (rows 1 apart,
         // columns 2·100 apart, the batches side by side), through the row-walking writer on Hopper.
         case("batch 2 of 100x300x64, C transposed, bias relu", Gemm::new(100, 300, 64).batch(2).ldc(1).inner_strides(1, 1, 200).strides(100 * 64, 300 * 64, 100).bias(true).act(Activation::Relu)),
+        // The strided writers with a residual (Hopper: each walks rows of one column, or, with
+        // columns an odd stride apart, columns of one row) and act_cols inside a chunk.
+        case(
+            "batch 4 of 300x264x32 gathered A, interleaved C, silu act_cols=70, residual",
+            Gemm::new(300, 264, 32).batch(4).inner_strides(1, 1, 4).lda(128).ldc(4 * 264).strides(32, 264 * 32, 1).act(Activation::Silu).act_cols(70).residual(None).beta(0.5),
+        ),
+        case(
+            "batch 2 of 100x300x64, C transposed at an odd stride, bias gelu_erf act_cols=150, residual",
+            Gemm::new(100, 300, 64).batch(2).ldc(1).inner_strides(1, 1, 201).strides(100 * 64, 300 * 64, 100).bias(true).act(Activation::GeluErf).act_cols(150).residual(None).beta(0.5),
+        ),
     ]
 }
 

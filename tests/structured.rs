@@ -72,6 +72,9 @@ fn structured_ffn_block_matches_the_dense_reference() {
         (Structured::LowRank { inp: 24, out: 64, rank: 12 }, Structured::BlockDense { inp: 64, out: 24, rank: 8, blocks: 2 }),
         (Structured::BlockShuffle { inp: 24, out: 64, blocks: 4, inner: 5 }, Structured::BlockShuffle { inp: 64, out: 24, blocks: 4, inner: 6 }),
         (Structured::BlockShuffle { inp: 24, out: 64, blocks: 2, inner: 8 }, Structured::LowRank { inp: 64, out: 24, rank: 10 }),
+        // Gathered on CUDA (q/k = 64): the second product stores its interleaved output with the
+        // bias, the activation and the saved pre-activation from contiguous rows.
+        (Structured::BlockShuffle { inp: 64, out: 256, blocks: 4, inner: 256 }, Structured::LowRank { inp: 256, out: 64, rank: 16 }),
     ];
     for ((s1, s2), dtype) in pairs.into_iter().flat_map(|p| DType::ALL.map(move |d| (p, d))) {
         let f = StructuredFfn { tokens, s1, s2, act: Activation::GeluErf };
