@@ -54,7 +54,7 @@ pub const GRAPH_KERNEL: KernelChoice = KernelChoice {
 pub const SHUFFLE_FORM: KernelChoice = KernelChoice {
     var: "FFKERN_SHUFFLE",
     values: &["auto", "gathered", "strided"],
-    what: "BlockShuffle's middle activation: gathered (blocks z_l side by side, written by one launch each) where the backend's GEMM prefers contiguous rows, k divides the inner width and each z_l is at least 64 wide, else in h's order; gathered (where k does not divide the inner width, up to 64 blocks: k² launches); always in h's order (the second product gathers at stride k)",
+    what: "BlockShuffle's middle activation: gathered (blocks z_l side by side, written by one launch per input block) where the backend's GEMM prefers contiguous rows, k divides the inner width and each z_l is at least 64 wide, else in h's order; gathered (where k does not divide the inner width, up to 64 blocks: k² launches); always in h's order (the second product gathers at stride k)",
 };
 /// wgpu's subgroup operations (see `runtime::wgpu`).
 pub const WGPU_SUBGROUPS: KernelChoice = KernelChoice {

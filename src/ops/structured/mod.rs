@@ -2,9 +2,9 @@
 //! BlockShuffle, each `in → out` with no bias inside, as fused GEMM launches: block-diagonal
 //! products are batched launches (blocks are the batch). BlockShuffle's stride-k gather is fused
 //! either into its second product's loads (A's inner stride) or, where the backend's GEMM prefers
-//! contiguous rows, into its first product's stores (one launch per block z_l of the middle
-//! activation, which the second product then reads with contiguous rows); the interleaved output
-//! is the second product's store stride. No permutation pass. Forward, backward and
+//! contiguous rows, into its first product's stores (the middle activation's blocks z_l side by
+//! side, see `gather_launches`, which the second product then reads with contiguous rows); the
+//! interleaved output is the second product's store stride. No permutation pass. Forward, backward and
 //! [`Structured::to_dense`] (pre-merge) on every backend; the reference is [`cpu`]. The
 //! structured FFN block and self-guided training are built from these in [`StructuredFfn`] and
 //! [`SelfGuided`].
@@ -57,9 +57,9 @@ struct Stage {
     /// The product as the backward differentiates it, with the middle activation in the order
     /// the first stage's blocks produce it (h of SPEC §4).
     prod: Gemm,
-    /// The forward's launches when they differ from `prod`: BlockShuffle's first stage, one
-    /// launch per block z_l of the gathered middle activation, and its second stage, which reads
-    /// that gathered layout. Empty: `prod` itself.
+    /// The forward's launches when they differ from `prod`: BlockShuffle's first stage, which
+    /// writes the middle activation gathered (`gather_launches`), and its second stage, which
+    /// reads that gathered layout. Empty: `prod` itself.
     launches: Vec<Gemm>,
     /// The launches compute the transposed product (the factor as A, the input as B).
     transposed: bool,
