@@ -408,94 +408,183 @@ __device__ __forceinline__ void row_reduce_impl(const uint32_t* idx, const T* __
 
 // spmm and the sum/mean segment reduction with one warp per 32 16-byte column pieces of an output
 // row (FFKERN_GRAPH_KERNEL=warp or auto; the width a multiple of 16 bytes, with weights also each
-// head's): lane l of the row's w-th warp takes piece 32·w + l, so each edge's source row is read
-// in whole 512-byte warp accesses, and the row's indices arrive in one coalesced load (a lane an
-// edge) and go round by shuffles; edges go four at a time with their rows in flight. A row of D 512 in bf16 (64 pieces) gets two
-// warps: twice the warps of one a row, so the last wave of a small graph leaves less of the GPU
-// idle. The sums run in row_reduce_impl's order (edge order from 0), so the results are the same;
-// long rows combine their segments' partials, in order, as there.
+// head's): lane l of a row's g-th warp takes piece 32·g + l, so each edge's source row is read in
+// whole 512-byte warp accesses, and a range's indices arrive in one coalesced load (a lane an
+// edge) and go round by shuffles; edges go four at a time with their rows in flight. A row of D
+// 512 in bf16 (64 pieces) gets two warps, so the last wave of a small graph leaves less idle.
+// A graph with long rows runs in this one launch too. Blocks take tickets in the order they
+// start (the scratch's first word), and the ticket, not blockIdx, says what a block does: first
+// the long rows' segments (a warp a segment's piece group: its partial into the scratch, then a
+// flag), then one block for each long row's piece group, which waits for its segments' flags and
+// combines their partials, then the short rows. A block only ever waits for lower tickets, whose
+// blocks already run, so it cannot deadlock; the combine is a fixed partition (eight warps on
+// an eighth of the segments each, in order, then the eight in order), so runs repeat bit for bit.
+// Why it is fast: a hub's segments, their combine and the short rows share one launch, where
+// three launches and a scratch allocation each waited for the previous one to drain. The sums
+// of a short row run in edge order from 0, as row_reduce_impl's. Integer atomics only; each
+// launch leaves the ticket, the finish count and every flag 0 for the next.
+// Scratch (long rows only): [ticket, finished, flag (segment k, group g) at 2 + k·G + g, padding to
+// 4 words | partials S·dim f32].
+__host__ __device__ constexpr uint32_t graph_sync_words(uint32_t flags) { return (2 + flags + 3) / 4 * 4; }
+
+// Lane `lane`'s piece (d0 .. d0 + V − 1) of the sum over CSR positions [lo, hi) of one warp
+// (lo, hi uniform over it): source rows (spmm) or edge rows, times each edge's head weight.
 template <bool SPMM, typename T>
-__device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ part,
+__device__ __forceinline__ void warp_range_sum(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, uint32_t lo, uint32_t hi, uint32_t lane,
+                                               bool live, uint32_t d0, const GraphParams& p, float (&acc)[16 / sizeof(T)]) {
+    constexpr uint32_t V = 16 / sizeof(T);
+    const uint32_t dh = p.dim / p.heads;
+    for (uint32_t base = lo; base < hi; base += 32) {
+        const uint32_t n = min(32u, hi - base);  // uniform over the warp
+        const WarpEdges<SPMM> we(g, base, n, lane);
+        for (uint32_t j = 0; j < n; j += 4) {  // j ≤ 28: every source lane below 32
+            uint4 raw[4];
+#pragma unroll
+            for (uint32_t t = 0; t < 4; ++t) {
+                const uint32_t r = we.row(j + t);
+                if (live && j + t < n) raw[t] = *reinterpret_cast<const uint4*>(x + (size_t)r * p.dim + d0);
+            }
+#pragma unroll
+            for (uint32_t t = 0; t < 4; ++t) {
+                const uint32_t e = we.edge(j + t);
+                if (live && j + t < n) {
+                    float xv[V];
+                    unpack16<T>(raw[t], xv);
+                    const float wt = p.has_weight ? w[(size_t)e * p.heads + d0 / dh] : 1.0f;
+#pragma unroll
+                    for (uint32_t c = 0; c < V; ++c) acc[c] += p.has_weight ? wt * xv[c] : xv[c];
+                }
+            }
+        }
+    }
+}
+
+template <bool SPMM, typename T>
+__device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const T* __restrict__ x, const float* __restrict__ w, uint32_t* sync,
                                                      T* __restrict__ out, const GraphParams& p) {
     constexpr uint32_t V = 16 / sizeof(T);
+    __shared__ uint32_t ticket;
+    __shared__ float4 red[8][32][V / 4];
     const Csr g(idx, p);
-    const uint32_t lane = threadIdx.x & 31;
-    const uint32_t pieces = p.dim / V, dh = p.dim / p.heads, per_row = (pieces + 31) / 32;
-    const size_t gw = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, row = gw / per_row;
-    const uint32_t pc = (uint32_t)(gw % per_row) * 32 + lane;
-    if (row >= p.num_nodes) return;  // the whole warp: the short rows' shuffles need every lane
-    const bool live = pc < pieces;
-    const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
-    const bool long_row = hi - lo > p.chunk;
-    uint32_t k0 = 0, k1 = 0;
-    if (long_row) {
-        const uint32_t li = g.find_long((uint32_t)row);
-        k0 = g.long_seg_ptr[li];
-        k1 = p.folded ? k0 + 1 : g.long_seg_ptr[li + 1];
+    const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x / 32;
+    const uint32_t pieces = p.dim / V, G = (pieces + 31) / 32;
+    const uint32_t seg_blocks = (p.num_segs * G + 7) / 8, fold_blocks = p.num_long * G;
+    uint32_t b = blockIdx.x;
+    if (p.num_long > 0) {
+        if (threadIdx.x == 0) ticket = atomicAdd(&sync[0], 1u);
+        __syncthreads();
+        b = ticket;
     }
-    // One edge's piece: its source (spmm) or edge row (reduction), times its head's weight.
-    const auto add = [&](float (&acc)[V], uint32_t e, uint4 raw, uint32_t d0) {
-        float xv[V];
-        unpack16<T>(raw, xv);
-        const float wt = p.has_weight ? w[(size_t)e * p.heads + d0 / dh] : 1.0f;
-#pragma unroll
-        for (uint32_t c = 0; c < V; ++c) acc[c] += p.has_weight ? wt * xv[c] : xv[c];
-    };
-    const uint32_t d0 = pc * V;
+    uint32_t* flag = sync + 2;
+    float* part = reinterpret_cast<float*>(sync + graph_sync_words(p.num_segs * G));
     float acc[V];
 #pragma unroll
     for (uint32_t c = 0; c < V; ++c) acc[c] = 0.0f;
-    if (long_row) {
-        if (!live) return;
-        // The segments' partials in order, SEG_BATCH segments' 16-byte loads in flight at once
-        // (see combine_segments; part rows are 16-byte aligned: dim is a multiple of V).
-        for (uint32_t k = k0; k < k1; k += SEG_BATCH) {
-            float4 pv[SEG_BATCH][V / 4];
-#pragma unroll
-            for (uint32_t j = 0; j < SEG_BATCH; ++j) {
-#pragma unroll
-                for (uint32_t i = 0; i < V / 4; ++i) {
-                    pv[j][i] = k + j < k1 ? *reinterpret_cast<const float4*>(part + (size_t)(k + j) * p.dim + d0 + 4 * i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                }
-            }
-#pragma unroll
-            for (uint32_t j = 0; j < SEG_BATCH; ++j) {
+    uint32_t out_row = ~0u, out_d0 = 0;  // this lane's output piece, if it has one
+    if (b < seg_blocks) {
+        // One segment's piece group: its partial, then (after a fence) its flag.
+        const uint32_t q = b * 8 + wid;
+        if (q < p.num_segs * G) {
+            const uint32_t k = q / G, pc = q % G * 32 + lane;
+            const uint2 range = g.seg_range(k);
+            warp_range_sum<SPMM, T>(g, x, w, range.x, range.y, lane, pc < pieces, pc * V, p, acc);
+            if (pc < pieces) {
 #pragma unroll
                 for (uint32_t i = 0; i < V / 4; ++i) {
-                    acc[4 * i] += pv[j][i].x, acc[4 * i + 1] += pv[j][i].y, acc[4 * i + 2] += pv[j][i].z, acc[4 * i + 3] += pv[j][i].w;
+                    *reinterpret_cast<float4*>(part + (size_t)k * p.dim + pc * V + 4 * i) = make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
                 }
             }
+            // The warp's partial stores happen before lane 0's fence (the warp barrier), and the
+            // fence before the flag: a block that sees the flag sees the partial.
+            __syncwarp();
+            if (lane == 0) {
+                __threadfence();
+                atomicExch(&flag[q], 1u);
+            }
+        }
+    } else if (b < seg_blocks + fold_blocks) {
+        // One long row's piece group: warp wid combines segments [a, e) in order once their flags
+        // are up (and takes them down), then warp 0 the eight in order.
+        const uint32_t li = (b - seg_blocks) / G, gi = (b - seg_blocks) % G, pc = gi * 32 + lane, d0 = pc * V;
+        const uint32_t k0 = g.long_seg_ptr[li], n = g.long_seg_ptr[li + 1] - k0;
+        const uint32_t a = k0 + wid * n / 8, e = k0 + (wid + 1) * n / 8;
+        for (uint32_t k = a + lane; k < e; k += 32) {
+            volatile uint32_t* f = &flag[k * G + gi];
+            while (*f == 0) __nanosleep(100);
+            *f = 0;
+        }
+        // Each lane's fence after the flags it saw, then the warp barrier: every lane's loads
+        // below come after every flag of the range.
+        __threadfence();
+        __syncwarp();
+        if (pc < pieces) {
+            // SEG_BATCH segments' 16-byte loads in flight at once, from L2 (written by other SMs).
+            for (uint32_t k = a; k < e; k += SEG_BATCH) {
+                float4 pv[SEG_BATCH][V / 4];
+#pragma unroll
+                for (uint32_t j = 0; j < SEG_BATCH; ++j) {
+#pragma unroll
+                    for (uint32_t i = 0; i < V / 4; ++i) {
+                        pv[j][i] = k + j < e ? __ldcg(reinterpret_cast<const float4*>(part + (size_t)(k + j) * p.dim + d0 + 4 * i)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    }
+                }
+#pragma unroll
+                for (uint32_t j = 0; j < SEG_BATCH; ++j) {
+#pragma unroll
+                    for (uint32_t i = 0; i < V / 4; ++i) {
+                        acc[4 * i] += pv[j][i].x, acc[4 * i + 1] += pv[j][i].y, acc[4 * i + 2] += pv[j][i].z, acc[4 * i + 3] += pv[j][i].w;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (uint32_t i = 0; i < V / 4; ++i) red[wid][lane][i] = make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
+        __syncthreads();
+        if (wid == 0 && pc < pieces) {
+#pragma unroll
+            for (uint32_t c = 0; c < V; ++c) acc[c] = 0.0f;
+            for (uint32_t j = 0; j < 8; ++j) {
+#pragma unroll
+                for (uint32_t i = 0; i < V / 4; ++i) {
+                    const float4 v = red[j][lane][i];
+                    acc[4 * i] += v.x, acc[4 * i + 1] += v.y, acc[4 * i + 2] += v.z, acc[4 * i + 3] += v.w;
+                }
+            }
+            out_row = g.long_rows[li], out_d0 = d0;
         }
     } else {
-        // The row's CSR positions 32 at a time: lane l loads position base + l's edge id (and
-        // source row), so one coalesced load brings a short row's indices to the warp, where
-        // each group of edges waited on its own index loads before its rows; then four edges'
-        // pieces at a time, their rows broadcast by shuffles, all four loads in flight before
-        // the adds (in edge order, as ever). Eight in flight spill on sm_90a.
-        for (uint32_t base = lo; base < hi; base += 32) {
-            const uint32_t n = min(32u, hi - base);  // uniform over the warp
-            const WarpEdges<SPMM> we(g, base, n, lane);
-            for (uint32_t j = 0; j < n; j += 4) {  // j ≤ 28: every source lane below 32
-                uint4 raw[4];
-#pragma unroll
-                for (uint32_t t = 0; t < 4; ++t) {
-                    const uint32_t r = we.row(j + t);
-                    if (live && j + t < n) raw[t] = *reinterpret_cast<const uint4*>(x + (size_t)r * p.dim + d0);
-                }
-#pragma unroll
-                for (uint32_t t = 0; t < 4; ++t) {
-                    const uint32_t e = we.edge(j + t);
-                    if (live && j + t < n) add(acc, e, raw[t], d0);
-                }
+        // A short row's piece group (a long row's warps have nothing to do here).
+        const uint32_t q = (b - seg_blocks - fold_blocks) * 8 + wid, row = q / G, pc = q % G * 32 + lane;
+        if (row < p.num_nodes) {
+            const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
+            if (hi - lo <= p.chunk) {
+                warp_range_sum<SPMM, T>(g, x, w, lo, hi, lane, pc < pieces, pc * V, p, acc);
+                if (pc < pieces) out_row = row, out_d0 = pc * V;
             }
         }
-        if (!live) return;
     }
-    if (!SPMM && p.reduce == 1 && hi > lo) {
+    // One place for the rows' stores (and the mean's division, whose slow path is a call).
+    if (out_row != ~0u) {
+        const uint32_t deg = g.row_ptr[out_row + 1] - g.row_ptr[out_row];
+        if (!SPMM && p.reduce == 1 && deg > 0) {
+            // The mean: the reciprocal, then one correction of each quotient by an fma (within a
+            // unit in the last place of the division, which here cost a call whose register saves
+            // ptxas counts as spills).
+            const float n = (float)deg, r = __fdividef(1.0f, n);
 #pragma unroll
-        for (uint32_t c = 0; c < V; ++c) acc[c] /= (float)(hi - lo);
+            for (uint32_t c = 0; c < V; ++c) {
+                const float q = acc[c] * r;
+                acc[c] = fmaf(fmaf(-q, n, acc[c]), r, q);
+            }
+        }
+        *reinterpret_cast<uint4*>(out + (size_t)out_row * p.dim + out_d0) = pack16<T>(acc);
     }
-    *reinterpret_cast<uint4*>(out + row * p.dim + d0) = pack16<T>(acc);
+    if (p.num_long > 0) {
+        // The last block to finish sets the ticket and the count back to 0 (every block took its
+        // ticket before it counted itself).
+        __syncthreads();
+        if (threadIdx.x == 0 && atomicAdd(&sync[1], 1u) == gridDim.x - 1) sync[0] = 0, sync[1] = 0;
+    }
 }
 
 // gather_impl in whole 16-byte pieces (the width a multiple of 16 bytes, with weights also each
@@ -964,13 +1053,14 @@ __device__ __forceinline__ void from_f32_impl(const float* __restrict__ v, T* __
         graph_spmm_##SUFFIX(const uint32_t* idx, const T* x, const float* w, const float* part, T* out, GraphParams p) {  \
         row_reduce_impl<true, T>(idx, x, w, part, out, nullptr, p);                                                        \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256) graph_segment_sum_warp_##SUFFIX(                                     \
-        const uint32_t* idx, const T* m, const float* w, const float* part, T* out, GraphParams p) {                       \
-        row_reduce_warp_impl<false, T>(idx, m, w, part, out, p);                                                           \
+    /* (256, 1): with (256) alone ptxas held the sm_90a builds to 48 registers and spilled. */                           \
+    extern "C" __global__ void __launch_bounds__(256, 1) graph_segment_sum_warp_##SUFFIX(                                     \
+        const uint32_t* idx, const T* m, const float* w, uint32_t* sync, T* out, GraphParams p) {                          \
+        row_reduce_warp_impl<false, T>(idx, m, w, sync, out, p);                                                           \
     }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(256)                                                                      \
-        graph_spmm_warp_##SUFFIX(const uint32_t* idx, const T* x, const float* w, const float* part, T* out, GraphParams p) { \
-        row_reduce_warp_impl<true, T>(idx, x, w, part, out, p);                                                            \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                                                   \
+        graph_spmm_warp_##SUFFIX(const uint32_t* idx, const T* x, const float* w, uint32_t* sync, T* out, GraphParams p) { \
+        row_reduce_warp_impl<true, T>(idx, x, w, sync, out, p);                                                            \
     }                                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                      \
         graph_seg_partial_reduce_##SUFFIX(const uint32_t* idx, const T* m, const float* w, float* part, GraphParams p) {   \

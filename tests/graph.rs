@@ -85,6 +85,19 @@ fn words(buf: &[f32]) -> Vec<u32> {
     buf.iter().map(|x| x.to_bits()).collect()
 }
 
+/// Every reduction of `segment_reduce` on `be` against the reference: the values within the
+/// dtype's budget and, for max/min, the first args exactly.
+fn every_reduction_matches<Be: Backend>(be: &Be, dg: &DeviceGraph<Be::Buf>, mb: &Be::Buf, g: &Graph, m: &HostTensor, dim: usize, what: &str) {
+    for reduce in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min] {
+        let (y, arg) = graph::segment_reduce(be, dg, mb, dim, reduce).expect("segment_reduce");
+        let (r, ra) = cpu::segment_reduce(g, &m.data, dim, reduce);
+        assert_close(&format!("{what} segment {reduce:?}"), &be.download(&y).expect("download").data, &r, m.dtype);
+        if let Some(arg) = arg {
+            assert_eq!(words(&be.download(&arg).expect("download").data), ra, "{what} segment {reduce:?} arg");
+        }
+    }
+}
+
 #[test]
 fn primitives_match_the_reference_on_every_backend() {
     for dev in devices_and_cpu() {
@@ -111,14 +124,7 @@ fn primitives_match_the_reference_on_every_backend() {
                         let r = cpu::spmm(&g, &x.data, weighted.then_some(&w.data[..]), 1, dim);
                         assert_close(&format!("{what} spmm w={weighted}"), &down(&y), &r, dtype);
                     }
-                    for reduce in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min] {
-                        let (y, arg) = graph::segment_reduce(be, &dg, &mb, dim, reduce).expect("segment_reduce");
-                        let (r, ra) = cpu::segment_reduce(&g, &m.data, dim, reduce);
-                        assert_close(&format!("{what} segment {reduce:?}"), &down(&y), &r, dtype);
-                        if let Some(arg) = arg {
-                            assert_eq!(words(&down(&arg)), ra, "{what} segment {reduce:?} arg");
-                        }
-                    }
+                    every_reduction_matches(be, &dg, &mb, &g, &m, dim, &what);
                     // Backward: the adjoints, over the transposed graph.
                     let dx = graph::gather_rows_backward(be, &dgt, &mb, dim).expect("gather backward");
                     assert_close(&format!("{what} gather backward"), &down(&dx), &cpu::segment_reduce(&gt, &m.data, dim, Reduce::Sum).0, dtype);
@@ -468,53 +474,49 @@ fn long_rows_split_into_segments_match_the_reference() {
     let ec = g.num_edges();
     for dev in devices_and_cpu() {
         for dtype in DType::ALL {
-            let what = format!("{} {dtype} hub", dev.name());
-            let quant = |t: HostTensor| HostTensor::new(t.dtype, t.shape.clone(), t.data.iter().map(|v| (v * 4.0).round() / 4.0).collect()).expect("quantised");
-            // An odd width, so 16-bit words straddle rows.
-            let dim = 5;
-            let m = quant(HostTensor::random(dtype, vec![ec * dim], 1));
-            let x = HostTensor::random(dtype, vec![n * dim], 2);
-            let (heads, dh) = (2, 3);
-            let a = HostTensor::random(dtype, vec![n * heads * dh], 3);
-            let w = HostTensor::random(DType::F32, vec![ec * heads], 4);
-            let sc = HostTensor::new(DType::F32, vec![ec * heads], HostTensor::random(DType::F32, vec![ec * heads], 5).data.iter().map(|v| 8.0 * v).collect()).expect("scores");
-            let alpha_ref = cpu::segment_softmax(&g, &sc.data, heads);
-            let alpha_host = HostTensor::new(DType::F32, vec![ec * heads], alpha_ref.iter().map(|&v| v as f32).collect()).expect("alpha");
-            with_backend!(dev, be => {
-                let up = |t: &HostTensor| be.upload(t).expect("upload");
-                let down = |b: &_| be.download(b).expect("download").data;
-                let dg = DeviceGraph::upload(be, &g).expect("graph");
-                let dgt = DeviceGraph::upload(be, &gt).expect("graph");
-                let mb = up(&m);
-                for reduce in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min] {
-                    let (y, arg) = graph::segment_reduce(be, &dg, &mb, dim, reduce).expect("segment_reduce");
-                    let (r, ra) = cpu::segment_reduce(&g, &m.data, dim, reduce);
-                    assert_close(&format!("{what} segment {reduce:?}"), &down(&y), &r, dtype);
-                    if let Some(arg) = arg {
-                        assert_eq!(words(&down(&arg)), ra, "{what} segment {reduce:?} arg");
-                    }
-                }
-                let (xb, wb, ab) = (up(&x), up(&w), up(&a));
-                let y = graph::spmm(be, &dg, &xb, None, dim).expect("spmm");
-                assert_close(&format!("{what} spmm"), &down(&y), &cpu::spmm(&g, &x.data, None, 1, dim), dtype);
-                let y = graph::spmm_heads(be, &dg, &ab, Some(&wb), heads, heads * dh).expect("spmm heads");
-                let y_ref = cpu::spmm(&g, &a.data, Some(&w.data), heads, heads * dh);
-                assert_close(&format!("{what} spmm heads"), &down(&y), &y_ref, dtype);
-                let again = graph::spmm_heads(be, &dg, &ab, Some(&wb), heads, heads * dh).expect("spmm heads");
-                assert_eq!(words(&down(&again)), words(&down(&y)), "{what}: two runs differ");
-                let ma = HostTensor::random(dtype, vec![ec * heads * dh], 6);
-                let ys = graph::segment_sum_weighted(be, &dg, &up(&ma), &wb, heads, heads * dh).expect("weighted sum");
-                assert_close(&format!("{what} weighted segment sum"), &down(&ys), &cpu::segment_sum_weighted(&g, &ma.data, &w.data, heads, heads * dh), dtype);
-                let s = graph::sddmm(be, &dg, &ab, &ab, heads, heads * dh).expect("sddmm");
-                assert_close(&format!("{what} sddmm"), &down(&s), &cpu::sddmm(&g, &a.data, &a.data, heads, heads * dh), dtype);
-                let alpha = graph::segment_softmax(be, &dg, &up(&sc), heads).expect("softmax");
-                assert_close(&format!("{what} softmax"), &down(&alpha), &alpha_ref, DType::F32);
-                let ds = graph::segment_softmax_backward(be, &dg, &up(&alpha_host), &wb, heads).expect("softmax backward");
-                assert_close(&format!("{what} softmax backward"), &down(&ds), &cpu::segment_softmax_backward(&g, &alpha_host.data, &w.data, heads), DType::F32);
-                // The hub's sources are spread over the transposed graph's rows.
-                let dx = graph::gather_rows_backward(be, &dgt, &mb, dim).expect("gather backward");
-                assert_close(&format!("{what} gather backward"), &down(&dx), &cpu::segment_reduce(&gt, &m.data, dim, Reduce::Sum).0, dtype);
-            });
+            // An odd width, so 16-bit words straddle rows (the element kernels); and rows of whole
+            // 16-byte pieces (CUDA's warp form, its segments, combines and short rows in one
+            // launch), 264 and 2 heads of 136 wide: two or three warps' pieces a row.
+            for (dim, dh) in [(5, 3), (264, 136)] {
+                let what = format!("{} {dtype} D{dim} hub", dev.name());
+                let quant = |t: HostTensor| HostTensor::new(t.dtype, t.shape.clone(), t.data.iter().map(|v| (v * 4.0).round() / 4.0).collect()).expect("quantised");
+                let m = quant(HostTensor::random(dtype, vec![ec * dim], 1));
+                let x = HostTensor::random(dtype, vec![n * dim], 2);
+                let heads = 2;
+                let a = HostTensor::random(dtype, vec![n * heads * dh], 3);
+                let w = HostTensor::random(DType::F32, vec![ec * heads], 4);
+                let sc = HostTensor::new(DType::F32, vec![ec * heads], HostTensor::random(DType::F32, vec![ec * heads], 5).data.iter().map(|v| 8.0 * v).collect()).expect("scores");
+                let alpha_ref = cpu::segment_softmax(&g, &sc.data, heads);
+                let alpha_host = HostTensor::new(DType::F32, vec![ec * heads], alpha_ref.iter().map(|&v| v as f32).collect()).expect("alpha");
+                with_backend!(dev, be => {
+                    let up = |t: &HostTensor| be.upload(t).expect("upload");
+                    let down = |b: &_| be.download(b).expect("download").data;
+                    let dg = DeviceGraph::upload(be, &g).expect("graph");
+                    let dgt = DeviceGraph::upload(be, &gt).expect("graph");
+                    let mb = up(&m);
+                    every_reduction_matches(be, &dg, &mb, &g, &m, dim, &what);
+                    let (xb, wb, ab) = (up(&x), up(&w), up(&a));
+                    let y = graph::spmm(be, &dg, &xb, None, dim).expect("spmm");
+                    assert_close(&format!("{what} spmm"), &down(&y), &cpu::spmm(&g, &x.data, None, 1, dim), dtype);
+                    let y = graph::spmm_heads(be, &dg, &ab, Some(&wb), heads, heads * dh).expect("spmm heads");
+                    let y_ref = cpu::spmm(&g, &a.data, Some(&w.data), heads, heads * dh);
+                    assert_close(&format!("{what} spmm heads"), &down(&y), &y_ref, dtype);
+                    let again = graph::spmm_heads(be, &dg, &ab, Some(&wb), heads, heads * dh).expect("spmm heads");
+                    assert_eq!(words(&down(&again)), words(&down(&y)), "{what}: two runs differ");
+                    let ma = HostTensor::random(dtype, vec![ec * heads * dh], 6);
+                    let ys = graph::segment_sum_weighted(be, &dg, &up(&ma), &wb, heads, heads * dh).expect("weighted sum");
+                    assert_close(&format!("{what} weighted segment sum"), &down(&ys), &cpu::segment_sum_weighted(&g, &ma.data, &w.data, heads, heads * dh), dtype);
+                    let s = graph::sddmm(be, &dg, &ab, &ab, heads, heads * dh).expect("sddmm");
+                    assert_close(&format!("{what} sddmm"), &down(&s), &cpu::sddmm(&g, &a.data, &a.data, heads, heads * dh), dtype);
+                    let alpha = graph::segment_softmax(be, &dg, &up(&sc), heads).expect("softmax");
+                    assert_close(&format!("{what} softmax"), &down(&alpha), &alpha_ref, DType::F32);
+                    let ds = graph::segment_softmax_backward(be, &dg, &up(&alpha_host), &wb, heads).expect("softmax backward");
+                    assert_close(&format!("{what} softmax backward"), &down(&ds), &cpu::segment_softmax_backward(&g, &alpha_host.data, &w.data, heads), DType::F32);
+                    // The hub's sources are spread over the transposed graph's rows.
+                    let dx = graph::gather_rows_backward(be, &dgt, &mb, dim).expect("gather backward");
+                    assert_close(&format!("{what} gather backward"), &down(&dx), &cpu::segment_reduce(&gt, &m.data, dim, Reduce::Sum).0, dtype);
+                });
+            }
         }
     }
 }

@@ -227,6 +227,23 @@ inline int __any_sync(uint32_t m, int p) { return (int)emu_vote(emu::ANY, m, p !
 inline int __all_sync(uint32_t m, int p) { return (int)emu_vote(emu::ALL, m, p != 0); }
 inline uint32_t __activemask() { return emu_vote(emu::ACTIVEMASK, 0xffffffffu, 0); }
 inline void __syncwarp(uint32_t m = 0xffffffffu) { emu_vote(emu::SYNCWARP, m, 0); }
+// Blocks run one after another and a block's threads switch only at barriers and collectives,
+// so global atomics are plain read-modify-writes and fences order nothing further. A spin on a
+// flag (__nanosleep in its loop) that no earlier block or thread raised would wait for ever:
+// it stops the run instead.
+inline uint32_t atomicAdd(uint32_t* a, uint32_t v) {
+    const uint32_t old = *a;
+    *a = old + v;
+    return old;
+}
+inline uint32_t atomicExch(uint32_t* a, uint32_t v) {
+    const uint32_t old = *a;
+    *a = v;
+    return old;
+}
+inline void __threadfence() {}
+inline void __nanosleep(uint32_t) { emu::trap("a spin-wait that nothing can end (__nanosleep)"); }
+template <typename T> inline T __ldcg(const T* p) { return *p; }
 
 // ---- what common.cuh and linattn.cu take from inline PTX ----
 #define FFKERN_DYNAMIC_SMEM(name) unsigned char* const name = emu::dyn_smem

@@ -198,6 +198,8 @@ pub struct CudaRuntime {
     /// The device's memory in bytes, asked of the driver once (every allocation is checked
     /// against it).
     total_mem: OnceLock<usize>,
+    /// See [`CudaRuntime::with_sync_scratch`].
+    sync_scratch: Mutex<Option<CudaSlice<u32>>>,
 }
 
 /// A vendor-library handle created once (or the reason it could not be), as a typed error.
@@ -297,6 +299,7 @@ impl CudaRuntime {
             blas: OnceLock::new(),
             blas_lt: OnceLock::new(),
             total_mem: OnceLock::new(),
+            sync_scratch: Mutex::new(None),
         }
     }
 
@@ -383,6 +386,25 @@ impl CudaRuntime {
         // buffers' use on this stream so none is freed while the kernel runs.
         unsafe { args.launch(cfg) }.map_err(drv("kernel launch"))?;
         Ok(())
+    }
+
+    /// Runs `f` (which queues launches) with the runtime's sync scratch of at least `len` words:
+    /// one buffer kept for kernels whose blocks coordinate through counters and flags at its start
+    /// and which leave those words 0 when they finish (the words after them are theirs to write
+    /// before they read). It is zeroed when it is made or grown, so no launch pays an allocation
+    /// or a fill; the stream orders one launch's use after the previous one's, and the lock keeps
+    /// another host thread from growing it while `f` queues its launch.
+    pub(crate) fn with_sync_scratch<R>(&self, len: usize, f: impl FnOnce(&mut CudaSlice<u32>) -> Result<R>) -> Result<R> {
+        let mut held = self.sync_scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let scratch = match held.take() {
+            Some(s) if s.len() >= len => s,
+            old => {
+                let grown = len.max(2 * old.as_ref().map_or(0, |s| s.len()));
+                drop(old);
+                self.stream.alloc_zeros::<u32>(grown).map_err(drv("allocating the sync scratch"))?
+            }
+        };
+        f(held.insert(scratch))
     }
 
     /// Times `reps` runs of `f` after one warm-up, with CUDA events on this stream (seconds).

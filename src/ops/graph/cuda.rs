@@ -108,9 +108,10 @@ pub(crate) struct CudaGraphArgs<'a, T> {
 }
 
 /// `FFKERN_GRAPH_KERNEL`: `auto` (default) or `warp` (a warp per 32 16-byte pieces of a row for
-/// spmm and sum/mean where the widths allow, the long rows' segment partials folded first; on the
-/// H200's power-law graphs, where the thread form ran before, 0.88–0.89× its time on the bf16
-/// mesh, 0.91–1.07× on the rest) or `thread` (four columns per thread).
+/// spmm and sum/mean where the widths allow, long rows' segments and their combines in the same
+/// launch; on the H200's power-law graphs, where the thread form ran before, 0.88–0.89× its time
+/// on the bf16 mesh, 0.91–1.07× on the rest, with the segments then in launches of their own) or
+/// `thread` (four columns per thread).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     crate::runtime::kernel_env(&CHOICE, &crate::runtime::GRAPH_KERNEL)
@@ -123,6 +124,12 @@ fn part_arg<'l, 'b: 'l>(l: &'l mut cudarc::driver::LaunchArgs<'b>, part: &'b Opt
         Some(part) => l.arg(part),
         None => l.arg(idx),
     }
+}
+
+/// The words before the partials in the warp form's sync scratch: ticket, finish count and one
+/// flag per (segment, piece group), padded to 16 bytes (kernels/graph.cu, `graph_sync_words`).
+fn sync_words(flags: usize) -> usize {
+    (2 + flags).div_ceil(4) * 4
 }
 
 fn need<'b, X>(v: &'b Option<X>, what: &str) -> Result<&'b X> {
@@ -317,6 +324,41 @@ pub(crate) fn launch<T: CudaElem>(
                 return Ok(());
             }
             let w = a.w.as_ref().unwrap_or(idx);
+            // Warps of 32 16-byte pieces of a row (see `kernel_choice`) for spmm and sum/mean, in
+            // one launch with or without long rows.
+            let warp_ok = kernel_choice()? != "thread"
+                && (kind == GraphKernel::Spmm || (p.reduce <= 1 && arg.is_none()))
+                && whole_pieces::<T, _, _>(rt, p, x, &*out);
+            if warp_ok {
+                let fw = load(if kind == GraphKernel::Spmm { "graph_spmm_warp" } else { "graph_segment_sum_warp" })?;
+                let groups = (dim / (16 / std::mem::size_of::<T>())).div_ceil(32);
+                let blocks = (segs * groups).div_ceil(8) + p.num_long as usize * groups + (rows * groups).div_ceil(8);
+                // The kernel numbers its warps in 32 bits.
+                let blocks = u32::try_from(blocks.max(1)).ok().filter(|&b| b < 1 << 29).ok_or_else(|| Error::Limit(format!("graph: {blocks} blocks of 8 warps")))?;
+                let cfg_warp = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                // SAFETY: graph_spmm_warp_<dtype> / graph_segment_sum_warp_<dtype>(idx, x, w, sync,
+                // out, p): as the row kernels above, with x and out read and written in whole
+                // 16-byte pieces (dim a multiple of 16 bytes, both 16-byte aligned: checked here).
+                // Without long rows the sync pointer is idx's and is never touched; with them it is
+                // the runtime's sync scratch of sync_words(S · G) + S · dim words (G the piece
+                // groups of a row): blocks count tickets and finishes in its words 0 and 1, raise
+                // and lower one flag per (segment, group), write each segment's partial into its
+                // own part slot before raising that flag and read it only after, and leave every
+                // counter and flag 0. out's row pieces each have one writer: a segment's group
+                // writes only part, a long row's group block its row, a short row's warp its row.
+                return if segs == 0 {
+                    rt.launch(&fw, cfg_warp, |l| {
+                        l.arg(idx).arg(x).arg(w).arg(idx).arg(out).arg(p);
+                    })
+                } else {
+                    let words = sync_words(segs * groups) + segs * dim;
+                    rt.with_sync_scratch(words, |sync| {
+                        rt.launch(&fw, cfg_warp, |l| {
+                            l.arg(idx).arg(x).arg(w).arg(sync).arg(out).arg(p);
+                        })
+                    })
+                };
+            }
             // Long rows first: their segments' partials, which the row pass combines. Without
             // long rows the part pointer is idx's and is never read (no allocation: a short op's
             // host time counts).
@@ -342,25 +384,6 @@ pub(crate) fn launch<T: CudaElem>(
             } else {
                 p
             };
-            // Warps of 32 16-byte pieces of a row (see `kernel_choice`) for spmm and sum/mean.
-            let per16 = 16 / std::mem::size_of::<T>();
-            let warp_ok = kernel_choice()? != "thread"
-                && (kind == GraphKernel::Spmm || (p.reduce <= 1 && arg.is_none()))
-                && whole_pieces::<T, _, _>(rt, p, x, &*out);
-            if warp_ok {
-                let fw = load(if kind == GraphKernel::Spmm { "graph_spmm_warp" } else { "graph_segment_sum_warp" })?;
-                let warps = rows * (dim / per16).div_ceil(32);
-                let cfg_warp = LaunchConfig { grid_dim: (warps.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-                // SAFETY: graph_spmm_warp_<dtype> / graph_segment_sum_warp_<dtype>(idx, x, w, part,
-                // out, p): as the row kernels above, with x and out read and written in whole
-                // 16-byte pieces (dim a multiple of 16 bytes, both 16-byte aligned: checked here);
-                // warp g writes pieces 32·(g mod W) .. of row g / W of out (W warps a row), pieces
-                // past the row's and rows past N return.
-                return rt.launch(&fw, cfg_warp, |l| {
-                    l.arg(idx).arg(x).arg(w);
-                    part_arg(l, &part, idx).arg(out).arg(p);
-                });
-            }
             match (kind, arg) {
                 (GraphKernel::SegmentReduce, Some(arg)) => rt.launch(&f, cfg_main, |l| {
                     l.arg(idx).arg(x).arg(w);
