@@ -384,6 +384,21 @@ __device__ __forceinline__ float pair_sum(uint32_t u) {
     return f.x + f.y;
 }
 
+// An A fragment's values added into its two rows' sums: z[0] (registers 0 and 2, row g) and z[1]
+// (registers 1 and 3, row g + 8); quad_sum then totals a row over its four lanes.
+template <typename T>
+__device__ __forceinline__ void add_frag_row_sums(float (&z)[2], const uint32_t (&a)[4]) {
+    z[0] += pair_sum<T>(a[0]) + pair_sum<T>(a[2]);
+    z[1] += pair_sum<T>(a[1]) + pair_sum<T>(a[3]);
+}
+
+// The sum over a quad of lanes (4j .. 4j + 3: a fragment row's, or a row's four quarters), in
+// every one of them, in a fixed order.
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
 // The B fragments of rows k0 .. k0 + 15 and the two n-tiles of columns n0 .. n0 + 15 of B stored
 // [k][n] with row stride ld, through ldmatrix.trans (matrices (k 0–7 | 8–15) × (n 0–7 | 8–15)):
 // f[0], f[1] the first n-tile's, f[2], f[3] the second's; through relu first when `relu`.
@@ -514,18 +529,14 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
             uint32_t a[4];
             mma::ldmatrix_x4_trans(a, sx + (kk + r8 + 8 * (m / 2)) * SW_LDS + rw + 8 * (m % 2));
             relu_frag(a, relu);
-            if (zsum) zp[0] += pair_sum<T>(a[0]) + pair_sum<T>(a[2]), zp[1] += pair_sum<T>(a[1]) + pair_sum<T>(a[3]);
+            if (zsum) add_frag_row_sums<T>(zp, a);
             // B = Y rows (k) × 16 columns from Y stored [r][j].
 #pragma unroll
             for (uint32_t np = 0; np < 2; ++np) mma_kn16<T>(part[2 * np], part[2 * np + 1], a, sy, SW_LDS, kk, cw + 16 * np);
         }
         if (zsum) {
 #pragma unroll
-            for (uint32_t half = 0; half < 2; ++half) {
-                zp[half] += __shfl_xor_sync(0xffffffffu, zp[half], 1);
-                zp[half] += __shfl_xor_sync(0xffffffffu, zp[half], 2);
-                zacc[half] += zp[half];
-            }
+            for (uint32_t half = 0; half < 2; ++half) zacc[half] += quad_sum(zp[half]);
         }
 #pragma unroll
         for (int mm = 0; mm < 4; ++mm)
@@ -586,8 +597,7 @@ __device__ __forceinline__ void chunk_output_impl(const T* __restrict__ q, const
         asum += quarter + 4 * m <= t ? a[m] : 0.0f;
     }
     // The row sum of the masked scores: the four quarters' parts.
-    asum += __shfl_xor_sync(0xffffffffu, asum, 1);
-    asum += __shfl_xor_sync(0xffffffffu, asum, 2);
+    asum = quad_sum(asum);
     float den = 1.0f;
     if (p.normalize == 1) den = p.eps + qz + asum;
     else if (p.normalize == 2) den = (float)(p.count0 + pos0 + t + 1);
@@ -1192,10 +1202,8 @@ __device__ __forceinline__ void chunk_mma_impl(const T* __restrict__ q, const T*
         float asum = 0.0f;
 #pragma unroll
         for (uint32_t s = 0; s < 16; ++s) asum += ws[t * LW + quarter * 16 + s];
-        asum += __shfl_xor_sync(0xffffffffu, asum, 1);
-        asum += __shfl_xor_sync(0xffffffffu, asum, 2);
-        qz += __shfl_xor_sync(0xffffffffu, qz, 1);
-        qz += __shfl_xor_sync(0xffffffffu, qz, 2);
+        asum = quad_sum(asum);
+        qz = quad_sum(qz);
         float den = 1.0f;
         if (p.normalize == 1) den = p.eps + qz + asum;
         else if (p.normalize == 2) den = (float)(p.count0 + bounds[p.batch + 1 + cr.c] + t + 1);
@@ -1861,10 +1869,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
                 uint32_t a[4];
                 mma::ldmatrix_x4_trans(a, sy + (kk + r8 + 8 * (mi / 2)) * FU_LQ + rw + 64 * rg + 8 * (mi % 2));
                 relu_frag(a, relu_xy);
-                if (zsum(rg, kk)) {
-                    zr[rg][0] += pair_sum<T>(a[0]) + pair_sum<T>(a[2]);
-                    zr[rg][1] += pair_sum<T>(a[1]) + pair_sum<T>(a[3]);
-                }
+                if (zsum(rg, kk)) add_frag_row_sums<T>(zr[rg], a);
 #pragma unroll
                 for (uint32_t n = 0; n < 4; ++n) mma::mma16816<T>(REV ? part[rg][n] : acc_m[rg][n], a, fb[n / 2][2 * (n % 2)], fb[n / 2][2 * (n % 2) + 1]);
             }
@@ -1887,10 +1892,7 @@ __device__ __forceinline__ void chunk_fused_impl(const T* __restrict__ x, const 
 #pragma unroll
         for (uint32_t rg = 0; rg < 2; ++rg)
 #pragma unroll
-            for (uint32_t half = 0; half < 2; ++half) {
-                zr[rg][half] += __shfl_xor_sync(0xffffffffu, zr[rg][half], 1);
-                zr[rg][half] += __shfl_xor_sync(0xffffffffu, zr[rg][half], 2);
-            }
+            for (uint32_t half = 0; half < 2; ++half) zr[rg][half] = quad_sum(zr[rg][half]);
         float* const zpart = reinterpret_cast<float*>(fu_smem);
         __syncthreads();  // every warp is done with the last step's stage
         if (tq == 0) {
