@@ -43,18 +43,19 @@ struct Csr {
     }
 };
 
-// Up to 32 consecutive CSR positions lo .. lo + n − 1 of one warp (n uniform over it): lane l
-// loads position lo + l's edge id and row (the source row for spmm, else the edge's own), once
-// for the warp, and edge(j) / row(j) broadcast position lo + j's (j < 32) by shuffles.
+// Up to W consecutive CSR positions lo .. lo + n − 1 of a group of W lanes (W a power of two up
+// to 32, the warp's groups side by side; every lane of the warp calls): lane l of the group loads
+// position lo + l's edge id and row (the source row for spmm, else the edge's own), once for the
+// group, and edge(j) / row(j) broadcast position lo + j's (j < W) to the group by shuffles.
 template <bool SPMM>
 struct WarpEdges {
-    uint32_t e, r;
-    __device__ __forceinline__ WarpEdges(const Csr& g, uint32_t lo, uint32_t n, uint32_t lane) {
+    uint32_t e, r, width;
+    __device__ __forceinline__ WarpEdges(const Csr& g, uint32_t lo, uint32_t n, uint32_t lane, uint32_t w = 32) : width(w) {
         e = lane < n ? g.perm[lo + lane] : 0u;
         r = SPMM ? (lane < n ? g.src[lo + lane] : 0u) : e;
     }
-    __device__ __forceinline__ uint32_t edge(uint32_t j) const { return __shfl_sync(0xffffffffu, e, j); }
-    __device__ __forceinline__ uint32_t row(uint32_t j) const { return __shfl_sync(0xffffffffu, r, j); }
+    __device__ __forceinline__ uint32_t edge(uint32_t j) const { return __shfl_sync(0xffffffffu, e, j, width); }
+    __device__ __forceinline__ uint32_t row(uint32_t j) const { return __shfl_sync(0xffffffffu, r, j, width); }
 };
 
 // A running reduction and its first arg (max/min). `a` then `b` in CSR order: sums add (spmm
@@ -412,6 +413,9 @@ __device__ __forceinline__ void row_reduce_impl(const uint32_t* idx, const T* __
 // whole 512-byte warp accesses, and a range's indices arrive in one coalesced load (a lane an
 // edge) and go round by shuffles; edges go four at a time with their rows in flight. A row of D
 // 512 in bf16 (64 pieces) gets two warps, so the last wave of a small graph leaves less idle.
+// A row of 16 pieces or fewer (D 128 in bf16: 16) takes a group of as many lanes, rounded up to a
+// power of two, and the warp's groups take consecutive rows side by side: where a whole warp on
+// such a row left half its lanes idle, every lane has a row's piece to load.
 // A graph with long rows runs in this one launch too. Blocks take tickets in the order they
 // start (the scratch's first word), and the ticket, not blockIdx, says what a block does: first
 // the long rows' segments (a warp a segment's piece group: its partial into the scratch, then a
@@ -426,18 +430,32 @@ __device__ __forceinline__ void row_reduce_impl(const uint32_t* idx, const T* __
 // Scratch (long rows only): [ticket, finished, flag (segment k, group g) at 2 + k·G + g, padding to
 // 4 words | partials S·dim f32].
 __host__ __device__ constexpr uint32_t graph_sync_words(uint32_t flags) { return (2 + flags + 3) / 4 * 4; }
+// The lanes that take one row's (or segment's) pieces together: the power of two at or above
+// the pieces, up to 32 (ops/graph/cuda.rs sizes the grid with the same rule).
+__host__ __device__ constexpr uint32_t graph_lane_group(uint32_t pieces) {
+    uint32_t w = 1;
+    while (w < pieces && w < 32) w *= 2;
+    return w;
+}
 
-// Lane `lane`'s piece (d0 .. d0 + V − 1) of the sum over CSR positions [lo, hi) of one warp
-// (lo, hi uniform over it): source rows (spmm) or edge rows, times each edge's head weight.
+// Lane sl's piece (d0 .. d0 + V − 1) of the sum over CSR positions [lo, hi) of its group of W
+// lanes (W a power of two up to 32, uniform over the warp; each group its own range, an empty one
+// where it has no work): source rows (spmm) or edge rows, times each edge's head weight, in edge
+// order. Every lane of the warp calls; the groups' loops run to the warp's longest range.
 template <bool SPMM, typename T>
-__device__ __forceinline__ void warp_range_sum(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, uint32_t lo, uint32_t hi, uint32_t lane,
-                                               bool live, uint32_t d0, const GraphParams& p, float (&acc)[16 / sizeof(T)]) {
+__device__ __forceinline__ void group_range_sum(const Csr& g, const T* __restrict__ x, const float* __restrict__ w, uint32_t lo, uint32_t hi, uint32_t W,
+                                                uint32_t sl, bool live, uint32_t d0, const GraphParams& p, float (&acc)[16 / sizeof(T)]) {
     constexpr uint32_t V = 16 / sizeof(T);
-    const uint32_t dh = p.dim / p.heads;
-    for (uint32_t base = lo; base < hi; base += 32) {
-        const uint32_t n = min(32u, hi - base);  // uniform over the warp
-        const WarpEdges<SPMM> we(g, base, n, lane);
-        for (uint32_t j = 0; j < n; j += 4) {  // j ≤ 28: every source lane below 32
+    const uint32_t dh = p.dim / p.heads, len = hi - lo;
+    uint32_t most = len;
+    if (W < 32) {
+#pragma unroll
+        for (uint32_t m = 16; m >= 1; m /= 2) most = max(most, __shfl_xor_sync(0xffffffffu, most, m));
+    }
+    for (uint32_t base = 0; base < most; base += W) {
+        const uint32_t n = len > base ? min(W, len - base) : 0u, n_most = min(W, most - base);  // the group's; the warp's
+        const WarpEdges<SPMM> we(g, lo + base, n, sl, W);
+        for (uint32_t j = 0; j < n_most; j += 4) {  // a source index past the group wraps within it, unused
             uint4 raw[4];
 #pragma unroll
             for (uint32_t t = 0; t < 4; ++t) {
@@ -467,8 +485,11 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
     __shared__ float4 red[8][32][V / 4];
     const Csr g(idx, p);
     const uint32_t lane = threadIdx.x & 31, wid = threadIdx.x / 32;
-    const uint32_t pieces = p.dim / V, G = (pieces + 31) / 32;
-    const uint32_t seg_blocks = (p.num_segs * G + 7) / 8, fold_blocks = p.num_long * G;
+    // Rows of 16 pieces or fewer share a warp: groups of W lanes (the power of two at or above
+    // the pieces), 32 / W items a warp, so narrow rows do not leave half a warp idle.
+    const uint32_t pieces = p.dim / V, W = graph_lane_group(pieces), per_warp = 32 / W, sub = lane / W, sl = lane % W;
+    const uint32_t G = (pieces + 31) / 32;  // a row's groups (1 where W < 32)
+    const uint32_t seg_blocks = (p.num_segs * G + 8 * per_warp - 1) / (8 * per_warp), fold_blocks = p.num_long * G;
     uint32_t b = blockIdx.x;
     if (p.num_long > 0) {
         if (threadIdx.x == 0) ticket = atomicAdd(&sync[0], 1u);
@@ -482,25 +503,23 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
     for (uint32_t c = 0; c < V; ++c) acc[c] = 0.0f;
     uint32_t out_row = ~0u, out_d0 = 0;  // this lane's output piece, if it has one
     if (b < seg_blocks) {
-        // One segment's piece group: its partial, then (after a fence) its flag.
-        const uint32_t q = b * 8 + wid;
-        if (q < p.num_segs * G) {
-            const uint32_t k = q / G, pc = q % G * 32 + lane;
-            const uint2 range = g.seg_range(k);
-            warp_range_sum<SPMM, T>(g, x, w, range.x, range.y, lane, pc < pieces, pc * V, p, acc);
-            if (pc < pieces) {
+        // A segment's piece group: its partial, then (after a fence) its flag.
+        const uint32_t q = (b * 8 + wid) * per_warp + sub, k = q / G, pc = q % G * W + sl;
+        const bool has = q < p.num_segs * G, live = has && pc < pieces;
+        const uint2 range = has ? g.seg_range(k) : make_uint2(0, 0);
+        group_range_sum<SPMM, T>(g, x, w, range.x, range.y, W, sl, live, pc * V, p, acc);
+        if (live) {
 #pragma unroll
-                for (uint32_t i = 0; i < V / 4; ++i) {
-                    *reinterpret_cast<float4*>(part + (size_t)k * p.dim + pc * V + 4 * i) = make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
-                }
+            for (uint32_t i = 0; i < V / 4; ++i) {
+                *reinterpret_cast<float4*>(part + (size_t)k * p.dim + pc * V + 4 * i) = make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
             }
-            // The warp's partial stores happen before lane 0's fence (the warp barrier), and the
-            // fence before the flag: a block that sees the flag sees the partial.
-            __syncwarp();
-            if (lane == 0) {
-                __threadfence();
-                atomicExch(&flag[q], 1u);
-            }
+        }
+        // The group's partial stores happen before its first lane's fence (the warp barrier), and
+        // the fence before the flag: a block that sees the flag sees the partial.
+        __syncwarp();
+        if (has && sl == 0) {
+            __threadfence();
+            atomicExch(&flag[q], 1u);
         }
     } else if (b < seg_blocks + fold_blocks) {
         // One long row's piece group: warp wid combines segments [a, e) in order once their flags
@@ -553,15 +572,14 @@ __device__ __forceinline__ void row_reduce_warp_impl(const uint32_t* idx, const 
             out_row = g.long_rows[li], out_d0 = d0;
         }
     } else {
-        // A short row's piece group (a long row's warps have nothing to do here).
-        const uint32_t q = (b - seg_blocks - fold_blocks) * 8 + wid, row = q / G, pc = q % G * 32 + lane;
-        if (row < p.num_nodes) {
-            const uint32_t lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
-            if (hi - lo <= p.chunk) {
-                warp_range_sum<SPMM, T>(g, x, w, lo, hi, lane, pc < pieces, pc * V, p, acc);
-                if (pc < pieces) out_row = row, out_d0 = pc * V;
-            }
-        }
+        // A short row's piece group (a long row's groups have nothing to do here).
+        const uint32_t q = ((b - seg_blocks - fold_blocks) * 8 + wid) * per_warp + sub, row = q / G, pc = q % G * W + sl;
+        uint32_t lo = 0, hi = 0;
+        if (row < p.num_nodes) lo = g.row_ptr[row], hi = g.row_ptr[row + 1];
+        const bool has = row < p.num_nodes && hi - lo <= p.chunk;
+        if (!has) lo = hi = 0;
+        group_range_sum<SPMM, T>(g, x, w, lo, hi, W, sl, has && pc < pieces, pc * V, p, acc);
+        if (has && pc < pieces) out_row = row, out_d0 = pc * V;
     }
     // One place for the rows' stores (and the mean's division, whose slow path is a call).
     if (out_row != ~0u) {

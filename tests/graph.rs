@@ -476,8 +476,9 @@ fn long_rows_split_into_segments_match_the_reference() {
         for dtype in DType::ALL {
             // An odd width, so 16-bit words straddle rows (the element kernels); and rows of whole
             // 16-byte pieces (CUDA's warp form, its segments, combines and short rows in one
-            // launch), 264 and 2 heads of 136 wide: two or three warps' pieces a row.
-            for (dim, dh) in [(5, 3), (264, 136)] {
+            // launch): 264 and 2 heads of 136 wide, two or three warps' pieces a row, and 24 and 2
+            // heads of 12, a few pieces a row (groups of 4 or 8 lanes, several rows a warp).
+            for (dim, dh) in [(5, 3), (264, 136), (24, 12)] {
                 let what = format!("{} {dtype} D{dim} hub", dev.name());
                 let quant = |t: HostTensor| HostTensor::new(t.dtype, t.shape.clone(), t.data.iter().map(|v| (v * 4.0).round() / 4.0).collect()).expect("quantised");
                 let m = quant(HostTensor::random(dtype, vec![ec * dim], 1));

@@ -108,7 +108,7 @@ pub(crate) struct CudaGraphArgs<'a, T> {
 }
 
 /// `FFKERN_GRAPH_KERNEL`: `auto` (default) or `warp` (a warp per 32 16-byte pieces of a row for
-/// spmm and sum/mean where the widths allow, long rows' segments and their combines in the same
+/// spmm and sum/mean where the widths allow, narrower rows several to a warp, long rows' segments and their combines in the same
 /// launch; on the H200's power-law graphs, where the thread form ran before, 0.88–0.89× its time
 /// on the bf16 mesh, 0.91–1.07× on the rest, with the segments then in launches of their own) or
 /// `thread` (four columns per thread).
@@ -331,10 +331,18 @@ pub(crate) fn launch<T: CudaElem>(
                 && whole_pieces::<T, _, _>(rt, p, x, &*out);
             if warp_ok {
                 let fw = load(if kind == GraphKernel::Spmm { "graph_spmm_warp" } else { "graph_segment_sum_warp" })?;
-                let groups = (dim / (16 / std::mem::size_of::<T>())).div_ceil(32);
-                let blocks = (segs * groups).div_ceil(8) + p.num_long as usize * groups + (rows * groups).div_ceil(8);
-                // The kernel numbers its warps in 32 bits.
-                let blocks = u32::try_from(blocks.max(1)).ok().filter(|&b| b < 1 << 29).ok_or_else(|| Error::Limit(format!("graph: {blocks} blocks of 8 warps")))?;
+                // A row's groups of 32 pieces; rows of 16 pieces or fewer share a warp, 32 / W
+                // of them (W lanes each: the power of two at or above the pieces, as
+                // kernels/graph.cu's graph_lane_group).
+                let pieces = dim / (16 / std::mem::size_of::<T>());
+                let groups = pieces.div_ceil(32);
+                let per_block = 8 * (32 / pieces.next_power_of_two().min(32));
+                let blocks = (segs * groups).div_ceil(per_block) + p.num_long as usize * groups + (rows * groups).div_ceil(per_block);
+                // The kernel numbers its work items in 32 bits.
+                let blocks = u32::try_from(blocks.max(1))
+                    .ok()
+                    .filter(|&b| (b as u64) * (per_block as u64) < 1 << 32)
+                    .ok_or_else(|| Error::Limit(format!("graph: {blocks} blocks of {per_block} rows or segments")))?;
                 let cfg_warp = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
                 // SAFETY: graph_spmm_warp_<dtype> / graph_segment_sum_warp_<dtype>(idx, x, w, sync,
                 // out, p): as the row kernels above, with x and out read and written in whole
