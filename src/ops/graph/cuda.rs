@@ -108,10 +108,10 @@ pub(crate) struct CudaGraphArgs<'a, T> {
 }
 
 /// `FFKERN_GRAPH_KERNEL`: `auto` (default) or `warp` (a warp per 32 16-byte pieces of a row for
-/// spmm and sum/mean where the widths allow, narrower rows several to a warp, long rows' segments and their combines in the same
-/// launch; on the H200's power-law graphs, where the thread form ran before, 0.88–0.89× its time
-/// on the bf16 mesh, 0.91–1.07× on the rest, with the segments then in launches of their own) or
-/// `thread` (four columns per thread).
+/// spmm and sum/mean where the widths allow, narrower rows several to a warp, long rows' segments
+/// and their combines in the same launch; on the H200's power-law graphs, where the thread form
+/// ran before, 0.88–0.89× its time on the bf16 mesh, 0.91–1.07× on the rest, with the segments
+/// then in launches of their own) or `thread` (four columns per thread).
 fn kernel_choice() -> Result<&'static str> {
     static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     crate::runtime::kernel_env(&CHOICE, &crate::runtime::GRAPH_KERNEL)
@@ -353,7 +353,8 @@ pub(crate) fn launch<T: CudaElem>(
                 // and lower one flag per (segment, group), write each segment's partial into its
                 // own part slot before raising that flag and read it only after, and leave every
                 // counter and flag 0. out's row pieces each have one writer: a segment's group
-                // writes only part, a long row's group block its row, a short row's warp its row.
+                // writes only part, a long row's group block its row, a short row's lane group its
+                // row.
                 return if segs == 0 {
                     rt.launch(&fw, cfg_warp, |l| {
                         l.arg(idx).arg(x).arg(w).arg(idx).arg(out).arg(p);
