@@ -472,8 +472,8 @@ __device__ __forceinline__ void chunk_sweep16_impl(const T* __restrict__ qk, con
     // chunk. Reverse, z is d_z, which every chunk's zs receives unchanged.
     const bool zrows = j0 == 0 && cw == 0, zsum = !REVERSE && zrows;
     const uint32_t zg = lane / 4;
-    const auto zown = [&](uint32_t half) { return zrows && lane % 4 == 0 && i0 + rw + zg + 8 * half < p.k; };
     const auto zat = [&](uint32_t half) { return i0 + rw + zg + 8 * half; };
+    const auto zown = [&](uint32_t half) { return zrows && lane % 4 == 0 && zat(half) < p.k; };
     float acc[4][4] = {}, zacc[2] = {}, unused = 0.0f;
     move_outer<true, false>(acc, unused, state, nullptr, nh, i0, j0, p);
 #pragma unroll
