@@ -430,8 +430,9 @@ __device__ __forceinline__ void row_reduce_impl(const uint32_t* idx, const T* __
 // Scratch (long rows only): [ticket, finished, flag (segment k, group g) at 2 + k·G + g, padding to
 // 4 words | partials S·dim f32].
 __host__ __device__ constexpr uint32_t graph_sync_words(uint32_t flags) { return (2 + flags + 3) / 4 * 4; }
-// The lanes that take one row's (or segment's) pieces together: the power of two at or above
-// the pieces, up to 32 (ops/graph/cuda.rs sizes the grid with the same rule).
+// The lanes that take one row's (or segment's, or edge head's) pieces together: the power of two
+// at or above the pieces, up to 32 (ops/graph/cuda.rs's lane_group sizes the grids by the same
+// rule).
 __host__ __device__ constexpr uint32_t graph_lane_group(uint32_t pieces) {
     uint32_t w = 1;
     while (w < pieces && w < 32) w *= 2;
@@ -659,9 +660,7 @@ template <bool SDDMM, typename T>
 __device__ __forceinline__ void dot16_impl(const uint32_t* idx, const T* __restrict__ x, const T* __restrict__ y, float* __restrict__ out,
                                            const GraphParams& p) {
     constexpr uint32_t V = 16 / sizeof(T);
-    const uint32_t dh = p.dim / p.heads, pieces = dh / V;
-    uint32_t g = 1;
-    while (g < pieces && g < 32) g <<= 1;
+    const uint32_t dh = p.dim / p.heads, pieces = dh / V, g = graph_lane_group(pieces);
     const uint32_t lane = threadIdx.x & 31, sub = lane & (g - 1), per_warp = 32 / g;
     const size_t tasks = (size_t)p.num_edges * p.heads, warps = (size_t)gridDim.x * (blockDim.x / 32);
     // Every lane of a warp runs the same iterations: the shuffles need the whole warp.

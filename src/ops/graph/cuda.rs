@@ -118,11 +118,11 @@ fn kernel_choice() -> Result<&'static str> {
 }
 
 /// Pushes the long rows' partials, or (a graph without long rows, whose kernels never read them)
-/// the index words in their place.
-fn part_arg<'l, 'b: 'l>(l: &'l mut cudarc::driver::LaunchArgs<'b>, part: &'b Option<cudarc::driver::CudaSlice<f32>>, idx: &'b CudaView<'_, f32>) -> &'l mut cudarc::driver::LaunchArgs<'b> {
+/// another operand's pointer in their place.
+fn part_arg<'l, 'b: 'l>(l: &'l mut cudarc::driver::LaunchArgs<'b>, part: &'b Option<cudarc::driver::CudaSlice<f32>>, other: &'b CudaView<'_, f32>) -> &'l mut cudarc::driver::LaunchArgs<'b> {
     match part {
         Some(part) => l.arg(part),
-        None => l.arg(idx),
+        None => l.arg(other),
     }
 }
 
@@ -130,6 +130,13 @@ fn part_arg<'l, 'b: 'l>(l: &'l mut cudarc::driver::LaunchArgs<'b>, part: &'b Opt
 /// flag per (segment, piece group), padded to 16 bytes (kernels/graph.cu, `graph_sync_words`).
 fn sync_words(flags: usize) -> usize {
     (2 + flags).div_ceil(4) * 4
+}
+
+/// The lanes that take one row's (or segment's, or edge head's) pieces together in the 16-byte
+/// kernels: the power of two at or above the pieces, up to 32 (kernels/graph.cu,
+/// `graph_lane_group`).
+fn lane_group(pieces: usize) -> usize {
+    pieces.next_power_of_two().min(32)
 }
 
 fn need<'b, X>(v: &'b Option<X>, what: &str) -> Result<&'b X> {
@@ -202,8 +209,9 @@ pub(crate) fn launch<T: CudaElem>(
     // allocated here) which they then read (with S = 0 part is idx's pointer, never read; the row
     // kernels read part only for long rows); segment_reduce writes arg [N · dim] only for
     // max/min (otherwise the pointer is idx's and is never written); sddmm writes out32
-    // [E · heads]. The softmax passes write part [S · heads] and stats [N · heads] (float2,
-    // allocated here), then out32 [E · heads], each element once.
+    // [E · heads]. The softmax passes write part [S · heads] (float2, allocated here where
+    // S > 0; else the pointer is w's, never read) and stats [N · heads] (float2, allocated here),
+    // then out32 [E · heads], each element once.
     // edge_combine reads Ee [E · dim] and P [N · 2·dim] (T) and writes m [E · dim]; edge_dot
     // reads x, y [E · dim] and writes out32 [E · heads]. LayerNorm reads no graph: x, dy
     // [rows · dim] (T), [γ | β] [2 · dim] and stats [2 · rows] (f32), and writes y or dx
@@ -332,11 +340,10 @@ pub(crate) fn launch<T: CudaElem>(
             if warp_ok {
                 let fw = load(if kind == GraphKernel::Spmm { "graph_spmm_warp" } else { "graph_segment_sum_warp" })?;
                 // A row's groups of 32 pieces; rows of 16 pieces or fewer share a warp, 32 / W
-                // of them (W lanes each: the power of two at or above the pieces, as
-                // kernels/graph.cu's graph_lane_group).
+                // of them (W lanes each).
                 let pieces = dim / (16 / std::mem::size_of::<T>());
                 let groups = pieces.div_ceil(32);
-                let per_block = 8 * (32 / pieces.next_power_of_two().min(32));
+                let per_block = 8 * (32 / lane_group(pieces));
                 let blocks = (segs * groups).div_ceil(per_block) + p.num_long as usize * groups + (rows * groups).div_ceil(per_block);
                 // The kernel numbers its work items in 32 bits.
                 let blocks = u32::try_from(blocks.max(1))
@@ -414,14 +421,16 @@ pub(crate) fn launch<T: CudaElem>(
             // The forward reads no v: its pointer is w's.
             let v = if kind == GraphKernel::SoftmaxBackward { need(&a.v, "d_alpha")? } else { w };
             let p = &GraphParams { reduce: (kind == GraphKernel::SoftmaxBackward) as u32, ..*p };
-            let (mut part, mut stats) = (scratch(2 * segs * heads)?, scratch(2 * rows * heads)?);
-            if segs > 0 {
+            // Without long rows the part pointer is w's and is never read.
+            let (mut part, mut stats) = (if segs > 0 { Some(scratch(2 * segs * heads)?) } else { None }, scratch(2 * rows * heads)?);
+            if let Some(part) = part.as_mut() {
                 rt.launch(&load("graph_softmax_partial")?, cfg(segs * heads), |l| {
-                    l.arg(idx).arg(w).arg(v).arg(&mut part).arg(p);
+                    l.arg(idx).arg(w).arg(v).arg(part).arg(p);
                 })?;
             }
             rt.launch(&load("graph_softmax_stats")?, cfg(rows * heads), |l| {
-                l.arg(idx).arg(w).arg(v).arg(&part).arg(&mut stats).arg(p);
+                l.arg(idx).arg(w).arg(v);
+                part_arg(l, &part, w).arg(&mut stats).arg(p);
             })?;
             rt.launch(&f, cfg_main, |l| {
                 l.arg(idx).arg(w).arg(v).arg(&stats).arg(out).arg(p);
@@ -430,14 +439,12 @@ pub(crate) fn launch<T: CudaElem>(
         _ => {
             let out = out32.ok_or_else(|| Error::Invalid("graph: an f32 output is needed".into()))?;
             let (x, y) = (need(&a.x, "x or A")?, need(&a.y, "y or B")?);
-            // Groups of lanes per (edge, head) on 16-byte pieces where each head's columns are whole
-            // pieces and both operands 16-byte aligned: the power of two at or above the pieces of
-            // a head (at most 32) lanes each.
+            // A lane group per (edge, head) on 16-byte pieces where each head's columns are whole
+            // pieces and both operands 16-byte aligned.
             let dh = dim / heads.max(1);
             let (f, cfg_main) = match pieces16::<T>(dh as u32, dh, &[device_addr(rt, x), device_addr(rt, y)]) {
                 Some(head_pieces) => {
-                    let lanes = head_pieces.next_power_of_two().min(32);
-                    (load(if kind == GraphKernel::EdgeDot { "graph_edge_dot16" } else { "graph_sddmm16" })?, cfg(edges * heads * lanes))
+                    (load(if kind == GraphKernel::EdgeDot { "graph_edge_dot16" } else { "graph_sddmm16" })?, cfg(edges * heads * lane_group(head_pieces)))
                 }
                 None => (f, cfg_main),
             };
