@@ -11,7 +11,7 @@ use ffkern::bench::{BatchNormBench, RepavitBench};
 use ffkern::{with_backend, DType, Device};
 
 fn ffn(c: &mut Criterion) {
-    let dev = Device::best();
+    let dev = Device::best().expect("FFKERN_* settings");
     let (t, dim, hidden, theta) = ffkern::registry::repavit_bench_shape(dev.is_cpu_like());
     let mut g = group(c, "ffn", &dev);
     for dtype in [DType::F32, DType::BF16] {

@@ -11,7 +11,7 @@ use ffkern::ops::gemm::GemmInputs;
 use ffkern::{with_backend, DType, Device};
 
 fn gemm(c: &mut Criterion) {
-    let dev = Device::best();
+    let dev = Device::best().expect("FFKERN_* settings");
     let cases = if dev.is_cpu_like() { ffkern::registry::gemm_bench_cases_small() } else { ffkern::registry::gemm_bench_cases() };
     let mut group = group(c, "gemm", &dev);
     for case in cases {

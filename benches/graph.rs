@@ -12,7 +12,7 @@ use ffkern::ops::graph::{DeviceGraph, Graph};
 use ffkern::{with_backend, DType, Device};
 
 fn graph_ops(c: &mut Criterion) {
-    let dev = Device::best();
+    let dev = Device::best().expect("FFKERN_* settings");
     let (n, e, dim) = ffkern::registry::graph_bench_shape(dev.is_cpu_like());
     let g = Graph::random_uniform(n, e, 11).expect("graph");
     let mut grp = group(c, "graph", &dev);

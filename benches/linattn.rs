@@ -12,7 +12,7 @@ use ffkern::registry::linattn_bench_seqs;
 use ffkern::{with_backend, Device};
 
 fn linattn(c: &mut Criterion) {
-    let dev = Device::best();
+    let dev = Device::best().expect("FFKERN_* settings");
     let small = dev.is_cpu_like();
     let mut g = group(c, "linattn", &dev);
     with_backend!(&dev, be => {

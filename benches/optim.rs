@@ -10,7 +10,7 @@ use ffkern::bench::SgdBench;
 use ffkern::{with_backend, Device};
 
 fn noisy_sgd(c: &mut Criterion) {
-    let dev = Device::best();
+    let dev = Device::best().expect("FFKERN_* settings");
     let n = ffkern::registry::optim_bench_params(dev.is_cpu_like());
     let mut grp = group(c, "optim", &dev);
     // 20 bytes move per parameter: read p, g, m; write p, m.

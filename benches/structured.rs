@@ -12,7 +12,7 @@ use ffkern::bench::StructuredBench;
 use ffkern::{with_backend, DType, Device};
 
 fn structured(c: &mut Criterion) {
-    let dev = Device::best();
+    let dev = Device::best().expect("FFKERN_* settings");
     let (t, layers) = ffkern::registry::structured_bench_layers(dev.is_cpu_like());
     let mut g = group(c, "structured", &dev);
     for (s1, s2, label) in layers {

@@ -109,7 +109,7 @@ fn train<Be: Backend>(be: &Be, noise: bool) -> Result<Vec<f32>> {
 }
 
 fn main() -> Result<()> {
-    let dev = Device::best();
+    let dev = Device::best()?;
     println!("deep MLP ({DEPTH} hidden ReLU layers, widths 64..256) on {}: {}", dev.name(), dev.describe());
     let plain = with_backend!(&dev, be => train(be, false))?;
     let noisy = with_backend!(&dev, be => train(be, true))?;

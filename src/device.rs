@@ -226,13 +226,26 @@ impl Device {
     }
 
     /// The best backend present: cuda, then wgpu on a real GPU, then wgpu on any adapter, then cpu.
-    pub fn best() -> Device {
+    /// A backend that cannot open moves on to the next; a setting that is wrong (an
+    /// `FFKERN_*` variable with a value no backend takes) is an error, not a quiet fall back to
+    /// the CPU.
+    pub fn best() -> Result<Device> {
         for name in crate::compiled_backends() {
-            if let Ok(d) = Device::open(name) {
-                return d;
+            if let Some(d) = Device::open_if_present(name)? {
+                return Ok(d);
             }
         }
-        Device::Cpu(crate::Cpu)
+        Ok(Device::Cpu(crate::Cpu))
+    }
+
+    /// [`Device::open`], with `None` where the backend cannot open here (no driver, no adapter,
+    /// not compiled in); a wrong setting (an `FFKERN_*` value no backend takes) stays an error.
+    pub fn open_if_present(name: &str) -> Result<Option<Device>> {
+        match Device::open(name) {
+            Ok(d) => Ok(Some(d)),
+            Err(e @ Error::Invalid(_)) => Err(e),
+            Err(_) => Ok(None),
+        }
     }
 
     /// The backend's name.

@@ -23,8 +23,13 @@ fn scratch(test: &str) -> PathBuf {
 /// (exit code, stdout, stderr) of `ffkern args…`: the binary this build made, or `FFKERN_BIN`
 /// (where the test binary runs on another machine, as in scripts/device-check.sh).
 fn ffkern(args: &[&str]) -> (i32, String, String) {
+    ffkern_env(args, &[])
+}
+
+/// [`ffkern`] with environment variables set.
+fn ffkern_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let bin = std::env::var_os("FFKERN_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ffkern")));
-    let out = Command::new(bin).args(args).output().expect("running ffkern");
+    let out = Command::new(bin).args(args).envs(env.iter().copied()).output().expect("running ffkern");
     let (so, se) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(!se.contains("panicked"), "ffkern {args:?} panicked:\n{se}");
     (out.status.code().unwrap_or(-1), so, se)
@@ -216,6 +221,23 @@ fn bad_files_give_errors_not_panics() {
     write(&inp, &[("src", T::I64(vec![0, 1])), ("dst", T::I64(vec![0, 1])), ("m", rand(&[3, 2], 3))]);
     run_err(&["run", "segment_reduce", "--input", i, "--output", o, "--num-nodes", "2"], "shape");
     assert!(!out.exists(), "no failing run writes an output");
+}
+
+/// A wrong setting is an error naming it: `check` on the best backend must not fall back to the
+/// CPU reference as though no GPU were present (every device runtime checks FFKERN_GRID_LIMIT).
+#[test]
+fn wrong_settings_are_errors_not_a_fall_back_to_the_cpu() {
+    if ffkern::compiled_backends() == ["cpu"] {
+        return;
+    }
+    for (var, value) in [("FFKERN_GRID_LIMIT", "0"), ("FFKERN_GRID_LIMIT", "many")] {
+        let (code, out, err) = ffkern_env(&["check", "--op", "noisy_optimizer"], &[(var, value)]);
+        assert_ne!(code, 0, "{var}={value}: check ran:\n{out}");
+        assert!(err.contains(&format!("{var}={value}")), "{var}={value}: the error should name the setting:\n{err}");
+    }
+    // Empty is unset.
+    let (code, _, err) = ffkern_env(&["check", "--op", "noisy_optimizer"], &[("FFKERN_GRID_LIMIT", "")]);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// A small graph: 4 nodes, node 3 without in-edges, a self-loop and a multi-edge.

@@ -448,6 +448,12 @@ fn info() -> Result<ExitCode> {
         let now = c.current().unwrap_or("invalid");
         println!("  {}={now:8} [{}] {}", c.var, c.values.join("|"), c.what);
     }
+    let limit = match ffkern::runtime::grid_limit() {
+        Ok(Some(n)) => n.to_string(),
+        Ok(None) => "unset".into(),
+        Err(_) => "invalid".into(),
+    };
+    println!("  FFKERN_GRID_LIMIT={limit:8} [blocks] tests: the most blocks of a grid dimension that the launchers fold or the kernels walk by grid stride");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -469,8 +475,8 @@ fn list(as_json: bool) -> Result<ExitCode> {
 fn devices(backend: Option<String>, all: bool) -> Result<Vec<Device>> {
     match backend {
         Some(b) => Ok(vec![Device::open(&b)?]),
-        None if all => Ok(ffkern::compiled_backends().into_iter().filter_map(|n| Device::open(n).ok()).collect()),
-        None => Ok(vec![Device::best()]),
+        None if all => ffkern::compiled_backends().into_iter().filter_map(|n| Device::open_if_present(n).transpose()).collect(),
+        None => Ok(vec![Device::best()?]),
     }
 }
 

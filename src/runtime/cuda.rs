@@ -267,6 +267,7 @@ impl CudaRuntime {
     /// Opens GPU `ordinal` with its own stream. A machine without the CUDA driver gives
     /// [`Error::BackendUnavailable`], never a panic.
     pub fn new(ordinal: usize) -> Result<Self> {
+        super::grid_limit()?;
         // SAFETY: only tries to load libcuda dynamically and reports whether it could.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(Error::BackendUnavailable { backend: BACKEND, reason: "the CUDA driver library (libcuda) is not present".into() });

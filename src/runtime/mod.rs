@@ -14,6 +14,38 @@ pub(crate) fn poison() -> bool {
     *POISON.get_or_init(|| std::env::var_os("FFKERN_POISON").is_some_and(|v| !v.is_empty() && v != "0"))
 }
 
+/// `FFKERN_GRID_LIMIT=<n>` (n ≥ 1, for tests): the most blocks (workgroups) the launchers put in
+/// a grid dimension that they fold into the next one or that the kernel walks in a grid-stride
+/// loop, so that those folds and loops run on small problems (by default they start past 65,535
+/// workgroups or the launchers' block caps). Unset or empty: the backends' own limits. Any other value
+/// makes [`grid_limit`] (which the runtimes' constructors call) an error.
+fn grid_limit_env() -> &'static Result<Option<usize>, String> {
+    static LIMIT: std::sync::OnceLock<Result<Option<usize>, String>> = std::sync::OnceLock::new();
+    LIMIT.get_or_init(|| parse_grid_limit(std::env::var("FFKERN_GRID_LIMIT").ok().as_deref()))
+}
+
+fn parse_grid_limit(v: Option<&str>) -> Result<Option<usize>, String> {
+    match v {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse::<usize>().ok().filter(|&n| n > 0).map(Some).ok_or_else(|| format!("FFKERN_GRID_LIMIT={v}: expected a block count of at least 1")),
+    }
+}
+
+/// The `FFKERN_GRID_LIMIT` in effect, checked: at most that many blocks (workgroups) in a grid
+/// dimension that a launcher folds into the next or that a kernel walks by grid stride.
+pub fn grid_limit() -> crate::Result<Option<usize>> {
+    grid_limit_env().clone().map_err(crate::Error::Invalid)
+}
+
+/// `cap`, or `FFKERN_GRID_LIMIT` where that is lower: the most blocks (workgroups) of a grid
+/// dimension that the launcher folds or the kernel walks by grid stride.
+pub(crate) fn grid_cap(cap: usize) -> usize {
+    match grid_limit_env() {
+        Ok(Some(n)) => cap.min(*n),
+        _ => cap,
+    }
+}
+
 /// A kernel choice made by an environment variable: its name, its values (the first is the
 /// default) and what it chooses between. `ffkern info` lists them with the values in effect.
 #[derive(Clone, Copy, Debug)]
@@ -97,6 +129,17 @@ mod tests {
         assert!(e.contains("FFKERN_WGPU_GEMM=wider") && e.contains("auto, wide, tall, skinny, narrow"), "{e}");
         for c in KERNEL_CHOICES {
             assert!(!c.values.is_empty() && c.var.starts_with("FFKERN_"), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn grid_limit_takes_a_positive_count_and_names_anything_else() {
+        assert_eq!(parse_grid_limit(None), Ok(None));
+        assert_eq!(parse_grid_limit(Some("")), Ok(None));
+        assert_eq!(parse_grid_limit(Some("3")), Ok(Some(3)));
+        for bad in ["0", "-1", "3x", "many"] {
+            let e = parse_grid_limit(Some(bad)).err().unwrap_or_default();
+            assert!(e.contains(&format!("FFKERN_GRID_LIMIT={bad}")), "{bad}: {e}");
         }
     }
 }

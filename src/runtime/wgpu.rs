@@ -210,6 +210,7 @@ impl WgpuContext {
 
     /// The first adapter that `opts` allow, best first (see [`WgpuContext::new`]).
     pub fn with_options(opts: &WgpuOptions) -> Result<Self> {
+        super::grid_limit()?;
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
         let instance = wgpu::Instance::new(desc);
@@ -431,7 +432,7 @@ impl WgpuContext {
     /// Grid for `n` invocations of a 256-wide 1-D kernel, folded into y past the x limit.
     pub(crate) fn grid_1d(&self, n: usize) -> [u32; 3] {
         let groups = n.div_ceil(256);
-        let max = self.device.limits().max_compute_workgroups_per_dimension as usize;
+        let max = super::grid_cap(self.device.limits().max_compute_workgroups_per_dimension as usize);
         if groups <= max {
             [groups as u32, 1, 1]
         } else {

@@ -126,7 +126,7 @@ pub fn is_decode(p: &LinAttnParams) -> bool {
 /// The `(x, y, z)` grid of the linear-attention kernels: tiles of `tile` columns (of `cols`) in
 /// x, and `units` (sequence or chunk)·heads folded into y·z past 65535.
 pub fn grid(cols: usize, tile: usize, units: usize) -> [u32; 3] {
-    let y = units.clamp(1, 65535);
+    let y = units.clamp(1, crate::runtime::grid_cap(65535));
     [cols.div_ceil(tile) as u32, y as u32, units.div_ceil(y).max(1) as u32]
 }
 
