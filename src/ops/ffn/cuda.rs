@@ -50,7 +50,7 @@ fn per_channel(p: &BnParams) -> LaunchConfig {
 
 fn per_element(rt: &CudaRuntime, p: &BnParams) -> LaunchConfig {
     let n = p.rows as usize * p.channels as usize;
-    LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, crate::runtime::grid_cap(rt.sm_count() as usize * 16)) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    crate::runtime::cuda::stride_grid(n, rt.sm_count() as usize * 16)
 }
 
 /// BatchNorm forward (statistics, running update in train mode, apply). `part` is scratch of

@@ -333,7 +333,7 @@ fn gemm_split<T: CudaElem>(
     })?;
     let sum = rt.function(FAMILY, Ptx::Base, crate::runtime::cuda::kernel_name::<T>(KERNELS, "gemm_splitk")?, 0)?;
     let pairs = desc.m * desc.n.div_ceil(2);
-    let cfg = LaunchConfig { grid_dim: (pairs.div_ceil(256).min(crate::runtime::grid_cap(65535 * 8)) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = crate::runtime::cuda::stride_grid(pairs, 65535 * 8);
     let (s32, null) = (splits as u32, 0u64);
     // SAFETY: gemm_splitk_<dtype>(ws, splits, bias, R, C, Z, GemmParams) reads ws [splits·M·N] and
     // the epilogue's operands, writes C (and Z) at the elements validate_lens checked; absent
@@ -368,7 +368,7 @@ pub fn act_grad<T: CudaElem>(rt: &CudaRuntime, d: &ActGrad, dc: &CudaSlice<T>, z
     }
     check_lens("act_grad", &[("dc", dc.len(), n), ("z", z.len(), n), ("out", out.len(), n)])?;
     let func = rt.function(FAMILY, Ptx::Base, helper_name("act_grad", T::DTYPE)?, 0)?;
-    let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).min(crate::runtime::grid_cap(65535 * 8)) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = crate::runtime::cuda::stride_grid(n, 65535 * 8);
     let (rows, cols, act, act_cols) = (d.rows as u32, d.cols as u32, d.act as u32, d.act_cols as u32);
     // SAFETY: act_grad_<dtype>(dc, z, out, rows, cols, act, act_cols) touches elements < rows·cols,
     // which all three buffers hold (checked above).

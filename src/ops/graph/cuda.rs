@@ -172,7 +172,7 @@ pub(crate) fn launch<T: CudaElem>(
 ) -> Result<()> {
     // The entry `base` (typed by T where it has a dtype suffix), loaded once.
     let load = |base: &str| -> Result<cudarc::driver::CudaFunction> { rt.function(FAMILY, Ptx::Base, kernel_name::<T>(KERNELS, base)?, 0) };
-    let cfg = |threads: usize| LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, crate::runtime::grid_cap(1 << 20)) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = |threads: usize| crate::runtime::cuda::stride_grid(threads, 1 << 20);
     // The long rows' partials and the softmax statistics: written in full before they are read.
     let scratch = |len: usize| rt.uninit::<f32>(len);
     let (rows, dim, heads, edges) = (p.num_nodes as usize, p.dim as usize, p.heads as usize, p.num_edges as usize);

@@ -313,7 +313,7 @@ pub(crate) fn backward<T: CudaElem>(
         a.arg(q).arg(kk).arg(vv).arg(o).arg(d_o).arg(s0).arg(z0).arg(d_state).arg(d_z).arg(&starts).arg(&mut dq_part).arg(&mut dk_part).arg(&mut dendd).arg(ds0).arg(dz0).arg(dv).arg(p);
     })?;
     let f = rt.function(FAMILY, Ptx::Base, typed::<T>("linattn_backward_reduce")?, 0)?;
-    let cfg = LaunchConfig { grid_dim: (rhk.div_ceil(256).clamp(1, crate::runtime::grid_cap(1 << 20)) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = crate::runtime::cuda::stride_grid(rhk, 1 << 20);
     for (which, src, part, target) in [(0u32, q, &dq_part, dq), (1, kk, &dk_part, dk)] {
         let pr = LinAttnParams { aux: which, count0: nv as u32, ..*p };
         // SAFETY: linattn_backward_reduce_<dtype> reads x (q or k) and starts as above and part
@@ -462,7 +462,7 @@ pub(crate) fn chunk_scan(rt: &CudaRuntime, p: &LinAttnParams, seq_chunk0: &[u32]
     let f = rt.function(FAMILY, Ptx::Base, "linattn_chunk_scan", 0)?;
     let seqs = upload_words(rt, seq_chunk0, "the chunk ranges")?;
     let threads = (p.batch * p.heads) as usize * (p.k * p.v + p.k) as usize;
-    let cfg = LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, crate::runtime::grid_cap(1 << 20)) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = crate::runtime::cuda::stride_grid(threads, 1 << 20);
     // SAFETY: linattn_chunk_scan reads and writes state [N·H·K·V], z [N·H·K] (each element by its
     // own thread), hs [NC·H·K·V] and zs [NC·H·K] (each chunk slot by the thread of its element),
     // and reads seq_chunk0 [N + 1] (non-decreasing, ending at NC = p.count0); LinearAttention::chunk

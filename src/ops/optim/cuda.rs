@@ -33,8 +33,7 @@ fn names(dtype: DType) -> (&'static str, &'static str) {
 
 fn grid(rt: &CudaRuntime, threads: usize) -> LaunchConfig {
     // Grid-stride kernels: enough blocks to fill the GPU several times over, no more.
-    let blocks = threads.div_ceil(256).clamp(1, crate::runtime::grid_cap(rt.sm_count() as usize * 16));
-    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    crate::runtime::cuda::stride_grid(threads, rt.sm_count() as usize * 16)
 }
 
 /// One fused step on the runtime's stream: reads `grad`, updates `param`, `m`, `v` (the state
