@@ -84,8 +84,6 @@ pub(crate) fn device_addr<T, V: cudarc::driver::DevicePtr<T>>(rt: &CudaRuntime, 
     v.device_ptr(&rt.stream).0
 }
 
-/// A launcher's length checks on the caller's views, `(name, elements held, elements read or
-/// written)` each: a kernel must not reach past a view, so a short one is a shape error.
 /// The launch of a 1-D grid-stride kernel of 256-thread blocks over `threads` threads: one block
 /// per 256 threads, at least one and at most `cap` (or `FFKERN_GRID_LIMIT`, see
 /// [`super::grid_limit`]); the kernel's loop takes the rest.
@@ -93,6 +91,8 @@ pub(crate) fn stride_grid(threads: usize, cap: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, super::grid_cap(cap)) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// A launcher's length checks on the caller's views, `(name, elements held, elements read or
+/// written)` each: a kernel must not reach past a view, so a short one is a shape error.
 pub(crate) fn check_lens(op: &'static str, views: &[(&str, usize, usize)]) -> Result<()> {
     match views.iter().find(|(_, have, need)| have < need) {
         Some((name, have, need)) => Err(Error::shape(op, format!("{name} holds {have} elements, the launch reaches {need}"))),
